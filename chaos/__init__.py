@@ -1,0 +1,1 @@
+"""Allot's chaos suite (arrives with the chaos issue)."""

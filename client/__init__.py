@@ -1,0 +1,1 @@
+"""Allot's client library (arrives with the client issue)."""

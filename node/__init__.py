@@ -1,0 +1,1 @@
+"""The Allot server: everything that does I/O (stores, Raft, HTTP, processes)."""

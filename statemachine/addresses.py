@@ -1,0 +1,96 @@
+"""Addresses as integers: parsing and formatting CIDRs (with netaddr), aligned block arithmetic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import netaddr
+
+from statemachine.errors import invalid
+
+IPV4 = "IPv4"
+IPV6 = "IPv6"
+FAMILY_BITS = {IPV4: 32, IPV6: 128}
+
+
+@dataclass(frozen=True, order=True)
+class Block:
+    """An aligned CIDR block: `address` has no bits set below `length`."""
+
+    family: str
+    address: int
+    length: int
+
+    @property
+    def bits(self) -> int:
+        return FAMILY_BITS[self.family]
+
+    @property
+    def size(self) -> int:
+        return 1 << (self.bits - self.length)
+
+    @property
+    def last(self) -> int:
+        return self.address + self.size - 1
+
+    def contains(self, other: Block) -> bool:
+        return (
+            self.family == other.family
+            and self.length <= other.length
+            and self.address <= other.address
+            and other.last <= self.last
+        )
+
+    def __str__(self) -> str:
+        return f"{format_address(self.family, self.address)}/{self.length}"
+
+
+def format_address(family: str, address: int) -> str:
+    if family == IPV4:  # by hand: this runs for every claim, and is 5x faster than netaddr's
+        return f"{address >> 24}.{(address >> 16) & 255}.{(address >> 8) & 255}.{address & 255}"
+    return str(netaddr.IPAddress(address, 6))
+
+
+def parse_cidr(text: object, field_path: str) -> Block:
+    """Parse 'a.b.c.d/n' or 'x::/n'. Host bits must be clear: the block is what it says."""
+    if not isinstance(text, str) or "/" not in text:
+        raise invalid(f"{field_path} must be a CIDR such as 10.0.0.0/24 or 2001:db8::/64", field_path)
+    try:
+        network = netaddr.IPNetwork(text)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise invalid(f"{field_path} {text!r} is not a valid CIDR", field_path) from None
+    family = IPV4 if network.version == 4 else IPV6
+    if int(network.ip) != int(network.network):
+        raise invalid(
+            f"{field_path} {text!r} has host bits set; did you mean {network.cidr}?",
+            field_path,
+            suggestion=str(network.cidr),
+        )
+    return Block(family, int(network.network), int(network.prefixlen))
+
+
+def parse_address(text: object, field_path: str) -> Block:
+    """Parse a single address into its host block (/32 or /128)."""
+    if not isinstance(text, str) or "/" in text:
+        raise invalid(f"{field_path} must be a single address such as 10.0.0.7 or 2001:db8::7", field_path)
+    try:
+        address = netaddr.IPAddress(text)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise invalid(f"{field_path} {text!r} is not a valid IP address", field_path) from None
+    family = IPV4 if address.version == 4 else IPV6
+    return Block(family, int(address), FAMILY_BITS[family])
+
+
+def range_to_blocks(family: str, first: int, last: int) -> list[Block]:
+    """The fewest aligned blocks covering [first, last], lowest first (at most 2 * bits)."""
+    bits = FAMILY_BITS[family]
+    blocks: list[Block] = []
+    while first <= last:
+        # The largest block that starts at `first` (alignment) and does not pass `last`.
+        span = first & -first if first else 1 << bits
+        while span > last - first + 1:
+            span >>= 1
+        length = bits - (span.bit_length() - 1)
+        blocks.append(Block(family, first, length))
+        first += span
+    return blocks

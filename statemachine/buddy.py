@@ -1,0 +1,252 @@
+"""A buddy allocator for CIDR blocks, kept in the ordered key-value store.
+
+Every pool's block is tiled, at all times, by two kinds of records:
+
+* free blocks  `F | pool uid | length (1 byte) | address (16 bytes)`  -> b""
+* used blocks  `U | pool uid | address (16 bytes) | length (1 byte)`  -> owner key
+
+Free keys group by prefix length, so "the lowest free block of length L" is one range seek and
+allocation never enumerates addresses: allocate splits a larger free block down to the wanted
+length (freeing the upper halves on the way), release merges a block with its free buddy as far
+up as it goes. Both touch O(address bits) records, for IPv4 and IPv6 alike.
+
+The pool state keeps, per prefix length, the number of free blocks and the address of the
+lowest one. Choosing a block then needs no seek at all (first-fit is the minimum over those
+lowest addresses, best-fit the longest length that has one); a seek is needed only to find the
+next-lowest block after the lowest one at a length is taken.
+
+Used keys order by address, for "who holds this address" and for the invariant check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from statemachine.addresses import FAMILY_BITS, Block
+from statemachine.errors import InvariantViolation
+from statemachine.view import Overlay, prefix_end
+
+FIRST_FIT = "first-fit"
+BEST_FIT = "best-fit"
+STRATEGIES = (FIRST_FIT, BEST_FIT)
+OWNER_RESERVED = b"reserved"
+
+UID_BYTES = 10
+
+
+@dataclass
+class PoolState:
+    """The allocator's own record for one pool (key `ps/<uid>`)."""
+
+    uid: bytes
+    family: str
+    address: int
+    length: int
+    free_counts: list[int] = field(default_factory=list)  # index: prefix length - self.length
+    lowest_free: dict[int, int] = field(default_factory=dict)  # prefix length -> lowest free address
+    allocated: int = 0  # addresses held by allocations and child pools
+    reserved: int = 0  # addresses set aside by `reserved` and `excluded`
+    allocations: int = 0  # allocation records (bound or retained) in this pool
+    child_pools: int = 0
+
+    @property
+    def block(self) -> Block:
+        return Block(self.family, self.address, self.length)
+
+    @property
+    def bits(self) -> int:
+        return FAMILY_BITS[self.family]
+
+    @property
+    def usable(self) -> int:
+        return self.block.size - self.reserved
+
+    def to_plain(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "family": self.family,
+            "address": self.address,
+            "length": self.length,
+            "free": self.free_counts,
+            "lowest": sorted(self.lowest_free.items()),
+            "allocated": self.allocated,
+            "reserved": self.reserved,
+            "allocations": self.allocations,
+            "children": self.child_pools,
+        }
+
+    @classmethod
+    def from_plain(cls, plain: dict[str, Any]) -> PoolState:
+        return cls(
+            uid=plain["uid"],
+            family=plain["family"],
+            address=plain["address"],
+            length=plain["length"],
+            free_counts=list(plain["free"]),
+            lowest_free={length: address for length, address in plain["lowest"]},
+            allocated=plain["allocated"],
+            reserved=plain["reserved"],
+            allocations=plain["allocations"],
+            child_pools=plain["children"],
+        )
+
+    @classmethod
+    def new(cls, uid: bytes, block: Block) -> PoolState:
+        return cls(uid, block.family, block.address, block.length, [0] * (block.bits - block.length + 1))
+
+
+def state_key(uid: bytes) -> bytes:
+    return b"ps/" + uid
+
+
+def free_prefix(uid: bytes, length: int) -> bytes:
+    return b"F" + uid + bytes([length])
+
+
+def free_key(uid: bytes, length: int, address: int) -> bytes:
+    return b"F" + uid + bytes([length]) + address.to_bytes(16, "big")
+
+
+def used_prefix(uid: bytes) -> bytes:
+    return b"U" + uid
+
+
+def used_key(uid: bytes, address: int, length: int) -> bytes:
+    return b"U" + uid + address.to_bytes(16, "big") + bytes([length])
+
+
+def decode_free_key(key: bytes) -> tuple[int, int]:
+    """(length, address) of a free-block key."""
+    return key[1 + UID_BYTES], int.from_bytes(key[2 + UID_BYTES : 18 + UID_BYTES], "big")
+
+
+def decode_used_key(key: bytes) -> tuple[int, int]:
+    """(address, length) of a used-block key."""
+    return int.from_bytes(key[1 + UID_BYTES : 17 + UID_BYTES], "big"), key[17 + UID_BYTES]
+
+
+def _add_free(ov: Overlay, state: PoolState, length: int, address: int) -> None:
+    ov.put(free_key(state.uid, length, address), b"")
+    state.free_counts[length - state.length] += 1
+    lowest = state.lowest_free.get(length)
+    if lowest is None or address < lowest:
+        state.lowest_free[length] = address
+
+
+def _remove_free(ov: Overlay, state: PoolState, length: int, address: int) -> None:
+    ov.delete(free_key(state.uid, length, address))
+    state.free_counts[length - state.length] -= 1
+    if state.free_counts[length - state.length] == 0:
+        del state.lowest_free[length]
+    elif state.lowest_free[length] == address:
+        prefix = free_prefix(state.uid, length)
+        found = ov.first(prefix, prefix_end(prefix))
+        if found is None:
+            raise InvariantViolation(
+                f"pool {state.uid.hex()} counts {state.free_counts[length - state.length]} free /{length} "
+                "blocks but has none"
+            )
+        state.lowest_free[length] = decode_free_key(found[0])[1]
+
+
+def init_free(ov: Overlay, state: PoolState) -> None:
+    """A new pool: its whole block is one free block."""
+    _add_free(ov, state, state.length, state.address)
+
+
+def _split_down(ov: Overlay, state: PoolState, length: int, address: int, target: Block, owner: bytes) -> None:
+    """Take free block (address, length) that contains target; free the halves not on the way."""
+    _remove_free(ov, state, length, address)
+    while length < target.length:
+        length += 1
+        half = 1 << (state.bits - length)
+        lower, upper = address, address + half
+        if target.address >= upper:
+            _add_free(ov, state, length, lower)
+            address = upper
+        else:
+            _add_free(ov, state, length, upper)
+            address = lower
+    ov.put(used_key(state.uid, target.address, target.length), owner)
+
+
+def allocate(ov: Overlay, state: PoolState, length: int, strategy: str, owner: bytes) -> Block | None:
+    """Carve a free block of the given length, or None when no free block is large enough.
+
+    first-fit: the lowest-addressed block that fits. best-fit: a block from the smallest free
+    block that fits (the lowest such), which keeps large blocks whole for large claims.
+    """
+    if not state.length <= length <= state.bits:
+        raise InvariantViolation(f"allocate /{length} from a /{state.length} pool")
+    chosen: tuple[int, int] | None = None  # (address, length) of the free block to split
+    if strategy == BEST_FIT:
+        fitting = [candidate for candidate in state.lowest_free if candidate <= length]
+        if fitting:
+            longest = max(fitting)
+            chosen = (state.lowest_free[longest], longest)
+    else:
+        for candidate, address in state.lowest_free.items():
+            if candidate <= length and (chosen is None or address < chosen[0]):
+                chosen = (address, candidate)
+    if chosen is None:
+        return None
+    target = Block(state.family, chosen[0], length)
+    _split_down(ov, state, chosen[1], chosen[0], target, owner)
+    return target
+
+
+def find_free_container(ov: Overlay, state: PoolState, target: Block) -> int | None:
+    """The length of the free block that contains target, or None if any of it is in use."""
+    for length in range(target.length, state.length - 1, -1):
+        if state.free_counts[length - state.length] == 0:
+            continue
+        mask_address = target.address & ~((1 << (state.bits - length)) - 1)
+        if ov.get(free_key(state.uid, length, mask_address)) is not None:
+            return length
+    return None
+
+
+def claim_block(ov: Overlay, state: PoolState, target: Block, owner: bytes) -> bool:
+    """Carve exactly target (which lies inside the pool). False when any of it is taken."""
+    if not state.block.contains(target):
+        raise InvariantViolation(f"claim {target} outside pool block {state.block}")
+    length = find_free_container(ov, state, target)
+    if length is None:
+        return False
+    container = target.address & ~((1 << (state.bits - length)) - 1)
+    _split_down(ov, state, length, container, target, owner)
+    return True
+
+
+def release(ov: Overlay, state: PoolState, block: Block, owner: bytes) -> None:
+    """Give block back, merging it with its free buddy for as long as there is one."""
+    key = used_key(state.uid, block.address, block.length)
+    held_by = ov.get(key)
+    if held_by != owner:
+        raise InvariantViolation(f"release {block} by {owner!r}, but it is held by {held_by!r}")
+    ov.delete(key)
+    address, length = block.address, block.length
+    while length > state.length:
+        buddy = address ^ (1 << (state.bits - length))
+        if ov.get(free_key(state.uid, length, buddy)) is None:
+            break
+        _remove_free(ov, state, length, buddy)
+        address = min(address, buddy)
+        length -= 1
+    _add_free(ov, state, length, address)
+
+
+def largest_free_prefix(state: PoolState) -> int | None:
+    """The shortest prefix length with a free block (the biggest claim that can succeed)."""
+    for offset, count in enumerate(state.free_counts):
+        if count:
+            return state.length + offset
+    return None
+
+
+def drop_all(ov: Overlay, state: PoolState) -> None:
+    """Delete every free and used record of a pool that is being deleted."""
+    for prefix in (b"F" + state.uid, used_prefix(state.uid)):
+        for key, _ in list(ov.scan(prefix, prefix_end(prefix))):
+            ov.delete(key)

@@ -1,0 +1,125 @@
+"""IPClass: platform-owned allocation policy, the StorageClass analog.
+
+A class fixes the IP family and, for claims made through it, the allowed and default prefix
+lengths, the strategy and the reclaim policy. Pools list the classes they back. At most one
+class is the default, used by claims that name neither a pool nor a class. Only admins write
+classes; every tenant may read them. A class with `visibility: restricted` serves only the orgs
+in `allowedOrgs`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from statemachine import keys
+from statemachine.addresses import FAMILY_BITS
+from statemachine.codec import Principal, loads
+from statemachine.context import ADDED, Context
+from statemachine.errors import ALREADY_EXISTS, CONFLICT, FORBIDDEN, NOT_FOUND, Rejected, invalid
+from statemachine.fields import check_labels, check_map, check_name, opt_bool, opt_choice, opt_str_list
+from statemachine.policy import RECLAIM_DELETE, RECLAIM_POLICIES, check_allocation
+from statemachine.view import ReadView, prefix_end
+
+KIND = "IPClass"
+VISIBILITY_PLATFORM = "platform"
+VISIBILITY_RESTRICTED = "restricted"
+
+_body_fields = ("name", "labels", "spec")
+_spec_fields = ("ipFamily", "allocation", "reclaimPolicy", "visibility", "allowedOrgs", "isDefault")
+
+
+def require_admin(principal: Principal, action: str) -> None:
+    if not principal.is_admin:
+        raise Rejected(FORBIDDEN, f"only an admin may {action}")
+
+
+def check_spec(value: Any) -> dict[str, Any]:
+    spec = check_map(value, "spec", _spec_fields)
+    family = opt_choice(spec, "ipFamily", "spec.ipFamily", tuple(FAMILY_BITS))
+    if family is None:
+        raise invalid("spec.ipFamily is required (IPv4 or IPv6)", "spec.ipFamily")
+    bits = FAMILY_BITS[family]
+    visibility = opt_choice(spec, "visibility", "spec.visibility", (VISIBILITY_PLATFORM, VISIBILITY_RESTRICTED))
+    visibility = visibility or VISIBILITY_PLATFORM
+    allowed_orgs = opt_str_list(spec, "allowedOrgs", "spec.allowedOrgs")
+    for position, org in enumerate(allowed_orgs):
+        check_name(org, f"spec.allowedOrgs[{position}]")
+    if visibility == VISIBILITY_RESTRICTED and not allowed_orgs:
+        raise invalid("a restricted class needs spec.allowedOrgs", "spec.allowedOrgs")
+    if visibility == VISIBILITY_PLATFORM and allowed_orgs:
+        raise invalid("spec.allowedOrgs applies only to visibility: restricted", "spec.allowedOrgs")
+    return {
+        "ipFamily": family,
+        "allocation": check_allocation(spec.get("allocation"), "spec.allocation", 0, bits),
+        "reclaimPolicy": opt_choice(spec, "reclaimPolicy", "spec.reclaimPolicy", RECLAIM_POLICIES) or RECLAIM_DELETE,
+        "visibility": visibility,
+        "allowedOrgs": allowed_orgs,
+        "isDefault": bool(opt_bool(spec, "isDefault", "spec.isDefault")),
+    }
+
+
+def load(view: ReadView, name: str) -> dict[str, Any] | None:
+    raw = view.get(keys.class_key(name))
+    return None if raw is None else dict(loads(raw))
+
+
+def visible(ip_class: dict[str, Any], principal: Principal) -> bool:
+    spec = ip_class["spec"]
+    return principal.is_admin or spec["visibility"] == VISIBILITY_PLATFORM or principal.org in spec["allowedOrgs"]
+
+
+def default_class_name(view: ReadView) -> str | None:
+    raw = view.get(keys.DEFAULT_CLASS)
+    return None if raw is None else raw.decode()
+
+
+def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    require_admin(ctx.principal, "create an IPClass")
+    check_map(body, "", _body_fields)
+    name = check_name(body.get("name"), "name")
+    labels = check_labels(body.get("labels"), "labels")
+    spec = check_spec(body.get("spec"))
+    existing = load(ctx.ov, name)
+    if existing is not None:
+        if existing["spec"] == spec:
+            return existing, False
+        raise Rejected(ALREADY_EXISTS, f"IPClass {name} already exists with a different spec", {"name": name})
+    if spec["isDefault"]:
+        current = default_class_name(ctx.ov)
+        if current is not None:
+            raise Rejected(
+                CONFLICT,
+                f"IPClass {current} is already the default; delete it or create this class without isDefault",
+                {"defaultClass": current},
+            )
+        ctx.ov.put(keys.DEFAULT_CLASS, name.encode())
+    obj = {
+        "kind": KIND,
+        "metadata": ctx.metadata(name, ctx.new_uid(), labels),
+        "spec": spec,
+        "status": {},
+    }
+    ctx.write_object(keys.class_key(name), KIND, obj, ADDED)
+    return obj, True
+
+
+def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    require_admin(ctx.principal, "delete an IPClass")
+    check_map(body, "", ("name",))
+    name = check_name(body.get("name"), "name")
+    existing = load(ctx.ov, name)
+    if existing is None:
+        raise Rejected(NOT_FOUND, f"IPClass {name} not found", {"name": name})
+    prefix = keys.class_index_prefix(name)
+    backing = ctx.ov.first(prefix, prefix_end(prefix))
+    if backing is not None:
+        pool_path = backing[0][len(prefix) :].decode()
+        raise Rejected(
+            CONFLICT,
+            f"IPClass {name} is still backed by pool {pool_path.strip('/')}; remove the pools that list it first",
+            {"pool": pool_path},
+        )
+    if existing["spec"]["isDefault"]:
+        ctx.ov.delete(keys.DEFAULT_CLASS)
+    ctx.delete_object(keys.class_key(name), KIND, existing)
+    return existing

@@ -1,0 +1,186 @@
+"""Canonical CBOR for commands (envelopes) and stored records.
+
+Rules:
+* Commands are plain data: ints, strings, bytes, booleans, null, lists and maps with string
+  keys. No floats, no tags, no undefined. They are encoded canonically
+  (`cbor2.dumps(x, canonical=True)`), and decoding is strict: anything that does not re-encode
+  to the very same bytes is refused, so one command has exactly one encoding on every replica.
+* Stored records are written with `dump_record`: CBOR with map keys in insertion order, not
+  sorted. That is deterministic, because every record is built by this package's code from the
+  same envelopes in the same order on every replica (labels are sorted when checked, never taken
+  from a set), and it is four times cheaper than canonical sorting, which matters on the apply
+  path (see docs/benchmarks.md). The price: two releases that build a record's maps in a
+  different order write different bytes, so digests are compared between members of one
+  release. Records may hold integers beyond 64 bits (IPv6 counts), which CBOR writes as bignums.
+* Decoding a command refuses tags and checks the envelope's own fields; the body's fields are
+  each type-checked by the handler that reads them, and unknown fields are refused there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from statemachine.errors import invalid
+
+ENVELOPE_VERSION = 1
+envelope_bytes_max = 256 * 1024
+_nesting_depth_max = 16
+
+ROLE_ADMIN = "admin"
+ROLE_MEMBER = "member"
+
+
+def dumps(value: Any) -> bytes:
+    """Canonical CBOR: for commands and for digests of commands."""
+    return cbor2.dumps(value, canonical=True)
+
+
+def dump_record(value: Any) -> bytes:
+    """Deterministic CBOR for stored records (see the module docstring)."""
+    return cbor2.dumps(value)
+
+
+def loads(data: bytes) -> Any:
+    return cbor2.loads(data)
+
+
+def _refuse_tag(_decoder: Any, tag: Any) -> Any:
+    raise ValueError(f"CBOR tag {tag.tag} is not allowed in a command")
+
+
+def _check_plain(value: Any, depth: int = 0) -> None:
+    if depth > _nesting_depth_max:
+        raise ValueError("command nests too deeply")
+    if value is None or isinstance(value, (bool, int, str, bytes)):
+        return
+    if isinstance(value, list):
+        for item in value:
+            _check_plain(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError("map keys must be strings")
+            _check_plain(item, depth + 1)
+        return
+    raise ValueError(f"values of type {type(value).__name__} are not allowed in a command")
+
+
+def loads_strict(data: bytes) -> Any:
+    """Decode a command, refusing tags (and so bignums, dates, ...)."""
+    if len(data) > envelope_bytes_max:
+        raise ValueError(f"command is {len(data)} bytes; the limit is {envelope_bytes_max}")
+    return cbor2.loads(data, tag_hook=_refuse_tag)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is acting: the tenant (org, project) and role come from the token, never the body.
+
+    An admin with an empty org and project acts for the platform; an admin may also act for a
+    tenant by naming it, which the member that builds the envelope puts in org and project.
+    """
+
+    name: str
+    org: str
+    project: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ROLE_ADMIN
+
+    @property
+    def has_tenant(self) -> bool:
+        return bool(self.org and self.project)
+
+    def to_plain(self) -> dict[str, Any]:
+        return {"name": self.name, "org": self.org, "project": self.project, "role": self.role}
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One command as it travels through the log.
+
+    `ts_ms` is stamped once by the proposing member (milliseconds since the Unix epoch); apply
+    never reads a clock. `request_id` is the client's idempotency key, or None.
+    """
+
+    type: str
+    body: dict[str, Any]
+    principal: Principal
+    request_id: str | None
+    ts_ms: int
+    version: int = ENVELOPE_VERSION
+
+    def to_plain(self) -> dict[str, Any]:
+        return {
+            "v": self.version,
+            "type": self.type,
+            "body": self.body,
+            "principal": self.principal.to_plain(),
+            "rid": self.request_id,
+            "ts": self.ts_ms,
+        }
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    _check_plain(envelope.body)
+    return dumps(envelope.to_plain())
+
+
+_envelope_fields = {"v", "type", "body", "principal", "rid", "ts"}
+_principal_fields = {"name", "org", "project", "role"}
+request_id_chars_max = 128
+principal_field_chars_max = 128
+
+
+def _string(value: Any, field_path: str, chars_max: int) -> str:
+    if not isinstance(value, str):
+        raise invalid(f"{field_path} must be a string", field_path)
+    if len(value) > chars_max:
+        raise invalid(f"{field_path} is longer than {chars_max} characters", field_path)
+    return value
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Decode and check an envelope. Raises `Rejected(invalid)` with what is wrong."""
+    try:
+        plain = loads_strict(data)
+    except (ValueError, cbor2.CBORDecodeError) as exc:
+        raise invalid(f"undecodable command: {exc}") from None
+    if not isinstance(plain, dict) or set(plain) != _envelope_fields:
+        raise invalid("envelope must be a map with exactly the fields v, type, body, principal, rid, ts")
+    if plain["v"] != ENVELOPE_VERSION:
+        raise invalid(f"envelope version {plain['v']!r} is not supported (expected {ENVELOPE_VERSION})")
+    command_type = _string(plain["type"], "type", 64)
+    body = plain["body"]
+    if not isinstance(body, dict):
+        raise invalid("body must be a map", "body")
+    principal_plain = plain["principal"]
+    if not isinstance(principal_plain, dict) or set(principal_plain) != _principal_fields:
+        raise invalid("principal must be a map with exactly name, org, project, role", "principal")
+    principal = Principal(
+        name=_string(principal_plain["name"], "principal.name", principal_field_chars_max),
+        org=_string(principal_plain["org"], "principal.org", principal_field_chars_max),
+        project=_string(principal_plain["project"], "principal.project", principal_field_chars_max),
+        role=_string(principal_plain["role"], "principal.role", 16),
+    )
+    if principal.role not in (ROLE_ADMIN, ROLE_MEMBER):
+        raise invalid(f"principal.role must be admin or member, not {principal.role!r}", "principal.role")
+    if bool(principal.org) != bool(principal.project):
+        raise invalid("principal org and project are set together or not at all", "principal")
+    if not principal.is_admin and not principal.has_tenant:
+        raise invalid("a member principal must belong to an org and project", "principal")
+    rid = plain["rid"]
+    if rid is not None:
+        rid = _string(rid, "rid", request_id_chars_max)
+        if not rid:
+            raise invalid("rid must not be empty (use null for no request id)", "rid")
+    ts = plain["ts"]
+    if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0 or ts >= 1 << 63:
+        raise invalid("ts must be a non-negative integer of milliseconds", "ts")
+    return Envelope(command_type, body, principal, rid, ts, ENVELOPE_VERSION)

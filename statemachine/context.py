@@ -1,0 +1,139 @@
+"""What a handler works with while applying one command: the overlay, the envelope, the clock,
+the command's revision, deterministic uids, and the event log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from statemachine import keys
+from statemachine.codec import Envelope, dump_record, loads
+from statemachine.view import Overlay, ReadView
+
+ADDED = "ADDED"
+MODIFIED = "MODIFIED"
+DELETED = "DELETED"
+
+events_max = 100_000  # retained watch events; older revisions answer `gone`
+
+
+@dataclass
+class Meta:
+    """The singleton record at `meta`."""
+
+    revision: int = 0  # bumped once by every command that changes state (etcd's revision)
+    clock_ms: int = 0  # max of every applied envelope's timestamp: time never runs backwards
+    index: int = 0  # (index, position) of the last applied envelope
+    position: int = -1
+    events: int = 0  # events retained in the log
+    compacted_revision: int = 0  # events at or below this revision have been dropped
+    dedup_records: int = 0
+
+    def to_plain(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "clock": self.clock_ms,
+            "index": self.index,
+            "position": self.position,
+            "events": self.events,
+            "compacted": self.compacted_revision,
+            "dedup": self.dedup_records,
+        }
+
+    @classmethod
+    def load(cls, view: ReadView) -> Meta:
+        raw = view.get(keys.META)
+        if raw is None:
+            return cls()
+        plain = loads(raw)
+        return cls(
+            revision=plain["revision"],
+            clock_ms=plain["clock"],
+            index=plain["index"],
+            position=plain["position"],
+            events=plain["events"],
+            compacted_revision=plain["compacted"],
+            dedup_records=plain["dedup"],
+        )
+
+
+def rfc3339(ts_ms: int) -> str:
+    """UTC timestamp with second precision, computed with integers only (no clock, no datetime)."""
+    seconds = ts_ms // 1000
+    days, rest = divmod(seconds, 86400)
+    hour, rest = divmod(rest, 3600)
+    minute, second = divmod(rest, 60)
+    # Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (1 if month <= 2 else 0)
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}Z"
+
+
+class Context:
+    def __init__(self, overlay: Overlay, envelope: Envelope, index: int, position: int, meta: Meta) -> None:
+        self.ov = overlay
+        self.envelope = envelope
+        self.principal = envelope.principal
+        self.index = index
+        self.position = position
+        self.meta = meta
+        self.now_ms = max(meta.clock_ms, envelope.ts_ms)
+        self.revision = meta.revision + 1  # used only if the command changes something
+        self.timestamp = rfc3339(self.now_ms)
+        self._uids = 0
+        self._events = 0
+
+    def new_uid(self) -> bytes:
+        """A uid from the log position: unique and the same on every replica."""
+        self._uids += 1
+        if self.index >= 1 << 48 or self.position >= 1 << 16 or self._uids >= 1 << 16:
+            raise ValueError("log position out of the uid range")
+        return self.index.to_bytes(6, "big") + self.position.to_bytes(2, "big") + self._uids.to_bytes(2, "big")
+
+    def metadata(self, name: str, uid: bytes, labels: dict[str, str], **scope: str) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, **scope}
+        meta.update(
+            uid=format_uid(uid),
+            resourceVersion=self.revision,
+            labels=labels,
+            creationTimestamp=self.timestamp,
+        )
+        return meta
+
+    def write_object(self, key: bytes, kind: str, obj: dict[str, Any], event_type: str) -> bytes:
+        """Store an API object and record its watch event. Returns the encoded object."""
+        obj["metadata"]["resourceVersion"] = self.revision
+        raw = dump_record(obj)
+        self.ov.put(key, raw)
+        self._event(event_type, kind, raw)
+        return raw
+
+    def delete_object(self, key: bytes, kind: str, obj: dict[str, Any]) -> None:
+        obj["metadata"]["resourceVersion"] = self.revision
+        self.ov.delete(key)
+        self._event(DELETED, kind, dump_record(obj))
+
+    def _event(self, event_type: str, kind: str, raw_object: bytes) -> None:
+        self.ov.put(keys.event_key(self.revision, self._events), dump_record([event_type, kind, raw_object]))
+        self._events += 1
+
+    @property
+    def events_written(self) -> int:
+        return self._events
+
+
+def format_uid(uid: bytes) -> str:
+    """Render a 10-byte uid as index-position-sequence hex groups (it comes from the log, not uuid4)."""
+    text = uid.hex()
+    return f"{text[:12]}-{text[12:16]}-{text[16:]}"
+
+
+def parse_uid(text: str) -> bytes:
+    return bytes.fromhex(text.replace("-", ""))

@@ -1,0 +1,70 @@
+"""Refusals and broken invariants.
+
+Two very different things can go wrong while applying a command:
+
+* The command is wrong for the current state (bad input, unknown pool, pool exhausted, ...).
+  That is an expected, replicated outcome: every replica reaches the same refusal, so it is
+  returned as a value (`Rejected`) and the command changes nothing.
+* The state itself is wrong (a free block overlaps an allocation, a counter disagrees with the
+  records). Continuing would let this replica drift away from the others, so the state machine
+  raises `InvariantViolation` and the member must stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The closed set of refusal codes. Clients map these to exceptions and HTTP statuses, so a
+# code is never renamed or reused for a different meaning.
+INVALID = "invalid"
+NOT_FOUND = "not_found"
+ALREADY_EXISTS = "already_exists"
+CONFLICT = "conflict"
+POOL_EXHAUSTED = "pool_exhausted"
+QUOTA_EXCEEDED = "quota_exceeded"
+UNSCHEDULABLE = "unschedulable"
+FORBIDDEN = "forbidden"
+GONE = "gone"
+
+REJECTION_CODES = (
+    INVALID,
+    NOT_FOUND,
+    ALREADY_EXISTS,
+    CONFLICT,
+    POOL_EXHAUSTED,
+    QUOTA_EXCEEDED,
+    UNSCHEDULABLE,
+    FORBIDDEN,
+    GONE,
+)
+
+
+@dataclass(eq=True)
+class Rejected(Exception):
+    """An expected refusal. Raised inside handlers for brevity, returned from `apply` as a value.
+
+    Not frozen: the interpreter sets `__traceback__` and `__context__` on raised exceptions.
+    """
+
+    code: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.code not in REJECTION_CODES:
+            raise InvariantViolation(f"unknown rejection code {self.code!r}")
+        super().__init__(f"{self.code}: {self.message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": dict(self.details)}
+
+
+class InvariantViolation(Exception):
+    """The replicated state is inconsistent. The member applying it must stop, loudly."""
+
+
+def invalid(message: str, field_path: str | None = None, **details: Any) -> Rejected:
+    if field_path is not None:
+        details = {"field": field_path, **details}
+    return Rejected(INVALID, message, details)

@@ -1,0 +1,131 @@
+"""Checking request bodies: names, labels, typed fields. Every failure names the field to fix."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from statemachine.errors import invalid
+
+name_chars_max = 63
+labels_max = 64
+label_key_chars_max = 253
+label_value_chars_max = 63
+list_items_max = 64
+
+_name_pattern = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_label_name_pattern = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+_label_prefix_pattern = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+
+
+def check_name(value: Any, field_path: str) -> str:
+    """A DNS-1123 label, as Kubernetes names are: lowercase letters, digits and '-'."""
+    if not isinstance(value, str):
+        raise invalid(f"{field_path} must be a string", field_path)
+    if not value or len(value) > name_chars_max or not _name_pattern.fullmatch(value):
+        raise invalid(
+            f"{field_path} {value!r} must be 1-{name_chars_max} lowercase letters, digits or '-', "
+            "starting and ending with a letter or digit",
+            field_path,
+        )
+    return value
+
+
+def check_label_key(key: str, field_path: str) -> None:
+    prefix, _, name = key.rpartition("/")
+    ok = (
+        bool(name)
+        and len(name) <= 63
+        and _label_name_pattern.fullmatch(name) is not None
+        and (not prefix or (len(prefix) <= label_key_chars_max and _label_prefix_pattern.fullmatch(prefix)))
+    )
+    if not ok:
+        raise invalid(f"label key {key!r} is not a valid Kubernetes label key", field_path)
+
+
+def check_label_value(value: str, field_path: str) -> None:
+    if len(value) > label_value_chars_max or _label_name_pattern.fullmatch(value) is None:
+        raise invalid(f"label value {value!r} is not a valid Kubernetes label value", field_path)
+
+
+def check_labels(value: Any, field_path: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(f"{field_path} must be a map of strings", field_path)
+    if len(value) > labels_max:
+        raise invalid(f"{field_path} has {len(value)} labels; at most {labels_max} are allowed", field_path)
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise invalid(f"{field_path}.{key} must be a string", f"{field_path}.{key}")
+        check_label_key(key, f"{field_path}.{key}")
+        check_label_value(item, f"{field_path}.{key}")
+    return dict(sorted(value.items()))
+
+
+def check_map(value: Any, field_path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """A map whose keys are all in allowed. Unknown fields are refused, never ignored."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(f"{field_path} must be an object", field_path)
+    for key in value:
+        if key not in allowed:
+            raise invalid(
+                f"{field_path} has unknown field {key!r}; allowed: {', '.join(allowed)}",
+                f"{field_path}.{key}" if field_path else key,
+            )
+    return value
+
+
+def opt_str(obj: dict[str, Any], key: str, field_path: str, chars_max: int = 256) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise invalid(f"{field_path} must be a string", field_path)
+    if len(value) > chars_max:
+        raise invalid(f"{field_path} is longer than {chars_max} characters", field_path)
+    return value
+
+
+def opt_int(obj: dict[str, Any], key: str, field_path: str, low: int, high: int) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise invalid(f"{field_path} must be an integer", field_path)
+    if not low <= value <= high:
+        raise invalid(f"{field_path} must be between {low} and {high}, not {value}", field_path)
+    return value
+
+
+def opt_bool(obj: dict[str, Any], key: str, field_path: str) -> bool | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise invalid(f"{field_path} must be true or false", field_path)
+    return value
+
+
+def opt_choice(obj: dict[str, Any], key: str, field_path: str, choices: tuple[str, ...]) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if value not in choices:
+        raise invalid(f"{field_path} must be one of {', '.join(choices)}, not {value!r}", field_path)
+    return str(value)
+
+
+def opt_str_list(obj: dict[str, Any], key: str, field_path: str) -> list[str]:
+    value = obj.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise invalid(f"{field_path} must be a list of strings", field_path)
+    if len(value) > list_items_max:
+        raise invalid(f"{field_path} has {len(value)} items; at most {list_items_max} are allowed", field_path)
+    if len(set(value)) != len(value):
+        raise invalid(f"{field_path} lists an item twice", field_path)
+    return list(value)

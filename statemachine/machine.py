@@ -1,0 +1,172 @@
+"""The one entry point: `apply(view, envelope bytes, index, position) -> Outcome`.
+
+This is the only place that switches on the command type. A command either succeeds, and its
+writes (objects, allocator records, the watch events, the dedup record and the meta record)
+are returned for the store to apply in one transaction, or it is refused with a `Rejected`
+value and writes nothing at all. `apply` never raises for bad input; it raises
+`InvariantViolation` only when the state is broken, and then the member must stop.
+
+Exactly-once: when the envelope carries a request id, the first successful result is stored
+with a digest of the command. The same id with the same command returns that result again and
+writes nothing; with a different command it is `conflict`. Records expire `dedup_ttl_ms` after
+they were written and at most `dedup_records_max` are kept (oldest dropped first). Refused
+commands are not recorded: they changed nothing, so running them again is harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from statemachine import claims, classes, keys, pools
+from statemachine.codec import Envelope, decode_envelope, dump_record, dumps, loads
+from statemachine.context import Context, Meta, events_max
+from statemachine.errors import CONFLICT, InvariantViolation, Rejected, invalid
+from statemachine.view import Overlay, ReadView, Write
+
+dedup_ttl_ms = 15 * 60 * 1000  # a client retries for seconds; fifteen minutes leaves ample room
+dedup_records_max = 200_000
+_trim_per_command_max = 8  # expired records dropped per command: bounded work, and enough
+# since each command adds at most one record
+
+NOOP = "noop"
+
+
+@dataclass(frozen=True)
+class Ok:
+    value: dict[str, Any]
+    created: bool = False  # a new object was made (HTTP 201), rather than found or deleted
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: Ok | Rejected
+    writes: tuple[Write, ...]
+    revision: int  # the state's revision once this command is applied
+
+    @property
+    def ok(self) -> bool:
+        return isinstance(self.result, Ok)
+
+
+Handler = Callable[[Context, dict[str, Any]], "tuple[dict[str, Any], bool] | dict[str, Any]"]
+
+HANDLERS: dict[str, Handler] = {
+    "pool.create": pools.create,
+    "pool.delete": pools.delete,
+    "claim.create": claims.create,
+    "claim.delete": claims.delete,
+    "class.create": classes.create,
+    "class.delete": classes.delete,
+}
+COMMAND_TYPES = (*HANDLERS, NOOP)
+
+
+def command_digest(envelope: Envelope) -> bytes:
+    return hashlib.sha256(dumps([envelope.type, envelope.body, envelope.principal.to_plain()])).digest()
+
+
+def apply(view: ReadView, data: bytes, index: int, position: int = 0) -> Outcome:
+    meta = Meta.load(view)
+    if (index, position) <= (meta.index, meta.position):
+        raise InvariantViolation(
+            f"entry ({index}, {position}) applied after ({meta.index}, {meta.position}): "
+            "the log was replayed over state that already holds it"
+        )
+    try:
+        envelope = decode_envelope(data)
+        return _apply(view, envelope, index, position, meta)
+    except Rejected as refusal:
+        return Outcome(refusal, (), meta.revision)
+    except InvariantViolation:
+        raise
+    except Exception as exc:  # a bug: every replica hits it alike, but state may be half-made
+        raise InvariantViolation(f"unexpected {type(exc).__name__} while applying: {exc}") from exc
+
+
+def _apply(view: ReadView, envelope: Envelope, index: int, position: int, meta: Meta) -> Outcome:
+    if envelope.type == NOOP:
+        return Outcome(Ok({"revision": meta.revision}), (), meta.revision)
+    handler = HANDLERS.get(envelope.type)
+    if handler is None:
+        raise invalid(f"unknown command type {envelope.type!r}; known: {', '.join(COMMAND_TYPES)}", "type")
+    now_ms = max(meta.clock_ms, envelope.ts_ms)
+
+    dedup_key: bytes | None = None
+    digest = b""
+    if envelope.request_id is not None:
+        principal = envelope.principal
+        dedup_key = keys.dedup_key(principal.org, principal.project, envelope.request_id)
+        digest = command_digest(envelope)
+        stored = view.get(dedup_key)
+        if stored is not None:
+            stored_digest, stored_ms, stored_result = loads(stored)
+            if now_ms - stored_ms <= dedup_ttl_ms:
+                if stored_digest != digest:
+                    raise Rejected(
+                        CONFLICT,
+                        f"request id {envelope.request_id!r} was already used for a different request; "
+                        "use a new Idempotency-Key for a new request",
+                        {"requestId": envelope.request_id},
+                    )
+                value, created = stored_result
+                return Outcome(Ok(value, created), (), meta.revision)
+
+    overlay = Overlay(view)
+    ctx = Context(overlay, envelope, index, position, meta)
+    returned = handler(ctx, envelope.body)
+    value, created = returned if isinstance(returned, tuple) else (returned, False)
+    if not overlay.writes():
+        return Outcome(Ok(value, created), (), meta.revision)
+
+    meta.revision = ctx.revision
+    meta.clock_ms = now_ms
+    meta.index, meta.position = index, position
+    meta.events += ctx.events_written
+    _trim_events(overlay, meta)
+    if dedup_key is not None:
+        _remember(overlay, meta, dedup_key, digest, now_ms, value, created)
+    _trim_dedup(overlay, meta, now_ms)
+    overlay.put(keys.META, dump_record(meta.to_plain()))
+    return Outcome(Ok(value, created), overlay.writes(), meta.revision)
+
+
+def _trim_events(overlay: Overlay, meta: Meta) -> None:
+    while meta.events > events_max:
+        oldest = overlay.first(keys.EVENT, keys.EVENT_END)
+        if oldest is None:
+            raise InvariantViolation(f"meta counts {meta.events} events but the log is empty")
+        overlay.delete(oldest[0])
+        meta.events -= 1
+        meta.compacted_revision = max(meta.compacted_revision, keys.event_revision(oldest[0]))
+
+
+def _remember(
+    overlay: Overlay, meta: Meta, dedup_key: bytes, digest: bytes, now_ms: int, value: dict[str, Any], created: bool
+) -> None:
+    previous = overlay.get(dedup_key)
+    if previous is not None:  # an expired record under the same id: replace it
+        overlay.delete(keys.dedup_expiry_key(loads(previous)[1], dedup_key))
+        meta.dedup_records -= 1
+    overlay.put(dedup_key, dump_record([digest, now_ms, [value, created]]))
+    overlay.put(keys.dedup_expiry_key(now_ms, dedup_key), b"")
+    meta.dedup_records += 1
+
+
+def _trim_dedup(overlay: Overlay, meta: Meta, now_ms: int) -> None:
+    removed = 0
+    while True:
+        oldest = overlay.first(keys.DEDUP_EXPIRY, keys.DEDUP_EXPIRY_END)
+        if oldest is None:
+            return
+        expiry_key = oldest[0]
+        written_ms = int.from_bytes(expiry_key[len(keys.DEDUP_EXPIRY) : len(keys.DEDUP_EXPIRY) + 8], "big")
+        over_limit = meta.dedup_records > dedup_records_max
+        if not over_limit and (now_ms - written_ms <= dedup_ttl_ms or removed >= _trim_per_command_max):
+            return
+        overlay.delete(expiry_key)
+        overlay.delete(expiry_key[len(keys.DEDUP_EXPIRY) + 8 :])
+        meta.dedup_records -= 1
+        removed += 1

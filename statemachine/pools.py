@@ -1,0 +1,453 @@
+"""IPPool: a block of address space, root (a CIDR an admin brings) or child (carved from a parent).
+
+Scope and visibility:
+* `platform` pools belong to the platform (empty org and project), are created by admins and
+  are usable by every tenant.
+* `consumer` pools belong to one project and only it sees them.
+* `shared` pools belong to one project and are visible to the projects of its org named in
+  `sharedWith` (all of the org's projects when the list is empty).
+A tenant that cannot see a pool gets `not_found` for it, exactly as if it did not exist.
+
+Pools are referred to by name ("name": the caller's own project first, then the platform),
+by "project/name" within the caller's org, or by "org/project/name". A pool's id, shown in
+references, is "name" for platform pools and "org/project/name" for tenant pools.
+
+Root pools may not overlap within an address space (`addressSpace`, VRF-like). Child pools
+take their block from the parent's buddy allocator, like claims do, and so never overlap.
+A pool with allocations (bound or retained) or child pools cannot be deleted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from statemachine import buddy, classes, keys
+from statemachine.addresses import FAMILY_BITS, Block, parse_cidr, range_to_blocks
+from statemachine.buddy import PoolState
+from statemachine.codec import Principal, dump_record, loads
+from statemachine.context import ADDED, Context, parse_uid
+from statemachine.errors import (
+    ALREADY_EXISTS,
+    CONFLICT,
+    FORBIDDEN,
+    NOT_FOUND,
+    POOL_EXHAUSTED,
+    InvariantViolation,
+    Rejected,
+    invalid,
+)
+from statemachine.fields import check_labels, check_map, check_name, opt_choice, opt_int, opt_str_list
+from statemachine.policy import check_allocation
+from statemachine.view import ReadView, prefix_end
+
+KIND = "IPPool"
+VISIBILITY_PLATFORM = "platform"
+VISIBILITY_CONSUMER = "consumer"
+VISIBILITY_SHARED = "shared"
+VISIBILITIES = (VISIBILITY_PLATFORM, VISIBILITY_CONSUMER, VISIBILITY_SHARED)
+DEFAULT_ADDRESS_SPACE = "default"
+PHASE_READY = "Ready"
+PHASE_EXHAUSTED = "Exhausted"
+
+_body_fields = ("name", "labels", "spec")
+_spec_fields = (
+    "cidr",
+    "parentPool",
+    "prefixLength",
+    "ipFamily",
+    "visibility",
+    "sharedWith",
+    "classNames",
+    "allocation",
+    "reserved",
+    "excluded",
+    "addressSpace",
+)
+
+
+# ---- identity and visibility -------------------------------------------------------------
+
+
+def pool_id(org: str, project: str, name: str) -> str:
+    return f"{org}/{project}/{name}" if org else name
+
+
+def pool_id_of_key(key: bytes) -> str:
+    org, project, name = keys.split_path(key, keys.POOL)
+    return pool_id(org, project, name)
+
+
+def key_of_pool_id(qualified: str) -> bytes:
+    parts = qualified.split("/")
+    if len(parts) == 1:
+        return keys.pool_key("", "", parts[0])
+    org, project, name = parts
+    return keys.pool_key(org, project, name)
+
+
+def visible(pool: dict[str, Any], principal: Principal) -> bool:
+    if principal.is_admin:
+        return True
+    metadata, spec = pool["metadata"], pool["spec"]
+    if spec["visibility"] == VISIBILITY_PLATFORM:
+        return True
+    if metadata["org"] != principal.org:
+        return False
+    if metadata["project"] == principal.project:
+        return True
+    return spec["visibility"] == VISIBILITY_SHARED and (
+        not spec["sharedWith"] or principal.project in spec["sharedWith"]
+    )
+
+
+def load(view: ReadView, key: bytes) -> dict[str, Any] | None:
+    raw = view.get(key)
+    return None if raw is None else dict(loads(raw))
+
+
+def resolve(view: ReadView, principal: Principal, ref: Any, field_path: str) -> tuple[bytes, dict[str, Any]]:
+    """Find the pool a reference names, as the principal sees it."""
+    if not isinstance(ref, str) or not ref:
+        raise invalid(f"{field_path} must be a pool name, project/name or org/project/name", field_path)
+    parts = ref.split("/")
+    for part in parts:
+        check_name(part, field_path)
+    candidates: list[bytes]
+    if len(parts) == 1:
+        candidates = [keys.pool_key(principal.org, principal.project, ref)] if principal.has_tenant else []
+        candidates.append(keys.pool_key("", "", ref))
+    elif len(parts) == 2:
+        candidates = [keys.pool_key(principal.org, parts[0], parts[1])] if principal.org else []
+    elif len(parts) == 3:
+        candidates = [keys.pool_key(parts[0], parts[1], parts[2])]
+    else:
+        raise invalid(f"{field_path} {ref!r} has too many '/' parts", field_path)
+    for key in candidates:
+        pool = load(view, key)
+        if pool is not None and visible(pool, principal):
+            return key, pool
+    raise Rejected(NOT_FOUND, f"IPPool {ref} not found", {"kind": KIND, "name": ref})
+
+
+def load_state(view: ReadView, pool: dict[str, Any]) -> PoolState:
+    raw = view.get(buddy.state_key(parse_uid(pool["metadata"]["uid"])))
+    if raw is None:
+        raise InvariantViolation(f"IPPool {pool['metadata']['name']} has no allocator state")
+    return PoolState.from_plain(loads(raw))
+
+
+def save_state(ctx: Context, state: PoolState) -> None:
+    ctx.ov.put(buddy.state_key(state.uid), dump_record(state.to_plain()))
+
+
+def block_of(pool: dict[str, Any]) -> Block:
+    return parse_cidr(pool["status"]["allocatedCIDR"], "status.allocatedCIDR")
+
+
+# ---- status ------------------------------------------------------------------------------
+
+
+def percent(part: int, whole: int) -> str:
+    """part/whole as a percentage with two decimals, rounded down, integers only."""
+    hundredths = part * 10000 // whole if whole else 0
+    return f"{hundredths // 100}.{hundredths % 100:02d}%"
+
+
+def live_status(view: ReadView, pool: dict[str, Any]) -> dict[str, Any]:
+    """The status fields that change with every claim, computed from the allocator state."""
+    state = load_state(view, pool)
+    largest = buddy.largest_free_prefix(state)
+    longest_claim = pool["spec"]["allocation"]["maxPrefixLength"]
+    exhausted = largest is None or largest > longest_claim
+    return {
+        "capacity": {
+            "total": state.usable,
+            "allocated": state.allocated,
+            "available": state.usable - state.allocated,
+            "reserved": state.reserved,
+        },
+        "utilization": percent(state.allocated, state.usable),
+        "largestFreePrefix": largest,
+        "phase": PHASE_EXHAUSTED if exhausted else PHASE_READY,
+        "allocations": state.allocations,
+        "childPools": state.child_pools,
+    }
+
+
+def render(view: ReadView, pool: dict[str, Any]) -> dict[str, Any]:
+    return {**pool, "status": {**pool["status"], **live_status(view, pool)}}
+
+
+def exhausted(pool_ref: str, length: int, state: PoolState) -> Rejected:
+    largest = buddy.largest_free_prefix(state)
+    said = f"/{largest}" if largest is not None else "none (the pool is full)"
+    return Rejected(
+        POOL_EXHAUSTED,
+        f"IPPool {pool_ref} has no free /{length}; its largest free prefix is {said}",
+        {"pool": pool_ref, "prefixLength": length, "largestFreePrefix": largest},
+    )
+
+
+# ---- create ------------------------------------------------------------------------------
+
+
+def _scope(principal: Principal, visibility: str) -> tuple[str, str]:
+    if visibility == VISIBILITY_PLATFORM:
+        classes.require_admin(principal, "create a platform pool")
+        return "", ""
+    if not principal.has_tenant:
+        raise invalid(
+            f"a {visibility} pool belongs to a project: act for a tenant, or use visibility: platform",
+            "spec.visibility",
+        )
+    return principal.org, principal.project
+
+
+def _check_overlap_free(view: ReadView, space: str, block: Block) -> None:
+    """Refuse a root block that contains, or is contained in, another root of the space."""
+    prefix = keys.root_prefix(space, block.family)
+    for length in range(0, block.length + 1):
+        outer = Block(block.family, block.address & ~((1 << (block.bits - length)) - 1), length)
+        holder = view.get(keys.root_key(space, outer))
+        if holder is not None:
+            raise _overlap(space, block, holder)
+    start = prefix + block.address.to_bytes(16, "big")
+    after_last = block.last + 1
+    end = prefix + after_last.to_bytes(16, "big") if after_last < 1 << 128 else prefix_end(prefix)
+    inner = next(view.scan(start, end), None)
+    if inner is not None:
+        raise _overlap(space, block, inner[1])
+
+
+def _overlap(space: str, block: Block, holder_key: bytes) -> Rejected:
+    holder = pool_id_of_key(holder_key)
+    return Rejected(
+        CONFLICT,
+        f"{block} overlaps root pool {holder} in address space {space}; pick a free range or another addressSpace",
+        {"pool": holder, "addressSpace": space},
+    )
+
+
+def _reservations(spec: dict[str, Any], block: Block) -> tuple[dict[str, int], list[Block]]:
+    reserved_spec = check_map(spec.get("reserved"), "spec.reserved", ("leading", "trailing"))
+    leading = opt_int(reserved_spec, "leading", "spec.reserved.leading", 0, block.size) or 0
+    trailing = opt_int(reserved_spec, "trailing", "spec.reserved.trailing", 0, block.size) or 0
+    if leading + trailing >= block.size:
+        raise invalid(f"reserving {leading} + {trailing} addresses leaves nothing of {block}", "spec.reserved")
+    blocks: list[Block] = []
+    if leading:
+        blocks += range_to_blocks(block.family, block.address, block.address + leading - 1)
+    if trailing:
+        blocks += range_to_blocks(block.family, block.last - trailing + 1, block.last)
+    return {"leading": leading, "trailing": trailing}, blocks
+
+
+def _exclusions(spec: dict[str, Any], block: Block) -> list[Block]:
+    blocks = []
+    for position, text in enumerate(opt_str_list(spec, "excluded", "spec.excluded")):
+        field_path = f"spec.excluded[{position}]"
+        excluded = parse_cidr(text, field_path)
+        if not block.contains(excluded):
+            raise invalid(f"excluded {excluded} lies outside the pool's {block}", field_path)
+        blocks.append(excluded)
+    return blocks
+
+
+def _check_class_names(ctx: Context, spec: dict[str, Any], family: str) -> list[str]:
+    names = opt_str_list(spec, "classNames", "spec.classNames")
+    for position, name in enumerate(names):
+        field_path = f"spec.classNames[{position}]"
+        check_name(name, field_path)
+        ip_class = classes.load(ctx.ov, name)
+        if ip_class is None or not classes.visible(ip_class, ctx.principal):
+            raise invalid(f"IPClass {name} does not exist; create it first", field_path)
+        if ip_class["spec"]["ipFamily"] != family:
+            raise invalid(f"IPClass {name} is {ip_class['spec']['ipFamily']} but this pool is {family}", field_path)
+    return names
+
+
+def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    check_map(body, "", _body_fields)
+    name = check_name(body.get("name"), "name")
+    labels = check_labels(body.get("labels"), "labels")
+    spec_in = check_map(body.get("spec"), "spec", _spec_fields)
+    visibility = opt_choice(spec_in, "visibility", "spec.visibility", VISIBILITIES)
+    if visibility is None:
+        visibility = VISIBILITY_CONSUMER if ctx.principal.has_tenant else VISIBILITY_PLATFORM
+    org, project = _scope(ctx.principal, visibility)
+    key = keys.pool_key(org, project, name)
+
+    parent: tuple[bytes, dict[str, Any]] | None = None
+    if spec_in.get("parentPool") is not None:
+        parent = resolve(ctx.ov, ctx.principal, spec_in["parentPool"], "spec.parentPool")
+        parent_block = block_of(parent[1])
+        family, space = parent_block.family, parent[1]["status"]["addressSpace"]
+        if spec_in.get("addressSpace") is not None:
+            raise invalid(
+                "a child pool inherits its parent's addressSpace; remove spec.addressSpace", "spec.addressSpace"
+            )
+        wanted: Block | None = None
+        if spec_in.get("cidr") is not None:
+            wanted = parse_cidr(spec_in["cidr"], "spec.cidr")
+            if not parent_block.contains(wanted):
+                raise invalid(f"spec.cidr {wanted} is not inside the parent pool's {parent_block}", "spec.cidr")
+        length = opt_int(spec_in, "prefixLength", "spec.prefixLength", parent_block.length, parent_block.bits)
+        if wanted is not None and length is not None and length != wanted.length:
+            raise invalid(f"spec.prefixLength {length} disagrees with spec.cidr {wanted}", "spec.prefixLength")
+        if wanted is None and length is None:
+            raise invalid("a child pool needs spec.prefixLength (or a specific spec.cidr)", "spec.prefixLength")
+    else:
+        classes.require_admin(ctx.principal, "create a root pool (one with spec.cidr and no parentPool)")
+        if spec_in.get("cidr") is None:
+            raise invalid("a pool needs spec.cidr (root pool) or spec.parentPool (child pool)", "spec.cidr")
+        if spec_in.get("prefixLength") is not None:
+            raise invalid("spec.prefixLength applies to child pools (with spec.parentPool)", "spec.prefixLength")
+        wanted = parse_cidr(spec_in["cidr"], "spec.cidr")
+        family = wanted.family
+        space = check_name(spec_in.get("addressSpace", DEFAULT_ADDRESS_SPACE), "spec.addressSpace")
+    declared_family = opt_choice(spec_in, "ipFamily", "spec.ipFamily", tuple(FAMILY_BITS))
+    if declared_family is not None and declared_family != family:
+        raise invalid(f"spec.ipFamily is {declared_family} but the pool's block is {family}", "spec.ipFamily")
+
+    shared_with = opt_str_list(spec_in, "sharedWith", "spec.sharedWith")
+    for position, shared_project in enumerate(shared_with):
+        check_name(shared_project, f"spec.sharedWith[{position}]")
+    if shared_with and visibility != VISIBILITY_SHARED:
+        raise invalid("spec.sharedWith applies only to visibility: shared", "spec.sharedWith")
+    class_names = _check_class_names(ctx, spec_in, family)
+
+    # The block's length is known before allocation, so the policy can be checked first.
+    block_length = wanted.length if wanted is not None else int(spec_in["prefixLength"])
+    bits = FAMILY_BITS[family]
+    spec: dict[str, Any] = {
+        "ipFamily": family,
+        "visibility": visibility,
+        "sharedWith": shared_with,
+        "classNames": class_names,
+        "allocation": check_allocation(spec_in.get("allocation"), "spec.allocation", block_length, bits),
+    }
+    if parent is None:
+        spec["cidr"] = str(wanted)
+        spec["addressSpace"] = space
+    else:
+        spec["parentPool"] = spec_in["parentPool"]
+        if spec_in.get("cidr") is not None:
+            spec["cidr"] = str(wanted)
+        else:
+            spec["prefixLength"] = block_length
+    # Reservations are checked against a block of the right size before it is carved.
+    trial = wanted if wanted is not None else Block(family, 0, block_length)
+    spec["reserved"], _ = _reservations(spec_in, trial)
+    spec["excluded"] = [str(b) for b in _exclusions(spec_in, trial)] if wanted is not None else []
+    if wanted is None and spec_in.get("excluded"):
+        raise invalid("spec.excluded needs a known block: give the child pool a specific spec.cidr", "spec.excluded")
+
+    existing = load(ctx.ov, key)
+    if existing is not None:
+        if existing["spec"] == spec:
+            return render(ctx.ov, existing), False
+        raise Rejected(ALREADY_EXISTS, f"IPPool {pool_id(org, project, name)} already exists with a different spec")
+
+    # Take the block.
+    if parent is None:
+        if wanted is None:
+            raise InvariantViolation("root pool without a block")
+        _check_overlap_free(ctx.ov, space, wanted)
+        block = wanted
+        ctx.ov.put(keys.root_key(space, block), key)
+        parent_id = None
+    else:
+        parent_key, parent_pool = parent
+        parent_id = pool_id_of_key(parent_key)
+        parent_state = load_state(ctx.ov, parent_pool)
+        if wanted is not None:
+            if not buddy.claim_block(ctx.ov, parent_state, wanted, key):
+                raise Rejected(
+                    CONFLICT,
+                    f"{wanted} is not free in IPPool {parent_id}",
+                    {"pool": parent_id, "cidr": str(wanted)},
+                )
+            block = wanted
+        else:
+            strategy = parent_pool["spec"]["allocation"]["strategy"]
+            carved = buddy.allocate(ctx.ov, parent_state, block_length, strategy, key)
+            if carved is None:
+                raise exhausted(parent_id, block_length, parent_state)
+            block = carved
+        parent_state.allocated += block.size
+        parent_state.child_pools += 1
+        save_state(ctx, parent_state)
+
+    uid = ctx.new_uid()
+    state = PoolState.new(uid, block)
+    buddy.init_free(ctx.ov, state)
+    _, reserved_blocks = _reservations(spec_in, block)
+    for field_path, carve in [("spec.reserved", b) for b in reserved_blocks] + [
+        ("spec.excluded", b) for b in _exclusions(spec_in, block)
+    ]:
+        if not buddy.claim_block(ctx.ov, state, carve, buddy.OWNER_RESERVED):
+            raise invalid(f"{carve} overlaps another reserved or excluded range", field_path)
+        state.reserved += carve.size
+    if state.usable <= 0:
+        raise invalid("reserved and excluded ranges leave no usable address", "spec.excluded")
+    save_state(ctx, state)
+    for class_name in class_names:
+        ctx.ov.put(keys.class_index_key(class_name, key), b"")
+
+    status: dict[str, Any] = {"allocatedCIDR": str(block), "ipFamily": family, "addressSpace": space}
+    if parent_id is not None:
+        status["parentPool"] = parent_id
+    pool = {
+        "kind": KIND,
+        "metadata": ctx.metadata(name, uid, labels, org=org, project=project),
+        "spec": spec,
+        "status": status,
+    }
+    ctx.write_object(key, KIND, pool, ADDED)
+    return render(ctx.ov, pool), True
+
+
+# ---- delete ------------------------------------------------------------------------------
+
+
+def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    check_map(body, "", ("name",))
+    ref = body.get("name")
+    key, pool = resolve(ctx.ov, ctx.principal, ref, "name")
+    metadata = pool["metadata"]
+    qualified = pool_id(metadata["org"], metadata["project"], metadata["name"])
+    owner = ctx.principal.is_admin or (
+        metadata["org"] == ctx.principal.org and metadata["project"] == ctx.principal.project
+    )
+    if not owner:
+        raise Rejected(
+            FORBIDDEN, f"IPPool {qualified} belongs to another project; only its owner or an admin may delete it"
+        )
+    state = load_state(ctx.ov, pool)
+    if state.allocations or state.child_pools:
+        raise Rejected(
+            CONFLICT,
+            f"IPPool {qualified} still has {state.allocations} allocation(s) and {state.child_pools} child pool(s); "
+            "delete those first",
+            {"allocations": state.allocations, "childPools": state.child_pools},
+        )
+    rendered = render(ctx.ov, pool)
+    block = block_of(pool)
+    buddy.drop_all(ctx.ov, state)
+    ctx.ov.delete(buddy.state_key(state.uid))
+    for class_name in pool["spec"]["classNames"]:
+        ctx.ov.delete(keys.class_index_key(class_name, key))
+    parent_id = pool["status"].get("parentPool")
+    if parent_id is None:
+        ctx.ov.delete(keys.root_key(pool["status"]["addressSpace"], block))
+    else:
+        parent_pool = load(ctx.ov, key_of_pool_id(parent_id))
+        if parent_pool is None:
+            raise InvariantViolation(f"IPPool {qualified} has no parent {parent_id}")
+        parent_state = load_state(ctx.ov, parent_pool)
+        buddy.release(ctx.ov, parent_state, block, key)
+        parent_state.allocated -= block.size
+        parent_state.child_pools -= 1
+        save_state(ctx, parent_state)
+    ctx.delete_object(key, KIND, rendered)
+    return rendered
