@@ -4,6 +4,7 @@ the command's revision, deterministic uids, and the event log."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from statemachine import keys
@@ -14,7 +15,7 @@ ADDED = "ADDED"
 MODIFIED = "MODIFIED"
 DELETED = "DELETED"
 
-events_max = 100_000  # retained watch events; older revisions answer `gone`
+events_max = 100_000  # revisions whose watch events are retained; older ones answer `gone`
 
 
 @dataclass
@@ -25,41 +26,37 @@ class Meta:
     clock_ms: int = 0  # max of every applied envelope's timestamp: time never runs backwards
     index: int = 0  # (index, position) of the last applied envelope
     position: int = -1
-    events: int = 0  # events retained in the log
+    events: int = 0  # revisions retained in the event log (one record per revision)
     compacted_revision: int = 0  # events at or below this revision have been dropped
     dedup_records: int = 0
 
-    def to_plain(self) -> dict[str, Any]:
-        return {
-            "revision": self.revision,
-            "clock": self.clock_ms,
-            "index": self.index,
-            "position": self.position,
-            "events": self.events,
-            "compacted": self.compacted_revision,
-            "dedup": self.dedup_records,
-        }
+    def to_plain(self) -> list[int]:
+        # A flat list: the meta record is rewritten by every command.
+        return [
+            self.revision,
+            self.clock_ms,
+            self.index,
+            self.position,
+            self.events,
+            self.compacted_revision,
+            self.dedup_records,
+        ]
 
     @classmethod
     def load(cls, view: ReadView) -> Meta:
         raw = view.get(keys.META)
         if raw is None:
             return cls()
-        plain = loads(raw)
-        return cls(
-            revision=plain["revision"],
-            clock_ms=plain["clock"],
-            index=plain["index"],
-            position=plain["position"],
-            events=plain["events"],
-            compacted_revision=plain["compacted"],
-            dedup_records=plain["dedup"],
-        )
+        return cls(*loads(raw))
 
 
 def rfc3339(ts_ms: int) -> str:
     """UTC timestamp with second precision, computed with integers only (no clock, no datetime)."""
-    seconds = ts_ms // 1000
+    return _rfc3339_seconds(ts_ms // 1000)
+
+
+@lru_cache(maxsize=64)  # a pure function of its argument: caching cannot change a result
+def _rfc3339_seconds(seconds: int) -> str:
     days, rest = divmod(seconds, 86400)
     hour, rest = divmod(rest, 3600)
     minute, second = divmod(rest, 60)
@@ -88,7 +85,10 @@ class Context:
         self.revision = meta.revision + 1  # used only if the command changes something
         self.timestamp = rfc3339(self.now_ms)
         self._uids = 0
-        self._events = 0
+        self.events: list[list[Any]] = []  # [type, kind, encoded object], in order
+        # id(object) -> (object, its encoding), to reuse the encoding for the dedup record. The
+        # object is kept too, so its id cannot be reused by another object during the command.
+        self._encoded: dict[int, tuple[dict[str, Any], bytes]] = {}
 
     def new_uid(self) -> bytes:
         """A uid from the log position: unique and the same on every replica."""
@@ -112,21 +112,28 @@ class Context:
         obj["metadata"]["resourceVersion"] = self.revision
         raw = dump_record(obj)
         self.ov.put(key, raw)
-        self._event(event_type, kind, raw)
+        self.events.append([event_type, kind, raw])
+        self._encoded[id(obj)] = (obj, raw)
         return raw
 
     def delete_object(self, key: bytes, kind: str, obj: dict[str, Any]) -> None:
         obj["metadata"]["resourceVersion"] = self.revision
         self.ov.delete(key)
-        self._event(DELETED, kind, dump_record(obj))
+        raw = dump_record(obj)
+        self.events.append([DELETED, kind, raw])
+        self._encoded[id(obj)] = (obj, raw)
 
-    def _event(self, event_type: str, kind: str, raw_object: bytes) -> None:
-        self.ov.put(keys.event_key(self.revision, self._events), dump_record([event_type, kind, raw_object]))
-        self._events += 1
+    def encoding_of(self, obj: dict[str, Any]) -> bytes:
+        """The bytes this command stored for obj, or a fresh encoding of it."""
+        known = self._encoded.get(id(obj))
+        return known[1] if known is not None and known[0] is obj else dump_record(obj)
 
-    @property
-    def events_written(self) -> int:
-        return self._events
+    def write_events(self) -> bool:
+        """Write this revision's events as one record; False when the command made none."""
+        if not self.events:
+            return False
+        self.ov.put(keys.event_key(self.revision), dump_record(self.events))
+        return True
 
 
 def format_uid(uid: bytes) -> str:

@@ -245,7 +245,7 @@ def _check_meta(view: ReadView, problems: list[str]) -> None:
     meta = Meta.load(view)
     events = _scan(view, keys.EVENT)
     if len(events) != meta.events:
-        problems.append(f"meta counts {meta.events} events, the log holds {len(events)}")
+        problems.append(f"meta counts {meta.events} event records, the log holds {len(events)}")
     if (
         events
         and not meta.compacted_revision

@@ -17,7 +17,7 @@ objects use the empty org and project, so they sort first within their kind.
 | `claim/`      | IPClaim objects (`claim/<org>/<project>/<namespace>/<name>`)|
 | `alloc/`      | IPAllocation objects (same path as their claim)            |
 | `dd/`, `dx/`  | request-id dedup records and their expiry index            |
-| `ev/`         | the event log for watches, by (revision, sequence)         |
+| `ev/`         | the event log for watches: one record per revision         |
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ def dedup_expiry_key(ts_ms: int, dedup: bytes) -> bytes:
     return DEDUP_EXPIRY + ts_ms.to_bytes(8, "big") + dedup
 
 
-def event_key(revision: int, sequence: int) -> bytes:
-    return EVENT + revision.to_bytes(8, "big") + sequence.to_bytes(2, "big")
+def event_key(revision: int) -> bytes:
+    return EVENT + revision.to_bytes(8, "big")
 
 
 def event_revision(key: bytes) -> int:

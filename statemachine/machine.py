@@ -65,7 +65,9 @@ COMMAND_TYPES = (*HANDLERS, NOOP)
 
 
 def command_digest(envelope: Envelope) -> bytes:
-    return hashlib.sha256(dumps([envelope.type, envelope.body, envelope.principal.to_plain()])).digest()
+    principal = envelope.principal
+    plain = [envelope.type, envelope.body, principal.name, principal.org, principal.project, principal.role]
+    return hashlib.sha256(dumps(plain)).digest()
 
 
 def apply(view: ReadView, data: bytes, index: int, position: int = 0) -> Outcome:
@@ -102,7 +104,7 @@ def _apply(view: ReadView, envelope: Envelope, index: int, position: int, meta: 
         digest = command_digest(envelope)
         stored = view.get(dedup_key)
         if stored is not None:
-            stored_digest, stored_ms, stored_result = loads(stored)
+            stored_digest, stored_ms, stored_created, stored_value = loads(stored)
             if now_ms - stored_ms <= dedup_ttl_ms:
                 if stored_digest != digest:
                     raise Rejected(
@@ -111,23 +113,23 @@ def _apply(view: ReadView, envelope: Envelope, index: int, position: int, meta: 
                         "use a new Idempotency-Key for a new request",
                         {"requestId": envelope.request_id},
                     )
-                value, created = stored_result
-                return Outcome(Ok(value, created), (), meta.revision)
+                return Outcome(Ok(loads(stored_value), stored_created), (), meta.revision)
 
     overlay = Overlay(view)
     ctx = Context(overlay, envelope, index, position, meta)
     returned = handler(ctx, envelope.body)
     value, created = returned if isinstance(returned, tuple) else (returned, False)
-    if not overlay.writes():
+    if not overlay.has_writes:
         return Outcome(Ok(value, created), (), meta.revision)
 
     meta.revision = ctx.revision
     meta.clock_ms = now_ms
     meta.index, meta.position = index, position
-    meta.events += ctx.events_written
-    _trim_events(overlay, meta)
+    if ctx.write_events():
+        meta.events += 1
+        _trim_events(overlay, meta)
     if dedup_key is not None:
-        _remember(overlay, meta, dedup_key, digest, now_ms, value, created)
+        _remember(overlay, meta, dedup_key, digest, now_ms, ctx.encoding_of(value), created)
     _trim_dedup(overlay, meta, now_ms)
     overlay.put(keys.META, dump_record(meta.to_plain()))
     return Outcome(Ok(value, created), overlay.writes(), meta.revision)
@@ -137,20 +139,20 @@ def _trim_events(overlay: Overlay, meta: Meta) -> None:
     while meta.events > events_max:
         oldest = overlay.first(keys.EVENT, keys.EVENT_END)
         if oldest is None:
-            raise InvariantViolation(f"meta counts {meta.events} events but the log is empty")
+            raise InvariantViolation(f"meta counts {meta.events} event records but the log is empty")
         overlay.delete(oldest[0])
         meta.events -= 1
         meta.compacted_revision = max(meta.compacted_revision, keys.event_revision(oldest[0]))
 
 
 def _remember(
-    overlay: Overlay, meta: Meta, dedup_key: bytes, digest: bytes, now_ms: int, value: dict[str, Any], created: bool
+    overlay: Overlay, meta: Meta, dedup_key: bytes, digest: bytes, now_ms: int, encoded_value: bytes, created: bool
 ) -> None:
     previous = overlay.get(dedup_key)
     if previous is not None:  # an expired record under the same id: replace it
         overlay.delete(keys.dedup_expiry_key(loads(previous)[1], dedup_key))
         meta.dedup_records -= 1
-    overlay.put(dedup_key, dump_record([digest, now_ms, [value, created]]))
+    overlay.put(dedup_key, dump_record([digest, now_ms, created, encoded_value]))
     overlay.put(keys.dedup_expiry_key(now_ms, dedup_key), b"")
     meta.dedup_records += 1
 

@@ -183,20 +183,16 @@ def events_after(
     wanted = {resource(plural).kind for plural in kinds}
     events: list[dict[str, Any]] = []
     resume = revision
-    examined = 0
-    for key, raw in view.scan(keys.event_key(revision + 1, 0), keys.EVENT_END):
-        event_revision = keys.event_revision(key)
-        full = len(events) >= limit or examined >= list_scan_max
-        if full and event_revision != resume:
-            return events, resume  # stop between revisions, so a resumed watch never splits one
-        resume = event_revision
-        examined += 1
-        event_type, kind, raw_object = loads(raw)
-        if kind not in wanted:
-            continue
-        obj = loads(raw_object)
-        if visible(kind, obj, principal):
-            events.append({"type": event_type, "object": obj})
+    for examined, (key, raw) in enumerate(view.scan(keys.event_key(revision + 1), keys.EVENT_END)):
+        if len(events) >= limit or examined >= list_scan_max:
+            return events, resume  # whole revisions only, so a resumed watch never splits one
+        resume = keys.event_revision(key)
+        for event_type, kind, raw_object in loads(raw):
+            if kind not in wanted:
+                continue
+            obj = loads(raw_object)
+            if visible(kind, obj, principal):
+                events.append({"type": event_type, "object": obj})
     return events, max(resume, meta.revision)
 
 

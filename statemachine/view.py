@@ -84,6 +84,10 @@ class Overlay:
     def first(self, start: bytes, end: bytes) -> tuple[bytes, bytes] | None:
         return next(self.scan(start, end), None)
 
+    @property
+    def has_writes(self) -> bool:
+        return bool(self._pending)
+
     def writes(self) -> tuple[Write, ...]:
         return tuple((key, self._pending[key]) for key in self._pending_keys)
 

@@ -1,0 +1,71 @@
+"""A state machine on the in-memory store, driven the way the server drives it: one envelope at
+a time, each at the next log position, each outcome's writes applied to the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from node.memstore import MemoryStore
+from statemachine import Envelope, Ok, Outcome, Principal, Rejected, apply, encode_envelope
+from statemachine.invariants import check_invariants, digest
+
+ADMIN = Principal("root", "", "", "admin")
+BASE_TS_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def member(org: str, project: str, name: str = "user") -> Principal:
+    return Principal(name, org, project, "member")
+
+
+def admin_for(org: str, project: str) -> Principal:
+    return Principal("root", org, project, "admin")
+
+
+class Machine:
+    def __init__(self, check_every_step: bool = False) -> None:
+        self.store = MemoryStore()
+        self.index = 0
+        self.ts_ms = BASE_TS_MS
+        self.check_every_step = check_every_step
+        self.log: list[bytes] = []  # every envelope applied, for replay
+
+    def run(
+        self,
+        principal: Principal,
+        command_type: str,
+        body: dict[str, Any],
+        request_id: str | None = None,
+        advance_ms: int = 1000,
+    ) -> Outcome:
+        self.ts_ms += advance_ms
+        self.index += 1
+        data = encode_envelope(Envelope(command_type, body, principal, request_id, self.ts_ms))
+        self.log.append(data)
+        outcome = apply(self.store, data, self.index)
+        self.store.apply_writes(outcome.writes)
+        if self.check_every_step:
+            check_invariants(self.store)
+        return outcome
+
+    def ok(self, principal: Principal, command_type: str, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Run a command that must succeed; return its value."""
+        result = self.run(principal, command_type, body, **kwargs).result
+        if not isinstance(result, Ok):
+            raise AssertionError(f"{command_type} {body} was refused: {result}")
+        return result.value
+
+    def refused(self, principal: Principal, command_type: str, body: dict[str, Any], **kwargs: Any) -> Rejected:
+        """Run a command that must be refused without changing state; return the refusal."""
+        before = digest(self.store)
+        outcome = self.run(principal, command_type, body, **kwargs)
+        if not isinstance(outcome.result, Rejected):
+            raise AssertionError(f"{command_type} {body} succeeded but should have been refused")
+        if outcome.writes or digest(self.store) != before:
+            raise AssertionError(f"refused {command_type} changed state")
+        return outcome.result
+
+    def digest(self) -> str:
+        return digest(self.store)
+
+    def check(self) -> None:
+        check_invariants(self.store)
