@@ -11,6 +11,8 @@ import argparse
 import sys
 from importlib import metadata
 
+from bench import ipam_apply
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="allot", description="Allot: replicated IPAM and pod scheduling state store")
@@ -21,8 +23,6 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("options", nargs=argparse.REMAINDER, help="passed to the suite (see --help of the suite)")
     args = parser.parse_args(argv)
     if args.command == "bench":
-        from bench import ipam_apply
-
         ipam_apply.main(args.options)
     return 0
 

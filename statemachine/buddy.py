@@ -213,6 +213,20 @@ def claim_block(ov: Overlay, state: PoolState, target: Block, owner: bytes) -> b
     return True
 
 
+def holder(ov: Overlay, state: PoolState, target: Block) -> bytes | None:
+    """The owner of some used block overlapping target (one containing it, or inside it)."""
+    for length in range(state.length, target.length + 1):
+        mask_address = target.address & ~((1 << (state.bits - length)) - 1)
+        owner = ov.get(used_key(state.uid, mask_address, length))
+        if owner is not None:
+            return owner
+    after_last = target.last + 1
+    start = used_prefix(state.uid) + target.address.to_bytes(16, "big")
+    end = used_prefix(state.uid) + after_last.to_bytes(17, "big")[1:] if after_last < 1 << 128 else None
+    inside = ov.first(start, end if end is not None else prefix_end(used_prefix(state.uid)))
+    return None if inside is None else inside[1]
+
+
 def release(ov: Overlay, state: PoolState, block: Block, owner: bytes) -> None:
     """Give block back, merging it with its free buddy for as long as there is one."""
     key = used_key(state.uid, block.address, block.length)

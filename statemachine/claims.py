@@ -23,7 +23,7 @@ from typing import Any
 
 from statemachine import buddy, classes, keys, pools
 from statemachine.addresses import FAMILY_BITS, Block, parse_address, parse_cidr
-from statemachine.codec import loads
+from statemachine.codec import ROLE_MEMBER, Principal, loads
 from statemachine.context import ADDED, MODIFIED, Context
 from statemachine.errors import (
     ALREADY_EXISTS,
@@ -97,6 +97,11 @@ def _class_candidates(ctx: Context, spec: dict[str, Any]) -> tuple[dict[str, Any
     ip_class = classes.load(ctx.ov, class_name)
     if ip_class is None or not classes.visible(ip_class, ctx.principal):
         raise Rejected(NOT_FOUND, f"IPClass {class_name} not found", {"kind": classes.KIND, "name": class_name})
+    # The choice among backing pools is made as the tenant sees them, even when an admin acts
+    # for the tenant: an admin's claim must not land in another project's private pool.
+    chooser = ctx.principal
+    if chooser.is_admin and chooser.has_tenant:
+        chooser = Principal(chooser.name, chooser.org, chooser.project, ROLE_MEMBER)
     ranked: list[tuple[int, bytes, dict[str, Any]]] = []
     prefix = keys.class_index_prefix(class_name)
     for index_key, _ in ctx.ov.scan(prefix, prefix_end(prefix)):
@@ -104,7 +109,7 @@ def _class_candidates(ctx: Context, spec: dict[str, Any]) -> tuple[dict[str, Any
         pool = pools.load(ctx.ov, pool_key)
         if pool is None:
             raise InvariantViolation(f"class index names missing pool {pool_key!r}")
-        if not pools.visible(pool, ctx.principal):
+        if not pools.visible(pool, chooser):
             continue
         metadata = pool["metadata"]
         if metadata["org"] == ctx.principal.org and metadata["project"] == ctx.principal.project:
@@ -256,11 +261,18 @@ def _carve(
             state.allocations += 1
             pools.save_state(ctx, state)
             return pools.pool_id_of_key(pool_key), block
+        if specific is not None and buddy.holder(ctx.ov, state, specific) == buddy.OWNER_RESERVED:
+            pool_ref = pools.pool_id_of_key(pool_key)
+            raise Rejected(
+                CONFLICT,
+                f"{specific} is reserved in IPPool {pool_ref} (spec.reserved or spec.excluded); claim another address",
+                {"cidr": str(specific), "pool": pool_ref, "reason": "reserved"},
+            )
         largest = buddy.largest_free_prefix(state)
         if largest is not None:
             largest_free.append(largest)
     if specific is not None:
-        raise Rejected(CONFLICT, f"{specific} is already allocated", {"cidr": str(specific)})
+        raise Rejected(CONFLICT, f"{specific} is already allocated", {"cidr": str(specific), "reason": "allocated"})
     if class_name is None:
         raise pools.exhausted(pools.pool_id_of_key(usable[0][0]), length, state)
     best = min(largest_free) if largest_free else None
@@ -319,6 +331,7 @@ def _rebind(
             {"allocation": name, "cidr": str(held), "pool": retained["spec"]["pool"]},
         )
     principal = ctx.principal
+    retained["metadata"]["labels"] = labels
     retained["spec"]["reclaimPolicy"] = reclaim
     retained["spec"]["className"] = class_name
     retained["status"] = {"phase": PHASE_BOUND}

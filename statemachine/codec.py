@@ -18,6 +18,7 @@ Rules:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,8 +134,12 @@ def encode_envelope(envelope: Envelope) -> bytes:
 
 
 _envelope_fields = {"v", "type", "body", "principal", "rid", "ts"}
+# Tenant names and request ids become parts of keys, and LMDB keys hold at most 511 bytes: so
+# org and project are DNS labels and request ids printable ASCII, both of bounded length.
+_tenant_name_pattern = re.compile(r"([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?")
 _principal_fields = {"name", "org", "project", "role"}
 request_id_chars_max = 128
+_request_id_pattern = re.compile(rf"[\x21-\x7e]{{1,{request_id_chars_max}}}")
 principal_field_chars_max = 128
 
 
@@ -169,6 +174,9 @@ def decode_envelope(data: bytes) -> Envelope:
         project=_string(principal_plain["project"], "principal.project", principal_field_chars_max),
         role=_string(principal_plain["role"], "principal.role", 16),
     )
+    for part in ("org", "project"):
+        if not _tenant_name_pattern.fullmatch(getattr(principal, part)):
+            raise invalid(f"principal.{part} must be a DNS label (lowercase letters, digits, '-')", f"principal.{part}")
     if principal.role not in (ROLE_ADMIN, ROLE_MEMBER):
         raise invalid(f"principal.role must be admin or member, not {principal.role!r}", "principal.role")
     if bool(principal.org) != bool(principal.project):
@@ -178,8 +186,12 @@ def decode_envelope(data: bytes) -> Envelope:
     rid = plain["rid"]
     if rid is not None:
         rid = _string(rid, "rid", request_id_chars_max)
-        if not rid:
-            raise invalid("rid must not be empty (use null for no request id)", "rid")
+        if not _request_id_pattern.fullmatch(rid):
+            raise invalid(
+                f"rid must be 1-{request_id_chars_max} printable ASCII characters without spaces "
+                "(use null for no request id)",
+                "rid",
+            )
     ts = plain["ts"]
     if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0 or ts >= 1 << 63:
         raise invalid("ts must be a non-negative integer of milliseconds", "ts")

@@ -67,12 +67,13 @@ def check_map(value: Any, field_path: str, allowed: tuple[str, ...]) -> dict[str
     """A map whose keys are all in allowed. Unknown fields are refused, never ignored."""
     if value is None:
         return {}
+    where = field_path or "body"
     if not isinstance(value, dict):
-        raise invalid(f"{field_path} must be an object", field_path)
+        raise invalid(f"{where} must be an object", where)
     for key in value:
         if key not in allowed:
             raise invalid(
-                f"{field_path} has unknown field {key!r}; allowed: {', '.join(allowed)}",
+                f"{where} has unknown field {key!r}; allowed: {', '.join(allowed)}",
                 f"{field_path}.{key}" if field_path else key,
             )
     return value

@@ -119,17 +119,19 @@ def _apply(view: ReadView, envelope: Envelope, index: int, position: int, meta: 
     ctx = Context(overlay, envelope, index, position, meta)
     returned = handler(ctx, envelope.body)
     value, created = returned if isinstance(returned, tuple) else (returned, False)
+    if overlay.has_writes:  # the command changed state: a new revision, with its events
+        meta.revision = ctx.revision
+        if ctx.write_events():
+            meta.events += 1
+            _trim_events(overlay, meta)
+    if dedup_key is not None:
+        # Remembered even when the command changed nothing (a claim that already existed):
+        # the id is now taken, and a retry must get this same answer.
+        _remember(overlay, meta, dedup_key, digest, now_ms, ctx.encoding_of(value), created)
     if not overlay.has_writes:
         return Outcome(Ok(value, created), (), meta.revision)
-
-    meta.revision = ctx.revision
     meta.clock_ms = now_ms
     meta.index, meta.position = index, position
-    if ctx.write_events():
-        meta.events += 1
-        _trim_events(overlay, meta)
-    if dedup_key is not None:
-        _remember(overlay, meta, dedup_key, digest, now_ms, ctx.encoding_of(value), created)
     _trim_dedup(overlay, meta, now_ms)
     overlay.put(keys.META, dump_record(meta.to_plain()))
     return Outcome(Ok(value, created), overlay.writes(), meta.revision)

@@ -95,11 +95,11 @@ def _segments(res: Resource, principal: Principal, namespace: str | None) -> lis
     """Key ranges holding what the principal may list, in ascending order."""
     if res.tenant_scoped:
         if principal.is_admin and not principal.has_tenant:
-            prefix = res.prefix
+            prefix = res.prefix  # every tenant's: list_objects filters the namespace
         else:
             prefix = keys.tenant_prefix(res.prefix, principal.org, principal.project)
             if namespace is not None:
-                prefix += check_name(namespace, "namespace").encode() + b"/"
+                prefix += namespace.encode() + b"/"
         return [(prefix, prefix_end(prefix))]
     if res.kind == pools.KIND and not principal.is_admin:
         platform = keys.pool_scope_prefix("", "")
@@ -137,6 +137,10 @@ def list_objects(
     if not 1 <= limit <= list_limit_max:
         raise invalid(f"limit must be between 1 and {list_limit_max}, not {limit}", "limit")
     requirements: tuple[Requirement, ...] = parse_selector(label_selector) if label_selector else ()
+    if namespace is not None:
+        if not res.tenant_scoped:
+            raise invalid(f"{res.plural} are not namespaced; drop the namespace", "namespace")
+        check_name(namespace, "namespace")
     after = decode_continue(continue_token, res) if continue_token else None
     items: list[dict[str, Any]] = []
     examined = 0
@@ -153,7 +157,9 @@ def list_objects(
             examined += 1
             last_key = key
             obj = loads(raw)
-            if visible(res.kind, obj, principal) and matches(requirements, obj["metadata"]["labels"]):
+            metadata = obj["metadata"]
+            in_namespace = namespace is None or metadata.get("namespace") == namespace
+            if in_namespace and visible(res.kind, obj, principal) and matches(requirements, metadata["labels"]):
                 items.append(_present(view, res.kind, obj))
         if more:
             break
