@@ -12,8 +12,9 @@ Rules:
   path (see docs/benchmarks.md). The price: two releases that build a record's maps in a
   different order write different bytes, so digests are compared between members of one
   release. Records may hold integers beyond 64 bits (IPv6 counts), which CBOR writes as bignums.
-* Decoding a command refuses tags and checks the envelope's own fields; the body's fields are
-  each type-checked by the handler that reads them, and unknown fields are refused there.
+* Decoding a command refuses anything that does not re-encode to the same bytes, and checks the
+  envelope's own fields; the body's fields are each type-checked by the handler that reads
+  them, and unknown fields are refused there.
 """
 
 from __future__ import annotations
@@ -71,10 +72,17 @@ def _check_plain(value: Any, depth: int = 0) -> None:
 
 
 def loads_strict(data: bytes) -> Any:
-    """Decode a command, refusing tags (and so bignums, dates, ...)."""
+    """Decode a command: canonical CBOR and nothing else.
+
+    The re-encoding check refuses what a tag hook cannot see (cbor2 decodes bignums and dates
+    itself), trailing bytes, unsorted keys and non-shortest integers: one command, one encoding.
+    """
     if len(data) > envelope_bytes_max:
         raise ValueError(f"command is {len(data)} bytes; the limit is {envelope_bytes_max}")
-    return cbor2.loads(data, tag_hook=_refuse_tag)
+    value = cbor2.loads(data, tag_hook=_refuse_tag)
+    if dumps(value) != data:
+        raise ValueError("command is not canonical CBOR (tags, trailing bytes or non-canonical encoding)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -159,7 +167,7 @@ def decode_envelope(data: bytes) -> Envelope:
         raise invalid(f"undecodable command: {exc}") from None
     if not isinstance(plain, dict) or set(plain) != _envelope_fields:
         raise invalid("envelope must be a map with exactly the fields v, type, body, principal, rid, ts")
-    if plain["v"] != ENVELOPE_VERSION:
+    if type(plain["v"]) is not int or plain["v"] != ENVELOPE_VERSION:
         raise invalid(f"envelope version {plain['v']!r} is not supported (expected {ENVELOPE_VERSION})")
     command_type = _string(plain["type"], "type", 64)
     body = plain["body"]

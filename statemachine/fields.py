@@ -56,6 +56,8 @@ def check_labels(value: Any, field_path: str) -> dict[str, str]:
     if len(value) > labels_max:
         raise invalid(f"{field_path} has {len(value)} labels; at most {labels_max} are allowed", field_path)
     for key, item in value.items():
+        if not isinstance(key, str):
+            raise invalid(f"{field_path} keys must be strings", field_path)
         if not isinstance(item, str):
             raise invalid(f"{field_path}.{key} must be a string", f"{field_path}.{key}")
         check_label_key(key, f"{field_path}.{key}")

@@ -150,6 +150,12 @@ def _check_tiling(
     else:
         if expected != state.address + state.block.size:
             problems.append(f"pool {name}: blocks end before the end of {state.block}")
+    actual_lowest: dict[int, int] = {}
+    for address, length in free_set:
+        if address < actual_lowest.get(length, address + 1):
+            actual_lowest[length] = address
+    if actual_lowest != state.lowest_free:
+        problems.append(f"pool {name}: cached lowest free blocks {state.lowest_free} != records {actual_lowest}")
     for address, length in free_set:
         if length > state.length and (address ^ (1 << (state.bits - length)), length) in free_set:
             problems.append(f"pool {name}: free buddies at /{length} were not merged")

@@ -63,6 +63,8 @@ def parse_selector(text: str) -> tuple[Requirement, ...]:
         set_match = _set_pattern.match(part)
         if set_match:
             key, operator, inner = set_match.groups()
+            if not inner.strip():
+                raise invalid(f"labelSelector {part!r} lists no values", field_path)
             values = tuple(value.strip() for value in inner.split(","))
             for value in values:
                 check_label_value(value, field_path)

@@ -114,7 +114,7 @@ def encode_continue(key: bytes) -> str:
 
 def decode_continue(token: str, res: Resource) -> bytes:
     try:
-        key = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        key = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise invalid("continue token is not one this server issued", "continue") from None
     if not key.startswith(res.prefix):

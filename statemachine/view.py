@@ -32,7 +32,7 @@ def prefix_end(prefix: bytes) -> bytes:
     """The smallest key greater than every key that starts with prefix."""
     stripped = prefix.rstrip(b"\xff")
     if not stripped:
-        return b"\xff" * (len(prefix) + 1)
+        raise ValueError("a prefix of only 0xff bytes has no upper bound; no key layout uses one")
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 

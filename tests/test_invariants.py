@@ -1,0 +1,441 @@
+"""check_invariants passes on busy states and catches corruption planted directly in the store.
+
+Each fault is planted with the rest of the state kept consistent where that is possible (the
+allocator's counters recounted, for instance), and the test checks that the specific check
+for that fault fired, so every check is shown to be able to fail. Also: apply refuses to apply
+an entry at or before the last applied log position, and raises on broken state.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from node.memstore import MemoryStore
+from statemachine import Envelope, InvariantViolation, apply, buddy, codec, encode_envelope, keys, pools
+from statemachine.buddy import PoolState
+from statemachine.claims import PHASE_BOUND
+from statemachine.context import Meta
+from statemachine.invariants import check_invariants, digest
+from statemachine.view import prefix_end
+from tests.harness import ADMIN, BASE_TS_MS, Machine, admin_for, member
+from tests.test_determinism import build_scenario
+
+ACME = member("acme", "web")
+
+
+def _small_machine() -> Machine:
+    machine = Machine(check_every_step=True)
+    machine.ok(ADMIN, "class.create", {"name": "std", "spec": {"ipFamily": "IPv4", "isDefault": True}})
+    machine.ok(ADMIN, "class.create", {"name": "alt", "spec": {"ipFamily": "IPv4", "reclaimPolicy": "Retain"}})
+    machine.ok(ADMIN, "class.create", {"name": "spare", "spec": {"ipFamily": "IPv6"}})
+    machine.ok(ADMIN, "pool.create", {"name": "p1", "spec": {"cidr": "10.0.0.0/24", "classNames": ["std", "alt"]}})
+    machine.ok(ADMIN, "pool.create", {"name": "p6", "spec": {"cidr": "2001:db8::/64"}})
+    machine.ok(ADMIN, "pool.create", {"name": "lab", "spec": {"cidr": "10.0.0.128/25", "addressSpace": "lab"}})
+    machine.ok(
+        admin_for("acme", "web"), "pool.create", {"name": "kid", "spec": {"parentPool": "p1", "prefixLength": 28}}
+    )
+    machine.ok(ACME, "claim.create", {"name": "c1", "spec": {"poolRef": "p1", "prefixLength": 30}}, request_id="r1")
+    machine.ok(ACME, "claim.create", {"name": "c2", "spec": {}})
+    machine.ok(ACME, "claim.create", {"name": "c3", "spec": {"className": "alt"}})
+    machine.ok(ACME, "claim.delete", {"name": "c3"})  # retained: a Released allocation
+    machine.ok(ACME, "claim.create", {"name": "k1", "spec": {"poolRef": "kid"}})
+    machine.ok(ACME, "claim.create", {"name": "v1", "spec": {"poolRef": "p6", "prefixLength": 120}})
+    return machine
+
+
+@pytest.fixture(scope="module")
+def busy_store() -> MemoryStore:
+    return build_scenario(steps=300).store
+
+
+def _copy(store: MemoryStore) -> MemoryStore:
+    copied = MemoryStore()
+    copied.apply_writes(list(store.items()))
+    return copied
+
+
+# ---- reading and rewriting records -----------------------------------------------------------
+
+
+def _scan(store: MemoryStore, prefix: bytes) -> list[tuple[bytes, bytes]]:
+    return list(store.scan(prefix, prefix_end(prefix)))
+
+
+def _load(store: MemoryStore, key: bytes) -> Any:
+    raw = store.get(key)
+    assert raw is not None, key
+    return codec.loads(raw)
+
+
+def _put(store: MemoryStore, key: bytes, value: Any) -> None:
+    store.apply_writes([(key, codec.dump_record(value))])
+
+
+def _bound_allocations(store: MemoryStore) -> list[tuple[bytes, dict[str, Any]]]:
+    return [
+        (key, codec.loads(raw))
+        for key, raw in _scan(store, keys.ALLOC)
+        if codec.loads(raw)["status"]["phase"] == PHASE_BOUND
+    ]
+
+
+def _two_allocations_in_one_pool(
+    store: MemoryStore,
+) -> tuple[tuple[bytes, dict[str, Any]], tuple[bytes, dict[str, Any]]]:
+    by_pool: dict[str, list[tuple[bytes, dict[str, Any]]]] = {}
+    for key, allocation in _bound_allocations(store):
+        by_pool.setdefault(allocation["spec"]["pool"], []).append((key, allocation))
+    for found in by_pool.values():
+        if len(found) >= 2:
+            return found[0], found[1]
+    raise AssertionError("the base state has no pool with two allocations")
+
+
+def _pool_state(store: MemoryStore, uid: bytes) -> PoolState:
+    return PoolState.from_plain(_load(store, buddy.state_key(uid)))
+
+
+def _save_state(store: MemoryStore, state: PoolState) -> None:
+    _put(store, buddy.state_key(state.uid), state.to_plain())
+
+
+def _recount_free(store: MemoryStore, uid: bytes) -> None:
+    """Make a pool's free counters and lowest-free cache agree with its free records again."""
+    state = _pool_state(store, uid)
+    state.free_counts = [0] * len(state.free_counts)
+    state.lowest_free = {}
+    for key, _ in _scan(store, b"F" + uid):
+        length, address = buddy.decode_free_key(key)
+        state.free_counts[length - state.length] += 1
+        state.lowest_free[length] = min(address, state.lowest_free.get(length, address))
+    _save_state(store, state)
+
+
+def _used_by_allocation(store: MemoryStore) -> tuple[bytes, bytes, int, int]:
+    """(pool uid, used key, address, length) of a block held by an allocation."""
+    for key, owner in _scan(store, b"U"):
+        if owner.startswith(keys.ALLOC):
+            address, length = buddy.decode_used_key(key)
+            return key[1 : 1 + buddy.UID_BYTES], key, address, length
+    raise AssertionError("no used block held by an allocation")
+
+
+def _splittable_free(store: MemoryStore) -> tuple[bytes, int, int, int]:
+    """(pool uid, length, address, bits) of a free block that can be split in two."""
+    for key, _ in _scan(store, b"F"):
+        uid = key[1 : 1 + buddy.UID_BYTES]
+        length, address = buddy.decode_free_key(key)
+        state = _pool_state(store, uid)
+        if length < state.bits:
+            return uid, length, address, state.bits
+    raise AssertionError("no splittable free block")
+
+
+# ---- the faults ------------------------------------------------------------------------------
+
+
+def give_block_to_two_allocations(store: MemoryStore) -> None:
+    """The second allocation (and its claim) now say they hold the first one's block."""
+    (_, first), (second_key, second) = _two_allocations_in_one_pool(store)
+    second["spec"]["cidr"] = first["spec"]["cidr"]
+    _put(store, second_key, second)
+    claim_key = keys.CLAIM + second_key[len(keys.ALLOC) :]
+    claim = _load(store, claim_key)
+    claim["status"]["allocatedCIDR"] = first["spec"]["cidr"]
+    _put(store, claim_key, claim)
+
+
+def repoint_used_block(store: MemoryStore) -> None:
+    """A used block's owner is changed to another allocation, which holds a different block."""
+    (first_key, first), (second_key, _) = _two_allocations_in_one_pool(store)
+    for key, owner in _scan(store, b"U"):
+        if owner == first_key:
+            store.apply_writes([(key, second_key)])
+            return
+    raise AssertionError(f"no used block for {first['spec']['cidr']}")
+
+
+def remove_free_block(store: MemoryStore) -> None:
+    """A free block disappears (its counters recounted): part of the pool belongs to nobody."""
+    key, _ = _scan(store, b"F")[0]
+    store.apply_writes([(key, None)])
+    _recount_free(store, key[1 : 1 + buddy.UID_BYTES])
+
+
+def free_block_over_used(store: MemoryStore) -> None:
+    """An allocation's block is also listed as free (counters recounted)."""
+    uid, _, address, length = _used_by_allocation(store)
+    store.apply_writes([(buddy.free_key(uid, length, address), b"")])
+    _recount_free(store, uid)
+
+
+def unmerged_free_buddies(store: MemoryStore) -> None:
+    """A free block split into two free halves that were never merged back (counters recounted)."""
+    uid, length, address, bits = _splittable_free(store)
+    half = 1 << (bits - length - 1)
+    store.apply_writes(
+        [
+            (buddy.free_key(uid, length, address), None),
+            (buddy.free_key(uid, length + 1, address), b""),
+            (buddy.free_key(uid, length + 1, address + half), b""),
+        ]
+    )
+    _recount_free(store, uid)
+
+
+def pool_counter_off_by_one(store: MemoryStore) -> None:
+    uid, *_ = _used_by_allocation(store)
+    state = _pool_state(store, uid)
+    state.allocated += 1
+    _save_state(store, state)
+
+
+def pool_allocation_count_off_by_one(store: MemoryStore) -> None:
+    uid, *_ = _used_by_allocation(store)
+    state = _pool_state(store, uid)
+    state.allocations -= 1
+    _save_state(store, state)
+
+
+def free_count_off_by_one(store: MemoryStore) -> None:
+    key, _ = _scan(store, b"F")[0]
+    state = _pool_state(store, key[1 : 1 + buddy.UID_BYTES])
+    state.free_counts[-1] += 1
+    _save_state(store, state)
+
+
+def wrong_lowest_free_address(store: MemoryStore) -> None:
+    """The allocator's cached lowest free address points at a block that is not free."""
+    uid, length, address, _ = _splittable_free(store)
+    state = _pool_state(store, uid)
+    _, _, used_address, _ = _used_by_allocation(store)
+    state.lowest_free[length] = used_address if used_address != address else address + 1
+    _save_state(store, state)
+
+
+def delete_claim_behind_allocation(store: MemoryStore) -> None:
+    alloc_key, _ = _bound_allocations(store)[0]
+    store.apply_writes([(keys.CLAIM + alloc_key[len(keys.ALLOC) :], None)])
+
+
+def delete_allocation_behind_claim(store: MemoryStore) -> None:
+    alloc_key, _ = _bound_allocations(store)[0]
+    store.apply_writes([(alloc_key, None)])
+
+
+def claim_disagrees_with_allocation(store: MemoryStore) -> None:
+    (alloc_key, _), (_, other) = _two_allocations_in_one_pool(store)
+    claim_key = keys.CLAIM + alloc_key[len(keys.ALLOC) :]
+    claim = _load(store, claim_key)
+    claim["status"]["allocatedCIDR"] = other["spec"]["cidr"]
+    _put(store, claim_key, claim)
+
+
+def two_default_classes(store: MemoryStore) -> None:
+    for key, raw in _scan(store, keys.CLASS):
+        ip_class = codec.loads(raw)
+        if not ip_class["spec"]["isDefault"]:
+            ip_class["spec"]["isDefault"] = True
+            _put(store, key, ip_class)
+            return
+    raise AssertionError("no non-default class")
+
+
+def default_pointer_to_missing_class(store: MemoryStore) -> None:
+    store.apply_writes([(keys.DEFAULT_CLASS, b"ghost")])
+
+
+def dangling_class_index(store: MemoryStore) -> None:
+    store.apply_writes([(keys.class_index_key("std", keys.pool_key("", "", "nowhere")), b"")])
+
+
+def class_index_entry_removed(store: MemoryStore) -> None:
+    key, _ = _scan(store, keys.CLASS_INDEX)[0]
+    store.apply_writes([(key, None)])
+
+
+def event_counter_mismatch(store: MemoryStore) -> None:
+    meta = Meta.load(store)
+    meta.events += 1
+    _put(store, keys.META, meta.to_plain())
+
+
+def event_record_lost(store: MemoryStore) -> None:
+    key, _ = _scan(store, keys.EVENT)[0]
+    store.apply_writes([(key, None)])
+
+
+def event_from_the_future(store: MemoryStore) -> None:
+    meta = Meta.load(store)
+    _, last = _scan(store, keys.EVENT)[-1]
+    meta.events += 1
+    store.apply_writes([(keys.event_key(meta.revision + 5), last)])
+    _put(store, keys.META, meta.to_plain())
+
+
+def dedup_counter_mismatch(store: MemoryStore) -> None:
+    meta = Meta.load(store)
+    meta.dedup_records += 1
+    _put(store, keys.META, meta.to_plain())
+
+
+def dedup_expiry_lost(store: MemoryStore) -> None:
+    key, _ = _scan(store, keys.DEDUP_EXPIRY)[0]
+    store.apply_writes([(key, None)])
+
+
+def allocator_state_lost(store: MemoryStore) -> None:
+    key, _ = _scan(store, b"ps/")[0]
+    store.apply_writes([(key, None)])
+
+
+def root_index_lost(store: MemoryStore) -> None:
+    key, _ = _scan(store, keys.ROOT)[0]
+    store.apply_writes([(key, None)])
+
+
+def overlapping_root_pools(store: MemoryStore) -> None:
+    """A root pool of another address space is moved into the default space, over other roots."""
+    others = [
+        (index_key, pool_key)
+        for index_key, pool_key in _scan(store, keys.ROOT)
+        if _load(store, pool_key)["status"]["addressSpace"] != "default"
+    ]
+    assert others, "no root pool outside the default address space"
+    index_key, pool_key = others[0]
+    pool = _load(store, pool_key)
+    block = pools.block_of(pool)
+    pool["status"]["addressSpace"] = pool["spec"]["addressSpace"] = "default"
+    _put(store, pool_key, pool)
+    store.apply_writes([(index_key, None), (keys.root_key("default", block), pool_key)])
+
+
+FAULTS: dict[str, tuple[Callable[[MemoryStore], None], str]] = {
+    "block-given-to-two-allocations": (give_block_to_two_allocations, r"overlap"),
+    "used-block-repointed": (repoint_used_block, r"does not point back"),
+    "free-block-removed": (remove_free_block, r"\bgap\b|end before the end"),
+    "free-block-over-used-block": (free_block_over_used, r"\boverlap\b"),
+    "free-buddies-unmerged": (unmerged_free_buddies, r"not merged"),
+    "pool-allocated-off-by-one": (pool_counter_off_by_one, r"counters"),
+    "pool-allocations-off-by-one": (pool_allocation_count_off_by_one, r"counters"),
+    "pool-free-count-off-by-one": (free_count_off_by_one, r"counters"),
+    "pool-lowest-free-wrong": (wrong_lowest_free_address, r"lowest|counters|free"),
+    "claim-deleted-behind-allocation": (delete_claim_behind_allocation, r"allocation .* claim does not"),
+    "allocation-deleted-behind-claim": (delete_allocation_behind_claim, r"no bound allocation"),
+    "claim-disagrees-with-allocation": (claim_disagrees_with_allocation, r"its allocation says otherwise"),
+    "two-default-classes": (two_default_classes, r"default classes"),
+    "default-pointer-to-missing-class": (default_pointer_to_missing_class, r"default pointer"),
+    "dangling-class-index": (dangling_class_index, r"class index"),
+    "class-index-entry-removed": (class_index_entry_removed, r"class index"),
+    "event-counter-mismatch": (event_counter_mismatch, r"meta counts .* the log holds"),
+    "event-record-lost": (event_record_lost, r"meta counts .* the log holds"),
+    "event-from-the-future": (event_from_the_future, r"revisions fall outside"),
+    "dedup-counter-mismatch": (dedup_counter_mismatch, r"dedup records"),
+    "dedup-expiry-lost": (dedup_expiry_lost, r"dedup records"),
+    "allocator-state-lost": (allocator_state_lost, r"no allocator state"),
+    "root-index-lost": (root_index_lost, r"root index"),
+    "overlapping-root-pools": (overlapping_root_pools, r"overlaps another root"),
+}
+
+
+def test_small_state_is_sound() -> None:
+    machine = _small_machine()  # checks after every step
+    check_invariants(machine.store)
+
+
+def test_busy_state_is_sound(busy_store: MemoryStore) -> None:
+    check_invariants(busy_store)
+    assert len(_bound_allocations(busy_store)) >= 20
+
+
+def test_every_step_of_a_busy_log_is_sound() -> None:
+    build_scenario(seed=7, steps=120, check_every_step=True)
+
+
+@pytest.mark.parametrize("fault", list(FAULTS.values()), ids=list(FAULTS))
+def test_planted_fault_is_detected_in_small_state(fault: tuple[Callable[[MemoryStore], None], str]) -> None:
+    plant, expected = fault
+    store = _small_machine().store
+    check_invariants(store)
+    before = digest(store)
+    plant(store)
+    assert digest(store) != before, "the fault changed nothing"
+    with pytest.raises(InvariantViolation, match=expected):
+        check_invariants(store)
+
+
+@pytest.mark.parametrize("fault", list(FAULTS.values()), ids=list(FAULTS))
+def test_planted_fault_is_detected_in_busy_state(
+    fault: tuple[Callable[[MemoryStore], None], str], busy_store: MemoryStore
+) -> None:
+    plant, expected = fault
+    store = _copy(busy_store)
+    plant(store)
+    with pytest.raises(InvariantViolation, match=expected):
+        check_invariants(store)
+
+
+def test_many_problems_are_summarised() -> None:
+    store = _small_machine().store
+    for key, _ in _scan(store, keys.CLAIM):
+        store.apply_writes([(key, None)])
+    for key, _ in _scan(store, keys.EVENT):
+        store.apply_writes([(key, None)])
+    with pytest.raises(InvariantViolation) as raised:
+        check_invariants(store)
+    message = str(raised.value)
+    assert message.count("claim does not") >= 3
+    assert "meta counts" in message
+
+
+# ---- apply's own guards ----------------------------------------------------------------------
+
+
+def _class_create(name: str, ts_ms: int) -> bytes:
+    return encode_envelope(Envelope("class.create", {"name": name, "spec": {"ipFamily": "IPv4"}}, ADMIN, None, ts_ms))
+
+
+def test_apply_refuses_an_entry_at_or_before_the_last_applied() -> None:
+    store = MemoryStore()
+    outcome = apply(store, _class_create("a", BASE_TS_MS), 5, 1)
+    assert outcome.ok
+    store.apply_writes(outcome.writes)
+    for index, position in [(5, 1), (5, 0), (4, 9), (1, 0)]:
+        with pytest.raises(InvariantViolation, match="applied after"):
+            apply(store, _class_create(f"x{index}{position}", BASE_TS_MS + 1), index, position)
+    # Later positions in the same entry, and later entries, are fine.
+    later = apply(store, _class_create("b", BASE_TS_MS + 1), 5, 2)
+    assert later.ok
+    store.apply_writes(later.writes)
+    assert apply(store, _class_create("c", BASE_TS_MS + 2), 6, 0).ok
+
+
+def test_replaying_a_whole_log_over_its_own_state_is_refused() -> None:
+    machine = _small_machine()
+    with pytest.raises(InvariantViolation):
+        apply(machine.store, machine.log[-1], machine.index)
+
+
+def test_apply_raises_on_broken_state_instead_of_refusing() -> None:
+    """A claim without its allocation is broken state, not bad input: the member must stop."""
+    store = _small_machine().store
+    alloc_key, _ = _bound_allocations(store)[0]
+    store.apply_writes([(alloc_key, None)])
+    org, project, namespace, name = keys.split_path(alloc_key, keys.ALLOC)
+    data = encode_envelope(
+        Envelope("claim.delete", {"name": name, "namespace": namespace}, member(org, project), None, BASE_TS_MS + 10**8)
+    )
+    with pytest.raises(InvariantViolation):
+        apply(store, data, 10**6)
+
+
+def test_invariant_messages_name_the_pool() -> None:
+    store = _small_machine().store
+    pool_counter_off_by_one(store)
+    with pytest.raises(InvariantViolation) as raised:
+        check_invariants(store)
+    assert re.search(r"pool \S+: counters", str(raised.value))
