@@ -29,6 +29,8 @@ class Meta:
     events: int = 0  # revisions retained in the event log (one record per revision)
     compacted_revision: int = 0  # events at or below this revision have been dropped
     dedup_records: int = 0
+    dedup_oldest_ms: int = 0  # no dedup record was written before this: lets apply skip the
+    # expiry seek until the oldest record can have expired
 
     def to_plain(self) -> list[int]:
         # A flat list: the meta record is rewritten by every command.
@@ -40,6 +42,7 @@ class Meta:
             self.events,
             self.compacted_revision,
             self.dedup_records,
+            self.dedup_oldest_ms,
         ]
 
     @classmethod

@@ -262,6 +262,8 @@ def _check_meta(view: ReadView, problems: list[str]) -> None:
         problems.append("event log revisions fall outside (compacted, current]")
     dedup = _scan(view, keys.DEDUP)
     expiry = _scan(view, keys.DEDUP_EXPIRY)
+    if expiry and int.from_bytes(expiry[0][0][len(keys.DEDUP_EXPIRY) :][:8], "big") < meta.dedup_oldest_ms:
+        problems.append("a dedup record is older than meta's dedup_oldest_ms: expiry would skip it")
     if not len(dedup) == len(expiry) == meta.dedup_records:
         problems.append(
             f"meta counts {meta.dedup_records} dedup records; table {len(dedup)}, expiry index {len(expiry)}"

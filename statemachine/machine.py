@@ -154,19 +154,25 @@ def _remember(
     if previous is not None:  # an expired record under the same id: replace it
         overlay.delete(keys.dedup_expiry_key(loads(previous)[1], dedup_key))
         meta.dedup_records -= 1
+    if meta.dedup_records == 0:
+        meta.dedup_oldest_ms = now_ms
     overlay.put(dedup_key, dump_record([digest, now_ms, created, encoded_value]))
     overlay.put(keys.dedup_expiry_key(now_ms, dedup_key), b"")
     meta.dedup_records += 1
 
 
 def _trim_dedup(overlay: Overlay, meta: Meta, now_ms: int) -> None:
+    if meta.dedup_records <= dedup_records_max and now_ms - meta.dedup_oldest_ms <= dedup_ttl_ms:
+        return  # nothing can be due yet: no seek
     removed = 0
     while True:
         oldest = overlay.first(keys.DEDUP_EXPIRY, keys.DEDUP_EXPIRY_END)
         if oldest is None:
+            meta.dedup_oldest_ms = now_ms
             return
         expiry_key = oldest[0]
         written_ms = int.from_bytes(expiry_key[len(keys.DEDUP_EXPIRY) : len(keys.DEDUP_EXPIRY) + 8], "big")
+        meta.dedup_oldest_ms = written_ms
         over_limit = meta.dedup_records > dedup_records_max
         if not over_limit and (now_ms - written_ms <= dedup_ttl_ms or removed >= _trim_per_command_max):
             return
