@@ -1,0 +1,747 @@
+"""The HTTP API: authenticate, parse, build an Envelope, hand it to the member, map the answer.
+
+No business logic lives here: what a command means is the state machine's business, and what
+a read returns is `statemachine.queries`'. This module owns the wire: routes, tokens and
+tenancy, strict JSON, limits, the one error table, watches and metrics.
+
+Rules it keeps:
+
+* Every answer is JSON (`/metrics` excepted), errors included, even aiohttp's own 404, 405 and
+  413: `{"error": {"code", "message", "details"}}` with the status from `ERROR_STATUS`, the one
+  table mapping codes to statuses. Handlers raise (`ApiError`, or the state machine's
+  `Rejected`); one middleware turns every exception into a response and counts it.
+* The tenant comes from the token, never from the body. An admin acts for a tenant by naming
+  it in the query (`?org=&project=`); a member may name only its own tenant.
+* Request bodies are JSON objects of plain data: no floats, NaN or Infinity, no duplicate keys,
+  UTF-8, at most `Limits.body_bytes_max` bytes. What is refused changes nothing.
+* Reads are linearizable (a read barrier first) unless `?consistency=stale`; the answer says
+  which in the `X-Allot-Consistency` header (and lists in `metadata.consistency`).
+* A read view is never held across an `await`: LMDB read transactions pin pages, and the local
+  member's view holds its apply lock.
+* JSON is written compactly with sorted keys: the same value gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from node.member import Member, MemberError, NoLeaderError, OutcomeUnknownError, OverloadedError
+from node.tokens import TokenStore
+from statemachine import queries
+from statemachine.codec import Envelope, Principal, encode_envelope
+from statemachine.context import Meta
+from statemachine.errors import GONE, Rejected
+
+log = logging.getLogger("allot.http")
+
+# ---- limits (named, with units) ------------------------------------------------------------
+
+body_bytes_max = 64 * 1024  # request bodies; a claim or pool is well under 4 KiB
+request_timeout_s = 10.0  # a write's commit, a read's barrier, reading a request body
+watch_timeout_s_default = 300
+watch_timeout_s_max = 3600
+watch_heartbeat_s = 10.0  # a BOOKMARK line after this long without a line: dead peers show up
+watches_max = 256  # concurrent watch streams per member
+idempotency_key_chars_max = 128  # = statemachine.codec.request_id_chars_max
+member_grace_s = 1.0  # extra time a member gets to honour its own deadline before we give up
+retry_after_s_min = 1  # Retry-After is whole seconds
+
+
+@dataclass(frozen=True)
+class Limits:
+    body_bytes_max: int = body_bytes_max
+    request_timeout_s: float = request_timeout_s
+    watch_timeout_s_default: int = watch_timeout_s_default
+    watch_timeout_s_max: int = watch_timeout_s_max
+    watch_heartbeat_s: float = watch_heartbeat_s
+    watches_max: int = watches_max
+    member_grace_s: float = member_grace_s
+
+
+# ---- the one error table -------------------------------------------------------------------
+
+ERROR_STATUS: dict[str, int] = {
+    "invalid": 400,  # malformed or semantically wrong request; details.field names what to fix
+    "unauthorized": 401,  # no token or an unknown one
+    "forbidden": 403,  # a known principal that may not do this
+    "not_found": 404,  # also another tenant's objects, and unknown routes
+    "method_not_allowed": 405,
+    "request_timeout": 408,  # the request body did not arrive in time
+    "already_exists": 409,  # same name, different spec
+    "conflict": 409,  # overlap, still in use, an Idempotency-Key reused for another request
+    "pool_exhausted": 409,  # no room: a state of the pool, not a fault of the server (see DESIGN)
+    "quota_exceeded": 409,
+    "unschedulable": 409,
+    "gone": 410,  # a watch's resourceVersion was compacted away
+    "too_large": 413,
+    "unsupported_media_type": 415,
+    "internal": 500,  # a bug; logged with its traceback
+    "no_leader": 503,  # with Retry-After; nothing was proposed
+    "overloaded": 503,  # with Retry-After; nothing was proposed
+    "unavailable": 503,  # with Retry-After
+    "not_ready": 503,  # /readyz only
+    "outcome_unknown": 504,  # a write's deadline passed: retry with the same Idempotency-Key
+    "timeout": 504,  # a read barrier's deadline passed; nothing changed
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if code not in ERROR_STATUS:
+            raise ValueError(f"error code {code!r} is not in the error table")
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+    @property
+    def status(self) -> int:
+        return ERROR_STATUS[self.code]
+
+
+def invalid(message: str, field_name: str | None = None) -> ApiError:
+    return ApiError("invalid", message, {"field": field_name} if field_name else {})
+
+
+def retry_after(code: str, message: str, retry_after_s: float, details: dict[str, Any] | None = None) -> ApiError:
+    seconds = max(retry_after_s_min, math.ceil(retry_after_s))
+    return ApiError(code, message, {**(details or {}), "retryAfterSeconds": seconds}, {"Retry-After": str(seconds)})
+
+
+def from_rejected(refusal: Rejected) -> ApiError:
+    return ApiError(refusal.code, refusal.message, dict(refusal.details))
+
+
+# ---- JSON ------------------------------------------------------------------------------------
+
+
+def dumps(value: Any) -> bytes:
+    """Compact, deterministic JSON (sorted keys, ASCII only, no NaN)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=dumps(value), status=status, headers=headers, content_type="application/json")
+
+
+def error_response(error: ApiError) -> web.Response:
+    body = {"error": {"code": error.code, "message": error.message, "details": error.details}}
+    return json_response(body, error.status, error.headers)
+
+
+class _StrictJsonError(Exception):
+    pass
+
+
+def _refuse_float(text: str) -> NoReturn:
+    raise _StrictJsonError(f"numbers must be integers; {text} is not (commands hold no floats)")
+
+
+def _refuse_constant(text: str) -> NoReturn:
+    raise _StrictJsonError(f"{text} is not allowed in a request body")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _StrictJsonError(f"duplicate key {key!r} in a JSON object")
+        obj[key] = value
+    return obj
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body: one JSON object of plain data, or `invalid` saying what is wrong."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise invalid(f"the body is not UTF-8 (byte {exc.start})") from None
+    if not text.strip():
+        raise invalid("the body is empty; send a JSON object")
+    try:
+        value = json.loads(text, parse_float=_refuse_float, parse_constant=_refuse_constant, object_pairs_hook=_object)
+    except _StrictJsonError as exc:
+        raise invalid(str(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise invalid(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, absurd nesting
+        raise invalid(f"unacceptable JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise invalid(f"the body must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+# ---- resources and routes --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    plural: str
+    create: str | None  # command types; None: not writable over HTTP
+    delete: str | None
+    namespaced: bool
+    name_pattern: str = "[^/]+"
+
+
+# Pools may be named `name`, `project/name` or `org/project/name`: as extra path segments
+# (`/v1/ippools/web/edge`) or with the slashes URL-encoded (`/v1/ippools/web%2Fedge`); aiohttp
+# matches routes on the decoded path, so both reach the same handler.
+KINDS: dict[str, Kind] = {
+    "ippools": Kind("ippools", "pool.create", "pool.delete", False, r"[^/]+(?:/[^/]+){0,2}"),
+    "ipclaims": Kind("ipclaims", "claim.create", "claim.delete", True),
+    "ipallocations": Kind("ipallocations", None, None, True),
+    "ipclasses": Kind("ipclasses", "class.create", "class.delete", False),
+}
+if set(KINDS) != set(queries.RESOURCES):  # a kind added to the state machine needs its routes
+    raise RuntimeError(f"HTTP kinds {sorted(KINDS)} differ from statemachine kinds {sorted(queries.RESOURCES)}")
+
+TENANT_PARAMS = frozenset({"org", "project"})
+CONSISTENCY_LINEARIZABLE = "linearizable"
+CONSISTENCY_STALE = "stale"
+CONSISTENCY_HEADER = "X-Allot-Consistency"
+REQUEST_ID_HEADER = "X-Allot-Request-Id"
+REVISION_HEADER = "X-Allot-Revision"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+_dns_label = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_idempotency_key = re.compile(rf"[\x21-\x7e]{{1,{idempotency_key_chars_max}}}")
+_decimal = re.compile(r"[0-9]{1,18}")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+
+
+class MemberCollector:
+    """Gauges read from `member.status()` at scrape time (the replicated member adds its own)."""
+
+    _gauges = (
+        ("term", "allot_member_term", "Raft term this member knows"),
+        ("commitIndex", "allot_member_commit_index", "Raft commit index this member knows"),
+        ("appliedIndex", "allot_member_applied_index", "last log index applied to this member's store"),
+        ("revision", "allot_member_revision", "state revision (resourceVersion) of this member's store"),
+        ("snapshotIndex", "allot_member_snapshot_index", "log index of this member's latest snapshot"),
+    )
+    _roles = ("leader", "follower", "candidate")
+
+    def __init__(self, member: Member) -> None:
+        self._member = member
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("allot_member_ready", "1 when this member is caught up and serving")
+        yield GaugeMetricFamily("allot_member_role", "1 for this member's current role", labels=["role"])
+        for _, name, documentation in self._gauges:
+            yield GaugeMetricFamily(name, documentation)
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "allot_member_ready", "1 when this member is caught up and serving", value=1 if self._member.ready() else 0
+        )
+        try:
+            status = self._member.status()
+        except Exception:
+            log.exception("member.status() failed during a metrics scrape")
+            return
+        role = GaugeMetricFamily("allot_member_role", "1 for this member's current role", labels=["role"])
+        current = str(status.get("role", ""))
+        for name in sorted({*self._roles, current} - {""}):
+            role.add_metric([name], 1 if name == current else 0)
+        yield role
+        for key, name, documentation in self._gauges:
+            value = status.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                yield GaugeMetricFamily(name, documentation, value=value)
+
+
+class Metrics:
+    """One registry per app, so several apps (tests, several members in one process) coexist."""
+
+    def __init__(self, member: Member) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "allot_http_requests",
+            "HTTP requests answered, by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "allot_http_request_duration_seconds",
+            "time to answer an HTTP request (watches: the whole stream), by route template and method",
+            ["route", "method"],
+            registry=self.registry,
+        )
+        self.watches = Gauge("allot_http_watches", "watch streams open now", registry=self.registry)
+        self.registry.register(MemberCollector(member))
+
+    def observe(self, route: str, method: str, status: int, duration_s: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(duration_s)
+
+
+_methods = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"  # bounded label values
+
+
+# ---- the API ---------------------------------------------------------------------------------
+
+
+class Api:
+    def __init__(self, member: Member, tokens: TokenStore, limits: Limits) -> None:
+        self.member = member
+        self.tokens = tokens
+        self.limits = limits
+        self.prometheus = Metrics(member)
+        self.watches_open = 0
+
+    # -- the middleware: every exception becomes a JSON error, every answer is counted --
+
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started_s = time.perf_counter()
+        status = 499  # the client went away before an answer (nginx's convention)
+        try:
+            response = await self._answer(request, handler)
+            status = response.status
+            return response
+        finally:
+            method = request.method if request.method in _methods else "OTHER"
+            self.prometheus.observe(_route_label(request), method, status, time.perf_counter() - started_s)
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as error:
+            return error_response(error)
+        except Rejected as refusal:
+            return error_response(from_rejected(refusal))
+        except web.HTTPException as exc:
+            return error_response(self._from_http_exception(request, exc))
+        except Exception:
+            log.exception("unexpected error answering %s %s", request.method, request.path)
+            return error_response(ApiError("internal", "internal error; it has been logged"))
+
+    def _from_http_exception(self, request: web.Request, exc: web.HTTPException) -> ApiError:
+        if exc.status == 404:
+            return ApiError("not_found", f"nothing at {request.path}", {"path": request.path})
+        if exc.status == 405:
+            allowed = sorted(getattr(exc, "allowed_methods", ()) or ())
+            return ApiError(
+                "method_not_allowed",
+                f"{request.method} is not allowed on {request.path}; allowed: {', '.join(allowed)}",
+                {"allowed": allowed},
+                {"Allow": ", ".join(allowed)},
+            )
+        if exc.status == 413:
+            return ApiError(
+                "too_large",
+                f"the request body is larger than {self.limits.body_bytes_max} bytes",
+                {"limitBytes": self.limits.body_bytes_max},
+            )
+        code = {400: "invalid", 401: "unauthorized", 403: "forbidden", 415: "unsupported_media_type"}.get(exc.status)
+        if code is None:
+            code = "internal" if exc.status >= 500 else "invalid"
+        return ApiError(code, exc.reason)
+
+    # -- request parts --
+
+    def _params(self, request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
+        allowed_set = set(allowed)
+        params: dict[str, str] = {}
+        for key, value in request.query.items():
+            if key not in allowed_set:
+                raise invalid(f"unknown query parameter {key!r}; allowed here: {', '.join(sorted(allowed_set))}", key)
+            if key in params:
+                raise invalid(f"query parameter {key!r} is given more than once", key)
+            params[key] = value
+        return params
+
+    def _principal(self, request: web.Request) -> Principal:
+        """Who asks: the token's principal, or the tenant an admin names with ?org=&project=.
+        Called before the query is checked, so a request without a valid token learns nothing."""
+        header = request.headers.get("Authorization")
+        challenge = {"WWW-Authenticate": 'Bearer realm="allot"'}
+        if header is None:
+            raise ApiError("unauthorized", "send Authorization: Bearer <token>", headers=challenge)
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError("unauthorized", "the Authorization header must be 'Bearer <token>'", headers=challenge)
+        entry = self.tokens.lookup(token)
+        if entry is None:
+            raise ApiError("unauthorized", "unknown token", headers=challenge)
+        org, project = request.query.get("org"), request.query.get("project")
+        if org is None and project is None:
+            return entry.principal()
+        if not org or not project:
+            raise invalid("to act for a tenant give both org and project", "org" if not org else "project")
+        for name, value in (("org", org), ("project", project)):
+            if not _dns_label.fullmatch(value):
+                raise invalid(f"{name} {value!r} must be a DNS label (lowercase letters, digits, '-')", name)
+        if entry.role == "admin":
+            return Principal(entry.name, org, project, entry.role)
+        if (org, project) == (entry.org, entry.project):
+            return entry.principal()
+        raise ApiError(
+            "forbidden",
+            f"this token belongs to {entry.org}/{entry.project}; only an admin may act for another tenant",
+            {"org": org, "project": project},
+        )
+
+    def _request_id(self, request: web.Request) -> str:
+        keys = request.headers.getall(IDEMPOTENCY_HEADER, [])
+        if not keys:
+            return uuid.uuid4().hex
+        if len(keys) > 1:
+            raise invalid(f"give one {IDEMPOTENCY_HEADER} header, not {len(keys)}", IDEMPOTENCY_HEADER)
+        key = keys[0]
+        if not _idempotency_key.fullmatch(key):
+            raise invalid(
+                f"{IDEMPOTENCY_HEADER} must be 1-{idempotency_key_chars_max} printable ASCII characters without spaces",
+                IDEMPOTENCY_HEADER,
+            )
+        return key
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        if request.content_type != "application/json" or (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+            given = request.headers.get("Content-Type", "none")
+            raise ApiError(
+                "unsupported_media_type",
+                f"send the body as JSON with Content-Type: application/json (got {given})",
+                {"contentType": given},
+            )
+        length = request.content_length
+        if length is not None and length > self.limits.body_bytes_max:
+            raise ApiError(
+                "too_large",
+                f"the request body is {length} bytes; the limit is {self.limits.body_bytes_max}",
+                {"limitBytes": self.limits.body_bytes_max},
+            )
+        try:
+            async with asyncio.timeout(self.limits.request_timeout_s):
+                raw = await request.read()  # client_max_size refuses more than the limit (413)
+        except TimeoutError:
+            raise ApiError("request_timeout", "the request body did not arrive in time") from None
+        return parse_json_object(raw)
+
+    async def _call(self, awaitable: Awaitable[T], on_timeout: ApiError) -> T:
+        try:
+            async with asyncio.timeout(self.limits.request_timeout_s + self.limits.member_grace_s):
+                return await awaitable
+        except NoLeaderError as exc:
+            raise retry_after("no_leader", str(exc) or "no leader is known right now", exc.retry_after_s) from None
+        except OverloadedError as exc:
+            raise retry_after("overloaded", str(exc) or "the member is overloaded", exc.retry_after_s) from None
+        except (OutcomeUnknownError, TimeoutError) as exc:
+            if str(exc):
+                on_timeout.message = f"{on_timeout.message} ({exc})"
+            raise on_timeout from None
+        except MemberError as exc:
+            raise retry_after("unavailable", str(exc) or "the member cannot serve this now", 1) from None
+
+    async def _consistency(self, params: dict[str, str]) -> str:
+        consistency = params.get("consistency", CONSISTENCY_LINEARIZABLE)
+        if consistency == CONSISTENCY_LINEARIZABLE:
+            timeout = ApiError("timeout", "the read barrier did not complete in time; nothing changed, retry the read")
+            await self._call(self.member.read_barrier(self.limits.request_timeout_s), timeout)
+        elif consistency != CONSISTENCY_STALE:
+            raise invalid(
+                f"consistency must be {CONSISTENCY_LINEARIZABLE} or {CONSISTENCY_STALE}, not {consistency!r}",
+                "consistency",
+            )
+        return consistency
+
+    # -- health, readiness, status, metrics --
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return json_response({"status": "ok", "memberId": self.member.member_id})
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        if not self.member.ready():
+            raise retry_after("not_ready", "this member is not caught up yet", 1)
+        return json_response({"status": "ready", "memberId": self.member.member_id})
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        self._principal(request)
+        self._params(request, ())
+        return json_response(self.member.status())
+
+    async def metrics_text(self, request: web.Request) -> web.StreamResponse:
+        text = generate_latest(self.prometheus.registry)
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # -- resources --
+
+    def list_handler(self, kind: Kind) -> Handler:
+        allowed = {"limit", "continue", "labelSelector", "consistency", *TENANT_PARAMS}
+        if kind.namespaced:
+            allowed.add("namespace")
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            principal = self._principal(request)
+            params = self._params(request, allowed)
+            limit = _int_param(params, "limit")
+            consistency = await self._consistency(params)
+            with self.member.reader() as view:
+                result = queries.list_objects(
+                    view,
+                    principal,
+                    kind.plural,
+                    limit=limit,
+                    continue_token=params.get("continue") or None,
+                    label_selector=params.get("labelSelector") or None,
+                    namespace=params.get("namespace"),
+                )
+            result["metadata"]["consistency"] = consistency
+            return json_response(result, headers={CONSISTENCY_HEADER: consistency})
+
+        return handler
+
+    def get_handler(self, kind: Kind) -> Handler:
+        allowed = {"consistency", *TENANT_PARAMS, *(("namespace",) if kind.namespaced else ())}
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            principal = self._principal(request)
+            params = self._params(request, allowed)
+            consistency = await self._consistency(params)
+            with self.member.reader() as view:
+                obj = queries.get(view, principal, kind.plural, request.match_info["name"], params.get("namespace"))
+            return json_response(obj, headers={CONSISTENCY_HEADER: consistency})
+
+        return handler
+
+    def create_handler(self, kind: Kind, command_type: str) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            principal = self._principal(request)
+            self._params(request, TENANT_PARAMS)
+            request_id = self._request_id(request)
+            body = await self._body(request)
+            return await self._submit(command_type, body, principal, request_id)
+
+        return handler
+
+    def delete_handler(self, kind: Kind, command_type: str) -> Handler:
+        allowed = {*TENANT_PARAMS, *(("namespace",) if kind.namespaced else ())}
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            principal = self._principal(request)
+            params = self._params(request, allowed)
+            request_id = self._request_id(request)
+            body: dict[str, Any] = {"name": request.match_info["name"]}
+            if kind.namespaced and "namespace" in params:
+                body["namespace"] = params["namespace"]
+            return await self._submit(command_type, body, principal, request_id)
+
+        return handler
+
+    async def refuse_allocation_write(self, request: web.Request) -> web.StreamResponse:
+        raise ApiError(
+            "method_not_allowed",
+            "IPAllocations are written and removed with their IPClaims: create or delete the IPClaim "
+            "of the same namespace and name instead",
+            {"allowed": ["GET", "HEAD"]},
+            {"Allow": "GET, HEAD"},
+        )
+
+    async def _submit(
+        self, command_type: str, body: dict[str, Any], principal: Principal, request_id: str
+    ) -> web.StreamResponse:
+        envelope = Envelope(command_type, body, principal, request_id, time.time_ns() // 1_000_000)
+        try:
+            data = encode_envelope(envelope)
+        except (ValueError, TypeError) as exc:  # nesting too deep, lone surrogates, ...
+            raise invalid(f"the body cannot be made into a command: {exc}") from None
+        unknown = ApiError(
+            "outcome_unknown",
+            f"the write may or may not have been applied; it is safe to retry with the same "
+            f"{IDEMPOTENCY_HEADER}: {request_id}",
+            {"requestId": request_id},
+            {REQUEST_ID_HEADER: request_id},
+        )
+        outcome = await self._call(self.member.submit(data, self.limits.request_timeout_s), unknown)
+        headers = {REQUEST_ID_HEADER: request_id, REVISION_HEADER: str(outcome.revision)}
+        result = outcome.result
+        if isinstance(result, Rejected):
+            error = from_rejected(result)
+            error.headers.update(headers)
+            raise error
+        return json_response(result.value, 201 if result.created else 200, headers)
+
+    # -- watch --
+
+    async def watch(self, request: web.Request) -> web.StreamResponse:
+        principal = self._principal(request)
+        params = self._params(request, {"kinds", "resourceVersion", "timeoutSeconds", *TENANT_PARAMS})
+        kinds = _kinds_param(params.get("kinds"))
+        start = _int_param(params, "resourceVersion")
+        timeout_s = _int_param(params, "timeoutSeconds")
+        if timeout_s is None:
+            timeout_s = self.limits.watch_timeout_s_default
+        if not 1 <= timeout_s <= self.limits.watch_timeout_s_max:
+            raise invalid(f"timeoutSeconds must be between 1 and {self.limits.watch_timeout_s_max}", "timeoutSeconds")
+        if self.watches_open >= self.limits.watches_max:
+            raise retry_after("overloaded", f"this member already serves {self.limits.watches_max} watches", 1)
+
+        # The first batch is read before the answer starts, so a compacted revision is a 410.
+        with self.member.reader() as view:
+            current = Meta.load(view).revision
+            if start is None:
+                events: list[dict[str, Any]] = []
+                revision = current
+            else:
+                events, revision = queries.events_after(view, principal, start, kinds)
+
+        self.watches_open += 1
+        self.prometheus.watches.inc()
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
+        try:
+            await response.prepare(request)
+            if start is None:
+                await response.write(_bookmark(revision))
+            await self._stream(response, principal, kinds, events, revision, current, timeout_s)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away; nothing to tell it
+        except Exception:  # the answer has started: the middleware can no longer replace it
+            log.exception("watch failed after its answer started")
+            internal = {"code": "internal", "message": "internal error; it has been logged", "details": {}}
+            with contextlib.suppress(Exception):
+                await response.write(dumps({"type": "ERROR", "object": {"error": internal}}) + b"\n")
+        finally:
+            self.watches_open -= 1
+            self.prometheus.watches.dec()
+        return response
+
+    async def _stream(
+        self,
+        response: web.StreamResponse,
+        principal: Principal,
+        kinds: tuple[str, ...],
+        events: list[dict[str, Any]],
+        revision: int,
+        current: int,
+        timeout_s: int,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + timeout_s
+        heartbeat_s = self.limits.watch_heartbeat_s
+        last_line_s = loop.time()
+        while True:
+            if events:  # one write per batch: a revision's events travel together
+                await response.write(b"".join(dumps(event) + b"\n" for event in events))
+                last_line_s = loop.time()
+            elif loop.time() - last_line_s >= heartbeat_s:
+                await response.write(_bookmark(revision))
+                last_line_s = loop.time()
+            now_s = loop.time()
+            if now_s >= deadline_s:
+                break
+            if revision >= current:  # caught up: wait for a change, a heartbeat or the deadline
+                wait_s = min(deadline_s - now_s, max(0.0, last_line_s + heartbeat_s - now_s))
+                if wait_s > 0:
+                    await self.member.wait_for_change(revision, wait_s)
+            with self.member.reader() as view:
+                current = Meta.load(view).revision
+                try:
+                    events, revision = queries.events_after(view, principal, revision, kinds)
+                except Rejected as refusal:  # fell behind by more than the event log holds
+                    if refusal.code != GONE:
+                        raise
+                    error = {"code": refusal.code, "message": refusal.message, "details": refusal.details}
+                    final_line: bytes | None = dumps({"type": "ERROR", "object": {"error": error}}) + b"\n"
+                else:
+                    final_line = None
+            if final_line is not None:
+                await response.write(final_line)
+                return
+        await response.write(_bookmark(revision))
+
+
+def _bookmark(revision: int) -> bytes:
+    """A line that says "nothing you may see changed up to this revision": resume from it."""
+    bookmark = {"type": "BOOKMARK", "object": {"kind": "Bookmark", "metadata": {"resourceVersion": revision}}}
+    return dumps(bookmark) + b"\n"
+
+
+def _int_param(params: dict[str, str], name: str) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if not _decimal.fullmatch(value):
+        raise invalid(f"{name} must be a non-negative integer, not {value!r}", name)
+    return int(value)
+
+
+def _kinds_param(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return tuple(KINDS)
+    kinds: list[str] = []
+    for part in value.split(","):
+        name = part.strip()
+        if name not in KINDS:
+            raise invalid(f"unknown kind {name!r} in kinds; known: {', '.join(KINDS)}", "kinds")
+        if name not in kinds:
+            kinds.append(name)
+    return tuple(kinds)
+
+
+API_KEY = web.AppKey("allot_api", Api)
+
+
+def build_app(member: Member, tokens: TokenStore, *, limits: Limits | None = None) -> web.Application:
+    """The aiohttp application serving Allot's public HTTP API for one member."""
+    limits = limits or Limits()
+    api = Api(member, tokens, limits)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await api.middleware(request, handler)
+
+    app = web.Application(middlewares=[middleware], client_max_size=limits.body_bytes_max)
+    app[API_KEY] = api
+    router = app.router
+    router.add_get("/healthz", api.healthz)
+    router.add_get("/readyz", api.readyz)
+    router.add_get("/metrics", api.metrics_text)
+    router.add_get("/v1/status", api.status)
+    router.add_get("/v1/watch", api.watch, allow_head=False)  # a HEAD would hold a stream open
+    for kind in KINDS.values():
+        collection = f"/v1/{kind.plural}"
+        item = f"/v1/{kind.plural}/{{name:{kind.name_pattern}}}"
+        router.add_get(collection, api.list_handler(kind))
+        router.add_get(item, api.get_handler(kind))
+        if kind.create is not None and kind.delete is not None:
+            router.add_post(collection, api.create_handler(kind, kind.create))
+            router.add_delete(item, api.delete_handler(kind, kind.delete))
+        else:
+            router.add_post(collection, api.refuse_allocation_write)
+            router.add_delete(item, api.refuse_allocation_write)
+    return app

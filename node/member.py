@@ -1,0 +1,144 @@
+"""What the HTTP layer needs from a member, and a local (non-replicated) member.
+
+The HTTP layer builds envelopes and reads state; it does not know about Raft. A `Member`
+commits envelopes (through Raft, in the replicated member) and answers each with its own
+Outcome, gives linearizable read barriers, read views of the applied state, and a way to wait
+for the state to move past a revision (for watches).
+
+`LocalMember` applies envelopes directly to one store, in order, under a lock: a single-member
+Allot with the same API, used by the HTTP tests and for trying the API without a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from node.memstore import MemoryStore
+from statemachine import Outcome, apply
+from statemachine.context import Meta
+from statemachine.invariants import digest
+from statemachine.view import ReadView
+
+
+class MemberError(Exception):
+    """A request could not be carried out by this member."""
+
+
+class NoLeaderError(MemberError):
+    """No leader is known right now: nothing was proposed; retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: float = 0.5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class OverloadedError(MemberError):
+    """The proposal queue is full: nothing was proposed; retry later."""
+
+    def __init__(self, message: str, retry_after_s: float = 0.2) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class OutcomeUnknownError(MemberError):
+    """The deadline passed after the proposal left this member: it may or may not apply.
+
+    Retrying with the same request id is safe: the state machine applies it at most once.
+    """
+
+
+class Member(Protocol):
+    @property
+    def member_id(self) -> str: ...
+
+    async def submit(self, envelope: bytes, timeout_s: float) -> Outcome:
+        """Commit one encoded envelope and return its own Outcome once applied here."""
+
+    async def read_barrier(self, timeout_s: float) -> None:
+        """Return once this member has applied everything committed before the call began."""
+
+    def reader(self) -> contextlib.AbstractContextManager[ReadView]:
+        """A consistent read view of this member's applied state."""
+
+    async def wait_for_change(self, revision: int, timeout_s: float) -> None:
+        """Return once the state's revision exceeds `revision`, or the timeout passes."""
+
+    def ready(self) -> bool:
+        """Caught up with the leader's commit index and able to serve."""
+
+    def status(self) -> dict[str, Any]:
+        """Member id, role, leader, term, commit and applied index, revision, digest, ..."""
+
+
+class LocalMember:
+    """A single-member Allot: no Raft, every envelope applied at once, in order."""
+
+    def __init__(self, member_id: str = "local", store: MemoryStore | None = None) -> None:
+        self._member_id = member_id
+        self._store = store if store is not None else MemoryStore()
+        self._lock = threading.Lock()  # one envelope at a time, as the log would order them
+        self._index = 0
+        self._changed: asyncio.Condition | None = None
+        self._started_s = time.monotonic()
+
+    @property
+    def member_id(self) -> str:
+        return self._member_id
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def submit(self, envelope: bytes, timeout_s: float) -> Outcome:
+        with self._lock:
+            self._index += 1
+            outcome = apply(self._store, envelope, self._index)
+            self._store.apply_writes(outcome.writes)
+        if outcome.writes:
+            condition = self._condition()
+            async with condition:
+                condition.notify_all()
+        return outcome
+
+    async def read_barrier(self, timeout_s: float) -> None:
+        return None  # one member: everything committed is applied already
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[ReadView]:
+        with self._lock:
+            yield self._store
+
+    async def wait_for_change(self, revision: int, timeout_s: float) -> None:
+        condition = self._condition()
+        async with condition:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    condition.wait_for(lambda: Meta.load(self._store).revision > revision), timeout_s
+                )
+
+    def ready(self) -> bool:
+        return True
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            meta = Meta.load(self._store)
+            state_digest = digest(self._store)
+        return {
+            "memberId": self._member_id,
+            "role": "leader",
+            "leader": self._member_id,
+            "term": 1,
+            "commitIndex": self._index,
+            "appliedIndex": self._index,
+            "revision": meta.revision,
+            "digest": state_digest,
+            "snapshotIndex": 0,
+            "members": [self._member_id],
+            "uptimeSeconds": int(time.monotonic() - self._started_s),
+        }
