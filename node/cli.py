@@ -1,30 +1,77 @@
-"""The `allot` command line.
-
-Subcommands arrive with the features they drive; today: `allot bench apply` (the in-process
-state machine benchmark). The cluster commands (`allot up`, `allot serve`) come with the
-replicated server.
-"""
+"""The `allot` command line: `allot up`, `allot serve`, `allot bench apply`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from importlib import metadata
+from pathlib import Path
 
 from bench import ipam_apply
+from node import cluster, config, server
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings: dict[str, object] = {}
+    if args.config:
+        settings = dict(config.load_file(args.config))
+    member_id = args.member_id or settings.get("memberId")
+    members_text = args.members or settings.get("members")
+    if not member_id or not members_text:
+        raise config.ConfigError("give --member-id and --members (or a --config file with memberId and members)")
+    if isinstance(members_text, str):
+        members = config.parse_members(members_text)
+    elif isinstance(members_text, dict):
+        members = {str(key): str(value) for key, value in members_text.items()}
+    else:
+        raise config.ConfigError("members must be 'id=host:port,...' or a JSON object of id -> host:port")
+    member_config = config.build(
+        member_id=str(member_id),
+        members=members,
+        http_address=str(args.http or settings.get("http") or ""),
+        data_dir=args.data_dir or str(settings.get("dataDir") or f".allot/{member_id}"),
+        secret_file=args.secret_file or str(settings.get("secretFile") or ""),
+        token_file=args.tokens or str(settings.get("tokenFile") or ""),
+    )
+    return server.run(member_config)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="allot", description="Allot: replicated IPAM and pod scheduling state store")
     parser.add_argument("--version", action="version", version=f"allot {metadata.version('allot')}")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start a local three-member cluster on 127.0.0.1 (foreground)")
+    up.add_argument("--dir", default=".allot", help="data directory (default ./.allot)")
+    up.add_argument("--http-port", type=int, default=8401, help="HTTP port of the first member (default 8401)")
+    up.add_argument("--raft-port", type=int, default=7401, help="Raft port of the first member (default 7401)")
+    up.add_argument("--tokens", help="use this token file instead of generating one")
+
+    serve = commands.add_parser("serve", help="run one member of a cluster")
+    serve.add_argument("--config", help="JSON file with memberId, members, http, dataDir, secretFile, tokenFile")
+    serve.add_argument("--member-id", help="this member's id, e.g. m1")
+    serve.add_argument("--members", help="every member's Raft address: m1=host:port,m2=host:port,...")
+    serve.add_argument("--http", help="HTTP listen address host:port")
+    serve.add_argument("--data-dir", help="data directory (default .allot/<member-id>)")
+    serve.add_argument("--secret-file", help="file holding the cluster secret (32+ characters)")
+    serve.add_argument("--tokens", help="token file (JSON)")
+
     bench = commands.add_parser("bench", help="run a benchmark and print its numbers")
     bench.add_argument("suite", choices=("apply",), help="apply: in-process state machine throughput and costs")
-    bench.add_argument("options", nargs=argparse.REMAINDER, help="passed to the suite (see --help of the suite)")
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="passed to the suite (see its --help)")
+
     args = parser.parse_args(argv)
-    if args.command == "bench":
+    try:
+        if args.command == "up":
+            tokens = Path(args.tokens) if args.tokens else None
+            return cluster.up(Path(args.dir), args.http_port, args.raft_port, tokens)
+        if args.command == "serve":
+            return _serve(args)
         ipam_apply.main(args.options)
-    return 0
+        return 0
+    except config.ConfigError as exc:
+        print(f"allot {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -376,7 +376,8 @@ class Api:
         params: dict[str, str] = {}
         for key, value in request.query.items():
             if key not in allowed_set:
-                raise invalid(f"unknown query parameter {key!r}; allowed here: {', '.join(sorted(allowed_set))}", key)
+                allowed_text = ", ".join(sorted(allowed_set)) or "none"
+                raise invalid(f"unknown query parameter {key!r}; allowed here: {allowed_text}", key)
             if key in params:
                 raise invalid(f"query parameter {key!r} is given more than once", key)
             params[key] = value

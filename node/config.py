@@ -1,0 +1,169 @@
+"""A member's configuration: flags or a JSON file, checked before anything starts.
+
+Every mistake is reported at once with what to fix: a member id not among the members, a
+malformed or non-loopback-looking address, two members on one port, a port already in use, a
+missing or short cluster secret, an unreadable token file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_member_id_pattern = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?")
+secret_chars_min = 32
+
+
+class ConfigError(Exception):
+    """The configuration cannot work; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Raft timing, chosen for a LAN (see docs/operations.md for the measurements)."""
+
+    append_entries_period_s: float = 0.05  # leader heartbeat
+    election_timeout_min_s: float = 0.3
+    election_timeout_max_s: float = 0.6
+    connection_timeout_s: float = 10.0  # long enough for a snapshot transfer to finish
+    leader_fallback_s: float = 1.0  # a leader cut off from the majority steps down this soon
+    keepalive_s: float = 0.1  # warm peer links
+    tick_period_s: float = 0.005
+    batch_window_s: float = 0.001  # envelopes arriving within this become one log entry
+    log_compaction_entries: int = 20_000
+    log_compaction_s: int = 600
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    member_id: str
+    members: dict[str, str]  # member id -> Raft address host:port (all members, self included)
+    http_address: str  # host:port this member serves HTTP on
+    data_dir: Path
+    secret_file: Path
+    token_file: Path
+    timing: Timing = field(default_factory=Timing)
+
+    @property
+    def raft_address(self) -> str:
+        return self.members[self.member_id]
+
+    @property
+    def peer_addresses(self) -> list[str]:
+        return [address for member, address in sorted(self.members.items()) if member != self.member_id]
+
+    def member_of_address(self, address: str) -> str | None:
+        for member, member_address in self.members.items():
+            if member_address == address:
+                return member
+        return None
+
+    def secret(self) -> str:
+        try:
+            secret = self.secret_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the cluster secret file {self.secret_file}: {exc.strerror}") from None
+        if len(secret) < secret_chars_min:
+            raise ConfigError(
+                f"the cluster secret in {self.secret_file} is {len(secret)} characters; "
+                f"use at least {secret_chars_min} (allot up generates one)"
+            )
+        return secret
+
+
+def parse_address(text: str, what: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{what} {text!r} must be host:port, for example 127.0.0.1:7001")
+    return host, int(port_text)
+
+
+def check_port_free(address: str, what: str) -> None:
+    host, port = parse_address(address, what)
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # SO_REUSEADDR as the real listeners use it: a port left in TIME_WAIT by a previous run is
+    # free to listen on; only a live listener is a conflict.
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind((host, port))
+        probe.listen(1)
+    except OSError as exc:
+        raise ConfigError(f"{what} {address} is not available: {exc.strerror}; pick another port") from None
+    finally:
+        probe.close()
+
+
+def parse_members(text: str) -> dict[str, str]:
+    """'m1=127.0.0.1:7001,m2=127.0.0.1:7002' -> {'m1': '127.0.0.1:7001', ...}."""
+    members: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        member, sep, address = item.partition("=")
+        if not sep:
+            raise ConfigError(f"member {item!r} must be id=host:port")
+        members[member] = address
+    return members
+
+
+def build(
+    *,
+    member_id: str,
+    members: dict[str, str],
+    http_address: str,
+    data_dir: str | Path,
+    secret_file: str | Path,
+    token_file: str | Path,
+    check_ports: bool = True,
+    timing: Timing | None = None,
+) -> MemberConfig:
+    if not _member_id_pattern.fullmatch(member_id):
+        raise ConfigError(f"member id {member_id!r} must be 1-32 lowercase letters, digits or '-'")
+    if len(members) < 1:
+        raise ConfigError("list the cluster's members (id=host:port for each, this member included)")
+    for member, address in members.items():
+        if not _member_id_pattern.fullmatch(member):
+            raise ConfigError(f"member id {member!r} must be 1-32 lowercase letters, digits or '-'")
+        parse_address(address, f"Raft address of {member}")
+    if member_id not in members:
+        raise ConfigError(
+            f"this member ({member_id}) is not in the member list ({', '.join(sorted(members))}); "
+            "the list must include every member, this one too"
+        )
+    addresses = [*members.values(), http_address]
+    duplicates = sorted({address for address in addresses if addresses.count(address) > 1})
+    if duplicates:
+        raise ConfigError(f"address {duplicates[0]} is used twice; every member needs its own ports")
+    parse_address(http_address, "HTTP address")
+    config = MemberConfig(
+        member_id=member_id,
+        members=dict(members),
+        http_address=http_address,
+        data_dir=Path(data_dir),
+        secret_file=Path(secret_file),
+        token_file=Path(token_file),
+        timing=timing or Timing(),
+    )
+    config.secret()
+    if not config.token_file.is_file():
+        raise ConfigError(f"token file {config.token_file} does not exist (allot up generates one)")
+    if check_ports:
+        check_port_free(config.raft_address, "Raft address")
+        check_port_free(http_address, "HTTP address")
+    return config
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """A JSON config file with the same keys as the flags (memberId, members, http, dataDir, ...)."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    allowed = {"memberId", "members", "http", "dataDir", "secretFile", "tokenFile"}
+    if not isinstance(raw, dict) or not set(raw) <= allowed:
+        raise ConfigError(f"config file {path} must be a JSON object with keys among {', '.join(sorted(allowed))}")
+    return raw

@@ -1,0 +1,316 @@
+"""pysyncobj, adapted: one replicated method, a durable journal, LMDB full dumps.
+
+What pysyncobj 0.3.17 does not do, and this module adds (each narrowly, by subclassing or by
+wrapping the one object it concerns; none of its source is copied):
+
+* **Acknowledged means synced.** The journal is an mmap that pysyncobj never msyncs. We track
+  when it changes and sync it (a) in a tick callback, which runs after the leader appends new
+  entries and before the next tick counts the leader's own copy towards a commit, and (b) in
+  the transport, right before a follower sends a successful `next_node_idx` (its
+  acknowledgement of appended entries). Term and vote (`journal.meta`) are fsynced, with their
+  directory, before any message that reflects them can be sent.
+* **One replicated method, taking bytes**: `apply_batch(batch)`, a CBOR list of envelopes,
+  applied by `LmdbStore.apply_entry(index, envelopes)` in one LMDB transaction. It never raises:
+  a broken invariant (or any failure to apply) stops the member process on purpose, because
+  pysyncobj would retry the entry every tick forever and wedge.
+* **Full dumps are LMDB snapshots made off the tick thread.** The tick thread only pins a read
+  transaction (the state at exactly the applied index) and starts a thread that writes the dump
+  beside the dump file and renames it into place when complete; pysyncobj is told the dump
+  succeeded only then, so it compacts its journal only behind a complete dump. Until then the
+  dump file is the previous complete one (our serializer gives pysyncobj a link to it).
+* **A crash between the dump's rename and the journal's compaction** would make pysyncobj clear
+  the journal on load (its first entries no longer match the dump) and lose the entries after
+  the dump. `repair_journal` compacts the journal behind the dump before pysyncobj opens it.
+* **Peer links are kept warm**: a tiny message to every peer each `keepalive_s`, so the first
+  vote request after a leader dies does not die on a stale connection.
+
+pysyncobj private attributes are touched in exactly two places (`_SyncObj__raftLog`, the journal
+object, and the transport we construct ourselves); `tests/test_raft.py` pins the version.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.config import SERIALIZER_STATE
+from pysyncobj.journal import FileJournal
+from pysyncobj.transport import TCPTransport
+
+from node.store import LmdbStore, SnapshotError, pack_snapshot
+from statemachine import Outcome
+
+log = logging.getLogger("allot.raft")
+
+PYSYNCOBJ_VERSION = "0.3.17"
+EXIT_INVARIANT = 70  # the member stopped on purpose: its state or log cannot be trusted
+
+_DUMP_MAGIC = b"ALLOTDUMP1\n"
+batch_envelopes_max = 4096
+
+
+def encode_batch(envelopes: Sequence[bytes]) -> bytes:
+    return cbor2.dumps(list(envelopes))
+
+
+def decode_batch(batch: bytes) -> list[bytes]:
+    envelopes = cbor2.loads(batch)
+    if not isinstance(envelopes, list) or not all(isinstance(item, bytes) for item in envelopes):
+        raise ValueError("a batch is a CBOR list of envelope byte strings")
+    return envelopes
+
+
+def stop_member(reason: str) -> None:
+    """Stop this process now: a replica that stops is recoverable, one that drifts is not."""
+    log.critical("stopping this member: %s", reason)
+    logging.shutdown()
+    os._exit(EXIT_INVARIANT)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SyncedTransport(TCPTransport):  # type: ignore[misc]
+    """pysyncobj's TCP transport, syncing the journal before acknowledging appended entries."""
+
+    def __init__(self, sync_obj: Any, self_node: Any, other_nodes: Any) -> None:
+        super().__init__(sync_obj, self_node, other_nodes)
+        self.before_ack: Callable[[], None] | None = None
+        sync_obj.allot_transport = self
+
+    def send(self, node: Any, message: Any) -> bool:
+        if (
+            self.before_ack is not None
+            and isinstance(message, dict)
+            and message.get("type") == "next_node_idx"
+            and message.get("success")
+        ):
+            self.before_ack()
+        return bool(super().send(node, message))
+
+
+def _write_dump_header(out: Any, last_entry: Any, previous_entry: Any, cluster: Sequence[str]) -> None:
+    header = cbor2.dumps({"last": list(last_entry), "previous": list(previous_entry), "cluster": list(cluster)})
+    out.write(_DUMP_MAGIC + struct.pack(">I", len(header)) + header)
+
+
+def read_dump_header(path: Path) -> tuple[tuple[Any, ...], tuple[Any, ...], list[str], int]:
+    """(last entry, previous entry, cluster, offset of the snapshot blob) of a dump file."""
+    with open(path, "rb") as dump:
+        magic = dump.read(len(_DUMP_MAGIC))
+        if magic != _DUMP_MAGIC:
+            raise SnapshotError(f"{path} is not an Allot dump (no dump written yet, or damaged)")
+        (length,) = struct.unpack(">I", dump.read(4))
+        header = cbor2.loads(dump.read(length))
+    last, previous = tuple(header["last"]), tuple(header["previous"])
+    return last, previous, list(header["cluster"]), len(_DUMP_MAGIC) + 4 + length
+
+
+def repair_journal(journal_path: Path, dump_path: Path) -> None:
+    """Drop journal entries that the dump already covers, if a crash left them behind.
+
+    pysyncobj compacts its journal only after it sees the dump succeed; if the member died in
+    between, its loader would find the journal's first entries unequal to the dump's and clear
+    the whole journal, losing the entries after the dump. Compacting first avoids that.
+    """
+    if not journal_path.exists() or not dump_path.exists():
+        return
+    try:
+        _, previous, _, _ = read_dump_header(dump_path)
+    except (SnapshotError, OSError, ValueError, KeyError, struct.error):
+        return  # no usable dump: pysyncobj replays the whole journal
+    journal = FileJournal(str(journal_path))
+    try:
+        indexes = [journal[position][1] for position in range(len(journal))]
+        previous_index = previous[1]
+        if previous_index in indexes and indexes[0] != previous_index:
+            position = indexes.index(previous_index)
+            log.warning("journal starts at %d but the dump covers %d: compacting it", indexes[0], previous_index)
+            journal.deleteEntriesTo(position)
+            journal.flush()
+    finally:
+        journal._destroy()
+
+
+class DumpWriter:
+    """Writes pysyncobj full dumps as LMDB snapshots, from a background thread."""
+
+    def __init__(self, store: LmdbStore, dump_path: Path) -> None:
+        self._store = store
+        self._dump_path = dump_path
+        self._state = SERIALIZER_STATE.NOT_SERIALIZING
+        self._lock = threading.Lock()
+        self.last_dump_index = 0
+        self.last_dump_seconds = 0.0
+
+    def serialize(self, tmp_path: str, data: Any) -> None:
+        """pysyncobj's serializer hook, on the tick thread: pin the state, start the writer."""
+        last_entry, previous_entry, cluster = data
+        pending = self._store.begin_snapshot()
+        # pysyncobj renames tmp_path over the dump file as soon as this returns: give it the
+        # previous complete dump, so the file on disk is never a half-written one.
+        if self._dump_path.exists():
+            os.link(self._dump_path, tmp_path)
+        else:
+            Path(tmp_path).write_bytes(b"")
+        with self._lock:
+            self._state = SERIALIZER_STATE.SERIALIZING
+        cluster_ids = sorted(str(getattr(node, "id", node)) for node in cluster)
+        thread = threading.Thread(
+            target=self._write,
+            args=(pending, last_entry, previous_entry, cluster_ids),
+            name="allot-dump",
+            daemon=True,
+        )
+        thread.start()
+
+    def _write(self, pending: Any, last_entry: Any, previous_entry: Any, cluster: list[str]) -> None:
+        started = time.monotonic()
+        new_path = self._dump_path.with_suffix(".new")
+        staging = self._dump_path.parent / "dump-staging"
+        try:
+            with pending:
+                if staging.exists():
+                    for child in staging.iterdir():
+                        child.unlink()
+                    staging.rmdir()
+                pending.write(staging)
+            with open(new_path, "wb") as out:
+                _write_dump_header(out, last_entry, previous_entry, cluster)
+                pack_snapshot(staging, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(new_path, self._dump_path)
+            _fsync_path(self._dump_path.parent)
+            state = SERIALIZER_STATE.SUCCESS
+            self.last_dump_index = int(last_entry[1])
+            self.last_dump_seconds = time.monotonic() - started
+        except Exception:
+            log.exception("writing the full dump failed; the previous one stays")
+            state = SERIALIZER_STATE.FAILED
+        finally:
+            if staging.exists():
+                for child in staging.iterdir():
+                    child.unlink()
+                staging.rmdir()
+        with self._lock:
+            self._state = state
+
+    def check(self) -> int:
+        """pysyncobj's serializeChecker: SUCCESS and FAILED are reported once."""
+        with self._lock:
+            state = self._state
+            if state in (SERIALIZER_STATE.SUCCESS, SERIALIZER_STATE.FAILED):
+                self._state = SERIALIZER_STATE.NOT_SERIALIZING
+        return int(state)
+
+    def deserialize(self, path: str) -> tuple[Any, Any, Any]:
+        """pysyncobj's deserializer: install the dump's state if ours is older; return its entries."""
+        last, previous, cluster, offset = read_dump_header(Path(path))
+        if int(last[1]) > self._store.applied_index:
+            with open(path, "rb") as dump:
+                dump.seek(offset)
+                info = self._store.install_snapshot_stream(dump)
+            log.info("installed a snapshot at index %d (%d bytes)", info.applied_index, info.size_bytes)
+        return last, previous, set(cluster)
+
+
+class AllotRaft(SyncObj):  # type: ignore[misc]
+    """The Raft member: pysyncobj with Allot's one replicated method and durability."""
+
+    def __init__(
+        self,
+        self_address: str,
+        peer_addresses: Sequence[str],
+        conf: SyncObjConf,
+        store: LmdbStore,
+        dump_writer: DumpWriter,
+        on_applied: Callable[[int], None],
+        keepalive_s: float,
+    ) -> None:
+        self.allot_transport: SyncedTransport | None = None
+        self._store = store
+        self._on_applied = on_applied
+        self._journal_dirty = False
+        self._journal_sync_lock = threading.Lock()
+        self._keepalive_s = keepalive_s
+        self._next_keepalive = 0.0
+        self.journal_syncs = 0
+        self.journal_sync_seconds = 0.0
+        conf.serializer = dump_writer.serialize
+        conf.deserializer = dump_writer.deserialize
+        conf.serializeChecker = dump_writer.check
+        super().__init__(self_address, list(peer_addresses), conf=conf, transportClass=SyncedTransport)
+        self._wrap_journal()
+        if self.allot_transport is None:
+            raise RuntimeError("pysyncobj did not construct the transport we gave it")
+        self.allot_transport.before_ack = self.sync_journal
+        self.addOnTickCallback(self._tick)
+
+    def _wrap_journal(self) -> None:
+        journal = self._SyncObj__raftLog
+        if not isinstance(journal, FileJournal):
+            raise RuntimeError("a journal file is required (SyncObjConf.journalFile)")
+        meta_path = Path(journal._FileJournal__metaStorer.getPath())
+
+        def marking(method: Callable[..., Any]) -> Callable[..., Any]:
+            def marked(*args: Any) -> Any:
+                self._journal_dirty = True
+                return method(*args)
+
+            return marked
+
+        for name in ("add", "clear", "deleteEntriesFrom", "deleteEntriesTo"):
+            setattr(journal, name, marking(getattr(journal, name)))
+        store_term = journal.setCurrentTerm
+
+        def durable_term(term: int, voted_for: Any) -> None:
+            store_term(term, voted_for)  # writes journal.meta.tmp and renames it, without fsync
+            _fsync_path(meta_path)
+            _fsync_path(meta_path.parent)
+
+        journal.setCurrentTerm = durable_term
+        self._journal = journal
+
+    def sync_journal(self) -> None:
+        """Make every journal change so far durable (msync). Cheap when nothing changed."""
+        if not self._journal_dirty:
+            return
+        with self._journal_sync_lock:
+            started = time.monotonic()
+            self._journal_dirty = False
+            self._journal.flush()
+            self.journal_syncs += 1
+            self.journal_sync_seconds += time.monotonic() - started
+
+    def _tick(self) -> None:
+        self.sync_journal()
+        now = time.monotonic()
+        if now >= self._next_keepalive and self.allot_transport is not None:
+            self._next_keepalive = now + self._keepalive_s
+            for node in self.otherNodes:
+                self.allot_transport.send(node, {"type": "allot_keepalive"})
+
+    @replicated  # type: ignore[untyped-decorator]
+    def apply_batch(self, batch: bytes) -> list[Outcome] | None:
+        index = self.raftLastApplied + 1  # pysyncobj applies entry raftLastApplied + 1 now
+        try:
+            outcomes = self._store.apply_entry(index, decode_batch(batch))
+        except BaseException as exc:
+            stop_member(f"applying log entry {index} failed: {type(exc).__name__}: {exc}")
+            raise  # unreachable: stop_member exits
+        self._on_applied(index)
+        return outcomes

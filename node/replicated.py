@@ -1,0 +1,365 @@
+"""The replicated member: batching, proposals with deadlines, read barriers, status.
+
+Requests arrive on the asyncio loop. Envelopes that arrive within `batch_window_s` (or while
+the previous batch is being proposed) become ONE Raft log entry, applied in order in one LMDB
+transaction on every member; each waiting request gets its own Outcome from this member's own
+apply. pysyncobj calls back on its tick thread; results cross to the loop with
+`call_soon_threadsafe`.
+
+Linearizable reads: a read waits for a barrier, an entry proposed after the read began and
+applied here. Every read waiting at the moment a batch is proposed shares that batch (a batch of
+one no-op envelope when nothing else is pending). The entry is committed only by a leader
+holding a majority in its term, and it is applied here after everything committed before it, so
+the read sees every write acknowledged before it started, even right after a leader change or
+while an old leader is cut off (its barrier cannot commit; the read times out instead).
+
+Outcomes of proposals: pysyncobj's MISSING_LEADER, NOT_LEADER and QUEUE_FULL mean nothing was
+appended: 503, safe to retry. DISCARDED means another entry won that index: not applied, 503.
+LEADER_CHANGED, UNKNOWN_OUTCOME and our own deadline mean it may or may not apply: 504, safe to
+retry with the same request id (the state machine applies it at most once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pysyncobj import FAIL_REASON, SyncObjConf
+from pysyncobj.syncobj import _RAFT_STATE
+
+from node.config import MemberConfig
+from node.member import NoLeaderError, OutcomeUnknownError, OverloadedError
+from node.raft import AllotRaft, DumpWriter, batch_envelopes_max, encode_batch, repair_journal
+from node.store import LmdbStore
+from statemachine import Envelope, Outcome, Principal, encode_envelope
+from statemachine.context import Meta
+from statemachine.invariants import digest
+from statemachine.view import ReadView
+
+log = logging.getLogger("allot.member")
+
+batch_bytes_max = 1 << 20  # one log entry carries at most this many envelope bytes
+pending_max = 20_000  # envelopes waiting for a batch; beyond this requests get 503
+digest_interval_s = 1.0  # the state digest in /v1/status is recomputed at most this often
+
+_ROLES = {_RAFT_STATE.LEADER: "leader", _RAFT_STATE.FOLLOWER: "follower", _RAFT_STATE.CANDIDATE: "candidate"}
+_BARRIER_PRINCIPAL = Principal("allot-barrier", "", "", "admin")
+_NOTHING_APPENDED = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED}
+
+
+@dataclass
+class _Batch:
+    envelopes: list[bytes] = field(default_factory=list)
+    writers: list[asyncio.Future[Outcome]] = field(default_factory=list)
+    readers: list[asyncio.Future[None]] = field(default_factory=list)
+    size_bytes: int = 0
+
+
+@dataclass
+class RaftSnapshot:
+    """What the tick thread last saw: read by other threads without touching pysyncobj."""
+
+    role: str = "follower"
+    leader: str | None = None
+    term: int = 0
+    commit_index: int = 0
+    leader_commit_index: int = 0
+    last_applied: int = 0
+    has_quorum: bool = False
+
+
+class ReplicatedMember:
+    def __init__(self, config: MemberConfig) -> None:
+        self.config = config
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending = _Batch()
+        self._wake: asyncio.Event | None = None
+        self._batcher: asyncio.Task[None] | None = None
+        self._raft_view = RaftSnapshot()
+        self._digest: tuple[int, str, float] = (-1, "", 0.0)
+        self._digest_lock = threading.Lock()
+        self._digesting = False
+        self._change_waiters: set[asyncio.Future[None]] = set()
+        self.batches = 0
+        self.batched_envelopes = 0
+        self.apply_seconds = 0.0
+        raft_dir = config.data_dir / "raft"
+        raft_dir.mkdir(parents=True, exist_ok=True)
+        self.store = LmdbStore(config.data_dir / "state")
+        journal_path, dump_path = raft_dir / "journal", raft_dir / "dump"
+        repair_journal(journal_path, dump_path)
+        self.dump_writer = DumpWriter(self.store, dump_path)
+        timing = config.timing
+        conf = SyncObjConf(
+            password=config.secret(),
+            bindAddress=config.raft_address,
+            journalFile=str(journal_path),
+            fullDumpFile=str(dump_path),
+            appendEntriesUseBatch=False,
+            appendEntriesPeriod=timing.append_entries_period_s,
+            raftMinTimeout=timing.election_timeout_min_s,
+            raftMaxTimeout=timing.election_timeout_max_s,
+            connectionTimeout=timing.connection_timeout_s,
+            leaderFallbackTimeout=timing.leader_fallback_s,
+            autoTickPeriod=timing.tick_period_s,
+            logCompactionMinEntries=timing.log_compaction_entries,
+            logCompactionMinTime=timing.log_compaction_s,
+            maxBindRetries=1,
+            commandsWaitLeader=False,
+            useFork=False,
+        )
+        self.raft = AllotRaft(
+            config.raft_address,
+            config.peer_addresses,
+            conf,
+            self.store,
+            self.dump_writer,
+            self._on_applied,
+            timing.keepalive_s,
+        )
+        self.raft.addOnTickCallback(self._observe)
+        self.raft.waitBinded()
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._batcher = asyncio.create_task(self._run_batcher(), name="allot-batcher")
+
+    async def stop(self) -> None:
+        if self._batcher is not None:
+            self._batcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._batcher
+        self.raft.destroy()
+        deadline = time.monotonic() + 5
+        while self.raft.tick_thread_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self.store.close()
+
+    @property
+    def member_id(self) -> str:
+        return self.config.member_id
+
+    # ---- the tick thread's side ----------------------------------------------------------
+
+    def _observe(self) -> None:
+        """Tick callback: publish a consistent view of Raft state for other threads."""
+        status = self.raft.getStatus()
+        leader = status["leader"]
+        self._raft_view = RaftSnapshot(
+            role=_ROLES.get(status["state"], "unknown"),
+            leader=self.config.member_of_address(leader.address) if leader is not None else None,
+            term=int(status["raft_term"]),
+            commit_index=int(status["commit_idx"]),
+            leader_commit_index=int(status["leader_commit_idx"] or 0),
+            last_applied=int(status["last_applied"]),
+            has_quorum=bool(status["has_quorum"]),
+        )
+
+    def _on_applied(self, index: int) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._notify_changed)
+
+    def _notify_changed(self) -> None:
+        """On the loop: wake everything waiting for the state to change."""
+        waiters, self._change_waiters = self._change_waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # ---- proposals -------------------------------------------------------------------------
+
+    def _enqueue_check(self) -> None:
+        if self._raft_view.leader is None:
+            raise NoLeaderError("no leader is known right now; retry shortly", 0.5)
+        if len(self._pending.envelopes) >= pending_max:
+            raise OverloadedError("too many requests are waiting to be proposed; retry shortly")
+
+    async def submit(self, envelope: bytes, timeout_s: float) -> Outcome:
+        self._enqueue_check()
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._pending.envelopes.append(envelope)
+        self._pending.writers.append(future)
+        self._pending.size_bytes += len(envelope)
+        self._kick()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            raise OutcomeUnknownError(
+                f"no result within {timeout_s:.1f} s; the write may or may not apply. "
+                "Retrying with the same Idempotency-Key is safe"
+            ) from None
+
+    async def read_barrier(self, timeout_s: float) -> None:
+        self._enqueue_check()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.readers.append(future)
+        self._kick()
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            raise OutcomeUnknownError(
+                f"could not confirm this member is current within {timeout_s:.1f} s "
+                "(no leader with a majority?); retry, or read with consistency=stale"
+            ) from None
+
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _run_batcher(self) -> None:
+        assert self._wake is not None
+        window_s = self.config.timing.batch_window_s
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if window_s > 0:
+                await asyncio.sleep(window_s)  # let the envelopes of this moment join the batch
+            while self._pending.envelopes or self._pending.readers:
+                self._propose(self._take_batch())
+
+    def _take_batch(self) -> _Batch:
+        pending = self._pending
+        if len(pending.envelopes) <= batch_envelopes_max and pending.size_bytes <= batch_bytes_max:
+            self._pending = _Batch()
+            return pending
+        taken = _Batch(readers=pending.readers)
+        size = 0
+        count = 0
+        for envelope in pending.envelopes:
+            if count == batch_envelopes_max or (count and size + len(envelope) > batch_bytes_max):
+                break
+            size += len(envelope)
+            count += 1
+        taken.envelopes, pending.envelopes = pending.envelopes[:count], pending.envelopes[count:]
+        taken.writers, pending.writers = pending.writers[:count], pending.writers[count:]
+        taken.size_bytes, pending.size_bytes = size, pending.size_bytes - size
+        pending.readers = []
+        return taken
+
+    def _propose(self, batch: _Batch) -> None:
+        envelopes = batch.envelopes
+        if not envelopes:  # only readers: one no-op entry is their barrier
+            noop = Envelope("noop", {}, _BARRIER_PRINCIPAL, None, time.time_ns() // 1_000_000)
+            envelopes = [encode_envelope(noop)]
+        loop = asyncio.get_running_loop()
+        self.batches += 1
+        self.batched_envelopes += len(batch.envelopes)
+
+        def on_result(result: Any, error: int) -> None:  # on the tick thread
+            loop.call_soon_threadsafe(self._resolve, batch, result, error)
+
+        self.raft.apply_batch(encode_batch(envelopes), callback=on_result)
+
+    @staticmethod
+    def _resolve(batch: _Batch, result: Any, error: int) -> None:
+        if error == FAIL_REASON.SUCCESS and isinstance(result, list):
+            for future, outcome in zip(batch.writers, result, strict=False):
+                if not future.done():
+                    future.set_result(outcome)
+            for reader in batch.readers:
+                if not reader.done():
+                    reader.set_result(None)
+            return
+        exception: Exception
+        if error in _NOTHING_APPENDED:
+            exception = NoLeaderError(f"the leader changed before the write was appended (reason {error}); retry")
+        elif error == FAIL_REASON.QUEUE_FULL:
+            exception = OverloadedError("the Raft queue is full; retry shortly")
+        else:
+            exception = OutcomeUnknownError(
+                f"the leader changed while the write was in flight (reason {error}); "
+                "retrying with the same Idempotency-Key is safe"
+            )
+        for writer in batch.writers:
+            if not writer.done():
+                writer.set_exception(exception)
+        for reader in batch.readers:
+            if not reader.done():
+                reader.set_exception(exception)
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[ReadView]:
+        with self.store.reader() as view:
+            yield view
+
+    async def wait_for_change(self, revision: int, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            with self.store.reader() as view:
+                if Meta.load(view).revision > revision:
+                    return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            # No await between the check and registering: a change applied in between is
+            # delivered by call_soon_threadsafe after this coroutine yields, so it is not lost.
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._change_waiters.add(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return
+            finally:
+                self._change_waiters.discard(waiter)
+
+    def ready(self) -> bool:
+        view = self._raft_view
+        return view.leader is not None and view.last_applied >= view.leader_commit_index
+
+    def _state_digest(self) -> tuple[int, str | None]:
+        """(applied index, digest) as last computed. A full-state hash takes time on a large
+        state, so it is computed on a background thread, at most once per `digest_interval_s`;
+        a caller that needs the digest of the current state waits until digestIndex equals
+        appliedIndex."""
+        with self._digest_lock:
+            index, value, computed_s = self._digest
+            stale = index != self.store.applied_index and time.monotonic() - computed_s >= digest_interval_s
+            if stale and not self._digesting:
+                self._digesting = True
+                threading.Thread(target=self._compute_digest, name="allot-digest", daemon=True).start()
+        return index, value or None
+
+    def _compute_digest(self) -> None:
+        try:
+            with self.store.reader() as view:
+                index = self.store.applied_index
+                value = digest(view)
+            with self._digest_lock:
+                self._digest = (index, value, time.monotonic())
+        finally:
+            self._digesting = False
+
+    def status(self) -> dict[str, Any]:
+        view = self._raft_view
+        digest_index, state_digest = self._state_digest()
+        with self.store.reader() as read_view:
+            revision = Meta.load(read_view).revision
+        return {
+            "memberId": self.member_id,
+            "role": view.role,
+            "leader": view.leader,
+            "term": view.term,
+            "commitIndex": view.commit_index,
+            "appliedIndex": self.store.applied_index,
+            "revision": revision,
+            "digest": state_digest,
+            "digestIndex": digest_index,
+            "snapshotIndex": self.dump_writer.last_dump_index,
+            "members": sorted(self.config.members),
+            "hasQuorum": view.has_quorum,
+            "batches": self.batches,
+            "batchedEnvelopes": self.batched_envelopes,
+            "journalSyncs": self.raft.journal_syncs,
+        }
