@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from importlib import metadata
 from pathlib import Path
 
 from bench import ipam_apply
 from node import cluster, config, server
+from node.config import Timing
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -32,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir or str(settings.get("dataDir") or f".allot/{member_id}"),
         secret_file=args.secret_file or str(settings.get("secretFile") or ""),
         token_file=args.tokens or str(settings.get("tokenFile") or ""),
+        timing=dataclasses.replace(Timing(), log_compaction_entries=args.snapshot_entries),
     )
     return server.run(member_config)
 
@@ -55,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--data-dir", help="data directory (default .allot/<member-id>)")
     serve.add_argument("--secret-file", help="file holding the cluster secret (32+ characters)")
     serve.add_argument("--tokens", help="token file (JSON)")
+    serve.add_argument(
+        "--snapshot-entries",
+        type=int,
+        default=Timing().log_compaction_entries,
+        help="log entries between snapshots (full dumps); default %(default)s",
+    )
 
     bench = commands.add_parser("bench", help="run a benchmark and print its numbers")
     bench.add_argument("suite", choices=("apply",), help="apply: in-process state machine throughput and costs")
