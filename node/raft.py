@@ -5,9 +5,11 @@ wrapping the one object it concerns; none of its source is copied):
 
 * **Acknowledged means synced.** The journal is an mmap that pysyncobj never msyncs. We track
   when it changes and sync it (a) in a tick callback, which runs after the leader appends new
-  entries and before the next tick counts the leader's own copy towards a commit, and (b) in
-  the transport, right before a follower sends a successful `next_node_idx` (its
-  acknowledgement of appended entries). Term and vote (`journal.meta`) are fsynced, with their
+  entries and before the next tick counts the leader's own copy towards a commit, (b) when the
+  commit index is recorded, before anything is applied or answered (this also covers the no-op
+  a new leader appends while handling messages, after the tick's sync), and (c) in the
+  transport, right before a follower sends a successful `next_node_idx` (its acknowledgement
+  of appended entries). Term and vote (`journal.meta`) are fsynced, with their
   directory, before any message that reflects them can be sent.
 * **One replicated method, taking bytes**: `apply_batch(batch)`, a CBOR list of envelopes,
   applied by `LmdbStore.apply_entry(index, envelopes)` in one LMDB transaction. It never raises:
@@ -45,6 +47,7 @@ from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.journal import FileJournal
 from pysyncobj.transport import TCPTransport
 
+from node.config import Timing
 from node.store import LmdbStore, SnapshotError, pack_snapshot
 from statemachine import Outcome
 
@@ -55,6 +58,7 @@ EXIT_INVARIANT = 70  # the member stopped on purpose: its state or log cannot be
 
 _DUMP_MAGIC = b"ALLOTDUMP1\n"
 batch_envelopes_max = 4096
+append_entries_bytes_max = 64 << 20
 
 
 def encode_batch(envelopes: Sequence[bytes]) -> bytes:
@@ -228,6 +232,35 @@ class DumpWriter:
         return last, previous, set(cluster)
 
 
+def raft_conf(
+    timing: Timing, secret: str, address: str, journal_path: Path, dump_path: Path, *, auto_tick: bool = True
+) -> SyncObjConf:
+    """pysyncobj's configuration for an Allot member (DumpWriter fills in the serializer hooks)."""
+    return SyncObjConf(
+        password=secret,
+        bindAddress=address,
+        journalFile=str(journal_path),
+        fullDumpFile=str(dump_path),
+        appendEntriesUseBatch=False,  # send at once; our own batcher makes the entries large
+        appendEntriesPeriod=timing.append_entries_period_s,
+        raftMinTimeout=timing.election_timeout_min_s,
+        raftMaxTimeout=timing.election_timeout_max_s,
+        connectionTimeout=timing.connection_timeout_s,
+        leaderFallbackTimeout=timing.leader_fallback_s,
+        autoTickPeriod=timing.tick_period_s,
+        autoTick=auto_tick,
+        logCompactionMinEntries=timing.log_compaction_entries,
+        logCompactionMinTime=timing.log_compaction_s,
+        maxBindRetries=1,  # a port conflict fails at once instead of retrying silently forever
+        commandsWaitLeader=False,  # no leader: answer 503 now rather than queue
+        useFork=False,  # LMDB must never cross a fork
+        # pysyncobj truncates a follower's log to the resent entries without a conflict check;
+        # resends that carry the whole rest of the leader's log keep that harmless (see
+        # node/DESIGN.md). One of our entries is at most 1 MiB.
+        appendEntriesBatchSizeBytes=append_entries_bytes_max,
+    )
+
+
 class AllotRaft(SyncObj):  # type: ignore[misc]
     """The Raft member: pysyncobj with Allot's one replicated method and durability."""
 
@@ -283,6 +316,17 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             _fsync_path(meta_path.parent)
 
         journal.setCurrentTerm = durable_term
+        store_commit_index = journal.setRaftCommitIndex
+
+        def synced_commit_index(index: int) -> None:
+            # pysyncobj records a new commit index before applying and answering: sync first,
+            # so no entry is applied or acknowledged while this member's copy is unsynced. This
+            # also covers the no-op a new leader appends while handling messages, after the
+            # tick's sync callback already ran.
+            self.sync_journal()
+            store_commit_index(index)
+
+        journal.setRaftCommitIndex = synced_commit_index
         self._journal = journal
 
     def sync_journal(self) -> None:

@@ -30,16 +30,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pysyncobj import FAIL_REASON, SyncObjConf
+from pysyncobj import FAIL_REASON
 from pysyncobj.syncobj import _RAFT_STATE
 
 from node.config import MemberConfig
 from node.member import NoLeaderError, OutcomeUnknownError, OverloadedError
-from node.raft import AllotRaft, DumpWriter, batch_envelopes_max, encode_batch, repair_journal
+from node.raft import AllotRaft, DumpWriter, batch_envelopes_max, encode_batch, raft_conf, repair_journal
 from node.store import LmdbStore
 from statemachine import Envelope, Outcome, Principal, encode_envelope
 from statemachine.context import Meta
-from statemachine.invariants import digest
 from statemachine.view import ReadView
 
 log = logging.getLogger("allot.member")
@@ -95,25 +94,7 @@ class ReplicatedMember:
         journal_path, dump_path = raft_dir / "journal", raft_dir / "dump"
         repair_journal(journal_path, dump_path)
         self.dump_writer = DumpWriter(self.store, dump_path)
-        timing = config.timing
-        conf = SyncObjConf(
-            password=config.secret(),
-            bindAddress=config.raft_address,
-            journalFile=str(journal_path),
-            fullDumpFile=str(dump_path),
-            appendEntriesUseBatch=False,
-            appendEntriesPeriod=timing.append_entries_period_s,
-            raftMinTimeout=timing.election_timeout_min_s,
-            raftMaxTimeout=timing.election_timeout_max_s,
-            connectionTimeout=timing.connection_timeout_s,
-            leaderFallbackTimeout=timing.leader_fallback_s,
-            autoTickPeriod=timing.tick_period_s,
-            logCompactionMinEntries=timing.log_compaction_entries,
-            logCompactionMinTime=timing.log_compaction_s,
-            maxBindRetries=1,
-            commandsWaitLeader=False,
-            useFork=False,
-        )
+        conf = raft_conf(config.timing, config.secret(), config.raft_address, journal_path, dump_path)
         self.raft = AllotRaft(
             config.raft_address,
             config.peer_addresses,
@@ -121,7 +102,7 @@ class ReplicatedMember:
             self.store,
             self.dump_writer,
             self._on_applied,
-            timing.keepalive_s,
+            config.timing.keepalive_s,
         )
         self.raft.addOnTickCallback(self._observe)
         self.raft.waitBinded()
@@ -333,9 +314,7 @@ class ReplicatedMember:
 
     def _compute_digest(self) -> None:
         try:
-            with self.store.reader() as view:
-                index = self.store.applied_index
-                value = digest(view)
+            index, value = self.store.digest_at()
             with self._digest_lock:
                 self._digest = (index, value, time.monotonic())
         finally:

@@ -548,6 +548,17 @@ class LmdbStore:
         with self.reader() as view:
             return _digest(view)
 
+    def digest_at(self) -> tuple[int, str]:
+        """(applied_index, digest) read in one transaction, so the two always belong together."""
+        env = self._require_env()
+        with env.begin(buffers=False) as txn:
+            applied = _decode_index(txn.get(_APPLIED_INDEX, db=self._node_db))
+            view = LmdbView(txn, self._state_db)
+            try:
+                return applied, _digest(view)
+            finally:
+                view.close()
+
     def check_invariants(self) -> None:
         """Raise InvariantViolation if the state is broken (reads everything: tests and debug)."""
         with self.reader() as view:

@@ -1,0 +1,860 @@
+"""Multi-process tests of the replicated server: real `allot serve` processes on 127.0.0.1.
+
+Most tests share one three-member cluster (module-scoped, distinct pool and claim names per
+test); each begins by bringing every member back (`ensure_all_running`), so a failed test does
+not leave the next one a broken cluster. A `ledger` remembers every write the cluster
+acknowledged, and the full-restart test at the end checks all of them. The snapshot tests use a
+second cluster that snapshots every 50 log entries.
+
+Waits poll with deadlines (tests/cluster_harness.py); when one expires the failure carries each
+member's status and log tail.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ipaddress
+import itertools
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.tokens import generate_token_file
+from tests.cluster_harness import (
+    REPO_ROOT,
+    Cluster,
+    Reply,
+    Unreachable,
+    child_environment,
+    free_ports,
+    http_request,
+    open_watch,
+    reap_process,
+    register_process,
+    serve_command,
+    wait_until,
+    write_secret,
+)
+
+ACME = "acme/web"
+GLOBEX = "globex/prod"
+RETRYABLE_STATUSES = frozenset({503, 504})
+attempt_timeout_s = 3.0  # one write attempt; then the same Idempotency-Key goes to another member
+write_deadline_s = 30.0  # one write, all attempts included
+write_attempts_max = 1000  # one write: attempts across members (the deadline usually ends it first)
+retry_pause_s_max = 0.2  # pause after trying every member once: 0.05 s, 0.1 s, ... up to this
+failover_bound_s = 15.0  # kill to first acknowledged write; the design measures 0.2-0.8 s
+
+
+# ---- shared state ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A claim the cluster acknowledged (2xx), and what it said."""
+
+    name: str
+    cidr: str
+    uid: str
+    status: int
+    member: str
+    attempts: int
+    attempt_started_s: float  # monotonic time the successful attempt was sent
+    acked_s: float  # monotonic time its answer arrived
+
+
+@dataclass
+class Ledger:
+    """Every claim the shared cluster acknowledged, by name: all must survive everything."""
+
+    acks: dict[str, Ack] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, ack: Ack) -> None:
+        with self.lock:
+            previous = self.acks.get(ack.name)
+            assert previous is None or (previous.cidr, previous.uid) == (ack.cidr, ack.uid), (previous, ack)
+            self.acks[ack.name] = ack
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with Cluster() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def ledger() -> Ledger:
+    return Ledger()
+
+
+@pytest.fixture(scope="module")
+def snapshot_cluster() -> Iterator[Cluster]:
+    with Cluster(snapshot_entries=50) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def snapshot_ledger() -> Ledger:
+    return Ledger()
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def claim_body(name: str, pool: str, prefix_length: int) -> dict[str, Any]:
+    return {"name": name, "spec": {"poolRef": pool, "prefixLength": prefix_length}}
+
+
+def create_pool(cluster: Cluster, member_id: str, name: str, cidr: str) -> None:
+    reply = write_with_retries(
+        cluster, "/v1/ippools", {"name": name, "spec": {"cidr": cidr}}, f"pool-{name}", member_id
+    )
+    assert reply.status in (200, 201), reply
+
+
+def write_with_retries(
+    cluster: Cluster,
+    path: str,
+    body: dict[str, Any],
+    key: str,
+    first_member: str,
+    *,
+    token: str | None = None,
+    deadline_s: float = write_deadline_s,
+    attempts_out: list[tuple[str, float, float]] | None = None,
+) -> Reply:
+    """POST with an Idempotency-Key until an answer that is not 503/504/unreachable.
+
+    Every retry goes to the next member with the same key: what the design promises is safe.
+    `attempts_out` receives (member, sent, answered) monotonic times of every attempt."""
+    members = cluster.member_ids
+    position = members.index(first_member)
+    deadline = time.monotonic() + deadline_s
+    last: str = "no attempt"
+    attempt = 0
+    while time.monotonic() < deadline and attempt < write_attempts_max:
+        member_id = members[(position + attempt) % len(members)]
+        attempt += 1
+        sent = time.monotonic()
+        try:
+            reply = cluster.request(
+                member_id,
+                "POST",
+                path,
+                token=token,
+                body=body,
+                headers={"Idempotency-Key": key},
+                timeout_s=min(attempt_timeout_s, max(0.1, deadline - sent)),
+            )
+        except Unreachable as exc:
+            last = str(exc)
+            reply = None
+        if attempts_out is not None:
+            attempts_out.append((member_id, sent, time.monotonic()))
+        if reply is not None:
+            if reply.status not in RETRYABLE_STATUSES:
+                return reply
+            last = f"{reply.status} {reply.body}"
+        if attempt % len(members) == 0:  # every member tried once: a back-off, not a wait for a condition
+            time.sleep(min(retry_pause_s_max, 0.05 * (attempt // len(members))))
+    raise AssertionError(
+        f"POST {path} with key {key} got no answer in {attempt} attempts and {deadline_s:.0f} s; last: {last}"
+    )
+
+
+def create_claim(
+    cluster: Cluster,
+    ledger: Ledger | None,
+    member_id: str,
+    name: str,
+    pool: str,
+    prefix_length: int = 32,
+    *,
+    tenant: str = ACME,
+) -> Ack:
+    attempts: list[tuple[str, float, float]] = []
+    reply = write_with_retries(
+        cluster,
+        "/v1/ipclaims",
+        claim_body(name, pool, prefix_length),
+        f"claim-{tenant.replace('/', '-')}-{name}",
+        member_id,
+        token=cluster.tenant_tokens[tenant],
+        attempts_out=attempts,
+    )
+    assert reply.status in (200, 201), f"creating claim {name}: {reply.status} {reply.body}"
+    member, sent, answered = attempts[-1]
+    ack = Ack(
+        name=name,
+        cidr=reply.body["status"]["allocatedCIDR"],
+        uid=reply.body["metadata"]["uid"],
+        status=reply.status,
+        member=member,
+        attempts=len(attempts),
+        attempt_started_s=sent,
+        acked_s=answered,
+    )
+    if ledger is not None:
+        ledger.record(ack)
+    return ack
+
+
+def claims_by_name(cluster: Cluster, member_id: str, *, tenant: str = ACME) -> dict[str, dict[str, Any]]:
+    """Every claim of the tenant on one member (stale read: exactly what that member holds)."""
+    items = cluster.list_all(member_id, "ipclaims", token=cluster.tenant_tokens[tenant])
+    names = [item["metadata"]["name"] for item in items]
+    assert len(names) == len(set(names)), f"{member_id} lists a claim twice: {sorted(names)}"
+    return {item["metadata"]["name"]: item for item in items}
+
+
+def assert_no_overlap(cidrs: list[str], where: str) -> None:
+    networks = sorted(ipaddress.IPv4Network(cidr) for cidr in cidrs)
+    for lower, upper in itertools.pairwise(networks):
+        assert lower.broadcast_address < upper.network_address, f"{where}: {lower} and {upper} overlap"
+
+
+def assert_ledger_held(cluster: Cluster, ledger: Ledger, member_ids: list[str] | None = None) -> None:
+    """Every acknowledged claim is on every given member, once, with the answer's CIDR and uid."""
+    with ledger.lock:
+        acks = dict(ledger.acks)
+    for member_id in member_ids or cluster.running_ids():
+        held = claims_by_name(cluster, member_id)
+        missing = sorted(set(acks) - set(held))
+        assert not missing, f"{member_id} lost {len(missing)} acknowledged claim(s): {missing[:20]}"
+        for name, ack in acks.items():
+            got = (held[name]["status"]["allocatedCIDR"], held[name]["metadata"]["uid"])
+            assert got == (ack.cidr, ack.uid), f"{member_id}: claim {name} is {got}, was acknowledged as {ack}"
+        assert_no_overlap([item["status"]["allocatedCIDR"] for item in held.values()], member_id)
+
+
+def say(capsys: pytest.CaptureFixture[str], text: str) -> None:
+    """Print past pytest's capture: numbers a reader of the run wants to see."""
+    with capsys.disabled():
+        print(f"\n[cluster] {text}", flush=True)
+
+
+# ---- 1. a write through a follower is read from another member --------------------------------
+
+
+def test_write_through_follower_read_from_another(cluster: Cluster, ledger: Ledger) -> None:
+    leader = cluster.ensure_all_running()
+    followers = [member_id for member_id in cluster.member_ids if member_id != leader]
+    created = cluster.request(followers[0], "POST", "/v1/ippools", body={"name": "t1", "spec": {"cidr": "10.1.0.0/24"}})
+    assert created.status == 201, created
+    token = cluster.tenant_tokens[ACME]
+    for number in range(10):
+        writer, reader = followers[number % 2], followers[(number + 1) % 2]
+        name = f"t1-{number}"
+        reply = cluster.request(writer, "POST", "/v1/ipclaims", token=token, body=claim_body(name, "t1", 32))
+        assert reply.status == 201, reply
+        ledger.record(
+            Ack(name, reply.body["status"]["allocatedCIDR"], reply.body["metadata"]["uid"], 201, writer, 1, 0, 0)
+        )
+        for member_id in (reader, leader):  # default consistency: linearizable
+            got = cluster.request(member_id, "GET", f"/v1/ipclaims/{name}", token=token)
+            assert got.status == 200, (member_id, got)
+            assert got.headers.get("X-Allot-Consistency") == "linearizable"
+            assert got.body == reply.body, (member_id, got.body, reply.body)
+        listed = cluster.request(reader, "GET", "/v1/ipclaims", token=token)
+        assert name in {item["metadata"]["name"] for item in listed.body["items"]}
+    pool = cluster.request(followers[1], "GET", "/v1/ippools/t1")
+    assert pool.body["status"]["capacity"]["allocated"] == 10
+
+
+# ---- 2. SIGKILL the leader while writes are in flight -----------------------------------------
+
+
+@dataclass
+class WriterPool:
+    """Threads creating claims as fast as they can, each retrying across members with its key."""
+
+    cluster: Cluster
+    ledger: Ledger
+    pool: str
+    threads_count: int
+    stop: threading.Event = field(default_factory=threading.Event)
+    acks: list[Ack] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> None:
+        for number in range(self.threads_count):
+            thread = threading.Thread(target=self._run, args=(number,), name=f"writer-{number}", daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _run(self, number: int) -> None:
+        members = self.cluster.member_ids
+        count = 0
+        while not self.stop.is_set():
+            name = f"{self.pool}-w{number}-{count}"
+            prefix_length = (32, 30, 29, 31)[count % 4]
+            try:
+                ack = create_claim(
+                    self.cluster,
+                    self.ledger,
+                    members[(number + count) % len(members)],
+                    name,
+                    self.pool,
+                    prefix_length,
+                )
+            except AssertionError as exc:
+                with self.lock:
+                    self.errors.append(str(exc))
+                return
+            with self.lock:
+                self.acks.append(ack)
+            count += 1
+
+    def acked(self, since_s: float | None = None) -> int:
+        with self.lock:
+            return sum(1 for ack in self.acks if since_s is None or ack.attempt_started_s >= since_s)
+
+    def finish(self, timeout_s: float) -> None:
+        self.stop.set()
+        deadline = time.monotonic() + timeout_s
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [thread.name for thread in self.threads if thread.is_alive()]
+        assert not alive, f"writer threads still running after {timeout_s:.0f} s: {alive}"
+
+
+def test_leader_killed_during_writes(cluster: Cluster, ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    leader = cluster.ensure_all_running()
+    create_pool(cluster, leader, "t2", "10.2.0.0/16")
+    writers = WriterPool(cluster, ledger, "t2", threads_count=6)
+    writers.start()
+    try:
+        wait_until("30 acknowledged writes before the kill", lambda: writers.acked() >= 30 or None, 30.0)
+        assert cluster.leader() == leader, "the leader changed before the kill"
+        killed_s = time.monotonic()
+        cluster.kill(leader)
+        wait_until(
+            "30 acknowledged writes sent after the kill",
+            lambda: writers.acked(since_s=killed_s) >= 30 or None,
+            40.0,
+            on_timeout=cluster.describe,
+        )
+    finally:
+        writers.finish(timeout_s=write_deadline_s + 10)
+    assert not writers.errors, writers.errors
+    after_kill = [ack for ack in writers.acks if ack.attempt_started_s >= killed_s]
+    failover_s = min(ack.acked_s for ack in after_kill) - killed_s
+    retried = sum(1 for ack in writers.acks if ack.attempts > 1)
+    say(
+        capsys,
+        f"failover: leader {leader} SIGKILLed; first write sent after the kill acknowledged {failover_s:.3f} s "
+        f"after it ({len(writers.acks)} writes acknowledged, {retried} needed retries)",
+    )
+    assert failover_s < failover_bound_s
+
+    survivors = cluster.running_ids()
+    assert leader not in survivors and len(survivors) == 2
+    converged = cluster.wait_converged(member_ids=survivors)
+    acked = {ack.name: ack for ack in writers.acks}
+    for member_id in survivors:
+        held = {name: item for name, item in claims_by_name(cluster, member_id).items() if name.startswith("t2-")}
+        missing = sorted(set(acked) - set(held))
+        assert not missing, f"{member_id} lost acknowledged claims: {missing}"
+        for name, ack in acked.items():
+            assert held[name]["status"]["allocatedCIDR"] == ack.cidr, (member_id, name, held[name], ack)
+            assert held[name]["metadata"]["uid"] == ack.uid, (member_id, name)
+        cidrs = [item["status"]["allocatedCIDR"] for item in held.values()]
+        assert_no_overlap(cidrs, member_id)
+        allocations = {
+            item["metadata"]["name"]: item["spec"]["cidr"]
+            for item in cluster.list_all(member_id, "ipallocations", token=cluster.tenant_tokens[ACME])
+            if item["metadata"]["name"].startswith("t2-")
+        }
+        assert allocations == {name: item["status"]["allocatedCIDR"] for name, item in held.items()}, member_id
+        pool = cluster.request(member_id, "GET", "/v1/ippools/t2", params={"consistency": "stale"}).body
+        assert pool["status"]["capacity"]["allocated"] == sum(ipaddress.ip_network(c).num_addresses for c in cidrs)
+    assert converged.applied_index > 0
+
+
+# ---- 3. the killed member restarts and catches up -----------------------------------------------
+
+
+def test_restarted_member_catches_up(cluster: Cluster, ledger: Ledger) -> None:
+    down = [member_id for member_id, member in cluster.members.items() if not member.running]
+    if not down:  # run alone: make a member miss some writes first
+        leader = cluster.ensure_all_running()
+        down = [next(member_id for member_id in cluster.member_ids if member_id != leader)]
+        cluster.kill(down[0])
+        create_pool(cluster, leader, "t3", "10.3.0.0/24")
+        for number in range(20):
+            create_claim(cluster, ledger, leader, f"t3-{number}", "t3")
+    before = cluster.wait_converged()
+    for member_id in down:
+        cluster.restart(member_id)
+    cluster.wait_for_leader()
+    after = cluster.wait_converged(member_ids=cluster.member_ids)
+    assert after.applied_index >= before.applied_index
+    if after.applied_index == before.applied_index:  # nothing new was committed: the same state
+        assert after.digest == before.digest
+    assert_ledger_held(cluster, ledger, down)
+
+
+# ---- 6. a resumed watch sees every event exactly once --------------------------------------------
+
+
+def test_watch_resumes_exactly_once(cluster: Cluster, ledger: Ledger) -> None:
+    leader = cluster.ensure_all_running()
+    others = [member_id for member_id in cluster.member_ids if member_id != leader]
+    pool = cluster.request(leader, "POST", "/v1/ippools", body={"name": "t6", "spec": {"cidr": "10.6.0.0/24"}})
+    assert pool.status == 201, pool
+    start_revision = int(pool.headers["X-Allot-Revision"])
+    token = cluster.tenant_tokens[ACME]
+    expected: list[tuple[str, str, int]] = []  # (type, name, revision) in the order acknowledged
+    writer_errors: list[str] = []
+
+    def write() -> None:
+        try:
+            for number in range(40):
+                name = f"t6-{number}"
+                reply = cluster.request(leader, "POST", "/v1/ipclaims", token=token, body=claim_body(name, "t6", 32))
+                assert reply.status == 201, reply
+                expected.append(("ADDED", name, int(reply.headers["X-Allot-Revision"])))
+                if number % 3 == 0:
+                    gone = cluster.request(leader, "DELETE", f"/v1/ipclaims/{name}", token=token)
+                    assert gone.status == 200, gone
+                    expected.append(("DELETED", name, int(gone.headers["X-Allot-Revision"])))
+        except (AssertionError, Unreachable) as exc:
+            writer_errors.append(str(exc))
+
+    writer = threading.Thread(target=write, name="t6-writer", daemon=True)
+    writer.start()
+    seen: list[tuple[str, str, int]] = []
+    resume_from = start_revision
+    reconnects = 0
+    deadline = time.monotonic() + 30.0
+    try:
+        # Connect, read a few events, drop the connection; resume from the last revision seen,
+        # on the next member each time, until every write's event has arrived.
+        while time.monotonic() < deadline:
+            member_id = others[reconnects % len(others)] if reconnects % 3 else leader
+            reconnects += 1
+            with open_watch(cluster.address(member_id), token, kinds="ipclaims", resource_version=resume_from) as watch:
+                assert watch.status == 200, watch.status
+                for _ in range(7):
+                    line = watch.next_line(timeout_s=max(0.1, min(2.0, deadline - time.monotonic())))
+                    if line is None:
+                        break
+                    if line["type"] == "BOOKMARK":
+                        continue
+                    assert line["type"] in ("ADDED", "MODIFIED", "DELETED"), line
+                    metadata = line["object"]["metadata"]
+                    revision = int(metadata["resourceVersion"])
+                    assert revision > resume_from, f"event at {revision} after resuming from {resume_from}: {line}"
+                    resume_from = revision
+                    seen.append((line["type"], metadata["name"], revision))
+            if not writer.is_alive() and len(seen) >= len(expected):
+                break
+    finally:
+        writer.join(30.0)
+    assert not writer_errors, writer_errors
+    assert not writer.is_alive()
+    assert reconnects > 3, "the watch never had to resume"
+    assert seen == expected, f"watch saw {len(seen)} events, expected {len(expected)}:\n{seen}\n{expected}"
+    for _, name, _ in expected:
+        if name not in {deleted for kind, deleted, _ in expected if kind == "DELETED"}:
+            ack = cluster.request(leader, "GET", f"/v1/ipclaims/{name}", token=token).body
+            ledger.record(Ack(name, ack["status"]["allocatedCIDR"], ack["metadata"]["uid"], 201, leader, 1, 0, 0))
+
+
+# ---- 7. no stale read at default consistency ---------------------------------------------------
+
+
+def read_claim(cluster: Cluster, member_id: str, name: str, timeout_s: float = 5.0) -> Reply | None:
+    """GET a claim at default consistency; None when the member does not answer."""
+    try:
+        return cluster.request(
+            member_id, "GET", f"/v1/ipclaims/{name}", token=cluster.tenant_tokens[ACME], timeout_s=timeout_s
+        )
+    except Unreachable:
+        return None
+
+
+def assert_not_stale(reply: Reply | None, ack: Ack, where: str) -> None:
+    """After `ack`, a read may fail (no answer, 503, 504) but must never miss the write."""
+    if reply is None or reply.status in RETRYABLE_STATUSES:
+        return
+    assert reply.status == 200, (
+        f"STALE READ from {where}: {reply.status} {reply.body} after {ack.name} was acknowledged"
+    )
+    assert reply.body["metadata"]["uid"] == ack.uid, (where, reply.body, ack)
+
+
+def test_no_stale_read_after_leader_killed(cluster: Cluster, ledger: Ledger) -> None:
+    leader = cluster.ensure_all_running()
+    create_pool(cluster, leader, "t7", "10.7.0.0/24")
+    create_claim(cluster, ledger, leader, "t7-kill-a", "t7")  # A
+    cluster.kill(leader)
+    survivors = cluster.running_ids()
+    b = create_claim(cluster, ledger, survivors[0], "t7-kill-b", "t7")  # B, once some leader takes it
+    for _ in range(5):
+        for member_id in survivors:
+            reply = read_claim(cluster, member_id, "t7-kill-b")
+            assert_not_stale(reply, b, member_id)
+            assert reply is not None and reply.status == 200, (member_id, reply)  # a leader exists: must answer
+    cluster.restart(leader)
+    cluster.wait_converged(member_ids=cluster.member_ids)
+    assert_not_stale(read_claim(cluster, leader, "t7-kill-b"), b, f"{leader} after restart")
+
+
+def outcome(reply: Reply | None) -> str:
+    return "no answer" if reply is None else f"{reply.status} {reply.code}".strip()
+
+
+def test_no_stale_read_from_stopped_leader(
+    cluster: Cluster, ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leader = cluster.ensure_all_running()
+    others = [member_id for member_id in cluster.member_ids if member_id != leader]
+    create_pool(cluster, leader, "t7", "10.7.0.0/24")
+    create_claim(cluster, ledger, leader, "t7-stop-a", "t7")  # A
+    outcomes: dict[str, list[str]] = {"while stopped": [], "queued while stopped": [], "after SIGCONT": []}
+    cluster.stop(leader)
+    try:
+        new_leader = cluster.wait_for_leader(member_ids=others)
+        b = create_claim(cluster, ledger, new_leader, "t7-stop-b", "t7")  # B
+        for member_id in others:
+            reply = read_claim(cluster, member_id, "t7-stop-b")
+            assert reply is not None and reply.status == 200, (member_id, reply)
+            assert_not_stale(reply, b, member_id)
+        # Reads sent to the frozen old leader after B was acknowledged: they wait in its socket
+        # backlog and are answered when it wakes up, still believing it leads for a moment.
+        results: queue.Queue[Reply | None] = queue.Queue()
+        readers = [
+            threading.Thread(
+                target=lambda: results.put(read_claim(cluster, leader, "t7-stop-b", timeout_s=20.0)), daemon=True
+            )
+            for _ in range(3)
+        ]
+        for thread in readers:
+            thread.start()
+        # A read that cannot be answered while frozen: no answer within a short timeout is right.
+        reply = read_claim(cluster, leader, "t7-stop-b", timeout_s=1.0)
+        outcomes["while stopped"].append(outcome(reply))
+        assert_not_stale(reply, b, f"{leader} while stopped")
+    finally:
+        cluster.cont(leader)
+    # Right after waking up, before it hears about the new term or just after.
+    woke_s = time.monotonic()
+    while time.monotonic() - woke_s < 2.0:
+        reply = read_claim(cluster, leader, "t7-stop-b", timeout_s=5.0)
+        outcomes["after SIGCONT"].append(outcome(reply))
+        assert_not_stale(reply, b, f"{leader} after SIGCONT")
+    for thread in readers:
+        thread.join(25.0)
+        assert not thread.is_alive()
+    while not results.empty():
+        reply = results.get()
+        outcomes["queued while stopped"].append(outcome(reply))
+        assert_not_stale(reply, b, f"{leader} (read sent while stopped)")
+    say(
+        capsys,
+        f"reads of the SIGSTOPped old leader {leader}: "
+        + "; ".join(f"{when}: {dict(collections.Counter(seen))}" for when, seen in outcomes.items()),
+    )
+    cluster.wait_for_leader(member_ids=cluster.member_ids)
+    cluster.wait_converged(member_ids=cluster.member_ids)
+    reply = read_claim(cluster, leader, "t7-stop-b")
+    assert reply is not None and reply.status == 200, reply
+    assert_not_stale(reply, b, f"{leader} after rejoining")
+
+
+# ---- 8. authentication, tenancy and bad bodies against the real cluster -------------------------
+
+
+def test_auth_tenancy_and_malformed_bodies(cluster: Cluster) -> None:
+    leader = cluster.ensure_all_running()
+    follower = next(member_id for member_id in cluster.member_ids if member_id != leader)
+    create_pool(cluster, leader, "t8", "10.8.0.0/24")
+    acme, globex = cluster.tenant_tokens[ACME], cluster.tenant_tokens[GLOBEX]
+
+    def error(reply: Reply, status: int, code: str) -> None:
+        assert reply.status == status, reply
+        assert set(reply.body) == {"error"}, reply.body
+        assert set(reply.body["error"]) == {"code", "message", "details"}, reply.body
+        assert reply.body["error"]["code"] == code, reply.body
+        assert reply.body["error"]["message"], reply.body
+
+    wrong = "wrong-token-0123456789abcdefghijklmnopqrstuvwxyz"
+    for member_id in cluster.member_ids:
+        error(cluster.request(member_id, "GET", "/v1/ipclaims", token=wrong), 401, "unauthorized")
+        error(cluster.request(member_id, "GET", "/v1/status", anonymous=True), 401, "unauthorized")
+        error(
+            cluster.request(member_id, "POST", "/v1/ipclaims", token=wrong, body=claim_body("t8-x", "t8", 32)),
+            401,
+            "unauthorized",
+        )
+
+    created = cluster.request(follower, "POST", "/v1/ipclaims", token=acme, body=claim_body("t8-secret", "t8", 32))
+    assert created.status == 201, created
+    for member_id in cluster.member_ids:
+        error(cluster.request(member_id, "GET", "/v1/ipclaims/t8-secret", token=globex), 404, "not_found")
+        error(cluster.request(member_id, "GET", "/v1/ipallocations/t8-secret", token=globex), 404, "not_found")
+        listed = cluster.request(member_id, "GET", "/v1/ipclaims", token=globex)
+        assert "t8-secret" not in {item["metadata"]["name"] for item in listed.body["items"]}
+    error(cluster.request(leader, "DELETE", "/v1/ipclaims/t8-secret", token=globex), 404, "not_found")
+    assert cluster.request(leader, "GET", "/v1/ipclaims/t8-secret", token=acme).status == 200
+
+    before = cluster.wait_converged()
+    for member_id in cluster.member_ids:
+        error(cluster.request(member_id, "POST", "/v1/ipclaims", token=acme, raw=b"{"), 400, "invalid")
+        error(cluster.request(member_id, "POST", "/v1/ipclaims", token=acme, raw=b"[1]"), 400, "invalid")
+        bad_spec = {"name": "t8-bad", "spec": {"poolRef": "t8", "prefixLength": "wide"}}
+        error(cluster.request(member_id, "POST", "/v1/ipclaims", token=acme, body=bad_spec), 400, "invalid")
+    after = cluster.wait_converged()
+    assert after.revision == before.revision, "a refused request changed the state"
+    assert cluster.request(leader, "GET", "/v1/ipclaims/t8-bad", token=acme).status == 404
+
+
+# ---- 5. SIGKILL every member; every acknowledged write survives ------------------------------------
+
+
+def test_all_members_killed_and_restarted(cluster: Cluster, ledger: Ledger) -> None:
+    leader = cluster.ensure_all_running()
+    create_pool(cluster, leader, "t5", "10.5.0.0/24")
+    writers = WriterPool(cluster, ledger, "t5", threads_count=4)
+    writers.start()
+    try:
+        wait_until("20 acknowledged writes", lambda: writers.acked() >= 20 or None, 30.0)
+        cluster.kill_all()  # with writes in flight
+    finally:
+        writers.stop.set()
+    # The writers' retries now fail (nothing is running) until the cluster is back.
+    for member_id in cluster.member_ids:
+        cluster.start_member(member_id, wait=False)
+    for member_id in cluster.member_ids:
+        cluster.wait_member_up(member_id)
+    writers.finish(timeout_s=write_deadline_s + 10)
+    assert not writers.errors, writers.errors
+    cluster.wait_for_leader()
+    cluster.wait_converged(member_ids=cluster.member_ids)
+    assert len(ledger.acks) >= 20
+    assert_ledger_held(cluster, ledger, cluster.member_ids)
+
+
+# ---- 4. a wiped follower rebuilds from a snapshot ---------------------------------------------------
+
+
+def test_wiped_follower_rebuilds_from_snapshot(snapshot_cluster: Cluster, snapshot_ledger: Ledger) -> None:
+    cluster, ledger = snapshot_cluster, snapshot_ledger
+    leader = cluster.ensure_all_running()
+    create_pool(cluster, leader, "s4", "10.40.0.0/16")
+    number = 0
+
+    def write_until_snapshot(member_id: str) -> int:
+        nonlocal number
+        for _ in range(400):
+            create_claim(cluster, ledger, member_id, f"s4-{number}", "s4")
+            number += 1
+            status = cluster.status(member_id) if number % 10 == 0 else None
+            if status is not None and status["snapshotIndex"] > 0:
+                return int(status["snapshotIndex"])
+        raise AssertionError(f"no snapshot on {member_id} after 400 entries\n{cluster.describe()}")
+
+    first_snapshot = write_until_snapshot(leader)
+    follower = next(member_id for member_id in cluster.member_ids if member_id != leader)
+    cluster.kill(follower)
+    cluster.wipe(follower)
+    # More entries, so the leader's log starts after its snapshot: the wiped member must get it.
+    for _ in range(60):
+        create_claim(cluster, ledger, leader, f"s4-{number}", "s4")
+        number += 1
+    wait_until(
+        "a second snapshot on the leader",
+        lambda: (cluster.status(leader) or {}).get("snapshotIndex", 0) > first_snapshot or None,
+        30.0,
+        on_timeout=cluster.describe,
+    )
+    cluster.start_member(follower)
+    cluster.wait_for_leader()
+    cluster.wait_converged(member_ids=cluster.member_ids)
+    assert "installed a snapshot at index" in cluster.log_text(follower), cluster.log_tail(follower)
+    assert_ledger_held(cluster, ledger, [follower])
+    create_claim(cluster, ledger, follower, "s4-after", "s4")  # it serves writes again
+    cluster.wait_converged(member_ids=cluster.member_ids)
+    assert_ledger_held(cluster, ledger, cluster.member_ids)
+
+
+def test_full_restart_with_snapshots(snapshot_cluster: Cluster, snapshot_ledger: Ledger) -> None:
+    cluster, ledger = snapshot_cluster, snapshot_ledger
+    leader = cluster.ensure_all_running()
+    create_pool(cluster, leader, "s5", "10.50.0.0/16")
+    writers = WriterPool(cluster, ledger, "s5", threads_count=4)
+    writers.start()
+    try:
+        wait_until("120 acknowledged writes", lambda: writers.acked() >= 120 or None, 60.0)
+        cluster.kill_all()
+    finally:
+        writers.stop.set()
+    for member_id in cluster.member_ids:
+        cluster.start_member(member_id, wait=False)
+    for member_id in cluster.member_ids:
+        cluster.wait_member_up(member_id)
+    writers.finish(timeout_s=write_deadline_s + 10)
+    assert not writers.errors, writers.errors
+    cluster.wait_for_leader()
+    cluster.wait_converged(member_ids=cluster.member_ids)
+    assert_ledger_held(cluster, ledger, cluster.member_ids)
+
+
+# ---- 9. `allot serve` refuses a broken configuration at once ---------------------------------------
+
+
+@pytest.fixture
+def serve_files(tmp_path: Path) -> tuple[Path, Path]:
+    secret, tokens = tmp_path / "cluster.secret", tmp_path / "tokens.json"
+    write_secret(secret)
+    generate_token_file(tokens)
+    return secret, tokens
+
+
+def run_serve(command: list[str], timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
+    started = time.monotonic()
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=REPO_ROOT,
+        env=child_environment(),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert time.monotonic() - started < timeout_s
+    return result
+
+
+def test_serve_configuration_errors(tmp_path: Path, serve_files: tuple[Path, Path]) -> None:
+    secret, tokens = serve_files
+    ports = free_ports(4)
+    members = {f"m{number}": f"127.0.0.1:{ports[number - 1]}" for number in range(1, 4)}
+    http_address = f"127.0.0.1:{ports[3]}"
+
+    def serve(member_id: str, secret_file: Path = secret, http: str = http_address) -> list[str]:
+        return serve_command(member_id, members, http, tmp_path / member_id, secret_file, tokens)
+
+    cases: list[tuple[str, list[str], str]] = [
+        ("member id not in the list", serve("m4"), "not in the member list"),
+        ("missing secret file", serve("m1", secret_file=tmp_path / "absent.secret"), "absent.secret"),
+    ]
+    for what, command, words in cases:
+        result = run_serve(command)
+        assert result.returncode == 2, (what, result.returncode, result.stderr[-2000:])
+        assert words in result.stderr, (what, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, (what, result.stderr[-2000:])
+
+    for what, port in (("Raft", ports[0]), ("HTTP", ports[3])):
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            holder.bind(("127.0.0.1", port))
+            holder.listen(1)
+            result = run_serve(serve("m1"))
+        finally:
+            holder.close()
+        assert result.returncode == 2, (what, result.returncode, result.stderr[-2000:])
+        assert f"127.0.0.1:{port}" in result.stderr and "not available" in result.stderr, (what, result.stderr)
+        assert "Traceback" not in result.stderr, (what, result.stderr[-2000:])
+
+
+# ---- 10. `allot up` starts, answers and stops cleanly on SIGINT -------------------------------------
+
+
+def member_pids_using(directory: Path) -> list[int]:
+    """Processes whose command line names this directory and `serve` (the members of `allot up`)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"serve" in argv and any(str(directory).encode() in arg for arg in argv) and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_allot_up_smoke(tmp_path: Path) -> None:
+    directory = tmp_path / "up"
+    http_port = free_ports(3, consecutive=True)[0]
+    raft_port = free_ports(3, consecutive=True)[0]
+    command = [
+        sys.executable,
+        "-m",
+        "node.cli",
+        "up",
+        "--dir",
+        str(directory),
+        "--http-port",
+        str(http_port),
+        "--raft-port",
+        str(raft_port),
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=REPO_ROOT,
+        env=child_environment(),
+        start_new_session=True,
+    )
+    register_process(process)
+    lines: queue.Queue[str | None] = queue.Queue()
+    output: list[str] = []
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            lines.put(raw.decode(errors="replace"))
+        lines.put(None)
+
+    threading.Thread(target=pump, name="allot-up-output", daemon=True).start()
+    member_pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 60.0
+        while not any("Allot is up" in line for line in output):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "allot up did not print 'Allot is up' in time:\n" + "".join(output)
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            assert line is not None, f"allot up exited ({process.poll()}) before it was up:\n" + "".join(output)
+            output.append(line)
+        document = json.loads((directory / "tokens.json").read_text())
+        admin = next(entry["token"] for entry in document["tokens"] if entry["role"] == "admin")
+        status = http_request(f"127.0.0.1:{http_port}", "GET", "/v1/status", token=admin)
+        assert status.status == 200 and status.body["memberId"] == "m1", status
+        member_pids = member_pids_using(directory)
+        assert len(member_pids) == 3, (member_pids, "".join(output))
+        os.kill(process.pid, signal.SIGINT)
+        code = process.wait(timeout=30.0)
+        assert code == 0, f"allot up exited with {code}:\n" + "".join(output)
+        wait_until("the members of allot up to exit", lambda: not member_pids_using(directory) or None, 10.0)
+    finally:
+        reap_process(process)
+        for pid in member_pids_using(directory):  # only processes this test started, by pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

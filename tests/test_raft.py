@@ -1,0 +1,366 @@
+"""node/raft.py against pysyncobj: the pinned version, and "synced before acknowledged".
+
+The ordering tests run three `AllotRaft` members in this process, on free 127.0.0.1 ports, each
+with its own LMDB store and journal, configured the way `ReplicatedMember` configures them. On
+each member's instance they wrap the journal's `add`, `flush` and `setRaftCommitIndex` and the
+transport's `send`, and record in order what happens on the tick thread. Then they check:
+
+* a follower never sends a successful `next_node_idx` (its acknowledgement of appended entries)
+  while an entry at or below the index it acknowledges was added but not yet flushed;
+* a leader never moves its commit index over one of its own entries that is not yet flushed.
+
+`test_entries_are_synced_before_they_are_acknowledged` proposes 61 entries (through the leader
+and, forwarded, through a follower) with pysyncobj ticking on its own threads.
+`test_leader_syncs_its_election_noop_before_committing_it` drives the ticks by hand through the
+one interleaving where a new leader's election no-op used to be committed unsynced (it is
+appended while messages are handled, after the tick's sync; node/raft.py now also syncs when
+the commit index is recorded). Removing the `before_ack` hook (`record_ordering(ack_sync=False)`)
+or the tick callback's sync (`tick_sync=False`) makes the first test fail; that was checked by
+hand, and `test_ordering_checker_flags_unsynced_acknowledgements` shows the checker flags both.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pysyncobj.version
+from pysyncobj import FAIL_REASON
+from pysyncobj.syncobj import _COMMAND_TYPE, _RAFT_STATE
+
+import node.raft
+from node.config import Timing
+from node.raft import AllotRaft, DumpWriter, encode_batch, raft_conf
+from node.store import LmdbStore
+from statemachine import Envelope, Principal, encode_envelope
+from tests.cluster_harness import free_ports, wait_until
+
+SECRET = "raft-ordering-test-secret-0123456789abcdef"
+ADMIN = Principal("root", "", "", "admin")
+TENANT = Principal("alice", "acme", "web", "member")
+wait_s = 20.0
+NOOP_COMMAND = bytes([_COMMAND_TYPE.NO_OP])
+
+
+def test_pysyncobj_version_is_pinned() -> None:
+    """node/raft.py reaches into pysyncobj's private attributes: a new version must be reviewed."""
+    assert pysyncobj.version.VERSION == node.raft.PYSYNCOBJ_VERSION
+
+
+# ---- recording ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "add" (an entry written to the journal), "flush", "ack" (a successful
+    # next_node_idx sent), "commit" (the commit index set)
+    index: int = 0  # add: the entry's index; ack: the last index acknowledged; commit: the new index
+    leader: bool = False  # commit: set while this member was the leader
+    noop: bool = False  # add: pysyncobj's own no-op entry (appended by a new leader), not a command
+
+
+class UnsyncedAcknowledgement(AssertionError):
+    """An entry was acknowledged (or committed by the leader) before it was synced."""
+
+
+def ordering_violations(events: list[Event]) -> list[str]:
+    """Every acknowledgement or leader commit covering an entry added but not flushed yet."""
+    unflushed: dict[int, bool] = {}  # index -> is pysyncobj's no-op
+    violations = []
+    for position, event in enumerate(events):
+        if event.kind == "add":
+            unflushed[event.index] = event.noop
+        elif event.kind == "flush":
+            unflushed.clear()
+        elif event.kind == "ack" or (event.kind == "commit" and event.leader):
+            exposed = sorted(i for i in unflushed if i <= event.index)
+            if exposed:
+                what = "acknowledged" if event.kind == "ack" else "committed by the leader"
+                violations.append(f"event {position}: {what} up to {event.index} before flushing {exposed}")
+    return violations
+
+
+def check_ordering(events: list[Event]) -> None:
+    violations = ordering_violations(events)
+    if violations:
+        raise UnsyncedAcknowledgement(f"{len(violations)} violation(s): {violations[:10]}")
+
+
+@dataclass
+class Recorder:
+    """Wraps one member's journal and transport (instance attributes only) and logs events."""
+
+    raft: AllotRaft
+    events: list[Event] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _record(self, event: Event) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def install(self) -> None:
+        journal = self.raft._SyncObj__raftLog
+        add, flush, set_commit = journal.add, journal.flush, journal.setRaftCommitIndex
+        transport: Any = self.raft.allot_transport  # Any: its methods are replaced on the instance
+        assert transport is not None
+        send = transport.send
+
+        def recording_add(command: Any, index: int, term: int) -> Any:
+            result = add(command, index, term)
+            self._record(Event("add", index, noop=bytes(command) == NOOP_COMMAND))
+            return result
+
+        def recording_flush() -> Any:
+            result = flush()
+            self._record(Event("flush"))
+            return result
+
+        def recording_commit(index: int) -> Any:
+            # Recorded once the call returns: node/raft.py syncs inside it, and pysyncobj applies
+            # and answers only after it.
+            result = set_commit(index)
+            self._record(Event("commit", index, leader=bool(self.raft._isLeader())))
+            return result
+
+        def recording_send(peer: Any, message: Any) -> bool:
+            sent = bool(send(peer, message))  # the before_ack hook runs inside, before the wire
+            if isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success"):
+                self._record(Event("ack", int(message["next_node_idx"]) - 1))
+            return sent
+
+        journal.add = recording_add
+        journal.flush = recording_flush
+        journal.setRaftCommitIndex = recording_commit
+        transport.send = recording_send
+
+    def snapshot(self) -> list[Event]:
+        with self.lock:
+            return list(self.events)
+
+
+# ---- three members in one process ------------------------------------------------------------
+
+
+@dataclass
+class InProcessMember:
+    raft: AllotRaft
+    store: LmdbStore
+    recorder: Recorder
+
+
+def build_member(directory: Path, address: str, peers: list[str], *, auto_tick: bool = True) -> InProcessMember:
+    """An AllotRaft member configured as `ReplicatedMember` configures one."""
+    timing = Timing()
+    raft_dir = directory / "raft"
+    raft_dir.mkdir(parents=True, exist_ok=True)
+    store = LmdbStore(directory / "state")
+    dump_path = raft_dir / "dump"
+    conf = raft_conf(timing, SECRET, address, raft_dir / "journal", dump_path, auto_tick=auto_tick)
+    try:
+        raft = AllotRaft(
+            address, peers, conf, store, DumpWriter(store, dump_path), lambda index: None, timing.keepalive_s
+        )
+    except BaseException:
+        store.close()
+        raise
+    recorder = Recorder(raft)
+    recorder.install()  # before the first election (>= 0.3 s away): no entry exists yet
+    return InProcessMember(raft, store, recorder)
+
+
+@contextmanager
+def three_members(directory: Path) -> Iterator[list[InProcessMember]]:
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
+    members: list[InProcessMember] = []
+    try:
+        for number, address in enumerate(addresses):
+            peers = [other for other in addresses if other != address]
+            members.append(build_member(directory / f"m{number + 1}", address, peers))
+        for member in members:
+            member.raft.waitBinded()
+        yield members
+    finally:
+        for member in members:
+            member.raft.destroy()
+        deadline = time.monotonic() + 10.0
+        for member in members:
+            while member.raft.tick_thread_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            member.store.close()
+
+
+def leader_of(members: list[InProcessMember]) -> InProcessMember | None:
+    leaders = {str(member.raft._getLeader()) for member in members}
+    if len(leaders) != 1 or "None" in leaders:
+        return None
+    return next((member for member in members if member.raft._isLeader()), None)
+
+
+@dataclass
+class Proposals:
+    """Batches proposed through `apply_batch`, and their callbacks' answers."""
+
+    expected: int
+    results: list[tuple[Any, int]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def callback(self) -> Callable[[Any, int], None]:
+        def answered(result: Any, error: int) -> None:
+            with self.lock:
+                self.results.append((result, error))
+                if len(self.results) == self.expected:
+                    self.done.set()
+
+        return answered
+
+
+def batch(number: int) -> bytes:
+    ts_ms = 1_767_225_600_000 + number
+    if number == 0:
+        envelope = Envelope("pool.create", {"name": "edge", "spec": {"cidr": "10.0.0.0/16"}}, ADMIN, None, ts_ms)
+    else:
+        envelope = Envelope("claim.create", {"name": f"c-{number}", "spec": {"poolRef": "edge"}}, TENANT, None, ts_ms)
+    return encode_batch([encode_envelope(envelope)])
+
+
+def record_ordering(directory: Path, *, ack_sync: bool = True, tick_sync: bool = True) -> list[list[Event]]:
+    """Run three members, propose entries through the leader and a follower, return the events.
+
+    `ack_sync=False` removes the `before_ack` hook and `tick_sync=False` the tick callback's
+    sync (by hand only: showing that the checks catch their absence)."""
+    with three_members(directory) as members:
+        leader = wait_until("a leader", lambda: leader_of(members), wait_s)
+        follower = next(member for member in members if member is not leader)
+        for member in members:
+            if not ack_sync and member.raft.allot_transport is not None:
+                member.raft.allot_transport.before_ack = None
+            if not tick_sync:
+                member.raft.removeOnTickCallback(member.raft._tick)
+        rounds, per_round = 6, 10
+        proposals = Proposals(expected=1 + rounds * per_round)
+        leader.raft.apply_batch(batch(0), callback=proposals.callback())
+        for round_number in range(rounds):  # bursts: several entries per append, some forwarded
+            proposer = leader if round_number % 2 == 0 else follower
+            for position in range(per_round):
+                proposer.raft.apply_batch(batch(1 + round_number * per_round + position), callback=proposals.callback())
+            wait_until(
+                f"round {round_number} to commit",
+                lambda n=round_number: len(proposals.results) >= 1 + (n + 1) * per_round or None,  # type: ignore[misc]
+                wait_s,
+            )
+        assert proposals.done.wait(wait_s)
+        assert all(error == FAIL_REASON.SUCCESS for _, error in proposals.results), proposals.results
+        last = leader.store.applied_index
+        wait_until(
+            "every member to apply everything",
+            lambda: all(member.store.applied_index == last for member in members) or None,
+            wait_s,
+        )
+        return [member.recorder.snapshot() for member in members]
+
+
+def test_entries_are_synced_before_they_are_acknowledged(tmp_path: Path) -> None:
+    recorded = record_ordering(tmp_path)
+    acks_after_adds = 0
+    leader_commits = 0
+    for events in recorded:
+        check_ordering(events)
+        assert sum(1 for event in events if event.kind == "add" and not event.noop) >= 61
+        added_since_ack = False
+        for event in events:
+            if event.kind == "add":
+                added_since_ack = True
+            elif event.kind == "ack":
+                acks_after_adds += added_since_ack
+                added_since_ack = False
+            elif event.kind == "commit" and event.leader:
+                leader_commits += 1
+    # The checks above looked at something: followers acknowledged fresh entries, the leader
+    # advanced its commit index over them.
+    assert acks_after_adds >= 10, acks_after_adds
+    assert leader_commits >= 6, leader_commits
+
+
+def tick_until(what: str, members: list[InProcessMember], done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + wait_s
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        for member in members:
+            member.raft.doTick(0.002)
+
+
+def partners_connected(member: InProcessMember) -> bool:
+    status = member.raft.getStatus()
+    return all(value == 2 for key, value in status.items() if key.startswith("partner_node_status_server_"))
+
+
+def test_leader_syncs_its_election_noop_before_committing_it(tmp_path: Path) -> None:
+    """Deterministic interleaving, driving the ticks by hand (autoTick=False).
+
+    The candidate C holds both vote grants in its sockets. In the tick where C handles the
+    first grant it becomes leader, appends its no-op and sends it; at that moment (hooked on
+    C's send) the followers run one tick each: they append, sync, acknowledge. C then reads the
+    second follower's socket, which holds the vote grant and the acknowledgement. C's next tick
+    computes the commit index first and runs the tick callbacks (the sync) last."""
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
+    members: list[InProcessMember] = []
+    try:
+        for number, address in enumerate(addresses):
+            peers = [other for other in addresses if other != address]
+            members.append(build_member(tmp_path / f"m{number + 1}", address, peers, auto_tick=False))
+        never = time.monotonic() + 3600
+        for member in members:  # nobody starts an election on its own
+            member.raft._SyncObj__raftElectionDeadline = never
+        tick_until("the members to connect", members, lambda: all(partners_connected(m) for m in members))
+        candidate, followers = members[0], members[1:]
+        candidate.raft._SyncObj__raftElectionDeadline = 0.0
+        candidate.raft.doTick(0.0)  # becomes candidate, asks for votes
+        assert candidate.raft.getStatus()["state"] == _RAFT_STATE.CANDIDATE
+        for follower in followers:
+            follower.raft.doTick(0.5)  # grants its vote
+        by_address = {str(member.raft.selfNode): member for member in followers}
+        transport: Any = candidate.raft.allot_transport  # Any: its send is replaced on the instance
+        assert transport is not None
+        send = transport.send
+        ticked: set[str] = set()
+
+        def send_then_let_follower_run(peer: Any, message: Any) -> bool:
+            sent = bool(send(peer, message))
+            if isinstance(message, dict) and message.get("type") == "append_entries" and str(peer) not in ticked:
+                ticked.add(str(peer))
+                by_address[str(peer)].raft.doTick(0.5)  # appends, syncs, acknowledges
+            return sent
+
+        transport.send = send_then_let_follower_run
+        candidate.raft.doTick(0.5)  # both grants: leader, no-op appended and sent
+        transport.send = send
+        assert candidate.raft.getStatus()["state"] == _RAFT_STATE.LEADER
+        assert ticked == set(by_address), ticked
+        candidate.raft.doTick(0.0)  # commit index first, the sync last
+        events = candidate.recorder.snapshot()
+        assert any(event.kind == "commit" and event.leader for event in events), events
+        for follower in followers:
+            check_ordering(follower.recorder.snapshot())  # followers: synced before acknowledging
+        check_ordering(events)
+    finally:
+        for member in members:
+            member.raft.destroy()
+            member.store.close()
+
+
+def test_ordering_checker_flags_unsynced_acknowledgements() -> None:
+    """The checker itself: an ack or a leader commit before the flush is a violation."""
+    fine = [Event("add", 5), Event("flush"), Event("ack", 5), Event("add", 6), Event("ack", 5)]
+    assert ordering_violations(fine) == []
+    assert ordering_violations([Event("add", 5), Event("ack", 5), Event("flush")])
+    assert ordering_violations([Event("add", 7), Event("commit", 7, leader=True), Event("flush")])
+    assert ordering_violations([Event("add", 7), Event("commit", 7, leader=False)]) == []  # a follower's
+    assert ordering_violations([Event("add", 7), Event("commit", 6, leader=True)]) == []
+    noop_commit = [Event("add", 2, noop=True), Event("commit", 2, leader=True)]
+    assert ordering_violations(noop_commit)
