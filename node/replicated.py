@@ -45,6 +45,11 @@ log = logging.getLogger("allot.member")
 
 batch_bytes_max = 1 << 20  # one log entry carries at most this many envelope bytes
 pending_max = 20_000  # envelopes waiting for a batch; beyond this requests get 503
+# Batches proposed by this member and not answered yet. While they are in flight, new envelopes
+# gather into the next batch, so entries grow with load instead of staying tiny (each entry
+# costs a journal sync and an LMDB commit on every member).
+inflight_batches_max = 1
+inflight_timeout_s = 5.0  # a forwarded proposal whose answer was lost frees its slot after this
 digest_interval_s = 1.0  # the state digest in /v1/status is recomputed at most this often
 
 _ROLES = {_RAFT_STATE.LEADER: "leader", _RAFT_STATE.FOLLOWER: "follower", _RAFT_STATE.CANDIDATE: "candidate"}
@@ -58,6 +63,8 @@ class _Batch:
     writers: list[asyncio.Future[Outcome]] = field(default_factory=list)
     readers: list[asyncio.Future[None]] = field(default_factory=list)
     size_bytes: int = 0
+    release: asyncio.TimerHandle | None = None  # frees the in-flight slot if no answer comes
+    released: bool = False
 
 
 @dataclass
@@ -80,6 +87,7 @@ class ReplicatedMember:
         self._pending = _Batch()
         self._wake: asyncio.Event | None = None
         self._batcher: asyncio.Task[None] | None = None
+        self._inflight = 0
         self._raft_view = RaftSnapshot()
         self._digest: tuple[int, str, float] = (-1, "", 0.0)
         self._digest_lock = threading.Lock()
@@ -204,7 +212,7 @@ class ReplicatedMember:
             self._wake.clear()
             if window_s > 0:
                 await asyncio.sleep(window_s)  # let the envelopes of this moment join the batch
-            while self._pending.envelopes or self._pending.readers:
+            while (self._pending.envelopes or self._pending.readers) and self._inflight < inflight_batches_max:
                 self._propose(self._take_batch())
 
     def _take_batch(self) -> _Batch:
@@ -234,14 +242,25 @@ class ReplicatedMember:
         loop = asyncio.get_running_loop()
         self.batches += 1
         self.batched_envelopes += len(batch.envelopes)
+        self._inflight += 1
+        batch.release = loop.call_later(inflight_timeout_s, self._release, batch)
 
         def on_result(result: Any, error: int) -> None:  # on the tick thread
             loop.call_soon_threadsafe(self._resolve, batch, result, error)
 
         self.raft.apply_batch(encode_batch(envelopes), callback=on_result)
 
-    @staticmethod
-    def _resolve(batch: _Batch, result: Any, error: int) -> None:
+    def _release(self, batch: _Batch) -> None:
+        if batch.released:
+            return
+        batch.released = True
+        if batch.release is not None:
+            batch.release.cancel()
+        self._inflight -= 1
+        self._kick()
+
+    def _resolve(self, batch: _Batch, result: Any, error: int) -> None:
+        self._release(batch)
         if error == FAIL_REASON.SUCCESS and isinstance(result, list):
             for future, outcome in zip(batch.writers, result, strict=False):
                 if not future.done():
