@@ -227,6 +227,21 @@ def assert_no_overlap(cidrs: list[str], where: str) -> None:
         assert lower.broadcast_address < upper.network_address, f"{where}: {lower} and {upper} overlap"
 
 
+def restart_all_and_check(cluster: Cluster, writers: WriterPool, ledger: Ledger) -> None:
+    """Start every member again after kill_all, let the writers' retries finish, and check that
+    every acknowledged write survived on all of them. The writers' retries fail (nothing is
+    running) until the cluster is back."""
+    for member_id in cluster.member_ids:
+        cluster.start_member(member_id, wait=False)
+    for member_id in cluster.member_ids:
+        cluster.wait_member_up(member_id)
+    writers.finish(timeout_s=write_deadline_s + 10)
+    assert not writers.errors, writers.errors
+    cluster.wait_for_leader()
+    cluster.wait_converged(member_ids=cluster.member_ids)
+    assert_ledger_held(cluster, ledger, cluster.member_ids)
+
+
 def assert_ledger_held(cluster: Cluster, ledger: Ledger, member_ids: list[str] | None = None) -> None:
     """Every acknowledged claim is on every given member, once, with the answer's CIDR and uid."""
     with ledger.lock:
@@ -639,17 +654,8 @@ def test_all_members_killed_and_restarted(cluster: Cluster, ledger: Ledger) -> N
         cluster.kill_all()  # with writes in flight
     finally:
         writers.stop.set()
-    # The writers' retries now fail (nothing is running) until the cluster is back.
-    for member_id in cluster.member_ids:
-        cluster.start_member(member_id, wait=False)
-    for member_id in cluster.member_ids:
-        cluster.wait_member_up(member_id)
-    writers.finish(timeout_s=write_deadline_s + 10)
-    assert not writers.errors, writers.errors
-    cluster.wait_for_leader()
-    cluster.wait_converged(member_ids=cluster.member_ids)
+    restart_all_and_check(cluster, writers, ledger)
     assert len(ledger.acks) >= 20
-    assert_ledger_held(cluster, ledger, cluster.member_ids)
 
 
 # ---- 4. a wiped follower rebuilds from a snapshot ---------------------------------------------------
@@ -706,15 +712,7 @@ def test_full_restart_with_snapshots(snapshot_cluster: Cluster, snapshot_ledger:
         cluster.kill_all()
     finally:
         writers.stop.set()
-    for member_id in cluster.member_ids:
-        cluster.start_member(member_id, wait=False)
-    for member_id in cluster.member_ids:
-        cluster.wait_member_up(member_id)
-    writers.finish(timeout_s=write_deadline_s + 10)
-    assert not writers.errors, writers.errors
-    cluster.wait_for_leader()
-    cluster.wait_converged(member_ids=cluster.member_ids)
-    assert_ledger_held(cluster, ledger, cluster.member_ids)
+    restart_all_and_check(cluster, writers, ledger)
 
 
 # ---- 9. `allot serve` refuses a broken configuration at once ---------------------------------------
