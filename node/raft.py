@@ -163,13 +163,22 @@ class DumpWriter:
     def serialize(self, tmp_path: str, data: Any) -> None:
         """pysyncobj's serializer hook, on the tick thread: pin the state, start the writer."""
         last_entry, previous_entry, cluster = data
-        pending = self._store.begin_snapshot()
-        # pysyncobj renames tmp_path over the dump file as soon as this returns: give it the
-        # previous complete dump, so the file on disk is never a half-written one.
-        if self._dump_path.exists():
-            os.link(self._dump_path, tmp_path)
-        else:
-            Path(tmp_path).write_bytes(b"")
+        try:
+            # pysyncobj renames tmp_path over the dump file as soon as this returns: give it
+            # the previous complete dump, so the file on disk is never a half-written one.
+            Path(tmp_path).unlink(missing_ok=True)
+            if self._dump_path.exists():
+                os.link(self._dump_path, tmp_path)
+            else:
+                Path(tmp_path).write_bytes(b"")
+            pending = self._store.begin_snapshot()
+        except Exception:
+            # Reported through check(): pysyncobj then resets and tries again later. Raising
+            # here instead would leave its serializer stuck and no dump would ever be made.
+            log.exception("starting a full dump failed")
+            with self._lock:
+                self._state = SERIALIZER_STATE.FAILED
+            return
         with self._lock:
             self._state = SERIALIZER_STATE.SERIALIZING
         cluster_ids = sorted(str(getattr(node, "id", node)) for node in cluster)
