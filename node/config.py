@@ -24,7 +24,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Timing:
-    """Raft timing, chosen for a LAN (see docs/operations.md for the measurements)."""
+    """Raft timing, chosen for a LAN (node/DESIGN.md, "Replication", gives the reasons and measurements)."""
 
     append_entries_period_s: float = 0.05  # leader heartbeat
     election_timeout_min_s: float = 0.3
