@@ -31,7 +31,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -39,6 +39,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from node.member import Member, MemberError, NoLeaderError, OutcomeUnknownError, OverloadedError
 from node.tokens import TokenStore
@@ -280,7 +281,7 @@ class MemberCollector:
 class Metrics:
     """One registry per app, so several apps (tests, several members in one process) coexist."""
 
-    def __init__(self, member: Member) -> None:
+    def __init__(self, member: Member, collectors: Sequence[Collector] = ()) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "allot_http_requests",
@@ -296,6 +297,8 @@ class Metrics:
         )
         self.watches = Gauge("allot_http_watches", "watch streams open now", registry=self.registry)
         self.registry.register(MemberCollector(member))
+        for collector in collectors:
+            self.registry.register(collector)
 
     def observe(self, route: str, method: str, status: int, duration_s: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -314,11 +317,13 @@ def _route_label(request: web.Request) -> str:
 
 
 class Api:
-    def __init__(self, member: Member, tokens: TokenStore, limits: Limits) -> None:
+    def __init__(
+        self, member: Member, tokens: TokenStore, limits: Limits, collectors: Sequence[Collector] = ()
+    ) -> None:
         self.member = member
         self.tokens = tokens
         self.limits = limits
-        self.prometheus = Metrics(member)
+        self.prometheus = Metrics(member, collectors)
         self.watches_open = 0
 
     # -- the middleware: every exception becomes a JSON error, every answer is counted --
@@ -717,10 +722,12 @@ def _kinds_param(value: str | None) -> tuple[str, ...]:
 API_KEY = web.AppKey("allot_api", Api)
 
 
-def build_app(member: Member, tokens: TokenStore, *, limits: Limits | None = None) -> web.Application:
+def build_app(
+    member: Member, tokens: TokenStore, *, limits: Limits | None = None, collectors: Sequence[Collector] = ()
+) -> web.Application:
     """The aiohttp application serving Allot's public HTTP API for one member."""
     limits = limits or Limits()
-    api = Api(member, tokens, limits)
+    api = Api(member, tokens, limits, collectors)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -291,7 +291,8 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self._keepalive_s = keepalive_s
         self._next_keepalive = 0.0
         self.journal_syncs = 0
-        self.journal_sync_seconds = 0.0
+        self.observe_sync_s: Callable[[float], None] = lambda _seconds: None
+        self.observe_apply_s: Callable[[float], None] = lambda _seconds: None
         conf.serializer = dump_writer.serialize
         conf.deserializer = dump_writer.deserialize
         conf.serializeChecker = dump_writer.check
@@ -347,7 +348,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             self._journal_dirty = False
             self._journal.flush()
             self.journal_syncs += 1
-            self.journal_sync_seconds += time.monotonic() - started
+            self.observe_sync_s(time.monotonic() - started)
 
     def _tick(self) -> None:
         self.sync_journal()
@@ -360,10 +361,12 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
     @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, batch: bytes) -> list[Outcome] | None:
         index = self.raftLastApplied + 1  # pysyncobj applies entry raftLastApplied + 1 now
+        started = time.monotonic()
         try:
             outcomes = self._store.apply_entry(index, decode_batch(batch))
         except BaseException as exc:
             stop_member(f"applying log entry {index} failed: {type(exc).__name__}: {exc}")
             raise  # unreachable: stop_member exits
+        self.observe_apply_s(time.monotonic() - started)
         self._on_applied(index)
         return outcomes

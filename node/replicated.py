@@ -30,6 +30,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from pysyncobj import FAIL_REASON
 from pysyncobj.syncobj import _RAFT_STATE
 
@@ -37,8 +40,9 @@ from node.config import MemberConfig
 from node.member import NoLeaderError, OutcomeUnknownError, OverloadedError
 from node.raft import AllotRaft, DumpWriter, batch_envelopes_max, encode_batch, raft_conf, repair_journal
 from node.store import LmdbStore
-from statemachine import Envelope, Outcome, Principal, encode_envelope
+from statemachine import Envelope, Outcome, Principal, encode_envelope, queries
 from statemachine.context import Meta
+from statemachine.pools import pool_id
 from statemachine.view import ReadView
 
 log = logging.getLogger("allot.member")
@@ -112,6 +116,9 @@ class ReplicatedMember:
             self._on_applied,
             config.timing.keepalive_s,
         )
+        self.metrics = ReplicationMetrics(self)
+        self.raft.observe_apply_s = self.metrics.apply_seconds.observe
+        self.raft.observe_sync_s = self.metrics.sync_seconds.observe
         self.raft.addOnTickCallback(self._observe)
         self.raft.waitBinded()
 
@@ -242,6 +249,7 @@ class ReplicatedMember:
         loop = asyncio.get_running_loop()
         self.batches += 1
         self.batched_envelopes += len(batch.envelopes)
+        self.metrics.batch_envelopes.observe(len(envelopes))
         self._inflight += 1
         batch.release = loop.call_later(inflight_timeout_s, self._release, batch)
 
@@ -361,3 +369,53 @@ class ReplicatedMember:
             "batchedEnvelopes": self.batched_envelopes,
             "journalSyncs": self.raft.journal_syncs,
         }
+
+
+class ReplicationMetrics:
+    """Prometheus metrics of the replicated member, collected into the HTTP app's registry.
+
+    Histograms are created unregistered (`registry=None`) and yielded by `collect`, so each
+    member (and each test building several) keeps its own."""
+
+    pools_exported_max = 1000  # per-pool series are bounded: label cardinality is a resource
+
+    def __init__(self, member: ReplicatedMember) -> None:
+        self._member = member
+        self.apply_seconds = Histogram(
+            "allot_apply_duration_seconds",
+            "time to apply one log entry (a batch) to the store, in one LMDB transaction",
+            buckets=(0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
+            registry=None,
+        )
+        self.sync_seconds = Histogram(
+            "allot_journal_sync_duration_seconds",
+            "time to sync the Raft journal before acknowledging",
+            buckets=(0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
+            registry=None,
+        )
+        self.batch_envelopes = Histogram(
+            "allot_batch_envelopes",
+            "envelopes per log entry proposed by this member",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
+            registry=None,
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.apply_seconds.collect()
+        yield from self.sync_seconds.collect()
+        yield from self.batch_envelopes.collect()
+        allocated = GaugeMetricFamily(
+            "allot_pool_allocated_addresses", "addresses held by allocations and child pools", labels=["pool"]
+        )
+        total = GaugeMetricFamily(
+            "allot_pool_capacity_addresses", "usable addresses (reserved ones excluded)", labels=["pool"]
+        )
+        with self._member.store.reader() as view:
+            listed = queries.list_objects(view, _BARRIER_PRINCIPAL, "ippools", limit=self.pools_exported_max)
+        for pool in listed["items"]:
+            metadata, capacity = pool["metadata"], pool["status"]["capacity"]
+            name = pool_id(metadata["org"], metadata["project"], metadata["name"])
+            allocated.add_metric([name], capacity["allocated"])
+            total.add_metric([name], capacity["total"])
+        yield allocated
+        yield total

@@ -856,3 +856,31 @@ def test_allot_up_smoke(tmp_path: Path) -> None:
         for pid in member_pids_using(directory):  # only processes this test started, by pid
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_metrics_show_replication_and_pools(cluster: Cluster) -> None:
+    """/metrics on every member: Raft state, apply and journal-sync latency, batch sizes, and
+    per-pool capacity that agrees with the pool's own status."""
+    leader = cluster.ensure_all_running()
+    create_pool(cluster, leader, "t11", "10.11.0.0/24")
+    created = cluster.request(
+        leader, "POST", "/v1/ipclaims", token=cluster.tenant_tokens[ACME], body=claim_body("t11-a", "t11", 30)
+    )
+    assert created.status == 201, created
+    cluster.wait_converged(member_ids=cluster.member_ids)
+    for member_id in cluster.member_ids:
+        reply = cluster.request(member_id, "GET", "/metrics", anonymous=True)
+        assert reply.status == 200, reply
+        text = str(reply.body)
+        samples = {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
+        assert samples["allot_apply_duration_seconds_count"] > 0, member_id
+        assert samples["allot_journal_sync_duration_seconds_count"] > 0, member_id
+        assert samples['allot_pool_allocated_addresses{pool="t11"}'] == 4, member_id
+        assert samples['allot_pool_capacity_addresses{pool="t11"}'] == 256, member_id
+        assert samples['allot_member_role{role="leader"}'] == (1 if member_id == leader else 0), member_id
+    proposer = cluster.request(leader, "GET", "/metrics", anonymous=True)
+    assert "allot_batch_envelopes_count" in str(proposer.body)
