@@ -135,9 +135,13 @@ def main(argv: list[str] | None = None) -> None:
                     )
             if cluster.wait_for_leader(members, processes, admin, lambda: False) is None:
                 raise SystemExit("the cluster did not elect a leader")
+            before = [cluster.fetch_status(member.http_address, admin) for member in members]
             asyncio.run(run(args, [f"http://{member.http_address}" for member in members], admin, tenant))
-            status = cluster.fetch_status(members[0].http_address, admin)
-            print(f"member m1 after the run: {json.dumps(status, sort_keys=True)}")
+            after = [cluster.fetch_status(member.http_address, admin) for member in members]
+            terms = sorted({(status or {}).get("term") for status in before + after}, key=str)
+            leaders = sorted({(status or {}).get("leader") for status in before + after}, key=str)
+            print(f"leadership  terms seen before and after the run: {terms}; leaders: {leaders}")
+            print(f"member m1 after the run: {json.dumps(after[0], sort_keys=True)}")
         finally:
             cluster.stop_all(processes)
 
