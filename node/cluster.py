@@ -30,16 +30,16 @@ poll_interval_s = 0.1
 
 
 @dataclass(frozen=True)
-class LocalMember:
+class PlannedMember:
     member_id: str
     http_address: str
     raft_address: str
     data_dir: Path
 
 
-def plan(base_dir: Path, http_port: int, raft_port: int) -> list[LocalMember]:
+def plan(base_dir: Path, http_port: int, raft_port: int) -> list[PlannedMember]:
     return [
-        LocalMember(
+        PlannedMember(
             member_id=f"m{number}",
             http_address=f"127.0.0.1:{http_port + number - 1}",
             raft_address=f"127.0.0.1:{raft_port + number - 1}",
@@ -58,7 +58,7 @@ def ensure_secret(path: Path) -> None:
         handle.write(secrets.token_urlsafe(48) + "\n")
 
 
-def member_command(member: LocalMember, members: list[LocalMember], secret: Path, tokens: Path) -> list[str]:
+def member_command(member: PlannedMember, members: list[PlannedMember], secret: Path, tokens: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -161,7 +161,7 @@ def up(base_dir: Path, http_port: int, raft_port: int, token_file: Path | None) 
 
 
 def wait_for_leader(
-    members: list[LocalMember],
+    members: list[PlannedMember],
     processes: list[subprocess.Popen[bytes]],
     admin_token: str,
     interrupted: Any,
@@ -183,7 +183,7 @@ def wait_for_leader(
     return None
 
 
-def print_banner(members: list[LocalMember], leader: str, tokens: Path, document: dict[str, Any]) -> None:
+def print_banner(members: list[PlannedMember], leader: str, tokens: Path, document: dict[str, Any]) -> None:
     print("Allot is up: a three-member cluster on 127.0.0.1 (Ctrl-C stops it; data stays for next time)")
     for member in members:
         role = "leader" if member.member_id == leader else "follower"
