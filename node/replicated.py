@@ -53,7 +53,9 @@ pending_max = 20_000  # envelopes waiting for a batch; beyond this requests get 
 # gather into the next batch, so entries grow with load instead of staying tiny (each entry
 # costs a journal sync and an LMDB commit on every member).
 inflight_batches_max = 1
-inflight_timeout_s = 5.0  # a forwarded proposal whose answer was lost frees its slot after this
+inflight_timeout_s = 1.0  # a proposal whose answer was lost (a forward to a dead leader) frees
+# its slot after this, or at once when the leader changes; its requests still wait for their own
+# answer or deadline
 digest_interval_s = 1.0  # the state digest in /v1/status is recomputed at most this often
 
 _ROLES = {_RAFT_STATE.LEADER: "leader", _RAFT_STATE.FOLLOWER: "follower", _RAFT_STATE.CANDIDATE: "candidate"}
@@ -91,7 +93,7 @@ class ReplicatedMember:
         self._pending = _Batch()
         self._wake: asyncio.Event | None = None
         self._batcher: asyncio.Task[None] | None = None
-        self._inflight = 0
+        self._inflight_batches: dict[int, _Batch] = {}  # proposed, not answered; by id()
         self._raft_view = RaftSnapshot()
         self._digest: tuple[int, str, float] = (-1, "", 0.0)
         self._digest_lock = threading.Lock()
@@ -150,6 +152,7 @@ class ReplicatedMember:
         """Tick callback: publish a consistent view of Raft state for other threads."""
         status = self.raft.getStatus()
         leader = status["leader"]
+        previous_leader = self._raft_view.leader
         self._raft_view = RaftSnapshot(
             role=_ROLES.get(status["state"], "unknown"),
             leader=self.config.member_of_address(leader.address) if leader is not None else None,
@@ -159,6 +162,8 @@ class ReplicatedMember:
             last_applied=int(status["last_applied"]),
             has_quorum=bool(status["has_quorum"]),
         )
+        if self._raft_view.leader != previous_leader and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._release_all)
 
     def _on_applied(self, index: int) -> None:
         if self._loop is not None:
@@ -212,15 +217,19 @@ class ReplicatedMember:
             self._wake.set()
 
     async def _run_batcher(self) -> None:
-        assert self._wake is not None
+        if self._wake is None:
+            raise RuntimeError("start() must run before the batcher")
         window_s = self.config.timing.batch_window_s
         while True:
             await self._wake.wait()
             self._wake.clear()
             if window_s > 0:
                 await asyncio.sleep(window_s)  # let the envelopes of this moment join the batch
-            while (self._pending.envelopes or self._pending.readers) and self._inflight < inflight_batches_max:
+            while self._has_pending() and len(self._inflight_batches) < inflight_batches_max:
                 self._propose(self._take_batch())
+
+    def _has_pending(self) -> bool:
+        return bool(self._pending.envelopes or self._pending.readers)
 
     def _take_batch(self) -> _Batch:
         pending = self._pending
@@ -250,7 +259,7 @@ class ReplicatedMember:
         self.batches += 1
         self.batched_envelopes += len(batch.envelopes)
         self.metrics.batch_envelopes.observe(len(envelopes))
-        self._inflight += 1
+        self._inflight_batches[id(batch)] = batch
         batch.release = loop.call_later(inflight_timeout_s, self._release, batch)
 
         def on_result(result: Any, error: int) -> None:  # on the tick thread
@@ -264,8 +273,13 @@ class ReplicatedMember:
         batch.released = True
         if batch.release is not None:
             batch.release.cancel()
-        self._inflight -= 1
+        self._inflight_batches.pop(id(batch), None)
         self._kick()
+
+    def _release_all(self) -> None:
+        """The leader changed: answers to batches sent to the old one may never come."""
+        for batch in list(self._inflight_batches.values()):
+            self._release(batch)
 
     def _resolve(self, batch: _Batch, result: Any, error: int) -> None:
         self._release(batch)
