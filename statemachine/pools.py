@@ -13,7 +13,9 @@ by "project/name" within the caller's org, or by "org/project/name". A pool's id
 references, is "name" for platform pools and "org/project/name" for tenant pools.
 
 Root pools may not overlap within an address space (`addressSpace`, VRF-like). Child pools
-take their block from the parent's buddy allocator, like claims do, and so never overlap.
+take their block from the parent's buddy allocator, like claims do, and so never overlap. The
+parent's `allocation` policy (allowed prefix lengths) governs claims, not child pools: carving
+a subnet for a team is an act of pool design, and any length inside the parent is allowed.
 A pool with allocations (bound or retained) or child pools cannot be deleted.
 """
 
