@@ -263,7 +263,7 @@ class MemberCollector:
             "allot_member_ready", "1 when this member is caught up and serving", value=1 if self._member.ready() else 0
         )
         try:
-            status = self._member.status()
+            status = self._member.status(include_digest=False)  # a scrape never hashes the state
         except Exception:
             log.exception("member.status() failed during a metrics scrape")
             return

@@ -71,8 +71,11 @@ class Member(Protocol):
     def ready(self) -> bool:
         """Caught up with the leader's commit index and able to serve."""
 
-    def status(self) -> dict[str, Any]:
-        """Member id, role, leader, term, commit and applied index, revision, digest, ..."""
+    def status(self, include_digest: bool = True) -> dict[str, Any]:
+        """Member id, role, leader, term, commit and applied index, revision, digest, ...
+
+        The digest hashes the whole state: callers that do not show it (metrics scrapes) pass
+        include_digest=False so they never pay for it."""
 
 
 class LocalMember:
@@ -125,11 +128,11 @@ class LocalMember:
     def ready(self) -> bool:
         return True
 
-    def status(self) -> dict[str, Any]:
+    def status(self, include_digest: bool = True) -> dict[str, Any]:
         with self._lock:
             meta = Meta.load(self._store)
-            state_digest = digest(self._store)
-        return {
+            state_digest = digest(self._store) if include_digest else None
+        status = {
             "memberId": self._member_id,
             "role": "leader",
             "leader": self._member_id,
@@ -137,8 +140,10 @@ class LocalMember:
             "commitIndex": self._index,
             "appliedIndex": self._index,
             "revision": meta.revision,
-            "digest": state_digest,
             "snapshotIndex": 0,
             "members": [self._member_id],
             "uptimeSeconds": int(time.monotonic() - self._started_s),
         }
+        if include_digest:
+            status["digest"] = state_digest
+        return status

@@ -149,6 +149,14 @@ def repair_journal(journal_path: Path, dump_path: Path) -> None:
         journal._destroy()
 
 
+def _remove_flat_directory(directory: Path) -> None:
+    """Remove a directory of plain files (a snapshot's staging directory), if it exists."""
+    if directory.exists():
+        for child in directory.iterdir():
+            child.unlink()
+        directory.rmdir()
+
+
 class DumpWriter:
     """Writes pysyncobj full dumps as LMDB snapshots, from a background thread."""
 
@@ -196,10 +204,7 @@ class DumpWriter:
         staging = self._dump_path.parent / "dump-staging"
         try:
             with pending:
-                if staging.exists():
-                    for child in staging.iterdir():
-                        child.unlink()
-                    staging.rmdir()
+                _remove_flat_directory(staging)  # left by a crash during an earlier dump
                 pending.write(staging)
             with open(new_path, "wb") as out:
                 _write_dump_header(out, last_entry, previous_entry, cluster)
@@ -215,10 +220,7 @@ class DumpWriter:
             log.exception("writing the full dump failed; the previous one stays")
             state = SERIALIZER_STATE.FAILED
         finally:
-            if staging.exists():
-                for child in staging.iterdir():
-                    child.unlink()
-                staging.rmdir()
+            _remove_flat_directory(staging)
         with self._lock:
             self._state = state
 

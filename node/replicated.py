@@ -361,12 +361,11 @@ class ReplicatedMember:
         finally:
             self._digesting = False
 
-    def status(self) -> dict[str, Any]:
+    def status(self, include_digest: bool = True) -> dict[str, Any]:
         view = self._raft_view
-        digest_index, state_digest = self._state_digest()
         with self.store.reader() as read_view:
             revision = Meta.load(read_view).revision
-        return {
+        status: dict[str, Any] = {
             "memberId": self.member_id,
             "role": view.role,
             "leader": view.leader,
@@ -374,8 +373,6 @@ class ReplicatedMember:
             "commitIndex": view.commit_index,
             "appliedIndex": self.store.applied_index,
             "revision": revision,
-            "digest": state_digest,
-            "digestIndex": digest_index,
             "snapshotIndex": self.dump_writer.last_dump_index,
             "members": sorted(self.config.members),
             "hasQuorum": view.has_quorum,
@@ -383,6 +380,9 @@ class ReplicatedMember:
             "batchedEnvelopes": self.batched_envelopes,
             "journalSyncs": self.raft.journal_syncs,
         }
+        if include_digest:
+            status["digestIndex"], status["digest"] = self._state_digest()
+        return status
 
 
 class ReplicationMetrics:

@@ -644,6 +644,32 @@ def test_metrics(tmp_path: Path) -> None:
     run(tmp_path, check)  # a second app in the same process has its own registry
 
 
+class CountingDigestMember(LocalMember):
+    """Counts the status calls that ask for the full-state digest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.digest_requests = 0
+
+    def status(self, include_digest: bool = True) -> dict[str, Any]:
+        self.digest_requests += int(include_digest)
+        return super().status(include_digest)
+
+
+def test_metrics_scrape_never_hashes_the_state(tmp_path: Path) -> None:
+    member = CountingDigestMember()
+
+    async def check(api: Api) -> None:
+        for _ in range(3):
+            reply = await api.call("GET", "/metrics", None)
+            assert reply.status == 200 and "allot_member_revision" in reply.body
+        assert member.digest_requests == 0
+        status = await api.ok("GET", "/v1/status", ADMIN)
+        assert status["digest"] and member.digest_requests == 1
+
+    run(tmp_path, check, member=member)
+
+
 # ---- member errors ---------------------------------------------------------------------------
 
 
