@@ -751,9 +751,24 @@ def test_serve_configuration_errors(tmp_path: Path, serve_files: tuple[Path, Pat
     def serve(member_id: str, secret_file: Path = secret, http: str = http_address) -> list[str]:
         return serve_command(member_id, members, http, tmp_path / member_id, secret_file, tokens)
 
+    def config_file(name: str, document: dict[str, Any]) -> list[str]:
+        path = tmp_path / name
+        path.write_text(json.dumps(document))
+        return [sys.executable, "-m", "node.cli", "serve", "--config", str(path)]
+
+    from_file = {
+        "memberId": "m4",
+        "members": members,
+        "http": http_address,
+        "dataDir": str(tmp_path / "m4"),
+        "secretFile": str(secret),
+        "tokenFile": str(tokens),
+    }
     cases: list[tuple[str, list[str], str]] = [
         ("member id not in the list", serve("m4"), "not in the member list"),
         ("missing secret file", serve("m1", secret_file=tmp_path / "absent.secret"), "absent.secret"),
+        ("--config: the file is read", config_file("m4.json", from_file), "this member (m4) is not in the member list"),
+        ("--config: unknown key", config_file("bad.json", {**from_file, "peers": []}), "keys among"),
     ]
     for what, command, words in cases:
         result = run_serve(command)
