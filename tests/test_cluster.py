@@ -6,7 +6,7 @@ not leave the next one a broken cluster. A `ledger` remembers every write the cl
 acknowledged, and the full-restart test at the end checks all of them. The snapshot tests use a
 second cluster that snapshots every 50 log entries.
 
-Waits poll with deadlines (tests/cluster_harness.py); when one expires the failure carries each
+Waits poll with deadlines (chaos/cluster.py); when one expires the failure carries each
 member's status and log tail.
 """
 
@@ -32,8 +32,7 @@ from typing import Any
 
 import pytest
 
-from node.tokens import generate_token_file
-from tests.cluster_harness import (
+from chaos.cluster import (
     REPO_ROOT,
     Cluster,
     Reply,
@@ -48,6 +47,7 @@ from tests.cluster_harness import (
     wait_until,
     write_secret,
 )
+from node.tokens import generate_token_file
 
 ACME = "acme/web"
 GLOBEX = "globex/prod"

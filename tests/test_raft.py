@@ -34,11 +34,11 @@ from pysyncobj import FAIL_REASON
 from pysyncobj.syncobj import _COMMAND_TYPE, _RAFT_STATE
 
 import node.raft
+from chaos.cluster import free_ports, wait_until
 from node.config import Timing
 from node.raft import AllotRaft, DumpWriter, encode_batch, raft_conf
 from node.store import LmdbStore
 from statemachine import Envelope, Principal, encode_envelope
-from tests.cluster_harness import free_ports, wait_until
 
 SECRET = "raft-ordering-test-secret-0123456789abcdef"
 ADMIN = Principal("root", "", "", "admin")
