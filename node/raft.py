@@ -4,13 +4,14 @@ What pysyncobj 0.3.17 does not do, and this module adds (each narrowly, by subcl
 wrapping the one object it concerns; none of its source is copied):
 
 * **Acknowledged means synced.** The journal is an mmap that pysyncobj never msyncs. We track
-  when it changes and sync it (a) in a tick callback, which runs after the leader appends new
-  entries and before the next tick counts the leader's own copy towards a commit, (b) when the
-  commit index is recorded, before anything is applied or answered (this also covers the no-op
-  a new leader appends while handling messages, after the tick's sync), and (c) in the
-  transport, right before a follower sends a successful `next_node_idx` (its acknowledgement
-  of appended entries). Term and vote (`journal.meta`) are fsynced, with their
-  directory, before any message that reflects them can be sent.
+  when it changes and fdatasync it (through our own descriptor, which releases the GIL) (a) in a
+  tick callback, which runs after the leader appends new entries and before the next tick counts
+  the leader's own copy towards a commit, (b) when the commit index is recorded, before anything
+  is applied or answered (this also covers the no-op a new leader appends while handling
+  messages, after the tick's sync), and (c) in the transport, right before a follower sends a
+  successful `next_node_idx` (its acknowledgement of appended entries). Term and vote
+  (`journal.meta`) are fsynced, with their directory, before any message that reflects them can
+  be sent.
 * **One replicated method, taking bytes**: `apply_batch(batch)`, a CBOR list of envelopes,
   applied by `LmdbStore.apply_entry(index, envelopes)` in one LMDB transaction. It never raises:
   a broken invariant (or any failure to apply) stops the member process on purpose, because
@@ -299,17 +300,22 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         conf.deserializer = dump_writer.deserialize
         conf.serializeChecker = dump_writer.check
         super().__init__(self_address, list(peer_addresses), conf=conf, transportClass=SyncedTransport)
-        self._wrap_journal()
+        self._wrap_journal(conf.journalFile)
         if self.allot_transport is None:
             raise RuntimeError("pysyncobj did not construct the transport we gave it")
         self.allot_transport.before_ack = self.sync_journal
         self.addOnTickCallback(self._tick)
 
-    def _wrap_journal(self) -> None:
+    def _wrap_journal(self, journal_path: str) -> None:
         journal = self._SyncObj__raftLog
         if not isinstance(journal, FileJournal):
             raise RuntimeError("a journal file is required (SyncObjConf.journalFile)")
         meta_path = Path(journal._FileJournal__metaStorer.getPath())
+        # Sync through our own descriptor: the file's pages are shared with pysyncobj's mmap, so
+        # fdatasync writes them back just as msync would, but it releases the GIL while the disk
+        # works, where mmap.flush() holds it and stalls the HTTP thread (measured: 78 ms gaps).
+        # The journal keeps its inode for life (pysyncobj grows it in place, never replaces it).
+        self._journal_fd = os.open(journal_path, os.O_RDONLY)
 
         def marking(method: Callable[..., Any]) -> Callable[..., Any]:
             def marked(*args: Any) -> Any:
@@ -342,15 +348,25 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self._journal = journal
 
     def sync_journal(self) -> None:
-        """Make every journal change so far durable (msync). Cheap when nothing changed."""
+        """Make every journal change so far durable (fdatasync). Cheap when nothing changed."""
         if not self._journal_dirty:
             return
         with self._journal_sync_lock:
             started = time.monotonic()
             self._journal_dirty = False
-            self._journal.flush()
+            self.write_back_journal()
             self.journal_syncs += 1
             self.observe_sync_s(time.monotonic() - started)
+
+    def write_back_journal(self) -> None:
+        """fdatasync the journal file: every entry pysyncobj wrote so far reaches the disk."""
+        os.fdatasync(self._journal_fd)
+
+    def _doDestroy(self) -> None:  # noqa: N802 - pysyncobj's name; runs on the tick thread last
+        super()._doDestroy()
+        fd, self._journal_fd = self._journal_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def _tick(self) -> None:
         self.sync_journal()

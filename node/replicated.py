@@ -39,7 +39,7 @@ from pysyncobj.syncobj import _RAFT_STATE
 from node.config import MemberConfig
 from node.member import NoLeaderError, OutcomeUnknownError, OverloadedError
 from node.raft import AllotRaft, DumpWriter, batch_envelopes_max, encode_batch, raft_conf, repair_journal
-from node.store import LmdbStore
+from node.store import open_replica_store
 from statemachine import Envelope, Outcome, Principal, encode_envelope, queries
 from statemachine.context import Meta
 from statemachine.pools import pool_id
@@ -104,7 +104,13 @@ class ReplicatedMember:
         self.apply_seconds = 0.0
         raft_dir = config.data_dir / "raft"
         raft_dir.mkdir(parents=True, exist_ok=True)
-        self.store = LmdbStore(config.data_dir / "state")
+        self.store, torn = open_replica_store(config.data_dir / "state")
+        if torn is not None:
+            log.warning(
+                "the store's last session ended in a power loss and its data file may be torn: set it aside "
+                "as %s; rebuilding from the last dump and the journal, then from the leader",
+                torn,
+            )
         journal_path, dump_path = raft_dir / "journal", raft_dir / "dump"
         repair_journal(journal_path, dump_path)
         self.dump_writer = DumpWriter(self.store, dump_path)

@@ -738,3 +738,28 @@ class LmdbStore:
         with env.begin(write=True, db=self._node_db) as txn:
             txn.put(_SNAPSHOT_INDEX, _encode_index(index))
         self._snapshot_index = index
+
+
+TORN_FILE = "state.mdb.torn"  # the data file set aside by open_replica_store (the latest only)
+
+
+def open_replica_store(
+    directory: str | os.PathLike[str], *, map_size: int = map_size_default
+) -> tuple[LmdbStore, Path | None]:
+    """Open a Raft member's store with sync=False, setting aside a data file a power loss may have torn.
+
+    A member's store never needs its own fsync: pysyncobj compacts the journal only behind a
+    complete, fsynced dump, so the dump plus the journal always rebuild the state. When the
+    last session ended in a power loss (UnsafeShutdownError) the data file is renamed to
+    `state.mdb.torn` (replacing an older one) and an empty store is opened; pysyncobj then
+    installs its dump into it and replays the journal, and the leader sends whatever this
+    member lacks. Returns the store and the set-aside path (None when nothing was set aside).
+    """
+    path = Path(directory)
+    try:
+        return LmdbStore(path, map_size=map_size, sync=False), None
+    except UnsafeShutdownError:
+        set_aside = path / TORN_FILE
+        os.replace(path / DATA_FILE, set_aside)
+        _fsync_directory(path)
+        return LmdbStore(path, map_size=map_size, sync=False), set_aside

@@ -18,6 +18,15 @@ objects use the empty org and project, so they sort first within their kind.
 | `alloc/`      | IPAllocation objects (same path as their claim)            |
 | `dd/`, `dx/`  | request-id dedup records and their expiry index            |
 | `ev/`         | the event log for watches: one record per revision         |
+| `quota/`      | Quota objects (`quota/<org>/<project>`; project empty: org)|
+| `qu/`         | tenant ledgers: usage and cached limits, same path as quota|
+| `node/`       | Node objects (`node/<name>`)                               |
+| `nst/`        | per-node scheduling record (nodes.NodeState), by name      |
+| `pod/`        | Pod objects (`pod/<org>/<project>/<namespace>/<name>`)     |
+| `pbn/`        | pods bound to a node: `pbn/<node>/<pod key suffix>`        |
+| `pq/`         | the pending queue: `pq/<rank><pod uid>` -> pod key          |
+| `svc/`        | Service objects (same path shape as pods)                  |
+| `sched`       | scheduler singleton: counters, cluster policy, sweep cursor|
 """
 
 from __future__ import annotations
@@ -37,6 +46,15 @@ CLASS_INDEX = b"ci/"
 DEDUP = b"dd/"
 DEDUP_EXPIRY = b"dx/"
 EVENT = b"ev/"
+QUOTA = b"quota/"
+LEDGER = b"qu/"
+NODE = b"node/"
+NODE_STATE = b"nst/"
+POD = b"pod/"
+POD_BY_NODE = b"pbn/"
+QUEUE = b"pq/"
+SERVICE = b"svc/"
+SCHEDULER = b"sched"
 EVENT_END = prefix_end(EVENT)
 DEDUP_EXPIRY_END = prefix_end(DEDUP_EXPIRY)
 
@@ -107,3 +125,50 @@ def event_key(revision: int) -> bytes:
 
 def event_revision(key: bytes) -> int:
     return int.from_bytes(key[len(EVENT) : len(EVENT) + 8], "big")
+
+
+# ---- scheduler -------------------------------------------------------------------------------
+
+
+def quota_key(org: str, project: str) -> bytes:
+    return QUOTA + _path(org, project)
+
+
+def ledger_key(org: str, project: str) -> bytes:
+    return LEDGER + _path(org, project)
+
+
+def node_key(name: str) -> bytes:
+    return NODE + name.encode()
+
+
+def node_state_key(name: str) -> bytes:
+    return NODE_STATE + name.encode()
+
+
+def pod_key(org: str, project: str, namespace: str, name: str) -> bytes:
+    return POD + _path(org, project, namespace, name)
+
+
+def service_key(org: str, project: str, namespace: str, name: str) -> bytes:
+    return SERVICE + _path(org, project, namespace, name)
+
+
+def pods_on_node_prefix(node: str) -> bytes:
+    return POD_BY_NODE + node.encode() + b"/"
+
+
+def pod_on_node_key(node: str, pod: bytes) -> bytes:
+    return pods_on_node_prefix(node) + pod[len(POD) :]
+
+
+def pod_of_node_index(index_key: bytes, node: str) -> bytes:
+    return POD + index_key[len(pods_on_node_prefix(node)) :]
+
+
+priority_bias = 1 << 31  # priorities lie in [-2^31, 2^31); rank = bias - 1 - priority sorts high first
+
+
+def queue_key(priority: int, uid: bytes) -> bytes:
+    """Queue order: priority descending, then age (the uid is the log position of creation)."""
+    return QUEUE + (priority_bias - 1 - priority).to_bytes(5, "big") + uid

@@ -715,6 +715,33 @@ def test_full_restart_with_snapshots(snapshot_cluster: Cluster, snapshot_ledger:
     restart_all_and_check(cluster, writers, ledger)
 
 
+def test_member_after_power_loss_rebuilds_from_dump_and_journal(
+    snapshot_cluster: Cluster, snapshot_ledger: Ledger
+) -> None:
+    """A member's store runs with sync=False; after a (simulated) power loss its data file is set
+    aside and rebuilt from the last dump plus the journal, and the rest from the leader."""
+    cluster, ledger = snapshot_cluster, snapshot_ledger
+    leader = cluster.ensure_all_running()
+    create_pool(cluster, leader, "s6", "10.60.0.0/16")
+    for number in range(120):
+        create_claim(cluster, ledger, leader, f"s6-{number}", "s6")
+    follower = next(member_id for member_id in cluster.member_ids if member_id != leader)
+    cluster.wait_converged(member_ids=cluster.member_ids)
+    cluster.kill(follower)
+    state_dir = cluster.members[follower].data_dir / "state"
+    session = json.loads((state_dir / "session.json").read_text())
+    assert session["sync"] is False and session["clean"] is False, session
+    # What a reboot after a power loss looks like to the next start: another boot id.
+    (state_dir / "session.json").write_text(json.dumps({**session, "boot_id": "another-boot"}))
+    for number in range(120, 140):
+        create_claim(cluster, ledger, leader, f"s6-{number}", "s6")
+    cluster.start_member(follower)
+    cluster.wait_converged(member_ids=cluster.member_ids)
+    assert (state_dir / "state.mdb.torn").exists()
+    assert "set it aside" in cluster.log_text(follower), cluster.log_tail(follower)
+    assert_ledger_held(cluster, ledger, [follower])
+
+
 # ---- 9. `allot serve` refuses a broken configuration at once ---------------------------------------
 
 

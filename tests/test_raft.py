@@ -2,8 +2,9 @@
 
 The ordering tests run three `AllotRaft` members in this process, on free 127.0.0.1 ports, each
 with its own LMDB store and journal, configured the way `ReplicatedMember` configures them. On
-each member's instance they wrap the journal's `add`, `flush` and `setRaftCommitIndex` and the
-transport's `send`, and record in order what happens on the tick thread. Then they check:
+each member's instance they wrap the journal's `add` and `setRaftCommitIndex`, the member's
+`write_back_journal` (the fdatasync) and the transport's `send`, and record in order what
+happens on the tick thread. Then they check:
 
 * a follower never sends a successful `next_node_idx` (its acknowledgement of appended entries)
   while an entry at or below the index it acknowledges was added but not yet flushed;
@@ -105,7 +106,8 @@ class Recorder:
 
     def install(self) -> None:
         journal = self.raft._SyncObj__raftLog
-        add, flush, set_commit = journal.add, journal.flush, journal.setRaftCommitIndex
+        add, set_commit = journal.add, journal.setRaftCommitIndex
+        flush = self.raft.write_back_journal
         transport: Any = self.raft.allot_transport  # Any: its methods are replaced on the instance
         assert transport is not None
         send = transport.send
@@ -134,7 +136,7 @@ class Recorder:
             return sent
 
         journal.add = recording_add
-        journal.flush = recording_flush
+        self.raft.write_back_journal = recording_flush  # type: ignore[method-assign]
         journal.setRaftCommitIndex = recording_commit
         transport.send = recording_send
 

@@ -31,11 +31,13 @@ from node.store import (
     SNAPSHOT_MANIFEST_FILE,
     STAGING_FILE,
     STATE_DB,
+    TORN_FILE,
     LmdbStore,
     SnapshotError,
     StoreError,
     StoreFullError,
     UnsafeShutdownError,
+    open_replica_store,
     verify_snapshot,
 )
 from statemachine import Envelope, InvariantViolation, Ok, Outcome, Principal, Rejected, apply, encode_envelope
@@ -575,6 +577,23 @@ def test_unsynced_store_after_a_reboot_without_clean_close_is_refused(tmp_path: 
     (directory / DATA_FILE).unlink()  # the documented way out: rebuild from a snapshot
     with LmdbStore(directory) as rebuilt:
         assert rebuilt.applied_index == 0
+
+
+def test_replica_store_sets_a_torn_data_file_aside(tmp_path: Path) -> None:
+    directory = tmp_path / "s"
+    store, torn = open_replica_store(directory)
+    assert torn is None
+    with store:
+        store.apply_entry(1, [pool(Log(), "p1", "10.0.0.0/16")])
+    _previous_session(directory, clean=False)  # a process crash: the data file is kept
+    store, torn = open_replica_store(directory)
+    with store:
+        assert torn is None and store.applied_index == 1
+    _previous_session(directory, clean=False, boot_id="another-boot")  # a power loss
+    store, torn = open_replica_store(directory)
+    with store:
+        assert torn == directory / TORN_FILE and torn.exists()
+        assert store.applied_index == 0  # empty: the dump and the journal rebuild it
 
 
 # --- batching changes identity only, never results ------------------------------------------------
