@@ -27,14 +27,16 @@ wrapping the one object it concerns; none of its source is copied):
 * **Peer links are kept warm**: a tiny message to every peer each `keepalive_s`, so the first
   vote request after a leader dies does not die on a stale connection.
 
-pysyncobj private attributes are touched in exactly two places (`_SyncObj__raftLog`, the journal
-object, and the transport we construct ourselves); `tests/test_raft.py` pins the version.
+pysyncobj private attributes are touched in exactly three places (`_SyncObj__raftLog`, the
+journal object; the transport we construct ourselves; `_SyncObj__raftElectionDeadline`, restarted
+after a dump install); `tests/test_raft.py` pins the version.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import struct
 import threading
 import time
@@ -46,6 +48,7 @@ import cbor2
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.journal import FileJournal
+from pysyncobj.monotonic import monotonic as pysyncobj_clock
 from pysyncobj.transport import TCPTransport
 
 from node.config import Timing
@@ -297,7 +300,9 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self.observe_sync_s: Callable[[float], None] = lambda _seconds: None
         self.observe_apply_s: Callable[[float], None] = lambda _seconds: None
         conf.serializer = dump_writer.serialize
-        conf.deserializer = dump_writer.deserialize
+        conf.deserializer = self._load_dump
+        self._dump_writer = dump_writer
+        self._election_timeout_s = (conf.raftMinTimeout, conf.raftMaxTimeout)
         conf.serializeChecker = dump_writer.check
         super().__init__(self_address, list(peer_addresses), conf=conf, transportClass=SyncedTransport)
         self._wrap_journal(conf.journalFile)
@@ -346,6 +351,22 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
 
         journal.setRaftCommitIndex = synced_commit_index
         self._journal = journal
+
+    def _load_dump(self, path: str) -> tuple[Any, Any, Any]:
+        """pysyncobj's deserializer: install the dump (if newer), then restart the election timer.
+
+        pysyncobj calls this on the tick thread when the leader's last dump chunk arrives (or at
+        start). Verifying and installing a large dump takes longer than an election timeout, and
+        pysyncobj set the timer when the message arrived, so the next tick would start an
+        election although the leader was heard just now, bumping the term and deposing a
+        healthy leader. Restarting the timer here treats the install as part of handling that
+        message, which it is.
+        """
+        loaded = self._dump_writer.deserialize(path)
+        low, high = self._election_timeout_s
+        # pysyncobj's own clock (CLOCK_MONOTONIC_RAW on Linux), not time.monotonic().
+        self._SyncObj__raftElectionDeadline = pysyncobj_clock() + random.uniform(low, high)
+        return loaded
 
     def sync_journal(self) -> None:
         """Make every journal change so far durable (fdatasync). Cheap when nothing changed."""

@@ -32,6 +32,7 @@ from typing import Any
 
 import pysyncobj.version
 from pysyncobj import FAIL_REASON
+from pysyncobj.monotonic import monotonic as pysyncobj_clock
 from pysyncobj.syncobj import _COMMAND_TYPE, _RAFT_STATE
 
 import node.raft
@@ -354,6 +355,28 @@ def test_leader_syncs_its_election_noop_before_committing_it(tmp_path: Path) -> 
         for member in members:
             member.raft.destroy()
             member.store.close()
+
+
+def test_slow_dump_install_restarts_the_election_timer(tmp_path: Path) -> None:
+    """Installing a leader's large dump blocks the tick thread for longer than an election
+    timeout; the member must not then depose the leader it just heard from."""
+    address, *peers = (f"127.0.0.1:{port}" for port in free_ports(3))
+    member = build_member(tmp_path / "m1", address, peers, auto_tick=False)
+    try:
+        timing = Timing()
+        slow_s = timing.election_timeout_max_s + 0.1
+
+        def slow_install(path: str) -> tuple[Any, Any, Any]:
+            time.sleep(slow_s)  # stands in for verifying and installing a big snapshot
+            return (b"", 1, 1), (b"", 0, 0), set()
+
+        member.raft._dump_writer.deserialize = slow_install  # type: ignore[method-assign]
+        member.raft._load_dump(str(tmp_path / "dump"))
+        remaining_s = member.raft._SyncObj__raftElectionDeadline - pysyncobj_clock()
+        assert remaining_s >= timing.election_timeout_min_s - 0.1, remaining_s
+    finally:
+        member.raft.destroy()
+        member.store.close()
 
 
 def test_ordering_checker_flags_unsynced_acknowledgements() -> None:
