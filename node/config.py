@@ -32,6 +32,7 @@ class Timing:
     connection_timeout_s: float = 10.0  # long enough for a snapshot transfer to finish
     leader_fallback_s: float = 1.0  # a leader cut off from the majority steps down this soon
     keepalive_s: float = 0.1  # warm peer links
+    connection_retry_s: float = 0.25  # redial a member that is down this often (pysyncobj: 5 s)
     tick_period_s: float = 0.005
     batch_window_s: float = 0.001  # envelopes arriving within this become one log entry
     log_compaction_entries: int = 20_000

@@ -261,6 +261,7 @@ def raft_conf(
         raftMinTimeout=timing.election_timeout_min_s,
         raftMaxTimeout=timing.election_timeout_max_s,
         connectionTimeout=timing.connection_timeout_s,
+        connectionRetryTime=timing.connection_retry_s,
         leaderFallbackTimeout=timing.leader_fallback_s,
         autoTickPeriod=timing.tick_period_s,
         autoTick=auto_tick,
