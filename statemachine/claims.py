@@ -87,7 +87,7 @@ def _load(view: ReadView, key: bytes) -> dict[str, Any] | None:
     return None if raw is None else dict(loads(raw))
 
 
-def _class_candidates(ctx: Context, spec: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[bytes, dict[str, Any]]]]:
+def class_candidates(ctx: Context, spec: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[bytes, dict[str, Any]]]]:
     class_name = spec.get("className") or classes.default_class_name(ctx.ov)
     if class_name is None:
         raise invalid(
@@ -182,7 +182,7 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     if "poolRef" in spec:
         candidates = [pools.resolve(ctx.ov, principal, spec["poolRef"], "spec.poolRef")]
     else:
-        ip_class, candidates = _class_candidates(ctx, spec)
+        ip_class, candidates = class_candidates(ctx, spec)
     if ip_class is not None:
         class_name: str | None = ip_class["metadata"]["name"]
         length = _wanted_length(spec, specific, ip_class)
@@ -193,7 +193,7 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         usable = [
             (key, pool)
             for key, pool in candidates
-            if _pool_allows(pool, length) and (specific is None or pools.block_of(pool).contains(specific))
+            if pool_allows(pool, length) and (specific is None or pools.block_of(pool).contains(specific))
         ]
         if not usable:
             raise invalid(
@@ -218,7 +218,7 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     if retained is not None:
         return _rebind(ctx, name, namespace, labels, spec, retained, usable, length, specific, reclaim, class_name)
 
-    pool_ref, block = _carve(ctx, usable, length, specific, strategy, alloc_key, class_name)
+    pool_ref, block = carve(ctx, usable, length, specific, strategy, alloc_key, class_name)
     scope = {"namespace": namespace, "org": principal.org, "project": principal.project}
     allocation = {
         "kind": ALLOCATION_KIND,
@@ -243,7 +243,7 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return claim, True
 
 
-def _carve(
+def carve(
     ctx: Context,
     usable: list[tuple[bytes, dict[str, Any]]],
     length: int,
@@ -284,7 +284,7 @@ def _carve(
     )
 
 
-def _pool_allows(pool: dict[str, Any], length: int) -> bool:
+def pool_allows(pool: dict[str, Any], length: int) -> bool:
     allocation = pool["spec"]["allocation"]
     return bool(allocation["minPrefixLength"] <= length <= allocation["maxPrefixLength"])
 

@@ -18,15 +18,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
-from statemachine import buddy, keys, pools
-from statemachine.addresses import Block, parse_cidr
+from statemachine import buddy, keys, nodes, pods, pools, quotas, scheduler, services
+from statemachine.addresses import Block, format_address, parse_address, parse_cidr
 from statemachine.buddy import OWNER_RESERVED, UID_BYTES, PoolState
 from statemachine.claims import PHASE_BOUND, PHASE_RELEASED
 from statemachine.codec import loads
 from statemachine.context import Meta, parse_uid
 from statemachine.errors import InvariantViolation
+from statemachine.quotas import Ledger
 from statemachine.view import ReadView, prefix_end
 
 _problems_shown_max = 20
@@ -47,31 +49,41 @@ def _objects(view: ReadView, prefix: bytes) -> dict[bytes, dict[str, Any]]:
     return {key: loads(raw) for key, raw in _scan(view, prefix)}
 
 
+@dataclass
+class _Objects:
+    """Every object the checks cross-reference, loaded once."""
+
+    pools: dict[bytes, dict[str, Any]]
+    allocations: dict[bytes, dict[str, Any]]
+    nodes: dict[bytes, dict[str, Any]]
+    pods: dict[bytes, dict[str, Any]]
+    services: dict[bytes, dict[str, Any]]
+
+
 def check_invariants(view: ReadView) -> None:
     problems: list[str] = []
     pool_objects = _objects(view, keys.POOL)
     claim_objects = _objects(view, keys.CLAIM)
     alloc_objects = _objects(view, keys.ALLOC)
-    _check_pools(view, pool_objects, alloc_objects, problems)
+    objects = _Objects(
+        pool_objects, alloc_objects, _objects(view, keys.NODE), _objects(view, keys.POD), _objects(view, keys.SERVICE)
+    )
+    _check_pools(view, objects, problems)
     _check_roots(view, pool_objects, problems)
     _check_claims(pool_objects, claim_objects, alloc_objects, problems)
     _check_no_double_allocation(pool_objects, alloc_objects, problems)
     _check_classes(view, pool_objects, problems)
     _check_meta(view, problems)
+    check_scheduler(view, objects, problems)
     if problems:
         shown = problems[:_problems_shown_max]
         more = len(problems) - len(shown)
         raise InvariantViolation("; ".join(shown) + (f"; and {more} more" if more else ""))
 
 
-def _check_pools(
-    view: ReadView,
-    pool_objects: dict[bytes, dict[str, Any]],
-    alloc_objects: dict[bytes, dict[str, Any]],
-    problems: list[str],
-) -> None:
+def _check_pools(view: ReadView, objects: _Objects, problems: list[str]) -> None:
     uids = set()
-    for key, pool in pool_objects.items():
+    for key, pool in objects.pools.items():
         name = pools.pool_id_of_key(key)
         metadata = pool["metadata"]
         if keys.pool_key(metadata["org"], metadata["project"], metadata["name"]) != key:
@@ -87,7 +99,20 @@ def _check_pools(
         if state.block != block:
             problems.append(f"pool {name}: allocator block {state.block} != allocatedCIDR {block}")
             continue
-        _check_tiling(view, name, state, pool_objects, alloc_objects, problems)
+        _check_tiling(view, name, state, objects, problems)
+    for node_key, node in objects.nodes.items():  # each node's pod CIDR has an allocator too
+        uid = parse_uid(node["metadata"]["uid"])
+        uids.add(uid)
+        name = f"node {node_key[len(keys.NODE) :].decode()} pod CIDR"
+        raw_state = view.get(buddy.state_key(uid))
+        if raw_state is None:
+            problems.append(f"{name}: no allocator state")
+            continue
+        state = PoolState.from_plain(loads(raw_state))
+        if str(state.block) != node["status"]["podCIDR"]:
+            problems.append(f"{name}: allocator block {state.block} != podCIDR {node['status']['podCIDR']}")
+            continue
+        _check_tiling(view, name, state, objects, problems)
     for state_key, _ in _scan(view, b"ps/"):
         if state_key[3:] not in uids:
             problems.append(f"allocator state {state_key[3:].hex()} has no pool")
@@ -98,14 +123,8 @@ def _check_pools(
                 break
 
 
-def _check_tiling(
-    view: ReadView,
-    name: str,
-    state: PoolState,
-    pool_objects: dict[bytes, dict[str, Any]],
-    alloc_objects: dict[bytes, dict[str, Any]],
-    problems: list[str],
-) -> None:
+def _check_tiling(view: ReadView, name: str, state: PoolState, objects: _Objects, problems: list[str]) -> None:
+    pool_objects, alloc_objects = objects.pools, objects.allocations
     pieces: list[tuple[int, int, str]] = []  # (address, length, "free" or "used")
     free_counts = [0] * len(state.free_counts)
     free_set = set()
@@ -137,6 +156,11 @@ def _check_tiling(
                 or child["status"].get("parentPool") != name
             ):
                 problems.append(f"pool {name}: {block} is held by child {owner!r}, which does not point back at it")
+        elif owner.startswith((keys.NODE, keys.SERVICE, keys.POD)):
+            allocations += 1
+            allocated += block.size
+            if not _points_back(owner, block, name, objects):
+                problems.append(f"pool {name}: {block} is held by {owner!r}, which does not point back at it")
         else:
             problems.append(f"pool {name}: {block} has unknown owner {owner!r}")
     pieces.sort()
@@ -164,6 +188,30 @@ def _check_tiling(
     actual = (free_counts, allocated, reserved, allocations, children)
     if counted != actual:
         problems.append(f"pool {name}: counters {counted} != records {actual}")
+
+
+def _points_back(owner: bytes, block: Block, holder: str, objects: _Objects) -> bool:
+    """Whether a node, service or pod that holds a block says it holds that block from there."""
+    if owner.startswith(keys.NODE):
+        node = objects.nodes.get(owner)
+        return node is not None and node["status"]["podCIDR"] == str(block) and node["status"]["podPool"] == holder
+    host = block.length == block.bits
+    address = format_address(block.family, block.address)
+    if owner.startswith(keys.SERVICE):
+        service = objects.services.get(owner)
+        return (
+            host
+            and service is not None
+            and service["status"]["address"] == address
+            and (service["status"]["pool"] == holder)
+        )
+    pod = objects.pods.get(owner)
+    return (
+        host
+        and pod is not None
+        and pod["status"]["podIP"] == address
+        and holder == f"node {pod['spec']['nodeName']} pod CIDR"
+    )
 
 
 def _check_roots(view: ReadView, pool_objects: dict[bytes, dict[str, Any]], problems: list[str]) -> None:
@@ -268,3 +316,170 @@ def _check_meta(view: ReadView, problems: list[str]) -> None:
         problems.append(
             f"meta counts {meta.dedup_records} dedup records; table {len(dedup)}, expiry index {len(expiry)}"
         )
+
+
+# ---- the scheduler ---------------------------------------------------------------------------
+
+
+def check_scheduler(view: ReadView, objects: _Objects, problems: list[str]) -> None:
+    """Nodes, pods, the queue, nominations, services and ledgers agree with each other:
+    * node capacity is never exceeded, and each node's record equals the sum of its bound pods;
+    * each bound pod has exactly one address, inside its node's pod CIDR, held by it; pod
+      addresses are unique; the node index lists exactly the bound pods;
+    * the pending queue holds exactly the pending pods, under their priority-and-age key;
+    * nominations are mutual (node <-> pending pod) and carry the pod's requests;
+    * every tenant ledger equals the sum of its live pods and services, an org's the sum of its
+      projects', the cached limits equal the quota's, and no usage exceeds a limit."""
+    cluster = scheduler.Cluster.load(view)
+    if cluster.nodes != len(objects.nodes):
+        problems.append(f"the scheduler counts {cluster.nodes} nodes; there are {len(objects.nodes)}")
+    states: dict[str, nodes.NodeState] = {}
+    for state_key, raw in _scan(view, keys.NODE_STATE):
+        states[state_key[len(keys.NODE_STATE) :].decode()] = nodes.NodeState.from_plain(loads(raw))
+    usage: dict[str, list[int]] = {}
+    for node_key, node in objects.nodes.items():
+        name = node_key[len(keys.NODE) :].decode()
+        state = states.get(name)
+        if state is None or not nodes.same_uid(node, state):
+            problems.append(f"node {name}: no scheduling record with its uid")
+            continue
+        if state.schedulable == node["spec"]["unschedulable"] or state.ready != node["status"]["ready"]:
+            problems.append(f"node {name}: record and object disagree on ready or schedulable")
+        usage[name] = [0, 0, 0]
+    for name in states:
+        if keys.node_key(name) not in objects.nodes:
+            problems.append(f"scheduling record for missing node {name}")
+    _check_pods(view, objects, states, usage, cluster, problems)
+    for name, (cpu, memory, pod_count) in usage.items():
+        state = states[name]
+        if (state.cpu_used, state.memory_used, state.pods_used) != (cpu, memory, pod_count):
+            problems.append(
+                f"node {name}: record says ({state.cpu_used}, {state.memory_used}, {state.pods_used}) used, "
+                f"its bound pods add up to ({cpu}, {memory}, {pod_count})"
+            )
+        if cpu > state.cpu_capacity or memory > state.memory_capacity or pod_count > state.pods_capacity:
+            problems.append(f"node {name}: capacity exceeded ({cpu}, {memory}, {pod_count})")
+    _check_ledgers(view, objects, problems)
+
+
+def _check_pods(
+    view: ReadView,
+    objects: _Objects,
+    states: dict[str, nodes.NodeState],
+    usage: dict[str, list[int]],
+    cluster: scheduler.Cluster,
+    problems: list[str],
+) -> None:
+    addresses: dict[str, bytes] = {}
+    expected_index: list[bytes] = []
+    expected_queue: dict[bytes, bytes] = {}
+    for pod_key, pod in objects.pods.items():
+        spec, status = pod["spec"], pod["status"]
+        metadata = pod["metadata"]
+        if keys.pod_key(metadata["org"], metadata["project"], metadata["namespace"], metadata["name"]) != pod_key:
+            problems.append(f"pod {pod_key!r}: stored under a key that does not match its metadata")
+        node_name = spec["nodeName"]
+        if status["phase"] == pods.PHASE_BOUND:
+            if node_name not in usage:
+                problems.append(f"pod {pod_key!r} is bound to missing node {node_name}")
+                continue
+            requests = spec["requests"]
+            counted = usage[node_name]
+            counted[0] += requests["cpuMillis"]
+            counted[1] += requests["memoryBytes"]
+            counted[2] += 1
+            expected_index.append(keys.pod_on_node_key(node_name, pod_key))
+            if status["nominatedNodeName"] is not None:
+                problems.append(f"pod {pod_key!r} is bound but still nominates {status['nominatedNodeName']}")
+            address = status["podIP"]
+            if address in addresses:
+                problems.append(f"pods {addresses[address]!r} and {pod_key!r} share address {address}")
+            addresses[address] = pod_key
+            node = objects.nodes[keys.node_key(node_name)]
+            host = parse_address(address, "podIP")
+            state = states[node_name]
+            if not parse_cidr(node["status"]["podCIDR"], "podCIDR").contains(host):
+                problems.append(
+                    f"pod {pod_key!r} has {address}, outside node {node_name}'s {node['status']['podCIDR']}"
+                )
+            elif view.get(buddy.used_key(state.uid, host.address, host.length)) != pod_key:
+                problems.append(f"pod {pod_key!r}: its address {address} is not held by it in node {node_name}'s CIDR")
+        elif status["phase"] == pods.PHASE_PENDING:
+            if node_name is not None or status["podIP"] is not None:
+                problems.append(f"pod {pod_key!r} is pending but has a node or an address")
+            expected_queue[scheduler.queue_key_of(pod)] = pod_key
+            nominated = status["nominatedNodeName"]
+            if nominated is not None:
+                nominated_state = states.get(nominated)
+                if nominated_state is None or nominated_state.nominee != pod_key:
+                    problems.append(f"pod {pod_key!r} nominates node {nominated}, which does not name it")
+        else:
+            problems.append(f"pod {pod_key!r} has unknown phase {status['phase']!r}")
+    for name, state in states.items():
+        if state.nominee is None:
+            if state.nominee_cpu or state.nominee_memory:
+                problems.append(f"node {name}: a reservation without a nominee")
+            continue
+        nominee = objects.pods.get(state.nominee)
+        if nominee is None or nominee["status"]["nominatedNodeName"] != name:
+            problems.append(f"node {name}: nominee {state.nominee!r} does not nominate it")
+        elif [state.nominee_cpu, state.nominee_memory] != list(nominee["spec"]["requests"].values()):
+            problems.append(f"node {name}: the reservation differs from nominee {state.nominee!r}'s requests")
+    index = [index_key for index_key, _ in _scan(view, keys.POD_BY_NODE)]
+    if index != sorted(expected_index):
+        problems.append(f"the pods-by-node index lists {len(index)} entries for {len(expected_index)} bound pods")
+    queue = dict(_scan(view, keys.QUEUE))
+    if queue != expected_queue:
+        problems.append(f"the pending queue holds {len(queue)} entries for {len(expected_queue)} pending pods")
+    if cluster.pending != len(expected_queue):
+        problems.append(f"the scheduler counts {cluster.pending} pending pods; there are {len(expected_queue)}")
+
+
+def _check_ledgers(view: ReadView, objects: _Objects, problems: list[str]) -> None:
+    expected: dict[tuple[str, str], Ledger] = defaultdict(Ledger)
+    for pod in objects.pods.values():
+        metadata = pod["metadata"]
+        bound = pod["status"]["phase"] == pods.PHASE_BOUND
+        for scope in ((metadata["org"], metadata["project"]), (metadata["org"], "")):
+            if bound:
+                expected[scope].add(scheduler.charge_of(pod["spec"]), 1)
+            else:
+                expected[scope].pending += 1
+    for service in objects.services.values():
+        metadata = service["metadata"]
+        for scope in ((metadata["org"], metadata["project"]), (metadata["org"], "")):
+            expected[scope].add(services.charge_of(service), 1)
+    quota_objects = _objects(view, keys.QUOTA)
+    stored: dict[tuple[str, str], Ledger] = {}
+    for ledger_key, raw in _scan(view, keys.LEDGER):
+        org, project = keys.split_path(ledger_key, keys.LEDGER)
+        stored[(org, project)] = Ledger.from_plain(loads(raw))
+    for scope in sorted(set(expected) | set(stored)):
+        ledger = stored.get(scope, Ledger())
+        name = quotas.quota_id(*scope)
+        if ledger.used() != expected[scope].used():
+            problems.append(f"ledger {name}: says {ledger.used()}, its live objects add up to {expected[scope].used()}")
+        if scope in stored and ledger.empty:
+            problems.append(f"ledger {name}: an empty ledger is stored")
+    for scope, ledger in stored.items():
+        quota = quota_objects.get(keys.quota_key(*scope))
+        name = quotas.quota_id(*scope)
+        spec = None if quota is None else quota["spec"]
+        limits = None if spec is None else {key: value for key, value in spec.items() if key != "defaultRequests"}
+        if ledger.limits != limits:
+            problems.append(f"ledger {name}: cached limits {ledger.limits} differ from its quota's {limits}")
+        elif ledger.limits is not None:
+            used = ledger.used()
+            for resource in quotas.SCALAR_LIMITS:
+                if resource in ledger.limits and used[resource] > ledger.limits[resource]:
+                    problems.append(
+                        f"ledger {name}: {resource} {used[resource]} exceeds the quota's {ledger.limits[resource]}"
+                    )
+            for table in ("addressesByClass", "addressesByPool"):
+                for item, limit in ledger.limits.get(table, {}).items():
+                    if used[table].get(item, 0) > limit:
+                        problems.append(f"ledger {name}: {table}.{item} exceeds the quota's {limit}")
+    for quota_key in quota_objects:
+        org, project = keys.split_path(quota_key, keys.QUOTA)
+        if (org, project) not in stored:
+            problems.append(f"quota {quotas.quota_id(org, project)} has no ledger")

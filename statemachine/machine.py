@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from statemachine import claims, classes, keys, pools
+from statemachine import claims, classes, cluster, keys, pools, services
 from statemachine.codec import Envelope, decode_envelope, dump_record, dumps, loads
 from statemachine.context import Context, Meta, events_max
 from statemachine.errors import CONFLICT, InvariantViolation, Rejected, invalid
@@ -60,13 +60,35 @@ HANDLERS: dict[str, Handler] = {
     "claim.delete": claims.delete,
     "class.create": classes.create,
     "class.delete": classes.delete,
+    "quota.set": cluster.quota_set,
+    "quota.delete": cluster.quota_delete,
+    "node.register": cluster.node_register,
+    "node.delete": cluster.node_delete,
+    "node.condition": cluster.node_condition,
+    "node.cordon": cluster.node_cordon,
+    "node.uncordon": cluster.node_uncordon,
+    "node.drain": cluster.node_drain,
+    "pod.create": cluster.pod_create,
+    "pod.delete": cluster.pod_delete,
+    "service.create": services.create,
+    "service.delete": services.delete,
+    "scheduler.configure": cluster.scheduler_configure,
+    "scheduler.retry": cluster.scheduler_retry,
 }
 COMMAND_TYPES = (*HANDLERS, NOOP)
 
 
+PROPOSER_HINTS = ("plan",)  # body fields a proposing member adds (pod.create's planned node)
+
+
 def command_digest(envelope: Envelope) -> bytes:
+    """What a request id stands for. Proposer hints are left out: a client's retry through
+    another member carries another plan, and is still the same request."""
     principal = envelope.principal
-    plain = [envelope.type, envelope.body, principal.name, principal.org, principal.project, principal.role]
+    body = envelope.body
+    if any(hint in body for hint in PROPOSER_HINTS):
+        body = {field: value for field, value in body.items() if field not in PROPOSER_HINTS}
+    plain = [envelope.type, body, principal.name, principal.org, principal.project, principal.role]
     return hashlib.sha256(dumps(plain)).digest()
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from statemachine import claims, classes, keys, pools
+from statemachine import claims, classes, keys, nodes, pods, pools, quotas, services
 from statemachine.codec import Principal, loads
 from statemachine.context import Meta
 from statemachine.errors import GONE, NOT_FOUND, Rejected, invalid
@@ -34,22 +35,37 @@ class Resource:
     plural: str
     kind: str
     prefix: bytes
-    tenant_scoped: bool  # claims and allocations: keyed by the caller's org and project
+    tenant_scoped: bool  # claims, allocations, pods, services: keyed by the caller's org and project
 
 
+# The kinds served over HTTP today. node/http.py checks that its routes cover exactly these.
 RESOURCES = {
     "ippools": Resource("ippools", pools.KIND, keys.POOL, False),
     "ipclasses": Resource("ipclasses", classes.KIND, keys.CLASS, False),
     "ipclaims": Resource("ipclaims", claims.KIND, keys.CLAIM, True),
     "ipallocations": Resource("ipallocations", claims.ALLOCATION_KIND, keys.ALLOC, True),
 }
-_by_kind = {resource.kind: resource for resource in RESOURCES.values()}
+# The scheduler's kinds: readable here (get, list, watch) and written by the commands in
+# cluster.py. When their HTTP routes exist, merge them into RESOURCES.
+SCHEDULER_RESOURCES = {
+    "nodes": Resource("nodes", nodes.KIND, keys.NODE, False),
+    "pods": Resource("pods", pods.KIND, keys.POD, True),
+    "services": Resource("services", services.KIND, keys.SERVICE, True),
+    "quotas": Resource("quotas", quotas.KIND, keys.QUOTA, False),
+}
+ALL_RESOURCES = {**RESOURCES, **SCHEDULER_RESOURCES}
+_by_kind = {resource.kind: resource for resource in ALL_RESOURCES.values()}
+
+# Field selectors (`spec.nodeName=n1`, `status.phase=Pending`), per kind: so a node agent can
+# list and watch the pods bound to its node. An empty value matches an unset field.
+FIELD_SELECTORS = {pods.KIND: ("spec.nodeName", "status.phase")}
+field_selector_chars_max = 1024
 
 
 def resource(plural: str) -> Resource:
-    found = RESOURCES.get(plural)
+    found = ALL_RESOURCES.get(plural)
     if found is None:
-        raise Rejected(NOT_FOUND, f"unknown resource {plural!r}; known: {', '.join(RESOURCES)}")
+        raise Rejected(NOT_FOUND, f"unknown resource {plural!r}; known: {', '.join(ALL_RESOURCES)}")
     return found
 
 
@@ -58,6 +74,10 @@ def visible(kind: str, obj: dict[str, Any], principal: Principal) -> bool:
         return pools.visible(obj, principal)
     if kind == classes.KIND:
         return classes.visible(obj, principal)
+    if kind == nodes.KIND:
+        return True  # platform objects every tenant may read, as classes are
+    if kind == quotas.KIND:
+        return quotas.visible(obj, principal)
     if principal.is_admin and not principal.has_tenant:
         return True
     metadata = obj["metadata"]
@@ -65,7 +85,53 @@ def visible(kind: str, obj: dict[str, Any], principal: Principal) -> bool:
 
 
 def _present(view: ReadView, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
-    return pools.render(view, obj) if kind == pools.KIND else obj
+    if kind == pools.KIND:
+        return pools.render(view, obj)
+    if kind == nodes.KIND:
+        return nodes.render(view, obj)
+    if kind == quotas.KIND:
+        return quotas.render(view, obj)
+    return obj
+
+
+FieldRequirement = tuple[str, str]  # (field path, value); "" matches an unset field
+
+
+def parse_field_selector(text: str, kind: str) -> tuple[FieldRequirement, ...]:
+    field_path = "fieldSelector"
+    if len(text) > field_selector_chars_max:
+        raise invalid(f"fieldSelector is longer than {field_selector_chars_max} characters", field_path)
+    supported = FIELD_SELECTORS.get(kind, ())
+    requirements = []
+    for part in text.split(","):
+        name, equals, value = part.strip().replace("==", "=", 1).partition("=")
+        name = name.strip()
+        if not equals or name not in supported:
+            known = ", ".join(supported) or "none"
+            raise invalid(f"fieldSelector {part!r} is not supported for {kind}; supported fields: {known}", field_path)
+        requirements.append((name, value.strip()))
+    return tuple(requirements)
+
+
+def field_matches(requirements: tuple[FieldRequirement, ...], obj: dict[str, Any]) -> bool:
+    for path, wanted in requirements:
+        section, _, name = path.partition(".")
+        actual = obj.get(section, {}).get(name)
+        if (actual or "") != wanted:
+            return False
+    return True
+
+
+def _watch_field_matches(requirements: tuple[FieldRequirement, ...], obj: dict[str, Any]) -> bool:
+    """As field_matches; and a pod drained off a node still reaches that node's watcher,
+    through `status.evictedFrom`, so the node agent learns the pod left it."""
+    if field_matches(requirements, obj):
+        return True
+    evicted = obj.get("status", {}).get("evictedFrom")
+    if evicted is None or all(path != "spec.nodeName" for path, _ in requirements):
+        return False
+    as_before = {**obj, "spec": {**obj.get("spec", {}), "nodeName": evicted}}
+    return field_matches(requirements, as_before)
 
 
 def _not_found(res: Resource, name: str) -> Rejected:
@@ -77,12 +143,24 @@ def get(view: ReadView, principal: Principal, plural: str, name: str, namespace:
     if res.kind == pools.KIND:
         _, pool = pools.resolve(view, principal, name, "name")
         return pools.render(view, pool)
+    if res.kind == quotas.KIND:
+        org, project = quotas.parse_id(name, "name")
+        raw_quota = view.get(keys.quota_key(org, project))
+        quota = None if raw_quota is None else dict(loads(raw_quota))
+        if quota is None or not quotas.visible(quota, principal):
+            raise _not_found(res, name)
+        return quotas.render(view, quota)
     check_name(name, "name")
     if res.kind == classes.KIND:
         found = classes.load(view, name)
         if found is None or not classes.visible(found, principal):
             raise _not_found(res, name)
         return found
+    if res.kind == nodes.KIND:
+        node = nodes.load(view, name)
+        if node is None:
+            raise _not_found(res, name)
+        return nodes.render(view, node)
     namespace = check_name(namespace or claims.DEFAULT_NAMESPACE, "namespace")
     key = res.prefix + f"{principal.org}/{principal.project}/{namespace}/{name}".encode()
     raw = view.get(key)
@@ -105,6 +183,9 @@ def _segments(res: Resource, principal: Principal, namespace: str | None) -> lis
         platform = keys.pool_scope_prefix("", "")
         own_org = keys.pool_org_prefix(principal.org)
         return [(platform, prefix_end(platform)), (own_org, prefix_end(own_org))]
+    if res.kind == quotas.KIND and not (principal.is_admin and not principal.has_tenant):
+        own = keys.QUOTA + principal.org.encode() + b"/"
+        return [(own, prefix_end(own))]
     return [(res.prefix, prefix_end(res.prefix))]
 
 
@@ -130,6 +211,7 @@ def list_objects(
     continue_token: str | None = None,
     label_selector: str | None = None,
     namespace: str | None = None,
+    field_selector: str | None = None,
 ) -> dict[str, Any]:
     res = resource(plural)
     if limit is None:
@@ -141,28 +223,26 @@ def list_objects(
         if not res.tenant_scoped:
             raise invalid(f"{res.plural} are not namespaced; drop the namespace", "namespace")
         check_name(namespace, "namespace")
+    fields: tuple[FieldRequirement, ...] = parse_field_selector(field_selector, res.kind) if field_selector else ()
     after = decode_continue(continue_token, res) if continue_token else None
     items: list[dict[str, Any]] = []
-    examined = 0
     last_key: bytes | None = None
     more = False
-    for start, end in _segments(res, principal, namespace):
-        if after is not None and after >= end:
-            continue
-        first = start if after is None else max(start, after + b"\x00")
-        for key, raw in view.scan(first, end):
-            if len(items) == limit or examined == list_scan_max:
-                more = True
-                break
-            examined += 1
-            last_key = key
-            obj = loads(raw)
-            metadata = obj["metadata"]
-            in_namespace = namespace is None or metadata.get("namespace") == namespace
-            if in_namespace and visible(res.kind, obj, principal) and matches(requirements, metadata["labels"]):
-                items.append(_present(view, res.kind, obj))
-        if more:
+    for examined, (key, raw) in enumerate(_candidates(view, res, principal, namespace, fields, after)):
+        if len(items) == limit or examined == list_scan_max:
+            more = True
             break
+        last_key = key
+        obj = loads(raw)
+        metadata = obj["metadata"]
+        in_namespace = namespace is None or metadata.get("namespace") == namespace
+        if (
+            in_namespace
+            and visible(res.kind, obj, principal)
+            and matches(requirements, metadata["labels"])
+            and field_matches(fields, obj)
+        ):
+            items.append(_present(view, res.kind, obj))
     return {
         "kind": f"{res.kind}List",
         "items": items,
@@ -173,11 +253,46 @@ def list_objects(
     }
 
 
+def _candidates(
+    view: ReadView,
+    res: Resource,
+    principal: Principal,
+    namespace: str | None,
+    fields: tuple[FieldRequirement, ...],
+    after: bytes | None,
+) -> Iterator[tuple[bytes, bytes]]:
+    """(object key, record) pairs that may belong in the list, in key order, after `after`.
+
+    The platform admin's pods on one node come from the node's index (a node agent's list
+    reads only its own pods); everything else is a scan of the principal's key ranges."""
+    node_name = dict(fields).get("spec.nodeName") if res.kind == pods.KIND else None
+    if node_name and principal.is_admin and not principal.has_tenant:
+        prefix = keys.pods_on_node_prefix(node_name)
+        start = prefix if after is None else max(prefix, keys.pod_on_node_key(node_name, after) + b"\x00")
+        for index_key, _ in view.scan(start, prefix_end(prefix)):
+            pod_key = keys.pod_of_node_index(index_key, node_name)
+            raw = view.get(pod_key)
+            if raw is not None:
+                yield pod_key, raw
+        return
+    for start, end in _segments(res, principal, namespace):
+        if after is not None and after >= end:
+            continue
+        first = start if after is None else max(start, after + b"\x00")
+        yield from view.scan(first, end)
+
+
 def events_after(
-    view: ReadView, principal: Principal, revision: int, kinds: tuple[str, ...], limit: int = watch_events_max
+    view: ReadView,
+    principal: Principal,
+    revision: int,
+    kinds: tuple[str, ...],
+    limit: int = watch_events_max,
+    field_selector: str | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Events with a revision above `revision`, of the given kinds (plural names), as the
-    principal may see them; and the revision to resume from. `gone` when compacted away."""
+    principal may see them; and the revision to resume from. `gone` when compacted away.
+    A field selector (pods only) keeps the events of matching pods."""
     meta = Meta.load(view)
     if revision < meta.compacted_revision:
         raise Rejected(
@@ -187,6 +302,11 @@ def events_after(
             {"compactedRevision": meta.compacted_revision},
         )
     wanted = {resource(plural).kind for plural in kinds}
+    fields: tuple[FieldRequirement, ...] = ()
+    if field_selector:
+        if wanted != {pods.KIND}:
+            raise invalid("a fieldSelector applies to a watch of pods alone", "fieldSelector")
+        fields = parse_field_selector(field_selector, pods.KIND)
     events: list[dict[str, Any]] = []
     resume = revision
     for examined, (key, raw) in enumerate(view.scan(keys.event_key(revision + 1), keys.EVENT_END)):
@@ -197,7 +317,7 @@ def events_after(
             if kind not in wanted:
                 continue
             obj = loads(raw_object)
-            if visible(kind, obj, principal):
+            if visible(kind, obj, principal) and (not fields or _watch_field_matches(fields, obj)):
                 events.append({"type": event_type, "object": obj})
     return events, max(resume, meta.revision)
 

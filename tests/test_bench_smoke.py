@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import ipam_apply
+from bench import ipam_apply, sched_apply
 
 
 def test_ipam_apply_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -17,4 +17,12 @@ def test_ipam_apply_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[0].startswith("# ") and "cores" in lines[0]
     printed = "\n".join(lines)
     for what in ("apply + store writes", "apply alone", "ratio 99 % / 1 %", "/64 claim cost", "/64 release cost"):
+        assert what in printed, printed
+
+
+def test_sched_apply_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+
+    sched_apply.main(["--nodes", "20", "--pods", "5"])
+    printed = capsys.readouterr().out
+    for what in ("verified placement", "fallback search", "plan_pod at the proposer"):
         assert what in printed, printed

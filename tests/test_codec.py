@@ -159,6 +159,74 @@ def golden_envelopes() -> list[tuple[str, Envelope]]:
         ("pool.delete", Envelope("pool.delete", {"name": "edge"}, ADMIN, None, ts + 7)),
         ("class.delete", Envelope("class.delete", {"name": "standard"}, ADMIN, None, ts + 8)),
         ("noop", Envelope("noop", {}, ADMIN, None, ts + 9)),
+        *_scheduler_golden_envelopes(ts + 10),
+    ]
+
+
+def _scheduler_golden_envelopes(ts: int) -> list[tuple[str, Envelope]]:
+    """The scheduler's commands, applied after the IPAM ones (the v6 pool is still there)."""
+    node_body = {
+        "name": "node-1",
+        "labels": {"disk": "ssd"},
+        "spec": {
+            "capacity": {"cpuMillis": 8000, "memoryBytes": 17179869184, "pods": 110},
+            "taints": [{"key": "gpu", "value": "true", "effect": "NoSchedule"}],
+            "zone": "eu-1a",
+            "podPool": "pods",
+            "podCIDRPrefixLength": 24,
+        },
+    }
+    pod_body = {
+        "name": "web-0",
+        "namespace": "prod",
+        "labels": {"app": "web"},
+        "spec": {
+            "requests": {"cpuMillis": 500, "memoryBytes": 268435456},
+            "nodeSelector": {"disk": "ssd"},
+            "nodeAffinity": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["eu-1a"]}],
+            "tolerations": [{"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
+            "priority": 100,
+            "schedulingPolicy": "binpack",
+        },
+        "plan": {"nodeName": "node-1"},
+    }
+    quota_spec = {
+        "cpuMillis": 16000,
+        "memoryBytes": 34359738368,
+        "pods": 50,
+        "services": 5,
+        "addressesByPool": {"v6": 5},
+        "defaultRequests": {"cpuMillis": 100, "memoryBytes": 134217728},
+    }
+    service_body = {
+        "name": "web",
+        "spec": {"type": "LoadBalancer", "poolRef": "v6", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+    }
+    return [
+        (
+            "pool.create.pods",
+            Envelope("pool.create", {"name": "pods", "spec": {"cidr": "10.244.0.0/16"}}, ADMIN, None, ts),
+        ),
+        ("quota.set", Envelope("quota.set", {"name": "acme/web", "spec": quota_spec}, ADMIN, "req-quota-1", ts + 1)),
+        ("node.register", Envelope("node.register", node_body, ADMIN, None, ts + 2)),
+        (
+            "node.condition",
+            Envelope(
+                "node.condition", {"name": "node-1", "ready": False, "reason": "NodeStatusUnknown"}, ADMIN, None, ts + 3
+            ),
+        ),
+        ("node.condition.ready", Envelope("node.condition", {"name": "node-1", "ready": True}, ADMIN, None, ts + 4)),
+        ("node.cordon", Envelope("node.cordon", {"name": "node-1"}, ADMIN, None, ts + 5)),
+        ("node.uncordon", Envelope("node.uncordon", {"name": "node-1"}, ADMIN, None, ts + 6)),
+        ("scheduler.configure", Envelope("scheduler.configure", {"policy": "binpack"}, ADMIN, None, ts + 7)),
+        ("pod.create", Envelope("pod.create", pod_body, ACME_WEB, "req-pod-1", ts + 8)),
+        ("service.create", Envelope("service.create", service_body, ACME_WEB, None, ts + 9)),
+        ("scheduler.retry", Envelope("scheduler.retry", {"pods": 4}, ADMIN, None, ts + 10)),
+        ("node.drain", Envelope("node.drain", {"name": "node-1"}, ADMIN, None, ts + 11)),
+        ("pod.delete", Envelope("pod.delete", {"name": "web-0", "namespace": "prod"}, ACME_WEB, None, ts + 12)),
+        ("service.delete", Envelope("service.delete", {"name": "web"}, ACME_WEB, None, ts + 13)),
+        ("node.delete", Envelope("node.delete", {"name": "node-1"}, ADMIN, None, ts + 14)),
+        ("quota.delete", Envelope("quota.delete", {"name": "acme/web"}, ADMIN, None, ts + 15)),
     ]
 
 

@@ -520,3 +520,91 @@ def test_dedup_table_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+# ---- a scheduler workload ------------------------------------------------------------------------
+
+
+def build_scheduler_scenario(seed: int = SCENARIO_SEED, steps: int = 300) -> Machine:
+    """Nodes joining, failing, draining; pods of three tenants with quotas; services; sweeps."""
+    rng = random.Random(seed)
+    machine_ = Machine()
+    machine_.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.244.0.0/16"}})
+    machine_.ok(ADMIN, "pool.create", {"name": "vips", "spec": {"cidr": "10.96.0.0/24"}})
+    machine_.ok(ADMIN, "quota.set", {"name": "acme", "spec": {"cpuMillis": 12000, "pods": 30}})
+    tenants = [member(org, project) for org, project in TENANTS]
+    for step in range(steps):
+        roll = rng.random()
+        node = f"n{rng.randrange(6)}"
+        who = rng.choice(tenants)
+        if roll < 0.15:
+            capacity = {"cpuMillis": rng.choice([2000, 4000]), "memoryBytes": 8 << 30, "pods": rng.randrange(1, 6)}
+            labels = rng.choice([{}, {"disk": "ssd"}])
+            machine_.run(
+                ADMIN,
+                "node.register",
+                {"name": node, "labels": labels, "spec": {"capacity": capacity, "podPool": "pods"}},
+            )
+        elif roll < 0.25:
+            action = rng.choice(["node.cordon", "node.uncordon", "node.drain", "node.delete"])
+            machine_.run(ADMIN, action, {"name": node})
+        elif roll < 0.3:
+            machine_.run(ADMIN, "node.condition", {"name": node, "ready": rng.random() < 0.6})
+        elif roll < 0.65:
+            spec = {
+                "requests": {"cpuMillis": rng.choice([100, 500, 1500, 3000])},
+                "priority": rng.randrange(-1, 2),
+                "nodeSelector": rng.choice([{}, {"disk": "ssd"}]),
+            }
+            body: dict[str, Any] = {"name": f"p{rng.randrange(30)}", "spec": spec}
+            if rng.random() < 0.5:
+                body["plan"] = {"nodeName": node}
+            machine_.run(who, "pod.create", body, request_id=f"pod-{step}" if rng.random() < 0.3 else None)
+        elif roll < 0.85:
+            machine_.run(who, "pod.delete", {"name": f"p{rng.randrange(30)}"})
+        elif roll < 0.92:
+            machine_.run(
+                who,
+                rng.choice(["service.create", "service.delete"]),
+                {"name": f"s{rng.randrange(4)}"} | ({"spec": {"poolRef": "vips"}} if rng.random() < 0.5 else {}),
+            )
+        elif roll < 0.96:
+            machine_.run(ADMIN, "quota.set", {"name": "acme/web", "spec": {"cpuMillis": rng.choice([2000, 8000])}})
+        else:
+            machine_.run(ADMIN, "scheduler.retry", {"pods": rng.randrange(1, 8)})
+    return machine_
+
+
+def test_scheduler_workload_replays_identically(tmp_path: Path) -> None:
+    scenario = build_scheduler_scenario()
+    check_invariants(scenario.store)
+    _, outcomes = replay(scenario.log)
+    bound = sum(
+        1
+        for outcome in outcomes
+        if isinstance(outcome.result, Ok) and outcome.result.value.get("status", {}).get("phase") == "Bound"
+    )
+    assert bound >= 10, "the workload binds too few pods to say much"
+    first_store, first_outcomes = replay(scenario.log)
+    assert digest(first_store) == scenario.digest()
+    assert outcomes_digest(first_outcomes) == outcomes_digest(outcomes)
+    log_file = tmp_path / "sched.cbor"
+    log_file.write_bytes(codec.dumps(scenario.log))
+    probe = (
+        "import sys; from statemachine import codec; from tests.test_determinism import replay, outcomes_digest;"
+        "from statemachine.invariants import digest;"
+        f"store, outcomes = replay(list(codec.loads(open({str(log_file)!r}, 'rb').read())));"
+        "print(digest(store), outcomes_digest(outcomes))"
+    )
+    for hash_seed in ("0", "4242"):
+        completed = subprocess.run(
+            [sys.executable, "-c", probe],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            capture_output=True,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT_S,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stdout.split() == [scenario.digest(), outcomes_digest(outcomes)]

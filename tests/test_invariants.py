@@ -15,7 +15,19 @@ from typing import Any
 import pytest
 
 from node.memstore import MemoryStore
-from statemachine import Envelope, InvariantViolation, apply, buddy, codec, encode_envelope, keys, pools
+from statemachine import (
+    Envelope,
+    InvariantViolation,
+    apply,
+    buddy,
+    codec,
+    encode_envelope,
+    keys,
+    nodes,
+    pools,
+    quotas,
+    scheduler,
+)
 from statemachine.buddy import PoolState
 from statemachine.claims import PHASE_BOUND
 from statemachine.context import Meta
@@ -439,3 +451,180 @@ def test_invariant_messages_name_the_pool() -> None:
     with pytest.raises(InvariantViolation) as raised:
         check_invariants(store)
     assert re.search(r"pool \S+: counters", str(raised.value))
+
+
+# ---- the scheduler's invariants ------------------------------------------------------------------
+
+
+def _sched_machine() -> Machine:
+    """Nodes, bound and pending pods (one nominating a node), a service, quotas at both levels."""
+    machine = Machine(check_every_step=True)
+    machine.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.244.0.0/16"}})
+    machine.ok(ADMIN, "pool.create", {"name": "vips", "spec": {"cidr": "10.96.0.0/24"}})
+    for name, cpu in (("n1", 2000), ("n2", 4000)):
+        capacity = {"cpuMillis": cpu, "memoryBytes": 8 << 30, "pods": 8}
+        machine.ok(ADMIN, "node.register", {"name": name, "spec": {"capacity": capacity, "podPool": "pods"}})
+    machine.ok(ADMIN, "quota.set", {"name": "acme", "spec": {"cpuMillis": 20000, "pods": 20}})
+    machine.ok(ADMIN, "quota.set", {"name": "acme/web", "spec": {"cpuMillis": 10000, "services": 4}})
+    for name, cpu in (("a", 1000), ("b", 1500), ("c", 1000)):
+        machine.ok(ACME, "pod.create", {"name": name, "spec": {"requests": {"cpuMillis": cpu}}})
+    waiting = machine.ok(ACME, "pod.create", {"name": "wide", "spec": {"requests": {"cpuMillis": 3000}}})
+    assert waiting["status"]["nominatedNodeName"] == "n2", waiting["status"]
+    machine.ok(member("acme", "db"), "pod.create", {"name": "x", "spec": {"requests": {"cpuMillis": 100}}})
+    machine.ok(ACME, "service.create", {"name": "s1", "spec": {"poolRef": "vips"}})
+    return machine
+
+
+def _pods(store: MemoryStore) -> list[tuple[bytes, dict[str, Any]]]:
+    return [(key, codec.loads(raw)) for key, raw in _scan(store, keys.POD)]
+
+
+def _bound_pod(store: MemoryStore, which: int = 0) -> tuple[bytes, dict[str, Any]]:
+    return [(key, pod) for key, pod in _pods(store) if pod["status"]["phase"] == "Bound"][which]
+
+
+def _node_state(store: MemoryStore, name: str) -> nodes.NodeState:
+    return nodes.NodeState.from_plain(_load(store, keys.node_state_key(name)))
+
+
+def _save_node_state(store: MemoryStore, name: str, state: nodes.NodeState) -> None:
+    _put(store, keys.node_state_key(name), state.to_plain())
+
+
+def node_capacity_exceeded(store: MemoryStore) -> None:
+    """A bound pod's requests grow past its node's capacity; the node's record follows (so only
+    the capacity check can object)."""
+    key, pod = _bound_pod(store)
+    state = _node_state(store, pod["spec"]["nodeName"])
+    extra = state.cpu_capacity
+    pod["spec"]["requests"]["cpuMillis"] += extra
+    _put(store, key, pod)
+    state.cpu_used += extra
+    _save_node_state(store, pod["spec"]["nodeName"], state)
+    for scope in (("acme", "web"), ("acme", "")):  # and the ledgers, so they still add up
+        ledger = quotas.Ledger.from_plain(_load(store, keys.ledger_key(*scope)))
+        ledger.cpu_millis += extra
+        ledger.limits = None
+        _put(store, keys.ledger_key(*scope), ledger.to_plain())
+        store.apply_writes([(keys.quota_key(*scope), None)])
+
+
+def node_usage_off(store: MemoryStore) -> None:
+    state = _node_state(store, "n1")
+    state.memory_used += 1
+    _save_node_state(store, "n1", state)
+
+
+def ledger_usage_off(store: MemoryStore) -> None:
+    ledger = quotas.Ledger.from_plain(_load(store, keys.ledger_key("acme", "web")))
+    ledger.pods += 1
+    _put(store, keys.ledger_key("acme", "web"), ledger.to_plain())
+
+
+def usage_over_quota(store: MemoryStore) -> None:
+    """The quota (object and cached limits alike) is lowered below what is used."""
+    quota = _load(store, keys.quota_key("acme", "web"))
+    quota["spec"]["cpuMillis"] = 100
+    _put(store, keys.quota_key("acme", "web"), quota)
+    ledger = quotas.Ledger.from_plain(_load(store, keys.ledger_key("acme", "web")))
+    assert ledger.limits is not None
+    ledger.limits["cpuMillis"] = 100
+    _put(store, keys.ledger_key("acme", "web"), ledger.to_plain())
+
+
+def cached_limits_stale(store: MemoryStore) -> None:
+    quota = _load(store, keys.quota_key("acme", "web"))
+    quota["spec"]["cpuMillis"] = 99_999
+    _put(store, keys.quota_key("acme", "web"), quota)
+
+
+def pod_address_outside_node(store: MemoryStore) -> None:
+    key, pod = _bound_pod(store)
+    pod["status"]["podIP"] = "10.96.0.200"
+    _put(store, key, pod)
+
+
+def pod_addresses_shared(store: MemoryStore) -> None:
+    _, first = _bound_pod(store, 0)
+    second_key, second = next(
+        (key, pod) for key, pod in _pods(store)[1:] if pod["spec"]["nodeName"] == first["spec"]["nodeName"]
+    )
+    second["status"]["podIP"] = first["status"]["podIP"]
+    _put(store, second_key, second)
+
+
+def pod_address_not_held(store: MemoryStore) -> None:
+    """The node's allocator says another owner holds the pod's address."""
+    _, pod = _bound_pod(store)
+    state = _node_state(store, pod["spec"]["nodeName"])
+    address = int.from_bytes(bytes(map(int, pod["status"]["podIP"].split("."))), "big")
+    store.apply_writes([(buddy.used_key(state.uid, address, 32), b"pod/acme/web/default/ghost")])
+
+
+def queue_entry_lost(store: MemoryStore) -> None:
+    key, _ = _scan(store, keys.QUEUE)[0]
+    store.apply_writes([(key, None)])
+
+
+def pending_count_off(store: MemoryStore) -> None:
+    cluster = scheduler.Cluster.load(store)
+    cluster.pending += 1
+    _put(store, keys.SCHEDULER, cluster.to_plain())
+
+
+def nomination_one_sided(store: MemoryStore) -> None:
+    state = _node_state(store, "n2")
+    state.nominee = None
+    state.nominee_cpu = state.nominee_memory = 0
+    _save_node_state(store, "n2", state)
+
+
+def node_index_entry_lost(store: MemoryStore) -> None:
+    key, _ = _scan(store, keys.POD_BY_NODE)[0]
+    store.apply_writes([(key, None)])
+
+
+def node_count_off(store: MemoryStore) -> None:
+    cluster = scheduler.Cluster.load(store)
+    cluster.nodes -= 1
+    _put(store, keys.SCHEDULER, cluster.to_plain())
+
+
+def service_address_repointed(store: MemoryStore) -> None:
+    key, raw = _scan(store, keys.SERVICE)[0]
+    service = codec.loads(raw)
+    service["status"]["address"] = "10.96.0.99"
+    _put(store, key, service)
+
+
+SCHED_FAULTS: dict[str, tuple[Callable[[MemoryStore], None], str]] = {
+    "node-capacity-exceeded": (node_capacity_exceeded, r"capacity exceeded"),
+    "node-usage-off": (node_usage_off, r"node n1: record says"),
+    "ledger-usage-off": (ledger_usage_off, r"ledger acme/web: says"),
+    "usage-over-quota": (usage_over_quota, r"cpuMillis \d+ exceeds the quota's 100"),
+    "cached-limits-stale": (cached_limits_stale, r"cached limits"),
+    "pod-address-outside-node": (pod_address_outside_node, r"outside node"),
+    "pod-addresses-shared": (pod_addresses_shared, r"share address"),
+    "pod-address-not-held": (pod_address_not_held, r"not held by it"),
+    "queue-entry-lost": (queue_entry_lost, r"pending queue holds"),
+    "pending-count-off": (pending_count_off, r"counts \d+ pending pods"),
+    "nomination-one-sided": (nomination_one_sided, r"nominates node n2, which does not name it"),
+    "node-index-entry-lost": (node_index_entry_lost, r"pods-by-node index"),
+    "node-count-off": (node_count_off, r"counts \d+ nodes"),
+    "service-address-repointed": (service_address_repointed, r"does not point back"),
+}
+
+
+def test_scheduler_state_is_sound() -> None:
+    check_invariants(_sched_machine().store)
+
+
+@pytest.mark.parametrize("fault", list(SCHED_FAULTS.values()), ids=list(SCHED_FAULTS))
+def test_planted_scheduler_fault_is_detected(fault: tuple[Callable[[MemoryStore], None], str]) -> None:
+    plant, expected = fault
+    store = _sched_machine().store
+    before = digest(store)
+    plant(store)
+    assert digest(store) != before, "the fault changed nothing"
+    with pytest.raises(InvariantViolation, match=expected):
+        check_invariants(store)

@@ -244,7 +244,7 @@ def test_list_by_namespace(built: Machine) -> None:
 
 
 def test_list_unknown_resource(built: Machine) -> None:
-    _refused("not_found", lambda: list_objects(built.store, WEB, "pods"))
+    _refused("not_found", lambda: list_objects(built.store, WEB, "widgets"))
 
 
 # ---- paging ----------------------------------------------------------------------------------
@@ -481,7 +481,7 @@ def test_events_filtered_by_kind(built: Machine) -> None:
     two, _ = events_after(built.store, ADMIN, 0, ("ippools", "ipclasses"))
     assert {event["object"]["kind"] for event in two} == {"IPPool", "IPClass"}
     assert events_after(built.store, ADMIN, 0, ())[0] == []
-    _refused("not_found", lambda: events_after(built.store, ADMIN, 0, ("pods",)))
+    _refused("not_found", lambda: events_after(built.store, ADMIN, 0, ("widgets",)))
 
 
 def test_events_filtered_by_tenant(built: Machine) -> None:

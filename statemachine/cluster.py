@@ -1,0 +1,326 @@
+"""The scheduler half's commands: each validates its body, then orchestrates nodes, pods,
+quotas, IPAM and the pending queue in one apply, so a placement, its quota charge and its pod
+address never disagree.
+
+| command             | who    | body                                             |
+|---------------------|--------|--------------------------------------------------|
+| quota.set           | admin  | name (`org` or `org/project`), labels, spec      |
+| quota.delete        | admin  | name                                             |
+| node.register       | admin  | name, labels, spec (see nodes.py)                |
+| node.delete         | admin  | name (refused while pods are bound: drain first) |
+| node.condition      | admin  | name, ready (bool), reason                       |
+| node.cordon         | admin  | name                                             |
+| node.uncordon       | admin  | name                                             |
+| node.drain          | admin  | name                                             |
+| pod.create          | tenant | name, namespace, labels, spec, plan {nodeName}   |
+| pod.delete          | tenant | name, namespace                                  |
+| service.create      | tenant | name, namespace, labels, spec (see services.py)  |
+| service.delete      | tenant | name, namespace                                  |
+| scheduler.configure | admin  | policy (spread or binpack)                       |
+| scheduler.retry     | admin  | pods (how many queue entries to search again)    |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from statemachine import classes, keys, nodes, pods, quotas, scheduler
+from statemachine.context import ADDED, MODIFIED, Context
+from statemachine.errors import (
+    ALREADY_EXISTS,
+    CONFLICT,
+    NOT_FOUND,
+    UNSCHEDULABLE,
+    InvariantViolation,
+    Rejected,
+    invalid,
+)
+from statemachine.fields import check_map, check_name, opt_bool, opt_choice, opt_int, opt_str
+from statemachine.scheduler import Cluster
+from statemachine.view import prefix_end
+
+SCHEDULER_KIND = "SchedulerStatus"
+
+# ---- quotas --------------------------------------------------------------------------------------
+
+
+def quota_set(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    quota, created, loosened = quotas.set_quota(ctx, body)
+    if loosened:
+        metadata = quota["metadata"]
+        scheduler.retry_heads(ctx, (metadata["org"], metadata["project"]))
+        quota = quotas.render(ctx.ov, quota)  # retried pods may have bound: show usage after them
+    return quota, created
+
+
+def quota_delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    quota, org, project = quotas.delete_quota(ctx, body)
+    scheduler.retry_heads(ctx, (org, project))
+    return quota
+
+
+# ---- nodes ---------------------------------------------------------------------------------------
+
+
+def _node(
+    ctx: Context, body: dict[str, Any], extra_fields: tuple[str, ...] = ()
+) -> tuple[str, dict[str, Any], nodes.NodeState]:
+    classes.require_admin(ctx.principal, "change nodes")
+    check_map(body, "", ("name", *extra_fields))
+    name = check_name(body.get("name"), "name")
+    node = nodes.load(ctx.ov, name)
+    if node is None:
+        raise Rejected(NOT_FOUND, f"Node {name} not found", {"kind": nodes.KIND, "name": name})
+    state = nodes.load_state(ctx.ov, name)
+    if state is None or not nodes.same_uid(node, state):
+        raise InvariantViolation(f"node {name} has no matching scheduling record")
+    return name, node, state
+
+
+def node_register(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    classes.require_admin(ctx.principal, "register a Node")
+    name, labels, spec = nodes.check_body(body)
+    existing = nodes.load(ctx.ov, name)
+    if existing is not None:
+        wanted = {**spec, "unschedulable": existing["spec"]["unschedulable"]}
+        if wanted.get("podCIDRPrefixLength") is None:
+            wanted["podCIDRPrefixLength"] = existing["spec"]["podCIDRPrefixLength"]
+        if existing["spec"] == wanted and existing["metadata"]["labels"] == labels:
+            return nodes.render(ctx.ov, existing), False
+        raise Rejected(
+            ALREADY_EXISTS,
+            f"Node {name} is already registered with a different spec or labels; delete it first to change them",
+            {"name": name},
+        )
+    cluster = Cluster.load(ctx.ov)
+    if cluster.nodes >= nodes.nodes_max:
+        raise Rejected(CONFLICT, f"the cluster already has {nodes.nodes_max} nodes, the most it may have")
+    node, state = nodes.new_object(ctx, name, labels, spec)
+    nodes.save_state(ctx, name, state)
+    ctx.write_object(keys.node_key(name), nodes.KIND, node, ADDED)
+    cluster.nodes += 1
+    cluster.save(ctx)
+    scheduler.retry_on_nodes(ctx, [name])
+    return nodes.render(ctx.ov, node), True
+
+
+def node_delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    name, node, state = _node(ctx, body)
+    if state.pods_used:
+        raise Rejected(
+            CONFLICT,
+            f"Node {name} still has {state.pods_used} bound pod(s); drain it first (node.drain)",
+            {"name": name, "pods": state.pods_used},
+        )
+    scheduler.release_nomination(ctx, name, state)
+    rendered = nodes.render(ctx.ov, node)
+    nodes.release_pod_cidr(ctx, node, state)
+    ctx.ov.delete(keys.node_state_key(name))
+    ctx.delete_object(keys.node_key(name), nodes.KIND, rendered)
+    cluster = Cluster.load(ctx.ov)
+    cluster.nodes -= 1
+    cluster.save(ctx)
+    return rendered
+
+
+def _rewrite(ctx: Context, name: str, node: dict[str, Any], state: nodes.NodeState) -> dict[str, Any]:
+    nodes.save_state(ctx, name, state)
+    ctx.write_object(keys.node_key(name), nodes.KIND, node, MODIFIED)
+    return node
+
+
+def node_condition(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    """The leader's verdict from its heartbeat timers: one replicated transition, never a
+    heartbeat. No change, no write."""
+    name, node, state = _node(ctx, body, ("ready", "reason"))
+    ready = opt_bool(body, "ready", "ready")
+    if ready is None:
+        raise invalid("ready (true or false) is required", "ready")
+    reason = opt_str(body, "reason", "reason", nodes.reason_chars_max) or ("Ready" if ready else "NotReady")
+    if state.ready == ready:
+        return nodes.render(ctx.ov, node)
+    state.ready = ready
+    if not ready:
+        scheduler.release_nomination(ctx, name, state)
+    node["status"]["ready"] = ready
+    node["status"]["conditionReason"] = reason
+    node["status"]["lastTransitionTimestamp"] = ctx.timestamp
+    _rewrite(ctx, name, node, state)
+    if ready:
+        scheduler.retry_on_nodes(ctx, [name])
+    return nodes.render(ctx.ov, node)
+
+
+def _set_schedulable(ctx: Context, body: dict[str, Any], schedulable: bool) -> dict[str, Any]:
+    name, node, state = _node(ctx, body)
+    if state.schedulable == schedulable:
+        return nodes.render(ctx.ov, node)
+    state.schedulable = schedulable
+    if not schedulable:
+        scheduler.release_nomination(ctx, name, state)
+    node["spec"]["unschedulable"] = not schedulable
+    _rewrite(ctx, name, node, state)
+    if schedulable:
+        scheduler.retry_on_nodes(ctx, [name])
+    return nodes.render(ctx.ov, node)
+
+
+def node_cordon(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    return _set_schedulable(ctx, body, False)
+
+
+def node_uncordon(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    return _set_schedulable(ctx, body, True)
+
+
+def node_drain(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    """Cordon the node and send every pod bound to it back to the queue (Pending, reason
+    Evicted, `status.evictedFrom` naming the node, keeping its place by priority and age); then
+    the queue heads get a full search, so evicted pods land elsewhere when there is room."""
+    name, node, state = _node(ctx, body)
+    scheduler.release_nomination(ctx, name, state)
+    state.schedulable = False
+    node["spec"]["unschedulable"] = True
+    nodes.save_state(ctx, name, state)
+    prefix = keys.pods_on_node_prefix(name)
+    bound = [keys.pod_of_node_index(index_key, name) for index_key, _ in ctx.ov.scan(prefix, prefix_end(prefix))]
+    cluster = Cluster.load(ctx.ov)
+    for pod_key in bound:  # at most capacity.pods <= nodes.node_pods_max
+        pod = pods.load(ctx.ov, pod_key)
+        if pod is None:
+            raise InvariantViolation(f"node {name} indexes missing pod {pod_key!r}")
+        tenant = quotas.Tenant(ctx.ov, pod["metadata"]["org"], pod["metadata"]["project"])
+        scheduler.unbind(ctx, pod, pod_key, tenant)
+        pod["spec"]["nodeName"] = None
+        pod["status"] = scheduler.pending_status()
+        pod["status"].update(
+            reason=scheduler.REASON_EVICTED, message=f"evicted from node {name} by a drain", evictedFrom=name
+        )
+        scheduler.enqueue(ctx, pod, pod_key, tenant, cluster)
+        ctx.write_object(pod_key, pods.KIND, pod, MODIFIED)
+    cluster.save(ctx)
+    ctx.write_object(keys.node_key(name), nodes.KIND, node, MODIFIED)
+    scheduler.retry_heads(ctx)
+    rendered = nodes.render(ctx.ov, node)
+    rendered["status"] = {**rendered["status"], "evictedPods": len(bound)}
+    return rendered
+
+
+# ---- pods ----------------------------------------------------------------------------------------
+
+
+def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    name, namespace, labels, spec, has_requests, planned = pods.check_body(body)
+    principal = ctx.principal
+    if not principal.has_tenant:
+        raise invalid("a Pod belongs to a project: act for a tenant", "principal")
+    key = keys.pod_key(principal.org, principal.project, namespace, name)
+    tenant = quotas.Tenant(ctx.ov, principal.org, principal.project)
+    scheduler.fill_default_requests(spec, has_requests, tenant)
+    existing = pods.load(ctx.ov, key)
+    if existing is not None:
+        if {**existing["spec"], "nodeName": None} == spec and existing["metadata"]["labels"] == labels:
+            return existing, False
+        raise Rejected(
+            ALREADY_EXISTS,
+            f"Pod {namespace}/{name} already exists with a different spec; pods are immutable, delete it first",
+            {"name": name, "namespace": namespace},
+        )
+    # A pod that could never fit the quota, even with nothing else running, is refused outright;
+    # one that would fit once other pods go waits in the queue.
+    impossible = tenant.shortfall(scheduler.charge_of(spec), ignore_usage=True)
+    if impossible is not None:
+        raise impossible
+    pod: dict[str, Any] = {
+        "kind": pods.KIND,
+        "metadata": ctx.metadata(
+            name, ctx.new_uid(), labels, namespace=namespace, org=principal.org, project=principal.project
+        ),
+        "spec": spec,
+        "status": scheduler.pending_status(),
+    }
+    cluster = Cluster.load(ctx.ov)
+    if not scheduler.place(ctx, pod, key, planned, tenant, cluster):
+        if cluster.pending >= scheduler.pending_pods_max:
+            raise Rejected(
+                UNSCHEDULABLE,
+                f"the pending queue is full ({scheduler.pending_pods_max} pods) and the pod does not fit now: "
+                f"{pod['status']['message']}",
+            )
+        if tenant.project_ledger.pending >= scheduler.pending_pods_per_project_max:
+            raise Rejected(
+                UNSCHEDULABLE,
+                f"project {principal.org}/{principal.project} already has {scheduler.pending_pods_per_project_max} "
+                f"pending pods and this one does not fit now: {pod['status']['message']}",
+            )
+        scheduler.enqueue(ctx, pod, key, tenant, cluster)
+        cluster.save(ctx)
+    ctx.write_object(key, pods.KIND, pod, ADDED)
+    return pod, True
+
+
+def pod_delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    check_map(body, "", ("name", "namespace"))
+    name = check_name(body.get("name"), "name")
+    namespace = check_name(body.get("namespace", pods.DEFAULT_NAMESPACE), "namespace")
+    principal = ctx.principal
+    key = keys.pod_key(principal.org, principal.project, namespace, name)
+    pod = pods.load(ctx.ov, key)
+    if pod is None:
+        raise Rejected(NOT_FOUND, f"Pod {namespace}/{name} not found", {"kind": pods.KIND, "name": name})
+    tenant = quotas.Tenant(ctx.ov, principal.org, principal.project)
+    freed: list[str] = []
+    if pod["spec"]["nodeName"] is not None:
+        freed.append(scheduler.unbind(ctx, pod, key, tenant))
+    else:
+        cluster = Cluster.load(ctx.ov)
+        scheduler.dequeue(ctx, pod, tenant, cluster)
+        cluster.save(ctx)
+        nominated = pod["status"]["nominatedNodeName"]
+        if nominated is not None:
+            state = nodes.load_state(ctx.ov, nominated)
+            if state is None or state.nominee != key:
+                raise InvariantViolation(f"pod {namespace}/{name} nominated node {nominated}, which disagrees")
+            state.nominee = None
+            state.nominee_cpu = state.nominee_memory = 0
+            nodes.save_state(ctx, nominated, state)
+            freed.append(nominated)
+    ctx.delete_object(key, pods.KIND, pod)
+    if freed:
+        scheduler.retry_on_nodes(ctx, freed)
+    return pod
+
+
+# ---- the scheduler -------------------------------------------------------------------------------
+
+
+def _scheduler_status(cluster: Cluster, **extra: int) -> dict[str, Any]:
+    return {
+        "kind": SCHEDULER_KIND,
+        "policy": cluster.policy,
+        "nodes": cluster.nodes,
+        "pendingPods": cluster.pending,
+        **extra,
+    }
+
+
+def scheduler_configure(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    classes.require_admin(ctx.principal, "configure the scheduler")
+    check_map(body, "", ("policy",))
+    policy = opt_choice(body, "policy", "policy", pods.POLICIES)
+    if policy is None:
+        raise invalid(f"policy is required: one of {', '.join(pods.POLICIES)}", "policy")
+    cluster = Cluster.load(ctx.ov)
+    if cluster.policy != policy:
+        cluster.policy = policy
+        cluster.save(ctx)
+    return _scheduler_status(cluster)
+
+
+def scheduler_retry(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    """A sweep of the pending queue: what the leader issues on a timer while pods are pending."""
+    classes.require_admin(ctx.principal, "retry pending pods")
+    check_map(body, "", ("pods",))
+    count = opt_int(body, "pods", "pods", 1, scheduler.sweep_pods_max) or scheduler.sweep_pods_max
+    examined, bound = scheduler.sweep(ctx, count)
+    return _scheduler_status(Cluster.load(ctx.ov), examined=examined, bound=bound)

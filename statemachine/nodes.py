@@ -1,0 +1,308 @@
+"""Nodes: the worker machines pods are scheduled onto. Platform objects; only admins write them.
+
+A node registers with its capacity (CPU millicores, memory bytes, max pods), labels, taints and
+zone, and names a platform IPPool (`spec.podPool`): registering carves the node's pod CIDR from
+that pool with the same buddy allocator claims use, in the same apply. The pod CIDR gets its own
+allocator (keyed by the node's uid) from which pods take their addresses; its first address is
+reserved for the node itself (its bridge or gateway), so `capacity.pods` may be at most the
+CIDR's size minus one, and a node with room for a pod always has a free pod address.
+
+Per node, the scheduler keeps one compact record (`NodeState`, key `nst/<name>`): readiness,
+schedulability, capacity, what bound pods use, the labels and taints the filters read, and the
+nomination (a pending pod that reserved this node's capacity; see scheduler.py). Binding a pod
+rewrites only that record, never the Node object, so nodes produce watch events when they
+change (register, condition, cordon, drain, delete), not on every bind; `status.allocated` is
+computed on read.
+
+The zone is also a label (`topology.kubernetes.io/zone`) and the name is `kubernetes.io/hostname`,
+so selectors and affinity can use them, as in Kubernetes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from statemachine import buddy, keys, pools
+from statemachine.addresses import FAMILY_BITS, IPV4, Block
+from statemachine.buddy import OWNER_RESERVED, PoolState
+from statemachine.codec import dump_record, loads
+from statemachine.context import Context, format_uid, parse_uid
+from statemachine.errors import FORBIDDEN, InvariantViolation, Rejected, invalid
+from statemachine.fields import (
+    check_label_key,
+    check_label_value,
+    check_labels,
+    check_map,
+    check_name,
+    list_items_max,
+    opt_choice,
+    opt_int,
+    opt_str,
+)
+from statemachine.policy import check_length_allowed
+from statemachine.quotas import cpu_millis_max, memory_bytes_max
+from statemachine.view import ReadView
+
+KIND = "Node"
+NO_SCHEDULE = "NoSchedule"
+NO_EXECUTE = "NoExecute"
+TAINT_EFFECTS = (NO_SCHEDULE, NO_EXECUTE)
+ZONE_LABEL = "topology.kubernetes.io/zone"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+node_pods_max = 1024  # capacity.pods ceiling: bounds the work of draining one node
+nodes_max = 10_000  # nodes per cluster: bounds a full scheduling search
+taints_max = list_items_max
+default_pod_cidr_length = {IPV4: 24, "IPv6": 64}
+reason_chars_max = 256
+
+_body_fields = ("name", "labels", "spec")
+_spec_fields = ("capacity", "taints", "zone", "podPool", "podCIDRPrefixLength")
+_capacity_fields = ("cpuMillis", "memoryBytes", "pods")
+_taint_fields = ("key", "value", "effect")
+
+
+@dataclass
+class NodeState:
+    """What the scheduler reads and writes per node (key `nst/<name>`), as one flat record."""
+
+    uid: bytes
+    ready: bool
+    schedulable: bool
+    cpu_capacity: int
+    memory_capacity: int
+    pods_capacity: int
+    cpu_used: int = 0
+    memory_used: int = 0
+    pods_used: int = 0
+    labels: dict[str, str] = field(default_factory=dict)  # with the zone and hostname labels
+    taints: list[list[str]] = field(default_factory=list)  # [key, value, effect]
+    nominee: bytes | None = None  # key of the pending pod that reserved this node's capacity
+    nominee_cpu: int = 0
+    nominee_memory: int = 0
+
+    def to_plain(self) -> list[Any]:
+        return [
+            self.uid,
+            self.ready,
+            self.schedulable,
+            self.cpu_capacity,
+            self.memory_capacity,
+            self.pods_capacity,
+            self.cpu_used,
+            self.memory_used,
+            self.pods_used,
+            self.labels,
+            self.taints,
+            self.nominee,
+            self.nominee_cpu,
+            self.nominee_memory,
+        ]
+
+    @classmethod
+    def from_plain(cls, plain: list[Any]) -> NodeState:
+        return cls(*plain)
+
+
+def load_state(view: ReadView, name: str) -> NodeState | None:
+    raw = view.get(keys.node_state_key(name))
+    return None if raw is None else NodeState.from_plain(loads(raw))
+
+
+def save_state(ctx: Context, name: str, state: NodeState) -> None:
+    ctx.ov.put(keys.node_state_key(name), dump_record(state.to_plain()))
+
+
+def load(view: ReadView, name: str) -> dict[str, Any] | None:
+    raw = view.get(keys.node_key(name))
+    return None if raw is None else dict(loads(raw))
+
+
+def cidr_state(view: ReadView, state: NodeState) -> PoolState:
+    raw = view.get(buddy.state_key(state.uid))
+    if raw is None:
+        raise InvariantViolation(f"node {state.uid.hex()} has no pod CIDR allocator")
+    return PoolState.from_plain(loads(raw))
+
+
+def allocated(state: NodeState) -> dict[str, Any]:
+    return {"cpuMillis": state.cpu_used, "memoryBytes": state.memory_used, "pods": state.pods_used}
+
+
+def render(view: ReadView, node: dict[str, Any]) -> dict[str, Any]:
+    """The node with what its pods use now, and its nomination, from the scheduling record."""
+    state = load_state(view, node["metadata"]["name"])
+    if state is None:
+        raise InvariantViolation(f"node {node['metadata']['name']} has no scheduling record")
+    live: dict[str, Any] = {"allocated": allocated(state)}
+    if state.nominee is not None:
+        org, project, namespace, name = keys.split_path(state.nominee, keys.POD)
+        live["nominatedPod"] = f"{org}/{project}/{namespace}/{name}"
+    return {**node, "status": {**node["status"], **live}}
+
+
+# ---- checking the body ---------------------------------------------------------------------------
+
+
+def _check_taints(value: Any) -> list[dict[str, str]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid("spec.taints must be a list", "spec.taints")
+    if len(value) > taints_max:
+        raise invalid(f"spec.taints has {len(value)} taints; at most {taints_max} are allowed", "spec.taints")
+    taints: list[dict[str, str]] = []
+    seen: list[tuple[str, str]] = []
+    for position, item in enumerate(value):
+        field_path = f"spec.taints[{position}]"
+        given = check_map(item, field_path, _taint_fields)
+        key = opt_str(given, "key", f"{field_path}.key")
+        if key is None:
+            raise invalid(f"{field_path}.key is required", f"{field_path}.key")
+        check_label_key(key, f"{field_path}.key")
+        taint_value = opt_str(given, "value", f"{field_path}.value") or ""
+        check_label_value(taint_value, f"{field_path}.value")
+        effect = opt_choice(given, "effect", f"{field_path}.effect", TAINT_EFFECTS)
+        if effect is None:
+            raise invalid(f"{field_path}.effect is required (NoSchedule or NoExecute)", f"{field_path}.effect")
+        if (key, effect) in seen:
+            raise invalid(f"{field_path} repeats taint {key}:{effect}", field_path)
+        seen.append((key, effect))
+        taints.append({"key": key, "value": taint_value, "effect": effect})
+    return taints
+
+
+def check_body(body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
+    check_map(body, "", _body_fields)
+    name = check_name(body.get("name"), "name")
+    labels = check_labels(body.get("labels"), "labels")
+    given = check_map(body.get("spec"), "spec", _spec_fields)
+    capacity_in = check_map(given.get("capacity"), "spec.capacity", _capacity_fields)
+    cpu = opt_int(capacity_in, "cpuMillis", "spec.capacity.cpuMillis", 1, cpu_millis_max)
+    memory = opt_int(capacity_in, "memoryBytes", "spec.capacity.memoryBytes", 1, memory_bytes_max)
+    pods = opt_int(capacity_in, "pods", "spec.capacity.pods", 1, node_pods_max)
+    if cpu is None or memory is None or pods is None:
+        raise invalid("spec.capacity needs cpuMillis, memoryBytes and pods", "spec.capacity")
+    zone = opt_str(given, "zone", "spec.zone")
+    if zone is not None:
+        check_label_value(zone, "spec.zone")
+    pod_pool = opt_str(given, "podPool", "spec.podPool")
+    if pod_pool is None:
+        raise invalid("spec.podPool is required: the platform IPPool the node's pod CIDR comes from", "spec.podPool")
+    spec = {
+        "capacity": {"cpuMillis": cpu, "memoryBytes": memory, "pods": pods},
+        "taints": _check_taints(given.get("taints")),
+        "zone": zone,
+        "podPool": pod_pool,
+        "podCIDRPrefixLength": opt_int(given, "podCIDRPrefixLength", "spec.podCIDRPrefixLength", 0, 128),
+        "unschedulable": False,
+    }
+    return name, labels, spec
+
+
+def matching_labels(name: str, labels: dict[str, str], zone: str | None) -> dict[str, str]:
+    """The labels filters see: the node's own, plus hostname and zone unless it sets them itself."""
+    extra = {HOSTNAME_LABEL: name}
+    if zone is not None:
+        extra[ZONE_LABEL] = zone
+    return dict(sorted({**extra, **labels}.items()))
+
+
+# ---- the pod CIDR ----------------------------------------------------------------------------
+
+
+def carve_pod_cidr(ctx: Context, name: str, spec: dict[str, Any], uid: bytes) -> tuple[str, Block]:
+    """Take the node's pod CIDR from its pod pool and set up the CIDR's own allocator."""
+    pool_key, pool = pools.resolve(ctx.ov, ctx.principal, spec["podPool"], "spec.podPool")
+    pool_ref = pools.pool_id_of_key(pool_key)
+    if pool["metadata"]["org"]:
+        raise Rejected(
+            FORBIDDEN, f"spec.podPool {pool_ref} is a tenant's pool; nodes take pod CIDRs from platform pools"
+        )
+    family = pool["status"]["ipFamily"]
+    bits = FAMILY_BITS[family]
+    length = spec["podCIDRPrefixLength"]
+    if length is None:
+        length = default_pod_cidr_length[family]
+        spec["podCIDRPrefixLength"] = length
+    if length > bits - 1:
+        raise invalid(f"a /{length} pod CIDR has no room for pods ({family})", "spec.podCIDRPrefixLength")
+    check_length_allowed(length, pool["spec"]["allocation"], f"IPPool {pool_ref}", "spec.podCIDRPrefixLength")
+    usable = (1 << (bits - length)) - 1
+    if spec["capacity"]["pods"] > usable:
+        raise invalid(
+            f"spec.capacity.pods {spec['capacity']['pods']} exceeds the {usable} pod addresses of a /{length}",
+            "spec.capacity.pods",
+        )
+    parent = pools.load_state(ctx.ov, pool)
+    block = buddy.allocate(ctx.ov, parent, length, pool["spec"]["allocation"]["strategy"], keys.node_key(name))
+    if block is None:
+        raise pools.exhausted(pool_ref, length, parent)
+    parent.allocated += block.size
+    parent.allocations += 1
+    pools.save_state(ctx, parent)
+    own = PoolState.new(uid, block)
+    buddy.init_free(ctx.ov, own)
+    if not buddy.claim_block(ctx.ov, own, Block(family, block.address, bits), OWNER_RESERVED):
+        raise InvariantViolation(f"a fresh pod CIDR {block} has its first address taken")
+    own.reserved += 1
+    ctx.ov.put(buddy.state_key(uid), dump_record(own.to_plain()))
+    return pool_ref, block
+
+
+def release_pod_cidr(ctx: Context, node: dict[str, Any], state: NodeState) -> None:
+    own = cidr_state(ctx.ov, state)
+    if own.allocations:
+        raise InvariantViolation(f"node {node['metadata']['name']} releases its pod CIDR with pods on it")
+    buddy.drop_all(ctx.ov, own)
+    ctx.ov.delete(buddy.state_key(state.uid))
+    pool = pools.load(ctx.ov, pools.key_of_pool_id(node["status"]["podPool"]))
+    if pool is None:
+        raise InvariantViolation(f"node {node['metadata']['name']} names missing pod pool {node['status']['podPool']}")
+    parent = pools.load_state(ctx.ov, pool)
+    block = own.block
+    buddy.release(ctx.ov, parent, block, keys.node_key(node["metadata"]["name"]))
+    parent.allocated -= block.size
+    parent.allocations -= 1
+    pools.save_state(ctx, parent)
+
+
+def new_object(
+    ctx: Context, name: str, labels: dict[str, str], spec: dict[str, Any]
+) -> tuple[dict[str, Any], NodeState]:
+    """Carve the pod CIDR and build the Node object and its scheduling record (not yet written)."""
+    uid = ctx.new_uid()
+    pool_ref, block = carve_pod_cidr(ctx, name, spec, uid)
+    capacity = spec["capacity"]
+    state = NodeState(
+        uid=uid,
+        ready=True,
+        schedulable=True,
+        cpu_capacity=capacity["cpuMillis"],
+        memory_capacity=capacity["memoryBytes"],
+        pods_capacity=capacity["pods"],
+        labels=matching_labels(name, labels, spec["zone"]),
+        taints=[[taint["key"], taint["value"], taint["effect"]] for taint in spec["taints"]],
+    )
+    node = {
+        "kind": KIND,
+        "metadata": ctx.metadata(name, uid, labels),
+        "spec": spec,
+        "status": {
+            "podCIDR": str(block),
+            "podPool": pool_ref,
+            "ready": True,
+            "conditionReason": "Registered",
+            "lastTransitionTimestamp": ctx.timestamp,
+        },
+    }
+    return node, state
+
+
+def uid_of(node: dict[str, Any]) -> bytes:
+    return parse_uid(node["metadata"]["uid"])
+
+
+def same_uid(node: dict[str, Any], state: NodeState) -> bool:
+    return bool(node["metadata"]["uid"] == format_uid(state.uid))

@@ -1,0 +1,182 @@
+"""Pods: tenant objects, namespaced like claims, that the scheduler binds to nodes.
+
+`spec` (all optional):
+* `requests`: `{cpuMillis, memoryBytes}`; when left out, the project quota's `defaultRequests`
+  (or zero) are filled in at creation and stored, so a later change of defaults never changes
+  what an existing pod is charged.
+* `nodeSelector`: labels the node must carry (all of them).
+* `nodeAffinity`: required match expressions, all of which must hold:
+  `{key, operator: In|NotIn|Exists|DoesNotExist, values}` (a single Kubernetes node selector
+  term; `NotIn` and `DoesNotExist` match nodes without the key).
+* `tolerations`: `{key, operator: Equal|Exists, value, effect}`; Kubernetes' matching rules (an
+  empty effect tolerates both effects; `Exists` with no key tolerates every taint).
+* `priority`: integer in [-2^31, 2^31); higher is scheduled first.
+* `schedulingPolicy`: `spread` or `binpack`, overriding the cluster's.
+
+The scheduler sets `spec.nodeName` when it binds the pod, with `status.podIP`; a pending pod has
+`status.phase: Pending` with a reason. Pods are immutable once created (delete and create).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from statemachine import keys
+from statemachine.codec import loads
+from statemachine.errors import invalid
+from statemachine.fields import (
+    check_label_key,
+    check_label_value,
+    check_labels,
+    check_map,
+    check_name,
+    list_items_max,
+    opt_choice,
+    opt_int,
+    opt_str,
+)
+from statemachine.nodes import TAINT_EFFECTS
+from statemachine.quotas import check_requests
+from statemachine.view import ReadView
+
+KIND = "Pod"
+DEFAULT_NAMESPACE = "default"
+PHASE_PENDING = "Pending"
+PHASE_BOUND = "Bound"
+SPREAD = "spread"
+BINPACK = "binpack"
+POLICIES = (SPREAD, BINPACK)
+AFFINITY_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+TOLERATION_OPERATORS = ("Equal", "Exists")
+priority_min = -(1 << 31)
+priority_max = (1 << 31) - 1
+
+_body_fields = ("name", "namespace", "labels", "spec", "plan")
+_spec_fields = ("requests", "nodeSelector", "nodeAffinity", "tolerations", "priority", "schedulingPolicy")
+_expression_fields = ("key", "operator", "values")
+_toleration_fields = ("key", "operator", "value", "effect")
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the filters and scores read from a pod spec, in the shape they read it."""
+
+    cpu_millis: int
+    memory_bytes: int
+    selector: tuple[tuple[str, str], ...]
+    affinity: tuple[tuple[str, str, tuple[str, ...]], ...]  # (key, operator, values)
+    tolerations: tuple[tuple[str, str, str, str], ...]  # (key, operator, value, effect)
+    policy: str | None
+
+    @classmethod
+    def of(cls, spec: dict[str, Any]) -> Needs:
+        requests = spec["requests"]
+        return cls(
+            requests["cpuMillis"],
+            requests["memoryBytes"],
+            tuple(spec["nodeSelector"].items()),
+            tuple((item["key"], item["operator"], tuple(item["values"])) for item in spec["nodeAffinity"]),
+            tuple((item["key"], item["operator"], item["value"], item["effect"]) for item in spec["tolerations"]),
+            spec["schedulingPolicy"],
+        )
+
+
+def _check_affinity(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid("spec.nodeAffinity must be a list of match expressions", "spec.nodeAffinity")
+    if len(value) > list_items_max:
+        raise invalid(f"spec.nodeAffinity has more than {list_items_max} expressions", "spec.nodeAffinity")
+    expressions = []
+    for position, item in enumerate(value):
+        field_path = f"spec.nodeAffinity[{position}]"
+        given = check_map(item, field_path, _expression_fields)
+        key = opt_str(given, "key", f"{field_path}.key")
+        if key is None:
+            raise invalid(f"{field_path}.key is required", f"{field_path}.key")
+        check_label_key(key, f"{field_path}.key")
+        operator = opt_choice(given, "operator", f"{field_path}.operator", AFFINITY_OPERATORS)
+        if operator is None:
+            raise invalid(f"{field_path}.operator is required ({', '.join(AFFINITY_OPERATORS)})", field_path)
+        values = given.get("values") or []
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise invalid(f"{field_path}.values must be a list of strings", f"{field_path}.values")
+        if len(values) > list_items_max:
+            raise invalid(f"{field_path}.values has more than {list_items_max} items", f"{field_path}.values")
+        for text in values:
+            check_label_value(text, f"{field_path}.values")
+        if operator in ("In", "NotIn") and not values:
+            raise invalid(f"{field_path}: operator {operator} needs values", f"{field_path}.values")
+        if operator in ("Exists", "DoesNotExist") and values:
+            raise invalid(f"{field_path}: operator {operator} takes no values", f"{field_path}.values")
+        expressions.append({"key": key, "operator": operator, "values": sorted(set(values))})
+    return expressions
+
+
+def _check_tolerations(value: Any) -> list[dict[str, str]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid("spec.tolerations must be a list", "spec.tolerations")
+    if len(value) > list_items_max:
+        raise invalid(f"spec.tolerations has more than {list_items_max} items", "spec.tolerations")
+    tolerations = []
+    for position, item in enumerate(value):
+        field_path = f"spec.tolerations[{position}]"
+        given = check_map(item, field_path, _toleration_fields)
+        key = opt_str(given, "key", f"{field_path}.key") or ""
+        if key:
+            check_label_key(key, f"{field_path}.key")
+        operator = opt_choice(given, "operator", f"{field_path}.operator", TOLERATION_OPERATORS) or "Equal"
+        toleration_value = opt_str(given, "value", f"{field_path}.value") or ""
+        check_label_value(toleration_value, f"{field_path}.value")
+        if operator == "Equal" and not key:
+            raise invalid(f"{field_path}: operator Equal needs a key", f"{field_path}.key")
+        if operator == "Exists" and toleration_value:
+            raise invalid(f"{field_path}: operator Exists takes no value", f"{field_path}.value")
+        effect = opt_choice(given, "effect", f"{field_path}.effect", TAINT_EFFECTS) or ""
+        tolerations.append({"key": key, "operator": operator, "value": toleration_value, "effect": effect})
+    return tolerations
+
+
+def check_spec(value: Any) -> tuple[dict[str, Any], bool]:
+    """The spec as stored (every field filled in, requests zero until defaulted) and whether
+    the pod gave its own requests."""
+    given = check_map(value, "spec", _spec_fields)
+    has_requests = given.get("requests") is not None
+    spec = {
+        "requests": check_requests(given.get("requests"), "spec.requests"),
+        "nodeSelector": check_labels(given.get("nodeSelector"), "spec.nodeSelector"),
+        "nodeAffinity": _check_affinity(given.get("nodeAffinity")),
+        "tolerations": _check_tolerations(given.get("tolerations")),
+        "priority": opt_int(given, "priority", "spec.priority", priority_min, priority_max) or 0,
+        "schedulingPolicy": opt_choice(given, "schedulingPolicy", "spec.schedulingPolicy", POLICIES),
+        "nodeName": None,
+    }
+    return spec, has_requests
+
+
+def check_body(body: dict[str, Any]) -> tuple[str, str, dict[str, str], dict[str, Any], bool, str | None]:
+    """(name, namespace, labels, spec, has_requests, planned node) of a pod.create body."""
+    check_map(body, "", _body_fields)
+    name = check_name(body.get("name"), "name")
+    namespace = check_name(body.get("namespace", DEFAULT_NAMESPACE), "namespace")
+    labels = check_labels(body.get("labels"), "labels")
+    spec, has_requests = check_spec(body.get("spec"))
+    plan = check_map(body.get("plan"), "plan", ("nodeName",))
+    planned = opt_str(plan, "nodeName", "plan.nodeName")
+    if planned is not None:
+        check_name(planned, "plan.nodeName")
+    return name, namespace, labels, spec, has_requests, planned
+
+
+def load(view: ReadView, key: bytes) -> dict[str, Any] | None:
+    raw = view.get(key)
+    return None if raw is None else dict(loads(raw))
+
+
+def pod_id(key: bytes) -> str:
+    """org/project/namespace/name of a pod key, for messages and nominations."""
+    return "/".join(keys.split_path(key, keys.POD))

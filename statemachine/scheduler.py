@@ -1,0 +1,567 @@
+"""Placing pods on nodes: one fit function, one score, one search, used by the proposer's
+planner and by apply alike; the pending queue and its retries; nominations.
+
+Fit (`fit`), in this order, the first failure being the node's reason:
+  node not ready, node cordoned, node selector mismatch, node affinity mismatch, untolerated
+  taint, too many pods, Insufficient cpu, Insufficient memory.
+The tenant's quota is checked once per placement, before any node (it does not depend on the
+node). A node whose pod count is below `capacity.pods` always has a free pod address (nodes.py),
+so the address needs no separate filter; bind takes it from the node's pod CIDR.
+
+Score (`score`), integers only, higher wins, ties broken on the lowest node name:
+  spread  = sum over cpu, memory, pods of (capacity - used after placing) * 1000 // capacity
+  binpack = sum over cpu, memory, pods of used after placing * 1000 // capacity
+The pod count term spreads pods that request nothing.
+
+Plan at the proposer, verify in apply: `plan_pod(view, spec, principal)` runs the full search
+against the proposer's latest applied state and names a node; pod.create carries it as
+`plan.nodeName`. Apply checks the quota, then `fit` against that one node (two reads: the node's
+record and the ledgers), and binds. Only when there is no plan, or the plan no longer fits, does
+apply search every node (bounded by `nodes.nodes_max`).
+
+Pending queue: `pq/<rank><uid>` ordered by priority (descending) then age (the uid is the log
+position of creation). A pending pod's reason is written when it is fully evaluated (creation,
+a sweep, a quota retry, a drain).
+
+Retries, in the apply of the event that could make pods fit:
+* capacity grows on known nodes (a node registers, becomes Ready, is uncordoned; a bound pod is
+  deleted): those nodes' nominees first, then the first `retry_heads_max` queue entries, each
+  checked against those nodes only (a few fit checks, no full search);
+* a quota is raised or removed: of the first `retry_heads_max` queue entries, up to
+  `retry_full_searches_max` of that tenant's pods get a full search;
+* a drain: up to `retry_full_searches_max` queue heads get a full search (the evicted pods are
+  back in the queue);
+* `scheduler.retry` (issued by the leader on a timer, or by an operator): a full search for up
+  to `sweep_pods_max` queue entries from a cursor that walks the whole queue and wraps, so every
+  pending pod is fully evaluated again within (pending / sweep size) sweeps.
+
+No starvation by smaller pods (nominations): when a full search finds no node, the pod nominates
+the lowest-named node that passes every filter except resources, would hold the pod if it were
+empty, and has no nominee yet. From then on, `fit` counts the nominee's requests (and one pod)
+as used on that node for every other pod, so no other pod can take capacity the nominee waits
+for; whenever capacity grows on that node the nominee is tried first. The node's free capacity
+therefore only grows until the nominee fits, and the nominee binds in the first apply in which
+it does. A nomination is dropped when the node is cordoned, drained, becomes NotReady or is
+deleted, and when the pod binds elsewhere or is deleted.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from statemachine import buddy, keys, nodes, pods, quotas
+from statemachine.addresses import format_address, parse_address
+from statemachine.buddy import FIRST_FIT
+from statemachine.codec import Principal, dump_record, loads
+from statemachine.context import MODIFIED, Context, parse_uid
+from statemachine.errors import InvariantViolation, Rejected
+from statemachine.nodes import NodeState
+from statemachine.pods import BINPACK, PHASE_BOUND, PHASE_PENDING, SPREAD, Needs
+from statemachine.view import ReadView, prefix_end
+
+NOT_READY = "node not ready"
+CORDONED = "node cordoned"
+SELECTOR_MISMATCH = "node selector mismatch"
+AFFINITY_MISMATCH = "node affinity mismatch"
+UNTOLERATED_TAINT = "untolerated taint"
+TOO_MANY_PODS = "too many pods"
+INSUFFICIENT_CPU = "Insufficient cpu"
+INSUFFICIENT_MEMORY = "Insufficient memory"
+REASON_ORDER = (
+    NOT_READY,
+    CORDONED,
+    SELECTOR_MISMATCH,
+    AFFINITY_MISMATCH,
+    UNTOLERATED_TAINT,
+    TOO_MANY_PODS,
+    INSUFFICIENT_CPU,
+    INSUFFICIENT_MEMORY,
+)
+RESOURCE_REASONS = (TOO_MANY_PODS, INSUFFICIENT_CPU, INSUFFICIENT_MEMORY)
+REASON_UNSCHEDULABLE = "Unschedulable"
+REASON_QUOTA = "QuotaExceeded"
+REASON_EVICTED = "Evicted"
+score_scale = 1000
+
+retry_heads_max = 32  # queue entries examined by one triggered retry
+retry_full_searches_max = 4  # full searches by one triggered retry (each reads every node)
+sweep_pods_max = 16  # full searches one scheduler.retry may ask for
+pending_pods_max = 100_000  # pods in the queue, cluster-wide
+pending_pods_per_project_max = 10_000
+
+NODE_STATE_END = prefix_end(keys.NODE_STATE)
+QUEUE_END = prefix_end(keys.QUEUE)
+
+
+@dataclass
+class Cluster:
+    """The scheduler singleton (key `sched`)."""
+
+    nodes: int = 0
+    pending: int = 0
+    policy: str = SPREAD
+    sweep_cursor: bytes = b""  # the queue key the last sweep stopped at
+
+    def to_plain(self) -> list[Any]:
+        return [self.nodes, self.pending, self.policy, self.sweep_cursor]
+
+    @classmethod
+    def load(cls, view: ReadView) -> Cluster:
+        raw = view.get(keys.SCHEDULER)
+        return cls() if raw is None else cls(*loads(raw))
+
+    def save(self, ctx: Context) -> None:
+        ctx.ov.put(keys.SCHEDULER, dump_record(self.to_plain()))
+
+
+# ---- fit and score -----------------------------------------------------------------------------
+
+
+def _tolerated(tolerations: tuple[tuple[str, str, str, str], ...], key: str, value: str, effect: str) -> bool:
+    for toleration_key, operator, toleration_value, toleration_effect in tolerations:
+        if toleration_effect and toleration_effect != effect:
+            continue
+        if operator == "Exists":
+            if not toleration_key or toleration_key == key:
+                return True
+        elif toleration_key == key and toleration_value == value:
+            return True
+    return False
+
+
+def _affinity_holds(labels: dict[str, str], affinity: tuple[tuple[str, str, tuple[str, ...]], ...]) -> bool:
+    for key, operator, values in affinity:
+        present = key in labels
+        if operator == "In":
+            ok = present and labels[key] in values
+        elif operator == "NotIn":
+            ok = not present or labels[key] not in values
+        elif operator == "Exists":
+            ok = present
+        else:
+            ok = not present
+        if not ok:
+            return False
+    return True
+
+
+def static_fit(state: NodeState, needs: Needs) -> str | None:
+    """The filters that do not depend on what is bound: the first that fails, or None."""
+    if not state.ready:
+        return NOT_READY
+    if not state.schedulable:
+        return CORDONED
+    labels = state.labels
+    for key, value in needs.selector:
+        if labels.get(key) != value:
+            return SELECTOR_MISMATCH
+    if needs.affinity and not _affinity_holds(labels, needs.affinity):
+        return AFFINITY_MISMATCH
+    for key, value, effect in state.taints:
+        if not _tolerated(needs.tolerations, key, value, effect):
+            return UNTOLERATED_TAINT
+    return None
+
+
+def committed(state: NodeState, pod_key: bytes | None) -> tuple[int, int, int]:
+    """(cpu, memory, pods) taken on the node as a pod other than the nominee sees it."""
+    if state.nominee is not None and state.nominee != pod_key:
+        return (
+            state.cpu_used + state.nominee_cpu,
+            state.memory_used + state.nominee_memory,
+            state.pods_used + 1,
+        )
+    return state.cpu_used, state.memory_used, state.pods_used
+
+
+def resource_fit(state: NodeState, needs: Needs, pod_key: bytes | None) -> str | None:
+    cpu, memory, pod_count = committed(state, pod_key)
+    if pod_count + 1 > state.pods_capacity:
+        return TOO_MANY_PODS
+    if cpu + needs.cpu_millis > state.cpu_capacity:
+        return INSUFFICIENT_CPU
+    if memory + needs.memory_bytes > state.memory_capacity:
+        return INSUFFICIENT_MEMORY
+    return None
+
+
+def fit(state: NodeState, needs: Needs, pod_key: bytes | None) -> str | None:
+    """Why the pod cannot go on this node now, or None when it can."""
+    return static_fit(state, needs) or resource_fit(state, needs, pod_key)
+
+
+def score(state: NodeState, needs: Needs, policy: str, pod_key: bytes | None) -> int:
+    cpu, memory, pod_count = committed(state, pod_key)
+    cpu += needs.cpu_millis
+    memory += needs.memory_bytes
+    pod_count += 1
+    if policy == BINPACK:
+        return (
+            cpu * score_scale // state.cpu_capacity
+            + memory * score_scale // state.memory_capacity
+            + pod_count * score_scale // state.pods_capacity
+        )
+    return (
+        (state.cpu_capacity - cpu) * score_scale // state.cpu_capacity
+        + (state.memory_capacity - memory) * score_scale // state.memory_capacity
+        + (state.pods_capacity - pod_count) * score_scale // state.pods_capacity
+    )
+
+
+def _fits_when_empty(state: NodeState, needs: Needs) -> bool:
+    return needs.cpu_millis <= state.cpu_capacity and needs.memory_bytes <= state.memory_capacity
+
+
+@dataclass
+class Found:
+    node: str | None  # the best feasible node
+    total: int  # nodes examined
+    reasons: dict[str, int]  # first failing filter -> nodes
+    nominate: str | None  # where the pod could reserve capacity when no node fits
+
+
+def search(view: ReadView, needs: Needs, pod_key: bytes | None, policy: str) -> Found:
+    """Every node, in name order: the best by `score` among those that fit."""
+    best: str | None = None
+    best_score = -1
+    reasons: dict[str, int] = {}
+    nominate: str | None = None
+    total = 0
+    for state_key, raw in view.scan(keys.NODE_STATE, NODE_STATE_END):
+        total += 1
+        state = NodeState.from_plain(loads(raw))
+        reason = static_fit(state, needs) or resource_fit(state, needs, pod_key)
+        if reason is None:
+            node_score = score(state, needs, policy, pod_key)
+            if node_score > best_score:  # strictly: on a tie the earlier (lower) name stays
+                best, best_score = state_key[len(keys.NODE_STATE) :].decode(), node_score
+            continue
+        reasons[reason] = reasons.get(reason, 0) + 1
+        if (
+            nominate is None
+            and reason in RESOURCE_REASONS
+            and state.nominee in (None, pod_key)
+            and _fits_when_empty(state, needs)
+        ):
+            nominate = state_key[len(keys.NODE_STATE) :].decode()
+    return Found(best, total, reasons, nominate)
+
+
+def unschedulable_message(found: Found) -> str:
+    if found.total == 0:
+        return "0/0 nodes available: no nodes are registered"
+    ordered = sorted(found.reasons.items(), key=lambda item: (-item[1], REASON_ORDER.index(item[0])))
+    parts = [f"{reason} on {count} node{'' if count == 1 else 's'}" for reason, count in ordered]
+    return f"0/{found.total} nodes available: " + "; ".join(parts)
+
+
+def charge_of(spec: dict[str, Any]) -> quotas.Charge:
+    requests = spec["requests"]
+    return quotas.Charge(cpu_millis=requests["cpuMillis"], memory_bytes=requests["memoryBytes"], pods=1)
+
+
+def fill_default_requests(spec: dict[str, Any], has_requests: bool, tenant: quotas.Tenant) -> None:
+    defaults = tenant.project_ledger.default_requests
+    if not has_requests and defaults is not None:
+        spec["requests"] = {"cpuMillis": defaults[0], "memoryBytes": defaults[1]}
+
+
+def plan_pod(view: ReadView, spec: Any, principal: Principal) -> str | None:
+    """The node the proposer should name in pod.create's `plan.nodeName`, judged on its latest
+    applied state with the same fit and score apply uses; None when nothing fits (or the spec
+    is bad: apply will say why)."""
+    if not principal.has_tenant:
+        return None
+    try:
+        checked, has_requests = pods.check_spec(spec)
+    except Rejected:
+        return None
+    tenant = quotas.Tenant(view, principal.org, principal.project)
+    fill_default_requests(checked, has_requests, tenant)
+    if tenant.shortfall(charge_of(checked)) is not None:
+        return None
+    needs = Needs.of(checked)
+    return search(view, needs, None, needs.policy or Cluster.load(view).policy).node
+
+
+# ---- binding and the queue -----------------------------------------------------------------------
+
+
+def _status(
+    phase: str, pod_ip: str | None, reason: str | None, message: str | None, nominated: str | None, evicted: str | None
+) -> dict[str, Any]:
+    return {
+        "phase": phase,
+        "podIP": pod_ip,
+        "reason": reason,
+        "message": message,
+        "nominatedNodeName": nominated,
+        "evictedFrom": evicted,
+    }
+
+
+def bind(ctx: Context, pod: dict[str, Any], pod_key: bytes, name: str, state: NodeState, tenant: quotas.Tenant) -> None:
+    """Bind the pod to the node: its address, the node's usage and the quota charge, together."""
+    cidr = nodes.cidr_state(ctx.ov, state)
+    block = buddy.allocate(ctx.ov, cidr, cidr.bits, FIRST_FIT, pod_key)
+    if block is None:
+        raise InvariantViolation(f"node {name} has room for a pod but no free pod address")
+    cidr.allocated += 1
+    cidr.allocations += 1
+    ctx.ov.put(buddy.state_key(cidr.uid), dump_record(cidr.to_plain()))
+    requests = pod["spec"]["requests"]
+    state.cpu_used += requests["cpuMillis"]
+    state.memory_used += requests["memoryBytes"]
+    state.pods_used += 1
+    previous_nomination = pod["status"]["nominatedNodeName"]
+    if state.nominee == pod_key:
+        _clear(state)
+    elif previous_nomination is not None:
+        _drop_nomination(ctx, previous_nomination, pod_key)
+    nodes.save_state(ctx, name, state)
+    tenant.add(charge_of(pod["spec"]), 1)
+    tenant.save(ctx)
+    ctx.ov.put(keys.pod_on_node_key(name, pod_key), b"")
+    pod["spec"]["nodeName"] = name
+    pod["status"] = _status(PHASE_BOUND, format_address(block.family, block.address), None, None, None, None)
+
+
+def unbind(ctx: Context, pod: dict[str, Any], pod_key: bytes, tenant: quotas.Tenant) -> str:
+    """Undo bind: free the address, the node's usage and the charge. Returns the node's name.
+    The pod object is left as it was (a deleted pod's last event still names its node)."""
+    name = pod["spec"]["nodeName"]
+    state = nodes.load_state(ctx.ov, name)
+    if state is None:
+        raise InvariantViolation(f"pod {pods.pod_id(pod_key)} is bound to missing node {name}")
+    cidr = nodes.cidr_state(ctx.ov, state)
+    buddy.release(ctx.ov, cidr, parse_address(pod["status"]["podIP"], "status.podIP"), pod_key)
+    cidr.allocated -= 1
+    cidr.allocations -= 1
+    ctx.ov.put(buddy.state_key(cidr.uid), dump_record(cidr.to_plain()))
+    requests = pod["spec"]["requests"]
+    state.cpu_used -= requests["cpuMillis"]
+    state.memory_used -= requests["memoryBytes"]
+    state.pods_used -= 1
+    nodes.save_state(ctx, name, state)
+    tenant.add(charge_of(pod["spec"]), -1)
+    tenant.save(ctx)
+    ctx.ov.delete(keys.pod_on_node_key(name, pod_key))
+    return str(name)
+
+
+def queue_key_of(pod: dict[str, Any]) -> bytes:
+    return keys.queue_key(pod["spec"]["priority"], parse_uid(pod["metadata"]["uid"]))
+
+
+def enqueue(ctx: Context, pod: dict[str, Any], pod_key: bytes, tenant: quotas.Tenant, cluster: Cluster) -> None:
+    ctx.ov.put(queue_key_of(pod), pod_key)
+    tenant.add_pending(1)
+    tenant.save(ctx)
+    cluster.pending += 1
+
+
+def dequeue(ctx: Context, pod: dict[str, Any], tenant: quotas.Tenant, cluster: Cluster) -> None:
+    ctx.ov.delete(queue_key_of(pod))
+    tenant.add_pending(-1)
+    tenant.save(ctx)
+    cluster.pending -= 1
+
+
+def _clear(state: NodeState) -> None:
+    state.nominee = None
+    state.nominee_cpu = 0
+    state.nominee_memory = 0
+
+
+def _drop_nomination(ctx: Context, name: str, pod_key: bytes) -> None:
+    state = nodes.load_state(ctx.ov, name)
+    if state is None or state.nominee != pod_key:
+        raise InvariantViolation(f"pod {pods.pod_id(pod_key)} says it nominated node {name}, which disagrees")
+    _clear(state)
+    nodes.save_state(ctx, name, state)
+
+
+def release_nomination(ctx: Context, name: str, state: NodeState) -> None:
+    """Drop the node's nomination (the node is cordoned, NotReady, drained or deleted); the
+    pod stays pending and may nominate again at its next full evaluation. Saves nothing of
+    the node: the caller saves its state."""
+    if state.nominee is None:
+        return
+    pod = pods.load(ctx.ov, state.nominee)
+    if pod is None or pod["status"]["nominatedNodeName"] != name:
+        raise InvariantViolation(f"node {name} is nominated by {state.nominee!r}, which disagrees")
+    pod["status"]["nominatedNodeName"] = None
+    ctx.write_object(state.nominee, pods.KIND, pod, MODIFIED)
+    _clear(state)
+
+
+def _nominate(ctx: Context, pod: dict[str, Any], pod_key: bytes, name: str) -> None:
+    state = nodes.load_state(ctx.ov, name)
+    if state is None or state.nominee is not None:
+        raise InvariantViolation(f"node {name} cannot take the nomination of {pods.pod_id(pod_key)}")
+    requests = pod["spec"]["requests"]
+    state.nominee = pod_key
+    state.nominee_cpu = requests["cpuMillis"]
+    state.nominee_memory = requests["memoryBytes"]
+    nodes.save_state(ctx, name, state)
+    pod["status"]["nominatedNodeName"] = name
+
+
+def place(
+    ctx: Context,
+    pod: dict[str, Any],
+    pod_key: bytes,
+    planned: str | None,
+    tenant: quotas.Tenant,
+    cluster: Cluster,
+) -> bool:
+    """Bind a pod that is not bound (plan first, then a full search), or leave it pending with
+    its reason and maybe a nomination. True when bound. Does not write the pod object."""
+    shortfall = tenant.shortfall(charge_of(pod["spec"]))
+    if shortfall is not None:
+        _set_pending(pod, REASON_QUOTA, shortfall.message)
+        return False
+    needs = Needs.of(pod["spec"])
+    if planned is not None:
+        state = nodes.load_state(ctx.ov, planned)
+        if state is not None and fit(state, needs, pod_key) is None:
+            bind(ctx, pod, pod_key, planned, state, tenant)
+            return True
+    found = search(ctx.ov, needs, pod_key, needs.policy or cluster.policy)
+    if found.node is not None:
+        state = nodes.load_state(ctx.ov, found.node)
+        if state is None:
+            raise InvariantViolation(f"search chose node {found.node}, which has no record")
+        bind(ctx, pod, pod_key, found.node, state, tenant)
+        return True
+    _set_pending(pod, REASON_UNSCHEDULABLE, unschedulable_message(found))
+    if pod["status"]["nominatedNodeName"] is None and found.nominate is not None:
+        _nominate(ctx, pod, pod_key, found.nominate)
+    return False
+
+
+def _set_pending(pod: dict[str, Any], reason: str, message: str) -> None:
+    status = pod["status"]
+    status["phase"] = PHASE_PENDING
+    status["reason"] = reason
+    status["message"] = message
+
+
+def pending_status() -> dict[str, Any]:
+    return _status(PHASE_PENDING, None, None, None, None, None)
+
+
+# ---- retries -------------------------------------------------------------------------------------
+
+
+def _queue_heads(ctx: Context, count: int, after: bytes = b"") -> list[tuple[bytes, bytes]]:
+    start = after + b"\x00" if after else keys.QUEUE
+    return list(itertools.islice(ctx.ov.scan(start, QUEUE_END), count))
+
+
+def _load_pod(ctx: Context, pod_key: bytes) -> dict[str, Any]:
+    pod = pods.load(ctx.ov, pod_key)
+    if pod is None or pod["status"]["phase"] != PHASE_PENDING:
+        raise InvariantViolation(f"queue holds {pod_key!r}, which is not a pending pod")
+    return pod
+
+
+def _bind_queued(
+    ctx: Context, pod: dict[str, Any], pod_key: bytes, name: str, state: NodeState, tenant: quotas.Tenant
+) -> None:
+    cluster = Cluster.load(ctx.ov)
+    dequeue(ctx, pod, tenant, cluster)
+    cluster.save(ctx)
+    bind(ctx, pod, pod_key, name, state, tenant)
+    ctx.write_object(pod_key, pods.KIND, pod, MODIFIED)
+
+
+def retry_on_nodes(ctx: Context, names: list[str]) -> int:
+    """Capacity or eligibility grew on these nodes: offer it to their nominees, then to the
+    first `retry_heads_max` queue entries. Returns the pods bound."""
+    bound = 0
+    for name in names:
+        state = nodes.load_state(ctx.ov, name)
+        if state is None or state.nominee is None:
+            continue
+        nominee_key = state.nominee
+        pod = _load_pod(ctx, nominee_key)
+        tenant = quotas.Tenant(ctx.ov, pod["metadata"]["org"], pod["metadata"]["project"])
+        if tenant.shortfall(charge_of(pod["spec"])) is None and fit(state, Needs.of(pod["spec"]), nominee_key) is None:
+            _bind_queued(ctx, pod, nominee_key, name, state, tenant)
+            bound += 1
+    for _, pod_key in _queue_heads(ctx, retry_heads_max):
+        pod = _load_pod(ctx, pod_key)
+        tenant = quotas.Tenant(ctx.ov, pod["metadata"]["org"], pod["metadata"]["project"])
+        if tenant.shortfall(charge_of(pod["spec"])) is not None:
+            continue
+        needs = Needs.of(pod["spec"])
+        policy = needs.policy or Cluster.load(ctx.ov).policy
+        best: tuple[int, str, NodeState] | None = None
+        for name in names:
+            state = nodes.load_state(ctx.ov, name)
+            if state is None or fit(state, needs, pod_key) is not None:
+                continue
+            node_score = score(state, needs, policy, pod_key)
+            if best is None or (-node_score, name) < (-best[0], best[1]):
+                best = (node_score, name, state)
+        if best is not None:
+            _bind_queued(ctx, pod, pod_key, best[1], best[2], tenant)
+            bound += 1
+    return bound
+
+
+def reconsider(ctx: Context, pod_key: bytes) -> bool:
+    """A full evaluation of one pending pod: bind it, or refresh its reason and nomination
+    (the pod is written only when something about it changed). True when bound."""
+    pod = _load_pod(ctx, pod_key)
+    before = dict(pod["status"])
+    tenant = quotas.Tenant(ctx.ov, pod["metadata"]["org"], pod["metadata"]["project"])
+    cluster = Cluster.load(ctx.ov)
+    if place(ctx, pod, pod_key, None, tenant, cluster):
+        dequeue(ctx, pod, tenant, cluster)
+        cluster.save(ctx)
+        ctx.write_object(pod_key, pods.KIND, pod, MODIFIED)
+        return True
+    if pod["status"] != before:
+        ctx.write_object(pod_key, pods.KIND, pod, MODIFIED)
+    return False
+
+
+def retry_heads(ctx: Context, tenant_of_interest: tuple[str, str] | None = None) -> int:
+    """Full searches for up to `retry_full_searches_max` of the first `retry_heads_max` queue
+    entries (only the given tenant's pods when one is given; an empty project means every
+    project of the org). Returns the pods bound."""
+    searched = bound = 0
+    for _, pod_key in _queue_heads(ctx, retry_heads_max):
+        if searched == retry_full_searches_max:
+            break
+        if tenant_of_interest is not None:
+            org, project, _namespace, _name = keys.split_path(pod_key, keys.POD)
+            wanted_org, wanted_project = tenant_of_interest
+            if org != wanted_org or (wanted_project and project != wanted_project):
+                continue
+        searched += 1
+        bound += reconsider(ctx, pod_key)
+    return bound
+
+
+def sweep(ctx: Context, count: int) -> tuple[int, int]:
+    """Full searches for `count` queue entries from the sweep cursor, wrapping once. Returns
+    (examined, bound)."""
+    cluster = Cluster.load(ctx.ov)
+    chosen = _queue_heads(ctx, count, cluster.sweep_cursor)
+    if len(chosen) < count:
+        seen = {queue_key for queue_key, _ in chosen}
+        chosen += [item for item in _queue_heads(ctx, count - len(chosen)) if item[0] not in seen]
+    bound = 0
+    for _, pod_key in chosen:
+        bound += reconsider(ctx, pod_key)
+    cursor = chosen[-1][0] if chosen else b""
+    cluster = Cluster.load(ctx.ov)
+    if cluster.sweep_cursor != cursor:
+        cluster.sweep_cursor = cursor
+        cluster.save(ctx)
+    return len(chosen), bound

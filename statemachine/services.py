@@ -1,0 +1,201 @@
+"""Services: tenant objects whose address comes from IPAM, with the same code claims use.
+
+`spec`:
+* `type`: `ClusterIP` (default) or `LoadBalancer`; both get one address on creation.
+* `poolRef` or `className` (neither: the default class), resolved exactly as for a claim: the
+  tenant's own pools first, then its org's shared pools, then platform pools.
+* `address`: a specific address, honoured if it is free (otherwise `conflict`, saying whether it
+  is allocated or reserved).
+* `ports`: `{name, port, protocol: TCP|UDP|SCTP}` (recorded, not interpreted).
+
+The address is a host block held in the pool's allocator by the service's key; deleting the
+service releases it in the same apply. Each service charges the tenant one `services` and one
+address against `addressesByClass` (when it came through a class) and `addressesByPool`;
+over quota is refused with `quota_exceeded`, and nothing is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from statemachine import buddy, claims, keys, pools, quotas
+from statemachine.addresses import FAMILY_BITS, Block, format_address, parse_address
+from statemachine.codec import loads
+from statemachine.context import ADDED, Context
+from statemachine.errors import ALREADY_EXISTS, NOT_FOUND, InvariantViolation, Rejected, invalid
+from statemachine.fields import check_labels, check_map, check_name, list_items_max, opt_choice, opt_int, opt_str
+from statemachine.policy import check_length_allowed
+from statemachine.view import ReadView
+
+KIND = "Service"
+DEFAULT_NAMESPACE = "default"
+CLUSTER_IP = "ClusterIP"
+LOAD_BALANCER = "LoadBalancer"
+SERVICE_TYPES = (CLUSTER_IP, LOAD_BALANCER)
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+_body_fields = ("name", "namespace", "labels", "spec")
+_spec_fields = ("type", "poolRef", "className", "address", "ports")
+_port_fields = ("name", "port", "protocol")
+
+
+def _check_ports(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid("spec.ports must be a list", "spec.ports")
+    if len(value) > list_items_max:
+        raise invalid(f"spec.ports has more than {list_items_max} ports", "spec.ports")
+    ports = []
+    seen: list[tuple[int, str]] = []
+    for position, item in enumerate(value):
+        field_path = f"spec.ports[{position}]"
+        given = check_map(item, field_path, _port_fields)
+        port = opt_int(given, "port", f"{field_path}.port", 1, 65535)
+        if port is None:
+            raise invalid(f"{field_path}.port is required", f"{field_path}.port")
+        protocol = opt_choice(given, "protocol", f"{field_path}.protocol", PROTOCOLS) or "TCP"
+        if (port, protocol) in seen:
+            raise invalid(f"{field_path} repeats {port}/{protocol}", field_path)
+        seen.append((port, protocol))
+        name = opt_str(given, "name", f"{field_path}.name")
+        ports.append(
+            {
+                "name": None if name is None else check_name(name, f"{field_path}.name"),
+                "port": port,
+                "protocol": protocol,
+            }
+        )
+    return ports
+
+
+def check_spec(value: Any) -> tuple[dict[str, Any], Block | None]:
+    given = check_map(value, "spec", _spec_fields)
+    spec: dict[str, Any] = {"type": opt_choice(given, "type", "spec.type", SERVICE_TYPES) or CLUSTER_IP}
+    pool_ref = opt_str(given, "poolRef", "spec.poolRef")
+    class_name = opt_str(given, "className", "spec.className")
+    if pool_ref is not None and class_name is not None:
+        raise invalid("give spec.poolRef or spec.className, not both", "spec.className")
+    if pool_ref is not None:
+        spec["poolRef"] = pool_ref
+    if class_name is not None:
+        spec["className"] = check_name(class_name, "spec.className")
+    specific: Block | None = None
+    if given.get("address") is not None:
+        specific = parse_address(given["address"], "spec.address")
+        spec["address"] = format_address(specific.family, specific.address)
+    spec["ports"] = _check_ports(given.get("ports"))
+    return spec, specific
+
+
+def load(view: ReadView, key: bytes) -> dict[str, Any] | None:
+    raw = view.get(key)
+    return None if raw is None else dict(loads(raw))
+
+
+def charge_of(service: dict[str, Any]) -> quotas.Charge:
+    status = service["status"]
+    return quotas.Charge(services=1, addresses=1, class_name=status["className"], pool=status["pool"])
+
+
+def _carve_address(
+    ctx: Context, spec: dict[str, Any], specific: Block | None, owner: bytes
+) -> tuple[str, Block, str | None]:
+    """(pool id, host block, class name) for the service, carved like a claim's."""
+    if "poolRef" in spec:
+        pool_key, pool = pools.resolve(ctx.ov, ctx.principal, spec["poolRef"], "spec.poolRef")
+        pool_ref = pools.pool_id_of_key(pool_key)
+        family = pool["status"]["ipFamily"]
+        length = FAMILY_BITS[family]
+        check_length_allowed(length, pool["spec"]["allocation"], f"IPPool {pool_ref}", "spec")
+        if specific is not None and not pools.block_of(pool).contains(specific):
+            raise invalid(
+                f"{specific} is outside IPPool {pool_ref} ({pool['status']['allocatedCIDR']})", "spec.address"
+            )
+        strategy = pool["spec"]["allocation"]["strategy"]
+        class_name: str | None = None
+        usable = [(pool_key, pool)]
+    else:
+        ip_class, candidates = claims.class_candidates(ctx, spec)
+        class_name = ip_class["metadata"]["name"]
+        family = ip_class["spec"]["ipFamily"]
+        length = FAMILY_BITS[family]
+        check_length_allowed(length, ip_class["spec"]["allocation"], f"IPClass {class_name}", "spec")
+        strategy = ip_class["spec"]["allocation"]["strategy"]
+        usable = [
+            (key, pool)
+            for key, pool in candidates
+            if claims.pool_allows(pool, length) and (specific is None or pools.block_of(pool).contains(specific))
+        ]
+        if not usable:
+            where = f" at {specific}" if specific is not None else ""
+            raise invalid(f"no pool backing IPClass {class_name} can hold a service address{where}", "spec")
+    if specific is not None and specific.family != family:
+        raise invalid(f"spec.address {specific} is {specific.family}, the addresses here are {family}", "spec.address")
+    pool_ref, block = claims.carve(ctx, usable, length, specific, strategy, owner, class_name)
+    return pool_ref, block, class_name
+
+
+def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    check_map(body, "", _body_fields)
+    name = check_name(body.get("name"), "name")
+    namespace = check_name(body.get("namespace", DEFAULT_NAMESPACE), "namespace")
+    labels = check_labels(body.get("labels"), "labels")
+    spec, specific = check_spec(body.get("spec"))
+    principal = ctx.principal
+    if not principal.has_tenant:
+        raise invalid("a Service belongs to a project: act for a tenant", "principal")
+    key = keys.service_key(principal.org, principal.project, namespace, name)
+    existing = load(ctx.ov, key)
+    if existing is not None:
+        if existing["spec"] == spec:
+            return existing, False
+        raise Rejected(
+            ALREADY_EXISTS,
+            f"Service {namespace}/{name} already exists with a different spec "
+            f"(it holds {existing['status']['address']})",
+            {"name": name, "namespace": namespace, "address": existing["status"]["address"]},
+        )
+    pool_ref, block, class_name = _carve_address(ctx, spec, specific, key)
+    service = {
+        "kind": KIND,
+        "metadata": ctx.metadata(
+            name, ctx.new_uid(), labels, namespace=namespace, org=principal.org, project=principal.project
+        ),
+        "spec": spec,
+        "status": {"address": format_address(block.family, block.address), "pool": pool_ref, "className": class_name},
+    }
+    tenant = quotas.Tenant(ctx.ov, principal.org, principal.project)
+    charge = charge_of(service)
+    shortfall = tenant.shortfall(charge)
+    if shortfall is not None:
+        raise shortfall  # nothing is written: the carved address goes with the refused overlay
+    tenant.add(charge, 1)
+    tenant.save(ctx)
+    ctx.write_object(key, KIND, service, ADDED)
+    return service, True
+
+
+def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    check_map(body, "", ("name", "namespace"))
+    name = check_name(body.get("name"), "name")
+    namespace = check_name(body.get("namespace", DEFAULT_NAMESPACE), "namespace")
+    principal = ctx.principal
+    key = keys.service_key(principal.org, principal.project, namespace, name)
+    service = load(ctx.ov, key)
+    if service is None:
+        raise Rejected(NOT_FOUND, f"Service {namespace}/{name} not found", {"kind": KIND, "name": name})
+    status = service["status"]
+    pool = pools.load(ctx.ov, pools.key_of_pool_id(status["pool"]))
+    if pool is None:
+        raise InvariantViolation(f"Service {namespace}/{name} names missing pool {status['pool']}")
+    state = pools.load_state(ctx.ov, pool)
+    buddy.release(ctx.ov, state, parse_address(status["address"], "status.address"), key)
+    state.allocated -= 1
+    state.allocations -= 1
+    pools.save_state(ctx, state)
+    tenant = quotas.Tenant(ctx.ov, principal.org, principal.project)
+    tenant.add(charge_of(service), -1)
+    tenant.save(ctx)
+    ctx.delete_object(key, KIND, service)
+    return service

@@ -1,0 +1,259 @@
+"""A Hypothesis stateful test of the scheduler against a naive model.
+
+The machine runs random node registrations, condition changes, cordons, drains, deletions, pod
+creations (with and without a plan, with selectors, tolerations, priorities and policies), pod
+deletions, quota changes and sweeps. Before every pod creation, the naive model reads the
+state only through the public reads (`list_objects` / `get`, as a client would) and works out,
+with its own code, written from the documented rules:
+
+* the quota verdict (refused outright, pending on quota, or room);
+* the set of feasible nodes (ready, schedulable, selector, taints, resources counting other
+  pods' nominations) — it must match the scheduler's exactly;
+* the node the documented score picks (spread / binpack, integer, ties on the lowest name).
+
+The real outcome must agree: bound to that node, or pending with a reason naming how many nodes
+were examined, or refused with `quota_exceeded`. A plan naming a feasible node must be honoured.
+Invariants are checked after every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from statemachine import Ok, Rejected
+from statemachine.invariants import check_invariants
+from statemachine.queries import get, list_objects
+from statemachine.scheduler import Cluster, plan_pod
+from tests.harness import ADMIN, Machine, member
+
+NODE_NAMES = ["a1", "a2", "b1", "b2", "c1"]
+TENANTS = [member("acme", "web"), member("acme", "db"), member("globex", "api")]
+POD_NAMES = [f"p{number}" for number in range(12)]
+LABELS = [{}, {"disk": "ssd"}, {"disk": "hdd"}, {"disk": "ssd", "gpu": "yes"}]
+TAINTS: list[list[dict[str, str]]] = [[], [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]]
+
+
+def _tolerates(tolerations: list[dict[str, str]], taint: dict[str, str]) -> bool:
+    for toleration in tolerations:
+        if toleration.get("effect") and toleration["effect"] != taint["effect"]:
+            continue
+        if toleration.get("operator") == "Exists":
+            if not toleration.get("key") or toleration["key"] == taint["key"]:
+                return True
+        elif toleration.get("key") == taint["key"] and toleration.get("value", "") == taint["value"]:
+            return True
+    return False
+
+
+class NaiveScheduler:
+    """The documented rules, over what a client can read."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.store = machine.store
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return list(list_objects(self.store, ADMIN, "nodes", limit=1000)["items"])
+
+    def reserved(self, node: dict[str, Any], pod_id: str | None) -> tuple[int, int, int]:
+        nominee = node["status"].get("nominatedPod")
+        if nominee is None or nominee == pod_id:
+            return 0, 0, 0
+        org, project, namespace, name = nominee.split("/")
+        pod = get(self.store, member(org, project), "pods", name, namespace)
+        requests = pod["spec"]["requests"]
+        return requests["cpuMillis"], requests["memoryBytes"], 1
+
+    def feasible(self, node: dict[str, Any], spec: dict[str, Any], cpu: int, memory: int) -> bool:
+        status, node_spec = node["status"], node["spec"]
+        labels = {**node["metadata"]["labels"], "kubernetes.io/hostname": node["metadata"]["name"]}
+        if not status["ready"] or node_spec["unschedulable"]:
+            return False
+        if any(labels.get(key) != value for key, value in spec.get("nodeSelector", {}).items()):
+            return False
+        if not all(_tolerates(spec.get("tolerations", []), taint) for taint in node_spec["taints"]):
+            return False
+        extra_cpu, extra_memory, extra_pods = self.reserved(node, None)
+        used, capacity = status["allocated"], node_spec["capacity"]
+        return bool(
+            used["pods"] + extra_pods + 1 <= capacity["pods"]
+            and used["cpuMillis"] + extra_cpu + cpu <= capacity["cpuMillis"]
+            and used["memoryBytes"] + extra_memory + memory <= capacity["memoryBytes"]
+        )
+
+    def score(self, node: dict[str, Any], cpu: int, memory: int, policy: str) -> int:
+        extra_cpu, extra_memory, extra_pods = self.reserved(node, None)
+        used, capacity = node["status"]["allocated"], node["spec"]["capacity"]
+        after = [
+            (used["cpuMillis"] + extra_cpu + cpu, capacity["cpuMillis"]),
+            (used["memoryBytes"] + extra_memory + memory, capacity["memoryBytes"]),
+            (used["pods"] + extra_pods + 1, capacity["pods"]),
+        ]
+        if policy == "binpack":
+            return sum(taken * 1000 // total for taken, total in after)
+        return sum((total - taken) * 1000 // total for taken, total in after)
+
+    def quota(self, org: str, project: str, cpu: int) -> str:
+        """ "refuse", "wait" or "room" for a pod of `cpu` millicores (one pod)."""
+        verdict = "room"
+        for quota_name in (f"{org}/{project}", org):
+            try:
+                quota = get(self.store, ADMIN, "quotas", quota_name)
+            except Rejected:
+                continue
+            spec, used = quota["spec"], quota["status"]["used"]
+            for resource, wanted in (("cpuMillis", cpu), ("pods", 1)):
+                if resource in spec and wanted:
+                    if wanted > spec[resource]:
+                        return "refuse"
+                    if used[resource] + wanted > spec[resource]:
+                        verdict = "wait"
+        return verdict
+
+
+class SchedulerModel(RuleBasedStateMachine):
+    @initialize()
+    def setup(self) -> None:
+        self.machine = Machine()
+        self.model = NaiveScheduler(self.machine)
+        self.machine.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.0.0.0/16"}})
+        self.created = 0
+        self.bound = 0
+
+    @rule(
+        name=st.sampled_from(NODE_NAMES),
+        cpu=st.sampled_from([1000, 2000, 4000]),
+        pods=st.integers(1, 4),
+        labels=st.sampled_from(LABELS),
+        taints=st.sampled_from(TAINTS),
+    )
+    def register(self, name: str, cpu: int, pods: int, labels: dict[str, str], taints: list[dict[str, str]]) -> None:
+        spec = {
+            "capacity": {"cpuMillis": cpu, "memoryBytes": 4 << 30, "pods": pods},
+            "podPool": "pods",
+            "podCIDRPrefixLength": 28,
+            "taints": taints,
+        }
+        self.machine.run(ADMIN, "node.register", {"name": name, "labels": labels, "spec": spec})
+
+    @rule(
+        name=st.sampled_from(NODE_NAMES),
+        action=st.sampled_from(["cordon", "uncordon", "drain", "delete", "ready", "notready"]),
+    )
+    def node_action(self, name: str, action: str) -> None:
+        if action in ("ready", "notready"):
+            self.machine.run(ADMIN, "node.condition", {"name": name, "ready": action == "ready"})
+        else:
+            self.machine.run(ADMIN, f"node.{action}", {"name": name})
+
+    @rule(
+        who=st.sampled_from(TENANTS),
+        name=st.sampled_from(POD_NAMES),
+        cpu=st.sampled_from([0, 250, 500, 1000, 1500, 3000]),
+        memory=st.sampled_from([0, 1 << 30, 3 << 30]),
+        selector=st.sampled_from([{}, {"disk": "ssd"}, {"gpu": "yes"}]),
+        tolerate=st.booleans(),
+        priority=st.integers(-2, 2),
+        policy=st.sampled_from([None, "spread", "binpack"]),
+        use_plan=st.booleans(),
+    )
+    def create_pod(
+        self,
+        who: Any,
+        name: str,
+        cpu: int,
+        memory: int,
+        selector: dict[str, str],
+        tolerate: bool,
+        priority: int,
+        policy: str | None,
+        use_plan: bool,
+    ) -> None:
+        spec: dict[str, Any] = {
+            "requests": {"cpuMillis": cpu, "memoryBytes": memory},
+            "nodeSelector": selector,
+            "priority": priority,
+        }
+        if tolerate:
+            spec["tolerations"] = [{"key": "dedicated", "operator": "Exists"}]
+        if policy is not None:
+            spec["schedulingPolicy"] = policy
+        try:
+            get(self.machine.store, who, "pods", name)
+            exists = True
+        except Rejected:
+            exists = False
+        quota = self.model.quota(who.org, who.project, cpu)
+        nodes = self.model.nodes()
+        feasible = [node for node in nodes if self.model.feasible(node, spec, cpu, memory)]
+        cluster_policy = self.machine_policy()
+        chosen: str | None = None
+        best = -1
+        for node in feasible:  # in name order: only a strictly better score replaces
+            node_score = self.model.score(node, cpu, memory, policy or cluster_policy)
+            if node_score > best:
+                chosen, best = node["metadata"]["name"], node_score
+        planned = plan_pod(self.machine.store, spec, who)
+        assert planned == (chosen if quota == "room" else None), (planned, chosen, quota)
+        body: dict[str, Any] = {"name": name, "spec": spec}
+        plan_name = None
+        if use_plan and feasible and quota == "room":
+            plan_name = feasible[-1]["metadata"]["name"]  # feasible, if not the best: must be honoured
+            body["plan"] = {"nodeName": plan_name}
+        result = self.machine.run(who, "pod.create", body).result
+        if exists:
+            return
+        if quota == "refuse":
+            assert isinstance(result, Rejected) and result.code == "quota_exceeded", result
+            return
+        assert isinstance(result, Ok), result
+        self.created += 1
+        status = result.value["status"]
+        if quota == "wait":
+            assert status["phase"] == "Pending" and status["reason"] == "QuotaExceeded", status
+        elif chosen is None:
+            assert status["phase"] == "Pending" and status["reason"] == "Unschedulable", status
+            assert status["message"].startswith(f"0/{len(nodes)} nodes available"), status
+        else:
+            self.bound += 1
+            expected = plan_name or chosen
+            assert result.value["spec"]["nodeName"] == expected, (result.value["spec"]["nodeName"], expected)
+
+    def machine_policy(self) -> str:
+        return Cluster.load(self.machine.store).policy
+
+    @rule(who=st.sampled_from(TENANTS), name=st.sampled_from(POD_NAMES))
+    def delete_pod(self, who: Any, name: str) -> None:
+        self.machine.run(who, "pod.delete", {"name": name})
+
+    @rule(
+        quota_name=st.sampled_from(["acme", "acme/web", "globex/api"]),
+        cpu=st.one_of(st.none(), st.sampled_from([500, 2000, 6000])),
+        pods=st.one_of(st.none(), st.integers(0, 4)),
+        remove=st.booleans(),
+    )
+    def quota(self, quota_name: str, cpu: int | None, pods: int | None, remove: bool) -> None:
+        if remove:
+            self.machine.run(ADMIN, "quota.delete", {"name": quota_name})
+            return
+        spec = {key: value for key, value in (("cpuMillis", cpu), ("pods", pods)) if value is not None}
+        self.machine.run(ADMIN, "quota.set", {"name": quota_name, "spec": spec})
+
+    @rule(policy=st.sampled_from(["spread", "binpack"]), pods=st.integers(1, 4))
+    def scheduler_commands(self, policy: str, pods: int) -> None:
+        self.machine.run(ADMIN, "scheduler.configure", {"policy": policy})
+        self.machine.run(ADMIN, "scheduler.retry", {"pods": pods})
+
+    @invariant()
+    def sound(self) -> None:
+        if hasattr(self, "machine"):
+            check_invariants(self.machine.store)
+
+
+SchedulerModel.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+TestSchedulerModel = SchedulerModel.TestCase
