@@ -7,7 +7,8 @@ It starts its own cluster (temporary directory, free ports on 127.0.0.1), fills 
 with single-address claims over HTTP (64 concurrent clients, Idempotency-Key on each), then
 measures, in this order:
 
-* memory: each member's resident set size (VmRSS) and its data files (LMDB, journal, dump);
+* memory: each member's resident set size (VmRSS, split into anonymous memory and mapped file
+  pages: LMDB's map counts in RSS as the kernel's page cache, reclaimable) and its data files;
 * restart: a follower stopped with SIGTERM and started again, until its /readyz answers 200;
 * crash: a follower SIGKILLed and started again, until /readyz answers 200;
 * full restart: every member SIGKILLed, all started again, until every /readyz answers 200
@@ -38,13 +39,16 @@ fill_concurrency = 64
 progress_every = 100_000
 
 
-def resident_mib(pid: int | None) -> float:
+def resident_mib(pid: int | None) -> dict[str, float]:
+    """VmRSS and its parts: RssAnon (heap) and RssFile (mapped file pages: LMDB, journal)."""
+    found = {"VmRSS": 0.0, "RssAnon": 0.0, "RssFile": 0.0}
     if pid is None:
-        return 0.0
+        return found
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+        name, _, value = line.partition(":")
+        if name in found:
+            found[name] = int(value.split()[0]) / 1024
+    return found
 
 
 def file_mib(path: Path) -> float:
@@ -140,8 +144,10 @@ def report_memory(cluster: Cluster, label: str) -> None:
     for member_id in cluster.member_ids:
         member = cluster.members[member_id]
         data = member.data_dir
+        rss = resident_mib(member.pid)
         print(
-            f"memory {label:<14} {member_id}: RSS {resident_mib(member.pid):7.1f} MiB; "
+            f"memory {label:<14} {member_id}: RSS {rss['VmRSS']:7.1f} MiB (anon {rss['RssAnon']:6.1f}, "
+            f"file {rss['RssFile']:7.1f}); "
             f"LMDB {file_mib(data / 'state' / 'state.mdb'):7.1f} MiB, journal "
             f"{file_mib(data / 'raft' / 'journal'):6.1f} MiB, dump {file_mib(data / 'raft' / 'dump'):7.1f} MiB",
             flush=True,
