@@ -20,7 +20,7 @@ The hierarchy lets callers catch broadly or narrowly:
     │   ├── InternalError
     │   ├── Unavailable (nothing was applied; retried on another member)
     │   │   ├── NoLeader, Overloaded, NotReady
-    │   ├── ReadTimeout (a read barrier's deadline passed; nothing changed)
+    │   │   └── ReadTimeout (a read barrier's deadline passed; nothing changed)
     │   └── OutcomeUnknown (a write may or may not have been applied; `.idempotency_key`)
     └── ProtocolError (the answer was not the API's: not JSON, too large, a strange status)
 """
@@ -135,7 +135,7 @@ class PoolExhausted(RequestRefused):
 
 class QuotaExceeded(RequestRefused):
     default_code = "quota_exceeded"
-    default_status = 409
+    default_status = 403  # as Kubernetes answers an exceeded ResourceQuota
 
 
 class Unschedulable(RequestRefused):
@@ -208,7 +208,7 @@ class NotReady(Unavailable):
     default_status = 503
 
 
-class ReadTimeout(ServerError):
+class ReadTimeout(Unavailable):
     """A linearizable read could not be confirmed in time; nothing changed."""
 
     default_code = "timeout"
@@ -291,6 +291,19 @@ def class_for(code: str, status: int) -> type[AllotError]:
     return ProtocolError
 
 
+def error_from_payload(error: Mapping[str, Any], status: int | None = None) -> AllotError:
+    """The exception for an API error object `{code, message, details}` (as a watch's ERROR
+    line carries it); the status defaults to the one the code stands for."""
+    code = error.get("code")
+    code = code if isinstance(code, str) and code else "internal"
+    known = ERROR_CLASSES.get(code)
+    resolved_status = status if status is not None else known.default_status if known is not None else 500
+    raw_details = error.get("details")
+    details = dict(raw_details) if isinstance(raw_details, dict) else {}
+    cls = class_for(code, resolved_status)
+    return cls(str(error.get("message") or code), code=code, status=resolved_status, details=details)
+
+
 def error_from_answer(status: int, body: bytes, retry_after: str | None = None) -> AllotError:
     """The exception for an HTTP error answer: the API's `{"error": {code, message, details}}`,
     or a generic one by status when the body is something else (a proxy's HTML page)."""
@@ -311,10 +324,7 @@ def error_from_answer(status: int, body: bytes, retry_after: str | None = None) 
     else:
         text = body.decode("utf-8", "replace").strip()
         message = f"HTTP {status}" + (f": {text[:error_message_chars_max]}" if text else "")
-    if retry_after is not None and "retryAfterSeconds" not in details:
-        try:
-            details["retryAfterSeconds"] = max(0, int(retry_after.strip()))
-        except ValueError:
-            pass  # an HTTP-date Retry-After: the client's own back-off applies
+    if retry_after is not None and "retryAfterSeconds" not in details and retry_after.strip().isdigit():
+        details["retryAfterSeconds"] = int(retry_after.strip())  # an HTTP-date: the client's back-off applies
     cls = class_for(code or "", status)
     return cls(message or f"HTTP {status}", code=code or cls.default_code, status=status, details=details)

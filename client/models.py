@@ -13,7 +13,7 @@ read as None in events.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -520,7 +520,3 @@ class MemberReport:
     @property
     def reachable(self) -> bool:
         return self.status is not None
-
-
-def tuple_of(items: Sequence[T]) -> tuple[T, ...]:
-    return tuple(items)

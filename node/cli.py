@@ -1,4 +1,5 @@
-"""The `allot` command line: `allot up`, `allot serve`, `allot bench apply`."""
+"""The `allot` command line: `allot up`, `allot serve`, `allot bench apply`; the operator
+commands (`allot status`, `pool`, `claim`, `class`, `alloc`, `watch`) live in client/cli.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from bench import ipam_apply
+from client import cli as client_cli
 from node import cluster, config, server
 from node.config import Timing
 
@@ -40,7 +42,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="allot", description="Allot: replicated IPAM and pod scheduling state store")
+    arguments = sys.argv[1:] if argv is None else argv
+    if client_cli.handles(arguments):
+        return client_cli.main(arguments)
+    parser = argparse.ArgumentParser(
+        prog="allot",
+        description="Allot: replicated IPAM and pod scheduling state store",
+        epilog=client_cli.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"allot {metadata.version('allot')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -69,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("suite", choices=("apply",), help="apply: in-process state machine throughput and costs")
     bench.add_argument("options", nargs=argparse.REMAINDER, help="passed to the suite (see its --help)")
 
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     try:
         if args.command == "up":
             tokens = Path(args.tokens) if args.tokens else None

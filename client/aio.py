@@ -1,0 +1,551 @@
+"""The asynchronous client: aiohttp, one session with keep-alive connections per client.
+
+The mirror of `client.sync`: the same methods, the same retries, the same errors, because every
+decision is `client.core`'s; this module only awaits I/O and sleeps. Use a client from one
+event loop (the one its session was created in, on first use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import aiohttp
+from yarl import URL
+
+from client import core
+from client.errors import AllotError, NotReady, ProtocolError
+from client.models import IPAllocation, IPClaim, IPClass, IPPool, MemberReport, MemberStatus, Page, WatchEvent
+
+T = TypeVar("T")
+
+connections_per_endpoint_max = 32  # concurrent connections to one member; more calls wait for one
+read_chunk_bytes = 64 * 1024
+
+
+async def _read_body(response: aiohttp.ClientResponse, limit_bytes: int) -> bytes:
+    if response.content_length is not None and response.content_length > limit_bytes:
+        raise ProtocolError(f"the answer is {response.content_length} bytes; the client reads at most {limit_bytes}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await response.content.read(read_chunk_bytes)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit_bytes:
+            raise ProtocolError(f"the answer is larger than the {limit_bytes} bytes the client reads")
+        chunks.append(chunk)
+
+
+def _failure(exc: BaseException) -> core.TransportFailure:
+    """aiohttp's exceptions, sorted by how far the request got."""
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return core.TransportFailure(core.Failure.CONNECT, detail)  # no connection: nothing was sent
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+        return core.TransportFailure(core.Failure.TIMEOUT, detail)
+    return core.TransportFailure(core.Failure.LOST, detail)
+
+
+class AiohttpTransport:
+    """Moves one request to one endpoint and back, on a shared aiohttp session."""
+
+    def __init__(self, response_bytes_max: int = core.response_bytes_max) -> None:
+        self.response_bytes_max = response_bytes_max
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        if self._session is None:  # created on first use: a session belongs to a running loop
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=connections_per_endpoint_max)
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, read_bufsize=core.watch_line_bytes_max
+            )
+        return self._session
+
+    @staticmethod
+    def _url(endpoint: core.Endpoint, request: core.Request) -> str:
+        return endpoint.url + request.target
+
+    async def exchange(
+        self, endpoint: core.Endpoint, request: core.Request, timeout_s: float
+    ) -> tuple[int, dict[str, str], bytes]:
+        session = self._get_session()
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with session.request(
+                    request.method,
+                    URL(self._url(endpoint, request), encoded=True),
+                    data=request.body,
+                    headers=dict(request.headers),
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s),
+                ) as response:
+                    body = await _read_body(response, self.response_bytes_max)
+                    return response.status, {key.lower(): value for key, value in response.headers.items()}, body
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _failure(exc) from None
+
+    async def open_stream(
+        self, endpoint: core.Endpoint, request: core.Request, timeout_s: float
+    ) -> tuple[int, dict[str, str], bytes, aiohttp.ClientResponse | None]:
+        """A 200 answer comes back open, to be read as a stream; any other with its whole body."""
+        session = self._get_session()
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await session.request(
+                    request.method,
+                    URL(self._url(endpoint, request), encoded=True),
+                    headers=dict(request.headers),
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s),
+                )
+                headers = {key.lower(): value for key, value in response.headers.items()}
+                if response.status == 200:
+                    return response.status, headers, b"", response
+                try:
+                    body = await _read_body(response, self.response_bytes_max)
+                finally:
+                    response.release()
+                return response.status, headers, body, None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _failure(exc) from None
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+# ---- resource accessors ----------------------------------------------------------------------
+
+
+class AsyncReadableResource(Generic[T]):
+    """get / list / list_page for one kind (`client.ipallocations`)."""
+
+    def __init__(self, client: AsyncClient, kind: core.KindInfo[T]) -> None:
+        self._client = client
+        self._kind = kind
+
+    async def get(
+        self,
+        name: str,
+        *,
+        namespace: str | None = None,
+        consistency: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> T:
+        request = self._client._factory.get(self._kind, name, namespace=namespace, consistency=consistency)
+        return self._kind.parse((await self._client._execute(request, timeout, deadline)).value)
+
+    async def list_page(
+        self,
+        *,
+        limit: int | None = None,
+        continue_token: str | None = None,
+        label_selector: str | None = None,
+        namespace: str | None = None,
+        consistency: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Page[T]:
+        """One page: up to `limit` items and the token for the next page (None on the last)."""
+        request = self._client._factory.list(
+            self._kind,
+            limit=limit,
+            continue_token=continue_token,
+            label_selector=label_selector,
+            namespace=namespace,
+            consistency=consistency,
+        )
+        return Page.parse((await self._client._execute(request, timeout, deadline)).value, self._kind.parse)
+
+    async def list(
+        self,
+        *,
+        page_size: int | None = None,
+        label_selector: str | None = None,
+        namespace: str | None = None,
+        consistency: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> AsyncIterator[T]:
+        """Every item, page after page (each page is its own call with its own deadline)."""
+        token: str | None = None
+        for _ in range(core.list_pages_max):
+            page = await self.list_page(
+                limit=page_size,
+                continue_token=token,
+                label_selector=label_selector,
+                namespace=namespace,
+                consistency=consistency,
+                timeout=timeout,
+                deadline=deadline,
+            )
+            for item in page.items:
+                yield item
+            token = core.next_continue(token, page)
+            if token is None:
+                return
+        raise ProtocolError(f"a list longer than {core.list_pages_max} pages")
+
+
+class AsyncWritableResource(AsyncReadableResource[T]):
+    """get / list / list_page / create / delete for one kind (`client.ippools`)."""
+
+    async def create(
+        self,
+        name: str,
+        spec: Mapping[str, Any] | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        namespace: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> T:
+        """Create (or, with the same spec, get back) the object; `spec` uses the API's field names."""
+        request = self._client._factory.create(
+            self._kind, name, spec, labels=labels, namespace=namespace, idempotency_key=idempotency_key
+        )
+        return self._kind.parse((await self._client._execute(request, timeout, deadline)).value)
+
+    async def delete(
+        self,
+        name: str,
+        *,
+        namespace: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> T:
+        """Delete the object; returns it as it was."""
+        request = self._client._factory.delete(self._kind, name, namespace=namespace, idempotency_key=idempotency_key)
+        return self._kind.parse((await self._client._execute(request, timeout, deadline)).value)
+
+
+# ---- watch -----------------------------------------------------------------------------------
+
+
+class AsyncWatchStream:
+    """Events of the chosen kinds after a resourceVersion, as an async iterator that never ends
+    by itself: it reconnects (to another member if need be) and resumes exactly where it was.
+    A reconnection that keeps failing gives up after the client's deadline (`Unavailable`);
+    a compacted resourceVersion raises `Gone`. Close it (or leave its `async with`) to stop."""
+
+    def __init__(
+        self, client: AsyncClient, cursor: core.WatchCursor, idle_timeout_s: float, policy: core.RetryPolicy
+    ) -> None:
+        self._client = client
+        self._cursor = cursor
+        self._idle_timeout_s = idle_timeout_s
+        self._policy = policy
+        self._splitter = core.LineSplitter()
+        self._pending: collections.deque[WatchEvent] = collections.deque()
+        self._stream: aiohttp.ClientResponse | None = None
+        self._call: core.Call | None = None
+        self._attempt: core.Attempt | None = None
+        self._lines_on_connection = 0
+        self._connected_s = self._last_data_s = 0.0
+        self._closed = False
+        self.endpoint: str | None = None  # the member the stream is connected to now
+        self.connections = 0  # streams opened so far (1 + reconnections)
+
+    @property
+    def resource_version(self) -> int | None:
+        """Every event up to this revision has been delivered: resume a new watch from here."""
+        return self._cursor.resource_version
+
+    def __aiter__(self) -> AsyncWatchStream:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        event = await self.next_event(None)
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def next_event(self, timeout_s: float | None) -> WatchEvent | None:
+        """The next event; None after `timeout_s` without one (the connection stays open),
+        or once the stream is closed."""
+        until_s = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._closed:
+            if self._pending:
+                return self._pending.popleft()
+            if self._stream is None:
+                await self._connect()
+                continue
+            idle_until_s = self._last_data_s + self._idle_timeout_s
+            wait_s = (idle_until_s if until_s is None else min(idle_until_s, until_s)) - time.monotonic()
+            try:
+                async with asyncio.timeout(max(0.001, wait_s)):
+                    chunk = await self._stream.content.readany()
+            except TimeoutError:
+                now_s = time.monotonic()
+                if until_s is not None and until_s <= now_s < idle_until_s:
+                    return None  # the caller's wait ended; an aiohttp stream survives a cancelled read
+                await self._drop((core.Failure.TIMEOUT, f"no data for {self._idle_timeout_s:g} s"))
+                continue
+            except (aiohttp.ClientError, OSError) as exc:
+                await self._drop((core.Failure.LOST, f"{type(exc).__name__}: {exc}"))
+                continue
+            if not chunk:
+                await self._drop((core.Failure.LOST, "the stream ended"))
+                continue
+            self._last_data_s = time.monotonic()
+            for line in self._splitter.feed(chunk):
+                self._lines_on_connection += 1
+                event = self._cursor.on_line(line)
+                if event is not None:
+                    self._pending.append(event)
+            if until_s is not None and not self._pending and time.monotonic() >= until_s:
+                return None
+        return None
+
+    async def _connect(self) -> None:
+        client = self._client
+        if self._call is None:  # a new outage: a fresh budget of attempts and time
+            self._call = core.Call(
+                self._cursor.request(client._factory), self._policy, client._ring, time.monotonic(), client._random
+            )
+        call = self._call
+        while True:
+            attempt = call.next_attempt(time.monotonic())
+            request = self._cursor.request(client._factory)
+            try:
+                status, headers, body, stream = await client._transport.open_stream(
+                    attempt.endpoint, request, attempt.timeout_s
+                )
+            except core.TransportFailure as exc:
+                await asyncio.sleep(call.failed(attempt, exc.failure, exc.detail, time.monotonic()).seconds)
+                continue
+            if stream is None:
+                step = call.answered(attempt, status, headers, body, time.monotonic())
+                if isinstance(step, core.Done):
+                    raise ProtocolError(f"a watch answered {status} without a stream")
+                await asyncio.sleep(step.seconds)
+                continue
+            call.connected(attempt)
+            self._stream, self._attempt = stream, attempt
+            self._splitter.reset()
+            self._lines_on_connection = 0
+            self._connected_s = self._last_data_s = time.monotonic()
+            self.endpoint = attempt.endpoint.url
+            self.connections += 1
+            return
+
+    async def _drop(self, failure: tuple[core.Failure, str] | None) -> None:
+        """Close the current connection. A `failure` of a connection that never worked (no
+        line, closed soon after it opened) counts against the reconnect budget and pauses; after
+        one that worked, the next outage starts with a fresh budget."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        self.endpoint = None
+        attempt, call = self._attempt, self._call
+        worked = self._lines_on_connection > 0 or time.monotonic() - self._connected_s >= self._policy.attempt_timeout_s
+        if failure is None or attempt is None or call is None or worked:
+            self._call = None
+            if failure is not None and attempt is not None:
+                self._client._ring.failed(attempt.endpoint)
+            return
+        await asyncio.sleep(call.failed(attempt, failure[0], failure[1], time.monotonic()).seconds)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    async def __aenter__(self) -> AsyncWatchStream:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+# ---- the client ------------------------------------------------------------------------------
+
+
+class AsyncClient:
+    """The asynchronous Allot client; `client.sync.Client` with `await`.
+
+    async with AsyncClient(["http://127.0.0.1:8401", "http://127.0.0.1:8402"], token=...) as allot:
+        claim = await allot.ipclaims.create("web-1", {"poolRef": "edge"})
+        async for pool in allot.ippools.list():
+            print(pool.name, pool.status.utilization)
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] | None = None,
+        token: str | None = None,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        retry: core.RetryPolicy | None = None,
+        tenant: str | tuple[str, str] | None = None,
+        random_source: random.Random | None = None,
+        response_bytes_max: int = core.response_bytes_max,
+    ) -> None:
+        resolved, resolved_token = core.resolve_settings(endpoints, token, os.environ)
+        self._random = random_source or random.Random()
+        self._ring = core.EndpointRing(resolved, int(self._random.random() * len(resolved)))
+        self._policy = (retry or core.RetryPolicy()).with_overrides(timeout, deadline)
+        factory = core.RequestFactory(resolved_token)
+        self._factory = factory.for_tenant(*core.parse_tenant(tenant)) if tenant is not None else factory
+        self._transport = AiohttpTransport(response_bytes_max)
+        self._owns_transport = True
+        self._bind_resources()
+
+    def _bind_resources(self) -> None:
+        self.ippools: AsyncWritableResource[IPPool] = AsyncWritableResource(self, core.IPPOOLS)
+        self.ipclaims: AsyncWritableResource[IPClaim] = AsyncWritableResource(self, core.IPCLAIMS)
+        self.ipallocations: AsyncReadableResource[IPAllocation] = AsyncReadableResource(self, core.IPALLOCATIONS)
+        self.ipclasses: AsyncWritableResource[IPClass] = AsyncWritableResource(self, core.IPCLASSES)
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(endpoint.url for endpoint in self._ring.endpoints)
+
+    @property
+    def policy(self) -> core.RetryPolicy:
+        return self._policy
+
+    def as_tenant(self, org: str, project: str) -> AsyncClient:
+        """A client acting for one tenant (admin tokens only), sharing this one's connections.
+        Closing it does nothing; close the client it came from."""
+        derived = object.__new__(AsyncClient)
+        derived.__dict__.update(self.__dict__)
+        derived._factory = self._factory.for_tenant(org, project)
+        derived._owns_transport = False
+        derived._bind_resources()
+        return derived
+
+    # -- the one request loop --
+
+    async def _execute(
+        self,
+        request: core.Request,
+        timeout: float | None,
+        deadline: float | None,
+        ring: core.EndpointRing | None = None,
+        policy: core.RetryPolicy | None = None,
+    ) -> core.Done:
+        call = core.Call(
+            request,
+            (policy or self._policy).with_overrides(timeout, deadline),
+            ring or self._ring,
+            time.monotonic(),
+            self._random,
+        )
+        while True:
+            attempt = call.next_attempt(time.monotonic())
+            step: core.Step
+            try:
+                status, headers, body = await self._transport.exchange(attempt.endpoint, request, attempt.timeout_s)
+            except core.TransportFailure as exc:
+                step = call.failed(attempt, exc.failure, exc.detail, time.monotonic())
+            else:
+                step = call.answered(attempt, status, headers, body, time.monotonic())
+            if isinstance(step, core.Done):
+                return step
+            await asyncio.sleep(step.seconds)
+
+    def _single(self, endpoint: str) -> tuple[core.EndpointRing, core.RetryPolicy]:
+        """One attempt at one member: asking a particular member must not fail over."""
+        return core.EndpointRing([core.parse_endpoint(endpoint)]), core.RetryPolicy(
+            attempts_max=1, deadline_s=self._policy.attempt_timeout_s, attempt_timeout_s=self._policy.attempt_timeout_s
+        )
+
+    # -- members --
+
+    async def status(
+        self, endpoint: str | None = None, *, timeout: float | None = None, deadline: float | None = None
+    ) -> MemberStatus:
+        """`/v1/status` of the given member (one attempt), or of whichever member answers."""
+        ring, policy = self._single(endpoint) if endpoint is not None else (None, None)
+        return MemberStatus.parse((await self._execute(self._factory.status(), timeout, deadline, ring, policy)).value)
+
+    async def ready(self, endpoint: str, *, timeout: float | None = None) -> bool:
+        """Whether the member says it is caught up and serving (`/readyz`)."""
+        ring, policy = self._single(endpoint)
+        try:
+            await self._execute(self._factory.readyz(), timeout, None, ring, policy)
+        except NotReady:
+            return False
+        return True
+
+    async def _report(self, endpoint: str, timeout: float | None) -> MemberReport:
+        try:
+            member = await self.status(endpoint, timeout=timeout)
+        except AllotError as error:
+            return MemberReport(endpoint, None, None, str(error))
+        try:
+            ready: bool | None = await self.ready(endpoint, timeout=timeout)
+        except AllotError:
+            ready = None
+        return MemberReport(endpoint, member, ready, None)
+
+    async def cluster_status(self, *, timeout: float | None = None) -> list[MemberReport]:
+        """Every endpoint's status and readiness, asked at the same time; unreachable ones say why."""
+        return list(await asyncio.gather(*(self._report(endpoint, timeout) for endpoint in self.endpoints)))
+
+    # -- watch and raw requests --
+
+    def watch(
+        self,
+        kinds: str | Sequence[str] | None = None,
+        resource_version: int | None = None,
+        *,
+        idle_timeout: float = core.watch_idle_timeout_s_default,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> AsyncWatchStream:
+        """Events of `kinds` (plural names; default all) after `resource_version` (default: now)."""
+        cursor = core.WatchCursor(core.normalize_kinds(kinds), resource_version)
+        return AsyncWatchStream(self, cursor, idle_timeout, self._policy.with_overrides(timeout, deadline))
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Any:
+        """Any route, with the same retries and errors; returns the answer's JSON value."""
+        request = self._factory.raw(method, path, query=query, body=body, idempotency_key=idempotency_key)
+        return (await self._execute(request, timeout, deadline)).value
+
+    # -- lifetime --
+
+    async def close(self) -> None:
+        """Close the session and its connections; later calls raise. A client from `as_tenant`
+        closes nothing."""
+        if self._owns_transport:
+            await self._transport.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,797 @@
+"""The operator commands of `allot`: status, pool, claim, class, alloc, watch.
+
+Built on the sync client only (so it works wherever `client/` is vendored: `python -m
+client.cli ...`); `node/cli.py` hands these commands here. Tables for people (rich), `-o json`
+for scripts, one clear line on stderr for an error, and exit codes scripts can rely on:
+
+    0 ok                          5 no room: pool exhausted (quota exceeded, unschedulable)
+    1 any other error             6 unavailable: no member could serve it; nothing was applied
+    2 usage, or refused invalid   7 outcome unknown: a write may have been applied (key printed)
+    3 not found                   8 unauthorized or forbidden
+    4 already exists or conflict  130 interrupted (Ctrl-C)
+
+Defaults work against a default `allot up` in the current directory: endpoints
+127.0.0.1:8401-8403, and the admin token from ./.allot/tokens.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from client import core
+from client.errors import (
+    AllotError,
+    AlreadyExists,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    OutcomeUnknown,
+    PoolExhausted,
+    QuotaExceeded,
+    Unauthorized,
+    Unavailable,
+    Unschedulable,
+)
+from client.models import ApiObject, IPAllocation, IPClaim, IPClass, IPPool, MemberReport, WatchEvent
+from client.sync import Client, ReadableResource, WritableResource
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_NO_ROOM = 5
+EXIT_UNAVAILABLE = 6
+EXIT_OUTCOME_UNKNOWN = 7
+EXIT_UNAUTHORIZED = 8
+EXIT_INTERRUPTED = 130
+
+# Most specific first: OutcomeUnknown before the other server errors, and so on.
+EXIT_CODES: tuple[tuple[type[AllotError], int], ...] = (
+    (NotFound, EXIT_NOT_FOUND),
+    (AlreadyExists, EXIT_CONFLICT),
+    (Conflict, EXIT_CONFLICT),
+    (PoolExhausted, EXIT_NO_ROOM),
+    (QuotaExceeded, EXIT_NO_ROOM),
+    (Unschedulable, EXIT_NO_ROOM),
+    (OutcomeUnknown, EXIT_OUTCOME_UNKNOWN),
+    (Unavailable, EXIT_UNAVAILABLE),
+    (Unauthorized, EXIT_UNAUTHORIZED),
+    (Forbidden, EXIT_UNAUTHORIZED),
+    (Invalid, EXIT_USAGE),
+)
+
+COMMANDS = ("status", "pool", "claim", "class", "alloc", "watch")
+DEFAULT_TOKEN_FILE = Path(".allot") / "tokens.json"  # where `allot up` writes its tokens
+ENV_TOKEN_FILE = "ALLOT_TOKEN_FILE"
+token_file_bytes_max = 4 * 1024 * 1024
+table_width_default = 160  # when stdout is not a terminal and COLUMNS is unset: rows stay whole
+bar_width = 16
+
+EPILOG = """operator commands (talk to a running cluster; see docs/client.md):
+  allot status                         members, leader, term, indexes, health
+  allot pool create|list|get|delete    IP pools (list shows utilisation and free space)
+  allot claim create|list|get|delete   IP claims (create prints the allocated CIDR)
+  allot class create|list|get|delete   IP classes (admin)
+  allot alloc list|get                 IP allocations (read only)
+  allot watch                          stream changes
+  global options: --endpoints, --token, --token-file, --as ORG/PROJECT, -o table|json"""
+
+_GLOBAL_VALUE_OPTIONS = frozenset(
+    {"--endpoints", "--token", "--token-file", "--token-name", "--as", "-o", "--output", "--timeout", "--deadline"}
+)
+
+
+def handles(argv: Sequence[str]) -> bool:
+    """Whether `argv` (without the program name) is one of these commands, so `allot` can
+    hand it over: the first word that is not a global option or its value names the command."""
+    skip_value = False
+    for word in argv:
+        if skip_value:
+            skip_value = False
+            continue
+        if word in _GLOBAL_VALUE_OPTIONS:
+            skip_value = True
+            continue
+        if word.startswith("-"):
+            continue
+        return word in COMMANDS
+    return False
+
+
+class UsageError(Exception):
+    """A mistake on the command line the parser could not catch (exit 2)."""
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Global options, accepted before the command and after it (`allot pool list -o json`).
+    On subcommands they default to SUPPRESS, so they never undo what was given before."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--endpoints",
+        default=default(None),
+        help=f"comma-separated member URLs (default: ${core.ENV_ENDPOINTS}, else {','.join(core.DEFAULT_ENDPOINTS)})",
+    )
+    parser.add_argument("--token", default=default(None), help=f"bearer token (default: ${core.ENV_TOKEN})")
+    parser.add_argument(
+        "--token-file",
+        default=default(None),
+        help=f"a file holding the token, or an allot token file (JSON; default: ${ENV_TOKEN_FILE}, "
+        f"else {DEFAULT_TOKEN_FILE} if it exists)",
+    )
+    parser.add_argument(
+        "--token-name",
+        default=default(None),
+        help="which entry of a JSON token file to use (default: the first admin)",
+    )
+    parser.add_argument(
+        "--as", dest="tenant", metavar="ORG/PROJECT", default=default(None), help="act for a tenant (admin tokens)"
+    )
+    parser.add_argument(
+        "-o", "--output", choices=("table", "json"), default=default("table"), help="output format (default table)"
+    )
+    parser.add_argument("--timeout", type=float, default=default(None), help="seconds one attempt may take (default 5)")
+    parser.add_argument(
+        "--deadline", type=float, default=default(None), help="seconds a command may take in all (default 30)"
+    )
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"a label is key=value, not {text!r}")
+    return key, value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--spec must be a JSON object")
+    return value
+
+
+def _write_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--idempotency-key", help="retry a write safely: the same key is applied at most once")
+
+
+def _create_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--label", type=_label, action="append", default=[], help="key=value (repeatable)")
+    parser.add_argument("--spec", type=_json_object, help="more spec fields as a JSON object (API field names)")
+    _write_options(parser)
+
+
+def _allocation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-prefix-length", type=int)
+    parser.add_argument("--max-prefix-length", type=int)
+    parser.add_argument("--default-prefix-length", type=int)
+    parser.add_argument("--strategy", choices=("first-fit", "best-fit"))
+
+
+def _list_options(parser: argparse.ArgumentParser, *, namespaced: bool) -> None:
+    parser.add_argument("-l", "--selector", help="label selector, e.g. tier=web,env!=dev")
+    parser.add_argument("--page-size", type=int, help="items per request (the list still shows all)")
+    parser.add_argument("--stale", action="store_true", help="read this member's state without a read barrier")
+    if namespaced:
+        parser.add_argument("-n", "--namespace", help="only this namespace")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="allot",
+        description="Operate an Allot cluster: members, pools, claims, classes, allocations, watches.",
+        epilog="exit codes: 0 ok, 1 error, 2 usage/invalid, 3 not found, 4 exists/conflict, 5 no room "
+        "(pool exhausted), 6 unavailable, 7 outcome unknown, 8 unauthorized/forbidden",
+    )
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("status", parents=[common], help="the cluster at a glance: members, leader, health")
+
+    pool = commands.add_parser("pool", parents=[common], help="IP pools").add_subparsers(dest="action", required=True)
+    create = pool.add_parser("create", parents=[common], help="create a root or child pool")
+    create.add_argument("name", help="pool name (or project/name, org/project/name)")
+    where = create.add_mutually_exclusive_group(required=True)
+    where.add_argument("--cidr", help="a root pool's block, e.g. 10.0.0.0/16")
+    where.add_argument("--parent", help="carve a child pool from this pool")
+    create.add_argument("--prefix-length", type=int, help="a child pool's size")
+    create.add_argument("--family", choices=("IPv4", "IPv6"))
+    create.add_argument("--visibility", choices=("platform", "consumer", "shared"))
+    create.add_argument("--class", dest="class_names", action="append", default=[], help="IP class it backs")
+    create.add_argument("--reserved-leading", type=int, help="addresses kept free at the start")
+    create.add_argument("--reserved-trailing", type=int, help="addresses kept free at the end")
+    create.add_argument("--exclude", action="append", default=[], help="CIDR never handed out (repeatable)")
+    create.add_argument("--address-space")
+    create.add_argument("--shared-with", action="append", default=[], help="project allowed to use it")
+    _allocation_options(create)
+    _create_common(create)
+    _list_options(pool.add_parser("list", parents=[common], help="pools with utilisation"), namespaced=False)
+    pool.add_parser("get", parents=[common], help="one pool").add_argument("name")
+    delete = pool.add_parser("delete", parents=[common], help="delete a pool")
+    delete.add_argument("name")
+    _write_options(delete)
+
+    claim = commands.add_parser("claim", parents=[common], help="IP claims").add_subparsers(
+        dest="action", required=True
+    )
+    create = claim.add_parser("create", parents=[common], help="claim addresses; prints the allocated CIDR")
+    create.add_argument("name")
+    source = create.add_mutually_exclusive_group()
+    source.add_argument("--pool", help="claim from this pool")
+    source.add_argument("--class", dest="class_name", help="claim by IP class (default: the default class)")
+    create.add_argument("--prefix-length", type=int)
+    specific = create.add_mutually_exclusive_group()
+    specific.add_argument("--address", help="this exact address")
+    specific.add_argument("--cidr", help="this exact block")
+    create.add_argument("--reclaim-policy", choices=("Delete", "Retain"))
+    create.add_argument("-n", "--namespace")
+    _create_common(create)
+    _list_options(claim.add_parser("list", parents=[common], help="claims"), namespaced=True)
+    get = claim.add_parser("get", parents=[common], help="one claim")
+    get.add_argument("name")
+    get.add_argument("-n", "--namespace")
+    delete = claim.add_parser("delete", parents=[common], help="delete a claim (releases its addresses)")
+    delete.add_argument("name")
+    delete.add_argument("-n", "--namespace")
+    _write_options(delete)
+
+    ipclass = commands.add_parser("class", parents=[common], help="IP classes").add_subparsers(
+        dest="action", required=True
+    )
+    create = ipclass.add_parser("create", parents=[common], help="create an IP class (admin)")
+    create.add_argument("name")
+    create.add_argument("--family", choices=("IPv4", "IPv6"))
+    create.add_argument("--default", dest="is_default", action="store_true", help="the class of claims naming none")
+    create.add_argument("--visibility", choices=("platform", "restricted"))
+    create.add_argument("--allowed-org", action="append", default=[], help="org that may use a restricted class")
+    create.add_argument("--reclaim-policy", choices=("Delete", "Retain"))
+    _allocation_options(create)
+    _create_common(create)
+    _list_options(ipclass.add_parser("list", parents=[common], help="IP classes"), namespaced=False)
+    ipclass.add_parser("get", parents=[common], help="one IP class").add_argument("name")
+    delete = ipclass.add_parser("delete", parents=[common], help="delete an IP class (admin)")
+    delete.add_argument("name")
+    _write_options(delete)
+
+    alloc = commands.add_parser("alloc", parents=[common], help="IP allocations (read only)").add_subparsers(
+        dest="action", required=True
+    )
+    _list_options(alloc.add_parser("list", parents=[common], help="allocations"), namespaced=True)
+    get = alloc.add_parser("get", parents=[common], help="one allocation")
+    get.add_argument("name")
+    get.add_argument("-n", "--namespace")
+
+    watch = commands.add_parser("watch", parents=[common], help="stream changes as they happen")
+    watch.add_argument("--kinds", help="comma-separated: ippools,ipclaims,ipallocations,ipclasses (default all)")
+    watch.add_argument("--resource-version", type=int, help="start after this revision (default: now)")
+    watch.add_argument("--count", type=int, help="stop after this many events")
+    watch.add_argument("--for", dest="duration", type=float, help="stop after this many seconds")
+    return parser
+
+
+# ---- settings --------------------------------------------------------------------------------
+
+
+def _read_token_file(path: Path, name: str | None) -> str:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(token_file_bytes_max + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read the token file {path}: {exc.strerror}") from None
+    if len(data) > token_file_bytes_max:
+        raise UsageError(f"the token file {path} is larger than {token_file_bytes_max} bytes")
+    text = data.decode("utf-8", "replace").strip()
+    if not text.startswith("{"):
+        if name is not None:
+            raise UsageError(f"--token-name needs a JSON token file; {path} holds a plain token")
+        token = text.splitlines()[0].strip() if text else ""
+        if not token:
+            raise UsageError(f"the token file {path} is empty")
+        return token
+    try:
+        entries = json.loads(text)["tokens"]
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"{path} is neither a plain token nor an allot token file") from None
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
+            continue
+        if entry.get("name") == name if name is not None else entry.get("role") == "admin":
+            return str(entry["token"])
+    wanted = f"an entry named {name!r}" if name is not None else "an admin entry"
+    raise UsageError(f"the token file {path} has no {wanted}")
+
+
+def resolve_token(args: argparse.Namespace, environ: dict[str, str]) -> str | None:
+    """--token, then --token-file, then $ALLOT_TOKEN, then $ALLOT_TOKEN_FILE, then the token
+    file a local `allot up` wrote (./.allot/tokens.json), else none."""
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        return _read_token_file(Path(args.token_file), args.token_name)
+    if environ.get(core.ENV_TOKEN):
+        return environ[core.ENV_TOKEN]
+    if environ.get(ENV_TOKEN_FILE):
+        return _read_token_file(Path(environ[ENV_TOKEN_FILE]), args.token_name)
+    if DEFAULT_TOKEN_FILE.is_file():
+        return _read_token_file(DEFAULT_TOKEN_FILE, args.token_name)
+    return None
+
+
+def _console(stream: TextIO) -> Console:
+    columns = os.environ.get("COLUMNS", "")
+    if stream.isatty() or columns.isdigit():
+        return Console(file=stream, width=int(columns) if columns.isdigit() else None)
+    return Console(file=stream, width=max(shutil.get_terminal_size().columns, table_width_default))
+
+
+# ---- rendering -------------------------------------------------------------------------------
+
+
+def _count(value: int) -> str:
+    """Exact below a billion, else as a power of two (IPv6 pools hold 2^64 and more)."""
+    if value < 10**9:
+        return f"{value:,}"
+    exponent = math.log2(value)
+    return f"2^{int(exponent)}" if value & (value - 1) == 0 else f"≈2^{exponent:.1f}"
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _utilisation(pool: IPPool) -> Table | str:
+    capacity = pool.status.capacity
+    if capacity is None:
+        return "-"
+    cell = Table.grid(padding=(0, 1))
+    cell.add_row(
+        ProgressBar(total=max(capacity.total, 1), completed=capacity.allocated, width=bar_width),
+        pool.status.utilization or f"{capacity.used_fraction:.2%}",
+    )
+    return cell
+
+
+def _scope(org: str | None, project: str | None) -> str:
+    return f"{org}/{project}" if org and project else "platform"
+
+
+def pools_table(pools: Iterable[IPPool]) -> Table:
+    table = Table(title="IP pools", title_justify="left")
+    for column in ("NAME", "SCOPE", "CIDR", "FAMILY", "UTILISATION", "USED/TOTAL", "FREE", "LARGEST FREE", "PHASE"):
+        table.add_column(column, no_wrap=column in ("NAME", "CIDR"))
+    for pool in pools:
+        capacity = pool.status.capacity
+        largest = pool.status.largest_free_prefix
+        table.add_row(
+            pool.name,
+            _scope(pool.metadata.org, pool.metadata.project),
+            _dash(pool.status.allocated_cidr or pool.spec.cidr),
+            _dash(pool.spec.ip_family),
+            _utilisation(pool),
+            f"{_count(capacity.allocated)}/{_count(capacity.total)}" if capacity else "-",
+            _count(capacity.available) if capacity else "-",
+            f"/{largest}" if largest is not None else "none",
+            Text(_dash(pool.status.phase), style="red" if pool.status.phase == "Exhausted" else "green"),
+        )
+    return table
+
+
+def claims_table(claims: Iterable[IPClaim]) -> Table:
+    table = Table(title="IP claims", title_justify="left")
+    for column in ("NAME", "NAMESPACE", "TENANT", "CIDR", "POOL", "CLASS", "RECLAIM", "PHASE"):
+        table.add_column(column, no_wrap=column in ("NAME", "CIDR"))
+    for claim in claims:
+        table.add_row(
+            claim.name,
+            _dash(claim.metadata.namespace),
+            _dash(claim.metadata.tenant),
+            _dash(claim.status.allocated_cidr),
+            _dash(claim.status.pool),
+            _dash(claim.status.class_name),
+            _dash(claim.status.reclaim_policy),
+            _dash(claim.status.phase),
+        )
+    return table
+
+
+def allocations_table(allocations: Iterable[IPAllocation]) -> Table:
+    table = Table(title="IP allocations", title_justify="left")
+    for column in ("NAME", "NAMESPACE", "TENANT", "CIDR", "POOL", "CLAIM", "CLASS", "PHASE"):
+        table.add_column(column, no_wrap=column in ("NAME", "CIDR"))
+    for allocation in allocations:
+        table.add_row(
+            allocation.name,
+            _dash(allocation.metadata.namespace),
+            _dash(allocation.metadata.tenant),
+            _dash(allocation.spec.cidr),
+            _dash(allocation.spec.pool),
+            _dash(allocation.spec.claim_ref),
+            _dash(allocation.spec.class_name),
+            _dash(allocation.phase),
+        )
+    return table
+
+
+def classes_table(classes: Iterable[IPClass]) -> Table:
+    table = Table(title="IP classes", title_justify="left")
+    for column in ("NAME", "FAMILY", "DEFAULT", "VISIBILITY", "ALLOWED ORGS", "PREFIXES", "STRATEGY", "RECLAIM"):
+        table.add_column(column, no_wrap=column == "NAME")
+    for ipclass in classes:
+        spec = ipclass.spec
+        policy = spec.allocation
+        table.add_row(
+            ipclass.name,
+            _dash(spec.ip_family),
+            "yes" if spec.is_default else "",
+            _dash(spec.visibility),
+            ", ".join(spec.allowed_orgs) or "-",
+            f"/{_dash(policy.min_prefix_length)}../{_dash(policy.max_prefix_length)} "
+            f"(default /{_dash(policy.default_prefix_length)})",
+            _dash(policy.strategy),
+            _dash(spec.reclaim_policy),
+        )
+    return table
+
+
+def status_table(reports: Sequence[MemberReport]) -> Table:
+    table = Table(title="Allot members", title_justify="left")
+    for column in ("MEMBER", "ENDPOINT", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "REVISION", "HEALTH"):
+        table.add_column(column, no_wrap=column == "ENDPOINT")
+    for report in reports:
+        member = report.status
+        if member is None:
+            table.add_row("?", report.endpoint, "-", "-", "-", "-", "-", "-", Text("unreachable", style="bold red"))
+            continue
+        if report.ready is None:
+            health = Text("unknown", style="yellow")
+        else:
+            health = Text("ready", style="green") if report.ready else Text("not ready", style="yellow")
+        table.add_row(
+            member.member_id,
+            report.endpoint,
+            Text(_dash(member.role), style="bold" if member.role == "leader" else ""),
+            _dash(member.leader),
+            _dash(member.term),
+            _dash(member.commit_index),
+            _dash(member.applied_index),
+            _dash(member.revision),
+            health,
+        )
+    return table
+
+
+def _describe(obj: ApiObject) -> Table:
+    """One object as a two-column table: the fields a person looks at first, then the rest."""
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    meta = obj.metadata
+    rows: list[tuple[str, Any]] = [("kind", obj.kind), ("name", meta.name)]
+    if meta.namespace is not None:
+        rows.append(("namespace", meta.namespace))
+    rows += [
+        ("tenant", _scope(meta.org, meta.project) if meta.org is not None else "-"),
+        ("uid", meta.uid),
+        ("resourceVersion", meta.resource_version),
+        ("created", meta.creation_timestamp),
+        ("labels", ", ".join(f"{key}={value}" for key, value in sorted(meta.labels.items())) or "-"),
+    ]
+    if isinstance(obj, IPPool):
+        capacity = obj.status.capacity
+        rows += [
+            ("cidr", obj.status.allocated_cidr or obj.spec.cidr),
+            ("parent", obj.spec.parent_pool),
+            ("family", obj.spec.ip_family),
+            ("visibility", obj.spec.visibility),
+            ("classes", ", ".join(obj.spec.class_names) or "-"),
+            ("utilisation", _utilisation(obj)),
+            ("used/total", f"{_count(capacity.allocated)}/{_count(capacity.total)}" if capacity else "-"),
+            ("free", _count(capacity.available) if capacity else "-"),
+            (
+                "largest free",
+                f"/{obj.status.largest_free_prefix}" if obj.status.largest_free_prefix is not None else "none",
+            ),
+            ("phase", obj.status.phase),
+        ]
+    elif isinstance(obj, IPClaim):
+        rows += [
+            ("cidr", obj.status.allocated_cidr),
+            ("pool", obj.status.pool),
+            ("class", obj.status.class_name),
+            ("reclaim", obj.status.reclaim_policy),
+            ("phase", obj.status.phase),
+        ]
+    elif isinstance(obj, IPAllocation):
+        rows += [
+            ("cidr", obj.spec.cidr),
+            ("pool", obj.spec.pool),
+            ("claim", obj.spec.claim_ref),
+            ("phase", obj.phase),
+        ]
+    elif isinstance(obj, IPClass):
+        policy = obj.spec.allocation
+        rows += [
+            ("family", obj.spec.ip_family),
+            ("default", "yes" if obj.spec.is_default else "no"),
+            ("visibility", obj.spec.visibility),
+            ("prefixes", f"/{policy.min_prefix_length}../{policy.max_prefix_length}"),
+            ("strategy", policy.strategy),
+            ("reclaim", obj.spec.reclaim_policy),
+        ]
+    for key, value in rows:
+        table.add_row(key, value if isinstance(value, Table) else _dash(value))
+    return table
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+
+class Output:
+    def __init__(self, mode: str, stdout: TextIO) -> None:
+        self.mode = mode
+        self.stdout = stdout
+        self.console = _console(stdout)
+
+    def json(self, value: Any) -> None:
+        self.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+    def line(self, text: str) -> None:
+        self.stdout.write(text + "\n")
+        self.stdout.flush()
+
+
+def _put(spec: dict[str, Any], key: str, value: Any) -> None:
+    """Only what the command line gave: the server fills in its own defaults for the rest."""
+    if value is not None and value != [] and value is not False:
+        spec[key] = value
+
+
+def _allocation(args: argparse.Namespace) -> dict[str, Any]:
+    policy: dict[str, Any] = {}
+    _put(policy, "minPrefixLength", args.min_prefix_length)
+    _put(policy, "maxPrefixLength", args.max_prefix_length)
+    _put(policy, "defaultPrefixLength", args.default_prefix_length)
+    _put(policy, "strategy", args.strategy)
+    return policy
+
+
+def pool_spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    _put(spec, "cidr", args.cidr)
+    _put(spec, "parentPool", args.parent)
+    _put(spec, "prefixLength", args.prefix_length)
+    _put(spec, "ipFamily", args.family)
+    _put(spec, "visibility", args.visibility)
+    _put(spec, "classNames", args.class_names)
+    _put(spec, "excluded", args.exclude)
+    _put(spec, "addressSpace", args.address_space)
+    _put(spec, "sharedWith", args.shared_with)
+    reserved: dict[str, Any] = {}
+    _put(reserved, "leading", args.reserved_leading)
+    _put(reserved, "trailing", args.reserved_trailing)
+    _put(spec, "reserved", reserved or None)
+    _put(spec, "allocation", _allocation(args) or None)
+    return {**spec, **(args.spec or {})}
+
+
+def claim_spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    _put(spec, "poolRef", args.pool)
+    _put(spec, "className", args.class_name)
+    _put(spec, "prefixLength", args.prefix_length)
+    _put(spec, "address", args.address)
+    _put(spec, "cidr", args.cidr)
+    _put(spec, "reclaimPolicy", args.reclaim_policy)
+    return {**spec, **(args.spec or {})}
+
+
+def class_spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    _put(spec, "ipFamily", args.family)
+    _put(spec, "isDefault", args.is_default)
+    _put(spec, "visibility", args.visibility)
+    _put(spec, "allowedOrgs", args.allowed_org)
+    _put(spec, "reclaimPolicy", args.reclaim_policy)
+    _put(spec, "allocation", _allocation(args) or None)
+    return {**spec, **(args.spec or {})}
+
+
+def _summary(obj: ApiObject) -> str:
+    """What a person wants to see after a create: the block it got."""
+    if isinstance(obj, IPClaim | IPPool) and obj.status.allocated_cidr:
+        return f" {obj.status.allocated_cidr}"
+    return ""
+
+
+ResourceCommand = tuple[
+    Callable[[Client], ReadableResource[Any]],
+    Callable[[Iterable[Any]], Table],
+    Callable[[argparse.Namespace], dict[str, Any]] | None,
+]
+
+RESOURCES: dict[str, ResourceCommand] = {
+    "pool": (lambda client: client.ippools, pools_table, pool_spec),
+    "claim": (lambda client: client.ipclaims, claims_table, claim_spec),
+    "class": (lambda client: client.ipclasses, classes_table, class_spec),
+    "alloc": (lambda client: client.ipallocations, allocations_table, None),
+}
+
+
+def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
+    accessor, table_of, spec_of = RESOURCES[args.command]
+    resource = accessor(client)
+    namespace = getattr(args, "namespace", None)
+    if args.action == "list":
+        items = list(
+            resource.list(
+                page_size=args.page_size,
+                label_selector=args.selector,
+                namespace=namespace,
+                consistency="stale" if args.stale else None,
+            )
+        )
+        if out.mode == "json":
+            out.json({"items": [dict(item.raw) for item in items]})
+        else:
+            out.console.print(table_of(items))
+        return EXIT_OK
+    obj: ApiObject
+    if args.action == "get":
+        obj = resource.get(args.name, namespace=namespace)
+        if out.mode == "json":
+            out.json(dict(obj.raw))
+        else:
+            out.console.print(_describe(obj))
+        return EXIT_OK
+    if not isinstance(resource, WritableResource) or spec_of is None:
+        raise UsageError(f"{args.command} {args.action} is not possible")
+    if args.action == "create":
+        labels = dict(args.label) if args.label else None
+        obj = resource.create(
+            args.name, spec_of(args), labels=labels, namespace=namespace, idempotency_key=args.idempotency_key
+        )
+        verb = "created"
+    else:
+        obj = resource.delete(args.name, namespace=namespace, idempotency_key=args.idempotency_key)
+        verb = "deleted"
+    if out.mode == "json":
+        out.json(dict(obj.raw))
+    else:
+        out.line(f"{obj.kind.lower()}/{obj.name} {verb}{_summary(obj)}")
+    return EXIT_OK
+
+
+def run_status(client: Client, out: Output) -> int:
+    reports = client.cluster_status()
+    if out.mode == "json":
+        out.json(
+            [
+                {
+                    "endpoint": report.endpoint,
+                    "reachable": report.reachable,
+                    "ready": report.ready,
+                    "error": report.error,
+                    "status": dict(report.status.raw) if report.status is not None else None,
+                }
+                for report in reports
+            ]
+        )
+    else:
+        out.console.print(status_table(reports))
+        for report in reports:
+            if report.error is not None:
+                out.console.print(Text(f"{report.endpoint}: {report.error}", style="red"), soft_wrap=True)
+    leaders = {report.status.leader for report in reports if report.status is not None and report.status.leader}
+    if not any(report.reachable for report in reports) or not leaders:
+        if out.mode != "json":
+            out.console.print(Text("no leader: the cluster cannot accept writes now", style="bold red"))
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+def _event_line(event: WatchEvent) -> str:
+    obj = event.object
+    where = f"{obj.metadata.tenant}/" if obj.metadata.tenant else ""
+    namespace = f"{obj.metadata.namespace}/" if obj.metadata.namespace else ""
+    detail = ""
+    if isinstance(obj, IPClaim):
+        detail = _dash(obj.status.allocated_cidr)
+    elif isinstance(obj, IPAllocation):
+        detail = _dash(obj.spec.cidr)
+    elif isinstance(obj, IPPool):
+        detail = _dash(obj.status.allocated_cidr or obj.spec.cidr)
+    return f"{event.resource_version:>8}  {event.type:<8}  {event.kind:<12}  {where}{namespace}{obj.name}  {detail}"
+
+
+def run_watch(client: Client, args: argparse.Namespace, out: Output) -> int:
+    if args.count is not None and args.count < 1:
+        raise UsageError("--count must be at least 1")
+    until_s = time.monotonic() + args.duration if args.duration is not None else None
+    seen = 0
+    with client.watch(args.kinds, args.resource_version) as stream:
+        while args.count is None or seen < args.count:
+            wait_s = None if until_s is None else until_s - time.monotonic()
+            if wait_s is not None and wait_s <= 0:
+                break
+            event = stream.next_event(wait_s)
+            if event is None:
+                break
+            seen += 1
+            if out.mode == "json":
+                out.line(json.dumps(dict(event.raw), sort_keys=True))
+            else:
+                out.line(_event_line(event))
+    return EXIT_OK
+
+
+# ---- entry point -----------------------------------------------------------------------------
+
+
+def exit_code_for(error: AllotError) -> int:
+    for cls, code in EXIT_CODES:
+        if isinstance(error, cls):
+            return code
+    return EXIT_ERROR
+
+
+def _fail(message: str, code: int, stderr: TextIO) -> int:
+    stderr.write(f"allot: {' '.join(message.split())}\n")  # one line, whatever the message holds
+    stderr.flush()
+    return code
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    out_stream = stdout or sys.stdout
+    err_stream = stderr or sys.stderr
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)  # usage errors exit 2
+    try:
+        token = resolve_token(args, dict(os.environ))
+        client = Client(args.endpoints, token, timeout=args.timeout, deadline=args.deadline, tenant=args.tenant or None)
+    except (UsageError, ValueError) as exc:
+        return _fail(str(exc), EXIT_USAGE, err_stream)
+    out = Output(args.output, out_stream)
+    try:
+        with client:
+            if args.command == "status":
+                return run_status(client, out)
+            if args.command == "watch":
+                return run_watch(client, args, out)
+            return run_resource(client, args, out)
+    except AllotError as error:
+        return _fail(str(error), exit_code_for(error), err_stream)
+    except (UsageError, ValueError) as exc:
+        return _fail(str(exc), EXIT_USAGE, err_stream)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `allot watch | head`: the reader is gone, which is fine
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

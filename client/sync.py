@@ -1,0 +1,641 @@
+"""The synchronous client: the standard library's http.client, keep-alive connections, no event loop.
+
+Only I/O and sleeping live here; every decision (what to send, what an answer means, whether
+and where to try again, when to give up) is `client.core`'s, shared with the async client.
+
+A `Client` is safe to share between threads: each call has its own retry state, and idle
+connections are kept per endpoint in a locked pool.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import http.client
+import os
+import random
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from client import core
+from client.errors import AllotError, NotReady, ProtocolError
+from client.models import IPAllocation, IPClaim, IPClass, IPPool, MemberReport, MemberStatus, Page, WatchEvent
+
+T = TypeVar("T")
+
+idle_connections_per_endpoint_max = 16  # kept for reuse; more concurrent calls open more, then close them
+read_chunk_bytes = 64 * 1024
+
+
+def _new_connection(endpoint: core.Endpoint, timeout_s: float) -> http.client.HTTPConnection:
+    if endpoint.scheme == "https":
+        return http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=timeout_s)
+    return http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout_s)
+
+
+def _is_stale(connection: http.client.HTTPConnection) -> bool:
+    """An idle keep-alive connection has nothing to read: anything readable is the peer's EOF."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def _close_quietly(connection: http.client.HTTPConnection) -> None:
+    with contextlib.suppress(OSError):
+        if connection.sock is not None:
+            connection.sock.shutdown(socket.SHUT_RDWR)
+    connection.close()
+
+
+def _headers(response: http.client.HTTPResponse) -> dict[str, str]:
+    return {key.lower(): value for key, value in response.getheaders()}
+
+
+def _read_body(
+    response: http.client.HTTPResponse, sock: socket.socket | None, deadline_s: float, limit_bytes: int
+) -> bytes:
+    """The whole body, within the attempt's deadline and the size limit."""
+    length = response.getheader("Content-Length")
+    if length is not None and length.strip().isdigit() and int(length) > limit_bytes:
+        raise ProtocolError(f"the answer is {length} bytes; the client reads at most {limit_bytes}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        remaining_s = deadline_s - time.monotonic()
+        if remaining_s <= 0:
+            raise TimeoutError("the answer did not arrive in time")
+        if sock is not None:
+            sock.settimeout(remaining_s)
+        # read(), not read1(): read1 never marks a Content-Length answer finished, and
+        # http.client then refuses the next request on this kept-alive connection.
+        chunk = response.read(read_chunk_bytes)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit_bytes:
+            raise ProtocolError(f"the answer is larger than the {limit_bytes} bytes the client reads")
+        chunks.append(chunk)
+
+
+class _Stream:
+    """An open streaming answer (a watch)."""
+
+    def __init__(self, connection: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+        self._connection = connection
+        self._response = response
+
+    def read_chunk(self, timeout_s: float) -> bytes:
+        """The next bytes (b"" at the end). A timeout breaks the stream for good: a socket file
+        that timed out cannot be read again, so the caller must reconnect."""
+        sock = self._connection.sock
+        if sock is not None:
+            sock.settimeout(max(0.001, timeout_s))
+        return self._response.read1(read_chunk_bytes)
+
+    def close(self) -> None:
+        _close_quietly(self._connection)
+
+
+class HttpTransport:
+    """Moves one request to one endpoint and back; pools keep-alive connections per endpoint."""
+
+    def __init__(self, response_bytes_max: int = core.response_bytes_max) -> None:
+        self.response_bytes_max = response_bytes_max
+        self._idle: dict[core.Endpoint, list[http.client.HTTPConnection]] = collections.defaultdict(list)
+        self._lock = threading.Lock()
+        self._closed = False
+        self.connections_opened = 0  # for tests and curiosity: how often keep-alive did not help
+
+    def _checkout(self, endpoint: core.Endpoint, timeout_s: float) -> http.client.HTTPConnection:
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("the client is closed")
+                idle = self._idle[endpoint]
+                connection = idle.pop() if idle else None
+            if connection is None:
+                self.connections_opened += 1
+                return _new_connection(endpoint, timeout_s)
+            if not _is_stale(connection):
+                return connection
+            connection.close()
+
+    def _checkin(self, endpoint: core.Endpoint, connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle[endpoint]
+            if not self._closed and len(idle) < idle_connections_per_endpoint_max:
+                idle.append(connection)
+                return
+        connection.close()
+
+    def _connect(self, connection: http.client.HTTPConnection, timeout_s: float) -> None:
+        if connection.sock is not None:
+            return
+        connection.timeout = timeout_s
+        try:
+            connection.connect()
+        except OSError as exc:  # refused, unreachable, no route, connect timeout: nothing was sent
+            connection.close()
+            raise core.TransportFailure(core.Failure.CONNECT, f"{type(exc).__name__}: {exc}") from None
+
+    def exchange(
+        self, endpoint: core.Endpoint, request: core.Request, timeout_s: float
+    ) -> tuple[int, dict[str, str], bytes]:
+        deadline_s = time.monotonic() + timeout_s
+        connection = self._checkout(endpoint, timeout_s)
+        self._connect(connection, timeout_s)
+        try:
+            if connection.sock is not None:
+                connection.sock.settimeout(max(0.001, deadline_s - time.monotonic()))
+            connection.request(request.method, request.target, body=request.body, headers=dict(request.headers))
+            response = connection.getresponse()
+            body = _read_body(response, connection.sock, deadline_s, self.response_bytes_max)
+        except TimeoutError as exc:
+            _close_quietly(connection)
+            raise core.TransportFailure(core.Failure.TIMEOUT, f"no complete answer within {timeout_s:.2f} s") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            _close_quietly(connection)
+            raise core.TransportFailure(core.Failure.LOST, f"{type(exc).__name__}: {exc}") from None
+        except BaseException:
+            _close_quietly(connection)
+            raise
+        if response.will_close:
+            connection.close()
+        else:
+            self._checkin(endpoint, connection)
+        return response.status, _headers(response), body
+
+    def open_stream(
+        self, endpoint: core.Endpoint, request: core.Request, timeout_s: float
+    ) -> tuple[int, dict[str, str], bytes, _Stream | None]:
+        """Send a streaming request on its own connection. A 200 answer comes back as a stream
+        (body b""); any other as its whole body (and no stream)."""
+        deadline_s = time.monotonic() + timeout_s
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the client is closed")
+        connection = _new_connection(endpoint, timeout_s)
+        self.connections_opened += 1
+        self._connect(connection, timeout_s)
+        try:
+            connection.request(request.method, request.target, body=request.body, headers=dict(request.headers))
+            response = connection.getresponse()
+            if response.status == 200:
+                return response.status, _headers(response), b"", _Stream(connection, response)
+            body = _read_body(response, connection.sock, deadline_s, self.response_bytes_max)
+        except TimeoutError as exc:
+            _close_quietly(connection)
+            raise core.TransportFailure(core.Failure.TIMEOUT, f"no answer within {timeout_s:.2f} s") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            _close_quietly(connection)
+            raise core.TransportFailure(core.Failure.LOST, f"{type(exc).__name__}: {exc}") from None
+        except BaseException:
+            _close_quietly(connection)
+            raise
+        connection.close()
+        return response.status, _headers(response), body, None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle = [connection for connections in self._idle.values() for connection in connections]
+            self._idle.clear()
+        for connection in idle:
+            connection.close()
+
+
+# ---- resource accessors ----------------------------------------------------------------------
+
+
+class ReadableResource(Generic[T]):
+    """get / list / list_page for one kind (`client.ipallocations`)."""
+
+    def __init__(self, client: Client, kind: core.KindInfo[T]) -> None:
+        self._client = client
+        self._kind = kind
+
+    def get(
+        self,
+        name: str,
+        *,
+        namespace: str | None = None,
+        consistency: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> T:
+        request = self._client._factory.get(self._kind, name, namespace=namespace, consistency=consistency)
+        return self._kind.parse(self._client._execute(request, timeout, deadline).value)
+
+    def list_page(
+        self,
+        *,
+        limit: int | None = None,
+        continue_token: str | None = None,
+        label_selector: str | None = None,
+        namespace: str | None = None,
+        consistency: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Page[T]:
+        """One page: up to `limit` items and the token for the next page (None on the last)."""
+        request = self._client._factory.list(
+            self._kind,
+            limit=limit,
+            continue_token=continue_token,
+            label_selector=label_selector,
+            namespace=namespace,
+            consistency=consistency,
+        )
+        return Page.parse(self._client._execute(request, timeout, deadline).value, self._kind.parse)
+
+    def list(
+        self,
+        *,
+        page_size: int | None = None,
+        label_selector: str | None = None,
+        namespace: str | None = None,
+        consistency: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Iterator[T]:
+        """Every item, page after page (each page is its own call with its own deadline)."""
+        token: str | None = None
+        for _ in range(core.list_pages_max):
+            page = self.list_page(
+                limit=page_size,
+                continue_token=token,
+                label_selector=label_selector,
+                namespace=namespace,
+                consistency=consistency,
+                timeout=timeout,
+                deadline=deadline,
+            )
+            yield from page.items
+            token = core.next_continue(token, page)
+            if token is None:
+                return
+        raise ProtocolError(f"a list longer than {core.list_pages_max} pages")
+
+
+class WritableResource(ReadableResource[T]):
+    """get / list / list_page / create / delete for one kind (`client.ippools`)."""
+
+    def create(
+        self,
+        name: str,
+        spec: Mapping[str, Any] | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        namespace: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> T:
+        """Create (or, with the same spec, get back) the object; `spec` uses the API's field names."""
+        request = self._client._factory.create(
+            self._kind, name, spec, labels=labels, namespace=namespace, idempotency_key=idempotency_key
+        )
+        return self._kind.parse(self._client._execute(request, timeout, deadline).value)
+
+    def delete(
+        self,
+        name: str,
+        *,
+        namespace: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> T:
+        """Delete the object; returns it as it was."""
+        request = self._client._factory.delete(self._kind, name, namespace=namespace, idempotency_key=idempotency_key)
+        return self._kind.parse(self._client._execute(request, timeout, deadline).value)
+
+
+# ---- watch -----------------------------------------------------------------------------------
+
+
+class WatchStream:
+    """Events of the chosen kinds after a resourceVersion, as an iterator that never ends by
+    itself: it reconnects (to another member if need be) and resumes exactly where it was.
+    A reconnection that keeps failing gives up after the client's deadline (`Unavailable`);
+    a compacted resourceVersion raises `Gone`. Close it (or leave its `with` block) to stop."""
+
+    def __init__(self, client: Client, cursor: core.WatchCursor, idle_timeout_s: float, policy: core.RetryPolicy):
+        self._client = client
+        self._cursor = cursor
+        self._idle_timeout_s = idle_timeout_s
+        self._policy = policy
+        self._splitter = core.LineSplitter()
+        self._pending: collections.deque[WatchEvent] = collections.deque()
+        self._stream: _Stream | None = None
+        self._call: core.Call | None = None
+        self._attempt: core.Attempt | None = None
+        self._lines_on_connection = 0
+        self._connected_s = self._last_data_s = 0.0
+        self._closed = False
+        self.endpoint: str | None = None  # the member the stream is connected to now
+        self.connections = 0  # streams opened so far (1 + reconnections)
+
+    @property
+    def resource_version(self) -> int | None:
+        """Every event up to this revision has been delivered: resume a new watch from here."""
+        return self._cursor.resource_version
+
+    def __iter__(self) -> WatchStream:
+        return self
+
+    def __next__(self) -> WatchEvent:
+        event = self.next_event(None)
+        if event is None:
+            raise StopIteration
+        return event
+
+    def next_event(self, timeout_s: float | None) -> WatchEvent | None:
+        """The next event; None after `timeout_s` without one (the connection is then dropped:
+        a timed-out socket cannot be read again; the next call resumes on a new one), or once
+        the stream is closed."""
+        until_s = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._closed:
+            if self._pending:
+                return self._pending.popleft()
+            if self._stream is None:
+                self._connect()
+                continue
+            idle_until_s = self._last_data_s + self._idle_timeout_s
+            wait_s = (idle_until_s if until_s is None else min(idle_until_s, until_s)) - time.monotonic()
+            try:
+                chunk = self._stream.read_chunk(max(0.001, wait_s))
+            except TimeoutError:
+                now_s = time.monotonic()
+                if until_s is not None and until_s <= now_s < idle_until_s:
+                    self._drop(None)  # the caller's wait ended, not the member's heartbeat
+                    return None
+                self._drop((core.Failure.TIMEOUT, f"no data for {self._idle_timeout_s:g} s"))
+                continue
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop((core.Failure.LOST, f"{type(exc).__name__}: {exc}"))
+                continue
+            if not chunk:
+                self._drop((core.Failure.LOST, "the stream ended"))
+                continue
+            self._last_data_s = time.monotonic()
+            for line in self._splitter.feed(chunk):
+                self._lines_on_connection += 1
+                event = self._cursor.on_line(line)
+                if event is not None:
+                    self._pending.append(event)
+            if until_s is not None and not self._pending and time.monotonic() >= until_s:
+                return None
+        return None
+
+    def _connect(self) -> None:
+        client = self._client
+        if self._call is None:  # a new outage: a fresh budget of attempts and time
+            self._call = core.Call(
+                self._cursor.request(client._factory), self._policy, client._ring, time.monotonic(), client._random
+            )
+        call = self._call
+        while True:
+            attempt = call.next_attempt(time.monotonic())
+            request = self._cursor.request(client._factory)
+            try:
+                status, headers, body, stream = client._transport.open_stream(
+                    attempt.endpoint, request, attempt.timeout_s
+                )
+            except core.TransportFailure as exc:
+                time.sleep(call.failed(attempt, exc.failure, exc.detail, time.monotonic()).seconds)
+                continue
+            if stream is None:
+                step = call.answered(attempt, status, headers, body, time.monotonic())
+                if isinstance(step, core.Done):
+                    raise ProtocolError(f"a watch answered {status} without a stream")
+                time.sleep(step.seconds)
+                continue
+            call.connected(attempt)
+            self._stream, self._attempt = stream, attempt
+            self._splitter.reset()
+            self._lines_on_connection = 0
+            self._connected_s = self._last_data_s = time.monotonic()
+            self.endpoint = attempt.endpoint.url
+            self.connections += 1
+            return
+
+    def _drop(self, failure: tuple[core.Failure, str] | None) -> None:
+        """Close the current connection. A `failure` of a connection that never worked (no
+        line, closed soon after it opened) counts against the reconnect budget and pauses; after
+        one that worked, the next outage starts with a fresh budget."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        self.endpoint = None
+        attempt, call = self._attempt, self._call
+        worked = self._lines_on_connection > 0 or time.monotonic() - self._connected_s >= self._policy.attempt_timeout_s
+        if failure is None or attempt is None or call is None or worked:
+            self._call = None
+            if failure is not None and attempt is not None:
+                self._client._ring.failed(attempt.endpoint)
+            return
+        time.sleep(call.failed(attempt, failure[0], failure[1], time.monotonic()).seconds)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def __enter__(self) -> WatchStream:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+# ---- the client ------------------------------------------------------------------------------
+
+
+class Client:
+    """The synchronous Allot client.
+
+        with Client(["http://127.0.0.1:8401", "http://127.0.0.1:8402"], token=...) as allot:
+            pool = allot.ippools.create("edge", {"cidr": "10.0.0.0/24"})
+            claim = allot.ipclaims.create("web-1", {"poolRef": "edge"})
+            print(claim.status.allocated_cidr)
+
+    `endpoints` (a list, or a comma-separated string) and `token` default to ALLOT_ENDPOINTS and
+    ALLOT_TOKEN, then to `allot up`'s local endpoints. `timeout` bounds one attempt, `deadline`
+    one call (all attempts and pauses); every method takes both to override them per call.
+    `tenant` ("org/project") makes an admin token act for that tenant.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] | None = None,
+        token: str | None = None,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        retry: core.RetryPolicy | None = None,
+        tenant: str | tuple[str, str] | None = None,
+        random_source: random.Random | None = None,
+        response_bytes_max: int = core.response_bytes_max,
+    ) -> None:
+        resolved, resolved_token = core.resolve_settings(endpoints, token, os.environ)
+        self._random = random_source or random.Random()
+        self._ring = core.EndpointRing(resolved, int(self._random.random() * len(resolved)))
+        self._policy = (retry or core.RetryPolicy()).with_overrides(timeout, deadline)
+        factory = core.RequestFactory(resolved_token)
+        self._factory = factory.for_tenant(*core.parse_tenant(tenant)) if tenant is not None else factory
+        self._transport = HttpTransport(response_bytes_max)
+        self._owns_transport = True
+        self._bind_resources()
+
+    def _bind_resources(self) -> None:
+        self.ippools: WritableResource[IPPool] = WritableResource(self, core.IPPOOLS)
+        self.ipclaims: WritableResource[IPClaim] = WritableResource(self, core.IPCLAIMS)
+        self.ipallocations: ReadableResource[IPAllocation] = ReadableResource(self, core.IPALLOCATIONS)
+        self.ipclasses: WritableResource[IPClass] = WritableResource(self, core.IPCLASSES)
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(endpoint.url for endpoint in self._ring.endpoints)
+
+    @property
+    def policy(self) -> core.RetryPolicy:
+        return self._policy
+
+    def as_tenant(self, org: str, project: str) -> Client:
+        """A client acting for one tenant (admin tokens only), sharing this one's connections.
+        Closing it does nothing; close the client it came from."""
+        derived = object.__new__(Client)
+        derived.__dict__.update(self.__dict__)
+        derived._factory = self._factory.for_tenant(org, project)
+        derived._owns_transport = False
+        derived._bind_resources()
+        return derived
+
+    # -- the one request loop --
+
+    def _execute(
+        self,
+        request: core.Request,
+        timeout: float | None,
+        deadline: float | None,
+        ring: core.EndpointRing | None = None,
+        policy: core.RetryPolicy | None = None,
+    ) -> core.Done:
+        call = core.Call(
+            request,
+            (policy or self._policy).with_overrides(timeout, deadline),
+            ring or self._ring,
+            time.monotonic(),
+            self._random,
+        )
+        while True:
+            attempt = call.next_attempt(time.monotonic())
+            step: core.Step
+            try:
+                status, headers, body = self._transport.exchange(attempt.endpoint, request, attempt.timeout_s)
+            except core.TransportFailure as exc:
+                step = call.failed(attempt, exc.failure, exc.detail, time.monotonic())
+            else:
+                step = call.answered(attempt, status, headers, body, time.monotonic())
+            if isinstance(step, core.Done):
+                return step
+            time.sleep(step.seconds)
+
+    def _single(self, endpoint: str) -> tuple[core.EndpointRing, core.RetryPolicy]:
+        """One attempt at one member: asking a particular member must not fail over."""
+        return core.EndpointRing([core.parse_endpoint(endpoint)]), core.RetryPolicy(
+            attempts_max=1, deadline_s=self._policy.attempt_timeout_s, attempt_timeout_s=self._policy.attempt_timeout_s
+        )
+
+    # -- members --
+
+    def status(
+        self, endpoint: str | None = None, *, timeout: float | None = None, deadline: float | None = None
+    ) -> MemberStatus:
+        """`/v1/status` of the given member (one attempt), or of whichever member answers."""
+        ring, policy = self._single(endpoint) if endpoint is not None else (None, None)
+        return MemberStatus.parse(self._execute(self._factory.status(), timeout, deadline, ring, policy).value)
+
+    def ready(self, endpoint: str, *, timeout: float | None = None) -> bool:
+        """Whether the member says it is caught up and serving (`/readyz`)."""
+        ring, policy = self._single(endpoint)
+        try:
+            self._execute(self._factory.readyz(), timeout, None, ring, policy)
+        except NotReady:
+            return False
+        return True
+
+    def cluster_status(self, *, timeout: float | None = None) -> list[MemberReport]:
+        """Every endpoint's status and readiness, one attempt each; unreachable ones say why."""
+        reports: list[MemberReport] = []
+        for endpoint in self.endpoints:
+            try:
+                member = self.status(endpoint, timeout=timeout)
+            except AllotError as error:
+                reports.append(MemberReport(endpoint, None, None, str(error)))
+                continue
+            try:
+                ready: bool | None = self.ready(endpoint, timeout=timeout)
+            except AllotError:
+                ready = None
+            reports.append(MemberReport(endpoint, member, ready, None))
+        return reports
+
+    # -- watch and raw requests --
+
+    def watch(
+        self,
+        kinds: str | Sequence[str] | None = None,
+        resource_version: int | None = None,
+        *,
+        idle_timeout: float = core.watch_idle_timeout_s_default,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> WatchStream:
+        """Events of `kinds` (plural names; default all) after `resource_version` (default: now)."""
+        cursor = core.WatchCursor(core.normalize_kinds(kinds), resource_version)
+        return WatchStream(self, cursor, idle_timeout, self._policy.with_overrides(timeout, deadline))
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Any:
+        """Any route, with the same retries and errors; returns the answer's JSON value."""
+        request = self._factory.raw(method, path, query=query, body=body, idempotency_key=idempotency_key)
+        return self._execute(request, timeout, deadline).value
+
+    # -- lifetime --
+
+    def close(self) -> None:
+        """Close idle connections; later calls raise. A client from `as_tenant` closes nothing."""
+        if self._owns_transport:
+            self._transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,307 @@
+"""`allot`'s operator commands as a user runs them: `python -m node.cli ...` subprocesses against a
+running three-member cluster, checking output (tables, `-o json`) and the documented exit codes.
+Also the README's client example, run against the same cluster, and the command line's pure
+parts (dispatch, token files, the exit code table) in-process."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos.cluster import REPO_ROOT, Cluster, free_ports
+from client import cli, errors
+from node.cli import main as node_cli_main
+
+README = REPO_ROOT / "README.md"
+command_timeout_s = 60.0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with Cluster() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty working directory: no ./.allot/tokens.json unless a test puts one there."""
+    return tmp_path_factory.mktemp("allot-cli")
+
+
+def endpoints(cluster: Cluster) -> str:
+    return ",".join(f"http://{cluster.address(member_id)}" for member_id in cluster.member_ids)
+
+
+def allot(
+    cluster: Cluster, workdir: Path, *args: str, token: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("ALLOT_") and key != "COLUMNS"}
+    environment.update(
+        ALLOT_ENDPOINTS=endpoints(cluster),
+        ALLOT_TOKEN=token if token is not None else cluster.admin_token,
+        COLUMNS="200",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", *args],
+        cwd=workdir,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=command_timeout_s,
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    return result.stdout
+
+
+def failed(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The error line on stderr of a command that exited with `code`."""
+    assert result.returncode == code, f"exit {result.returncode}, wanted {code}\n{result.stdout}\n{result.stderr}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("allot: "), f"not one clear error line: {result.stderr!r}"
+    return lines[0]
+
+
+# ---- against the cluster --------------------------------------------------------------------------
+
+
+def test_status(cluster: Cluster, workdir: Path) -> None:
+    table = ok(allot(cluster, workdir, "status"))
+    leader = cluster.wait_for_leader()
+    for member_id in cluster.member_ids:
+        assert re.search(rf"│ {member_id}\s+│ http://{re.escape(cluster.address(member_id))}", table), table
+    assert table.count("ready") == 3 and "leader" in table and "unreachable" not in table
+    reports = json.loads(ok(allot(cluster, workdir, "status", "-o", "json")))
+    assert [report["status"]["memberId"] for report in reports] == cluster.member_ids
+    assert all(report["reachable"] and report["ready"] for report in reports)
+    assert {report["status"]["leader"] for report in reports} == {leader}
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
+    partial = allot(
+        cluster, workdir, "status", "--timeout", "1", env={"ALLOT_ENDPOINTS": f"{endpoints(cluster)},{dead}"}
+    )
+    assert "unreachable" in ok(partial) and dead in partial.stdout, "a member that does not answer is marked"
+
+
+def test_pool_and_claim_lifecycle(cluster: Cluster, workdir: Path) -> None:
+    created = ok(allot(cluster, workdir, "pool", "create", "cli-edge", "--cidr", "10.201.0.0/29", "--label", "env=cli"))
+    assert created.strip() == "ippool/cli-edge created 10.201.0.0/29"
+    claim = ok(allot(cluster, workdir, "claim", "create", "cli-c1", "--pool", "cli-edge", "--as", "acme/web"))
+    assert claim.strip() == "ipclaim/cli-c1 created 10.201.0.0/32"
+    tenant = cluster.tenant_tokens["acme/web"]
+    second = allot(
+        cluster,
+        workdir,
+        "claim",
+        "create",
+        "cli-c2",
+        "--pool",
+        "cli-edge",
+        "--prefix-length",
+        "30",
+        "-o",
+        "json",
+        token=tenant,
+    )
+    assert json.loads(ok(second))["status"]["allocatedCIDR"] == "10.201.0.4/30"
+
+    table = ok(allot(cluster, workdir, "pool", "list"))
+    row = next(line for line in table.splitlines() if "cli-edge" in line)
+    assert "10.201.0.0/29" in row and "62.50%" in row and "5/8" in row and "/31" in row, row
+    assert "UTILISATION" in table and "FREE" in table
+    listed = json.loads(ok(allot(cluster, workdir, "pool", "list", "-o", "json", "-l", "env=cli")))
+    assert [item["metadata"]["name"] for item in listed["items"]] == ["cli-edge"]
+    assert listed["items"][0]["status"]["capacity"] == {"allocated": 5, "available": 3, "reserved": 0, "total": 8}
+    described = ok(allot(cluster, workdir, "pool", "get", "cli-edge"))
+    assert re.search(r"largest free\s+/31", described) and re.search(r"free\s+3\b", described), described
+    claims = ok(allot(cluster, workdir, "claim", "list", token=tenant))
+    assert "cli-c1" in claims and "10.201.0.4/30" in claims
+    allocations = json.loads(ok(allot(cluster, workdir, "alloc", "list", "-o", "json", "--as", "acme/web")))
+    assert {item["spec"]["cidr"] for item in allocations["items"]} >= {"10.201.0.0/32", "10.201.0.4/30"}
+
+    more = allot(
+        cluster, workdir, "claim", "create", "cli-c3", "--pool", "cli-edge", "--prefix-length", "30", token=tenant
+    )
+    exhausted = failed(more, cli.EXIT_NO_ROOM)
+    assert "pool_exhausted" in exhausted and "/31" in exhausted, "the error says the largest free prefix"
+    other_spec = allot(
+        cluster, workdir, "claim", "create", "cli-c1", "--pool", "cli-edge", "--prefix-length", "31", token=tenant
+    )
+    assert "already_exists" in failed(other_spec, cli.EXIT_CONFLICT)
+    assert ok(allot(cluster, workdir, "claim", "delete", "cli-c1", token=tenant)).startswith("ipclaim/cli-c1 deleted")
+    assert "not_found" in failed(allot(cluster, workdir, "claim", "get", "cli-c1", token=tenant), cli.EXIT_NOT_FOUND)
+
+
+def test_classes_and_watch(cluster: Cluster, workdir: Path) -> None:
+    start = json.loads(ok(allot(cluster, workdir, "status", "-o", "json")))[0]["status"]["revision"]
+    ok(allot(cluster, workdir, "class", "create", "cli-gold", "--family", "IPv4", "--max-prefix-length", "30"))
+    assert ok(allot(cluster, workdir, "class", "delete", "cli-gold")).strip() == "ipclass/cli-gold deleted"
+    watched = allot(
+        cluster,
+        workdir,
+        "watch",
+        "--kinds",
+        "ipclasses",
+        "--resource-version",
+        str(start),
+        "--count",
+        "2",
+        "-o",
+        "json",
+    )
+    events = [json.loads(line) for line in ok(watched).splitlines()]
+    assert [(event["type"], event["object"]["metadata"]["name"]) for event in events] == [
+        ("ADDED", "cli-gold"),
+        ("DELETED", "cli-gold"),
+    ]
+    ok(allot(cluster, workdir, "class", "create", "cli-silver", "--family", "IPv6", "--default"))
+    row = next(line for line in ok(allot(cluster, workdir, "class", "list")).splitlines() if "cli-silver" in line)
+    assert "IPv6" in row and "yes" in row and "/0../128" in row, row
+
+
+def test_exit_codes_for_refusals_and_outages(cluster: Cluster, workdir: Path) -> None:
+    bad_token = allot(cluster, workdir, "pool", "list", token="not-a-real-token-" + "x" * 30)
+    assert "unauthorized" in failed(bad_token, cli.EXIT_UNAUTHORIZED)
+    invalid = allot(cluster, workdir, "pool", "create", "cli-bad", "--cidr", "10.202.0.0/33")
+    assert "invalid" in failed(invalid, cli.EXIT_USAGE)
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
+    down = failed(
+        allot(cluster, workdir, "pool", "list", "--deadline", "1", env={"ALLOT_ENDPOINTS": dead}), cli.EXIT_UNAVAILABLE
+    )
+    assert "unavailable" in down and "(x" in down, "repeated failures are summarised, not listed"
+    usage = allot(cluster, workdir, "pool", "create", "x")
+    assert usage.returncode == cli.EXIT_USAGE and "required" in usage.stderr
+
+
+def test_token_from_files(cluster: Cluster, workdir: Path, tmp_path: Path) -> None:
+    no_env = {"ALLOT_TOKEN": ""}
+    as_tenant = allot(
+        cluster,
+        workdir,
+        "claim",
+        "list",
+        "--token-file",
+        str(cluster.token_file),
+        "--token-name",
+        "acme-web",
+        env=no_env,
+    )
+    assert "cli-c2" in ok(as_tenant)
+    local = tmp_path / "cwd"
+    (local / ".allot").mkdir(parents=True)
+    (local / ".allot" / "tokens.json").write_text(cluster.token_file.read_text())
+    assert "cli-edge" in ok(allot(cluster, local, "pool", "list", env=no_env)), "allot up's token file is the default"
+
+
+def test_readme_client_example_runs(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = README.read_text()
+    section = text.split("## Client library and command line", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```py\n(.*?)```", section, flags=re.DOTALL)
+    assert len(blocks) == 1, "the README's client section has one Python example"
+    block = blocks[0]
+    promised = [line.strip().removeprefix("# ") for line in block.splitlines() if line.strip().startswith("# ")]
+    monkeypatch.setenv("ALLOT_ENDPOINTS", endpoints(cluster))
+    monkeypatch.setenv("ALLOT_TOKEN", cluster.admin_token)
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(compile(block, str(README), "exec"), {})
+    assert output.getvalue().splitlines() == promised
+
+
+# ---- in-process: dispatch, token files, exit codes ------------------------------------------------
+
+
+def test_allot_hands_only_operator_commands_to_the_client() -> None:
+    assert cli.handles(["status"]) and cli.handles(["pool", "list"])
+    assert cli.handles(["--endpoints", "h:1", "-o", "json", "claim", "get", "x"])
+    assert cli.handles(["--token", "pool", "watch"]), "a global option's value is not the command"
+    assert not cli.handles(["up"]) and not cli.handles(["serve", "--member-id", "m1"]) and not cli.handles([])
+    assert not cli.handles(["--version"]) and not cli.handles(["bench", "apply"])
+
+
+def test_every_error_class_has_an_exit_code() -> None:
+    expected: dict[str, int] = {
+        "not_found": cli.EXIT_NOT_FOUND,
+        "already_exists": cli.EXIT_CONFLICT,
+        "conflict": cli.EXIT_CONFLICT,
+        "pool_exhausted": cli.EXIT_NO_ROOM,
+        "quota_exceeded": cli.EXIT_NO_ROOM,
+        "unschedulable": cli.EXIT_NO_ROOM,
+        "no_leader": cli.EXIT_UNAVAILABLE,
+        "overloaded": cli.EXIT_UNAVAILABLE,
+        "unavailable": cli.EXIT_UNAVAILABLE,
+        "not_ready": cli.EXIT_UNAVAILABLE,
+        "timeout": cli.EXIT_UNAVAILABLE,
+        "outcome_unknown": cli.EXIT_OUTCOME_UNKNOWN,
+        "unauthorized": cli.EXIT_UNAUTHORIZED,
+        "forbidden": cli.EXIT_UNAUTHORIZED,
+        "invalid": cli.EXIT_USAGE,
+    }
+    for code, cls in errors.ERROR_CLASSES.items():
+        assert cli.exit_code_for(cls("m")) == expected.get(code, cli.EXIT_ERROR), code
+    assert cli.exit_code_for(errors.ProtocolError("m")) == cli.EXIT_ERROR
+
+
+def test_token_file_formats(tmp_path: Path) -> None:
+    document: dict[str, Any] = {
+        "tokens": [
+            {"token": "member-token", "name": "acme-web", "role": "member", "org": "acme", "project": "web"},
+            {"token": "admin-token", "name": "admin", "role": "admin"},
+        ]
+    }
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps(document))
+    assert cli._read_token_file(path, None) == "admin-token"
+    assert cli._read_token_file(path, "acme-web") == "member-token"
+    with pytest.raises(cli.UsageError, match="no an entry named"):
+        cli._read_token_file(path, "nobody")
+    plain = tmp_path / "plain"
+    plain.write_text("\n  plain-token  \nignored\n")
+    assert cli._read_token_file(plain, None) == "plain-token"
+    plain.write_text("")
+    with pytest.raises(cli.UsageError, match="empty"):
+        cli._read_token_file(plain, None)
+
+
+def test_token_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    file_token = tmp_path / "token"
+    file_token.write_text("from-file")
+    monkeypatch.chdir(tmp_path)  # no ./.allot here
+    parser = cli.build_parser()
+
+    def resolved(*argv: str, environ: dict[str, str] | None = None) -> str | None:
+        return cli.resolve_token(parser.parse_args([*argv, "status"]), environ or {})
+
+    assert resolved("--token", "flag", "--token-file", str(file_token), environ={"ALLOT_TOKEN": "env"}) == "flag"
+    assert resolved("--token-file", str(file_token), environ={"ALLOT_TOKEN": "env"}) == "from-file"
+    assert resolved(environ={"ALLOT_TOKEN": "env", "ALLOT_TOKEN_FILE": str(file_token)}) == "env"
+    assert resolved(environ={"ALLOT_TOKEN_FILE": str(file_token)}) == "from-file"
+    assert resolved() is None
+    (tmp_path / ".allot").mkdir()
+    (tmp_path / ".allot" / "tokens.json").write_text(
+        json.dumps({"tokens": [{"token": "local-admin", "role": "admin"}]})
+    )
+    assert resolved() == "local-admin"
+    with pytest.raises(cli.UsageError, match="cannot read"):
+        resolved("--token-file", str(tmp_path / "absent"))
+
+
+def test_help_lists_the_operator_commands() -> None:
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), pytest.raises(SystemExit) as exited:
+        node_cli_main(["--help"])
+    assert exited.value.code == 0 and "allot pool create|list|get|delete" in output.getvalue()
