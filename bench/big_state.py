@@ -140,6 +140,12 @@ def digests_match(cluster: Cluster, member_id: str, leader: str) -> bool:
     return bool(same_index and mine.get("digest") == theirs.get("digest"))
 
 
+def term_now(cluster: Cluster) -> str:
+    """The highest term any running member reports: elections show up as jumps."""
+    terms = [int(status["term"]) for status in cluster.statuses().values() if status is not None]
+    return f"term {max(terms)}" if terms else "term unknown"
+
+
 def report_memory(cluster: Cluster, label: str) -> None:
     for member_id in cluster.member_ids:
         member = cluster.members[member_id]
@@ -169,7 +175,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"creating the pool answered {reply.status}: {reply.body!r}")
         tenant = cluster.tenant_tokens["acme/web"]
         seconds = asyncio.run(fill(urls, tenant, args.allocations, time.monotonic() + args.fill_timeout))
-        print(f"fill        {args.allocations:,} claims in {seconds:.0f} s ({args.allocations / seconds:,.0f}/s)")
+        print(
+            f"fill        {args.allocations:,} claims in {seconds:.0f} s ({args.allocations / seconds:,.0f}/s); "
+            f"{term_now(cluster)}"
+        )
         leader = cluster.wait_for_leader()
         cluster.wait_converged(member_ids=cluster.member_ids)
         report_memory(cluster, "after fill")
@@ -183,12 +192,18 @@ def main(argv: list[str] | None = None) -> None:
         cluster.terminate(follower)
         cluster.start_member(follower, wait=False)
         took = wait_for("restarted follower ready", lambda: ready(cluster, follower), args.timeout)
-        print(f"restart     follower {follower} (SIGTERM, start) to /readyz 200: {took:.2f} s", flush=True)
+        print(
+            f"restart     follower {follower} (SIGTERM, start) to /readyz 200: {took:.2f} s; {term_now(cluster)}",
+            flush=True,
+        )
 
         cluster.kill(follower)
         cluster.start_member(follower, wait=False)
         took = wait_for("crashed follower ready", lambda: ready(cluster, follower), args.timeout)
-        print(f"crash       follower {follower} (SIGKILL, start) to /readyz 200: {took:.2f} s", flush=True)
+        print(
+            f"crash       follower {follower} (SIGKILL, start) to /readyz 200: {took:.2f} s; {term_now(cluster)}",
+            flush=True,
+        )
 
         cluster.kill_all()
         started = time.monotonic()
@@ -204,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         first_write = time.monotonic() - started
         print(
             f"full        all SIGKILLed and started: every /readyz 200 after {all_ready:.2f} s, "
-            f"first claim acknowledged after {first_write:.2f} s",
+            f"first claim acknowledged after {first_write:.2f} s; {term_now(cluster)}",
             flush=True,
         )
         report_memory(cluster, "after restart")
@@ -219,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(
             f"rebuild     follower {follower} wiped and started: /readyz 200 after {took_ready:.2f} s, "
-            f"digest equal to the leader's {took_digest:.2f} s later",
+            f"digest equal to the leader's {took_digest:.2f} s later; {term_now(cluster)}",
             flush=True,
         )
         report_memory(cluster, "after rebuild")

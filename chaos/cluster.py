@@ -16,6 +16,17 @@ Rules it keeps:
 * HTTP with the standard library (`http.client`), one connection per request, always with a
   timeout. A member that cannot be reached raises `Unreachable`; HTTP errors are `Reply`s.
 * Nothing sleeps a fixed time to wait for a condition: waits poll with a deadline.
+
+Partitions (opt-in: `Cluster(partitionable=True)`; see docs/chaos.md). pysyncobj keeps one TCP
+connection per pair of members, opened by the member whose address is the larger string, and
+the accepting member identifies it by the address the connector sends, which must equal the
+connector's address in the acceptor's member list. So each pair's connection can run through a
+proxy (chaos/proxy.py) on the connector's side: the connector lists the other member at the
+proxy's port (lower than every member's own port, so it still compares as the connector), while
+the acceptor lists the connector at its real address. Each member gets its own member list on
+its command line; member ids, roles and leaders are the same as without proxies. Cutting every
+link of a member isolates it. A cluster created without `partitionable` runs exactly as before:
+one shared member list, no proxies.
 """
 
 from __future__ import annotations
@@ -42,7 +53,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from chaos.proxy import CutMode, LinkStats, ProxyHub
+from node.store import LmdbStore
 from node.tokens import generate_token_file
+from statemachine.errors import InvariantViolation
+from statemachine.invariants import check_invariants
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -377,6 +392,22 @@ class Converged:
     revision: int
 
 
+@dataclass(frozen=True)
+class StoredState:
+    """A stopped member's state read from its data directory: index, digest, invariant problems."""
+
+    member_id: str
+    applied_index: int
+    digest: str
+    problems: tuple[str, ...]  # empty when check_invariants passes
+
+
+def link_name(member_a: str, member_b: str) -> str:
+    """The name of the proxied link between two members (order does not matter)."""
+    first, second = sorted((member_a, member_b))
+    return f"{first}-{second}"
+
+
 class Cluster:
     """Three (or `size`) real members on 127.0.0.1. Use as a context manager."""
 
@@ -387,6 +418,7 @@ class Cluster:
         snapshot_entries: int | None = None,
         base_dir: Path | None = None,
         keep_dir: bool | None = None,
+        partitionable: bool = False,
     ) -> None:
         self._owns_dir = base_dir is None
         self.base_dir = Path(tempfile.mkdtemp(prefix="allot-cluster-")) if base_dir is None else base_dir
@@ -402,19 +434,34 @@ class Cluster:
         self.tenant_tokens: dict[str, str] = {
             f"{entry['org']}/{entry['project']}": entry["token"] for entry in entries if entry["role"] != "admin"
         }
-        ports = free_ports(2 * size)
+        self.partitionable = partitionable
+        pairs = size * (size - 1) // 2 if partitionable else 0
+        ports = free_ports(2 * size + pairs)
+        raft_and_proxy_ports = ports[: size + pairs]
+        if partitionable:
+            # Proxy ports below every member's Raft port, Raft ports ascending by member number:
+            # see the module docstring for why the order matters to pysyncobj.
+            raft_and_proxy_ports = sorted(raft_and_proxy_ports)
+            if len({len(str(port)) for port in raft_and_proxy_ports}) != 1:
+                raise RuntimeError(f"partitionable clusters need ports of one width, got {raft_and_proxy_ports}")
+        proxy_ports, raft_ports = raft_and_proxy_ports[:pairs], raft_and_proxy_ports[pairs:]
+        http_ports = ports[size + pairs :]
         self.members: dict[str, MemberProcess] = {}
         for number in range(1, size + 1):
             member_id = f"m{number}"
             self.members[member_id] = MemberProcess(
                 member_id=member_id,
-                raft_address=f"{HOST}:{ports[number - 1]}",
-                http_address=f"{HOST}:{ports[size + number - 1]}",
+                raft_address=f"{HOST}:{raft_ports[number - 1]}",
+                http_address=f"{HOST}:{http_ports[number - 1]}",
                 data_dir=self.base_dir / member_id,
                 log_path=self.base_dir / f"{member_id}.log",
             )
+        self._member_views: dict[str, dict[str, str]] = {member_id: self.raft_addresses for member_id in self.members}
+        self.proxies: ProxyHub | None = None
         self._closed = False
         _open_clusters.add(self)
+        if partitionable:
+            self._plan_links(proxy_ports)
 
     # -- lifecycle --
 
@@ -441,7 +488,7 @@ class Cluster:
         return self.wait_for_leader(timeout_s)
 
     def close(self) -> None:
-        """Kill and reap every member, remove the directory (unless kept). Idempotent."""
+        """Kill and reap every member, close the proxies, remove the directory (unless kept). Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -450,6 +497,8 @@ class Cluster:
                 member.exit_codes.append(reap_process(member.process))
                 member.process = None
                 member.stopped = False
+        if self.proxies is not None:
+            self.proxies.close()
         if self._owns_dir and not self.keep_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
@@ -460,6 +509,10 @@ class Cluster:
     @property
     def raft_addresses(self) -> dict[str, str]:
         return {member_id: member.raft_address for member_id, member in self.members.items()}
+
+    def member_view(self, member_id: str) -> dict[str, str]:
+        """The member list (id -> Raft address) on this member's command line."""
+        return dict(self._member_views[member_id])
 
     def running_ids(self) -> list[str]:
         return [member_id for member_id, member in self.members.items() if member.running and not member.stopped]
@@ -472,7 +525,7 @@ class Cluster:
         member.starts += 1
         command = serve_command(
             member_id,
-            self.raft_addresses,
+            self.member_view(member_id),
             member.http_address,
             member.data_dir,
             self.secret_file,
@@ -592,6 +645,79 @@ class Cluster:
         self.kill(member_id)
         self.wipe(member_id)
         self.start_member(member_id, wait=wait)
+
+    # -- partitions (partitionable clusters only) --
+
+    def _plan_links(self, proxy_ports: list[int]) -> None:
+        """One proxy per pair of members, on the side of the member that opens the connection."""
+        by_port = sorted(self.members.values(), key=lambda member: _split(member.raft_address)[1])
+        pairs = [(low, high) for position, low in enumerate(by_port) for high in by_port[position + 1 :]]
+        self.proxies = ProxyHub()
+        for (acceptor, connector), proxy_port in zip(pairs, proxy_ports, strict=True):
+            name = link_name(acceptor.member_id, connector.member_id)
+            self.proxies.add_link(name, proxy_port, acceptor.raft_address)
+            self._member_views[connector.member_id][acceptor.member_id] = f"{HOST}:{proxy_port}"
+
+    def _require_proxies(self) -> ProxyHub:
+        if self.proxies is None:
+            raise RuntimeError("this cluster has no proxied links: create it with Cluster(partitionable=True)")
+        return self.proxies
+
+    def cut_links(self, pairs: Sequence[tuple[str, str]], mode: CutMode = CutMode.STALL) -> None:
+        """Cut the links between the given pairs of members (both directions)."""
+        self._require_proxies().cut([link_name(first, second) for first, second in pairs], mode)
+
+    def partition(self, groups: Sequence[Sequence[str]], mode: CutMode = CutMode.STALL) -> list[str]:
+        """Cut every link between members of different groups; members not named form one more group.
+
+        Returns the names of the links cut."""
+        named = [member_id for group in groups for member_id in group]
+        unknown = sorted(set(named) - set(self.members))
+        if unknown or len(named) != len(set(named)):
+            raise ValueError(f"groups must name distinct members of {self.member_ids}: {groups}")
+        rest = [member_id for member_id in self.members if member_id not in named]
+        all_groups = [list(group) for group in groups] + ([rest] if rest else [])
+        group_of = {member_id: number for number, group in enumerate(all_groups) for member_id in group}
+        cut = [
+            (first, second)
+            for position, first in enumerate(self.members)
+            for second in list(self.members)[position + 1 :]
+            if group_of[first] != group_of[second]
+        ]
+        self.cut_links(cut, mode)
+        return [link_name(first, second) for first, second in cut]
+
+    def isolate(self, member_id: str, mode: CutMode = CutMode.STALL) -> list[str]:
+        """Cut the member off from every other member (its HTTP port stays reachable)."""
+        return self.partition([[member_id]], mode)
+
+    def heal_links(self) -> None:
+        """Open every proxied link again (a no-op for clusters without proxies)."""
+        if self.proxies is not None:
+            self.proxies.heal()
+
+    def link_stats(self) -> list[LinkStats]:
+        return self._require_proxies().stats()
+
+    # -- offline inspection --
+
+    def inspect_stored_state(self, member_id: str) -> StoredState:
+        """Open a stopped member's store: applied index, digest, and check_invariants' verdict."""
+        member = self.members[member_id]
+        if member.running:
+            raise RuntimeError(f"stop {member_id} before reading its store")
+        store = LmdbStore(member.data_dir / "state")
+        try:
+            applied_index, state_digest = store.digest_at()
+            with store.reader() as view:
+                try:
+                    check_invariants(view)
+                    problems: tuple[str, ...] = ()
+                except InvariantViolation as exc:
+                    problems = tuple(str(exc).split("; "))
+        finally:
+            store.close()
+        return StoredState(member_id, applied_index, state_digest, problems)
 
     def ensure_all_running(self, timeout_s: float = converge_timeout_s) -> str:
         """Resume stopped members, start dead ones, wait for a leader and convergence."""

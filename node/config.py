@@ -7,7 +7,9 @@ missing or short cluster secret, an unreadable token file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
 import socket
 from dataclasses import dataclass, field
@@ -37,6 +39,38 @@ class Timing:
     batch_window_s: float = 0.001  # envelopes arriving within this become one log entry
     log_compaction_entries: int = 20_000
     log_compaction_s: int = 600
+    # The leader's scheduling timers (node/scheduling.py). A Ready node not heard for
+    # node_grace_s becomes NotReady (Kubernetes' node-monitor-grace-period is 40 s); pending
+    # pods get a queue sweep every pending_retry_s.
+    node_grace_s: float = 40.0
+    pending_retry_s: float = 2.0
+
+
+# Environment overrides for Timing fields an operator tunes per cluster (tests and benchmarks
+# start `allot serve` processes and set these rather than new flags for every field).
+TIMING_ENVIRONMENT = {
+    "ALLOT_NODE_GRACE_SECONDS": "node_grace_s",
+    "ALLOT_PENDING_RETRY_SECONDS": "pending_retry_s",
+}
+timing_seconds_max = 86_400.0
+
+
+def timing_from_environment(timing: Timing, environ: dict[str, str] | None = None) -> Timing:
+    """`timing` with the fields named in TIMING_ENVIRONMENT replaced by the environment's values."""
+    environ = dict(os.environ) if environ is None else environ
+    changes: dict[str, Any] = {}
+    for variable, field_name in TIMING_ENVIRONMENT.items():
+        text = environ.get(variable)
+        if text is None or not text.strip():
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"{variable}={text!r} must be a number of seconds") from None
+        if not 0.1 <= value <= timing_seconds_max:
+            raise ConfigError(f"{variable}={text!r} must be between 0.1 and {timing_seconds_max:g} seconds")
+        changes[field_name] = value
+    return dataclasses.replace(timing, **changes) if changes else timing
 
 
 @dataclass(frozen=True)
@@ -145,8 +179,10 @@ def build(
         data_dir=Path(data_dir),
         secret_file=Path(secret_file),
         token_file=Path(token_file),
-        timing=timing or Timing(),
+        timing=timing_from_environment(timing or Timing()),
     )
+    if not 0.1 <= config.timing.node_grace_s <= timing_seconds_max:
+        raise ConfigError(f"the node grace period must be between 0.1 and {timing_seconds_max:g} seconds")
     config.secret()
     if not config.token_file.is_file():
         raise ConfigError(f"token file {config.token_file} does not exist (allot up generates one)")

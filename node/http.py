@@ -42,11 +42,14 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from node.member import Member, MemberError, NoLeaderError, OutcomeUnknownError, OverloadedError
+from node.scheduling import PodPlan
 from node.tokens import TokenStore
-from statemachine import queries
+from statemachine import nodes, queries
 from statemachine.codec import Envelope, Principal, encode_envelope
 from statemachine.context import Meta
 from statemachine.errors import GONE, Rejected
+from statemachine.fields import check_name
+from statemachine.scheduler import Cluster
 
 log = logging.getLogger("allot.http")
 
@@ -86,8 +89,8 @@ ERROR_STATUS: dict[str, int] = {
     "already_exists": 409,  # same name, different spec
     "conflict": 409,  # overlap, still in use, an Idempotency-Key reused for another request
     "pool_exhausted": 409,  # no room: a state of the pool, not a fault of the server (see DESIGN)
-    "quota_exceeded": 409,
-    "unschedulable": 409,
+    "quota_exceeded": 403,  # as Kubernetes answers an exceeded ResourceQuota; details say which limit
+    "unschedulable": 409,  # the pending queue is full and the pod does not fit now (see DESIGN)
     "gone": 410,  # a watch's resourceVersion was compacted away
     "too_large": 413,
     "unsupported_media_type": 415,
@@ -204,21 +207,31 @@ class Kind:
     delete: str | None
     namespaced: bool
     name_pattern: str = "[^/]+"
+    actions: tuple[str, ...] = ()  # POST /v1/{plural}/{name}/{action} -> command "{kind}.{action}"
+    action_prefix: str = ""
 
 
-# Pools may be named `name`, `project/name` or `org/project/name`: as extra path segments
-# (`/v1/ippools/web/edge`) or with the slashes URL-encoded (`/v1/ippools/web%2Fedge`); aiohttp
-# matches routes on the decoded path, so both reach the same handler.
+# Pools may be named `name`, `project/name` or `org/project/name`, quotas `org` or
+# `org/project`: as extra path segments (`/v1/ippools/web/edge`) or with the slashes URL-encoded
+# (`/v1/ippools/web%2Fedge`); aiohttp matches routes on the decoded path, so both reach the same
+# handler. `POST /v1/quotas` sets a quota (creates or replaces it: `quota.set`).
 KINDS: dict[str, Kind] = {
     "ippools": Kind("ippools", "pool.create", "pool.delete", False, r"[^/]+(?:/[^/]+){0,2}"),
     "ipclaims": Kind("ipclaims", "claim.create", "claim.delete", True),
     "ipallocations": Kind("ipallocations", None, None, True),
     "ipclasses": Kind("ipclasses", "class.create", "class.delete", False),
+    "nodes": Kind(
+        "nodes", "node.register", "node.delete", False, actions=("cordon", "uncordon", "drain"), action_prefix="node"
+    ),
+    "pods": Kind("pods", "pod.create", "pod.delete", True),
+    "services": Kind("services", "service.create", "service.delete", True),
+    "quotas": Kind("quotas", "quota.set", "quota.delete", False, r"[^/]+(?:/[^/]+)?"),
 }
 if set(KINDS) != set(queries.RESOURCES):  # a kind added to the state machine needs its routes
     raise RuntimeError(f"HTTP kinds {sorted(KINDS)} differ from statemachine kinds {sorted(queries.RESOURCES)}")
 
 TENANT_PARAMS = frozenset({"org", "project"})
+POD_CREATE = "pod.create"
 CONSISTENCY_LINEARIZABLE = "linearizable"
 CONSISTENCY_STALE = "stale"
 CONSISTENCY_HEADER = "X-Allot-Consistency"
@@ -278,6 +291,50 @@ class MemberCollector:
                 yield GaugeMetricFamily(name, documentation, value=value)
 
 
+class SchedulingCollector:
+    """Nodes by condition, pods by phase, the pending queue: from `member.scheduling_stats()`
+    (the member's node table, kept current from applied writes: a scrape reads no pods)."""
+
+    def __init__(self, member: Member) -> None:
+        self._member = member
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families({})
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            stats = self._member.scheduling_stats()
+        except Exception:
+            log.exception("member.scheduling_stats() failed during a metrics scrape")
+            return []
+        return self._families(stats)
+
+    @staticmethod
+    def _families(stats: dict[str, int]) -> list[Metric]:
+        node_families = GaugeMetricFamily("allot_nodes", "registered nodes by condition", labels=["condition"])
+        pod_families = GaugeMetricFamily("allot_pods", "pods by phase", labels=["phase"])
+        if stats:
+            node_families.add_metric(["Ready"], stats["nodesReady"])
+            node_families.add_metric(["NotReady"], stats["nodesNotReady"])
+            pod_families.add_metric(["Bound"], stats["podsBound"])
+            pod_families.add_metric(["Pending"], stats["podsPending"])
+        return [
+            node_families,
+            GaugeMetricFamily(
+                "allot_nodes_cordoned", "nodes marked unschedulable", value=stats.get("nodesCordoned", 0)
+            ),
+            pod_families,
+            GaugeMetricFamily(
+                "allot_pending_queue_length", "pods waiting in the pending queue", value=stats.get("podsPending", 0)
+            ),
+            GaugeMetricFamily(
+                "allot_pod_plans_in_flight",
+                "pod placements this member planned that are not answered yet",
+                value=stats.get("plansInFlight", 0),
+            ),
+        ]
+
+
 class Metrics:
     """One registry per app, so several apps (tests, several members in one process) coexist."""
 
@@ -297,6 +354,7 @@ class Metrics:
         )
         self.watches = Gauge("allot_http_watches", "watch streams open now", registry=self.registry)
         self.registry.register(MemberCollector(member))
+        self.registry.register(SchedulingCollector(member))
         for collector in collectors:
             self.registry.register(collector)
 
@@ -505,7 +563,7 @@ class Api:
     # -- resources --
 
     def list_handler(self, kind: Kind) -> Handler:
-        allowed = {"limit", "continue", "labelSelector", "consistency", *TENANT_PARAMS}
+        allowed = {"limit", "continue", "labelSelector", "fieldSelector", "consistency", *TENANT_PARAMS}
         if kind.namespaced:
             allowed.add("namespace")
 
@@ -523,6 +581,7 @@ class Api:
                     continue_token=params.get("continue") or None,
                     label_selector=params.get("labelSelector") or None,
                     namespace=params.get("namespace"),
+                    field_selector=params.get("fieldSelector") or None,
                 )
             result["metadata"]["consistency"] = consistency
             return json_response(result, headers={CONSISTENCY_HEADER: consistency})
@@ -548,9 +607,101 @@ class Api:
             self._params(request, TENANT_PARAMS)
             request_id = self._request_id(request)
             body = await self._body(request)
-            return await self._submit(command_type, body, principal, request_id)
+            if command_type != POD_CREATE:
+                return await self._submit(command_type, body, principal, request_id)
+            return await self._submit_pod(body, principal, request_id)
 
         return handler
+
+    async def _submit_pod(self, body: dict[str, Any], principal: Principal, request_id: str) -> web.StreamResponse:
+        """pod.create with this member's plan (node/scheduling.py): reserved while in flight,
+        so pods planned together spread over nodes as they would one after another."""
+        if "plan" in body:
+            raise invalid("plan is chosen by the server; leave it out of the body", "plan")
+        plan: PodPlan | None = self.member.plan_pod(body.get("spec"), principal)
+        try:
+            if plan is not None:
+                body["plan"] = {"nodeName": plan.node_name}
+            return await self._submit(POD_CREATE, body, principal, request_id)
+        finally:
+            if plan is not None:
+                self.member.release_plan(plan)
+
+    def action_handler(self, kind: Kind, action: str) -> Handler:
+        command_type = f"{kind.action_prefix}.{action}"
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            principal = self._principal(request)
+            self._params(request, ())
+            request_id = self._request_id(request)
+            await self._empty_body(request)
+            return await self._submit(command_type, {"name": request.match_info["name"]}, principal, request_id)
+
+        return handler
+
+    async def _empty_body(self, request: web.Request) -> None:
+        """Actions take no body; one that is sent must be `{}` (fields may come later)."""
+        if not request.body_exists:
+            return
+        body = await self._body(request)
+        if body:
+            raise invalid(f"this action takes no body fields; got {', '.join(sorted(body))}", sorted(body)[0])
+
+    # -- scheduling: heartbeats and the scheduler --
+
+    async def node_heartbeat(self, request: web.Request) -> web.StreamResponse:
+        """A node agent's heartbeat: kept in members' memory, never in the log. The leader
+        turns missing heartbeats into NotReady (node/scheduling.py). Any member accepts it."""
+        principal = self._principal(request)
+        self._params(request, ())
+        if not (principal.is_admin and not principal.has_tenant):
+            raise ApiError("forbidden", "only the platform (an admin token) sends node heartbeats")
+        await self._empty_body(request)
+        name = check_name(request.match_info["name"], "name")
+        with self.member.reader() as view:  # this member's state: a heartbeat needs no barrier
+            node = nodes.load(view, name)
+        if node is None:
+            raise ApiError("not_found", f"Node {name} is not registered", {"kind": nodes.KIND, "name": name})
+        if not self.member.record_heartbeat(name):
+            raise retry_after("overloaded", "this member's heartbeat table is full; retry shortly", 1)
+        return json_response(
+            {
+                "kind": "NodeHeartbeat",
+                "name": name,
+                "ready": node["status"]["ready"],
+                "memberId": self.member.member_id,
+            }
+        )
+
+    async def scheduler_get(self, request: web.Request) -> web.StreamResponse:
+        self._principal(request)
+        params = self._params(request, {"consistency"})
+        consistency = await self._consistency(params)
+        with self.member.reader() as view:
+            cluster = Cluster.load(view)
+            revision = Meta.load(view).revision
+        body = {
+            "kind": "SchedulerStatus",
+            "policy": cluster.policy,
+            "nodes": cluster.nodes,
+            "pendingPods": cluster.pending,
+            "resourceVersion": revision,
+        }
+        return json_response(body, headers={CONSISTENCY_HEADER: consistency})
+
+    async def scheduler_configure(self, request: web.Request) -> web.StreamResponse:
+        principal = self._principal(request)
+        self._params(request, ())
+        request_id = self._request_id(request)
+        body = await self._body(request)
+        return await self._submit("scheduler.configure", body, principal, request_id)
+
+    async def scheduler_retry(self, request: web.Request) -> web.StreamResponse:
+        principal = self._principal(request)
+        self._params(request, ())
+        request_id = self._request_id(request)
+        body = await self._body(request) if request.body_exists else {}
+        return await self._submit("scheduler.retry", body, principal, request_id)
 
     def delete_handler(self, kind: Kind, command_type: str) -> Handler:
         allowed = {*TENANT_PARAMS, *(("namespace",) if kind.namespaced else ())}
@@ -603,8 +754,9 @@ class Api:
 
     async def watch(self, request: web.Request) -> web.StreamResponse:
         principal = self._principal(request)
-        params = self._params(request, {"kinds", "resourceVersion", "timeoutSeconds", *TENANT_PARAMS})
+        params = self._params(request, {"kinds", "resourceVersion", "timeoutSeconds", "fieldSelector", *TENANT_PARAMS})
         kinds = _kinds_param(params.get("kinds"))
+        field_selector = params.get("fieldSelector") or None
         start = _int_param(params, "resourceVersion")
         timeout_s = _int_param(params, "timeoutSeconds")
         if timeout_s is None:
@@ -618,10 +770,12 @@ class Api:
         with self.member.reader() as view:
             current = Meta.load(view).revision
             if start is None:
+                # Checked here too, so a bad selector is a 400 rather than an ERROR line later.
+                queries.events_after(view, principal, current, kinds, limit=0, field_selector=field_selector)
                 events: list[dict[str, Any]] = []
                 revision = current
             else:
-                events, revision = queries.events_after(view, principal, start, kinds)
+                events, revision = queries.events_after(view, principal, start, kinds, field_selector=field_selector)
 
         self.watches_open += 1
         self.prometheus.watches.inc()
@@ -632,7 +786,7 @@ class Api:
             await response.prepare(request)
             if start is None:
                 await response.write(_bookmark(revision))
-            await self._stream(response, principal, kinds, events, revision, current, timeout_s)
+            await self._stream(response, principal, kinds, field_selector, events, revision, current, timeout_s)
             await response.write_eof()
         except ConnectionError:
             pass  # the client went away; nothing to tell it
@@ -651,6 +805,7 @@ class Api:
         response: web.StreamResponse,
         principal: Principal,
         kinds: tuple[str, ...],
+        field_selector: str | None,
         events: list[dict[str, Any]],
         revision: int,
         current: int,
@@ -677,7 +832,9 @@ class Api:
             with self.member.reader() as view:
                 current = Meta.load(view).revision
                 try:
-                    events, revision = queries.events_after(view, principal, revision, kinds)
+                    events, revision = queries.events_after(
+                        view, principal, revision, kinds, field_selector=field_selector
+                    )
                 except Rejected as refusal:  # fell behind by more than the event log holds
                     if refusal.code != GONE:
                         raise
@@ -752,4 +909,10 @@ def build_app(
         else:
             router.add_post(collection, api.refuse_allocation_write)
             router.add_delete(item, api.refuse_allocation_write)
+        for action in kind.actions:
+            router.add_post(f"{item}/{action}", api.action_handler(kind, action))
+    router.add_post("/v1/nodes/{name}/heartbeat", api.node_heartbeat)
+    router.add_get("/v1/scheduler", api.scheduler_get)
+    router.add_put("/v1/scheduler", api.scheduler_configure)
+    router.add_post("/v1/scheduler/retry", api.scheduler_retry)
     return app

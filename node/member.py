@@ -15,11 +15,13 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from node.config import Timing
 from node.memstore import MemoryStore
-from statemachine import Outcome, apply
+from node.scheduling import HeartbeatTable, Planner, PodPlan, SchedulingTimers
+from statemachine import Outcome, Principal, apply
 from statemachine.context import Meta
 from statemachine.invariants import digest
 from statemachine.view import ReadView
@@ -77,17 +79,41 @@ class Member(Protocol):
         The digest hashes the whole state: callers that do not show it (metrics scrapes) pass
         include_digest=False so they never pay for it."""
 
+    def plan_pod(self, spec: Any, principal: Principal) -> PodPlan | None:
+        """A node for a pod.create (node/scheduling.py), reserved until `release_plan`."""
+
+    def release_plan(self, plan: PodPlan) -> None:
+        """The pod.create carrying this plan was answered or failed."""
+
+    def record_heartbeat(self, name: str) -> bool:
+        """A node's heartbeat heard over HTTP: remembered here and forwarded to the peers."""
+
+    def scheduling_stats(self) -> dict[str, int]:
+        """Nodes ready / not ready / cordoned, pods bound / pending, plans in flight."""
+
 
 class LocalMember:
     """A single-member Allot: no Raft, every envelope applied at once, in order."""
 
-    def __init__(self, member_id: str = "local", store: MemoryStore | None = None) -> None:
+    def __init__(
+        self,
+        member_id: str = "local",
+        store: MemoryStore | None = None,
+        timing: Timing | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._member_id = member_id
         self._store = store if store is not None else MemoryStore()
         self._lock = threading.Lock()  # one envelope at a time, as the log would order them
         self._index = 0
         self._changed: asyncio.Condition | None = None
         self._started_s = time.monotonic()
+        timing = timing or Timing()
+        self.planner = Planner()
+        self.heartbeats = HeartbeatTable(clock)
+        self.timers = SchedulingTimers(
+            self.planner, self.heartbeats, timing.node_grace_s, timing.pending_retry_s, self._submit_own
+        )
 
     @property
     def member_id(self) -> str:
@@ -103,6 +129,7 @@ class LocalMember:
             self._index += 1
             outcome = apply(self._store, envelope, self._index)
             self._store.apply_writes(outcome.writes)
+            self.planner.observe(outcome.writes)
         if outcome.writes:
             condition = self._condition()
             async with condition:
@@ -147,3 +174,29 @@ class LocalMember:
         if include_digest:
             status["digest"] = state_digest
         return status
+
+    # -- scheduling (node/scheduling.py) --
+
+    def plan_pod(self, spec: Any, principal: Principal) -> PodPlan | None:
+        with self.reader() as view:
+            return self.planner.plan(view, spec, principal)
+
+    def release_plan(self, plan: PodPlan) -> None:
+        self.planner.release(plan)
+
+    def record_heartbeat(self, name: str) -> bool:
+        return self.heartbeats.record(name, forward=False)  # no peers to tell
+
+    def scheduling_stats(self) -> dict[str, int]:
+        with self.reader() as view:
+            self.planner.ensure_loaded(view)
+        return self.planner.stats()
+
+    def run_timers(self, now: float) -> None:
+        """One pass of the leader's timers (this member always leads), at `now` on the
+        heartbeat table's clock. Nothing runs them on its own: tests call this."""
+        with self.reader() as view:
+            self.timers.run_once(view, 1, now)
+
+    async def _submit_own(self, envelope: bytes) -> Outcome:
+        return await self.submit(envelope, 10.0)

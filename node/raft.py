@@ -25,7 +25,10 @@ wrapping the one object it concerns; none of its source is copied):
   the journal on load (its first entries no longer match the dump) and lose the entries after
   the dump. `repair_journal` compacts the journal behind the dump before pysyncobj opens it.
 * **Peer links are kept warm**: a tiny message to every peer each `keepalive_s`, so the first
-  vote request after a leader dies does not die on a stale connection.
+  vote request after a leader dies does not die on a stale connection. The same message carries
+  the node heartbeats this member heard since the last one (`keepalive_payload`), so every
+  member, the leader included, learns them without a log entry. Our own messages (type
+  `allot_*`) are handled by the transport and never reach pysyncobj.
 
 pysyncobj private attributes are touched in exactly three places (`_SyncObj__raftLog`, the
 journal object; the transport we construct ourselves; `_SyncObj__raftElectionDeadline`, restarted
@@ -91,13 +94,25 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+ALLOT_MESSAGE_PREFIX = "allot_"  # message types of our own, between members, outside Raft
+
+
 class SyncedTransport(TCPTransport):  # type: ignore[misc]
-    """pysyncobj's TCP transport, syncing the journal before acknowledging appended entries."""
+    """pysyncobj's TCP transport, syncing the journal before acknowledging appended entries,
+    and delivering our own `allot_*` messages to `on_allot_message` instead of pysyncobj."""
 
     def __init__(self, sync_obj: Any, self_node: Any, other_nodes: Any) -> None:
         super().__init__(sync_obj, self_node, other_nodes)
         self.before_ack: Callable[[], None] | None = None
+        self.on_allot_message: Callable[[Any, dict[str, Any]], None] | None = None
         sync_obj.allot_transport = self
+
+    def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802 - pysyncobj's name
+        if isinstance(message, dict) and str(message.get("type", "")).startswith(ALLOT_MESSAGE_PREFIX):
+            if self.on_allot_message is not None:
+                self.on_allot_message(node, message)
+            return
+        super()._onMessageReceived(node, message)
 
     def send(self, node: Any, message: Any) -> bool:
         if (
@@ -300,6 +315,13 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self.journal_syncs = 0
         self.observe_sync_s: Callable[[float], None] = lambda _seconds: None
         self.observe_apply_s: Callable[[float], None] = lambda _seconds: None
+        # Hooks for the replicated member, all called on the tick thread: the outcomes of each
+        # applied entry; a dump installed (the store changed without entries); the extra
+        # fields of the next keep-alive; an `allot_keepalive` received from a peer.
+        self.on_outcomes: Callable[[list[Outcome]], None] = lambda _outcomes: None
+        self.on_dump_installed: Callable[[], None] = lambda: None
+        self.keepalive_payload: Callable[[], dict[str, Any]] = dict
+        self.on_keepalive: Callable[[dict[str, Any]], None] = lambda _message: None
         conf.serializer = dump_writer.serialize
         conf.deserializer = self._load_dump
         self._dump_writer = dump_writer
@@ -310,7 +332,12 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         if self.allot_transport is None:
             raise RuntimeError("pysyncobj did not construct the transport we gave it")
         self.allot_transport.before_ack = self.sync_journal
+        self.allot_transport.on_allot_message = self._on_allot_message
         self.addOnTickCallback(self._tick)
+
+    def _on_allot_message(self, node: Any, message: dict[str, Any]) -> None:
+        if message.get("type") == "allot_keepalive":
+            self.on_keepalive(message)
 
     def _wrap_journal(self, journal_path: str) -> None:
         journal = self._SyncObj__raftLog
@@ -364,6 +391,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         message, which it is.
         """
         loaded = self._dump_writer.deserialize(path)
+        self.on_dump_installed()
         low, high = self._election_timeout_s
         # pysyncobj's own clock (CLOCK_MONOTONIC_RAW on Linux), not time.monotonic().
         self._SyncObj__raftElectionDeadline = pysyncobj_clock() + random.uniform(low, high)
@@ -395,8 +423,9 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         now = time.monotonic()
         if now >= self._next_keepalive and self.allot_transport is not None:
             self._next_keepalive = now + self._keepalive_s
+            message = {**self.keepalive_payload(), "type": "allot_keepalive"}
             for node in self.otherNodes:
-                self.allot_transport.send(node, {"type": "allot_keepalive"})
+                self.allot_transport.send(node, message)
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, batch: bytes) -> list[Outcome] | None:
@@ -408,5 +437,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             stop_member(f"applying log entry {index} failed: {type(exc).__name__}: {exc}")
             raise  # unreachable: stop_member exits
         self.observe_apply_s(time.monotonic() - started)
+        if outcomes:
+            self.on_outcomes(outcomes)
         self._on_applied(index)
         return outcomes

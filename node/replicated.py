@@ -17,6 +17,13 @@ Outcomes of proposals: pysyncobj's MISSING_LEADER, NOT_LEADER and QUEUE_FULL mea
 appended: 503, safe to retry. DISCARDED means another entry won that index: not applied, 503.
 LEADER_CHANGED, UNKNOWN_OUTCOME and our own deadline mean it may or may not apply: 504, safe to
 retry with the same request id (the state machine applies it at most once).
+
+Scheduling (node/scheduling.py): the planner's node table follows the node records written by
+each applied entry (handed over from the tick thread with the entry's outcomes, before the
+entry's answers, so a plan released on its answer is already in the table); node heartbeats
+heard over HTTP ride on the next keep-alive to every peer; the leader's timers (NotReady
+verdicts, pending-queue sweeps) run as one task on the loop and propose through `submit` like
+any request.
 """
 
 from __future__ import annotations
@@ -39,11 +46,12 @@ from pysyncobj.syncobj import _RAFT_STATE
 from node.config import MemberConfig
 from node.member import NoLeaderError, OutcomeUnknownError, OverloadedError
 from node.raft import AllotRaft, DumpWriter, batch_envelopes_max, encode_batch, raft_conf, repair_journal
+from node.scheduling import HeartbeatTable, Planner, PodPlan, SchedulingTimers
 from node.store import open_replica_store
-from statemachine import Envelope, Outcome, Principal, encode_envelope, queries
+from statemachine import Envelope, Outcome, Principal, encode_envelope, keys, queries
 from statemachine.context import Meta
 from statemachine.pools import pool_id
-from statemachine.view import ReadView
+from statemachine.view import ReadView, Write
 
 log = logging.getLogger("allot.member")
 
@@ -125,9 +133,23 @@ class ReplicatedMember:
             self._on_applied,
             config.timing.keepalive_s,
         )
+        self.planner = Planner()
+        self.heartbeats = HeartbeatTable()
+        self.timers = SchedulingTimers(
+            self.planner,
+            self.heartbeats,
+            config.timing.node_grace_s,
+            config.timing.pending_retry_s,
+            self._submit_own,
+        )
+        self._timers_task: asyncio.Task[None] | None = None
         self.metrics = ReplicationMetrics(self)
         self.raft.observe_apply_s = self.metrics.apply_seconds.observe
         self.raft.observe_sync_s = self.metrics.sync_seconds.observe
+        self.raft.on_outcomes = self._on_outcomes
+        self.raft.on_dump_installed = self._on_dump_installed
+        self.raft.keepalive_payload = self._keepalive_payload
+        self.raft.on_keepalive = self._on_keepalive
         self.raft.addOnTickCallback(self._observe)
         self.raft.waitBinded()
 
@@ -137,12 +159,15 @@ class ReplicatedMember:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._batcher = asyncio.create_task(self._run_batcher(), name="allot-batcher")
+        self._timers_task = asyncio.create_task(self._run_timers(), name="allot-scheduling-timers")
 
     async def stop(self) -> None:
-        if self._batcher is not None:
-            self._batcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._batcher
+        for task in (self._timers_task, self._batcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self.timers.cancel()
         self.raft.destroy()
         deadline = time.monotonic() + 5
         while self.raft.tick_thread_alive() and time.monotonic() < deadline:
@@ -175,6 +200,33 @@ class ReplicatedMember:
     def _on_applied(self, index: int) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._notify_changed)
+
+    def _on_outcomes(self, outcomes: list[Outcome]) -> None:
+        """Tick thread: hand the node and scheduler records an entry wrote to the planner."""
+        if self._loop is None:
+            return  # replay at start: the planner loads from the store when first used
+        scheduling: list[Write] = [
+            write
+            for outcome in outcomes
+            for write in outcome.writes
+            if write[0].startswith(keys.NODE_STATE) or write[0] == keys.SCHEDULER
+        ]
+        if scheduling:
+            self._loop.call_soon_threadsafe(self.planner.observe, scheduling)
+
+    def _on_dump_installed(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.planner.invalidate)
+
+    def _keepalive_payload(self) -> dict[str, Any]:
+        """Tick thread: the node heartbeats heard here since the last keep-alive."""
+        sightings = self.heartbeats.take_outbox()
+        return {"sightings": sightings} if sightings else {}
+
+    def _on_keepalive(self, message: dict[str, Any]) -> None:
+        sightings = message.get("sightings")
+        if isinstance(sightings, list):
+            self.heartbeats.record_forwarded(sightings)
 
     def _notify_changed(self) -> None:
         """On the loop: wake everything waiting for the state to change."""
@@ -318,6 +370,39 @@ class ReplicatedMember:
         for reader in batch.readers:
             if not reader.done():
                 reader.set_exception(exception)
+
+    # ---- scheduling (node/scheduling.py) ------------------------------------------------------
+
+    def plan_pod(self, spec: Any, principal: Principal) -> PodPlan | None:
+        with self.store.reader() as view:
+            return self.planner.plan(view, spec, principal)
+
+    def release_plan(self, plan: PodPlan) -> None:
+        self.planner.release(plan)
+
+    def record_heartbeat(self, name: str) -> bool:
+        return self.heartbeats.record(name, forward=True)
+
+    def scheduling_stats(self) -> dict[str, int]:
+        with self.store.reader() as view:
+            self.planner.ensure_loaded(view)
+        return self.planner.stats()
+
+    async def _submit_own(self, envelope: bytes) -> Outcome:
+        return await self.submit(envelope, self.config.timing.node_grace_s)
+
+    async def _run_timers(self) -> None:
+        """The leader's timers, checked every `timers.period_s` on every member (only the
+        leader acts; a member that becomes leader starts its grace period then)."""
+        while True:
+            await asyncio.sleep(self.timers.period_s)
+            try:
+                view = self._raft_view
+                leader_term = view.term if view.role == "leader" else None
+                with self.store.reader() as read_view:
+                    self.timers.run_once(read_view, leader_term, time.monotonic())
+            except Exception:  # a timer bug must not end the member's timers for good
+                log.exception("the scheduling timers failed; trying again next period")
 
     # ---- reads -------------------------------------------------------------------------------
 

@@ -38,22 +38,22 @@ class Resource:
     tenant_scoped: bool  # claims, allocations, pods, services: keyed by the caller's org and project
 
 
-# The kinds served over HTTP today. node/http.py checks that its routes cover exactly these.
-RESOURCES = {
+IPAM_RESOURCES = {
     "ippools": Resource("ippools", pools.KIND, keys.POOL, False),
     "ipclasses": Resource("ipclasses", classes.KIND, keys.CLASS, False),
     "ipclaims": Resource("ipclaims", claims.KIND, keys.CLAIM, True),
     "ipallocations": Resource("ipallocations", claims.ALLOCATION_KIND, keys.ALLOC, True),
 }
-# The scheduler's kinds: readable here (get, list, watch) and written by the commands in
-# cluster.py. When their HTTP routes exist, merge them into RESOURCES.
+# The scheduler's kinds, written by the commands in cluster.py.
 SCHEDULER_RESOURCES = {
     "nodes": Resource("nodes", nodes.KIND, keys.NODE, False),
     "pods": Resource("pods", pods.KIND, keys.POD, True),
     "services": Resource("services", services.KIND, keys.SERVICE, True),
     "quotas": Resource("quotas", quotas.KIND, keys.QUOTA, False),
 }
-ALL_RESOURCES = {**RESOURCES, **SCHEDULER_RESOURCES}
+# The kinds served over HTTP. node/http.py checks that its routes cover exactly these.
+RESOURCES = {**IPAM_RESOURCES, **SCHEDULER_RESOURCES}
+ALL_RESOURCES = RESOURCES
 _by_kind = {resource.kind: resource for resource in ALL_RESOURCES.values()}
 
 # Field selectors (`spec.nodeName=n1`, `status.phase=Pending`), per kind: so a node agent can

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import big_state, failover
+from bench import big_state, failover, http_pods
 
 
 def test_big_state_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -21,4 +21,11 @@ def test_failover_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     failover.main(["--kills", "1", "--timeout", "30"])
     printed = capsys.readouterr().out
     for what in ("kill  1: leader", "failover    1 kills: median", "writers "):
+        assert what in printed, printed
+
+
+def test_http_pods_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    http_pods.main(["--nodes", "20", "40", "--clients", "8", "--seconds", "1"])
+    printed = capsys.readouterr().out
+    for what in ("20 nodes (registered 20", "40 nodes (registered 20", "pods/s created and bound", "answered Pending"):
         assert what in printed, printed

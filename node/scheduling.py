@@ -1,0 +1,499 @@
+"""A member's share of scheduling, outside the log: planning pods, node heartbeats, leader timers.
+
+The state machine decides (statemachine/scheduler.py); this module only keeps a member's own
+hints and clocks, none of which is replicated:
+
+* `Planner`: the proposer's model of every node's scheduling record (`nst/<name>`), loaded once
+  from the member's store and then kept current from the writes of each applied entry, plus
+  this member's own in-flight plans (a reservation of cpu, memory and one pod on the planned
+  node, released when the request is answered or fails). `plan` runs the same quota check,
+  `fit` and `score` as `statemachine.scheduler.plan_pod`, so its choice is the one `plan_pod`
+  would make on the state plus the reservations; but instead of scoring every node per pod it
+  keeps, per distinct pod shape ("signature": requests, selectors, tolerations, policy), a heap
+  of the nodes that fit ordered by (score desc, name asc), updated only for the nodes that
+  change. Pods planned together against the same state therefore spread (or pack) as they
+  would one after another, instead of all naming the same node and falling back to the apply's
+  full search. A plan is only a hint: apply verifies it with `fit` (and searches if it no
+  longer fits), so a stale table, a leader change or another member's plans cost time, never
+  correctness.
+* `HeartbeatTable`: when each node was last heard, by this member (HTTP) or by a peer
+  (forwarded on the Raft keep-alive). Thread-safe: the HTTP loop records, the tick thread
+  forwards and receives.
+* `NodeMonitor` and `SchedulingTimers`: the leader's verdicts. A Ready node not heard for
+  `node_grace_s` becomes NotReady, a NotReady node heard again becomes Ready: each one
+  `node.condition` proposal per transition, never a log entry per heartbeat. A new leader
+  judges nobody before a full grace period from its election (its heartbeat table may be
+  younger than that). While pods are pending, `scheduler.retry` every `pending_retry_s`.
+
+Everything that grows is bounded: heartbeat names (`heartbeat_names_max`), names forwarded per
+keep-alive (`sightings_per_message_max`), plans in flight (`plans_in_flight_max`), signature
+heaps (`plan_signatures_max`, each compacted past `heap_slack` entries per node), condition
+proposals in flight (`conditions_in_flight_max`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from statemachine import keys, pods, quotas
+from statemachine.codec import Envelope, Principal, encode_envelope, loads
+from statemachine.errors import Rejected
+from statemachine.nodes import NodeState, nodes_max
+from statemachine.pods import Needs
+from statemachine.scheduler import (
+    NODE_STATE_END,
+    Cluster,
+    charge_of,
+    fill_default_requests,
+    fit,
+    score,
+    sweep_pods_max,
+)
+from statemachine.view import ReadView, Write
+
+log = logging.getLogger("allot.scheduling")
+
+plans_in_flight_max = 4096  # plans reserved and not answered; beyond this pods go unplanned
+plan_signatures_max = 16  # pod shapes with a candidate heap; the least recently used is dropped
+heap_slack = 4  # a heap holding more than this many entries per node is rebuilt
+heartbeat_names_max = 2 * nodes_max  # names in the heartbeat table (peers' names are unchecked)
+sightings_per_message_max = 2000  # node names forwarded on one keep-alive (the rest wait 100 ms)
+conditions_in_flight_max = 256  # node.condition proposals the leader has waiting at once
+monitor_period_max_s = 1.0  # the leader checks heartbeats at least this often
+
+LEADER_PRINCIPAL = Principal("allot-leader", "", "", "admin")  # the leader's timers act as the platform
+REASON_HEARTBEAT_MISSED = "NodeStatusUnknown"
+REASON_HEARTBEAT_RESUMED = "NodeHeartbeatResumed"
+
+Signature = tuple[Any, ...]  # requests, selector, affinity, tolerations, policy
+
+
+@dataclass
+class PodPlan:
+    """A node chosen for one pod.create, reserved in the planner until `Planner.release`."""
+
+    node_name: str
+    cpu_millis: int
+    memory_bytes: int
+    released: bool = False
+
+
+class _Candidates:
+    """The nodes a pod of one signature fits, as a heap of (-score, name, version).
+
+    An entry is current while its version is the node's version; every change to a node pushes
+    a fresh entry when the node fits, so the first current entry is the node `search` would
+    choose (highest score, then lowest name). Stale entries are dropped when they surface."""
+
+    def __init__(self, needs: Needs, policy: str) -> None:
+        self.needs = needs
+        self.policy = policy
+        self.entries: list[tuple[int, str, int]] = []
+
+    def offer(self, name: str, state: NodeState, version: int) -> None:
+        if fit(state, self.needs, None) is None:
+            heapq.heappush(self.entries, (-score(state, self.needs, self.policy, None), name, version))
+
+    def rebuild(self, states: Mapping[str, NodeState], versions: Mapping[str, int]) -> None:
+        needs, policy = self.needs, self.policy
+        self.entries = [
+            (-score(state, needs, policy, None), name, versions[name])
+            for name, state in states.items()
+            if fit(state, needs, None) is None
+        ]
+        heapq.heapify(self.entries)
+
+    def best(self, versions: Mapping[str, int]) -> str | None:
+        entries = self.entries
+        while entries:
+            _, name, version = entries[0]
+            if versions.get(name) == version:
+                return name
+            heapq.heappop(entries)
+        return None
+
+
+class Planner:
+    """The proposer's node table and its in-flight plans (see the module docstring).
+
+    Used on the member's event loop only; the tick thread hands it applied writes through
+    `loop.call_soon_threadsafe(planner.observe, writes)`."""
+
+    def __init__(self) -> None:
+        self._truth: dict[str, NodeState] | None = None  # the store's records; None: not loaded
+        self._effective: dict[str, NodeState] = {}  # truth plus this member's reservations
+        self._versions: dict[str, int] = {}
+        self._reserved: dict[str, tuple[int, int, int]] = {}  # name -> (cpu, memory, pods) planned
+        self._heaps: OrderedDict[Signature, _Candidates] = OrderedDict()
+        self._next_version = 0
+        self.policy = pods.SPREAD
+        self.pending_pods = 0
+        self.in_flight = 0
+        self.plans = 0
+        self.unplanned = 0  # plan() calls that named no node
+
+    # -- the table --
+
+    @property
+    def loaded(self) -> bool:
+        return self._truth is not None
+
+    def invalidate(self) -> None:
+        """The store changed wholesale (a snapshot was installed): reload at the next use."""
+        self._truth = None
+        self._effective.clear()
+        self._heaps.clear()
+
+    def ensure_loaded(self, view: ReadView) -> None:
+        """Read every node record once. Writes applied after this view are replayed by
+        `observe` in apply order; writes already in the view may be replayed too, which is
+        harmless because each write carries a whole record and the last one wins."""
+        if self._truth is not None:
+            return
+        self._truth = {
+            key[len(keys.NODE_STATE) :].decode(): NodeState.from_plain(loads(raw))
+            for key, raw in view.scan(keys.NODE_STATE, NODE_STATE_END)
+        }
+        self._set_cluster(Cluster.load(view))
+        self._effective.clear()
+        self._heaps.clear()
+        for name in self._truth:
+            self._refresh(name)
+
+    def observe(self, writes: Iterable[Write]) -> None:
+        """Writes of applied entries, in apply order: node records and the scheduler record."""
+        truth = self._truth
+        if truth is None:
+            return  # loading later reads them from the store
+        for key, value in writes:
+            if key.startswith(keys.NODE_STATE):
+                name = key[len(keys.NODE_STATE) :].decode()
+                if value is None:
+                    truth.pop(name, None)
+                else:
+                    truth[name] = NodeState.from_plain(loads(value))
+                self._refresh(name)
+            elif key == keys.SCHEDULER and value is not None:
+                self._set_cluster(Cluster(*loads(value)))
+
+    def _set_cluster(self, cluster: Cluster) -> None:
+        if cluster.policy != self.policy:
+            self._heaps.clear()  # signatures without their own policy now score differently
+        self.policy = cluster.policy
+        self.pending_pods = cluster.pending
+
+    def _refresh(self, name: str) -> None:
+        """The node's record or reservation changed: recompute it and offer it to every heap."""
+        truth = self._truth
+        if truth is None:
+            return
+        self._next_version += 1
+        version = self._next_version
+        state = truth.get(name)
+        if state is None:
+            self._effective.pop(name, None)
+            self._versions.pop(name, None)
+            return
+        reserved = self._reserved.get(name)
+        if reserved is not None:
+            state = replace(
+                state,
+                cpu_used=state.cpu_used + reserved[0],
+                memory_used=state.memory_used + reserved[1],
+                pods_used=state.pods_used + reserved[2],
+            )
+        self._effective[name] = state
+        self._versions[name] = version
+        limit = heap_slack * len(self._effective) + 64
+        for candidates in self._heaps.values():
+            if len(candidates.entries) > limit:
+                candidates.rebuild(self._effective, self._versions)
+            else:
+                candidates.offer(name, state, version)
+
+    # -- planning --
+
+    def plan(self, view: ReadView, spec: Any, principal: Principal) -> PodPlan | None:
+        """The node for a pod.create, reserved until `release`; None when nothing fits, the
+        spec is invalid (apply will say why), the quota has no room, or too many plans are
+        in flight. Same checks, fit and score as `statemachine.scheduler.plan_pod`."""
+        if not principal.has_tenant or self.in_flight >= plans_in_flight_max:
+            self.unplanned += 1
+            return None
+        try:
+            checked, has_requests = pods.check_spec(spec)
+        except Rejected:
+            self.unplanned += 1
+            return None
+        tenant = quotas.Tenant(view, principal.org, principal.project)
+        fill_default_requests(checked, has_requests, tenant)
+        if tenant.shortfall(charge_of(checked)) is not None:
+            self.unplanned += 1
+            return None
+        self.ensure_loaded(view)
+        needs = Needs.of(checked)
+        name = self._candidates(needs).best(self._versions)
+        if name is None:
+            self.unplanned += 1
+            return None
+        cpu, memory, pod_count = self._reserved.get(name, (0, 0, 0))
+        self._reserved[name] = (cpu + needs.cpu_millis, memory + needs.memory_bytes, pod_count + 1)
+        self._refresh(name)
+        self.in_flight += 1
+        self.plans += 1
+        return PodPlan(name, needs.cpu_millis, needs.memory_bytes)
+
+    def release(self, plan: PodPlan) -> None:
+        """The request was answered (its bind, if any, is in the table by now) or failed."""
+        if plan.released:
+            return
+        plan.released = True
+        self.in_flight -= 1
+        cpu, memory, pod_count = self._reserved.get(plan.node_name, (0, 0, 0))
+        left = (cpu - plan.cpu_millis, memory - plan.memory_bytes, pod_count - 1)
+        if left[2] <= 0:
+            self._reserved.pop(plan.node_name, None)
+        else:
+            self._reserved[plan.node_name] = left
+        self._refresh(plan.node_name)
+
+    def _candidates(self, needs: Needs) -> _Candidates:
+        policy = needs.policy or self.policy
+        signature = (needs.cpu_millis, needs.memory_bytes, needs.selector, needs.affinity, needs.tolerations, policy)
+        candidates = self._heaps.get(signature)
+        if candidates is None:
+            candidates = _Candidates(needs, policy)
+            candidates.rebuild(self._effective, self._versions)
+            self._heaps[signature] = candidates
+            while len(self._heaps) > plan_signatures_max:
+                self._heaps.popitem(last=False)
+        else:
+            self._heaps.move_to_end(signature)
+        return candidates
+
+    # -- what the timers and metrics read --
+
+    def readiness(self) -> dict[str, bool]:
+        """Every node's Ready flag as this member's store has it (the table must be loaded)."""
+        return {name: state.ready for name, state in (self._truth or {}).items()}
+
+    def stats(self) -> dict[str, int]:
+        truth = self._truth or {}
+        ready = sum(1 for state in truth.values() if state.ready)
+        return {
+            "nodesReady": ready,
+            "nodesNotReady": len(truth) - ready,
+            "nodesCordoned": sum(1 for state in truth.values() if not state.schedulable),
+            "podsBound": sum(state.pods_used for state in truth.values()),
+            "podsPending": self.pending_pods,
+            "plansInFlight": self.in_flight,
+        }
+
+
+class HeartbeatTable:
+    """When each node was last heard (this process's monotonic clock), and which sightings this
+    member still has to forward to its peers. Thread-safe."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, names_max: int = heartbeat_names_max) -> None:
+        self._clock = clock
+        self._names_max = names_max
+        self._lock = threading.Lock()
+        self._seen: dict[str, float] = {}
+        self._outbox: dict[str, None] = {}  # an ordered set: names heard here since the last forward
+
+    def record(self, name: str, *, forward: bool) -> bool:
+        """A heartbeat (forward=True: heard over HTTP, tell the peers). False when the table is
+        full of other names (only names forwarded by peers, which are not checked, can fill it)."""
+        with self._lock:
+            if name not in self._seen and len(self._seen) >= self._names_max:
+                return False
+            self._seen[name] = self._clock()
+            if forward and len(self._outbox) < self._names_max:
+                self._outbox[name] = None
+            return True
+
+    def record_forwarded(self, names: Iterable[Any]) -> None:
+        for name in names:
+            if isinstance(name, str):
+                self.record(name, forward=False)
+
+    def take_outbox(self, count_max: int = sightings_per_message_max) -> list[str]:
+        with self._lock:
+            names: list[str] = []
+            for name in self._outbox:
+                if len(names) == count_max:
+                    break
+                names.append(name)
+            for name in names:
+                del self._outbox[name]
+            return names
+
+    def last_seen(self, name: str) -> float | None:
+        with self._lock:
+            return self._seen.get(name)
+
+    def prune(self, known: Mapping[str, Any]) -> None:
+        """Forget names that are not registered nodes (deleted, or never were)."""
+        with self._lock:
+            for name in [name for name in self._seen if name not in known]:
+                del self._seen[name]
+                self._outbox.pop(name, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: str
+    ready: bool
+    reason: str
+
+
+class NodeMonitor:
+    """The leader's Ready/NotReady decisions from heartbeat ages (pure apart from the table)."""
+
+    def __init__(self, heartbeats: HeartbeatTable, grace_s: float) -> None:
+        self.heartbeats = heartbeats
+        self.grace_s = grace_s
+        self.leader_since: float | None = None
+        self._first_known: dict[str, float] = {}  # when this leader first saw each node registered
+        self.in_flight: set[str] = set()
+
+    def became_leader(self, now: float) -> None:
+        self.leader_since = now
+        self._first_known.clear()
+        self.in_flight.clear()
+
+    def lost_leadership(self) -> None:
+        self.leader_since = None
+        self._first_known.clear()
+
+    def verdicts(self, readiness: Mapping[str, bool], now: float) -> list[Verdict]:
+        """Transitions to propose now. Nodes with a proposal in flight are skipped, so each
+        transition is proposed once (again only if that proposal failed)."""
+        if self.leader_since is None:
+            return []
+        for name in [name for name in self._first_known if name not in readiness]:
+            del self._first_known[name]
+        found: list[Verdict] = []
+        for name, ready in readiness.items():
+            first_known = self._first_known.setdefault(name, now)
+            if name in self.in_flight:
+                continue
+            seen = self.heartbeats.last_seen(name)
+            if ready:
+                # A full grace from the later of: the last heartbeat, this leader's election,
+                # the moment this leader first saw the node (a node registered just now).
+                heard = max(seen if seen is not None else self.leader_since, self.leader_since, first_known)
+                if now - heard > self.grace_s:
+                    message = f"{REASON_HEARTBEAT_MISSED}: no heartbeat for {now - heard:.1f} s"
+                    found.append(Verdict(name, False, message))
+            elif seen is not None and now - seen <= self.grace_s:
+                found.append(Verdict(name, True, REASON_HEARTBEAT_RESUMED))
+        return found
+
+
+Submit = Callable[[bytes], Awaitable[Any]]
+
+
+class SchedulingTimers:
+    """The leader's periodic work: node conditions and pending-queue sweeps.
+
+    `run_once` is called every `period_s` by the member (and directly by tests with their own
+    clock); proposals are submitted as tasks so a slow commit never delays the next check."""
+
+    def __init__(
+        self,
+        planner: Planner,
+        heartbeats: HeartbeatTable,
+        grace_s: float,
+        pending_retry_s: float,
+        submit: Submit,
+    ) -> None:
+        self.planner = planner
+        self.monitor = NodeMonitor(heartbeats, grace_s)
+        self.pending_retry_s = pending_retry_s
+        self._submit = submit
+        self._next_sweep_s = 0.0
+        self._leader_term: int | None = None
+        self._sweep_in_flight = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.conditions_proposed = 0
+        self.sweeps_proposed = 0
+
+    @property
+    def period_s(self) -> float:
+        return min(monitor_period_max_s, self.monitor.grace_s / 4, self.pending_retry_s)
+
+    def run_once(self, view: ReadView, leader_term: int | None, now: float) -> None:
+        """One check at `now`. `leader_term` is the term this member leads in, None when it
+        does not lead: a new term is a new election, so the grace period starts again."""
+        monitor = self.monitor
+        if leader_term != self._leader_term:
+            self._leader_term = leader_term
+            monitor.lost_leadership()
+            if leader_term is not None:
+                monitor.became_leader(now)
+                self._next_sweep_s = now + self.pending_retry_s
+        if leader_term is None:
+            return
+        self.planner.ensure_loaded(view)
+        readiness = self.planner.readiness()
+        monitor.heartbeats.prune(readiness)
+        for verdict in monitor.verdicts(readiness, now):
+            if len(monitor.in_flight) >= conditions_in_flight_max:
+                break
+            monitor.in_flight.add(verdict.name)
+            body = {"name": verdict.name, "ready": verdict.ready, "reason": verdict.reason}
+            self._spawn(self._condition(verdict.name, body))
+        if self.planner.pending_pods > 0 and now >= self._next_sweep_s and not self._sweep_in_flight:
+            self._next_sweep_s = now + self.pending_retry_s
+            self._sweep_in_flight = True
+            self._spawn(self._sweep())
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def settle(self) -> None:
+        """Wait for the proposals started so far (tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _condition(self, name: str, body: dict[str, Any]) -> None:
+        try:
+            self.conditions_proposed += 1
+            await self._submit(_encode("node.condition", body))
+            log.info("node %s: proposed ready=%s (%s)", name, body["ready"], body["reason"])
+        except Exception as exc:  # no leader, timeout, ...: the next check proposes again
+            log.warning("node %s: proposing ready=%s failed: %s", name, body["ready"], exc)
+        finally:
+            self.monitor.in_flight.discard(name)
+
+    async def _sweep(self) -> None:
+        try:
+            self.sweeps_proposed += 1
+            await self._submit(_encode("scheduler.retry", {"pods": sweep_pods_max}))
+        except Exception as exc:
+            log.warning("proposing a pending-queue sweep failed: %s", exc)
+        finally:
+            self._sweep_in_flight = False
+
+
+def _encode(command_type: str, body: dict[str, Any]) -> bytes:
+    return encode_envelope(Envelope(command_type, body, LEADER_PRINCIPAL, None, time.time_ns() // 1_000_000))

@@ -1,0 +1,617 @@
+"""The scheduler's HTTP routes (node/http.py) and the member's scheduling work (node/scheduling.py),
+in process: `LocalMember` behind aiohttp's TestServer on 127.0.0.1, as in tests/test_http.py.
+
+Nodes (CRUD, cordon/uncordon/drain, heartbeats), pods (bound in the create answer, planned by
+the member), services, quotas, the scheduler's own routes, field selectors on lists and
+watches, the error codes of the one table, refused input leaving the state unchanged, the
+planner against `plan_pod`, the leader's timers on an injected clock, and the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.http import ERROR_STATUS, Limits
+from node.member import LocalMember
+from node.memstore import MemoryStore
+from node.scheduling import HeartbeatTable, NodeMonitor, Planner
+from statemachine import Envelope, Ok, Principal, apply, encode_envelope, scheduler
+from statemachine.invariants import check_invariants
+from statemachine.scheduler import plan_pod
+from tests.test_http import ACME, ADMIN, GLOBEX, Api, auth, read_events, run, watch_url
+
+GIB = 1 << 30
+POD_POOL = {"name": "pods", "spec": {"cidr": "10.64.0.0/16"}}
+SERVICE_POOL = {"name": "svc", "spec": {"cidr": "10.96.0.0/24"}}
+
+
+def node(name: str, cpu: int = 4000, memory: int = 8 * GIB, pods: int = 10, **spec: Any) -> dict[str, Any]:
+    capacity = {"cpuMillis": cpu, "memoryBytes": memory, "pods": pods}
+    return {"name": name, "labels": {"rack": name[-1]}, "spec": {"capacity": capacity, "podPool": "pods", **spec}}
+
+
+def pod(name: str, cpu: int = 100, memory: int = 64 << 20, **spec: Any) -> dict[str, Any]:
+    return {"name": name, "spec": {"requests": {"cpuMillis": cpu, "memoryBytes": memory}, **spec}}
+
+
+async def cluster(api: Api, *names: str, **spec: Any) -> None:
+    await api.ok("POST", "/v1/ippools", ADMIN, POD_POOL)
+    for name in names:
+        assert (await api.call("POST", "/v1/nodes", ADMIN, node(name, **spec))).status == 201
+
+
+async def names_of(api: Api, path: str, token: str = ADMIN, **params: str) -> list[str]:
+    body = await api.ok("GET", path, token, params=params or None)
+    return [item["metadata"]["name"] for item in body["items"]]
+
+
+# ---- nodes -----------------------------------------------------------------------------------
+
+
+def test_node_crud_and_tenancy(tmp_path: Path) -> None:
+    async def check(api: Api) -> None:
+        await api.ok("POST", "/v1/ippools", ADMIN, POD_POOL)
+        created = await api.call("POST", "/v1/nodes", ADMIN, node("n1"))
+        assert created.status == 201 and created.body["kind"] == "Node"
+        assert created.body["status"]["podCIDR"].startswith("10.64.")
+        assert created.headers["X-Allot-Request-Id"] and int(created.headers["X-Allot-Revision"]) > 0
+        again = await api.call("POST", "/v1/nodes", ADMIN, node("n1"))  # same spec: the existing node
+        assert again.status == 200 and again.body["metadata"]["uid"] == created.body["metadata"]["uid"]
+        await api.error(409, "already_exists", "POST", "/v1/nodes", body=node("n1", cpu=8000))
+        await api.error(403, "forbidden", "POST", "/v1/nodes", ACME, body=node("n2"))
+        # Every tenant reads nodes; nobody else changes them.
+        assert (await api.ok("GET", "/v1/nodes/n1", ACME))["metadata"]["name"] == "n1"
+        assert await names_of(api, "/v1/nodes", GLOBEX) == ["n1"]
+        assert await names_of(api, "/v1/nodes", ADMIN, labelSelector="rack=1") == ["n1"]
+        assert await names_of(api, "/v1/nodes", ADMIN, labelSelector="rack=2") == []
+        await api.error(403, "forbidden", "DELETE", "/v1/nodes/n1", ACME)
+        await api.error(400, "invalid", "GET", "/v1/nodes", params={"namespace": "default"})
+        deleted = await api.ok("DELETE", "/v1/nodes/n1")
+        assert deleted["metadata"]["name"] == "n1"
+        await api.error(404, "not_found", "GET", "/v1/nodes/n1")
+        await api.error(404, "not_found", "DELETE", "/v1/nodes/n1")
+
+    run(tmp_path, check)
+
+
+def test_node_register_refuses_bad_input_and_changes_nothing(tmp_path: Path) -> None:
+    async def check(api: Api) -> None:
+        await api.ok("POST", "/v1/ippools", ADMIN, POD_POOL)
+        before = api.digest()
+        bad_bodies = [
+            ({**node("n1"), "colour": "red"}, "colour"),
+            ({"name": "n1", "spec": {"podPool": "pods"}}, "spec.capacity"),
+            (node("n1", cpu="4000"), "spec.capacity.cpuMillis"),  # type: ignore[arg-type]
+            ({**node("n1"), "name": "Not_A_Name"}, "name"),
+            (node("n1", pods=10_000), None),  # more pods than a /24 has addresses
+            ({**node("n1"), "spec": {**node("n1")["spec"], "podPool": 7}}, "spec.podPool"),
+        ]
+        for body, field_name in bad_bodies:
+            reply = await api.error(400, "invalid", "POST", "/v1/nodes", body=body)
+            if field_name is not None:
+                assert reply.body["error"]["details"].get("field") == field_name, reply.body
+        await api.error(404, "not_found", "POST", "/v1/nodes", body=node("n1", podPool="missing"))
+        await api.error(400, "invalid", "POST", "/v1/nodes", raw=b'{"name": "n1", "name": "n2"}')
+        assert api.digest() == before
+
+    run(tmp_path, check)
+
+
+def test_node_actions_cordon_uncordon_drain(tmp_path: Path) -> None:
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", "n2")
+        cordoned = await api.ok("POST", "/v1/nodes/n1/cordon")
+        assert cordoned["spec"]["unschedulable"] is True
+        assert (await api.ok("POST", "/v1/nodes/n1/cordon"))["spec"]["unschedulable"] is True  # no change
+        for number in range(3):  # a cordoned node takes no pods
+            assert (await api.ok("POST", "/v1/pods", ACME, pod(f"p{number}")))["spec"]["nodeName"] == "n2"
+        assert (await api.ok("POST", "/v1/nodes/n1/uncordon"))["spec"]["unschedulable"] is False
+        assert (await api.ok("POST", "/v1/pods", ACME, pod("after")))["spec"]["nodeName"] == "n1"
+        drained = await api.ok("POST", "/v1/nodes/n2/drain")
+        assert drained["status"]["evictedPods"] == 3 and drained["spec"]["unschedulable"] is True
+        moved = await api.ok("GET", "/v1/pods", ACME)
+        assert {item["spec"]["nodeName"] for item in moved["items"]} == {"n1"}  # evicted pods found room
+        assert (await api.ok("GET", "/v1/pods/p0", ACME))["status"]["phase"] == "Bound"
+        await api.error(409, "conflict", "DELETE", "/v1/nodes/n1")  # pods still bound: drain first
+        await api.ok("DELETE", "/v1/nodes/n2")
+        # Actions: admin only, a known node, no body fields, no query parameters, POST only.
+        before = api.digest()
+        await api.error(403, "forbidden", "POST", "/v1/nodes/n1/drain", ACME)
+        await api.error(404, "not_found", "POST", "/v1/nodes/ghost/cordon")
+        await api.error(400, "invalid", "POST", "/v1/nodes/n1/drain", body={"force": True})
+        await api.error(400, "invalid", "POST", "/v1/nodes/n1/drain", params={"grace": "1"})
+        await api.error(405, "method_not_allowed", "GET", "/v1/nodes/n1/cordon")
+        await api.error(404, "not_found", "POST", "/v1/nodes/n1/reboot")
+        assert api.digest() == before
+        assert (await api.call("POST", "/v1/nodes/n1/cordon", body={})).status == 200  # an empty object is fine
+
+    run(tmp_path, check)
+
+
+# ---- pods ------------------------------------------------------------------------------------
+
+
+def test_pod_is_answered_bound_and_spread_by_the_members_plan(tmp_path: Path) -> None:
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", "n2", "n3")
+        placed = []
+        for number in range(6):
+            reply = await api.call("POST", "/v1/pods", ACME, pod(f"p{number}"))
+            assert reply.status == 201, reply
+            assert reply.body["status"]["phase"] == "Bound" and reply.body["status"]["podIP"].startswith("10.64.")
+            assert "plan" not in reply.body
+            placed.append(reply.body["spec"]["nodeName"])
+        assert placed == ["n1", "n2", "n3", "n1", "n2", "n3"]  # spread: least allocated, ties by name
+        assert api.member.planner.plans == 6 and api.member.planner.in_flight == 0
+        ips = [item["status"]["podIP"] for item in (await api.ok("GET", "/v1/pods", ACME))["items"]]
+        assert len(set(ips)) == 6
+        got = await api.ok("GET", "/v1/pods/p0", ACME)
+        assert got["spec"]["nodeName"] == "n1" and got["metadata"]["namespace"] == "default"
+        await api.error(404, "not_found", "GET", "/v1/pods/p0", GLOBEX)  # another tenant's
+        await api.error(404, "not_found", "DELETE", "/v1/pods/p0", GLOBEX)
+        # Namespaces, as for claims.
+        assert (await api.call("POST", "/v1/pods", ACME, {**pod("p0"), "namespace": "batch"})).status == 201
+        assert await names_of(api, "/v1/pods", ACME, namespace="batch") == ["p0"]
+        await api.ok("DELETE", "/v1/pods/p0", ACME, params={"namespace": "batch"})
+        deleted = await api.ok("DELETE", "/v1/pods/p0", ACME)
+        assert deleted["status"]["podIP"] == ips[0]
+        n1 = await api.ok("GET", "/v1/nodes/n1")
+        assert n1["status"]["allocated"]["pods"] == 1
+        # The admin acting for acme sees and deletes acme's pods.
+        assert "p1" in await names_of(api, "/v1/pods", ADMIN, org="acme", project="web")
+        await api.ok("DELETE", "/v1/pods/p1", ADMIN, params={"org": "acme", "project": "web"})
+        with api.member.reader() as view:
+            check_invariants(view)
+
+    run(tmp_path, check)
+
+
+def test_pod_refusals_change_nothing(tmp_path: Path) -> None:
+    async def check(api: Api) -> None:
+        await cluster(api, "n1")
+        before = api.digest()
+        await api.error(400, "invalid", "POST", "/v1/pods", ACME, body={**pod("p"), "plan": {"nodeName": "n1"}})
+        await api.error(400, "invalid", "POST", "/v1/pods", ACME, body={**pod("p"), "extra": 1})
+        await api.error(400, "invalid", "POST", "/v1/pods", ACME, body=pod("p", cpu="100"))  # type: ignore[arg-type]
+        await api.error(400, "invalid", "POST", "/v1/pods", ACME, body=pod("p", cpu=-1))
+        await api.error(400, "invalid", "POST", "/v1/pods", ACME, body={"name": "p", "spec": {"nodeName": "n1"}})
+        await api.error(400, "invalid", "POST", "/v1/pods", ACME, body={"name": "p", "spec": []})
+        await api.error(400, "invalid", "POST", "/v1/pods", ACME, raw=b'{"name": "p", "spec": {"priority": 1.5}}')
+        await api.error(400, "invalid", "POST", "/v1/pods", ADMIN, body=pod("p"))  # the platform has no project
+        await api.error(400, "invalid", "GET", "/v1/pods", ACME, params={"fieldselector": "x"})
+        assert api.digest() == before
+        assert api.member.planner.in_flight == 0
+        # The same create twice is one pod; another spec under the name is refused.
+        first = await api.call("POST", "/v1/pods", ACME, pod("p"))
+        second = await api.call("POST", "/v1/pods", ACME, pod("p"))
+        assert (first.status, second.status) == (201, 200)
+        assert first.body["metadata"]["uid"] == second.body["metadata"]["uid"]
+        await api.error(409, "already_exists", "POST", "/v1/pods", ACME, body=pod("p", cpu=200))
+        assert api.member.planner.in_flight == 0
+
+    run(tmp_path, check)
+
+
+def test_pending_pod_and_unschedulable_when_the_queue_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler, "pending_pods_per_project_max", 1)
+
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", cpu=1000)
+        pending = await api.call("POST", "/v1/pods", ACME, pod("big", cpu=2000))
+        assert pending.status == 201 and pending.body["spec"]["nodeName"] is None
+        assert pending.body["status"]["phase"] == "Pending"
+        assert pending.body["status"]["message"] == "0/1 nodes available: Insufficient cpu on 1 node"
+        before = api.digest()
+        full = await api.error(409, "unschedulable", "POST", "/v1/pods", ACME, body=pod("bigger", cpu=3000))
+        assert "pending" in full.body["error"]["message"]
+        assert api.digest() == before
+        # A pod that fits is still bound at once, and the other tenant has its own share.
+        assert (await api.ok("POST", "/v1/pods", ACME, pod("small")))["spec"]["nodeName"] == "n1"
+        assert (await api.call("POST", "/v1/pods", GLOBEX, pod("big", cpu=2000))).status == 201
+        status = await api.ok("GET", "/v1/scheduler")
+        assert status["pendingPods"] == 2 and status["nodes"] == 1
+
+    run(tmp_path, check)
+
+
+# ---- quotas and services ---------------------------------------------------------------------
+
+
+def test_quotas_set_read_enforce_and_delete(tmp_path: Path) -> None:
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", "n2")
+        quota = {"name": "acme/web", "spec": {"pods": 2, "cpuMillis": 1000}}
+        await api.error(403, "forbidden", "POST", "/v1/quotas", ACME, body=quota)
+        assert (await api.call("POST", "/v1/quotas", ADMIN, quota)).status == 201
+        assert (await api.call("POST", "/v1/quotas", ADMIN, {"name": "acme", "spec": {"pods": 5}})).status == 201
+        # quota.set replaces: 200 when it exists
+        assert (await api.call("POST", "/v1/quotas", ADMIN, quota)).status == 200
+        for path in ("/v1/quotas/acme/web", "/v1/quotas/acme%2Fweb"):
+            got = await api.ok("GET", path, ACME)
+            assert got["spec"]["pods"] == 2 and got["status"]["used"]["pods"] == 0
+        assert sorted(await names_of(api, "/v1/quotas", ACME)) == ["acme", "acme/web"]
+        assert await names_of(api, "/v1/quotas", GLOBEX) == []
+        await api.error(404, "not_found", "GET", "/v1/quotas/acme/web", GLOBEX)
+        await api.error(404, "not_found", "GET", "/v1/quotas/a/b/c")
+        # Over the quota even with nothing running: refused, 403 as Kubernetes answers.
+        before = api.digest()
+        refused = await api.error(403, "quota_exceeded", "POST", "/v1/pods", ACME, body=pod("huge", cpu=1500))
+        assert refused.body["error"]["details"]["resource"] == "cpuMillis"
+        assert api.digest() == before
+        await api.ok("POST", "/v1/pods", ACME, pod("a"))
+        await api.ok("POST", "/v1/pods", ACME, pod("b"))
+        waiting = await api.ok("POST", "/v1/pods", ACME, pod("c"))  # would fit once another goes
+        assert waiting["status"]["phase"] == "Pending" and waiting["status"]["reason"] == "QuotaExceeded"
+        assert (await api.ok("GET", "/v1/quotas/acme/web"))["status"]["used"]["pods"] == 2
+        await api.error(409, "conflict", "POST", "/v1/quotas", body={"name": "acme/web", "spec": {"pods": 1}})
+        await api.ok("DELETE", "/v1/quotas/acme/web")  # removing the limit retries acme's pods
+        assert (await api.ok("GET", "/v1/pods/c", ACME))["status"]["phase"] == "Bound"
+        await api.error(404, "not_found", "DELETE", "/v1/quotas/acme/web")
+        await api.error(400, "invalid", "POST", "/v1/quotas", body={"name": "acme", "spec": {"pods": "2"}})
+        await api.error(400, "invalid", "POST", "/v1/quotas", body={"name": "acme", "spec": {"gpus": 1}})
+
+    run(tmp_path, check)
+
+
+def test_services_get_addresses_and_release_them(tmp_path: Path) -> None:
+    async def check(api: Api) -> None:
+        await api.ok("POST", "/v1/ippools", ADMIN, SERVICE_POOL)
+        body = {"name": "web", "spec": {"type": "ClusterIP", "poolRef": "svc", "ports": [{"port": 80}]}}
+        created = await api.call("POST", "/v1/services", ACME, body)
+        assert created.status == 201, created
+        address = created.body["status"]["address"]
+        assert address.startswith("10.96.0.")
+        assert await names_of(api, "/v1/services", ACME) == ["web"]
+        assert await names_of(api, "/v1/services", GLOBEX) == []
+        await api.error(404, "not_found", "GET", "/v1/services/web", GLOBEX)
+        wanted = {"name": "lb", "spec": {"type": "LoadBalancer", "poolRef": "svc", "address": address}}
+        await api.error(409, "conflict", "POST", "/v1/services", GLOBEX, body=wanted)  # taken
+        await api.error(400, "invalid", "POST", "/v1/services", ACME, body={"name": "x", "spec": {"type": "NodePort"}})
+        await api.ok("DELETE", "/v1/services/web", ACME)
+        again = await api.call("POST", "/v1/services", GLOBEX, wanted)  # released: free to take
+        assert again.status == 201 and again.body["status"]["address"] == address
+
+    run(tmp_path, check)
+
+
+# ---- the scheduler's routes --------------------------------------------------------------------
+
+
+def test_scheduler_policy_and_retry_routes(tmp_path: Path) -> None:
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", "n2")
+        status = await api.ok("GET", "/v1/scheduler", ACME)
+        assert status["kind"] == "SchedulerStatus" and status["policy"] == "spread" and status["nodes"] == 2
+        await api.error(403, "forbidden", "PUT", "/v1/scheduler", ACME, body={"policy": "binpack"})
+        await api.error(400, "invalid", "PUT", "/v1/scheduler", body={"policy": "random"})
+        await api.error(400, "invalid", "PUT", "/v1/scheduler", body={"policy": "binpack", "extra": 1})
+        assert (await api.ok("PUT", "/v1/scheduler", ADMIN, {"policy": "binpack"}))["policy"] == "binpack"
+        placed = [(await api.ok("POST", "/v1/pods", ACME, pod(f"p{n}")))["spec"]["nodeName"] for n in range(3)]
+        assert placed == ["n1", "n1", "n1"]  # binpack: most allocated first
+        assert (await api.ok("PUT", "/v1/scheduler", ADMIN, {"policy": "spread"}))["policy"] == "spread"
+        assert (await api.ok("POST", "/v1/pods", ACME, pod("s")))["spec"]["nodeName"] == "n2"
+        swept = await api.ok("POST", "/v1/scheduler/retry", ADMIN, {"pods": 4})
+        assert swept["examined"] == 0 and swept["bound"] == 0
+        assert (await api.call("POST", "/v1/scheduler/retry", ADMIN)).status == 200  # no body: the default
+        await api.error(400, "invalid", "POST", "/v1/scheduler/retry", body={"pods": 17})
+        await api.error(403, "forbidden", "POST", "/v1/scheduler/retry", ACME, body={})
+        await api.error(405, "method_not_allowed", "DELETE", "/v1/scheduler")
+
+    run(tmp_path, check)
+
+
+# ---- field selectors -------------------------------------------------------------------------
+
+
+def test_field_selectors_on_lists(tmp_path: Path) -> None:
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", "n2", cpu=1000)
+        for number in range(4):
+            await api.ok("POST", "/v1/pods", ACME if number % 2 else GLOBEX, pod(f"p{number}"))
+        await api.ok("POST", "/v1/pods", ACME, pod("waiting", cpu=5000))
+        # The platform admin (a node agent) lists one node's pods, every tenant's.
+        assert await names_of(api, "/v1/pods", ADMIN, fieldSelector="spec.nodeName=n1") == ["p0", "p2"]
+        assert await names_of(api, "/v1/pods", ADMIN, fieldSelector="spec.nodeName=n2") == ["p1", "p3"]
+        assert await names_of(api, "/v1/pods", ACME, fieldSelector="spec.nodeName=n2") == ["p1", "p3"]
+        assert await names_of(api, "/v1/pods", ACME, fieldSelector="spec.nodeName=n1") == []
+        assert await names_of(api, "/v1/pods", ADMIN, fieldSelector="status.phase=Pending") == ["waiting"]
+        assert await names_of(api, "/v1/pods", ADMIN, fieldSelector="spec.nodeName=") == ["waiting"]
+        both = {"fieldSelector": "spec.nodeName=n1,status.phase=Bound", "limit": "1"}
+        page = await api.ok("GET", "/v1/pods", ADMIN, params=both)
+        assert [item["metadata"]["name"] for item in page["items"]] == ["p0"]
+        rest = await api.ok("GET", "/v1/pods", ADMIN, params={**both, "continue": page["metadata"]["continue"]})
+        assert [item["metadata"]["name"] for item in rest["items"]] == ["p2"]
+        await api.error(400, "invalid", "GET", "/v1/pods", params={"fieldSelector": "metadata.name=p0"})
+        await api.error(400, "invalid", "GET", "/v1/pods", params={"fieldSelector": "spec.nodeName"})
+        await api.error(400, "invalid", "GET", "/v1/ipclaims", params={"fieldSelector": "spec.nodeName=n1"})
+        await api.error(400, "invalid", "GET", "/v1/pods", params={"fieldSelector": "x=" + "y" * 2000})
+
+    run(tmp_path, check)
+
+
+def test_watch_with_a_field_selector_sees_exactly_its_nodes_pods(tmp_path: Path) -> None:
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", "n2")
+        start = (await api.ok("GET", "/v1/scheduler"))["resourceVersion"]
+        url = watch_url("pods", start, fieldSelector="spec.nodeName=n1")
+        async with api.client.get(url, headers=auth(ADMIN)) as response:
+            assert response.status == 200
+            for number in range(4):  # spread: p0, p2 on n1; p1, p3 on n2
+                await api.ok("POST", "/v1/pods", ACME if number < 2 else GLOBEX, pod(f"p{number}"))
+            await api.ok("DELETE", "/v1/pods/p0", ACME)
+            await api.ok("DELETE", "/v1/pods/p1", ACME)  # on n2: not this watch's
+            await api.ok("POST", "/v1/nodes/n1/drain")
+            events = await read_events(response, 4)
+        seen = [(event["type"], event["object"]["metadata"]["name"]) for event in events]
+        assert seen == [("ADDED", "p0"), ("ADDED", "p2"), ("DELETED", "p0"), ("MODIFIED", "p2")]
+        evicted = events[-1]["object"]  # drained off n1: the agent learns the pod left it
+        assert evicted["status"]["evictedFrom"] == "n1" and evicted["spec"]["nodeName"] is None
+        # A selector is checked before the stream starts, with or without a resourceVersion.
+        for bad in (watch_url("pods", fieldSelector="spec.zone=a"), watch_url("pods,nodes", 0, fieldSelector="x=")):
+            async with api.client.get(bad, headers=auth(ADMIN)) as response:
+                assert response.status == 400
+                assert (await response.json())["error"]["code"] == "invalid"
+        # A tenant's watch with a selector sees only its own pods on the node.
+        url = watch_url("pods", start, fieldSelector="spec.nodeName=n2")
+        async with api.client.get(url, headers=auth(GLOBEX)) as response:
+            events = await read_events(response, 2)
+        assert [(event["type"], event["object"]["metadata"]["name"]) for event in events] == [
+            ("ADDED", "p3"),
+            ("MODIFIED", "p2"),
+        ]
+
+    run(tmp_path, check, limits=Limits(watch_heartbeat_s=0.2))
+
+
+# ---- heartbeats and the leader's timers ---------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_heartbeat_route(tmp_path: Path) -> None:
+    async def check(api: Api) -> None:
+        await cluster(api, "n1")
+        before = api.digest()
+        beat = await api.ok("POST", "/v1/nodes/n1/heartbeat")
+        assert beat == {"kind": "NodeHeartbeat", "name": "n1", "ready": True, "memberId": "local"}
+        assert api.member.heartbeats.last_seen("n1") is not None
+        assert api.digest() == before  # heartbeats never enter the state
+        await api.error(403, "forbidden", "POST", "/v1/nodes/n1/heartbeat", ACME)
+        await api.error(400, "invalid", "POST", "/v1/nodes/n1/heartbeat", params={"org": "acme", "project": "web"})
+        await api.error(404, "not_found", "POST", "/v1/nodes/ghost/heartbeat")
+        await api.error(400, "invalid", "POST", "/v1/nodes/n1/heartbeat", body={"load": 3})
+        await api.error(400, "invalid", "POST", "/v1/nodes/Bad_Name/heartbeat")
+        await api.error(401, "unauthorized", "POST", "/v1/nodes/n1/heartbeat", None)
+        assert api.member.heartbeats.last_seen("ghost") is None
+
+    run(tmp_path, check)
+
+
+def test_leader_timers_mark_nodes_not_ready_and_ready_again(tmp_path: Path) -> None:
+    clock = Clock()
+    member = LocalMember(clock=clock)
+    grace = member.timers.monitor.grace_s
+
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", "n2")
+        member.run_timers(clock.now)  # elected now: nobody is judged before a full grace
+        clock.now += grace / 2
+        await api.ok("POST", "/v1/nodes/n1/heartbeat")
+        await api.ok("POST", "/v1/nodes/n2/heartbeat")
+        clock.now += grace * 0.9  # n1 goes on beating, n2 falls silent
+        await api.ok("POST", "/v1/nodes/n1/heartbeat")
+        member.run_timers(clock.now)
+        await member.timers.settle()
+        assert member.timers.conditions_proposed == 0
+        clock.now += grace * 0.2  # n2 silent for 1.1 grace periods
+        await api.ok("POST", "/v1/nodes/n1/heartbeat")
+        member.run_timers(clock.now)
+        await member.timers.settle()
+        n2 = await api.ok("GET", "/v1/nodes/n2")
+        assert n2["status"]["ready"] is False and n2["status"]["conditionReason"].startswith("NodeStatusUnknown")
+        assert (await api.ok("GET", "/v1/nodes/n1"))["status"]["ready"] is True
+        assert member.timers.conditions_proposed == 1
+        member.run_timers(clock.now + 1)  # once per transition: no second proposal
+        await member.timers.settle()
+        assert member.timers.conditions_proposed == 1
+        for number in range(3):  # no new pod binds on the NotReady node
+            assert (await api.ok("POST", "/v1/pods", ACME, pod(f"p{number}")))["spec"]["nodeName"] == "n1"
+        beat = await api.ok("POST", "/v1/nodes/n2/heartbeat")
+        assert beat["ready"] is False
+        member.run_timers(clock.now)
+        await member.timers.settle()
+        n2 = await api.ok("GET", "/v1/nodes/n2")
+        assert n2["status"]["ready"] is True and n2["status"]["conditionReason"] == "NodeHeartbeatResumed"
+        assert member.timers.conditions_proposed == 2
+        assert (await api.ok("POST", "/v1/pods", ACME, pod("p3")))["spec"]["nodeName"] == "n2"
+
+    run(tmp_path, check, member=member)
+
+
+def test_leader_timers_sweep_only_while_pods_are_pending(tmp_path: Path) -> None:
+    clock = Clock()
+    member = LocalMember(clock=clock)
+    retry_s = member.timers.pending_retry_s
+
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", cpu=1000)
+        member.run_timers(clock.now)
+        clock.now += retry_s * 3
+        for _ in range(2):
+            await api.ok("POST", "/v1/nodes/n1/heartbeat")
+            member.run_timers(clock.now)
+            await member.timers.settle()
+        assert member.timers.sweeps_proposed == 0  # nothing pending: no writes
+        await api.ok("POST", "/v1/pods", ACME, pod("waiting", cpu=2000))
+        member.run_timers(clock.now)
+        await member.timers.settle()
+        assert member.timers.sweeps_proposed == 1
+        member.run_timers(clock.now + retry_s / 2)  # not yet due
+        await member.timers.settle()
+        assert member.timers.sweeps_proposed == 1
+        clock.now += retry_s
+        await api.ok("POST", "/v1/nodes/n1/heartbeat")
+        member.run_timers(clock.now)
+        await member.timers.settle()
+        assert member.timers.sweeps_proposed == 2
+        status = await api.ok("GET", "/v1/scheduler")
+        assert status["pendingPods"] == 1
+
+    run(tmp_path, check, member=member)
+
+
+def test_node_monitor_rules() -> None:
+    clock = Clock()
+    table = HeartbeatTable(clock, names_max=3)
+    monitor = NodeMonitor(table, grace_s=10)
+    assert monitor.verdicts({"a": True}, clock.now) == []  # not the leader
+    monitor.became_leader(clock.now)
+    table.record("a", forward=True)
+    assert monitor.verdicts({"a": True, "b": True, "c": False}, clock.now) == []  # first seen now
+    assert monitor.verdicts({"a": True, "b": True, "c": False}, clock.now + 10) == []
+    judged = monitor.verdicts({"a": True, "b": True, "c": False}, clock.now + 10.5)
+    assert [(v.name, v.ready) for v in judged] == [("a", False), ("b", False)]
+    monitor.in_flight.add("a")
+    assert [v.name for v in monitor.verdicts({"a": True, "b": True}, clock.now + 11)] == ["b"]
+    # A node first seen by this leader later gets its own full grace.
+    assert monitor.verdicts({"late": True}, clock.now + 20) == []
+    assert [v.name for v in monitor.verdicts({"late": True}, clock.now + 30.5)] == ["late"]
+    # Heard again within the grace: Ready.
+    clock.now += 40
+    table.record("c", forward=False)
+    assert [(v.name, v.ready) for v in monitor.verdicts({"c": False}, clock.now + 5)] == [("c", True)]
+    assert monitor.verdicts({"c": False}, clock.now + 10.5) == []
+    # The table is bounded, the outbox forwards what was heard here, and pruning forgets.
+    assert table.record("d", forward=True) is True
+    assert table.record("e", forward=True) is False  # a, c, d: the table is full
+    assert table.take_outbox() == ["a", "d"]
+    assert table.take_outbox() == []
+    table.prune({"c": True})
+    assert len(table) == 1 and table.last_seen("a") is None
+
+
+# ---- the planner against plan_pod ----------------------------------------------------------------
+
+
+def _apply(store: MemoryStore, index: int, principal: Principal, command: str, body: dict[str, Any]) -> Any:
+    envelope = encode_envelope(Envelope(command, body, principal, None, 1_767_225_600_000 + index))
+    outcome = apply(store, envelope, index)
+    store.apply_writes(outcome.writes)
+    assert isinstance(outcome.result, Ok), outcome.result
+    return outcome
+
+
+@pytest.mark.parametrize("policy", ["spread", "binpack"])
+def test_planner_with_reservations_chooses_what_plan_pod_would_one_by_one(policy: str) -> None:
+    admin = Principal("root", "", "", "admin")
+    tenant = Principal("alice", "acme", "web", "member")
+    store = MemoryStore()
+    index = 0
+
+    def run_command(principal: Principal, command: str, body: dict[str, Any]) -> Any:
+        nonlocal index
+        index += 1
+        return _apply(store, index, principal, command, body)
+
+    run_command(admin, "pool.create", POD_POOL)
+    run_command(admin, "scheduler.configure", {"policy": policy})
+    for number, (cpu, pods) in enumerate([(2000, 4), (4000, 8), (1000, 3), (4000, 2), (3000, 6)]):
+        run_command(admin, "node.register", node(f"n{number}", cpu=cpu, pods=pods))
+    run_command(admin, "node.cordon", {"name": "n4"})
+    planner = Planner()
+    specs = [pod(f"p{n}", cpu=100 + 150 * (n % 4))["spec"] for n in range(30)]
+    with_reservations = []
+    plans = []
+    for spec in specs:  # planned together: nothing applied in between
+        plan = planner.plan(store, spec, tenant)
+        plans.append(plan)
+        with_reservations.append(None if plan is None else plan.node_name)
+    one_by_one = []
+    for number, spec in enumerate(specs):  # the reference: plan_pod, then apply, one at a time
+        chosen = plan_pod(store, spec, tenant)
+        one_by_one.append(chosen)
+        body = {"name": f"p{number}", "spec": spec, **({"plan": {"nodeName": chosen}} if chosen else {})}
+        outcome = run_command(tenant, "pod.create", body)
+        planner.observe(outcome.writes)
+    assert with_reservations == one_by_one
+    assert None in one_by_one and "n4" not in one_by_one  # the cluster filled up; cordoned stays empty
+    for plan in plans:
+        if plan is not None:
+            planner.release(plan)
+    assert planner.in_flight == 0
+    assert planner.plan(store, specs[0], tenant) is None or planner.in_flight == 1
+    check_invariants(store)
+
+
+def test_metrics_show_nodes_pods_and_the_queue(tmp_path: Path) -> None:
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", "n2", cpu=1000)
+        await api.ok("POST", "/v1/pods", ACME, pod("a"))
+        await api.ok("POST", "/v1/pods", ACME, pod("big", cpu=5000))
+        await api.ok("POST", "/v1/nodes/n2/cordon")
+        await api.ok("POST", "/v1/nodes", ADMIN, node("n3"))
+        now = 1e9
+        api.member.run_timers(now)  # elected; then a grace later, nobody was heard
+        api.member.run_timers(now + api.member.timers.monitor.grace_s + 1)
+        await api.member.timers.settle()
+        async with api.client.get("/metrics") as response:
+            text = await response.text()
+        lines = set(text.splitlines())
+        for expected in (
+            'allot_nodes{condition="Ready"} 0.0',
+            'allot_nodes{condition="NotReady"} 3.0',
+            "allot_nodes_cordoned 1.0",
+            'allot_pods{phase="Bound"} 1.0',
+            'allot_pods{phase="Pending"} 1.0',
+            "allot_pending_queue_length 1.0",
+            "allot_pod_plans_in_flight 0.0",
+        ):
+            assert expected in lines, (expected, [line for line in lines if line.startswith("allot_")])
+
+    run(tmp_path, check)
+
+
+def test_every_scheduler_code_has_its_documented_status() -> None:
+    assert ERROR_STATUS["quota_exceeded"] == 403 and ERROR_STATUS["unschedulable"] == 409
+    assert json.loads(json.dumps(ERROR_STATUS)) == ERROR_STATUS
+
+
+def test_heartbeats_are_forwarded_on_keepalives_by_every_member() -> None:
+    """The replicated member's keep-alive payload and receipt, without Raft: what one member
+    heard over HTTP reaches another's table once, and unchecked names cannot grow it."""
+    clock = Clock()
+    sender, receiver = HeartbeatTable(clock), HeartbeatTable(clock, names_max=2)
+    for name in ("n1", "n2", "n1"):
+        sender.record(name, forward=True)
+    message = {"type": "allot_keepalive", "sightings": sender.take_outbox()}
+    assert message["sightings"] == ["n1", "n2"]
+    receiver.record_forwarded([*message["sightings"], 7, "n3"])
+    assert receiver.last_seen("n1") == clock.now and receiver.last_seen("n3") is None
+    assert receiver.take_outbox() == []  # forwarded sightings are not forwarded again
+
+
+def test_timers_run_on_the_loop_without_blocking(tmp_path: Path) -> None:
+    """run_once only spawns proposals: it returns before they commit."""
+    clock = Clock()
+    member = LocalMember(clock=clock)
+
+    async def check(api: Api) -> None:
+        await cluster(api, "n1")
+        member.run_timers(clock.now)
+        member.run_timers(clock.now + member.timers.monitor.grace_s + 1)
+        assert member.timers.monitor.in_flight == {"n1"}
+        await asyncio.wait_for(member.timers.settle(), 5)
+        assert member.timers.monitor.in_flight == set()
+
+    run(tmp_path, check, member=member)
