@@ -184,6 +184,12 @@ class ReplicatedMember:
         """Tick callback: publish a consistent view of Raft state for other threads."""
         status = self.raft.getStatus()
         leader = status["leader"]
+        if leader is not None and status.get(f"partner_node_status_server_{leader.id}", 2) != 2:
+            # Our link to the leader is down. pysyncobj keeps naming it, and starts no election
+            # while it is connected to nobody, so a member left alone would name a dead leader
+            # forever and let every request wait out its deadline (504). Nothing can be
+            # forwarded without the link: say "no leader" (503, retry elsewhere) instead.
+            leader = None
         previous_leader = self._raft_view.leader
         self._raft_view = RaftSnapshot(
             role=_ROLES.get(status["state"], "unknown"),

@@ -658,6 +658,28 @@ def test_all_members_killed_and_restarted(cluster: Cluster, ledger: Ledger) -> N
     assert len(ledger.acks) >= 20
 
 
+def test_member_left_alone_answers_no_leader(cluster: Cluster) -> None:
+    """With its leader and the other follower dead, a member cannot commit anything: it must say
+    so at once (503 no_leader, retry elsewhere), not hold every request to its deadline."""
+    leader = cluster.ensure_all_running()
+    survivor, other = (member_id for member_id in cluster.member_ids if member_id != leader)
+    cluster.kill(leader)
+    cluster.kill(other)
+    body = {"name": "alone", "spec": {"cidr": "10.99.0.0/24"}}
+
+    def refused_at_once() -> Reply | None:
+        started = time.monotonic()
+        reply = cluster.request(survivor, "POST", "/v1/ippools", body=body, timeout_s=15.0)
+        quick = time.monotonic() - started < 2.0
+        return reply if reply.status == 503 and reply.code == "no_leader" and quick else None
+
+    reply = wait_until("a quick 503 no_leader from the survivor", refused_at_once, 20.0, on_timeout=cluster.describe)
+    assert reply.headers.get("Retry-After"), reply
+    status = cluster.status(survivor) or {}
+    assert status.get("leader") is None, status
+    cluster.ensure_all_running()
+
+
 # ---- 4. a wiped follower rebuilds from a snapshot ---------------------------------------------------
 
 
