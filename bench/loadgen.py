@@ -1,0 +1,229 @@
+"""The one load generator of the benchmark suite, and the allocator interface every store answers.
+
+Every store (Allot, etcd, PostgreSQL) is driven through an `Allocator`: `create_pool`, then
+`claim(pool, name) -> cidr` and `release(pool, name, cidr)`. The generator runs `concurrency`
+asyncio workers in this one process for a fixed time; each worker claims (and, for churn,
+releases at once) one address after another, and records each call's latency. So the only
+thing that differs between stores is the store and its allocator.
+
+Allocators retry what a careful client retries (a lost connection, a busy or leaderless
+member, a compare that lost a race) and count each retry in `Allocator.retries` by reason; a
+call that still fails raises `AllocatorError` and the generator counts it as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+IPv4Network = ipaddress.IPv4Network
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One pool of addresses: its name, its CIDR, and the tenant that owns it (None: the default)."""
+
+    name: str
+    cidr: IPv4Network
+    tenant: tuple[str, str] | None = None  # (org, project)
+
+    @property
+    def first(self) -> int:
+        return int(self.cidr.network_address)
+
+    @property
+    def size(self) -> int:
+        return int(self.cidr.num_addresses)
+
+
+class AllocatorError(Exception):
+    """A claim or release that failed after the allocator's own retries."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+class Allocator(Protocol):
+    """What the load generator needs from a store's client."""
+
+    label: str
+    retries: Counter[str]
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create_pool(self, pool: Pool) -> None: ...
+
+    async def claim(self, pool: Pool, name: str) -> str:
+        """Allocate one address from the pool for `name`; returns it as a CIDR ("10.0.0.7/32")."""
+        ...
+
+    async def release(self, pool: Pool, name: str, cidr: str) -> None: ...
+
+
+class CidrCarver:
+    """Hands out distinct, aligned IPv4 blocks from 10.0.0.0/8, one after another."""
+
+    def __init__(self, space: str = "10.0.0.0/8") -> None:
+        self.space = ipaddress.IPv4Network(space)
+        self.offset = 0
+
+    def take(self, prefix: int) -> IPv4Network:
+        size = 1 << (32 - prefix)
+        self.offset = (self.offset + size - 1) // size * size
+        if self.offset + size > self.space.num_addresses:
+            raise RuntimeError(f"{self.space} has no room left for another /{prefix}")
+        block = ipaddress.IPv4Network((int(self.space.network_address) + self.offset, prefix))
+        self.offset += size
+        return block
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (0 for no values)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(fraction * len(ordered) + 0.5) - 1))]
+
+
+def latency_summary(values: Sequence[float]) -> dict[str, float]:
+    """p50 / p95 / p99 / mean in milliseconds."""
+    return {
+        "p50_ms": percentile(values, 0.50) * 1e3,
+        "p95_ms": percentile(values, 0.95) * 1e3,
+        "p99_ms": percentile(values, 0.99) * 1e3,
+        "mean_ms": statistics.fmean(values) * 1e3 if values else 0.0,
+    }
+
+
+@dataclass
+class PhaseResult:
+    """One timed phase of one store: what was done, how fast, what went wrong."""
+
+    store: str
+    mode: str  # "claim" or "churn"
+    concurrency: int
+    elapsed_s: float = 0.0
+    claims: int = 0
+    releases: int = 0
+    claim_latencies: list[float] = field(default_factory=list)
+    release_latencies: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    retries: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> dict[str, Any]:
+        rate = self.claims / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        result: dict[str, Any] = {
+            "claims": self.claims,
+            "releases": self.releases,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "claims_per_s": rate,
+            "claim": latency_summary(self.claim_latencies),
+            "errors": dict(self.errors),
+            "retries": dict(self.retries),
+        }
+        if self.mode == "churn":
+            result["release"] = latency_summary(self.release_latencies)
+        return result
+
+
+async def run_phase(
+    allocator: Allocator,
+    pools: Sequence[Pool],
+    *,
+    concurrency: int,
+    seconds: float,
+    churn: bool,
+    max_claims: int,
+    name_prefix: str,
+    seed: int = 1,
+    on_claim: Callable[[], None] | None = None,
+) -> PhaseResult:
+    """`concurrency` workers claim (and release, with `churn`) until `seconds` pass or
+    `max_claims` claims were started. Pools are picked uniformly at random when there are several."""
+    result = PhaseResult(allocator.label, "churn" if churn else "claim", concurrency)
+    rng = random.Random(seed)
+    retries_before = Counter(allocator.retries)
+    started_claims = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(slot: int) -> None:
+        nonlocal started_claims
+        number = 0
+        while time.perf_counter() < deadline and started_claims < max_claims:
+            started_claims += 1
+            number += 1
+            pool = pools[0] if len(pools) == 1 else pools[rng.randrange(len(pools))]
+            name = f"{name_prefix}-{slot}-{number}"
+            began = time.perf_counter()
+            try:
+                cidr = await allocator.claim(pool, name)
+            except AllocatorError as exc:
+                result.errors[f"claim {exc.reason}"] += 1
+                await asyncio.sleep(0.01)
+                continue
+            result.claim_latencies.append(time.perf_counter() - began)
+            result.claims += 1
+            if on_claim is not None:
+                on_claim()
+            if churn:
+                began = time.perf_counter()
+                try:
+                    await allocator.release(pool, name, cidr)
+                except AllocatorError as exc:
+                    result.errors[f"release {exc.reason}"] += 1
+                    continue
+                result.release_latencies.append(time.perf_counter() - began)
+                result.releases += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(slot) for slot in range(concurrency)))
+    result.elapsed_s = time.perf_counter() - began
+    result.retries = Counter(allocator.retries)
+    result.retries.subtract(retries_before)
+    result.retries = +result.retries  # drop zero counts
+    return result
+
+
+async def warm_up(allocator: Allocator, pool: Pool, count: int, name_prefix: str) -> None:
+    """A few untimed claims and releases, so connections are open before the timing starts."""
+
+    async def one(number: int) -> None:
+        name = f"{name_prefix}-{number}"
+        cidr = await allocator.claim(pool, name)
+        await allocator.release(pool, name, cidr)
+
+    await asyncio.gather(*(one(number) for number in range(count)))
+
+
+async def run_calls(
+    call: Callable[[int], Awaitable[None]], *, concurrency: int, seconds: float, label: str, mode: str
+) -> PhaseResult:
+    """`concurrency` workers each repeat `call(slot)` until `seconds` pass (reads: get, list)."""
+    result = PhaseResult(label, mode, concurrency)
+    deadline = time.perf_counter() + seconds
+
+    async def worker(slot: int) -> None:
+        while time.perf_counter() < deadline:
+            began = time.perf_counter()
+            try:
+                await call(slot)
+            except AllocatorError as exc:
+                result.errors[exc.reason] += 1
+                continue
+            result.claim_latencies.append(time.perf_counter() - began)
+            result.claims += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(slot) for slot in range(concurrency)))
+    result.elapsed_s = time.perf_counter() - began
+    return result

@@ -1,0 +1,451 @@
+"""The suite's report: markdown tables, the README headline, PNG charts.
+
+Everything is rendered from the results file (docs/bench/suite.json), so running one scenario
+again refreshes its tables and keeps the others. Text is written only between markers:
+`<!-- bench:suite:begin -->` / `<!-- bench:suite:end -->` in docs/benchmarks.md and
+`<!-- bench:headline:begin -->` / `<!-- bench:headline:end -->` inside README's "## Benchmarks"
+section (appended where absent); nothing outside them changes. Charts need matplotlib (the
+`bench` extra); without it they are skipped with a message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SUITE_BEGIN, SUITE_END = "<!-- bench:suite:begin -->", "<!-- bench:suite:end -->"
+HEADLINE_BEGIN, HEADLINE_END = "<!-- bench:headline:begin -->", "<!-- bench:headline:end -->"
+STORE_ORDER = ("allot", "etcd", "etcd-bitmap", "postgres")
+COLOURS = {"allot": "#1f77b4", "etcd": "#2ca02c", "etcd-bitmap": "#98df8a", "postgres": "#d62728"}
+CLAIM_SCENARIOS = {
+    "contended": "Contended claims: one pool",
+    "spread": "Spread claims: 100 pools of 100 tenants",
+}
+
+
+def median_span(values: Sequence[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def rate_cell(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
+    middle, low, high = median_span(values)
+    return f"{middle:,.0f} ({low:,.0f}..{high:,.0f})" if len(values) > 1 else f"{middle:,.0f}"
+
+
+def ratio_cell(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
+    middle, low, high = median_span(values)
+    return f"{middle:.2f} ({low:.2f}..{high:.2f})" if len(values) > 1 else f"{middle:.2f}"
+
+
+def ms(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def latency_cell(runs: Sequence[dict[str, Any]], part: str = "claim") -> str:
+    if not runs:
+        return "–"
+    medians = [statistics.median(run[part][key] for run in runs) for key in ("p50_ms", "p95_ms", "p99_ms")]
+    return " / ".join(ms(value) for value in medians)
+
+
+def ordered(stores: Sequence[str]) -> list[str]:
+    return sorted(stores, key=lambda name: (STORE_ORDER.index(name) if name in STORE_ORDER else 99, name))
+
+
+def stamp_lines(section: dict[str, Any]) -> list[str]:
+    stamp = section.get("stamp", {})
+    load = ", ".join(str(value) for value in stamp.get("load_average", []))
+    return [
+        f"Measured {stamp.get('date', '?')} on {stamp.get('machine', '?')} (load average {load} at the start; "
+        f"a 4 KiB append + fdatasync in the temporary directory takes {stamp.get('fdatasync_ms', '?')} ms), "
+        f"with `{stamp.get('command', '?')}`.",
+    ]
+
+
+def store_lines(section: dict[str, Any]) -> list[str]:
+    lines = []
+    for name in ordered(list(section.get("stores", {}))):
+        lines.append(f"- **{name}**: {section['stores'][name]}")
+    for name, reason in sorted(section.get("skipped", {}).items()):
+        lines.append(f"- **{name}**: not measured: {reason}")
+    return lines
+
+
+def rows_by(section: dict[str, Any], mode: str) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    found: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in section.get("rows", []):
+        if row["mode"] == mode:
+            found[(row["store"], int(row["concurrency"]))] = row["runs"]
+    return found
+
+
+def ratios(numerators: Sequence[dict[str, Any]], denominators: Sequence[dict[str, Any]]) -> list[float]:
+    """Per-run ratios of claims/s (run i of one store against run i of the other: the same run)."""
+    return [
+        top["claims_per_s"] / bottom["claims_per_s"]
+        for top, bottom in zip(numerators, denominators, strict=False)
+        if bottom["claims_per_s"] > 0
+    ]
+
+
+def claims_section(key: str, section: dict[str, Any]) -> list[str]:
+    config = section.get("config", {})
+    stores = ordered(list({row["store"] for row in section.get("rows", [])}))
+    levels = sorted({int(row["concurrency"]) for row in section.get("rows", [])})
+    pools = config.get("pools", 1)
+    lines = [f"### {CLAIM_SCENARIOS[key]}", ""]
+    lines += stamp_lines(section)
+    lines += [
+        "",
+        f"Single-address claims from {pools} pool{'s' if pools != 1 else ''} (/{config.get('pool_prefix')} each, "
+        f"a fresh pool per level), {config.get('seconds')} s per level, {config.get('runs')} run(s): "
+        "median (min..max) of the runs; ratios are Allot's claims/s over the peer's in the same run.",
+        "",
+    ]
+    if not stores:
+        return [*lines, "No store was measured.", ""]
+    peers = [name for name in stores if name != "allot"]
+    for mode, title in (("claim", "claims/s"), ("churn", "claim+release pairs/s")):
+        table = rows_by(section, mode)
+        header = ["clients", *(f"{name} {title}" for name in stores)]
+        if "allot" in stores:
+            header += [f"allot ÷ {peer}" for peer in peers]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for level in levels:
+            cells = [str(level)]
+            cells += [rate_cell([run["claims_per_s"] for run in table.get((name, level), [])]) for name in stores]
+            if "allot" in stores:
+                mine = table.get(("allot", level), [])
+                cells += [ratio_cell(ratios(mine, table.get((peer, level), []))) for peer in peers]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        part_titles = [("claim", "claim")] + ([("release", "release")] if mode == "churn" else [])
+        for part, label in part_titles:
+            header = ["clients", *(f"{name} {label} p50 / p95 / p99 ms" for name in stores)]
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for level in levels:
+                cells = [str(level)] + [latency_cell(table.get((name, level), []), part) for name in stores]
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+    errors = error_lines(section)
+    if errors:
+        lines += ["What the clients saw besides answers (summed over runs):", "", *errors, ""]
+    return lines
+
+
+def error_lines(section: dict[str, Any]) -> list[str]:
+    lines = []
+    for row in section.get("rows", []):
+        errors: dict[str, int] = {}
+        retries: dict[str, int] = {}
+        for run in row["runs"]:
+            for reason, count in run.get("errors", {}).items():
+                errors[reason] = errors.get(reason, 0) + count
+            for reason, count in run.get("retries", {}).items():
+                retries[reason] = retries.get(reason, 0) + count
+        if errors or retries:
+            what = []
+            if retries:
+                what.append("retried: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(retries.items())))
+            if errors:
+                what.append("failed: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(errors.items())))
+            lines.append(f"- {row['store']}, {row['concurrency']} clients, {row['mode']}: {'; '.join(what)}")
+    return lines
+
+
+def failover_section(section: dict[str, Any]) -> list[str]:
+    config = section.get("config", {})
+    lines = ["### Failover: SIGKILL the leader under load", ""]
+    lines += stamp_lines(section)
+    lines += [
+        "",
+        f"{config.get('writers')} writers claim single addresses all the time, and a prober sends a new claim "
+        f"every {config.get('probe_interval_ms', 20):g} ms whatever became of the earlier ones (so a request "
+        "hanging on a member that lost its leader does not hide that the store recovered). Every request has "
+        f"a {config.get('request_timeout_s', 2.0)} s timeout and is retried (same Idempotency-Key for Allot, "
+        "the name check for etcd) on lost connections, timeouts and busy or leaderless members. For each kill "
+        "the harness waits until every member runs, a leader is agreed and a claim was acknowledged, SIGKILLs "
+        "the leader, and times the first acknowledged claim *sent after* the kill; then it restarts the killed "
+        "member. Timeline: [failover.png](bench/failover.png).",
+        "",
+        "| store | kills | median | worst | best | claims acknowledged | claims failed | retries seen by clients |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    results = section.get("results", {})
+    for name in ordered(list(results)):
+        entry = results[name]
+        failed = ", ".join(f"{reason} {count}" for reason, count in sorted(entry["failed"].items())) or "0"
+        retries = ", ".join(f"{reason} {count:,}" for reason, count in sorted(entry["retries"].items())) or "none"
+        lines.append(
+            f"| {name} | {len(entry['kills'])} | {entry['median_s']:.3f} s | {entry['worst_s']:.3f} s | "
+            f"{entry['best_s']:.3f} s | {entry['acknowledged']:,} | {failed} | {retries} |"
+        )
+    return [*lines, ""]
+
+
+def reads_section(section: dict[str, Any]) -> list[str]:
+    config = section.get("config", {})
+    lines = ["### Reads (Allot)", ""]
+    lines += stamp_lines(section)
+    lines += [
+        "",
+        f"{config.get('claims')} claims in one pool; `get` reads one claim by name, `list` reads a page of "
+        f"{config.get('list_limit')} claims; requests round-robin over the three members; "
+        f"{config.get('seconds')} s per row, {config.get('runs')} run(s), median (min..max). Linearizable reads "
+        "pass a read barrier first; stale reads answer from the member's own store.",
+        "",
+        "| read | consistency | clients | reads/s | p50 / p95 / p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for row in section.get("rows", []):
+        runs = row["runs"]
+        lines.append(
+            f"| {row['op']} | {row['consistency']} | {row['concurrency']} | "
+            f"{rate_cell([run['claims_per_s'] for run in runs])} | {latency_cell(runs)} |"
+        )
+    return [*lines, ""]
+
+
+def render_tables(results: dict[str, Any]) -> str:
+    """The markdown between the suite markers of docs/benchmarks.md."""
+    lines = [
+        "## Side by side: Allot, etcd and PostgreSQL (`python -m bench`)",
+        "",
+        "Written by `python -m bench` (bench/suite.py) from docs/bench/suite.json; do not edit by hand. One load "
+        "generator (asyncio, bench/loadgen.py) drives every store through the same allocator interface "
+        "(`claim(pool) -> cidr`, `release`), so the only difference is the store. Everything (three Allot "
+        "members, three etcd members, PostgreSQL, the load generator) shares this 2-core machine, which "
+        "other engineers' test runs also used while these ran: absolute numbers are noisy, and the spread "
+        "(min..max) says how much; compare stores by the ratios taken within a run. Each run starts every "
+        "store fresh, one at a time, in a rotating order. Charts: [throughput](bench/throughput.png), "
+        "[latency](bench/latency.png), [failover](bench/failover.png).",
+        "",
+        "Durability is on everywhere (Allot and etcd sync their logs before acknowledging, PostgreSQL flushes its "
+        "WAL at each commit), but this machine's disk acknowledges an fdatasync in well under a millisecond (the "
+        "stamp of each table says how long): on a disk where a sync takes a millisecond or more, stores that "
+        "sync once per transaction while holding a lock (PostgreSQL on one contended pool row) fall behind "
+        "stores that sync a batch of proposals at once (Allot, etcd) more than they do here.",
+        "",
+        "Fill curve and big pools are not repeated here: see the in-process fill and /64 rows above "
+        "(`python -m bench.ipam_apply --scenario fill|big`) and the cluster with many live allocations "
+        "(`python -m bench.big_state`).",
+        "",
+    ]
+    configs: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    for key in ("contended", "spread", "failover"):
+        configs.update(results.get(key, {}).get("stores", {}))
+        for name, reason in results.get(key, {}).get("skipped", {}).items():
+            if name not in configs:
+                skipped.setdefault(name, reason)
+    if configs:
+        lines += ["How each store is configured (each the strongest fair way a user would build it):", ""]
+        lines += store_lines({"stores": configs, "skipped": {k: v for k, v in skipped.items() if k not in configs}})
+        lines.append("")
+    for key in CLAIM_SCENARIOS:
+        if key in results:
+            lines += claims_section(key, results[key])
+    if "failover" in results:
+        lines += failover_section(results["failover"])
+    if "reads" in results:
+        lines += reads_section(results["reads"])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def headline(results: dict[str, Any]) -> str:
+    """The short table for README: contended claims and failover time per store."""
+    contended = results.get("contended", {})
+    table = rows_by(contended, "claim")
+    stores = ordered(list({store for store, _ in table}))
+    failover = results.get("failover", {}).get("results", {})
+    levels = [level for level in (1, 64, 256) if any((store, level) in table for store in stores)]
+    header = ["store", *(f"claims/s, {level} client{'s' if level > 1 else ''}" for level in levels)]
+    header += ["p99 at 64 clients", "leader failover (median / worst)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for store in stores:
+        cells = [store]
+        for level in levels:
+            runs = table.get((store, level), [])
+            cells.append(f"{statistics.median(run['claims_per_s'] for run in runs):,.0f}" if runs else "–")
+        runs64 = table.get((store, 64), [])
+        cells.append(f"{statistics.median(run['claim']['p99_ms'] for run in runs64):.0f} ms" if runs64 else "–")
+        if store in failover:
+            cells.append(f"{failover[store]['median_s']:.2f} s / {failover[store]['worst_s']:.2f} s")
+        elif store == "postgres":
+            cells.append("single node: none")
+        else:
+            cells.append("–")
+        lines.append("| " + " | ".join(cells) + " |")
+    stamp = contended.get("stamp", {})
+    intro = (
+        f"Side by side on one 2-core machine (contended claims from one pool; `{stamp.get('command', '?')}`, "
+        f"{stamp.get('date', '?')}; medians of runs, shared and noisy machine: the full report with spreads, "
+        "churn, 100-pool spread, reads and how each peer is configured is in "
+        "[docs/benchmarks.md](docs/benchmarks.md#side-by-side-allot-etcd-and-postgresql-python--m-bench)):"
+    )
+    install = (
+        "The peers are optional: `apt-get install etcd-server postgresql` and `pip install -e '.[bench]'` "
+        "(asyncpg, matplotlib); `python -m bench` skips a peer that is missing and says so."
+    )
+    return "\n".join([intro, "", *lines, "", install, ""])
+
+
+def replace_region(text: str, begin: str, end: str, body: str) -> str:
+    """The text with what lies between the markers replaced (markers appended at the end if absent)."""
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), flags=re.DOTALL)
+    if pattern.search(text):
+        return pattern.sub(lambda _: block, text, count=1)
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def replace_in_section(text: str, heading: str, begin: str, end: str, body: str) -> str:
+    """Like replace_region, but markers absent are put at the end of the section `heading`."""
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), flags=re.DOTALL)
+    if pattern.search(text):
+        return pattern.sub(lambda _: block, text, count=1)
+    lines = text.split("\n")
+    if heading not in lines:
+        return text.rstrip("\n") + f"\n\n{heading}\n\n{block}\n"
+    start = lines.index(heading)
+    stop = next((index for index in range(start + 1, len(lines)) if lines[index].startswith("## ")), len(lines))
+    while stop > start + 1 and not lines[stop - 1].strip():
+        stop -= 1
+    return "\n".join([*lines[:stop], "", block, *lines[stop:]])
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def write_all(
+    results: dict[str, Any], *, report_md: Path | None, readme: Path | None, charts_dir: Path | None
+) -> list[str]:
+    """Write the report region, the README headline and the charts; returns what was done, for people."""
+    done: list[str] = []
+    if report_md is not None:
+        original = report_md.read_text() if report_md.exists() else "# Benchmarks\n"
+        write_text_atomically(report_md, replace_region(original, SUITE_BEGIN, SUITE_END, render_tables(results)))
+        done.append(f"report: tables written between the suite markers of {report_md}")
+    if readme is not None and "contended" in results and readme.exists():
+        text = replace_in_section(readme.read_text(), "## Benchmarks", HEADLINE_BEGIN, HEADLINE_END, headline(results))
+        write_text_atomically(readme, text)
+        done.append(f"report: headline table written into the Benchmarks section of {readme}")
+    if charts_dir is not None:
+        done += write_charts(results, charts_dir)
+    return done
+
+
+# ---- charts -------------------------------------------------------------------------------------------
+
+
+def write_charts(results: dict[str, Any], charts_dir: Path) -> list[str]:
+    try:
+        import matplotlib  # noqa: PLC0415 - optional (the bench extra)
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return ["charts: skipped, matplotlib is not installed (pip install 'allot[bench]')"]
+    charts_dir.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    claim_keys = [key for key in CLAIM_SCENARIOS if key in results]
+    if claim_keys:
+        figure, axes = plt.subplots(1, len(claim_keys), figsize=(6 * len(claim_keys), 4.2), squeeze=False)
+        for axis, key in zip(axes[0], claim_keys, strict=True):
+            table = rows_by(results[key], "claim")
+            for store in ordered(list({store for store, _ in table})):
+                levels = sorted(level for name, level in table if name == store)
+                rates = [[run["claims_per_s"] for run in table[(store, level)]] for level in levels]
+                middle = [statistics.median(values) for values in rates]
+                low = [mid - min(values) for mid, values in zip(middle, rates, strict=True)]
+                high = [max(values) - mid for mid, values in zip(middle, rates, strict=True)]
+                axis.errorbar(
+                    levels, middle, yerr=[low, high], marker="o", capsize=3, label=store, color=COLOURS.get(store)
+                )
+            axis.set_xscale("log", base=2)
+            axis.set_xlabel("concurrent clients")
+            axis.set_ylabel("claims/s (median, min..max)")
+            axis.set_title(CLAIM_SCENARIOS[key])
+            axis.grid(True, alpha=0.3)
+            axis.legend()
+        figure.suptitle(chart_stamp(results[claim_keys[0]]), fontsize=8)
+        figure.tight_layout()
+        figure.savefig(charts_dir / "throughput.png", dpi=110)
+        plt.close(figure)
+        written.append(f"charts: {charts_dir / 'throughput.png'}")
+
+        section = results[claim_keys[0]]
+        table = rows_by(section, "claim")
+        levels = sorted({level for _, level in table})
+        stores = ordered(list({store for store, _ in table}))
+        figure, axes = plt.subplots(1, len(levels), figsize=(3.6 * len(levels), 4), squeeze=False, sharey=True)
+        width = 0.8 / max(1, len(stores))
+        for axis, level in zip(axes[0], levels, strict=True):
+            for index, store in enumerate(stores):
+                runs = table.get((store, level), [])
+                if not runs:
+                    continue
+                values = [
+                    statistics.median(run["claim"][key] for run in runs) for key in ("p50_ms", "p95_ms", "p99_ms")
+                ]
+                positions = [slot + index * width for slot in range(3)]
+                axis.bar(positions, values, width, label=store, color=COLOURS.get(store))
+            axis.set_xticks([slot + width * (len(stores) - 1) / 2 for slot in range(3)], ["p50", "p95", "p99"])
+            axis.set_yscale("log")
+            axis.set_title(f"{level} client{'s' if level > 1 else ''}")
+            axis.grid(True, axis="y", alpha=0.3)
+        axes[0][0].set_ylabel("claim latency, ms (median of runs)")
+        handles, labels = axes[0][-1].get_legend_handles_labels()
+        figure.legend(handles, labels, loc="lower center", ncol=len(stores), fontsize=8)
+        figure.suptitle(f"{CLAIM_SCENARIOS[claim_keys[0]]}\n{chart_stamp(section)}", fontsize=8)
+        figure.tight_layout(rect=(0, 0.06, 1, 1))
+        figure.savefig(charts_dir / "latency.png", dpi=110)
+        plt.close(figure)
+        written.append(f"charts: {charts_dir / 'latency.png'}")
+
+    failover = results.get("failover", {}).get("results", {})
+    if failover:
+        names = ordered(list(failover))
+        figure, axes = plt.subplots(len(names), 1, figsize=(11, 2.8 * len(names)), squeeze=False)
+        for axis, name in zip(axes[:, 0], names, strict=True):
+            entry = failover[name]
+            bin_s = entry["timeline"]["bin_s"]
+            acks = entry["timeline"]["acks"]
+            axis.plot([index * bin_s for index in range(len(acks))], [count / bin_s for count in acks],
+                      color=COLOURS.get(name), linewidth=0.8)  # fmt: skip
+            for kill in entry["kills"]:
+                axis.axvline(kill["at_s"], color="black", linestyle=":", linewidth=0.8)
+                axis.axvspan(kill["at_s"], kill["at_s"] + kill["failover_s"], color="red", alpha=0.25)
+            axis.set_ylabel("claims/s")
+            axis.set_title(
+                f"{name}: {len(entry['kills'])} leader kills (dotted), time to the first acknowledged claim (red); "
+                f"median {entry['median_s']:.2f} s, worst {entry['worst_s']:.2f} s",
+                fontsize=9,
+            )
+            axis.grid(True, alpha=0.3)
+        axes[-1][0].set_xlabel("seconds since the writers started")
+        figure.suptitle(chart_stamp(results["failover"]), fontsize=8)
+        figure.tight_layout()
+        figure.savefig(charts_dir / "failover.png", dpi=110)
+        plt.close(figure)
+        written.append(f"charts: {charts_dir / 'failover.png'}")
+    return written
+
+
+def chart_stamp(section: dict[str, Any]) -> str:
+    stamp = section.get("stamp", {})
+    text = f"{stamp.get('date', '?')} · {stamp.get('machine', '?')} · {stamp.get('command', '?')}"
+    return "\n".join(textwrap.wrap(text, 120))

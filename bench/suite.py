@@ -1,0 +1,680 @@
+"""The benchmark suite: Allot side by side with etcd and PostgreSQL allocators on the same workload.
+
+    python -m bench                                   # every scenario, every store found
+    python -m bench --quick                           # one short run of each (a few minutes)
+    python -m bench --scenario contended --runs 5
+    python -m bench --scenario failover --kills 20 --stores allot,etcd
+
+Scenarios (issue #7):
+
+* contended: single-address claims from ONE pool (a /16) at each concurrency (1, 8, 64, 256):
+  claims/s and p50/p95/p99; then the same with churn (each claim released at once).
+* spread: the same over 100 pools (/22 each) of 100 different tenants, each claim picking a pool
+  at random (Allot: the admin token acting for each tenant with ?org=&project=).
+* failover: writers claim all the time while the leader is SIGKILLed again and again (20 by
+  default), and a prober sends a new claim every 20 ms whatever became of the earlier ones:
+  time from the kill to the first acknowledged claim sent after it, and what the clients saw
+  (retries by reason, claims that failed). Replicated stores only.
+* reads (Allot only): get and list latency at linearizable and stale consistency.
+* fill curve and big pools: `python -m bench.ipam_apply --scenario fill|big` and
+  `python -m bench.big_state` (reported in docs/benchmarks.md, not repeated here).
+
+Stores: allot (a fresh three-member cluster), etcd (three members, one key per address,
+compare-and-create), etcd-bitmap (one bitmap key per pool, compare-and-swap; for reference) and
+postgres (one node, row lock + lowest free address + exclusion constraint). bench/peers/ says
+how each is configured. A peer that is not installed is skipped, and the report says so; this
+harness installs nothing (Debian: `apt-get install etcd-server postgresql`; Python:
+`pip install 'allot[bench]'` for asyncpg and matplotlib).
+
+Every store runs alone: for each run, each store in turn is started fresh, measured at every
+level and stopped (the order rotates between runs), so noise from the machine spreads over all
+stores alike. Every figure is the median of `--runs` runs with min..max beside it; ratios are
+taken within a run and then the median. Results go to docs/bench/suite.json (merged by
+scenario), tables between the markers in docs/benchmarks.md, charts in docs/bench/ and the
+headline table in README's "Benchmarks" section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import functools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from bench import report
+from bench.ipam_apply import machine_line
+from bench.loadgen import Allocator, AllocatorError, CidrCarver, PhaseResult, Pool, run_calls, run_phase, warm_up
+from bench.peers import Replicated, Store, Unavailable
+from bench.peers.allot import AllotAllocator, AllotStore
+from bench.peers.etcd import EtcdStore
+from bench.peers.postgres import PostgresStore
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("contended", "spread", "failover", "reads")
+STORES = ("allot", "etcd", "etcd-bitmap", "postgres")
+FAILOVER_STORES = ("allot", "etcd")  # replicated stores with a leader to kill
+levels_default = (1, 8, 64, 256)
+spread_pools = 100
+spread_prefix = 22
+contended_prefix = 16
+failover_writers = 6
+probe_interval_s = 0.02
+probes_outstanding_max = 200
+failover_request_timeout_s = 2.0  # per request, then retried (as bench/failover.py), the same for every store
+reads_prefill = 1000
+reads_list_limit = 100
+reads_levels = (1, 32)
+store_start_timeout_s = 60.0
+
+
+@dataclass
+class Settings:
+    scenarios: list[str]
+    stores: list[str]
+    runs: int
+    seconds: float
+    levels: list[int]
+    kills: int
+    timeout_s: float
+    pg_connections: int
+    out_json: Path
+    report_md: Path | None
+    readme: Path | None
+    charts_dir: Path | None
+    command: str
+    render_only: bool = False
+
+
+def fdatasync_ms(samples: int = 50) -> float:
+    """Median time of a 4 KiB append + fdatasync in the temporary directory every store uses."""
+    times: list[float] = []
+    with tempfile.NamedTemporaryFile(prefix="allot-bench-fsync-") as handle:
+        block = os.urandom(4096)
+        for _ in range(samples):
+            began = time.perf_counter()
+            handle.write(block)
+            handle.flush()
+            os.fdatasync(handle.fileno())
+            times.append(time.perf_counter() - began)
+    return round(statistics.median(times) * 1e3, 3)
+
+
+def stamp(settings: Settings) -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_line(),
+        "load_average": [round(value, 2) for value in load],
+        "fdatasync_ms": fdatasync_ms(),
+        "command": settings.command,
+    }
+
+
+# ---- progress ------------------------------------------------------------------------------------
+
+
+class Display:
+    """A rich progress display on stderr (phases done, the current phase's clock and claims)."""
+
+    def __init__(self, total_phases: int, quiet: bool = False) -> None:
+        self.console = Console(stderr=True, quiet=quiet)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.overall: TaskID = self.progress.add_task("suite", total=max(1, total_phases), detail="")
+        self.phase: TaskID = self.progress.add_task("phase", total=1, detail="", visible=False)
+        self.count = 0
+
+    def __enter__(self) -> Display:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.progress.stop()
+
+    def log(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def begin(self, what: str, seconds: float) -> None:
+        self.count = 0
+        self.progress.update(self.phase, description=what, total=max(seconds, 0.001), completed=0, visible=True)
+
+    def tick(self, elapsed: float) -> None:
+        self.progress.update(self.phase, completed=elapsed, detail=f"{self.count:,} done")
+
+    def claimed(self) -> None:
+        self.count += 1
+
+    def end(self, summary: str) -> None:
+        self.progress.update(self.phase, visible=False)
+        self.progress.advance(self.overall)
+        self.progress.update(self.overall, detail=summary)
+
+
+async def ticking(display: Display, seconds: float, what: str, work: Awaitable[PhaseResult]) -> PhaseResult:
+    """Run one phase while the display's clock moves."""
+    display.begin(what, seconds)
+    began = time.perf_counter()
+
+    async def clock() -> None:
+        while True:
+            display.tick(min(seconds, time.perf_counter() - began))
+            await asyncio.sleep(0.2)
+
+    ticker = asyncio.create_task(clock())
+    try:
+        return await work
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+
+
+# ---- stores ----------------------------------------------------------------------------------------
+
+
+def make_store(name: str, settings: Settings) -> Store:
+    """The store called `name`; Unavailable when its programs are not installed here."""
+    if name == "allot":
+        return AllotStore()
+    if name in ("etcd", "etcd-bitmap"):
+        return EtcdStore(bitmap=name == "etcd-bitmap")
+    if name == "postgres":
+        return PostgresStore(settings.pg_connections)
+    raise ValueError(f"unknown store {name!r}")
+
+
+def available_stores(names: Sequence[str], settings: Settings, display: Display) -> tuple[list[Store], dict[str, str]]:
+    stores: list[Store] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        try:
+            stores.append(make_store(name, settings))
+        except Unavailable as exc:
+            skipped[name] = str(exc)
+            display.log(f"skipping {name}: {exc}")
+    return stores, skipped
+
+
+@contextlib.contextmanager
+def running(store: Store) -> Iterator[Store]:
+    """Start the store; always stop it (and reap its processes), on errors and Ctrl-C too."""
+    try:
+        store.start()
+        yield store
+    finally:
+        store.close()
+
+
+def rotated(items: Sequence[Store], run: int) -> list[Store]:
+    shift = run % len(items) if items else 0
+    return [*items[shift:], *items[:shift]]
+
+
+async def create_pools(allocator: Allocator, pools: Sequence[Pool]) -> None:
+    gate = asyncio.Semaphore(16)
+
+    async def one(pool: Pool) -> None:
+        async with gate:
+            await allocator.create_pool(pool)
+
+    await asyncio.gather(*(one(pool) for pool in pools))
+
+
+# ---- claims scenarios (contended, spread) -------------------------------------------------------------
+
+
+def claim_pools(scenario: str, carver: CidrCarver, tag: str) -> list[Pool]:
+    if scenario == "contended":
+        return [Pool(f"c-{tag}", carver.take(contended_prefix))]
+    return [
+        Pool(f"s-{tag}-{index}", carver.take(spread_prefix), (f"t{index}", "bench")) for index in range(spread_pools)
+    ]
+
+
+async def measure_store(
+    scenario: str, store: Store, settings: Settings, display: Display, run: int
+) -> list[tuple[str, int, dict[str, Any]]]:
+    """Every level and mode on one freshly started store: [(mode, concurrency, summary)]."""
+    allocator = store.allocator()
+    await allocator.open()
+    carver = CidrCarver()
+    rows: list[tuple[str, int, dict[str, Any]]] = []
+    try:
+        for concurrency in settings.levels:
+            for mode in ("claim", "churn"):
+                tag = f"{concurrency}-{mode}"
+                pools = claim_pools(scenario, carver, tag)
+                await create_pools(allocator, pools)
+                await warm_up(allocator, pools[0], min(concurrency, 16), f"w-{tag}")
+                capacity = sum(pool.size for pool in pools)
+                limit = int(capacity * (0.9 if len(pools) == 1 else 0.5))
+                what = f"{scenario} run {run + 1}/{settings.runs}: {store.label} x{concurrency} {mode}"
+                result = await ticking(
+                    display,
+                    settings.seconds,
+                    what,
+                    run_phase(
+                        allocator,
+                        pools,
+                        concurrency=concurrency,
+                        seconds=settings.seconds,
+                        churn=mode == "churn",
+                        max_claims=limit,
+                        name_prefix=f"b-{tag}",
+                        seed=run * 1000 + concurrency,
+                        on_claim=display.claimed,
+                    ),
+                )
+                summary = result.summary()
+                rows.append((mode, concurrency, summary))
+                display.end(f"{store.label} x{concurrency} {mode}: {summary['claims_per_s']:,.0f}/s")
+                display.log(phase_line(what, result))
+    finally:
+        await allocator.close()
+    return rows
+
+
+def phase_line(what: str, result: PhaseResult) -> str:
+    summary = result.summary()
+    claim = summary["claim"]
+    text = (
+        f"{what}: {summary['claims_per_s']:,.0f} claims/s, p50 {claim['p50_ms']:.1f} ms, "
+        f"p95 {claim['p95_ms']:.1f} ms, p99 {claim['p99_ms']:.1f} ms"
+    )
+    if result.errors:
+        text += f"; errors {dict(result.errors)}"
+    if result.retries:
+        text += f"; retries {dict(result.retries)}"
+    return text
+
+
+def scenario_claims(scenario: str, settings: Settings, display: Display) -> dict[str, Any]:
+    stores, skipped = available_stores(settings.stores, settings, display)
+    table: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    descriptions: dict[str, str] = {}
+    for run in range(settings.runs):
+        for store in rotated(stores, run):
+            with running(store):
+                descriptions[store.label] = store.describe()
+                rows = asyncio.run(measure_store(scenario, store, settings, display, run))
+            for mode, concurrency, summary in rows:
+                table.setdefault((store.label, mode, concurrency), []).append(summary)
+    return {
+        "stamp": stamp(settings),
+        "config": {
+            "runs": settings.runs,
+            "seconds": settings.seconds,
+            "levels": settings.levels,
+            "pools": 1 if scenario == "contended" else spread_pools,
+            "pool_prefix": contended_prefix if scenario == "contended" else spread_prefix,
+        },
+        "stores": descriptions,
+        "skipped": skipped,
+        "rows": [
+            {"store": store, "mode": mode, "concurrency": concurrency, "runs": runs}
+            for (store, mode, concurrency), runs in table.items()
+        ],
+    }
+
+
+# ---- failover --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Writers:
+    """Writers claiming all the time, through the store's allocator; acknowledgements kept."""
+
+    allocator: Allocator
+    pool: Pool
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    acknowledged: list[tuple[float, float]] = field(default_factory=list)  # (sent, acknowledged)
+    failed: Counter[str] = field(default_factory=Counter)
+
+    async def run(self, slot: int) -> None:
+        number = 0
+        while not self.stop.is_set():
+            number += 1
+            sent = time.monotonic()
+            try:
+                await self.allocator.claim(self.pool, f"f{slot}-{number}")
+            except AllocatorError as exc:
+                self.failed[exc.reason] += 1
+                await asyncio.sleep(0.05)
+                continue
+            self.acknowledged.append((sent, time.monotonic()))
+
+    async def probe(self) -> None:
+        """Open loop: a new claim every `probe_interval_s` whatever became of the earlier ones, so a
+        writer stuck in a request to a dead member does not hide that the store recovered."""
+        outstanding: set[asyncio.Task[None]] = set()
+        number = 0
+        while not self.stop.is_set():
+            if len(outstanding) < probes_outstanding_max:
+                number += 1
+                task = asyncio.create_task(self.one_probe(number))
+                outstanding.add(task)
+                task.add_done_callback(outstanding.discard)
+            await asyncio.sleep(probe_interval_s)
+        if outstanding:
+            await asyncio.wait(outstanding, timeout=failover_request_timeout_s * 2)
+        for task in list(outstanding):
+            task.cancel()
+
+    async def one_probe(self, number: int) -> None:
+        sent = time.monotonic()
+        try:
+            await self.allocator.claim(self.pool, f"probe-{number}")
+        except AllocatorError as exc:
+            self.failed[exc.reason] += 1
+            return
+        self.acknowledged.append((sent, time.monotonic()))
+
+    def first_acknowledged_after(self, moment: float) -> float | None:
+        times = [acked for sent, acked in self.acknowledged if sent >= moment]
+        return min(times) if times else None
+
+
+async def wait_async(what: str, probe: Callable[[], float | None], timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+async def failover_run(store: Replicated, settings: Settings, display: Display) -> dict[str, Any]:
+    allocator = store.allocator(failover_request_timeout_s)
+    await allocator.open()
+    pool = Pool("failover", CidrCarver().take(12))
+    await allocator.create_pool(pool)
+    writers = Writers(allocator, pool)
+    tasks = [asyncio.create_task(writers.run(slot)) for slot in range(failover_writers)]
+    tasks.append(asyncio.create_task(writers.probe()))
+    began = time.monotonic()
+    kills: list[dict[str, Any]] = []
+    retries_before = Counter(allocator.retries)
+    try:
+        for kill in range(1, settings.kills + 1):
+            display.begin(f"failover: {store.label} kill {kill}/{settings.kills}", 1.0)
+            await asyncio.to_thread(store.wait_whole, settings.timeout_s)
+            leader = await asyncio.to_thread(store.leader, settings.timeout_s)
+            warm = time.monotonic()
+            await wait_async("a write before the kill", functools.partial(writers.first_acknowledged_after, warm), 30.0)
+            killed_at = time.monotonic()
+            await asyncio.to_thread(store.kill, leader)
+            first = await wait_async(
+                "the first acknowledged write after the kill",
+                functools.partial(writers.first_acknowledged_after, killed_at),
+                settings.timeout_s,
+            )
+            kills.append({"leader": leader, "at_s": killed_at - began, "failover_s": first - killed_at})
+            display.end(f"{store.label} kill {kill}: {first - killed_at:.3f} s")
+            display.log(
+                f"failover: {store.label} kill {kill:2d}: leader {leader}; first write after {first - killed_at:.3f} s"
+            )
+            await asyncio.to_thread(store.restart, leader, settings.timeout_s)
+        await asyncio.sleep(0.5)
+    finally:
+        writers.stop.set()
+        await asyncio.wait(tasks, timeout=40.0)
+        for task in tasks:
+            task.cancel()
+        await allocator.close()
+    ended = time.monotonic()
+    retries = Counter(allocator.retries)
+    retries.subtract(retries_before)
+    bin_s = 0.1
+    bins = [0] * (int((ended - began) / bin_s) + 1)
+    for _, acked in writers.acknowledged:
+        bins[min(len(bins) - 1, int((acked - began) / bin_s))] += 1
+    times = [entry["failover_s"] for entry in kills]
+    return {
+        "kills": kills,
+        "median_s": statistics.median(times),
+        "worst_s": max(times),
+        "best_s": min(times),
+        "acknowledged": len(writers.acknowledged),
+        "failed": dict(writers.failed),
+        "retries": dict(+retries),
+        "timeline": {"bin_s": bin_s, "acks": bins},
+    }
+
+
+def scenario_failover(settings: Settings, display: Display) -> dict[str, Any]:
+    wanted = [name for name in settings.stores if name in FAILOVER_STORES]
+    stores, skipped = available_stores(wanted, settings, display)
+    for name in settings.stores:
+        if name not in FAILOVER_STORES:
+            skipped[name] = (
+                "single node: no failover to measure" if name == "postgres" else "same etcd cluster as 'etcd'"
+            )
+    results: dict[str, Any] = {}
+    descriptions: dict[str, str] = {}
+    for store in stores:
+        if not isinstance(store, AllotStore | EtcdStore):
+            continue
+        with running(store):
+            descriptions[store.label] = store.describe()
+            results[store.label] = asyncio.run(failover_run(store, settings, display))
+        entry = results[store.label]
+        display.log(
+            f"failover: {store.label}: {len(entry['kills'])} kills, median {entry['median_s']:.3f} s, "
+            f"worst {entry['worst_s']:.3f} s; writers: {entry['acknowledged']} acknowledged, "
+            f"failed {entry['failed']}, retries {entry['retries']}"
+        )
+    return {
+        "stamp": stamp(settings),
+        "config": {
+            "kills": settings.kills,
+            "writers": failover_writers,
+            "probe_interval_ms": probe_interval_s * 1000,
+            "request_timeout_s": failover_request_timeout_s,
+        },
+        "stores": descriptions,
+        "skipped": skipped,
+        "results": results,
+    }
+
+
+# ---- reads (Allot only) -------------------------------------------------------------------------------
+
+
+async def reads_run(store: AllotStore, settings: Settings, display: Display, run: int) -> list[dict[str, Any]]:
+    allocator: AllotAllocator = store.allocator()
+    await allocator.open()
+    rows: list[dict[str, Any]] = []
+    try:
+        pool = Pool("reads", CidrCarver().take(16))
+        await allocator.create_pool(pool)
+        display.begin(f"reads run {run + 1}: {reads_prefill} claims to read", 1.0)
+        gate = asyncio.Semaphore(64)
+
+        async def prefill(number: int) -> None:
+            async with gate:
+                await allocator.claim(pool, f"r-{number}")
+
+        await asyncio.gather(*(prefill(number) for number in range(reads_prefill)))
+        display.end("prefilled")
+        for op in ("get", "list"):
+            for consistency in ("linearizable", "stale"):
+                for concurrency in reads_levels:
+
+                    async def call(slot: int, op: str = op, consistency: str = consistency) -> None:
+                        if op == "get":
+                            number = (slot * 7919 + int(time.perf_counter_ns() // 1000)) % reads_prefill
+                            await allocator.get_claim(pool, f"r-{number}", consistency)
+                        else:
+                            await allocator.list_claims(pool, consistency, reads_list_limit)
+
+                    what = f"reads run {run + 1}/{settings.runs}: {op} {consistency} x{concurrency}"
+                    result = await ticking(
+                        display,
+                        settings.seconds,
+                        what,
+                        run_calls(call, concurrency=concurrency, seconds=settings.seconds, label="allot", mode=op),
+                    )
+                    summary = result.summary()
+                    display.end(f"{op} {consistency} x{concurrency}: {summary['claims_per_s']:,.0f}/s")
+                    display.log(phase_line(what, result).replace("claims/s", "reads/s"))
+                    rows.append({"op": op, "consistency": consistency, "concurrency": concurrency, "summary": summary})
+    finally:
+        await allocator.close()
+    return rows
+
+
+def scenario_reads(settings: Settings, display: Display) -> dict[str, Any]:
+    table: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    store = AllotStore()
+    for run in range(settings.runs):
+        with running(store):
+            description = store.describe()
+            rows = asyncio.run(reads_run(store, settings, display, run))
+        for row in rows:
+            table.setdefault((row["op"], row["consistency"], row["concurrency"]), []).append(row["summary"])
+    return {
+        "stamp": stamp(settings),
+        "config": {
+            "runs": settings.runs,
+            "seconds": settings.seconds,
+            "claims": reads_prefill,
+            "list_limit": reads_list_limit,
+            "levels": list(reads_levels),
+        },
+        "stores": {"allot": description},
+        "skipped": {},
+        "rows": [
+            {"op": op, "consistency": consistency, "concurrency": concurrency, "runs": runs}
+            for (op, consistency, concurrency), runs in table.items()
+        ],
+    }
+
+
+# ---- command line ----------------------------------------------------------------------------------
+
+
+def phase_count(settings: Settings) -> int:
+    count = 0
+    for scenario in settings.scenarios:
+        if scenario in ("contended", "spread"):
+            count += settings.runs * len(settings.stores) * len(settings.levels) * 2
+        elif scenario == "failover":
+            count += settings.kills * len([name for name in settings.stores if name in FAILOVER_STORES])
+        elif scenario == "reads":
+            count += settings.runs * (1 + 2 * 2 * len(reads_levels))
+    return count
+
+
+def parse(argv: list[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scenario", action="append", choices=(*SCENARIOS, "all"), help="repeatable; default all")
+    parser.add_argument("--stores", default=",".join(STORES), help=f"comma-separated, from {', '.join(STORES)}")
+    parser.add_argument("--runs", type=int, help="runs per figure (median and min..max); default 3, --quick 1")
+    parser.add_argument("--seconds", type=float, help="length of each timed phase; default 5, --quick 2")
+    parser.add_argument("--levels", help="concurrency levels, comma-separated; default 1,8,64,256")
+    parser.add_argument("--kills", type=int, help="leader kills per store in failover; default 20, --quick 3")
+    parser.add_argument("--quick", action="store_true", help="short runs: a look, not a measurement")
+    parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each wait in failover (seconds)")
+    parser.add_argument("--pg-connections", type=int, default=16, help="PostgreSQL client pool size")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench" / "suite.json")
+    parser.add_argument("--report", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md")
+    parser.add_argument("--charts", type=Path, default=REPO_ROOT / "docs" / "bench")
+    parser.add_argument("--no-docs", action="store_true", help="write only --out (no report, README or charts)")
+    parser.add_argument("--render-only", action="store_true", help="measure nothing: rewrite the docs from --out")
+    args = parser.parse_args(argv)
+    scenarios = args.scenario or ["all"]
+    chosen = list(SCENARIOS) if "all" in scenarios else list(dict.fromkeys(scenarios))
+    stores = [name.strip() for name in args.stores.split(",") if name.strip()]
+    unknown = [name for name in stores if name not in STORES]
+    if unknown or not stores:
+        parser.error(f"unknown stores {unknown}; choose from {', '.join(STORES)}")
+    levels = [int(level) for level in args.levels.split(",")] if args.levels else list(levels_default)
+    if any(level < 1 for level in levels):
+        parser.error("concurrency levels must be positive")
+    raw = sys.argv[1:] if argv is None else argv
+    return Settings(
+        scenarios=chosen,
+        stores=stores,
+        runs=args.runs or (1 if args.quick else 3),
+        seconds=args.seconds or (2.0 if args.quick else 5.0),
+        levels=levels,
+        kills=args.kills or (3 if args.quick else 20),
+        timeout_s=args.timeout,
+        pg_connections=args.pg_connections,
+        out_json=args.out,
+        report_md=None if args.no_docs else args.report,
+        readme=None if args.no_docs else args.readme,
+        charts_dir=None if args.no_docs else args.charts,
+        command=" ".join(["python -m bench", *raw]),
+        render_only=args.render_only,
+    )
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    try:
+        loaded: dict[str, Any] = json.loads(path.read_text())
+        return loaded
+    except (OSError, ValueError):
+        return {}
+
+
+def main(argv: list[str] | None = None, *, quiet: bool = False) -> dict[str, Any]:
+    """Run the chosen scenarios, merge them into the results file, write the docs. Returns the results."""
+    settings = parse(argv)
+    results = load_results(settings.out_json)
+    if settings.render_only:
+        for line in report.write_all(
+            results, report_md=settings.report_md, readme=settings.readme, charts_dir=settings.charts_dir
+        ):
+            print(line)
+        return results
+    with Display(phase_count(settings), quiet=quiet) as display:
+        display.log(f"# {machine_line()}; {settings.command}")
+        for scenario in settings.scenarios:
+            begun = stamp(settings)  # date, load and sync time as the scenario starts
+            if scenario in ("contended", "spread"):
+                results[scenario] = scenario_claims(scenario, settings, display)
+            elif scenario == "failover":
+                results[scenario] = scenario_failover(settings, display)
+            elif scenario == "reads":
+                if "allot" not in settings.stores:
+                    display.log("skipping reads: it measures Allot only, and allot is not among --stores")
+                    continue
+                results[scenario] = scenario_reads(settings, display)
+            results[scenario]["stamp"] = begun
+            settings.out_json.parent.mkdir(parents=True, exist_ok=True)
+            settings.out_json.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        written = report.write_all(
+            results, report_md=settings.report_md, readme=settings.readme, charts_dir=settings.charts_dir
+        )
+        for line in written:
+            display.log(line)
+    print(report.render_tables(results))
+    return results

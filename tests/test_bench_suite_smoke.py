@@ -1,0 +1,52 @@
+"""The side-by-side suite (`python -m bench`) runs one tiny scenario end to end and writes its report.
+
+Allot only (no peers), a fraction of a second per level, everything written under tmp_path.
+Numbers are never asserted (benchmarks do not gate CI); this keeps the harness from rotting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import report, suite
+
+
+def test_suite_contended_scenario_writes_its_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report_md = tmp_path / "benchmarks.md"
+    report_md.write_text("# Benchmarks\n\nText the lead wrote.\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("# Allot\n\n## Benchmarks\n\nSome words.\n\n## Layout\n\nMore words.\n")
+    out = tmp_path / "suite.json"
+    argv = ["--scenario", "contended", "--stores", "allot", "--levels", "1,4", "--runs", "1", "--seconds", "0.3"]
+    argv += ["--out", str(out), "--report", str(report_md), "--readme", str(readme), "--charts", str(tmp_path)]
+    results = suite.main(argv, quiet=True)
+
+    section = results["contended"]
+    assert set(section["stamp"]) == {"date", "machine", "load_average", "fdatasync_ms", "command"}
+    assert "cores" in section["stamp"]["machine"] and section["stamp"]["command"].startswith("python -m bench")
+    assert set(section["stores"]) == {"allot"}
+    seen = {(row["store"], row["mode"], row["concurrency"]) for row in section["rows"]}
+    assert seen == {("allot", mode, level) for mode in ("claim", "churn") for level in (1, 4)}
+    for row in section["rows"]:
+        (run,) = row["runs"]
+        assert set(run["claim"]) == {"p50_ms", "p95_ms", "p99_ms", "mean_ms"}
+        assert ("release" in run) == (row["mode"] == "churn")
+        assert run["claims"] >= 1 and not run["errors"], run
+    assert out.exists()
+
+    written = report_md.read_text()
+    assert written.startswith("# Benchmarks\n\nText the lead wrote.\n")
+    region = written[written.index(report.SUITE_BEGIN) : written.index(report.SUITE_END)]
+    for what in ("### Contended claims: one pool", "| clients | allot claims/s |", "p50 / p95 / p99", "**allot**"):
+        assert what in region, region
+    headline_readme = readme.read_text()
+    benchmarks = headline_readme[headline_readme.index("## Benchmarks") : headline_readme.index("## Layout")]
+    assert "Some words." in benchmarks and report.HEADLINE_BEGIN in benchmarks and "| allot |" in benchmarks
+    assert headline_readme.endswith("## Layout\n\nMore words.\n")
+    assert "### Contended claims" in capsys.readouterr().out
+
+    # Running again replaces the regions instead of adding to them.
+    suite.main([*argv, "--levels", "1"], quiet=True)
+    assert report_md.read_text().count(report.SUITE_BEGIN) == 1
+    assert readme.read_text().count(report.HEADLINE_BEGIN) == 1
