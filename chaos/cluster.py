@@ -457,6 +457,10 @@ class Cluster:
                 log_path=self.base_dir / f"{member_id}.log",
             )
         self._member_views: dict[str, dict[str, str]] = {member_id: self.raft_addresses for member_id in self.members}
+        # Members that exited without the harness ending them (a member stops itself on a
+        # broken invariant): (member id, exit code, time.monotonic() when noticed).
+        self.unexpected_exits: list[tuple[str, int, float]] = []
+        self._accounted: set[subprocess.Popen[bytes]] = set()  # processes _note_exit has seen
         self.proxies: ProxyHub | None = None
         self._closed = False
         _open_clusters.add(self)
@@ -494,6 +498,7 @@ class Cluster:
         self._closed = True
         for member in self.members.values():
             if member.process is not None:
+                self._note_exit(member)
                 member.exit_codes.append(reap_process(member.process))
                 member.process = None
                 member.stopped = False
@@ -517,10 +522,26 @@ class Cluster:
     def running_ids(self) -> list[str]:
         return [member_id for member_id, member in self.members.items() if member.running and not member.stopped]
 
+    def _note_exit(self, member: MemberProcess) -> None:
+        """Call before the harness ends or replaces a process: if it had already exited by
+        itself, remember that in `unexpected_exits`. Each process is accounted for once."""
+        process = member.process
+        if process is None or process in self._accounted:
+            return
+        self._accounted.add(process)
+        code = process.poll()
+        if code is not None:
+            self.unexpected_exits.append((member.member_id, code, time.monotonic()))
+
     def start_member(self, member_id: str, *, wait: bool = True) -> None:
         member = self.members[member_id]
         if member.running:
             raise RuntimeError(f"{member_id} is already running (pid {member.pid})")
+        if member.process is not None:  # it exited by itself: record that before replacing it
+            self._note_exit(member)
+            member.exit_codes.append(member.process.returncode)
+            with _live_lock:
+                _live.discard(member.process)
         member.data_dir.mkdir(parents=True, exist_ok=True)
         member.starts += 1
         command = serve_command(
@@ -580,12 +601,15 @@ class Cluster:
         member = self.members[member_id]
         if member.process is None:
             return
+        self._note_exit(member)
         member.exit_codes.append(reap_process(member.process))
         member.process = None
         member.stopped = False
 
     def kill_all(self) -> None:
         """SIGKILL every member at (nearly) the same moment, then reap them."""
+        for member in self.members.values():
+            self._note_exit(member)
         processes = [member.process for member in self.members.values() if member.process is not None]
         for process in processes:
             if process.poll() is None:
@@ -599,6 +623,7 @@ class Cluster:
         member = self.members[member_id]
         if member.process is None:
             return None
+        self._note_exit(member)
         process = member.process
         if member.stopped:
             self.cont(member_id)
@@ -720,7 +745,8 @@ class Cluster:
         return StoredState(member_id, applied_index, state_digest, problems)
 
     def ensure_all_running(self, timeout_s: float = converge_timeout_s) -> str:
-        """Resume stopped members, start dead ones, wait for a leader and convergence."""
+        """Open cut links, resume stopped members, start dead ones, wait for a leader and convergence."""
+        self.heal_links()
         for member_id, member in self.members.items():
             if member.stopped:
                 self.cont(member_id)
