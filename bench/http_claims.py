@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import socket
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,54 @@ def free_port_block(count: int) -> int:
             for candidate in sockets:
                 candidate.close()
     raise SystemExit("no block of free ports found")
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A benchmark's own three-member cluster: its members and the tokens to use."""
+
+    members: list[cluster.PlannedMember]
+    admin: str
+    tenant: str  # acme/web
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://{member.http_address}" for member in self.members]
+
+
+@contextlib.contextmanager
+def local_cluster(environment: Mapping[str, str] | None = None) -> Iterator[LocalCluster]:
+    """Start three members as `allot up` would (temporary directory, free ports), wait for a
+    leader, yield; stop them all on the way out. `environment` replaces the members' environment."""
+    with tempfile.TemporaryDirectory(prefix="allot-bench-") as tmp:
+        base = Path(tmp)
+        http_port, raft_port = free_port_block(3), free_port_block(3)
+        members = cluster.plan(base, http_port, raft_port)
+        secret = base / "cluster.secret"
+        cluster.ensure_secret(secret)
+        tokens_path = base / "tokens.json"
+        document: dict[str, Any] = generate_token_file(tokens_path)
+        admin = next(entry["token"] for entry in document["tokens"] if entry["role"] == "admin")
+        tenant = next(entry["token"] for entry in document["tokens"] if entry.get("org") == "acme")
+        processes: list[subprocess.Popen[bytes]] = []
+        try:
+            for member in members:
+                member.data_dir.mkdir(parents=True)
+                with open(member.data_dir / "member.log", "wb") as log:
+                    processes.append(
+                        subprocess.Popen(
+                            cluster.member_command(member, members, secret, tokens_path),
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL,
+                            env=None if environment is None else dict(environment),
+                        )
+                    )
+            if cluster.wait_for_leader(members, processes, admin, lambda: False) is None:
+                raise SystemExit("the cluster did not elect a leader")
+            yield LocalCluster(members, admin, tenant)
+        finally:
+            cluster.stop_all(processes)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -110,40 +161,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sequential", type=int, default=500)
     args = parser.parse_args(argv)
     print(f"# {machine_line()}; python -m bench.http_claims --clients {args.clients} --seconds {args.seconds:g}")
-    with tempfile.TemporaryDirectory(prefix="allot-bench-") as tmp:
-        base = Path(tmp)
-        http_port, raft_port = free_port_block(3), free_port_block(3)
-        members = cluster.plan(base, http_port, raft_port)
-        secret = base / "cluster.secret"
-        cluster.ensure_secret(secret)
-        tokens_path = base / "tokens.json"
-        document: dict[str, Any] = generate_token_file(tokens_path)
-        admin = next(entry["token"] for entry in document["tokens"] if entry["role"] == "admin")
-        tenant = next(entry["token"] for entry in document["tokens"] if entry.get("org") == "acme")
-        processes: list[subprocess.Popen[bytes]] = []
-        try:
-            for member in members:
-                member.data_dir.mkdir(parents=True)
-                with open(member.data_dir / "member.log", "wb") as log:
-                    processes.append(
-                        subprocess.Popen(
-                            cluster.member_command(member, members, secret, tokens_path),
-                            stdout=log,
-                            stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL,
-                        )
-                    )
-            if cluster.wait_for_leader(members, processes, admin, lambda: False) is None:
-                raise SystemExit("the cluster did not elect a leader")
-            before = [cluster.fetch_status(member.http_address, admin) for member in members]
-            asyncio.run(run(args, [f"http://{member.http_address}" for member in members], admin, tenant))
-            after = [cluster.fetch_status(member.http_address, admin) for member in members]
-            terms = sorted({(status or {}).get("term") for status in before + after}, key=str)
-            leaders = sorted({(status or {}).get("leader") for status in before + after}, key=str)
-            print(f"leadership  terms seen before and after the run: {terms}; leaders: {leaders}")
-            print(f"member m1 after the run: {json.dumps(after[0], sort_keys=True)}")
-        finally:
-            cluster.stop_all(processes)
+    with local_cluster() as bench_cluster:
+        members, admin = bench_cluster.members, bench_cluster.admin
+        before = [cluster.fetch_status(member.http_address, admin) for member in members]
+        asyncio.run(run(args, bench_cluster.urls, admin, bench_cluster.tenant))
+        after = [cluster.fetch_status(member.http_address, admin) for member in members]
+        terms = sorted({(status or {}).get("term") for status in before + after}, key=str)
+        leaders = sorted({(status or {}).get("leader") for status in before + after}, key=str)
+        print(f"leadership  terms seen before and after the run: {terms}; leaders: {leaders}")
+        print(f"member m1 after the run: {json.dumps(after[0], sort_keys=True)}")
 
 
 if __name__ == "__main__":

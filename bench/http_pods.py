@@ -20,18 +20,14 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench.http_claims import free_port_block, percentile
+from bench.http_claims import local_cluster, percentile
 from bench.ipam_apply import machine_line
 from node import cluster
-from node.tokens import generate_token_file
 
 POD_REQUESTS = {"cpuMillis": 100, "memoryBytes": 128 << 20}
 NODE_CAPACITY = {"cpuMillis": 64_000, "memoryBytes": 256 << 30, "pods": 110}
@@ -124,40 +120,14 @@ def main(argv: list[str] | None = None) -> None:
         f"# {machine_line()}; python -m bench.http_pods --nodes {' '.join(map(str, args.nodes))} "
         f"--clients {args.clients} --seconds {args.seconds:g}"
     )
-    with tempfile.TemporaryDirectory(prefix="allot-bench-") as tmp:
-        base = Path(tmp)
-        http_port, raft_port = free_port_block(3), free_port_block(3)
-        members = cluster.plan(base, http_port, raft_port)
-        secret = base / "cluster.secret"
-        cluster.ensure_secret(secret)
-        tokens_path = base / "tokens.json"
-        document: dict[str, Any] = generate_token_file(tokens_path)
-        admin = next(entry["token"] for entry in document["tokens"] if entry["role"] == "admin")
-        tenant = next(entry["token"] for entry in document["tokens"] if entry.get("org") == "acme")
-        environment = {**os.environ, "ALLOT_NODE_GRACE_SECONDS": "3600", "PYTHONUNBUFFERED": "1"}
-        processes: list[subprocess.Popen[bytes]] = []
-        try:
-            for member in members:
-                member.data_dir.mkdir(parents=True)
-                with open(member.data_dir / "member.log", "wb") as log:
-                    processes.append(
-                        subprocess.Popen(
-                            cluster.member_command(member, members, secret, tokens_path),
-                            stdout=log,
-                            stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL,
-                            env=environment,
-                        )
-                    )
-            if cluster.wait_for_leader(members, processes, admin, lambda: False) is None:
-                raise SystemExit("the cluster did not elect a leader")
-            asyncio.run(run(args, [f"http://{member.http_address}" for member in members], admin, tenant))
-            after = [cluster.fetch_status(member.http_address, admin) for member in members]
-            terms = sorted({(status or {}).get("term") for status in after}, key=str)
-            print(f"leadership  terms after the run: {terms}")
-            print(f"member m1 after the run: {json.dumps(after[0], sort_keys=True)}")
-        finally:
-            cluster.stop_all(processes)
+    # Nodes get no heartbeats here: a grace period longer than the run keeps them Ready.
+    environment = {**os.environ, "ALLOT_NODE_GRACE_SECONDS": "3600", "PYTHONUNBUFFERED": "1"}
+    with local_cluster(environment) as bench_cluster:
+        asyncio.run(run(args, bench_cluster.urls, bench_cluster.admin, bench_cluster.tenant))
+        after = [cluster.fetch_status(member.http_address, bench_cluster.admin) for member in bench_cluster.members]
+        terms = sorted({(status or {}).get("term") for status in after}, key=str)
+        print(f"leadership  terms after the run: {terms}")
+        print(f"member m1 after the run: {json.dumps(after[0], sort_keys=True)}")
 
 
 if __name__ == "__main__":
