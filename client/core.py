@@ -30,16 +30,18 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import abc
 import collections
 import dataclasses
 import enum
 import json
+import random
 import re
 import secrets
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from client.errors import (
     AllotError,
@@ -802,3 +804,58 @@ class WatchCursor:
         self._delivered += 1
         parsed = parse_object(obj)
         return WatchEvent(event_type, parsed.kind, parsed, revision, raw)
+
+
+class ClientSettings(abc.ABC):
+    """What both shells (`Client`, `AsyncClient`) hold besides their transport: the endpoint
+    ring, the retry policy, the request factory (with its tenant) and the random source.
+
+    A shell calls `_configure(...)` from its constructor (with `os.environ`: the core does no
+    I/O), then sets its transport, and defines `_bind_resources()`."""
+
+    _random: random.Random
+    _ring: EndpointRing
+    _policy: RetryPolicy
+    _factory: RequestFactory
+    _owns_transport: bool
+
+    def _configure(
+        self,
+        endpoints: str | Sequence[str] | None,
+        token: str | None,
+        *,
+        timeout: float | None,
+        deadline: float | None,
+        retry: RetryPolicy | None,
+        tenant: str | tuple[str, str] | None,
+        random_source: random.Random | None,
+        environ: Mapping[str, str],
+    ) -> None:
+        resolved, resolved_token = resolve_settings(endpoints, token, environ)
+        self._random = random_source or random.Random()
+        self._ring = EndpointRing(resolved, int(self._random.random() * len(resolved)))
+        self._policy = (retry or RetryPolicy()).with_overrides(timeout, deadline)
+        factory = RequestFactory(resolved_token)
+        self._factory = factory.for_tenant(*parse_tenant(tenant)) if tenant is not None else factory
+        self._owns_transport = True
+
+    @abc.abstractmethod
+    def _bind_resources(self) -> None:
+        """Set the shell's typed resource accessors (`ippools`, `ipclaims`, ...)."""
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(endpoint.url for endpoint in self._ring.endpoints)
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._policy
+
+    def _derive_for_tenant(self, org: str, project: str) -> Self:
+        """A shallow copy acting for one tenant, sharing this one's connections (it never closes them)."""
+        derived = object.__new__(type(self))
+        derived.__dict__.update(self.__dict__)
+        derived._factory = self._factory.for_tenant(org, project)
+        derived._owns_transport = False
+        derived._bind_resources()
+        return derived

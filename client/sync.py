@@ -465,7 +465,7 @@ class WatchStream:
 # ---- the client ------------------------------------------------------------------------------
 
 
-class Client:
+class Client(core.ClientSettings):
     """The synchronous Allot client.
 
         with Client(["http://127.0.0.1:8401", "http://127.0.0.1:8402"], token=...) as allot:
@@ -491,14 +491,17 @@ class Client:
         random_source: random.Random | None = None,
         response_bytes_max: int = core.response_bytes_max,
     ) -> None:
-        resolved, resolved_token = core.resolve_settings(endpoints, token, os.environ)
-        self._random = random_source or random.Random()
-        self._ring = core.EndpointRing(resolved, int(self._random.random() * len(resolved)))
-        self._policy = (retry or core.RetryPolicy()).with_overrides(timeout, deadline)
-        factory = core.RequestFactory(resolved_token)
-        self._factory = factory.for_tenant(*core.parse_tenant(tenant)) if tenant is not None else factory
+        self._configure(
+            endpoints,
+            token,
+            timeout=timeout,
+            deadline=deadline,
+            retry=retry,
+            tenant=tenant,
+            random_source=random_source,
+            environ=os.environ,
+        )
         self._transport = HttpTransport(response_bytes_max)
-        self._owns_transport = True
         self._bind_resources()
 
     def _bind_resources(self) -> None:
@@ -507,23 +510,10 @@ class Client:
         self.ipallocations: ReadableResource[IPAllocation] = ReadableResource(self, core.IPALLOCATIONS)
         self.ipclasses: WritableResource[IPClass] = WritableResource(self, core.IPCLASSES)
 
-    @property
-    def endpoints(self) -> tuple[str, ...]:
-        return tuple(endpoint.url for endpoint in self._ring.endpoints)
-
-    @property
-    def policy(self) -> core.RetryPolicy:
-        return self._policy
-
     def as_tenant(self, org: str, project: str) -> Client:
         """A client acting for one tenant (admin tokens only), sharing this one's connections.
         Closing it does nothing; close the client it came from."""
-        derived = object.__new__(Client)
-        derived.__dict__.update(self.__dict__)
-        derived._factory = self._factory.for_tenant(org, project)
-        derived._owns_transport = False
-        derived._bind_resources()
-        return derived
+        return self._derive_for_tenant(org, project)
 
     # -- the one request loop --
 
