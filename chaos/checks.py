@@ -19,8 +19,16 @@ a pass. Evidence is a bounded list of short lines a reader can act on.
    run every member reports the same applied index and digest, and its stored state passes
    `check_invariants` (when inspected); no member process exited by itself.
 6. `check_one_leader_per_term`: no two members were seen leading the same term.
+7. `check_scheduler_invariants`: in every member's final state no node is over capacity, no
+   tenant's usage passes its quota or differs from the sum of its pods, every bound pod has one
+   address inside its node's pod CIDR and no two share one; every pod acknowledged bound is still
+   on its node with its address unless a delete may have removed it; no pod deleted for certain
+   comes back. A run without pods passes, saying so ("no pods in this run").
 8. `check_liveness`: after the last fault healed, a write succeeded within a bound; no client
    call outlived its deadline (plus slack).
+
+Checks 1-4 read IPAM operations only; pod operations (`Kind.POD_CREATE`, `Kind.POD_DELETE`,
+keyed by tenant, not by IP pool) are check 7's.
 
 Holding times (checks 1 and 2). An acknowledged claim certainly holds its block from its
 completion until the invoke of the first release of its key that may follow it (a release not
@@ -32,12 +40,13 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import ipaddress
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from chaos.history import History, Kind, MemberState, Op, Outcome
+from chaos.history import IPAM_KINDS, History, Kind, MemberState, NodeState, Op, Outcome, PodState, QuotaState
 from chaos.linearizability import (
     PoolModel,
     Verdict,
@@ -258,7 +267,11 @@ def check_applied_at_most_once(history: History) -> CheckResult:
                 f"idempotency key {key} answered {len(answers)} allocations: "
                 + " / ".join(op.describe() for op in ops[:3])
             )
-    unknown = {op.claim for op in history.ops if op.claim is not None and _effective(op) is Outcome.UNKNOWN}
+    unknown = {
+        op.claim
+        for op in history.ops
+        if op.claim is not None and op.kind in IPAM_KINDS and _effective(op) is Outcome.UNKNOWN
+    }
     if not history.final:
         violated = bool(evidence)
         evidence.add("no final state recorded: cannot count what the unknown operations left")
@@ -399,6 +412,203 @@ def check_one_leader_per_term(history: History) -> CheckResult:
     return evidence.result(name)
 
 
+# ---- 7. scheduler invariants ---------------------------------------------------------------------
+
+# Pods' phases as the API reports them (statemachine/pods.py): bound to a node, or waiting.
+PHASE_BOUND = "Bound"
+PHASE_PENDING = "Pending"
+# Quota usage that pods alone account for (services add services and addresses, not these).
+_POD_USAGE = ("cpuMillis", "memoryBytes", "pods", "pendingPods")
+_SCALAR_QUOTA_LIMITS = ("cpuMillis", "memoryBytes", "pods", "services")
+_ADDRESS_QUOTA_TABLES = ("addressesByClass", "addressesByPool")
+NO_PODS_IN_RUN = "no pods in this run"
+
+
+def check_scheduler_invariants(history: History) -> CheckResult:
+    """Nodes, pods and quotas in every member's final state, and acknowledged pod writes."""
+    name = "scheduler invariants: capacity, quotas, pod addresses, acknowledged pods"
+    pod_ops = [op for op in history.ops if op.is_pod]
+    observed = [state for state in history.final if state.scheduler_observed]
+    if not pod_ops and not any(state.nodes or state.pods or state.quotas for state in history.final):
+        # Nothing scheduled and nothing to look at: say so, so a pass is not mistaken for evidence.
+        scope = "no final state lists a node, pod or quota" if observed else "no scheduler state was read"
+        return CheckResult(
+            name, True, (f"{NO_PODS_IN_RUN}: no pod operation was recorded and {scope}; nothing checked",)
+        )
+    evidence = _Evidence()
+    for state in observed:
+        _scheduler_state_problems(state, evidence)
+        _acknowledged_pod_problems(state, pod_ops, evidence)
+    _idempotent_pod_answers(pod_ops, evidence)
+    violated = bool(evidence)
+    unobserved = [state.member for state in history.final if not state.scheduler_observed]
+    if not history.final:
+        evidence.add(f"no final state recorded: cannot compare {len(pod_ops)} pod operations with the members")
+    elif unobserved:
+        evidence.add(f"no scheduler state (nodes, pods, quotas) read from {', '.join(unobserved)}: not checked there")
+    return evidence.result(name, inconclusive=not violated and bool(evidence))
+
+
+def _is_bound(pod: PodState) -> bool:
+    return pod.phase == PHASE_BOUND
+
+
+def _scheduler_state_problems(state: MemberState, evidence: _Evidence) -> None:
+    member = state.member
+    nodes = {node.name: node for node in state.nodes}
+    used: dict[str, list[int]] = {node: [0, 0, 0] for node in nodes}  # cpu, memory, pods
+    for pod in state.pods:
+        if pod.phase == PHASE_PENDING:
+            if pod.node is not None or pod.pod_ip is not None:
+                evidence.add(f"{member}: pod {pod.key} is Pending but has node {pod.node} and address {pod.pod_ip}")
+            continue
+        if not _is_bound(pod):
+            evidence.add(f"{member}: pod {pod.key} has unknown phase {pod.phase!r}")
+            continue
+        if pod.node is None or pod.node not in nodes:
+            evidence.add(f"{member}: pod {pod.key} is Bound to node {pod.node}, which is not registered")
+            continue
+        counted = used[pod.node]
+        counted[0] += pod.cpu_millis
+        counted[1] += pod.memory_bytes
+        counted[2] += 1
+    for node_name, (cpu, memory, pod_count) in sorted(used.items()):
+        _node_problems(member, nodes[node_name], cpu, memory, pod_count, evidence)
+    _pod_address_problems(state, nodes, evidence)
+    for quota in state.quotas:
+        _quota_problems(member, quota, state.pods, evidence)
+
+
+def _node_problems(member: str, node: NodeState, cpu: int, memory: int, pod_count: int, evidence: _Evidence) -> None:
+    for what, total, capacity in (
+        ("cpuMillis", cpu, node.capacity_cpu_millis),
+        ("memoryBytes", memory, node.capacity_memory_bytes),
+        ("pods", pod_count, node.capacity_pods),
+    ):
+        if total > capacity:
+            evidence.add(f"{member}: node {node.name} over capacity: its bound pods use {what} {total} of {capacity}")
+    recorded = (node.allocated_cpu_millis, node.allocated_memory_bytes, node.allocated_pods)
+    if recorded != (cpu, memory, pod_count):
+        evidence.add(
+            f"{member}: node {node.name} reports allocated (cpu, memory, pods) {recorded}, "
+            f"its bound pods add up to {(cpu, memory, pod_count)}"
+        )
+
+
+def _pod_address_problems(state: MemberState, nodes: Mapping[str, NodeState], evidence: _Evidence) -> None:
+    member = state.member
+    holders: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}  # address -> pod key
+    for pod in state.pods:
+        if not _is_bound(pod) or pod.node is None or pod.node not in nodes:
+            continue  # a pod Bound to no registered node is reported with the node checks
+        if pod.pod_ip is None:
+            evidence.add(f"{member}: pod {pod.key} is Bound to {pod.node} without an address")
+            continue
+        try:
+            address = ipaddress.ip_address(pod.pod_ip)
+        except ValueError:
+            evidence.add(f"{member}: pod {pod.key} has {pod.pod_ip!r}, which is not one address")
+            continue
+        cidr = ipaddress.ip_network(nodes[pod.node].pod_cidr)
+        if address not in cidr:
+            evidence.add(f"{member}: pod {pod.key} has {address}, outside node {pod.node}'s pod CIDR {cidr}")
+        elif address == cidr.network_address:
+            evidence.add(f"{member}: pod {pod.key} has {address}, the address node {pod.node} keeps for itself")
+        other = holders.setdefault(address, pod.key)
+        if other != pod.key:
+            evidence.add(f"{member}: pods {other} and {pod.key} share address {address}")
+
+
+def _quota_problems(member: str, quota: QuotaState, pods: Sequence[PodState], evidence: _Evidence) -> None:
+    used, limits = quota.used, quota.limits
+    for resource in _SCALAR_QUOTA_LIMITS:
+        limit, current = limits.get(resource), used.get(resource, 0)
+        if limit is not None and current > limit:
+            evidence.add(f"{member}: quota {quota.scope} over its limit: {resource} {current} used, limit {limit}")
+    for table in _ADDRESS_QUOTA_TABLES:
+        for item, current in sorted(used.get(table, {}).items()):
+            limit = limits.get(table, {}).get(item)
+            if limit is not None and current > limit:
+                evidence.add(
+                    f"{member}: quota {quota.scope} over its limit: {table}.{item} {current} used, limit {limit}"
+                )
+    prefix = f"{quota.scope}/"
+    tenant_pods = [pod for pod in pods if pod.key.startswith(prefix)]
+    bound = [pod for pod in tenant_pods if _is_bound(pod)]
+    expected = {
+        "cpuMillis": sum(pod.cpu_millis for pod in bound),
+        "memoryBytes": sum(pod.memory_bytes for pod in bound),
+        "pods": len(bound),
+        "pendingPods": sum(pod.phase == PHASE_PENDING for pod in tenant_pods),
+    }
+    for resource in _POD_USAGE:
+        if resource in used and used[resource] != expected[resource]:
+            evidence.add(
+                f"{member}: quota {quota.scope} reports {resource} {used[resource]} used, "
+                f"its pods add up to {expected[resource]}"
+            )
+
+
+def _pod_writes(pod_ops: Iterable[Op]) -> dict[str, list[Op]]:
+    by_pod: dict[str, list[Op]] = defaultdict(list)
+    for op in pod_ops:
+        if op.claim is not None:
+            by_pod[op.claim].append(op)
+    return by_pod
+
+
+def _acknowledged_pod_problems(state: MemberState, pod_ops: Sequence[Op], evidence: _Evidence) -> None:
+    """Acknowledged creates still there (bound ones on their node, with their address), unless
+    a delete may have come after; acknowledged deletes stay deleted, unless a create may have
+    come after."""
+    held: dict[str, list[PodState]] = defaultdict(list)
+    for pod in state.pods:
+        held[pod.key].append(pod)
+    for key, writes in sorted(_pod_writes(pod_ops).items()):
+        found = held.get(key, [])
+        if len(found) > 1:
+            evidence.add(f"{state.member}: pod {key} listed {len(found)} times")
+        for op in writes:
+            if op.outcome is not Outcome.OK:
+                continue
+            if op.kind is Kind.POD_CREATE:
+                if not any(_may_follow(other, op) for other in writes if other.kind is Kind.POD_DELETE):
+                    _check_created_pod(state.member, op, found, evidence)
+            elif found and not any(_may_follow(other, op) for other in writes if other.kind is Kind.POD_CREATE):
+                pod = found[0]
+                evidence.add(f"{state.member}: deleted pod is back ({pod.phase} on {pod.node}): {op.describe()}")
+
+
+def _check_created_pod(member: str, op: Op, found: Sequence[PodState], evidence: _Evidence) -> None:
+    if not found:
+        evidence.add(f"{member}: lost acknowledged pod {op.describe()}")
+        return
+    pod = found[0]
+    uid = op.result.get("uid")
+    if uid is not None and pod.uid != uid:
+        evidence.add(f"{member}: pod {pod.key} has uid {pod.uid}, acknowledged with uid {uid}: {op.describe()}")
+    node = op.result.get("node")
+    if node is None:
+        return  # acknowledged Pending: it may have been bound anywhere since
+    if not _is_bound(pod) or (pod.node, pod.pod_ip) != (node, op.result.get("podIP")):
+        evidence.add(f"{member}: pod {pod.key} is {pod.phase} on {pod.node} {pod.pod_ip}, acknowledged {op.describe()}")
+
+
+def _idempotent_pod_answers(pod_ops: Sequence[Op], evidence: _Evidence) -> None:
+    """One idempotency key answers one placement (the server repeats the first answer)."""
+    by_key: dict[str, list[Op]] = defaultdict(list)
+    for op in pod_ops:
+        if op.key is not None and op.outcome is Outcome.OK and op.kind is Kind.POD_CREATE:
+            by_key[op.key].append(op)
+    for idempotency_key, ops in sorted(by_key.items()):
+        answers = {(op.result.get("phase"), op.result.get("node"), op.result.get("podIP")) for op in ops}
+        if len(answers) > 1:
+            evidence.add(
+                f"idempotency key {idempotency_key} answered {len(answers)} placements: "
+                + " / ".join(op.describe() for op in ops[:3])
+            )
+
+
 # ---- 8. liveness ---------------------------------------------------------------------------------
 
 
@@ -458,6 +668,7 @@ def run_checks(
         check_linearizable(history, pools, step_budget=step_budget),
         check_replicas_agree(history),
         check_one_leader_per_term(history),
+        check_scheduler_invariants(history),
         check_liveness(history, recovery_bound_s=recovery_bound_s, deadline_s=deadline_s, slack_s=slack_s),
     ]
 

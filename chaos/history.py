@@ -25,6 +25,15 @@ lost to the checks). Status samples are kept only when something changed, also b
 
 Claims are identified by a claim key, `org/project/namespace/name` (`claim_key`), the same key
 the final state uses, so operations and final state can be joined.
+
+Pods are recorded the same way (`pod_create`, `pod_delete`): `pool` is the tenant as
+`pods:org/project` (`pods_pool`; the prefix keeps it apart from every IP pool id, so the
+per-pool IPAM checks never see pod operations), `claim` is the pod key `org/project/namespace/name`
+(`pod_key`), and an acknowledged `pod_create` records `{"phase", "node", "podIP"}` (node and podIP
+None while the pod is Pending; `uid` too if the runner has it). A member's final state holds its
+nodes, pods and quotas as the scheduler API lists them (`NodeState`, `PodState`, `QuotaState`);
+`scheduler_observed` says whether they were read at all (histories saved before pods were
+recorded load with it False and empty tuples).
 """
 
 from __future__ import annotations
@@ -53,6 +62,8 @@ class Kind(StrEnum):
     RELEASE = "release"  # delete a claim by key
     READ = "read"  # get one claim by key (linearizable); result: cidr
     LIST = "list"  # every claim of one pool, one page, linearizable; result: claims {key: cidr}
+    POD_CREATE = "pod_create"  # create a pod (pool: pods:org/project, claim: pod key); result: phase, node, podIP
+    POD_DELETE = "pod_delete"  # delete a pod by key
 
 
 class Outcome(StrEnum):
@@ -62,7 +73,10 @@ class Outcome(StrEnum):
     UNKNOWN = "unknown"
 
 
-WRITE_KINDS = frozenset({Kind.CLAIM, Kind.RELEASE})
+WRITE_KINDS = frozenset({Kind.CLAIM, Kind.RELEASE, Kind.POD_CREATE, Kind.POD_DELETE})
+IPAM_KINDS = frozenset({Kind.CLAIM, Kind.RELEASE, Kind.READ, Kind.LIST})  # keyed by IP pool
+POD_KINDS = frozenset({Kind.POD_CREATE, Kind.POD_DELETE})  # keyed by tenant (pods_pool)
+PODS_POOL_PREFIX = "pods:"
 
 
 def claim_key(org: str, project: str, namespace: str, name: str) -> str:
@@ -75,13 +89,28 @@ def claim_key_of(obj: Mapping[str, Any]) -> str:
     return claim_key(metadata["org"], metadata["project"], metadata.get("namespace", "default"), metadata["name"])
 
 
+def pod_key(org: str, project: str, namespace: str, name: str) -> str:
+    return f"{org}/{project}/{namespace}/{name}"
+
+
+def pod_key_of(obj: Mapping[str, Any]) -> str:
+    """The pod key of a Pod object as the HTTP API returns it."""
+    metadata = obj["metadata"]
+    return pod_key(metadata["org"], metadata["project"], metadata.get("namespace", "default"), metadata["name"])
+
+
+def pods_pool(org: str, project: str) -> str:
+    """`Op.pool` of a pod operation: its tenant, prefixed so it never equals an IP pool id."""
+    return f"{PODS_POOL_PREFIX}{org}/{project}"
+
+
 @dataclass(frozen=True)
 class Op:
     op_id: int  # invocation order within the recorder
     process: str  # the worker that ran it
     kind: Kind
     pool: str
-    claim: str | None  # claim key (claim, release, read); None for a list
+    claim: str | None  # claim key (claim, release, read) or pod key (pod_create, pod_delete); None for a list
     args: dict[str, Any]  # what was asked: prefixLength, cidr, ...
     key: str | None  # Idempotency-Key
     invoke_ns: int
@@ -96,6 +125,10 @@ class Op:
         return self.kind in WRITE_KINDS
 
     @property
+    def is_pod(self) -> bool:
+        return self.kind in POD_KINDS
+
+    @property
     def cidr(self) -> str | None:
         value = self.result.get("cidr")
         return str(value) if value is not None else None
@@ -104,13 +137,20 @@ class Op:
         """One short line for evidence."""
         target = self.claim if self.claim is not None else self.pool
         answer = {
-            Outcome.OK: f"ok {self.cidr}" if self.cidr else "ok",
+            Outcome.OK: self._ok_answer(),
             Outcome.FAIL: f"fail {self.code}",
             Outcome.UNKNOWN: f"unknown ({self.code})",
             Outcome.PENDING: "pending",
         }[self.outcome]
         span = f"{self.invoke_ns / 1e9:.3f}-{self.complete_ns / 1e9:.3f}s" if self.complete_ns else "open"
         return f"#{self.op_id} {self.process} {self.kind.value} {target} -> {answer} [{span}]"
+
+    def _ok_answer(self) -> str:
+        if self.kind is Kind.POD_CREATE:
+            node, pod_ip = self.result.get("node"), self.result.get("podIP")
+            placed = f" on {node} {pod_ip}" if node is not None else ""
+            return f"ok {self.result.get('phase', '?')}{placed}"
+        return f"ok {self.cidr}" if self.cidr else "ok"
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
@@ -212,6 +252,48 @@ class AllocationState:
 
 
 @dataclass(frozen=True)
+class NodeState:
+    """A worker node (`/v1/nodes`) as a member lists it: capacity, what its record says bound
+    pods use (`status.allocated`), condition, cordon, and its pod CIDR."""
+
+    name: str
+    capacity_cpu_millis: int
+    capacity_memory_bytes: int
+    capacity_pods: int
+    allocated_cpu_millis: int
+    allocated_memory_bytes: int
+    allocated_pods: int
+    ready: bool
+    condition: str  # status.conditionReason: Registered, Ready, NotReady, ...
+    cordoned: bool  # spec.unschedulable
+    pod_cidr: str
+
+
+@dataclass(frozen=True)
+class PodState:
+    """A pod (`/v1/pods`, every tenant's) as a member lists it."""
+
+    key: str  # pod_key: org/project/namespace/name
+    uid: str
+    phase: str  # Bound or Pending
+    node: str | None  # spec.nodeName
+    pod_ip: str | None  # status.podIP
+    cpu_millis: int  # spec.requests
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    """A quota (`/v1/quotas`): its scope, its limits and the usage the member reports for it."""
+
+    scope: str  # "org" or "org/project"
+    org: str
+    project: str  # "" for an org quota
+    limits: dict[str, Any]  # spec without defaultRequests: cpuMillis, memoryBytes, pods, services, addressesBy*
+    used: dict[str, Any]  # status.used: cpuMillis, memoryBytes, pods, services, pendingPods, addressesBy*
+
+
+@dataclass(frozen=True)
 class MemberState:
     """One member's state after the run: its status and what it holds (read with consistency=stale)."""
 
@@ -224,6 +306,10 @@ class MemberState:
     address_spaces: dict[str, str]  # pool id -> address space
     invariant_problems: tuple[str, ...] | None = None  # None: not inspected
     unexpected_exits: tuple[int, ...] = ()  # exit codes of its processes that ended by themselves
+    nodes: tuple[NodeState, ...] = ()
+    pods: tuple[PodState, ...] = ()
+    quotas: tuple[QuotaState, ...] = ()
+    scheduler_observed: bool = False  # nodes, pods and quotas were read (empty may then mean empty)
 
     def claims_of_pool(self, pool: str) -> dict[str, str]:
         return {claim.key: claim.cidr for claim in self.claims if claim.pool == pool}
@@ -244,6 +330,10 @@ class MemberState:
             address_spaces=dict(record["address_spaces"]),
             invariant_problems=tuple(problems) if problems is not None else None,
             unexpected_exits=tuple(record.get("unexpected_exits", ())),
+            nodes=tuple(NodeState(**node) for node in record.get("nodes", ())),
+            pods=tuple(PodState(**pod) for pod in record.get("pods", ())),
+            quotas=tuple(QuotaState(**quota) for quota in record.get("quotas", ())),
+            scheduler_observed=bool(record.get("scheduler_observed", False)),
         )
 
 
@@ -262,8 +352,16 @@ def member_state_from_objects(
     allocations: Iterable[Mapping[str, Any]],
     invariant_problems: Iterable[str] | None = None,
     unexpected_exits: Iterable[int] = (),
+    *,
+    nodes: Iterable[Mapping[str, Any]] | None = None,
+    pods: Iterable[Mapping[str, Any]] | None = None,
+    quotas: Iterable[Mapping[str, Any]] | None = None,
 ) -> MemberState:
-    """Build a MemberState from /v1/status and the ippools, ipclaims, ipallocations lists."""
+    """Build a MemberState from /v1/status and the ippools, ipclaims, ipallocations lists, and
+    (all three or none) the nodes, pods and quotas lists, which set `scheduler_observed`."""
+    given = [item is not None for item in (nodes, pods, quotas)]
+    if any(given) and not all(given):
+        raise ValueError("give nodes, pods and quotas together (an empty list for none), or none of them")
     claim_states = tuple(
         ClaimState(
             key=claim_key_of(obj),
@@ -295,6 +393,58 @@ def member_state_from_objects(
         address_spaces=spaces,
         invariant_problems=tuple(invariant_problems) if invariant_problems is not None else None,
         unexpected_exits=tuple(unexpected_exits),
+        nodes=tuple(node_state_of(obj) for obj in nodes or ()),
+        pods=tuple(pod_state_of(obj) for obj in pods or ()),
+        quotas=tuple(quota_state_of(obj) for obj in quotas or ()),
+        scheduler_observed=all(given),
+    )
+
+
+def node_state_of(obj: Mapping[str, Any]) -> NodeState:
+    """A NodeState from a Node object as /v1/nodes returns it."""
+    spec, status = obj["spec"], obj["status"]
+    capacity, allocated = spec["capacity"], status.get("allocated", {})
+    return NodeState(
+        name=str(obj["metadata"]["name"]),
+        capacity_cpu_millis=int(capacity["cpuMillis"]),
+        capacity_memory_bytes=int(capacity["memoryBytes"]),
+        capacity_pods=int(capacity["pods"]),
+        allocated_cpu_millis=int(allocated.get("cpuMillis", 0)),
+        allocated_memory_bytes=int(allocated.get("memoryBytes", 0)),
+        allocated_pods=int(allocated.get("pods", 0)),
+        ready=bool(status.get("ready", False)),
+        condition=str(status.get("conditionReason", "")),
+        cordoned=bool(spec.get("unschedulable", False)),
+        pod_cidr=str(status["podCIDR"]),
+    )
+
+
+def pod_state_of(obj: Mapping[str, Any]) -> PodState:
+    """A PodState from a Pod object as /v1/pods returns it."""
+    spec, status = obj["spec"], obj.get("status", {})
+    requests = spec.get("requests", {})
+    node, pod_ip = spec.get("nodeName"), status.get("podIP")
+    return PodState(
+        key=pod_key_of(obj),
+        uid=str(obj["metadata"].get("uid", "")),
+        phase=str(status.get("phase", "")),
+        node=str(node) if node is not None else None,
+        pod_ip=str(pod_ip) if pod_ip is not None else None,
+        cpu_millis=int(requests.get("cpuMillis", 0)),
+        memory_bytes=int(requests.get("memoryBytes", 0)),
+    )
+
+
+def quota_state_of(obj: Mapping[str, Any]) -> QuotaState:
+    """A QuotaState from a Quota object as /v1/quotas returns it."""
+    metadata = obj["metadata"]
+    org, project = str(metadata["org"]), str(metadata.get("project") or "")
+    return QuotaState(
+        scope=f"{org}/{project}" if project else org,
+        org=org,
+        project=project,
+        limits={name: value for name, value in obj.get("spec", {}).items() if name != "defaultRequests"},
+        used=dict(obj.get("status", {}).get("used", {})),
     )
 
 
@@ -317,10 +467,15 @@ class History:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def ops_of_pool(self, pool: str) -> list[Op]:
-        return [op for op in self.ops if op.pool == pool]
+        """The IPAM operations (claims, releases, reads, lists) of one IP pool."""
+        return [op for op in self.ops if op.pool == pool and op.kind in IPAM_KINDS]
 
     def pools(self) -> list[str]:
-        return sorted({op.pool for op in self.ops})
+        """The IP pools the IPAM operations touched (pod operations' tenants are not pools)."""
+        return sorted({op.pool for op in self.ops if op.kind in IPAM_KINDS})
+
+    def pod_ops(self) -> list[Op]:
+        return [op for op in self.ops if op.kind in POD_KINDS]
 
     def dump(self, path: str | Path) -> None:
         """Write as JSON lines (atomically: a temporary file renamed into place)."""

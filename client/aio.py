@@ -21,7 +21,22 @@ from yarl import URL
 
 from client import core
 from client.errors import AllotError, NotReady, ProtocolError
-from client.models import IPAllocation, IPClaim, IPClass, IPPool, MemberReport, MemberStatus, Page, WatchEvent
+from client.models import (
+    IPAllocation,
+    IPClaim,
+    IPClass,
+    IPPool,
+    MemberReport,
+    MemberStatus,
+    Node,
+    NodeHeartbeat,
+    Page,
+    Pod,
+    Quota,
+    SchedulerStatus,
+    Service,
+    WatchEvent,
+)
 
 T = TypeVar("T")
 
@@ -155,17 +170,20 @@ class AsyncReadableResource(Generic[T]):
         limit: int | None = None,
         continue_token: str | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         namespace: str | None = None,
         consistency: str | None = None,
         timeout: float | None = None,
         deadline: float | None = None,
     ) -> Page[T]:
-        """One page: up to `limit` items and the token for the next page (None on the last)."""
+        """One page: up to `limit` items and the token for the next page (None on the last).
+        `field_selector` (pods: `spec.nodeName=n1`, `status.phase=Pending`, comma-separated)."""
         request = self._client._factory.list(
             self._kind,
             limit=limit,
             continue_token=continue_token,
             label_selector=label_selector,
+            field_selector=field_selector,
             namespace=namespace,
             consistency=consistency,
         )
@@ -176,6 +194,7 @@ class AsyncReadableResource(Generic[T]):
         *,
         page_size: int | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         namespace: str | None = None,
         consistency: str | None = None,
         timeout: float | None = None,
@@ -188,6 +207,7 @@ class AsyncReadableResource(Generic[T]):
                 limit=page_size,
                 continue_token=token,
                 label_selector=label_selector,
+                field_selector=field_selector,
                 namespace=namespace,
                 consistency=consistency,
                 timeout=timeout,
@@ -233,6 +253,117 @@ class AsyncWritableResource(AsyncReadableResource[T]):
         """Delete the object; returns it as it was."""
         request = self._client._factory.delete(self._kind, name, namespace=namespace, idempotency_key=idempotency_key)
         return self._kind.parse((await self._client._execute(request, timeout, deadline)).value)
+
+
+class AsyncNodeResource(AsyncWritableResource[Node]):
+    """Nodes (`client.nodes`): the resource methods (`create` registers a node) and the
+    platform's actions on one node. Admin tokens only, except get and list."""
+
+    async def cordon(
+        self,
+        name: str,
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Node:
+        """Mark the node unschedulable: no new pods go there; bound pods stay."""
+        request = self._client._factory.node_action(name, "cordon", idempotency_key=idempotency_key)
+        return Node.parse((await self._client._execute(request, timeout, deadline)).value)
+
+    async def uncordon(
+        self,
+        name: str,
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Node:
+        """Schedulable again; pending pods that fit there are placed in the same write."""
+        request = self._client._factory.node_action(name, "uncordon", idempotency_key=idempotency_key)
+        return Node.parse((await self._client._execute(request, timeout, deadline)).value)
+
+    async def drain(
+        self,
+        name: str,
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Node:
+        """Cordon the node and send its pods back to the queue (Pending, reason Evicted), from
+        where they are placed elsewhere if they fit; `status.evicted_pods` says how many."""
+        request = self._client._factory.node_action(name, "drain", idempotency_key=idempotency_key)
+        return Node.parse((await self._client._execute(request, timeout, deadline)).value)
+
+    async def heartbeat(
+        self, name: str, *, timeout: float | None = None, deadline: float | None = None
+    ) -> NodeHeartbeat:
+        """A node agent's heartbeat (any member takes it). Not logged, so not a write: a retry
+        is harmless. A Ready node not heard for the grace period becomes NotReady."""
+        request = self._client._factory.node_heartbeat(name)
+        return NodeHeartbeat.parse((await self._client._execute(request, timeout, deadline)).value)
+
+
+class AsyncQuotaResource(AsyncWritableResource[Quota]):
+    """Quotas (`client.quotas`), named `acme` (an org) or `acme/web` (a project). `set`
+    creates or replaces one (so does `create`: it is the same request). Writes: admin."""
+
+    async def set(
+        self,
+        name: str,
+        spec: Mapping[str, Any] | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Quota:
+        """Set the limits (`cpuMillis`, `memoryBytes`, `pods`, `services`, `addressesByClass`,
+        `addressesByPool`, `defaultRequests`); limits left out are unlimited. Lowering a limit
+        below what is used is a `Conflict`."""
+        return await self.create(
+            name, spec, labels=labels, idempotency_key=idempotency_key, timeout=timeout, deadline=deadline
+        )
+
+
+class AsyncSchedulerResource:
+    """The cluster's scheduler (`client.scheduler`): its policy and pending queue."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def get(
+        self, *, consistency: str | None = None, timeout: float | None = None, deadline: float | None = None
+    ) -> SchedulerStatus:
+        """The policy, the node count and the pending pods (any token)."""
+        request = self._client._factory.scheduler_get(consistency=consistency)
+        return SchedulerStatus.parse((await self._client._execute(request, timeout, deadline)).value)
+
+    async def set_policy(
+        self,
+        policy: str,
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> SchedulerStatus:
+        """`spread` (the default: least used node first) or `binpack` (most used first). Admin."""
+        request = self._client._factory.scheduler_configure(policy, idempotency_key=idempotency_key)
+        return SchedulerStatus.parse((await self._client._execute(request, timeout, deadline)).value)
+
+    async def retry(
+        self,
+        pods: int | None = None,
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> SchedulerStatus:
+        """Search again for up to `pods` (1-16, default 16) pending pods now, as the leader
+        does on a timer; the answer's `examined` and `bound` say what happened. Admin."""
+        request = self._client._factory.scheduler_retry(pods, idempotency_key=idempotency_key)
+        return SchedulerStatus.parse((await self._client._execute(request, timeout, deadline)).value)
 
 
 # ---- watch -----------------------------------------------------------------------------------
@@ -419,6 +550,11 @@ class AsyncClient(core.ClientSettings):
         self.ipclaims: AsyncWritableResource[IPClaim] = AsyncWritableResource(self, core.IPCLAIMS)
         self.ipallocations: AsyncReadableResource[IPAllocation] = AsyncReadableResource(self, core.IPALLOCATIONS)
         self.ipclasses: AsyncWritableResource[IPClass] = AsyncWritableResource(self, core.IPCLASSES)
+        self.nodes = AsyncNodeResource(self, core.NODES)
+        self.pods: AsyncWritableResource[Pod] = AsyncWritableResource(self, core.PODS)
+        self.services: AsyncWritableResource[Service] = AsyncWritableResource(self, core.SERVICES)
+        self.quotas = AsyncQuotaResource(self, core.QUOTAS)
+        self.scheduler = AsyncSchedulerResource(self)
 
     def as_tenant(self, org: str, project: str) -> AsyncClient:
         """A client acting for one tenant (admin tokens only), sharing this one's connections.
@@ -501,12 +637,14 @@ class AsyncClient(core.ClientSettings):
         kinds: str | Sequence[str] | None = None,
         resource_version: int | None = None,
         *,
+        field_selector: str | None = None,
         idle_timeout: float = core.watch_idle_timeout_s_default,
         timeout: float | None = None,
         deadline: float | None = None,
     ) -> AsyncWatchStream:
-        """Events of `kinds` (plural names; default all) after `resource_version` (default: now)."""
-        cursor = core.WatchCursor(core.normalize_kinds(kinds), resource_version)
+        """Events of `kinds` (plural names; default all) after `resource_version` (default: now);
+        `field_selector` narrows a watch of pods alone (`spec.nodeName=n1`: a node agent's pods)."""
+        cursor = core.WatchCursor(core.normalize_kinds(kinds), resource_version, field_selector)
         return AsyncWatchStream(self, cursor, idle_timeout, self._policy.with_overrides(timeout, deadline))
 
     async def request(

@@ -1,4 +1,5 @@
-"""The operator commands of `allot`: status, pool, claim, class, alloc, watch.
+"""The operator commands of `allot`: status, pool, claim, class, alloc, watch, and the
+scheduler's node, pod, service, quota, scheduler.
 
 Built on the sync client only (so it works wherever `client/` is vendored: `python -m
 client.cli ...`); `node/cli.py` hands these commands here. Tables for people (rich), `-o json`
@@ -17,6 +18,7 @@ Defaults work against a default `allot up` in the current directory: endpoints
 from __future__ import annotations
 
 import argparse
+import decimal
 import json
 import math
 import os
@@ -47,8 +49,23 @@ from client.errors import (
     Unavailable,
     Unschedulable,
 )
-from client.models import ApiObject, IPAllocation, IPClaim, IPClass, IPPool, MemberReport, WatchEvent
-from client.sync import Client, ReadableResource, WritableResource
+from client.models import (
+    SCHEDULING_POLICIES,
+    ApiObject,
+    IPAllocation,
+    IPClaim,
+    IPClass,
+    IPPool,
+    MemberReport,
+    Node,
+    NodeResources,
+    Pod,
+    Quota,
+    SchedulerStatus,
+    Service,
+    WatchEvent,
+)
+from client.sync import Client, NodeResource, ReadableResource, WritableResource
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -76,7 +93,7 @@ EXIT_CODES: tuple[tuple[type[AllotError], int], ...] = (
     (Invalid, EXIT_USAGE),
 )
 
-COMMANDS = ("status", "pool", "claim", "class", "alloc", "watch")
+COMMANDS = ("status", "pool", "claim", "class", "alloc", "watch", "node", "pod", "service", "quota", "scheduler")
 DEFAULT_TOKEN_FILE = Path(".allot") / "tokens.json"  # where `allot up` writes its tokens
 ENV_TOKEN_FILE = "ALLOT_TOKEN_FILE"
 token_file_bytes_max = 4 * 1024 * 1024
@@ -89,6 +106,12 @@ EPILOG = """operator commands (talk to a running cluster; see docs/client.md):
   allot claim create|list|get|delete   IP claims (create prints the allocated CIDR)
   allot class create|list|get|delete   IP classes (admin)
   allot alloc list|get                 IP allocations (read only)
+  allot node register|list|get|delete|cordon|uncordon|drain|heartbeat
+                                       nodes (admin; list shows readiness and usage)
+  allot pod create|list|get|delete     pods (create prints the node and IP, or why it waits)
+  allot service create|list|get|delete services (create prints the address)
+  allot quota set|list|get|delete      quotas of an org (acme) or a project (acme/web)
+  allot scheduler get|set|retry        the scheduling policy (spread, binpack), the pending queue
   allot watch                          stream changes
   global options: --endpoints, --token, --token-file, --as ORG/PROJECT, -o table|json"""
 
@@ -174,6 +197,98 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+_memory_units = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 1 << 10,
+    "Mi": 1 << 20,
+    "Gi": 1 << 30,
+    "Ti": 1 << 40,
+}
+
+
+def _decimal(text: str, what: str) -> decimal.Decimal:
+    try:
+        value = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{what} {text!r} is not a number") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"{what} {text!r} must be a non-negative number")
+    return value
+
+
+def parse_cpu(text: str) -> int:
+    """CPU as Kubernetes writes it, in millicores: `250m` is 250, `2` and `2.0` are 2000, `0.5` is 500."""
+    value = text.strip()
+    millis = _decimal(value[:-1], "cpu") if value.endswith("m") else _decimal(value, "cpu") * 1000
+    if millis != millis.to_integral_value():
+        raise argparse.ArgumentTypeError(f"cpu {text!r} is not a whole number of millicores")
+    return int(millis)
+
+
+def parse_memory(text: str) -> int:
+    """Memory in bytes: `1073741824`, `512Mi`, `8Gi`, `1G` (Ki Mi Gi Ti: powers of 1024; k M G T: of 1000)."""
+    value = text.strip()
+    number, unit = value, ""
+    for suffix in sorted(_memory_units, key=len, reverse=True):
+        if suffix and value.endswith(suffix):
+            number, unit = value[: -len(suffix)], suffix
+            break
+    size = _decimal(number, "memory") * _memory_units[unit]
+    if size != size.to_integral_value():
+        raise argparse.ArgumentTypeError(f"memory {text!r} is not a whole number of bytes")
+    return int(size)
+
+
+def _count_pair(text: str) -> tuple[str, int]:
+    """NAME=COUNT (addresses per class or pool)."""
+    name, sep, count = text.partition("=")
+    if not sep or not name or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NAME=COUNT, not {text!r}")
+    return name, int(count)
+
+
+def parse_taint(text: str) -> dict[str, str]:
+    """KEY[=VALUE]:EFFECT, e.g. gpu=true:NoSchedule."""
+    rest, sep, effect = text.rpartition(":")
+    key, _, value = rest.partition("=")
+    if not sep or not key or not effect:
+        raise argparse.ArgumentTypeError(f"a taint is KEY[=VALUE]:EFFECT (NoSchedule or NoExecute), not {text!r}")
+    return {"key": key, "value": value, "effect": effect}
+
+
+def parse_toleration(text: str) -> dict[str, str]:
+    """KEY=VALUE[:EFFECT] tolerates that taint (Equal); KEY[:EFFECT] any value of KEY (Exists);
+    an empty KEY with Exists (`:NoSchedule`, or `""`) every taint."""
+    head, sep, effect = text.partition(":")
+    key, equals, value = head.partition("=")
+    toleration = {"key": key, "operator": "Equal" if equals else "Exists"}
+    if equals:
+        toleration["value"] = value
+    if sep:
+        if not effect:
+            raise argparse.ArgumentTypeError(f"a toleration's effect after ':' is missing in {text!r}")
+        toleration["effect"] = effect
+    return toleration
+
+
+def parse_port(text: str) -> dict[str, Any]:
+    """[NAME=]PORT[/PROTOCOL], e.g. http=80/TCP or 53/UDP."""
+    name, sep, rest = text.rpartition("=")
+    number, slash, protocol = rest.partition("/")
+    if not number.isdigit() or (sep and not name) or (slash and not protocol):
+        raise argparse.ArgumentTypeError(f"a port is [NAME=]PORT[/PROTOCOL], not {text!r}")
+    port: dict[str, Any] = {"port": int(number)}
+    if name:
+        port["name"] = name
+    if protocol:
+        port["protocol"] = protocol
+    return port
+
+
 def _write_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idempotency-key", help="retry a write safely: the same key is applied at most once")
 
@@ -199,12 +314,116 @@ def _list_options(parser: argparse.ArgumentParser, *, namespaced: bool) -> None:
         parser.add_argument("-n", "--namespace", help="only this namespace")
 
 
+def _named(parser: argparse.ArgumentParser, *, namespaced: bool = False) -> argparse.ArgumentParser:
+    parser.add_argument("name")
+    if namespaced:
+        parser.add_argument("-n", "--namespace")
+    return parser
+
+
+def _add_scheduling_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    """node, pod, service, quota, scheduler."""
+    node = commands.add_parser("node", parents=[common], help="nodes (admin)").add_subparsers(
+        dest="action", required=True
+    )
+    register = node.add_parser("register", parents=[common], help="register a node; prints its pod CIDR")
+    register.add_argument("name")
+    register.add_argument("--cpu", type=parse_cpu, help="CPU capacity: 4 (cores) or 3500m (millicores)")
+    register.add_argument("--memory", type=parse_memory, help="memory capacity: 8Gi, 512Mi or bytes")
+    register.add_argument("--pods", type=int, help="the most pods it runs")
+    register.add_argument("--pod-pool", help="the platform IP pool its pod CIDR comes from")
+    register.add_argument("--pod-cidr-prefix-length", type=int, help="its pod CIDR's size (default /24, IPv6 /64)")
+    register.add_argument("--zone", help="its zone (also the label topology.kubernetes.io/zone)")
+    register.add_argument("--taint", type=parse_taint, action="append", default=[], help="KEY[=VALUE]:EFFECT")
+    _create_common(register)
+    _list_options(node.add_parser("list", parents=[common], help="nodes with readiness and usage"), namespaced=False)
+    _named(node.add_parser("get", parents=[common], help="one node"))
+    _write_options(_named(node.add_parser("delete", parents=[common], help="delete a node (drain it first)")))
+    for action, text in (
+        ("cordon", "no new pods on the node; its pods stay"),
+        ("uncordon", "make the node schedulable again"),
+        ("drain", "cordon the node and send its pods back to the queue"),
+    ):
+        _write_options(_named(node.add_parser(action, parents=[common], help=text)))
+    _named(node.add_parser("heartbeat", parents=[common], help="send one heartbeat, as a node agent does"))
+
+    pod = commands.add_parser("pod", parents=[common], help="pods").add_subparsers(dest="action", required=True)
+    create = _named(
+        pod.add_parser("create", parents=[common], help="create a pod; prints its node and IP"), namespaced=True
+    )
+    create.add_argument("--cpu", type=parse_cpu, help="CPU request: 250m or 0.25 (default: the quota's, or 0)")
+    create.add_argument("--memory", type=parse_memory, help="memory request: 256Mi, 1Gi or bytes")
+    create.add_argument(
+        "--node-selector", type=_label, action="append", default=[], help="key=value the node must carry"
+    )
+    create.add_argument(
+        "--toleration", type=parse_toleration, action="append", default=[], help="KEY=VALUE[:EFFECT] or KEY[:EFFECT]"
+    )
+    create.add_argument("--priority", type=int, help="higher is placed first (default 0)")
+    create.add_argument("--policy", choices=SCHEDULING_POLICIES, help="this pod's scheduling policy")
+    _create_common(create)
+    listing = pod.add_parser("list", parents=[common], help="pods")
+    _list_options(listing, namespaced=True)
+    listing.add_argument("--node", help="only pods bound to this node (spec.nodeName)")
+    listing.add_argument("--phase", choices=("Bound", "Pending"), help="only pods in this phase (status.phase)")
+    listing.add_argument("--field-selector", help="e.g. spec.nodeName=n1,status.phase=Bound")
+    _named(pod.add_parser("get", parents=[common], help="one pod"), namespaced=True)
+    _write_options(_named(pod.add_parser("delete", parents=[common], help="delete a pod"), namespaced=True))
+
+    service = commands.add_parser("service", parents=[common], help="services").add_subparsers(
+        dest="action", required=True
+    )
+    create = _named(
+        service.add_parser("create", parents=[common], help="create a service; prints its address"), namespaced=True
+    )
+    source = create.add_mutually_exclusive_group()
+    source.add_argument("--pool", help="take the address from this pool")
+    source.add_argument("--class", dest="class_name", help="take it by IP class (default: the default class)")
+    create.add_argument("--type", dest="service_type", choices=("ClusterIP", "LoadBalancer"))
+    create.add_argument("--address", help="this exact address")
+    create.add_argument("--port", type=parse_port, action="append", default=[], help="[NAME=]PORT[/PROTOCOL]")
+    _create_common(create)
+    _list_options(service.add_parser("list", parents=[common], help="services"), namespaced=True)
+    _named(service.add_parser("get", parents=[common], help="one service"), namespaced=True)
+    _write_options(_named(service.add_parser("delete", parents=[common], help="delete a service"), namespaced=True))
+
+    quota = commands.add_parser("quota", parents=[common], help="quotas (writes: admin)").add_subparsers(
+        dest="action", required=True
+    )
+    setter = quota.add_parser("set", parents=[common], help="set (create or replace) a quota; limits left out: none")
+    setter.add_argument("name", help="an org (acme) or a project (acme/web)")
+    setter.add_argument("--cpu", type=parse_cpu, help="CPU of bound pods: 8 or 8000m")
+    setter.add_argument("--memory", type=parse_memory, help="memory of bound pods: 32Gi")
+    setter.add_argument("--pods", type=int, help="bound pods")
+    setter.add_argument("--services", type=int, help="services")
+    setter.add_argument("--addresses-by-class", type=_count_pair, action="append", default=[], help="CLASS=COUNT")
+    setter.add_argument("--addresses-by-pool", type=_count_pair, action="append", default=[], help="POOL=COUNT")
+    setter.add_argument("--default-cpu", type=parse_cpu, help="a project's request for pods that give none")
+    setter.add_argument("--default-memory", type=parse_memory, help="a project's request for pods that give none")
+    _create_common(setter)
+    _list_options(quota.add_parser("list", parents=[common], help="quotas with usage"), namespaced=False)
+    _named(quota.add_parser("get", parents=[common], help="one quota and its usage"))
+    _write_options(_named(quota.add_parser("delete", parents=[common], help="remove a quota (admin)")))
+
+    scheduler = commands.add_parser("scheduler", parents=[common], help="the scheduler").add_subparsers(
+        dest="action", required=True
+    )
+    scheduler.add_parser("get", parents=[common], help="the policy, the node count, the pending pods")
+    policy = scheduler.add_parser("set", parents=[common], help="set the cluster's scheduling policy (admin)")
+    policy.add_argument("policy", choices=SCHEDULING_POLICIES)
+    _write_options(policy)
+    retry = scheduler.add_parser("retry", parents=[common], help="search again for pending pods now (admin)")
+    retry.add_argument("--pods", type=int, help="how many pending pods (1-16, default 16)")
+    _write_options(retry)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="allot",
-        description="Operate an Allot cluster: members, pools, claims, classes, allocations, watches.",
+        description="Operate an Allot cluster: members, pools, claims, classes, allocations, nodes, pods, "
+        "services, quotas, the scheduler, watches.",
         epilog="exit codes: 0 ok, 1 error, 2 usage/invalid, 3 not found, 4 exists/conflict, 5 no room "
-        "(pool exhausted), 6 unavailable, 7 outcome unknown, 8 unauthorized/forbidden",
+        "(pool exhausted, quota exceeded, unschedulable), 6 unavailable, 7 outcome unknown, 8 unauthorized/forbidden",
     )
     _global_options(parser, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
@@ -286,9 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("name")
     get.add_argument("-n", "--namespace")
 
+    _add_scheduling_parsers(commands, common)
+
     watch = commands.add_parser("watch", parents=[common], help="stream changes as they happen")
-    watch.add_argument("--kinds", help="comma-separated: ippools,ipclaims,ipallocations,ipclasses (default all)")
+    watch.add_argument("--kinds", help=f"comma-separated: {','.join(core.KINDS)} (default all)")
     watch.add_argument("--resource-version", type=int, help="start after this revision (default: now)")
+    watch.add_argument("--field-selector", help="a watch of pods alone: spec.nodeName=n1, status.phase=Pending")
     watch.add_argument("--count", type=int, help="stop after this many events")
     watch.add_argument("--for", dest="duration", type=float, help="stop after this many seconds")
     return parser
@@ -377,7 +599,10 @@ def _utilisation(pool: IPPool) -> Table | str:
 
 
 def _scope(org: str | None, project: str | None) -> str:
-    return f"{org}/{project}" if org and project else "platform"
+    """`org/project`, `org` (an org's quota), or `platform`."""
+    if org and project:
+        return f"{org}/{project}"
+    return org or "platform"
 
 
 def pools_table(pools: Iterable[IPPool]) -> Table:
@@ -455,6 +680,156 @@ def classes_table(classes: Iterable[IPClass]) -> Table:
             _dash(policy.strategy),
             _dash(spec.reclaim_policy),
         )
+    return table
+
+
+def format_cpu(millis: int | None) -> str:
+    """Millicores as Kubernetes writes them: 4 (cores) or 250m."""
+    if millis is None:
+        return "-"
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def format_memory(size: int | None) -> str:
+    """Bytes in the largest binary unit that divides them exactly: 8Gi, 256Mi, 1000."""
+    if size is None:
+        return "-"
+    for unit in ("Ti", "Gi", "Mi", "Ki"):
+        factor = _memory_units[unit]
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def _used_of(used: int | None, total: int | None, render: Callable[[int | None], str] = _dash) -> str:
+    """`used/total`; a limit that is None (no quota on it) shows as ∞."""
+    return f"{render(used)}/{render(total) if total is not None else '∞'}"
+
+
+def _node_condition(node: Node) -> Text:
+    ready = node.status.ready
+    text = "Ready" if ready else "NotReady" if ready is not None else "Unknown"
+    if node.unschedulable:
+        text += ",SchedulingDisabled"
+    return Text(text, style="green" if ready and not node.unschedulable else "yellow" if ready else "red")
+
+
+def _node_usage(node: Node) -> tuple[str, str, str]:
+    capacity = node.capacity or NodeResources(0, 0, 0)
+    used = node.status.allocated
+    return (
+        _used_of(used.cpu_millis if used else None, capacity.cpu_millis, format_cpu),
+        _used_of(used.memory_bytes if used else None, capacity.memory_bytes, format_memory),
+        _used_of(used.pods if used else None, capacity.pods),
+    )
+
+
+def nodes_table(nodes: Iterable[Node]) -> Table:
+    table = Table(title="Nodes", title_justify="left")
+    for column in ("NAME", "STATUS", "POD CIDR", "CPU USED", "MEMORY USED", "PODS", "ZONE", "TAINTS", "NOMINATED"):
+        table.add_column(column, no_wrap=column in ("NAME", "POD CIDR"))
+    for node in nodes:
+        table.add_row(
+            node.name,
+            _node_condition(node),
+            _dash(node.pod_cidr),
+            *_node_usage(node),
+            _dash(node.spec.zone),
+            ", ".join(str(taint) for taint in node.spec.taints) or "-",
+            _dash(node.status.nominated_pod),
+        )
+    return table
+
+
+def _pod_phase(pod: Pod) -> Text:
+    return Text(_dash(pod.phase), style="green" if pod.bound else "yellow")
+
+
+def pods_table(pods: Iterable[Pod]) -> Table:
+    table = Table(title="Pods", title_justify="left")
+    for column in ("NAME", "NAMESPACE", "TENANT", "PHASE", "NODE", "POD IP", "CPU", "MEMORY", "PRIORITY", "WAITING"):
+        table.add_column(column, no_wrap=column in ("NAME", "POD IP"))
+    for pod in pods:
+        requests = pod.spec.requests
+        waiting = f"{pod.pending_reason}: {pod.status.message}" if pod.pending_reason else "-"
+        table.add_row(
+            pod.name,
+            _dash(pod.metadata.namespace),
+            _dash(pod.metadata.tenant),
+            _pod_phase(pod),
+            _dash(pod.node_name),
+            _dash(pod.pod_ip),
+            format_cpu(requests.cpu_millis if requests else None),
+            format_memory(requests.memory_bytes if requests else None),
+            _dash(pod.spec.priority),
+            waiting,
+        )
+    return table
+
+
+def services_table(services: Iterable[Service]) -> Table:
+    table = Table(title="Services", title_justify="left")
+    for column in ("NAME", "NAMESPACE", "TENANT", "TYPE", "ADDRESS", "POOL", "CLASS", "PORTS"):
+        table.add_column(column, no_wrap=column in ("NAME", "ADDRESS"))
+    for service in services:
+        table.add_row(
+            service.name,
+            _dash(service.metadata.namespace),
+            _dash(service.metadata.tenant),
+            _dash(service.spec.type),
+            _dash(service.address),
+            _dash(service.status.pool),
+            _dash(service.status.class_name),
+            ", ".join(str(port) for port in service.spec.ports) or "-",
+        )
+    return table
+
+
+def _address_limits(quota: Quota) -> str:
+    used = quota.used
+    parts = []
+    for table, limits, usage in (
+        ("class", quota.spec.addresses_by_class, used.addresses_by_class if used else {}),
+        ("pool", quota.spec.addresses_by_pool, used.addresses_by_pool if used else {}),
+    ):
+        for name in sorted({*limits, *usage}):
+            parts.append(f"{table} {name} {_used_of(usage.get(name, 0), limits.get(name))}")
+    return ", ".join(parts) or "-"
+
+
+def quotas_table(quotas: Iterable[Quota]) -> Table:
+    table = Table(title="Quotas (used/limit)", title_justify="left")
+    for column in ("NAME", "CPU", "MEMORY", "PODS", "SERVICES", "PENDING PODS", "ADDRESSES"):
+        table.add_column(column, no_wrap=column == "NAME")
+    for quota in quotas:
+        spec, used = quota.spec, quota.used
+        table.add_row(
+            quota.name,
+            _used_of(used.cpu_millis if used else None, spec.cpu_millis, format_cpu),
+            _used_of(used.memory_bytes if used else None, spec.memory_bytes, format_memory),
+            _used_of(used.pods if used else None, spec.pods),
+            _used_of(used.services if used else None, spec.services),
+            _dash(used.pending_pods if used else None),
+            _address_limits(quota),
+        )
+    return table
+
+
+def scheduler_table(status: SchedulerStatus) -> Table:
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    rows: list[tuple[str, Any]] = [
+        ("policy", status.policy),
+        ("nodes", status.nodes),
+        ("pending pods", status.pending_pods),
+    ]
+    if status.resource_version is not None:
+        rows.append(("resourceVersion", status.resource_version))
+    if status.examined is not None:
+        rows += [("examined", status.examined), ("bound", status.bound)]
+    for key, value in rows:
+        table.add_row(key, _dash(value))
     return table
 
 
@@ -543,9 +918,86 @@ def _describe(obj: ApiObject) -> Table:
             ("strategy", policy.strategy),
             ("reclaim", obj.spec.reclaim_policy),
         ]
+    elif isinstance(obj, Node | Pod | Service | Quota):
+        rows += _scheduling_rows(obj)
     for key, value in rows:
-        table.add_row(key, value if isinstance(value, Table) else _dash(value))
+        table.add_row(key, value if isinstance(value, Table | Text) else _dash(value))
     return table
+
+
+def _scheduling_rows(obj: Node | Pod | Service | Quota) -> list[tuple[str, Any]]:
+    if isinstance(obj, Node):
+        cpu, memory, pod_count = _node_usage(obj)
+        available = obj.available
+        return [
+            ("status", _node_condition(obj)),
+            ("condition", obj.status.condition_reason),
+            ("since", obj.status.last_transition_timestamp),
+            ("pod cidr", obj.pod_cidr),
+            ("pod pool", obj.status.pod_pool),
+            ("cpu used", cpu),
+            ("memory used", memory),
+            ("pods", pod_count),
+            (
+                "available",
+                f"cpu {format_cpu(available.cpu_millis)}, memory {format_memory(available.memory_bytes)}, "
+                f"pods {available.pods}"
+                if available
+                else None,
+            ),
+            ("zone", obj.spec.zone),
+            ("taints", ", ".join(str(taint) for taint in obj.spec.taints) or "-"),
+            ("nominated pod", obj.status.nominated_pod),
+            ("evicted pods", obj.status.evicted_pods),
+        ]
+    if isinstance(obj, Pod):
+        requests = obj.spec.requests
+        return [
+            ("phase", _pod_phase(obj)),
+            ("node", obj.node_name),
+            ("pod ip", obj.pod_ip),
+            ("reason", obj.status.reason),
+            ("message", obj.status.message),
+            ("nominated node", obj.status.nominated_node_name),
+            ("evicted from", obj.status.evicted_from),
+            ("cpu", format_cpu(requests.cpu_millis if requests else None)),
+            ("memory", format_memory(requests.memory_bytes if requests else None)),
+            ("priority", obj.spec.priority),
+            ("policy", obj.spec.scheduling_policy),
+            ("node selector", ", ".join(f"{key}={value}" for key, value in sorted(obj.spec.node_selector.items()))),
+            (
+                "tolerations",
+                ", ".join(
+                    f"{item.key or '*'}{'=' + item.value if item.operator == 'Equal' else ''}"
+                    f"{':' + item.effect if item.effect else ''}"
+                    for item in obj.spec.tolerations
+                ),
+            ),
+        ]
+    if isinstance(obj, Service):
+        return [
+            ("type", obj.spec.type),
+            ("address", obj.address),
+            ("pool", obj.status.pool),
+            ("class", obj.status.class_name),
+            ("ports", ", ".join(str(port) for port in obj.spec.ports)),
+        ]
+    spec, used = obj.spec, obj.used
+    defaults = spec.default_requests
+    return [
+        ("cpu", _used_of(used.cpu_millis if used else None, spec.cpu_millis, format_cpu)),
+        ("memory", _used_of(used.memory_bytes if used else None, spec.memory_bytes, format_memory)),
+        ("pods", _used_of(used.pods if used else None, spec.pods)),
+        ("services", _used_of(used.services if used else None, spec.services)),
+        ("pending pods", used.pending_pods if used else None),
+        ("addresses", _address_limits(obj)),
+        (
+            "default requests",
+            f"cpu {format_cpu(defaults.cpu_millis)}, memory {format_memory(defaults.memory_bytes)}"
+            if defaults
+            else None,
+        ),
+    ]
 
 
 # ---- commands --------------------------------------------------------------------------------
@@ -621,10 +1073,71 @@ def class_spec(args: argparse.Namespace) -> dict[str, Any]:
     return {**spec, **(args.spec or {})}
 
 
+def node_spec(args: argparse.Namespace) -> dict[str, Any]:
+    capacity: dict[str, Any] = {}
+    _put(capacity, "cpuMillis", args.cpu)
+    _put(capacity, "memoryBytes", args.memory)
+    _put(capacity, "pods", args.pods)
+    spec: dict[str, Any] = {}
+    _put(spec, "capacity", capacity or None)
+    _put(spec, "podPool", args.pod_pool)
+    _put(spec, "podCIDRPrefixLength", args.pod_cidr_prefix_length)
+    _put(spec, "zone", args.zone)
+    _put(spec, "taints", args.taint)
+    return {**spec, **(args.spec or {})}
+
+
+def pod_spec(args: argparse.Namespace) -> dict[str, Any]:
+    requests: dict[str, Any] = {}
+    _put(requests, "cpuMillis", args.cpu)
+    _put(requests, "memoryBytes", args.memory)
+    spec: dict[str, Any] = {}
+    _put(spec, "requests", requests or None)
+    _put(spec, "nodeSelector", dict(args.node_selector) or None)
+    _put(spec, "tolerations", args.toleration)
+    _put(spec, "priority", args.priority)
+    _put(spec, "schedulingPolicy", args.policy)
+    return {**spec, **(args.spec or {})}
+
+
+def service_spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    _put(spec, "type", args.service_type)
+    _put(spec, "poolRef", args.pool)
+    _put(spec, "className", args.class_name)
+    _put(spec, "address", args.address)
+    _put(spec, "ports", args.port)
+    return {**spec, **(args.spec or {})}
+
+
+def quota_spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    _put(spec, "cpuMillis", args.cpu)
+    _put(spec, "memoryBytes", args.memory)
+    _put(spec, "pods", args.pods)
+    _put(spec, "services", args.services)
+    _put(spec, "addressesByClass", dict(args.addresses_by_class) or None)
+    _put(spec, "addressesByPool", dict(args.addresses_by_pool) or None)
+    defaults: dict[str, Any] = {}
+    _put(defaults, "cpuMillis", args.default_cpu)
+    _put(defaults, "memoryBytes", args.default_memory)
+    _put(spec, "defaultRequests", defaults or None)
+    return {**spec, **(args.spec or {})}
+
+
 def _summary(obj: ApiObject) -> str:
-    """What a person wants to see after a create: the block it got."""
+    """What a person wants to see after a create: the block or address it got, where a pod went."""
     if isinstance(obj, IPClaim | IPPool) and obj.status.allocated_cidr:
         return f" {obj.status.allocated_cidr}"
+    if isinstance(obj, Node) and obj.pod_cidr:
+        return f" {obj.pod_cidr}"
+    if isinstance(obj, Service) and obj.address:
+        return f" {obj.address}"
+    if isinstance(obj, Pod):
+        if obj.bound:
+            return f": Bound to {obj.node_name}, IP {obj.pod_ip}"
+        if obj.pending_reason:
+            return f": Pending, {obj.pending_reason}: {obj.status.message}"
     return ""
 
 
@@ -639,7 +1152,66 @@ RESOURCES: dict[str, ResourceCommand] = {
     "claim": (lambda client: client.ipclaims, claims_table, claim_spec),
     "class": (lambda client: client.ipclasses, classes_table, class_spec),
     "alloc": (lambda client: client.ipallocations, allocations_table, None),
+    "node": (lambda client: client.nodes, nodes_table, node_spec),
+    "pod": (lambda client: client.pods, pods_table, pod_spec),
+    "service": (lambda client: client.services, services_table, service_spec),
+    "quota": (lambda client: client.quotas, quotas_table, quota_spec),
 }
+CREATE_VERBS = {"create": "created", "register": "registered", "set": "set"}  # `quota set` creates or replaces
+NODE_ACTION_VERBS = {"cordon": "cordoned", "uncordon": "uncordoned", "drain": "drained"}
+
+
+def _field_selector(args: argparse.Namespace) -> str | None:
+    """`pod list --node N --phase P --field-selector S`, as one selector."""
+    parts = []
+    if getattr(args, "node", None):
+        parts.append(f"spec.nodeName={args.node}")
+    if getattr(args, "phase", None):
+        parts.append(f"status.phase={args.phase}")
+    if getattr(args, "field_selector", None):
+        parts.append(args.field_selector)
+    return ",".join(parts) or None
+
+
+def run_node_action(nodes: NodeResource, args: argparse.Namespace, out: Output) -> int:
+    if args.action == "heartbeat":
+        beat = nodes.heartbeat(args.name)
+        if out.mode == "json":
+            out.json(dict(beat.raw))
+        else:
+            condition = "Ready" if beat.ready else "NotReady"
+            out.line(f"node/{beat.name} heartbeat taken by {_dash(beat.member_id)}; the node is {condition}")
+        return EXIT_OK
+    act = {"cordon": nodes.cordon, "uncordon": nodes.uncordon, "drain": nodes.drain}[args.action]
+    node = act(args.name, idempotency_key=args.idempotency_key)
+    if out.mode == "json":
+        out.json(dict(node.raw))
+        return EXIT_OK
+    evicted = node.status.evicted_pods
+    detail = f" ({evicted} pod{'' if evicted == 1 else 's'} evicted)" if evicted is not None else ""
+    out.line(f"node/{node.name} {NODE_ACTION_VERBS[args.action]}{detail}")
+    return EXIT_OK
+
+
+def run_scheduler(client: Client, args: argparse.Namespace, out: Output) -> int:
+    if args.action == "get":
+        status = client.scheduler.get()
+    elif args.action == "set":
+        status = client.scheduler.set_policy(args.policy, idempotency_key=args.idempotency_key)
+    else:
+        status = client.scheduler.retry(args.pods, idempotency_key=args.idempotency_key)
+    if out.mode == "json":
+        out.json(dict(status.raw))
+    elif args.action == "set":
+        out.line(f"scheduler policy {status.policy}")
+    elif args.action == "retry":
+        out.line(
+            f"scheduler retry: {_dash(status.examined)} pending pods examined, {_dash(status.bound)} bound, "
+            f"{_dash(status.pending_pods)} still pending"
+        )
+    else:
+        out.console.print(scheduler_table(status))
+    return EXIT_OK
 
 
 def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
@@ -651,6 +1223,7 @@ def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
             resource.list(
                 page_size=args.page_size,
                 label_selector=args.selector,
+                field_selector=_field_selector(args),
                 namespace=namespace,
                 consistency="stale" if args.stale else None,
             )
@@ -668,14 +1241,16 @@ def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
         else:
             out.console.print(_describe(obj))
         return EXIT_OK
+    if isinstance(resource, NodeResource) and args.action in (*NODE_ACTION_VERBS, "heartbeat"):
+        return run_node_action(resource, args, out)
     if not isinstance(resource, WritableResource) or spec_of is None:
         raise UsageError(f"{args.command} {args.action} is not possible")
-    if args.action == "create":
+    if args.action in CREATE_VERBS:
         labels = dict(args.label) if args.label else None
         obj = resource.create(
             args.name, spec_of(args), labels=labels, namespace=namespace, idempotency_key=args.idempotency_key
         )
-        verb = "created"
+        verb = CREATE_VERBS[args.action]
     else:
         obj = resource.delete(args.name, namespace=namespace, idempotency_key=args.idempotency_key)
         verb = "deleted"
@@ -725,6 +1300,14 @@ def _event_line(event: WatchEvent) -> str:
         detail = _dash(obj.spec.cidr)
     elif isinstance(obj, IPPool):
         detail = _dash(obj.status.allocated_cidr or obj.spec.cidr)
+    elif isinstance(obj, Pod):
+        detail = f"{_dash(obj.phase)} {obj.node_name or ''} {obj.pod_ip or obj.pending_reason or ''}".rstrip()
+    elif isinstance(obj, Node):
+        detail = (
+            f"{_dash(obj.pod_cidr)} {'Ready' if obj.ready else 'NotReady'}{' cordoned' if obj.unschedulable else ''}"
+        )
+    elif isinstance(obj, Service):
+        detail = _dash(obj.address)
     return f"{event.resource_version:>8}  {event.type:<8}  {event.kind:<12}  {where}{namespace}{obj.name}  {detail}"
 
 
@@ -733,7 +1316,7 @@ def run_watch(client: Client, args: argparse.Namespace, out: Output) -> int:
         raise UsageError("--count must be at least 1")
     until_s = time.monotonic() + args.duration if args.duration is not None else None
     seen = 0
-    with client.watch(args.kinds, args.resource_version) as stream:
+    with client.watch(args.kinds, args.resource_version, field_selector=args.field_selector) as stream:
         while args.count is None or seen < args.count:
             wait_s = None if until_s is None else until_s - time.monotonic()
             if wait_s is not None and wait_s <= 0:
@@ -782,6 +1365,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
                 return run_status(client, out)
             if args.command == "watch":
                 return run_watch(client, args, out)
+            if args.command == "scheduler":
+                return run_scheduler(client, args, out)
             return run_resource(client, args, out)
     except AllotError as error:
         return _fail(str(error), exit_code_for(error), err_stream)

@@ -52,11 +52,16 @@ from client.errors import (
     error_from_payload,
 )
 from client.models import (
+    SCHEDULING_POLICIES,
     IPAllocation,
     IPClaim,
     IPClass,
     IPPool,
+    Node,
     Page,
+    Pod,
+    Quota,
+    Service,
     WatchEvent,
     parse_object,
 )
@@ -223,7 +228,7 @@ class KindInfo(Generic[T]):
     plural: str  # the path segment: /v1/{plural}
     kind: str  # the `kind` field of its objects
     parse: Callable[[Any], T]
-    namespaced: bool  # takes ?namespace= (claims, allocations)
+    namespaced: bool  # takes ?namespace= (claims, allocations, pods, services)
     writable: bool  # POST and DELETE exist
 
 
@@ -231,9 +236,16 @@ IPPOOLS = KindInfo("ippools", "IPPool", IPPool.parse, namespaced=False, writable
 IPCLAIMS = KindInfo("ipclaims", "IPClaim", IPClaim.parse, namespaced=True, writable=True)
 IPALLOCATIONS = KindInfo("ipallocations", "IPAllocation", IPAllocation.parse, namespaced=True, writable=False)
 IPCLASSES = KindInfo("ipclasses", "IPClass", IPClass.parse, namespaced=False, writable=True)
-KINDS: dict[str, KindInfo[Any]] = {info.plural: info for info in (IPPOOLS, IPCLAIMS, IPALLOCATIONS, IPCLASSES)}
+NODES = KindInfo("nodes", "Node", Node.parse, namespaced=False, writable=True)
+PODS = KindInfo("pods", "Pod", Pod.parse, namespaced=True, writable=True)
+SERVICES = KindInfo("services", "Service", Service.parse, namespaced=True, writable=True)
+QUOTAS = KindInfo("quotas", "Quota", Quota.parse, namespaced=False, writable=True)  # POST sets (creates or replaces)
+KINDS: dict[str, KindInfo[Any]] = {
+    info.plural: info for info in (IPPOOLS, IPCLAIMS, IPALLOCATIONS, IPCLASSES, NODES, PODS, SERVICES, QUOTAS)
+}
 
 CONSISTENCIES = ("linearizable", "stale")
+NODE_ACTIONS = ("cordon", "uncordon", "drain")  # POST /v1/nodes/{name}/{action}: replicated writes
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -320,6 +332,7 @@ class RequestFactory:
         limit: int | None = None,
         continue_token: str | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         namespace: str | None = None,
         consistency: str | None = None,
     ) -> Request:
@@ -330,6 +343,8 @@ class RequestFactory:
             query.append(("continue", continue_token))
         if label_selector:
             query.append(("labelSelector", label_selector))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         query += self._namespace(kind, namespace) + self._consistency(consistency)
         return self.build("GET", f"/v1/{kind.plural}", query=query)
 
@@ -369,6 +384,42 @@ class RequestFactory:
             "DELETE", self._item_path(kind, name), query=query, write=True, idempotency_key=idempotency_key
         )
 
+    # -- nodes and the scheduler (platform routes: they take no tenant parameters) --
+
+    def node_action(self, name: str, action: str, *, idempotency_key: str | None = None) -> Request:
+        """cordon, uncordon or drain: a replicated write, retried with its key."""
+        if action not in NODE_ACTIONS:
+            raise ValueError(f"a node action is one of {NODE_ACTIONS}, not {action!r}")
+        path = f"{self._item_path(NODES, name)}/{action}"
+        return self.build("POST", path, write=True, idempotency_key=idempotency_key, tenant_scoped=False)
+
+    def node_heartbeat(self, name: str) -> Request:
+        """A node agent's heartbeat: kept in the members' memory, never in the log, so it is not
+        a write: repeating one is always harmless and it carries no Idempotency-Key."""
+        return self.build("POST", f"{self._item_path(NODES, name)}/heartbeat", tenant_scoped=False)
+
+    def scheduler_get(self, *, consistency: str | None = None) -> Request:
+        return self.build("GET", "/v1/scheduler", query=self._consistency(consistency), tenant_scoped=False)
+
+    def scheduler_configure(self, policy: str, *, idempotency_key: str | None = None) -> Request:
+        if policy not in SCHEDULING_POLICIES:
+            raise ValueError(f"the scheduling policy is one of {SCHEDULING_POLICIES}, not {policy!r}")
+        return self.build(
+            "PUT",
+            "/v1/scheduler",
+            body={"policy": policy},
+            write=True,
+            idempotency_key=idempotency_key,
+            tenant_scoped=False,
+        )
+
+    def scheduler_retry(self, pods: int | None = None, *, idempotency_key: str | None = None) -> Request:
+        """A sweep of the pending queue; `pods`: how many queue entries to search again (server default 16)."""
+        body = {} if pods is None else {"pods": pods}
+        return self.build(
+            "POST", "/v1/scheduler/retry", body=body, write=True, idempotency_key=idempotency_key, tenant_scoped=False
+        )
+
     # -- members and watches --
 
     def status(self) -> Request:
@@ -377,12 +428,16 @@ class RequestFactory:
     def readyz(self) -> Request:
         return self.build("GET", "/readyz", tenant_scoped=False)
 
-    def watch(self, kinds: Sequence[str] | None, resource_version: int | None) -> Request:
+    def watch(
+        self, kinds: Sequence[str] | None, resource_version: int | None, field_selector: str | None = None
+    ) -> Request:
         query: list[tuple[str, str]] = []
         if kinds:
             query.append(("kinds", ",".join(kinds)))
         if resource_version is not None:
             query.append(("resourceVersion", str(resource_version)))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         return self.build("GET", "/v1/watch", query=query)
 
     def raw(
@@ -741,8 +796,11 @@ class WatchCursor:
     event log gives every member the same events in the same order, so the count is enough.
     """
 
-    def __init__(self, kinds: Sequence[str] | None, resource_version: int | None) -> None:
+    def __init__(
+        self, kinds: Sequence[str] | None, resource_version: int | None, field_selector: str | None = None
+    ) -> None:
         self.kinds = tuple(kinds) if kinds else None
+        self.field_selector = field_selector or None  # pods only: spec.nodeName=n1, status.phase=Pending
         self.complete: int | None = resource_version  # every event up to here was delivered
         self._partial: int | None = None  # the revision whose events are being delivered
         self._delivered = 0  # events of `_partial` handed to the caller
@@ -756,7 +814,7 @@ class WatchCursor:
     def request(self, factory: RequestFactory) -> Request:
         """The request for a new connection, resuming where the last one stopped."""
         self._skip = self._delivered
-        return factory.watch(self.kinds, self.resource_version)
+        return factory.watch(self.kinds, self.resource_version, self.field_selector)
 
     def on_line(self, line: bytes) -> WatchEvent | None:
         """The event to deliver, or None (a bookmark, or an event delivered before)."""

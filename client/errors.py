@@ -34,6 +34,11 @@ from typing import Any, ClassVar
 error_message_chars_max = 2000  # a message quoted from a non-JSON answer is cut to this
 
 
+def _detail_int(details: Mapping[str, Any], key: str) -> int | None:
+    value = details.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 class AllotError(Exception):
     """Base of every error the client raises."""
 
@@ -134,8 +139,35 @@ class PoolExhausted(RequestRefused):
 
 
 class QuotaExceeded(RequestRefused):
+    """A pod that could never fit its quota, or a service over its quota. (A pod that would fit
+    once others go is not refused: it waits, Pending with reason QuotaExceeded.)"""
+
     default_code = "quota_exceeded"
     default_status = 403  # as Kubernetes answers an exceeded ResourceQuota
+
+    @property
+    def quota(self) -> str | None:
+        """The quota that refused: `acme` (an org's) or `acme/web` (a project's)."""
+        value = self.details.get("quota")
+        return value if isinstance(value, str) else None
+
+    @property
+    def resource(self) -> str | None:
+        """The limit passed: `cpuMillis`, `memoryBytes`, `pods`, `services`, `addressesByClass.gold`, ..."""
+        value = self.details.get("resource")
+        return value if isinstance(value, str) else None
+
+    @property
+    def limit(self) -> int | None:
+        return _detail_int(self.details, "limit")
+
+    @property
+    def used(self) -> int | None:
+        return _detail_int(self.details, "used")
+
+    @property
+    def requested(self) -> int | None:
+        return _detail_int(self.details, "requested")
 
 
 class Unschedulable(RequestRefused):

@@ -8,7 +8,7 @@ refuses an answer without the shape every object has (`metadata.name`): that rai
 
 Watch events carry objects as they were stored at that revision: a pool's `status` there
 lacks the live fields (`capacity`, `utilization`, ...) that `get` and `list` compute, so those
-read as None in events.
+read as None in events (as do a node's `status.allocated` and a quota's `used`).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class ObjectMeta:
     name: str
     uid: str | None
     resource_version: int | None
-    namespace: str | None = None  # claims and allocations; None for cluster-wide kinds
+    namespace: str | None = None  # claims, allocations, pods, services; None for cluster-wide kinds
     org: str | None = None  # "" for platform objects
     project: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -382,6 +382,524 @@ class IPClass:
         return self.metadata.name
 
 
+# ---- scheduling: Node ------------------------------------------------------------------------
+
+
+def _counts(source: Mapping[str, Any], key: str) -> Mapping[str, int]:
+    """A map of names to integers (quota limits and usage per class or pool)."""
+    return {
+        str(name): value
+        for name, value in _map(source.get(key)).items()
+        if isinstance(value, int) and not isinstance(value, bool)
+    }
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    """CPU millicores, memory bytes and a pod count: a node's capacity, or what its pods use."""
+
+    cpu_millis: int
+    memory_bytes: int
+    pods: int
+
+    @classmethod
+    def parse(cls, raw: Any) -> NodeResources | None:
+        source = _map(raw)
+        cpu, memory, pods = _int(source, "cpuMillis"), _int(source, "memoryBytes"), _int(source, "pods")
+        if cpu is None or memory is None or pods is None:
+            return None
+        return cls(cpu, memory, pods)
+
+    def minus(self, other: NodeResources) -> NodeResources:
+        return NodeResources(
+            self.cpu_millis - other.cpu_millis, self.memory_bytes - other.memory_bytes, self.pods - other.pods
+        )
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    value: str
+    effect: str  # NoSchedule or NoExecute
+
+    @classmethod
+    def parse_all(cls, raw: Any) -> tuple[Taint, ...]:
+        items = raw if isinstance(raw, list) else []
+        return tuple(
+            cls(_str(item, "key") or "", _str(item, "value") or "", _str(item, "effect") or "")
+            for item in items
+            if isinstance(item, dict)
+        )
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}:{self.effect}" if self.value else f"{self.key}:{self.effect}"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    capacity: NodeResources | None
+    taints: tuple[Taint, ...]
+    zone: str | None
+    pod_pool: str | None  # the platform IPPool the pod CIDR was carved from, as given
+    pod_cidr_prefix_length: int | None
+    unschedulable: bool  # cordoned (or drained): no new pods are placed on it
+
+    @classmethod
+    def parse(cls, raw: Any) -> NodeSpec:
+        spec = _map(raw)
+        return cls(
+            capacity=NodeResources.parse(spec.get("capacity")),
+            taints=Taint.parse_all(spec.get("taints")),
+            zone=_str(spec, "zone"),
+            pod_pool=_str(spec, "podPool"),
+            pod_cidr_prefix_length=_int(spec, "podCIDRPrefixLength"),
+            unschedulable=bool(_bool(spec, "unschedulable")),
+        )
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    pod_cidr: str | None
+    pod_pool: str | None  # the pool's id
+    ready: bool | None  # the Ready condition (the leader's verdict from heartbeats)
+    condition_reason: str | None  # why it is (not) Ready: Registered, NodeStatusUnknown, ...
+    last_transition_timestamp: str | None
+    allocated: NodeResources | None  # what bound pods use; only in get and list answers
+    nominated_pod: str | None  # org/project/namespace/name of the pending pod holding room here
+    evicted_pods: int | None  # only in a drain's answer
+
+    @classmethod
+    def parse(cls, raw: Any) -> NodeStatus:
+        status = _map(raw)
+        return cls(
+            pod_cidr=_str(status, "podCIDR"),
+            pod_pool=_str(status, "podPool"),
+            ready=_bool(status, "ready"),
+            condition_reason=_str(status, "conditionReason"),
+            last_transition_timestamp=_str(status, "lastTransitionTimestamp"),
+            allocated=NodeResources.parse(status.get("allocated")),
+            nominated_pod=_str(status, "nominatedPod"),
+            evicted_pods=_int(status, "evictedPods"),
+        )
+
+
+@dataclass(frozen=True)
+class Node:
+    metadata: ObjectMeta
+    spec: NodeSpec
+    status: NodeStatus
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    kind = "Node"
+
+    @classmethod
+    def parse(cls, raw: Any) -> Node:
+        source = _object_map(raw, "a Node")
+        return cls(
+            ObjectMeta.parse(source.get("metadata")),
+            NodeSpec.parse(source.get("spec")),
+            NodeStatus.parse(source.get("status")),
+            source,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.status.ready)
+
+    @property
+    def unschedulable(self) -> bool:
+        """Cordoned or drained."""
+        return self.spec.unschedulable
+
+    @property
+    def capacity(self) -> NodeResources | None:
+        return self.spec.capacity
+
+    @property
+    def pod_cidr(self) -> str | None:
+        return self.status.pod_cidr
+
+    @property
+    def available(self) -> NodeResources | None:
+        """Capacity minus what bound pods use (None where the answer lacks either: a watch event)."""
+        if self.spec.capacity is None or self.status.allocated is None:
+            return None
+        return self.spec.capacity.minus(self.status.allocated)
+
+
+@dataclass(frozen=True)
+class NodeHeartbeat:
+    """The answer to a node agent's heartbeat."""
+
+    name: str
+    ready: bool | None  # the node's Ready condition as the answering member has it
+    member_id: str | None  # the member that took the heartbeat
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: Any) -> NodeHeartbeat:
+        source = _object_map(raw, "a node heartbeat")
+        name = _str(source, "name")
+        if name is None:
+            raise ProtocolError("a node heartbeat answer without name")
+        return cls(name, _bool(source, "ready"), _str(source, "memberId"), source)
+
+
+# ---- scheduling: Pod -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodRequests:
+    cpu_millis: int
+    memory_bytes: int
+
+    @classmethod
+    def parse(cls, raw: Any) -> PodRequests | None:
+        source = _map(raw)
+        cpu, memory = _int(source, "cpuMillis"), _int(source, "memoryBytes")
+        if cpu is None or memory is None:
+            return None
+        return cls(cpu, memory)
+
+
+@dataclass(frozen=True)
+class NodeSelectorRequirement:
+    """One required node affinity expression."""
+
+    key: str
+    operator: str  # In, NotIn, Exists, DoesNotExist
+    values: tuple[str, ...]
+
+    @classmethod
+    def parse_all(cls, raw: Any) -> tuple[NodeSelectorRequirement, ...]:
+        items = raw if isinstance(raw, list) else []
+        return tuple(
+            cls(_str(item, "key") or "", _str(item, "operator") or "", _strs(item, "values"))
+            for item in items
+            if isinstance(item, dict)
+        )
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str  # "" with operator Exists: every taint
+    operator: str  # Equal or Exists
+    value: str
+    effect: str  # "" tolerates both effects
+
+    @classmethod
+    def parse_all(cls, raw: Any) -> tuple[Toleration, ...]:
+        items = raw if isinstance(raw, list) else []
+        return tuple(
+            cls(
+                _str(item, "key") or "",
+                _str(item, "operator") or "",
+                _str(item, "value") or "",
+                _str(item, "effect") or "",
+            )
+            for item in items
+            if isinstance(item, dict)
+        )
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    requests: PodRequests | None
+    node_selector: Mapping[str, str]
+    node_affinity: tuple[NodeSelectorRequirement, ...]
+    tolerations: tuple[Toleration, ...]
+    priority: int | None
+    scheduling_policy: str | None  # spread or binpack; None: the cluster's
+    node_name: str | None  # set when the pod is bound
+
+    @classmethod
+    def parse(cls, raw: Any) -> PodSpec:
+        spec = _map(raw)
+        return cls(
+            requests=PodRequests.parse(spec.get("requests")),
+            node_selector={str(key): str(value) for key, value in _map(spec.get("nodeSelector")).items()},
+            node_affinity=NodeSelectorRequirement.parse_all(spec.get("nodeAffinity")),
+            tolerations=Toleration.parse_all(spec.get("tolerations")),
+            priority=_int(spec, "priority"),
+            scheduling_policy=_str(spec, "schedulingPolicy"),
+            node_name=_str(spec, "nodeName"),
+        )
+
+
+@dataclass(frozen=True)
+class PodStatus:
+    phase: str | None  # Bound or Pending
+    pod_ip: str | None
+    reason: str | None  # a pending pod's: Unschedulable, QuotaExceeded, Evicted
+    message: str | None  # a pending pod's details: which filters failed on how many nodes
+    nominated_node_name: str | None  # the node whose room a pending pod holds
+    evicted_from: str | None  # the node a drain took it off
+
+    @classmethod
+    def parse(cls, raw: Any) -> PodStatus:
+        status = _map(raw)
+        return cls(
+            phase=_str(status, "phase"),
+            pod_ip=_str(status, "podIP"),
+            reason=_str(status, "reason"),
+            message=_str(status, "message"),
+            nominated_node_name=_str(status, "nominatedNodeName"),
+            evicted_from=_str(status, "evictedFrom"),
+        )
+
+
+POD_BOUND = "Bound"
+POD_PENDING = "Pending"
+
+
+@dataclass(frozen=True)
+class Pod:
+    metadata: ObjectMeta
+    spec: PodSpec
+    status: PodStatus
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    kind = "Pod"
+
+    @classmethod
+    def parse(cls, raw: Any) -> Pod:
+        source = _object_map(raw, "a Pod")
+        return cls(
+            ObjectMeta.parse(source.get("metadata")),
+            PodSpec.parse(source.get("spec")),
+            PodStatus.parse(source.get("status")),
+            source,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def phase(self) -> str | None:
+        return self.status.phase
+
+    @property
+    def bound(self) -> bool:
+        return self.status.phase == POD_BOUND
+
+    @property
+    def node_name(self) -> str | None:
+        return self.spec.node_name
+
+    @property
+    def pod_ip(self) -> str | None:
+        return self.status.pod_ip
+
+    @property
+    def pending_reason(self) -> str | None:
+        """Why a pending pod waits (`Unschedulable`, `QuotaExceeded`, `Evicted`); None once bound."""
+        return self.status.reason if self.status.phase == POD_PENDING else None
+
+
+# ---- scheduling: Service ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str | None
+    port: int
+    protocol: str  # TCP, UDP or SCTP
+
+    @classmethod
+    def parse_all(cls, raw: Any) -> tuple[ServicePort, ...]:
+        items = raw if isinstance(raw, list) else []
+        return tuple(
+            cls(_str(item, "name"), _int(item, "port") or 0, _str(item, "protocol") or "TCP")
+            for item in items
+            if isinstance(item, dict)
+        )
+
+    def __str__(self) -> str:
+        return f"{self.name + '=' if self.name else ''}{self.port}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    type: str | None  # ClusterIP or LoadBalancer
+    pool_ref: str | None
+    class_name: str | None
+    address: str | None  # a specific address asked for
+    ports: tuple[ServicePort, ...]
+
+    @classmethod
+    def parse(cls, raw: Any) -> ServiceSpec:
+        spec = _map(raw)
+        return cls(
+            type=_str(spec, "type"),
+            pool_ref=_str(spec, "poolRef"),
+            class_name=_str(spec, "className"),
+            address=_str(spec, "address"),
+            ports=ServicePort.parse_all(spec.get("ports")),
+        )
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    address: str | None  # the address it got
+    pool: str | None  # the pool it came from (its id)
+    class_name: str | None  # the class, when it came through one
+
+    @classmethod
+    def parse(cls, raw: Any) -> ServiceStatus:
+        status = _map(raw)
+        return cls(_str(status, "address"), _str(status, "pool"), _str(status, "className"))
+
+
+@dataclass(frozen=True)
+class Service:
+    metadata: ObjectMeta
+    spec: ServiceSpec
+    status: ServiceStatus
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    kind = "Service"
+
+    @classmethod
+    def parse(cls, raw: Any) -> Service:
+        source = _object_map(raw, "a Service")
+        return cls(
+            ObjectMeta.parse(source.get("metadata")),
+            ServiceSpec.parse(source.get("spec")),
+            ServiceStatus.parse(source.get("status")),
+            source,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def address(self) -> str | None:
+        return self.status.address
+
+
+# ---- scheduling: Quota -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuotaSpec:
+    """Limits; None (or a missing class or pool) is unlimited."""
+
+    cpu_millis: int | None
+    memory_bytes: int | None
+    pods: int | None
+    services: int | None
+    addresses_by_class: Mapping[str, int]
+    addresses_by_pool: Mapping[str, int]
+    default_requests: PodRequests | None  # project quotas: filled into pods that give no requests
+
+    @classmethod
+    def parse(cls, raw: Any) -> QuotaSpec:
+        spec = _map(raw)
+        return cls(
+            cpu_millis=_int(spec, "cpuMillis"),
+            memory_bytes=_int(spec, "memoryBytes"),
+            pods=_int(spec, "pods"),
+            services=_int(spec, "services"),
+            addresses_by_class=_counts(spec, "addressesByClass"),
+            addresses_by_pool=_counts(spec, "addressesByPool"),
+            default_requests=PodRequests.parse(spec.get("defaultRequests")),
+        )
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    """What the org or project uses now (bound pods and services; pending pods charge nothing)."""
+
+    cpu_millis: int
+    memory_bytes: int
+    pods: int
+    services: int
+    pending_pods: int
+    addresses_by_class: Mapping[str, int]
+    addresses_by_pool: Mapping[str, int]
+
+    @classmethod
+    def parse(cls, raw: Any) -> QuotaUsage | None:
+        used = _map(raw)
+        if not used:
+            return None
+        return cls(
+            cpu_millis=_int(used, "cpuMillis") or 0,
+            memory_bytes=_int(used, "memoryBytes") or 0,
+            pods=_int(used, "pods") or 0,
+            services=_int(used, "services") or 0,
+            pending_pods=_int(used, "pendingPods") or 0,
+            addresses_by_class=_counts(used, "addressesByClass"),
+            addresses_by_pool=_counts(used, "addressesByPool"),
+        )
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The limits of one org (name `acme`) or one project (name `acme/web`)."""
+
+    metadata: ObjectMeta
+    spec: QuotaSpec
+    used: QuotaUsage | None  # status.used; None in watch events
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    kind = "Quota"
+
+    @classmethod
+    def parse(cls, raw: Any) -> Quota:
+        source = _object_map(raw, "a Quota")
+        return cls(
+            ObjectMeta.parse(source.get("metadata")),
+            QuotaSpec.parse(source.get("spec")),
+            QuotaUsage.parse(_map(source.get("status")).get("used")),
+            source,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+# ---- the scheduler ---------------------------------------------------------------------------
+
+SCHEDULING_POLICIES = ("spread", "binpack")
+
+
+@dataclass(frozen=True)
+class SchedulerStatus:
+    """`GET /v1/scheduler`, and the answer to setting the policy or retrying the queue."""
+
+    policy: str | None  # spread or binpack
+    nodes: int | None
+    pending_pods: int | None
+    resource_version: int | None  # only in GET answers
+    examined: int | None  # a retry's: pending pods searched again
+    bound: int | None  # a retry's: of those, how many bound
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: Any) -> SchedulerStatus:
+        source = _object_map(raw, "a scheduler status")
+        policy = _str(source, "policy")
+        if policy is None:
+            raise ProtocolError("a scheduler status without policy")
+        return cls(
+            policy=policy,
+            nodes=_int(source, "nodes"),
+            pending_pods=_int(source, "pendingPods"),
+            resource_version=_int(source, "resourceVersion"),
+            examined=_int(source, "examined"),
+            bound=_int(source, "bound"),
+            raw=source,
+        )
+
+
 # ---- objects of kinds this client does not model yet -----------------------------------------
 
 
@@ -411,13 +929,17 @@ class GenericObject:
         return self.metadata.name
 
 
-ApiObject = IPPool | IPClaim | IPAllocation | IPClass | GenericObject
+ApiObject = IPPool | IPClaim | IPAllocation | IPClass | Node | Pod | Service | Quota | GenericObject
 
 OBJECT_PARSERS: dict[str, Callable[[Any], ApiObject]] = {
     "IPPool": IPPool.parse,
     "IPClaim": IPClaim.parse,
     "IPAllocation": IPAllocation.parse,
     "IPClass": IPClass.parse,
+    "Node": Node.parse,
+    "Pod": Pod.parse,
+    "Service": Service.parse,
+    "Quota": Quota.parse,
 }
 
 

@@ -24,7 +24,22 @@ from typing import Any, Generic, TypeVar
 
 from client import core
 from client.errors import AllotError, NotReady, ProtocolError
-from client.models import IPAllocation, IPClaim, IPClass, IPPool, MemberReport, MemberStatus, Page, WatchEvent
+from client.models import (
+    IPAllocation,
+    IPClaim,
+    IPClass,
+    IPPool,
+    MemberReport,
+    MemberStatus,
+    Node,
+    NodeHeartbeat,
+    Page,
+    Pod,
+    Quota,
+    SchedulerStatus,
+    Service,
+    WatchEvent,
+)
 
 T = TypeVar("T")
 
@@ -242,17 +257,20 @@ class ReadableResource(Generic[T]):
         limit: int | None = None,
         continue_token: str | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         namespace: str | None = None,
         consistency: str | None = None,
         timeout: float | None = None,
         deadline: float | None = None,
     ) -> Page[T]:
-        """One page: up to `limit` items and the token for the next page (None on the last)."""
+        """One page: up to `limit` items and the token for the next page (None on the last).
+        `field_selector` (pods: `spec.nodeName=n1`, `status.phase=Pending`, comma-separated)."""
         request = self._client._factory.list(
             self._kind,
             limit=limit,
             continue_token=continue_token,
             label_selector=label_selector,
+            field_selector=field_selector,
             namespace=namespace,
             consistency=consistency,
         )
@@ -263,6 +281,7 @@ class ReadableResource(Generic[T]):
         *,
         page_size: int | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         namespace: str | None = None,
         consistency: str | None = None,
         timeout: float | None = None,
@@ -275,6 +294,7 @@ class ReadableResource(Generic[T]):
                 limit=page_size,
                 continue_token=token,
                 label_selector=label_selector,
+                field_selector=field_selector,
                 namespace=namespace,
                 consistency=consistency,
                 timeout=timeout,
@@ -319,6 +339,115 @@ class WritableResource(ReadableResource[T]):
         """Delete the object; returns it as it was."""
         request = self._client._factory.delete(self._kind, name, namespace=namespace, idempotency_key=idempotency_key)
         return self._kind.parse(self._client._execute(request, timeout, deadline).value)
+
+
+class NodeResource(WritableResource[Node]):
+    """Nodes (`client.nodes`): the resource methods (`create` registers a node) and the
+    platform's actions on one node. Admin tokens only, except get and list."""
+
+    def cordon(
+        self,
+        name: str,
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Node:
+        """Mark the node unschedulable: no new pods go there; bound pods stay."""
+        request = self._client._factory.node_action(name, "cordon", idempotency_key=idempotency_key)
+        return Node.parse((self._client._execute(request, timeout, deadline)).value)
+
+    def uncordon(
+        self,
+        name: str,
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Node:
+        """Schedulable again; pending pods that fit there are placed in the same write."""
+        request = self._client._factory.node_action(name, "uncordon", idempotency_key=idempotency_key)
+        return Node.parse((self._client._execute(request, timeout, deadline)).value)
+
+    def drain(
+        self,
+        name: str,
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Node:
+        """Cordon the node and send its pods back to the queue (Pending, reason Evicted), from
+        where they are placed elsewhere if they fit; `status.evicted_pods` says how many."""
+        request = self._client._factory.node_action(name, "drain", idempotency_key=idempotency_key)
+        return Node.parse((self._client._execute(request, timeout, deadline)).value)
+
+    def heartbeat(self, name: str, *, timeout: float | None = None, deadline: float | None = None) -> NodeHeartbeat:
+        """A node agent's heartbeat (any member takes it). Not logged, so not a write: a retry
+        is harmless. A Ready node not heard for the grace period becomes NotReady."""
+        request = self._client._factory.node_heartbeat(name)
+        return NodeHeartbeat.parse((self._client._execute(request, timeout, deadline)).value)
+
+
+class QuotaResource(WritableResource[Quota]):
+    """Quotas (`client.quotas`), named `acme` (an org) or `acme/web` (a project). `set`
+    creates or replaces one (so does `create`: it is the same request). Writes: admin."""
+
+    def set(
+        self,
+        name: str,
+        spec: Mapping[str, Any] | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Quota:
+        """Set the limits (`cpuMillis`, `memoryBytes`, `pods`, `services`, `addressesByClass`,
+        `addressesByPool`, `defaultRequests`); limits left out are unlimited. Lowering a limit
+        below what is used is a `Conflict`."""
+        return self.create(
+            name, spec, labels=labels, idempotency_key=idempotency_key, timeout=timeout, deadline=deadline
+        )
+
+
+class SchedulerResource:
+    """The cluster's scheduler (`client.scheduler`): its policy and pending queue."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def get(
+        self, *, consistency: str | None = None, timeout: float | None = None, deadline: float | None = None
+    ) -> SchedulerStatus:
+        """The policy, the node count and the pending pods (any token)."""
+        request = self._client._factory.scheduler_get(consistency=consistency)
+        return SchedulerStatus.parse((self._client._execute(request, timeout, deadline)).value)
+
+    def set_policy(
+        self,
+        policy: str,
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> SchedulerStatus:
+        """`spread` (the default: least used node first) or `binpack` (most used first). Admin."""
+        request = self._client._factory.scheduler_configure(policy, idempotency_key=idempotency_key)
+        return SchedulerStatus.parse((self._client._execute(request, timeout, deadline)).value)
+
+    def retry(
+        self,
+        pods: int | None = None,
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> SchedulerStatus:
+        """Search again for up to `pods` (1-16, default 16) pending pods now, as the leader
+        does on a timer; the answer's `examined` and `bound` say what happened. Admin."""
+        request = self._client._factory.scheduler_retry(pods, idempotency_key=idempotency_key)
+        return SchedulerStatus.parse((self._client._execute(request, timeout, deadline)).value)
 
 
 # ---- watch -----------------------------------------------------------------------------------
@@ -509,6 +638,11 @@ class Client(core.ClientSettings):
         self.ipclaims: WritableResource[IPClaim] = WritableResource(self, core.IPCLAIMS)
         self.ipallocations: ReadableResource[IPAllocation] = ReadableResource(self, core.IPALLOCATIONS)
         self.ipclasses: WritableResource[IPClass] = WritableResource(self, core.IPCLASSES)
+        self.nodes = NodeResource(self, core.NODES)
+        self.pods: WritableResource[Pod] = WritableResource(self, core.PODS)
+        self.services: WritableResource[Service] = WritableResource(self, core.SERVICES)
+        self.quotas = QuotaResource(self, core.QUOTAS)
+        self.scheduler = SchedulerResource(self)
 
     def as_tenant(self, org: str, project: str) -> Client:
         """A client acting for one tenant (admin tokens only), sharing this one's connections.
@@ -592,12 +726,14 @@ class Client(core.ClientSettings):
         kinds: str | Sequence[str] | None = None,
         resource_version: int | None = None,
         *,
+        field_selector: str | None = None,
         idle_timeout: float = core.watch_idle_timeout_s_default,
         timeout: float | None = None,
         deadline: float | None = None,
     ) -> WatchStream:
-        """Events of `kinds` (plural names; default all) after `resource_version` (default: now)."""
-        cursor = core.WatchCursor(core.normalize_kinds(kinds), resource_version)
+        """Events of `kinds` (plural names; default all) after `resource_version` (default: now);
+        `field_selector` narrows a watch of pods alone (`spec.nodeName=n1`: a node agent's pods)."""
+        cursor = core.WatchCursor(core.normalize_kinds(kinds), resource_version, field_selector)
         return WatchStream(self, cursor, idle_timeout, self._policy.with_overrides(timeout, deadline))
 
     def request(

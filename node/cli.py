@@ -1,5 +1,6 @@
-"""The `allot` command line: `allot up`, `allot serve`, `allot bench apply`; the operator
-commands (`allot status`, `pool`, `claim`, `class`, `alloc`, `watch`) live in client/cli.py."""
+"""The `allot` command line: `allot up`, `allot serve`, `allot chaos`, `allot bench apply`; the operator
+commands (`allot status`, `pool`, `claim`, `class`, `alloc`, `watch`, `node`, `pod`, `service`,
+`quota`, `scheduler`: `client.cli.COMMANDS`) live in client/cli.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 from bench import ipam_apply
+from chaos import runner as chaos_runner
 from client import cli as client_cli
 from node import cluster, config, server
 from node.config import Timing
@@ -79,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("suite", choices=("apply",), help="apply: in-process state machine throughput and costs")
     bench.add_argument("options", nargs=argparse.REMAINDER, help="passed to the suite (see its --help)")
 
+    chaos = commands.add_parser(
+        "chaos",
+        add_help=False,
+        help="run the chaos suite on a fresh local cluster: faults, workload, checks (see allot chaos --help)",
+    )
+    chaos.add_argument("options", nargs=argparse.REMAINDER, help="passed to the chaos runner")
+
+    if arguments[:1] == ["chaos"]:
+        # Its options go to the runner untouched (argparse.REMAINDER cannot start with a flag).
+        return chaos_runner.main(arguments[1:])
     args = parser.parse_args(arguments)
     try:
         if args.command == "up":

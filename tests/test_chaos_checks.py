@@ -3,7 +3,8 @@
 Each check gets histories that must pass and histories with the fault it exists to find
 planted in them (a duplicate, a lost acknowledged write, a resurrected release, an unknown
 operation applied twice, a non-linearizable answer, two leaders in a term, digests that
-differ, a stall after the last heal), which it must flag. A Hypothesis property generates
+differ, a node over capacity, a tenant over quota, a pod address outside its node or shared, a
+lost or moved or resurrected pod, a stall after the last heal), which it must flag. A Hypothesis property generates
 linearizable histories from a sequential execution of a pool with jittered intervals and
 unknown outcomes: they must always pass.
 
@@ -32,6 +33,7 @@ from chaos.checks import (
     check_no_double_allocation,
     check_one_leader_per_term,
     check_replicas_agree,
+    check_scheduler_invariants,
     run_checks,
 )
 from chaos.history import (
@@ -41,9 +43,14 @@ from chaos.history import (
     History,
     Kind,
     MemberState,
+    NodeState,
     Op,
     Outcome,
+    PodState,
+    QuotaState,
     StatusSample,
+    pod_key,
+    pods_pool,
 )
 from chaos.linearizability import PoolModel, Verdict, check_pool, pool_model
 from node import raft
@@ -524,6 +531,385 @@ def test_one_leader_per_term_without_samples_is_inconclusive() -> None:
     assert result.inconclusive and not result.passed
 
 
+# ---- 7. scheduler invariants ----------------------------------------------------------------------
+
+MIB = 1 << 20
+WEB = ("acme", "web")
+API = ("acme", "api")
+NODE_CIDRS = {"n1": "10.244.1.0/24", "n2": "10.244.2.0/24"}
+QUOTA_LIMITS: dict[str, dict[str, Any]] = {
+    "acme/web": {"cpuMillis": 2000, "pods": 3},
+    "acme": {"pods": 5, "memoryBytes": 1024 * MIB},
+}
+
+
+def pod(
+    name: str,
+    node: str | None = None,
+    ip: str | None = None,
+    *,
+    cpu: int = 400,
+    memory: int = 64 * MIB,
+    tenant: tuple[str, str] = WEB,
+) -> PodState:
+    return PodState(
+        pod_key(*tenant, "default", name), f"uid-{name}", "Bound" if node else "Pending", node, ip, cpu, memory
+    )
+
+
+# a and b bound for acme/web, c pending (too big for any node), d bound for acme/api.
+CLEAN_PODS = (
+    pod("a", "n1", "10.244.1.1"),
+    pod("b", "n2", "10.244.2.1"),
+    pod("c", cpu=5000),
+    pod("d", "n1", "10.244.1.2", cpu=300, tenant=API),
+)
+
+
+def node(
+    name: str, pods: Sequence[PodState], *, cpu: int = 1000, memory: int = 1024 * MIB, max_pods: int = 3
+) -> NodeState:
+    """A node whose record counts exactly the pods bound to it."""
+    mine = [item for item in pods if item.phase == "Bound" and item.node == name]
+    return NodeState(
+        name,
+        cpu,
+        memory,
+        max_pods,
+        sum(item.cpu_millis for item in mine),
+        sum(item.memory_bytes for item in mine),
+        len(mine),
+        True,
+        "Registered",
+        False,
+        NODE_CIDRS[name],
+    )
+
+
+def quota(scope: str, limits: dict[str, Any], pods: Sequence[PodState]) -> QuotaState:
+    """A quota whose usage is exactly what its tenant's pods use."""
+    org, _, project = scope.partition("/")
+    mine = [item for item in pods if item.key.startswith(scope + "/")]
+    bound = [item for item in mine if item.phase == "Bound"]
+    used = {
+        "cpuMillis": sum(item.cpu_millis for item in bound),
+        "memoryBytes": sum(item.memory_bytes for item in bound),
+        "pods": len(bound),
+        "services": 0,
+        "pendingPods": sum(item.phase == "Pending" for item in mine),
+        "addressesByClass": {},
+        "addressesByPool": {},
+    }
+    return QuotaState(scope, org, project, dict(limits), used)
+
+
+def scheduled(
+    pods: Sequence[PodState] = CLEAN_PODS,
+    *,
+    limits: dict[str, dict[str, Any]] | None = None,
+    members: Sequence[str] = ("m1", "m2", "m3"),
+    **node_kw: Any,
+) -> list[MemberState]:
+    """The same consistent scheduler state on every member (nodes and quotas follow the pods)."""
+    nodes = tuple(node(name, pods, **node_kw) for name in NODE_CIDRS)
+    quotas = tuple(quota(scope, spec, pods) for scope, spec in (QUOTA_LIMITS if limits is None else limits).items())
+    base = member_state("m", {})
+    return [
+        dataclasses.replace(base, member=member, nodes=nodes, pods=tuple(pods), quotas=quotas, scheduler_observed=True)
+        for member in members
+    ]
+
+
+def pod_op(
+    b: Builder,
+    kind: Kind,
+    name: str,
+    invoke_ms: float,
+    complete_ms: float,
+    outcome: Outcome = Outcome.OK,
+    *,
+    node: str | None = None,
+    ip: str | None = None,
+    tenant: tuple[str, str] = WEB,
+    idem: str | None = None,
+) -> Op:
+    result: dict[str, Any] = {}
+    if kind is Kind.POD_CREATE and outcome is Outcome.OK:
+        result = {"phase": "Bound" if node else "Pending", "node": node, "podIP": ip}
+    op = Op(
+        op_id=len(b.ops),
+        process="w0",
+        kind=kind,
+        pool=pods_pool(*tenant),
+        claim=pod_key(*tenant, "default", name),
+        args={},
+        key=idem if idem is not None else f"pk{len(b.ops)}",
+        invoke_ns=int(invoke_ms * MS),
+        complete_ns=int(complete_ms * MS),
+        outcome=outcome,
+        result=result,
+        code="timeout" if outcome is Outcome.UNKNOWN else None,
+    )
+    b.ops.append(op)
+    return op
+
+
+def pod_ops() -> Builder:
+    """The creates behind CLEAN_PODS, and pod e created and deleted for certain."""
+    b = Builder()
+    pod_op(b, Kind.POD_CREATE, "a", 0, 1, node="n1", ip="10.244.1.1")
+    pod_op(b, Kind.POD_CREATE, "b", 2, 3, node="n2", ip="10.244.2.1")
+    pod_op(b, Kind.POD_CREATE, "c", 4, 5)  # Pending
+    pod_op(b, Kind.POD_CREATE, "d", 6, 7, node="n1", ip="10.244.1.2", tenant=API)
+    pod_op(b, Kind.POD_CREATE, "e", 8, 9, node="n2", ip="10.244.2.2")
+    pod_op(b, Kind.POD_DELETE, "e", 10, 11)
+    return b
+
+
+def replaced(pods: Sequence[PodState], name: str, **changes: Any) -> list[PodState]:
+    return [dataclasses.replace(item, **changes) if item.key.endswith(f"/{name}") else item for item in pods]
+
+
+def test_scheduler_passes_a_clean_run() -> None:
+    result = check_scheduler_invariants(pod_ops().history(scheduled()))
+    assert result.passed and not result.evidence, result.report()
+
+
+def test_scheduler_allows_what_unknown_and_pending_operations_may_have_done() -> None:
+    b = pod_ops()
+    pod_op(b, Kind.POD_DELETE, "a", 12, 13, Outcome.UNKNOWN)  # a may be gone
+    pod_op(b, Kind.POD_CREATE, "e", 14, 15, Outcome.UNKNOWN)  # e may be back
+    pod_op(b, Kind.POD_CREATE, "f", 16, 17, Outcome.UNKNOWN)  # f may exist or not
+    pods = [item for item in CLEAN_PODS if not item.key.endswith("/a")]
+    pods = replaced(pods, "c", phase="Bound", node="n2", pod_ip="10.244.2.7", cpu_millis=100)  # c bound since
+    pods.append(pod("e", "n1", "10.244.1.9"))
+    assert_pass(check_scheduler_invariants(b.history(scheduled(pods))))
+
+
+@pytest.mark.parametrize(
+    ("changes", "node_kw", "fragment"),
+    [
+        ({"cpu_millis": 800}, {}, "node n1 over capacity: its bound pods use cpuMillis 1100 of 1000"),
+        ({"memory_bytes": 1000 * MIB}, {}, "node n1 over capacity: its bound pods use memoryBytes"),
+        ({}, {"max_pods": 1}, "node n1 over capacity: its bound pods use pods 2 of 1"),
+    ],
+)
+def test_scheduler_flags_a_node_over_capacity(changes: dict[str, Any], node_kw: dict[str, Any], fragment: str) -> None:
+    limits: dict[str, dict[str, Any]] = {"acme/web": {}, "acme": {}}  # no quota in the way: only the node is over
+    final = scheduled(replaced(CLEAN_PODS, "a", **changes), limits=limits, **node_kw)
+    assert_fail(check_scheduler_invariants(pod_ops().history(final)), "m1: " + fragment, "m3: ")
+
+
+def test_scheduler_flags_a_node_record_that_differs_from_its_pods() -> None:
+    final = scheduled()
+    n1, n2 = final[1].nodes
+    final[1] = dataclasses.replace(final[1], nodes=(dataclasses.replace(n1, allocated_pods=1), n2))
+    assert_fail(
+        check_scheduler_invariants(pod_ops().history(final)),
+        "m2: node n1 reports allocated (cpu, memory, pods) (700, 134217728, 1), its bound pods add up to "
+        "(700, 134217728, 2)",
+    )
+
+
+def test_scheduler_flags_a_pod_bound_to_a_node_that_is_not_registered() -> None:
+    final = scheduled()
+    final[0] = dataclasses.replace(final[0], nodes=final[0].nodes[:1])
+    assert_fail(
+        check_scheduler_invariants(pod_ops().history(final)),
+        "m1: pod acme/web/default/b is Bound to node n2, which is not registered",
+    )
+
+
+@pytest.mark.parametrize(
+    ("limits", "fragment"),
+    [
+        ({"acme/web": {"pods": 1}}, "quota acme/web over its limit: pods 2 used, limit 1"),
+        ({"acme": {"cpuMillis": 1000}}, "quota acme over its limit: cpuMillis 1100 used, limit 1000"),
+    ],
+)
+def test_scheduler_flags_a_tenant_over_its_quota(limits: dict[str, dict[str, Any]], fragment: str) -> None:
+    assert_fail(check_scheduler_invariants(pod_ops().history(scheduled(limits=limits))), "m1: " + fragment)
+
+
+def test_scheduler_flags_an_address_quota_passed() -> None:
+    final = scheduled()
+    web = final[0].quotas[0]
+    over = dataclasses.replace(
+        web, limits={"addressesByClass": {"gold": 1}}, used={**web.used, "addressesByClass": {"gold": 2}}
+    )
+    final[0] = dataclasses.replace(final[0], quotas=(over, *final[0].quotas[1:]))
+    assert_fail(
+        check_scheduler_invariants(pod_ops().history(final)), "m1: quota acme/web over its limit: addressesByClass.gold"
+    )
+
+
+@pytest.mark.parametrize(
+    ("resource", "value", "fragment"),
+    [
+        ("cpuMillis", 700, "quota acme/web reports cpuMillis 700 used, its pods add up to 800"),
+        ("pods", 3, "quota acme/web reports pods 3 used, its pods add up to 2"),
+        ("pendingPods", 0, "quota acme/web reports pendingPods 0 used, its pods add up to 1"),
+    ],
+)
+def test_scheduler_flags_usage_that_is_not_the_sum_of_the_pods(resource: str, value: int, fragment: str) -> None:
+    final = scheduled()
+    web = final[2].quotas[0]
+    final[2] = dataclasses.replace(
+        final[2], quotas=(dataclasses.replace(web, used={**web.used, resource: value}), *final[2].quotas[1:])
+    )
+    result = check_scheduler_invariants(pod_ops().history(final))
+    assert_fail(result, "m3: " + fragment)
+    assert not any(line.startswith(("m1", "m2")) for line in result.evidence), result.report()
+
+
+def test_scheduler_counts_org_usage_over_all_its_projects() -> None:
+    final = scheduled()
+    org = final[0].quotas[1]
+    assert org.scope == "acme" and org.used["pods"] == 3  # a and b of acme/web, d of acme/api
+    final[0] = dataclasses.replace(
+        final[0], quotas=(final[0].quotas[0], dataclasses.replace(org, used={**org.used, "pods": 2}))
+    )
+    assert_fail(
+        check_scheduler_invariants(pod_ops().history(final)), "m1: quota acme reports pods 2 used, its pods add up to 3"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "fragment"),
+    [
+        (
+            "b",
+            {"pod_ip": "10.244.1.9"},
+            "pod acme/web/default/b has 10.244.1.9, outside node n2's pod CIDR 10.244.2.0/24",
+        ),
+        ("b", {"pod_ip": "10.244.2.0"}, "pod acme/web/default/b has 10.244.2.0, the address node n2 keeps for itself"),
+        ("d", {"pod_ip": "10.244.1.1"}, "pods acme/web/default/a and acme/api/default/d share address 10.244.1.1"),
+        ("b", {"pod_ip": None}, "pod acme/web/default/b is Bound to n2 without an address"),
+        ("b", {"pod_ip": "10.244.2.1/32"}, "pod acme/web/default/b has '10.244.2.1/32', which is not one address"),
+        ("c", {"pod_ip": "10.244.2.9"}, "pod acme/web/default/c is Pending but has node None and address 10.244.2.9"),
+        ("c", {"phase": "Running"}, "pod acme/web/default/c has unknown phase 'Running'"),
+    ],
+)
+def test_scheduler_flags_pod_addresses(name: str, changes: dict[str, Any], fragment: str) -> None:
+    final = scheduled(replaced(CLEAN_PODS, name, **changes))
+    assert_fail(check_scheduler_invariants(pod_ops().history(final)), "m1: " + fragment)
+    only_final = check_scheduler_invariants(History(final=final))  # no operations: the final state alone
+    assert_fail(only_final, "m1: " + fragment)
+    assert all(fragment in line for line in only_final.evidence), only_final.report()
+
+
+def test_scheduler_flags_a_lost_acknowledged_pod() -> None:
+    final = scheduled()
+    final[2] = scheduled([item for item in CLEAN_PODS if not item.key.endswith("/a")], members=["m3"])[0]
+    result = check_scheduler_invariants(pod_ops().history(final))
+    assert_fail(result, "m3: lost acknowledged pod #0 w0 pod_create acme/web/default/a -> ok Bound on n1 10.244.1.1")
+    assert len(result.evidence) == 1, result.report()
+
+
+def test_scheduler_flags_a_lost_acknowledged_pending_pod() -> None:
+    final = scheduled([item for item in CLEAN_PODS if not item.key.endswith("/c")])
+    assert_fail(check_scheduler_invariants(pod_ops().history(final)), "m1: lost acknowledged pod #2", "ok Pending")
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"node": "n2", "pod_ip": "10.244.2.5"}, "pod acme/web/default/a is Bound on n2 10.244.2.5, acknowledged #0"),
+        ({"pod_ip": "10.244.1.5"}, "pod acme/web/default/a is Bound on n1 10.244.1.5, acknowledged #0"),
+        ({"phase": "Pending", "node": None, "pod_ip": None}, "pod acme/web/default/a is Pending on None None"),
+        ({"uid": "uid-other"}, "pod acme/web/default/a has uid uid-other, acknowledged with uid uid-a"),
+    ],
+)
+def test_scheduler_flags_an_acknowledged_pod_that_moved(changes: dict[str, Any], fragment: str) -> None:
+    b = pod_ops()
+    if "uid" in changes:
+        b.ops[0] = dataclasses.replace(b.ops[0], result={**b.ops[0].result, "uid": "uid-a"})
+    final = scheduled(replaced(CLEAN_PODS, "a", **changes))
+    assert_fail(check_scheduler_invariants(b.history(final)), "m1: " + fragment)
+
+
+def test_scheduler_flags_a_deleted_pod_that_comes_back() -> None:
+    final = scheduled([*CLEAN_PODS, pod("e", "n2", "10.244.2.2")])
+    assert_fail(
+        check_scheduler_invariants(pod_ops().history(final)),
+        "m1: deleted pod is back (Bound on n2): #5 w0 pod_delete acme/web/default/e -> ok",
+    )
+    b = pod_ops()
+    pod_op(b, Kind.POD_CREATE, "e", 9.5, 10.5, Outcome.UNKNOWN)  # invoked before the delete ended
+    assert_pass(check_scheduler_invariants(b.history(final)))
+    b = pod_ops()
+    pod_op(b, Kind.POD_CREATE, "e", 12, 13, Outcome.FAIL)  # refused: re-created nothing
+    assert_fail(check_scheduler_invariants(b.history(final)), "deleted pod is back")
+
+
+def test_scheduler_flags_one_key_answering_two_placements() -> None:
+    b = pod_ops()
+    pod_op(b, Kind.POD_CREATE, "a", 0.5, 1.5, node="n2", ip="10.244.2.3", idem="pk0")  # a retry of #0
+    assert_fail(check_scheduler_invariants(b.history(scheduled())), "idempotency key pk0 answered 2 placements")
+    assert_fail(check_scheduler_invariants(b.history()), "idempotency key pk0")  # with no final state too
+
+
+def test_scheduler_without_pods_passes_saying_so() -> None:
+    empty = [dataclasses.replace(state, nodes=()) for state in scheduled([], limits={})]
+    for history in (History(), Builder().history(everywhere({})), Builder().history(empty)):
+        result = check_scheduler_invariants(history)
+        assert result.passed and result.evidence[0].startswith("no pods in this run"), result.report()
+    idle_nodes = scheduled([], limits={})
+    assert not check_scheduler_invariants(Builder().history(idle_nodes)).evidence  # nodes are something to check
+    n1, n2 = idle_nodes[0].nodes
+    idle_nodes[0] = dataclasses.replace(idle_nodes[0], nodes=(dataclasses.replace(n1, allocated_cpu_millis=5), n2))
+    assert_fail(check_scheduler_invariants(Builder().history(idle_nodes)), "m1: node n1 reports allocated")
+    quota_only = scheduled([], limits={"acme": {"pods": 1}})
+    assert not check_scheduler_invariants(Builder().history(quota_only)).evidence  # a quota is something to check
+    broken = [
+        dataclasses.replace(quota_only[0], quotas=(dataclasses.replace(quota_only[0].quotas[0], used={"pods": 2}),))
+    ]
+    assert_fail(
+        check_scheduler_invariants(Builder().history(broken)), "quota acme over its limit: pods 2 used, limit 1"
+    )
+
+
+def test_scheduler_without_scheduler_state_is_inconclusive() -> None:
+    for final in ([], everywhere({})):  # no final state; final states read before pods were recorded
+        result = check_scheduler_invariants(pod_ops().history(final))
+        assert result.inconclusive and not result.passed, result.report()
+    final = [*scheduled(members=["m1", "m2"]), member_state("m3", {})]
+    result = check_scheduler_invariants(pod_ops().history(final))
+    assert result.inconclusive and "read from m3: not checked there" in result.report()
+    final[0] = dataclasses.replace(final[0], pods=final[0].pods[1:])
+    assert_fail(check_scheduler_invariants(pod_ops().history(final)), "m1: lost acknowledged pod")
+
+
+def test_ipam_checks_ignore_pod_operations() -> None:
+    """Pod a's key is claim a's key; pods sit in `pods:` pools with no pool model."""
+    b = pod_ops()
+    b.claim("a", 20, 21, "10.0.0.0/32")
+    b.add(Kind.LIST, None, 22, 23, Outcome.OK, listed={"a": "10.0.0.0/32"})
+    pod_op(b, Kind.POD_DELETE, "a", 24, 25)  # deletes the pod, not the claim
+    pod_op(b, Kind.POD_CREATE, "b", 26, 27, Outcome.UNKNOWN)
+    ipam = member_state("m", {"a": "10.0.0.0/32"})
+    final = [
+        dataclasses.replace(state, claims=ipam.claims, allocations=ipam.allocations)
+        for state in scheduled([item for item in CLEAN_PODS if not item.key.endswith("/a")])
+    ]
+    history = b.history(final, meta={"pools": [MODEL.to_json()]})
+    assert history.pools() == [POOL] and [op.kind for op in history.ops_of_pool(POOL)] == [Kind.CLAIM, Kind.LIST]
+    for result in (
+        check_no_double_allocation(history),
+        check_acknowledged_claims(history),
+        check_applied_at_most_once(history),
+        check_linearizable(history),  # pool models from meta: a `pods:` pool is never asked for
+        check_scheduler_invariants(history),
+    ):
+        assert_pass(result)
+    # Claim b listed twice: the unknown create of *pod* b says nothing about claim b.
+    twice = (*ipam.claims, ClaimState(key("b"), POOL, "10.0.0.1/32", ""), ClaimState(key("b"), POOL, "10.0.0.2/32", ""))
+    history.final[0] = dataclasses.replace(history.final[0], claims=twice)
+    result = check_applied_at_most_once(history)
+    assert_fail(result, "m1: claim acme/web/default/b listed 2 times: 10.0.0.1/32, 10.0.0.2/32")
+    assert "unknown outcome" not in "\n".join(result.evidence), result.report()
+
+
 # ---- 8. liveness ------------------------------------------------------------------------------
 
 
@@ -717,8 +1103,10 @@ def test_generated_histories_with_a_planted_duplicate_fail(history: History, dat
 
 
 def test_run_checks_reports_every_check() -> None:
-    names = [result.name for result in run_checks(History())]
-    assert len(names) == len(set(names)) == 7
+    results = run_checks(History())
+    names = [result.name for result in results]
+    assert len(names) == len(set(names)) == 8
+    assert results[6].name == check_scheduler_invariants(History()).name  # check 7 sits between 6 and 8
 
 
 @pytest.mark.parametrize("outcome", [Outcome.OK, Outcome.FAIL])

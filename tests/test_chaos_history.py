@@ -2,8 +2,9 @@
 
 A history saved and loaded again is equal to the original and checks the same; the recorder
 is safe to share between workers and refuses to grow past its limit; status samples are kept
-only when something changed; final states are built from the objects the HTTP API returns
-(here produced by the real state machine, in-process).
+only when something changed; final states (claims, allocations, and the scheduler's nodes,
+pods and quotas) are built from the objects the HTTP API returns (here produced by the real
+state machine, in-process).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from chaos.checks import check_scheduler_invariants, run_checks
 from chaos.checks import main as check_main
-from chaos.checks import run_checks
 from chaos.history import (
     FaultRecord,
     History,
@@ -24,10 +25,16 @@ from chaos.history import (
     HistoryRecorder,
     Kind,
     MemberState,
+    NodeState,
     Outcome,
+    PodState,
+    QuotaState,
     claim_key,
     claim_key_of,
     member_state_from_objects,
+    pod_key,
+    pod_key_of,
+    pods_pool,
 )
 from chaos.linearizability import PoolModel, pool_model
 from node.memstore import MemoryStore
@@ -196,3 +203,107 @@ def test_member_state_is_built_from_the_objects_the_api_returns() -> None:
     assert claim_key_of(listed("ipclaims")[0]) in {a, b}
     history = History(final=[state])
     assert all(result.passed for result in run_checks(history)[:3])  # the same block in two spaces is fine
+
+
+def scheduler_member_state() -> MemberState:
+    node = NodeState("n1", 2000, 8 << 30, 8, 500, 1 << 20, 1, True, "Registered", False, "10.244.0.0/24")
+    pods = (
+        PodState(pod_key("acme", "web", "default", "a"), "u-a", "Bound", "n1", "10.244.0.1", 500, 1 << 20),
+        PodState(pod_key("acme", "web", "default", "b"), "u-b", "Pending", None, None, 9000, 0),
+    )
+    quota = QuotaState(
+        "acme/web",
+        "acme",
+        "web",
+        {"cpuMillis": 4000, "addressesByClass": {"gold": 2}},
+        {"cpuMillis": 500, "memoryBytes": 1 << 20, "pods": 1, "pendingPods": 1, "addressesByClass": {}},
+    )
+    return MemberState("m1", 9, 9, "d", (), (), {}, (), (), (node,), pods, (quota,), True)
+
+
+def test_scheduler_state_round_trips_and_old_histories_still_load(tmp_path: Path) -> None:
+    recorder = HistoryRecorder(clock_ns=TickingClock())
+    create = recorder.invoke(
+        "w1", Kind.POD_CREATE, pods_pool("acme", "web"), claim=pod_key("acme", "web", "default", "a"), key="p1"
+    )
+    recorder.ok(create, {"phase": "Bound", "node": "n1", "podIP": "10.244.0.1"})
+    delete = recorder.invoke(
+        "w1", Kind.POD_DELETE, pods_pool("acme", "web"), claim=pod_key("acme", "web", "default", "z")
+    )
+    recorder.unknown(delete, "timeout")
+    history = recorder.history(final=[scheduler_member_state()])
+    path = tmp_path / "history.jsonl"
+    history.dump(path)
+    loaded = History.load(path)
+    assert loaded == history
+    assert loaded.ops[0].is_write and loaded.ops[0].is_pod and loaded.ops[1].kind is Kind.POD_DELETE
+    assert "ok Bound on n1 10.244.0.1" in loaded.ops[0].describe()
+    assert loaded.pools() == [] and loaded.pod_ops() == loaded.ops  # pod tenants are not IP pools
+    assert check_scheduler_invariants(loaded).passed
+    old = json.loads(path.read_text().splitlines()[-1])
+    for name in ("nodes", "pods", "quotas", "scheduler_observed"):
+        del old[name]  # a final record written before pods were recorded
+    old.pop("type")
+    state = MemberState.from_json(old)
+    assert (state.nodes, state.pods, state.quotas, state.scheduler_observed) == ((), (), (), False)
+
+
+def test_pod_keys_and_pools_follow_the_claim_convention() -> None:
+    assert pod_key("acme", "web", "ns", "a") == "acme/web/ns/a" == claim_key("acme", "web", "ns", "a")
+    assert pod_key_of({"metadata": {"org": "acme", "project": "web", "name": "a"}}) == "acme/web/default/a"
+    assert pods_pool("acme", "web") == "pods:acme/web"
+
+
+def test_member_state_reads_nodes_pods_and_quotas_from_the_api_objects() -> None:
+    store = MemoryStore()
+    run(store, 1, ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.244.0.0/16"}})
+    run(store, 2, ADMIN, "pool.create", {"name": "vips", "spec": {"cidr": "10.96.0.0/24"}})
+    for index, name in ((3, "n1"), (4, "n2")):
+        capacity = {"cpuMillis": 2000, "memoryBytes": 8 << 30, "pods": 8}
+        run(store, index, ADMIN, "node.register", {"name": name, "spec": {"capacity": capacity, "podPool": "pods"}})
+    run(store, 5, ADMIN, "quota.set", {"name": "acme", "spec": {"cpuMillis": 20000, "pods": 20}})
+    run(store, 6, ADMIN, "quota.set", {"name": "acme/web", "spec": {"cpuMillis": 10000, "services": 4}})
+    created: dict[str, dict[str, Any]] = {
+        name: run(store, index, TENANT, "pod.create", {"name": name, "spec": {"requests": {"cpuMillis": cpu}}}).value
+        for index, name, cpu in ((7, "a", 1500), (8, "b", 1500), (9, "wide", 3000))
+    }
+    other = Principal("bob", "acme", "db", "member")
+    run(store, 10, other, "pod.create", {"name": "x", "spec": {"requests": {"cpuMillis": 100, "memoryBytes": 64}}})
+    run(store, 11, TENANT, "service.create", {"name": "s1", "spec": {"poolRef": "vips"}})
+    run(store, 12, ADMIN, "node.cordon", {"name": "n2"})
+
+    def listed(plural: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = queries.list_objects(store, ADMIN, plural)["items"]
+        return items
+
+    status = {"appliedIndex": 12, "digestIndex": 12, "digest": "abc", "role": "leader", "term": 1}
+    with pytest.raises(ValueError, match="together"):
+        member_state_from_objects("m1", status, [], [], [], nodes=listed("nodes"), pods=listed("pods"))
+    state = member_state_from_objects(
+        "m1", status, listed("ippools"), [], [], nodes=listed("nodes"), pods=listed("pods"), quotas=listed("quotas")
+    )
+    assert state.scheduler_observed
+    assert [(node.name, node.capacity_cpu_millis, node.cordoned, node.ready) for node in state.nodes] == [
+        ("n1", 2000, False, True),
+        ("n2", 2000, True, True),
+    ]
+    pods = {pod.key: pod for pod in state.pods}
+    assert set(pods) == {pod_key_of(obj) for obj in listed("pods")} and len(pods) == 4  # both tenants
+    wide = pods[pod_key("acme", "web", "default", "wide")]
+    assert (wide.phase, wide.node, wide.pod_ip, wide.cpu_millis) == ("Pending", None, None, 3000)
+    bound = pods[pod_key("acme", "web", "default", "a")]
+    assert (bound.node, bound.pod_ip) == (created["a"]["spec"]["nodeName"], created["a"]["status"]["podIP"])
+    assert sum(node.allocated_pods for node in state.nodes) == 3
+    quotas = {quota.scope: quota for quota in state.quotas}
+    assert quotas["acme/web"].limits == {"cpuMillis": 10000, "services": 4}
+    assert quotas["acme/web"].used["cpuMillis"] == 3000 and quotas["acme/web"].used["services"] == 1
+    assert quotas["acme"].used["pods"] == 3 and quotas["acme"].used["pendingPods"] == 1
+    # The real server's objects, and the creates as the runner records them, pass check 7.
+    recorder = HistoryRecorder(clock_ns=TickingClock())
+    for name, obj in created.items():
+        op_id = recorder.invoke("w1", Kind.POD_CREATE, pods_pool("acme", "web"), claim=pod_key_of(obj), key=name)
+        recorder.ok(
+            op_id, {"phase": obj["status"]["phase"], "node": obj["spec"]["nodeName"], "podIP": obj["status"]["podIP"]}
+        )
+    result = check_scheduler_invariants(recorder.history(final=[state]))
+    assert result.passed and not result.evidence, result.report()

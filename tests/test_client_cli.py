@@ -5,6 +5,7 @@ parts (dispatch, token files, the exit code table) in-process."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -231,6 +232,62 @@ def test_allot_hands_only_operator_commands_to_the_client() -> None:
     assert cli.handles(["--token", "pool", "watch"]), "a global option's value is not the command"
     assert not cli.handles(["up"]) and not cli.handles(["serve", "--member-id", "m1"]) and not cli.handles([])
     assert not cli.handles(["--version"]) and not cli.handles(["bench", "apply"])
+    for command in ("node", "pod", "service", "quota", "scheduler"):
+        assert cli.handles(["--as", "acme/web", command, "list"]), command
+
+
+def test_scheduling_option_formats() -> None:
+    assert [cli.parse_cpu(text) for text in ("250m", "2", "0.5", "1.25", " 3000m ")] == [250, 2000, 500, 1250, 3000]
+    assert [cli.parse_memory(text) for text in ("512Mi", "8Gi", "1G", "1.5Ki", "1000")] == [
+        512 << 20,
+        8 << 30,
+        10**9,
+        1536,
+        1000,
+    ]
+    for parse, bad in (
+        (cli.parse_cpu, "0.0005"),
+        (cli.parse_cpu, "-1"),
+        (cli.parse_cpu, "lots"),
+        (cli.parse_memory, "1.5"),
+    ):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(bad)
+    assert (cli.format_cpu(2000), cli.format_cpu(250), cli.format_memory(8 << 30), cli.format_memory(1000)) == (
+        "2",
+        "250m",
+        "8Gi",
+        "1000",
+    )
+    assert cli.parse_taint("gpu=true:NoSchedule") == {"key": "gpu", "value": "true", "effect": "NoSchedule"}
+    assert cli.parse_taint("spot:NoExecute") == {"key": "spot", "value": "", "effect": "NoExecute"}
+    assert cli.parse_toleration("gpu=true:NoSchedule") == {
+        "key": "gpu",
+        "operator": "Equal",
+        "value": "true",
+        "effect": "NoSchedule",
+    }
+    assert cli.parse_toleration("spot") == {"key": "spot", "operator": "Exists"}
+    assert cli.parse_toleration(":NoExecute") == {"key": "", "operator": "Exists", "effect": "NoExecute"}
+    assert cli.parse_port("http=80/TCP") == {"name": "http", "port": 80, "protocol": "TCP"}
+    assert cli.parse_port("53/UDP") == {"port": 53, "protocol": "UDP"}
+    for parse_item, bad in ((cli.parse_taint, "gpu"), (cli.parse_port, "http"), (cli.parse_port, "=80")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_item(bad)
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["pod", "create", "p", "--cpu", "100m", "--node-selector", "zone=a", "--toleration", "spot", "--priority", "3"]
+    )
+    assert cli.pod_spec(args) == {
+        "requests": {"cpuMillis": 100},
+        "nodeSelector": {"zone": "a"},
+        "tolerations": [{"key": "spot", "operator": "Exists"}],
+        "priority": 3,
+    }
+    listing = parser.parse_args(["pod", "list", "--node", "n1", "--phase", "Pending", "--field-selector", "x=y"])
+    assert cli._field_selector(listing) == "spec.nodeName=n1,status.phase=Pending,x=y"
+    quota = parser.parse_args(["quota", "set", "acme/web", "--memory", "1Gi", "--addresses-by-class", "gold=2"])
+    assert cli.quota_spec(quota) == {"memoryBytes": 1 << 30, "addressesByClass": {"gold": 2}}
 
 
 def test_every_error_class_has_an_exit_code() -> None:
@@ -305,3 +362,6 @@ def test_help_lists_the_operator_commands() -> None:
     with contextlib.redirect_stdout(output), pytest.raises(SystemExit) as exited:
         node_cli_main(["--help"])
     assert exited.value.code == 0 and "allot pool create|list|get|delete" in output.getvalue()
+    assert (
+        "allot pod create|list|get|delete" in output.getvalue() and "allot scheduler get|set|retry" in output.getvalue()
+    )
