@@ -557,6 +557,16 @@ def safety_of(error: AllotError) -> Safety:
     return SAFETY_BY_STATUS.get(error.status, Safety.NEVER)
 
 
+def retry_after_hint_s(details: Mapping[str, Any]) -> float | None:
+    """The pause a 503 asks for: the member's estimate in milliseconds when it gives one (an
+    election takes a fraction of a second), else its whole-second Retry-After."""
+    for name, scale in (("retryAfterMillis", 0.001), ("retryAfterSeconds", 1.0)):
+        value = details.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return float(value) * scale
+    return None
+
+
 class RandomSource(Protocol):
     def random(self) -> float: ...
 
@@ -713,9 +723,9 @@ class Call:
         self.failures.append(f"{attempt.endpoint} {detail}")
         del self.failures[:-failures_kept_max]
         if error is not None:
-            retry_after = error.details.get("retryAfterSeconds")
-            if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
-                self._retry_after_s = max(self._retry_after_s, min(float(retry_after), self.policy.retry_after_max_s))
+            retry_after = retry_after_hint_s(error.details)
+            if retry_after is not None:
+                self._retry_after_s = max(self._retry_after_s, min(retry_after, self.policy.retry_after_max_s))
         self._tried.add(attempt.endpoint)
         candidate = self.ring.after(attempt.endpoint)
         pause_s = 0.0

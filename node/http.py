@@ -130,8 +130,12 @@ def invalid(message: str, field_name: str | None = None) -> ApiError:
 
 
 def retry_after(code: str, message: str, retry_after_s: float, details: dict[str, Any] | None = None) -> ApiError:
+    # The header speaks whole seconds (RFC 9110); an election takes a fraction of one, so the
+    # body also carries the member's own estimate in milliseconds for clients that read it.
     seconds = max(retry_after_s_min, math.ceil(retry_after_s))
-    return ApiError(code, message, {**(details or {}), "retryAfterSeconds": seconds}, {"Retry-After": str(seconds)})
+    millis = max(1, round(retry_after_s * 1000))
+    extra = {"retryAfterSeconds": seconds, "retryAfterMillis": millis}
+    return ApiError(code, message, {**(details or {}), **extra}, {"Retry-After": str(seconds)})
 
 
 def from_rejected(refusal: Rejected) -> ApiError:

@@ -57,6 +57,7 @@ log = logging.getLogger("allot.member")
 
 batch_bytes_max = 1 << 20  # one log entry carries at most this many envelope bytes
 pending_max = 20_000  # envelopes waiting for a batch; beyond this requests get 503
+no_leader_retry_s = 0.1  # the pause a 503 no_leader asks for (details.retryAfterMillis)
 # Batches proposed by this member and not answered yet. While they are in flight, new envelopes
 # gather into the next batch, so entries grow with load instead of staying tiny (each entry
 # costs a journal sync and an LMDB commit on every member).
@@ -245,7 +246,9 @@ class ReplicatedMember:
 
     def _enqueue_check(self) -> None:
         if self._raft_view.leader is None:
-            raise NoLeaderError("no leader is known right now; retry shortly", 0.5)
+            # An election takes one election timeout (0.3-0.6 s) from when the old leader went
+            # silent, and this member has been waiting part of it already: ask for a short pause.
+            raise NoLeaderError("no leader is known right now; retry shortly", no_leader_retry_s)
         if len(self._pending.envelopes) >= pending_max:
             raise OverloadedError("too many requests are waiting to be proposed; retry shortly")
 

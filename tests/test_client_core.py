@@ -284,6 +284,16 @@ def test_retry_after_is_honoured_but_bounded() -> None:
     assert isinstance(pause, Pause) and pause.seconds == 1.5
 
 
+def test_a_retry_hint_in_milliseconds_is_preferred_to_whole_seconds() -> None:
+    call = new_call(factory().get(core.IPPOOLS, "p"), ring=EndpointRing([E1]))
+    hinted = error_body("no_leader", details={"retryAfterSeconds": 1, "retryAfterMillis": 100})
+    pause = call.answered(call.next_attempt(0.0), 503, {"retry-after": "1"}, hinted, 0.0)
+    assert isinstance(pause, Pause) and pause.seconds == pytest.approx(0.1)
+    assert core.retry_after_hint_s({"retryAfterSeconds": 2}) == 2.0
+    assert core.retry_after_hint_s({"retryAfterMillis": True, "retryAfterSeconds": 1}) == 1.0
+    assert core.retry_after_hint_s({"retryAfterMillis": -5}) is None
+
+
 def test_backoff_bounds() -> None:
     policy = RetryPolicy(backoff_initial_s=0.05, backoff_multiplier=2.0, backoff_max_s=1.0, jitter=0.5)
     previous_ceiling = 0.0

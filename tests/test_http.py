@@ -697,6 +697,7 @@ def test_member_errors(tmp_path: Path) -> None:
         reply = await api.error(503, "no_leader", "POST", "/v1/ippools", body=ROOT_POOL)
         assert reply.headers["Retry-After"] == "2"  # 1.5 s rounded up
         assert reply.body["error"]["details"]["retryAfterSeconds"] == 2
+        assert reply.body["error"]["details"]["retryAfterMillis"] == 1500
         read = await api.error(503, "no_leader", "GET", "/v1/ippools")
         assert "Retry-After" in read.headers
         assert (await api.call("GET", "/v1/ippools", params={"consistency": "stale"})).status == 200
