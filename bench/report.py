@@ -22,6 +22,8 @@ SUITE_BEGIN, SUITE_END = "<!-- bench:suite:begin -->", "<!-- bench:suite:end -->
 HEADLINE_BEGIN, HEADLINE_END = "<!-- bench:headline:begin -->", "<!-- bench:headline:end -->"
 STORE_ORDER = ("allot", "etcd", "etcd-bitmap", "postgres")
 COLOURS = {"allot": "#1f77b4", "etcd": "#2ca02c", "etcd-bitmap": "#98df8a", "postgres": "#d62728"}
+SCHEDULER_TITLE = "Scheduler: pods created and bound (Allot only)"
+NODE_COLOURS = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b")
 CLAIM_SCENARIOS = {
     "contended": "Contended claims: one pool",
     "spread": "Spread claims: 100 pools of 100 tenants",
@@ -64,8 +66,12 @@ def ordered(stores: Sequence[str]) -> list[str]:
 def stamp_lines(section: dict[str, Any]) -> list[str]:
     stamp = section.get("stamp", {})
     load = ", ".join(str(value) for value in stamp.get("load_average", []))
+    if "load_average_end" in stamp:  # the store and the load generator raise it themselves on 2 cores
+        load += f" at the start, {', '.join(str(value) for value in stamp['load_average_end'])} at the end"
+    else:
+        load += " at the start"
     return [
-        f"Measured {stamp.get('date', '?')} on {stamp.get('machine', '?')} (load average {load} at the start; "
+        f"Measured {stamp.get('date', '?')} on {stamp.get('machine', '?')} (load average {load}; "
         f"a 4 KiB append + fdatasync in the temporary directory takes {stamp.get('fdatasync_ms', '?')} ms), "
         f"with `{stamp.get('command', '?')}`.",
     ]
@@ -215,6 +221,80 @@ def reads_section(section: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def scheduler_rows(section: dict[str, Any]) -> dict[tuple[int, int], list[dict[str, Any]]]:
+    return {(int(row["nodes"]), int(row["concurrency"])): row["runs"] for row in section.get("rows", [])}
+
+
+def scheduler_section(section: dict[str, Any]) -> list[str]:
+    config = section.get("config", {})
+    reference = section.get("reference", {})
+    capacity = config.get("node_capacity", {})
+    requests = config.get("pod_requests", {})
+    counts = [f"{count:,}" for count in config.get("nodes", [])]
+    node_counts = " and ".join([", ".join(counts[:-1]), counts[-1]] if len(counts) > 1 else counts)
+    lines = [f"### {SCHEDULER_TITLE}", ""]
+    lines += stamp_lines(section)
+    lines += [
+        "",
+        "**Allot only.** etcd and PostgreSQL have no scheduler: they store keys or rows and place no pods, so "
+        "there is no peer figure in this table and no ratio. For scale, a reference rather than a comparison: "
+        f"{reference.get('what', 'kube-scheduler CI')}, i.e. ≥ {reference.get('pods_per_s', 270)} pods/s at "
+        f"{reference.get('nodes', 5000):,} nodes. That is another system on other machines (kube-scheduler "
+        "binding pods created beforehand, in Kubernetes' CI), quoted for scale, not something measured here.",
+        "",
+        f"One fresh three-member cluster per run; {node_counts} nodes registered through `POST /v1/nodes` "
+        f"({capacity.get('cpuMillis', 0) // 1000} cores, {capacity.get('memoryBytes', 0) >> 30} GiB, "
+        f"{capacity.get('pods')} pods each; registration is not timed, and the nodes are added between the "
+        "counts), then, at each concurrency, clients spread over the members create pods "
+        f"({requests.get('cpuMillis')} millicores, {requests.get('memoryBytes', 0) >> 20} MiB, an Idempotency-Key "
+        f"each) for {config.get('seconds')} s. A pod counts when `POST /v1/pods` answers 201 with the pod "
+        "already bound (node and pod IP in the answer); latency is that create's, retries included. The node "
+        "grace period is an hour (`ALLOT_NODE_GRACE_SECONDS`): no heartbeats are sent, placement is measured. "
+        f"{config.get('runs')} run(s): median (min..max) of the runs; bound and Pending are summed over the runs. "
+        "Chart: [scheduler.png](bench/scheduler.png). Same code as `python -m bench.http_pods` (bench/http_pods.py).",
+        "",
+        "| nodes | clients | pods/s created and bound | create p50 / p95 / p99 ms | bound | answered Pending |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (nodes, concurrency), runs in scheduler_rows(section).items():
+        bound = sum(run["bound"] for run in runs)
+        pending = sum(run["pending"] for run in runs)
+        lines.append(
+            f"| {nodes:,} | {concurrency} | {rate_cell([run['pods_per_s'] for run in runs])} | "
+            f"{latency_cell(runs, 'create')} | {bound:,} | {pending:,} |"
+        )
+    registration = section.get("registration", [])
+    if registration:
+        spans = []
+        previous = 0
+        for entry in registration:
+            middle, low, high = median_span(entry["seconds"])
+            span = f" ({low:.1f}..{high:.1f})" if len(entry["seconds"]) > 1 else ""
+            added = f"the first {entry['nodes']:,}" if not previous else f"{entry['nodes'] - previous:,} more"
+            spans.append(f"{added}: {middle:.1f} s{span}")
+            previous = entry["nodes"]
+        lines += ["", "Registering the nodes (untimed, 32 clients, median of the runs): " + "; ".join(spans) + "."]
+    problems = []
+    for row in section.get("rows", []):
+        errors: dict[str, int] = {}
+        retries: dict[str, int] = {}
+        for run in row["runs"]:
+            for reason, count in run.get("errors", {}).items():
+                errors[reason] = errors.get(reason, 0) + count
+            for reason, count in run.get("retries", {}).items():
+                retries[reason] = retries.get(reason, 0) + count
+        what = []
+        if retries:
+            what.append("retried: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(retries.items())))
+        if errors:
+            what.append("failed: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(errors.items())))
+        if what:
+            problems.append(f"- {row['nodes']:,} nodes, {row['concurrency']} clients: {'; '.join(what)}")
+    if problems:
+        lines += ["", "What the clients saw besides answers (summed over runs):", "", *problems]
+    return [*lines, ""]
+
+
 def render_tables(results: dict[str, Any]) -> str:
     """The markdown between the suite markers of docs/benchmarks.md."""
     lines = [
@@ -227,7 +307,8 @@ def render_tables(results: dict[str, Any]) -> str:
         "other engineers' test runs also used while these ran: absolute numbers are noisy, and the spread "
         "(min..max) says how much; compare stores by the ratios taken within a run. Each run starts every "
         "store fresh, one at a time, in a rotating order. Charts: [throughput](bench/throughput.png), "
-        "[latency](bench/latency.png), [failover](bench/failover.png).",
+        "[latency](bench/latency.png), [failover](bench/failover.png)"
+        + (", [scheduler](bench/scheduler.png) (Allot only)." if "scheduler" in results else "."),
         "",
         "Durability is on everywhere (Allot and etcd sync their logs before acknowledging, PostgreSQL flushes its "
         "WAL at each commit), but this machine's disk acknowledges an fdatasync in well under a millisecond (the "
@@ -258,6 +339,8 @@ def render_tables(results: dict[str, Any]) -> str:
         lines += failover_section(results["failover"])
     if "reads" in results:
         lines += reads_section(results["reads"])
+    if "scheduler" in results:
+        lines += scheduler_section(results["scheduler"])
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -292,11 +375,35 @@ def headline(results: dict[str, Any]) -> str:
         "churn, 100-pool spread, reads and how each peer is configured is in "
         "[docs/benchmarks.md](docs/benchmarks.md#side-by-side-allot-etcd-and-postgresql-python--m-bench)):"
     )
+    scheduler = scheduler_headline(results.get("scheduler", {}))
     install = (
         "The peers are optional: `apt-get install etcd-server postgresql` and `pip install -e '.[bench]'` "
         "(asyncpg, matplotlib); `python -m bench` skips a peer that is missing and says so."
     )
-    return "\n".join([intro, "", *lines, "", install, ""])
+    return "\n".join([intro, "", *lines, "", *scheduler, install, ""])
+
+
+def scheduler_headline(section: dict[str, Any]) -> list[str]:
+    """One sentence for README: pods/s at the largest node count, at 64 clients (or the most measured)."""
+    table = scheduler_rows(section)
+    if not table:
+        return []
+    nodes = max(count for count, _ in table)
+    levels = sorted(level for count, level in table if count == nodes)
+    level = 64 if 64 in levels else levels[-1]
+    runs = table[(nodes, level)]
+    rate = statistics.median(run["pods_per_s"] for run in runs)
+    p99 = statistics.median(run["create"]["p99_ms"] for run in runs)
+    best = max(statistics.median(run["pods_per_s"] for run in table[(nodes, other)]) for other in levels)
+    stamp = section.get("stamp", {})
+    reference = section.get("reference", {}).get("pods_per_s", 270)
+    return [
+        f"Scheduler (Allot only: etcd and PostgreSQL have no scheduler): {rate:,.0f} pods/s created and bound at "
+        f"{nodes:,} nodes with {level} clients (p99 {ms(p99)} ms; best of the concurrencies {best:,.0f} pods/s), "
+        f"`{stamp.get('command', '?')}`, {stamp.get('date', '?')}. For reference only, not measured here: "
+        f"kube-scheduler's CI expects ≥ {reference} pods/s at 5,000 nodes.",
+        "",
+    ]
 
 
 def replace_region(text: str, begin: str, end: str, body: str) -> str:
@@ -416,6 +523,8 @@ def write_charts(results: dict[str, Any], charts_dir: Path) -> list[str]:
         plt.close(figure)
         written.append(f"charts: {charts_dir / 'latency.png'}")
 
+    if scheduler_rows(results.get("scheduler", {})):
+        written.append(scheduler_chart(results["scheduler"], charts_dir, plt))
     failover = results.get("failover", {}).get("results", {})
     if failover:
         names = ordered(list(failover))
@@ -443,6 +552,38 @@ def write_charts(results: dict[str, Any], charts_dir: Path) -> list[str]:
         plt.close(figure)
         written.append(f"charts: {charts_dir / 'failover.png'}")
     return written
+
+
+def scheduler_chart(section: dict[str, Any], charts_dir: Path, plt: Any) -> str:
+    """pods/s against clients, one line per node count, and the kube-scheduler reference line."""
+    table = scheduler_rows(section)
+    figure, axis = plt.subplots(figsize=(7, 4.4))
+    for index, nodes in enumerate(sorted({count for count, _ in table})):
+        levels = sorted(level for count, level in table if count == nodes)
+        rates = [[run["pods_per_s"] for run in table[(nodes, level)]] for level in levels]
+        middle = [statistics.median(values) for values in rates]
+        low = [mid - min(values) for mid, values in zip(middle, rates, strict=True)]
+        high = [max(values) - mid for mid, values in zip(middle, rates, strict=True)]
+        axis.errorbar(levels, middle, yerr=[low, high], marker="o", capsize=3, label=f"Allot, {nodes:,} nodes",
+                      color=NODE_COLOURS[index % len(NODE_COLOURS)])  # fmt: skip
+    reference = section.get("reference", {})
+    if reference:
+        axis.axhline(reference.get("pods_per_s", 270), color="grey", linestyle="--", linewidth=1,
+                     label=f"kube-scheduler CI threshold at {reference.get('nodes', 5000):,} nodes "
+                     "(reference, not measured here)")  # fmt: skip
+    if len({level for _, level in table}) > 1:
+        axis.set_xscale("log", base=2)
+    axis.set_xlabel("concurrent clients")
+    axis.set_ylabel("pods/s created and bound (median, min..max)")
+    axis.set_ylim(bottom=0)
+    axis.set_title(f"{SCHEDULER_TITLE}: etcd and PostgreSQL have no scheduler", fontsize=10)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.suptitle(chart_stamp(section), fontsize=8)
+    figure.tight_layout()
+    figure.savefig(charts_dir / "scheduler.png", dpi=110)
+    plt.close(figure)
+    return f"charts: {charts_dir / 'scheduler.png'}"
 
 
 def chart_stamp(section: dict[str, Any]) -> str:

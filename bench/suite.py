@@ -4,6 +4,7 @@
     python -m bench --quick                           # one short run of each (a few minutes)
     python -m bench --scenario contended --runs 5
     python -m bench --scenario failover --kills 20 --stores allot,etcd
+    python -m bench --scenario scheduler --nodes 1000,5000
 
 Scenarios (issue #7):
 
@@ -16,6 +17,10 @@ Scenarios (issue #7):
   time from the kill to the first acknowledged claim sent after it, and what the clients saw
   (retries by reason, claims that failed). Replicated stores only.
 * reads (Allot only): get and list latency at linearizable and stale consistency.
+* scheduler (Allot only: etcd and PostgreSQL have no scheduler): pods created and bound through
+  the HTTP API at 1,000 and 5,000 registered nodes (`--nodes`), at each concurrency: pods/s,
+  create latency p50/p95/p99, pods bound vs answered Pending. Nodes are registered before the
+  timed phases (bench/http_pods.py does the registering and the creating, for both).
 * fill curve and big pools: `python -m bench.ipam_apply --scenario fill|big` and
   `python -m bench.big_state` (reported in docs/benchmarks.md, not repeated here).
 
@@ -51,12 +56,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from bench import report
+from bench import http_pods, report
 from bench.ipam_apply import machine_line
 from bench.loadgen import Allocator, AllocatorError, CidrCarver, PhaseResult, Pool, run_calls, run_phase, warm_up
 from bench.peers import Replicated, Store, Unavailable
@@ -65,7 +70,7 @@ from bench.peers.etcd import EtcdStore
 from bench.peers.postgres import PostgresStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("contended", "spread", "failover", "reads")
+SCENARIOS = ("contended", "spread", "failover", "reads", "scheduler")
 STORES = ("allot", "etcd", "etcd-bitmap", "postgres")
 FAILOVER_STORES = ("allot", "etcd")  # replicated stores with a leader to kill
 levels_default = (1, 8, 64, 256)
@@ -80,6 +85,15 @@ reads_prefill = 1000
 reads_list_limit = 100
 reads_levels = (1, 32)
 store_start_timeout_s = 60.0
+scheduler_nodes_default = (1000, 5000)
+kube_scheduler_reference = {
+    "pods_per_s": 270,
+    "nodes": 5000,
+    "what": "kube-scheduler's scheduler_perf CI job (ci-benchmark-scheduler-perf) fails when "
+    "SchedulingBasic/5000Nodes_10000Pods schedules fewer than 270 pods/s on average "
+    "(kubernetes/kubernetes, test/integration/scheduler_perf)",
+}
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -89,6 +103,7 @@ class Settings:
     runs: int
     seconds: float
     levels: list[int]
+    nodes: list[int]
     kills: int
     timeout_s: float
     pg_connections: int
@@ -114,12 +129,16 @@ def fdatasync_ms(samples: int = 50) -> float:
     return round(statistics.median(times) * 1e3, 3)
 
 
-def stamp(settings: Settings) -> dict[str, Any]:
+def load_average() -> list[float]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return [round(value, 2) for value in load]
+
+
+def stamp(settings: Settings) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_line(),
-        "load_average": [round(value, 2) for value in load],
+        "load_average": load_average(),
         "fdatasync_ms": fdatasync_ms(),
         "command": settings.command,
     }
@@ -172,7 +191,7 @@ class Display:
         self.progress.update(self.overall, detail=summary)
 
 
-async def ticking(display: Display, seconds: float, what: str, work: Awaitable[PhaseResult]) -> PhaseResult:
+async def ticking(display: Display, seconds: float, what: str, work: Awaitable[Result]) -> Result:
     """Run one phase while the display's clock moves."""
     display.begin(what, seconds)
     began = time.perf_counter()
@@ -574,6 +593,95 @@ def scenario_reads(settings: Settings, display: Display) -> dict[str, Any]:
     }
 
 
+# ---- scheduler (Allot only) ---------------------------------------------------------------------------
+
+
+async def scheduler_run(
+    store: AllotStore, settings: Settings, display: Display, run: int
+) -> tuple[list[dict[str, Any]], dict[int, float]]:
+    """On one fresh cluster: for each node count (ascending, nodes added between), register the
+    nodes (untimed), then create pods at each concurrency. Returns the rows and registration times."""
+    urls = store.urls()
+    admin, tenant = store.tokens()
+    rows: list[dict[str, Any]] = []
+    registering: dict[int, float] = {}
+    async with http_pods.open_session() as session:
+        await http_pods.create_pod_pool(session, urls[0], admin)
+        registered = 0
+        for nodes in settings.nodes:
+            display.begin(f"scheduler run {run + 1}/{settings.runs}: registering {nodes - registered:,} nodes", 1.0)
+            began = time.perf_counter()
+            await http_pods.register_nodes(session, urls, admin, registered, nodes)
+            registering[nodes] = time.perf_counter() - began
+            display.end(f"{nodes:,} nodes")
+            display.log(
+                f"scheduler run {run + 1}/{settings.runs}: {nodes:,} nodes registered "
+                f"({nodes - registered:,} in {registering[nodes]:.1f} s, untimed)"
+            )
+            registered = nodes
+            await http_pods.warm_up_pods(session, urls, tenant, f"r{run}-n{nodes}")
+            for concurrency in settings.levels:
+                what = f"scheduler run {run + 1}/{settings.runs}: {nodes:,} nodes x{concurrency}"
+                result = await ticking(
+                    display,
+                    settings.seconds,
+                    what,
+                    http_pods.create_pods(
+                        session,
+                        urls,
+                        tenant,
+                        nodes=nodes,
+                        clients=concurrency,
+                        seconds=settings.seconds,
+                        tag=f"r{run}-n{nodes}-c{concurrency}",
+                        on_pod=display.claimed,
+                    ),
+                )
+                display.end(f"{nodes:,} nodes x{concurrency}: {result.pods_per_s:,.0f} pods/s")
+                display.log(f"{what}: {result.line()}")
+                rows.append({"nodes": nodes, "concurrency": concurrency, "summary": result.summary()})
+    return rows, registering
+
+
+def scenario_scheduler(settings: Settings, display: Display) -> dict[str, Any]:
+    table: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    registering: dict[int, list[float]] = {}
+    store = AllotStore(environment=http_pods.GRACE_ENVIRONMENT)
+    description = store.describe()
+    for run in range(settings.runs):
+        with running(store):
+            rows, times = asyncio.run(scheduler_run(store, settings, display, run))
+        for row in rows:
+            table.setdefault((row["nodes"], row["concurrency"]), []).append(row["summary"])
+        for nodes, seconds in times.items():
+            registering.setdefault(nodes, []).append(round(seconds, 3))
+    peers = {
+        name: "no scheduler: it stores keys (etcd) or rows (PostgreSQL) and places no pods, so there is "
+        "nothing of its own to measure here"
+        for name in settings.stores
+        if name != "allot"
+    }
+    return {
+        "stamp": stamp(settings),
+        "config": {
+            "runs": settings.runs,
+            "seconds": settings.seconds,
+            "levels": settings.levels,
+            "nodes": settings.nodes,
+            "node_capacity": http_pods.NODE_CAPACITY,
+            "pod_requests": http_pods.POD_REQUESTS,
+            "environment": http_pods.GRACE_ENVIRONMENT,
+        },
+        "stores": {"allot": description},
+        "skipped": peers,
+        "reference": kube_scheduler_reference,
+        "registration": [{"nodes": nodes, "seconds": seconds} for nodes, seconds in registering.items()],
+        "rows": [
+            {"nodes": nodes, "concurrency": concurrency, "runs": runs} for (nodes, concurrency), runs in table.items()
+        ],
+    }
+
+
 # ---- command line ----------------------------------------------------------------------------------
 
 
@@ -586,6 +694,8 @@ def phase_count(settings: Settings) -> int:
             count += settings.kills * len([name for name in settings.stores if name in FAILOVER_STORES])
         elif scenario == "reads":
             count += settings.runs * (1 + 2 * 2 * len(reads_levels))
+        elif scenario == "scheduler":
+            count += settings.runs * len(settings.nodes) * (1 + len(settings.levels))
     return count
 
 
@@ -598,6 +708,11 @@ def parse(argv: list[str] | None) -> Settings:
     parser.add_argument("--runs", type=int, help="runs per figure (median and min..max); default 3, --quick 1")
     parser.add_argument("--seconds", type=float, help="length of each timed phase; default 5, --quick 2")
     parser.add_argument("--levels", help="concurrency levels, comma-separated; default 1,8,64,256")
+    parser.add_argument(
+        "--nodes",
+        help="scheduler: registered node counts, comma-separated, ascending (nodes are added between); "
+        "default 1000,5000",
+    )
     parser.add_argument("--kills", type=int, help="leader kills per store in failover; default 20, --quick 3")
     parser.add_argument("--quick", action="store_true", help="short runs: a look, not a measurement")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each wait in failover (seconds)")
@@ -618,6 +733,9 @@ def parse(argv: list[str] | None) -> Settings:
     levels = [int(level) for level in args.levels.split(",")] if args.levels else list(levels_default)
     if any(level < 1 for level in levels):
         parser.error("concurrency levels must be positive")
+    nodes = [int(count) for count in args.nodes.split(",")] if args.nodes else list(scheduler_nodes_default)
+    if any(count < 1 for count in nodes) or nodes != sorted(set(nodes)):
+        parser.error("--nodes must be positive and ascending (nodes are added between the counts)")
     raw = sys.argv[1:] if argv is None else argv
     return Settings(
         scenarios=chosen,
@@ -625,6 +743,7 @@ def parse(argv: list[str] | None) -> Settings:
         runs=args.runs or (1 if args.quick else 3),
         seconds=args.seconds or (2.0 if args.quick else 5.0),
         levels=levels,
+        nodes=nodes,
         kills=args.kills or (3 if args.quick else 20),
         timeout_s=args.timeout,
         pg_connections=args.pg_connections,
@@ -668,7 +787,12 @@ def main(argv: list[str] | None = None, *, quiet: bool = False) -> dict[str, Any
                     display.log("skipping reads: it measures Allot only, and allot is not among --stores")
                     continue
                 results[scenario] = scenario_reads(settings, display)
-            results[scenario]["stamp"] = begun
+            elif scenario == "scheduler":
+                if "allot" not in settings.stores:
+                    display.log("skipping scheduler: it measures Allot only, and allot is not among --stores")
+                    continue
+                results[scenario] = scenario_scheduler(settings, display)
+            results[scenario]["stamp"] = {**begun, "load_average_end": load_average()}
             settings.out_json.parent.mkdir(parents=True, exist_ok=True)
             settings.out_json.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
         written = report.write_all(

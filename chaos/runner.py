@@ -2,7 +2,7 @@
 
     allot chaos --duration 60 --seed 7                      # every kind of fault
     allot chaos --duration 1800 --faults all --seed 11      # a long run
-    allot chaos --duration 40 --faults kill-leader,pause-leader
+    allot chaos --duration 50 --seed 1 --faults kill-leader,pause-leader
 
 One run:
 1. starts three members on 127.0.0.1 (free ports, a temporary directory, Raft links through the
@@ -12,7 +12,10 @@ One run:
 3. runs workers through the client library (`client.Client`): claims of several prefix lengths,
    releases, linearizable reads and one-page lists on each pool, pod creates and deletes, and a
    heartbeat for every node; every call is recorded with its outcome (chaos/history.py);
-4. injects the faults `plan_schedule(seed, duration, faults)` draws, one at a time, healing each;
+4. injects the faults `plan_schedule(seed, duration, faults)` draws, one at a time, healing each
+   and waiting for the members to agree on a leader, until the next one would not end within
+   `duration` seconds of the start (the schedule's times leave out those recoveries, so usually
+   a prefix of it is reached);
 5. after the last heal, keeps the workload going until a write is acknowledged again, stops it,
    waits until every member has applied the leader's commit index, reads every member's state
    and inspects every member's stored state with `check_invariants`;
@@ -521,8 +524,13 @@ def run_chaos(options: ChaosOptions, out: TextIO = sys.stdout) -> ChaosReport:
             heartbeats.thread.start()
             for thread in threads:
                 thread.start()
+            faults_end_s = time.monotonic() + options.duration_s
             try:
                 for planned in schedule:
+                    # The schedule's times leave out each fault's recovery, so a run would last
+                    # longer than asked; it ends instead with the last fault that fits in time.
+                    if time.monotonic() + planned.quiet_s + planned.hold_s > faults_end_s:
+                        break
                     if stop.wait(planned.quiet_s):
                         break
                     record = nemesis.apply(planned, stop)
@@ -667,7 +675,9 @@ def build_parser(prog: str = "allot chaos") -> argparse.ArgumentParser:
         description="Start a fresh local three-member cluster, run a workload through the client library while "
         "injecting faults from a seeded schedule, then check the history and the final state.",
     )
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of faults (default 60)")
+    parser.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of faults, recoveries included (default 60)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="reproduces the fault schedule (default 0)")
     parser.add_argument(
         "--faults", default="all", help=f"'all' or a comma-separated list of: {', '.join(k.value for k in ALL_KINDS)}"

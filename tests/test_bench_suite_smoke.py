@@ -1,10 +1,11 @@
-"""The side-by-side suite (`python -m bench`) runs one tiny scenario end to end and writes its report.
+"""The side-by-side suite (`python -m bench`) runs tiny scenarios end to end and writes their report.
 
 Allot only (no peers), a fraction of a second per level, everything written under tmp_path.
 Numbers are never asserted (benchmarks do not gate CI); this keeps the harness from rotting."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def test_suite_contended_scenario_writes_its_report(tmp_path: Path, capsys: pyte
     results = suite.main(argv, quiet=True)
 
     section = results["contended"]
-    assert set(section["stamp"]) == {"date", "machine", "load_average", "fdatasync_ms", "command"}
+    assert set(section["stamp"]) == {"date", "machine", "load_average", "load_average_end", "fdatasync_ms", "command"}
     assert "cores" in section["stamp"]["machine"] and section["stamp"]["command"].startswith("python -m bench")
     assert set(section["stores"]) == {"allot"}
     seen = {(row["store"], row["mode"], row["concurrency"]) for row in section["rows"]}
@@ -50,3 +51,50 @@ def test_suite_contended_scenario_writes_its_report(tmp_path: Path, capsys: pyte
     suite.main([*argv, "--levels", "1"], quiet=True)
     assert report_md.read_text().count(report.SUITE_BEGIN) == 1
     assert readme.read_text().count(report.HEADLINE_BEGIN) == 1
+
+
+def test_suite_scheduler_scenario_keeps_the_other_sections(tmp_path: Path) -> None:
+    """Scenario 7 (scheduler, Allot only) on 20 nodes; a section measured earlier stays in the report."""
+    out = tmp_path / "suite.json"
+    earlier_stamp = {"date": "2026-01-01 00:00 UTC", "machine": "m", "load_average": [0.0], "fdatasync_ms": 0.1}
+    earlier = {
+        "stamp": {**earlier_stamp, "command": "python -m bench --scenario reads"},
+        "config": {"runs": 1, "seconds": 1.0, "claims": 10, "list_limit": 5, "levels": [1]},
+        "stores": {"allot": "three members"},
+        "skipped": {},
+        "rows": [
+            {
+                "op": "get",
+                "consistency": "stale",
+                "concurrency": 1,
+                "runs": [{"claims_per_s": 123.0, "claim": {"p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0}}],
+            }
+        ],
+    }
+    out.write_text(json.dumps({"reads": earlier}))
+    report_md = tmp_path / "benchmarks.md"
+    report_md.write_text("# Benchmarks\n")
+    argv = ["--scenario", "scheduler", "--stores", "allot,etcd,postgres", "--nodes", "8,20", "--levels", "1,4"]
+    argv += ["--runs", "1", "--seconds", "0.5", "--out", str(out), "--report", str(report_md)]
+    argv += ["--readme", str(tmp_path / "README.md"), "--charts", str(tmp_path)]
+    results = suite.main(argv, quiet=True)
+
+    section = results["scheduler"]
+    assert section["stamp"]["command"].startswith("python -m bench --scenario scheduler")
+    assert set(section["stores"]) == {"allot"}
+    assert set(section["skipped"]) == {"etcd", "postgres"}
+    assert [entry["nodes"] for entry in section["registration"]] == [8, 20]
+    assert {(row["nodes"], row["concurrency"]) for row in section["rows"]} == {(8, 1), (8, 4), (20, 1), (20, 4)}
+    for row in section["rows"]:
+        (run,) = row["runs"]
+        assert set(run["create"]) == {"p50_ms", "p95_ms", "p99_ms", "mean_ms"}
+        assert run["bound"] + run["pending"] >= 1 and not run["errors"], run
+    assert results["reads"] == earlier  # not re-run, so kept as it was, with its own stamp
+
+    written = report_md.read_text()
+    region = written[written.index(report.SUITE_BEGIN) : written.index(report.SUITE_END)]
+    assert f"### {report.SCHEDULER_TITLE}" in region
+    assert "**Allot only.** etcd and PostgreSQL have no scheduler" in region and "270 pods/s" in region
+    assert "| nodes | clients | pods/s created and bound |" in region and "| 20 | 4 |" in region
+    assert "### Reads (Allot)" in region and "2026-01-01 00:00 UTC" in region
+    assert "python -m bench --scenario reads" in region

@@ -16,18 +16,26 @@ from chaos.checks import CheckResult
 from chaos.history import FaultRecord, History, HistoryRecorder, Kind
 from chaos.nemesis import FaultKind, parse_kinds, plan_schedule
 
-# Seed 1 draws five leader kills and one leader pause into 36 s of a 40 s schedule.
+# Seed 1 draws a leader kill, a leader pause, then leader kills. Each fault also takes a few
+# seconds to recover from, which the schedule leaves out: 50 s reach four or five faults, and
+# at least three (two kills and the pause) however slowly the members recover.
 SHORT_SEED = 1
-SHORT_DURATION_S = 40.0
+SHORT_DURATION_S = 50.0
 SHORT_FAULTS = "kill-leader,pause-leader"
 run_timeout_s = 170.0  # the bound for the short run is three minutes
 
 
 def test_the_short_run_schedule_has_leader_kills_and_a_pause() -> None:
     schedule = plan_schedule(SHORT_SEED, SHORT_DURATION_S, parse_kinds(SHORT_FAULTS))
-    kinds = Counter(fault.kind for fault in schedule)
-    assert kinds[FaultKind.KILL_LEADER] >= 3
-    assert kinds[FaultKind.PAUSE_LEADER] >= 1
+    assert [fault.kind for fault in schedule[:4]] == [
+        FaultKind.KILL_LEADER,
+        FaultKind.PAUSE_LEADER,
+        FaultKind.KILL_LEADER,
+        FaultKind.KILL_LEADER,
+    ]
+    # The third fault is injected if the first three's quiet and hold times plus the first two
+    # recoveries fit in the duration: with recoveries of up to 12 s each (3-4 s is usual).
+    assert sum(fault.quiet_s + fault.hold_s for fault in schedule[:3]) + 2 * 12.0 < SHORT_DURATION_S
 
 
 def test_a_short_seeded_run_passes_every_check(tmp_path: Path) -> None:
@@ -50,7 +58,9 @@ def test_a_short_seeded_run_passes_every_check(tmp_path: Path) -> None:
     assert done.returncode == runner.EXIT_PASSED, output
     history = History.load(history_file)
     planned = plan_schedule(SHORT_SEED, SHORT_DURATION_S, parse_kinds(SHORT_FAULTS))
-    assert [fault.kind for fault in history.faults] == [fault.kind.value for fault in planned], output
+    injected = [fault.kind for fault in history.faults]
+    assert len(injected) >= 3, output
+    assert injected == [fault.kind.value for fault in planned[: len(injected)]], output  # the seed's schedule
     assert all(fault.error is None for fault in history.faults), output
     outcomes = Counter((op.kind, op.outcome.value) for op in history.ops)
     assert outcomes[(Kind.CLAIM, "ok")] >= 50, outcomes

@@ -7,15 +7,21 @@ meets a lost connection, a timeout, 503 or 504 is sent again with the same key, 
 applied at most once. Pools owned by a tenant are created and used by the admin token acting
 for that tenant (`?org=&project=`); pools without a tenant are created by the admin and
 claimed from by the demo tenant acme/web.
+
+`AllotStore(environment=...)` adds variables to the members' environment (the scheduler
+scenario sets a long node grace period: it registers nodes but sends no heartbeats).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import os
 import time
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -128,18 +134,36 @@ class AllotAllocator:
         return len(answer["items"])
 
 
+@contextlib.contextmanager
+def added_environment(extra: Mapping[str, str]) -> Iterator[None]:
+    """os.environ with `extra` added while members are started (chaos.cluster copies this
+    process's environment into each member's), restored afterwards."""
+    saved = {name: os.environ.get(name) for name in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class AllotStore:
-    """A fresh three-member Allot cluster per start()."""
+    """A fresh three-member Allot cluster per start(); `environment` is added to the members'."""
 
     label = "allot"
 
-    def __init__(self) -> None:
+    def __init__(self, environment: Mapping[str, str] | None = None) -> None:
         self.cluster: Cluster | None = None
+        self.environment: dict[str, str] = dict(environment or {})
 
     def start(self) -> None:
         cluster = Cluster()
         self.cluster = cluster
-        cluster.start()
+        with added_environment(self.environment):
+            cluster.start()
 
     def close(self) -> None:
         if self.cluster is not None:
@@ -155,9 +179,14 @@ class AllotStore:
         cluster = self._cluster()
         return [f"http://{cluster.address(member_id)}" for member_id in cluster.member_ids]
 
-    def allocator(self, timeout_s: float = request_timeout_s) -> AllotAllocator:
+    def tokens(self) -> tuple[str, str]:
+        """(the admin token, the demo tenant acme/web's token)."""
         cluster = self._cluster()
-        return AllotAllocator(self.urls(), cluster.admin_token, cluster.tenant_tokens["acme/web"], timeout_s)
+        return cluster.admin_token, cluster.tenant_tokens["acme/web"]
+
+    def allocator(self, timeout_s: float = request_timeout_s) -> AllotAllocator:
+        admin, tenant = self.tokens()
+        return AllotAllocator(self.urls(), admin, tenant, timeout_s)
 
     def describe(self) -> str:
         return (
@@ -179,16 +208,18 @@ class AllotStore:
 
     def restart(self, member_id: str, timeout_s: float) -> None:
         cluster = self._cluster()
-        cluster.start_member(member_id, wait=False)
+        with added_environment(self.environment):
+            cluster.start_member(member_id, wait=False)
         cluster.wait_member_up(member_id, timeout_s)
 
     def wait_whole(self, timeout_s: float) -> None:
         """Every member up and a leader agreed on. Not convergence: under constant load the
         members' digests are never taken at the same index at the same moment."""
         cluster = self._cluster()
-        for member_id in cluster.member_ids:
-            if not cluster.members[member_id].running:
-                cluster.start_member(member_id, wait=False)
+        with added_environment(self.environment):
+            for member_id in cluster.member_ids:
+                if not cluster.members[member_id].running:
+                    cluster.start_member(member_id, wait=False)
         for member_id in cluster.member_ids:
             cluster.wait_member_up(member_id, timeout_s)
         cluster.wait_for_leader(timeout_s)
