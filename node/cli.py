@@ -31,6 +31,13 @@ def _serve(args: argparse.Namespace) -> int:
         members = {str(key): str(value) for key, value in members_text.items()}
     else:
         raise config.ConfigError("members must be 'id=host:port,...' or a JSON object of id -> host:port")
+    overrides: dict[str, float] = {}
+    for field_name, (flag, config_key) in config.TIMING_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is None:
+            value = settings.get(config_key)
+        if value is not None:
+            overrides[field_name] = value
     member_config = config.build(
         member_id=str(member_id),
         members=members,
@@ -39,8 +46,25 @@ def _serve(args: argparse.Namespace) -> int:
         secret_file=args.secret_file or str(settings.get("secretFile") or ""),
         token_file=args.tokens or str(settings.get("tokenFile") or ""),
         timing=dataclasses.replace(Timing(), log_compaction_entries=args.snapshot_entries),
+        timing_overrides=overrides,
     )
     return server.run(member_config)
+
+
+def _add_timing_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = Timing()
+    parser.add_argument(
+        "--node-grace-seconds",
+        type=float,
+        help=f"a Ready node not heard from for this long becomes NotReady (default {defaults.node_grace_s:g}; "
+        "env ALLOT_NODE_GRACE_SECONDS)",
+    )
+    parser.add_argument(
+        "--pending-retry-seconds",
+        type=float,
+        help=f"while pods are pending, the leader sweeps the queue this often (default {defaults.pending_retry_s:g}; "
+        "env ALLOT_PENDING_RETRY_SECONDS)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--http-port", type=int, default=8401, help="HTTP port of the first member (default 8401)")
     up.add_argument("--raft-port", type=int, default=7401, help="Raft port of the first member (default 7401)")
     up.add_argument("--tokens", help="use this token file instead of generating one")
+    _add_timing_flags(up)
 
     serve = commands.add_parser("serve", help="run one member of a cluster")
     serve.add_argument("--config", help="JSON file with memberId, members, http, dataDir, secretFile, tokenFile")
@@ -76,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         default=Timing().log_compaction_entries,
         help="log entries between snapshots (full dumps); default %(default)s",
     )
+    _add_timing_flags(serve)
 
     bench = commands.add_parser("bench", help="run a benchmark and print its numbers")
     bench.add_argument("suite", choices=("apply",), help="apply: in-process state machine throughput and costs")
@@ -95,7 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             tokens = Path(args.tokens) if args.tokens else None
-            return cluster.up(Path(args.dir), args.http_port, args.raft_port, tokens)
+            timing_flags = {
+                flag: value
+                for flag, value in (
+                    ("--node-grace-seconds", args.node_grace_seconds),
+                    ("--pending-retry-seconds", args.pending_retry_seconds),
+                )
+                if value is not None
+            }
+            return cluster.up(Path(args.dir), args.http_port, args.raft_port, tokens, timing_flags)
         if args.command == "serve":
             return _serve(args)
         ipam_apply.main(args.options)

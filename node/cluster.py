@@ -58,7 +58,14 @@ def ensure_secret(path: Path) -> None:
         handle.write(secrets.token_urlsafe(48) + "\n")
 
 
-def member_command(member: PlannedMember, members: list[PlannedMember], secret: Path, tokens: Path) -> list[str]:
+def member_command(
+    member: PlannedMember,
+    members: list[PlannedMember],
+    secret: Path,
+    tokens: Path,
+    timing_flags: dict[str, float] | None = None,
+) -> list[str]:
+    extra = [item for flag, value in (timing_flags or {}).items() for item in (flag, repr(float(value)))]
     return [
         sys.executable,
         "-m",
@@ -76,6 +83,7 @@ def member_command(member: PlannedMember, members: list[PlannedMember], secret: 
         str(secret),
         "--tokens",
         str(tokens),
+        *extra,
     ]
 
 
@@ -102,7 +110,15 @@ def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
-def up(base_dir: Path, http_port: int, raft_port: int, token_file: Path | None) -> int:
+def up(
+    base_dir: Path,
+    http_port: int,
+    raft_port: int,
+    token_file: Path | None,
+    timing_flags: dict[str, float] | None = None,
+) -> int:
+    """Start (or restart) the local cluster in the foreground. `timing_flags` are passed to
+    every member's `allot serve` (`--node-grace-seconds`, ...)."""
     base_dir.mkdir(parents=True, exist_ok=True)
     secret = base_dir / "cluster.secret"
     ensure_secret(secret)
@@ -130,7 +146,7 @@ def up(base_dir: Path, http_port: int, raft_port: int, token_file: Path | None) 
             log_file = open(member.data_dir / "member.log", "ab")  # noqa: SIM115 - the child owns it
             processes.append(
                 subprocess.Popen(
-                    member_command(member, members, secret, tokens),
+                    member_command(member, members, secret, tokens, timing_flags),
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,

@@ -55,6 +55,26 @@ TIMING_ENVIRONMENT = {
 timing_seconds_max = 86_400.0
 
 
+# The same fields as flags of `allot serve` / `allot up` and keys of a config file; a flag wins
+# over the environment.
+TIMING_FLAGS = {
+    "node_grace_s": ("--node-grace-seconds", "nodeGraceSeconds"),
+    "pending_retry_s": ("--pending-retry-seconds", "pendingRetrySeconds"),
+}
+
+
+def timing_with(timing: Timing, overrides: dict[str, float]) -> Timing:
+    """`timing` with the TIMING_FLAGS fields in `overrides` replaced, each checked."""
+    for field_name, value in overrides.items():
+        flag = TIMING_FLAGS[field_name][0]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{flag} must be a number of seconds, not {value!r}")
+        if not 0.1 <= value <= timing_seconds_max:
+            raise ConfigError(f"{flag} {value:g} must be between 0.1 and {timing_seconds_max:g} seconds")
+    changes: dict[str, Any] = {name: float(value) for name, value in overrides.items()}
+    return dataclasses.replace(timing, **changes)
+
+
 def timing_from_environment(timing: Timing, environ: dict[str, str] | None = None) -> Timing:
     """`timing` with the fields named in TIMING_ENVIRONMENT replaced by the environment's values."""
     environ = dict(os.environ) if environ is None else environ
@@ -153,6 +173,7 @@ def build(
     token_file: str | Path,
     check_ports: bool = True,
     timing: Timing | None = None,
+    timing_overrides: dict[str, float] | None = None,
 ) -> MemberConfig:
     if not _member_id_pattern.fullmatch(member_id):
         raise ConfigError(f"member id {member_id!r} must be 1-32 lowercase letters, digits or '-'")
@@ -179,7 +200,7 @@ def build(
         data_dir=Path(data_dir),
         secret_file=Path(secret_file),
         token_file=Path(token_file),
-        timing=timing_from_environment(timing or Timing()),
+        timing=timing_with(timing_from_environment(timing or Timing()), timing_overrides or {}),
     )
     if not 0.1 <= config.timing.node_grace_s <= timing_seconds_max:
         raise ConfigError(f"the node grace period must be between 0.1 and {timing_seconds_max:g} seconds")
@@ -201,6 +222,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
     allowed = {"memberId", "members", "http", "dataDir", "secretFile", "tokenFile"}
+    allowed |= {config_key for _, config_key in TIMING_FLAGS.values()}
     if not isinstance(raw, dict) or not set(raw) <= allowed:
         raise ConfigError(f"config file {path} must be a JSON object with keys among {', '.join(sorted(allowed))}")
     return raw

@@ -47,6 +47,8 @@ from chaos.cluster import (
     wait_until,
     write_secret,
 )
+from node import config
+from node.cluster import PlannedMember, member_command
 from node.tokens import generate_token_file
 
 ACME = "acme/web"
@@ -818,6 +820,12 @@ def test_serve_configuration_errors(tmp_path: Path, serve_files: tuple[Path, Pat
         ("missing secret file", serve("m1", secret_file=tmp_path / "absent.secret"), "absent.secret"),
         ("--config: the file is read", config_file("m4.json", from_file), "this member (m4) is not in the member list"),
         ("--config: unknown key", config_file("bad.json", {**from_file, "peers": []}), "keys among"),
+        ("grace out of range", [*serve("m1"), "--node-grace-seconds", "0"], "--node-grace-seconds 0 must be between"),
+        (
+            "--config: grace not a number",
+            config_file("grace.json", {**from_file, "memberId": "m1", "nodeGraceSeconds": "soon"}),
+            "--node-grace-seconds must be a number of seconds",
+        ),
     ]
     for what, command, words in cases:
         result = run_serve(command)
@@ -836,6 +844,38 @@ def test_serve_configuration_errors(tmp_path: Path, serve_files: tuple[Path, Pat
         assert result.returncode == 2, (what, result.returncode, result.stderr[-2000:])
         assert f"127.0.0.1:{port}" in result.stderr and "not available" in result.stderr, (what, result.stderr)
         assert "Traceback" not in result.stderr, (what, result.stderr[-2000:])
+
+
+def test_timing_flags_win_over_the_environment(
+    tmp_path: Path, serve_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret, tokens = serve_files
+    monkeypatch.setenv("ALLOT_NODE_GRACE_SECONDS", "7")
+    monkeypatch.setenv("ALLOT_PENDING_RETRY_SECONDS", "3")
+
+    def timing(overrides: dict[str, float] | None) -> tuple[float, float]:
+        built = config.build(
+            member_id="m1",
+            members={"m1": "127.0.0.1:7401"},
+            http_address="127.0.0.1:8401",
+            data_dir=tmp_path / "m1",
+            secret_file=secret,
+            token_file=tokens,
+            check_ports=False,
+            timing_overrides=overrides,
+        )
+        return built.timing.node_grace_s, built.timing.pending_retry_s
+
+    assert timing(None) == (7.0, 3.0)
+    assert timing({"node_grace_s": 12.5}) == (12.5, 3.0)
+    command = member_command(
+        PlannedMember("m1", "127.0.0.1:1", "127.0.0.1:2", tmp_path),
+        [],
+        secret,
+        tokens,
+        {"--node-grace-seconds": 12.5},
+    )
+    assert command[-2:] == ["--node-grace-seconds", "12.5"]
 
 
 # ---- 10. `allot up` starts, answers and stops cleanly on SIGINT -------------------------------------
