@@ -291,8 +291,9 @@ class AsyncNodeResource(AsyncWritableResource[Node]):
         timeout: float | None = None,
         deadline: float | None = None,
     ) -> Node:
-        """Cordon the node and send its pods back to the queue (Pending, reason Evicted), from
-        where they are placed elsewhere if they fit; `status.evicted_pods` says how many."""
+        """Cordon the node and send its pods back to the queue (Pending, `status.evicted_from`
+        naming the node), from where they are placed elsewhere if they fit; `status.evicted_pods`
+        says how many. A pod that fits nowhere shows the scheduler's reason (`Unschedulable`)."""
         request = self._client._factory.node_action(name, "drain", idempotency_key=idempotency_key)
         return Node.parse((await self._client._execute(request, timeout, deadline)).value)
 
