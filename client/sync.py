@@ -345,6 +345,12 @@ class NodeResource(WritableResource[Node]):
     """Nodes (`client.nodes`): the resource methods (`create` registers a node) and the
     platform's actions on one node. Admin tokens only, except get and list."""
 
+    def _action(
+        self, name: str, action: str, idempotency_key: str | None, timeout: float | None, deadline: float | None
+    ) -> Node:
+        request = self._client._factory.node_action(name, action, idempotency_key=idempotency_key)
+        return Node.parse((self._client._execute(request, timeout, deadline)).value)
+
     def cordon(
         self,
         name: str,
@@ -354,8 +360,7 @@ class NodeResource(WritableResource[Node]):
         deadline: float | None = None,
     ) -> Node:
         """Mark the node unschedulable: no new pods go there; bound pods stay."""
-        request = self._client._factory.node_action(name, "cordon", idempotency_key=idempotency_key)
-        return Node.parse((self._client._execute(request, timeout, deadline)).value)
+        return self._action(name, "cordon", idempotency_key, timeout, deadline)
 
     def uncordon(
         self,
@@ -366,8 +371,7 @@ class NodeResource(WritableResource[Node]):
         deadline: float | None = None,
     ) -> Node:
         """Schedulable again; pending pods that fit there are placed in the same write."""
-        request = self._client._factory.node_action(name, "uncordon", idempotency_key=idempotency_key)
-        return Node.parse((self._client._execute(request, timeout, deadline)).value)
+        return self._action(name, "uncordon", idempotency_key, timeout, deadline)
 
     def drain(
         self,
@@ -380,8 +384,7 @@ class NodeResource(WritableResource[Node]):
         """Cordon the node and send its pods back to the queue (Pending, `status.evicted_from`
         naming the node), from where they are placed elsewhere if they fit; `status.evicted_pods`
         says how many. A pod that fits nowhere shows the scheduler's reason (`Unschedulable`)."""
-        request = self._client._factory.node_action(name, "drain", idempotency_key=idempotency_key)
-        return Node.parse((self._client._execute(request, timeout, deadline)).value)
+        return self._action(name, "drain", idempotency_key, timeout, deadline)
 
     def heartbeat(self, name: str, *, timeout: float | None = None, deadline: float | None = None) -> NodeHeartbeat:
         """A node agent's heartbeat (any member takes it). Not logged, so not a write: a retry
