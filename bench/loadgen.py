@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 IPv4Network = ipaddress.IPv4Network
 
@@ -68,6 +68,16 @@ class Allocator(Protocol):
         ...
 
     async def release(self, pool: Pool, name: str, cidr: str) -> None: ...
+
+
+@runtime_checkable
+class Readback(Protocol):
+    """An allocator that can read back what its store holds in a pool (the failover scenario's
+    check that no acknowledged claim was lost or given twice)."""
+
+    async def holdings(self, pool: Pool) -> list[tuple[str, str]]:
+        """Every allocation held in `pool`: (claim name, CIDR)."""
+        ...
 
 
 class CidrCarver:

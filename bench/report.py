@@ -168,9 +168,36 @@ def error_lines(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+CRASH_RESTART_NOTE = (
+    "A crash-restart is not a failover: PostgreSQL here is one node with no replica, so it is back only "
+    "when the same machine starts the same server again on the same disk (here at once, by the harness; in "
+    "production, a supervisor or a person), and while it is down nothing answers. Allot and etcd keep "
+    "serving from the two other members while the killed one is away: their time is an election, and it "
+    "does not need the dead machine back."
+)
+
+
+def recovery_kind(name: str, entry: dict[str, Any]) -> str:
+    return str(entry.get("kind") or ("crash-restart" if name == "postgres" else "leader failover"))
+
+
+def is_crash_restart(name: str, entry: dict[str, Any]) -> bool:
+    return recovery_kind(name, entry).startswith("crash-restart")
+
+
+def seconds_cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f} s"
+
+
 def failover_section(section: dict[str, Any]) -> list[str]:
     config = section.get("config", {})
-    lines = ["### Failover: SIGKILL the leader under load", ""]
+    results = section.get("results", {})
+    names = ordered(list(results))
+    crashed = [name for name in names if is_crash_restart(name, results[name])]
+    lines = [
+        "### Failover: SIGKILL the leader under load" + ("; PostgreSQL: SIGKILL and crash-restart" if crashed else ""),
+        "",
+    ]
     lines += stamp_lines(section)
     lines += [
         "",
@@ -178,24 +205,124 @@ def failover_section(section: dict[str, Any]) -> list[str]:
         f"every {config.get('probe_interval_ms', 20):g} ms whatever became of the earlier ones (so a request "
         "hanging on a member that lost its leader does not hide that the store recovered). Every request has "
         f"a {config.get('request_timeout_s', 2.0)} s timeout and is retried (same Idempotency-Key for Allot, "
-        "the name check for etcd) on lost connections, timeouts and busy or leaderless members. For each kill "
-        "the harness waits until every member runs, a leader is agreed and a claim was acknowledged, SIGKILLs "
-        "the leader, and times the first acknowledged claim *sent after* the kill; then it restarts the killed "
-        "member. Timeline: [failover.png](bench/failover.png).",
+        "the name check for etcd and PostgreSQL) on lost connections, timeouts and busy or leaderless members. "
+        "For each kill the harness waits until every member runs, a leader is agreed and a claim was "
+        "acknowledged, SIGKILLs the leader, and times the first acknowledged claim *sent after* the kill; then "
+        "it restarts the killed member. Timeline: [failover.png](bench/failover.png).",
         "",
-        "| store | kills | median | worst | best | claims acknowledged | claims failed | retries seen by clients |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    results = section.get("results", {})
-    for name in ordered(list(results)):
+    if crashed:
+        lines += [
+            "PostgreSQL, one node, has no leader to fail over to; it is measured as a **crash-restart (single "
+            "node, no replica)** under the same writers, prober and timeouts: the harness SIGKILLs the "
+            "postmaster and every process it forked (backends, checkpointer, WAL writer...), starts the server "
+            "again at once on the same data directory (crash recovery replays the WAL), and times the first "
+            "acknowledged claim sent after the kill; the asyncpg pool reconnects as calls retry (each within a "
+            f"30 s deadline). Before each kill the load runs for {config.get('crash_settle_s', 1.0):g} s after "
+            "the previous recovery (Allot's and etcd's run while the killed member restarts). " + CRASH_RESTART_NOTE,
+            "",
+        ]
+    lines += [
+        "| store | what is killed, how it recovers | kills | median | worst | best | claims acknowledged "
+        "| claims failed | retries seen by clients |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
         entry = results[name]
         failed = ", ".join(f"{reason} {count}" for reason, count in sorted(entry["failed"].items())) or "0"
         retries = ", ".join(f"{reason} {count:,}" for reason, count in sorted(entry["retries"].items())) or "none"
+        what = (
+            "postmaster and backends; crash-restart (single node, no replica)"
+            if is_crash_restart(name, entry)
+            else "the leader; leader failover (three members)"
+        )
         lines.append(
-            f"| {name} | {len(entry['kills'])} | {entry['median_s']:.3f} s | {entry['worst_s']:.3f} s | "
+            f"| {name} | {what} | {len(entry['kills'])} | {entry['median_s']:.3f} s | {entry['worst_s']:.3f} s | "
             f"{entry['best_s']:.3f} s | {entry['acknowledged']:,} | {failed} | {retries} |"
         )
-    return [*lines, ""]
+    lines.append("")
+    for name in crashed:
+        entry = results[name]
+        if "accepting_median_s" in entry:
+            redo = entry.get("redo_median_s")
+            replay = (
+                "the WAL replay it logged took "
+                + (f"{redo:.2f} s" if redo else "under 0.01 s")
+                + f" (median; worst {entry.get('redo_worst_s') or 0:.2f} s; PostgreSQL logs it to 0.01 s)"
+                if redo is not None
+                else "it logged no WAL replay time"
+            )
+            lines.append(
+                f"{name}: the restarted server accepted connections {seconds_cell(entry['accepting_median_s'])} "
+                f"after the kill (median; worst {seconds_cell(entry['accepting_worst_s'])}; as `pg_isready`, "
+                f"polled every 50 ms, saw it); {replay}; the rest is the server starting and its end-of-recovery "
+                "checkpoint. A client can be answered a little before `pg_isready` notices. The replay is short "
+                "because each restart ends with a checkpoint and little WAL is written between kills: a server "
+                "that ran long since its last checkpoint (`checkpoint_timeout` 5 min, `max_wal_size` 1 GB by "
+                "default) has more to replay."
+            )
+            lines.append("")
+    checks = check_lines(results)
+    if checks:
+        lines += checks
+    earlier = earlier_lines(section)
+    if earlier:
+        lines += earlier
+    return lines
+
+
+def check_lines(results: dict[str, Any]) -> list[str]:
+    """The read-back after the kills: acknowledged claims against what the store holds."""
+    lines = []
+    checked = [name for name in ordered(list(results)) if "check" in results[name]]
+    for name in checked:
+        check = results[name]["check"]
+        verdict = "**none lost, none duplicated**" if check["ok"] else "**CLAIMS LOST OR DUPLICATED**"
+        lost = f" (e.g. {', '.join(check['lost_examples'])})" if check["lost_examples"] else ""
+        lines.append(
+            f"- {name}: after the last kill the harness read back the pool: {check['rows']:,} rows for "
+            f"{check['acknowledged']:,} acknowledged claims minus {check['released']:,} releases "
+            f"(= {check['expected_rows']:,}): {verdict}; {check['lost']:,} acknowledged claims missing or moved"
+            f"{lost}, {check['duplicated']:,} addresses held or acknowledged twice, {check['in_doubt']:,} rows "
+            "committed whose answer never reached a client (a claim that failed, or was cut off when the "
+            "writers stopped)."
+        )
+    if not lines:
+        return []
+    unchecked = [name for name in ordered(list(results)) if name not in checked]
+    tail = (
+        f" {' and '.join(unchecked)} {'is' if len(unchecked) == 1 else 'are'} not read back in this scenario "
+        "(their allocators here have no read-back of a pool)."
+        if unchecked
+        else ""
+    )
+    return ["Nothing acknowledged lost, nothing given twice?" + tail, "", *lines, ""]
+
+
+def kept_rows(section: dict[str, Any]) -> list[str]:
+    """The stores whose failover row was kept from an earlier run (not measured in this one)."""
+    results = section.get("results", {})
+    measured = section.get("measured")
+    return [] if measured is None else [name for name in ordered(list(results)) if name not in measured]
+
+
+def earlier_lines(section: dict[str, Any]) -> list[str]:
+    """Rows kept from an earlier run (a store not measured this time), each with its own stamp."""
+    date = section.get("stamp", {}).get("date")
+    lines = []
+    for name in kept_rows(section):
+        entry = section["results"][name]
+        own = entry.get("stamp", {})
+        why = section.get("skipped", {}).get(name, "not among --stores")
+        load = ", ".join(str(value) for value in own.get("load_average", []))
+        lines.append(
+            f"- {name}: not measured in the run of {date}: {why}. Its row is from an earlier run, measured "
+            f"{own.get('date', '?')} with `{own.get('command', '?')}` (load average {load} at the start, "
+            f"{entry.get('config', {}).get('kills', len(entry['kills']))} kills)."
+        )
+    if not lines:
+        return []
+    return ["Rows from an earlier run:", "", *lines, ""]
 
 
 def reads_section(section: dict[str, Any]) -> list[str]:
@@ -352,7 +479,7 @@ def headline(results: dict[str, Any]) -> str:
     failover = results.get("failover", {}).get("results", {})
     levels = [level for level in (1, 64, 256) if any((store, level) in table for store in stores)]
     header = ["store", *(f"claims/s, {level} client{'s' if level > 1 else ''}" for level in levels)]
-    header += ["p99 at 64 clients", "leader failover (median / worst)"]
+    header += ["p99 at 64 clients", "SIGKILL under load: back to acknowledged writes (median / worst)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for store in stores:
         cells = [store]
@@ -362,9 +489,11 @@ def headline(results: dict[str, Any]) -> str:
         runs64 = table.get((store, 64), [])
         cells.append(f"{statistics.median(run['claim']['p99_ms'] for run in runs64):.0f} ms" if runs64 else "–")
         if store in failover:
-            cells.append(f"{failover[store]['median_s']:.2f} s / {failover[store]['worst_s']:.2f} s")
+            entry = failover[store]
+            kind = "crash-restart (single node, no replica)" if is_crash_restart(store, entry) else "leader failover"
+            cells.append(f"{kind}: {entry['median_s']:.2f} s / {entry['worst_s']:.2f} s")
         elif store == "postgres":
-            cells.append("single node: none")
+            cells.append("not measured")
         else:
             cells.append("–")
         lines.append("| " + " | ".join(cells) + " |")
@@ -376,11 +505,32 @@ def headline(results: dict[str, Any]) -> str:
         "[docs/benchmarks.md](docs/benchmarks.md#side-by-side-allot-etcd-and-postgresql-python--m-bench)):"
     )
     scheduler = scheduler_headline(results.get("scheduler", {}))
+    failover_words = failover_headline(results.get("failover", {}))
     install = (
         "The peers are optional: `apt-get install etcd-server postgresql` and `pip install -e '.[bench]'` "
         "(asyncpg, matplotlib); `python -m bench` skips a peer that is missing and says so."
     )
-    return "\n".join([intro, "", *lines, "", *scheduler, install, ""])
+    return "\n".join([intro, "", *lines, "", *failover_words, *scheduler, install, ""])
+
+
+def failover_headline(section: dict[str, Any]) -> list[str]:
+    """A few sentences under the README table: where the last column comes from, and what a
+    crash-restart is (and is not)."""
+    results = section.get("results", {})
+    if not results:
+        return []
+    stamp = section.get("stamp", {})
+    words = (
+        f"Last column: `{stamp.get('command', '?')}`, {stamp.get('date', '?')}: SIGKILL under load, "
+        f"{section.get('config', {}).get('kills', '?')} times, time from the kill to the first acknowledged "
+        "claim sent after it."
+    )
+    earlier = [f"{name}'s from {results[name].get('stamp', {}).get('date', '?')}" for name in kept_rows(section)]
+    if earlier:
+        words += f" Not re-run then, kept from earlier runs: {', '.join(earlier)}."
+    if any(is_crash_restart(name, entry) for name, entry in results.items()):
+        words += " " + CRASH_RESTART_NOTE
+    return [words, ""]
 
 
 def scheduler_headline(section: dict[str, Any]) -> list[str]:
@@ -528,7 +678,7 @@ def write_charts(results: dict[str, Any], charts_dir: Path) -> list[str]:
     failover = results.get("failover", {}).get("results", {})
     if failover:
         names = ordered(list(failover))
-        figure, axes = plt.subplots(len(names), 1, figsize=(11, 2.8 * len(names)), squeeze=False)
+        figure, axes = plt.subplots(len(names), 1, figsize=(11, 3.0 * len(names)), squeeze=False)
         for axis, name in zip(axes[:, 0], names, strict=True):
             entry = failover[name]
             bin_s = entry["timeline"]["bin_s"]
@@ -539,9 +689,16 @@ def write_charts(results: dict[str, Any], charts_dir: Path) -> list[str]:
                 axis.axvline(kill["at_s"], color="black", linestyle=":", linewidth=0.8)
                 axis.axvspan(kill["at_s"], kill["at_s"] + kill["failover_s"], color="red", alpha=0.25)
             axis.set_ylabel("claims/s")
+            what = (
+                "crash-restarts: SIGKILL the postmaster and backends, restart on the same data "
+                "(single node, no replica)"
+                if is_crash_restart(name, entry)
+                else "leader kills: leader failover (three members)"
+            )
+            date = entry.get("stamp", {}).get("date")
             axis.set_title(
-                f"{name}: {len(entry['kills'])} leader kills (dotted), time to the first acknowledged claim (red); "
-                f"median {entry['median_s']:.2f} s, worst {entry['worst_s']:.2f} s",
+                f"{name}: {len(entry['kills'])} {what}\nkills dotted, time to the first acknowledged claim red; "
+                f"median {entry['median_s']:.2f} s, worst {entry['worst_s']:.2f} s" + (f"; {date}" if date else ""),
                 fontsize=9,
             )
             axis.grid(True, alpha=0.3)

@@ -3,7 +3,7 @@
     python -m bench                                   # every scenario, every store found
     python -m bench --quick                           # one short run of each (a few minutes)
     python -m bench --scenario contended --runs 5
-    python -m bench --scenario failover --kills 20 --stores allot,etcd
+    python -m bench --scenario failover --kills 20 --stores allot,etcd,postgres
     python -m bench --scenario scheduler --nodes 1000,5000
 
 Scenarios (issue #7):
@@ -15,7 +15,12 @@ Scenarios (issue #7):
 * failover: writers claim all the time while the leader is SIGKILLed again and again (20 by
   default), and a prober sends a new claim every 20 ms whatever became of the earlier ones:
   time from the kill to the first acknowledged claim sent after it, and what the clients saw
-  (retries by reason, claims that failed). Replicated stores only.
+  (retries by reason, claims that failed). PostgreSQL, one node with no replica, is measured
+  as a crash-restart instead: SIGKILL the postmaster and its backends, start it again at once
+  on the same data directory (crash recovery replays the WAL), same load, same timing. After
+  the kills, what PostgreSQL holds is read back and checked against the acknowledged claims
+  (none lost, none given twice). A store not measured in a run (not installed, or not among
+  --stores) keeps its earlier failover row, stamped with its own date.
 * reads (Allot only): get and list latency at linearizable and stale consistency.
 * scheduler (Allot only: etcd and PostgreSQL have no scheduler): pods created and bound through
   the HTTP API at 1,000 and 5,000 registered nodes (`--nodes`), at each concurrency: pods/s,
@@ -63,7 +68,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from bench import http_pods, report
 from bench.ipam_apply import machine_line
-from bench.loadgen import Allocator, AllocatorError, CidrCarver, PhaseResult, Pool, run_calls, run_phase, warm_up
+from bench.loadgen import (
+    Allocator,
+    AllocatorError,
+    CidrCarver,
+    PhaseResult,
+    Pool,
+    Readback,
+    run_calls,
+    run_phase,
+    warm_up,
+)
 from bench.peers import Replicated, Store, Unavailable
 from bench.peers.allot import AllotAllocator, AllotStore
 from bench.peers.etcd import EtcdStore
@@ -72,7 +87,9 @@ from bench.peers.postgres import PostgresStore
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("contended", "spread", "failover", "reads", "scheduler")
 STORES = ("allot", "etcd", "etcd-bitmap", "postgres")
-FAILOVER_STORES = ("allot", "etcd")  # replicated stores with a leader to kill
+FAILOVER_STORES = ("allot", "etcd", "postgres")  # allot, etcd: leader failover; postgres: crash-restart
+CRASH_RESTART = "crash-restart (single node, no replica)"
+LEADER_FAILOVER = "leader failover (three members)"
 levels_default = (1, 8, 64, 256)
 spread_pools = 100
 spread_prefix = 22
@@ -80,6 +97,7 @@ contended_prefix = 16
 failover_writers = 6
 probe_interval_s = 0.02
 probes_outstanding_max = 200
+crash_settle_s = 1.0  # crash-restart: steady load for this long after a recovery before the next kill
 failover_request_timeout_s = 2.0  # per request, then retried (as bench/failover.py), the same for every store
 reads_prefill = 1000
 reads_list_limit = 100
@@ -369,6 +387,7 @@ class Writers:
     pool: Pool
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     acknowledged: list[tuple[float, float]] = field(default_factory=list)  # (sent, acknowledged)
+    claims: list[tuple[str, str]] = field(default_factory=list)  # (name, cidr) of each acknowledged claim
     failed: Counter[str] = field(default_factory=Counter)
 
     async def run(self, slot: int) -> None:
@@ -376,13 +395,15 @@ class Writers:
         while not self.stop.is_set():
             number += 1
             sent = time.monotonic()
+            name = f"f{slot}-{number}"
             try:
-                await self.allocator.claim(self.pool, f"f{slot}-{number}")
+                cidr = await self.allocator.claim(self.pool, name)
             except AllocatorError as exc:
                 self.failed[exc.reason] += 1
                 await asyncio.sleep(0.05)
                 continue
             self.acknowledged.append((sent, time.monotonic()))
+            self.claims.append((name, cidr))
 
     async def probe(self) -> None:
         """Open loop: a new claim every `probe_interval_s` whatever became of the earlier ones, so a
@@ -403,12 +424,14 @@ class Writers:
 
     async def one_probe(self, number: int) -> None:
         sent = time.monotonic()
+        name = f"probe-{number}"
         try:
-            await self.allocator.claim(self.pool, f"probe-{number}")
+            cidr = await self.allocator.claim(self.pool, name)
         except AllocatorError as exc:
             self.failed[exc.reason] += 1
             return
         self.acknowledged.append((sent, time.monotonic()))
+        self.claims.append((name, cidr))
 
     def first_acknowledged_after(self, moment: float) -> float | None:
         times = [acked for sent, acked in self.acknowledged if sent >= moment]
@@ -426,7 +449,47 @@ async def wait_async(what: str, probe: Callable[[], float | None], timeout_s: fl
         await asyncio.sleep(0.005)
 
 
-async def failover_run(store: Replicated, settings: Settings, display: Display) -> dict[str, Any]:
+def check_claims(
+    acknowledged: Sequence[tuple[str, str]], released: int, held: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
+    """What the store holds after the kills against what the clients were told: every acknowledged
+    claim (name, cidr) still held under its name at the same address (else lost), no address held
+    or acknowledged twice (duplicated), and rows = acknowledged - released + the rows committed
+    whose answer never reached a client (in doubt: a claim that failed, or was cut off at the end)."""
+    holding: dict[str, str] = {}
+    names_twice = 0
+    for name, cidr in held:
+        names_twice += name in holding
+        holding[name] = cidr
+    told: dict[str, str] = {}
+    for name, cidr in acknowledged:
+        told.setdefault(name, cidr)
+    lost = sorted(name for name, cidr in told.items() if holding.get(name) != cidr)
+    held_twice = sum(count - 1 for count in Counter(cidr for _, cidr in held).values() if count > 1)
+    told_twice = sum(count - 1 for count in Counter(told.values()).values() if count > 1)
+    return {
+        "acknowledged": len(told),
+        "released": released,
+        "rows": len(held),
+        "expected_rows": len(told) - released,
+        "lost": len(lost),
+        "lost_examples": lost[:5],
+        "duplicated": held_twice + told_twice + names_twice,
+        "in_doubt": len(set(holding) - set(told)),
+        "ok": not lost and not (held_twice or told_twice or names_twice),
+    }
+
+
+async def restart_timed(store: PostgresStore, timeout_s: float) -> tuple[float, float | None]:
+    """Start the crashed server again; (the moment it accepts connections, its WAL replay time)."""
+    redo = await asyncio.to_thread(store.restart, timeout_s)
+    return time.monotonic(), redo
+
+
+async def failover_run(store: Replicated | PostgresStore, settings: Settings, display: Display) -> dict[str, Any]:
+    """Leader failover (a Replicated store) or crash-restart (PostgreSQL), `settings.kills` times,
+    under the same writers and prober; then read back and check the claims where the store can."""
+    crash_restart = isinstance(store, PostgresStore)
     allocator = store.allocator(failover_request_timeout_s)
     await allocator.open()
     pool = Pool("failover", CidrCarver().take(12))
@@ -437,33 +500,76 @@ async def failover_run(store: Replicated, settings: Settings, display: Display) 
     began = time.monotonic()
     kills: list[dict[str, Any]] = []
     retries_before = Counter(allocator.retries)
+    check: dict[str, Any] | None = None
     try:
         for kill in range(1, settings.kills + 1):
             display.begin(f"failover: {store.label} kill {kill}/{settings.kills}", 1.0)
-            await asyncio.to_thread(store.wait_whole, settings.timeout_s)
-            leader = await asyncio.to_thread(store.leader, settings.timeout_s)
             warm = time.monotonic()
-            await wait_async("a write before the kill", functools.partial(writers.first_acknowledged_after, warm), 30.0)
+            entry: dict[str, Any]
+            if isinstance(store, PostgresStore):
+                # Nothing to restart between kills (the restart is what is timed), so the load runs
+                # undisturbed for a while before the next kill, as it does while a member restarts.
+                victim = "postmaster"
+                warm += crash_settle_s
+            else:
+                await asyncio.to_thread(store.wait_whole, settings.timeout_s)
+                victim = await asyncio.to_thread(store.leader, settings.timeout_s)
+                warm = time.monotonic()
+            await wait_async(
+                "a write before the kill",
+                functools.partial(writers.first_acknowledged_after, warm),
+                30.0 + crash_settle_s,
+            )
             killed_at = time.monotonic()
-            await asyncio.to_thread(store.kill, leader)
-            first = await wait_async(
-                "the first acknowledged write after the kill",
-                functools.partial(writers.first_acknowledged_after, killed_at),
-                settings.timeout_s,
-            )
-            kills.append({"leader": leader, "at_s": killed_at - began, "failover_s": first - killed_at})
+            if isinstance(store, PostgresStore):
+                # On the event loop, not in a thread: no claim is sent between the clock and the
+                # SIGKILL (the server answers one in a few ms, so it would count as "after the kill").
+                store.crash()
+                killed_at = time.monotonic()
+                restarting = asyncio.create_task(restart_timed(store, settings.timeout_s))
+                try:
+                    first = await wait_async(
+                        "the first acknowledged write after the kill",
+                        functools.partial(writers.first_acknowledged_after, killed_at),
+                        settings.timeout_s,
+                    )
+                finally:
+                    accepting_at, redo = await restarting
+                entry = {"accepting_s": accepting_at - killed_at, "redo_s": redo}
+            else:
+                await asyncio.to_thread(store.kill, victim)
+                first = await wait_async(
+                    "the first acknowledged write after the kill",
+                    functools.partial(writers.first_acknowledged_after, killed_at),
+                    settings.timeout_s,
+                )
+                entry = {}
+            entry = {"leader": victim, "at_s": killed_at - began, "failover_s": first - killed_at, **entry}
+            kills.append(entry)
             display.end(f"{store.label} kill {kill}: {first - killed_at:.3f} s")
-            display.log(
-                f"failover: {store.label} kill {kill:2d}: leader {leader}; first write after {first - killed_at:.3f} s"
-            )
-            await asyncio.to_thread(store.restart, leader, settings.timeout_s)
+            if isinstance(store, PostgresStore):
+                display.log(
+                    f"crash-restart: postgres kill {kill:2d}: accepting after {entry['accepting_s']:.3f} s "
+                    f"(WAL replay {entry['redo_s']} s); first write after {first - killed_at:.3f} s"
+                )
+            else:
+                display.log(
+                    f"failover: {store.label} kill {kill:2d}: leader {victim}; first write after "
+                    f"{first - killed_at:.3f} s"
+                )
+                await asyncio.to_thread(store.restart, victim, settings.timeout_s)
         await asyncio.sleep(0.5)
     finally:
         writers.stop.set()
         await asyncio.wait(tasks, timeout=40.0)
         for task in tasks:
             task.cancel()
-        await allocator.close()
+        try:
+            if isinstance(allocator, Readback) and len(kills) == settings.kills:
+                held = await allocator.holdings(pool)
+                check = check_claims(writers.claims, 0, held)  # the writers release nothing
+        finally:
+            await allocator.close()
     ended = time.monotonic()
     retries = Counter(allocator.retries)
     retries.subtract(retries_before)
@@ -472,7 +578,8 @@ async def failover_run(store: Replicated, settings: Settings, display: Display) 
     for _, acked in writers.acknowledged:
         bins[min(len(bins) - 1, int((acked - began) / bin_s))] += 1
     times = [entry["failover_s"] for entry in kills]
-    return {
+    result: dict[str, Any] = {
+        "kind": CRASH_RESTART if crash_restart else LEADER_FAILOVER,
         "kills": kills,
         "median_s": statistics.median(times),
         "worst_s": max(times),
@@ -482,42 +589,82 @@ async def failover_run(store: Replicated, settings: Settings, display: Display) 
         "retries": dict(+retries),
         "timeline": {"bin_s": bin_s, "acks": bins},
     }
+    if crash_restart:
+        accepting = [entry["accepting_s"] for entry in kills]
+        replays = [entry["redo_s"] for entry in kills if entry["redo_s"] is not None]
+        result["accepting_median_s"] = statistics.median(accepting)
+        result["accepting_worst_s"] = max(accepting)
+        result["redo_median_s"] = statistics.median(replays) if replays else None
+        result["redo_worst_s"] = max(replays) if replays else None
+    if check is not None:
+        result["check"] = check
+    return result
 
 
-def scenario_failover(settings: Settings, display: Display) -> dict[str, Any]:
+def merge_failover(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """The new failover section, keeping each store's earlier row that this run did not measure
+    (not installed here, or not among --stores), with its own stamp, configuration and description.
+    Rows written before rows had stamps of their own take their section's."""
+    merged = {
+        **current,
+        "results": dict(current.get("results", {})),
+        "stores": dict(current.get("stores", {})),
+        "measured": sorted(current.get("results", {})),  # the rows of this run; the others are kept
+    }
+    for name, entry in previous.get("results", {}).items():
+        if name in merged["results"]:
+            continue
+        kept = dict(entry)
+        kept.setdefault("stamp", previous.get("stamp", {}))
+        kept.setdefault("config", previous.get("config", {}))
+        kept.setdefault("kind", LEADER_FAILOVER)
+        merged["results"][name] = kept
+        if name in previous.get("stores", {}):
+            merged["stores"][name] = previous["stores"][name]
+    return merged
+
+
+def scenario_failover(settings: Settings, display: Display, previous: dict[str, Any]) -> dict[str, Any]:
     wanted = [name for name in settings.stores if name in FAILOVER_STORES]
     stores, skipped = available_stores(wanted, settings, display)
     for name in settings.stores:
         if name not in FAILOVER_STORES:
-            skipped[name] = (
-                "single node: no failover to measure" if name == "postgres" else "same etcd cluster as 'etcd'"
-            )
+            skipped[name] = "same etcd cluster as 'etcd'"
+    config = {
+        "kills": settings.kills,
+        "writers": failover_writers,
+        "probe_interval_ms": probe_interval_s * 1000,
+        "request_timeout_s": failover_request_timeout_s,
+        "crash_settle_s": crash_settle_s,
+    }
     results: dict[str, Any] = {}
     descriptions: dict[str, str] = {}
     for store in stores:
-        if not isinstance(store, AllotStore | EtcdStore):
+        if not isinstance(store, AllotStore | EtcdStore | PostgresStore):
             continue
+        started = stamp(settings)
         with running(store):
             descriptions[store.label] = store.describe()
             results[store.label] = asyncio.run(failover_run(store, settings, display))
         entry = results[store.label]
+        entry["stamp"] = {**started, "load_average_end": load_average()}
+        entry["config"] = config
         display.log(
-            f"failover: {store.label}: {len(entry['kills'])} kills, median {entry['median_s']:.3f} s, "
+            f"failover: {store.label} ({entry['kind']}): {len(entry['kills'])} kills, "
+            f"median {entry['median_s']:.3f} s, "
             f"worst {entry['worst_s']:.3f} s; writers: {entry['acknowledged']} acknowledged, "
             f"failed {entry['failed']}, retries {entry['retries']}"
         )
-    return {
-        "stamp": stamp(settings),
-        "config": {
-            "kills": settings.kills,
-            "writers": failover_writers,
-            "probe_interval_ms": probe_interval_s * 1000,
-            "request_timeout_s": failover_request_timeout_s,
-        },
-        "stores": descriptions,
-        "skipped": skipped,
-        "results": results,
-    }
+        if "check" in entry:
+            display.log(f"failover: {store.label}: read back after the kills: {entry['check']}")
+    current = {"config": config, "stores": descriptions, "skipped": skipped, "results": results}
+    merged = merge_failover(previous, current)
+    for name in sorted(set(merged["results"]) - set(results)):
+        display.log(
+            f"failover: {name}: not measured in this run; its row measured "
+            f"{merged['results'][name]['stamp'].get('date', '?')} is kept"
+        )
+    return merged
 
 
 # ---- reads (Allot only) -------------------------------------------------------------------------------
@@ -781,7 +928,7 @@ def main(argv: list[str] | None = None, *, quiet: bool = False) -> dict[str, Any
             if scenario in ("contended", "spread"):
                 results[scenario] = scenario_claims(scenario, settings, display)
             elif scenario == "failover":
-                results[scenario] = scenario_failover(settings, display)
+                results[scenario] = scenario_failover(settings, display, results.get(scenario, {}))
             elif scenario == "reads":
                 if "allot" not in settings.stores:
                     display.log("skipping reads: it measures Allot only, and allot is not among --stores")

@@ -1,16 +1,19 @@
 """The side-by-side suite (`python -m bench`) runs tiny scenarios end to end and writes their report.
 
-Allot only (no peers), a fraction of a second per level, everything written under tmp_path.
-Numbers are never asserted (benchmarks do not gate CI); this keeps the harness from rotting."""
+Allot only (no peers), a fraction of a second per level, everything written under tmp_path;
+the failover read-back check, the merging of failover rows and the report of them on made-up
+rows (no store). Numbers are never asserted (benchmarks do not gate CI); this keeps the harness from rotting."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench import report, suite
+from bench.peers.postgres import redo_seconds
 
 
 def test_suite_contended_scenario_writes_its_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,3 +101,83 @@ def test_suite_scheduler_scenario_keeps_the_other_sections(tmp_path: Path) -> No
     assert "| nodes | clients | pods/s created and bound |" in region and "| 20 | 4 |" in region
     assert "### Reads (Allot)" in region and "2026-01-01 00:00 UTC" in region
     assert "python -m bench --scenario reads" in region
+
+
+def test_failover_read_back_check_counts_lost_duplicated_and_in_doubt() -> None:
+    acknowledged = [("a", "10.0.0.0/32"), ("b", "10.0.0.1/32"), ("c", "10.0.0.2/32")]
+    held = [("a", "10.0.0.0/32"), ("b", "10.0.0.1/32"), ("c", "10.0.0.2/32"), ("d", "10.0.0.3/32")]
+    check = suite.check_claims(acknowledged, 0, held)
+    assert check["ok"] and (check["rows"], check["expected_rows"], check["in_doubt"]) == (4, 3, 1)
+
+    # "b" is gone, "c" moved to another address, which "d" holds too.
+    check = suite.check_claims(acknowledged, 0, [("a", "10.0.0.0/32"), ("c", "10.0.0.9/32"), ("d", "10.0.0.9/32")])
+    assert not check["ok"] and check["lost"] == 2 and check["lost_examples"] == ["b", "c"] and check["duplicated"] == 1
+
+    # One address acknowledged to two names is a duplicate even if the store holds one row.
+    check = suite.check_claims([*acknowledged, ("e", "10.0.0.0/32")], 0, held)
+    assert not check["ok"] and check["duplicated"] == 1
+
+
+def test_failover_merge_keeps_a_store_not_measured_with_its_own_stamp() -> None:
+    """A failover run without etcd (not installed) keeps etcd's earlier row, dated, next to the new
+    rows; PostgreSQL's crash-restart row is presented as such, not as a failover."""
+    old_stamp = {"date": "2026-01-01 00:00 UTC", "machine": "m", "load_average": [1.0], "command": "python -m bench"}
+    new_stamp = {**old_stamp, "date": "2026-02-02 00:00 UTC", "command": "python -m bench --scenario failover"}
+
+    def row(kind: str | None, seconds: float) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "kills": [{"leader": "x", "at_s": 1.0, "failover_s": seconds}],
+            "median_s": seconds,
+            "worst_s": seconds,
+            "best_s": seconds,
+            "acknowledged": 10,
+            "failed": {},
+            "retries": {},
+            "timeline": {"bin_s": 0.1, "acks": [1]},
+        }
+        if kind is not None:
+            entry.update(kind=kind, stamp=new_stamp, config={"kills": 1})
+        return entry
+
+    previous = {
+        "stamp": old_stamp,
+        "config": {"kills": 20},
+        "stores": {"allot": "three members", "etcd": "three etcd members"},
+        "skipped": {"postgres": "single node: no failover to measure"},
+        "results": {"allot": row(None, 0.5), "etcd": row(None, 0.4)},
+    }
+    postgres = {**row(suite.CRASH_RESTART, 1.2), "accepting_median_s": 1.1, "accepting_worst_s": 1.1}
+    postgres.update(redo_median_s=0.0, redo_worst_s=0.01)
+    postgres["check"] = suite.check_claims([("a", "10.0.0.0/32")], 0, [("a", "10.0.0.0/32")])
+    current = {
+        "config": {"kills": 1},
+        "stores": {"allot": "three members", "postgres": "one node"},
+        "skipped": {"etcd": "etcd is not installed"},
+        "results": {"allot": row(suite.LEADER_FAILOVER, 0.3), "postgres": postgres},
+    }
+    merged = {**suite.merge_failover(previous, current), "stamp": new_stamp}
+    assert merged["results"]["allot"]["median_s"] == 0.3  # measured again: replaced
+    assert merged["results"]["etcd"]["stamp"] == old_stamp and merged["results"]["etcd"]["config"] == {"kills": 20}
+    assert merged["stores"]["etcd"] == "three etcd members"
+    assert suite.merge_failover(merged, {"results": {}})["results"]["etcd"]["stamp"] == old_stamp  # kept again
+
+    text = "\n".join(report.failover_section(merged))
+    assert "| etcd | the leader; leader failover (three members) | 1 | 0.400 s |" in text
+    assert "| postgres | postmaster and backends; crash-restart (single node, no replica) | 1 | 1.200 s |" in text
+    assert "A crash-restart is not a failover" in text and "**none lost, none duplicated**" in text
+    assert "- etcd: not measured in the run of 2026-02-02 00:00 UTC: etcd is not installed." in text
+    assert "measured 2026-01-01 00:00 UTC with `python -m bench`" in text and "- allot: not measured" not in text
+    headline = report.headline({"contended": {}, "failover": merged})
+    assert (
+        "kept from earlier runs: etcd's from 2026-01-01 00:00 UTC." in headline
+        and "A crash-restart is not a failover" in headline
+    )
+
+
+def test_postgres_log_replay_time() -> None:
+    log = (
+        "LOG:  redo starts at 0/1500790\n"
+        "LOG:  redo done at 0/1661228 system usage: CPU: user: 0.00 s, system: 0.00 s, elapsed: 0.12 s\n"
+    )
+    assert redo_seconds(log) == 0.12
+    assert redo_seconds("LOG:  redo is not required\n") is None

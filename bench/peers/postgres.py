@@ -16,13 +16,26 @@ hint. A release deletes the allocation under the same row lock and lowers the hi
 allocations table has an exclusion constraint, `EXCLUDE USING gist (pool_id WITH =, cidr
 inet_ops WITH &&)`, as a backstop against overlapping allocations. Doing the work server-side
 keeps the row lock held for one round trip, not three: the strongest way to build it.
+
+A call that meets no server (refused, or starting up after a crash), a lost connection, a
+server shutting down or a timeout is retried, as the Allot and etcd allocators retry, until
+`call_deadline_s`; the asyncpg pool opens a new connection in place of a broken one when it is
+next acquired, and each acquire and each statement has a timeout. A claim retried after such an
+error first looks its name up: the lost attempt may have committed before its answer was lost.
+
+Crash-restart (the failover scenario; PostgreSQL has no replica here to fail over to):
+`crash()` SIGKILLs the postmaster and every process it forked and `restart()` starts
+the server again on the same data directory, where crash recovery replays the WAL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -30,7 +43,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bench.loadgen import AllocatorError, Pool
 from bench.peers import Unavailable
@@ -39,6 +52,9 @@ from chaos.cluster import HOST, free_ports, reap_process, register_process, wait
 bin_dir = Path("/usr/lib/postgresql/15/bin")
 start_timeout_s = 60.0
 stop_timeout_s = 15.0
+crash_exit_timeout_s = 10.0  # every process of a SIGKILLed server gone
+call_deadline_s = 30.0  # one claim or release, retries included (as the Allot and etcd allocators)
+retry_pause_max_s = 0.2
 max_connections = 300
 connections_default = 32
 
@@ -118,6 +134,28 @@ def asyncpg_module() -> Any:
     return asyncpg
 
 
+class Retry(Exception):
+    """An attempt that a careful client tries again; `reason` is what the retry is counted as."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def retry_reason(asyncpg: Any, exc: BaseException) -> str | None:
+    """Why `exc` is worth another attempt (its class name), or None when it is the answer."""
+    transient = (
+        OSError,  # refused (no server), reset
+        TimeoutError,
+        asyncpg.InterfaceError,
+        asyncpg.PostgresConnectionError,  # 08xxx: the connection is gone
+        asyncpg.CannotConnectNowError,  # 57P03: starting up (crash recovery)
+        asyncpg.AdminShutdownError,  # 57P01
+        asyncpg.CrashShutdownError,  # 57P02: another backend crashed
+    )
+    return type(exc).__name__ if isinstance(exc, transient) else None
+
+
 class PostgresAllocator:
     label = "postgres"
 
@@ -131,6 +169,9 @@ class PostgresAllocator:
 
     async def open(self) -> None:
         asyncpg = asyncpg_module()
+        # After a crash the pool's own task that reopens connections up to min_size logs each
+        # refused attempt with a traceback; the calls' retries here are counted instead.
+        logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
         self._pool = await asyncpg.create_pool(
             host=HOST,
             port=self.port,
@@ -138,23 +179,73 @@ class PostgresAllocator:
             database="postgres",
             min_size=self.connections,
             max_size=self.connections,
+            timeout=self.timeout_s,  # each connection attempt
         )
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), timeout=stop_timeout_s)
+            except TimeoutError:
+                pool.terminate()
 
-    async def _call(self, query: str, *args: Any) -> Any:
+    async def _once(self, how: Literal["fetchval", "fetch"], query: str, args: tuple[Any, ...]) -> Any:
+        """One attempt: a connection from the pool (a new one if the old broke), one statement."""
         asyncpg = asyncpg_module()
         if self._pool is None:
             raise RuntimeError("open() the allocator first")
         try:
-            return await self._pool.fetchval(query, *args, timeout=self.timeout_s)
-        except asyncpg.PostgresError as exc:
-            raise AllocatorError(type(exc).__name__, str(exc)) from exc
-        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
-            raise AllocatorError(type(exc).__name__, str(exc)) from exc
+            connection = await self._pool.acquire(timeout=self.timeout_s)
+        except Exception as exc:
+            reason = retry_reason(asyncpg, exc)
+            if reason is None:
+                raise AllocatorError(type(exc).__name__, str(exc)) from exc
+            raise Retry(f"connect {reason}") from exc
+        try:
+            return await getattr(connection, how)(query, *args, timeout=self.timeout_s)
+        except Exception as exc:
+            reason = retry_reason(asyncpg, exc)
+            if reason is None and connection.is_closed():
+                # asyncpg can report a connection that died mid-statement as an InternalClientError
+                # ("cannot switch to state ..."): the connection is gone all the same.
+                reason = f"{type(exc).__name__} on a closed connection"
+            if reason is None:
+                raise AllocatorError(type(exc).__name__, str(exc)) from exc
+            raise Retry(reason) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await self._pool.release(connection, timeout=self.timeout_s)
+
+    async def _call(
+        self, query: str, *args: Any, how: Literal["fetchval", "fetch"] = "fetchval", check: str | None = None
+    ) -> Any:
+        """`query`, retried on what a careful client retries until `call_deadline_s`. With `check`
+        (same arguments), each retry first runs `check` and answers with what it finds (not NULL):
+        the earlier attempt may have committed before its answer was lost."""
+        asyncpg = asyncpg_module()
+        deadline = time.monotonic() + call_deadline_s
+        attempt = 0
+        while True:
+            try:
+                if attempt and check is not None:
+                    found = await self._once("fetchval", check, args)
+                    if found is not None:
+                        self.retries["in doubt, found committed"] += 1
+                        return found
+                return await self._once(how, query, args)
+            except Retry as exc:
+                reason = exc.reason
+            except AllocatorError as exc:
+                cause = exc.__cause__
+                if not (attempt and check is not None and isinstance(cause, asyncpg.UniqueViolationError)):
+                    raise
+                reason = "in doubt, name taken"  # the lost attempt is committing: look again
+            self.retries[reason] += 1
+            attempt += 1
+            if time.monotonic() > deadline:
+                raise AllocatorError("deadline", f"{query}: last {reason} after {attempt} attempts")
+            await asyncio.sleep(min(retry_pause_max_s, 0.01 * attempt))
 
     async def create_pool(self, pool: Pool) -> None:
         org, project = pool.tenant or (None, None)
@@ -172,11 +263,53 @@ class PostgresAllocator:
         self.pool_ids[pool.name] = int(pool_id)
 
     async def claim(self, pool: Pool, name: str) -> str:
-        address = await self._call("SELECT host(claim_address($1, $2))", self.pool_ids[pool.name], name)
+        address = await self._call(
+            "SELECT host(claim_address($1, $2))",
+            self.pool_ids[pool.name],
+            name,
+            check="SELECT host(cidr) FROM allocations WHERE pool_id = $1 AND name = $2",
+        )
         return f"{address}/32"
 
     async def release(self, pool: Pool, name: str, cidr: str) -> None:
         await self._call("SELECT release_address($1, $2)", self.pool_ids[pool.name], name)
+
+    async def holdings(self, pool: Pool) -> list[tuple[str, str]]:
+        """Every allocation the server holds in `pool`: (name, "a.b.c.d/32"), read after the load."""
+        rows = await self._call(
+            "SELECT name, host(cidr) FROM allocations WHERE pool_id = $1", self.pool_ids[pool.name], how="fetch"
+        )
+        return [(str(row[0]), f"{row[1]}/32") for row in rows]
+
+
+redo_pattern = re.compile(r"redo done at \S+ system usage: .*?elapsed: ([0-9.]+) s")
+
+
+def redo_seconds(log: str) -> float | None:
+    """The WAL replay time of the last crash recovery in a PostgreSQL log excerpt (PostgreSQL 15
+    logs `redo done at 0/1A2B3C4 system usage: CPU: ..., elapsed: 0.12 s`); None when absent
+    (no recovery, or `redo is not required`)."""
+    found = redo_pattern.findall(log)
+    return float(found[-1]) if found else None
+
+
+def server_processes(data: Path) -> list[int]:
+    """The live processes of the server on data directory `data`: the postmaster and every backend
+    and helper process it forked, found by their working directory (PostgreSQL changes into its
+    data directory; each backend makes itself a process group of its own, so a signal to the
+    postmaster's group does not reach them). Zombies, gone but for their exit status, do not count."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        target = data.resolve()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if Path(os.readlink(entry / "cwd")) != target:
+                    continue
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    found.append(int(entry.name))
+    return found
 
 
 class PostgresStore:
@@ -190,6 +323,7 @@ class PostgresStore:
         self.connections = connections
         self.base_dir: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
+        self.crashed: subprocess.Popen[bytes] | None = None  # SIGKILLed by crash(), not yet reaped
         self.port = 0
         self.user: str | None = None
 
@@ -221,36 +355,7 @@ class PostgresStore:
                 **run_as,
             )
             self.port = free_ports(1)[0]
-            log = open(self.base_dir / "postgres.log", "ab")  # noqa: SIM115 - closed right after Popen
-            with log:
-                self.process = subprocess.Popen(
-                    [
-                        str(self.server),
-                        "-D",
-                        str(data),
-                        "-c",
-                        f"port={self.port}",
-                        "-c",
-                        f"listen_addresses={HOST}",
-                        "-c",
-                        f"unix_socket_directories={self.base_dir}",
-                        "-c",
-                        f"max_connections={max_connections}",
-                        "-c",
-                        "fsync=on",
-                        "-c",
-                        "synchronous_commit=on",
-                        "-c",
-                        "full_page_writes=on",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                    **run_as,
-                )
-            register_process(self.process)
-            wait_until("PostgreSQL to accept connections", self._accepting, start_timeout_s, on_timeout=self.log_tail)
+            self._launch()
             subprocess.run(
                 [str(bin_dir / "psql"), "-h", HOST, "-p", str(self.port), "-U", "postgres", "-q", "-v",
                  "ON_ERROR_STOP=1", "-c", SCHEMA],
@@ -261,6 +366,92 @@ class PostgresStore:
         except BaseException:
             self.close()
             raise
+
+    def _launch(self, timeout_s: float = start_timeout_s) -> None:
+        """Start the server on the data directory (fresh, or as a SIGKILLed server left it) and
+        wait until it accepts connections (after crash recovery, when there was a crash)."""
+        if self.base_dir is None:
+            raise RuntimeError("start() the store first")
+        run_as = self._run_as()
+        log = open(self.base_dir / "postgres.log", "ab")  # noqa: SIM115 - closed right after Popen
+        with log:
+            self.process = subprocess.Popen(
+                [
+                    str(self.server),
+                    "-D",
+                    str(self.base_dir / "data"),
+                    "-c",
+                    f"port={self.port}",
+                    "-c",
+                    f"listen_addresses={HOST}",
+                    "-c",
+                    f"unix_socket_directories={self.base_dir}",
+                    "-c",
+                    f"max_connections={max_connections}",
+                    "-c",
+                    "fsync=on",
+                    "-c",
+                    "synchronous_commit=on",
+                    "-c",
+                    "full_page_writes=on",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # not in our group (each backend then makes a group of its own)
+                **run_as,
+            )
+        register_process(self.process)
+        wait_until("PostgreSQL to accept connections", self._accepting, timeout_s, on_timeout=self.log_tail)
+
+    # -- crash-restart (the failover scenario) --
+
+    def crash(self) -> None:
+        """SIGKILL the postmaster and every backend and helper at once, as a crash would,
+        and return: the caller times from here, and restart() reaps them. The data directory stays
+        as they left it."""
+        process, self.process = self.process, None
+        if process is None:
+            raise RuntimeError("start() the store first")
+        self.crashed = process
+        self._kill_everything(process)
+
+    def _kill_everything(self, postmaster: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the postmaster (first: it forks nothing more), then every process it had forked."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(postmaster.pid, signal.SIGKILL)  # the postmaster's own group
+        if self.base_dir is not None:
+            for pid in server_processes(self.base_dir / "data"):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def _reap_crashed(self) -> None:
+        """Reap the SIGKILLed postmaster and wait until none of its backends runs (they share its
+        memory, and a new postmaster refuses to start while an old backend holds it)."""
+        crashed, self.crashed = self.crashed, None
+        if crashed is None:
+            return
+        reap_process(crashed)
+        data = self.base_dir / "data" if self.base_dir is not None else None
+        wait_until(
+            "the SIGKILLed PostgreSQL backends to exit",
+            lambda: data is None or not server_processes(data),
+            crash_exit_timeout_s,
+        )
+
+    def restart(self, timeout_s: float) -> float | None:
+        """After crash(): start the server again on the same data directory (crash recovery replays
+        the WAL) and wait until it accepts connections; returns the replay time it logged, if any."""
+        if self.base_dir is None:
+            raise RuntimeError("start() the store first")
+        self._reap_crashed()
+        log = self.base_dir / "postgres.log"
+        before = log.stat().st_size if log.exists() else 0
+        self._launch(timeout_s)
+        with contextlib.suppress(OSError), log.open("rb") as handle:
+            handle.seek(before)
+            return redo_seconds(handle.read().decode(errors="replace"))
+        return None
 
     def _accepting(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -281,6 +472,8 @@ class PostgresStore:
         return ""
 
     def close(self) -> None:
+        with contextlib.suppress(AssertionError):  # backends that outlive the deadline: rmtree anyway
+            self._reap_crashed()
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -289,8 +482,7 @@ class PostgresStore:
             while process.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(process.pid, signal.SIGKILL)  # the postmaster's own group: its backends
+                self._kill_everything(process)
         if process is not None:
             reap_process(process)
         if self.base_dir is not None:
