@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -140,6 +142,12 @@ def digests_match(cluster: Cluster, member_id: str, leader: str) -> bool:
     return bool(same_index and mine.get("digest") == theirs.get("digest"))
 
 
+def load_now() -> str:
+    """The machine's load average: other runs sharing the cores explain slow numbers."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
 def term_now(cluster: Cluster) -> str:
     """The highest term any running member reports: elections show up as jumps."""
     terms = [int(status["term"]) for status in cluster.statuses().values() if status is not None]
@@ -165,9 +173,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allocations", type=int, default=1_000_000)
     parser.add_argument("--timeout", type=float, default=120.0, help="deadline of each measured wait (seconds)")
     parser.add_argument("--fill-timeout", type=float, default=3600.0, help="deadline of the fill (seconds)")
+    parser.add_argument(
+        "--snapshot-entries",
+        type=int,
+        default=None,
+        help="log entries between full dumps (the members' default when not given); a wiped "
+        "follower replays up to this many entries after installing the leader's dump",
+    )
     args = parser.parse_args(argv)
-    print(f"# {machine_line()}; python -m bench.big_state --allocations {args.allocations}", flush=True)
-    with Cluster() as cluster:  # started on entering
+    command = " ".join(["python -m bench.big_state", *(sys.argv[1:] if argv is None else argv)])
+    print(f"# {machine_line()}; {load_now()}; {command}", flush=True)
+    with Cluster(snapshot_entries=args.snapshot_entries) as cluster:  # started on entering
         leader = cluster.wait_for_leader()
         urls = [f"http://{cluster.address(member_id)}" for member_id in cluster.member_ids]
         reply = cluster.request(leader, "POST", "/v1/ippools", body={"name": pool_name, "spec": {"cidr": pool_cidr}})
@@ -177,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds = asyncio.run(fill(urls, tenant, args.allocations, time.monotonic() + args.fill_timeout))
         print(
             f"fill        {args.allocations:,} claims in {seconds:.0f} s ({args.allocations / seconds:,.0f}/s); "
-            f"{term_now(cluster)}"
+            f"{term_now(cluster)}; {load_now()}"
         )
         leader = cluster.wait_for_leader()
         cluster.wait_converged(member_ids=cluster.member_ids)
@@ -239,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         report_memory(cluster, "after rebuild")
         status = cluster.status(leader, timeout_s=30.0) or {}
-        print(f"leadership  term {status.get('term')}, leader {status.get('leader')}")
+        print(f"leadership  term {status.get('term')}, leader {status.get('leader')}; {load_now()}")
 
 
 if __name__ == "__main__":

@@ -211,13 +211,13 @@ class DumpWriter:
         cluster_ids = sorted(str(getattr(node, "id", node)) for node in cluster)
         thread = threading.Thread(
             target=self._write,
-            args=(pending, last_entry, previous_entry, cluster_ids),
+            args=(pending, last_entry, previous_entry, cluster_ids, Path(tmp_path)),
             name="allot-dump",
             daemon=True,
         )
         thread.start()
 
-    def _write(self, pending: Any, last_entry: Any, previous_entry: Any, cluster: list[str]) -> None:
+    def _write(self, pending: Any, last_entry: Any, previous_entry: Any, cluster: list[str], tmp_path: Path) -> None:
         started = time.monotonic()
         new_path = self._dump_path.with_suffix(".new")
         staging = self._dump_path.parent / "dump-staging"
@@ -232,6 +232,12 @@ class DumpWriter:
                 os.fsync(out.fileno())
             os.replace(new_path, self._dump_path)
             _fsync_path(self._dump_path.parent)
+            # pysyncobj renamed tmp_path (our hard link to the previous dump) over the dump file;
+            # POSIX makes that rename a no-op when both names are one file, so tmp_path stayed,
+            # and now it alone keeps the previous dump's blocks on disk (a whole dump: 100+ MB
+            # in a big state). pysyncobj touches tmp_path only inside serialize(), which it
+            # does not call again before check() reports this dump: dropping it here is safe.
+            tmp_path.unlink(missing_ok=True)
             state = SERIALIZER_STATE.SUCCESS
             self.last_dump_index = int(last_entry[1])
             self.last_dump_seconds = time.monotonic() - started

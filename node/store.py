@@ -13,7 +13,7 @@ Rules (node/DESIGN.md says why):
   the transaction is aborted and nothing of the entry is written.
 * Readers get a consistent view over one read transaction (`with store.reader() as view`). Values
   are copied out as `bytes`; no LMDB buffer outlives its transaction.
-* Snapshots are compact copies of the environment taken inside one read transaction, fsynced,
+* Snapshots are packed copies of the environment taken inside one read transaction, fsynced,
   with a manifest (applied_index, size, SHA-256) written atomically. Nothing is installed before
   its checksum is verified on the very bytes that will be installed; the install swaps the data
   file with one `rename`.
@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import itertools
 import json
 import os
 import struct
@@ -50,6 +51,9 @@ STORE_FORMAT = 1  # bump when the layout of either database changes
 map_size_default = 8 << 30  # 8 GiB of address space; the file is sparse and grows with use
 max_readers_default = 126
 copy_chunk_bytes = 1 << 20
+# Records per write transaction of a packed snapshot copy: bounds the dirty pages one
+# transaction holds (~100 MB at most with records up to 1 KB) while keeping commits few.
+packed_copy_records_per_txn = 100_000
 
 DATA_FILE = "state.mdb"  # LMDB with subdir=False: the lock file is state.mdb-lock
 STAGING_FILE = "state.mdb.installing"  # a verified snapshot waiting to be renamed over DATA_FILE
@@ -201,13 +205,20 @@ class PendingSnapshot:
     open, LMDB cannot reuse the pages it sees, so the file grows.
     """
 
-    def __init__(self, txn: lmdb.Transaction[bytes], env: lmdb.Environment, applied_index: int) -> None:
+    def __init__(
+        self,
+        txn: lmdb.Transaction[bytes],
+        env: lmdb.Environment,
+        applied_index: int,
+        databases: Sequence[tuple[bytes, lmdb._Database]],
+    ) -> None:
         self._txn: lmdb.Transaction[bytes] | None = txn
         self._env = env
         self.applied_index = applied_index
+        self._databases = databases  # (name, handle) of every named database, copied in this order
 
     def write(self, directory: str | os.PathLike[str]) -> SnapshotInfo:
-        """Write `state.mdb` (a compact copy) and `manifest.json` into directory (new or empty)."""
+        """Write `state.mdb` (a packed copy) and `manifest.json` into directory (new or empty)."""
         if self._txn is None:
             raise SnapshotError("this pending snapshot was already written or closed")
         target = Path(directory)
@@ -216,10 +227,7 @@ class PendingSnapshot:
             raise SnapshotError(f"snapshot directory {target} is not empty")
         data_path = target / SNAPSHOT_DATA_FILE
         try:
-            with open(data_path, "xb") as handle:
-                self._env.copyfd(handle.fileno(), compact=True, txn=self._txn)
-                handle.flush()
-                os.fsync(handle.fileno())
+            _write_packed_copy(self._txn, self._databases, data_path, self._env.info()["map_size"])
         except lmdb.Error as exc:
             raise SnapshotError(f"copying the store into {data_path} failed: {exc}") from exc
         finally:
@@ -244,6 +252,44 @@ class PendingSnapshot:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _write_packed_copy(
+    txn: lmdb.Transaction[bytes], databases: Sequence[tuple[bytes, lmdb._Database]], path: Path, map_size: int
+) -> None:
+    """Copy every record the read transaction sees into a new LMDB file at path, in key order
+    with MDB_APPEND, and fsync it.
+
+    Why not `env.copyfd(compact=True)`: that copies the B-tree's pages as they are, and pages
+    filled by inserts in key-scattered order (claim names, random request ids) are only 55-65 %
+    full, so that copy is 1.6-1.8x the bytes it holds. Appending in key order fills every leaf
+    page, which made the copy 40 % smaller (bench/footprint.py) and, measured there, no slower.
+    py-lmdb lets other threads run between records, so the tick thread is not stalled by it.
+    The records, and so `digest`, are the same; only their pages differ.
+    """
+    with open(path, "xb"):
+        pass  # refuse to overwrite, as the exclusive create of a plain copy would
+    with lmdb.open(
+        str(path), subdir=False, map_size=map_size, max_dbs=len(databases), lock=False, sync=False, metasync=False
+    ) as out:
+        for name, source in databases:
+            target = out.open_db(name)
+            with txn.cursor(db=source) as cursor:
+                if not cursor.first():
+                    continue
+                items = cursor.iternext()  # one iterator across the chunks: it resumes where it stopped
+                while True:
+                    with out.begin(write=True, db=target) as write_txn:
+                        consumed, added = write_txn.cursor().putmulti(
+                            itertools.islice(items, packed_copy_records_per_txn), append=True
+                        )
+                        if added != consumed:  # cannot happen for a sorted, unique source: never skip silently
+                            raise SnapshotError(f"packed copy of {name!r}: {consumed - added} records not appended")
+                    if consumed < packed_copy_records_per_txn:
+                        break
+        out.sync(True)
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 class _Hasher(Protocol):
@@ -631,10 +677,10 @@ class LmdbStore:
         except BaseException:
             txn.abort()
             raise
-        return PendingSnapshot(txn, env, applied)
+        return PendingSnapshot(txn, env, applied, ((STATE_DB, self._state_db), (NODE_DB, self._node_db)))
 
     def create_snapshot(self, directory: str | os.PathLike[str]) -> SnapshotInfo:
-        """Write a compact, checksummed copy of the store into directory (new or empty)."""
+        """Write a packed, checksummed copy of the store into directory (new or empty)."""
         with self.begin_snapshot() as pending:
             info = pending.write(directory)
         self._record_snapshot_index(info.applied_index)

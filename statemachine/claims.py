@@ -19,12 +19,13 @@ group in key order; the first one with room wins.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from statemachine import buddy, classes, keys, pools
 from statemachine.addresses import FAMILY_BITS, Block, parse_address, parse_cidr
-from statemachine.codec import ROLE_MEMBER, Principal, loads
-from statemachine.context import ADDED, MODIFIED, Context
+from statemachine.codec import ROLE_MEMBER, Principal, dump_record, loads
+from statemachine.context import ADDED, MODIFIED, Context, format_uid, parse_uid, rfc3339
 from statemachine.errors import (
     ALREADY_EXISTS,
     CONFLICT,
@@ -84,7 +85,7 @@ def check_spec(value: Any) -> tuple[dict[str, Any], Block | None]:
 
 def _load(view: ReadView, key: bytes) -> dict[str, Any] | None:
     raw = view.get(key)
-    return None if raw is None else dict(loads(raw))
+    return None if raw is None else decode_record(key, raw)
 
 
 def class_candidates(ctx: Context, spec: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[bytes, dict[str, Any]]]]:
@@ -232,14 +233,14 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         },
         "status": {"phase": PHASE_BOUND},
     }
-    ctx.write_object(alloc_key, ALLOCATION_KIND, allocation, ADDED)
+    _write(ctx, alloc_key, allocation, ADDED)
     claim = {
         "kind": KIND,
         "metadata": ctx.metadata(name, ctx.new_uid(), labels, **scope),
         "spec": spec,
         "status": _claim_status(allocation),
     }
-    ctx.write_object(claim_key, KIND, claim, ADDED)
+    _write(ctx, claim_key, claim, ADDED)
     return claim, True
 
 
@@ -335,9 +336,7 @@ def _rebind(
     retained["spec"]["reclaimPolicy"] = reclaim
     retained["spec"]["className"] = class_name
     retained["status"] = {"phase": PHASE_BOUND}
-    ctx.write_object(
-        keys.alloc_key(principal.org, principal.project, namespace, name), ALLOCATION_KIND, retained, MODIFIED
-    )
+    _write(ctx, keys.alloc_key(principal.org, principal.project, namespace, name), retained, MODIFIED)
     claim = {
         "kind": KIND,
         "metadata": ctx.metadata(
@@ -346,7 +345,7 @@ def _rebind(
         "spec": spec,
         "status": _claim_status(retained),
     }
-    ctx.write_object(keys.claim_key(principal.org, principal.project, namespace, name), KIND, claim, ADDED)
+    _write(ctx, keys.claim_key(principal.org, principal.project, namespace, name), claim, ADDED)
     return claim, True
 
 
@@ -365,7 +364,7 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
         raise InvariantViolation(f"IPClaim {namespace}/{name} has no allocation")
     if allocation["spec"]["reclaimPolicy"] == RECLAIM_RETAIN:
         allocation["status"] = {"phase": PHASE_RELEASED}
-        ctx.write_object(alloc_key, ALLOCATION_KIND, allocation, MODIFIED)
+        _write(ctx, alloc_key, allocation, MODIFIED)
     else:
         pool = pools.load(ctx.ov, pools.key_of_pool_id(allocation["spec"]["pool"]))
         if pool is None:
@@ -376,6 +375,278 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
         state.allocated -= block.size
         state.allocations -= 1
         pools.save_state(ctx, state)
-        ctx.delete_object(alloc_key, ALLOCATION_KIND, allocation)
-    ctx.delete_object(claim_key, KIND, claim)
+        _delete(ctx, alloc_key, allocation)
+    _delete(ctx, claim_key, claim)
     return claim
+
+
+# ---- the stored form -------------------------------------------------------------------------
+#
+# A big state holds millions of claims and allocations, so their records are stored compactly
+# and the public object is rebuilt on read: a positional array, without what the key already
+# says (kind, name, namespace, org, project) nor the references that always equal the name
+# (`status.allocationRef`, `spec.claimRef`); the uid as its 10 bytes and the creation time as
+# whole seconds. That is about 60-70 bytes instead of 260-290 (bench/footprint.py measures it).
+# Their watch events are logged in the same form, prefixed with the object's key (an event has
+# no key of its own); queries.events_after rebuilds them. A claim answered to a request id is
+# remembered in that form too (`compact_answer`, machine.py's dedup record).
+#
+# Decoding is exact: the rebuilt dict has the same fields, values and field order as the object
+# that was written, so a read answers what the write answered. An object whose shape the array
+# could not carry exactly (none that this code builds; perhaps one read from a record an earlier
+# build wrote) is stored, logged and remembered as the map it is, and every reader accepts a map.
+
+
+def _write(ctx: Context, key: bytes, obj: dict[str, Any], event_type: str) -> None:
+    """`ctx.write_object`, with the record and its watch event in the compact form."""
+    ctx.write_object(key, obj["kind"], obj, event_type)
+    plain = _plain(key, obj)
+    if plain is not None:
+        ctx.ov.put(key, dump_record(plain))
+        _compact_last_event(ctx, key, obj, plain)
+
+
+def _delete(ctx: Context, key: bytes, obj: dict[str, Any]) -> None:
+    """`ctx.delete_object`, with the watch event in the compact form."""
+    ctx.delete_object(key, obj["kind"], obj)
+    plain = _plain(key, obj)
+    if plain is not None:
+        _compact_last_event(ctx, key, obj, plain)
+
+
+# The last claim whose compact event was made, with that encoding: the command's answer is
+# usually that very claim, and `compact_answer` reuses the bytes (the same ones it would make)
+# instead of building them again. Keyed by identity, like `Context.encoding_of`; it holds one
+# small object, and a stale entry only costs the rebuild.
+_last_compact: list[tuple[dict[str, Any], bytes]] = []  # at most one entry
+
+
+def _compact_last_event(ctx: Context, key: bytes, obj: dict[str, Any], plain: list[Any]) -> None:
+    # write_object and delete_object append [type, kind, encoded object] to ctx.events and
+    # remember the public encoding apart (`encoding_of`, for the dedup answer), so replacing
+    # the event's encoding here changes the event log alone. An event has no key of its own,
+    # so its compact form starts with the object's key.
+    event = ctx.events[-1]
+    if event[1] != obj["kind"]:
+        raise InvariantViolation(f"the last event is a {event[1]}, not the one for {key!r}")
+    event[2] = encoded = dump_record([key, *plain])
+    if obj["kind"] == KIND:
+        _last_compact[:] = [(obj, encoded)]
+
+
+def _plain(key: bytes, obj: dict[str, Any]) -> list[Any] | None:
+    """The compact form of a claim or allocation, or None when its shape does not fit it."""
+    try:
+        return _claim_plain(key, obj) if obj["kind"] == KIND else _allocation_plain(key, obj)
+    except _NotStorable:
+        return None
+
+
+def decode_record(key: bytes, raw: bytes) -> dict[str, Any]:
+    """The public IPClaim or IPAllocation object stored under key (`claim/...` or `alloc/...`)."""
+    plain = loads(raw)
+    if isinstance(plain, dict):
+        return dict(plain)
+    return _decode(key, plain)
+
+
+def decode_event_object(raw: bytes) -> dict[str, Any]:
+    """The public object of an IPClaim or IPAllocation watch event (see `_compact_last_event`)."""
+    return dict(decode_answer(loads(raw)))
+
+
+def compact_answer(value: dict[str, Any]) -> bytes | None:
+    """An IPClaim answer (claim.create's or claim.delete's) in the compact event form, for the
+    dedup record; None for any other answer, which is stored as it is."""
+    if value.get("kind") != KIND:
+        return None
+    for known, encoded in _last_compact:
+        if known is value:
+            return encoded
+    metadata = value["metadata"]
+    key = keys.claim_key(metadata["org"], metadata["project"], metadata["namespace"], metadata["name"])
+    plain = _plain(key, value)
+    return None if plain is None else dump_record([key, *plain])
+
+
+def decode_answer(plain: Any) -> dict[str, Any]:
+    """The answer a dedup record holds: a map as it is, or a claim made by `compact_answer`."""
+    if isinstance(plain, dict):
+        return plain
+    return _decode(plain[0], plain[1:])
+
+
+def _decode(key: bytes, plain: list[Any]) -> dict[str, Any]:
+    if key.startswith(keys.CLAIM):
+        return _decode_claim(key, plain)
+    if key.startswith(keys.ALLOC):
+        return _decode_allocation(key, plain)
+    raise InvariantViolation(f"{key!r} is not a claim or allocation key")
+
+
+_metadata_fields = ["name", "namespace", "org", "project", "uid", "resourceVersion", "labels", "creationTimestamp"]
+_object_fields = ["kind", "metadata", "spec", "status"]
+_claim_status_fields = ["phase", "allocatedCIDR", "allocationRef", "pool", "className", "reclaimPolicy"]
+_allocation_spec_fields = ["pool", "cidr", "claimRef", "className", "reclaimPolicy"]
+_allocation_status_fields = ["phase"]
+
+
+class _NotStorable(Exception):
+    """The object's shape does not fit the compact form; it is stored as a map instead."""
+
+
+def _not_storable(key: bytes, why: str) -> _NotStorable:
+    return _NotStorable(f"cannot store {key!r} compactly: {why}")
+
+
+def _metadata_in(key: bytes, prefix: bytes, obj: dict[str, Any]) -> list[Any]:
+    """uid, resourceVersion, labels, creation time; checking the rest is what the key says."""
+    metadata = obj["metadata"]
+    if list(obj) != _object_fields or list(metadata) != _metadata_fields:
+        raise _not_storable(key, f"fields {list(obj)} / metadata {list(metadata)}")
+    org, project, namespace, name = keys.split_path(key, prefix)
+    if [metadata["name"], metadata["namespace"], metadata["org"], metadata["project"]] != [
+        name,
+        namespace,
+        org,
+        project,
+    ]:
+        raise _not_storable(key, "its metadata names another object")
+    return [
+        _uid_in(metadata["uid"]),
+        metadata["resourceVersion"],
+        metadata["labels"],
+        _time_in(metadata["creationTimestamp"]),
+    ]
+
+
+def _metadata_out(key: bytes, prefix: bytes, uid: Any, revision: int, labels: Any, created: Any) -> dict[str, Any]:
+    org, project, namespace, name = keys.split_path(key, prefix)
+    return {
+        "name": name,
+        "namespace": namespace,
+        "org": org,
+        "project": project,
+        "uid": format_uid(uid) if isinstance(uid, bytes) else uid,
+        "resourceVersion": revision,
+        "labels": labels,
+        "creationTimestamp": rfc3339(created * 1000) if isinstance(created, int) else created,
+    }
+
+
+def _uid_in(uid: Any) -> Any:
+    """The uid's bytes when they render back to the same text (always, for uids made here)."""
+    if not isinstance(uid, str):
+        raise _NotStorable(f"uid {uid!r} is not text")
+    try:
+        raw = parse_uid(uid)
+    except ValueError:
+        return uid
+    return raw if format_uid(raw) == uid else uid
+
+
+def _time_in(timestamp: Any) -> Any:
+    """Whole seconds since the epoch when they render back to the same text (always, for
+    timestamps made by `context.rfc3339`); else the text itself."""
+    if not isinstance(timestamp, str):
+        raise _NotStorable(f"creationTimestamp {timestamp!r} is not text")
+    return _seconds_of(timestamp)
+
+
+@lru_cache(maxsize=64)  # a pure function of its argument; the claims of one second share it
+def _seconds_of(timestamp: str) -> int | str:
+    try:
+        year, month, day = int(timestamp[0:4]), int(timestamp[5:7]), int(timestamp[8:10])
+        hour, minute, second = int(timestamp[11:13]), int(timestamp[14:16]), int(timestamp[17:19])
+    except ValueError:
+        return timestamp
+    if not (1 <= month <= 12 and year >= 1970):
+        return timestamp
+    # Days since 1970-01-01 from the civil date (Howard Hinnant's algorithm), integers only.
+    shifted = year - 1 if month <= 2 else year
+    era = shifted // 400
+    yoe = shifted - era * 400
+    doy = (153 * (month - 3 if month > 2 else month + 9) + 2) // 5 + day - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    seconds = days * 86400 + hour * 3600 + minute * 60 + second
+    return seconds if seconds >= 0 and rfc3339(seconds * 1000) == timestamp else timestamp
+
+
+def _ref_in(key: bytes, ref: Any, name: str) -> str | None:
+    if not isinstance(ref, str):
+        raise _not_storable(key, f"reference {ref!r} is not a name")
+    return None if ref == name else ref
+
+
+def _claim_plain(key: bytes, claim: dict[str, Any]) -> list[Any]:
+    head = _metadata_in(key, keys.CLAIM, claim)
+    spec, status = claim["spec"], claim["status"]
+    if list(status) != _claim_status_fields:
+        raise _not_storable(key, f"status fields {list(status)}")
+    spec_values = [spec.get(field) for field in _spec_fields]
+    if [field for field in _spec_fields if field in spec] != list(spec) or None in spec.values():
+        raise _not_storable(key, f"spec fields {list(spec)}")
+    name = claim["metadata"]["name"]
+    return [
+        *head,
+        *spec_values,
+        status["phase"],
+        status["allocatedCIDR"],
+        _ref_in(key, status["allocationRef"], name),
+        status["pool"],
+        status["className"],
+        status["reclaimPolicy"],
+    ]
+
+
+def _decode_claim(key: bytes, plain: list[Any]) -> dict[str, Any]:
+    metadata = _metadata_out(key, keys.CLAIM, *plain[:4])
+    spec_values = plain[4 : 4 + len(_spec_fields)]
+    phase, cidr, ref, pool, class_name, reclaim = plain[4 + len(_spec_fields) :]
+    return {
+        "kind": KIND,
+        "metadata": metadata,
+        "spec": {field: value for field, value in zip(_spec_fields, spec_values, strict=True) if value is not None},
+        "status": {
+            "phase": phase,
+            "allocatedCIDR": cidr,
+            "allocationRef": metadata["name"] if ref is None else ref,
+            "pool": pool,
+            "className": class_name,
+            "reclaimPolicy": reclaim,
+        },
+    }
+
+
+def _allocation_plain(key: bytes, allocation: dict[str, Any]) -> list[Any]:
+    head = _metadata_in(key, keys.ALLOC, allocation)
+    spec, status = allocation["spec"], allocation["status"]
+    if list(spec) != _allocation_spec_fields or list(status) != _allocation_status_fields:
+        raise _not_storable(key, f"spec fields {list(spec)}, status fields {list(status)}")
+    name = allocation["metadata"]["name"]
+    return [
+        *head,
+        spec["pool"],
+        spec["cidr"],
+        _ref_in(key, spec["claimRef"], name),
+        spec["className"],
+        spec["reclaimPolicy"],
+        status["phase"],
+    ]
+
+
+def _decode_allocation(key: bytes, plain: list[Any]) -> dict[str, Any]:
+    metadata = _metadata_out(key, keys.ALLOC, *plain[:4])
+    pool, cidr, ref, class_name, reclaim, phase = plain[4:]
+    return {
+        "kind": ALLOCATION_KIND,
+        "metadata": metadata,
+        "spec": {
+            "pool": pool,
+            "cidr": cidr,
+            "claimRef": metadata["name"] if ref is None else ref,
+            "className": class_name,
+            "reclaimPolicy": reclaim,
+        },
+        "status": {"phase": phase},
+    }

@@ -228,9 +228,10 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
         )
     # A pod that could never fit the quota, even with nothing else running, is refused outright;
     # one that would fit once other pods go waits in the queue.
-    impossible = tenant.shortfall(scheduler.charge_of(spec), ignore_usage=True)
-    if impossible is not None:
-        raise impossible
+    if tenant.limited:
+        impossible = tenant.shortfall(scheduler.charge_of(spec), ignore_usage=True)
+        if impossible is not None:
+            raise impossible
     pod: dict[str, Any] = {
         "kind": pods.KIND,
         "metadata": ctx.metadata(
@@ -239,8 +240,8 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
         "spec": spec,
         "status": scheduler.pending_status(),
     }
-    cluster = Cluster.load(ctx.ov)
-    if not scheduler.place(ctx, pod, key, planned, tenant, cluster):
+    if not scheduler.place(ctx, pod, key, planned, tenant):
+        cluster = Cluster.load(ctx.ov)  # only a pending pod changes the scheduler record
         if cluster.pending >= scheduler.pending_pods_max:
             raise Rejected(
                 UNSCHEDULABLE,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import cbor2
@@ -71,15 +72,57 @@ def _check_plain(value: Any, depth: int = 0) -> None:
     raise ValueError(f"values of type {type(value).__name__} are not allowed in a command")
 
 
+_plain_leaf_types = frozenset((str, int, bool, bytes, type(None)))
+
+
+def _in_canonical_order(value: Any) -> bool:
+    """True when value is a map holding only plain items in which every map's keys are ASCII
+    strings in canonical order (shorter first, then bytewise); False when unsure (floats,
+    sets, dates, other keys), which sends the caller to the full canonical re-encoding.
+
+    For such a value, insertion-order CBOR (`dump_record`) and canonical CBOR are the same
+    bytes: key order is the only thing canonical encoding changes for plain items. The walk
+    keeps its own stack, so no nesting depth can exhaust the interpreter's."""
+    if type(value) is not dict:
+        return False
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            previous, previous_length = "", -1
+            for key in item:
+                if type(key) is not str or not key.isascii():
+                    return False
+                length = len(key)
+                if length < previous_length or (length == previous_length and key <= previous):
+                    return False
+                previous, previous_length = key, length
+            children = item.values()
+        else:
+            children = item
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append(child)
+            elif kind not in _plain_leaf_types:
+                return False
+    return True
+
+
 def loads_strict(data: bytes) -> Any:
     """Decode a command: canonical CBOR and nothing else.
 
     The re-encoding check refuses what a tag hook cannot see (cbor2 decodes bignums and dates
     itself), trailing bytes, unsorted keys and non-shortest integers: one command, one encoding.
+    A decoded map keeps the order of the bytes, so when every map is already in canonical order
+    (checked by a walk, much cheaper than canonical encoding's sorting) the insertion-order
+    re-encoding must give back the very bytes; anything else takes the full canonical check.
     """
     if len(data) > envelope_bytes_max:
         raise ValueError(f"command is {len(data)} bytes; the limit is {envelope_bytes_max}")
     value = cbor2.loads(data, tag_hook=_refuse_tag)
+    if _in_canonical_order(value) and dump_record(value) == data:
+        return value
     if dumps(value) != data:
         raise ValueError("command is not canonical CBOR (tags, trailing bytes or non-canonical encoding)")
     return value
@@ -159,6 +202,31 @@ def _string(value: Any, field_path: str, chars_max: int) -> str:
     return value
 
 
+def _check_principal(name: Any, org: Any, project: Any, role: Any) -> Principal:
+    principal = Principal(
+        name=_string(name, "principal.name", principal_field_chars_max),
+        org=_string(org, "principal.org", principal_field_chars_max),
+        project=_string(project, "principal.project", principal_field_chars_max),
+        role=_string(role, "principal.role", 16),
+    )
+    for part in ("org", "project"):
+        if not _tenant_name_pattern.fullmatch(getattr(principal, part)):
+            raise invalid(f"principal.{part} must be a DNS label (lowercase letters, digits, '-')", f"principal.{part}")
+    if principal.role not in (ROLE_ADMIN, ROLE_MEMBER):
+        raise invalid(f"principal.role must be admin or member, not {principal.role!r}", "principal.role")
+    if bool(principal.org) != bool(principal.project):
+        raise invalid("principal org and project are set together or not at all", "principal")
+    if not principal.is_admin and not principal.has_tenant:
+        raise invalid("a member principal must belong to an org and project", "principal")
+    return principal
+
+
+# A cluster sees few distinct principals, and checking one (two patterns, four strings) is a
+# pure function of its strings: so the checked value is remembered. A refused principal raises
+# and is not cached. The cache is bounded and never iterated, so nothing leaks into results.
+_checked_principal = lru_cache(maxsize=1024)(_check_principal)
+
+
 def decode_envelope(data: bytes) -> Envelope:
     """Decode and check an envelope. Raises `Rejected(invalid)` with what is wrong."""
     try:
@@ -176,21 +244,12 @@ def decode_envelope(data: bytes) -> Envelope:
     principal_plain = plain["principal"]
     if not isinstance(principal_plain, dict) or set(principal_plain) != _principal_fields:
         raise invalid("principal must be a map with exactly name, org, project, role", "principal")
-    principal = Principal(
-        name=_string(principal_plain["name"], "principal.name", principal_field_chars_max),
-        org=_string(principal_plain["org"], "principal.org", principal_field_chars_max),
-        project=_string(principal_plain["project"], "principal.project", principal_field_chars_max),
-        role=_string(principal_plain["role"], "principal.role", 16),
-    )
-    for part in ("org", "project"):
-        if not _tenant_name_pattern.fullmatch(getattr(principal, part)):
-            raise invalid(f"principal.{part} must be a DNS label (lowercase letters, digits, '-')", f"principal.{part}")
-    if principal.role not in (ROLE_ADMIN, ROLE_MEMBER):
-        raise invalid(f"principal.role must be admin or member, not {principal.role!r}", "principal.role")
-    if bool(principal.org) != bool(principal.project):
-        raise invalid("principal org and project are set together or not at all", "principal")
-    if not principal.is_admin and not principal.has_tenant:
-        raise invalid("a member principal must belong to an org and project", "principal")
+    name, org = principal_plain["name"], principal_plain["org"]
+    project, role = principal_plain["project"], principal_plain["role"]
+    if type(name) is str and type(org) is str and type(project) is str and type(role) is str:
+        principal = _checked_principal(name, org, project, role)
+    else:
+        principal = _check_principal(name, org, project, role)  # refuses it, naming the field
     rid = plain["rid"]
     if rid is not None:
         rid = _string(rid, "rid", request_id_chars_max)

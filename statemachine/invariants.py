@@ -24,7 +24,7 @@ from typing import Any
 from statemachine import buddy, keys, nodes, pods, pools, quotas, scheduler, services
 from statemachine.addresses import Block, format_address, parse_address, parse_cidr
 from statemachine.buddy import OWNER_RESERVED, UID_BYTES, PoolState
-from statemachine.claims import PHASE_BOUND, PHASE_RELEASED
+from statemachine.claims import PHASE_BOUND, PHASE_RELEASED, decode_record
 from statemachine.codec import loads
 from statemachine.context import Meta, parse_uid
 from statemachine.errors import InvariantViolation
@@ -63,8 +63,9 @@ class _Objects:
 def check_invariants(view: ReadView) -> None:
     problems: list[str] = []
     pool_objects = _objects(view, keys.POOL)
-    claim_objects = _objects(view, keys.CLAIM)
-    alloc_objects = _objects(view, keys.ALLOC)
+    # Claims and allocations are stored compactly; claims.decode_record rebuilds the objects.
+    claim_objects = {key: decode_record(key, raw) for key, raw in _scan(view, keys.CLAIM)}
+    alloc_objects = {key: decode_record(key, raw) for key, raw in _scan(view, keys.ALLOC)}
     objects = _Objects(
         pool_objects, alloc_objects, _objects(view, keys.NODE), _objects(view, keys.POD), _objects(view, keys.SERVICE)
     )

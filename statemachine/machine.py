@@ -3,14 +3,19 @@
 This is the only place that switches on the command type. A command either succeeds, and its
 writes (objects, allocator records, the watch events, the dedup record and the meta record)
 are returned for the store to apply in one transaction, or it is refused with a `Rejected`
-value and writes nothing at all. `apply` never raises for bad input; it raises
+value and changes no object (it writes nothing at all, or, under a request id, only its dedup
+record and the meta record: below). `apply` never raises for bad input; it raises
 `InvariantViolation` only when the state is broken, and then the member must stop.
 
-Exactly-once: when the envelope carries a request id, the first successful result is stored
-with a digest of the command. The same id with the same command returns that result again and
-writes nothing; with a different command it is `conflict`. Records expire `dedup_ttl_ms` after
-they were written and at most `dedup_records_max` are kept (oldest dropped first). Refused
-commands are not recorded: they changed nothing, so running them again is harmless.
+Exactly-once: when the envelope carries a request id, the first result is stored with a
+digest of the command, a refusal as well as a success. The same id with the same command
+returns that result again and writes nothing; with a different command it is `conflict`.
+Records expire `dedup_ttl_ms` after they were written and at most `dedup_records_max` are kept
+(oldest dropped first). Refusals are remembered because the answer is what the client acts on:
+a claim refused with `pool_exhausted` whose request is delivered again later (an attempt held
+up in a paused member, then let go) must not allocate after the client was told it failed (the
+chaos suite found exactly that when refusals were not remembered). Such a refusal writes only
+the dedup record and the meta record: no revision, no event.
 """
 
 from __future__ import annotations
@@ -81,15 +86,28 @@ COMMAND_TYPES = (*HANDLERS, NOOP)
 PROPOSER_HINTS = ("plan",)  # body fields a proposing member adds (pod.create's planned node)
 
 
-def command_digest(envelope: Envelope) -> bytes:
-    """What a request id stands for. Proposer hints are left out: a client's retry through
-    another member carries another plan, and is still the same request."""
+def _digest_input(envelope: Envelope) -> list[Any]:
     principal = envelope.principal
     body = envelope.body
     if any(hint in body for hint in PROPOSER_HINTS):
         body = {field: value for field, value in body.items() if field not in PROPOSER_HINTS}
-    plain = [envelope.type, body, principal.name, principal.org, principal.project, principal.role]
-    return hashlib.sha256(dumps(plain)).digest()
+    return [envelope.type, body, principal.name, principal.org, principal.project, principal.role]
+
+
+def command_digest(envelope: Envelope) -> bytes:
+    """What a request id stands for. Proposer hints are left out: a client's retry through
+    another member carries another plan, and is still the same request."""
+    return hashlib.sha256(dumps(_digest_input(envelope))).digest()
+
+
+def _decoded_command_digest(envelope: Envelope) -> bytes:
+    """`command_digest` of an envelope that `decode_envelope` accepted. Its maps are in
+    canonical key order (the bytes were checked to be canonical, and decoding keeps their
+    order; dropping a hint keeps the rest in order), so insertion-order encoding gives the
+    canonical bytes without canonical encoding's sorting. The one exception, a float in the
+    body (canonical encoding shortens it), is refused by every handler before anything is
+    remembered, so it can never match or be stored."""
+    return hashlib.sha256(dump_record(_digest_input(envelope))).digest()
 
 
 def apply(view: ReadView, data: bytes, index: int, position: int = 0) -> Outcome:
@@ -120,13 +138,15 @@ def _apply(view: ReadView, envelope: Envelope, index: int, position: int, meta: 
 
     dedup_key: bytes | None = None
     digest = b""
+    expired_ms: int | None = None  # when the expired record under this request id was written
     if envelope.request_id is not None:
         principal = envelope.principal
         dedup_key = keys.dedup_key(principal.org, principal.project, envelope.request_id)
-        digest = command_digest(envelope)
+        digest = _decoded_command_digest(envelope)
         stored = view.get(dedup_key)
         if stored is not None:
-            stored_digest, stored_ms, stored_created, stored_value = loads(stored)
+            stored_digest, stored_ms, stored_created, stored_value, *stored_refusal = loads(stored)
+            expired_ms = stored_ms
             if now_ms - stored_ms <= dedup_ttl_ms:
                 if stored_digest != digest:
                     raise Rejected(
@@ -135,11 +155,24 @@ def _apply(view: ReadView, envelope: Envelope, index: int, position: int, meta: 
                         "use a new Idempotency-Key for a new request",
                         {"requestId": envelope.request_id},
                     )
-                return Outcome(Ok(loads(stored_value), stored_created), (), meta.revision)
+                if stored_refusal:
+                    code, message, details = stored_refusal[0]
+                    return Outcome(Rejected(code, message, details), (), meta.revision)
+                return Outcome(Ok(claims.decode_answer(loads(stored_value)), stored_created), (), meta.revision)
 
     overlay = Overlay(view)
     ctx = Context(overlay, envelope, index, position, meta)
-    returned = handler(ctx, envelope.body)
+    try:
+        returned = handler(ctx, envelope.body)
+    except Rejected as refusal:
+        if dedup_key is None:
+            raise
+        # The handler's writes so far are dropped with its overlay, and whatever it changed in
+        # meta with them (meta is read again); only the refusal is kept.
+        overlay = Overlay(view)
+        meta = Meta.load(view)
+        _remember(overlay, meta, dedup_key, digest, now_ms, b"", False, expired_ms, refusal)
+        return Outcome(refusal, _finish(overlay, meta, now_ms, index, position), meta.revision)
     value, created = returned if isinstance(returned, tuple) else (returned, False)
     if overlay.has_writes:  # the command changed state: a new revision, with its events
         meta.revision = ctx.revision
@@ -149,14 +182,24 @@ def _apply(view: ReadView, envelope: Envelope, index: int, position: int, meta: 
     if dedup_key is not None:
         # Remembered even when the command changed nothing (a claim that already existed):
         # the id is now taken, and a retry must get this same answer.
-        _remember(overlay, meta, dedup_key, digest, now_ms, ctx.encoding_of(value), created)
+        # A claim is remembered in its compact form (a third of the bytes; the dedup table
+        # holds up to dedup_records_max of them), anything else as the encoding it was stored with.
+        encoded = claims.compact_answer(value)
+        if encoded is None:
+            encoded = ctx.encoding_of(value)
+        _remember(overlay, meta, dedup_key, digest, now_ms, encoded, created, expired_ms)
     if not overlay.has_writes:
         return Outcome(Ok(value, created), (), meta.revision)
+    return Outcome(Ok(value, created), _finish(overlay, meta, now_ms, index, position), meta.revision)
+
+
+def _finish(overlay: Overlay, meta: Meta, now_ms: int, index: int, position: int) -> tuple[Write, ...]:
+    """The meta record of a command that wrote something, then every write in order."""
     meta.clock_ms = now_ms
     meta.index, meta.position = index, position
     _trim_dedup(overlay, meta, now_ms)
     overlay.put(keys.META, dump_record(meta.to_plain()))
-    return Outcome(Ok(value, created), overlay.writes(), meta.revision)
+    return overlay.writes()
 
 
 def _trim_events(overlay: Overlay, meta: Meta) -> None:
@@ -170,15 +213,27 @@ def _trim_events(overlay: Overlay, meta: Meta) -> None:
 
 
 def _remember(
-    overlay: Overlay, meta: Meta, dedup_key: bytes, digest: bytes, now_ms: int, encoded_value: bytes, created: bool
+    overlay: Overlay,
+    meta: Meta,
+    dedup_key: bytes,
+    digest: bytes,
+    now_ms: int,
+    encoded_value: bytes,
+    created: bool,
+    expired_ms: int | None,
+    refusal: Rejected | None = None,
 ) -> None:
-    previous = overlay.get(dedup_key)
-    if previous is not None:  # an expired record under the same id: replace it
-        overlay.delete(keys.dedup_expiry_key(loads(previous)[1], dedup_key))
+    # expired_ms comes from the lookup before the handler ran (handlers never write dedup
+    # records), which saves reading and decoding the record a second time.
+    if expired_ms is not None:  # an expired record under the same id: replace it
+        overlay.delete(keys.dedup_expiry_key(expired_ms, dedup_key))
         meta.dedup_records -= 1
     if meta.dedup_records == 0:
         meta.dedup_oldest_ms = now_ms
-    overlay.put(dedup_key, dump_record([digest, now_ms, created, encoded_value]))
+    record: list[Any] = [digest, now_ms, created, encoded_value]
+    if refusal is not None:  # a fifth field: the refusal to answer again
+        record.append([refusal.code, refusal.message, refusal.details])
+    overlay.put(dedup_key, dump_record(record))
     overlay.put(keys.dedup_expiry_key(now_ms, dedup_key), b"")
     meta.dedup_records += 1
 

@@ -166,6 +166,13 @@ def get(view: ReadView, principal: Principal, plural: str, name: str, namespace:
     raw = view.get(key)
     if raw is None:
         raise _not_found(res, name)
+    return _decode(res, key, raw)
+
+
+def _decode(res: Resource, key: bytes, raw: bytes) -> dict[str, Any]:
+    """The object stored under key; claims and allocations are stored compactly (claims.py)."""
+    if res.prefix in (keys.CLAIM, keys.ALLOC):
+        return claims.decode_record(key, raw)
     return dict(loads(raw))
 
 
@@ -233,7 +240,7 @@ def list_objects(
             more = True
             break
         last_key = key
-        obj = loads(raw)
+        obj = _decode(res, key, raw)
         metadata = obj["metadata"]
         in_namespace = namespace is None or metadata.get("namespace") == namespace
         if (
@@ -316,10 +323,13 @@ def events_after(
         for event_type, kind, raw_object in loads(raw):
             if kind not in wanted:
                 continue
-            obj = loads(raw_object)
+            obj = claims.decode_event_object(raw_object) if kind in _compact_kinds else loads(raw_object)
             if visible(kind, obj, principal) and (not fields or _watch_field_matches(fields, obj)):
                 events.append({"type": event_type, "object": obj})
     return events, max(resume, meta.revision)
+
+
+_compact_kinds = (claims.KIND, claims.ALLOCATION_KIND)  # stored and logged compactly (claims.py)
 
 
 def kind_of(plural: str) -> str:

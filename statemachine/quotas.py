@@ -75,8 +75,8 @@ class Ledger:
             self.pods,
             self.services,
             self.pending,
-            dict(sorted(self.addresses_by_class.items())),
-            dict(sorted(self.addresses_by_pool.items())),
+            _sorted_table(self.addresses_by_class),
+            _sorted_table(self.addresses_by_pool),
             self.limits,
             self.default_requests,
         ]
@@ -155,6 +155,12 @@ class Ledger:
         return None
 
 
+def _sorted_table(table: dict[str, int]) -> dict[str, int]:
+    # Names are added in charge order; the record keeps them sorted. Pods charge no addresses,
+    # so the tables are usually empty and need no sorting.
+    return dict(sorted(table.items())) if table else {}
+
+
 def _limit_of(limits: dict[str, Any], resource: str) -> int | None:
     table, dot, name = resource.partition(".")
     value = limits.get(table, {}).get(name) if dot else limits.get(resource)
@@ -187,7 +193,14 @@ class Tenant:
         self.project_ledger = load_ledger(view, org, project)
         self.org_ledger = load_ledger(view, org, "")
 
+    @property
+    def limited(self) -> bool:
+        """Whether a quota limits the project or the org (if not, nothing is ever short)."""
+        return self.project_ledger.limits is not None or self.org_ledger.limits is not None
+
     def shortfall(self, charge: Charge, ignore_usage: bool = False) -> Rejected | None:
+        if not self.limited:
+            return None  # the usual case: no quota, nothing to format
         return self.project_ledger.shortfall(
             charge, quota_id(self.org, self.project), ignore_usage
         ) or self.org_ledger.shortfall(charge, self.org, ignore_usage)

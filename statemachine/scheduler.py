@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from statemachine import buddy, keys, nodes, pods, quotas
@@ -222,6 +223,18 @@ class Found:
     nominate: str | None  # where the pod could reserve capacity when no node fits
 
 
+@lru_cache(maxsize=nodes.nodes_max)
+def _searched_state(raw: bytes) -> NodeState:
+    """A node's scheduling record as `search` reads it, decoded once per distinct record.
+
+    Decoding was half of a full search's time, and between two searches only the nodes that
+    changed have new records. Decoding is a pure function of the bytes, so remembering it
+    cannot change a result; the cache holds at most one entry per possible node (a cluster
+    that outgrows it just decodes more). The states it returns are shared: read them, never
+    change them (search only reads; everything that writes a node loads its own copy)."""
+    return NodeState.from_plain(loads(raw))
+
+
 def search(view: ReadView, needs: Needs, pod_key: bytes | None, policy: str) -> Found:
     """Every node, in name order: the best by `score` among those that fit."""
     best: str | None = None
@@ -231,7 +244,7 @@ def search(view: ReadView, needs: Needs, pod_key: bytes | None, policy: str) -> 
     total = 0
     for state_key, raw in view.scan(keys.NODE_STATE, NODE_STATE_END):
         total += 1
-        state = NodeState.from_plain(loads(raw))
+        state = _searched_state(raw)
         reason = static_fit(state, needs) or resource_fit(state, needs, pod_key)
         if reason is None:
             node_score = score(state, needs, policy, pod_key)
@@ -302,8 +315,17 @@ def _status(
     }
 
 
-def bind(ctx: Context, pod: dict[str, Any], pod_key: bytes, name: str, state: NodeState, tenant: quotas.Tenant) -> None:
-    """Bind the pod to the node: its address, the node's usage and the quota charge, together."""
+def bind(
+    ctx: Context,
+    pod: dict[str, Any],
+    pod_key: bytes,
+    name: str,
+    state: NodeState,
+    tenant: quotas.Tenant,
+    charge: quotas.Charge | None = None,
+) -> None:
+    """Bind the pod to the node: its address, the node's usage and the quota charge, together.
+    `charge` is the pod's `charge_of`, when the caller has it already."""
     cidr = nodes.cidr_state(ctx.ov, state)
     block = buddy.allocate(ctx.ov, cidr, cidr.bits, FIRST_FIT, pod_key)
     if block is None:
@@ -321,7 +343,7 @@ def bind(ctx: Context, pod: dict[str, Any], pod_key: bytes, name: str, state: No
     elif previous_nomination is not None:
         _drop_nomination(ctx, previous_nomination, pod_key)
     nodes.save_state(ctx, name, state)
-    tenant.add(charge_of(pod["spec"]), 1)
+    tenant.add(charge or charge_of(pod["spec"]), 1)
     tenant.save(ctx)
     ctx.ov.put(keys.pod_on_node_key(name, pod_key), b"")
     pod["spec"]["nodeName"] = name
@@ -409,17 +431,11 @@ def _nominate(ctx: Context, pod: dict[str, Any], pod_key: bytes, name: str) -> N
     pod["status"]["nominatedNodeName"] = name
 
 
-def place(
-    ctx: Context,
-    pod: dict[str, Any],
-    pod_key: bytes,
-    planned: str | None,
-    tenant: quotas.Tenant,
-    cluster: Cluster,
-) -> bool:
+def place(ctx: Context, pod: dict[str, Any], pod_key: bytes, planned: str | None, tenant: quotas.Tenant) -> bool:
     """Bind a pod that is not bound (plan first, then a full search), or leave it pending with
     its reason and maybe a nomination. True when bound. Does not write the pod object."""
-    shortfall = tenant.shortfall(charge_of(pod["spec"]))
+    charge = charge_of(pod["spec"])
+    shortfall = tenant.shortfall(charge)
     if shortfall is not None:
         _set_pending(pod, REASON_QUOTA, shortfall.message)
         return False
@@ -427,14 +443,15 @@ def place(
     if planned is not None:
         state = nodes.load_state(ctx.ov, planned)
         if state is not None and fit(state, needs, pod_key) is None:
-            bind(ctx, pod, pod_key, planned, state, tenant)
+            bind(ctx, pod, pod_key, planned, state, tenant, charge)
             return True
-    found = search(ctx.ov, needs, pod_key, needs.policy or cluster.policy)
+    # The cluster record is read only here: a verified plan needs nothing from it.
+    found = search(ctx.ov, needs, pod_key, needs.policy or Cluster.load(ctx.ov).policy)
     if found.node is not None:
         state = nodes.load_state(ctx.ov, found.node)
         if state is None:
             raise InvariantViolation(f"search chose node {found.node}, which has no record")
-        bind(ctx, pod, pod_key, found.node, state, tenant)
+        bind(ctx, pod, pod_key, found.node, state, tenant, charge)
         return True
     _set_pending(pod, REASON_UNSCHEDULABLE, unschedulable_message(found))
     if pod["status"]["nominatedNodeName"] is None and found.nominate is not None:
@@ -492,16 +509,26 @@ def retry_on_nodes(ctx: Context, names: list[str]) -> int:
         if tenant.shortfall(charge_of(pod["spec"])) is None and fit(state, Needs.of(pod["spec"]), nominee_key) is None:
             _bind_queued(ctx, pod, nominee_key, name, state, tenant)
             bound += 1
+    # The nodes' records are read once for all the queue heads, not once per head, and read
+    # again after a bind (which rewrites its node, and may drop a nomination on another).
+    states: dict[str, NodeState | None] = {}
+    cluster_policy: str | None = None  # binding never changes it
     for _, pod_key in _queue_heads(ctx, retry_heads_max):
         pod = _load_pod(ctx, pod_key)
         tenant = quotas.Tenant(ctx.ov, pod["metadata"]["org"], pod["metadata"]["project"])
         if tenant.shortfall(charge_of(pod["spec"])) is not None:
             continue
         needs = Needs.of(pod["spec"])
-        policy = needs.policy or Cluster.load(ctx.ov).policy
+        policy = needs.policy
+        if policy is None:
+            if cluster_policy is None:
+                cluster_policy = Cluster.load(ctx.ov).policy
+            policy = cluster_policy
         best: tuple[int, str, NodeState] | None = None
         for name in names:
-            state = nodes.load_state(ctx.ov, name)
+            if name not in states:
+                states[name] = nodes.load_state(ctx.ov, name)
+            state = states[name]
             if state is None or fit(state, needs, pod_key) is not None:
                 continue
             node_score = score(state, needs, policy, pod_key)
@@ -509,6 +536,7 @@ def retry_on_nodes(ctx: Context, names: list[str]) -> int:
                 best = (node_score, name, state)
         if best is not None:
             _bind_queued(ctx, pod, pod_key, best[1], best[2], tenant)
+            states.clear()
             bound += 1
     return bound
 
@@ -519,8 +547,8 @@ def reconsider(ctx: Context, pod_key: bytes) -> bool:
     pod = _load_pod(ctx, pod_key)
     before = dict(pod["status"])
     tenant = quotas.Tenant(ctx.ov, pod["metadata"]["org"], pod["metadata"]["project"])
-    cluster = Cluster.load(ctx.ov)
-    if place(ctx, pod, pod_key, None, tenant, cluster):
+    if place(ctx, pod, pod_key, None, tenant):
+        cluster = Cluster.load(ctx.ov)
         dequeue(ctx, pod, tenant, cluster)
         cluster.save(ctx)
         ctx.write_object(pod_key, pods.KIND, pod, MODIFIED)

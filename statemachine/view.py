@@ -12,7 +12,7 @@ them.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -42,31 +42,49 @@ class Overlay:
     def __init__(self, base: ReadView) -> None:
         self._base = base
         self._pending: dict[bytes, bytes | None] = {}
-        self._pending_keys: list[bytes] = []  # sorted, for merged scans
+        # Every pending key, sorted only when a scan or `writes` needs the order: a command
+        # writes a dozen keys in no particular order and scans seldom, so one sort of a short
+        # list is cheaper than keeping it sorted on every write.
+        self._pending_keys: list[bytes] = []
+        self._keys_sorted = True
 
     def get(self, key: bytes) -> bytes | None:
         if key in self._pending:
             return self._pending[key]
         return self._base.get(key)
 
+    def _sorted_keys(self) -> list[bytes]:
+        if not self._keys_sorted:
+            self._pending_keys.sort()
+            self._keys_sorted = True
+        return self._pending_keys
+
     def put(self, key: bytes, value: bytes) -> None:
-        if key not in self._pending:
-            insort(self._pending_keys, key)
+        if key not in self._pending:  # (put and delete note a new key inline: no call per write)
+            pending_keys = self._pending_keys
+            if self._keys_sorted and pending_keys and key < pending_keys[-1]:
+                self._keys_sorted = False
+            pending_keys.append(key)
         self._pending[key] = value
 
     def delete(self, key: bytes) -> None:
         if key not in self._pending:
-            insort(self._pending_keys, key)
+            pending_keys = self._pending_keys
+            if self._keys_sorted and pending_keys and key < pending_keys[-1]:
+                self._keys_sorted = False
+            pending_keys.append(key)
         self._pending[key] = None
 
     def scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
-        pending_index = bisect_left(self._pending_keys, start)
+        # Callers never write while a scan is open (each scan is consumed or copied first).
+        pending_keys = self._sorted_keys()
+        pending_index = bisect_left(pending_keys, start)
         base_items = self._base.scan(start, end)
         base_item = next(base_items, None)
         while True:
             pending_key: bytes | None = None
-            if pending_index < len(self._pending_keys) and self._pending_keys[pending_index] < end:
-                pending_key = self._pending_keys[pending_index]
+            if pending_index < len(pending_keys) and pending_keys[pending_index] < end:
+                pending_key = pending_keys[pending_index]
             if base_item is None and pending_key is None:
                 return
             if pending_key is not None and (base_item is None or pending_key <= base_item[0]):
@@ -89,7 +107,8 @@ class Overlay:
         return bool(self._pending)
 
     def writes(self) -> tuple[Write, ...]:
-        return tuple((key, self._pending[key]) for key in self._pending_keys)
+        pending = self._pending
+        return tuple([(key, pending[key]) for key in self._sorted_keys()])
 
     @property
     def base(self) -> ReadView:

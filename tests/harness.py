@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from node.memstore import MemoryStore
-from statemachine import Envelope, Ok, Outcome, Principal, Rejected, apply, encode_envelope
+from statemachine import Envelope, Ok, Outcome, Principal, Rejected, apply, encode_envelope, keys
 from statemachine.invariants import check_invariants, digest
 
 ADMIN = Principal("root", "", "", "admin")
@@ -55,12 +55,18 @@ class Machine:
         return result.value
 
     def refused(self, principal: Principal, command_type: str, body: dict[str, Any], **kwargs: Any) -> Rejected:
-        """Run a command that must be refused without changing state; return the refusal."""
+        """Run a command that must be refused without changing state (under a request id, only
+        the dedup record that remembers the refusal, and the meta record); return the refusal."""
         before = digest(self.store)
         outcome = self.run(principal, command_type, body, **kwargs)
         if not isinstance(outcome.result, Rejected):
             raise AssertionError(f"{command_type} {body} succeeded but should have been refused")
-        if outcome.writes or digest(self.store) != before:
+        if kwargs.get("request_id") is not None:
+            bookkeeping = (keys.DEDUP, keys.DEDUP_EXPIRY, keys.META)
+            others = [key for key, _ in outcome.writes if not key.startswith(bookkeeping)]
+            if others:
+                raise AssertionError(f"refused {command_type} changed state: {others[:5]}")
+        elif outcome.writes or digest(self.store) != before:
             raise AssertionError(f"refused {command_type} changed state")
         return outcome.result
 

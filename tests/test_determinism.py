@@ -433,14 +433,25 @@ def test_request_ids_are_scoped_to_the_tenant() -> None:
     assert isinstance(other.result, Ok) and other.result.created and other.writes
 
 
-def test_refused_commands_are_not_remembered() -> None:
+def test_a_refusal_is_remembered_under_its_request_id() -> None:
+    """The first answer for a request id is the answer, a refusal too: the same request
+    delivered again after the state changed gets the refusal again and changes nothing (a copy
+    held up in a paused member must not succeed after the client was told it failed)."""
     machine_ = _dedup_machine()
     body = {"name": "c1", "spec": {"poolRef": "later"}}
     assert machine_.refused(ACME, "claim.create", body, request_id="key-1").code == "not_found"
-    assert _dedup_keys(machine_.store) == []
+    assert len(_dedup_keys(machine_.store)) == 1
     machine_.ok(ADMIN, "pool.create", {"name": "later", "spec": {"cidr": "10.9.0.0/24"}})
+    before = digest(machine_.store)
     retried = machine_.run(ACME, "claim.create", body, request_id="key-1")
-    assert isinstance(retried.result, Ok) and retried.result.created
+    assert isinstance(retried.result, Rejected) and retried.result.code == "not_found"
+    assert retried.writes == () and digest(machine_.store) == before
+    assert machine_.refused(ACME, "claim.delete", {"name": "c1"}, request_id="key-1").code == "conflict"
+    # A new request (a new id) is a new answer.
+    assert machine_.ok(ACME, "claim.create", body, request_id="key-2")["status"]["pool"] == "later"
+    # Without a request id a refusal writes nothing at all.
+    refused = machine_.run(ACME, "claim.create", {"name": "c2", "spec": {"poolRef": "absent"}})
+    assert isinstance(refused.result, Rejected) and refused.writes == ()
 
 
 def test_dedup_record_expires_after_ttl_of_envelope_time() -> None:

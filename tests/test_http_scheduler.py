@@ -82,7 +82,7 @@ def test_node_crud_and_tenancy(tmp_path: Path) -> None:
 def test_node_register_refuses_bad_input_and_changes_nothing(tmp_path: Path) -> None:
     async def check(api: Api) -> None:
         await api.ok("POST", "/v1/ippools", ADMIN, POD_POOL)
-        before = api.digest()
+        before = api.objects_digest()
         bad_bodies = [
             ({**node("n1"), "colour": "red"}, "colour"),
             ({"name": "n1", "spec": {"podPool": "pods"}}, "spec.capacity"),
@@ -97,7 +97,7 @@ def test_node_register_refuses_bad_input_and_changes_nothing(tmp_path: Path) -> 
                 assert reply.body["error"]["details"].get("field") == field_name, reply.body
         await api.error(404, "not_found", "POST", "/v1/nodes", body=node("n1", podPool="missing"))
         await api.error(400, "invalid", "POST", "/v1/nodes", raw=b'{"name": "n1", "name": "n2"}')
-        assert api.digest() == before
+        assert api.objects_digest() == before
 
     run(tmp_path, check)
 
@@ -120,14 +120,14 @@ def test_node_actions_cordon_uncordon_drain(tmp_path: Path) -> None:
         await api.error(409, "conflict", "DELETE", "/v1/nodes/n1")  # pods still bound: drain first
         await api.ok("DELETE", "/v1/nodes/n2")
         # Actions: admin only, a known node, no body fields, no query parameters, POST only.
-        before = api.digest()
+        before = api.objects_digest()
         await api.error(403, "forbidden", "POST", "/v1/nodes/n1/drain", ACME)
         await api.error(404, "not_found", "POST", "/v1/nodes/ghost/cordon")
         await api.error(400, "invalid", "POST", "/v1/nodes/n1/drain", body={"force": True})
         await api.error(400, "invalid", "POST", "/v1/nodes/n1/drain", params={"grace": "1"})
         await api.error(405, "method_not_allowed", "GET", "/v1/nodes/n1/cordon")
         await api.error(404, "not_found", "POST", "/v1/nodes/n1/reboot")
-        assert api.digest() == before
+        assert api.objects_digest() == before
         assert (await api.call("POST", "/v1/nodes/n1/cordon", body={})).status == 200  # an empty object is fine
 
     run(tmp_path, check)
@@ -174,7 +174,7 @@ def test_pod_is_answered_bound_and_spread_by_the_members_plan(tmp_path: Path) ->
 def test_pod_refusals_change_nothing(tmp_path: Path) -> None:
     async def check(api: Api) -> None:
         await cluster(api, "n1")
-        before = api.digest()
+        before = api.objects_digest()
         await api.error(400, "invalid", "POST", "/v1/pods", ACME, body={**pod("p"), "plan": {"nodeName": "n1"}})
         await api.error(400, "invalid", "POST", "/v1/pods", ACME, body={**pod("p"), "extra": 1})
         await api.error(400, "invalid", "POST", "/v1/pods", ACME, body=pod("p", cpu="100"))  # type: ignore[arg-type]
@@ -184,7 +184,7 @@ def test_pod_refusals_change_nothing(tmp_path: Path) -> None:
         await api.error(400, "invalid", "POST", "/v1/pods", ACME, raw=b'{"name": "p", "spec": {"priority": 1.5}}')
         await api.error(400, "invalid", "POST", "/v1/pods", ADMIN, body=pod("p"))  # the platform has no project
         await api.error(400, "invalid", "GET", "/v1/pods", ACME, params={"fieldselector": "x"})
-        assert api.digest() == before
+        assert api.objects_digest() == before
         assert api.member.planner.in_flight == 0
         # The same create twice is one pod; another spec under the name is refused.
         first = await api.call("POST", "/v1/pods", ACME, pod("p"))
@@ -206,10 +206,10 @@ def test_pending_pod_and_unschedulable_when_the_queue_is_full(tmp_path: Path, mo
         assert pending.status == 201 and pending.body["spec"]["nodeName"] is None
         assert pending.body["status"]["phase"] == "Pending"
         assert pending.body["status"]["message"] == "0/1 nodes available: Insufficient cpu on 1 node"
-        before = api.digest()
+        before = api.objects_digest()
         full = await api.error(409, "unschedulable", "POST", "/v1/pods", ACME, body=pod("bigger", cpu=3000))
         assert "pending" in full.body["error"]["message"]
-        assert api.digest() == before
+        assert api.objects_digest() == before
         # A pod that fits is still bound at once, and the other tenant has its own share.
         assert (await api.ok("POST", "/v1/pods", ACME, pod("small")))["spec"]["nodeName"] == "n1"
         assert (await api.call("POST", "/v1/pods", GLOBEX, pod("big", cpu=2000))).status == 201
@@ -239,10 +239,10 @@ def test_quotas_set_read_enforce_and_delete(tmp_path: Path) -> None:
         await api.error(404, "not_found", "GET", "/v1/quotas/acme/web", GLOBEX)
         await api.error(404, "not_found", "GET", "/v1/quotas/a/b/c")
         # Over the quota even with nothing running: refused, 403 as Kubernetes answers.
-        before = api.digest()
+        before = api.objects_digest()
         refused = await api.error(403, "quota_exceeded", "POST", "/v1/pods", ACME, body=pod("huge", cpu=1500))
         assert refused.body["error"]["details"]["resource"] == "cpuMillis"
-        assert api.digest() == before
+        assert api.objects_digest() == before
         await api.ok("POST", "/v1/pods", ACME, pod("a"))
         await api.ok("POST", "/v1/pods", ACME, pod("b"))
         waiting = await api.ok("POST", "/v1/pods", ACME, pod("c"))  # would fit once another goes

@@ -20,6 +20,7 @@ from statemachine import (
     InvariantViolation,
     apply,
     buddy,
+    claims,
     codec,
     encode_envelope,
     keys,
@@ -87,12 +88,17 @@ def _put(store: MemoryStore, key: bytes, value: Any) -> None:
     store.apply_writes([(key, codec.dump_record(value))])
 
 
+def _load_object(store: MemoryStore, key: bytes) -> dict[str, Any]:
+    """A claim or allocation: stored compactly, rebuilt by claims.decode_record. (The faults
+    write them back as maps with `_put`, which decode_record reads as they are.)"""
+    raw = store.get(key)
+    assert raw is not None, key
+    return claims.decode_record(key, raw)
+
+
 def _bound_allocations(store: MemoryStore) -> list[tuple[bytes, dict[str, Any]]]:
-    return [
-        (key, codec.loads(raw))
-        for key, raw in _scan(store, keys.ALLOC)
-        if codec.loads(raw)["status"]["phase"] == PHASE_BOUND
-    ]
+    found = [(key, claims.decode_record(key, raw)) for key, raw in _scan(store, keys.ALLOC)]
+    return [(key, allocation) for key, allocation in found if allocation["status"]["phase"] == PHASE_BOUND]
 
 
 def _two_allocations_in_one_pool(
@@ -156,7 +162,7 @@ def give_block_to_two_allocations(store: MemoryStore) -> None:
     second["spec"]["cidr"] = first["spec"]["cidr"]
     _put(store, second_key, second)
     claim_key = keys.CLAIM + second_key[len(keys.ALLOC) :]
-    claim = _load(store, claim_key)
+    claim = _load_object(store, claim_key)
     claim["status"]["allocatedCIDR"] = first["spec"]["cidr"]
     _put(store, claim_key, claim)
 
@@ -242,7 +248,7 @@ def delete_allocation_behind_claim(store: MemoryStore) -> None:
 def claim_disagrees_with_allocation(store: MemoryStore) -> None:
     (alloc_key, _), (_, other) = _two_allocations_in_one_pool(store)
     claim_key = keys.CLAIM + alloc_key[len(keys.ALLOC) :]
-    claim = _load(store, claim_key)
+    claim = _load_object(store, claim_key)
     claim["status"]["allocatedCIDR"] = other["spec"]["cidr"]
     _put(store, claim_key, claim)
 

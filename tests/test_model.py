@@ -565,6 +565,14 @@ class DedupRecord:
     written_ms: int
     value: dict[str, Any]
     created: bool
+    refusal: str | None = None  # the code of a remembered refusal
+
+
+def reaches_handler(principal: Principal, command_type: str) -> bool:
+    """Whether the envelope gets past decoding and the command type to a handler: only then is
+    the request id looked up and the result (a refusal too) remembered."""
+    principal_ok = principal.role in ("admin", "member") and (principal.has_tenant or principal.is_admin)
+    return principal_ok and command_type in COMMAND_TYPES and command_type != "noop"
 
 
 # ---- strategies --------------------------------------------------------------------------
@@ -826,7 +834,12 @@ class IpamModel(RuleBasedStateMachine):
             pass
         elif record is not None:
             same = record.command == (command_type, body, principal)
-            expect = Expect(OK, created=record.created, value=record.value) if same else refuse(CONFLICT)
+            if not same:
+                expect = refuse(CONFLICT)
+            elif record.refusal is not None:
+                expect = refuse(record.refusal)
+            else:
+                expect = Expect(OK, created=record.created, value=record.value)
         else:
             expect = self.model.dispatch(principal, command_type, copy.deepcopy(body))
         before = digest(self.machine.store)
@@ -855,6 +868,18 @@ class IpamModel(RuleBasedStateMachine):
             # A first success under a request id is remembered, even one that changed nothing.
             self.dedup[dedup_key] = DedupRecord(
                 (command_type, copy.deepcopy(body), principal), now_ms, result.value, result.created
+            )
+            remembered = True
+        elif (
+            isinstance(result, Rejected)
+            and dedup_key is not None
+            and record is None
+            and reaches_handler(principal, command_type)
+        ):
+            # So is a first refusal by a handler: the same request delivered again later must
+            # get it again, whatever changed meanwhile.
+            self.dedup[dedup_key] = DedupRecord(
+                (command_type, copy.deepcopy(body), principal), now_ms, {}, False, refusal=result.code
             )
             remembered = True
         if expect.writes:
@@ -1104,14 +1129,18 @@ class IpamModel(RuleBasedStateMachine):
 
     @rule(command=st.sampled_from(INVALID_COMMANDS), rid=request_ids)
     def invalid_command(self, command: tuple[Principal, str, dict[str, Any]], rid: str | None) -> None:
-        """Refused as invalid and never remembered under its request id; but a request id still
-        in use for another command is a conflict first, unless the envelope itself is bad."""
+        """Refused as invalid, and remembered under its request id when a handler refused it; a
+        request id still in use for another command is a conflict first, unless the envelope
+        itself is bad."""
         principal, command_type, body = command
-        principal_ok = principal.role in ("admin", "member") and (principal.has_tenant or principal.is_admin)
-        envelope_ok = principal_ok and command_type in COMMAND_TYPES
+        envelope_ok = reaches_handler(principal, command_type)
         record = self.dedup.get((principal.org, principal.project, rid)) if rid is not None else None
         live = record is not None and self.machine.ts_ms + 1000 - record.written_ms <= dedup_ttl_ms
-        self.execute(principal, command_type, body, rid, expect=refuse(CONFLICT if live and envelope_ok else INVALID))
+        code = INVALID
+        if live and envelope_ok and record is not None:
+            same = record.command == (command_type, body, principal)
+            code = record.refusal if same and record.refusal is not None else CONFLICT
+        self.execute(principal, command_type, body, rid, expect=refuse(code))
 
     # -- checks after every step
 
