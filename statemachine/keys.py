@@ -15,7 +15,8 @@ objects use the empty org and project, so they sort first within their kind.
 | `ci/`         | which pools back a class (`ci/<class>/<pool key suffix>`)  |
 | `defaultclass`| the name of the default class                              |
 | `claim/`      | IPClaim objects (`claim/<org>/<project>/<namespace>/<name>`)|
-| `alloc/`      | IPAllocation objects (same path as their claim)            |
+|               | in claims.py's compact stored form                         |
+| `alloc/`      | IPAllocation objects (same path as their claim), compact   |
 | `dd/`, `dx/`  | request-id dedup records and their expiry index            |
 | `ev/`         | the event log for watches: one record per revision         |
 | `quota/`      | Quota objects (`quota/<org>/<project>`; project empty: org)|
