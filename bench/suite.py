@@ -5,6 +5,8 @@
     python -m bench --scenario contended --runs 5
     python -m bench --scenario failover --kills 20 --stores allot,etcd,postgres
     python -m bench --scenario scheduler --nodes 1000,5000
+    python -m bench --scenario fill --runs 1           # a /16 filled to 100 % by 8 clients
+    python -m bench --scenario big --big-allocations 1000000
 
 Scenarios (issue #7):
 
@@ -26,8 +28,17 @@ Scenarios (issue #7):
   the HTTP API at 1,000 and 5,000 registered nodes (`--nodes`), at each concurrency: pods/s,
   create latency p50/p95/p99, pods bound vs answered Pending. Nodes are registered before the
   timed phases (bench/http_pods.py does the registering and the creating, for both).
-* fill curve and big pools: `python -m bench.ipam_apply --scenario fill|big` and
-  `python -m bench.big_state` (reported in docs/benchmarks.md, not repeated here).
+* fill: one /16 pool (`--fill-prefix`) filled from empty to full by 8 clients, each claim's
+  latency filed under the utilisation band (of ten) the pool was in when it was sent, until the
+  store refuses a claim as exhausted; then 200 claims of the full pool, each refused, timed (the
+  exhaustion refusal latency). Every allocator answers "full" the same way: `PoolExhausted`.
+* big: /64 claims from 2001:db8::/32: claim and release latency (one client, `--big-sample`
+  claims then their releases) on the empty pool, then again with `--big-allocations` live /64s
+  (100,000 by default; the issue asks for 1,000,000), and the ratio. The fill is not timed
+  (its time is recorded): Allot fills through its allocator (64 concurrent claims over HTTP, no
+  bulk API); etcd and PostgreSQL use a bulk load of the same allocations (etcd: 128
+  compare-and-creates per transaction; PostgreSQL: one COPY under the pool row's lock).
+  etcd-bitmap cannot hold the pool (a bitmap of 2^32 /64s is 512 MiB) and is skipped.
 
 Stores: allot (a fresh three-member cluster), etcd (three members, one key per address,
 compare-and-create), etcd-bitmap (one bitmap key per pool, compare-and-swap; for reference) and
@@ -51,6 +62,7 @@ import asyncio
 import contextlib
 import datetime
 import functools
+import ipaddress
 import json
 import os
 import statistics
@@ -71,12 +83,15 @@ from bench.ipam_apply import machine_line
 from bench.loadgen import (
     Allocator,
     AllocatorError,
+    BulkLoader,
     CidrCarver,
     PhaseResult,
     Pool,
     Readback,
     run_calls,
+    run_fill,
     run_phase,
+    timed_claims,
     warm_up,
 )
 from bench.peers import Replicated, Store, Unavailable
@@ -85,7 +100,7 @@ from bench.peers.etcd import EtcdStore
 from bench.peers.postgres import PostgresStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("contended", "spread", "failover", "reads", "scheduler")
+SCENARIOS = ("contended", "spread", "failover", "reads", "scheduler", "fill", "big")
 STORES = ("allot", "etcd", "etcd-bitmap", "postgres")
 FAILOVER_STORES = ("allot", "etcd", "postgres")  # allot, etcd: leader failover; postgres: crash-restart
 CRASH_RESTART = "crash-restart (single node, no replica)"
@@ -111,6 +126,22 @@ kube_scheduler_reference = {
     "SchedulingBasic/5000Nodes_10000Pods schedules fewer than 270 pods/s on average "
     "(kubernetes/kubernetes, test/integration/scheduler_perf)",
 }
+fill_prefix_default = 16
+fill_clients = 8
+fill_bands = 10
+fill_refusals = 200
+fill_deadline_s = 1800.0  # one fill, from empty to full, and its refusals
+big_space = "2001:db8::/32"
+big_claim_prefix = 64
+big_allocations_default = 100_000
+big_sample_default = 200
+big_clients = 1  # the timed claims and releases: latency, one at a time
+big_fill_clients = 64  # the untimed fill through the allocator (Allot)
+big_fill_chunk = 10_000
+big_fill_deadline_s = 7200.0
+BIG_UNSUPPORTED = {
+    "etcd-bitmap": "a bitmap of the 2^32 /64s of a /32 is 512 MiB, far over etcd's request size limit (1.5 MiB)"
+}
 Result = TypeVar("Result")
 
 
@@ -131,6 +162,9 @@ class Settings:
     charts_dir: Path | None
     command: str
     render_only: bool = False
+    fill_prefix: int = fill_prefix_default
+    big_allocations: int = big_allocations_default
+    big_sample: int = big_sample_default
 
 
 def fdatasync_ms(samples: int = 50) -> float:
@@ -829,6 +863,182 @@ def scenario_scheduler(settings: Settings, display: Display) -> dict[str, Any]:
     }
 
 
+# ---- fill curve -----------------------------------------------------------------------------------------
+
+
+async def fill_run(store: Store, settings: Settings, display: Display, run: int) -> dict[str, Any]:
+    """One pool filled from empty to full, then refusals, on one freshly started store."""
+    allocator = store.allocator()
+    await allocator.open()
+    try:
+        pool = Pool(f"fill-{run}", CidrCarver().take(settings.fill_prefix))
+        await allocator.create_pool(pool)
+        await warm_up(allocator, pool, fill_clients, f"w-fill-{run}")
+        what = f"fill run {run + 1}/{settings.runs}: {store.label} /{settings.fill_prefix} to full x{fill_clients}"
+        result = await ticking(
+            display,
+            pool.size / 1000,  # the clock's scale only: about 1,000 claims/s
+            what,
+            run_fill(
+                allocator,
+                pool,
+                concurrency=fill_clients,
+                bands=fill_bands,
+                refusals=fill_refusals,
+                name_prefix=f"fill-{run}",
+                deadline_s=fill_deadline_s,
+                on_claim=display.claimed,
+            ),
+        )
+    finally:
+        await allocator.close()
+    summary = result.summary()
+    refused = summary["refused"]
+    display.end(f"{store.label}: {summary['claims']:,} claims in {summary['elapsed_s']:.0f} s")
+    text = (
+        f"{what}: {summary['claims']:,} claims in {summary['elapsed_s']:.1f} s "
+        f"({summary['claims_per_s']:,.0f}/s); p50 "
+        + ", ".join(f"{band['p50_ms']:.1f}" for band in summary["bands"])
+        + f" ms by band; refused {refused['count']} p50 {refused['p50_ms']:.1f} ms p99 {refused['p99_ms']:.1f} ms"
+    )
+    if result.errors:
+        text += f"; errors {dict(result.errors)}"
+    display.log(text)
+    return summary
+
+
+def scenario_fill(settings: Settings, display: Display) -> dict[str, Any]:
+    stores, skipped = available_stores(settings.stores, settings, display)
+    table: dict[str, list[dict[str, Any]]] = {}
+    descriptions: dict[str, str] = {}
+    for run in range(settings.runs):
+        for store in rotated(stores, run):
+            with running(store):
+                descriptions[store.label] = store.describe()
+                summary = asyncio.run(fill_run(store, settings, display, run))
+            table.setdefault(store.label, []).append(summary)
+    return {
+        "stamp": stamp(settings),
+        "config": {
+            "runs": settings.runs,
+            "pool_prefix": settings.fill_prefix,
+            "clients": fill_clients,
+            "bands": fill_bands,
+            "refusals": fill_refusals,
+        },
+        "stores": descriptions,
+        "skipped": skipped,
+        "rows": [{"store": name, "runs": runs} for name, runs in table.items()],
+    }
+
+
+# ---- big pools -------------------------------------------------------------------------------------------
+
+
+async def fill_big(allocator: Allocator, pool: Pool, count: int, display: Display, what: str) -> str:
+    """`count` live /64s in the pool, untimed: the allocator's bulk load where it has one, else
+    `big_fill_clients` concurrent claims. Returns how it was filled."""
+    display.begin(what, float(count))
+    done = 0
+    deadline = time.monotonic() + big_fill_deadline_s
+    for start in range(0, count, big_fill_chunk):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"filling the big pool took over {big_fill_deadline_s:.0f} s")
+        names = [f"live-{number}" for number in range(start, min(count, start + big_fill_chunk))]
+        if isinstance(allocator, BulkLoader):
+            await allocator.bulk_claim(pool, names)
+        else:
+
+            async def claimer(queue: list[str]) -> None:
+                while queue and time.monotonic() < deadline:
+                    name = queue.pop()
+                    try:
+                        await allocator.claim(pool, name)
+                    except AllocatorError:
+                        queue.append(name)  # claimed again with the same name (idempotent), later
+                        await asyncio.sleep(0.05)
+
+            queue = list(reversed(names))
+            await asyncio.gather(*(claimer(queue) for _ in range(big_fill_clients)))
+        done += len(names)
+        display.tick(float(done))
+    display.end(f"{count:,} live")
+    if isinstance(allocator, BulkLoader):
+        return "bulk load (store-specific, outside the allocator's claim path)"
+    return f"claims through the allocator, {big_fill_clients} concurrent"
+
+
+async def big_run(store: Store, settings: Settings, display: Display, run: int) -> dict[str, Any]:
+    """Claim and release latency on the empty /32, then with `big_allocations` live /64s."""
+    allocator = store.allocator()
+    await allocator.open()
+    label = f"big run {run + 1}/{settings.runs}: {store.label}"
+    try:
+        pool = Pool("big", ipaddress.IPv6Network(big_space), claim_length=big_claim_prefix)
+        await allocator.create_pool(pool)
+        await warm_up(allocator, pool, 4, f"w-big-{run}")
+        sample = settings.big_sample
+        display.begin(f"{label}: empty pool", 1.0)
+        _, empty = await timed_claims(allocator, pool, [f"empty-{n}" for n in range(sample)], big_clients)
+        display.end(f"{store.label} empty")
+        began = time.perf_counter()
+        how = await fill_big(allocator, pool, settings.big_allocations, display, f"{label}: filling (untimed)")
+        fill_s = time.perf_counter() - began
+        display.begin(f"{label}: {settings.big_allocations:,} live", 1.0)
+        _, full = await timed_claims(allocator, pool, [f"full-{n}" for n in range(sample)], big_clients)
+        display.end(f"{store.label} full")
+    finally:
+        await allocator.close()
+    result: dict[str, Any] = {
+        "live": settings.big_allocations,
+        "fill_s": round(fill_s, 1),
+        "fill_how": how,
+        "empty": empty.summary(),
+        "full": full.summary(),
+    }
+    for part in ("claim", "release"):
+        low, high = result["empty"][part]["p50_ms"], result["full"][part]["p50_ms"]
+        result[f"{part}_ratio"] = high / low if low > 0 else 0.0
+    display.log(
+        f"{label}: filled {settings.big_allocations:,} in {fill_s:.0f} s ({how}); claim p50 "
+        f"{result['empty']['claim']['p50_ms']:.2f} -> {result['full']['claim']['p50_ms']:.2f} ms "
+        f"(x{result['claim_ratio']:.2f}); release p50 {result['empty']['release']['p50_ms']:.2f} -> "
+        f"{result['full']['release']['p50_ms']:.2f} ms (x{result['release_ratio']:.2f})"
+        + (f"; errors {dict(empty.errors + full.errors)}" if empty.errors or full.errors else "")
+    )
+    return result
+
+
+def scenario_big(settings: Settings, display: Display) -> dict[str, Any]:
+    wanted = [name for name in settings.stores if name not in BIG_UNSUPPORTED]
+    stores, skipped = available_stores(wanted, settings, display)
+    for name in settings.stores:
+        if name in BIG_UNSUPPORTED:
+            skipped[name] = BIG_UNSUPPORTED[name]
+    table: dict[str, list[dict[str, Any]]] = {}
+    descriptions: dict[str, str] = {}
+    for run in range(settings.runs):
+        for store in rotated(stores, run):
+            with running(store):
+                descriptions[store.label] = store.describe()
+                result = asyncio.run(big_run(store, settings, display, run))
+            table.setdefault(store.label, []).append(result)
+    return {
+        "stamp": stamp(settings),
+        "config": {
+            "runs": settings.runs,
+            "pool": big_space,
+            "claim_prefix": big_claim_prefix,
+            "live": settings.big_allocations,
+            "sample": settings.big_sample,
+            "clients": big_clients,
+        },
+        "stores": descriptions,
+        "skipped": skipped,
+        "rows": [{"store": name, "runs": runs} for name, runs in table.items()],
+    }
+
+
 # ---- command line ----------------------------------------------------------------------------------
 
 
@@ -843,6 +1053,10 @@ def phase_count(settings: Settings) -> int:
             count += settings.runs * (1 + 2 * 2 * len(reads_levels))
         elif scenario == "scheduler":
             count += settings.runs * len(settings.nodes) * (1 + len(settings.levels))
+        elif scenario == "fill":
+            count += settings.runs * len(settings.stores)
+        elif scenario == "big":
+            count += settings.runs * len([name for name in settings.stores if name not in BIG_UNSUPPORTED]) * 3
     return count
 
 
@@ -861,6 +1075,18 @@ def parse(argv: list[str] | None) -> Settings:
         "default 1000,5000",
     )
     parser.add_argument("--kills", type=int, help="leader kills per store in failover; default 20, --quick 3")
+    parser.add_argument(
+        "--fill-prefix", type=int, default=fill_prefix_default, help="fill: the pool's prefix length; default 16"
+    )
+    parser.add_argument(
+        "--big-allocations",
+        type=int,
+        default=big_allocations_default,
+        help="big: live /64s in the pool; default 100,000 (the issue's 1,000,000 takes ~10 minutes for Allot)",
+    )
+    parser.add_argument(
+        "--big-sample", type=int, default=big_sample_default, help="big: claims (then releases) timed; default 200"
+    )
     parser.add_argument("--quick", action="store_true", help="short runs: a look, not a measurement")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each wait in failover (seconds)")
     parser.add_argument("--pg-connections", type=int, default=16, help="PostgreSQL client pool size")
@@ -883,6 +1109,10 @@ def parse(argv: list[str] | None) -> Settings:
     nodes = [int(count) for count in args.nodes.split(",")] if args.nodes else list(scheduler_nodes_default)
     if any(count < 1 for count in nodes) or nodes != sorted(set(nodes)):
         parser.error("--nodes must be positive and ascending (nodes are added between the counts)")
+    if not 8 <= args.fill_prefix <= 30:
+        parser.error("--fill-prefix must be between 8 and 30")
+    if args.big_allocations < 1 or args.big_sample < 1:
+        parser.error("--big-allocations and --big-sample must be positive")
     raw = sys.argv[1:] if argv is None else argv
     return Settings(
         scenarios=chosen,
@@ -900,6 +1130,9 @@ def parse(argv: list[str] | None) -> Settings:
         charts_dir=None if args.no_docs else args.charts,
         command=" ".join(["python -m bench", *raw]),
         render_only=args.render_only,
+        fill_prefix=args.fill_prefix,
+        big_allocations=args.big_allocations,
+        big_sample=args.big_sample,
     )
 
 
@@ -939,6 +1172,10 @@ def main(argv: list[str] | None = None, *, quiet: bool = False) -> dict[str, Any
                     display.log("skipping scheduler: it measures Allot only, and allot is not among --stores")
                     continue
                 results[scenario] = scenario_scheduler(settings, display)
+            elif scenario == "fill":
+                results[scenario] = scenario_fill(settings, display)
+            elif scenario == "big":
+                results[scenario] = scenario_big(settings, display)
             results[scenario]["stamp"] = {**begun, "load_average_end": load_average()}
             settings.out_json.parent.mkdir(parents=True, exist_ok=True)
             settings.out_json.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")

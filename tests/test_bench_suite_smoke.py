@@ -181,3 +181,42 @@ def test_postgres_log_replay_time() -> None:
     )
     assert redo_seconds(log) == 0.12
     assert redo_seconds("LOG:  redo is not required\n") is None
+
+
+def test_suite_fill_and_big_scenarios_write_their_report(tmp_path: Path) -> None:
+    """Scenarios 3 and 4 against Allot only: a /24 filled to exhaustion and refused, and /64 claims
+    from an IPv6 /32 with 50 live; a section measured earlier (contended) stays."""
+    out = tmp_path / "suite.json"
+    report_md = tmp_path / "benchmarks.md"
+    report_md.write_text("# Benchmarks\n")
+    earlier = {"stamp": {"date": "2026-01-01 00:00 UTC", "command": "python -m bench"}, "rows": [], "stores": {}}
+    out.write_text(json.dumps({"contended": earlier}))
+    argv = ["--scenario", "fill", "--scenario", "big", "--stores", "allot", "--runs", "1"]
+    argv += ["--fill-prefix", "24", "--big-allocations", "50", "--big-sample", "5", "--out", str(out)]
+    argv += ["--report", str(report_md), "--readme", str(tmp_path / "README.md"), "--charts", str(tmp_path)]
+    results = suite.main(argv, quiet=True)
+    assert results["contended"] == earlier  # not re-run, kept
+
+    fill = results["fill"]
+    assert fill["stamp"]["command"].startswith("python -m bench --scenario fill")
+    assert "load_average_end" in fill["stamp"]
+    runs_by_store = {row["store"]: row["runs"] for row in fill["rows"]}
+    (run,) = runs_by_store["allot"]
+    assert run["size"] == 256 and run["claims"] == 256 and not run["errors"], run
+    assert [band["from_pct"] for band in run["bands"]] == list(range(0, 100, 10))
+    assert sum(band["claims"] for band in run["bands"]) == 256
+    assert run["refused"]["count"] == suite.fill_refusals
+
+    big = json.loads(out.read_text())["big"]
+    assert big["config"]["live"] == 50 and big["config"]["claim_prefix"] == 64
+    ((store, (entry,)),) = [(row["store"], row["runs"]) for row in big["rows"]]
+    assert store == "allot" and entry["live"] == 50
+    for phase in ("empty", "full"):
+        assert entry[phase]["claims"] == 5 and entry[phase]["releases"] == 5 and not entry[phase]["errors"]
+    assert entry["claim_ratio"] > 0 and entry["release_ratio"] > 0
+
+    written = report_md.read_text()
+    region = written[written.index(report.SUITE_BEGIN) : written.index(report.SUITE_END)]
+    assert f"### {report.FILL_TITLE}" in region and "| 90–100 % |" in region and "**full: claim refused**" in region
+    assert f"### {report.BIG_TITLE}" in region and "this run used 50**" in region
+    assert "not repeated here" not in region

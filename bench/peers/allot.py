@@ -4,9 +4,11 @@ The allocator speaks the public HTTP API with aiohttp, like bench.http_claims: a
 `POST /v1/ipclaims` with an Idempotency-Key, a release `DELETE /v1/ipclaims/{name}`; requests
 go round-robin over all three members (a follower forwards writes to the leader). A claim that
 meets a lost connection, a timeout, 503 or 504 is sent again with the same key, so it is
-applied at most once. Pools owned by a tenant are created and used by the admin token acting
-for that tenant (`?org=&project=`); pools without a tenant are created by the admin and
-claimed from by the demo tenant acme/web.
+applied at most once; a claim answered 409 `pool_exhausted` raises `PoolExhausted`. Pools owned
+by a tenant are created and used by the admin token acting for that tenant (`?org=&project=`);
+pools without a tenant are created by the admin and claimed from by the demo tenant acme/web.
+A pool with `claim_length` (/64 claims from an IPv6 /32) is created with that length as its
+default and longest, and each claim asks for it (`spec.prefixLength`).
 
 `AllotStore(environment=...)` adds variables to the members' environment (the scheduler
 scenario sets a long node grace period: it registers nodes but sends no heartbeats).
@@ -26,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.loadgen import AllocatorError, Pool
+from bench.loadgen import AllocatorError, Pool, PoolExhausted
 from chaos.cluster import Cluster
 
 retry_statuses = frozenset({429, 502, 503, 504})
@@ -91,6 +93,8 @@ class AllotAllocator:
                     payload = json.loads(data) if data else None
                     if reply.status in ok:
                         return reply.status, payload
+                    if reply.status == 409 and exhausted_answer(payload):
+                        raise PoolExhausted(f"{method} {path}: {payload}")
                     if reply.status not in retry_statuses:
                         raise AllocatorError(f"http {reply.status}", f"{method} {path}: {payload}")
                     reason = f"http {reply.status}"
@@ -104,14 +108,21 @@ class AllotAllocator:
 
     async def create_pool(self, pool: Pool) -> None:
         headers, params = self._auth(pool, admin=True)
-        body = {"name": pool.name, "spec": {"cidr": str(pool.cidr)}}
+        spec: dict[str, Any] = {"cidr": str(pool.cidr)}
+        if pool.claim_length is not None:  # e.g. /64 claims from an IPv6 /32
+            length = pool.claim_length
+            spec["allocation"] = {"defaultPrefixLength": length, "maxPrefixLength": length}
+        body = {"name": pool.name, "spec": spec}
         headers = {**headers, "Idempotency-Key": f"pool-{pool.name}"}
         await self._send("POST", "/v1/ippools", headers, params, body, frozenset({200, 201}))
 
     async def claim(self, pool: Pool, name: str) -> str:
         headers, params = self._auth(pool)
         headers = {**headers, "Idempotency-Key": f"claim-{name}"}
-        body = {"name": name, "spec": {"poolRef": pool.name}}
+        spec: dict[str, Any] = {"poolRef": pool.name}
+        if pool.claim_length is not None:
+            spec["prefixLength"] = pool.claim_length
+        body = {"name": name, "spec": spec}
         _, answer = await self._send("POST", "/v1/ipclaims", headers, params, body, frozenset({200, 201}))
         return str(answer["status"]["allocatedCIDR"])
 
@@ -132,6 +143,12 @@ class AllotAllocator:
         params = {**params, "consistency": consistency, "limit": str(limit)}
         _, answer = await self._send("GET", "/v1/ipclaims", headers, params, None, frozenset({200}))
         return len(answer["items"])
+
+
+def exhausted_answer(payload: Any) -> bool:
+    """A 409 whose error code says the pool has no room (409 is also a conflict or a name taken)."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return isinstance(error, dict) and error.get("code") == "pool_exhausted"
 
 
 @contextlib.contextmanager

@@ -13,17 +13,22 @@ Allocators:
 * `EtcdKeyAllocator` ("etcd"): one key per allocated address, `/ipam/{pool}/{address}` with the
   claim's name as value: the approach of the Kubernetes IPAddress allocator. A claim takes the
   lowest candidate from an in-process free hint (addresses released by this process, else the
-  next never-tried address; rebuilt from a range read of the pool's keys when it runs dry) and
+  next never-tried address; when it runs dry, a count of the pool's keys, and unless every address
+  has one (the pool is exhausted: `PoolExhausted`), a range read of them rebuilds it) and
   sends one transaction: if `create_revision(key) == 0` put the key, else read it. Losing that
   race (the key exists with another name) moves on to the next candidate; finding its own name
   there (a retry of a transaction whose answer was lost) is success. A release deletes the key
-  if its value is still the claim's name, and returns the address to the hint.
+  if its value is still the claim's name, and returns the address to the hint. Blocks longer than
+  one address (/64s of an IPv6 /32) are keyed by their first address. `bulk_claim` (the big-pool
+  scenario's untimed fill) writes the same keys 128 compare-and-creates per transaction.
 * `EtcdBitmapAllocator` ("etcd-bitmap", for reference): one key per pool holding a bitmap of the
   pool (8 KiB for a /16), the classic allocator of Kubernetes service IPs. A claim sets the
   lowest clear bit and writes the bitmap with a compare-and-swap on its `mod_revision`; a
   failed compare returns the current bitmap in the same round trip and the claim tries again.
   Claims on one pool are serialised inside this process (one compare-and-swap in flight per
   pool), since concurrent swaps of one key from one process can only conflict with each other.
+  When the bitmap held here has no clear bit, the claim reads the key again before refusing
+  (`PoolExhausted`).
 """
 
 from __future__ import annotations
@@ -43,13 +48,14 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench.loadgen import AllocatorError, Pool
+from bench.loadgen import AllocatorError, Pool, PoolExhausted
 from bench.peers import Unavailable
 from chaos.cluster import HOST, free_ports, reap_process, register_process, wait_until
 
@@ -58,6 +64,9 @@ election_ms = 300
 start_timeout_s = 30.0
 call_deadline_s = 30.0
 request_timeout_s = 10.0
+txn_ops_max = 128  # etcd's default --max-txn-ops
+rebuild_slots_max = 1 << 24  # a range read that lists the free blocks of a pool larger than this is refused
+bitmap_bits_max = 1 << 23  # 1 MiB of bitmap: etcd's default request limit is 1.5 MiB
 
 
 def etcd_binary() -> str:
@@ -289,25 +298,22 @@ def range_kvs(response: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
-def address_cidr(value: int) -> str:
-    return f"{ipaddress.IPv4Address(value)}/32"
-
-
 class FreeHint:
-    """Lowest-first candidates for one pool: released addresses first, then never-tried ones."""
+    """Lowest-first candidates for one pool (integer addresses of claim-sized blocks): released
+    blocks first, then never-tried ones."""
 
     def __init__(self, pool: Pool) -> None:
         self.next = pool.first
-        self.end = pool.first + pool.size
+        self.step = pool.step
+        self.end = pool.first + pool.size * pool.step
         self.released: list[int] = []
-        self.rebuilt = False
 
     def take(self) -> int | None:
         if self.released:
             return heapq.heappop(self.released)
         if self.next < self.end:
-            self.next += 1
-            return self.next - 1
+            self.next += self.step
+            return self.next - self.step
         return None
 
     def give_back(self, address: int) -> None:
@@ -336,48 +342,92 @@ class EtcdKeyAllocator:
         await self.client.put(f"/ipam-pools/{pool.name}", str(pool.cidr).encode())
         self.hints[pool.name] = FreeHint(pool)
 
+    @staticmethod
+    def range_end(prefix: str) -> str:
+        return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+    def key(self, pool: Pool, address: int) -> str:
+        return b64(f"{self.prefix(pool)}{pool.address(address)}")
+
     async def _rebuild(self, pool: Pool, hint: FreeHint) -> None:
-        """Range-read the pool's keys; every address without a key becomes a candidate again."""
+        """Count the pool's keys; unless every block has one (the pool is full: PoolExhausted),
+        range-read them, and every block without a key becomes a candidate again."""
         prefix = self.prefix(pool)
-        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-        answer = await self.client.call("/v3/kv/range", {"key": b64(prefix), "range_end": b64(end), "keys_only": True})
-        taken = {int(ipaddress.IPv4Address(unb64(kv["key"]).decode()[len(prefix) :])) for kv in answer.get("kvs", [])}
-        hint.released = [address for address in range(pool.first, pool.first + pool.size) if address not in taken]
+        span = {"key": b64(prefix), "range_end": b64(self.range_end(prefix))}
+        counted = await self.client.call("/v3/kv/range", {**span, "count_only": True})
+        if int(counted.get("count", 0)) >= pool.size:
+            raise PoolExhausted(f"pool {pool.name}: all {pool.size:,} blocks have a key")
+        if pool.size > rebuild_slots_max:
+            raise AllocatorError("unsupported", f"pool {pool.name}: too many blocks to list the free ones")
+        answer = await self.client.call("/v3/kv/range", {**span, "keys_only": True})
+        taken = {int(ipaddress.ip_address(unb64(kv["key"]).decode()[len(prefix) :])) for kv in answer.get("kvs", [])}
+        blocks = (pool.block(index) for index in range(pool.size))
+        hint.released = [address for address in blocks if address not in taken]
         heapq.heapify(hint.released)
 
     async def claim(self, pool: Pool, name: str) -> str:
+        """Candidates from the hint; when it runs dry, look at the store (_rebuild) before refusing:
+        other clients may have released blocks this process does not know of."""
         hint = self.hints.setdefault(pool.name, FreeHint(pool))
+        rebuilt = False
         while True:
             candidate = hint.take()
             if candidate is None:
-                if hint.rebuilt:
-                    raise AllocatorError("exhausted", f"pool {pool.name} has no free address")
-                hint.rebuilt = True
+                if rebuilt:  # raced away by other clients since the read: look once more
+                    self.retries["rebuilt, raced"] += 1
                 await self._rebuild(pool, hint)
+                rebuilt = True
                 continue
-            hint.rebuilt = False
-            key = b64(f"{self.prefix(pool)}{ipaddress.IPv4Address(candidate)}")
+            key = self.key(pool, candidate)
             answer = await self.client.txn(
                 [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
                 [{"request_put": {"key": key, "value": b64(name)}}],
                 [{"request_range": {"key": key}}],
             )
             if answer.get("succeeded"):
-                return address_cidr(candidate)
+                return pool.cidr_of(candidate)
             kvs = range_kvs(answer)
             if kvs and unb64(kvs[0].get("value", "")).decode() == name:
-                return address_cidr(candidate)  # our own earlier attempt, whose answer was lost
+                return pool.cidr_of(candidate)  # our own earlier attempt, whose answer was lost
             self.retries["conflict"] += 1
 
+    async def bulk_claim(self, pool: Pool, names: Sequence[str]) -> None:
+        """The big-pool fill: the same keys claim() would create (lowest candidates from the hint),
+        `txn_ops_max` compare-and-creates per transaction, 8 transactions in flight."""
+        hint = self.hints.setdefault(pool.name, FreeHint(pool))
+        batches: list[list[tuple[int, str]]] = []
+        for start in range(0, len(names), txn_ops_max):
+            batch = []
+            for name in names[start : start + txn_ops_max]:
+                candidate = hint.take()
+                if candidate is None:
+                    raise PoolExhausted(f"pool {pool.name} has no room for {len(names):,} claims")
+                batch.append((candidate, name))
+            batches.append(batch)
+        gate = asyncio.Semaphore(8)
+
+        async def send(batch: list[tuple[int, str]]) -> None:
+            keys = [(self.key(pool, address), name) for address, name in batch]
+            async with gate:
+                answer = await self.client.txn(
+                    [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"} for key, _ in keys],
+                    [{"request_put": {"key": key, "value": b64(name)}} for key, name in keys],
+                    [],
+                )
+            if not answer.get("succeeded"):
+                raise AllocatorError("conflict", f"bulk fill of {pool.name}: a key already existed")
+
+        await asyncio.gather(*(send(batch) for batch in batches))
+
     async def release(self, pool: Pool, name: str, cidr: str) -> None:
-        address = ipaddress.IPv4Network(cidr).network_address
-        key = b64(f"{self.prefix(pool)}{address}")
+        address = int(ipaddress.ip_network(cidr).network_address)
+        key = self.key(pool, address)
         await self.client.txn(
             [{"key": key, "target": "VALUE", "result": "EQUAL", "value": b64(name)}],
             [{"request_delete_range": {"key": key}}],
             [],
         )
-        self.hints.setdefault(pool.name, FreeHint(pool)).give_back(int(address))
+        self.hints.setdefault(pool.name, FreeHint(pool)).give_back(address)
 
 
 def lowest_clear_bit(bitmap: bytearray) -> int | None:
@@ -408,8 +458,12 @@ class EtcdBitmapAllocator:
         return b64(f"/ipam-bitmap/{pool.name}")
 
     async def create_pool(self, pool: Pool) -> None:
+        if pool.size > bitmap_bits_max:
+            raise AllocatorError(
+                "unsupported", f"a bitmap of {pool.size:,} blocks is {pool.size // 8:,} bytes, over the request limit"
+            )
         key = self.key(pool)
-        empty = bytes(pool.size // 8)
+        empty = bytes((pool.size + 7) // 8)
         answer = await self.client.txn(
             [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
             [{"request_put": {"key": key, "value": b64(empty)}}],
@@ -443,16 +497,29 @@ class EtcdBitmapAllocator:
     async def claim(self, pool: Pool, name: str) -> str:
         def set_lowest(bitmap: bytearray) -> tuple[bytearray, int]:
             bit = lowest_clear_bit(bitmap)
-            if bit is None:
-                raise AllocatorError("exhausted", f"pool {pool.name} has no free address")
+            if bit is None or bit >= pool.size:
+                raise PoolExhausted(f"pool {pool.name} has no free address")
             bitmap[bit // 8] |= 1 << (bit % 8)
             return bitmap, bit
 
-        bit = await self._swap(pool, set_lowest)
-        return address_cidr(pool.first + int(bit))
+        try:
+            bit = await self._swap(pool, set_lowest)
+        except PoolExhausted:
+            # Full as far as the bitmap held here says: a careful client reads the pool before
+            # refusing (another client may have cleared a bit since), then tries once more.
+            await self._refresh(pool)
+            bit = await self._swap(pool, set_lowest)
+        return pool.cidr_of(pool.block(int(bit)))
+
+    async def _refresh(self, pool: Pool) -> None:
+        """Read the pool's bitmap from etcd (a linearizable range read) into the cache."""
+        async with self.locks.setdefault(pool.name, asyncio.Lock()):
+            answer = await self.client.call("/v3/kv/range", {"key": self.key(pool)})
+            kv = answer["kvs"][0]
+            self.cache[pool.name] = (bytearray(unb64(kv["value"])), str(kv["mod_revision"]))
 
     async def release(self, pool: Pool, name: str, cidr: str) -> None:
-        bit = int(ipaddress.IPv4Network(cidr).network_address) - pool.first
+        bit = (int(ipaddress.ip_network(cidr).network_address) - pool.first) // pool.step
 
         def clear(bitmap: bytearray) -> tuple[bytearray, None]:
             bitmap[bit // 8] &= ~(1 << (bit % 8)) & 0xFF

@@ -12,7 +12,11 @@ from. A claim is one statement, `SELECT claim_address(pool, name)`, a PL/pgSQL f
 runs in that statement's transaction: it locks the pool row (`SELECT ... FOR UPDATE`), starts
 at the pool's hint (the lowest address that may be free, kept in the pool row), walks the
 allocations index past taken addresses to the first gap, inserts the allocation and moves the
-hint. A release deletes the allocation under the same row lock and lowers the hint. The
+hint. A release deletes the allocation under the same row lock and lowers the hint. Blocks
+longer than one address (/64s of an IPv6 /32) are stored as such (`2001:db8:0:1::/64`), the walk
+stepping a block at a time. A pool with no free address left raises `pool ... is exhausted`
+(SQLSTATE check_violation), which the allocator answers as `PoolExhausted`. `bulk_claim` (the
+big-pool scenario's untimed fill) writes the blocks claim_address would pick with one COPY. The
 allocations table has an exclusion constraint, `EXCLUDE USING gist (pool_id WITH =, cidr
 inet_ops WITH &&)`, as a backstop against overlapping allocations. Doing the work server-side
 keeps the row lock held for one round trip, not three: the strongest way to build it.
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import pwd
@@ -42,10 +47,11 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.loadgen import AllocatorError, Pool
+from bench.loadgen import AllocatorError, Pool, PoolExhausted
 from bench.peers import Unavailable
 from chaos.cluster import HOST, free_ports, reap_process, register_process, wait_until
 
@@ -54,6 +60,7 @@ start_timeout_s = 60.0
 stop_timeout_s = 15.0
 crash_exit_timeout_s = 10.0  # every process of a SIGKILLed server gone
 call_deadline_s = 30.0  # one claim or release, retries included (as the Allot and etcd allocators)
+bulk_timeout_s = 600.0  # the big-pool fill's one COPY
 retry_pause_max_s = 0.2
 max_connections = 300
 connections_default = 32
@@ -66,6 +73,7 @@ CREATE TABLE pools (
     org text,
     project text,
     cidr cidr NOT NULL,
+    claim_shift integer NOT NULL DEFAULT 0,
     last_address inet NOT NULL,
     hint inet NOT NULL
 );
@@ -78,14 +86,30 @@ CREATE TABLE allocations (
     UNIQUE (pool_id, cidr),
     EXCLUDE USING gist (pool_id WITH =, cidr inet_ops WITH &&)
 );
+CREATE FUNCTION next_block(a inet, shift integer) RETURNS inet
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF shift = 0 THEN
+        RETURN a + 1;
+    END IF;
+    IF shift <= 62 THEN
+        RETURN a + (1::bigint << shift);
+    END IF;
+    FOR i IN 1 .. (1 << (shift - 62)) LOOP  -- inet + bigint: 2^64 (a /64) is four steps of 2^62
+        a := a + (1::bigint << 62);
+    END LOOP;
+    RETURN a;
+END
+$$;
 CREATE FUNCTION claim_address(p_pool integer, p_name text) RETURNS inet
 LANGUAGE plpgsql AS $$
 DECLARE
     candidate inet;
     last_one inet;
+    shift integer;
     taken inet;
 BEGIN
-    SELECT hint, last_address INTO candidate, last_one FROM pools WHERE id = p_pool FOR UPDATE;
+    SELECT hint, last_address, claim_shift INTO candidate, last_one, shift FROM pools WHERE id = p_pool FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no pool %', p_pool USING ERRCODE = 'no_data_found';
     END IF;
@@ -93,13 +117,14 @@ BEGIN
         SELECT cidr FROM allocations WHERE pool_id = p_pool AND cidr >= candidate ORDER BY cidr
     LOOP
         EXIT WHEN taken <> candidate;
-        candidate := candidate + 1;
+        candidate := CASE WHEN shift = 0 THEN candidate + 1 ELSE next_block(candidate, shift) END;
     END LOOP;
     IF candidate > last_one THEN
         RAISE EXCEPTION 'pool % is exhausted', p_pool USING ERRCODE = 'check_violation';
     END IF;
     INSERT INTO allocations (pool_id, name, cidr) VALUES (p_pool, p_name, candidate);
-    UPDATE pools SET hint = candidate + 1 WHERE id = p_pool;
+    UPDATE pools SET hint = CASE WHEN shift = 0 THEN candidate + 1 ELSE next_block(candidate, shift) END
+        WHERE id = p_pool;
     RETURN candidate;
 END
 $$;
@@ -249,27 +274,66 @@ class PostgresAllocator:
 
     async def create_pool(self, pool: Pool) -> None:
         org, project = pool.tenant or (None, None)
-        last = pool.cidr.broadcast_address
         pool_id = await self._call(
-            "INSERT INTO pools (name, org, project, cidr, last_address, hint) "
-            "VALUES ($1, $2, $3, $4::cidr, $5::inet, $6::inet) RETURNING id",
+            "INSERT INTO pools (name, org, project, cidr, claim_shift, last_address, hint) "
+            "VALUES ($1, $2, $3, $4::cidr, $5, $6::inet, $7::inet) RETURNING id",
             pool.name,
             org,
             project,
             str(pool.cidr),
-            f"{last}/32",
-            f"{pool.cidr.network_address}/32",
+            pool.cidr.max_prefixlen - pool.claim_prefix,
+            pool.cidr_of(pool.block(pool.size - 1)),
+            pool.cidr_of(pool.first),
         )
         self.pool_ids[pool.name] = int(pool_id)
 
     async def claim(self, pool: Pool, name: str) -> str:
-        address = await self._call(
-            "SELECT host(claim_address($1, $2))",
-            self.pool_ids[pool.name],
-            name,
-            check="SELECT host(cidr) FROM allocations WHERE pool_id = $1 AND name = $2",
-        )
-        return f"{address}/32"
+        try:
+            address = await self._call(
+                "SELECT host(claim_address($1, $2))",
+                self.pool_ids[pool.name],
+                name,
+                check="SELECT host(cidr) FROM allocations WHERE pool_id = $1 AND name = $2",
+            )
+        except AllocatorError as exc:
+            if isinstance(exc.__cause__, asyncpg_module().CheckViolationError):  # 'pool ... is exhausted'
+                raise PoolExhausted(str(exc.__cause__)) from exc
+            raise
+        return f"{address}/{pool.claim_prefix}"
+
+    async def bulk_claim(self, pool: Pool, names: Sequence[str]) -> None:
+        """The big-pool fill: in one transaction under the pool row's lock, the lowest free blocks
+        from the hint on (where claim_address would put them), written with one COPY, and the hint
+        moved past them."""
+        if self._pool is None:
+            raise RuntimeError("open() the allocator first")
+        pool_id = self.pool_ids[pool.name]
+        async with self._pool.acquire(timeout=self.timeout_s) as connection, connection.transaction():
+            hint = await connection.fetchval(
+                "SELECT host(hint) FROM pools WHERE id = $1 FOR UPDATE", pool_id, timeout=self.timeout_s
+            )
+            rows = await connection.fetch(
+                "SELECT host(cidr) FROM allocations WHERE pool_id = $1", pool_id, timeout=bulk_timeout_s
+            )
+            taken = {int(ipaddress.ip_address(row[0])) for row in rows}
+            index = (int(ipaddress.ip_address(hint)) - pool.first) // pool.step
+            records: list[tuple[int, str, Any]] = []
+            for name in names:
+                while pool.block(index) in taken:
+                    index += 1
+                if index >= pool.size:
+                    raise PoolExhausted(f"pool {pool.name} has no room for {len(names):,} claims")
+                records.append((pool_id, name, ipaddress.ip_interface(pool.cidr_of(pool.block(index)))))
+                index += 1
+            await connection.copy_records_to_table(
+                "allocations", records=records, columns=["pool_id", "name", "cidr"], timeout=bulk_timeout_s
+            )
+            await connection.execute(
+                "UPDATE pools SET hint = $2::inet WHERE id = $1",
+                pool_id,
+                pool.cidr_of(pool.block(index)),
+                timeout=self.timeout_s,
+            )
 
     async def release(self, pool: Pool, name: str, cidr: str) -> None:
         await self._call("SELECT release_address($1, $2)", self.pool_ids[pool.name], name)
@@ -279,7 +343,7 @@ class PostgresAllocator:
         rows = await self._call(
             "SELECT name, host(cidr) FROM allocations WHERE pool_id = $1", self.pool_ids[pool.name], how="fetch"
         )
-        return [(str(row[0]), f"{row[1]}/32") for row in rows]
+        return [(str(row[0]), f"{row[1]}/{pool.claim_prefix}") for row in rows]
 
 
 redo_pattern = re.compile(r"redo done at \S+ system usage: .*?elapsed: ([0-9.]+) s")
