@@ -24,8 +24,9 @@ One run:
 
 Exit code 0 only when every check passed; 1 when a check failed or was inconclusive; 2 for bad
 arguments; 3 when the harness itself could not run (a member would not start, ...); 130 on
-Ctrl-C. The seed reproduces the fault schedule and each worker's choice of operations; the
-timing of a run (and so its exact history) depends on the machine.
+Ctrl-C or SIGTERM (the members are stopped and reaped either way). The seed reproduces the
+fault schedule and each worker's choice of operations; the timing of a run (and so its exact
+history) depends on the machine.
 
 How outcomes are recorded (docs/chaos.md, "Recording outcomes"): the client retries a write
 with one idempotency key across members, and tells which way it gave up: `OutcomeUnknown` when
@@ -38,6 +39,7 @@ from __future__ import annotations
 import abc
 import argparse
 import random
+import signal
 import sys
 import threading
 import time
@@ -712,6 +714,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "allot chaos") -> int:
         parser.print_usage(sys.stderr)
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    # SIGTERM (a CI job's timeout, kill) unwinds like Ctrl-C, so the members are stopped and
+    # reaped on the way out instead of being left running.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = run_chaos(options)
     except KeyboardInterrupt:
@@ -720,5 +725,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "allot chaos") -> int:
     except (AssertionError, RuntimeError, OSError, Unreachable, AllotError) as error:
         print(f"{prog}: the harness could not run: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_HARNESS
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(render_report(report))
     return EXIT_PASSED if report.passed else EXIT_CHECK_FAILED
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt

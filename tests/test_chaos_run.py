@@ -4,8 +4,10 @@ pieces: arguments, exit codes, the report."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -130,3 +132,44 @@ def test_the_report_counts_outcomes_and_measures_failover() -> None:
     assert "first acknowledged write after 0.55 s" in text
     assert "median 0.55 s, worst 0.55 s over 1" in text
     assert "PASSED: 1 of 1 checks passed" in text
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line mentions `text` (the cluster's directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command_line = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text.encode() in command_line and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_stops_the_run_and_its_members() -> None:
+    """A run killed from outside (a CI timeout) must not leave its members running."""
+    command = [sys.executable, "-m", "chaos", "--duration", "60", "--faults", "pause-member"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        directory = None
+        deadline = time.monotonic() + 60.0
+        while directory is None and time.monotonic() < deadline:
+            line = process.stdout.readline()  # the runner prints one line per step: no hang
+            if not line:
+                break
+            if line.startswith("cluster up in "):
+                directory = line.removeprefix("cluster up in ").split(" (")[0]
+        assert directory is not None, "the run never said where its cluster is"
+        assert _processes_naming(directory), "no member was running"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30.0) == runner.EXIT_INTERRUPTED
+        assert _processes_naming(directory) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10.0)
