@@ -70,7 +70,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -907,16 +907,27 @@ async def fill_run(store: Store, settings: Settings, display: Display, run: int)
     return summary
 
 
-def scenario_fill(settings: Settings, display: Display) -> dict[str, Any]:
-    stores, skipped = available_stores(settings.stores, settings, display)
+def per_store_runs(
+    stores: list[Store],
+    settings: Settings,
+    measure: Callable[[Store, int], Coroutine[Any, Any, dict[str, Any]]],
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """Each run, every store in turn (rotated), started fresh: one result per store and run,
+    and each store's description."""
     table: dict[str, list[dict[str, Any]]] = {}
     descriptions: dict[str, str] = {}
     for run in range(settings.runs):
         for store in rotated(stores, run):
             with running(store):
                 descriptions[store.label] = store.describe()
-                summary = asyncio.run(fill_run(store, settings, display, run))
-            table.setdefault(store.label, []).append(summary)
+                result = asyncio.run(measure(store, run))
+            table.setdefault(store.label, []).append(result)
+    return table, descriptions
+
+
+def scenario_fill(settings: Settings, display: Display) -> dict[str, Any]:
+    stores, skipped = available_stores(settings.stores, settings, display)
+    table, descriptions = per_store_runs(stores, settings, lambda store, run: fill_run(store, settings, display, run))
     return {
         "stamp": stamp(settings),
         "config": {
@@ -1015,14 +1026,7 @@ def scenario_big(settings: Settings, display: Display) -> dict[str, Any]:
     for name in settings.stores:
         if name in BIG_UNSUPPORTED:
             skipped[name] = BIG_UNSUPPORTED[name]
-    table: dict[str, list[dict[str, Any]]] = {}
-    descriptions: dict[str, str] = {}
-    for run in range(settings.runs):
-        for store in rotated(stores, run):
-            with running(store):
-                descriptions[store.label] = store.describe()
-                result = asyncio.run(big_run(store, settings, display, run))
-            table.setdefault(store.label, []).append(result)
+    table, descriptions = per_store_runs(stores, settings, lambda store, run: big_run(store, settings, display, run))
     return {
         "stamp": stamp(settings),
         "config": {
