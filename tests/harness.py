@@ -3,6 +3,7 @@ a time, each at the next log position, each outcome's writes applied to the stor
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from node.memstore import MemoryStore
@@ -75,3 +76,19 @@ class Machine:
 
     def check(self) -> None:
         check_invariants(self.store)
+
+
+def member_pids_using(directory: Path) -> list[int]:
+    """Processes whose command line names this directory and `serve` (the members of `allot up`)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"serve" in argv and any(str(directory).encode() in arg for arg in argv) and state != "Z":
+            pids.append(int(entry.name))
+    return pids

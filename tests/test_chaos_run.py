@@ -17,6 +17,7 @@ from chaos import runner
 from chaos.checks import CheckResult
 from chaos.history import FaultRecord, History, HistoryRecorder, Kind
 from chaos.nemesis import FaultKind, parse_kinds, plan_schedule
+from tests.harness import member_pids_using
 
 # Seed 1 draws a leader kill, a leader pause, then leader kills. Each fault also takes a few
 # seconds to recover from, which the schedule leaves out: 50 s reach four or five faults, and
@@ -134,22 +135,6 @@ def test_the_report_counts_outcomes_and_measures_failover() -> None:
     assert "PASSED: 1 of 1 checks passed" in text
 
 
-def _processes_naming(text: str) -> list[int]:
-    """Live processes whose command line mentions `text` (the cluster's directory)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command_line = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text.encode() in command_line and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def test_sigterm_stops_the_run_and_its_members() -> None:
     """A run killed from outside (a CI timeout) must not leave its members running."""
     command = [sys.executable, "-m", "chaos", "--duration", "60", "--faults", "pause-member"]
@@ -165,10 +150,10 @@ def test_sigterm_stops_the_run_and_its_members() -> None:
             if line.startswith("cluster up in "):
                 directory = line.removeprefix("cluster up in ").split(" (")[0]
         assert directory is not None, "the run never said where its cluster is"
-        assert _processes_naming(directory), "no member was running"
+        assert member_pids_using(Path(directory)), "no member was running"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30.0) == runner.EXIT_INTERRUPTED
-        assert _processes_naming(directory) == []
+        assert member_pids_using(Path(directory)) == []
     finally:
         if process.poll() is None:
             process.kill()

@@ -50,6 +50,7 @@ from chaos.cluster import (
 from node import config
 from node.cluster import PlannedMember, member_command
 from node.tokens import generate_token_file
+from tests.harness import member_pids_using
 
 ACME = "acme/web"
 GLOBEX = "globex/prod"
@@ -879,22 +880,6 @@ def test_timing_flags_win_over_the_environment(
 
 
 # ---- 10. `allot up` starts, answers and stops cleanly on SIGINT -------------------------------------
-
-
-def member_pids_using(directory: Path) -> list[int]:
-    """Processes whose command line names this directory and `serve` (the members of `allot up`)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"serve" in argv and any(str(directory).encode() in arg for arg in argv) and state != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 def test_allot_up_smoke(tmp_path: Path) -> None:
