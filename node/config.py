@@ -37,7 +37,11 @@ class Timing:
     connection_retry_s: float = 0.25  # redial a member that is down this often (pysyncobj: 5 s)
     tick_period_s: float = 0.005
     batch_window_s: float = 0.001  # envelopes arriving within this become one log entry
-    log_compaction_entries: int = 20_000
+    # A wiped follower installs the leader's last dump, then applies every entry after it: at
+    # 1,000,000 allocations, dumps every 20,000 entries left ~150,000 claims to replay (rebuild
+    # 32.9 s), every 5,000 entries ~50,000 (14.9 s); a dump is ~0.3 KiB per allocation
+    # (docs/benchmarks.md, "Where the bytes go").
+    log_compaction_entries: int = 5_000
     log_compaction_s: int = 600
     # The leader's scheduling timers (node/scheduling.py). A Ready node not heard for
     # node_grace_s becomes NotReady (Kubernetes' node-monitor-grace-period is 40 s); pending
