@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+import bisect
 import random
 import signal
 import sys
@@ -595,22 +596,16 @@ def _fault_line(record: FaultRecord) -> str:
 # ---- the report --------------------------------------------------------------------------------
 
 
-def first_write_after(history: History, at_ns: int) -> int | None:
-    """When (monotonic ns) the first write acknowledged at or after `at_ns` completed."""
-    completions = [
-        op.complete_ns
-        for op in history.ops
-        if op.is_write and op.outcome is Outcome.OK and op.complete_ns is not None and op.complete_ns >= at_ns
-    ]
-    return min(completions) if completions else None
-
-
 def failover_times(history: History) -> list[tuple[FaultRecord, float | None]]:
     """For each fault: seconds from its injection to the next acknowledged write (None: none)."""
+    completions = sorted(
+        op.complete_ns for op in history.ops if op.is_write and op.outcome is Outcome.OK and op.complete_ns is not None
+    )
     times: list[tuple[FaultRecord, float | None]] = []
     for record in history.faults:
-        completed = first_write_after(history, record.injected_ns)
-        times.append((record, (completed - record.injected_ns) / 1e9 if completed is not None else None))
+        at = bisect.bisect_left(completions, record.injected_ns)
+        seconds = (completions[at] - record.injected_ns) / 1e9 if at < len(completions) else None
+        times.append((record, seconds))
     return times
 
 
@@ -635,7 +630,8 @@ def render_report(report: ChaosReport) -> str:
     if refusals:
         lines.append("  failed by code: " + ", ".join(f"{code} {count}" for code, count in refusals.most_common(8)))
     lines += ["", f"faults injected: {len(report.faults)} of {len(report.schedule)} planned"]
-    for record, failover_s in failover_times(history):
+    failovers = failover_times(history)
+    for record, failover_s in failovers:
         to_write = f"{failover_s:.2f} s" if failover_s is not None else "never"
         lines.append(
             f"  {record.number:>3} {record.kind:<17} {record.detail}; first acknowledged write after {to_write}"
@@ -644,7 +640,7 @@ def render_report(report: ChaosReport) -> str:
             lines.append(f"      error: {record.error}")
     leader_faults = [
         seconds
-        for record, seconds in failover_times(history)
+        for record, seconds in failovers
         if seconds is not None and record.kind in ("kill-leader", "pause-leader", "partition-leader", "kill-all")
     ]
     if leader_faults:
