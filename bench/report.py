@@ -14,7 +14,8 @@ import os
 import re
 import statistics
 import textwrap
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,23 +152,28 @@ def claims_section(key: str, section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def clients_saw(parts: Iterable[dict[str, Any]]) -> str:
+    """The retries and failures recorded in `parts` (runs, or parts of runs), summed by reason:
+    "retried: a 3, b 1; failed: c 2", or "" when there were none."""
+    errors: Counter[str] = Counter()
+    retries: Counter[str] = Counter()
+    for part in parts:
+        errors.update(part.get("errors", {}))
+        retries.update(part.get("retries", {}))
+    said = []
+    if retries:
+        said.append("retried: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(retries.items())))
+    if errors:
+        said.append("failed: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(errors.items())))
+    return "; ".join(said)
+
+
 def error_lines(section: dict[str, Any]) -> list[str]:
     lines = []
     for row in section.get("rows", []):
-        errors: dict[str, int] = {}
-        retries: dict[str, int] = {}
-        for run in row["runs"]:
-            for reason, count in run.get("errors", {}).items():
-                errors[reason] = errors.get(reason, 0) + count
-            for reason, count in run.get("retries", {}).items():
-                retries[reason] = retries.get(reason, 0) + count
-        if errors or retries:
-            what = []
-            if retries:
-                what.append("retried: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(retries.items())))
-            if errors:
-                what.append("failed: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(errors.items())))
-            lines.append(f"- {row['store']}, {row['concurrency']} clients, {row['mode']}: {'; '.join(what)}")
+        said = clients_saw(row["runs"])
+        if said:
+            lines.append(f"- {row['store']}, {row['concurrency']} clients, {row['mode']}: {said}")
     return lines
 
 
@@ -406,20 +412,9 @@ def scheduler_section(section: dict[str, Any]) -> list[str]:
         lines += ["", "Registering the nodes (untimed, 32 clients, median of the runs): " + "; ".join(spans) + "."]
     problems = []
     for row in section.get("rows", []):
-        errors: dict[str, int] = {}
-        retries: dict[str, int] = {}
-        for run in row["runs"]:
-            for reason, count in run.get("errors", {}).items():
-                errors[reason] = errors.get(reason, 0) + count
-            for reason, count in run.get("retries", {}).items():
-                retries[reason] = retries.get(reason, 0) + count
-        what = []
-        if retries:
-            what.append("retried: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(retries.items())))
-        if errors:
-            what.append("failed: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(errors.items())))
-        if what:
-            problems.append(f"- {row['nodes']:,} nodes, {row['concurrency']} clients: {'; '.join(what)}")
+        said = clients_saw(row["runs"])
+        if said:
+            problems.append(f"- {row['nodes']:,} nodes, {row['concurrency']} clients: {said}")
     if problems:
         lines += ["", "What the clients saw besides answers (summed over runs):", "", *problems]
     return [*lines, ""]
@@ -499,21 +494,9 @@ def problems_lines(section: dict[str, Any], what: str) -> list[str]:
     """Errors and retries the clients saw, summed over runs and phases, per store."""
     lines = []
     for name, runs in store_runs(section).items():
-        errors: dict[str, int] = {}
-        retries: dict[str, int] = {}
-        for run in runs:
-            for part in (run, run.get("empty", {}), run.get("full", {})):
-                for reason, count in part.get("errors", {}).items():
-                    errors[reason] = errors.get(reason, 0) + count
-                for reason, count in part.get("retries", {}).items():
-                    retries[reason] = retries.get(reason, 0) + count
-        said = []
-        if retries:
-            said.append("retried: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(retries.items())))
-        if errors:
-            said.append("failed: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(errors.items())))
+        said = clients_saw(part for run in runs for part in (run, run.get("empty", {}), run.get("full", {})))
         if said:
-            lines.append(f"- {name}: {'; '.join(said)}")
+            lines.append(f"- {name}: {said}")
     return ["", f"What the clients saw besides answers ({what}, summed over runs):", "", *lines] if lines else []
 
 
