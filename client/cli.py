@@ -544,7 +544,7 @@ def _read_token_file(path: Path, name: str | None) -> str:
             continue
         if entry.get("name") == name if name is not None else entry.get("role") == "admin":
             return str(entry["token"])
-    wanted = f"an entry named {name!r}" if name is not None else "an admin entry"
+    wanted = f"entry named {name!r}" if name is not None else "admin entry"
     raise UsageError(f"the token file {path} has no {wanted}")
 
 

@@ -92,7 +92,7 @@ def _check_entry(position: int, raw: Any) -> tuple[str, TokenEntry]:
     if not token_chars_min <= len(token) <= token_chars_max:
         raise TokenFileError(
             f"{where}.token is {len(token)} characters; tokens are {token_chars_min}-{token_chars_max} "
-            "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            "(generate one with: python -c 'import secrets; print(\"allot_\" + secrets.token_urlsafe(32))')"
         )
     name = raw.get("name")
     if not isinstance(name, str) or not 1 <= len(name) <= name_chars_max:
@@ -237,7 +237,10 @@ DEMO_TENANTS = (("acme", "web"), ("globex", "prod"))
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    # The prefix keeps a generated token from starting with "-" (a quarter of urlsafe tokens
+    # would), which a command line reads as an option: `allot --token -Xy...` fails to parse.
+    # It also lets secret scanners recognise an Allot token in a leaked file.
+    return "allot_" + secrets.token_urlsafe(32)
 
 
 def generate_token_file(path: str | os.PathLike[str], *, overwrite: bool = False) -> dict[str, Any]:

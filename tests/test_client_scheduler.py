@@ -355,7 +355,7 @@ class Allot:
 
     def __call__(self, *args: str, token: str | None = None) -> tuple[int, str, str]:
         self.capsys.readouterr()
-        code = node_cli_main(["--endpoints", self.endpoints, "--token", token or self.cluster.admin_token, *args])
+        code = node_cli_main(["--endpoints", self.endpoints, f"--token={token or self.cluster.admin_token}", *args])
         captured = self.capsys.readouterr()
         return code, captured.out, captured.err
 
