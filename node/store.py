@@ -46,7 +46,10 @@ from statemachine import Outcome, apply
 from statemachine.invariants import check_invariants as _check_invariants
 from statemachine.invariants import digest as _digest
 
-STORE_FORMAT = 1  # bump when the layout of either database changes
+# Bump when the layout of either database, or what an entry writes, changes. 2: claim and
+# allocation records in their compact form, and refusals under a request id kept as dedup
+# records (a store of format 1 replays its journal to a different state, so it is refused).
+STORE_FORMAT = 2
 
 map_size_default = 8 << 30  # 8 GiB of address space; the file is sparse and grows with use
 max_readers_default = 126

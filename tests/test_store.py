@@ -31,6 +31,7 @@ from node.store import (
     SNAPSHOT_MANIFEST_FILE,
     STAGING_FILE,
     STATE_DB,
+    STORE_FORMAT,
     TORN_FILE,
     LmdbStore,
     SnapshotError,
@@ -225,6 +226,14 @@ def test_replayed_entries_are_skipped_and_change_nothing(tmp_path: Path) -> None
         outcomes = reopened.apply_entry(last + 1, other)
         assert outcomes is not None and outcomes[0].ok
         assert reopened.applied_index == last + 1
+
+
+def test_a_store_of_another_format_is_refused_by_name(tmp_path: Path) -> None:
+    LmdbStore(tmp_path / "s").close()
+    with lmdb.open(str(tmp_path / "s" / DATA_FILE), subdir=False, max_dbs=2) as env, env.begin(write=True) as txn:
+        txn.put(b"format", (STORE_FORMAT - 1).to_bytes(8, "big"), db=env.open_db(NODE_DB, txn=txn))
+    with pytest.raises(StoreError, match=f"store format {STORE_FORMAT - 1}; this build reads format {STORE_FORMAT}"):
+        LmdbStore(tmp_path / "s")
 
 
 def test_index_zero_is_refused(store: LmdbStore) -> None:
