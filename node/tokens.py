@@ -237,8 +237,8 @@ DEMO_TENANTS = (("acme", "web"), ("globex", "prod"))
 
 
 def new_token() -> str:
-    # The prefix keeps a generated token from starting with "-" (a quarter of urlsafe tokens
-    # would), which a command line reads as an option: `allot --token -Xy...` fails to parse.
+    # The prefix keeps a generated token from starting with "-" (one urlsafe token in 64
+    # does), which a command line reads as an option: `allot --token -Xy...` fails to parse.
     # It also lets secret scanners recognise an Allot token in a leaked file.
     return "allot_" + secrets.token_urlsafe(32)
 
