@@ -30,9 +30,19 @@ wrapping the one object it concerns; none of its source is copied):
   member, the leader included, learns them without a log entry. Our own messages (type
   `allot_*`) are handled by the transport and never reach pysyncobj.
 
-pysyncobj private attributes are touched in exactly three places (`_SyncObj__raftLog`, the
-journal object; the transport we construct ourselves; `_SyncObj__raftElectionDeadline`, restarted
-after a dump install); `tests/test_raft.py` pins the version.
+* **Fewer, earlier AppendEntries.** pysyncobj (with `appendEntriesUseBatch=False`) sends
+  AppendEntries for every command it appends and again after every tick that applied entries,
+  and tells followers of a commit only after the leader applied it. `_coalesce_append_entries`
+  turns those sends into one per tick (all new entries in one message) and sends a new commit
+  index as soon as it is recorded, before the leader applies; followers leave out
+  acknowledgements that only repeat their last one (`SyncedTransport._repeats_recent_ack`).
+
+pysyncobj private attributes are touched in these places only: `_SyncObj__raftLog` (the journal
+object); the transport we construct ourselves; `_SyncObj__raftElectionDeadline` (restarted after a
+dump install); and, for the sending above, `_SyncObj__sendAppendEntries` (replaced on the
+instance), `_SyncObj__raftCommitIndex`, `_SyncObj__raftNextIndex`, `_SyncObj__getCurrentLogIndex`
+and `_SyncObj__newAppendEntriesTime` (read only). `tests/test_raft.py` pins the version and
+checks each behaviour.
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ EXIT_INVARIANT = 70  # the member stopped on purpose: its state or log cannot be
 _DUMP_MAGIC = b"ALLOTDUMP1\n"
 batch_envelopes_max = 4096
 append_entries_bytes_max = 64 << 20
+repeat_ack_gap_s = 0.1  # a follower re-sends an unchanged acknowledgement at least this often
 
 
 def encode_batch(envelopes: Sequence[bytes]) -> bytes:
@@ -105,6 +116,8 @@ class SyncedTransport(TCPTransport):  # type: ignore[misc]
         super().__init__(sync_obj, self_node, other_nodes)
         self.before_ack: Callable[[], None] | None = None
         self.on_allot_message: Callable[[Any, dict[str, Any]], None] | None = None
+        self._last_ack: dict[Any, tuple[tuple[Any, bool], float]] = {}  # node -> (what, when)
+        self.repeated_acks_skipped = 0
         sync_obj.allot_transport = self
 
     def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802 - pysyncobj's name
@@ -115,14 +128,33 @@ class SyncedTransport(TCPTransport):  # type: ignore[misc]
         super()._onMessageReceived(node, message)
 
     def send(self, node: Any, message: Any) -> bool:
-        if (
-            self.before_ack is not None
-            and isinstance(message, dict)
-            and message.get("type") == "next_node_idx"
-            and message.get("success")
-        ):
-            self.before_ack()
+        if isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success"):
+            # Sync even when the answer is not sent: the entries it covers may have been
+            # rewritten since (a resend truncates and re-adds them), and were acknowledged.
+            if self.before_ack is not None:
+                self.before_ack()
+            if self._repeats_recent_ack(node, message):
+                return True
         return bool(super().send(node, message))
+
+    def _repeats_recent_ack(self, node: Any, message: dict[str, Any]) -> bool:
+        """True for an acknowledgement the leader has just had, which is not sent again.
+
+        A follower acknowledges every AppendEntries, also those that only carry a new commit
+        index (one per commit, see `AllotRaft._coalesce_append_entries`). Such an answer repeats
+        the previous one word for word; all the leader would learn from it is that the follower
+        is alive, which it also learns from the next acknowledgement within `repeat_ack_gap_s`
+        (far below `leader_fallback_s`, the silence after which a leader steps down). Refusals
+        and acknowledgements of new entries are always sent.
+        """
+        acknowledged = (message.get("next_node_idx"), bool(message.get("reset")))
+        now = time.monotonic()
+        previous = self._last_ack.get(node)
+        if previous is not None and previous[0] == acknowledged and now - previous[1] < repeat_ack_gap_s:
+            self.repeated_acks_skipped += 1
+            return True
+        self._last_ack[node] = (acknowledged, now)
+        return False
 
 
 def _write_dump_header(out: Any, last_entry: Any, previous_entry: Any, cluster: Sequence[str]) -> None:
@@ -301,6 +333,8 @@ def raft_conf(
 class AllotRaft(SyncObj):  # type: ignore[misc]
     """The Raft member: pysyncobj with Allot's one replicated method and durability."""
 
+    _SyncObj__sendAppendEntries: Callable[[], None]  # pysyncobj's, replaced on the instance
+
     def __init__(
         self,
         self_address: str,
@@ -339,7 +373,57 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             raise RuntimeError("pysyncobj did not construct the transport we gave it")
         self.allot_transport.before_ack = self.sync_journal
         self.allot_transport.on_allot_message = self._on_allot_message
+        self._coalesce_append_entries()
         self.addOnTickCallback(self._tick)
+
+    def _coalesce_append_entries(self) -> None:
+        """Send AppendEntries once per tick, and the news of a commit before applying it.
+
+        With `appendEntriesUseBatch=False` pysyncobj sends AppendEntries to every follower for
+        each command it appends and again after each tick that applied entries, and every one
+        of those messages costs both sides a pickle, a Fernet round and an acknowledgement (with
+        its journal sync) back. Here every such request only sets a flag, and the tick callback
+        sends once, after the tick appended all queued commands: the new entries travel in one
+        message. A new commit index is sent at once, before the leader applies the entries, so
+        followers apply them while the leader does instead of after it (the leader's apply was
+        on every follower-received write's path). A send that would carry nothing new (no
+        entries, the commit index already sent, the heartbeat not due) is skipped.
+        """
+        self.append_entries_sent = 0
+        self._append_entries_wanted = False
+        self._commit_index_sent = -1
+        self._send_append_entries = self._SyncObj__sendAppendEntries  # the bound original
+
+        def request_append_entries() -> None:
+            self._append_entries_wanted = True
+
+        # pysyncobj calls `self.__sendAppendEntries()`, i.e. this instance attribute.
+        self._SyncObj__sendAppendEntries = request_append_entries
+
+    def _flush_append_entries(self, *, commit: bool = False) -> None:
+        """Send AppendEntries if asked for (or for a new commit index) and if it carries news."""
+        if not (self._append_entries_wanted or commit):
+            return
+        self._append_entries_wanted = False
+        if not self._isLeader():
+            return
+        commit_index = self._SyncObj__raftCommitIndex
+        next_index = self._SyncObj__raftNextIndex
+        last_index = self._SyncObj__getCurrentLogIndex()
+        nothing_new = (
+            commit_index == self._commit_index_sent
+            and pysyncobj_clock() <= self._SyncObj__newAppendEntriesTime
+            and all(next_index.get(node, 0) == last_index + 1 for node in self.otherNodes)
+        )
+        if nothing_new:
+            return
+        self._commit_index_sent = commit_index
+        self.append_entries_sent += 1
+        self._send_append_entries()
+
+    @property
+    def repeated_acks_skipped(self) -> int:
+        return self.allot_transport.repeated_acks_skipped if self.allot_transport is not None else 0
 
     def _on_allot_message(self, node: Any, message: dict[str, Any]) -> None:
         if message.get("type") == "allot_keepalive":
@@ -382,6 +466,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             # tick's sync callback already ran.
             self.sync_journal()
             store_commit_index(index)
+            self._flush_append_entries(commit=True)
 
         journal.setRaftCommitIndex = synced_commit_index
         self._journal = journal
@@ -425,6 +510,8 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             os.close(fd)
 
     def _tick(self) -> None:
+        # Entries first: the followers write and sync them while this member syncs its own copy.
+        self._flush_append_entries()
         self.sync_journal()
         now = time.monotonic()
         if now >= self._next_keepalive and self.allot_transport is not None:

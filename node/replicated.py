@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from pysyncobj import FAIL_REASON
 from pysyncobj.syncobj import _RAFT_STATE
@@ -484,6 +484,8 @@ class ReplicatedMember:
             "batches": self.batches,
             "batchedEnvelopes": self.batched_envelopes,
             "journalSyncs": self.raft.journal_syncs,
+            "appendEntriesSent": self.raft.append_entries_sent,
+            "repeatedAcksSkipped": self.raft.repeated_acks_skipped,
         }
         if include_digest:
             status["digestIndex"], status["digest"] = self._state_digest()
@@ -523,6 +525,17 @@ class ReplicationMetrics:
         yield from self.apply_seconds.collect()
         yield from self.sync_seconds.collect()
         yield from self.batch_envelopes.collect()
+        raft = self._member.raft
+        yield CounterMetricFamily(
+            "allot_raft_append_entries_sent",
+            "AppendEntries rounds this member sent as leader (one message to each follower)",
+            value=raft.append_entries_sent,
+        )
+        yield CounterMetricFamily(
+            "allot_raft_repeated_acks_skipped",
+            "acknowledgements this member left out as follower because they repeated its last one",
+            value=raft.repeated_acks_skipped,
+        )
         allocated = GaugeMetricFamily(
             "allot_pool_allocated_addresses", "addresses held by allocations and child pools", labels=["pool"]
         )

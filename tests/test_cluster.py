@@ -968,6 +968,9 @@ def test_metrics_show_replication_and_pools(cluster: Cluster) -> None:
         }
         assert samples["allot_apply_duration_seconds_count"] > 0, member_id
         assert samples["allot_journal_sync_duration_seconds_count"] > 0, member_id
+        sent = samples["allot_raft_append_entries_sent_total"]
+        skipped = samples["allot_raft_repeated_acks_skipped_total"]
+        assert sent > 0 if member_id == leader else skipped > 0, (member_id, sent, skipped)
         assert samples['allot_pool_allocated_addresses{pool="t11"}'] == 4, member_id
         assert samples['allot_pool_capacity_addresses{pool="t11"}'] == 256, member_id
         assert samples['allot_member_role{role="leader"}'] == (1 if member_id == leader else 0), member_id

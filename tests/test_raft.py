@@ -15,9 +15,16 @@ and, forwarded, through a follower) with pysyncobj ticking on its own threads.
 `test_leader_syncs_its_election_noop_before_committing_it` drives the ticks by hand through the
 one interleaving where a new leader's election no-op used to be committed unsynced (it is
 appended while messages are handled, after the tick's sync; node/raft.py now also syncs when
-the commit index is recorded). Removing the `before_ack` hook (`record_ordering(ack_sync=False)`)
-or the tick callback's sync (`tick_sync=False`) makes the first test fail; that was checked by
-hand, and `test_ordering_checker_flags_unsynced_acknowledgements` shows the checker flags both.
+the commit index is recorded). `test_removing_the_ack_sync_is_caught` runs the first test's
+workload without the `before_ack` hook and sees followers acknowledge unsynced entries, and
+`test_ordering_checker_flags_unsynced_acknowledgements` shows the checker flags both kinds. The
+tick callback's sync is not needed for safety (the commit-index hook syncs the leader's copy);
+it lets the leader's sync run while the followers sync theirs.
+
+`test_commit_reaches_followers_before_the_leader_applies` and
+`test_queued_commands_leave_in_one_append_entries` pin what `AllotRaft._coalesce_append_entries`
+changes in pysyncobj's sending, and `test_idle_followers_skip_repeated_acknowledgements` the
+acknowledgements a follower leaves out.
 """
 
 from __future__ import annotations
@@ -232,19 +239,16 @@ def batch(number: int) -> bytes:
     return encode_batch([encode_envelope(envelope)])
 
 
-def record_ordering(directory: Path, *, ack_sync: bool = True, tick_sync: bool = True) -> list[list[Event]]:
+def record_ordering(directory: Path, *, ack_sync: bool = True) -> list[list[Event]]:
     """Run three members, propose entries through the leader and a follower, return the events.
 
-    `ack_sync=False` removes the `before_ack` hook and `tick_sync=False` the tick callback's
-    sync (by hand only: showing that the checks catch their absence)."""
+    `ack_sync=False` removes the `before_ack` hook (showing that the checks catch its absence)."""
     with three_members(directory) as members:
         leader = wait_until("a leader", lambda: leader_of(members), wait_s)
         follower = next(member for member in members if member is not leader)
         for member in members:
             if not ack_sync and member.raft.allot_transport is not None:
                 member.raft.allot_transport.before_ack = None
-            if not tick_sync:
-                member.raft.removeOnTickCallback(member.raft._tick)
         rounds, per_round = 6, 10
         proposals = Proposals(expected=1 + rounds * per_round)
         leader.raft.apply_batch(batch(0), callback=proposals.callback())
@@ -307,10 +311,12 @@ def test_leader_syncs_its_election_noop_before_committing_it(tmp_path: Path) -> 
     """Deterministic interleaving, driving the ticks by hand (autoTick=False).
 
     The candidate C holds both vote grants in its sockets. In the tick where C handles the
-    first grant it becomes leader, appends its no-op and sends it; at that moment (hooked on
-    C's send) the followers run one tick each: they append, sync, acknowledge. C then reads the
-    second follower's socket, which holds the vote grant and the acknowledgement. C's next tick
-    computes the commit index first and runs the tick callbacks (the sync) last."""
+    first grant it becomes leader and appends its no-op while handling messages, after that
+    tick's sync. pysyncobj sent the no-op at once, and C's next tick could compute the commit
+    index over it before its tick callback synced; node/raft.py now sends AppendEntries from
+    the tick callback (then syncs) and syncs again when it records a commit index. When C sends
+    the no-op (hooked on C's send) the followers run one tick each: they append, sync,
+    acknowledge. C then ticks until it commits, and no commit may cover an unsynced entry."""
     addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
     members: list[InProcessMember] = []
     try:
@@ -341,13 +347,18 @@ def test_leader_syncs_its_election_noop_before_committing_it(tmp_path: Path) -> 
             return sent
 
         transport.send = send_then_let_follower_run
-        candidate.raft.doTick(0.5)  # both grants: leader, no-op appended and sent
-        transport.send = send
+        try:
+            # Both grants: leader, no-op appended; then sent (and the followers acknowledge it).
+            tick_until("the no-op to reach both followers", [candidate], lambda: ticked == set(by_address))
+        finally:
+            transport.send = send
         assert candidate.raft.getStatus()["state"] == _RAFT_STATE.LEADER
-        assert ticked == set(by_address), ticked
-        candidate.raft.doTick(0.0)  # commit index first, the sync last
+
+        def leader_committed() -> bool:
+            return any(event.kind == "commit" and event.leader for event in candidate.recorder.snapshot())
+
+        tick_until("the leader to commit its no-op", [candidate], leader_committed)
         events = candidate.recorder.snapshot()
-        assert any(event.kind == "commit" and event.leader for event in events), events
         for follower in followers:
             check_ordering(follower.recorder.snapshot())  # followers: synced before acknowledging
         check_ordering(events)
@@ -389,3 +400,129 @@ def test_ordering_checker_flags_unsynced_acknowledgements() -> None:
     assert ordering_violations([Event("add", 7), Event("commit", 6, leader=True)]) == []
     noop_commit = [Event("add", 2, noop=True), Event("commit", 2, leader=True)]
     assert ordering_violations(noop_commit)
+
+
+def test_removing_the_ack_sync_is_caught(tmp_path: Path) -> None:
+    """The ordering check can fail: without the `before_ack` hook followers acknowledge entries
+    they have not synced, and the recorded events show it."""
+    recorded = record_ordering(tmp_path, ack_sync=False)
+    assert any(ordering_violations(events) for events in recorded)
+
+
+# ---- how AppendEntries are sent (AllotRaft._coalesce_append_entries) ----------------------------
+
+
+def test_commit_reaches_followers_before_the_leader_applies(tmp_path: Path) -> None:
+    """Every entry the leader applies was first announced as committed to both followers, so a
+    follower answering its own clients does not wait for the leader's apply (pysyncobj applies
+    first and tells the followers after)."""
+    with three_members(tmp_path) as members:
+        leader = wait_until("a leader", lambda: leader_of(members), wait_s)
+        followers = {str(member.raft.selfNode) for member in members if member is not leader}
+        log: list[tuple[str, str, int]] = []  # ("sent", follower, commit index) or ("apply", "", index)
+        lock = threading.Lock()
+        transport: Any = leader.raft.allot_transport  # Any: its send is replaced on the instance
+        send = transport.send
+
+        def recording_send(peer: Any, message: Any) -> bool:
+            if isinstance(message, dict) and message.get("type") == "append_entries":
+                with lock:
+                    log.append(("sent", str(peer), int(message["commit_index"])))
+            return bool(send(peer, message))
+
+        apply_entry = leader.store.apply_entry
+
+        def recording_apply(index: int, envelopes: Any) -> Any:
+            with lock:
+                log.append(("apply", "", index))
+            return apply_entry(index, envelopes)
+
+        transport.send = recording_send
+        leader.store.apply_entry = recording_apply  # type: ignore[method-assign]
+        proposals = Proposals(expected=21)
+        for number in range(21):
+            leader.raft.apply_batch(batch(number), callback=proposals.callback())
+        assert proposals.done.wait(wait_s)
+        assert all(error == FAIL_REASON.SUCCESS for _, error in proposals.results), proposals.results
+        with lock:
+            events = list(log)
+        applied = [index for kind, _, index in events if kind == "apply"]
+        assert len(applied) >= 21, applied
+        for position, (kind, _, index) in enumerate(events):
+            if kind == "apply":
+                told = {peer for what, peer, commit in events[:position] if what == "sent" and commit >= index}
+                assert told == followers, f"entry {index} applied before {sorted(followers - told)} heard it committed"
+
+
+def test_queued_commands_leave_in_one_append_entries(tmp_path: Path) -> None:
+    """Five commands queued at the leader go to each follower in one AppendEntries message of
+    five entries (pysyncobj sends one message per command), and all five commit."""
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
+    members: list[InProcessMember] = []
+    try:
+        for number, address in enumerate(addresses):
+            peers = [other for other in addresses if other != address]
+            members.append(build_member(tmp_path / f"m{number + 1}", address, peers, auto_tick=False))
+        never = time.monotonic() + 3600
+        for member in members:
+            member.raft._SyncObj__raftElectionDeadline = never
+        tick_until("the members to connect", members, lambda: all(partners_connected(m) for m in members))
+        leader = members[0]
+        leader.raft._SyncObj__raftElectionDeadline = 0.0
+        tick_until("a leader", members, lambda: leader_of(members) is leader)
+        tick_until(
+            "the election no-op to be applied everywhere",
+            members,
+            lambda: all(m.raft.raftLastApplied == leader.raft.raftLastApplied >= 1 for m in members),
+        )
+        sent: list[tuple[str, int]] = []  # (follower, entries in the message)
+        transport: Any = leader.raft.allot_transport  # Any: its send is replaced on the instance
+        send = transport.send
+
+        def recording_send(peer: Any, message: Any) -> bool:
+            if isinstance(message, dict) and message.get("type") == "append_entries":
+                sent.append((str(peer), len(message.get("entries") or [])))
+            return bool(send(peer, message))
+
+        transport.send = recording_send
+        proposals = Proposals(expected=5)
+        for number in range(5):
+            leader.raft.apply_batch(batch(number), callback=proposals.callback())
+        leader.raft.doTick(0.0)  # appends the five, then sends
+        transport.send = send
+        followers = sorted(str(member.raft.selfNode) for member in members[1:])
+        assert sorted(sent) == [(follower, 5) for follower in followers], sent
+        tick_until("the five commands to commit", members, proposals.done.is_set)
+        assert all(error == FAIL_REASON.SUCCESS for _, error in proposals.results), proposals.results
+    finally:
+        for member in members:
+            member.raft.destroy()
+            member.store.close()
+
+
+def test_idle_followers_skip_repeated_acknowledgements(tmp_path: Path) -> None:
+    """With no writes, heartbeats only: each follower leaves out acknowledgements that repeat
+    its last one, yet the leader keeps hearing from both often enough never to step down."""
+    timing = Timing()
+    heard_within_s = node.raft.repeat_ack_gap_s + 2 * timing.append_entries_period_s + 0.4
+    assert heard_within_s < timing.leader_fallback_s
+    with three_members(tmp_path) as members:
+        leader = wait_until("a leader", lambda: leader_of(members), wait_s)
+        term = leader.raft.raftCurrentTerm
+        followers = [member for member in members if member is not leader]
+
+        def skipped(member: InProcessMember) -> int:
+            transport = member.raft.allot_transport
+            assert transport is not None
+            return transport.repeated_acks_skipped
+
+        before = [skipped(member) for member in followers]
+        deadline = time.monotonic() + wait_s
+        while not all(skipped(member) >= start + 10 for member, start in zip(followers, before, strict=True)):
+            assert time.monotonic() < deadline, "followers did not skip repeated acknowledgements"
+            last_heard = dict(leader.raft._SyncObj__lastResponseTime)
+            now = pysyncobj_clock()
+            for peer in leader.raft.otherNodes:
+                assert now - last_heard[peer] <= heard_within_s, f"the leader has not heard from {peer} lately"
+            time.sleep(0.01)  # polling the condition above
+        assert leader.raft._isLeader() and leader.raft.raftCurrentTerm == term
