@@ -25,7 +25,7 @@ from typing import Any
 from statemachine import buddy, classes, keys, pools
 from statemachine.addresses import FAMILY_BITS, Block, parse_address, parse_cidr
 from statemachine.codec import ROLE_MEMBER, Principal, dump_record, loads
-from statemachine.context import ADDED, MODIFIED, Context, format_uid, parse_uid, rfc3339
+from statemachine.context import ADDED, MODIFIED, Context, Encoder, format_uid, parse_uid, rfc3339
 from statemachine.errors import (
     ALREADY_EXISTS,
     CONFLICT,
@@ -399,19 +399,12 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
 
 def _write(ctx: Context, key: bytes, obj: dict[str, Any], event_type: str) -> None:
     """`ctx.write_object`, with the record and its watch event in the compact form."""
-    ctx.write_object(key, obj["kind"], obj, event_type)
-    plain = _plain(key, obj)
-    if plain is not None:
-        ctx.ov.put(key, dump_record(plain))
-        _compact_last_event(ctx, key, obj, plain)
+    ctx.write_encoded(key, obj["kind"], obj, event_type, _compact_encoder(key))
 
 
 def _delete(ctx: Context, key: bytes, obj: dict[str, Any]) -> None:
     """`ctx.delete_object`, with the watch event in the compact form."""
-    ctx.delete_object(key, obj["kind"], obj)
-    plain = _plain(key, obj)
-    if plain is not None:
-        _compact_last_event(ctx, key, obj, plain)
+    ctx.delete_encoded(key, obj["kind"], obj, _compact_encoder(key))
 
 
 # The last claim whose compact event was made, with that encoding: the command's answer is
@@ -421,17 +414,22 @@ def _delete(ctx: Context, key: bytes, obj: dict[str, Any]) -> None:
 _last_compact: list[tuple[dict[str, Any], bytes]] = []  # at most one entry
 
 
-def _compact_last_event(ctx: Context, key: bytes, obj: dict[str, Any], plain: list[Any]) -> None:
-    # write_object and delete_object append [type, kind, encoded object] to ctx.events and
-    # remember the public encoding apart (`encoding_of`, for the dedup answer), so replacing
-    # the event's encoding here changes the event log alone. An event has no key of its own,
-    # so its compact form starts with the object's key.
-    event = ctx.events[-1]
-    if event[1] != obj["kind"]:
-        raise InvariantViolation(f"the last event is a {event[1]}, not the one for {key!r}")
-    event[2] = encoded = dump_record([key, *plain])
-    if obj["kind"] == KIND:
-        _last_compact[:] = [(obj, encoded)]
+def _compact_encoder(key: bytes) -> Encoder:
+    """(record, event) of a claim or allocation stored under key: the compact array, and the
+    same array after the key (an event has no key of its own); or the map twice when its shape
+    does not fit the array. The public encoding is never made: nothing stores it."""
+
+    def encode(obj: dict[str, Any]) -> tuple[bytes, bytes]:
+        plain = _plain(key, obj)
+        if plain is None:
+            raw = dump_record(obj)
+            return raw, raw
+        event = dump_record([key, *plain])
+        if obj["kind"] == KIND:
+            _last_compact[:] = [(obj, event)]
+        return dump_record(plain), event
+
+    return encode
 
 
 def _plain(key: bytes, obj: dict[str, Any]) -> list[Any] | None:

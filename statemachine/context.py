@@ -3,6 +3,7 @@ the command's revision, deterministic uids, and the event log."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -14,6 +15,9 @@ from statemachine.view import Overlay, ReadView
 ADDED = "ADDED"
 MODIFIED = "MODIFIED"
 DELETED = "DELETED"
+
+# An object's (record, event) encodings, for objects stored in a compact form (claims.py).
+Encoder = Callable[[dict[str, Any]], tuple[bytes, bytes]]
 
 events_max = 100_000  # revisions whose watch events are retained; older ones answer `gone`
 
@@ -118,6 +122,20 @@ class Context:
         self.events.append([event_type, kind, raw])
         self._encoded[id(obj)] = (obj, raw)
         return raw
+
+    def write_encoded(self, key: bytes, kind: str, obj: dict[str, Any], event_type: str, encode: Encoder) -> None:
+        """`write_object` for an object stored in a form of its own: `encode(obj)` gives the
+        record and its event's encoding, once obj carries this command's revision."""
+        obj["metadata"]["resourceVersion"] = self.revision
+        record, event = encode(obj)
+        self.ov.put(key, record)
+        self.events.append([event_type, kind, event])
+
+    def delete_encoded(self, key: bytes, kind: str, obj: dict[str, Any], encode: Encoder) -> None:
+        """`delete_object` for an object whose event has a form of its own (see write_encoded)."""
+        obj["metadata"]["resourceVersion"] = self.revision
+        self.ov.delete(key)
+        self.events.append([DELETED, kind, encode(obj)[1]])
 
     def delete_object(self, key: bytes, kind: str, obj: dict[str, Any]) -> None:
         obj["metadata"]["resourceVersion"] = self.revision
