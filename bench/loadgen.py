@@ -280,14 +280,7 @@ async def timed_claims(
     async def releaser() -> None:
         while releasing:
             name, cidr = releasing.pop()
-            began = time.perf_counter()
-            try:
-                await allocator.release(pool, name, cidr)
-            except AllocatorError as exc:
-                result.errors[f"release {exc.reason}"] += 1
-                continue
-            result.release_latencies.append(time.perf_counter() - began)
-            result.releases += 1
+            await timed_release(allocator, pool, name, cidr, result)
 
     await asyncio.gather(*(releaser() for _ in range(concurrency)))
     result.elapsed_s = time.perf_counter() - began
@@ -346,6 +339,18 @@ class PhaseResult:
         return result
 
 
+async def timed_release(allocator: Allocator, pool: Pool, name: str, cidr: str, result: PhaseResult) -> None:
+    """Release one claim, filing its latency, or its failure under `release <reason>`."""
+    began = time.perf_counter()
+    try:
+        await allocator.release(pool, name, cidr)
+    except AllocatorError as exc:
+        result.errors[f"release {exc.reason}"] += 1
+        return
+    result.release_latencies.append(time.perf_counter() - began)
+    result.releases += 1
+
+
 async def run_phase(
     allocator: Allocator,
     pools: Sequence[Pool],
@@ -386,14 +391,7 @@ async def run_phase(
             if on_claim is not None:
                 on_claim()
             if churn:
-                began = time.perf_counter()
-                try:
-                    await allocator.release(pool, name, cidr)
-                except AllocatorError as exc:
-                    result.errors[f"release {exc.reason}"] += 1
-                    continue
-                result.release_latencies.append(time.perf_counter() - began)
-                result.releases += 1
+                await timed_release(allocator, pool, name, cidr, result)
 
     began = time.perf_counter()
     await asyncio.gather(*(worker(slot) for slot in range(concurrency)))
