@@ -307,6 +307,27 @@ def partners_connected(member: InProcessMember) -> bool:
     return all(value == 2 for key, value in status.items() if key.startswith("partner_node_status_server_"))
 
 
+@contextmanager
+def hand_ticked_members(directory: Path) -> Iterator[list[InProcessMember]]:
+    """Three members that tick only when the test ticks them (autoTick=False), connected, with
+    no election started yet (nobody's election timer runs out on its own)."""
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
+    members: list[InProcessMember] = []
+    try:
+        for number, address in enumerate(addresses):
+            peers = [other for other in addresses if other != address]
+            members.append(build_member(directory / f"m{number + 1}", address, peers, auto_tick=False))
+        never = time.monotonic() + 3600
+        for member in members:
+            member.raft._SyncObj__raftElectionDeadline = never
+        tick_until("the members to connect", members, lambda: all(partners_connected(m) for m in members))
+        yield members
+    finally:
+        for member in members:
+            member.raft.destroy()
+            member.store.close()
+
+
 def test_leader_syncs_its_election_noop_before_committing_it(tmp_path: Path) -> None:
     """Deterministic interleaving, driving the ticks by hand (autoTick=False).
 
@@ -317,16 +338,7 @@ def test_leader_syncs_its_election_noop_before_committing_it(tmp_path: Path) -> 
     the tick callback (then syncs) and syncs again when it records a commit index. When C sends
     the no-op (hooked on C's send) the followers run one tick each: they append, sync,
     acknowledge. C then ticks until it commits, and no commit may cover an unsynced entry."""
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
-    members: list[InProcessMember] = []
-    try:
-        for number, address in enumerate(addresses):
-            peers = [other for other in addresses if other != address]
-            members.append(build_member(tmp_path / f"m{number + 1}", address, peers, auto_tick=False))
-        never = time.monotonic() + 3600
-        for member in members:  # nobody starts an election on its own
-            member.raft._SyncObj__raftElectionDeadline = never
-        tick_until("the members to connect", members, lambda: all(partners_connected(m) for m in members))
+    with hand_ticked_members(tmp_path) as members:
         candidate, followers = members[0], members[1:]
         candidate.raft._SyncObj__raftElectionDeadline = 0.0
         candidate.raft.doTick(0.0)  # becomes candidate, asks for votes
@@ -362,10 +374,6 @@ def test_leader_syncs_its_election_noop_before_committing_it(tmp_path: Path) -> 
         for follower in followers:
             check_ordering(follower.recorder.snapshot())  # followers: synced before acknowledging
         check_ordering(events)
-    finally:
-        for member in members:
-            member.raft.destroy()
-            member.store.close()
 
 
 def test_slow_dump_install_restarts_the_election_timer(tmp_path: Path) -> None:
@@ -457,16 +465,7 @@ def test_commit_reaches_followers_before_the_leader_applies(tmp_path: Path) -> N
 def test_queued_commands_leave_in_one_append_entries(tmp_path: Path) -> None:
     """Five commands queued at the leader go to each follower in one AppendEntries message of
     five entries (pysyncobj sends one message per command), and all five commit."""
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
-    members: list[InProcessMember] = []
-    try:
-        for number, address in enumerate(addresses):
-            peers = [other for other in addresses if other != address]
-            members.append(build_member(tmp_path / f"m{number + 1}", address, peers, auto_tick=False))
-        never = time.monotonic() + 3600
-        for member in members:
-            member.raft._SyncObj__raftElectionDeadline = never
-        tick_until("the members to connect", members, lambda: all(partners_connected(m) for m in members))
+    with hand_ticked_members(tmp_path) as members:
         leader = members[0]
         leader.raft._SyncObj__raftElectionDeadline = 0.0
         tick_until("a leader", members, lambda: leader_of(members) is leader)
@@ -494,10 +493,6 @@ def test_queued_commands_leave_in_one_append_entries(tmp_path: Path) -> None:
         assert sorted(sent) == [(follower, 5) for follower in followers], sent
         tick_until("the five commands to commit", members, proposals.done.is_set)
         assert all(error == FAIL_REASON.SUCCESS for _, error in proposals.results), proposals.results
-    finally:
-        for member in members:
-            member.raft.destroy()
-            member.store.close()
 
 
 def test_idle_followers_skip_repeated_acknowledgements(tmp_path: Path) -> None:
