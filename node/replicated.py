@@ -486,6 +486,8 @@ class ReplicatedMember:
             "journalSyncs": self.raft.journal_syncs,
             "appendEntriesSent": self.raft.append_entries_sent,
             "repeatedAcksSkipped": self.raft.repeated_acks_skipped,
+            "nextIndexRegressionsKept": self.raft.next_index_regressions_kept,
+            "resentEntriesReceived": self.raft.resent_entries_received,
         }
         if include_digest:
             status["digestIndex"], status["digest"] = self._state_digest()
@@ -535,6 +537,16 @@ class ReplicationMetrics:
             "allot_raft_repeated_acks_skipped",
             "acknowledgements this member left out as follower because they repeated its last one",
             value=raft.repeated_acks_skipped,
+        )
+        yield CounterMetricFamily(
+            "allot_raft_next_index_regressions_kept",
+            "acknowledgements this member received as leader that would have moved a follower's next index back",
+            value=raft.next_index_regressions_kept,
+        )
+        yield CounterMetricFamily(
+            "allot_raft_resent_entries_received",
+            "log entries this member received as follower that it already held (sent twice)",
+            value=raft.resent_entries_received,
         )
         allocated = GaugeMetricFamily(
             "allot_pool_allocated_addresses", "addresses held by allocations and child pools", labels=["pool"]

@@ -23,8 +23,10 @@ it lets the leader's sync run while the followers sync theirs.
 
 `test_commit_reaches_followers_before_the_leader_applies` and
 `test_queued_commands_leave_in_one_append_entries` pin what `AllotRaft._coalesce_append_entries`
-changes in pysyncobj's sending, and `test_idle_followers_skip_repeated_acknowledgements` the
-acknowledgements a follower leaves out.
+changes in pysyncobj's sending, `test_idle_followers_skip_repeated_acknowledgements` the
+acknowledgements a follower leaves out, and
+`test_an_acknowledgement_never_moves_a_followers_next_index_back` that pipelined sends reach a
+follower once (pysyncobj sent every entry of that test twice).
 """
 
 from __future__ import annotations
@@ -493,6 +495,40 @@ def test_queued_commands_leave_in_one_append_entries(tmp_path: Path) -> None:
         assert sorted(sent) == [(follower, 5) for follower in followers], sent
         tick_until("the five commands to commit", members, proposals.done.is_set)
         assert all(error == FAIL_REASON.SUCCESS for _, error in proposals.results), proposals.results
+
+
+def test_an_acknowledgement_never_moves_a_followers_next_index_back(tmp_path: Path) -> None:
+    """Pipelined sends: each round the leader sends the new entry, then (in the same tick) reads
+    the followers' acknowledgement of the previous round, which names an older next index.
+    pysyncobj sets the next index back to it, so the next round sends the previous entry again
+    and the follower deletes it and appends it again; AllotRaft keeps the larger index. The
+    followers receive every entry exactly once, and everything commits."""
+    with hand_ticked_members(tmp_path) as members:
+        leader = members[0]
+        leader.raft._SyncObj__raftElectionDeadline = 0.0
+        tick_until("a leader", members, lambda: leader_of(members) is leader)
+        tick_until(
+            "the election no-op to be applied everywhere",
+            members,
+            lambda: all(m.raft.raftLastApplied == leader.raft.raftLastApplied >= 1 for m in members),
+        )
+        followers = members[1:]
+        rounds = 8
+        proposals = Proposals(expected=rounds)
+        for number in range(rounds):
+            leader.raft.apply_batch(batch(number), callback=proposals.callback())
+            leader.raft.doTick(0.0)  # sends this round's entry, then reads the last round's acks
+            for follower in followers:  # each receives it and acknowledges it (over loopback: at once)
+                tick_until("the follower to hold the entry", [follower], lambda f=follower: holds_all(f, leader))
+        tick_until("every round to commit", members, proposals.done.is_set)
+        assert all(error == FAIL_REASON.SUCCESS for _, error in proposals.results), proposals.results
+        assert [follower.raft.resent_entries_received for follower in followers] == [0, 0]
+        assert leader.raft.next_index_regressions_kept > 0  # the interleaving above did happen
+
+
+def holds_all(follower: InProcessMember, leader: InProcessMember) -> bool:
+    """Whether the follower's log reaches as far as the leader's."""
+    return bool(follower.raft._SyncObj__getCurrentLogIndex() >= leader.raft._SyncObj__getCurrentLogIndex())
 
 
 def test_idle_followers_skip_repeated_acknowledgements(tmp_path: Path) -> None:
