@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -519,7 +520,7 @@ def test_an_acknowledgement_never_moves_a_followers_next_index_back(tmp_path: Pa
             leader.raft.apply_batch(batch(number), callback=proposals.callback())
             leader.raft.doTick(0.0)  # sends this round's entry, then reads the last round's acks
             for follower in followers:  # each receives it and acknowledges it (over loopback: at once)
-                tick_until("the follower to hold the entry", [follower], lambda f=follower: holds_all(f, leader))
+                tick_until("the follower to hold the entry", [follower], partial(holds_all, follower, leader))
         tick_until("every round to commit", members, proposals.done.is_set)
         assert all(error == FAIL_REASON.SUCCESS for _, error in proposals.results), proposals.results
         assert [follower.raft.resent_entries_received for follower in followers] == [0, 0]
