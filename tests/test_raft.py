@@ -331,6 +331,20 @@ def hand_ticked_members(directory: Path) -> Iterator[list[InProcessMember]]:
             member.store.close()
 
 
+def elect_first(members: list[InProcessMember]) -> InProcessMember:
+    """Hand-ticked: make the first member leader and wait until its election no-op is applied
+    everywhere. Returns the leader."""
+    leader = members[0]
+    leader.raft._SyncObj__raftElectionDeadline = 0.0
+    tick_until("a leader", members, lambda: leader_of(members) is leader)
+    tick_until(
+        "the election no-op to be applied everywhere",
+        members,
+        lambda: all(m.raft.raftLastApplied == leader.raft.raftLastApplied >= 1 for m in members),
+    )
+    return leader
+
+
 def test_leader_syncs_its_election_noop_before_committing_it(tmp_path: Path) -> None:
     """Deterministic interleaving, driving the ticks by hand (autoTick=False).
 
@@ -469,14 +483,7 @@ def test_queued_commands_leave_in_one_append_entries(tmp_path: Path) -> None:
     """Five commands queued at the leader go to each follower in one AppendEntries message of
     five entries (pysyncobj sends one message per command), and all five commit."""
     with hand_ticked_members(tmp_path) as members:
-        leader = members[0]
-        leader.raft._SyncObj__raftElectionDeadline = 0.0
-        tick_until("a leader", members, lambda: leader_of(members) is leader)
-        tick_until(
-            "the election no-op to be applied everywhere",
-            members,
-            lambda: all(m.raft.raftLastApplied == leader.raft.raftLastApplied >= 1 for m in members),
-        )
+        leader = elect_first(members)
         sent: list[tuple[str, int]] = []  # (follower, entries in the message)
         transport: Any = leader.raft.allot_transport  # Any: its send is replaced on the instance
         send = transport.send
@@ -505,14 +512,7 @@ def test_an_acknowledgement_never_moves_a_followers_next_index_back(tmp_path: Pa
     and the follower deletes it and appends it again; AllotRaft keeps the larger index. The
     followers receive every entry exactly once, and everything commits."""
     with hand_ticked_members(tmp_path) as members:
-        leader = members[0]
-        leader.raft._SyncObj__raftElectionDeadline = 0.0
-        tick_until("a leader", members, lambda: leader_of(members) is leader)
-        tick_until(
-            "the election no-op to be applied everywhere",
-            members,
-            lambda: all(m.raft.raftLastApplied == leader.raft.raftLastApplied >= 1 for m in members),
-        )
+        leader = elect_first(members)
         followers = members[1:]
         rounds = 8
         proposals = Proposals(expected=rounds)
