@@ -358,7 +358,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self._next_keepalive = 0.0
         self.journal_syncs = 0
         self.next_index_regressions_kept = 0  # acknowledgements that would have moved one back
-        self.resent_entries_received = 0  # entries in AppendEntries that this member held already
+        self.resent_entries_received = 0  # entries received at indexes this member's log held already
         self.observe_sync_s: Callable[[float], None] = lambda _seconds: None
         self.observe_apply_s: Callable[[float], None] = lambda _seconds: None
         # Hooks for the replicated member, all called on the tick thread: the outcomes of each
@@ -428,7 +428,8 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
             kept = next_index.get(node)
         elif kind == "append_entries" and message.get("entries"):
-            # Entries this follower holds already: what the change above keeps from happening.
+            # Entries at indexes this follower's log holds already: repeats (what the change
+            # above keeps from happening) and, after a leader change, replacements.
             entries = message["entries"]
             held_up_to = min(entries[-1][1], self._SyncObj__getCurrentLogIndex())
             self.resent_entries_received += max(0, held_up_to - entries[0][1] + 1)

@@ -545,7 +545,7 @@ class ReplicationMetrics:
         )
         yield CounterMetricFamily(
             "allot_raft_resent_entries_received",
-            "log entries this member received as follower that it already held (sent twice)",
+            "log entries received as follower at indexes its log already held (repeats, or replacements)",
             value=raft.resent_entries_received,
         )
         allocated = GaugeMetricFamily(
