@@ -27,13 +27,15 @@ changes in pysyncobj's sending, `test_idle_followers_skip_repeated_acknowledgeme
 acknowledgements a follower leaves out, and
 `test_an_acknowledgement_never_moves_a_followers_next_index_back` that pipelined sends reach a
 follower once (pysyncobj sent every entry of that test twice).
+`test_a_follower_replaying_a_long_backlog_does_not_start_an_election` slows a follower's apply
+so its backlog outlasts the longest election timeout, and checks that it stays a follower.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -413,6 +415,39 @@ def test_slow_dump_install_restarts_the_election_timer(tmp_path: Path) -> None:
     finally:
         member.raft.destroy()
         member.store.close()
+
+
+def test_a_follower_replaying_a_long_backlog_does_not_start_an_election(tmp_path: Path) -> None:
+    """pysyncobj applies every committed entry in one tick and checks the election timer at the
+    start of the next, before reading any message. A follower whose backlog takes longer than an
+    election timeout to apply (a rebuilt member replaying the entries after a dump) must not
+    then depose the leader it was applying entries from."""
+    timing = Timing()
+    entries = 4
+    per_entry_s = timing.election_timeout_max_s / 2  # the backlog: twice the longest timeout
+    with hand_ticked_members(tmp_path) as members:
+        leader = elect_first(members)
+        follower, other = members[1], members[2]
+        term = leader.raft.raftCurrentTerm
+        apply_entry = follower.store.apply_entry
+
+        def slow_apply(index: int, envelopes: Sequence[bytes]) -> Any:
+            time.sleep(per_entry_s)
+            return apply_entry(index, envelopes)
+
+        follower.store.apply_entry = slow_apply  # type: ignore[method-assign]
+        proposals = Proposals(expected=entries)
+        for number in range(entries):
+            leader.raft.apply_batch(batch(number), callback=proposals.callback())
+        # Committed by the leader and the other follower; the follower's sockets fill meanwhile.
+        tick_until("the entries to commit", [leader, other], proposals.done.is_set)
+        leader.raft.doTick(0.0)  # the new commit index, to both followers
+        follower.raft.doTick(0.01)  # reads the entries and the commit index
+        follower.raft.doTick(0.0)  # applies the backlog: 2 x the longest election timeout
+        assert follower.raft.raftLastApplied == leader.raft.raftLastApplied
+        follower.raft.doTick(0.0)  # the first thing this tick does is check the election timer
+        assert follower.raft.getStatus()["state"] == _RAFT_STATE.FOLLOWER
+        assert follower.raft.raftCurrentTerm == term
 
 
 def test_ordering_checker_flags_unsynced_acknowledgements() -> None:
