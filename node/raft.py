@@ -527,13 +527,9 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         return loaded
 
     def _restart_election_timer(self) -> None:
-        """Give the leader a full election timeout from now to be heard again (never less time
-        than it already had): called after work on the tick thread that handles what the leader
-        sent, during which this member could read no message."""
         low, high = self._election_timeout_s
         # pysyncobj's own clock (CLOCK_MONOTONIC_RAW on Linux), not time.monotonic().
-        restarted = pysyncobj_clock() + random.uniform(low, high)
-        self._SyncObj__raftElectionDeadline = max(self._SyncObj__raftElectionDeadline, restarted)
+        self._SyncObj__raftElectionDeadline = pysyncobj_clock() + random.uniform(low, high)
 
     def sync_journal(self) -> None:
         """Make every journal change so far durable (fdatasync). Cheap when nothing changed."""
@@ -583,7 +579,12 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             # backlog (thousands of entries after installing a dump: 19 s in a 200,000-claim
             # rebuild) heard nothing from the leader meanwhile, only because it was not reading,
             # and used to start an election the moment it finished, deposing a healthy leader.
-            self._restart_election_timer()
+            # So the timer is kept at least the shortest timeout away. Not a fresh random draw:
+            # in steady state that would lengthen every follower's timer (the later of two
+            # draws) and slow failover (measured: median 0.47 -> 0.54 s over 10 kills).
+            low, _ = self._election_timeout_s
+            held = pysyncobj_clock() + low
+            self._SyncObj__raftElectionDeadline = max(self._SyncObj__raftElectionDeadline, held)
         if outcomes:
             self.on_outcomes(outcomes)
         self._on_applied(index)
