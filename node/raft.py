@@ -339,7 +339,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
     """The Raft member: pysyncobj with Allot's one replicated method and durability."""
 
     _SyncObj__sendAppendEntries: Callable[[], None]  # pysyncobj's, replaced on the instance
-    _SyncObj__raftElectionDeadline: float  # pysyncobj's, on its own clock; restarted by _restart_election_timer
+    _SyncObj__raftElectionDeadline: float  # pysyncobj's, on its own clock; moved by _load_dump and apply_batch
 
     def __init__(
         self,
@@ -523,13 +523,10 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         """
         loaded = self._dump_writer.deserialize(path)
         self.on_dump_installed()
-        self._restart_election_timer()
-        return loaded
-
-    def _restart_election_timer(self) -> None:
         low, high = self._election_timeout_s
         # pysyncobj's own clock (CLOCK_MONOTONIC_RAW on Linux), not time.monotonic().
         self._SyncObj__raftElectionDeadline = pysyncobj_clock() + random.uniform(low, high)
+        return loaded
 
     def sync_journal(self) -> None:
         """Make every journal change so far durable (fdatasync). Cheap when nothing changed."""

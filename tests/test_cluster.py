@@ -972,7 +972,7 @@ def test_metrics_show_replication_and_pools(cluster: Cluster) -> None:
         skipped = samples["allot_raft_repeated_acks_skipped_total"]
         assert sent > 0 if member_id == leader else skipped > 0, (member_id, sent, skipped)
         for counter in ("allot_raft_next_index_regressions_kept_total", "allot_raft_resent_entries_received_total"):
-            assert samples[counter] >= 0, (member_id, counter)
+            assert counter in samples, (member_id, counter)  # exposed; their values depend on timing
         assert samples['allot_pool_allocated_addresses{pool="t11"}'] == 4, member_id
         assert samples['allot_pool_capacity_addresses{pool="t11"}'] == 256, member_id
         assert samples['allot_member_role{role="leader"}'] == (1 if member_id == leader else 0), member_id
