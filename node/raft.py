@@ -52,12 +52,14 @@ dump install and after each entry applied as a follower); for the sending above,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,7 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.journal import FileJournal
 from pysyncobj.monotonic import monotonic as pysyncobj_clock
+from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import TCPTransport
 
 from node.config import Timing
@@ -354,8 +357,21 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self.allot_transport: SyncedTransport | None = None
         self._store = store
         self._on_applied = on_applied
-        self._journal_dirty = False
-        self._journal_sync_lock = threading.Lock()
+        # Journal durability, by generation: every journal change bumps `_journal_generation`
+        # (after it is written, on the tick thread); a finished fdatasync records the generation
+        # it covered in `_synced_generation`. `_unsynced_entries` holds (index, generation) of
+        # the entries added since, oldest first (tick thread only), so the leader knows how far
+        # its own copy is durable without waiting for the disk.
+        self._journal_generation = 0
+        self._synced_generation = 0
+        self._unsynced_entries: deque[tuple[int, int]] = deque()
+        self._journal_sync_lock = threading.Lock()  # one fdatasync at a time; guards the descriptor
+        self._sync_wanted = threading.Condition()
+        self._sync_requested = False
+        self._sync_stopping = False
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_subscribed = False
+        self.commits_held_for_sync = 0  # times the leader held its commit index for its own sync
         self._keepalive_s = keepalive_s
         self._next_keepalive = 0.0
         self.journal_syncs = 0
@@ -383,6 +399,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self.allot_transport.on_allot_message = self._on_allot_message
         self._coalesce_append_entries()
         self.addOnTickCallback(self._tick)
+        threading.Thread(target=self._run_journal_sync, name="allot-journal-sync", daemon=True).start()
 
     def _coalesce_append_entries(self) -> None:
         """Send AppendEntries once per tick, and the news of a commit before applying it.
@@ -480,15 +497,36 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         # The journal keeps its inode for life (pysyncobj grows it in place, never replaces it).
         self._journal_fd = os.open(journal_path, os.O_RDONLY)
 
-        def marking(method: Callable[..., Any]) -> Callable[..., Any]:
+        unsynced = self._unsynced_entries
+
+        def marking(method: Callable[..., Any], track: Callable[..., None]) -> Callable[..., Any]:
             def marked(*args: Any) -> Any:
-                self._journal_dirty = True
-                return method(*args)
+                result = method(*args)
+                # Bumped after the write: a sync that reads this generation covers the write.
+                self._journal_generation += 1
+                track(*args)
+                return result
 
             return marked
 
-        for name in ("add", "clear", "deleteEntriesFrom", "deleteEntriesTo"):
-            setattr(journal, name, marking(getattr(journal, name)))
+        def added(_command: Any, index: int, _term: int) -> None:
+            unsynced.append((index, self._journal_generation))
+
+        def deleted_from(index: int) -> None:  # a follower's log truncated at index
+            while unsynced and unsynced[-1][0] >= index:
+                unsynced.pop()
+
+        def deleted_to(index: int) -> None:  # compacted behind a dump
+            while unsynced and unsynced[0][0] < index:
+                unsynced.popleft()
+
+        def cleared() -> None:
+            unsynced.clear()
+
+        journal.add = marking(journal.add, added)
+        journal.clear = marking(journal.clear, cleared)
+        journal.deleteEntriesFrom = marking(journal.deleteEntriesFrom, deleted_from)
+        journal.deleteEntriesTo = marking(journal.deleteEntriesTo, deleted_to)
         store_term = journal.setCurrentTerm
 
         def durable_term(term: int, voted_for: Any) -> None:
@@ -500,11 +538,27 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         store_commit_index = journal.setRaftCommitIndex
 
         def synced_commit_index(index: int) -> None:
-            # pysyncobj records a new commit index before applying and answering: sync first,
-            # so no entry is applied or acknowledged while this member's copy is unsynced. This
-            # also covers the no-op a new leader appends while handling messages, after the
-            # tick's sync callback already ran.
-            self.sync_journal()
+            # pysyncobj records a new commit index before applying and answering. Its leader
+            # counts its own copy of every entry towards the majority, so that copy must be
+            # synced first: the leader records the commit index only as far as its journal is
+            # durable, asks the sync thread for the rest and records the remainder in a later
+            # tick (the sync thread wakes it). It never waits for the disk itself, so a slow
+            # fdatasync cannot stop its heartbeats. This also covers the no-op a new leader
+            # appends while handling messages. A follower applies only what the leader
+            # committed (durable on a majority already) and syncs before it records anyway.
+            if self._isLeader():
+                durable = self._durable_index()
+                if index > durable:
+                    self.request_journal_sync()
+                    self.commits_held_for_sync += 1
+                    recorded = int(journal.getRaftCommitIndex())
+                    allowed = max(durable, recorded)
+                    self._SyncObj__raftCommitIndex = allowed  # pysyncobj set it to index just now
+                    if allowed == recorded:
+                        return
+                    index = allowed
+            else:
+                self.sync_journal()
             store_commit_index(index)
             self._flush_append_entries(commit=True)
 
@@ -529,30 +583,109 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         return loaded
 
     def sync_journal(self) -> None:
-        """Make every journal change so far durable (fdatasync). Cheap when nothing changed."""
-        if not self._journal_dirty:
+        """Make every journal change so far durable (fdatasync), on the calling (tick) thread.
+        Cheap when nothing changed. A follower's time in here is time it did not listen: its
+        election timer is held (see `_hold_election_timer`)."""
+        target = self._journal_generation
+        if self._synced_generation >= target:
             return
         with self._journal_sync_lock:
-            started = time.monotonic()
-            self._journal_dirty = False
+            self._write_back_to(target)
+        if not self._isLeader():
+            self._hold_election_timer()
+
+    def request_journal_sync(self) -> None:
+        """Ask the sync thread for an fdatasync of every journal change so far; do not wait."""
+        if self._synced_generation >= self._journal_generation:
+            return
+        with self._sync_wanted:
+            self._sync_requested = True
+            self._sync_wanted.notify()
+
+    def _write_back_to(self, target: int) -> None:
+        """fdatasync, recording that generation `target` is durable. Hold `_journal_sync_lock`."""
+        if self._synced_generation >= target or self._journal_fd < 0:
+            return
+        started = time.monotonic()
+        try:
             self.write_back_journal()
-            self.journal_syncs += 1
-            self.observe_sync_s(time.monotonic() - started)
+        except OSError as exc:
+            # After a failed fdatasync the kernel may have dropped the dirty pages and a retry
+            # can report success: nothing written since the last good sync can be trusted.
+            stop_member(f"fdatasync of the Raft journal failed: {exc}")
+        self._synced_generation = target
+        self.journal_syncs += 1
+        self.observe_sync_s(time.monotonic() - started)
+
+    def _run_journal_sync(self) -> None:
+        """The sync thread: one fdatasync per request (covering every change made before it
+        starts), then a wake-up for the tick thread, which may now record a commit."""
+        while True:
+            with self._sync_wanted:
+                while not (self._sync_requested or self._sync_stopping):
+                    self._sync_wanted.wait(timeout=1.0)
+                if self._sync_stopping:
+                    return
+                self._sync_requested = False
+            with self._journal_sync_lock:
+                self._write_back_to(self._journal_generation)
+            # Full: a wake-up is pending anyway. Closed: the member is stopping.
+            with contextlib.suppress(OSError):
+                os.write(self._wake_write, b"s")
+
+    def _durable_index(self) -> int:
+        """The last log index up to which this member's journal is synced (tick thread)."""
+        synced, unsynced = self._synced_generation, self._unsynced_entries
+        while unsynced and unsynced[0][1] <= synced:
+            unsynced.popleft()
+        return unsynced[0][0] - 1 if unsynced else int(self._SyncObj__getCurrentLogIndex())
+
+    def _on_wake(self, _descriptor: int, _event_mask: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_read, 4096):
+                pass
 
     def write_back_journal(self) -> None:
         """fdatasync the journal file: every entry pysyncobj wrote so far reaches the disk."""
         os.fdatasync(self._journal_fd)
 
+    def _hold_election_timer(self) -> None:
+        """As follower: keep the election timer at least the shortest timeout away.
+
+        pysyncobj checks the timer first thing in a tick, before it reads any message. Time this
+        member spent not reading (applying a long backlog: 19 s in a 200,000-claim rebuild; an
+        fdatasync behind a busy disk: 0.1-0.4 s measured) says nothing about the leader, and
+        used to start an election that deposed a healthy one. Not a fresh random draw: in steady
+        state that would lengthen every follower's timer (the later of two draws) and slow
+        failover (measured: median 0.47 -> 0.54 s over 10 kills)."""
+        low, _ = self._election_timeout_s
+        held = pysyncobj_clock() + low
+        self._SyncObj__raftElectionDeadline = max(self._SyncObj__raftElectionDeadline, held)
+
     def _doDestroy(self) -> None:  # noqa: N802 - pysyncobj's name; runs on the tick thread last
         super()._doDestroy()
-        fd, self._journal_fd = self._journal_fd, -1
+        with self._sync_wanted:
+            self._sync_stopping = True
+            self._sync_wanted.notify()
+        with self._journal_sync_lock:  # waits for an fdatasync in progress
+            fd, self._journal_fd = self._journal_fd, -1
         if fd >= 0:
             os.close(fd)
+        for wake_fd in (self._wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(wake_fd)
 
     def _tick(self) -> None:
-        # Entries first: the followers write and sync them while this member syncs its own copy.
+        if not self._wake_subscribed:  # here, on the tick thread: the poller is not thread-safe
+            self._poller.subscribe(self._wake_read, self._on_wake, POLL_EVENT_TYPE.READ)
+            self._wake_subscribed = True
+        # Entries first: the followers write and sync them while this member syncs its own copy
+        # (the leader on the sync thread, see `synced_commit_index`).
         self._flush_append_entries()
-        self.sync_journal()
+        if self._isLeader():
+            self.request_journal_sync()
+        else:
+            self.sync_journal()
         now = time.monotonic()
         if now >= self._next_keepalive and self.allot_transport is not None:
             self._next_keepalive = now + self._keepalive_s
@@ -571,17 +704,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             raise  # unreachable: stop_member exits
         self.observe_apply_s(time.monotonic() - started)
         if not self._isLeader():
-            # pysyncobj applies every committed entry in one tick and checks the election timer
-            # at the start of the next, before it reads a message. A follower replaying a long
-            # backlog (thousands of entries after installing a dump: 19 s in a 200,000-claim
-            # rebuild) heard nothing from the leader meanwhile, only because it was not reading,
-            # and used to start an election the moment it finished, deposing a healthy leader.
-            # So the timer is kept at least the shortest timeout away. Not a fresh random draw:
-            # in steady state that would lengthen every follower's timer (the later of two
-            # draws) and slow failover (measured: median 0.47 -> 0.54 s over 10 kills).
-            low, _ = self._election_timeout_s
-            held = pysyncobj_clock() + low
-            self._SyncObj__raftElectionDeadline = max(self._SyncObj__raftElectionDeadline, held)
+            self._hold_election_timer()  # a long backlog is applied in one tick, not listening
         if outcomes:
             self.on_outcomes(outcomes)
         self._on_applied(index)

@@ -488,6 +488,7 @@ class ReplicatedMember:
             "repeatedAcksSkipped": self.raft.repeated_acks_skipped,
             "nextIndexRegressionsKept": self.raft.next_index_regressions_kept,
             "resentEntriesReceived": self.raft.resent_entries_received,
+            "commitsHeldForSync": self.raft.commits_held_for_sync,
         }
         if include_digest:
             status["digestIndex"], status["digest"] = self._state_digest()
@@ -547,6 +548,11 @@ class ReplicationMetrics:
             "allot_raft_resent_entries_received",
             "log entries received as follower at indexes its log already held (repeats, or replacements)",
             value=raft.resent_entries_received,
+        )
+        yield CounterMetricFamily(
+            "allot_raft_commits_held_for_sync",
+            "times this member, as leader, held its commit index back until its own journal sync finished",
+            value=raft.commits_held_for_sync,
         )
         allocated = GaugeMetricFamily(
             "allot_pool_allocated_addresses", "addresses held by allocations and child pools", labels=["pool"]

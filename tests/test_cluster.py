@@ -971,7 +971,11 @@ def test_metrics_show_replication_and_pools(cluster: Cluster) -> None:
         sent = samples["allot_raft_append_entries_sent_total"]
         skipped = samples["allot_raft_repeated_acks_skipped_total"]
         assert sent > 0 if member_id == leader else skipped > 0, (member_id, sent, skipped)
-        for counter in ("allot_raft_next_index_regressions_kept_total", "allot_raft_resent_entries_received_total"):
+        for counter in (
+            "allot_raft_next_index_regressions_kept_total",
+            "allot_raft_resent_entries_received_total",
+            "allot_raft_commits_held_for_sync_total",
+        ):
             assert counter in samples, (member_id, counter)  # exposed; their values depend on timing
         assert samples['allot_pool_allocated_addresses{pool="t11"}'] == 4, member_id
         assert samples['allot_pool_capacity_addresses{pool="t11"}'] == 256, member_id

@@ -71,8 +71,9 @@ def test_pysyncobj_version_is_pinned() -> None:
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # "add" (an entry written to the journal), "flush", "ack" (a successful
-    # next_node_idx sent), "commit" (the commit index set)
+    kind: str  # "add" (an entry written to the journal), "flush_begin" and "flush" (an
+    # fdatasync began, ended), "ack" (a successful next_node_idx sent), "commit" (the commit
+    # index set)
     index: int = 0  # add: the entry's index; ack: the last index acknowledged; commit: the new index
     leader: bool = False  # commit: set while this member was the leader
     noop: bool = False  # add: pysyncobj's own no-op entry (appended by a new leader), not a command
@@ -83,14 +84,24 @@ class UnsyncedAcknowledgement(AssertionError):
 
 
 def ordering_violations(events: list[Event]) -> list[str]:
-    """Every acknowledgement or leader commit covering an entry added but not flushed yet."""
-    unflushed: dict[int, bool] = {}  # index -> is pysyncobj's no-op
+    """Every acknowledgement or leader commit covering an entry added but not flushed yet.
+
+    A flush covers the entries added before it began ("flush_begin"; the leader's fdatasync
+    runs on another thread while entries are added); a recording without a begin (the checker's
+    own cases) covers everything added before the flush."""
+    unflushed: dict[int, int] = {}  # index -> position of the add
+    covered: dict[int, int] | None = None  # what the flush in progress covers
     violations = []
     for position, event in enumerate(events):
         if event.kind == "add":
-            unflushed[event.index] = event.noop
+            unflushed[event.index] = position
+        elif event.kind == "flush_begin":
+            covered = dict(unflushed)
         elif event.kind == "flush":
-            unflushed.clear()
+            for index, added_at in (unflushed if covered is None else covered).copy().items():
+                if unflushed.get(index) == added_at:
+                    del unflushed[index]
+            covered = None
         elif event.kind == "ack" or (event.kind == "commit" and event.leader):
             exposed = sorted(i for i in unflushed if i <= event.index)
             if exposed:
@@ -131,15 +142,17 @@ class Recorder:
             return result
 
         def recording_flush() -> Any:
+            self._record(Event("flush_begin"))
             result = flush()
             self._record(Event("flush"))
             return result
 
         def recording_commit(index: int) -> Any:
             # Recorded once the call returns: node/raft.py syncs inside it, and pysyncobj applies
-            # and answers only after it.
+            # and answers only after it. What is recorded is the commit index in force after the
+            # call: a leader whose own copy is not synced yet holds it below `index`.
             result = set_commit(index)
-            self._record(Event("commit", index, leader=bool(self.raft._isLeader())))
+            self._record(Event("commit", self.raft._SyncObj__raftCommitIndex, leader=bool(self.raft._isLeader())))
             return result
 
         def recording_send(peer: Any, message: Any) -> bool:
@@ -450,6 +463,74 @@ def test_a_follower_replaying_a_long_backlog_does_not_start_an_election(tmp_path
         assert follower.raft.raftCurrentTerm == term
 
 
+def test_a_slow_leader_disk_neither_stops_heartbeats_nor_commits_unsynced(tmp_path: Path) -> None:
+    """The leader's fdatasync runs off its tick thread. A journal sync stuck for longer than the
+    longest election timeout (a disk busy with other writes: measured stalls of 0.1-0.4 s on
+    this machine while a large file was written) used to stop the leader's tick, hence its
+    heartbeats, and the followers elected a new leader. Now the tick goes on; the leader only
+    holds back its commit index until its own copy of the entry is synced."""
+    timing = Timing()
+    stall_s = timing.election_timeout_max_s + 0.3
+    with hand_ticked_members(tmp_path) as members:
+        leader = elect_first(members)
+        term = leader.raft.raftCurrentTerm
+        write_back = leader.raft.write_back_journal
+        stall_started: list[float] = []
+
+        def stalling_write_back() -> None:
+            if not stall_started:
+                stall_started.append(time.monotonic())
+                time.sleep(stall_s)  # stands in for a disk busy with someone else's writes
+            write_back()
+
+        leader.raft.write_back_journal = stalling_write_back  # type: ignore[method-assign]
+        proposals = Proposals(expected=1)
+        leader.raft.apply_batch(batch(0), callback=proposals.callback())
+        deadline = time.monotonic() + stall_s + wait_s
+        while not proposals.done.is_set():
+            assert time.monotonic() < deadline, "the entry was never committed"
+            for member in members:
+                member.raft.doTick(0.002)
+            if stall_started and time.monotonic() < stall_started[0] + stall_s - 0.05:
+                # Both followers hold the entry, synced; the leader's copy is not: no commit.
+                assert not proposals.done.is_set(), "committed before the leader's own copy was synced"
+        assert stall_started and time.monotonic() >= stall_started[0] + stall_s - 0.05
+        assert proposals.results[0][1] == FAIL_REASON.SUCCESS
+        for member in members:
+            assert member.raft.raftCurrentTerm == term
+        assert leader_of(members) is leader
+        assert leader.raft.commits_held_for_sync > 0
+        for events in (member.recorder.snapshot() for member in members):
+            check_ordering(events)
+
+
+def test_a_slow_follower_disk_does_not_start_an_election(tmp_path: Path) -> None:
+    """A follower syncs its journal before it acknowledges, on its tick thread. When that sync
+    takes longer than an election timeout, the follower heard nothing meanwhile only because it
+    was not reading, and pysyncobj checks the election timer first thing in the next tick: it
+    must not depose the leader it was acknowledging."""
+    timing = Timing()
+    with hand_ticked_members(tmp_path) as members:
+        leader = elect_first(members)
+        follower = members[1]
+        term = leader.raft.raftCurrentTerm
+        write_back = follower.raft.write_back_journal
+
+        def slow_write_back() -> None:
+            time.sleep(timing.election_timeout_max_s + 0.1)
+            write_back()
+
+        follower.raft.write_back_journal = slow_write_back  # type: ignore[method-assign]
+        leader.raft.apply_batch(batch(0), callback=Proposals(expected=1).callback())
+        leader.raft.doTick(0.0)  # appends the entry and sends it
+        entry = leader.raft.raftLastApplied + 1
+        follower.raft.doTick(0.5)  # reads it, appends it, syncs (slowly) and acknowledges
+        assert any(event.kind == "ack" and event.index >= entry for event in follower.recorder.snapshot())
+        follower.raft.doTick(0.0)  # the first thing this tick does is check the election timer
+        assert follower.raft.getStatus()["state"] == _RAFT_STATE.FOLLOWER
+        assert follower.raft.raftCurrentTerm == term
+
+
 def test_ordering_checker_flags_unsynced_acknowledgements() -> None:
     """The checker itself: an ack or a leader commit before the flush is a violation."""
     fine = [Event("add", 5), Event("flush"), Event("ack", 5), Event("add", 6), Event("ack", 5)]
@@ -460,6 +541,10 @@ def test_ordering_checker_flags_unsynced_acknowledgements() -> None:
     assert ordering_violations([Event("add", 7), Event("commit", 6, leader=True)]) == []
     noop_commit = [Event("add", 2, noop=True), Event("commit", 2, leader=True)]
     assert ordering_violations(noop_commit)
+    # An entry added while an fdatasync runs (on the leader's sync thread) is not covered by it.
+    during = [Event("add", 8), Event("flush_begin"), Event("add", 9), Event("flush")]
+    assert ordering_violations([*during, Event("commit", 8, leader=True)]) == []
+    assert ordering_violations([*during, Event("commit", 9, leader=True)])
 
 
 def test_removing_the_ack_sync_is_caught(tmp_path: Path) -> None:
