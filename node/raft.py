@@ -3,15 +3,19 @@
 What pysyncobj 0.3.17 does not do, and this module adds (each narrowly, by subclassing or by
 wrapping the one object it concerns; none of its source is copied):
 
-* **Acknowledged means synced.** The journal is an mmap that pysyncobj never msyncs. We track
-  when it changes and fdatasync it (through our own descriptor, which releases the GIL) (a) in a
-  tick callback, which runs after the leader appends new entries and before the next tick counts
-  the leader's own copy towards a commit, (b) when the commit index is recorded, before anything
-  is applied or answered (this also covers the no-op a new leader appends while handling
-  messages, after the tick's sync), and (c) in the transport, right before a follower sends a
-  successful `next_node_idx` (its acknowledgement of appended entries). Term and vote
+* **Acknowledged means synced.** The journal is an mmap that pysyncobj never msyncs. We count
+  its changes (a write generation, bumped after each write) and fdatasync it through our own
+  descriptor (which releases the GIL). A follower syncs on its tick thread right before it sends
+  a successful `next_node_idx` (its acknowledgement of appended entries), in its tick callback,
+  and before it records a commit index. The leader never waits for its disk: its tick callback
+  asks a sync thread for an fdatasync, and when pysyncobj records a new commit index (which
+  counts the leader's own copy towards the majority) the leader records it only as far as its
+  own journal is synced, holding the rest until the sync thread finishes and wakes the tick (a
+  pipe in pysyncobj's poller). So a slow disk delays the leader's commits, never its heartbeats.
+  This also covers the no-op a new leader appends while handling messages. Term and vote
   (`journal.meta`) are fsynced, with their directory, before any message that reflects them can
-  be sent.
+  be sent. A failed fdatasync stops the member (after one, a retry can report success for data
+  the kernel dropped).
 * **One replicated method, taking bytes**: `apply_batch(batch)`, a CBOR list of envelopes,
   applied by `LmdbStore.apply_entry(index, envelopes)` in one LMDB transaction. It never raises:
   a broken invariant (or any failure to apply) stops the member process on purpose, because
@@ -42,11 +46,13 @@ wrapping the one object it concerns; none of its source is copied):
 
 pysyncobj private attributes are touched in these places only: `_SyncObj__raftLog` (the journal
 object); the transport we construct ourselves; `_SyncObj__raftElectionDeadline` (restarted after a
-dump install and after each entry applied as a follower); for the sending above,
-`_SyncObj__sendAppendEntries` (replaced on the instance), `_SyncObj__raftCommitIndex`,
-`_SyncObj__raftNextIndex`, `_SyncObj__getCurrentLogIndex` and `_SyncObj__newAppendEntriesTime`
-(read only); `_SyncObj__onMessageReceived` (overridden, calling pysyncobj's) and
-`_SyncObj__raftNextIndex` (written back to the larger value there).
+dump install, held after each entry applied and each journal sync as a follower); for the sending
+above, `_SyncObj__sendAppendEntries` (replaced on the instance), `_SyncObj__raftNextIndex`,
+`_SyncObj__getCurrentLogIndex` and `_SyncObj__newAppendEntriesTime` (read only);
+`_SyncObj__raftCommitIndex` (read; written back, as leader, to the synced part of a new commit
+index); `_SyncObj__onMessageReceived` (overridden, calling pysyncobj's) and
+`_SyncObj__raftNextIndex` (written back to the larger value there). `_poller` (its subscribe)
+carries the sync thread's wake-up pipe.
 `tests/test_raft.py` pins the version and checks each behaviour.
 """
 
