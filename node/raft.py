@@ -3,19 +3,20 @@
 What pysyncobj 0.3.17 does not do, and this module adds (each narrowly, by subclassing or by
 wrapping the one object it concerns; none of its source is copied):
 
-* **Acknowledged means synced.** The journal is an mmap that pysyncobj never msyncs. We count
-  its changes (a write generation, bumped after each write) and fdatasync it through our own
-  descriptor (which releases the GIL). A follower syncs on its tick thread right before it sends
-  a successful `next_node_idx` (its acknowledgement of appended entries), in its tick callback,
-  and before it records a commit index. The leader never waits for its disk: its tick callback
-  asks a sync thread for an fdatasync, and when pysyncobj records a new commit index (which
-  counts the leader's own copy towards the majority) the leader records it only as far as its
-  own journal is synced, holding the rest until the sync thread finishes and wakes the tick (a
-  pipe in pysyncobj's poller). So a slow disk delays the leader's commits, never its heartbeats.
-  This also covers the no-op a new leader appends while handling messages. Term and vote
-  (`journal.meta`) are fsynced, with their directory, before any message that reflects them can
-  be sent. A failed fdatasync stops the member (after one, a retry can report success for data
-  the kernel dropped).
+* **Acknowledged means synced, and the tick thread never waits for the disk.** The journal is
+  an mmap that pysyncobj never msyncs. We count its changes (a write generation, bumped after
+  each write, with the index of each entry added) and a sync thread fdatasyncs it through our
+  own descriptor, recording the generation each sync covered; so the tick thread knows, without
+  waiting, the last index of this member's journal that is durable. The tick callback asks the
+  sync thread for a sync; a finished sync wakes the tick (a pipe in pysyncobj's poller). A
+  follower's successful `next_node_idx` (its acknowledgement of appended entries) names only
+  entries that are synced, and the full acknowledgement follows the sync. The leader, whose own
+  copy pysyncobj counts towards every majority, records a new commit index only as far as its
+  journal is synced and the rest after the sync. So a slow disk delays commits, never
+  heartbeats or answers to the leader. This also covers the no-op a new leader appends while
+  handling messages. Term and vote (`journal.meta`) are fsynced, with their directory, before
+  any message that reflects them can be sent. A failed fdatasync stops the member (after one,
+  a retry can report success for data the kernel dropped).
 * **One replicated method, taking bytes**: `apply_batch(batch)`, a CBOR list of envelopes,
   applied by `LmdbStore.apply_entry(index, envelopes)` in one LMDB transaction. It never raises:
   a broken invariant (or any failure to apply) stops the member process on purpose, because
@@ -46,7 +47,7 @@ wrapping the one object it concerns; none of its source is copied):
 
 pysyncobj private attributes are touched in these places only: `_SyncObj__raftLog` (the journal
 object); the transport we construct ourselves; `_SyncObj__raftElectionDeadline` (restarted after a
-dump install, held after each entry applied and each journal sync as a follower); for the sending
+dump install, held after each entry applied as a follower); for the sending
 above, `_SyncObj__sendAppendEntries` (replaced on the instance), `_SyncObj__raftNextIndex`,
 `_SyncObj__getCurrentLogIndex` and `_SyncObj__newAppendEntriesTime` (read only);
 `_SyncObj__raftCommitIndex` (read; written back, as leader, to the synced part of a new commit
@@ -123,12 +124,15 @@ ALLOT_MESSAGE_PREFIX = "allot_"  # message types of our own, between members, ou
 
 
 class SyncedTransport(TCPTransport):  # type: ignore[misc]
-    """pysyncobj's TCP transport, syncing the journal before acknowledging appended entries,
-    and delivering our own `allot_*` messages to `on_allot_message` instead of pysyncobj."""
+    """pysyncobj's TCP transport, acknowledging appended entries only as far as they are synced
+    (`before_ack`), and delivering our own `allot_*` messages to `on_allot_message` instead of
+    pysyncobj."""
 
     def __init__(self, sync_obj: Any, self_node: Any, other_nodes: Any) -> None:
         super().__init__(sync_obj, self_node, other_nodes)
-        self.before_ack: Callable[[], None] | None = None
+        # (peer, successful next_node_idx) -> the acknowledgement to send instead.
+        self.before_ack: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
+        self.last_acknowledged = 0  # the last index a successful next_node_idx of ours named
         self.on_allot_message: Callable[[Any, dict[str, Any]], None] | None = None
         self._last_ack: dict[Any, tuple[tuple[Any, bool], float]] = {}  # node -> (what, when)
         self.repeated_acks_skipped = 0
@@ -143,10 +147,9 @@ class SyncedTransport(TCPTransport):  # type: ignore[misc]
 
     def send(self, node: Any, message: Any) -> bool:
         if isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success"):
-            # Sync even when the answer is not sent: the entries it covers may have been
-            # rewritten since (a resend truncates and re-adds them), and were acknowledged.
             if self.before_ack is not None:
-                self.before_ack()
+                message = self.before_ack(node, message)
+            self.last_acknowledged = int(message["next_node_idx"]) - 1
             if self._repeats_recent_ack(node, message):
                 return True
         return bool(super().send(node, message))
@@ -378,6 +381,8 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wake_subscribed = False
         self.commits_held_for_sync = 0  # times the leader held its commit index for its own sync
+        self.acks_held_for_sync = 0  # acknowledgements a follower cut back to its synced entries
+        self._acks_owed: dict[Any, int] = {}  # peer -> term: a full acknowledgement once synced
         self._keepalive_s = keepalive_s
         self._next_keepalive = 0.0
         self.journal_syncs = 0
@@ -401,7 +406,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self._wrap_journal(conf.journalFile)
         if self.allot_transport is None:
             raise RuntimeError("pysyncobj did not construct the transport we gave it")
-        self.allot_transport.before_ack = self.sync_journal
+        self.allot_transport.before_ack = self._durable_acknowledgement
         self.allot_transport.on_allot_message = self._on_allot_message
         self._coalesce_append_entries()
         self.addOnTickCallback(self._tick)
@@ -551,7 +556,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             # tick (the sync thread wakes it). It never waits for the disk itself, so a slow
             # fdatasync cannot stop its heartbeats. This also covers the no-op a new leader
             # appends while handling messages. A follower applies only what the leader
-            # committed (durable on a majority already) and syncs before it records anyway.
+            # committed, durable on a majority already: it records the index as it comes.
             if self._isLeader():
                 durable = self._durable_index()
                 if index > durable:
@@ -563,8 +568,6 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
                     if allowed == recorded:
                         return
                     index = allowed
-            else:
-                self.sync_journal()
             store_commit_index(index)
             self._flush_append_entries(commit=True)
 
@@ -588,17 +591,37 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self._SyncObj__raftElectionDeadline = pysyncobj_clock() + random.uniform(low, high)
         return loaded
 
-    def sync_journal(self) -> None:
-        """Make every journal change so far durable (fdatasync), on the calling (tick) thread.
-        Cheap when nothing changed. A follower's time in here is time it did not listen: its
-        election timer is held (see `_hold_election_timer`)."""
-        target = self._journal_generation
-        if self._synced_generation >= target:
+    def _durable_acknowledgement(self, peer: Any, message: dict[str, Any]) -> dict[str, Any]:
+        """The transport's `before_ack`: a successful next_node_idx names only synced entries.
+
+        pysyncobj acknowledges everything it appended. The entries past this member's synced
+        index are left out, the sync thread is asked for them, and the full acknowledgement
+        follows when it is done (`_send_owed_acks`). The shortened one is still sent (unless it
+        repeats the last one, see `SyncedTransport._repeats_recent_ack`): the leader hears from
+        this member while its disk is slow, so it neither steps down nor counts unsynced
+        entries. Everything up to the synced index is in this leader's log: pysyncobj appends
+        only after checking the entry before them against the leader's."""
+        durable = self._durable_index()
+        if int(message["next_node_idx"]) - 1 <= durable:
+            return message
+        self.request_journal_sync()
+        self.acks_held_for_sync += 1
+        self._acks_owed[peer] = int(self.raftCurrentTerm)
+        return {**message, "next_node_idx": durable + 1}
+
+    def _send_owed_acks(self) -> None:
+        """Tick thread, after a sync finished: the acknowledgements held back for it."""
+        if not self._acks_owed or self.allot_transport is None:
             return
-        with self._journal_sync_lock:
-            self._write_back_to(target)
-        if not self._isLeader():
-            self._hold_election_timer()
+        term, durable, last = int(self.raftCurrentTerm), self._durable_index(), self._SyncObj__getCurrentLogIndex()
+        for peer, owed_term in list(self._acks_owed.items()):
+            if owed_term != term or self._isLeader():
+                del self._acks_owed[peer]  # a new term: its leader asks again, and is answered then
+                continue
+            if durable >= last:
+                del self._acks_owed[peer]
+            message = {"type": "next_node_idx", "next_node_idx": durable + 1, "reset": False, "success": True}
+            self.allot_transport.send(peer, message)
 
     def request_journal_sync(self) -> None:
         """Ask the sync thread for an fdatasync of every journal change so far; do not wait."""
@@ -650,6 +673,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_read, 4096):
                 pass
+        self._send_owed_acks()
 
     def write_back_journal(self) -> None:
         """fdatasync the journal file: every entry pysyncobj wrote so far reaches the disk."""
@@ -659,9 +683,10 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         """As follower: keep the election timer at least the shortest timeout away.
 
         pysyncobj checks the timer first thing in a tick, before it reads any message. Time this
-        member spent not reading (applying a long backlog: 19 s in a 200,000-claim rebuild; an
-        fdatasync behind a busy disk: 0.1-0.4 s measured) says nothing about the leader, and
-        used to start an election that deposed a healthy one. Not a fresh random draw: in steady
+        member spent not reading (applying a long backlog in one tick: 19 s in a 200,000-claim
+        rebuild) says nothing about the leader, and used to start an election that deposed a
+        healthy one. (Journal syncs, which did the same behind a busy disk, no longer run on the
+        tick thread.) Not a fresh random draw: in steady
         state that would lengthen every follower's timer (the later of two draws) and slow
         failover (measured: median 0.47 -> 0.54 s over 10 kills)."""
         low, _ = self._election_timeout_s
@@ -685,13 +710,10 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         if not self._wake_subscribed:  # here, on the tick thread: the poller is not thread-safe
             self._poller.subscribe(self._wake_read, self._on_wake, POLL_EVENT_TYPE.READ)
             self._wake_subscribed = True
-        # Entries first: the followers write and sync them while this member syncs its own copy
-        # (the leader on the sync thread, see `synced_commit_index`).
+        # Entries first: the followers write and sync them while the sync thread syncs this
+        # member's copy (see `synced_commit_index` and `_durable_acknowledgement`).
         self._flush_append_entries()
-        if self._isLeader():
-            self.request_journal_sync()
-        else:
-            self.sync_journal()
+        self.request_journal_sync()
         now = time.monotonic()
         if now >= self._next_keepalive and self.allot_transport is not None:
             self._next_keepalive = now + self._keepalive_s

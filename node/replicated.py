@@ -489,6 +489,7 @@ class ReplicatedMember:
             "nextIndexRegressionsKept": self.raft.next_index_regressions_kept,
             "resentEntriesReceived": self.raft.resent_entries_received,
             "commitsHeldForSync": self.raft.commits_held_for_sync,
+            "acksHeldForSync": self.raft.acks_held_for_sync,
         }
         if include_digest:
             status["digestIndex"], status["digest"] = self._state_digest()
@@ -553,6 +554,11 @@ class ReplicationMetrics:
             "allot_raft_commits_held_for_sync",
             "times this member, as leader, held its commit index back until its own journal sync finished",
             value=raft.commits_held_for_sync,
+        )
+        yield CounterMetricFamily(
+            "allot_raft_acks_held_for_sync",
+            "acknowledgements this member, as follower, cut back to its synced entries (the rest followed the sync)",
+            value=raft.acks_held_for_sync,
         )
         allocated = GaugeMetricFamily(
             "allot_pool_allocated_addresses", "addresses held by allocations and child pools", labels=["pool"]

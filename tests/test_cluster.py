@@ -975,6 +975,7 @@ def test_metrics_show_replication_and_pools(cluster: Cluster) -> None:
             "allot_raft_next_index_regressions_kept_total",
             "allot_raft_resent_entries_received_total",
             "allot_raft_commits_held_for_sync_total",
+            "allot_raft_acks_held_for_sync_total",
         ):
             assert counter in samples, (member_id, counter)  # exposed; their values depend on timing
         assert samples['allot_pool_allocated_addresses{pool="t11"}'] == 4, member_id

@@ -158,7 +158,8 @@ class Recorder:
         def recording_send(peer: Any, message: Any) -> bool:
             sent = bool(send(peer, message))  # the before_ack hook runs inside, before the wire
             if isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success"):
-                self._record(Event("ack", int(message["next_node_idx"]) - 1))
+                # What the acknowledgement named on the wire: before_ack may have cut it back.
+                self._record(Event("ack", transport.last_acknowledged))
             return sent
 
         journal.add = recording_add
@@ -368,8 +369,9 @@ def test_leader_syncs_its_election_noop_before_committing_it(tmp_path: Path) -> 
     tick's sync. pysyncobj sent the no-op at once, and C's next tick could compute the commit
     index over it before its tick callback synced; node/raft.py now sends AppendEntries from
     the tick callback (then syncs) and syncs again when it records a commit index. When C sends
-    the no-op (hooked on C's send) the followers run one tick each: they append, sync,
-    acknowledge. C then ticks until it commits, and no commit may cover an unsynced entry."""
+    the no-op (hooked on C's send) the followers run one tick each: they append and ask for a
+    sync. All then tick until C commits (the followers acknowledge once synced), and no commit
+    may cover an unsynced entry."""
     with hand_ticked_members(tmp_path) as members:
         candidate, followers = members[0], members[1:]
         candidate.raft._SyncObj__raftElectionDeadline = 0.0
@@ -387,7 +389,7 @@ def test_leader_syncs_its_election_noop_before_committing_it(tmp_path: Path) -> 
             sent = bool(send(peer, message))
             if isinstance(message, dict) and message.get("type") == "append_entries" and str(peer) not in ticked:
                 ticked.add(str(peer))
-                by_address[str(peer)].raft.doTick(0.5)  # appends, syncs, acknowledges
+                by_address[str(peer)].raft.doTick(0.5)  # appends, asks for a sync
             return sent
 
         transport.send = send_then_let_follower_run
@@ -401,7 +403,8 @@ def test_leader_syncs_its_election_noop_before_committing_it(tmp_path: Path) -> 
         def leader_committed() -> bool:
             return any(event.kind == "commit" and event.leader for event in candidate.recorder.snapshot())
 
-        tick_until("the leader to commit its no-op", [candidate], leader_committed)
+        # The followers acknowledge the no-op once their sync threads synced it: they tick too.
+        tick_until("the leader to commit its no-op", members, leader_committed)
         events = candidate.recorder.snapshot()
         for follower in followers:
             check_ordering(follower.recorder.snapshot())  # followers: synced before acknowledging
@@ -504,31 +507,53 @@ def test_a_slow_leader_disk_neither_stops_heartbeats_nor_commits_unsynced(tmp_pa
             check_ordering(events)
 
 
-def test_a_slow_follower_disk_does_not_start_an_election(tmp_path: Path) -> None:
-    """A follower syncs its journal before it acknowledges, on its tick thread. When that sync
-    takes longer than an election timeout, the follower heard nothing meanwhile only because it
-    was not reading, and pysyncobj checks the election timer first thing in the next tick: it
-    must not depose the leader it was acknowledging."""
+def test_a_follower_with_a_slow_disk_keeps_answering_and_acknowledges_only_synced_entries(
+    tmp_path: Path,
+) -> None:
+    """A follower's fdatasync runs on its sync thread too. While it is stuck for longer than an
+    election timeout, the follower goes on reading and answering the leader, acknowledging only
+    entries that are synced, and acknowledges the new entry once its sync is done. It used to
+    sync on its tick thread: it read nothing meanwhile, and pysyncobj, checking the election
+    timer first thing in the next tick, made it depose the leader it was acknowledging."""
     timing = Timing()
+    stall_s = timing.election_timeout_max_s + 0.3
     with hand_ticked_members(tmp_path) as members:
         leader = elect_first(members)
         follower = members[1]
         term = leader.raft.raftCurrentTerm
         write_back = follower.raft.write_back_journal
+        stall_started: list[float] = []
 
-        def slow_write_back() -> None:
-            time.sleep(timing.election_timeout_max_s + 0.1)
+        def stalling_write_back() -> None:
+            if not stall_started:
+                stall_started.append(time.monotonic())
+                time.sleep(stall_s)
             write_back()
 
-        follower.raft.write_back_journal = slow_write_back  # type: ignore[method-assign]
-        leader.raft.apply_batch(batch(0), callback=Proposals(expected=1).callback())
-        leader.raft.doTick(0.0)  # appends the entry and sends it
-        entry = leader.raft.raftLastApplied + 1
-        follower.raft.doTick(0.5)  # reads it, appends it, syncs (slowly) and acknowledges
-        assert any(event.kind == "ack" and event.index >= entry for event in follower.recorder.snapshot())
-        follower.raft.doTick(0.0)  # the first thing this tick does is check the election timer
+        follower.raft.write_back_journal = stalling_write_back  # type: ignore[method-assign]
+        entry = leader.raft._SyncObj__getCurrentLogIndex() + 1
+        proposals = Proposals(expected=1)
+        leader.raft.apply_batch(batch(0), callback=proposals.callback())
+
+        def follower_acknowledged_entry() -> bool:
+            return any(event.kind == "ack" and event.index >= entry for event in follower.recorder.snapshot())
+
+        deadline = time.monotonic() + stall_s + wait_s
+        while not follower_acknowledged_entry():
+            assert time.monotonic() < deadline, "the follower never acknowledged the entry"
+            for member in members:
+                member.raft.doTick(0.002)
+            if stall_started and time.monotonic() < stall_started[0] + stall_s - 0.05:
+                assert not follower_acknowledged_entry(), "acknowledged before its sync finished"
+        assert stall_started and time.monotonic() >= stall_started[0] + stall_s - 0.05
+        assert proposals.done.is_set()  # the leader and the other follower committed it meanwhile
+        assert follower.raft.acks_held_for_sync > 0
+        for member in members:
+            assert member.raft.raftCurrentTerm == term
         assert follower.raft.getStatus()["state"] == _RAFT_STATE.FOLLOWER
-        assert follower.raft.raftCurrentTerm == term
+        assert leader_of(members) is leader
+        for events in (member.recorder.snapshot() for member in members):
+            check_ordering(events)
 
 
 def test_ordering_checker_flags_unsynced_acknowledgements() -> None:
@@ -639,17 +664,21 @@ def test_an_acknowledgement_never_moves_a_followers_next_index_back(tmp_path: Pa
         for number in range(rounds):
             leader.raft.apply_batch(batch(number), callback=proposals.callback())
             leader.raft.doTick(0.0)  # sends this round's entry, then reads the last round's acks
-            for follower in followers:  # each receives it and acknowledges it (over loopback: at once)
-                tick_until("the follower to hold the entry", [follower], partial(holds_all, follower, leader))
+            for follower in followers:  # each receives it, syncs it and acknowledges it
+                tick_until(
+                    "the follower to acknowledge the entry", [follower], partial(acknowledged_all, follower, leader)
+                )
         tick_until("every round to commit", members, proposals.done.is_set)
         assert all(error == FAIL_REASON.SUCCESS for _, error in proposals.results), proposals.results
         assert [follower.raft.resent_entries_received for follower in followers] == [0, 0]
         assert leader.raft.next_index_regressions_kept > 0  # the interleaving above did happen
 
 
-def holds_all(follower: InProcessMember, leader: InProcessMember) -> bool:
-    """Whether the follower's log reaches as far as the leader's."""
-    return bool(follower.raft._SyncObj__getCurrentLogIndex() >= leader.raft._SyncObj__getCurrentLogIndex())
+def acknowledged_all(follower: InProcessMember, leader: InProcessMember) -> bool:
+    """Whether the follower acknowledged everything in the leader's log (its acknowledgements
+    follow its sync thread, so holding an entry is not enough)."""
+    last = leader.raft._SyncObj__getCurrentLogIndex()
+    return any(event.kind == "ack" and event.index >= last for event in follower.recorder.snapshot())
 
 
 def test_idle_followers_skip_repeated_acknowledgements(tmp_path: Path) -> None:
