@@ -378,7 +378,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self._sync_wanted = threading.Condition()
         self._sync_requested = False
         self._sync_stopping = False
-        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_read, self._wake_write = -1, -1  # the sync thread's wake-up pipe, made below
         self._wake_subscribed = False
         self.commits_held_for_sync = 0  # times the leader held its commit index for its own sync
         self.acks_held_for_sync = 0  # acknowledgements a follower cut back to its synced entries
@@ -403,6 +403,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self._election_timeout_s = (conf.raftMinTimeout, conf.raftMaxTimeout)
         conf.serializeChecker = dump_writer.check
         super().__init__(self_address, list(peer_addresses), conf=conf, transportClass=SyncedTransport)
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wrap_journal(conf.journalFile)
         if self.allot_transport is None:
             raise RuntimeError("pysyncobj did not construct the transport we gave it")
@@ -507,6 +508,9 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         # works, where mmap.flush() holds it and stalls the HTTP thread (measured: 78 ms gaps).
         # The journal keeps its inode for life (pysyncobj grows it in place, never replaces it).
         self._journal_fd = os.open(journal_path, os.O_RDONLY)
+        # What a previous process wrote may still be only in the page cache (it was killed
+        # before syncing): make it durable before this member acknowledges or counts any of it.
+        os.fdatasync(self._journal_fd)
 
         unsynced = self._unsynced_entries
 
@@ -657,10 +661,11 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
                     return
                 self._sync_requested = False
             with self._journal_sync_lock:
+                if self._journal_fd < 0:
+                    return  # destroyed: the pipe is closed, and its number may be reused
                 self._write_back_to(self._journal_generation)
-            # Full: a wake-up is pending anyway. Closed: the member is stopping.
-            with contextlib.suppress(OSError):
-                os.write(self._wake_write, b"s")
+                with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+                    os.write(self._wake_write, b"s")
 
     def _durable_index(self) -> int:
         """The last log index up to which this member's journal is synced (tick thread)."""
@@ -686,9 +691,9 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         member spent not reading (applying a long backlog in one tick: 19 s in a 200,000-claim
         rebuild) says nothing about the leader, and used to start an election that deposed a
         healthy one. (Journal syncs, which did the same behind a busy disk, no longer run on the
-        tick thread.) Not a fresh random draw: in steady
-        state that would lengthen every follower's timer (the later of two draws) and slow
-        failover (measured: median 0.47 -> 0.54 s over 10 kills)."""
+        tick thread.) Not a fresh random draw: in steady state that would lengthen every
+        follower's timer (the later of two draws) and slow failover (measured: median 0.47 ->
+        0.54 s over 10 kills)."""
         low, _ = self._election_timeout_s
         held = pysyncobj_clock() + low
         self._SyncObj__raftElectionDeadline = max(self._SyncObj__raftElectionDeadline, held)
@@ -700,11 +705,12 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             self._sync_wanted.notify()
         with self._journal_sync_lock:  # waits for an fdatasync in progress
             fd, self._journal_fd = self._journal_fd, -1
-        if fd >= 0:
-            os.close(fd)
-        for wake_fd in (self._wake_read, self._wake_write):
-            with contextlib.suppress(OSError):
-                os.close(wake_fd)
+            if fd >= 0:
+                os.close(fd)
+            for wake_fd in (self._wake_read, self._wake_write):
+                if wake_fd >= 0:
+                    os.close(wake_fd)
+            self._wake_read = self._wake_write = -1
 
     def _tick(self) -> None:
         if not self._wake_subscribed:  # here, on the tick thread: the poller is not thread-safe

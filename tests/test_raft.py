@@ -466,6 +466,22 @@ def test_a_follower_replaying_a_long_backlog_does_not_start_an_election(tmp_path
         assert follower.raft.raftCurrentTerm == term
 
 
+def stall_first_sync(member: InProcessMember, stall_s: float) -> list[float]:
+    """Make the member's next fdatasync take `stall_s` longer (a disk busy with someone else's
+    writes). Returns a list that receives the moment the stall began."""
+    write_back = member.raft.write_back_journal
+    stall_started: list[float] = []
+
+    def stalling_write_back() -> None:
+        if not stall_started:
+            stall_started.append(time.monotonic())
+            time.sleep(stall_s)
+        write_back()
+
+    member.raft.write_back_journal = stalling_write_back  # type: ignore[method-assign]
+    return stall_started
+
+
 def test_a_slow_leader_disk_neither_stops_heartbeats_nor_commits_unsynced(tmp_path: Path) -> None:
     """The leader's fdatasync runs off its tick thread. A journal sync stuck for longer than the
     longest election timeout (a disk busy with other writes: measured stalls of 0.1-0.4 s on
@@ -477,16 +493,7 @@ def test_a_slow_leader_disk_neither_stops_heartbeats_nor_commits_unsynced(tmp_pa
     with hand_ticked_members(tmp_path) as members:
         leader = elect_first(members)
         term = leader.raft.raftCurrentTerm
-        write_back = leader.raft.write_back_journal
-        stall_started: list[float] = []
-
-        def stalling_write_back() -> None:
-            if not stall_started:
-                stall_started.append(time.monotonic())
-                time.sleep(stall_s)  # stands in for a disk busy with someone else's writes
-            write_back()
-
-        leader.raft.write_back_journal = stalling_write_back  # type: ignore[method-assign]
+        stall_started = stall_first_sync(leader, stall_s)
         proposals = Proposals(expected=1)
         leader.raft.apply_batch(batch(0), callback=proposals.callback())
         deadline = time.monotonic() + stall_s + wait_s
@@ -521,16 +528,7 @@ def test_a_follower_with_a_slow_disk_keeps_answering_and_acknowledges_only_synce
         leader = elect_first(members)
         follower = members[1]
         term = leader.raft.raftCurrentTerm
-        write_back = follower.raft.write_back_journal
-        stall_started: list[float] = []
-
-        def stalling_write_back() -> None:
-            if not stall_started:
-                stall_started.append(time.monotonic())
-                time.sleep(stall_s)
-            write_back()
-
-        follower.raft.write_back_journal = stalling_write_back  # type: ignore[method-assign]
+        stall_started = stall_first_sync(follower, stall_s)
         entry = leader.raft._SyncObj__getCurrentLogIndex() + 1
         proposals = Proposals(expected=1)
         leader.raft.apply_batch(batch(0), callback=proposals.callback())
