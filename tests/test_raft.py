@@ -368,7 +368,7 @@ def test_leader_syncs_its_election_noop_before_committing_it(tmp_path: Path) -> 
     first grant it becomes leader and appends its no-op while handling messages, after that
     tick's sync. pysyncobj sent the no-op at once, and C's next tick could compute the commit
     index over it before its tick callback synced; node/raft.py now sends AppendEntries from
-    the tick callback (then syncs) and syncs again when it records a commit index. When C sends
+    the tick callback and records a commit index only as far as its journal is synced. When C sends
     the no-op (hooked on C's send) the followers run one tick each: they append and ask for a
     sync. All then tick until C commits (the followers acknowledge once synced), and no commit
     may cover an unsynced entry."""
@@ -484,7 +484,7 @@ def stall_first_sync(member: InProcessMember, stall_s: float) -> list[float]:
 
 def test_a_slow_leader_disk_neither_stops_heartbeats_nor_commits_unsynced(tmp_path: Path) -> None:
     """The leader's fdatasync runs off its tick thread. A journal sync stuck for longer than the
-    longest election timeout (a disk busy with other writes: measured stalls of 0.1-0.4 s on
+    longest election timeout (a disk busy with other writes: measured stalls of 0.1-1.3 s on
     this machine while a large file was written) used to stop the leader's tick, hence its
     heartbeats, and the followers elected a new leader. Now the tick goes on; the leader only
     holds back its commit index until its own copy of the entry is synced."""
