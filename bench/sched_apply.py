@@ -13,7 +13,8 @@ the server applies it (decode, apply, write the outcome; a request id on every c
 * fallback search: no plan, so apply scores every node;
 * plan_pod alone: what the proposer spends choosing the node.
 Medians over the pods, microseconds, of wall time and of this process's CPU time (the CPU
-column is steadier when other work shares the cores). Prints the machine; asserts nothing.
+column is steadier when other work shares the cores). Prints the machine and the state
+machine's build (compiled by `allot compile`, or the sources); asserts nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from node.accelerate import build_state
 from node.memstore import MemoryStore
 from statemachine import Envelope, Ok, Principal, apply, encode_envelope, scheduler
 from statemachine.scheduler import plan_pod
@@ -97,8 +99,10 @@ def timing_place(samples: list[tuple[float, float]]) -> Iterator[None]:
         scheduler.place = original
 
 
-def measure(node_count: int, pods: int) -> dict[str, tuple[float, float]]:
-    """Per scenario, the median (wall, CPU) seconds per pod."""
+def measure(node_count: int, pods: int) -> dict[str, tuple[float, float] | None]:
+    """Per scenario, the median (wall, CPU) seconds per pod; None for the split of
+    `scheduler.place` under the compiled build, whose modules call each other directly, past
+    any wrapper on the module attribute."""
     driver = build(node_count)
     verified: list[tuple[float, float]] = []
     planning: list[tuple[float, float]] = []
@@ -119,13 +123,14 @@ def measure(node_count: int, pods: int) -> dict[str, tuple[float, float]]:
             planned = f"node-{number % node_count:05d}"
             body = {"name": f"b{number}", "spec": POD_SPEC, "plan": {"nodeName": planned}}
             back_to_back.append(driver.run(TENANT, "pod.create", body, rid=f"b{number}"))
-    return {
+    results = {
         "verified placement (plan in the command)": _medians(verified),
         "verified placement, back to back": _medians(back_to_back),
-        "  of which scheduler.place (fit and bind)": _medians(placing),
+        "  of which scheduler.place (fit and bind)": _medians(placing) if placing else None,
         "fallback search (no plan)": _medians(fallback),
         "plan_pod at the proposer": _medians(planning),
     }
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,9 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pods", type=int, default=200, help="pods measured per cluster size")
     args = parser.parse_args(argv)
     python = f"{platform.python_implementation()} {platform.python_version()}"
-    print(f"# {python} on {platform.machine()}, {os.cpu_count()} cores")
+    print(f"# {python} on {platform.machine()}, {os.cpu_count()} cores; state machine: {build_state().reason}")
     for node_count in args.nodes:
-        for what, (wall, cpu) in measure(node_count, args.pods).items():
+        for what, medians in measure(node_count, args.pods).items():
+            if medians is None:
+                print(f"{node_count:>6} nodes  {what:<42} not measured: compiled build (ALLOT_PURE_PYTHON=1 to split)")
+                continue
+            wall, cpu = medians
             print(f"{node_count:>6} nodes  {what:<42} {wall * 1e6:>10.1f} us wall {cpu * 1e6:>10.1f} us CPU")
     return 0
 

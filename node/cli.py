@@ -13,7 +13,7 @@ from pathlib import Path
 from bench import ipam_apply
 from chaos import runner as chaos_runner
 from client import cli as client_cli
-from node import cluster, config, server
+from node import cluster, compiled_build, config, server
 from node.config import Timing
 
 
@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_timing_flags(serve)
 
+    commands.add_parser(
+        "compile",
+        help="compile the state machine with mypyc (about 1.5x cheaper applies; needs a C compiler)",
+    )
+
     bench = commands.add_parser("bench", help="run a benchmark and print its numbers")
     bench.add_argument("suite", choices=("apply",), help="apply: in-process state machine throughput and costs")
     bench.add_argument("options", nargs=argparse.REMAINDER, help="passed to the suite (see its --help)")
@@ -132,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             return cluster.up(Path(args.dir), args.http_port, args.raft_port, tokens, timing_flags)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "compile":
+            return compiled_build.main([])
         ipam_apply.main(args.options)
         return 0
     except config.ConfigError as exc:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.accelerate import build_state
 from node.tokens import generate_token_file
 
 members_count = 3
@@ -204,6 +205,7 @@ def print_banner(members: list[PlannedMember], leader: str, tokens: Path, docume
     for member in members:
         role = "leader" if member.member_id == leader else "follower"
         print(f"  {member.member_id}  http://{member.http_address}  ({role})  data: {member.data_dir}")
+    print(f"State machine: {build_state().reason}")
     print(f"Tokens (from {tokens}):")
     for entry in document["tokens"]:
         who = "admin" if entry.get("role") == "admin" else f"{entry.get('org')}/{entry.get('project')}"

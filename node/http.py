@@ -41,6 +41,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from node.accelerate import build_state
 from node.member import Member, MemberError, NoLeaderError, OutcomeUnknownError, OverloadedError
 from node.scheduling import PodPlan
 from node.tokens import TokenStore
@@ -254,6 +255,10 @@ T = TypeVar("T")
 # ---- metrics ---------------------------------------------------------------------------------
 
 
+_COMPILED_METRIC = "allot_state_machine_compiled"
+_COMPILED_HELP = "1 when this member applies entries with the state machine compiled by `allot compile`"
+
+
 class MemberCollector:
     """Gauges read from `member.status()` at scrape time (the replicated member adds its own)."""
 
@@ -272,6 +277,7 @@ class MemberCollector:
     def describe(self) -> Iterable[Metric]:
         yield GaugeMetricFamily("allot_member_ready", "1 when this member is caught up and serving")
         yield GaugeMetricFamily("allot_member_role", "1 for this member's current role", labels=["role"])
+        yield GaugeMetricFamily(_COMPILED_METRIC, _COMPILED_HELP)
         for _, name, documentation in self._gauges:
             yield GaugeMetricFamily(name, documentation)
 
@@ -279,6 +285,7 @@ class MemberCollector:
         yield GaugeMetricFamily(
             "allot_member_ready", "1 when this member is caught up and serving", value=1 if self._member.ready() else 0
         )
+        yield GaugeMetricFamily(_COMPILED_METRIC, _COMPILED_HELP, value=1 if build_state().compiled else 0)
         try:
             status = self._member.status(include_digest=False)  # a scrape never hashes the state
         except Exception:

@@ -43,6 +43,7 @@ from prometheus_client.metrics_core import Metric
 from pysyncobj import FAIL_REASON
 from pysyncobj.syncobj import _RAFT_STATE
 
+from node.accelerate import build_state
 from node.config import MemberConfig
 from node.member import NoLeaderError, OutcomeUnknownError, OverloadedError
 from node.raft import AllotRaft, DumpWriter, batch_envelopes_max, encode_batch, raft_conf, repair_journal
@@ -490,6 +491,7 @@ class ReplicatedMember:
             "resentEntriesReceived": self.raft.resent_entries_received,
             "commitsHeldForSync": self.raft.commits_held_for_sync,
             "acksHeldForSync": self.raft.acks_held_for_sync,
+            "stateMachineBuild": "compiled" if build_state().compiled else "python",
         }
         if include_digest:
             status["digestIndex"], status["digest"] = self._state_digest()

@@ -47,7 +47,7 @@ from chaos.cluster import (
     wait_until,
     write_secret,
 )
-from node import config
+from node import accelerate, config
 from node.cluster import PlannedMember, member_command
 from node.tokens import generate_token_file
 from tests.harness import member_pids_using
@@ -949,7 +949,9 @@ def test_allot_up_smoke(tmp_path: Path) -> None:
 
 def test_metrics_show_replication_and_pools(cluster: Cluster) -> None:
     """/metrics on every member: Raft state, apply and journal-sync latency, batch sizes, and
-    per-pool capacity that agrees with the pool's own status."""
+    per-pool capacity that agrees with the pool's own status; and which build of the state
+    machine applies (compiled when `allot compile` left a fresh build, as in CI)."""
+    compiled = accelerate.choice_for_new_process().compiled
     leader = cluster.ensure_all_running()
     create_pool(cluster, leader, "t11", "10.11.0.0/24")
     created = cluster.request(
@@ -981,5 +983,8 @@ def test_metrics_show_replication_and_pools(cluster: Cluster) -> None:
         assert samples['allot_pool_allocated_addresses{pool="t11"}'] == 4, member_id
         assert samples['allot_pool_capacity_addresses{pool="t11"}'] == 256, member_id
         assert samples['allot_member_role{role="leader"}'] == (1 if member_id == leader else 0), member_id
+        assert samples["allot_state_machine_compiled"] == (1 if compiled else 0), member_id
+        status = cluster.request(member_id, "GET", "/v1/status", token=cluster.admin_token)
+        assert status.body["stateMachineBuild"] == ("compiled" if compiled else "python"), member_id
     proposer = cluster.request(leader, "GET", "/metrics", anonymous=True)
     assert "allot_batch_envelopes_count" in str(proposer.body)
