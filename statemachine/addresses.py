@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import netaddr
 
@@ -13,13 +14,22 @@ IPV6 = "IPv6"
 FAMILY_BITS = {IPV4: 32, IPV6: 128}
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(init=False, unsafe_hash=True, order=True)
 class Block:
     """An aligned CIDR block: `address` has no bits set below `length`."""
 
-    family: str
-    address: int
-    length: int
+    # Final fields with a hand-written `__init__` rather than `frozen=True`: mypyc compiles
+    # this `__init__` to native code, but leaves the one `@dataclass` generates interpreted
+    # (mypyc issue 817), and the apply path builds several of these per command. The same
+    # holds for every `init=False` dataclass in this package; mypy still refuses assignment.
+    family: Final[str]
+    address: Final[int]
+    length: Final[int]
+
+    def __init__(self, family: str, address: int, length: int) -> None:
+        self.family = family
+        self.address = address
+        self.length = length
 
     @property
     def bits(self) -> int:

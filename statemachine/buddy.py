@@ -20,7 +20,7 @@ Used keys order by address, for "who holds this address" and for the invariant c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from statemachine.addresses import FAMILY_BITS, Block
@@ -35,20 +35,45 @@ OWNER_RESERVED = b"reserved"
 UID_BYTES = 10
 
 
-@dataclass
+@dataclass(init=False)
 class PoolState:
     """The allocator's own record for one pool (key `ps/<uid>`)."""
 
+    # A hand-written __init__, which mypyc compiles (see addresses.Block).
     uid: bytes
     family: str
     address: int
     length: int
-    free_counts: list[int] = field(default_factory=list)  # index: prefix length - self.length
-    lowest_free: dict[int, int] = field(default_factory=dict)  # prefix length -> lowest free address
-    allocated: int = 0  # addresses held by allocations and child pools
-    reserved: int = 0  # addresses set aside by `reserved` and `excluded`
-    allocations: int = 0  # allocation records (bound or retained) in this pool
-    child_pools: int = 0
+    free_counts: list[int]  # index: prefix length - self.length
+    lowest_free: dict[int, int]  # prefix length -> lowest free address
+    allocated: int  # addresses held by allocations and child pools
+    reserved: int  # addresses set aside by `reserved` and `excluded`
+    allocations: int  # allocation records (bound or retained) in this pool
+    child_pools: int
+
+    def __init__(
+        self,
+        uid: bytes,
+        family: str,
+        address: int,
+        length: int,
+        free_counts: list[int] | None = None,
+        lowest_free: dict[int, int] | None = None,
+        allocated: int = 0,
+        reserved: int = 0,
+        allocations: int = 0,
+        child_pools: int = 0,
+    ) -> None:
+        self.uid = uid
+        self.family = family
+        self.address = address
+        self.length = length
+        self.free_counts = [] if free_counts is None else free_counts
+        self.lowest_free = {} if lowest_free is None else lowest_free
+        self.allocated = allocated
+        self.reserved = reserved
+        self.allocations = allocations
+        self.child_pools = child_pools
 
     @property
     def block(self) -> Block:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 import cbor2
 
@@ -128,7 +128,7 @@ def loads_strict(data: bytes) -> Any:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(init=False, unsafe_hash=True)
 class Principal:
     """Who is acting: the tenant (org, project) and role come from the token, never the body.
 
@@ -136,10 +136,17 @@ class Principal:
     tenant by naming it, which the member that builds the envelope puts in org and project.
     """
 
-    name: str
-    org: str
-    project: str
-    role: str
+    # Final fields and a hand-written __init__: see addresses.Block.
+    name: Final[str]
+    org: Final[str]
+    project: Final[str]
+    role: Final[str]
+
+    def __init__(self, name: str, org: str, project: str, role: str) -> None:
+        self.name = name
+        self.org = org
+        self.project = project
+        self.role = role
 
     @property
     def is_admin(self) -> bool:
@@ -153,7 +160,7 @@ class Principal:
         return {"name": self.name, "org": self.org, "project": self.project, "role": self.role}
 
 
-@dataclass(frozen=True)
+@dataclass(init=False, unsafe_hash=True)
 class Envelope:
     """One command as it travels through the log.
 
@@ -161,12 +168,29 @@ class Envelope:
     never reads a clock. `request_id` is the client's idempotency key, or None.
     """
 
-    type: str
-    body: dict[str, Any]
-    principal: Principal
-    request_id: str | None
-    ts_ms: int
-    version: int = ENVELOPE_VERSION
+    # Final fields and a hand-written __init__: see addresses.Block.
+    type: Final[str]
+    body: Final[dict[str, Any]]
+    principal: Final[Principal]
+    request_id: Final[str | None]
+    ts_ms: Final[int]
+    version: Final[int]
+
+    def __init__(
+        self,
+        type: str,
+        body: dict[str, Any],
+        principal: Principal,
+        request_id: str | None,
+        ts_ms: int,
+        version: int = ENVELOPE_VERSION,
+    ) -> None:
+        self.type = type
+        self.body = body
+        self.principal = principal
+        self.request_id = request_id
+        self.ts_ms = ts_ms
+        self.version = version
 
     def to_plain(self) -> dict[str, Any]:
         return {

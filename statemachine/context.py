@@ -22,19 +22,40 @@ Encoder = Callable[[dict[str, Any]], tuple[bytes, bytes]]
 events_max = 100_000  # revisions whose watch events are retained; older ones answer `gone`
 
 
-@dataclass
+@dataclass(init=False)
 class Meta:
     """The singleton record at `meta`."""
 
-    revision: int = 0  # bumped once by every command that changes state (etcd's revision)
-    clock_ms: int = 0  # max of every applied envelope's timestamp: time never runs backwards
-    index: int = 0  # (index, position) of the last applied envelope
-    position: int = -1
-    events: int = 0  # revisions retained in the event log (one record per revision)
-    compacted_revision: int = 0  # events at or below this revision have been dropped
-    dedup_records: int = 0
-    dedup_oldest_ms: int = 0  # no dedup record was written before this: lets apply skip the
+    # A hand-written __init__, which mypyc compiles (see addresses.Block).
+    revision: int  # bumped once by every command that changes state (etcd's revision)
+    clock_ms: int  # max of every applied envelope's timestamp: time never runs backwards
+    index: int  # (index, position) of the last applied envelope
+    position: int
+    events: int  # revisions retained in the event log (one record per revision)
+    compacted_revision: int  # events at or below this revision have been dropped
+    dedup_records: int
+    dedup_oldest_ms: int  # no dedup record was written before this: lets apply skip the
     # expiry seek until the oldest record can have expired
+
+    def __init__(
+        self,
+        revision: int = 0,
+        clock_ms: int = 0,
+        index: int = 0,
+        position: int = -1,
+        events: int = 0,
+        compacted_revision: int = 0,
+        dedup_records: int = 0,
+        dedup_oldest_ms: int = 0,
+    ) -> None:
+        self.revision = revision
+        self.clock_ms = clock_ms
+        self.index = index
+        self.position = position
+        self.events = events
+        self.compacted_revision = compacted_revision
+        self.dedup_records = dedup_records
+        self.dedup_oldest_ms = dedup_oldest_ms
 
     def to_plain(self) -> list[int]:
         # A flat list: the meta record is rewritten by every command.

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from statemachine import claims, classes, cluster, keys, pools, services
 from statemachine.codec import Envelope, decode_envelope, dump_record, dumps, loads
@@ -39,17 +39,27 @@ _trim_per_command_max = 8  # expired records dropped per command: bounded work, 
 NOOP = "noop"
 
 
-@dataclass(frozen=True)
+@dataclass(init=False, unsafe_hash=True)
 class Ok:
-    value: dict[str, Any]
-    created: bool = False  # a new object was made (HTTP 201), rather than found or deleted
+    # Final fields and a hand-written __init__: see addresses.Block.
+    value: Final[dict[str, Any]]
+    created: Final[bool]  # a new object was made (HTTP 201), rather than found or deleted
+
+    def __init__(self, value: dict[str, Any], created: bool = False) -> None:
+        self.value = value
+        self.created = created
 
 
-@dataclass(frozen=True)
+@dataclass(init=False, unsafe_hash=True)
 class Outcome:
-    result: Ok | Rejected
-    writes: tuple[Write, ...]
-    revision: int  # the state's revision once this command is applied
+    result: Final[Ok | Rejected]
+    writes: Final[tuple[Write, ...]]
+    revision: Final[int]  # the state's revision once this command is applied
+
+    def __init__(self, result: Ok | Rejected, writes: tuple[Write, ...], revision: int) -> None:
+        self.result = result
+        self.writes = writes
+        self.revision = revision
 
     @property
     def ok(self) -> bool:

@@ -20,7 +20,7 @@ so selectors and affinity can use them, as in Kubernetes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from statemachine import buddy, keys, pools
@@ -63,24 +63,57 @@ _capacity_fields = ("cpuMillis", "memoryBytes", "pods")
 _taint_fields = ("key", "value", "effect")
 
 
-@dataclass
+@dataclass(init=False)
 class NodeState:
     """What the scheduler reads and writes per node (key `nst/<name>`), as one flat record."""
 
+    # A hand-written __init__, which mypyc compiles (see addresses.Block).
     uid: bytes
     ready: bool
     schedulable: bool
     cpu_capacity: int
     memory_capacity: int
     pods_capacity: int
-    cpu_used: int = 0
-    memory_used: int = 0
-    pods_used: int = 0
-    labels: dict[str, str] = field(default_factory=dict)  # with the zone and hostname labels
-    taints: list[list[str]] = field(default_factory=list)  # [key, value, effect]
-    nominee: bytes | None = None  # key of the pending pod that reserved this node's capacity
-    nominee_cpu: int = 0
-    nominee_memory: int = 0
+    cpu_used: int
+    memory_used: int
+    pods_used: int
+    labels: dict[str, str]  # with the zone and hostname labels
+    taints: list[list[str]]  # [key, value, effect]
+    nominee: bytes | None  # key of the pending pod that reserved this node's capacity
+    nominee_cpu: int
+    nominee_memory: int
+
+    def __init__(
+        self,
+        uid: bytes,
+        ready: bool,
+        schedulable: bool,
+        cpu_capacity: int,
+        memory_capacity: int,
+        pods_capacity: int,
+        cpu_used: int = 0,
+        memory_used: int = 0,
+        pods_used: int = 0,
+        labels: dict[str, str] | None = None,
+        taints: list[list[str]] | None = None,
+        nominee: bytes | None = None,
+        nominee_cpu: int = 0,
+        nominee_memory: int = 0,
+    ) -> None:
+        self.uid = uid
+        self.ready = ready
+        self.schedulable = schedulable
+        self.cpu_capacity = cpu_capacity
+        self.memory_capacity = memory_capacity
+        self.pods_capacity = pods_capacity
+        self.cpu_used = cpu_used
+        self.memory_used = memory_used
+        self.pods_used = pods_used
+        self.labels = {} if labels is None else labels
+        self.taints = [] if taints is None else taints
+        self.nominee = nominee
+        self.nominee_cpu = nominee_cpu
+        self.nominee_memory = nominee_memory
 
     def to_plain(self) -> list[Any]:
         return [

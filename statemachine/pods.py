@@ -20,7 +20,7 @@ The scheduler sets `spec.nodeName` when it binds the pod, with `status.podIP`; a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from statemachine import keys
 from statemachine.codec import loads
@@ -58,16 +58,33 @@ _expression_fields = ("key", "operator", "values")
 _toleration_fields = ("key", "operator", "value", "effect")
 
 
-@dataclass(frozen=True)
+@dataclass(init=False, unsafe_hash=True)
 class Needs:
     """What the filters and scores read from a pod spec, in the shape they read it."""
 
-    cpu_millis: int
-    memory_bytes: int
-    selector: tuple[tuple[str, str], ...]
-    affinity: tuple[tuple[str, str, tuple[str, ...]], ...]  # (key, operator, values)
-    tolerations: tuple[tuple[str, str, str, str], ...]  # (key, operator, value, effect)
-    policy: str | None
+    # Final fields and a hand-written __init__: see addresses.Block.
+    cpu_millis: Final[int]
+    memory_bytes: Final[int]
+    selector: Final[tuple[tuple[str, str], ...]]
+    affinity: Final[tuple[tuple[str, str, tuple[str, ...]], ...]]  # (key, operator, values)
+    tolerations: Final[tuple[tuple[str, str, str, str], ...]]  # (key, operator, value, effect)
+    policy: Final[str | None]
+
+    def __init__(
+        self,
+        cpu_millis: int,
+        memory_bytes: int,
+        selector: tuple[tuple[str, str], ...],
+        affinity: tuple[tuple[str, str, tuple[str, ...]], ...],
+        tolerations: tuple[tuple[str, str, str, str], ...],
+        policy: str | None,
+    ) -> None:
+        self.cpu_millis = cpu_millis
+        self.memory_bytes = memory_bytes
+        self.selector = selector
+        self.affinity = affinity
+        self.tolerations = tolerations
+        self.policy = policy
 
     @classmethod
     def of(cls, spec: dict[str, Any]) -> Needs:

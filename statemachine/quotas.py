@@ -18,7 +18,7 @@ tenant's pending pods (see scheduler.retry_after_quota).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from statemachine import classes, keys
@@ -41,32 +41,74 @@ _spec_fields = (*SCALAR_LIMITS, "addressesByClass", "addressesByPool", "defaultR
 _request_fields = ("cpuMillis", "memoryBytes")
 
 
-@dataclass
+@dataclass(init=False)
 class Charge:
     """What one object uses: a bound pod (cpu, memory, one pod) or a service (one service, addresses)."""
 
-    cpu_millis: int = 0
-    memory_bytes: int = 0
-    pods: int = 0
-    services: int = 0
-    addresses: int = 0
-    class_name: str | None = None  # the class and pool the addresses came from
-    pool: str | None = None
+    # A hand-written __init__, which mypyc compiles (see addresses.Block).
+    cpu_millis: int
+    memory_bytes: int
+    pods: int
+    services: int
+    addresses: int
+    class_name: str | None  # the class and pool the addresses came from
+    pool: str | None
+
+    def __init__(
+        self,
+        cpu_millis: int = 0,
+        memory_bytes: int = 0,
+        pods: int = 0,
+        services: int = 0,
+        addresses: int = 0,
+        class_name: str | None = None,
+        pool: str | None = None,
+    ) -> None:
+        self.cpu_millis = cpu_millis
+        self.memory_bytes = memory_bytes
+        self.pods = pods
+        self.services = services
+        self.addresses = addresses
+        self.class_name = class_name
+        self.pool = pool
 
 
-@dataclass
+@dataclass(init=False)
 class Ledger:
     """Usage of one project or org, and the limits of its quota (None: no quota)."""
 
-    cpu_millis: int = 0
-    memory_bytes: int = 0
-    pods: int = 0
-    services: int = 0
-    pending: int = 0  # pods waiting in the queue: counted to bound them, charged nothing
-    addresses_by_class: dict[str, int] = field(default_factory=dict)
-    addresses_by_pool: dict[str, int] = field(default_factory=dict)
-    limits: dict[str, Any] | None = None
-    default_requests: list[int] | None = None  # [cpuMillis, memoryBytes] for pods that give none
+    # A hand-written __init__, which mypyc compiles (see addresses.Block).
+    cpu_millis: int
+    memory_bytes: int
+    pods: int
+    services: int
+    pending: int  # pods waiting in the queue: counted to bound them, charged nothing
+    addresses_by_class: dict[str, int]
+    addresses_by_pool: dict[str, int]
+    limits: dict[str, Any] | None
+    default_requests: list[int] | None  # [cpuMillis, memoryBytes] for pods that give none
+
+    def __init__(
+        self,
+        cpu_millis: int = 0,
+        memory_bytes: int = 0,
+        pods: int = 0,
+        services: int = 0,
+        pending: int = 0,
+        addresses_by_class: dict[str, int] | None = None,
+        addresses_by_pool: dict[str, int] | None = None,
+        limits: dict[str, Any] | None = None,
+        default_requests: list[int] | None = None,
+    ) -> None:
+        self.cpu_millis = cpu_millis
+        self.memory_bytes = memory_bytes
+        self.pods = pods
+        self.services = services
+        self.pending = pending
+        self.addresses_by_class = {} if addresses_by_class is None else addresses_by_class
+        self.addresses_by_pool = {} if addresses_by_pool is None else addresses_by_pool
+        self.limits = limits
+        self.default_requests = default_requests
 
     def to_plain(self) -> list[Any]:
         return [
