@@ -121,7 +121,11 @@ async def claim(session: aiohttp.ClientSession, url: str, token: str, name: str)
     return time.perf_counter() - started
 
 
-async def run(args: argparse.Namespace, urls: list[str], admin: str, tenant: str) -> None:
+def _latency_line(latencies: list[float]) -> str:
+    return f"p50 {percentile(latencies, 0.5) * 1e3:.2f} ms, p99 {percentile(latencies, 0.99) * 1e3:.2f} ms"
+
+
+async def run(args: argparse.Namespace, urls: list[str], admin: str, tenant: str, leader_url: str | None) -> None:
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=256)) as session:
         pool = {"name": "bench", "spec": {"cidr": "10.0.0.0/8"}}
@@ -130,11 +134,18 @@ async def run(args: argparse.Namespace, urls: list[str], admin: str, tenant: str
         ) as response:
             if response.status not in (200, 201):
                 raise SystemExit(f"creating the pool answered {response.status}: {await response.text()}")
-        latencies = [await claim(session, urls[index % 3], tenant, f"seq-{index}") for index in range(args.sequential)]
-        print(
-            f"sequential  1 client, {args.sequential} claims: p50 {percentile(latencies, 0.5) * 1e3:.2f} ms, "
-            f"p99 {percentile(latencies, 0.99) * 1e3:.2f} ms"
-        )
+        targets = [urls[index % 3] for index in range(args.sequential)]
+        latencies = [await claim(session, url, tenant, f"seq-{index}") for index, url in enumerate(targets)]
+        print(f"sequential  1 client, {args.sequential} claims: {_latency_line(latencies)}")
+        # A claim sent to a follower takes two more hops (forwarded to the leader, and the
+        # commit back), so the two kinds are told apart as well.
+        to_leader = [latency for latency, url in zip(latencies, targets, strict=True) if url == leader_url]
+        to_followers = [latency for latency, url in zip(latencies, targets, strict=True) if url != leader_url]
+        if leader_url is not None and to_leader and to_followers:
+            print(
+                f"              of which sent to the leader ({len(to_leader)}): {_latency_line(to_leader)}; "
+                f"to followers ({len(to_followers)}): {_latency_line(to_followers)}"
+            )
         deadline = time.perf_counter() + args.seconds
         done: list[float] = []
 
@@ -164,7 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     with local_cluster() as bench_cluster:
         members, admin = bench_cluster.members, bench_cluster.admin
         before = [cluster.fetch_status(member.http_address, admin) for member in members]
-        asyncio.run(run(args, bench_cluster.urls, admin, bench_cluster.tenant))
+        leader_id = (before[0] or {}).get("leader")
+        member_ids = [(status or {}).get("memberId") for status in before]
+        urls = bench_cluster.urls
+        leader_url = next((url for url, mid in zip(urls, member_ids, strict=True) if mid == leader_id), None)
+        asyncio.run(run(args, urls, admin, bench_cluster.tenant, leader_url))
         after = [cluster.fetch_status(member.http_address, admin) for member in members]
         terms = sorted({(status or {}).get("term") for status in before + after}, key=str)
         leaders = sorted({(status or {}).get("leader") for status in before + after}, key=str)
