@@ -3,6 +3,10 @@ a time, each at the next log position, each outcome's writes applied to the stor
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,24 @@ from statemachine.invariants import check_invariants, digest
 
 ADMIN = Principal("root", "", "", "admin")
 BASE_TS_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+ROOT = Path(__file__).resolve().parent.parent
+CHILD_TIMEOUT_S = 120
+
+
+def run_python(args: list[str], environment: Mapping[str, str] | None = None) -> str:
+    """`python ARGS` in the project root, with this environment or `environment`: its stdout.
+    Fails the test with the child's stderr unless it exits 0 within CHILD_TIMEOUT_S."""
+    completed = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=dict(os.environ if environment is None else environment),
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout
 
 
 def member(org: str, project: str, name: str = "user") -> Principal:

@@ -21,8 +21,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +31,8 @@ from node.compiled_build import build as compile_state_machine
 from statemachine import Envelope, codec, encode_envelope
 from statemachine.invariants import check_invariants, digest
 from statemachine.machine import COMMAND_TYPES
-from tests.harness import ADMIN, BASE_TS_MS, admin_for, member
+from tests.harness import ADMIN, BASE_TS_MS, admin_for, member, run_python
 from tests.test_determinism import build_scenario, build_scheduler_scenario, outcomes_digest, replay
-
-ROOT = Path(__file__).resolve().parent.parent
-SUBPROCESS_TIMEOUT_S = 120
 
 _PROBE = """
 import json, sys
@@ -59,17 +54,7 @@ def _probe(build_dir: Path, *args: str, pure: bool = False) -> dict[str, Any]:
     env[accelerate.BUILD_DIR_ENV] = str(build_dir)
     if pure:
         env[accelerate.PURE_PYTHON_ENV] = "1"
-    completed = subprocess.run(
-        [sys.executable, "-c", _PROBE, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
-    result: dict[str, Any] = json.loads(completed.stdout)
+    result: dict[str, Any] = json.loads(run_python(["-c", _PROBE, *args], env))
     return result
 
 

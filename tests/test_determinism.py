@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import random
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,8 @@ from node.memstore import MemoryStore
 from statemachine import Ok, Outcome, Principal, Rejected, apply, codec, keys, machine
 from statemachine.context import Meta
 from statemachine.invariants import check_invariants, digest
-from tests.harness import ADMIN, Machine, admin_for, member
+from tests.harness import ADMIN, Machine, admin_for, member, run_python
 
-ROOT = Path(__file__).resolve().parent.parent
-SUBPROCESS_TIMEOUT_S = 60
 SCENARIO_SEED = 20260101
 SCENARIO_STEPS = 450
 
@@ -308,17 +305,8 @@ def test_replay_across_hash_seeds(scenario: Machine, tmp_path: Path) -> None:
     results = {}
     for hash_seed in ("0", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        completed = subprocess.run(
-            [sys.executable, "-m", "tests.test_determinism", str(log_file), str(SCENARIO_SEED), str(SCENARIO_STEPS)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=SUBPROCESS_TIMEOUT_S,
-            check=False,
-        )
-        assert completed.returncode == 0, completed.stderr
-        results[hash_seed] = json.loads(completed.stdout)
+        arguments = ["-m", "tests.test_determinism", str(log_file), str(SCENARIO_SEED), str(SCENARIO_STEPS)]
+        results[hash_seed] = json.loads(run_python(arguments, env))
     assert results["0"] == results["12345"] == expected
 
 
@@ -608,14 +596,5 @@ def test_scheduler_workload_replays_identically(tmp_path: Path) -> None:
         "print(digest(store), outcomes_digest(outcomes))"
     )
     for hash_seed in ("0", "4242"):
-        completed = subprocess.run(
-            [sys.executable, "-c", probe],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONHASHSEED": hash_seed},
-            capture_output=True,
-            text=True,
-            timeout=SUBPROCESS_TIMEOUT_S,
-            check=False,
-        )
-        assert completed.returncode == 0, completed.stderr
-        assert completed.stdout.split() == [scenario.digest(), outcomes_digest(outcomes)]
+        printed = run_python(["-c", probe], {**os.environ, "PYTHONHASHSEED": hash_seed})
+        assert printed.split() == [scenario.digest(), outcomes_digest(outcomes)]
