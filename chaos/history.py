@@ -179,6 +179,7 @@ class StatusSample:
     commit_index: int
     digest_index: int | None
     digest: str | None
+    build: str | None = None  # the state machine the member runs (compiled or python); None in older histories
 
     @classmethod
     def from_status(cls, member: str, at_ns: int, status: Mapping[str, Any]) -> StatusSample:
@@ -193,6 +194,7 @@ class StatusSample:
             commit_index=int(status.get("commitIndex", 0)),
             digest_index=int(digest_index) if digest_index is not None and digest_index >= 0 else None,
             digest=status.get("digest") or None,
+            build=status.get("stateMachineBuild"),
         )
 
     def same_observation(self, other: StatusSample) -> bool:

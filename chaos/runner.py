@@ -609,12 +609,26 @@ def failover_times(history: History) -> list[tuple[FaultRecord, float | None]]:
     return times
 
 
+def builds_seen(history: History) -> str:
+    """Which state machine build each member ran, as its status samples said: a member restarted
+    after `statemachine/` changed would run the sources where the others run the compiled build."""
+    builds: dict[str, set[str]] = {}
+    for sample in history.statuses:
+        if sample.build is not None:
+            builds.setdefault(sample.member, set()).add(sample.build)
+    if not builds:
+        return "not reported"
+    return ", ".join(f"{member} {' and '.join(sorted(seen))}" for member, seen in sorted(builds.items()))
+
+
 def render_report(report: ChaosReport) -> str:
     history = report.history
     lines = [
         "",
         f"== allot chaos report: seed {report.options.seed}, {report.elapsed_s:.0f} s, "
         f"faults {', '.join(kind.value for kind in report.options.faults)}",
+        "",
+        f"state machine build (from /v1/status): {builds_seen(history)}",
         "",
         "operations (ok / failed / unknown):",
     ]

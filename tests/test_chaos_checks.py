@@ -53,6 +53,7 @@ from chaos.history import (
     pods_pool,
 )
 from chaos.linearizability import PoolModel, Verdict, check_pool, pool_model
+from chaos.runner import builds_seen
 from node import raft
 
 MS = 1_000_000
@@ -1130,3 +1131,18 @@ def test_linearizable_lets_unknown_operations_replace_a_claim_before_a_list() ->
     assert_pass(lin(b, {"a": "10.0.0.1/32", "x": "10.0.0.0/32"}))
     b.add(Kind.LIST, None, 12, 13, Outcome.OK, listed={"a": "10.0.0.0/32", "x": "10.0.0.0/32"})
     assert_fail(lin(b), "no linearization")
+
+
+def test_the_report_says_which_build_each_member_ran() -> None:
+    """Status samples carry the member's state machine build, through the saved history too;
+    a history saved before the field existed still loads, and says nothing of builds."""
+    compiled = [StatusSample(0, member, "follower", 1, "m1", 1, 1, 1, "x", "compiled") for member in ("m1", "m2")]
+    restarted = StatusSample(5, "m3", "follower", 1, "m1", 1, 1, 1, "x", "python")
+    rebuilt = StatusSample(9, "m3", "follower", 1, "m1", 2, 2, 2, "y", "compiled")
+    history = History(statuses=[*compiled, restarted, rebuilt])
+    assert builds_seen(history) == "m1 compiled, m2 compiled, m3 compiled and python"
+    reloaded = History.from_lines(history.lines())
+    assert builds_seen(reloaded) == builds_seen(history)
+    older = [line.replace(', "build": "compiled"', "").replace(', "build": "python"', "") for line in history.lines()]
+    assert all('"build"' not in line for line in older)
+    assert builds_seen(History.from_lines(older)) == "not reported"
