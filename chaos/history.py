@@ -199,13 +199,14 @@ class StatusSample:
 
     def same_observation(self, other: StatusSample) -> bool:
         """Equal in everything but time (and applied index, which moves with every write)."""
-        return (self.member, self.role, self.term, self.leader, self.digest_index, self.digest) == (
+        return (self.member, self.role, self.term, self.leader, self.digest_index, self.digest, self.build) == (
             other.member,
             other.role,
             other.term,
             other.leader,
             other.digest_index,
             other.digest,
+            other.build,
         )
 
 
