@@ -29,7 +29,9 @@ def test_sched_apply_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     for what in (
         "verified placement",
         "back to back",
+        "apply alone",
         "scheduler.place",
+        "in LMDB, 16 pods an entry",
         "fallback search",
         "plan_pod at the proposer",
     ):
