@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import re
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -195,8 +196,12 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise invalid(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise invalid(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, absurd nesting
-        raise invalid(f"unacceptable JSON: {exc}") from None
+    except RecursionError:
+        raise invalid("the body nests too deeply; no request needs more than a few levels") from None
+    except ValueError:  # Python refuses to convert an integer of more than sys.get_int_max_str_digits() digits
+        raise invalid(
+            f"a number in the body has more than {sys.get_int_max_str_digits()} digits; no field takes one that large"
+        ) from None
     if not isinstance(value, dict):
         raise invalid(f"the body must be a JSON object, not {type(value).__name__}")
     return value
@@ -776,6 +781,8 @@ class Api:
             raise invalid(f"timeoutSeconds must be between 1 and {self.limits.watch_timeout_s_max}", "timeoutSeconds")
         if self.watches_open >= self.limits.watches_max:
             raise retry_after("overloaded", f"this member already serves {self.limits.watches_max} watches", 1)
+        if start is not None:
+            await self._refuse_unreached_revision(start)
 
         # The first batch is read before the answer starts, so a compacted revision is a 410.
         with self.member.reader() as view:
@@ -810,6 +817,31 @@ class Api:
             self.watches_open -= 1
             self.prometheus.watches.dec()
         return response
+
+    async def _refuse_unreached_revision(self, start: int) -> None:
+        """Refuse a watch from a revision the cluster has not reached.
+
+        Ahead of this member only, it may be a revision the cluster has (a lagging follower): so
+        this member first catches up with the leader's commit, as a linearizable read does. A
+        revision still ahead then is none this cluster gave out (one from a cluster since restored
+        or rebuilt, or from another cluster); served, the watch would skip every event up to it
+        and answer with a revision the state never had. It is `gone`, like a compacted one, so a
+        controller does what it does then: list again and watch from the list's revision."""
+        with self.member.reader() as view:
+            current = Meta.load(view).revision
+        if start <= current:
+            return
+        timeout = ApiError("timeout", "the read barrier did not complete in time; nothing changed, retry the watch")
+        await self._call(self.member.read_barrier(self.limits.request_timeout_s), timeout)
+        with self.member.reader() as view:
+            current = Meta.load(view).revision
+        if start > current:
+            raise ApiError(
+                GONE,
+                f"resourceVersion {start} is newer than this cluster's revision {current}, so it was not "
+                "given out by this cluster as it is now; list again and watch from the list's resourceVersion",
+                {"resourceVersion": start, "revision": current},
+            )
 
     async def _stream(
         self,
@@ -870,7 +902,7 @@ def _int_param(params: dict[str, str], name: str) -> int | None:
     if value is None:
         return None
     if not _decimal.fullmatch(value):
-        raise invalid(f"{name} must be a non-negative integer, not {value!r}", name)
+        raise invalid(f"{name} must be a non-negative integer of at most 18 digits, not {value!r}", name)
     return int(value)
 
 

@@ -198,5 +198,6 @@ class LocalMember:
         with self.reader() as view:
             self.timers.run_once(view, 1, now)
 
-    async def _submit_own(self, envelope: bytes) -> Outcome:
+    async def _submit_own(self, envelope: bytes, leader_term: int) -> Outcome:
+        # One member leads term 1 for ever: no other leader can append its decisions.
         return await self.submit(envelope, 10.0)

@@ -82,6 +82,8 @@ from pysyncobj.transport import TCPTransport
 from node.config import Timing
 from node.store import LmdbStore, SnapshotError, pack_snapshot
 from statemachine import Outcome
+from statemachine.context import Meta
+from statemachine.errors import CONFLICT, InvariantViolation, Rejected
 
 log = logging.getLogger("allot.raft")
 
@@ -94,15 +96,25 @@ append_entries_bytes_max = 64 << 20
 repeat_ack_gap_s = 0.1  # a follower re-sends an unchanged acknowledgement at least this often
 
 
-def encode_batch(envelopes: Sequence[bytes]) -> bytes:
-    return cbor2.dumps(list(envelopes))
+def encode_batch(envelopes: Sequence[bytes], leader_term: int | None = None) -> bytes:
+    """A log entry's command: the envelopes, as a CBOR list; with `leader_term`, a map that also
+    names the term the leader decided them in (its timers' decisions: see `apply_batch`)."""
+    if leader_term is None:
+        return cbor2.dumps(list(envelopes))
+    return cbor2.dumps({"leaderTerm": leader_term, "envelopes": list(envelopes)})
 
 
-def decode_batch(batch: bytes) -> list[bytes]:
-    envelopes = cbor2.loads(batch)
-    if not isinstance(envelopes, list) or not all(isinstance(item, bytes) for item in envelopes):
-        raise ValueError("a batch is a CBOR list of envelope byte strings")
-    return envelopes
+def decode_batch(batch: bytes) -> tuple[list[bytes], int | None]:
+    """(envelopes, the term a leader decided them in, or None for requests)."""
+    decoded = cbor2.loads(batch)
+    leader_term: int | None = None
+    if isinstance(decoded, dict) and set(decoded) == {"leaderTerm", "envelopes"}:
+        leader_term, decoded = decoded["leaderTerm"], decoded["envelopes"]
+        if type(leader_term) is not int or leader_term < 0:
+            raise ValueError("a fenced batch's leaderTerm is a non-negative integer")
+    if not isinstance(decoded, list) or not all(isinstance(item, bytes) for item in decoded):
+        raise ValueError("a batch is a CBOR list of envelope byte strings (or a map of leaderTerm and that list)")
+    return decoded, leader_term
 
 
 def stop_member(reason: str) -> None:
@@ -388,6 +400,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self.journal_syncs = 0
         self.next_index_regressions_kept = 0  # acknowledgements that would have moved one back
         self.resent_entries_received = 0  # entries received at indexes this member's log held already
+        self.fenced_entries_refused = 0  # leader-fenced entries appended in another term (apply_batch)
         self.observe_sync_s: Callable[[float], None] = lambda _seconds: None
         self.observe_apply_s: Callable[[float], None] = lambda _seconds: None
         # Hooks for the replicated member, all called on the tick thread: the outcomes of each
@@ -729,10 +742,23 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, batch: bytes) -> list[Outcome] | None:
+        """Apply one log entry. A batch fenced with the term its leader decided it in (the
+        scheduling timers' node conditions and sweeps) is applied only if that same leader
+        appended it, i.e. the entry's own term is that term; otherwise it is refused without
+        reaching the state machine. A leader that was paused past an election and resumes may
+        decide on stale information (its heartbeat table stopped with it: every node looks
+        silent) before it hears of the new term; proposed then, the decision is forwarded to
+        the new leader and would commit. The entry's term is in the log, the same on every
+        member, so every member refuses alike. Pinned by tests/test_raft.py."""
         index = self.raftLastApplied + 1  # pysyncobj applies entry raftLastApplied + 1 now
         started = time.monotonic()
         try:
-            outcomes = self._store.apply_entry(index, decode_batch(batch))
+            envelopes, leader_term = decode_batch(batch)
+            entry_term = self._entry_term(index) if leader_term is not None else None
+            if leader_term is not None and entry_term != leader_term:
+                outcomes = self._refuse_entry(index, len(envelopes), leader_term, entry_term)
+            else:
+                outcomes = self._store.apply_entry(index, envelopes)
         except BaseException as exc:
             stop_member(f"applying log entry {index} failed: {type(exc).__name__}: {exc}")
             raise  # unreachable: stop_member exits
@@ -743,3 +769,25 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             self.on_outcomes(outcomes)
         self._on_applied(index)
         return outcomes
+
+    def _entry_term(self, index: int) -> int:
+        entries = self._SyncObj__getEntries(index, 1)
+        if not entries or entries[0][1] != index:
+            raise InvariantViolation(f"entry {index} is being applied but the log does not hold it")
+        return int(entries[0][2])
+
+    def _refuse_entry(self, index: int, count: int, leader_term: int, entry_term: int | None) -> list[Outcome] | None:
+        """Record entry `index` as applied with nothing changed; each of its `count` envelopes
+        is answered with a refusal (None on a replay, as `apply_entry` answers)."""
+        if self._store.apply_entry(index, []) is None:
+            return None
+        with self._store.reader() as view:
+            revision = Meta.load(view).revision
+        refusal = Rejected(
+            CONFLICT,
+            f"decided by the leader of term {leader_term} but appended in term {entry_term}: a leader's "
+            "own decision counts only in the term it was made in; the current leader decides afresh",
+            {"leaderTerm": leader_term, "entryTerm": entry_term},
+        )
+        self.fenced_entries_refused += 1
+        return [Outcome(refusal, (), revision) for _ in range(count)]

@@ -81,6 +81,7 @@ class _Batch:
     size_bytes: int = 0
     release: asyncio.TimerHandle | None = None  # frees the in-flight slot if no answer comes
     released: bool = False
+    leader_term: int | None = None  # a leader's own decision, fenced by its term (submit_as_leader)
 
 
 @dataclass
@@ -260,6 +261,19 @@ class ReplicatedMember:
         self._pending.writers.append(future)
         self._pending.size_bytes += len(envelope)
         self._kick()
+        return await self._result(future, timeout_s)
+
+    async def submit_as_leader(self, envelope: bytes, leader_term: int, timeout_s: float) -> Outcome:
+        """A decision this member made as the leader of `leader_term` (the scheduling timers):
+        proposed in a batch of its own, fenced by that term, so that it applies only if this
+        member appends it while still leading that term (node/raft.py, `apply_batch`). Never
+        batched with requests: the fence refuses the whole entry."""
+        self._enqueue_check()
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._propose(_Batch(envelopes=[envelope], writers=[future], size_bytes=len(envelope), leader_term=leader_term))
+        return await self._result(future, timeout_s)
+
+    async def _result(self, future: asyncio.Future[Outcome], timeout_s: float) -> Outcome:
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
@@ -338,7 +352,7 @@ class ReplicatedMember:
         def on_result(result: Any, error: int) -> None:  # on the tick thread
             loop.call_soon_threadsafe(self._resolve, batch, result, error)
 
-        self.raft.apply_batch(encode_batch(envelopes), callback=on_result)
+        self.raft.apply_batch(encode_batch(envelopes, batch.leader_term), callback=on_result)
 
     def _release(self, batch: _Batch) -> None:
         if batch.released:
@@ -398,8 +412,8 @@ class ReplicatedMember:
             self.planner.ensure_loaded(view)
         return self.planner.stats()
 
-    async def _submit_own(self, envelope: bytes) -> Outcome:
-        return await self.submit(envelope, self.config.timing.node_grace_s)
+    async def _submit_own(self, envelope: bytes, leader_term: int) -> Outcome:
+        return await self.submit_as_leader(envelope, leader_term, self.config.timing.node_grace_s)
 
     async def _run_timers(self) -> None:
         """The leader's timers, checked every `timers.period_s` on every member (only the
@@ -489,6 +503,7 @@ class ReplicatedMember:
             "repeatedAcksSkipped": self.raft.repeated_acks_skipped,
             "nextIndexRegressionsKept": self.raft.next_index_regressions_kept,
             "resentEntriesReceived": self.raft.resent_entries_received,
+            "fencedEntriesRefused": self.raft.fenced_entries_refused,
             "commitsHeldForSync": self.raft.commits_held_for_sync,
             "acksHeldForSync": self.raft.acks_held_for_sync,
             "stateMachineBuild": "compiled" if build_state().compiled else "python",
@@ -546,6 +561,11 @@ class ReplicationMetrics:
             "allot_raft_next_index_regressions_kept",
             "acknowledgements this member received as leader that would have moved a follower's next index back",
             value=raft.next_index_regressions_kept,
+        )
+        yield CounterMetricFamily(
+            "allot_raft_fenced_entries_refused",
+            "leader-fenced entries (the scheduling timers' decisions) refused because another term appended them",
+            value=raft.fenced_entries_refused,
         )
         yield CounterMetricFamily(
             "allot_raft_resent_entries_received",

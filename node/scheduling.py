@@ -403,7 +403,7 @@ class NodeMonitor:
         return found
 
 
-Submit = Callable[[bytes], Awaitable[Any]]
+Submit = Callable[[bytes, int], Awaitable[Any]]  # (envelope, the term the leader decided it in)
 
 
 class SchedulingTimers:
@@ -455,11 +455,11 @@ class SchedulingTimers:
                 break
             monitor.in_flight.add(verdict.name)
             body = {"name": verdict.name, "ready": verdict.ready, "reason": verdict.reason}
-            self._spawn(self._condition(verdict.name, body))
+            self._spawn(self._condition(verdict.name, body, leader_term))
         if self.planner.pending_pods > 0 and now >= self._next_sweep_s and not self._sweep_in_flight:
             self._next_sweep_s = now + self.pending_retry_s
             self._sweep_in_flight = True
-            self._spawn(self._sweep())
+            self._spawn(self._sweep(leader_term))
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(work)
@@ -475,20 +475,23 @@ class SchedulingTimers:
         for task in list(self._tasks):
             task.cancel()
 
-    async def _condition(self, name: str, body: dict[str, Any]) -> None:
+    async def _condition(self, name: str, body: dict[str, Any], leader_term: int) -> None:
         try:
             self.conditions_proposed += 1
-            await self._submit(_encode("node.condition", body))
+            outcome = await self._submit(_encode("node.condition", body), leader_term)
+            if isinstance(outcome.result, Rejected):  # e.g. fenced: this member no longer leads that term
+                log.warning("node %s: ready=%s was refused: %s", name, body["ready"], outcome.result.message)
+                return
             log.info("node %s: proposed ready=%s (%s)", name, body["ready"], body["reason"])
         except Exception as exc:  # no leader, timeout, ...: the next check proposes again
             log.warning("node %s: proposing ready=%s failed: %s", name, body["ready"], exc)
         finally:
             self.monitor.in_flight.discard(name)
 
-    async def _sweep(self) -> None:
+    async def _sweep(self, leader_term: int) -> None:
         try:
             self.sweeps_proposed += 1
-            await self._submit(_encode("scheduler.retry", {"pods": sweep_pods_max}))
+            await self._submit(_encode("scheduler.retry", {"pods": sweep_pods_max}), leader_term)
         except Exception as exc:
             log.warning("proposing a pending-queue sweep failed: %s", exc)
         finally:

@@ -52,7 +52,9 @@ from chaos.cluster import free_ports, wait_until
 from node.config import Timing
 from node.raft import AllotRaft, DumpWriter, encode_batch, raft_conf
 from node.store import LmdbStore
-from statemachine import Envelope, Principal, encode_envelope
+from statemachine import Envelope, Ok, Principal, encode_envelope, keys, pools
+from statemachine.context import Meta
+from statemachine.errors import Rejected
 
 SECRET = "raft-ordering-test-secret-0123456789abcdef"
 ADMIN = Principal("root", "", "", "admin")
@@ -705,3 +707,56 @@ def test_idle_followers_skip_repeated_acknowledgements(tmp_path: Path) -> None:
                 assert now - last_heard[peer] <= heard_within_s, f"the leader has not heard from {peer} lately"
             time.sleep(0.01)  # polling the condition above
         assert leader.raft._isLeader() and leader.raft.raftCurrentTerm == term
+
+
+def _revision(member: InProcessMember) -> int:
+    with member.store.reader() as view:
+        return Meta.load(view).revision
+
+
+def test_a_leaders_decision_applies_only_in_the_term_it_was_made(tmp_path: Path) -> None:
+    """The scheduling timers' decisions are fenced by the term their leader made them in
+    (`encode_batch(..., leader_term)`): appended in another term, i.e. forwarded to a newer
+    leader by a member that lost its leadership (a leader paused past an election, resuming
+    with a heartbeat table in which every node looks silent), they are refused on every member
+    and change nothing. Appended by their own leader in its term they apply."""
+    ts_ms = 1_767_225_600_000
+
+    def pool(name: str) -> bytes:
+        envelope = Envelope("pool.create", {"name": name, "spec": {"cidr": "10.0.0.0/16"}}, ADMIN, None, ts_ms)
+        return encode_envelope(envelope)
+
+    with three_members(tmp_path) as members:
+        leader = wait_until("a leader", lambda: leader_of(members), wait_s)
+        follower = next(member for member in members if member is not leader)
+        term = leader.raft.raftCurrentTerm
+        proposals = Proposals(expected=3)
+        # As if made by the follower when it led an earlier term: forwarded, appended in `term`.
+        follower.raft.apply_batch(encode_batch([pool("stale-forwarded")], term - 1), callback=proposals.callback())
+        assert wait_until("the forwarded decision", lambda: len(proposals.results) == 1 or None, wait_s)
+        leader.raft.apply_batch(encode_batch([pool("stale-own")], term - 1), callback=proposals.callback())
+        leader.raft.apply_batch(encode_batch([pool("current")], term), callback=proposals.callback())
+        assert proposals.done.wait(wait_s)
+        assert all(error == FAIL_REASON.SUCCESS for _, error in proposals.results), proposals.results
+        (refused_forwarded,), (refused_own,), (applied,) = (result for result, _ in proposals.results)
+        for refused in (refused_forwarded, refused_own):
+            assert isinstance(refused.result, Rejected) and refused.result.code == "conflict", refused
+            assert refused.result.details == {"leaderTerm": term - 1, "entryTerm": term}
+            assert refused.writes == ()
+        assert isinstance(applied.result, Ok) and applied.result.value["metadata"]["name"] == "current"
+        last = leader.store.applied_index
+        wait_until(
+            "every member to apply everything",
+            lambda: all(m.store.applied_index == last for m in members) or None,
+            wait_s,
+        )
+        for member in members:
+            with member.store.reader() as view:
+                assert [
+                    name
+                    for name in ("stale-forwarded", "stale-own", "current")
+                    if pools.load(view, keys.pool_key("", "", name))
+                ] == ["current"]
+            assert _revision(member) == 1  # only the current term's decision changed the state
+            assert member.raft.fenced_entries_refused == 2
+        assert len({member.store.digest() for member in members}) == 1
