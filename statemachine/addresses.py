@@ -91,6 +91,39 @@ def parse_address(text: object, field_path: str) -> Block:
     return Block(family, int(address), FAMILY_BITS[family])
 
 
+# IPv4-mapped IPv6 addresses (::ffff:a.b.c.d, RFC 4291 section 2.5.5.2) stand for IPv4 nodes: an
+# IPAM that handed one out as an IPv6 address would give out, a second time, the IPv4 address of
+# an IPv4 pool in the same address space. No pool lies inside this block, a pool containing it
+# must exclude it (pools.py), and no claim or service may ask for an address in it.
+IPV4_MAPPED: Final[Block] = Block(IPV6, 0xFFFF << 32, 96)
+
+
+def overlap_size(a: Block, b: Block) -> int:
+    """How many addresses two aligned blocks share: all of the smaller one, or none."""
+    if a.contains(b):
+        return b.size
+    if b.contains(a):
+        return a.size
+    return 0
+
+
+def check_not_ipv4_mapped(block: Block, field_path: str) -> None:
+    """Refuse a specific address or CIDR that overlaps the IPv4-mapped range."""
+    if not overlap_size(block, IPV4_MAPPED):
+        return
+    if block.length == block.bits:
+        address = format_address(block.family, block.address)
+        head = f"{field_path} {address} is an IPv4-mapped IPv6 address ({IPV4_MAPPED})"
+        fix = f"ask for {format_address(IPV4, block.address & 0xFFFFFFFF)} from an IPv4 pool"
+    else:
+        head = f"{field_path} {block} overlaps the IPv4-mapped IPv6 addresses ({IPV4_MAPPED})"
+        fix = "ask for IPv4 addresses from an IPv4 pool"
+    raise invalid(
+        f"{head}; those stand for IPv4 nodes and are never handed out as IPv6 addresses (RFC 4291 2.5.5.2): {fix}",
+        field_path,
+    )
+
+
 def range_to_blocks(family: str, first: int, last: int) -> list[Block]:
     """The fewest aligned blocks covering [first, last], lowest first (at most 2 * bits)."""
     bits = FAMILY_BITS[family]

@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from statemachine import buddy, classes, keys, pools
-from statemachine.addresses import FAMILY_BITS, Block, parse_address, parse_cidr
+from statemachine.addresses import FAMILY_BITS, Block, check_not_ipv4_mapped, parse_address, parse_cidr
 from statemachine.codec import ROLE_MEMBER, Principal, dump_record, loads
 from statemachine.context import ADDED, MODIFIED, Context, Encoder, format_uid, parse_uid, rfc3339
 from statemachine.errors import (
@@ -65,15 +65,19 @@ def check_spec(value: Any) -> tuple[dict[str, Any], Block | None]:
         spec["className"] = check_name(class_name, "spec.className")
     sizes = [field for field in ("prefixLength", "address", "cidr") if spec_in.get(field) is not None]
     if len(sizes) > 1:
+        # The field named is the second one given: removing it leaves a valid choice.
         raise invalid(
-            f"give at most one of spec.prefixLength, spec.address, spec.cidr (got {', '.join(sizes)})", "spec"
+            f"give at most one of spec.prefixLength, spec.address, spec.cidr (got {', '.join(sizes)})",
+            f"spec.{sizes[1]}",
         )
     specific: Block | None = None
     if spec_in.get("address") is not None:
         specific = parse_address(spec_in["address"], "spec.address")
+        check_not_ipv4_mapped(specific, "spec.address")
         spec["address"] = str(specific).split("/")[0]
     elif spec_in.get("cidr") is not None:
         specific = parse_cidr(spec_in["cidr"], "spec.cidr")
+        check_not_ipv4_mapped(specific, "spec.cidr")
         spec["cidr"] = str(specific)
     elif spec_in.get("prefixLength") is not None:
         spec["prefixLength"] = opt_int(spec_in, "prefixLength", "spec.prefixLength", 0, 128)
@@ -131,6 +135,17 @@ def class_candidates(ctx: Context, spec: dict[str, Any]) -> tuple[dict[str, Any]
     return ip_class, candidates
 
 
+def _size_field(spec: dict[str, Any]) -> str:
+    """The field that sets the claim's size, to name in a refusal about it: the specific
+    `address` or `cidr`, else `prefixLength` (also when the default length was taken, since
+    giving one is the fix)."""
+    if "address" in spec:
+        return "spec.address"
+    if "cidr" in spec:
+        return "spec.cidr"
+    return "spec.prefixLength"
+
+
 def _wanted_length(spec: dict[str, Any], specific: Block | None, policy_source: dict[str, Any]) -> int:
     if specific is not None:
         return specific.length
@@ -139,9 +154,9 @@ def _wanted_length(spec: dict[str, Any], specific: Block | None, policy_source: 
     return int(policy_source["spec"]["allocation"]["defaultPrefixLength"])
 
 
-def _check_fits_family(length: int, specific: Block | None, family: str, what: str) -> None:
+def _check_fits_family(length: int, specific: Block | None, family: str, what: str, field_path: str) -> None:
     if specific is not None and specific.family != family:
-        raise invalid(f"{specific} is {specific.family} but {what} is {family}", "spec")
+        raise invalid(f"{specific} is {specific.family} but {what} is {family}", field_path)
     if length > FAMILY_BITS[family]:
         raise invalid(f"prefix length /{length} is too long for {what} ({family})", "spec.prefixLength")
 
@@ -180,6 +195,7 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
     # Where may the block come from, and under which policy?
     ip_class: dict[str, Any] | None = None
+    sized_by = _size_field(spec)  # the field a refusal about the size or place names
     if "poolRef" in spec:
         candidates = [pools.resolve(ctx.ov, principal, spec["poolRef"], "spec.poolRef")]
     else:
@@ -187,8 +203,8 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     if ip_class is not None:
         class_name: str | None = ip_class["metadata"]["name"]
         length = _wanted_length(spec, specific, ip_class)
-        _check_fits_family(length, specific, ip_class["spec"]["ipFamily"], f"IPClass {class_name}")
-        check_length_allowed(length, ip_class["spec"]["allocation"], f"IPClass {class_name}", "spec")
+        _check_fits_family(length, specific, ip_class["spec"]["ipFamily"], f"IPClass {class_name}", sized_by)
+        check_length_allowed(length, ip_class["spec"]["allocation"], f"IPClass {class_name}", sized_by)
         strategy = ip_class["spec"]["allocation"]["strategy"]
         reclaim = spec.get("reclaimPolicy", ip_class["spec"]["reclaimPolicy"])
         usable = [
@@ -200,17 +216,17 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
             raise invalid(
                 f"no pool backing IPClass {class_name} can hold a /{length}"
                 + (f" at {specific}" if specific is not None else ""),
-                "spec",
+                sized_by,
             )
     else:
         class_name = None
         pool_key, pool = candidates[0]
         pool_ref = pools.pool_id_of_key(pool_key)
         length = _wanted_length(spec, specific, pool)
-        _check_fits_family(length, specific, pool["status"]["ipFamily"], f"IPPool {pool_ref}")
-        check_length_allowed(length, pool["spec"]["allocation"], f"IPPool {pool_ref}", "spec")
+        _check_fits_family(length, specific, pool["status"]["ipFamily"], f"IPPool {pool_ref}", sized_by)
+        check_length_allowed(length, pool["spec"]["allocation"], f"IPPool {pool_ref}", sized_by)
         if specific is not None and not pools.block_of(pool).contains(specific):
-            raise invalid(f"{specific} is outside IPPool {pool_ref} ({pool['status']['allocatedCIDR']})", "spec")
+            raise invalid(f"{specific} is outside IPPool {pool_ref} ({pool['status']['allocatedCIDR']})", sized_by)
         strategy = pool["spec"]["allocation"]["strategy"]
         reclaim = spec.get("reclaimPolicy", RECLAIM_DELETE)
         usable = candidates

@@ -113,11 +113,14 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     prefix = keys.class_index_prefix(name)
     backing = ctx.ov.first(prefix, prefix_end(prefix))
     if backing is not None:
-        pool_path = backing[0][len(prefix) :].decode()
+        # The index key ends with the pool's key path (org/project/name, both empty for a
+        # platform pool); the answer names the pool as every other answer does.
+        org, project, pool_name = keys.split_path(backing[0], prefix)
+        pool_ref = keys.pool_id(org, project, pool_name)
         raise Rejected(
             CONFLICT,
-            f"IPClass {name} is still backed by pool {pool_path.strip('/')}; remove the pools that list it first",
-            {"pool": pool_path},
+            f"IPClass {name} is still backed by pool {pool_ref}; remove the pools that list it first",
+            {"pool": pool_ref},
         )
     if existing["spec"]["isDefault"]:
         ctx.ov.delete(keys.DEFAULT_CLASS)

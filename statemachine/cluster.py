@@ -229,7 +229,7 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
     # A pod that could never fit the quota, even with nothing else running, is refused outright;
     # one that would fit once other pods go waits in the queue.
     if tenant.limited:
-        impossible = tenant.shortfall(scheduler.charge_of(spec), ignore_usage=True)
+        impossible = tenant.shortfall(scheduler.charge_of(spec), alone="the pod")
         if impossible is not None:
             raise impossible
     pod: dict[str, Any] = {

@@ -68,6 +68,12 @@ def pool_key(org: str, project: str, name: str) -> bytes:
     return POOL + _path(org, project, name)
 
 
+def pool_id(org: str, project: str, name: str) -> str:
+    """How the API names a pool: "name" for a platform pool, "org/project/name" for a tenant's.
+    Here rather than in pools.py so that classes.py, which pools.py imports, can use it."""
+    return f"{org}/{project}/{name}" if org else name
+
+
 def pool_scope_prefix(org: str, project: str) -> bytes:
     return POOL + _path(org, project, "")
 

@@ -44,6 +44,8 @@ KIND = "Pod"
 DEFAULT_NAMESPACE = "default"
 PHASE_PENDING = "Pending"
 PHASE_BOUND = "Bound"
+# Every phase a pod can be in: queries refuses a field selector asking for any other.
+PHASES: tuple[str, ...] = (PHASE_PENDING, PHASE_BOUND)
 SPREAD = "spread"
 BINPACK = "binpack"
 POLICIES = (SPREAD, BINPACK)

@@ -17,6 +17,10 @@ take their block from the parent's buddy allocator, like claims do, and so never
 parent's `allocation` policy (allowed prefix lengths) governs claims, not child pools: carving
 a subnet for a team is an act of pool design, and any length inside the parent is allowed.
 A pool with allocations (bound or retained) or child pools cannot be deleted.
+
+IPv4-mapped IPv6 addresses (::ffff:0:0/96) stand for IPv4 nodes and are never handed out: an
+IPv6 pool inside that range is refused, and one that contains it must list it in spec.excluded
+(or cover it with spec.reserved), so the allocator holds it as reserved (`_check_ipv4_mapped`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from statemachine import buddy, classes, keys
-from statemachine.addresses import FAMILY_BITS, Block, parse_cidr, range_to_blocks
+from statemachine.addresses import FAMILY_BITS, IPV4_MAPPED, IPV6, Block, overlap_size, parse_cidr, range_to_blocks
 from statemachine.buddy import PoolState
 from statemachine.codec import Principal, dump_record, loads
 from statemachine.context import ADDED, Context, parse_uid
@@ -71,7 +75,7 @@ _spec_fields = (
 
 
 def pool_id(org: str, project: str, name: str) -> str:
-    return f"{org}/{project}/{name}" if org else name
+    return keys.pool_id(org, project, name)
 
 
 def pool_id_of_key(key: bytes) -> str:
@@ -255,6 +259,39 @@ def _exclusions(spec: dict[str, Any], block: Block) -> list[Block]:
     return blocks
 
 
+def _check_ipv4_mapped(block: Block, spec_in: dict[str, Any], carved_from: str | None) -> None:
+    """Refuse an IPv6 pool that could hand out IPv4-mapped addresses (addresses.IPV4_MAPPED).
+
+    A pool inside the mapped range is refused; a pool containing it must cover it with
+    spec.excluded (or spec.reserved). Refusing, rather than excluding the range on the admin's
+    behalf, keeps the stored spec exactly what was asked, keeps one mechanism (an excluded range
+    is carved as a reserved block, so no claim, child pool, service or pod CIDR can get it) and
+    leaves pools stored by earlier builds as they are: a re-created identical pool still answers
+    the stored one, since this runs after that check. `carved_from` names the parent when the
+    block was chosen by the parent's allocator (a child pool given only a prefixLength); that
+    happens only under a parent stored before this check, which does not exclude the range."""
+    if block.family != IPV6 or not overlap_size(block, IPV4_MAPPED):
+        return
+    given = f"IPPool {carved_from} would give this pool {block}, which" if carved_from else f"spec.cidr {block}"
+    why = "IPv4-mapped addresses stand for IPv4 nodes and are never handed out as IPv6 addresses (RFC 4291 2.5.5.2)"
+    if IPV4_MAPPED.contains(block):
+        fix = "give spec.cidr outside it" if carved_from else "create an IPv4 pool for these addresses"
+        raise invalid(f"{given} lies inside {IPV4_MAPPED}; {why}: {fix}", "spec.cidr")
+    _, reserved = _reservations(spec_in, block)
+    covered = sum(overlap_size(excluded, IPV4_MAPPED) for excluded in reserved + _exclusions(spec_in, block))
+    if covered < IPV4_MAPPED.size:  # overlapping exclusions count twice here, and are refused when carved
+        if carved_from:
+            raise invalid(
+                f"{given} contains {IPV4_MAPPED}; {why}: give spec.cidr with '{IPV4_MAPPED}' in spec.excluded",
+                "spec.cidr",
+            )
+        raise invalid(
+            f"{given} contains {IPV4_MAPPED}; {why}: add '{IPV4_MAPPED}' to spec.excluded",
+            "spec.excluded",
+            missing=str(IPV4_MAPPED),
+        )
+
+
 def _check_class_names(ctx: Context, spec: dict[str, Any], family: str) -> list[str]:
     names = opt_str_list(spec, "classNames", "spec.classNames")
     for position, name in enumerate(names):
@@ -349,6 +386,8 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         if existing["spec"] == spec:
             return render(ctx.ov, existing), False
         raise Rejected(ALREADY_EXISTS, f"IPPool {pool_id(org, project, name)} already exists with a different spec")
+    if wanted is not None:
+        _check_ipv4_mapped(wanted, spec_in, None)
 
     # Take the block.
     if parent is None:
@@ -375,6 +414,7 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
             carved = buddy.allocate(ctx.ov, parent_state, block_length, strategy, key)
             if carved is None:
                 raise exhausted(parent_id, block_length, parent_state)
+            _check_ipv4_mapped(carved, spec_in, parent_id)
             block = carved
         parent_state.allocated += block.size
         parent_state.child_pools += 1

@@ -59,6 +59,9 @@ _by_kind = {resource.kind: resource for resource in ALL_RESOURCES.values()}
 # Field selectors (`spec.nodeName=n1`, `status.phase=Pending`), per kind: so a node agent can
 # list and watch the pods bound to its node. An empty value matches an unset field.
 FIELD_SELECTORS = {pods.KIND: ("spec.nodeName", "status.phase")}
+# Fields whose values form a closed set: any other value could never match, so it is refused
+# (a typo such as `status.phase=Running` would otherwise list and watch nothing, silently).
+FIELD_SELECTOR_VALUES: dict[tuple[str, str], tuple[str, ...]] = {(pods.KIND, "status.phase"): pods.PHASES}
 field_selector_chars_max = 1024
 
 
@@ -109,7 +112,15 @@ def parse_field_selector(text: str, kind: str) -> tuple[FieldRequirement, ...]:
         if not equals or name not in supported:
             known = ", ".join(supported) or "none"
             raise invalid(f"fieldSelector {part!r} is not supported for {kind}; supported fields: {known}", field_path)
-        requirements.append((name, value.strip()))
+        value = value.strip()
+        allowed = FIELD_SELECTOR_VALUES.get((kind, name))
+        if allowed is not None and value not in allowed:
+            raise invalid(
+                f"fieldSelector {name} must be one of {', '.join(allowed)}, not {value!r}",
+                field_path,
+                allowed=list(allowed),
+            )
+        requirements.append((name, value))
     return tuple(requirements)
 
 

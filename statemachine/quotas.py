@@ -164,8 +164,12 @@ class Ledger:
                 if not table[name]:
                     del table[name]
 
-    def shortfall(self, charge: Charge, scope: str, ignore_usage: bool = False) -> Rejected | None:
-        """The first limit the charge would pass, as a refusal; None when it fits."""
+    def shortfall(self, charge: Charge, scope: str, alone: str = "") -> Rejected | None:
+        """The first limit the charge would pass, as a refusal; None when it fits.
+
+        With `alone` (what is charged, such as "the pod"), the first limit the charge passes by
+        itself, with nothing else in use: it could never fit. The refusal still reports the
+        real usage, so its details and message stay true."""
         if self.limits is None:
             return None
         wanted = [
@@ -187,13 +191,19 @@ class Ledger:
             limit = _limit_of(self.limits, resource)
             if limit is None:
                 continue
-            used = 0 if ignore_usage else current
-            if used + requested > limit:
-                return Rejected(
-                    QUOTA_EXCEEDED,
-                    f"quota {scope} allows {resource} {limit}; {used} is used and {requested} more was requested",
-                    {"quota": scope, "resource": resource, "limit": limit, "used": used, "requested": requested},
-                )
+            if alone:
+                if requested <= limit:
+                    continue
+                said = f"{alone} alone requests {requested}, more than the limit {limit} ({current} is used now)"
+            elif current + requested > limit:
+                said = f"{current} is used and {requested} more was requested"
+            else:
+                continue
+            return Rejected(
+                QUOTA_EXCEEDED,
+                f"quota {scope} allows {resource} {limit}; {said}",
+                {"quota": scope, "resource": resource, "limit": limit, "used": current, "requested": requested},
+            )
         return None
 
 
@@ -240,12 +250,14 @@ class Tenant:
         """Whether a quota limits the project or the org (if not, nothing is ever short)."""
         return self.project_ledger.limits is not None or self.org_ledger.limits is not None
 
-    def shortfall(self, charge: Charge, ignore_usage: bool = False) -> Rejected | None:
+    def shortfall(self, charge: Charge, alone: str = "") -> Rejected | None:
+        """The first limit of the project's or the org's quota the charge would pass (with
+        `alone`, by itself: see Ledger.shortfall); None when it fits."""
         if not self.limited:
             return None  # the usual case: no quota, nothing to format
         return self.project_ledger.shortfall(
-            charge, quota_id(self.org, self.project), ignore_usage
-        ) or self.org_ledger.shortfall(charge, self.org, ignore_usage)
+            charge, quota_id(self.org, self.project), alone
+        ) or self.org_ledger.shortfall(charge, self.org, alone)
 
     def add(self, charge: Charge, sign: int) -> None:
         self.project_ledger.add(charge, sign)

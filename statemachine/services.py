@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from statemachine import buddy, claims, keys, pools, quotas
-from statemachine.addresses import FAMILY_BITS, Block, format_address, parse_address
+from statemachine.addresses import FAMILY_BITS, Block, check_not_ipv4_mapped, format_address, parse_address
 from statemachine.codec import loads
 from statemachine.context import ADDED, Context
 from statemachine.errors import ALREADY_EXISTS, NOT_FOUND, InvariantViolation, Rejected, invalid
@@ -83,6 +83,7 @@ def check_spec(value: Any) -> tuple[dict[str, Any], Block | None]:
     specific: Block | None = None
     if given.get("address") is not None:
         specific = parse_address(given["address"], "spec.address")
+        check_not_ipv4_mapped(specific, "spec.address")
         spec["address"] = format_address(specific.family, specific.address)
     spec["ports"] = _check_ports(given.get("ports"))
     return spec, specific
@@ -107,7 +108,9 @@ def _carve_address(
         pool_ref = pools.pool_id_of_key(pool_key)
         family = pool["status"]["ipFamily"]
         length = FAMILY_BITS[family]
-        check_length_allowed(length, pool["spec"]["allocation"], f"IPPool {pool_ref}", "spec")
+        # A service holds one address, so a pool that allows no host block is the wrong pool.
+        check_length_allowed(length, pool["spec"]["allocation"], f"IPPool {pool_ref}", "spec.poolRef")
+        _check_family(specific, family)
         if specific is not None and not pools.block_of(pool).contains(specific):
             raise invalid(
                 f"{specific} is outside IPPool {pool_ref} ({pool['status']['allocatedCIDR']})", "spec.address"
@@ -120,7 +123,8 @@ def _carve_address(
         class_name = ip_class["metadata"]["name"]
         family = ip_class["spec"]["ipFamily"]
         length = FAMILY_BITS[family]
-        check_length_allowed(length, ip_class["spec"]["allocation"], f"IPClass {class_name}", "spec")
+        check_length_allowed(length, ip_class["spec"]["allocation"], f"IPClass {class_name}", "spec.className")
+        _check_family(specific, family)
         strategy = ip_class["spec"]["allocation"]["strategy"]
         usable = [
             (key, pool)
@@ -129,11 +133,19 @@ def _carve_address(
         ]
         if not usable:
             where = f" at {specific}" if specific is not None else ""
-            raise invalid(f"no pool backing IPClass {class_name} can hold a service address{where}", "spec")
-    if specific is not None and specific.family != family:
-        raise invalid(f"spec.address {specific} is {specific.family}, the addresses here are {family}", "spec.address")
+            raise invalid(
+                f"no pool backing IPClass {class_name} can hold a service address{where}",
+                "spec.address" if specific is not None else "spec.className",
+            )
     pool_ref, block = claims.carve(ctx, usable, length, specific, strategy, owner, class_name)
     return pool_ref, block, class_name
+
+
+def _check_family(specific: Block | None, family: str) -> None:
+    # Checked before the address is looked for in the pools, so that an address of the other
+    # family is refused for what it is, not as "outside the pool".
+    if specific is not None and specific.family != family:
+        raise invalid(f"spec.address {specific} is {specific.family}, the addresses here are {family}", "spec.address")
 
 
 def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:

@@ -1,0 +1,219 @@
+"""Refusals say what is true and name the field to fix: quota refusals report real usage, claim
+and service refusals name the precise spec field, a class still in use names its pool by its id,
+pod field selectors refuse a phase that does not exist, and IPv6 pools never hand out
+IPv4-mapped addresses (RFC 4291 section 2.5.5.2). Every refusal here must change nothing, which
+`Machine.refused` checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from statemachine import Rejected
+from statemachine.queries import events_after, list_objects
+from tests.harness import ADMIN, Machine, admin_for, member
+
+WEB = member("acme", "web")
+MAPPED = "::ffff:0.0.0.0/96"  # how the API renders ::ffff:0:0/96
+
+
+# ---- quota_exceeded reports the real usage ----------------------------------------------------
+
+
+def _cluster_with_usage(quota: str) -> Machine:
+    """acme/web uses 270 millicores on a node with room, under a 1000-millicore `quota`."""
+    m = Machine(check_every_step=True)
+    m.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.244.0.0/16"}})
+    capacity = {"cpuMillis": 8000, "memoryBytes": 8 << 30, "pods": 8}
+    m.ok(ADMIN, "node.register", {"name": "n1", "spec": {"capacity": capacity, "podPool": "pods"}})
+    m.ok(ADMIN, "quota.set", {"name": quota, "spec": {"cpuMillis": 1000}})
+    bound = m.ok(WEB, "pod.create", {"name": "small", "spec": {"requests": {"cpuMillis": 270}}})
+    assert bound["status"]["phase"] == "Bound", bound["status"]
+    return m
+
+
+@pytest.mark.parametrize("quota", ["acme/web", "acme"])
+def test_a_pod_over_the_limit_alone_is_refused_with_the_real_usage(quota: str) -> None:
+    m = _cluster_with_usage(quota)
+    refused = m.refused(WEB, "pod.create", {"name": "huge", "spec": {"requests": {"cpuMillis": 1500}}})
+    assert refused.code == "quota_exceeded"
+    assert refused.details == {"quota": quota, "resource": "cpuMillis", "limit": 1000, "used": 270, "requested": 1500}
+    assert refused.message == (
+        f"quota {quota} allows cpuMillis 1000; the pod alone requests 1500, more than the limit 1000 (270 is used now)"
+    )
+
+
+def test_a_pod_that_fits_the_limit_alone_waits_and_says_why() -> None:
+    m = _cluster_with_usage("acme/web")
+    waiting = m.ok(WEB, "pod.create", {"name": "later", "spec": {"requests": {"cpuMillis": 800}}})
+    assert waiting["status"]["reason"] == "QuotaExceeded"
+    assert (
+        waiting["status"]["message"] == "quota acme/web allows cpuMillis 1000; 270 is used and 800 more was requested"
+    )
+
+
+# ---- claim and service refusals name the precise field ------------------------------------------
+
+
+def _ipam() -> Machine:
+    m = Machine(check_every_step=True)
+    m.ok(ADMIN, "class.create", {"name": "v4", "spec": {"ipFamily": "IPv4", "allocation": {"minPrefixLength": 24}}})
+    m.ok(ADMIN, "class.create", {"name": "wide", "spec": {"ipFamily": "IPv4", "allocation": {"maxPrefixLength": 26}}})
+    small = {"cidr": "10.50.1.0/24", "allocation": {"minPrefixLength": 28}, "classNames": ["v4"]}
+    m.ok(ADMIN, "pool.create", {"name": "small", "spec": small})
+    m.ok(
+        ADMIN, "pool.create", {"name": "nets", "spec": {"cidr": "10.60.0.0/16", "allocation": {"maxPrefixLength": 24}}}
+    )
+    m.ok(ADMIN, "pool.create", {"name": "blocks", "spec": {"cidr": "10.70.0.0/16", "classNames": ["wide"]}})
+    return m
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "says"),
+    [
+        ({"poolRef": "small", "address": "10.50.0.9"}, "spec.address", "10.50.0.9/32 is outside IPPool small"),
+        ({"poolRef": "small", "address": "fd00::1"}, "spec.address", "fd00::1/128 is IPv6 but IPPool small is IPv4"),
+        ({"poolRef": "small", "prefixLength": 23}, "spec.prefixLength", "/23 is outside the /28../32"),
+        ({"poolRef": "small", "cidr": "10.50.0.0/28"}, "spec.cidr", "10.50.0.0/28 is outside IPPool small"),
+        ({"poolRef": "small", "cidr": "10.50.1.0/26"}, "spec.cidr", "/26 is outside the /28../32"),
+        ({"className": "v4", "address": "fd00::1"}, "spec.address", "is IPv6 but IPClass v4 is IPv4"),
+        ({"className": "v4", "prefixLength": 20}, "spec.prefixLength", "/20 is outside the /24../32"),
+        ({"className": "v4", "prefixLength": 24}, "spec.prefixLength", "no pool backing IPClass v4 can hold a /24"),
+        ({"className": "v4", "address": "10.99.0.1"}, "spec.address", "can hold a /32 at 10.99.0.1/32"),
+        ({"poolRef": "small", "prefixLength": 30, "cidr": "10.50.1.0/30"}, "spec.cidr", "give at most one of"),
+    ],
+)
+def test_claim_refusals_name_the_field(spec: dict[str, Any], field: str, says: str) -> None:
+    refused = _ipam().refused(WEB, "claim.create", {"name": "x", "spec": spec})
+    assert refused.code == "invalid" and refused.details["field"] == field, refused
+    assert says in refused.message, refused.message
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "says"),
+    [
+        (
+            {"poolRef": "small", "address": "fd00::1"},
+            "spec.address",
+            "fd00::1/128 is IPv6, the addresses here are IPv4",
+        ),
+        ({"poolRef": "small", "address": "10.50.0.9"}, "spec.address", "10.50.0.9/32 is outside IPPool small"),
+        ({"className": "v4", "address": "fd00::1"}, "spec.address", "is IPv6, the addresses here are IPv4"),
+        ({"className": "v4", "address": "10.99.0.1"}, "spec.address", "can hold a service address at 10.99.0.1"),
+        ({"poolRef": "nets"}, "spec.poolRef", "/32 is outside the /16../24 that IPPool nets allows"),
+        ({"className": "wide"}, "spec.className", "/32 is outside the /0../26 that IPClass wide allows"),
+    ],
+)
+def test_service_refusals_name_the_field(spec: dict[str, Any], field: str, says: str) -> None:
+    refused = _ipam().refused(WEB, "service.create", {"name": "x", "spec": spec})
+    assert refused.code == "invalid" and refused.details["field"] == field, refused
+    assert says in refused.message, refused.message
+
+
+# ---- a class in use names its pool as the API does ------------------------------------------------
+
+
+@pytest.mark.parametrize(("owner", "pool_id"), [(ADMIN, "clspool"), (admin_for("acme", "web"), "acme/web/clspool")])
+def test_deleting_a_class_in_use_names_the_pool_by_its_id(owner: Any, pool_id: str) -> None:
+    m = Machine()
+    m.ok(ADMIN, "class.create", {"name": "cls", "spec": {"ipFamily": "IPv4"}})
+    m.ok(ADMIN, "pool.create", {"name": "root", "spec": {"cidr": "10.0.0.0/16"}})
+    m.ok(
+        owner,
+        "pool.create",
+        {"name": "clspool", "spec": {"parentPool": "root", "prefixLength": 24, "classNames": ["cls"]}},
+    )
+    refused = m.refused(ADMIN, "class.delete", {"name": "cls"})
+    assert refused.code == "conflict" and refused.details == {"pool": pool_id}
+    assert f"still backed by pool {pool_id};" in refused.message
+
+
+# ---- pod field selectors refuse phases that do not exist -----------------------------------------
+
+
+@pytest.mark.parametrize("selector", ["status.phase=Running", "status.phase=", "spec.nodeName=n1,status.phase=bound"])
+def test_an_unknown_pod_phase_is_refused_naming_the_phases(selector: str) -> None:
+    m = _cluster_with_usage("acme/web")
+    for read in (
+        lambda: list_objects(m.store, WEB, "pods", field_selector=selector),
+        lambda: events_after(m.store, WEB, 0, ("pods",), field_selector=selector),
+    ):
+        with pytest.raises(Rejected) as refused:
+            read()
+        assert refused.value.code == "invalid" and refused.value.details["field"] == "fieldSelector"
+        assert refused.value.details["allowed"] == ["Pending", "Bound"]
+        assert "status.phase must be one of Pending, Bound" in refused.value.message
+
+
+def test_known_pod_phases_still_select() -> None:
+    m = _cluster_with_usage("acme/web")
+    bound = list_objects(m.store, WEB, "pods", field_selector="status.phase==Bound")
+    assert [pod["metadata"]["name"] for pod in bound["items"]] == ["small"]
+    assert list_objects(m.store, WEB, "pods", field_selector="status.phase=Pending")["items"] == []
+
+
+# ---- IPv6 pools never hand out IPv4-mapped addresses ---------------------------------------------
+
+
+def test_a_pool_inside_the_ipv4_mapped_range_is_refused() -> None:
+    m = Machine(check_every_step=True)
+    m.ok(ADMIN, "pool.create", {"name": "v4", "spec": {"cidr": "192.168.77.0/24"}})
+    refused = m.refused(ADMIN, "pool.create", {"name": "mapped", "spec": {"cidr": "::ffff:192.168.77.0/120"}})
+    assert refused.code == "invalid" and refused.details["field"] == "spec.cidr"
+    assert "lies inside ::ffff:0.0.0.0/96" in refused.message and "create an IPv4 pool" in refused.message
+    # A child pool of an IPv6 pool that contains the range is refused the same way.
+    m.ok(ADMIN, "pool.create", {"name": "low", "spec": {"cidr": "::/64", "excluded": [MAPPED]}})
+    child = {"parentPool": "low", "cidr": "::ffff:10.0.0.0/104"}
+    refused = m.refused(ADMIN, "pool.create", {"name": "child", "spec": child})
+    assert refused.code == "invalid" and refused.details["field"] == "spec.cidr", refused
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"cidr": "::/0"},
+        {"cidr": "::/64"},
+        {"cidr": "::/64", "excluded": ["::ffff:0:0/97"]},  # half of it
+        {"cidr": "::fffe:0:0/95", "reserved": {"trailing": 1 << 31}},
+    ],
+)
+def test_a_pool_containing_the_mapped_range_must_exclude_it(spec: dict[str, Any]) -> None:
+    refused = Machine().refused(ADMIN, "pool.create", {"name": "six", "spec": spec})
+    assert refused.code == "invalid" and refused.details == {"field": "spec.excluded", "missing": MAPPED}
+    assert refused.message.endswith(f"add '{MAPPED}' to spec.excluded"), refused.message
+
+
+def test_a_pool_that_excludes_the_mapped_range_never_hands_it_out() -> None:
+    m = Machine(check_every_step=True)
+    # The /95 holds two /96 blocks, the mapped range and the one below it; the trailing
+    # reservation covers the mapped range as well as spec.excluded does.
+    spec = {"cidr": "::fffe:0:0/95", "allocation": {"maxPrefixLength": 96}}
+    for name, extra in (("ex", {"excluded": ["::ffff:0:0/96"]}), ("tr", {"reserved": {"trailing": 1 << 32}})):
+        pool = m.ok(ADMIN, "pool.create", {"name": name, "spec": {**spec, **extra, "addressSpace": name}})
+        assert pool["status"]["capacity"]["reserved"] == 1 << 32
+        claim = m.ok(WEB, "claim.create", {"name": f"{name}-1", "spec": {"poolRef": name, "prefixLength": 96}})
+        assert claim["status"]["allocatedCIDR"] == "::fffe:0:0/96"
+        refused = m.refused(WEB, "claim.create", {"name": f"{name}-2", "spec": {"poolRef": name, "prefixLength": 96}})
+        assert refused.code == "pool_exhausted", refused
+    # The whole space, with the range excluded: a /1 can only be the upper half.
+    m.ok(ADMIN, "pool.create", {"name": "all", "spec": {"cidr": "::/0", "excluded": [MAPPED], "addressSpace": "lab"}})
+    claim = m.ok(WEB, "claim.create", {"name": "half", "spec": {"poolRef": "all", "prefixLength": 1}})
+    assert claim["status"]["allocatedCIDR"] == "8000::/1"
+
+
+@pytest.mark.parametrize(
+    ("command", "spec", "field", "says"),
+    [
+        ("claim.create", {"address": "::ffff:10.0.0.1"}, "spec.address", "ask for 10.0.0.1 from an IPv4 pool"),
+        ("claim.create", {"cidr": "::ffff:10.0.0.0/120"}, "spec.cidr", "overlaps the IPv4-mapped IPv6 addresses"),
+        ("claim.create", {"cidr": "::/64"}, "spec.cidr", "overlaps the IPv4-mapped IPv6 addresses"),
+        ("service.create", {"address": "::ffff:10.0.0.1"}, "spec.address", "ask for 10.0.0.1 from an IPv4 pool"),
+    ],
+)
+def test_a_specific_ipv4_mapped_address_is_refused(command: str, spec: dict[str, Any], field: str, says: str) -> None:
+    m = Machine()
+    m.ok(ADMIN, "pool.create", {"name": "all", "spec": {"cidr": "::/0", "excluded": [MAPPED]}})
+    refused = m.refused(WEB, command, {"name": "x", "spec": {"poolRef": "all", **spec}})
+    assert refused.code == "invalid" and refused.details["field"] == field, refused
+    assert says in refused.message, refused.message
