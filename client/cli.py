@@ -22,6 +22,7 @@ import decimal
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -237,6 +238,13 @@ def parse_memory(text: str) -> int:
         if suffix and value.endswith(suffix):
             number, unit = value[: -len(suffix)], suffix
             break
+    unknown_unit = re.fullmatch(r"(.*\d)\s*([A-Za-z]+)", value) if not unit else None
+    if unknown_unit:  # `10Pi`, `10KB`: a unit this parser does not know, not a malformed number
+        raise argparse.ArgumentTypeError(
+            f"memory {text!r}: the unit {unknown_unit.group(2)!r} is not supported; use bytes (no unit), "
+            f"{' '.join(u for u in _memory_units if u.endswith('i'))} (powers of 1024) or "
+            f"{' '.join(u for u in _memory_units if u and not u.endswith('i'))} (of 1000)"
+        )
     size = _decimal(number, "memory") * _memory_units[unit]
     if size != size.to_integral_value():
         raise argparse.ArgumentTypeError(f"memory {text!r} is not a whole number of bytes")
@@ -1023,6 +1031,26 @@ def _put(spec: dict[str, Any], key: str, value: Any) -> None:
         spec[key] = value
 
 
+def with_spec_json(from_flags: dict[str, Any], from_spec: dict[str, Any] | None, path: str = "spec") -> dict[str, Any]:
+    """The flags' spec fields with `--spec`'s added. Objects present in both merge field by field
+    (`--cpu` and `--spec '{"requests": {"memoryBytes": ...}}'` both count); a field both give with
+    different values is a usage error, since silently keeping either one would create something
+    other than what one of them asked for."""
+    merged = dict(from_flags)
+    for key, spec_value in (from_spec or {}).items():
+        field = f"{path}.{key}"
+        if key not in merged or merged[key] == spec_value:
+            merged[key] = spec_value
+        elif isinstance(merged[key], dict) and isinstance(spec_value, dict):
+            merged[key] = with_spec_json(merged[key], spec_value, field)
+        else:
+            raise UsageError(
+                f"{field} is given twice: {json.dumps(merged[key])} by an option and {json.dumps(spec_value)} "
+                f"by --spec; give it once"
+            )
+    return merged
+
+
 def _allocation(args: argparse.Namespace) -> dict[str, Any]:
     policy: dict[str, Any] = {}
     _put(policy, "minPrefixLength", args.min_prefix_length)
@@ -1048,7 +1076,7 @@ def pool_spec(args: argparse.Namespace) -> dict[str, Any]:
     _put(reserved, "trailing", args.reserved_trailing)
     _put(spec, "reserved", reserved or None)
     _put(spec, "allocation", _allocation(args) or None)
-    return {**spec, **(args.spec or {})}
+    return with_spec_json(spec, args.spec)
 
 
 def claim_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -1059,7 +1087,7 @@ def claim_spec(args: argparse.Namespace) -> dict[str, Any]:
     _put(spec, "address", args.address)
     _put(spec, "cidr", args.cidr)
     _put(spec, "reclaimPolicy", args.reclaim_policy)
-    return {**spec, **(args.spec or {})}
+    return with_spec_json(spec, args.spec)
 
 
 def class_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -1070,7 +1098,7 @@ def class_spec(args: argparse.Namespace) -> dict[str, Any]:
     _put(spec, "allowedOrgs", args.allowed_org)
     _put(spec, "reclaimPolicy", args.reclaim_policy)
     _put(spec, "allocation", _allocation(args) or None)
-    return {**spec, **(args.spec or {})}
+    return with_spec_json(spec, args.spec)
 
 
 def node_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -1084,7 +1112,7 @@ def node_spec(args: argparse.Namespace) -> dict[str, Any]:
     _put(spec, "podCIDRPrefixLength", args.pod_cidr_prefix_length)
     _put(spec, "zone", args.zone)
     _put(spec, "taints", args.taint)
-    return {**spec, **(args.spec or {})}
+    return with_spec_json(spec, args.spec)
 
 
 def pod_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -1097,7 +1125,7 @@ def pod_spec(args: argparse.Namespace) -> dict[str, Any]:
     _put(spec, "tolerations", args.toleration)
     _put(spec, "priority", args.priority)
     _put(spec, "schedulingPolicy", args.policy)
-    return {**spec, **(args.spec or {})}
+    return with_spec_json(spec, args.spec)
 
 
 def service_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -1107,7 +1135,7 @@ def service_spec(args: argparse.Namespace) -> dict[str, Any]:
     _put(spec, "className", args.class_name)
     _put(spec, "address", args.address)
     _put(spec, "ports", args.port)
-    return {**spec, **(args.spec or {})}
+    return with_spec_json(spec, args.spec)
 
 
 def quota_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -1122,7 +1150,7 @@ def quota_spec(args: argparse.Namespace) -> dict[str, Any]:
     _put(defaults, "cpuMillis", args.default_cpu)
     _put(defaults, "memoryBytes", args.default_memory)
     _put(spec, "defaultRequests", defaults or None)
-    return {**spec, **(args.spec or {})}
+    return with_spec_json(spec, args.spec)
 
 
 def _summary(obj: ApiObject) -> str:
@@ -1157,7 +1185,15 @@ RESOURCES: dict[str, ResourceCommand] = {
     "service": (lambda client: client.services, services_table, service_spec),
     "quota": (lambda client: client.quotas, quotas_table, quota_spec),
 }
-CREATE_VERBS = {"create": "created", "register": "registered", "set": "set"}  # `quota set` creates or replaces
+# What a create prints when it made the object (HTTP 201), and when the server answered with the
+# identical object that already existed (HTTP 200: creates are idempotent). `quota set` creates or
+# replaces, so its 200 is a replacement and says "set" too.
+CREATE_VERBS = {
+    "create": ("created", "unchanged (already exists)"),
+    "register": ("registered", "unchanged (already registered)"),
+    "set": ("set", "set"),
+}
+HTTP_CREATED = 201
 NODE_ACTION_VERBS = {"cordon": "cordoned", "uncordon": "uncordoned", "drain": "drained"}
 
 
@@ -1214,6 +1250,27 @@ def run_scheduler(client: Client, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def create_reporting_new(
+    resource: WritableResource[Any],
+    name: str,
+    spec: dict[str, Any],
+    *,
+    labels: dict[str, str] | None,
+    namespace: str | None,
+    idempotency_key: str | None,
+) -> tuple[ApiObject, bool]:
+    """`resource.create(...)`, and whether it made the object (201) rather than finding the same one
+    (200). `create` returns only the object, so this sends the same request through the client's
+    one retry loop, which keeps the status; a retry under the same key gets the first answer's
+    status back, so a create that made the object still says so after a failover."""
+    client = resource._client
+    request = client._factory.create(
+        resource._kind, name, spec, labels=labels, namespace=namespace, idempotency_key=idempotency_key
+    )
+    done = client._execute(request, None, None)
+    return resource._kind.parse(done.value), done.status == HTTP_CREATED
+
+
 def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
     accessor, table_of, spec_of = RESOURCES[args.command]
     resource = accessor(client)
@@ -1247,10 +1304,11 @@ def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"{args.command} {args.action} is not possible")
     if args.action in CREATE_VERBS:
         labels = dict(args.label) if args.label else None
-        obj = resource.create(
-            args.name, spec_of(args), labels=labels, namespace=namespace, idempotency_key=args.idempotency_key
+        obj, created = create_reporting_new(
+            resource, args.name, spec_of(args), labels=labels, namespace=namespace, idempotency_key=args.idempotency_key
         )
-        verb = CREATE_VERBS[args.action]
+        made, existed = CREATE_VERBS[args.action]
+        verb = made if created else existed
     else:
         obj = resource.delete(args.name, namespace=namespace, idempotency_key=args.idempotency_key)
         verb = "deleted"

@@ -148,6 +148,19 @@ def test_pool_and_claim_lifecycle(cluster: Cluster, workdir: Path) -> None:
     assert "not_found" in failed(allot(cluster, workdir, "claim", "get", "cli-c1", token=tenant), cli.EXIT_NOT_FOUND)
 
 
+def test_repeating_a_create_says_the_object_already_existed(cluster: Cluster, workdir: Path) -> None:
+    # The server answers an identical create with the existing object (200), not a new one (201).
+    pool = ("pool", "create", "cli-again", "--cidr", "10.203.0.0/30")
+    assert ok(allot(cluster, workdir, *pool)).strip() == "ippool/cli-again created 10.203.0.0/30"
+    assert ok(allot(cluster, workdir, *pool)).strip() == "ippool/cli-again unchanged (already exists) 10.203.0.0/30"
+    claim = ("claim", "create", "cli-again", "--pool", "cli-again", "--as", "acme/web")
+    assert ok(allot(cluster, workdir, *claim)).strip() == "ipclaim/cli-again created 10.203.0.0/32"
+    repeated = ok(allot(cluster, workdir, *claim)).strip()
+    assert repeated == "ipclaim/cli-again unchanged (already exists) 10.203.0.0/32"
+    ok(allot(cluster, workdir, "claim", "delete", "cli-again", "--as", "acme/web"))
+    ok(allot(cluster, workdir, "pool", "delete", "cli-again"))
+
+
 def test_classes_and_watch(cluster: Cluster, workdir: Path) -> None:
     start = json.loads(ok(allot(cluster, workdir, "status", "-o", "json")))[0]["status"]["revision"]
     ok(allot(cluster, workdir, "class", "create", "cli-gold", "--family", "IPv4", "--max-prefix-length", "30"))
@@ -289,6 +302,52 @@ def test_scheduling_option_formats() -> None:
     assert cli._field_selector(listing) == "spec.nodeName=n1,status.phase=Pending,x=y"
     quota = parser.parse_args(["quota", "set", "acme/web", "--memory", "1Gi", "--addresses-by-class", "gold=2"])
     assert cli.quota_spec(quota) == {"memoryBytes": 1 << 30, "addressesByClass": {"gold": 2}}
+
+
+def test_memory_with_an_unknown_unit_names_the_accepted_units() -> None:
+    for text, unit in (("10Pi", "Pi"), ("4KB", "KB"), ("2 Ei", "Ei")):
+        with pytest.raises(argparse.ArgumentTypeError) as refused:
+            cli.parse_memory(text)
+        message = str(refused.value)
+        assert f"the unit {unit!r} is not supported" in message and "Ki Mi Gi Ti" in message, message
+        assert "k M G T" in message and "not a number" not in message, message
+    with pytest.raises(argparse.ArgumentTypeError, match="is not a number"):
+        cli.parse_memory("lots")
+    assert cli.parse_memory("1e3") == 1000, "an exponent is a number, not a unit"
+
+
+def test_spec_json_conflicting_with_an_option_is_a_usage_error() -> None:
+    def run(*argv: str) -> tuple[int, str]:
+        stderr = io.StringIO()
+        # Nothing listens on port 1: the command must fail before it sends anything.
+        code = cli.main([*argv, "--endpoints", "http://127.0.0.1:1", "--token", "t"], io.StringIO(), stderr)
+        return code, stderr.getvalue()
+
+    code, error = run("pool", "create", "spx", "--cidr", "10.170.0.0/24", "--spec", '{"cidr": "10.171.0.0/24"}')
+    assert code == cli.EXIT_USAGE, error
+    assert (
+        error
+        == 'allot: spec.cidr is given twice: "10.170.0.0/24" by an option and "10.171.0.0/24" by --spec; give it once\n'
+    )
+    for argv, field in (
+        (("claim", "create", "c", "--pool", "a", "--spec", '{"poolRef": "b"}'), "spec.poolRef"),
+        (("class", "create", "g", "--family", "IPv4", "--spec", '{"ipFamily": "IPv6"}'), "spec.ipFamily"),
+        (
+            ("node", "register", "n", "--cpu", "4", "--spec", '{"capacity": {"cpuMillis": 1}}'),
+            "spec.capacity.cpuMillis",
+        ),
+        (("pod", "create", "p", "--cpu", "1", "--spec", '{"requests": {"cpuMillis": 2}}'), "spec.requests.cpuMillis"),
+        (("service", "create", "s", "--pool", "a", "--spec", '{"poolRef": "b"}'), "spec.poolRef"),
+        (("quota", "set", "acme", "--pods", "3", "--spec", '{"pods": 4}'), "spec.pods"),
+    ):
+        code, error = run(*argv)
+        assert code == cli.EXIT_USAGE and f"allot: {field} is given twice" in error, (argv, code, error)
+
+    parser = cli.build_parser()
+    same = parser.parse_args(["pool", "create", "p", "--cidr", "10.0.0.0/24", "--spec", '{"cidr": "10.0.0.0/24"}'])
+    assert cli.pool_spec(same) == {"cidr": "10.0.0.0/24"}, "the same value twice is no conflict"
+    nested = parser.parse_args(["pod", "create", "p", "--cpu", "1", "--spec", '{"requests": {"memoryBytes": 64}}'])
+    assert cli.pod_spec(nested) == {"requests": {"cpuMillis": 1000, "memoryBytes": 64}}, "both halves are kept"
 
 
 def test_every_error_class_has_an_exit_code() -> None:
