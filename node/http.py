@@ -674,8 +674,16 @@ class Api:
             raise ApiError("forbidden", "only the platform (an admin token) sends node heartbeats")
         await self._empty_body(request)
         name = check_name(request.match_info["name"], "name")
-        with self.member.reader() as view:  # this member's state: a heartbeat needs no barrier
+        with self.member.reader() as view:  # this member's state: a known node needs no barrier
             node = nodes.load(view, name)
+        if node is None:
+            # Registered a moment ago through another member, perhaps, and not applied here
+            # yet: an agent told its registration succeeded must not hear "not registered".
+            # So a miss catches up with the leader's commit before it is believed.
+            timeout = ApiError("timeout", "the read barrier did not complete in time; retry the heartbeat")
+            await self._call(self.member.read_barrier(self.limits.request_timeout_s), timeout)
+            with self.member.reader() as view:
+                node = nodes.load(view, name)
         if node is None:
             raise ApiError("not_found", f"Node {name} is not registered", {"kind": nodes.KIND, "name": name})
         if not self.member.record_heartbeat(name):

@@ -371,6 +371,38 @@ def test_watch_with_a_field_selector_sees_exactly_its_nodes_pods(tmp_path: Path)
 # ---- heartbeats and the leader's timers ---------------------------------------------------------
 
 
+class LaggingMember(LocalMember):
+    """A member that has not applied `behind` yet; a read barrier catches it up, as a
+    follower's does (it waits until it has applied everything the leader had committed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.behind: list[bytes] = []
+        self.barriers = 0
+
+    async def read_barrier(self, timeout_s: float) -> None:
+        self.barriers += 1
+        while self.behind:
+            await self.submit(self.behind.pop(0), timeout_s)
+
+
+def test_a_heartbeat_for_a_node_registered_elsewhere_a_moment_ago_is_answered(tmp_path: Path) -> None:
+    member = LaggingMember()
+    register = Envelope("node.register", node("fresh"), Principal("root", "", "", "admin"), None, 1_767_225_600_000)
+
+    async def check(api: Api) -> None:
+        await cluster(api, "n1")
+        await api.ok("POST", "/v1/nodes/n1/heartbeat")
+        assert member.barriers == 0  # a node this member knows needs no barrier
+        member.behind.append(encode_envelope(register))  # committed, not applied here yet
+        beat = await api.ok("POST", "/v1/nodes/fresh/heartbeat")
+        assert beat["name"] == "fresh" and member.barriers == 1
+        await api.error(404, "not_found", "POST", "/v1/nodes/ghost/heartbeat")  # still unknown after one
+        assert member.barriers == 2
+
+    run(tmp_path, check, member=member)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
