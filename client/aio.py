@@ -236,10 +236,36 @@ class AsyncWritableResource(AsyncReadableResource[T]):
         deadline: float | None = None,
     ) -> T:
         """Create (or, with the same spec, get back) the object; `spec` uses the API's field names."""
+        created, _ = await self.create_with_status(
+            name,
+            spec,
+            labels=labels,
+            namespace=namespace,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+            deadline=deadline,
+        )
+        return created
+
+    async def create_with_status(
+        self,
+        name: str,
+        spec: Mapping[str, Any] | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        namespace: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> tuple[T, bool]:
+        """`create`, and whether this request made the object (True, HTTP 201) or found the
+        identical one (False, HTTP 200). A retry under the same idempotency key gets the first
+        answer again, so a create that made the object says so even after a failover."""
         request = self._client._factory.create(
             self._kind, name, spec, labels=labels, namespace=namespace, idempotency_key=idempotency_key
         )
-        return self._kind.parse((await self._client._execute(request, timeout, deadline)).value)
+        done = await self._client._execute(request, timeout, deadline)
+        return self._kind.parse(done.value), done.status == core.HTTP_CREATED
 
     async def delete(
         self,

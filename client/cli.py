@@ -1193,7 +1193,6 @@ CREATE_VERBS = {
     "register": ("registered", "unchanged (already registered)"),
     "set": ("set", "set"),
 }
-HTTP_CREATED = 201
 NODE_ACTION_VERBS = {"cordon": "cordoned", "uncordon": "uncordoned", "drain": "drained"}
 
 
@@ -1250,27 +1249,6 @@ def run_scheduler(client: Client, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def create_reporting_new(
-    resource: WritableResource[Any],
-    name: str,
-    spec: dict[str, Any],
-    *,
-    labels: dict[str, str] | None,
-    namespace: str | None,
-    idempotency_key: str | None,
-) -> tuple[ApiObject, bool]:
-    """`resource.create(...)`, and whether it made the object (201) rather than finding the same one
-    (200). `create` returns only the object, so this sends the same request through the client's
-    one retry loop, which keeps the status; a retry under the same key gets the first answer's
-    status back, so a create that made the object still says so after a failover."""
-    client = resource._client
-    request = client._factory.create(
-        resource._kind, name, spec, labels=labels, namespace=namespace, idempotency_key=idempotency_key
-    )
-    done = client._execute(request, None, None)
-    return resource._kind.parse(done.value), done.status == HTTP_CREATED
-
-
 def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
     accessor, table_of, spec_of = RESOURCES[args.command]
     resource = accessor(client)
@@ -1304,8 +1282,8 @@ def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"{args.command} {args.action} is not possible")
     if args.action in CREATE_VERBS:
         labels = dict(args.label) if args.label else None
-        obj, created = create_reporting_new(
-            resource, args.name, spec_of(args), labels=labels, namespace=namespace, idempotency_key=args.idempotency_key
+        obj, created = resource.create_with_status(
+            args.name, spec_of(args), labels=labels, namespace=namespace, idempotency_key=args.idempotency_key
         )
         made, existed = CREATE_VERBS[args.action]
         verb = made if created else existed

@@ -86,6 +86,7 @@ endpoints_max = 64
 HEADER_IDEMPOTENCY = "Idempotency-Key"
 HEADER_REQUEST_ID = "X-Allot-Request-Id"
 HEADER_RETRY_AFTER = "Retry-After"
+HTTP_CREATED = 201  # a create that made the object; 200: the identical object existed
 
 _idempotency_key = re.compile(rf"[\x21-\x7e]{{1,{idempotency_key_chars_max}}}")
 

@@ -1006,6 +1006,9 @@ class MemberStatus:
     members: tuple[str, ...]
     has_quorum: bool | None
     digest: str | None
+    # The applied index the digest was computed at (in the background, at most a second old):
+    # two members' digests are comparable only at the same digest_index.
+    digest_index: int | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -1026,6 +1029,7 @@ class MemberStatus:
             members=_strs(source, "members"),
             has_quorum=_bool(source, "hasQuorum"),
             digest=_str(source, "digest"),
+            digest_index=_int(source, "digestIndex"),
             raw=source,
         )
 

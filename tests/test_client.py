@@ -190,8 +190,9 @@ def test_crud_of_every_kind(make: ClientMaker) -> None:
     pool = admin.ippools.create(unique(make, "edge"), {"cidr": cidr, "classNames": [ipclass.name]})
     assert isinstance(pool, IPPool) and pool.status.allocated_cidr == cidr and pool.spec.class_names == (ipclass.name,)
     assert pool.status.capacity is not None and (pool.status.capacity.total, pool.status.capacity.allocated) == (16, 0)
-    again = admin.ippools.create(pool.name, {"cidr": cidr, "classNames": [ipclass.name]})
+    again, created = admin.ippools.create_with_status(pool.name, {"cidr": cidr, "classNames": [ipclass.name]})
     assert again.metadata.uid == pool.metadata.uid, "the same spec again returns the existing pool"
+    assert created is False, "and says it did not make it"
 
     claim = tenant.ipclaims.create(unique(make, "c1"), {"poolRef": pool.name}, labels={"app": "web"})
     assert isinstance(claim, IPClaim) and claim.metadata.tenant == ACME and claim.status.phase == "Bound"

@@ -479,6 +479,9 @@ def test_models_parse_and_keep_the_raw_dict() -> None:
     assert page.items[0].name == "edge" and page.continue_token == "k" and page.resource_version == 3
     member = MemberStatus.parse({"memberId": "m1", "role": "leader", "term": 2, "members": ["m1", "m2"]})
     assert member.role == "leader" and member.members == ("m1", "m2") and member.applied_index is None
+    assert member.digest is None and member.digest_index is None
+    digested = MemberStatus.parse({"memberId": "m2", "members": [], "digest": "ab12", "digestIndex": 40})
+    assert digested.digest == "ab12" and digested.digest_index == 40
     broken_objects: list[Any] = [{"metadata": {}}, {"kind": "IPPool"}, []]
     for broken in broken_objects:
         with pytest.raises(ProtocolError):
