@@ -176,6 +176,16 @@ def get(view: ReadView, principal: Principal, plural: str, name: str, namespace:
     key = res.prefix + f"{principal.org}/{principal.project}/{namespace}/{name}".encode()
     raw = view.get(key)
     if raw is None:
+        if principal.is_admin and not principal.has_tenant:
+            # The platform's own key range holds no tenant objects, while its list shows every
+            # tenant's: say how to reach the one it probably means.
+            refusal = _not_found(res, name)
+            raise Rejected(
+                NOT_FOUND,
+                f"{refusal.message} for the platform; {res.kind}s belong to projects: name the tenant "
+                "with ?org=...&project=... (the list shows each object's org and project)",
+                refusal.details,
+            )
         raise _not_found(res, name)
     return _decode(res, key, raw)
 

@@ -143,6 +143,14 @@ def test_get_pool_renders_live_status(built: Machine) -> None:
     assert get(built.store, OPS, "ippools", "web/org-wide")["spec"]["visibility"] == "shared"
 
 
+def test_an_admin_getting_a_tenant_object_without_naming_the_tenant_is_told_how(built: Machine) -> None:
+    assert get(built.store, admin_for("acme", "web"), "ipclaims", "w0")["metadata"]["name"] == "w0"
+    refused = _refused("not_found", lambda: get(built.store, ADMIN, "ipclaims", "w0"))
+    assert "?org=...&project=..." in refused.message and refused.details == {"kind": "IPClaim", "name": "w0"}
+    tenant_refusal = _refused("not_found", lambda: get(built.store, WEB, "ipclaims", "nothing"))
+    assert tenant_refusal.message == "IPClaim nothing not found"  # a tenant is not told about tenants
+
+
 def test_get_claim_allocation_and_class(built: Machine) -> None:
     claim = get(built.store, WEB, "ipclaims", "w0")
     allocation = get(built.store, WEB, "ipallocations", "w0")
