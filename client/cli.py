@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--parent", help="carve a child pool from this pool")
     create.add_argument("--prefix-length", type=int, help="a child pool's size")
     create.add_argument("--family", choices=("IPv4", "IPv6"))
-    create.add_argument("--visibility", choices=("platform", "consumer", "shared"))
+    create.add_argument("--visibility", choices=("platform", "internal", "consumer", "shared"))
     create.add_argument("--class", dest="class_names", action="append", default=[], help="IP class it backs")
     create.add_argument("--reserved-leading", type=int, help="addresses kept free at the start")
     create.add_argument("--reserved-trailing", type=int, help="addresses kept free at the end")

@@ -122,7 +122,7 @@ class IPPoolSpec:
     parent_pool: str | None  # a child pool's parent
     prefix_length: int | None  # a child pool's size
     ip_family: str | None
-    visibility: str | None  # platform, consumer or shared
+    visibility: str | None  # platform, consumer, shared or internal
     class_names: tuple[str, ...]
     allocation: AllocationPolicy
     reserved_leading: int

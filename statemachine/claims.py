@@ -14,7 +14,9 @@ namespace and name and a compatible spec binds it again (a workload gets its add
 
 Class resolution is deterministic: pools backing the class that the tenant can see, the
 tenant's own project's pools first, then its org's shared pools, then platform pools, each
-group in key order; the first one with room wins.
+group in key order; the first one with room wins. `internal` pools (pools.py) are never seen
+by a tenant nor by an admin acting for one, so a tenant's claim (or service) through a class
+never lands in one; only the platform admin's own claims may.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ def class_candidates(ctx: Context, spec: dict[str, Any]) -> tuple[dict[str, Any]
     if ip_class is None or not classes.visible(ip_class, ctx.principal):
         raise Rejected(NOT_FOUND, f"IPClass {class_name} not found", {"kind": classes.KIND, "name": class_name})
     # The choice among backing pools is made as the tenant sees them, even when an admin acts
-    # for the tenant: an admin's claim must not land in another project's private pool.
+    # for the tenant: an admin's claim must not land in another project's private pool, nor
+    # (pools.visible) in an internal pool.
     chooser = ctx.principal
     if chooser.is_admin and chooser.has_tenant:
         chooser = Principal(chooser.name, chooser.org, chooser.project, ROLE_MEMBER)

@@ -1,7 +1,9 @@
 """Nodes: the worker machines pods are scheduled onto. Platform objects; only admins write them.
 
 A node registers with its capacity (CPU millicores, memory bytes, max pods), labels, taints and
-zone, and names a platform IPPool (`spec.podPool`): registering carves the node's pod CIDR from
+zone, and names a platform-owned IPPool (`spec.podPool`, visibility `platform` or `internal`;
+an `internal` pool is the one to use, since tenants can neither see nor exhaust it, and only the
+platform admin, acting for no tenant, can name it): registering carves the node's pod CIDR from
 that pool with the same buddy allocator claims use, in the same apply. The pod CIDR gets its own
 allocator (keyed by the node's uid) from which pods take their addresses; its first address is
 reserved for the node itself (its bridge or gateway), so `capacity.pods` may be at most the
@@ -222,7 +224,9 @@ def check_body(body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any
         check_label_value(zone, "spec.zone")
     pod_pool = opt_str(given, "podPool", "spec.podPool")
     if pod_pool is None:
-        raise invalid("spec.podPool is required: the platform IPPool the node's pod CIDR comes from", "spec.podPool")
+        raise invalid(
+            "spec.podPool is required: the platform or internal IPPool the node's pod CIDR comes from", "spec.podPool"
+        )
     spec = {
         "capacity": {"cpuMillis": cpu, "memoryBytes": memory, "pods": pods},
         "taints": _check_taints(given.get("taints")),
@@ -249,9 +253,11 @@ def carve_pod_cidr(ctx: Context, name: str, spec: dict[str, Any], uid: bytes) ->
     """Take the node's pod CIDR from its pod pool and set up the CIDR's own allocator."""
     pool_key, pool = pools.resolve(ctx.ov, ctx.principal, spec["podPool"], "spec.podPool")
     pool_ref = pools.pool_id_of_key(pool_key)
-    if pool["metadata"]["org"]:
+    # resolve() already hid internal pools from an admin acting for a tenant (not_found).
+    if pool["metadata"]["org"] or pool["spec"]["visibility"] not in pools.PLATFORM_VISIBILITIES:
         raise Rejected(
-            FORBIDDEN, f"spec.podPool {pool_ref} is a tenant's pool; nodes take pod CIDRs from platform pools"
+            FORBIDDEN,
+            f"spec.podPool {pool_ref} is a tenant's pool; nodes take pod CIDRs from platform or internal pools",
         )
     family = pool["status"]["ipFamily"]
     bits = FAMILY_BITS[family]

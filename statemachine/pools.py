@@ -6,6 +6,26 @@ Scope and visibility:
 * `consumer` pools belong to one project and only it sees them.
 * `shared` pools belong to one project and are visible to the projects of its org named in
   `sharedWith` (all of the org's projects when the list is empty).
+* `internal` pools belong to the platform like `platform` ones (empty org and project, created
+  by admins only) but serve the platform alone: pod CIDRs of nodes, platform ranges. Only an
+  admin acting for the platform (no org/project) sees them; every principal with a tenant,
+  including an admin acting for one (`?org=&project=`), sees them as absent. So no tenant-owned
+  object (claim, service, child pool) can ever hold an internal pool's addresses, and no tenant
+  can exhaust them. Consequences, all from `visible`:
+  - get, list, watch, `poolRef` of claims and services, `parentPool` of child pools, deletion:
+    `not_found` for anyone with a tenant, exactly as for a pool it cannot see;
+  - IPClasses: class resolution skips pools the tenant cannot see (claims.class_candidates),
+    so a tenant's claim or service through a class backed by an internal pool never lands in
+    it (`not_found` when nothing else backs the class); the platform admin's own class claims
+    may use it;
+  - child pools: only the platform admin can name an internal parent, and it may give the
+    child `platform` or `internal` visibility (the child's own visibility governs it; its
+    `parentPool` names the parent, which stays `not_found` for tenants);
+  - nodes: `spec.podPool` may name a `platform` or an `internal` pool (nodes.carve_pod_cidr).
+  Creating one requires an admin (`forbidden` otherwise) acting for the platform (`invalid`,
+  `spec.visibility`, when acting for a tenant, who could not see it). Visibility is fixed at
+  creation: stored `platform` pools stay visible to every tenant (no migration); to take a
+  range away from tenants, create an `internal` pool (or an internal child of a platform pool).
 A tenant that cannot see a pool gets `not_found` for it, exactly as if it did not exist.
 
 Pools are referred to by name ("name": the caller's own project first, then the platform),
@@ -50,7 +70,9 @@ KIND = "IPPool"
 VISIBILITY_PLATFORM = "platform"
 VISIBILITY_CONSUMER = "consumer"
 VISIBILITY_SHARED = "shared"
-VISIBILITIES = (VISIBILITY_PLATFORM, VISIBILITY_CONSUMER, VISIBILITY_SHARED)
+VISIBILITY_INTERNAL = "internal"
+VISIBILITIES = (VISIBILITY_PLATFORM, VISIBILITY_CONSUMER, VISIBILITY_SHARED, VISIBILITY_INTERNAL)
+PLATFORM_VISIBILITIES = (VISIBILITY_PLATFORM, VISIBILITY_INTERNAL)  # owned by the platform: no org/project
 DEFAULT_ADDRESS_SPACE = "default"
 PHASE_READY = "Ready"
 PHASE_EXHAUSTED = "Exhausted"
@@ -92,9 +114,12 @@ def key_of_pool_id(qualified: str) -> bytes:
 
 
 def visible(pool: dict[str, Any], principal: Principal) -> bool:
+    metadata, spec = pool["metadata"], pool["spec"]
+    if spec["visibility"] == VISIBILITY_INTERNAL:
+        # Only the platform admin: an admin acting for a tenant sees what the tenant sees.
+        return principal.is_admin and not principal.has_tenant
     if principal.is_admin:
         return True
-    metadata, spec = pool["metadata"], pool["spec"]
     if spec["visibility"] == VISIBILITY_PLATFORM:
         return True
     if metadata["org"] != principal.org:
@@ -200,6 +225,15 @@ def exhausted(pool_ref: str, length: int, state: PoolState) -> Rejected:
 def _scope(principal: Principal, visibility: str) -> tuple[str, str]:
     if visibility == VISIBILITY_PLATFORM:
         classes.require_admin(principal, "create a platform pool")
+        return "", ""
+    if visibility == VISIBILITY_INTERNAL:
+        classes.require_admin(principal, "create an internal pool")
+        if principal.has_tenant:
+            raise invalid(
+                f"an internal pool is hidden from tenants, and acting for {principal.org}/{principal.project} "
+                "you could not see it: act for the platform (no org/project), or use visibility: platform",
+                "spec.visibility",
+            )
         return "", ""
     if not principal.has_tenant:
         raise invalid(

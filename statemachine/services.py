@@ -3,7 +3,9 @@
 `spec`:
 * `type`: `ClusterIP` (default) or `LoadBalancer`; both get one address on creation.
 * `poolRef` or `className` (neither: the default class), resolved exactly as for a claim: the
-  tenant's own pools first, then its org's shared pools, then platform pools.
+  tenant's own pools first, then its org's shared pools, then platform pools. A service always
+  belongs to a tenant, so `internal` pools are never seen (`poolRef`: `not_found`; a class
+  never picks one), also when an admin acts for the tenant.
 * `address`: a specific address, honoured if it is free (otherwise `conflict`, saying whether it
   is allocated or reserved).
 * `ports`: `{name, port, protocol: TCP|UDP|SCTP}` (recorded, not interpreted).
