@@ -3,6 +3,12 @@
 The first start generates a cluster secret and a token file (an admin and two demo tenants in
 different orgs) under the data directory, owner-only. Later starts reuse them and the members'
 data. Ctrl-C stops all three members (SIGTERM, then SIGKILL after a grace period).
+
+A member killed by a signal (`kill -9` of the leader, to watch a failover) is restarted on its
+own data a second later while the other two keep serving, at most `restarts_max` times in
+`restart_window_s`. A member that exits by itself (a bad configuration, a broken invariant: it
+stopped on purpose and says why in its log) stops the cluster: restarting it would only repeat
+the failure.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ members_count = 3
 start_timeout_s = 60.0
 stop_grace_s = 10.0
 poll_interval_s = 0.1
+restart_delay_s = 1.0  # a killed member restarts after this: its failover is seen first
+restarts_max = 5  # restarts of one member within restart_window_s; one more stops the cluster
+restart_window_s = 60.0
 
 
 @dataclass(frozen=True)
@@ -141,33 +150,36 @@ def up(
         interrupted = True
 
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def start(member: PlannedMember) -> subprocess.Popen[bytes]:
+        member.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(member.data_dir / "member.log", "ab") as log_file:  # the child keeps its own copy
+            return subprocess.Popen(
+                member_command(member, members, secret, tokens, timing_flags),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches us; we stop the members in order
+            )
+
     try:
         for member in members:
-            member.data_dir.mkdir(parents=True, exist_ok=True)
-            log_file = open(member.data_dir / "member.log", "ab")  # noqa: SIM115 - the child owns it
-            processes.append(
-                subprocess.Popen(
-                    member_command(member, members, secret, tokens, timing_flags),
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,  # Ctrl-C reaches us; we stop the members in order
-                )
-            )
-            log_file.close()
+            processes.append(start(member))
         leader = wait_for_leader(members, processes, admin_token, lambda: interrupted)
         if leader is None:
             return 1
-        print_banner(members, leader, tokens, document)
+        print_banner(members, [process.pid for process in processes], leader, tokens, document)
+        supervisor = Supervisor(members)
         while not interrupted:
-            for member, process in zip(members, processes, strict=True):
-                if process.poll() is not None:
-                    print(
-                        f"allot up: member {member.member_id} exited with {process.returncode}; "
-                        f"see {member.data_dir / 'member.log'}. Stopping the cluster.",
-                        file=sys.stderr,
-                    )
+            for position, (member, process) in enumerate(zip(members, processes, strict=True)):
+                code = process.poll()
+                if code is None:
+                    continue
+                if not supervisor.restart_due(position, code, time.monotonic()):
                     return 1
+                if supervisor.ready_to_start(position, time.monotonic()):
+                    processes[position] = start(member)
+                    print(f"allot up: member {member.member_id} restarted on its data", flush=True)
             time.sleep(0.2)
         print("\nallot up: stopping the cluster ...", flush=True)
         return 0
@@ -175,6 +187,54 @@ def up(
         stop_all(processes)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+class Supervisor:
+    """Which exited members `up` restarts, and when (module docstring)."""
+
+    def __init__(self, members: list[PlannedMember]) -> None:
+        self._members = members
+        self._due: dict[int, float] = {}  # position -> when its restart is due
+        self._restarts: dict[int, list[float]] = {}  # position -> times of its recent restarts
+
+    def restart_due(self, position: int, code: int, now: float) -> bool:
+        """Note that the member at position exited with code; False (after saying why) when
+        the cluster must stop instead of restarting it."""
+        if position in self._due:
+            return True
+        member = self._members[position]
+        log = member.data_dir / "member.log"
+        if code >= 0:
+            print(
+                f"allot up: member {member.member_id} exited with {code}; see {log}. Stopping the cluster.",
+                file=sys.stderr,
+            )
+            return False
+        recent = [moment for moment in self._restarts.get(position, []) if now - moment < restart_window_s]
+        if len(recent) >= restarts_max:
+            print(
+                f"allot up: member {member.member_id} was killed {len(recent) + 1} times within "
+                f"{restart_window_s:.0f} s; see {log}. Stopping the cluster.",
+                file=sys.stderr,
+            )
+            return False
+        self._restarts[position] = recent
+        self._due[position] = now + restart_delay_s
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        print(
+            f"allot up: member {member.member_id} was killed by {name}; the others keep serving. "
+            f"Restarting it in {restart_delay_s:.0f} s on its data.",
+            flush=True,
+        )
+        return True
+
+    def ready_to_start(self, position: int, now: float) -> bool:
+        due = self._due.get(position)
+        if due is None or now < due:
+            return False
+        del self._due[position]
+        self._restarts.setdefault(position, []).append(now)
+        return True
 
 
 def wait_for_leader(
@@ -200,11 +260,14 @@ def wait_for_leader(
     return None
 
 
-def print_banner(members: list[PlannedMember], leader: str, tokens: Path, document: dict[str, Any]) -> None:
+def print_banner(
+    members: list[PlannedMember], pids: list[int], leader: str, tokens: Path, document: dict[str, Any]
+) -> None:
     print("Allot is up: a three-member cluster on 127.0.0.1 (Ctrl-C stops it; data stays for next time)")
-    for member in members:
+    for member, pid in zip(members, pids, strict=True):
         role = "leader" if member.member_id == leader else "follower"
-        print(f"  {member.member_id}  http://{member.http_address}  ({role})  data: {member.data_dir}")
+        print(f"  {member.member_id}  http://{member.http_address}  ({role})  pid {pid}  data: {member.data_dir}")
+    print("A member killed by a signal (kill -9 the leader's pid to watch a failover) restarts a second later.")
     print(f"State machine: {build_state().reason}")
     print(f"Tokens (from {tokens}):")
     for entry in document["tokens"]:

@@ -879,7 +879,7 @@ def test_timing_flags_win_over_the_environment(
     assert command[-2:] == ["--node-grace-seconds", "12.5"]
 
 
-# ---- 10. `allot up` starts, answers and stops cleanly on SIGINT -------------------------------------
+# ---- 10. `allot up` starts, answers, restarts a killed member and stops cleanly on SIGINT ---------
 
 
 def test_allot_up_smoke(tmp_path: Path) -> None:
@@ -921,7 +921,7 @@ def test_allot_up_smoke(tmp_path: Path) -> None:
     member_pids: list[int] = []
     try:
         deadline = time.monotonic() + 60.0
-        while not any("Allot is up" in line for line in output):
+        while not any("to watch a failover" in line for line in output):  # the banner, members listed
             remaining = deadline - time.monotonic()
             assert remaining > 0, "allot up did not print 'Allot is up' in time:\n" + "".join(output)
             try:
@@ -936,6 +936,34 @@ def test_allot_up_smoke(tmp_path: Path) -> None:
         assert status.status == 200 and status.body["memberId"] == "m1", status
         member_pids = member_pids_using(directory)
         assert len(member_pids) == 3, (member_pids, "".join(output))
+        assert all(f"pid {pid} " in "".join(output) for pid in member_pids), "".join(output)  # the banner's
+        # A member killed by a signal (a failover to watch) is restarted; the others keep serving.
+        os.kill(member_pids[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30.0
+        while not any("restarted on its data" in line for line in output):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "allot up did not restart the killed member:\n" + "".join(output)
+            with contextlib.suppress(queue.Empty):
+                line = lines.get(timeout=remaining)
+                assert line is not None, f"allot up exited ({process.poll()}) instead:\n" + "".join(output)
+                output.append(line)
+        assert any("was killed by SIGKILL" in line for line in output), "".join(output)
+
+        def all_three_serve_one_leader() -> bool | None:
+            leaders: set[Any] = set()
+            for number in range(3):
+                try:
+                    reply = http_request(f"127.0.0.1:{http_port + number}", "GET", "/v1/status", token=admin)
+                except Unreachable:
+                    return None
+                if reply.status != 200:
+                    return None
+                leaders.add(reply.body.get("leader"))
+            return (len(leaders) == 1 and None not in leaders) or None
+
+        wait_until("the restarted member to rejoin", all_three_serve_one_leader, 30.0)
+        member_pids = member_pids_using(directory)
+        assert len(member_pids) == 3 and process.poll() is None, (member_pids, "".join(output))
         os.kill(process.pid, signal.SIGINT)
         code = process.wait(timeout=30.0)
         assert code == 0, f"allot up exited with {code}:\n" + "".join(output)
