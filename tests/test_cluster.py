@@ -923,7 +923,7 @@ def test_allot_up_smoke(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60.0
         while not any("to watch a failover" in line for line in output):  # the banner, members listed
             remaining = deadline - time.monotonic()
-            assert remaining > 0, "allot up did not print 'Allot is up' in time:\n" + "".join(output)
+            assert remaining > 0, "allot up did not print its banner in time:\n" + "".join(output)
             try:
                 line = lines.get(timeout=remaining)
             except queue.Empty:
