@@ -471,6 +471,38 @@ def test_leader_timers_mark_nodes_not_ready_and_ready_again(tmp_path: Path) -> N
     run(tmp_path, check, member=member)
 
 
+def test_capacity_growth_sweeps_the_whole_queue_not_only_its_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uncordoning a node offers it, in the same apply, to the first 32 queue entries only; a
+    pod further back that only that node can hold is bound by the pass of sweeps the leader
+    starts when it sees capacity grow, not after (pending / 16) timer sweeps."""
+    monkeypatch.setattr("node.scheduling.pass_sweep_interval_s", 0.01)
+    clock = Clock()
+    member = LocalMember(clock=clock)
+
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", "n2", cpu=1000)
+        await api.ok("POST", "/v1/nodes/n2/cordon", ADMIN)
+        member.run_timers(clock.now)  # leads from here; nothing pending yet
+        await member.timers.settle()
+        for number in range(40):  # ahead in the queue (priority), and no node can ever hold them
+            await api.ok("POST", "/v1/pods", ACME, pod(f"huge-{number}", cpu=64_000, priority=100))
+        late = await api.ok("POST", "/v1/pods", ACME, pod("late", nodeSelector={"rack": "2"}))
+        assert late["status"]["phase"] == "Pending"
+        await api.ok("POST", "/v1/nodes/n2/uncordon", ADMIN)
+        assert (await api.ok("GET", "/v1/pods/late", ACME))["status"]["phase"] == "Pending"  # not in the 32
+        sweeps_before = member.timers.sweeps_proposed
+        member.run_timers(clock.now)  # the timer's own sweep is not due: only the pass runs
+        await member.timers.settle()
+        bound = await api.ok("GET", "/v1/pods/late", ACME)
+        assert bound["status"]["phase"] == "Bound" and bound["spec"]["nodeName"] == "n2", bound["status"]
+        assert member.timers.passes_started == 1
+        assert member.timers.sweeps_proposed - sweeps_before == 3  # 41 pending, 16 a sweep
+
+    run(tmp_path, check, member=member)
+
+
 def test_leader_timers_sweep_only_while_pods_are_pending(tmp_path: Path) -> None:
     clock = Clock()
     member = LocalMember(clock=clock)
