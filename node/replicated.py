@@ -102,6 +102,7 @@ class ReplicatedMember:
         self.config = config
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = _Batch()
+        self._leader_pending: _Batch | None = None  # this leader's own decisions, one term (submit_as_leader)
         self._wake: asyncio.Event | None = None
         self._batcher: asyncio.Task[None] | None = None
         self._inflight_batches: dict[int, _Batch] = {}  # proposed, not answered; by id()
@@ -265,12 +266,25 @@ class ReplicatedMember:
 
     async def submit_as_leader(self, envelope: bytes, leader_term: int, timeout_s: float) -> Outcome:
         """A decision this member made as the leader of `leader_term` (the scheduling timers):
-        proposed in a batch of its own, fenced by that term, so that it applies only if this
-        member appends it while still leading that term (node/raft.py, `apply_batch`). Never
-        batched with requests: the fence refuses the whole entry."""
+        proposed in an entry fenced by that term, so that it applies only if this member
+        appends it while still leading that term (node/raft.py, `apply_batch`). Decisions of
+        one term wait together and leave as one entry (a rack going NotReady is one entry, not
+        one per node), never with requests: the fence refuses the whole entry."""
         self._enqueue_check()
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._propose(_Batch(envelopes=[envelope], writers=[future], size_bytes=len(envelope), leader_term=leader_term))
+        pending = self._leader_pending
+        if pending is not None and pending.leader_term != leader_term:
+            # Decided in an earlier term and not yet proposed: the fence would refuse them.
+            for writer in pending.writers:
+                if not writer.done():
+                    writer.set_exception(NoLeaderError("this member's term ended before its decision was proposed"))
+            pending = None
+        if pending is None:
+            pending = self._leader_pending = _Batch(leader_term=leader_term)
+        pending.envelopes.append(envelope)
+        pending.writers.append(future)
+        pending.size_bytes += len(envelope)
+        self._kick()
         return await self._result(future, timeout_s)
 
     async def _result(self, future: asyncio.Future[Outcome], timeout_s: float) -> Outcome:
@@ -312,10 +326,19 @@ class ReplicatedMember:
                 # not coming: under load the one-batch-in-flight rule batches anyway.
                 await asyncio.sleep(window_s)
             while self._has_pending() and len(self._inflight_batches) < inflight_batches_max:
-                self._propose(self._take_batch())
+                self._propose(self._next_batch())
 
     def _has_pending(self) -> bool:
-        return bool(self._pending.envelopes or self._pending.readers)
+        return bool(self._pending.envelopes or self._pending.readers or self._leader_pending)
+
+    def _next_batch(self) -> _Batch:
+        """The leader's own decisions first (few, and a node's condition is time-sensitive),
+        then requests."""
+        leader_batch = self._leader_pending
+        if leader_batch is not None:
+            self._leader_pending = None
+            return leader_batch
+        return self._take_batch()
 
     def _take_batch(self) -> _Batch:
         pending = self._pending
