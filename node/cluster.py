@@ -4,11 +4,13 @@ The first start generates a cluster secret and a token file (an admin and two de
 different orgs) under the data directory, owner-only. Later starts reuse them and the members'
 data. Ctrl-C stops all three members (SIGTERM, then SIGKILL after a grace period).
 
-A member killed by a signal (`kill -9` of the leader, to watch a failover) is restarted on its
-own data a second later while the other two keep serving, at most `restarts_max` times in
-`restart_window_s`. A member that exits by itself (a bad configuration, a broken invariant: it
-stopped on purpose and says why in its log) stops the cluster: restarting it would only repeat
-the failure.
+A member killed by a signal (`kill -9` or `kill` of the leader, to watch a failover) is
+restarted on its own data a second later while the other two keep serving, at most
+`restarts_max` times in `restart_window_s`. A member that exits by itself (a bad configuration,
+a broken invariant: it stopped on purpose and says why in its log) stops the cluster:
+restarting it would only repeat the failure. SIGHUP (the terminal closed) stops the cluster
+like Ctrl-C; if `allot up` itself is killed, its members notice and stop (node/server.py).
+Ports already in use (an earlier `allot up` still running) are refused before anything starts.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from node.accelerate import build_state
+from node.config import PARENT_ENV
 from node.tokens import generate_token_file
 
 members_count = 3
@@ -107,6 +111,36 @@ def fetch_status(http_address: str, token: str, timeout_s: float = 1.0) -> dict[
         return None
 
 
+def port_in_use(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the members bind: TIME_WAIT is free
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            return True
+    return False
+
+
+def busy_ports(members: list[PlannedMember]) -> list[str]:
+    """What of the members' addresses something else listens on, as 'm1 HTTP 127.0.0.1:8401'."""
+    return [
+        f"{member.member_id} {what} {address}"
+        for member in members
+        for what, address in (("HTTP", member.http_address), ("Raft", member.raft_address))
+        if port_in_use(address)
+    ]
+
+
+def killed_by_signal(code: int) -> str | None:
+    """The signal's name when an exit code says a signal ended the member: negative from
+    Popen for an unhandled one, 128 + its number for SIGTERM and SIGINT, which it handles."""
+    number = -code if code < 0 else code - 128 if code - 128 in (signal.SIGTERM, signal.SIGINT) else None
+    if number is None:
+        return None
+    return signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
+
+
 def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in processes:
         if process.poll() is None:
@@ -142,6 +176,14 @@ def up(
         print(f"allot up: {tokens} has no admin token; fix it or remove it to generate a new one", file=sys.stderr)
         return 2
     members = plan(base_dir, http_port, raft_port)
+    busy = busy_ports(members)
+    if busy:
+        print(
+            f"allot up: in use already: {', '.join(busy)}. Is an earlier allot up still running "
+            f"(`pgrep -af 'node.cli serve'`)? Stop it, or choose other ports (--http-port, --raft-port).",
+            file=sys.stderr,
+        )
+        return 2
     processes: list[subprocess.Popen[bytes]] = []
     interrupted = False
 
@@ -149,7 +191,9 @@ def up(
         nonlocal interrupted
         interrupted = True
 
-    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal was closed
+    previous = {signum: signal.signal(signum, on_signal) for signum in handled}
+    member_environment = {**os.environ, PARENT_ENV: str(os.getpid())}
 
     def start(member: PlannedMember) -> subprocess.Popen[bytes]:
         member.data_dir.mkdir(parents=True, exist_ok=True)
@@ -160,6 +204,7 @@ def up(
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches us; we stop the members in order
+                env=member_environment,
             )
 
     try:
@@ -179,7 +224,8 @@ def up(
                     return 1
                 if supervisor.ready_to_start(position, time.monotonic()):
                     processes[position] = start(member)
-                    print(f"allot up: member {member.member_id} restarted on its data", flush=True)
+                    pid = processes[position].pid
+                    print(f"allot up: member {member.member_id} restarted on its data (pid {pid})", flush=True)
             time.sleep(0.2)
         print("\nallot up: stopping the cluster ...", flush=True)
         return 0
@@ -204,7 +250,8 @@ class Supervisor:
             return True
         member = self._members[position]
         log = member.data_dir / "member.log"
-        if code >= 0:
+        name = killed_by_signal(code)
+        if name is None:
             print(
                 f"allot up: member {member.member_id} exited with {code}; see {log}. Stopping the cluster.",
                 file=sys.stderr,
@@ -220,7 +267,6 @@ class Supervisor:
             return False
         self._restarts[position] = recent
         self._due[position] = now + restart_delay_s
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
         print(
             f"allot up: member {member.member_id} was killed by {name}; the others keep serving. "
             f"Restarting it in {restart_delay_s:.0f} s on its data.",

@@ -50,6 +50,10 @@ class Timing:
     pending_retry_s: float = 2.0
 
 
+# Set by `allot up` in its members' environment to its own pid: a member whose parent is no
+# longer that process stops (node/server.py), so killing `allot up` leaves no member running.
+PARENT_ENV = "ALLOT_STOP_WITH_PARENT"
+
 # Environment overrides for Timing fields an operator tunes per cluster (tests and benchmarks
 # start `allot serve` processes and set these rather than new flags for every field).
 TIMING_ENVIRONMENT = {

@@ -879,100 +879,129 @@ def test_timing_flags_win_over_the_environment(
     assert command[-2:] == ["--node-grace-seconds", "12.5"]
 
 
-# ---- 10. `allot up` starts, answers, restarts a killed member and stops cleanly on SIGINT ---------
+# ---- 10. `allot up`: starts, answers, restarts a killed member, stops on SIGINT or SIGHUP -------
+
+
+class AllotUp:
+    """An `allot up` process on free ports in a temp directory, its output read by a thread."""
+
+    def __init__(self, directory: Path, http_port: int, raft_port: int) -> None:
+        self.directory = directory
+        self.http_port = http_port
+        command = [sys.executable, "-m", "node.cli", "up", "--dir", str(directory)]
+        command += ["--http-port", str(http_port), "--raft-port", str(raft_port)]
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO_ROOT,
+            env=child_environment(),
+            start_new_session=True,
+        )
+        register_process(self.process)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._pump, name="allot-up-output", daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            self.lines.put(raw.decode(errors="replace"))
+        self.lines.put(None)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def wait_for(self, words: str, timeout_s: float = 60.0, times: int = 1) -> None:
+        """Read output until `times` lines hold `words` (fails when allot up exits first)."""
+        deadline = time.monotonic() + timeout_s
+        while sum(words in line for line in self.output) < times:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"allot up did not print {words!r} in time:\n" + self.text
+            with contextlib.suppress(queue.Empty):
+                line = self.lines.get(timeout=remaining)
+                assert line is not None, f"allot up exited ({self.process.poll()}) first:\n" + self.text
+                self.output.append(line)
+
+    def admin_token(self) -> str:
+        document = json.loads((self.directory / "tokens.json").read_text())
+        return str(next(entry["token"] for entry in document["tokens"] if entry["role"] == "admin"))
+
+    def all_serve_one_leader(self) -> bool | None:
+        leaders: set[Any] = set()
+        for number in range(3):
+            try:
+                reply = http_request(
+                    f"127.0.0.1:{self.http_port + number}", "GET", "/v1/status", token=self.admin_token()
+                )
+            except Unreachable:
+                return None
+            if reply.status != 200:
+                return None
+            leaders.add(reply.body.get("leader"))
+        return (len(leaders) == 1 and None not in leaders) or None
+
+    def close(self) -> None:
+        reap_process(self.process)
+        for pid in member_pids_using(self.directory):  # only processes this test started, by pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_allot_up_smoke(tmp_path: Path) -> None:
-    directory = tmp_path / "up"
     http_port = free_ports(3, consecutive=True)[0]
     raft_port = free_ports(3, consecutive=True)[0]
-    command = [
-        sys.executable,
-        "-m",
-        "node.cli",
-        "up",
-        "--dir",
-        str(directory),
-        "--http-port",
-        str(http_port),
-        "--raft-port",
-        str(raft_port),
-    ]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        cwd=REPO_ROOT,
-        env=child_environment(),
-        start_new_session=True,
-    )
-    register_process(process)
-    lines: queue.Queue[str | None] = queue.Queue()
-    output: list[str] = []
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            lines.put(raw.decode(errors="replace"))
-        lines.put(None)
-
-    threading.Thread(target=pump, name="allot-up-output", daemon=True).start()
-    member_pids: list[int] = []
+    up = AllotUp(tmp_path / "up", http_port, raft_port)
     try:
-        deadline = time.monotonic() + 60.0
-        while not any("to watch a failover" in line for line in output):  # the banner, members listed
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, "allot up did not print its banner in time:\n" + "".join(output)
-            try:
-                line = lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            assert line is not None, f"allot up exited ({process.poll()}) before it was up:\n" + "".join(output)
-            output.append(line)
-        document = json.loads((directory / "tokens.json").read_text())
-        admin = next(entry["token"] for entry in document["tokens"] if entry["role"] == "admin")
-        status = http_request(f"127.0.0.1:{http_port}", "GET", "/v1/status", token=admin)
+        up.wait_for("to watch a failover")  # the banner, every member listed
+        status = http_request(f"127.0.0.1:{http_port}", "GET", "/v1/status", token=up.admin_token())
         assert status.status == 200 and status.body["memberId"] == "m1", status
-        member_pids = member_pids_using(directory)
-        assert len(member_pids) == 3, (member_pids, "".join(output))
-        assert all(f"pid {pid} " in "".join(output) for pid in member_pids), "".join(output)  # the banner's
+        member_pids = member_pids_using(up.directory)
+        assert len(member_pids) == 3, (member_pids, up.text)
+        assert all(f"pid {pid} " in up.text for pid in member_pids), up.text  # the banner's
         # A member killed by a signal (a failover to watch) is restarted; the others keep serving.
-        os.kill(member_pids[0], signal.SIGKILL)
-        deadline = time.monotonic() + 30.0
-        while not any("restarted on its data" in line for line in output):
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, "allot up did not restart the killed member:\n" + "".join(output)
-            with contextlib.suppress(queue.Empty):
-                line = lines.get(timeout=remaining)
-                assert line is not None, f"allot up exited ({process.poll()}) instead:\n" + "".join(output)
-                output.append(line)
-        assert any("was killed by SIGKILL" in line for line in output), "".join(output)
-
-        def all_three_serve_one_leader() -> bool | None:
-            leaders: set[Any] = set()
-            for number in range(3):
-                try:
-                    reply = http_request(f"127.0.0.1:{http_port + number}", "GET", "/v1/status", token=admin)
-                except Unreachable:
-                    return None
-                if reply.status != 200:
-                    return None
-                leaders.add(reply.body.get("leader"))
-            return (len(leaders) == 1 and None not in leaders) or None
-
-        wait_until("the restarted member to rejoin", all_three_serve_one_leader, 30.0)
-        member_pids = member_pids_using(directory)
-        assert len(member_pids) == 3 and process.poll() is None, (member_pids, "".join(output))
-        os.kill(process.pid, signal.SIGINT)
-        code = process.wait(timeout=30.0)
-        assert code == 0, f"allot up exited with {code}:\n" + "".join(output)
-        wait_until("the members of allot up to exit", lambda: not member_pids_using(directory) or None, 10.0)
+        # SIGKILL, then a plain kill (SIGTERM: the member stops cleanly, exit 143).
+        for number, signum in enumerate((signal.SIGKILL, signal.SIGTERM), start=1):
+            victim = member_pids_using(up.directory)[0]
+            os.kill(victim, signum)
+            up.wait_for(f"was killed by {signum.name}")
+            up.wait_for("restarted on its data", 30.0, times=number)
+            wait_until("the restarted member to rejoin", up.all_serve_one_leader, 30.0)
+            assert len(member_pids_using(up.directory)) == 3 and up.process.poll() is None, up.text
+        # A second allot up on the same ports is refused before it starts anything.
+        ports = ["--http-port", str(http_port), "--raft-port", str(raft_port)]
+        second = subprocess.run(
+            [sys.executable, "-m", "node.cli", "up", "--dir", str(tmp_path / "other"), *ports],
+            check=False,
+            cwd=REPO_ROOT,
+            env=child_environment(),
+            capture_output=True,
+            text=True,
+            timeout=30.0,
+        )
+        assert second.returncode == 2 and "in use already" in second.stderr, second
+        assert up.all_serve_one_leader(), "the refused allot up disturbed the running one"
+        member_pids = member_pids_using(up.directory)
+        os.kill(up.process.pid, signal.SIGHUP)  # the terminal closed: stop like Ctrl-C
+        code = up.process.wait(timeout=30.0)
+        assert code == 0, f"allot up exited with {code}:\n" + up.text
+        wait_until("the members of allot up to exit", lambda: not member_pids_using(up.directory) or None, 10.0)
     finally:
-        reap_process(process)
-        for pid in member_pids_using(directory):  # only processes this test started, by pid
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        up.close()
+
+
+def test_members_of_a_killed_allot_up_stop_by_themselves(tmp_path: Path) -> None:
+    up = AllotUp(tmp_path / "up", free_ports(3, consecutive=True)[0], free_ports(3, consecutive=True)[0])
+    try:
+        up.wait_for("to watch a failover")
+        assert len(member_pids_using(up.directory)) == 3, up.text
+        os.kill(up.process.pid, signal.SIGKILL)  # it cannot stop its members, which run in their own sessions
+        up.process.wait(timeout=10.0)
+        wait_until("the orphaned members to stop", lambda: not member_pids_using(up.directory) or None, 20.0)
+    finally:
+        up.close()
 
 
 def test_metrics_show_replication_and_pools(cluster: Cluster) -> None:
