@@ -477,7 +477,7 @@ def test_capacity_growth_sweeps_the_whole_queue_not_only_its_head(
     """Uncordoning a node offers it, in the same apply, to the first 32 queue entries only; a
     pod further back that only that node can hold is bound by the pass of sweeps the leader
     starts when it sees capacity grow, not after (pending / 16) timer sweeps."""
-    monkeypatch.setattr("node.scheduling.pass_sweep_interval_s", 0.01)
+    monkeypatch.setattr("node.scheduling.pass_pause_min_s", 0.001)
     clock = Clock()
     member = LocalMember(clock=clock)
 
