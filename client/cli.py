@@ -615,7 +615,8 @@ def _scope(org: str | None, project: str | None) -> str:
 
 def pools_table(pools: Iterable[IPPool]) -> Table:
     table = Table(title="IP pools", title_justify="left")
-    for column in ("NAME", "SCOPE", "CIDR", "FAMILY", "UTILISATION", "USED/TOTAL", "FREE", "LARGEST FREE", "PHASE"):
+    columns = ("NAME", "SCOPE", "VISIBILITY", "CIDR", "FAMILY", "UTILISATION", "USED/TOTAL", "FREE", "LARGEST FREE")
+    for column in (*columns, "PHASE"):
         table.add_column(column, no_wrap=column in ("NAME", "CIDR"))
     for pool in pools:
         capacity = pool.status.capacity
@@ -623,6 +624,7 @@ def pools_table(pools: Iterable[IPPool]) -> Table:
         table.add_row(
             pool.name,
             _scope(pool.metadata.org, pool.metadata.project),
+            _dash(pool.spec.visibility),  # internal pools are platform-scoped too: this tells them apart
             _dash(pool.status.allocated_cidr or pool.spec.cidr),
             _dash(pool.spec.ip_family),
             _utilisation(pool),

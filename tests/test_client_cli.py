@@ -124,7 +124,8 @@ def test_pool_and_claim_lifecycle(cluster: Cluster, workdir: Path) -> None:
     table = ok(allot(cluster, workdir, "pool", "list"))
     row = next(line for line in table.splitlines() if "cli-edge" in line)
     assert "10.201.0.0/29" in row and "62.50%" in row and "5/8" in row and "/31" in row, row
-    assert "UTILISATION" in table and "FREE" in table
+    assert "UTILISATION" in table and "FREE" in table and "VISIBILITY" in table
+    assert [cell.strip() for cell in row.split("│")][2:4] == ["platform", "platform"], row  # SCOPE, VISIBILITY
     listed = json.loads(ok(allot(cluster, workdir, "pool", "list", "-o", "json", "-l", "env=cli")))
     assert [item["metadata"]["name"] for item in listed["items"]] == ["cli-edge"]
     assert listed["items"][0]["status"]["capacity"] == {"allocated": 5, "available": 3, "reserved": 0, "total": 8}
