@@ -235,7 +235,7 @@ class AsyncWritableResource(AsyncReadableResource[T]):
         timeout: float | None = None,
         deadline: float | None = None,
     ) -> T:
-        """Create (or, with the same spec, get back) the object; `spec` uses the API's field names."""
+        """Create (or, with the same spec and labels, get back) the object; `spec` uses the API's field names."""
         created, _ = await self.create_with_status(
             name,
             spec,

@@ -321,7 +321,7 @@ class WritableResource(ReadableResource[T]):
         timeout: float | None = None,
         deadline: float | None = None,
     ) -> T:
-        """Create (or, with the same spec, get back) the object; `spec` uses the API's field names."""
+        """Create (or, with the same spec and labels, get back) the object; `spec` uses the API's field names."""
         created, _ = self.create_with_status(
             name,
             spec,

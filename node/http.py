@@ -88,7 +88,7 @@ ERROR_STATUS: dict[str, int] = {
     "not_found": 404,  # also another tenant's objects, and unknown routes
     "method_not_allowed": 405,
     "request_timeout": 408,  # the request body did not arrive in time
-    "already_exists": 409,  # same name, different spec
+    "already_exists": 409,  # same name, a different spec or labels
     "conflict": 409,  # overlap, still in use, an Idempotency-Key reused for another request
     "pool_exhausted": 409,  # no room: a state of the pool, not a fault of the server (see DESIGN)
     "quota_exceeded": 403,  # as Kubernetes answers an exceeded ResourceQuota; details say which limit

@@ -5,8 +5,8 @@ asks for a prefix length, a specific `address` (a host block) or a specific `cid
 (the class's or pool's default length). Creating it carves the block and writes both the claim
 and its IPAllocation record; the answer carries `status.allocatedCIDR`.
 
-Claims are idempotent by name: the same name and spec again returns the existing claim; another
-spec under the same name is `already_exists`.
+Claims are idempotent by name: the same name, spec and labels again returns the existing claim;
+another spec or other labels under the same name is `already_exists` (`errors.already_exists`).
 
 Deleting a claim with `reclaimPolicy: Delete` frees the block at once. With `Retain` the
 allocation stays, phase `Released`, reserved to the same tenant: creating a claim with the same
@@ -29,12 +29,12 @@ from statemachine.addresses import FAMILY_BITS, Block, check_not_ipv4_mapped, pa
 from statemachine.codec import ROLE_MEMBER, Principal, dump_record, loads
 from statemachine.context import ADDED, MODIFIED, Context, Encoder, format_uid, parse_uid, rfc3339
 from statemachine.errors import (
-    ALREADY_EXISTS,
     CONFLICT,
     NOT_FOUND,
     POOL_EXHAUSTED,
     InvariantViolation,
     Rejected,
+    already_exists,
     invalid,
 )
 from statemachine.fields import check_labels, check_map, check_name, opt_choice, opt_int, opt_str
@@ -187,13 +187,19 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
     existing = _load(ctx.ov, claim_key)
     if existing is not None:
-        if existing["spec"] == spec:
+        same_spec, same_labels = existing["spec"] == spec, existing["metadata"]["labels"] == labels
+        if same_spec and same_labels:
             return existing, False
-        raise Rejected(
-            ALREADY_EXISTS,
-            f"IPClaim {namespace}/{name} already exists with a different spec "
-            f"(it holds {existing['status']['allocatedCIDR']})",
-            {"name": name, "namespace": namespace, "allocatedCIDR": existing["status"]["allocatedCIDR"]},
+        held = existing["status"]["allocatedCIDR"]
+        raise already_exists(
+            f"IPClaim {namespace}/{name} already exists",
+            same_spec,
+            same_labels,
+            "IPClaims cannot be changed: delete it first",
+            f" (it holds {held})",
+            name=name,
+            namespace=namespace,
+            allocatedCIDR=held,
         )
 
     # Where may the block come from, and under which policy?

@@ -15,7 +15,7 @@ from statemachine import keys
 from statemachine.addresses import FAMILY_BITS
 from statemachine.codec import Principal, loads
 from statemachine.context import ADDED, Context
-from statemachine.errors import ALREADY_EXISTS, CONFLICT, FORBIDDEN, NOT_FOUND, Rejected, invalid
+from statemachine.errors import CONFLICT, FORBIDDEN, NOT_FOUND, Rejected, already_exists, invalid
 from statemachine.fields import check_labels, check_map, check_name, opt_bool, opt_choice, opt_str_list
 from statemachine.policy import RECLAIM_DELETE, RECLAIM_POLICIES, check_allocation
 from statemachine.view import ReadView, prefix_end
@@ -81,9 +81,16 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     spec = check_spec(body.get("spec"))
     existing = load(ctx.ov, name)
     if existing is not None:
-        if existing["spec"] == spec:
+        same_spec, same_labels = existing["spec"] == spec, existing["metadata"]["labels"] == labels
+        if same_spec and same_labels:
             return existing, False
-        raise Rejected(ALREADY_EXISTS, f"IPClass {name} already exists with a different spec", {"name": name})
+        raise already_exists(
+            f"IPClass {name} already exists",
+            same_spec,
+            same_labels,
+            "IPClasses cannot be changed: delete it first (no pool may list it)",
+            name=name,
+        )
     if spec["isDefault"]:
         current = default_class_name(ctx.ov)
         if current is not None:

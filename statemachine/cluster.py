@@ -27,12 +27,12 @@ from typing import Any
 from statemachine import classes, keys, nodes, pods, quotas, scheduler
 from statemachine.context import ADDED, MODIFIED, Context
 from statemachine.errors import (
-    ALREADY_EXISTS,
     CONFLICT,
     NOT_FOUND,
     UNSCHEDULABLE,
     InvariantViolation,
     Rejected,
+    already_exists,
     invalid,
 )
 from statemachine.fields import check_map, check_name, opt_bool, opt_choice, opt_int, opt_str
@@ -85,12 +85,15 @@ def node_register(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], b
         wanted = {**spec, "unschedulable": existing["spec"]["unschedulable"]}
         if wanted.get("podCIDRPrefixLength") is None:
             wanted["podCIDRPrefixLength"] = existing["spec"]["podCIDRPrefixLength"]
-        if existing["spec"] == wanted and existing["metadata"]["labels"] == labels:
+        same_spec, same_labels = existing["spec"] == wanted, existing["metadata"]["labels"] == labels
+        if same_spec and same_labels:
             return nodes.render(ctx.ov, existing), False
-        raise Rejected(
-            ALREADY_EXISTS,
-            f"Node {name} is already registered with a different spec or labels; delete it first to change them",
-            {"name": name},
+        raise already_exists(
+            f"Node {name} is already registered",
+            same_spec,
+            same_labels,
+            "delete it first to change them (drain it if pods are bound)",
+            name=name,
         )
     cluster = Cluster.load(ctx.ov)
     if cluster.nodes >= nodes.nodes_max:
@@ -219,12 +222,17 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
     scheduler.fill_default_requests(spec, has_requests, tenant)
     existing = pods.load(ctx.ov, key)
     if existing is not None:
-        if {**existing["spec"], "nodeName": None} == spec and existing["metadata"]["labels"] == labels:
+        same_spec = {**existing["spec"], "nodeName": None} == spec
+        same_labels = existing["metadata"]["labels"] == labels
+        if same_spec and same_labels:
             return existing, False
-        raise Rejected(
-            ALREADY_EXISTS,
-            f"Pod {namespace}/{name} already exists with a different spec; pods are immutable, delete it first",
-            {"name": name, "namespace": namespace},
+        raise already_exists(
+            f"Pod {namespace}/{name} already exists",
+            same_spec,
+            same_labels,
+            "Pods cannot be changed: delete it first",
+            name=name,
+            namespace=namespace,
         )
     # A pod that could never fit the quota, even with nothing else running, is refused outright;
     # one that would fit once other pods go waits in the queue.

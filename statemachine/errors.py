@@ -68,3 +68,27 @@ def invalid(message: str, field_path: str | None = None, **details: Any) -> Reje
     if field_path is not None:
         details = {"field": field_path, **details}
     return Rejected(INVALID, message, details)
+
+
+def already_exists(
+    subject: str, same_spec: bool, same_labels: bool, remedy: str, holds: str = "", **details: Any
+) -> Rejected:
+    """A create naming an object that exists with another spec, other labels, or both.
+
+    One rule for every kind with labels: a create answers the existing object (created=False)
+    only when its spec and its labels are both identical (labels compared as `check_labels`
+    leaves them, sorted, so their order never matters); anything else is `already_exists`,
+    saying what differs (`details.differs`: "spec", "labels") and how to change it (`remedy`).
+    A create never changes an existing object, not even its labels: a client told "unchanged"
+    must hold exactly what it asked for."""
+    differs: list[str] = []
+    said: list[str] = []
+    if not same_spec:
+        differs.append("spec")
+        said.append("a different spec")
+    if not same_labels:
+        differs.append("labels")
+        said.append("different labels")
+    return Rejected(
+        ALREADY_EXISTS, f"{subject} with {' and '.join(said)}{holds}; {remedy}", {**details, "differs": differs}
+    )

@@ -28,6 +28,17 @@ Scope and visibility:
   range away from tenants, create an `internal` pool (or an internal child of a platform pool).
 A tenant that cannot see a pool gets `not_found` for it, exactly as if it did not exist.
 
+A child of a tenant's pool belongs to that tenant. A `platform` or `internal` child of a pool
+with an org is `invalid` (`spec.visibility`, `details.parentPool`; `forbidden` first for a
+member asking for either): a platform child would hand the tenant's range to every tenant, an
+internal one would hide part of it from the tenant, and either would keep the tenant from
+deleting its own pool (it would still have a child pool the tenant cannot delete). That covers
+the platform admin's default too: acting for no tenant, a pool without `visibility` is
+`platform`, so the admin acts for the tenant (`?org=&project=`) to carve a child of its pool,
+which then belongs to that project (`consumer` by default, or `shared`), as a member's would.
+Checked after the "same spec again" answer (like `_check_ipv4_mapped`), so a platform child of
+a tenant pool stored by an earlier build still answers an identical re-create.
+
 Pools are referred to by name ("name": the caller's own project first, then the platform),
 by "project/name" within the caller's org, or by "org/project/name". A pool's id, shown in
 references, is "name" for platform pools and "org/project/name" for tenant pools.
@@ -53,13 +64,13 @@ from statemachine.buddy import PoolState
 from statemachine.codec import Principal, dump_record, loads
 from statemachine.context import ADDED, Context, parse_uid
 from statemachine.errors import (
-    ALREADY_EXISTS,
     CONFLICT,
     FORBIDDEN,
     NOT_FOUND,
     POOL_EXHAUSTED,
     InvariantViolation,
     Rejected,
+    already_exists,
     invalid,
 )
 from statemachine.fields import check_labels, check_map, check_name, opt_choice, opt_int, opt_str_list
@@ -223,17 +234,14 @@ def exhausted(pool_ref: str, length: int, state: PoolState) -> Rejected:
 
 
 def _scope(principal: Principal, visibility: str) -> tuple[str, str]:
+    """The (org, project) a new pool belongs to, from who asks; checked before the parent pool
+    is looked up. Whether a platform-owned pool may be created there is checked once the parent
+    is known (`_check_internal_acting`, `_tenant_parent`)."""
     if visibility == VISIBILITY_PLATFORM:
         classes.require_admin(principal, "create a platform pool")
         return "", ""
     if visibility == VISIBILITY_INTERNAL:
         classes.require_admin(principal, "create an internal pool")
-        if principal.has_tenant:
-            raise invalid(
-                f"an internal pool is hidden from tenants, and acting for {principal.org}/{principal.project} "
-                "you could not see it: act for the platform (no org/project), or use visibility: platform",
-                "spec.visibility",
-            )
         return "", ""
     if not principal.has_tenant:
         raise invalid(
@@ -241,6 +249,42 @@ def _scope(principal: Principal, visibility: str) -> tuple[str, str]:
             "spec.visibility",
         )
     return principal.org, principal.project
+
+
+def _check_internal_acting(principal: Principal, visibility: str, parent: dict[str, Any] | None, given: bool) -> None:
+    """An internal pool only from an admin acting for the platform. Checked once the parent is
+    known, so that an admin acting for a tenant who asks for an internal child of a tenant's pool
+    is told that the child belongs to the tenant, not to act for the platform (refused too)."""
+    if visibility != VISIBILITY_INTERNAL or not principal.has_tenant:
+        return
+    if parent is not None and parent["metadata"]["org"]:
+        raise _tenant_parent(parent, visibility, given)
+    raise invalid(
+        f"an internal pool is hidden from tenants, and acting for {principal.org}/{principal.project} "
+        "you could not see it: act for the platform (no org/project), or use visibility: platform",
+        "spec.visibility",
+    )
+
+
+def _tenant_parent(parent: dict[str, Any], visibility: str, given: bool) -> Rejected:
+    """A platform-owned (`platform` or `internal`) child of a tenant's pool, refused.
+
+    A child of a tenant's pool belongs to that tenant: a platform child would hand the tenant's
+    range to every tenant, an internal one would hide it from the tenant, and either would keep
+    the tenant from deleting its own pool (it would still have a child pool the tenant can
+    neither see nor delete). `given` is false when the visibility is the platform admin's
+    default, `platform`."""
+    metadata = parent["metadata"]
+    org, project = metadata["org"], metadata["project"]
+    parent_id = pool_id(org, project, metadata["name"])
+    said = f"visibility: {visibility}" if given else "visibility: platform (the default when acting for no tenant)"
+    return invalid(
+        f"IPPool {parent_id} belongs to tenant {org}/{project}, and a child of a tenant's pool belongs to that "
+        f"tenant; {said} would make it a platform pool: act for {org}/{project} and use visibility consumer "
+        "or shared",
+        "spec.visibility",
+        parentPool=parent_id,
+    )
 
 
 def _check_overlap_free(view: ReadView, space: str, block: Block) -> None:
@@ -345,6 +389,7 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     labels = check_labels(body.get("labels"), "labels")
     spec_in = check_map(body.get("spec"), "spec", _spec_fields)
     visibility = opt_choice(spec_in, "visibility", "spec.visibility", VISIBILITIES)
+    given = visibility is not None
     if visibility is None:
         visibility = VISIBILITY_CONSUMER if ctx.principal.has_tenant else VISIBILITY_PLATFORM
     org, project = _scope(ctx.principal, visibility)
@@ -353,6 +398,8 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     parent: tuple[bytes, dict[str, Any]] | None = None
     if spec_in.get("parentPool") is not None:
         parent = resolve(ctx.ov, ctx.principal, spec_in["parentPool"], "spec.parentPool")
+    _check_internal_acting(ctx.principal, visibility, None if parent is None else parent[1], given)
+    if parent is not None:
         parent_block = block_of(parent[1])
         family, space = parent_block.family, parent[1]["status"]["addressSpace"]
         if spec_in.get("addressSpace") is not None:
@@ -417,9 +464,18 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
     existing = load(ctx.ov, key)
     if existing is not None:
-        if existing["spec"] == spec:
+        same_spec, same_labels = existing["spec"] == spec, existing["metadata"]["labels"] == labels
+        if same_spec and same_labels:
             return render(ctx.ov, existing), False
-        raise Rejected(ALREADY_EXISTS, f"IPPool {pool_id(org, project, name)} already exists with a different spec")
+        raise already_exists(
+            f"IPPool {pool_id(org, project, name)} already exists",
+            same_spec,
+            same_labels,
+            "IPPools cannot be changed: delete it first (it must hold no allocations or child pools)",
+            name=pool_id(org, project, name),
+        )
+    if parent is not None and visibility in PLATFORM_VISIBILITIES and parent[1]["metadata"]["org"]:
+        raise _tenant_parent(parent[1], visibility, given)  # after "same again", as _check_ipv4_mapped
     if wanted is not None:
         _check_ipv4_mapped(wanted, spec_in, None)
 

@@ -24,7 +24,7 @@ from statemachine import buddy, claims, keys, pools, quotas
 from statemachine.addresses import FAMILY_BITS, Block, check_not_ipv4_mapped, format_address, parse_address
 from statemachine.codec import loads
 from statemachine.context import ADDED, Context
-from statemachine.errors import ALREADY_EXISTS, NOT_FOUND, InvariantViolation, Rejected, invalid
+from statemachine.errors import NOT_FOUND, InvariantViolation, Rejected, already_exists, invalid
 from statemachine.fields import check_labels, check_map, check_name, list_items_max, opt_choice, opt_int, opt_str
 from statemachine.policy import check_length_allowed
 from statemachine.view import ReadView
@@ -162,13 +162,19 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     key = keys.service_key(principal.org, principal.project, namespace, name)
     existing = load(ctx.ov, key)
     if existing is not None:
-        if existing["spec"] == spec:
+        same_spec, same_labels = existing["spec"] == spec, existing["metadata"]["labels"] == labels
+        if same_spec and same_labels:
             return existing, False
-        raise Rejected(
-            ALREADY_EXISTS,
-            f"Service {namespace}/{name} already exists with a different spec "
-            f"(it holds {existing['status']['address']})",
-            {"name": name, "namespace": namespace, "address": existing["status"]["address"]},
+        held = existing["status"]["address"]
+        raise already_exists(
+            f"Service {namespace}/{name} already exists",
+            same_spec,
+            same_labels,
+            "Services cannot be changed: delete it first",
+            f" (it holds {held})",
+            name=name,
+            namespace=namespace,
+            address=held,
         )
     pool_ref, block, class_name = _carve_address(ctx, spec, specific, key)
     service = {

@@ -411,6 +411,8 @@ class Model:
             if existing.spec == spec:
                 return Expect(OK, cidr=str(existing.block))
             return refuse(ALREADY_EXISTS)
+        if not isinstance(source, Blk) and visibility == "platform" and source.org:
+            return refuse(INVALID)  # a child of a tenant's pool belongs to that tenant
 
         # Where the block comes from.
         if isinstance(source, Blk):

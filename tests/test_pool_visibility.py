@@ -261,3 +261,74 @@ def test_only_the_platform_admin_deletes_an_internal_pool(tenant: Principal) -> 
     _not_found(m.refused(tenant, "pool.delete", {"name": "pods"}))
     m.ok(ADMIN, "pool.delete", {"name": "pods"})
     assert _names(m, ADMIN) == ["public"]
+
+
+# ---- children of a tenant's pool -------------------------------------------------------------
+
+
+def _tenant_pool() -> Machine:
+    """acme/web owns `tp`, a consumer child of the platform pool `public`."""
+    m = _cluster()
+    tp = m.ok(WEB, "pool.create", {"name": "tp", "spec": {"parentPool": "public", "prefixLength": 26}})
+    assert (tp["metadata"]["org"], tp["metadata"]["project"]) == ("acme", "web")
+    return m
+
+
+@pytest.mark.parametrize("visibility", ["internal", "platform"])
+def test_the_platform_admin_may_not_give_a_tenant_pool_a_platform_owned_child(visibility: str) -> None:
+    m = _tenant_pool()
+    body = {"name": "child", "spec": {"parentPool": "acme/web/tp", "prefixLength": 28, "visibility": visibility}}
+    refused = m.refused(ADMIN, "pool.create", body)
+    assert refused.code == "invalid" and refused.details.get("field") == "spec.visibility", refused
+    assert refused.details.get("parentPool") == "acme/web/tp", refused
+    assert "a child of a tenant's pool belongs to that tenant" in refused.message, refused.message
+    assert f"visibility: {visibility}" in refused.message and "act for acme/web" in refused.message
+    # The tenant still owns all of its pool, and can delete it.
+    m.ok(WEB, "pool.delete", {"name": "tp"})
+
+
+def test_the_platform_admin_default_visibility_is_refused_under_a_tenant_pool() -> None:
+    """Acting for no tenant, a pool without visibility is `platform`: the same refusal, saying so."""
+    m = _tenant_pool()
+    refused = m.refused(
+        ADMIN, "pool.create", {"name": "child", "spec": {"parentPool": "acme/web/tp", "prefixLength": 28}}
+    )
+    assert refused.code == "invalid" and refused.details.get("field") == "spec.visibility", refused
+    assert "the default when acting for no tenant" in refused.message, refused.message
+
+
+@pytest.mark.parametrize("visibility", ["internal", "platform"])
+def test_an_admin_acting_for_the_tenant_is_told_to_use_a_tenant_visibility(visibility: str) -> None:
+    """Not "act for the platform": that would be refused too."""
+    m = _tenant_pool()
+    body = {"name": "child", "spec": {"parentPool": "tp", "prefixLength": 28, "visibility": visibility}}
+    refused = m.refused(ACTING, "pool.create", body)
+    assert refused.code == "invalid" and refused.details.get("field") == "spec.visibility", refused
+    assert "a child of a tenant's pool belongs to that tenant" in refused.message, refused.message
+
+
+def test_a_member_asking_for_an_internal_child_of_its_pool_is_still_forbidden() -> None:
+    m = _tenant_pool()
+    body = {"name": "child", "spec": {"parentPool": "tp", "prefixLength": 28, "visibility": "internal"}}
+    assert m.refused(WEB, "pool.create", body).code == "forbidden"
+
+
+@pytest.mark.parametrize("visibility", [None, "consumer", "shared"])
+def test_an_admin_acting_for_the_tenant_carves_a_child_the_tenant_owns(visibility: str | None) -> None:
+    m = _tenant_pool()
+    spec: dict[str, Any] = {"parentPool": "tp", "prefixLength": 28}
+    if visibility is not None:
+        spec["visibility"] = visibility
+    child = m.ok(ACTING, "pool.create", {"name": "child", "spec": spec})
+    assert (child["metadata"]["org"], child["metadata"]["project"]) == ("acme", "web")
+    assert child["spec"]["visibility"] == (visibility or "consumer")
+    assert "child" in _names(m, WEB)
+    m.ok(WEB, "pool.delete", {"name": "child"})
+    m.ok(WEB, "pool.delete", {"name": "tp"})
+
+
+def test_platform_owned_children_of_platform_pools_are_unchanged() -> None:
+    m = _cluster()
+    for visibility in ("internal", "platform"):
+        body = {"name": visibility, "spec": {"parentPool": "public", "prefixLength": 28, "visibility": visibility}}
+        assert m.ok(ADMIN, "pool.create", body)["spec"]["visibility"] == visibility
