@@ -251,7 +251,8 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 _dns_label = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _idempotency_key = re.compile(rf"[\x21-\x7e]{{1,{idempotency_key_chars_max}}}")
-_decimal = re.compile(r"[0-9]{1,18}")
+_decimal_digits_max = 18  # query integers (limit, resourceVersion, timeoutSeconds) have at most this many
+_decimal = re.compile(rf"[0-9]{{1,{_decimal_digits_max}}}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
@@ -545,11 +546,16 @@ class Api:
         except MemberError as exc:
             raise retry_after("unavailable", str(exc) or "the member cannot serve this now", 1) from None
 
+    async def _catch_up(self, what: str) -> None:
+        """A read barrier: return once this member has applied everything the leader had
+        committed when it was called; 504 `timeout` (nothing changed: retry `what`) if not in time."""
+        timeout = ApiError("timeout", f"the read barrier did not complete in time; nothing changed, retry {what}")
+        await self._call(self.member.read_barrier(self.limits.request_timeout_s), timeout)
+
     async def _consistency(self, params: dict[str, str]) -> str:
         consistency = params.get("consistency", CONSISTENCY_LINEARIZABLE)
         if consistency == CONSISTENCY_LINEARIZABLE:
-            timeout = ApiError("timeout", "the read barrier did not complete in time; nothing changed, retry the read")
-            await self._call(self.member.read_barrier(self.limits.request_timeout_s), timeout)
+            await self._catch_up("the read")
         elif consistency != CONSISTENCY_STALE:
             raise invalid(
                 f"consistency must be {CONSISTENCY_LINEARIZABLE} or {CONSISTENCY_STALE}, not {consistency!r}",
@@ -680,8 +686,7 @@ class Api:
             # Registered a moment ago through another member, perhaps, and not applied here
             # yet: an agent told its registration succeeded must not hear "not registered".
             # So a miss catches up with the leader's commit before it is believed.
-            timeout = ApiError("timeout", "the read barrier did not complete in time; retry the heartbeat")
-            await self._call(self.member.read_barrier(self.limits.request_timeout_s), timeout)
+            await self._catch_up("the heartbeat")
             with self.member.reader() as view:
                 node = nodes.load(view, name)
         if node is None:
@@ -839,8 +844,7 @@ class Api:
             current = Meta.load(view).revision
         if start <= current:
             return
-        timeout = ApiError("timeout", "the read barrier did not complete in time; nothing changed, retry the watch")
-        await self._call(self.member.read_barrier(self.limits.request_timeout_s), timeout)
+        await self._catch_up("the watch")
         with self.member.reader() as view:
             current = Meta.load(view).revision
         if start > current:
@@ -910,7 +914,9 @@ def _int_param(params: dict[str, str], name: str) -> int | None:
     if value is None:
         return None
     if not _decimal.fullmatch(value):
-        raise invalid(f"{name} must be a non-negative integer of at most 18 digits, not {value!r}", name)
+        raise invalid(
+            f"{name} must be a non-negative integer of at most {_decimal_digits_max} digits, not {value!r}", name
+        )
     return int(value)
 
 

@@ -28,10 +28,10 @@ hints and clocks, none of which is replicated:
   nomination; a quota is set or removed: `Planner.capacity_events`), a *pass*: sweeps in a row,
   each followed by a pause of `pass_pause_factor` times its own duration (so a pass spends at
   most a quarter of the time sweeping, whatever a sweep costs at this cluster's size), until the
-  whole queue has been swept once. The apply of the
-  event itself offers the freed nodes only to their nominees and the first `retry_heads_max`
-  queue entries, so without a pass a pod further back that fits waited for the timer's sweeps
-  to reach it: (pending / 16) x 2 s, 21 minutes behind 10,000 pending pods.
+  whole queue has been swept once. The apply of the event itself offers the freed nodes only to
+  their nominees and the first `retry_heads_max` queue entries, so without a pass a pod further
+  back that fits waited for the timer's sweeps to reach it: (pending / 16) x 2 s, 21 minutes
+  behind 10,000 pending pods.
 
 Everything that grows is bounded: heartbeat names (`heartbeat_names_max`), names forwarded per
 keep-alive (`sightings_per_message_max`), plans in flight (`plans_in_flight_max`), signature
