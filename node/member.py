@@ -129,7 +129,7 @@ class LocalMember:
             self._index += 1
             outcome = apply(self._store, envelope, self._index)
             self._store.apply_writes(outcome.writes)
-            self.planner.observe(outcome.writes)
+            self.planner.observe(Planner.observed(outcome.writes))  # as a replicated member does
         if outcome.writes:
             condition = self._condition()
             async with condition:

@@ -49,10 +49,10 @@ from node.member import NoLeaderError, OutcomeUnknownError, OverloadedError
 from node.raft import AllotRaft, DumpWriter, batch_envelopes_max, encode_batch, raft_conf, repair_journal
 from node.scheduling import HeartbeatTable, Planner, PodPlan, SchedulingTimers
 from node.store import open_replica_store
-from statemachine import Envelope, Outcome, Principal, encode_envelope, keys, queries
+from statemachine import Envelope, Outcome, Principal, encode_envelope, queries
 from statemachine.context import Meta
 from statemachine.pools import pool_id
-from statemachine.view import ReadView, Write
+from statemachine.view import ReadView
 
 log = logging.getLogger("allot.member")
 
@@ -215,12 +215,7 @@ class ReplicatedMember:
         """Tick thread: hand the node and scheduler records an entry wrote to the planner."""
         if self._loop is None:
             return  # replay at start: the planner loads from the store when first used
-        scheduling: list[Write] = [
-            write
-            for outcome in outcomes
-            for write in outcome.writes
-            if write[0].startswith(keys.NODE_STATE) or write[0] == keys.SCHEDULER
-        ]
+        scheduling = Planner.observed(write for outcome in outcomes for write in outcome.writes)
         if scheduling:
             self._loop.call_soon_threadsafe(self.planner.observe, scheduling)
 

@@ -68,6 +68,7 @@ from statemachine.scheduler import (
 from statemachine.view import ReadView, Write
 
 log = logging.getLogger("allot.scheduling")
+_OBSERVED_PREFIXES = (keys.NODE_STATE, keys.SCHEDULER, keys.QUOTA)  # what Planner.observe reads
 
 plans_in_flight_max = 4096  # plans reserved and not answered; beyond this pods go unplanned
 plan_signatures_max = 16  # pod shapes with a candidate heap; the least recently used is dropped
@@ -201,8 +202,15 @@ class Planner:
         for name in self._truth:
             self._refresh(name)
 
+    @staticmethod
+    def observed(writes: Iterable[Write]) -> list[Write]:
+        """Of applied writes, the ones `observe` reads: node records, the scheduler record and
+        quotas (a quota set or removed can let a pending pod fit). Members hand the planner only
+        these, from the thread that applies, so the filter is one place for every member."""
+        return [write for write in writes if write[0].startswith(_OBSERVED_PREFIXES)]
+
     def observe(self, writes: Iterable[Write]) -> None:
-        """Writes of applied entries, in apply order: node records and the scheduler record."""
+        """Writes of applied entries, in apply order (`observed` picks them)."""
         truth = self._truth
         if truth is None:
             return  # loading later reads them from the store

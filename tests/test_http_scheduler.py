@@ -20,7 +20,7 @@ from node.http import ERROR_STATUS, Limits
 from node.member import LocalMember
 from node.memstore import MemoryStore
 from node.scheduling import HeartbeatTable, NodeMonitor, Planner
-from statemachine import Envelope, Ok, Principal, apply, encode_envelope, scheduler
+from statemachine import Envelope, Ok, Principal, apply, encode_envelope, keys, scheduler
 from statemachine.invariants import check_invariants
 from statemachine.scheduler import plan_pod
 from tests.test_http import ACME, ADMIN, GLOBEX, Api, auth, read_events, run, watch_url
@@ -501,6 +501,54 @@ def test_capacity_growth_sweeps_the_whole_queue_not_only_its_head(
         assert member.timers.sweeps_proposed - sweeps_before == 3  # 41 pending, 16 a sweep
 
     run(tmp_path, check, member=member)
+
+
+def test_a_raised_quota_sweeps_the_whole_queue_not_only_its_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quota raised is capacity growth too: a pod waiting on its project's quota behind 40
+    pods that no node can hold is bound by the leader's pass. The member hands its planner the
+    writes `Planner.observed` picks, as a replicated member does (a member that dropped quota
+    writes there left such a pod to the timer's sweeps)."""
+    monkeypatch.setattr("node.scheduling.pass_pause_min_s", 0.001)
+    clock = Clock()
+    member = LocalMember(clock=clock)
+
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", cpu=1000)
+        member.run_timers(clock.now)  # leads from here; nothing pending yet
+        await member.timers.settle()
+        assert (await api.call("POST", "/v1/quotas", ADMIN, {"name": "acme/web", "spec": {"pods": 1}})).status == 201
+        await api.ok("POST", "/v1/pods", ACME, pod("first"))
+        for number in range(40):  # ahead in the queue (priority), and no node can ever hold them
+            await api.ok("POST", "/v1/pods", GLOBEX, pod(f"huge-{number}", cpu=64_000, priority=100))
+        late = await api.ok("POST", "/v1/pods", ACME, pod("late"))
+        assert late["status"]["reason"] == "QuotaExceeded", late["status"]
+        await api.ok("POST", "/v1/quotas", ADMIN, {"name": "acme/web", "spec": {"pods": 2}})
+        assert (await api.ok("GET", "/v1/pods/late", ACME))["status"]["phase"] == "Pending"  # not in the 32
+        member.run_timers(clock.now)  # the timer's own sweep is not due: only the pass runs
+        await member.timers.settle()
+        bound = await api.ok("GET", "/v1/pods/late", ACME)
+        assert bound["status"]["phase"] == "Bound", bound["status"]
+        assert member.timers.passes_started == 1
+
+    run(tmp_path, check, member=member)
+
+
+def test_planner_is_handed_node_scheduler_and_quota_writes_only() -> None:
+    writes = [
+        (keys.NODE_STATE + b"n1", b"x"),
+        (keys.SCHEDULER, b"y"),
+        (keys.QUOTA + b"acme/web", None),
+        (keys.LEDGER + b"acme/web", b"z"),
+        (keys.POD + b"acme/web/default/p", b"w"),
+        (keys.META, b"m"),
+    ]
+    assert [key for key, _ in Planner.observed(writes)] == [
+        keys.NODE_STATE + b"n1",
+        keys.SCHEDULER,
+        keys.QUOTA + b"acme/web",
+    ]
 
 
 def test_leader_timers_sweep_only_while_pods_are_pending(tmp_path: Path) -> None:
