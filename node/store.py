@@ -42,7 +42,7 @@ from typing import IO, Protocol
 
 import lmdb
 
-from statemachine import Outcome, apply
+from statemachine import EntryApply, Outcome
 from statemachine.invariants import check_invariants as _check_invariants
 from statemachine.invariants import digest as _digest
 
@@ -638,15 +638,19 @@ class LmdbStore:
                 txn.abort()
                 return None
             view = LmdbView(txn, state_db)
+            entry = EntryApply(view, index)  # the meta record: read once, written once
             outcomes: list[Outcome] = []
             for position, data in enumerate(envelopes):
-                outcome = apply(view, data, index, position)
+                outcome = entry.apply(data, position)
                 for key, value in outcome.writes:
                     if value is None:
                         txn.delete(key, db=state_db)
                     else:
                         txn.put(key, value, db=state_db)
                 outcomes.append(outcome)
+            meta_write = entry.meta_write()
+            if meta_write is not None:
+                txn.put(meta_write[0], meta_write[1], db=state_db)
             view.close()
             txn.put(_APPLIED_INDEX, _encode_index(index), db=self._node_db)
             txn.commit()

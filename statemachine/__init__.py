@@ -7,12 +7,13 @@ the standard library, cbor2 and netaddr (tests/test_purity.py checks).
 
 from statemachine.codec import ENVELOPE_VERSION, Envelope, Principal, decode_envelope, encode_envelope
 from statemachine.errors import REJECTION_CODES, InvariantViolation, Rejected
-from statemachine.machine import COMMAND_TYPES, Ok, Outcome, apply
+from statemachine.machine import COMMAND_TYPES, EntryApply, Ok, Outcome, apply
 
 __all__ = [
     "COMMAND_TYPES",
     "ENVELOPE_VERSION",
     "REJECTION_CODES",
+    "EntryApply",
     "Envelope",
     "InvariantViolation",
     "Ok",

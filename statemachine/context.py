@@ -108,7 +108,7 @@ class Context:
         self.principal = envelope.principal
         self.index = index
         self.position = position
-        self.meta = meta
+        # meta is read here, never kept: handlers cannot change it (the machine does, after them)
         self.now_ms = max(meta.clock_ms, envelope.ts_ms)
         self.revision = meta.revision + 1  # used only if the command changes something
         self.timestamp = rfc3339(self.now_ms)
