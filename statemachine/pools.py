@@ -44,9 +44,11 @@ by "project/name" within the caller's org, or by "org/project/name". A pool's id
 references, is "name" for platform pools and "org/project/name" for tenant pools.
 
 Root pools may not overlap within an address space (`addressSpace`, VRF-like). Child pools
-take their block from the parent's buddy allocator, like claims do, and so never overlap. The
-parent's `allocation` policy (allowed prefix lengths) governs claims, not child pools: carving
-a subnet for a team is an act of pool design, and any length inside the parent is allowed.
+take their block from the parent's buddy allocator, like claims do, and so never overlap. Who
+may carve (`_check_carving_for_user`): the parent's owner (its project; an admin for any pool)
+at any length inside it, since carving a subnet for a team is an act of pool design; a tenant
+carving a platform pool only at a length the pool's `allocation` policy allows a claim; a
+project a tenant's pool is shared with not at all (`forbidden`: it may claim from it).
 A pool with allocations (bound or retained) or child pools cannot be deleted.
 
 IPv4-mapped IPv6 addresses (::ffff:0:0/96) stand for IPv4 nodes and are never handed out: an
@@ -74,7 +76,7 @@ from statemachine.errors import (
     invalid,
 )
 from statemachine.fields import check_labels, check_map, check_name, opt_choice, opt_int, opt_str_list
-from statemachine.policy import check_allocation
+from statemachine.policy import check_allocation, check_length_allowed
 from statemachine.view import ReadView, prefix_end
 
 KIND = "IPPool"
@@ -140,6 +142,33 @@ def visible(pool: dict[str, Any], principal: Principal) -> bool:
     return spec["visibility"] == VISIBILITY_SHARED and (
         not spec["sharedWith"] or principal.project in spec["sharedWith"]
     )
+
+
+def owns(pool: dict[str, Any], principal: Principal) -> bool:
+    """The pool's owner: its project, or an admin (for platform and internal pools, the only one)."""
+    metadata = pool["metadata"]
+    return principal.is_admin or (metadata["org"] == principal.org and metadata["project"] == principal.project)
+
+
+def _check_carving_for_user(parent: dict[str, Any], length: int, field_path: str) -> None:
+    """A child pool carved by a principal that uses the parent without owning it.
+
+    Only a pool's owner designs its layout. A project a tenant's pool is shared with may claim
+    from it but not carve it (`forbidden`): its child would be a pool the owner can neither see
+    nor delete, and would keep the owner from deleting its own pool. A tenant carving a
+    platform pool takes a block of it as a claim would, so the pool's allocation policy bounds
+    the child's length (`invalid`); otherwise a child pool would get round the policy, e.g. a
+    tenant taking a whole platform /24 whose admin allowed /30../32 claims."""
+    metadata = parent["metadata"]
+    parent_id = pool_id(metadata["org"], metadata["project"], metadata["name"])
+    if metadata["org"]:
+        raise Rejected(
+            FORBIDDEN,
+            f"IPPool {parent_id} is shared with your project for claims; only its owner project "
+            f"({metadata['org']}/{metadata['project']}) or an admin may carve child pools from it",
+            {"parentPool": parent_id},
+        )
+    check_length_allowed(length, parent["spec"]["allocation"], f"IPPool {parent_id}'s allocation policy", field_path)
 
 
 def load(view: ReadView, key: bytes) -> dict[str, Any] | None:
@@ -476,6 +505,8 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         )
     if parent is not None and visibility in PLATFORM_VISIBILITIES and parent[1]["metadata"]["org"]:
         raise _tenant_parent(parent[1], visibility, given)  # after "same again", as _check_ipv4_mapped
+    if parent is not None and not owns(parent[1], ctx.principal):
+        _check_carving_for_user(parent[1], block_length, "spec.prefixLength" if wanted is None else "spec.cidr")
     if wanted is not None:
         _check_ipv4_mapped(wanted, spec_in, None)
 
@@ -548,10 +579,7 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     key, pool = resolve(ctx.ov, ctx.principal, ref, "name")
     metadata = pool["metadata"]
     qualified = pool_id(metadata["org"], metadata["project"], metadata["name"])
-    owner = ctx.principal.is_admin or (
-        metadata["org"] == ctx.principal.org and metadata["project"] == ctx.principal.project
-    )
-    if not owner:
+    if not owns(pool, ctx.principal):
         raise Rejected(
             FORBIDDEN, f"IPPool {qualified} belongs to another project; only its owner or an admin may delete it"
         )

@@ -87,13 +87,13 @@ def visible(kind: str, obj: dict[str, Any], principal: Principal) -> bool:
     return bool(metadata["org"] == principal.org and metadata["project"] == principal.project)
 
 
-def _present(view: ReadView, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+def _present(view: ReadView, kind: str, obj: dict[str, Any], principal: Principal) -> dict[str, Any]:
     if kind == pools.KIND:
         return pools.render(view, obj)
     if kind == nodes.KIND:
         return nodes.render(view, obj)
     if kind == quotas.KIND:
-        return quotas.render(view, obj)
+        return quotas.render(view, obj, principal)
     return obj
 
 
@@ -160,7 +160,7 @@ def get(view: ReadView, principal: Principal, plural: str, name: str, namespace:
         quota = None if raw_quota is None else dict(loads(raw_quota))
         if quota is None or not quotas.visible(quota, principal):
             raise _not_found(res, name)
-        return quotas.render(view, quota)
+        return quotas.render(view, quota, principal)
     check_name(name, "name")
     if res.kind == classes.KIND:
         found = classes.load(view, name)
@@ -270,7 +270,7 @@ def list_objects(
             and matches(requirements, metadata["labels"])
             and field_matches(fields, obj)
         ):
-            items.append(_present(view, res.kind, obj))
+            items.append(_present(view, res.kind, obj, principal))
     return {
         "kind": f"{res.kind}List",
         "items": items,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from statemachine import classes, keys
+from statemachine import classes, keys, pools
 from statemachine.codec import Principal, dump_record, loads
 from statemachine.context import ADDED, MODIFIED, Context
 from statemachine.errors import CONFLICT, NOT_FOUND, QUOTA_EXCEEDED, Rejected, invalid
@@ -294,10 +294,40 @@ def visible(quota: dict[str, Any], principal: Principal) -> bool:
     return bool(metadata["org"] == principal.org and metadata["project"] in ("", principal.project))
 
 
-def render(view: ReadView, quota: dict[str, Any]) -> dict[str, Any]:
+def render(view: ReadView, quota: dict[str, Any], reader: Principal | None = None) -> dict[str, Any]:
+    """The quota with its usage. An org quota counts every project's addresses by pool; a
+    reader acting for one of its projects is shown those of platform pools, of its own
+    project's pools and of the pools the quota's spec limits, not the names of sibling
+    projects' pools it cannot see."""
     metadata = quota["metadata"]
     ledger = load_ledger(view, metadata["org"], metadata["project"])
-    return {**quota, "status": {"used": ledger.used()}}
+    used = ledger.used()
+    if reader is not None and reader.has_tenant and not metadata["project"]:
+        limited = quota["spec"].get("addressesByPool", {})
+        own = f"{reader.org}/{reader.project}/"
+        used["addressesByPool"] = {
+            pool: count
+            for pool, count in used["addressesByPool"].items()
+            if "/" not in pool or pool.startswith(own) or pool in limited
+        }
+    return {**quota, "status": {"used": used}}
+
+
+def _check_address_keys(view: ReadView, spec: dict[str, Any], org: str, project: str) -> None:
+    """Address limits must name pools and classes that exist: a limit under a name that no
+    charge can carry would limit nothing while looking like a limit."""
+    for name in spec.get("addressesByClass", {}):
+        if classes.load(view, name) is None:
+            raise invalid(f"spec.addressesByClass.{name}: there is no IPClass {name}", f"spec.addressesByClass.{name}")
+    for name in spec.get("addressesByPool", {}):
+        if pools.load(view, pools.key_of_pool_id(name)) is not None:
+            continue
+        hint = "keys are pool ids: name for a platform pool, org/project/name for a tenant's pool"
+        if "/" not in name and project and pools.load(view, keys.pool_key(org, project, name)) is not None:
+            hint = f"{org}/{project}'s own pool {name} has the id {pools.pool_id(org, project, name)}"
+        raise invalid(
+            f"spec.addressesByPool.{name}: there is no IPPool {name} ({hint})", f"spec.addressesByPool.{name}"
+        )
 
 
 def _count_map(value: Any, field_path: str, names_are_pool_ids: bool) -> dict[str, int]:
@@ -400,6 +430,7 @@ def set_quota(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool,
     existing = None if raw is None else dict(loads(raw))
     if existing is not None and existing["spec"] == spec and existing["metadata"]["labels"] == labels:
         return render(ctx.ov, existing), False, False
+    _check_address_keys(ctx.ov, spec, org, project)
     ledger = load_ledger(ctx.ov, org, project)
     limits = _limits(spec)
     over = _over(ledger, limits)

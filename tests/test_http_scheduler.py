@@ -258,6 +258,52 @@ def test_quotas_set_read_enforce_and_delete(tmp_path: Path) -> None:
     run(tmp_path, check)
 
 
+def test_address_quotas_name_real_pools_and_org_quotas_hide_sibling_pools(tmp_path: Path) -> None:
+    """An address limit under a name no charge carries would limit nothing: refused, with the
+    id to use. An org quota counts every project's addresses by pool; a project reading it
+    does not learn the names of a sibling project's pools."""
+
+    async def check(api: Api) -> None:
+        await api.ok(
+            "POST", "/v1/ippools?org=acme&project=web", ADMIN, {"name": "lb", "spec": {"cidr": "10.97.0.0/24"}}
+        )
+        await api.ok(
+            "POST", "/v1/ippools?org=acme&project=web", ADMIN, {"name": "secret", "spec": {"cidr": "10.98.0.0/24"}}
+        )
+        before = api.objects_digest()
+        short = await api.error(
+            400, "invalid", "POST", "/v1/quotas", body={"name": "acme/web", "spec": {"addressesByPool": {"lb": 1}}}
+        )
+        assert "acme/web's own pool lb has the id acme/web/lb" in short.body["error"]["message"]
+        for spec in ({"addressesByPool": {"no-such-pool": 1}}, {"addressesByClass": {"no-such-class": 1}}):
+            await api.error(400, "invalid", "POST", "/v1/quotas", body={"name": "acme/web", "spec": spec})
+        assert api.objects_digest() == before
+        await api.ok("POST", "/v1/quotas", ADMIN, {"name": "acme/web", "spec": {"addressesByPool": {"acme/web/lb": 1}}})
+        await api.ok("POST", "/v1/quotas", ADMIN, {"name": "acme", "spec": {"pods": 100}})
+        for pool in ("lb", "secret"):
+            await api.ok("POST", "/v1/services", ACME, {"name": pool, "spec": {"type": "ClusterIP", "poolRef": pool}})
+        refused = await api.error(
+            403, "quota_exceeded", "POST", "/v1/services", ACME, body={"name": "x", "spec": {"poolRef": "lb"}}
+        )
+        assert refused.body["error"]["details"]["resource"] == "addressesByPool.acme/web/lb"
+        everything = {"acme/web/lb": 1, "acme/web/secret": 1}
+        assert (await api.ok("GET", "/v1/quotas/acme"))["status"]["used"]["addressesByPool"] == everything
+        assert (await api.ok("GET", "/v1/quotas/acme", ACME))["status"]["used"]["addressesByPool"] == everything
+        for read in (
+            api.ok("GET", "/v1/quotas/acme?org=acme&project=dev"),
+            api.ok("GET", "/v1/quotas?org=acme&project=dev"),
+        ):
+            got = await read
+            quota = (
+                got
+                if got["kind"] == "Quota"
+                else next(item for item in got["items"] if item["metadata"]["name"] == "acme")
+            )
+            assert quota["status"]["used"]["addressesByPool"] == {}, quota["status"]
+
+    run(tmp_path, check)
+
+
 def test_services_get_addresses_and_release_them(tmp_path: Path) -> None:
     async def check(api: Api) -> None:
         await api.ok("POST", "/v1/ippools", ADMIN, SERVICE_POOL)
