@@ -28,7 +28,7 @@ from typing import Any
 from statemachine import buddy, keys, pools
 from statemachine.addresses import FAMILY_BITS, IPV4, Block
 from statemachine.buddy import OWNER_RESERVED, PoolState
-from statemachine.codec import dump_record, loads
+from statemachine.codec import Principal, dump_record, loads
 from statemachine.context import Context, format_uid, parse_uid
 from statemachine.errors import FORBIDDEN, InvariantViolation, Rejected, invalid
 from statemachine.fields import (
@@ -165,15 +165,20 @@ def allocated(state: NodeState) -> dict[str, Any]:
     return {"cpuMillis": state.cpu_used, "memoryBytes": state.memory_used, "pods": state.pods_used}
 
 
-def render(view: ReadView, node: dict[str, Any]) -> dict[str, Any]:
-    """The node with what its pods use now, and its nomination, from the scheduling record."""
+def render(view: ReadView, node: dict[str, Any], reader: Principal | None = None) -> dict[str, Any]:
+    """The node with what its pods use now, and its nomination, from the scheduling record.
+
+    Every tenant reads nodes, but the nominated pod is named only to the platform (no reader,
+    or an admin acting for no tenant) and to the pod's own project: its org, project, namespace
+    and name are another tenant's business."""
     state = load_state(view, node["metadata"]["name"])
     if state is None:
         raise InvariantViolation(f"node {node['metadata']['name']} has no scheduling record")
     live: dict[str, Any] = {"allocated": allocated(state)}
     if state.nominee is not None:
         org, project, namespace, name = keys.split_path(state.nominee, keys.POD)
-        live["nominatedPod"] = f"{org}/{project}/{namespace}/{name}"
+        if reader is None or not reader.has_tenant or (reader.org, reader.project) == (org, project):
+            live["nominatedPod"] = f"{org}/{project}/{namespace}/{name}"
     return {**node, "status": {**node["status"], **live}}
 
 

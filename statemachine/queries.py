@@ -91,7 +91,7 @@ def _present(view: ReadView, kind: str, obj: dict[str, Any], principal: Principa
     if kind == pools.KIND:
         return pools.render(view, obj)
     if kind == nodes.KIND:
-        return nodes.render(view, obj)
+        return nodes.render(view, obj, principal)
     if kind == quotas.KIND:
         return quotas.render(view, obj, principal)
     return obj
@@ -171,7 +171,7 @@ def get(view: ReadView, principal: Principal, plural: str, name: str, namespace:
         node = nodes.load(view, name)
         if node is None:
             raise _not_found(res, name)
-        return nodes.render(view, node)
+        return nodes.render(view, node, principal)
     namespace = check_name(namespace or claims.DEFAULT_NAMESPACE, "namespace")
     key = res.prefix + f"{principal.org}/{principal.project}/{namespace}/{name}".encode()
     raw = view.get(key)
