@@ -32,7 +32,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -63,6 +63,7 @@ watch_timeout_s_default = 300
 watch_timeout_s_max = 3600
 watch_heartbeat_s = 10.0  # a BOOKMARK line after this long without a line: dead peers show up
 watches_max = 256  # concurrent watch streams per member
+watches_per_project_max = 64  # of those, streams of one tenant project: no project takes them all
 idempotency_key_chars_max = 128  # = statemachine.codec.request_id_chars_max
 member_grace_s = 1.0  # extra time a member gets to honour its own deadline before we give up
 retry_after_s_min = 1  # Retry-After is whole seconds
@@ -76,6 +77,7 @@ class Limits:
     watch_timeout_s_max: int = watch_timeout_s_max
     watch_heartbeat_s: float = watch_heartbeat_s
     watches_max: int = watches_max
+    watches_per_project_max: int = watches_per_project_max
     member_grace_s: float = member_grace_s
 
 
@@ -142,6 +144,18 @@ def retry_after(code: str, message: str, retry_after_s: float, details: dict[str
 
 def from_rejected(refusal: Rejected) -> ApiError:
     return ApiError(refusal.code, refusal.message, dict(refusal.details))
+
+
+@contextlib.contextmanager
+def read_at(consistency: str) -> Iterator[None]:
+    """A read's refusal (a 404, a bad selector) says how it was read, as its answer would: a
+    stale 404 may be an object this member has not heard of yet."""
+    try:
+        yield
+    except Rejected as refusal:
+        error = from_rejected(refusal)
+        error.headers[CONSISTENCY_HEADER] = consistency
+        raise error from None
 
 
 # ---- JSON ------------------------------------------------------------------------------------
@@ -400,6 +414,7 @@ class Api:
         self.limits = limits
         self.prometheus = Metrics(member, collectors)
         self.watches_open = 0
+        self.watches_by_project: dict[tuple[str, str], int] = {}  # tenant -> streams open; no zero entries
 
     # -- the middleware: every exception becomes a JSON error, every answer is counted --
 
@@ -594,7 +609,7 @@ class Api:
             params = self._params(request, allowed)
             limit = _int_param(params, "limit")
             consistency = await self._consistency(params)
-            with self.member.reader() as view:
+            with read_at(consistency), self.member.reader() as view:
                 result = queries.list_objects(
                     view,
                     principal,
@@ -617,7 +632,7 @@ class Api:
             principal = self._principal(request)
             params = self._params(request, allowed)
             consistency = await self._consistency(params)
-            with self.member.reader() as view:
+            with read_at(consistency), self.member.reader() as view:
                 obj = queries.get(view, principal, kind.plural, request.match_info["name"], params.get("namespace"))
             return json_response(obj, headers={CONSISTENCY_HEADER: consistency})
 
@@ -794,6 +809,14 @@ class Api:
             raise invalid(f"timeoutSeconds must be between 1 and {self.limits.watch_timeout_s_max}", "timeoutSeconds")
         if self.watches_open >= self.limits.watches_max:
             raise retry_after("overloaded", f"this member already serves {self.limits.watches_max} watches", 1)
+        project = (principal.org, principal.project) if principal.has_tenant else None
+        if project is not None and self.watches_by_project.get(project, 0) >= self.limits.watches_per_project_max:
+            raise retry_after(
+                "overloaded",
+                f"project {principal.org}/{principal.project} already has {self.limits.watches_per_project_max} "
+                "watches open on this member: close one, or watch several kinds in one stream (kinds=a,b)",
+                1,
+            )
         if start is not None:
             await self._refuse_unreached_revision(start)
 
@@ -809,6 +832,8 @@ class Api:
                 events, revision = queries.events_after(view, principal, start, kinds, field_selector=field_selector)
 
         self.watches_open += 1
+        if project is not None:
+            self.watches_by_project[project] = self.watches_by_project.get(project, 0) + 1
         self.prometheus.watches.inc()
         response = web.StreamResponse(
             headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -828,6 +853,12 @@ class Api:
                 await response.write(dumps({"type": "ERROR", "object": {"error": internal}}) + b"\n")
         finally:
             self.watches_open -= 1
+            if project is not None:
+                left = self.watches_by_project[project] - 1
+                if left:
+                    self.watches_by_project[project] = left
+                else:
+                    del self.watches_by_project[project]
             self.prometheus.watches.dec()
         return response
 

@@ -9,6 +9,7 @@ on purpose). Nothing sleeps a fixed time: waits are on conditions with deadlines
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -346,6 +347,15 @@ def test_list_paging_selectors_and_consistency(tmp_path: Path) -> None:
         assert stale.headers["X-Allot-Consistency"] == "stale" and stale.body["metadata"]["consistency"] == "stale"
         item = await api.call("GET", "/v1/ipclaims/c1", ACME, params={"consistency": "stale"})
         assert item.status == 200 and item.headers["X-Allot-Consistency"] == "stale"
+        # A refused read says how it was read too: a stale 404 may be news this member lacks.
+        missing = await api.error(404, "not_found", "GET", "/v1/ipclaims/nope", ACME, params={"consistency": "stale"})
+        assert missing.headers["X-Allot-Consistency"] == "stale"
+        missing = await api.error(404, "not_found", "GET", "/v1/ipclaims/nope", ACME)
+        assert missing.headers["X-Allot-Consistency"] == "linearizable"
+        selector = {"consistency": "stale", "labelSelector": "a in (b"}
+        assert (await api.error(400, "invalid", "GET", "/v1/ipclaims", ACME, params=selector)).headers[
+            "X-Allot-Consistency"
+        ] == "stale"
         await api.error(400, "invalid", "GET", "/v1/ipclaims", ACME, params={"consistency": "eventual"})
 
     run(tmp_path, check)
@@ -598,6 +608,29 @@ def test_watch_heartbeat_timeout_and_limits(tmp_path: Path) -> None:
             assert busy.headers["Retry-After"] == "1"
 
     run(tmp_path, check, limits=Limits(watch_heartbeat_s=0.2, watches_max=1))
+
+
+def test_one_project_cannot_take_every_watch(tmp_path: Path) -> None:
+    async def check(api: Api) -> None:
+        await api.ok("POST", "/v1/ippools", ADMIN, ROOT_POOL)
+        async with contextlib.AsyncExitStack() as streams:
+            for _ in range(2):
+                response = await streams.enter_async_context(
+                    api.client.get(watch_url("ippools", 1), headers=auth(ACME))
+                )
+                assert response.status == 200
+                await read_events(response, 1, skip_bookmarks=False)  # open: a heartbeat arrived
+            busy = await api.error(503, "overloaded", "GET", watch_url("ippools", 1), ACME)
+            assert "acme/web already has 2 watches open" in busy.body["error"]["message"]
+            for other in (GLOBEX, ADMIN):  # another project, and the platform, still get theirs
+                async with api.client.get(watch_url("ippools", 1), headers=auth(other)) as response:
+                    assert response.status == 200
+        # Closed streams give their slots back, once the member notices (at its next heartbeat).
+        async with asyncio.timeout(WAIT_S):
+            while (await api.call("GET", watch_url("ippools", 1, timeoutSeconds="1"), ACME)).status != 200:
+                await asyncio.sleep(0.05)
+
+    run(tmp_path, check, limits=Limits(watch_heartbeat_s=0.2, watches_max=8, watches_per_project_max=2))
 
 
 def test_watch_gone_after_compaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
