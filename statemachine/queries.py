@@ -217,18 +217,28 @@ def _segments(res: Resource, principal: Principal, namespace: str | None) -> lis
     return [(res.prefix, prefix_end(res.prefix))]
 
 
-def encode_continue(key: bytes) -> str:
-    return base64.urlsafe_b64encode(key).decode().rstrip("=")
+_CONTINUE_WITH_REVISION = b"\x01"  # no key starts with it: tokens of earlier builds are bare keys
 
 
-def decode_continue(token: str, res: Resource) -> bytes:
+def encode_continue(key: bytes, revision: int) -> str:
+    """A token to resume a list after `key`, carrying the revision of the list's first page."""
+    raw = _CONTINUE_WITH_REVISION + revision.to_bytes(8, "big") + key
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_continue(token: str, res: Resource) -> tuple[bytes, int | None]:
+    """(the key to resume after, the first page's revision; None in a token of an earlier build)."""
     try:
-        key = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise invalid("continue token is not one this server issued", "continue") from None
+    revision: int | None = None
+    key = raw
+    if raw.startswith(_CONTINUE_WITH_REVISION) and len(raw) > 9:
+        revision, key = int.from_bytes(raw[1:9], "big"), raw[9:]
     if not key.startswith(res.prefix):
         raise invalid(f"continue token does not belong to a list of {res.plural}", "continue")
-    return key
+    return key, revision
 
 
 def list_objects(
@@ -252,7 +262,17 @@ def list_objects(
             raise invalid(f"{res.plural} are not namespaced; drop the namespace", "namespace")
         check_name(namespace, "namespace")
     fields: tuple[FieldRequirement, ...] = parse_field_selector(field_selector, res.kind) if field_selector else ()
-    after = decode_continue(continue_token, res) if continue_token else None
+    after: bytes | None = None
+    # Pages are read at the revision current when each is read, not at one snapshot. Every
+    # page reports the first page's revision, so a watch from it misses nothing created or
+    # changed while the list was paged; it may repeat what later pages already showed.
+    list_revision = Meta.load(view).revision
+    if continue_token:
+        after, first_revision = decode_continue(continue_token, res)
+        if namespace is not None and after[len(res.prefix) :].split(b"/", 3)[2:3] != [namespace.encode()]:
+            raise invalid(f"continue token belongs to a list of another namespace than {namespace}", "continue")
+        if first_revision is not None:
+            list_revision = first_revision
     items: list[dict[str, Any]] = []
     last_key: bytes | None = None
     more = False
@@ -275,8 +295,8 @@ def list_objects(
         "kind": f"{res.kind}List",
         "items": items,
         "metadata": {
-            "continue": encode_continue(last_key) if more and last_key is not None else None,
-            "resourceVersion": Meta.load(view).revision,
+            "continue": encode_continue(last_key, list_revision) if more and last_key is not None else None,
+            "resourceVersion": list_revision,
         },
     }
 

@@ -333,17 +333,41 @@ def test_invalid_limit(built: Machine, limit: int) -> None:
         "a",
         "%%%",
         "AAAA",  # decodes, but to a key outside the list
-        encode_continue(keys.pool_key("", "", "net")),  # another resource's key
-        encode_continue(b"claim"),
+        encode_continue(keys.pool_key("", "", "net"), 1),  # another resource's key
+        encode_continue(b"claim", 1),
     ],
 )
 def test_garbage_continue_token(built: Machine, token: str) -> None:
     _refused("invalid", lambda: list_objects(built.store, WEB, "ipclaims", continue_token=token))
 
 
+def test_every_page_reports_the_first_pages_revision_so_a_watch_from_it_misses_nothing(built: Machine) -> None:
+    """Pages are not one snapshot: a claim created behind the cursor is on no page. Every page
+    reports the first page's revision, so the watch from the list's revision delivers it."""
+    first = list_objects(built.store, WEB, "ipclaims", limit=2, namespace="default")
+    listed_at = first["metadata"]["resourceVersion"]
+    built.ok(WEB, "claim.create", {"name": "a-behind", "spec": {}})  # sorts before every page
+    names = _names(first)
+    page = first
+    while page["metadata"]["continue"] is not None:
+        page = list_objects(
+            built.store, WEB, "ipclaims", limit=2, namespace="default", continue_token=page["metadata"]["continue"]
+        )
+        assert page["metadata"]["resourceVersion"] == listed_at
+        names += _names(page)
+    assert "a-behind" not in names
+    events, _ = events_after(built.store, WEB, listed_at, ("ipclaims",))
+    assert [event["object"]["metadata"]["name"] for event in events] == ["a-behind"]
+
+
+def test_a_continue_token_of_another_namespace_is_refused(built: Machine) -> None:
+    token = list_objects(built.store, WEB, "ipclaims", limit=1, namespace="default")["metadata"]["continue"]
+    _refused("invalid", lambda: list_objects(built.store, WEB, "ipclaims", namespace="other", continue_token=token))
+
+
 def test_continue_token_of_another_tenant_does_not_leak(built: Machine) -> None:
     """A token made from another tenant's key resumes within the caller's own range only."""
-    token = encode_continue(keys.claim_key("acme", "db", "default", "d0"))
+    token = encode_continue(keys.claim_key("acme", "db", "default", "d0"), 1)
     page = list_objects(built.store, WEB, "ipclaims", continue_token=token)
     assert all(item["metadata"]["project"] == "web" for item in page["items"])
 
