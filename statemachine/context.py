@@ -113,7 +113,10 @@ class Context:
         self.revision = meta.revision + 1  # used only if the command changes something
         self.timestamp = rfc3339(self.now_ms)
         self._uids = 0
-        self.events: list[list[Any]] = []  # [type, kind, encoded object], in order
+        # [type, kind, encoded object] (a pod's: and its selectable fields before the command),
+        # in order; None where an object's events cancelled out (see _record_event).
+        self.events: list[list[Any] | None] = []
+        self._event_at: dict[bytes, int] = {}  # object key -> its event's place in self.events
         # id(object) -> (object, its encoding), to reuse the encoding for the dedup record. The
         # object is kept too, so its id cannot be reused by another object during the command.
         self._encoded: dict[int, tuple[dict[str, Any], bytes]] = {}
@@ -139,8 +142,8 @@ class Context:
         """Store an API object and record its watch event. Returns the encoded object."""
         obj["metadata"]["resourceVersion"] = self.revision
         raw = dump_record(obj)
+        self._record_event(key, event_type, kind, raw)  # before the put: it may read the object as it was
         self.ov.put(key, raw)
-        self.events.append([event_type, kind, raw])
         self._encoded[id(obj)] = (obj, raw)
         return raw
 
@@ -149,20 +152,20 @@ class Context:
         record and its event's encoding, once obj carries this command's revision."""
         obj["metadata"]["resourceVersion"] = self.revision
         record, event = encode(obj)
+        self._record_event(key, event_type, kind, event)
         self.ov.put(key, record)
-        self.events.append([event_type, kind, event])
 
     def delete_encoded(self, key: bytes, kind: str, obj: dict[str, Any], encode: Encoder) -> None:
         """`delete_object` for an object whose event has a form of its own (see write_encoded)."""
         obj["metadata"]["resourceVersion"] = self.revision
+        self._record_event(key, DELETED, kind, encode(obj)[1])
         self.ov.delete(key)
-        self.events.append([DELETED, kind, encode(obj)[1]])
 
     def delete_object(self, key: bytes, kind: str, obj: dict[str, Any]) -> None:
         obj["metadata"]["resourceVersion"] = self.revision
-        self.ov.delete(key)
         raw = dump_record(obj)
-        self.events.append([DELETED, kind, raw])
+        self._record_event(key, DELETED, kind, raw)
+        self.ov.delete(key)
         self._encoded[id(obj)] = (obj, raw)
 
     def encoding_of(self, obj: dict[str, Any]) -> bytes:
@@ -170,12 +173,46 @@ class Context:
         known = self._encoded.get(id(obj))
         return known[1] if known is not None and known[0] is obj else dump_record(obj)
 
+    def _record_event(self, key: bytes, event_type: str, kind: str, encoded: bytes) -> None:
+        """Note the event of the object at key. One event per object and command, with the
+        object as the command leaves it: a watcher never sees a state the object did not have at
+        this revision (a drain that evicts a pod and then finds it unschedulable is one
+        MODIFIED). ADDED then MODIFIED is ADDED; MODIFIED then DELETED is DELETED; ADDED then
+        DELETED is nothing. A pod's first event, unless it is ADDED, also carries the pod's
+        selectable fields (`pod_selected_fields`) as they were before the command: a watch with
+        a field selector then tells a pod entering its selection (ADDED) or leaving it
+        (DELETED) from one changing inside it, as Kubernetes does (queries.events_after)."""
+        at = self._event_at.get(key)
+        if at is not None:
+            earlier = self.events[at]
+            if earlier is not None and earlier[0] != DELETED:
+                if earlier[0] == ADDED and event_type == DELETED:
+                    self.events[at] = None
+                    del self._event_at[key]
+                else:
+                    merged = ADDED if earlier[0] == ADDED else event_type
+                    self.events[at] = [merged, kind, encoded, *earlier[3:]]
+                return
+        entry: list[Any] = [event_type, kind, encoded]
+        if event_type != ADDED and key.startswith(keys.POD):
+            before = self.ov.get(key)  # the command has not written the pod yet: no earlier event
+            if before is not None:
+                entry.append(pod_selected_fields(loads(before)))
+        self._event_at[key] = len(self.events)
+        self.events.append(entry)
+
     def write_events(self) -> bool:
         """Write this revision's events as one record; False when the command made none."""
-        if not self.events:
+        events = [event for event in self.events if event is not None]
+        if not events:
             return False
-        self.ov.put(keys.event_key(self.revision), dump_record(self.events))
+        self.ov.put(keys.event_key(self.revision), dump_record(events))
         return True
+
+
+def pod_selected_fields(pod: dict[str, Any]) -> list[Any]:
+    """What a pod field selector can name (queries.parse_field_selector): [spec.nodeName, status.phase]."""
+    return [pod["spec"].get("nodeName"), pod["status"].get("phase")]
 
 
 def format_uid(uid: bytes) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from statemachine import claims, classes, keys, nodes, pods, pools, quotas, services
 from statemachine.codec import Principal, loads
-from statemachine.context import Meta
+from statemachine.context import ADDED, DELETED, Meta
 from statemachine.errors import GONE, NOT_FOUND, Rejected, invalid
 from statemachine.fields import check_name
 from statemachine.labels import Requirement, matches, parse_selector
@@ -143,6 +143,34 @@ def _watch_field_matches(requirements: tuple[FieldRequirement, ...], obj: dict[s
         return False
     as_before = {**obj, "spec": {**obj.get("spec", {}), "nodeName": evicted}}
     return field_matches(requirements, as_before)
+
+
+def _selected_event_type(
+    requirements: tuple[FieldRequirement, ...], event_type: str, obj: dict[str, Any], before: list[Any]
+) -> str | None:
+    """How a pod's event reads to a watch with a field selector, or None when it does not see it.
+
+    Events since the pod's fields before the command were recorded (context.Context) say
+    whether the pod matched before: one entering the selection is ADDED, one leaving it
+    DELETED (with the pod as it is now), one changing inside it MODIFIED, as Kubernetes
+    answers; a deleted pod reaches the watches it matched before or when deleted. Older
+    events, without them, match on the pod as it is, and a pod drained off a node still
+    reaches that node's watcher through `status.evictedFrom`."""
+    if not before:
+        return event_type if _watch_field_matches(requirements, obj) else None
+    node_name, phase = before[0]
+    matched = field_matches(
+        requirements,
+        {**obj, "spec": {**obj["spec"], "nodeName": node_name}, "status": {**obj["status"], "phase": phase}},
+    )
+    matches_now = field_matches(requirements, obj)
+    if event_type == DELETED:
+        return DELETED if matched or matches_now else None
+    if matched and matches_now:
+        return event_type
+    if matches_now:
+        return ADDED
+    return DELETED if matched else None
 
 
 def _not_found(res: Resource, name: str) -> Rejected:
@@ -361,12 +389,15 @@ def events_after(
         if len(events) >= limit or examined >= list_scan_max:
             return events, resume  # whole revisions only, so a resumed watch never splits one
         resume = keys.event_revision(key)
-        for event_type, kind, raw_object in loads(raw):
+        for event_type, kind, raw_object, *before in loads(raw):
             if kind not in wanted:
                 continue
             obj = claims.decode_event_object(raw_object) if kind in _compact_kinds else loads(raw_object)
-            if visible(kind, obj, principal) and (not fields or _watch_field_matches(fields, obj)):
-                events.append({"type": event_type, "object": obj})
+            if not visible(kind, obj, principal):
+                continue
+            seen_as = _selected_event_type(fields, event_type, obj, before) if fields else event_type
+            if seen_as is not None:
+                events.append({"type": seen_as, "object": obj})
     return events, max(resume, meta.revision)
 
 

@@ -621,3 +621,40 @@ def test_a_watcher_that_keeps_up_survives_compaction(monkeypatch: pytest.MonkeyP
         events, revision = events_after(m.store, WEB, revision, ("ipclaims",))
         seen += [event["object"]["metadata"]["name"] for event in events]
     assert seen == [f"c{number}" for number in range(10)]
+
+
+# ---- pod watches with a field selector ---------------------------------------------------------
+
+
+def _pod_events(m: Machine, revision: int, selector: str | None = None) -> list[tuple[str, str, str]]:
+    events, _ = events_after(m.store, WEB, revision, ("pods",), field_selector=selector)
+    return [(e["type"], e["object"]["metadata"]["name"], e["object"]["status"]["phase"]) for e in events]
+
+
+def test_a_pod_entering_or_leaving_a_field_selection_is_added_or_deleted_for_that_watch() -> None:
+    """As Kubernetes answers a watch with a field selector: a pending pod that binds leaves a
+    `status.phase=Pending` watch (DELETED) and enters its node's (ADDED); drained, it goes back.
+    A revision carries one event per object, the object as the revision left it."""
+    m = Machine()
+    m.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.244.0.0/16"}})
+    capacity = {"cpuMillis": 1000, "memoryBytes": 1 << 30, "pods": 10}
+    m.ok(ADMIN, "node.register", {"name": "n1", "spec": {"capacity": capacity, "podPool": "pods"}})
+    m.ok(ADMIN, "node.cordon", {"name": "n1"})
+    m.ok(WEB, "pod.create", {"name": "p", "spec": {"requests": {"cpuMillis": 100}}})
+    pending_since = Meta.load(m.store).revision
+    m.ok(ADMIN, "node.uncordon", {"name": "n1"})  # binds p in the same revision
+    assert _pod_events(m, pending_since) == [("MODIFIED", "p", "Bound")]
+    assert _pod_events(m, pending_since, "status.phase=Pending") == [("DELETED", "p", "Bound")]
+    assert _pod_events(m, pending_since, "spec.nodeName=n1") == [("ADDED", "p", "Bound")]
+    assert _pod_events(m, pending_since, "spec.nodeName=n2") == []
+
+    bound_since = Meta.load(m.store).revision
+    m.ok(ADMIN, "node.drain", {"name": "n1"})  # evicted, then found unschedulable: one event
+    assert _pod_events(m, bound_since) == [("MODIFIED", "p", "Pending")]
+    assert _pod_events(m, bound_since, "status.phase=Pending") == [("ADDED", "p", "Pending")]
+    assert _pod_events(m, bound_since, "spec.nodeName=n1") == [("DELETED", "p", "Pending")]
+
+    drained_since = Meta.load(m.store).revision
+    m.ok(WEB, "pod.delete", {"name": "p"})
+    assert _pod_events(m, drained_since, "status.phase=Pending") == [("DELETED", "p", "Pending")]
+    assert _pod_events(m, drained_since, "spec.nodeName=n1") == []
