@@ -64,8 +64,13 @@ def load(view: ReadView, name: str) -> dict[str, Any] | None:
 
 
 def visible(ip_class: dict[str, Any], principal: Principal) -> bool:
+    """The platform admin sees every class; anyone acting for a tenant, an admin included (its
+    view is the tenant's, as for internal pools), sees platform classes and those restricted to
+    the tenant's org."""
     spec = ip_class["spec"]
-    return principal.is_admin or spec["visibility"] == VISIBILITY_PLATFORM or principal.org in spec["allowedOrgs"]
+    if principal.is_admin and not principal.has_tenant:
+        return True
+    return spec["visibility"] == VISIBILITY_PLATFORM or principal.org in spec["allowedOrgs"]
 
 
 def default_class_name(view: ReadView) -> str | None:

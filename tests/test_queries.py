@@ -205,6 +205,14 @@ def test_admin_lists_everything(built: Machine) -> None:
         ["net", "v6", "web-own", "web-shared", "org-wide", "g-own"]
     )
     assert sorted(_names(list_objects(built.store, ADMIN, "ipclasses"))) == ["gold", "six", "std"]
+    # An admin acting for acme sees acme's classes, not gold (restricted to globex), and cannot
+    # claim through it: its view is the tenant's.
+    acting = admin_for("acme", "web")
+    assert sorted(_names(list_objects(built.store, acting, "ipclasses"))) == ["six", "std"]
+    _refused("not_found", lambda: get(built.store, acting, "ipclasses", "gold"))
+    assert (
+        built.refused(acting, "claim.create", {"name": "via-gold", "spec": {"className": "gold"}}).code == "not_found"
+    )
     pools = list_objects(built.store, ADMIN, "ippools")["items"]
     assert all("capacity" in pool["status"] for pool in pools), "listed pools carry their live status"
 
