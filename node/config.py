@@ -8,6 +8,7 @@ missing or short cluster secret, an unreadable token file.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -126,6 +127,8 @@ class MemberConfig:
         return None
 
     def secret(self) -> str:
+        if self.secret_file.is_dir():
+            raise ConfigError(f"the cluster secret file {self.secret_file} is a directory; give the secret file")
         try:
             secret = self.secret_file.read_text().strip()
         except OSError as exc:
@@ -212,13 +215,100 @@ def build(
     )
     if not 0.1 <= config.timing.node_grace_s <= timing_seconds_max:
         raise ConfigError(f"the node grace period must be between 0.1 and {timing_seconds_max:g} seconds")
+    if config.timing.log_compaction_entries < 2:  # pysyncobj asserts it
+        raise ConfigError(f"--snapshot-entries must be at least 2, not {config.timing.log_compaction_entries}")
+    if not str(secret_file):
+        raise ConfigError("give the cluster secret file (--secret-file, or secretFile in a config file)")
     config.secret()
+    if not str(token_file):
+        raise ConfigError("give the token file (--tokens, or tokenFile in a config file)")
+    if config.token_file.is_dir():
+        raise ConfigError(f"token file {config.token_file} is a directory; give the token file (JSON)")
     if not config.token_file.is_file():
         raise ConfigError(f"token file {config.token_file} does not exist (allot up generates one)")
     if check_ports:
         check_port_free(config.raft_address, "Raft address")
         check_port_free(http_address, "HTTP address")
     return config
+
+
+IDENTITY_FILE = "cluster.json"  # in a member's data dir: which cluster and member its data is
+IDENTITY_FORMAT = 1
+
+
+def _secret_digest(secret: str) -> str:
+    """Names the cluster's secret without revealing it (a domain-separated SHA-256, 128 bits)."""
+    return hashlib.sha256(b"allot cluster identity\0" + secret.encode()).hexdigest()[:32]
+
+
+def check_cluster_identity(config: MemberConfig) -> None:
+    """Refuse data that belongs to another member or cluster than the configuration says.
+
+    The data dir records, at the member's first start on it, its member id, the cluster's member
+    ids and Raft addresses, and a digest of the cluster secret (`cluster.json`). A later start
+    must agree on all but the addresses. A member started with another member list on its data
+    would count a quorum of its own: listing only itself, it led a one-member cluster on the
+    replicated data, handed out addresses the cluster had handed out, and on rejoining with a
+    higher term overwrote writes the real majority had acknowledged. Data of another cluster
+    (another secret) would be served as this cluster's and copied into it. Addresses may change
+    (members moved together, `allot up --raft-port`); the record then follows them. Data dirs of
+    earlier builds have no record; their first start under this build writes one."""
+    path = config.data_dir / IDENTITY_FILE
+    wanted: dict[str, Any] = {
+        "format": IDENTITY_FORMAT,
+        "memberId": config.member_id,
+        "members": dict(sorted(config.members.items())),
+        "secretDigest": _secret_digest(config.secret()),
+    }
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        raw = path.read_text() if path.exists() else None
+    except OSError as exc:
+        raise ConfigError(f"data dir {config.data_dir} cannot be used: {exc.strerror}") from None
+    if raw is not None:
+        recorded = _load_identity(path, raw)
+        if recorded["memberId"] != config.member_id:
+            raise ConfigError(
+                f"data dir {config.data_dir} holds member {recorded['memberId']}'s data, not {config.member_id}'s: "
+                "give each member its own data dir"
+            )
+        if sorted(recorded["members"]) != sorted(config.members):
+            raise ConfigError(
+                f"data dir {config.data_dir} belongs to a cluster of members {', '.join(sorted(recorded['members']))}, "
+                f"but --members lists {', '.join(sorted(config.members))}. A member started with another member "
+                "list forms a quorum of its own on this data and can undo writes the cluster acknowledged: "
+                "give the cluster's member list (a new member list is a new cluster, on empty data dirs)"
+            )
+        if recorded["secretDigest"] != wanted["secretDigest"]:
+            raise ConfigError(
+                f"data dir {config.data_dir} belongs to a cluster with another secret than {config.secret_file}: "
+                "give that cluster's secret file, or use an empty data dir for a new cluster"
+            )
+        if recorded == wanted:
+            return
+    temporary = path.with_suffix(".tmp")
+    try:
+        temporary.write_text(json.dumps(wanted, indent=2) + "\n")
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot record the cluster identity in {path}: {exc.strerror}") from None
+
+
+def _load_identity(path: Path, raw: str) -> dict[str, Any]:
+    try:
+        recorded = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); it records which cluster this data is") from None
+    fields = {"format", "memberId", "members", "secretDigest"}
+    if not isinstance(recorded, dict) or set(recorded) != fields or recorded["format"] != IDENTITY_FORMAT:
+        raise ConfigError(
+            f"{path} is not a cluster identity of format {IDENTITY_FORMAT} (keys {', '.join(sorted(fields))})"
+        )
+    if not isinstance(recorded["members"], dict):
+        raise ConfigError(f"{path}: members must be an object of member id -> Raft address")
+    return recorded
 
 
 def load_file(path: str | Path) -> dict[str, Any]:

@@ -17,10 +17,11 @@ import sys
 
 from aiohttp import web
 
-from node.config import PARENT_ENV, MemberConfig, parse_address
+from node.config import PARENT_ENV, ConfigError, MemberConfig, check_cluster_identity, parse_address
 from node.http import build_app
 from node.replicated import ReplicatedMember
-from node.tokens import TokenStore
+from node.store import StoreError
+from node.tokens import TokenFileError, TokenStore
 
 log = logging.getLogger("allot.server")
 
@@ -36,8 +37,11 @@ async def _stop_when_orphaned(parent_pid: int, stop: asyncio.Event) -> None:
 
 async def serve(config: MemberConfig) -> int | None:
     """Serve until stopped; returns the number of the signal that stopped it (None: orphaned)."""
-    tokens = TokenStore(config.token_file)
-    member = ReplicatedMember(config)
+    try:
+        tokens = TokenStore(config.token_file)
+        member = ReplicatedMember(config)
+    except (TokenFileError, StoreError) as exc:  # a bad token file, a data dir another member holds
+        raise ConfigError(str(exc)) from None
     await member.start()
     app = build_app(member, tokens, collectors=[member.metrics])
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -86,5 +90,6 @@ def run(config: MemberConfig) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    check_cluster_identity(config)
     stopped_by = asyncio.run(serve(config))
     return 128 + stopped_by if stopped_by is not None else 0

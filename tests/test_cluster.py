@@ -816,8 +816,35 @@ def test_serve_configuration_errors(tmp_path: Path, serve_files: tuple[Path, Pat
         "secretFile": str(secret),
         "tokenFile": str(tokens),
     }
+    bad_tokens = tmp_path / "bad-tokens.json"
+    bad_tokens.write_text("{bad")
+    not_a_dir = tmp_path / "not-a-dir"
+    not_a_dir.write_text("")
+    alone = tmp_path / "alone"  # m1's data dir as a cluster of m1 alone recorded it
+    alone.mkdir()
+    alone_identity = {"format": 1, "memberId": "m1", "members": {"m1": members["m1"]}, "secretDigest": "0" * 32}
+    (alone / "cluster.json").write_text(json.dumps(alone_identity))
+
+    def without(command: list[str], flag: str) -> list[str]:
+        at = command.index(flag)
+        return command[:at] + command[at + 2 :]
+
     cases: list[tuple[str, list[str], str]] = [
         ("member id not in the list", serve("m4"), "not in the member list"),
+        ("no secret file", without(serve("m1"), "--secret-file"), "give the cluster secret file (--secret-file"),
+        ("no token file", without(serve("m1"), "--tokens"), "give the token file (--tokens"),
+        ("malformed token file", [*serve("m1")[:-1], str(bad_tokens)], "not valid JSON"),
+        ("snapshot entries", [*serve("m1"), "--snapshot-entries", "0"], "--snapshot-entries must be at least 2"),
+        (
+            "data dir is a file",
+            serve_command("m1", members, http_address, not_a_dir, secret, tokens),
+            "cannot be used",
+        ),
+        (
+            "another member list on this data",
+            serve_command("m1", members, http_address, alone, secret, tokens),
+            "belongs to a cluster of members m1, but --members lists m1, m2, m3",
+        ),
         ("missing secret file", serve("m1", secret_file=tmp_path / "absent.secret"), "absent.secret"),
         ("--config: the file is read", config_file("m4.json", from_file), "this member (m4) is not in the member list"),
         ("--config: unknown key", config_file("bad.json", {**from_file, "peers": []}), "keys among"),
