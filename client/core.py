@@ -575,9 +575,25 @@ class RandomSource(Protocol):
 @dataclass(frozen=True)
 class RetryPolicy:
     """How hard one call tries. Every field is a bound; the defaults suit a LAN cluster whose
-    failover takes about a second."""
+    failover takes about a second.
 
-    attempts_max: int = 20  # attempts per call, across all members
+    The attempt budget is counted in rounds over the members: `attempts_max` is the attempts
+    per member, so a call over N endpoints makes at most `attempts_max * N` attempts
+    (`attempts_for`). Failing over inside a round costs no time (a refused connection returns
+    at once) and the pauses come between rounds, so it is the number of rounds that decides
+    how long an outage a call rides out: 20 rounds are 19 pauses, about 8-16 s with the
+    default back-off (0.05 s doubling to 1 s, jittered), whatever the number of members. A
+    budget counted across all members would shrink with every member added: 20 attempts over
+    3 members are under 7 rounds, about 2 s, less than a whole cluster takes to restart, so
+    more members would mean less outage tolerance. The deadline still bounds the call as
+    before; the attempt cap stays a hard bound on work (at most `endpoints_max` members) for
+    callers that set a very long deadline. (Dropping the cap and letting the deadline alone
+    end a call would also fix the asymmetry, but would change what one member always did: a
+    call against a cluster that is not there would hang the whole 30 s instead of ~12 s, and
+    with `jitter=1` pauses may be ~0, so only a count bounds the work.)
+    """
+
+    attempts_max: int = 20  # attempts per member, i.e. rounds over the ring: a call makes <= attempts_max * N
     deadline_s: float = 30.0  # total time per call, pauses included
     attempt_timeout_s: float = 5.0  # one attempt: connect, send, whole answer
     backoff_initial_s: float = 0.05  # pause after the first round (every member tried once)
@@ -606,6 +622,10 @@ class RetryPolicy:
             attempt_timeout_s=self.attempt_timeout_s if timeout_s is None else timeout_s,
             deadline_s=self.deadline_s if deadline_s is None else deadline_s,
         )
+
+    def attempts_for(self, members: int) -> int:
+        """The attempts one call may make over `members` endpoints: `attempts_max` full rounds."""
+        return self.attempts_max * max(1, members)
 
     def backoff_s(self, round_number: int, random_source: RandomSource) -> float:
         """The pause after `round_number` (1, 2, ...) full rounds over the members."""
@@ -652,8 +672,10 @@ class Call:
 
     Endpoints are tried in ring order from the preferred one; a failed member is left for the
     next at once, and after a full round (every member tried) the call pauses: exponential
-    back-off with jitter, at least the Retry-After a member asked for (bounded). When attempts
-    or time run out the caller gets: `OutcomeUnknown` (with the key) for a write that may have
+    back-off with jitter, at least the Retry-After a member asked for (bounded). The attempt
+    budget is `policy.attempts_max` rounds (`attempts_max` times the number of endpoints), so
+    adding members never shortens how long a call keeps trying. When attempts or time run out
+    the caller gets: `OutcomeUnknown` (with the key) for a write that may have
     been applied; otherwise an `Unavailable`: the last member's own (`NoLeader`, `ReadTimeout`,
     ...) if it said one, else one listing what went wrong.
     """
@@ -673,6 +695,7 @@ class Call:
         self.started_s = now_s
         self.deadline_s = now_s + policy.deadline_s
         self.attempts = 0
+        self.attempts_max = policy.attempts_for(len(ring.endpoints))  # rounds, not attempts overall
         self.maybe_applied = False  # a write attempt may have reached the state machine
         self.failures: list[str] = []  # the latest few, for the give-up message
         self.last_error: AllotError | None = None  # the last attempt's error answer, if it had one
@@ -685,7 +708,7 @@ class Call:
 
     def next_attempt(self, now_s: float) -> Attempt:
         remaining_s = self.deadline_s - now_s
-        if self.attempts >= self.policy.attempts_max:
+        if self.attempts >= self.attempts_max:
             raise self._give_up(f"{self.attempts} attempts made")
         if remaining_s < self.policy.attempt_time_min_s:
             raise self._give_up(f"the deadline of {self.policy.deadline_s:g} s passed")
@@ -736,7 +759,7 @@ class Call:
             self._tried.clear()
             self._retry_after_s = 0.0
         self._next = candidate
-        if self.attempts >= self.policy.attempts_max:
+        if self.attempts >= self.attempts_max:
             raise self._give_up(f"{self.attempts} attempts made")
         if now_s + pause_s + self.policy.attempt_time_min_s > self.deadline_s:
             raise self._give_up(f"the deadline of {self.policy.deadline_s:g} s leaves no time for another attempt")

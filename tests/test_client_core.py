@@ -339,15 +339,17 @@ def test_write_that_never_left_gives_unavailable() -> None:
     request = factory().create(core.IPCLAIMS, "c", {"poolRef": "p"})
     call = new_call(request, policy=RetryPolicy(attempts_max=4))
     with pytest.raises(Unavailable) as raised:
-        for _ in range(10):
+        for _ in range(20):
             call.failed(call.next_attempt(0.0), Failure.CONNECT, "refused", 0.0)
     assert not isinstance(raised.value, OutcomeUnknown)
-    assert "nothing was applied" in raised.value.message and raised.value.details["attempts"] == 4
+    assert "nothing was applied" in raised.value.message
+    assert raised.value.details["attempts"] == 12, "4 attempts per member, 3 members"
+    assert "12 attempts made" in raised.value.message
 
 
 def test_a_server_outcome_unknown_is_passed_on_with_the_same_key() -> None:
     request = factory().create(core.IPCLAIMS, "c", {"poolRef": "p"})
-    call = new_call(request, policy=RetryPolicy(attempts_max=1))
+    call = new_call(request, policy=RetryPolicy(attempts_max=1), ring=EndpointRing([E1]))
     body = error_body("outcome_unknown", details={"requestId": request.idempotency_key})
     with pytest.raises(OutcomeUnknown) as raised:
         call.answered(call.next_attempt(0.0), 504, {}, body, 0.0)
@@ -355,7 +357,8 @@ def test_a_server_outcome_unknown_is_passed_on_with_the_same_key() -> None:
 
 
 def test_read_gives_up_with_the_last_member_error_or_unavailable() -> None:
-    call = new_call(factory().get(core.IPPOOLS, "p"), policy=RetryPolicy(attempts_max=2))
+    one_round = RetryPolicy(attempts_max=1)  # one attempt per member
+    call = new_call(factory().get(core.IPPOOLS, "p"), policy=one_round, ring=EndpointRing([E1, E2]))
     call.failed(call.next_attempt(0.0), Failure.TIMEOUT, "slow", 0.0)
     with pytest.raises(NoLeader):
         call.answered(call.next_attempt(0.0), 503, {}, error_body("no_leader"), 0.0)
@@ -364,7 +367,7 @@ def test_read_gives_up_with_the_last_member_error_or_unavailable() -> None:
         for _ in range(100):
             call.failed(call.next_attempt(0.4), Failure.LOST, "reset", 0.4)
     assert "reset" in raised.value.message and not isinstance(raised.value, OutcomeUnknown)
-    call = new_call(factory().get(core.IPPOOLS, "p"), policy=RetryPolicy(attempts_max=2))
+    call = new_call(factory().get(core.IPPOOLS, "p"), policy=one_round, ring=EndpointRing([E1, E2]))
     call.answered(call.next_attempt(0.0), 504, {}, error_body("timeout"), 0.0)
     with pytest.raises(Unavailable) as proxied:  # a read always ends in an Unavailable
         call.answered(call.next_attempt(0.0), 502, {}, b"<html>Bad Gateway</html>", 0.0)
@@ -383,9 +386,10 @@ def test_retry_then_success_returns_the_value() -> None:
 def test_attempts_and_failure_history_are_bounded() -> None:
     call = new_call(factory().get(core.IPPOOLS, "p"), policy=RetryPolicy(attempts_max=50, deadline_s=1e9))
     with pytest.raises(Unavailable):
-        for _ in range(60):
+        for _ in range(200):
             call.failed(call.next_attempt(0.0), Failure.CONNECT, "refused", 0.0)
-    assert call.attempts == 50 and len(call.failures) == core.failures_kept_max
+    assert call.attempts == 150, "50 attempts per member, 3 members"
+    assert len(call.failures) == core.failures_kept_max
 
 
 # ---- watch streams -----------------------------------------------------------------------------
