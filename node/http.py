@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -842,7 +843,10 @@ class Api:
             await response.prepare(request)
             if start is None:
                 await response.write(_bookmark(revision))
-            await self._stream(response, principal, kinds, field_selector, events, revision, current, timeout_s)
+            still_allowed = functools.partial(self._still_principal, request, principal)
+            await self._stream(
+                response, principal, still_allowed, kinds, field_selector, events, revision, current, timeout_s
+            )
             await response.write_eof()
         except ConnectionError:
             pass  # the client went away; nothing to tell it
@@ -886,10 +890,19 @@ class Api:
                 {"resourceVersion": start, "revision": current},
             )
 
+    def _still_principal(self, request: web.Request, principal: Principal) -> bool:
+        """Whether the stream's token still stands for `principal` (it was not revoked or
+        changed in the token file since the stream started)."""
+        try:
+            return self._principal(request) == principal
+        except ApiError:
+            return False
+
     async def _stream(
         self,
         response: web.StreamResponse,
         principal: Principal,
+        still_allowed: Callable[[], bool],
         kinds: tuple[str, ...],
         field_selector: str | None,
         events: list[dict[str, Any]],
@@ -902,6 +915,14 @@ class Api:
         heartbeat_s = self.limits.watch_heartbeat_s
         last_line_s = loop.time()
         while True:
+            if not still_allowed():  # checked before every line: a revoked token reads no more
+                revoked = {
+                    "code": "unauthorized",
+                    "message": "the token was revoked or changed; watch again",
+                    "details": {},
+                }
+                await response.write(dumps({"type": "ERROR", "object": {"error": revoked}}) + b"\n")
+                return
             if events:  # one write per batch: a revision's events travel together
                 await response.write(b"".join(dumps(event) + b"\n" for event in events))
                 last_line_s = loop.time()

@@ -860,6 +860,26 @@ def test_token_file_reload(tmp_path: Path) -> None:
     run(tmp_path, check)
 
 
+def test_a_revoked_token_s_open_watch_ends(tmp_path: Path) -> None:
+    """Revoking a token ends its open watches too: they send an ERROR line and no more events."""
+    token_file = tmp_path / "tokens.json"
+    write_tokens(token_file, TOKENS)
+
+    async def check(api: Api) -> None:
+        await api.ok("POST", "/v1/ippools", ADMIN, ROOT_POOL)
+        async with api.client.get(watch_url("ippools", 0), headers=auth(ACME)) as response:
+            assert [event["type"] for event in await read_events(response, 1)] == ["ADDED"]
+            write_tokens(token_file, [entry for entry in TOKENS if entry["token"] != ACME])
+            await api.error(401, "unauthorized", "GET", "/v1/ippools", ACME)  # the file was reloaded
+            await api.ok("POST", "/v1/ippools", ADMIN, {"name": "later", "spec": {"cidr": "10.9.0.0/16"}})
+            async with asyncio.timeout(WAIT_S):
+                rest = [json.loads(line) async for line in response.content]  # until the server ends it
+        assert [line["type"] for line in rest if line["type"] != "BOOKMARK"] == ["ERROR"], rest
+        assert rest[-1]["object"]["error"]["code"] == "unauthorized"
+
+    run(tmp_path, check, limits=Limits(watch_heartbeat_s=0.2))
+
+
 def test_token_reload_interval(tmp_path: Path) -> None:
     token_file = tmp_path / "tokens.json"
     write_tokens(token_file, TOKENS)
