@@ -32,7 +32,7 @@ from typing import Any
 
 from node.accelerate import build_state
 from node.config import PARENT_ENV
-from node.tokens import generate_token_file
+from node.tokens import TokenFileError, generate_token_file, parse_token_file
 
 members_count = 3
 start_timeout_s = 60.0
@@ -154,6 +154,23 @@ def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
+def _token_file_problem(path: Path) -> str | None:
+    """What keeps `allot up` from using this token file (the banner prints its admin token)."""
+    if not path.exists():
+        return "no such file"
+    if path.is_dir():
+        return "is a directory, not a token file"
+    try:
+        entries = parse_token_file(path.read_bytes())
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror}"
+    except TokenFileError as exc:
+        return str(exc)
+    if not any(entry.role == "admin" for entry in entries.values()):
+        return "has no admin token (an entry with role admin)"
+    return None
+
+
 def up(
     base_dir: Path,
     http_port: int,
@@ -163,18 +180,23 @@ def up(
 ) -> int:
     """Start (or restart) the local cluster in the foreground. `timing_flags` are passed to
     every member's `allot serve` (`--node-grace-seconds`, ...)."""
+    if token_file is not None:  # checked before anything is written under base_dir
+        problem = _token_file_problem(token_file)
+        if problem is not None:
+            print(f"allot up: --tokens {token_file}: {problem}", file=sys.stderr)
+            return 2
     base_dir.mkdir(parents=True, exist_ok=True)
     secret = base_dir / "cluster.secret"
     ensure_secret(secret)
     tokens = token_file or base_dir / "tokens.json"
     if token_file is None and not tokens.exists():
         generate_token_file(tokens)
-    try:
-        document = json.loads(tokens.read_text())
-        admin_token = next(entry["token"] for entry in document["tokens"] if entry.get("role") == "admin")
-    except (OSError, ValueError, KeyError, StopIteration):
-        print(f"allot up: {tokens} has no admin token; fix it or remove it to generate a new one", file=sys.stderr)
+    problem = _token_file_problem(tokens)
+    if problem is not None:
+        print(f"allot up: {tokens}: {problem}; fix it, or remove it to generate a new one", file=sys.stderr)
         return 2
+    document = json.loads(tokens.read_text())
+    admin_token = next(entry["token"] for entry in document["tokens"] if entry.get("role") == "admin")
     members = plan(base_dir, http_port, raft_port)
     busy = busy_ports(members)
     if busy:

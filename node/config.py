@@ -8,11 +8,14 @@ missing or short cluster secret, an unreadable token file.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +161,9 @@ def check_port_free(address: str, what: str) -> None:
         probe.bind((host, port))
         probe.listen(1)
     except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            mistake = f"{host} is not an address of this machine; give one of its own"
+            raise ConfigError(f"{what} {address}: {mistake}") from None
         raise ConfigError(f"{what} {address} is not available: {exc.strerror}; pick another port") from None
     finally:
         probe.close()
@@ -230,6 +236,17 @@ def build(
         check_port_free(config.raft_address, "Raft address")
         check_port_free(http_address, "HTTP address")
     return config
+
+
+def warn_if_secret_exposed(config: MemberConfig) -> bool:
+    """Log a warning when the cluster secret file is open to group or others (as for the token
+    file): anyone who reads it can join the Raft group or inject entries. True when it warned."""
+    if not config.secret_file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return False
+    logging.getLogger("allot.config").warning(
+        "cluster secret file %s is accessible to group or others; chmod 600 it", config.secret_file
+    )
+    return True
 
 
 IDENTITY_FILE = "cluster.json"  # in a member's data dir: which cluster and member its data is

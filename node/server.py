@@ -17,7 +17,14 @@ import sys
 
 from aiohttp import web
 
-from node.config import PARENT_ENV, ConfigError, MemberConfig, check_cluster_identity, parse_address
+from node.config import (
+    PARENT_ENV,
+    ConfigError,
+    MemberConfig,
+    check_cluster_identity,
+    parse_address,
+    warn_if_secret_exposed,
+)
 from node.http import build_app
 from node.replicated import ReplicatedMember
 from node.store import StoreError
@@ -91,5 +98,6 @@ def run(config: MemberConfig) -> int:
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     check_cluster_identity(config)
+    warn_if_secret_exposed(config)
     stopped_by = asyncio.run(serve(config))
     return 128 + stopped_by if stopped_by is not None else 0

@@ -977,6 +977,29 @@ class AllotUp:
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_allot_up_refuses_a_token_file_it_cannot_use_before_writing_anything(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("{bad")
+    members_only = tmp_path / "members-only.json"
+    token = "t" * 43
+    members_only.write_text(
+        json.dumps({"tokens": [{"token": token, "name": "w", "org": "a", "project": "b", "role": "member"}]})
+    )
+    http_port, raft_port = free_ports(2)
+    for given, words in (
+        (tmp_path / "absent.json", "no such file"),
+        (tmp_path, "is a directory"),
+        (broken, "not valid JSON"),
+        (members_only, "has no admin token"),
+    ):
+        data = tmp_path / "data"
+        command = [sys.executable, "-m", "node.cli", "up", "--dir", str(data), "--tokens", str(given)]
+        result = run_serve([*command, "--http-port", str(http_port), "--raft-port", str(raft_port)])
+        assert result.returncode == 2, (given, result.stderr[-2000:])
+        assert words in result.stderr and "Traceback" not in result.stderr, (given, result.stderr[-2000:])
+        assert not data.exists(), "nothing is written for a cluster that does not start"
+
+
 def test_allot_up_smoke(tmp_path: Path) -> None:
     http_port = free_ports(3, consecutive=True)[0]
     raft_port = free_ports(3, consecutive=True)[0]

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import socket
 from pathlib import Path
 
 import pytest
 
-from node.config import IDENTITY_FILE, ConfigError, MemberConfig, check_cluster_identity
+from node.config import (
+    IDENTITY_FILE,
+    ConfigError,
+    MemberConfig,
+    check_cluster_identity,
+    check_port_free,
+    warn_if_secret_exposed,
+)
 
 SECRET = "s" * 40
 MEMBERS = {"m1": "127.0.0.1:7001", "m2": "127.0.0.1:7002", "m3": "127.0.0.1:7003"}
@@ -72,3 +82,22 @@ def test_a_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     config.data_dir.write_text("not a directory")
     with pytest.raises(ConfigError, match="cannot be used"):
         check_cluster_identity(config)
+
+
+def test_a_secret_file_open_to_others_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = member(tmp_path)
+    config.secret_file.chmod(0o600)
+    assert not warn_if_secret_exposed(config)
+    config.secret_file.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        assert warn_if_secret_exposed(config)
+    assert "chmod 600" in caplog.text
+
+
+def test_an_address_of_another_machine_is_named_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_here(self: socket.socket, address: object) -> None:
+        raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+
+    monkeypatch.setattr(socket.socket, "bind", not_here)
+    with pytest.raises(ConfigError, match=r"192\.0\.2\.1 is not an address of this machine"):
+        check_port_free("192.0.2.1:7001", "Raft address")
