@@ -321,6 +321,11 @@ class MemberCollector:
             value = status.get(key)
             if isinstance(value, int) and not isinstance(value, bool):
                 yield GaugeMetricFamily(name, documentation, value=value)
+        peers = status.get("peersConnected")
+        if isinstance(peers, list):  # a replicated member's
+            yield GaugeMetricFamily(
+                "allot_member_peers_connected", "peers this member has a working Raft link to", value=len(peers)
+            )
 
 
 class SchedulingCollector:

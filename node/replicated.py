@@ -55,6 +55,7 @@ from statemachine.pools import pool_id
 from statemachine.view import ReadView
 
 log = logging.getLogger("allot.member")
+peer_link_warn_s = 10.0  # a peer without a working Raft link this long is logged (once per outage)
 
 batch_bytes_max = 1 << 20  # one log entry carries at most this many envelope bytes
 pending_max = 20_000  # envelopes waiting for a batch; beyond this requests get 503
@@ -95,6 +96,7 @@ class RaftSnapshot:
     leader_commit_index: int = 0
     last_applied: int = 0
     has_quorum: bool = False
+    peers_connected: tuple[str, ...] = ()  # member ids this member has a working Raft link to
 
 
 class ReplicatedMember:
@@ -107,6 +109,8 @@ class ReplicatedMember:
         self._batcher: asyncio.Task[None] | None = None
         self._inflight_batches: dict[int, _Batch] = {}  # proposed, not answered; by id()
         self._raft_view = RaftSnapshot()
+        self._peer_down_since: dict[str, float] = {}  # tick thread only: peer -> when its link was last seen down
+        self._peers_warned: set[str] = set()
         self._digest: tuple[int, str, float] = (-1, "", 0.0)
         self._digest_lock = threading.Lock()
         self._digesting = False
@@ -203,9 +207,40 @@ class ReplicatedMember:
             leader_commit_index=int(status["leader_commit_idx"] or 0),
             last_applied=int(status["last_applied"]),
             has_quorum=bool(status["has_quorum"]),
+            peers_connected=self._check_peer_links(status),
         )
         if self._raft_view.leader != previous_leader and self._loop is not None:
             self._loop.call_soon_threadsafe(self._release_all)
+
+    def _check_peer_links(self, status: dict[str, Any]) -> tuple[str, ...]:
+        """Tick thread: the peers with a working link; and a warning once a peer has had none
+        for `peer_link_warn_s`. pysyncobj drops a connection whose messages do not decrypt
+        without a word, so a member started with another cluster's secret, or a peer that is
+        down or unreachable, would otherwise leave no trace in any log."""
+        now = time.monotonic()
+        connected: list[str] = []
+        for member_id, address in sorted(self.config.members.items()):
+            if member_id == self.config.member_id:
+                continue
+            if status.get(f"partner_node_status_server_{address}") == 2:
+                connected.append(member_id)
+                self._peer_down_since.pop(member_id, None)
+                if member_id in self._peers_warned:
+                    self._peers_warned.discard(member_id)
+                    log.info("Raft link to %s (%s) is up again", member_id, address)
+                continue
+            since = self._peer_down_since.setdefault(member_id, now)
+            if now - since >= peer_link_warn_s and member_id not in self._peers_warned:
+                self._peers_warned.add(member_id)
+                log.warning(
+                    "no Raft link to %s (%s) for %.0f s: is it running and reachable, and does it use this "
+                    "cluster's secret (%s)? A peer with another secret is dropped without a word",
+                    member_id,
+                    address,
+                    now - since,
+                    self.config.secret_file,
+                )
+        return tuple(connected)
 
     def _on_applied(self, index: int) -> None:
         if self._loop is not None:
@@ -514,6 +549,7 @@ class ReplicatedMember:
             "snapshotIndex": self.dump_writer.last_dump_index,
             "members": sorted(self.config.members),
             "hasQuorum": view.has_quorum,
+            "peersConnected": list(view.peers_connected),
             "batches": self.batches,
             "batchedEnvelopes": self.batched_envelopes,
             "journalSyncs": self.raft.journal_syncs,

@@ -1077,6 +1077,9 @@ def test_metrics_show_replication_and_pools(cluster: Cluster) -> None:
         }
         assert samples["allot_apply_duration_seconds_count"] > 0, member_id
         assert samples["allot_journal_sync_duration_seconds_count"] > 0, member_id
+        assert samples["allot_member_peers_connected"] == 2, member_id
+        status = cluster.request(member_id, "GET", "/v1/status").body
+        assert status["peersConnected"] == sorted(set(cluster.member_ids) - {member_id}), status
         sent = samples["allot_raft_append_entries_sent_total"]
         skipped = samples["allot_raft_repeated_acks_skipped_total"]
         assert sent > 0 if member_id == leader else skipped > 0, (member_id, sent, skipped)
