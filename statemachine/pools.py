@@ -366,6 +366,21 @@ def _exclusions(spec: dict[str, Any], block: Block) -> list[Block]:
     return blocks
 
 
+def _held_back(spec: dict[str, Any], block: Block) -> list[Block]:
+    """The union of the reserved and excluded ranges, as disjoint blocks in address order.
+
+    Ranges may overlap or nest (an exclusion inside another, reserved addresses inside an
+    exclusion), as IPAMs let them: what is held back is their union. CIDR blocks either nest
+    or are disjoint, so the union is the blocks that lie inside no other."""
+    _, reserved = _reservations(spec, block)
+    ordered = sorted([*reserved, *_exclusions(spec, block)], key=lambda held: (held.address, -held.size))
+    union: list[Block] = []
+    for held in ordered:
+        if not union or not union[-1].contains(held):
+            union.append(held)
+    return union
+
+
 def _check_ipv4_mapped(block: Block, spec_in: dict[str, Any], carved_from: str | None) -> None:
     """Refuse an IPv6 pool that could hand out IPv4-mapped addresses (addresses.IPV4_MAPPED).
 
@@ -384,9 +399,8 @@ def _check_ipv4_mapped(block: Block, spec_in: dict[str, Any], carved_from: str |
     if IPV4_MAPPED.contains(block):
         fix = "give spec.cidr outside it" if carved_from else "create an IPv4 pool for these addresses"
         raise invalid(f"{given} lies inside {IPV4_MAPPED}; {why}: {fix}", "spec.cidr")
-    _, reserved = _reservations(spec_in, block)
-    covered = sum(overlap_size(excluded, IPV4_MAPPED) for excluded in reserved + _exclusions(spec_in, block))
-    if covered < IPV4_MAPPED.size:  # overlapping exclusions count twice here, and are refused when carved
+    covered = sum(overlap_size(held, IPV4_MAPPED) for held in _held_back(spec_in, block))  # disjoint: no double count
+    if covered < IPV4_MAPPED.size:
         if carved_from:
             raise invalid(
                 f"{given} contains {IPV4_MAPPED}; {why}: give spec.cidr with '{IPV4_MAPPED}' in spec.excluded",
@@ -544,12 +558,9 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     uid = ctx.new_uid()
     state = PoolState.new(uid, block)
     buddy.init_free(ctx.ov, state)
-    _, reserved_blocks = _reservations(spec_in, block)
-    for field_path, carve in [("spec.reserved", b) for b in reserved_blocks] + [
-        ("spec.excluded", b) for b in _exclusions(spec_in, block)
-    ]:
+    for carve in _held_back(spec_in, block):
         if not buddy.claim_block(ctx.ov, state, carve, buddy.OWNER_RESERVED):
-            raise invalid(f"{carve} overlaps another reserved or excluded range", field_path)
+            raise InvariantViolation(f"held-back block {carve} of a new pool {block} could not be carved")
         state.reserved += carve.size
     if state.usable <= 0:
         raise invalid("reserved and excluded ranges leave no usable address", "spec.excluded")

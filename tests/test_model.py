@@ -413,6 +413,12 @@ class Model:
             return refuse(ALREADY_EXISTS)
         if not isinstance(source, Blk) and visibility == "platform" and source.org:
             return refuse(INVALID)  # a child of a tenant's pool belongs to that tenant
+        if not isinstance(source, Blk) and not principal.is_admin and (source.org, source.project) != (org, project):
+            if source.org:
+                return refuse(FORBIDDEN)  # shared with this project for claims, not for carving
+            low, high = source.allocation["minPrefixLength"], source.allocation["maxPrefixLength"]
+            if not low <= block_length <= high:
+                return refuse(INVALID)  # a tenant carving a platform pool is bound by its policy
 
         # Where the block comes from.
         if isinstance(source, Blk):
@@ -449,11 +455,9 @@ class Model:
         )
         pool.holders[:leading] = [RESERVED] * leading
         pool.holders[size - trailing :] = [RESERVED] * trailing
-        for blk in excluded:
+        for blk in excluded:  # held back: the union of the reserved and excluded ranges, which may overlap
             offset = pool.offset_of(blk)
-            if not pool.is_free(offset, blk.length):
-                return refuse(INVALID)  # overlaps a reserved or an earlier excluded range
-            pool.take(offset, blk.length, RESERVED)
+            pool.holders[offset : offset + blk.size] = [RESERVED] * blk.size
         if all(holder == RESERVED for holder in pool.holders):
             return refuse(INVALID)
         if isinstance(source, MPool):
