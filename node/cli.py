@@ -21,6 +21,11 @@ def _serve(args: argparse.Namespace) -> int:
     settings: dict[str, object] = {}
     if args.config:
         settings = dict(config.load_file(args.config))
+        # Paths in a config file are relative to the file, wherever allot serve is started from.
+        for key in ("dataDir", "secretFile", "tokenFile"):
+            value = settings.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                settings[key] = str(Path(args.config).parent / value)
     member_id = args.member_id or settings.get("memberId")
     members_text = args.members or settings.get("members")
     if not member_id or not members_text:

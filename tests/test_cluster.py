@@ -848,6 +848,11 @@ def test_serve_configuration_errors(tmp_path: Path, serve_files: tuple[Path, Pat
         ("missing secret file", serve("m1", secret_file=tmp_path / "absent.secret"), "absent.secret"),
         ("--config: the file is read", config_file("m4.json", from_file), "this member (m4) is not in the member list"),
         ("--config: unknown key", config_file("bad.json", {**from_file, "peers": []}), "keys among"),
+        (
+            "--config: relative paths are relative to the file",
+            config_file("relative.json", {**from_file, "memberId": "m1", "secretFile": "absent.secret"}),
+            f"{tmp_path / 'absent.secret'}:",
+        ),
         ("grace out of range", [*serve("m1"), "--node-grace-seconds", "0"], "--node-grace-seconds 0 must be between"),
         (
             "--config: grace not a number",
