@@ -23,9 +23,9 @@ def _serve(args: argparse.Namespace) -> int:
         settings = dict(config.load_file(args.config))
         # Paths in a config file are relative to the file, wherever allot serve is started from.
         for key in ("dataDir", "secretFile", "tokenFile"):
-            value = settings.get(key)
-            if isinstance(value, str) and value and not Path(value).is_absolute():
-                settings[key] = str(Path(args.config).parent / value)
+            path_text = settings.get(key)
+            if isinstance(path_text, str) and path_text and not Path(path_text).is_absolute():
+                settings[key] = str(Path(args.config).parent / path_text)
     member_id = args.member_id or settings.get("memberId")
     members_text = args.members or settings.get("members")
     if not member_id or not members_text:
