@@ -1,8 +1,10 @@
 """The asynchronous client: aiohttp, one session with keep-alive connections per client.
 
 The mirror of `client.sync`: the same methods, the same retries, the same errors, because every
-decision is `client.core`'s; this module only awaits I/O and sleeps. Use a client from one
-event loop (the one its session was created in, on first use).
+decision is `client.core`'s; this module only awaits I/O and sleeps. A client's session belongs
+to the event loop it was created in (on first use); used from another loop once that one is
+closed (a second `asyncio.run`), the client starts a new session there. Using it from two open
+loops is an error.
 """
 
 from __future__ import annotations
@@ -59,6 +61,21 @@ async def _read_body(response: aiohttp.ClientResponse, limit_bytes: int) -> byte
         chunks.append(chunk)
 
 
+def _replaceable(owner: asyncio.AbstractEventLoop) -> bool:
+    """Whether something made in the event loop `owner` must be replaced before it is used in the
+    running loop: False in `owner` itself, True when `owner` is another loop that is closed (what
+    was made there died with it: a second `asyncio.run`). Another loop that is still open may be
+    using it (or may again): a RuntimeError that says what to do."""
+    if owner is asyncio.get_running_loop():
+        return False
+    if owner.is_closed():
+        return True
+    raise RuntimeError(
+        "this AsyncClient belongs to another event loop, which is still open: create one client per "
+        "event loop, or use it (and close it) within one loop"
+    )
+
+
 def _failure(exc: BaseException) -> core.TransportFailure:
     """aiohttp's exceptions, sorted by how far the request got."""
     detail = f"{type(exc).__name__}: {exc}"
@@ -70,22 +87,39 @@ def _failure(exc: BaseException) -> core.TransportFailure:
 
 
 class AiohttpTransport:
-    """Moves one request to one endpoint and back, on a shared aiohttp session."""
+    """Moves one request to one endpoint and back, on a shared aiohttp session.
+
+    The session is created on first use, in the running loop, and belongs to it. Used from
+    another loop after that one closed, the transport closes the dead session (aiohttp only
+    forgets its connections: they cannot be closed without their loop) and creates a new one in
+    the running loop."""
 
     def __init__(self, response_bytes_max: int = core.response_bytes_max) -> None:
         self.response_bytes_max = response_bytes_max
         self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None  # the loop the session belongs to
         self._closed = False
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the client is closed")
-        if self._session is None:  # created on first use: a session belongs to a running loop
+
+    async def _get_session(self) -> aiohttp.ClientSession:
+        self._check_open()
+        stale: aiohttp.ClientSession | None = None
+        if self._session is not None and self._session_loop is not None and _replaceable(self._session_loop):
+            stale, self._session = self._session, None
+        if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=connections_per_endpoint_max)
             self._session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=True, read_bufsize=core.watch_line_bytes_max
             )
-        return self._session
+            self._session_loop = asyncio.get_running_loop()
+        session = self._session  # set before any await: concurrent calls share this one
+        if stale is not None:
+            await stale.close()
+            self._check_open()  # closed while the stale session was being closed
+        return session
 
     @staticmethod
     def _url(endpoint: core.Endpoint, request: core.Request) -> str:
@@ -94,7 +128,7 @@ class AiohttpTransport:
     async def exchange(
         self, endpoint: core.Endpoint, request: core.Request, timeout_s: float
     ) -> tuple[int, dict[str, str], bytes]:
-        session = self._get_session()
+        session = await self._get_session()
         try:
             async with asyncio.timeout(timeout_s):
                 async with session.request(
@@ -114,7 +148,7 @@ class AiohttpTransport:
         self, endpoint: core.Endpoint, request: core.Request, timeout_s: float
     ) -> tuple[int, dict[str, str], bytes, aiohttp.ClientResponse | None]:
         """A 200 answer comes back open, to be read as a stream; any other with its whole body."""
-        session = self._get_session()
+        session = await self._get_session()
         try:
             async with asyncio.timeout(timeout_s):
                 response = await session.request(
@@ -136,10 +170,13 @@ class AiohttpTransport:
             raise _failure(exc) from None
 
     async def close(self) -> None:
+        """Close the session: in the loop it belongs to, or in any loop once that one is closed."""
+        if self._session is not None and self._session_loop is not None:
+            _replaceable(self._session_loop)  # raises if another open loop owns the session
         self._closed = True
         if self._session is not None:
-            await self._session.close()
-            self._session = None
+            session, self._session = self._session, None
+            await session.close()
 
 
 # ---- resource accessors ----------------------------------------------------------------------
@@ -415,6 +452,7 @@ class AsyncWatchStream:
         self._splitter = core.LineSplitter()
         self._pending: collections.deque[WatchEvent] = collections.deque()
         self._stream: aiohttp.ClientResponse | None = None
+        self._stream_loop: asyncio.AbstractEventLoop | None = None  # the loop the connection belongs to
         self._call: core.Call | None = None
         self._attempt: core.Attempt | None = None
         self._lines_on_connection = 0
@@ -446,6 +484,9 @@ class AsyncWatchStream:
                 return self._pending.popleft()
             if self._stream is None:
                 await self._connect()
+                continue
+            if self._stream_loop is not None and _replaceable(self._stream_loop):
+                await self._drop(None)  # the connection died with its loop: reconnect, resume exactly
                 continue
             idle_until_s = self._last_data_s + self._idle_timeout_s
             wait_s = (idle_until_s if until_s is None else min(idle_until_s, until_s)) - time.monotonic()
@@ -499,6 +540,7 @@ class AsyncWatchStream:
                 continue
             call.connected(attempt)
             self._stream, self._attempt = stream, attempt
+            self._stream_loop = asyncio.get_running_loop()
             self._splitter.reset()
             self._lines_on_connection = 0
             self._connected_s = self._last_data_s = time.monotonic()
@@ -524,9 +566,11 @@ class AsyncWatchStream:
         await asyncio.sleep(call.failed(attempt, failure[0], failure[1], time.monotonic()).seconds)
 
     async def close(self) -> None:
+        if self._stream is not None and self._stream_loop is not None:
+            _replaceable(self._stream_loop)  # raises if another open loop owns the connection
         self._closed = True
         if self._stream is not None:
-            self._stream.close()
+            self._stream.close()  # aiohttp leaves a connection of a closed loop alone
             self._stream = None
 
     async def __aenter__(self) -> AsyncWatchStream:

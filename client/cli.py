@@ -181,6 +181,18 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
+def _seconds(value: float | None, flag: str) -> float | None:
+    """`--timeout` or `--deadline`, checked here so that a mistake names the flag the user typed
+    (the client would name its `RetryPolicy` field)."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise UsageError(f"{flag} must be a finite number of seconds, not {value:g}")
+    if value <= 0:
+        raise UsageError(f"{flag} must be more than 0 seconds, not {value:g}")
+    return value
+
+
 def _label(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -1393,7 +1405,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     args = parser.parse_args(list(argv) if argv is not None else None)  # usage errors exit 2
     try:
         token = resolve_token(args, dict(os.environ))
-        client = Client(args.endpoints, token, timeout=args.timeout, deadline=args.deadline, tenant=args.tenant or None)
+        timeout, deadline = _seconds(args.timeout, "--timeout"), _seconds(args.deadline, "--deadline")
+        client = Client(args.endpoints, token, timeout=timeout, deadline=deadline, tenant=args.tenant or None)
     except (UsageError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE, err_stream)
     out = Output(args.output, out_stream)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import inspect
 import ipaddress
 import itertools
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -335,6 +337,94 @@ def test_sync_client_keeps_its_connection_alive(cluster: Cluster) -> None:
             client.ippools.list_page(limit=1)
             client.status()
         assert client._transport.connections_opened == 1, "keep-alive: one connection for 40 calls"
+
+
+# ---- one AsyncClient, several event loops -----------------------------------------------------------
+
+
+def unclosed_aiohttp_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    """aiohttp's warnings about a session or connector nobody closed. (A pooled connection
+    left in a closed loop is closed by Python when collected, with a warning of its own: no
+    client can close a socket whose loop is gone, so those are not counted.)"""
+    return [
+        str(w.message)
+        for w in caught
+        if "Unclosed client session" in str(w.message) or "Unclosed connector" in str(w.message)
+    ]
+
+
+def test_an_async_client_moves_to_a_new_event_loop_once_its_first_is_closed(cluster: Cluster) -> None:
+    cluster.ensure_all_running()
+    client = AsyncClient(endpoints_of(cluster), cluster.admin_token, deadline=10)
+    assert asyncio.run(client.status()).member_id in cluster.member_ids  # the loop closes with a pooled connection
+    first_session = client._transport._session
+
+    async def second_run() -> tuple[tuple[Any, ...], Any]:
+        try:  # concurrent calls in the new loop: one new session, made by whichever comes first
+            answers = await asyncio.gather(client.status(), client.ippools.list_page(limit=1), client.status())
+            return answers, client._transport._session
+        finally:
+            await client.close()
+
+    gc.collect()  # what earlier tests left behind is not this test's
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answers, second_session = asyncio.run(second_run())
+        gc.collect()
+    assert answers[0].member_id in cluster.member_ids and answers[1].items is not None
+    assert first_session is not None and second_session is not None and second_session is not first_session
+    assert first_session.closed and second_session.closed
+    assert unclosed_aiohttp_warnings(caught) == [], "the first loop's session was closed, and no other was leaked"
+    with pytest.raises(RuntimeError, match="the client is closed"):
+        asyncio.run(client.status())
+
+
+def test_an_async_client_refuses_a_second_event_loop_while_its_first_is_open(cluster: Cluster) -> None:
+    cluster.ensure_all_running()
+    client = AsyncClient(endpoints_of(cluster), cluster.admin_token, timeout=2, deadline=3)
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(client.status())
+        for use in (client.status, client.close):
+            with pytest.raises(RuntimeError, match="belongs to another event loop, which is still open: create one"):
+                asyncio.run(use())
+        assert first.run_until_complete(client.status()).member_id in cluster.member_ids, "its own loop still works"
+    finally:
+        first.run_until_complete(client.close())
+        first.close()
+
+
+def test_an_async_watch_resumes_in_a_new_event_loop(cluster: Cluster) -> None:
+    cluster.ensure_all_running()
+    prefix = "loops-"
+    with Client(endpoints_of(cluster), cluster.admin_token) as writer:
+        start = writer.ippools.list_page(limit=1).resource_version
+        client = AsyncClient(endpoints_of(cluster), cluster.admin_token)
+        stream = client.watch(["ippools"], start)
+
+        async def next_named() -> WatchEvent:
+            while True:
+                event = await stream.next_event(event_wait_s)
+                assert event is not None, f"no watch event within {event_wait_s} s"
+                if event.object.name.startswith(prefix):
+                    return event
+
+        async def then_close() -> tuple[WatchEvent, int]:
+            try:
+                return await next_named(), stream.connections
+            finally:
+                await stream.close()
+                await client.close()
+
+        writer.ippools.create(f"{prefix}1", {"cidr": next_cidr(28)})
+        first = asyncio.run(next_named())  # the loop closes with the stream's connection open
+        writer.ippools.create(f"{prefix}2", {"cidr": next_cidr(28)})
+        second, connections = asyncio.run(then_close())
+    assert [(first.type, first.object.name), (second.type, second.object.name)] == [
+        ("ADDED", f"{prefix}1"),
+        ("ADDED", f"{prefix}2"),
+    ]
+    assert connections == 2, "the connection of the closed loop was replaced, and the stream resumed after it"
 
 
 # ---- watch -----------------------------------------------------------------------------------------

@@ -351,6 +351,28 @@ def test_spec_json_conflicting_with_an_option_is_a_usage_error() -> None:
     assert cli.pod_spec(nested) == {"requests": {"cpuMillis": 1000, "memoryBytes": 64}}, "both halves are kept"
 
 
+def test_timeout_and_deadline_mistakes_name_the_flags() -> None:
+    def run(*argv: str) -> tuple[int, str]:
+        stderr = io.StringIO()
+        # Nothing listens on port 1: a usage error is found before anything is sent.
+        code = cli.main(
+            [*argv, "--endpoints", "http://127.0.0.1:1", "--token", "t", "-o", "json"], io.StringIO(), stderr
+        )
+        return code, stderr.getvalue()
+
+    for argv, message in (
+        (("--timeout", "-1", "status"), "--timeout must be more than 0 seconds, not -1"),
+        (("status", "--timeout", "0"), "--timeout must be more than 0 seconds, not 0"),
+        (("pool", "list", "--deadline", "-0.5"), "--deadline must be more than 0 seconds, not -0.5"),
+        (("--deadline", "0", "status"), "--deadline must be more than 0 seconds, not 0"),
+        (("status", "--timeout", "inf"), "--timeout must be a finite number of seconds, not inf"),
+        (("status", "--deadline", "nan"), "--deadline must be a finite number of seconds, not nan"),
+    ):
+        assert run(*argv) == (cli.EXIT_USAGE, f"allot: {message}\n"), argv
+    code, error = run("status", "--timeout", "0.5", "--deadline", "1")  # accepted: the command runs
+    assert code == cli.EXIT_UNAVAILABLE, error
+
+
 def test_every_error_class_has_an_exit_code() -> None:
     expected: dict[str, int] = {
         "not_found": cli.EXIT_NOT_FOUND,
