@@ -299,7 +299,8 @@ def check_cluster_identity(config: MemberConfig) -> None:
         if recorded["secretDigest"] != wanted["secretDigest"]:
             raise ConfigError(
                 f"data dir {config.data_dir} belongs to a cluster with another secret than {config.secret_file}: "
-                "give that cluster's secret file, or use an empty data dir for a new cluster"
+                "give that cluster's secret file, or use an empty data dir for a new cluster (if this member "
+                f"never joined, e.g. it was first started with a wrong secret, delete {path} or the data dir)"
             )
         if recorded == wanted:
             return

@@ -120,7 +120,7 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     check_map(body, "", ("name",))
     name = check_name(body.get("name"), "name")
     existing = load(ctx.ov, name)
-    if existing is None:
+    if existing is None or not visible(existing, ctx.principal):  # as get answers it
         raise Rejected(NOT_FOUND, f"IPClass {name} not found", {"name": name})
     prefix = keys.class_index_prefix(name)
     backing = ctx.ov.first(prefix, prefix_end(prefix))

@@ -45,10 +45,11 @@ references, is "name" for platform pools and "org/project/name" for tenant pools
 
 Root pools may not overlap within an address space (`addressSpace`, VRF-like). Child pools
 take their block from the parent's buddy allocator, like claims do, and so never overlap. Who
-may carve (`_check_carving_for_user`): the parent's owner (its project; an admin for any pool)
-at any length inside it, since carving a subnet for a team is an act of pool design; a tenant
-carving a platform pool only at a length the pool's `allocation` policy allows a claim; a
-project a tenant's pool is shared with not at all (`forbidden`: it may claim from it).
+may carve (`_check_carving`): a child of a tenant's pool belongs to that pool's project, carved
+by it (or an admin acting for it) at any length inside it, since carving a subnet for a team is
+an act of pool design; a project the pool is shared with, or an admin acting for one, not at
+all (`forbidden`: it may claim from it). A platform pool is carved by admins at any length and
+by tenants only at a length its `allocation` policy allows a claim.
 A pool with allocations (bound or retained) or child pools cannot be deleted.
 
 IPv4-mapped IPv6 addresses (::ffff:0:0/96) stand for IPv4 nodes and are never handed out: an
@@ -150,25 +151,37 @@ def owns(pool: dict[str, Any], principal: Principal) -> bool:
     return principal.is_admin or (metadata["org"] == principal.org and metadata["project"] == principal.project)
 
 
-def _check_carving_for_user(parent: dict[str, Any], length: int, field_path: str) -> None:
-    """A child pool carved by a principal that uses the parent without owning it.
+def _check_carving(
+    parent: dict[str, Any], principal: Principal, org: str, project: str, length: int, by_length: bool
+) -> None:
+    """Who may carve a child (of scope org/project) out of `parent`.
 
-    Only a pool's owner designs its layout. A project a tenant's pool is shared with may claim
-    from it but not carve it (`forbidden`): its child would be a pool the owner can neither see
-    nor delete, and would keep the owner from deleting its own pool. A tenant carving a
-    platform pool takes a block of it as a claim would, so the pool's allocation policy bounds
-    the child's length (`invalid`); otherwise a child pool would get round the policy, e.g. a
-    tenant taking a whole platform /24 whose admin allowed /30../32 claims."""
+    A child of a tenant's pool belongs to the pool's own project, whoever asks: a project the
+    pool is shared with may claim from it but not carve it (`forbidden`), and neither may an
+    admin acting for such a project. Its child would be a pool the owner can neither see nor
+    delete, and would keep the owner from deleting its own pool. A tenant carving a platform
+    pool takes a block of it as a claim would, so the pool's allocation policy bounds the
+    child's length (`invalid`); otherwise a child would get round the policy, e.g. a tenant
+    taking a whole platform /24 whose admin allowed /30../32 claims. Admins design pools and
+    are not bound by it."""
     metadata = parent["metadata"]
     parent_id = pool_id(metadata["org"], metadata["project"], metadata["name"])
     if metadata["org"]:
+        if (org, project) == (metadata["org"], metadata["project"]):
+            return
+        owner = f"{metadata['org']}/{metadata['project']}"
         raise Rejected(
             FORBIDDEN,
-            f"IPPool {parent_id} is shared with your project for claims; only its owner project "
-            f"({metadata['org']}/{metadata['project']}) or an admin may carve child pools from it",
+            f"IPPool {parent_id} belongs to {owner} and is only shared with {org}/{project} for claims: "
+            f"a child of it belongs to {owner}; carve it as {owner} (an admin: ?org={metadata['org']}"
+            f"&project={metadata['project']}), or claim from the pool",
             {"parentPool": parent_id},
         )
-    check_length_allowed(length, parent["spec"]["allocation"], f"IPPool {parent_id}'s allocation policy", field_path)
+    if not principal.is_admin:
+        field_path = "spec.prefixLength" if by_length else "spec.cidr"
+        check_length_allowed(
+            length, parent["spec"]["allocation"], f"IPPool {parent_id}'s allocation policy", field_path
+        )
 
 
 def load(view: ReadView, key: bytes) -> dict[str, Any] | None:
@@ -519,8 +532,8 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         )
     if parent is not None and visibility in PLATFORM_VISIBILITIES and parent[1]["metadata"]["org"]:
         raise _tenant_parent(parent[1], visibility, given)  # after "same again", as _check_ipv4_mapped
-    if parent is not None and not owns(parent[1], ctx.principal):
-        _check_carving_for_user(parent[1], block_length, "spec.prefixLength" if wanted is None else "spec.cidr")
+    if parent is not None:
+        _check_carving(parent[1], ctx.principal, org, project, block_length, wanted is None)
     if wanted is not None:
         _check_ipv4_mapped(wanted, spec_in, None)
 

@@ -113,6 +113,8 @@ def parse_field_selector(text: str, kind: str) -> tuple[FieldRequirement, ...]:
             known = ", ".join(supported) or "none"
             raise invalid(f"fieldSelector {part!r} is not supported for {kind}; supported fields: {known}", field_path)
         value = value.strip()
+        if name == "spec.nodeName" and value:  # a name no node can have would match nothing, silently
+            check_name(value, field_path)
         allowed = FIELD_SELECTOR_VALUES.get((kind, name))
         if allowed is not None and value not in allowed:
             raise invalid(

@@ -413,9 +413,9 @@ class Model:
             return refuse(ALREADY_EXISTS)
         if not isinstance(source, Blk) and visibility == "platform" and source.org:
             return refuse(INVALID)  # a child of a tenant's pool belongs to that tenant
-        if not isinstance(source, Blk) and not principal.is_admin and (source.org, source.project) != (org, project):
-            if source.org:
-                return refuse(FORBIDDEN)  # shared with this project for claims, not for carving
+        if not isinstance(source, Blk) and source.org and (source.org, source.project) != (org, project):
+            return refuse(FORBIDDEN)  # a child of a tenant's pool belongs to that project, whoever asks
+        if not isinstance(source, Blk) and not source.org and not principal.is_admin:
             low, high = source.allocation["minPrefixLength"], source.allocation["maxPrefixLength"]
             if not low <= block_length <= high:
                 return refuse(INVALID)  # a tenant carving a platform pool is bound by its policy

@@ -213,6 +213,7 @@ def test_admin_lists_everything(built: Machine) -> None:
     assert (
         built.refused(acting, "claim.create", {"name": "via-gold", "spec": {"className": "gold"}}).code == "not_found"
     )
+    assert built.refused(acting, "class.delete", {"name": "gold"}).code == "not_found"  # as get answers
     pools = list_objects(built.store, ADMIN, "ippools")["items"]
     assert all("capacity" in pool["status"] for pool in pools), "listed pools carry their live status"
 
@@ -366,6 +367,13 @@ def test_every_page_reports_the_first_pages_revision_so_a_watch_from_it_misses_n
     assert "a-behind" not in names
     events, _ = events_after(built.store, WEB, listed_at, ("ipclaims",))
     assert [event["object"]["metadata"]["name"] for event in events] == ["a-behind"]
+
+
+@pytest.mark.parametrize("selector", ["spec.nodeName=N1", "spec.nodeName=n_1"])
+def test_a_node_name_no_node_can_have_is_refused_in_a_field_selector(built: Machine, selector: str) -> None:
+    _refused("invalid", lambda: list_objects(built.store, WEB, "pods", field_selector=selector))
+    _refused("invalid", lambda: events_after(built.store, WEB, 0, ("pods",), field_selector=selector))
+    assert list_objects(built.store, WEB, "pods", field_selector="spec.nodeName=")["items"] == []  # unbound
 
 
 def test_a_continue_token_of_another_namespace_is_refused(built: Machine) -> None:
