@@ -190,6 +190,8 @@ def _seconds(value: float | None, flag: str) -> float | None:
         raise UsageError(f"{flag} must be a finite number of seconds, not {value:g}")
     if value <= 0:
         raise UsageError(f"{flag} must be more than 0 seconds, not {value:g}")
+    if flag == "--timeout" and value > core.attempt_timeout_s_max:
+        raise UsageError(f"{flag} must be at most {core.attempt_timeout_s_max:g} seconds (a day), not {value:g}")
     return value
 
 

@@ -35,6 +35,7 @@ import collections
 import dataclasses
 import enum
 import json
+import math
 import random
 import re
 import secrets
@@ -80,6 +81,7 @@ watch_line_bytes_max = 4 * 1024 * 1024  # one watch event; an object is at most 
 watch_idle_timeout_s_default = 30.0  # the server sends a BOOKMARK every 10 s when idle
 list_pages_max = 100_000  # a list iterator follows at most this many continue tokens
 failures_kept_max = 8  # attempt failures quoted in a give-up error's message
+attempt_timeout_s_max = 86_400.0  # a day: sockets cannot take every float (1e10 s overflows them)
 idempotency_key_chars_max = 128  # the server's limit
 endpoints_max = 64
 
@@ -572,6 +574,13 @@ class RandomSource(Protocol):
     def random(self) -> float: ...
 
 
+def _check_seconds(value: float, name: str, at_most: float = math.inf) -> None:
+    """More than 0 seconds (nan is refused too) and at most `at_most`."""
+    if not 0 < value <= at_most:
+        bound = "" if math.isinf(at_most) else f" and at most {at_most:g}"
+        raise ValueError(f"{name} must be more than 0{bound} seconds, not {value!r}")
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How hard one call tries. Every field is a bound; the defaults suit a LAN cluster whose
@@ -606,9 +615,9 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.attempts_max < 1:
             raise ValueError("attempts_max must be at least 1")
-        for name in ("deadline_s", "attempt_timeout_s", "attempt_time_min_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive")
+        _check_seconds(self.deadline_s, "deadline_s")  # the attempt cap bounds the work of a long one
+        _check_seconds(self.attempt_timeout_s, "attempt_timeout_s", attempt_timeout_s_max)
+        _check_seconds(self.attempt_time_min_s, "attempt_time_min_s")
         if not 0 <= self.jitter <= 1:
             raise ValueError("jitter must be between 0 and 1")
         if self.backoff_initial_s < 0 or self.backoff_max_s < self.backoff_initial_s or self.backoff_multiplier < 1:
@@ -617,6 +626,11 @@ class RetryPolicy:
             raise ValueError("retry_after_max_s must not be negative")
 
     def with_overrides(self, timeout_s: float | None = None, deadline_s: float | None = None) -> RetryPolicy:
+        """This policy with a caller's `timeout` (one attempt) and `deadline` (the whole call)."""
+        if timeout_s is not None:
+            _check_seconds(timeout_s, "timeout", attempt_timeout_s_max)
+        if deadline_s is not None:
+            _check_seconds(deadline_s, "deadline")
         return dataclasses.replace(
             self,
             attempt_timeout_s=self.attempt_timeout_s if timeout_s is None else timeout_s,

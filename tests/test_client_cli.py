@@ -367,6 +367,7 @@ def test_timeout_and_deadline_mistakes_name_the_flags() -> None:
         (("--deadline", "0", "status"), "--deadline must be more than 0 seconds, not 0"),
         (("status", "--timeout", "inf"), "--timeout must be a finite number of seconds, not inf"),
         (("status", "--deadline", "nan"), "--deadline must be a finite number of seconds, not nan"),
+        (("status", "--timeout", "1e10"), "--timeout must be at most 86400 seconds (a day), not 1e+10"),
     ):
         assert run(*argv) == (cli.EXIT_USAGE, f"allot: {message}\n"), argv
     code, error = run("status", "--timeout", "0.5", "--deadline", "1")  # accepted: the command runs

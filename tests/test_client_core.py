@@ -317,6 +317,17 @@ def test_per_call_overrides() -> None:
     assert (changed.attempt_timeout_s, changed.deadline_s, changed.attempts_max) == (0.5, 2.0, policy.attempts_max)
     call = new_call(factory().get(core.IPPOOLS, "p"), policy=changed)
     assert call.next_attempt(0.0).timeout_s == 0.5 and call.next_attempt(1.8).timeout_s == pytest.approx(0.2)
+    # A caller's mistake names the caller's words, not the policy's fields; an attempt takes a
+    # day at most (a socket cannot take 1e10 s), a deadline may be longer (attempts bound it).
+    for timeout, deadline, words in (
+        (-1.0, None, "timeout must be more than 0"),
+        (None, 0.0, "deadline must be more than 0 seconds"),
+        (1e10, None, "timeout must be more than 0 and at most 86400 seconds, not 10000000000.0"),
+        (float("nan"), None, "timeout must be more than 0"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            policy.with_overrides(timeout, deadline)
+    assert policy.with_overrides(86_400.0, 1e9).deadline_s == 1e9
 
 
 def test_write_that_may_have_applied_gives_outcome_unknown_with_its_key() -> None:
