@@ -103,6 +103,10 @@ def class_candidates(ctx: Context, spec: dict[str, Any]) -> tuple[dict[str, Any]
         )
     ip_class = classes.load(ctx.ov, class_name)
     if ip_class is None or not classes.visible(ip_class, ctx.principal):
+        if not spec.get("className"):  # the default class is restricted to other orgs: do not name it
+            raise invalid(
+                "there is no default IPClass for your org: name spec.poolRef or spec.className", "spec.className"
+            )
         raise Rejected(NOT_FOUND, f"IPClass {class_name} not found", {"kind": classes.KIND, "name": class_name})
     # The choice among backing pools is made as the tenant sees them, even when an admin acts
     # for the tenant: an admin's claim must not land in another project's private pool, nor
