@@ -213,13 +213,13 @@ def node_drain(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    name, namespace, labels, spec, has_requests, planned = pods.check_body(body)
+    name, namespace, labels, spec, own_requests, planned = pods.check_body(body)
     principal = ctx.principal
     if not principal.has_tenant:
         raise invalid("a Pod belongs to a project: act for a tenant", "principal")
     key = keys.pod_key(principal.org, principal.project, namespace, name)
     tenant = quotas.Tenant(ctx.ov, principal.org, principal.project)
-    scheduler.fill_default_requests(spec, has_requests, tenant)
+    scheduler.fill_default_requests(spec, own_requests, tenant)
     existing = pods.load(ctx.ov, key)
     if existing is not None:
         same_spec = {**existing["spec"], "nodeName": None} == spec

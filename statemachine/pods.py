@@ -1,9 +1,10 @@
 """Pods: tenant objects, namespaced like claims, that the scheduler binds to nodes.
 
 `spec` (all optional):
-* `requests`: `{cpuMillis, memoryBytes}`; when left out, the project quota's `defaultRequests`
-  (or zero) are filled in at creation and stored, so a later change of defaults never changes
-  what an existing pod is charged.
+* `requests`: `{cpuMillis, memoryBytes}`; each one left out takes the project quota's
+  `defaultRequests` value (or zero), as a Kubernetes LimitRange default does, filled in at
+  creation and stored, so a later change of defaults never changes what an existing pod is
+  charged.
 * `nodeSelector`: labels the node must carry (all of them).
 * `nodeAffinity`: required match expressions, all of which must hold:
   `{key, operator: In|NotIn|Exists|DoesNotExist, values}` (a single Kubernetes node selector
@@ -160,11 +161,16 @@ def _check_tolerations(value: Any) -> list[dict[str, str]]:
     return tolerations
 
 
-def check_spec(value: Any) -> tuple[dict[str, Any], bool]:
-    """The spec as stored (every field filled in, requests zero until defaulted) and whether
-    the pod gave its own requests."""
+def check_spec(value: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The spec as stored (every field filled in, requests zero until defaulted) and the
+    requests the pod gave itself (the others take the project's defaults)."""
     given = check_map(value, "spec", _spec_fields)
-    has_requests = given.get("requests") is not None
+    given_requests = given.get("requests")
+    own_requests = (
+        tuple(sorted(field for field, amount in given_requests.items() if amount is not None))
+        if isinstance(given_requests, dict)
+        else ()
+    )
     spec = {
         "requests": check_requests(given.get("requests"), "spec.requests"),
         "nodeSelector": check_labels(given.get("nodeSelector"), "spec.nodeSelector"),
@@ -174,21 +180,23 @@ def check_spec(value: Any) -> tuple[dict[str, Any], bool]:
         "schedulingPolicy": opt_choice(given, "schedulingPolicy", "spec.schedulingPolicy", POLICIES),
         "nodeName": None,
     }
-    return spec, has_requests
+    return spec, own_requests
 
 
-def check_body(body: dict[str, Any]) -> tuple[str, str, dict[str, str], dict[str, Any], bool, str | None]:
-    """(name, namespace, labels, spec, has_requests, planned node) of a pod.create body."""
+def check_body(
+    body: dict[str, Any],
+) -> tuple[str, str, dict[str, str], dict[str, Any], tuple[str, ...], str | None]:
+    """(name, namespace, labels, spec, the requests it gave, planned node) of a pod.create body."""
     check_map(body, "", _body_fields)
     name = check_name(body.get("name"), "name")
     namespace = check_name(body.get("namespace", DEFAULT_NAMESPACE), "namespace")
     labels = check_labels(body.get("labels"), "labels")
-    spec, has_requests = check_spec(body.get("spec"))
+    spec, own_requests = check_spec(body.get("spec"))
     plan = check_map(body.get("plan"), "plan", ("nodeName",))
     planned = opt_str(plan, "nodeName", "plan.nodeName")
     if planned is not None:
         check_name(planned, "plan.nodeName")
-    return name, namespace, labels, spec, has_requests, planned
+    return name, namespace, labels, spec, own_requests, planned
 
 
 def load(view: ReadView, key: bytes) -> dict[str, Any] | None:

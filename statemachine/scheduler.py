@@ -275,10 +275,15 @@ def charge_of(spec: dict[str, Any]) -> quotas.Charge:
     return quotas.Charge(cpu_millis=requests["cpuMillis"], memory_bytes=requests["memoryBytes"], pods=1)
 
 
-def fill_default_requests(spec: dict[str, Any], has_requests: bool, tenant: quotas.Tenant) -> None:
+def fill_default_requests(spec: dict[str, Any], own_requests: tuple[str, ...], tenant: quotas.Tenant) -> None:
+    """Each request the pod did not give takes the project's default (checked requests are
+    in spec already, the others zero): a pod naming only its CPU is still charged memory."""
     defaults = tenant.project_ledger.default_requests
-    if not has_requests and defaults is not None:
-        spec["requests"] = {"cpuMillis": defaults[0], "memoryBytes": defaults[1]}
+    if defaults is None:
+        return
+    for field, default in (("cpuMillis", defaults[0]), ("memoryBytes", defaults[1])):
+        if field not in own_requests:
+            spec["requests"][field] = default
 
 
 def plan_pod(view: ReadView, spec: Any, principal: Principal) -> str | None:
@@ -288,11 +293,11 @@ def plan_pod(view: ReadView, spec: Any, principal: Principal) -> str | None:
     if not principal.has_tenant:
         return None
     try:
-        checked, has_requests = pods.check_spec(spec)
+        checked, own_requests = pods.check_spec(spec)
     except Rejected:
         return None
     tenant = quotas.Tenant(view, principal.org, principal.project)
-    fill_default_requests(checked, has_requests, tenant)
+    fill_default_requests(checked, own_requests, tenant)
     if tenant.shortfall(charge_of(checked)) is not None:
         return None
     needs = Needs.of(checked)
