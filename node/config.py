@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.files import write_atomically
+
 _member_id_pattern = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?")
 secret_chars_min = 32
 
@@ -304,12 +306,8 @@ def check_cluster_identity(config: MemberConfig) -> None:
             )
         if recorded == wanted:
             return
-    temporary = path.with_suffix(".tmp")
     try:
-        temporary.write_text(json.dumps(wanted, indent=2) + "\n")
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
+        write_atomically(path, (json.dumps(wanted, indent=2) + "\n").encode())
     except OSError as exc:
         raise ConfigError(f"cannot record the cluster identity in {path}: {exc.strerror}") from None
 

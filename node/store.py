@@ -42,6 +42,7 @@ from typing import IO, Protocol
 
 import lmdb
 
+from node.files import fsync_directory, write_atomically
 from statemachine import EntryApply, Outcome
 from statemachine.invariants import check_invariants as _check_invariants
 from statemachine.invariants import digest as _digest
@@ -142,25 +143,6 @@ def _decode_index(raw: bytes | None) -> int:
     return 0 if raw is None else int.from_bytes(raw, "big")
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the directory: the file is either old or new, never torn."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
-
-
 def _boot_id() -> str | None:
     try:
         with open(_BOOT_ID_PATH) as handle:
@@ -242,7 +224,7 @@ class PendingSnapshot:
                 f"the copy holds applied_index {inside}, the pinned transaction saw {self.applied_index}"
             )
         info = SnapshotInfo(self.applied_index, size, sha)
-        _write_atomically(target / SNAPSHOT_MANIFEST_FILE, info.to_json())  # last: marks it complete
+        write_atomically(target / SNAPSHOT_MANIFEST_FILE, info.to_json())  # last: marks it complete
         return info
 
     def close(self) -> None:
@@ -494,7 +476,7 @@ class LmdbStore:
 
     def _write_session(self, *, clean: bool) -> None:
         session = {"boot_id": _boot_id(), "sync": self._sync, "clean": clean}
-        _write_atomically(self._directory / SESSION_FILE, json.dumps(session).encode())
+        write_atomically(self._directory / SESSION_FILE, json.dumps(session).encode())
 
     def _open_env(self) -> None:
         path = self._directory / DATA_FILE
@@ -782,7 +764,7 @@ class LmdbStore:
             os.replace(staging, self._directory / DATA_FILE)
         finally:
             self._open_env()  # the new data, or the old if the rename failed
-        _fsync_directory(self._directory)
+        fsync_directory(self._directory)
         self._record_snapshot_index(applied_index)
         self._require_env().sync(True)
 
@@ -814,5 +796,5 @@ def open_replica_store(
     except UnsafeShutdownError:
         set_aside = path / TORN_FILE
         os.replace(path / DATA_FILE, set_aside)
-        _fsync_directory(path)
+        fsync_directory(path)
         return LmdbStore(path, map_size=map_size, sync=False), set_aside
