@@ -313,14 +313,25 @@ def render(view: ReadView, quota: dict[str, Any], reader: Principal | None = Non
     return {**quota, "status": {"used": used}}
 
 
-def _check_address_keys(view: ReadView, spec: dict[str, Any], org: str, project: str) -> None:
+def _check_address_keys(
+    view: ReadView, spec: dict[str, Any], org: str, project: str, existing: dict[str, Any] | None
+) -> None:
     """Address limits must name pools and classes that exist: a limit under a name that no
-    charge can carry would limit nothing while looking like a limit."""
+    charge can carry would limit nothing while looking like a limit.
+
+    Only new names are checked. A limit the quota already had stays valid after its pool or
+    class is deleted (deleting them does not look at quotas, and another tenant may delete its
+    own pool that this quota names); refusing it would block every later change to the quota
+    until someone noticed the stale name, and a pool or class made again under the name is
+    limited by it again, as in Kubernetes' per-storage-class quotas."""
+    had = existing["spec"] if existing is not None else {}
     for name in spec.get("addressesByClass", {}):
+        if name in had.get("addressesByClass", {}):
+            continue
         if classes.load(view, name) is None:
             raise invalid(f"spec.addressesByClass.{name}: there is no IPClass {name}", f"spec.addressesByClass.{name}")
     for name in spec.get("addressesByPool", {}):
-        if pools.load(view, pools.key_of_pool_id(name)) is not None:
+        if name in had.get("addressesByPool", {}) or pools.load(view, pools.key_of_pool_id(name)) is not None:
             continue
         hint = "keys are pool ids: name for a platform pool, org/project/name for a tenant's pool"
         if "/" not in name and project and pools.load(view, keys.pool_key(org, project, name)) is not None:
@@ -430,7 +441,7 @@ def set_quota(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool,
     existing = None if raw is None else dict(loads(raw))
     if existing is not None and existing["spec"] == spec and existing["metadata"]["labels"] == labels:
         return render(ctx.ov, existing), False, False
-    _check_address_keys(ctx.ov, spec, org, project)
+    _check_address_keys(ctx.ov, spec, org, project, existing)
     ledger = load_ledger(ctx.ov, org, project)
     limits = _limits(spec)
     over = _over(ledger, limits)

@@ -304,6 +304,35 @@ def test_address_quotas_name_real_pools_and_org_quotas_hide_sibling_pools(tmp_pa
     run(tmp_path, check)
 
 
+def test_a_quota_stays_editable_after_a_pool_or_class_it_limits_is_deleted(tmp_path: Path) -> None:
+    """Deleting a pool or class does not look at quotas (the pool may be another tenant's), so
+    a limit the quota already has may name one that is gone. Changing the quota's other limits
+    keeps working; a new limit must still name something that exists."""
+
+    async def check(api: Api) -> None:
+        await api.ok(
+            "POST", "/v1/ipclasses", ADMIN, {"name": "gone", "spec": {"ipFamily": "IPv4", "visibility": "platform"}}
+        )
+        await api.ok(
+            "POST", "/v1/ippools?org=acme&project=web", ADMIN, {"name": "tmp", "spec": {"cidr": "10.97.0.0/24"}}
+        )
+        limits = {"addressesByPool": {"acme/web/tmp": 2}, "addressesByClass": {"gone": 3}}
+        await api.ok("POST", "/v1/quotas", ADMIN, {"name": "globex/prod", "spec": limits})
+        await api.ok("DELETE", "/v1/ippools/tmp", ACME)
+        await api.ok("DELETE", "/v1/ipclasses/gone", ADMIN)
+        raised = await api.ok("POST", "/v1/quotas", ADMIN, {"name": "globex/prod", "spec": {**limits, "services": 9}})
+        assert raised["spec"] == {**limits, "services": 9}
+        before = api.objects_digest()
+        stale_and_new = {**limits, "addressesByPool": {"acme/web/tmp": 2, "acme/web/other": 1}}
+        refused = await api.error(
+            400, "invalid", "POST", "/v1/quotas", body={"name": "globex/prod", "spec": stale_and_new}
+        )
+        assert refused.body["error"]["details"]["field"] == "spec.addressesByPool.acme/web/other"
+        assert api.objects_digest() == before
+
+    run(tmp_path, check)
+
+
 def test_services_get_addresses_and_release_them(tmp_path: Path) -> None:
     async def check(api: Api) -> None:
         await api.ok("POST", "/v1/ippools", ADMIN, SERVICE_POOL)
