@@ -13,7 +13,9 @@
 The address is a host block held in the pool's allocator by the service's key; deleting the
 service releases it in the same apply. Each service charges the tenant one `services` and one
 address against `addressesByClass` (when it came through a class) and `addressesByPool`;
-over quota is refused with `quota_exceeded`, and nothing is written.
+over quota is refused with `quota_exceeded`, and nothing is written. Through a class, a backing
+pool where the tenant has reached its `addressesByPool` limit is passed over for the next one
+with room under the quota.
 """
 
 from __future__ import annotations
@@ -102,9 +104,12 @@ def charge_of(service: dict[str, Any]) -> quotas.Charge:
 
 
 def _carve_address(
-    ctx: Context, spec: dict[str, Any], specific: Block | None, owner: bytes
+    ctx: Context, spec: dict[str, Any], specific: Block | None, owner: bytes, tenant: quotas.Tenant
 ) -> tuple[str, Block, str | None]:
-    """(pool id, host block, class name) for the service, carved like a claim's."""
+    """(pool id, host block, class name) for the service, carved like a claim's. Through a
+    class, a backing pool whose `addressesByPool` limit the tenant has reached is passed over
+    while another has room under its quota; when none has, the first is tried and the quota
+    refusal names it."""
     if "poolRef" in spec:
         pool_key, pool = pools.resolve(ctx.ov, ctx.principal, spec["poolRef"], "spec.poolRef")
         pool_ref = pools.pool_id_of_key(pool_key)
@@ -139,6 +144,13 @@ def _carve_address(
                 f"no pool backing IPClass {class_name} can hold a service address{where}",
                 "spec.address" if specific is not None else "spec.className",
             )
+        if tenant.limited:
+            within_quota = [
+                (key, pool)
+                for key, pool in usable
+                if tenant.shortfall(quotas.Charge(addresses=1, pool=pools.pool_id_of_key(key))) is None
+            ]
+            usable = within_quota or usable[:1]
     pool_ref, block = claims.carve(ctx, usable, length, specific, strategy, owner, class_name)
     return pool_ref, block, class_name
 
@@ -176,7 +188,8 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
             namespace=namespace,
             address=held,
         )
-    pool_ref, block, class_name = _carve_address(ctx, spec, specific, key)
+    tenant = quotas.Tenant(ctx.ov, principal.org, principal.project)
+    pool_ref, block, class_name = _carve_address(ctx, spec, specific, key, tenant)
     service = {
         "kind": KIND,
         "metadata": ctx.metadata(
@@ -185,7 +198,6 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         "spec": spec,
         "status": {"address": format_address(block.family, block.address), "pool": pool_ref, "className": class_name},
     }
-    tenant = quotas.Tenant(ctx.ov, principal.org, principal.project)
     charge = charge_of(service)
     shortfall = tenant.shortfall(charge)
     if shortfall is not None:

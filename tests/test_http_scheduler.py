@@ -333,6 +333,32 @@ def test_a_quota_stays_editable_after_a_pool_or_class_it_limits_is_deleted(tmp_p
     run(tmp_path, check)
 
 
+def test_a_service_through_a_class_skips_a_pool_its_quota_has_no_room_in(tmp_path: Path) -> None:
+    """A per-pool address limit reached in one backing pool of a class sends the next service
+    to another backing pool; only when every backing pool is at its limit is it refused."""
+
+    async def check(api: Api) -> None:
+        await api.ok("POST", "/v1/ipclasses", ADMIN, {"name": "multi", "spec": {"ipFamily": "IPv4"}})
+        for name, cidr in (("ma", "10.110.0.0/30"), ("mb", "10.111.0.0/30")):
+            await api.ok("POST", "/v1/ippools", ADMIN, {"name": name, "spec": {"cidr": cidr, "classNames": ["multi"]}})
+        await api.ok("POST", "/v1/quotas", ADMIN, {"name": "acme/web", "spec": {"addressesByPool": {"ma": 1}}})
+        through_class = {"className": "multi"}
+        first = await api.ok("POST", "/v1/services", ACME, {"name": "m1", "spec": through_class})
+        second = await api.ok("POST", "/v1/services", ACME, {"name": "m2", "spec": through_class})
+        assert (first["status"]["pool"], second["status"]["pool"]) == ("ma", "mb")
+        await api.ok("POST", "/v1/quotas", ADMIN, {"name": "acme/web", "spec": {"addressesByPool": {"ma": 1, "mb": 1}}})
+        before = api.objects_digest()
+        refused = await api.error(
+            403, "quota_exceeded", "POST", "/v1/services", ACME, body={"name": "m3", "spec": through_class}
+        )
+        assert refused.body["error"]["details"]["resource"] == "addressesByPool.ma"
+        assert api.objects_digest() == before
+        used = (await api.ok("GET", "/v1/quotas/acme/web"))["status"]["used"]
+        assert used["addressesByPool"] == {"ma": 1, "mb": 1} and used["addressesByClass"] == {"multi": 2}
+
+    run(tmp_path, check)
+
+
 def test_services_get_addresses_and_release_them(tmp_path: Path) -> None:
     async def check(api: Api) -> None:
         await api.ok("POST", "/v1/ippools", ADMIN, SERVICE_POOL)
