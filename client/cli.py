@@ -627,6 +627,13 @@ def _scope(org: str | None, project: str | None) -> str:
     return org or "platform"
 
 
+def _pool_visibility(pool: IPPool) -> str:
+    """`platform (acme, initech)` for a platform pool reserved for some orgs by its classes."""
+    visibility = _dash(pool.spec.visibility)
+    allowed = pool.status.allowed_orgs
+    return f"{visibility} ({', '.join(allowed)})" if allowed else visibility
+
+
 def pools_table(pools: Iterable[IPPool]) -> Table:
     table = Table(title="IP pools", title_justify="left")
     columns = ("NAME", "SCOPE", "VISIBILITY", "CIDR", "FAMILY", "UTILISATION", "USED/TOTAL", "FREE", "LARGEST FREE")
@@ -638,7 +645,7 @@ def pools_table(pools: Iterable[IPPool]) -> Table:
         table.add_row(
             pool.name,
             _scope(pool.metadata.org, pool.metadata.project),
-            _dash(pool.spec.visibility),  # internal pools are platform-scoped too: this tells them apart
+            _pool_visibility(pool),  # internal pools are platform-scoped too: this tells them apart
             _dash(pool.status.allocated_cidr or pool.spec.cidr),
             _dash(pool.spec.ip_family),
             _utilisation(pool),
@@ -906,7 +913,7 @@ def _describe(obj: ApiObject) -> Table:
             ("cidr", obj.status.allocated_cidr or obj.spec.cidr),
             ("parent", obj.spec.parent_pool),
             ("family", obj.spec.ip_family),
-            ("visibility", obj.spec.visibility),
+            ("visibility", _pool_visibility(obj)),
             ("classes", ", ".join(obj.spec.class_names) or "-"),
             ("utilisation", _utilisation(obj)),
             ("used/total", f"{_count(capacity.allocated)}/{_count(capacity.total)}" if capacity else "-"),

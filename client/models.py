@@ -182,6 +182,8 @@ class IPPoolStatus:
     largest_free_prefix: int | None
     allocations: int | None
     child_pools: int | None
+    # A platform pool whose classes are all restricted serves only their orgs; empty: open to all.
+    allowed_orgs: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, raw: Any) -> IPPoolStatus:
@@ -194,6 +196,7 @@ class IPPoolStatus:
             largest_free_prefix=_int(status, "largestFreePrefix"),
             allocations=_int(status, "allocations"),
             child_pools=_int(status, "childPools"),
+            allowed_orgs=_strs(status, "allowedOrgs"),
         )
 
 

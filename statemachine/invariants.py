@@ -291,9 +291,24 @@ def _check_classes(view: ReadView, pool_objects: dict[bytes, dict[str, Any]], pr
     if expected != indexed:
         problems.append("the class index disagrees with the pools' classNames")
     for pool_key, pool in pool_objects.items():
-        for name in pool["spec"]["classNames"]:
-            if keys.class_key(name) not in class_objects:
+        listed = [class_objects.get(keys.class_key(name)) for name in pool["spec"]["classNames"]]
+        for name, ip_class in zip(pool["spec"]["classNames"], listed, strict=True):
+            if ip_class is None:
                 problems.append(f"pool {pools.pool_id_of_key(pool_key)} lists missing class {name}")
+        if None in listed:
+            continue
+        if pool["spec"]["visibility"] != pools.VISIBILITY_PLATFORM:
+            if "allowedOrgs" in pool["status"]:
+                problems.append(f"pool {pools.pool_id_of_key(pool_key)} is not a platform pool but has allowedOrgs")
+            continue
+        parent_id = pool["status"].get("parentPool")
+        parent = None if parent_id is None else pool_objects.get(pools.key_of_pool_id(parent_id))
+        expected_orgs = pools.allowed_orgs([c for c in listed if c is not None], parent)
+        if pool["status"].get("allowedOrgs") != expected_orgs:
+            problems.append(
+                f"pool {pools.pool_id_of_key(pool_key)} is reserved for {pool['status'].get('allowedOrgs')}, "
+                f"but its classes and parent reserve it for {expected_orgs}"
+            )
 
 
 def _check_meta(view: ReadView, problems: list[str]) -> None:

@@ -132,9 +132,12 @@ def visible(pool: dict[str, Any], principal: Principal) -> bool:
     if spec["visibility"] == VISIBILITY_INTERNAL:
         # Only the platform admin: an admin acting for a tenant sees what the tenant sees.
         return principal.is_admin and not principal.has_tenant
-    if principal.is_admin:
-        return True
     if spec["visibility"] == VISIBILITY_PLATFORM:
+        allowed = pool["status"].get("allowedOrgs")
+        # A platform pool reserved for some orgs (`allowed_orgs`): anyone acting for a tenant,
+        # an admin too, sees it only from those orgs, as with restricted classes.
+        return allowed is None or (principal.is_admin and not principal.has_tenant) or principal.org in allowed
+    if principal.is_admin:
         return True
     if metadata["org"] != principal.org:
         return False
@@ -143,6 +146,23 @@ def visible(pool: dict[str, Any], principal: Principal) -> bool:
     return spec["visibility"] == VISIBILITY_SHARED and (
         not spec["sharedWith"] or principal.project in spec["sharedWith"]
     )
+
+
+def allowed_orgs(listed_classes: list[dict[str, Any]], parent: dict[str, Any] | None) -> list[str] | None:
+    """The orgs a platform pool is reserved for (`status.allowedOrgs`), or None: open to all.
+
+    A pool whose classes are all restricted serves only their orgs: otherwise a tenant of
+    another org could take its addresses by naming the pool, and read the restricted classes'
+    names in its spec. One class open to all opens the pool, which that class already hands to
+    everyone. A platform child of a reserved pool is reserved to the same orgs or fewer, since
+    its addresses are the parent's. Fixed at creation: neither classes nor pools change."""
+    own: set[str] | None = None
+    if listed_classes and all(c["spec"]["visibility"] == classes.VISIBILITY_RESTRICTED for c in listed_classes):
+        own = {org for c in listed_classes for org in c["spec"]["allowedOrgs"]}
+    inherited = parent["status"].get("allowedOrgs") if parent is not None else None
+    if inherited is not None:
+        own = set(inherited) if own is None else own & set(inherited)
+    return None if own is None else sorted(own)
 
 
 def owns(pool: dict[str, Any], principal: Principal) -> bool:
@@ -426,8 +446,10 @@ def _check_ipv4_mapped(block: Block, spec_in: dict[str, Any], carved_from: str |
         )
 
 
-def _check_class_names(ctx: Context, spec: dict[str, Any], family: str) -> list[str]:
+def _check_class_names(ctx: Context, spec: dict[str, Any], family: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """The class names the pool lists, and those classes."""
     names = opt_str_list(spec, "classNames", "spec.classNames")
+    listed: list[dict[str, Any]] = []
     for position, name in enumerate(names):
         field_path = f"spec.classNames[{position}]"
         check_name(name, field_path)
@@ -436,7 +458,8 @@ def _check_class_names(ctx: Context, spec: dict[str, Any], family: str) -> list[
             raise invalid(f"IPClass {name} does not exist; create it first", field_path)
         if ip_class["spec"]["ipFamily"] != family:
             raise invalid(f"IPClass {name} is {ip_class['spec']['ipFamily']} but this pool is {family}", field_path)
-    return names
+        listed.append(ip_class)
+    return names, listed
 
 
 def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -490,7 +513,17 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         check_name(shared_project, f"spec.sharedWith[{position}]")
     if shared_with and visibility != VISIBILITY_SHARED:
         raise invalid("spec.sharedWith applies only to visibility: shared", "spec.sharedWith")
-    class_names = _check_class_names(ctx, spec_in, family)
+    class_names, listed_classes = _check_class_names(ctx, spec_in, family)
+    reserved_for: list[str] | None = None
+    if visibility == VISIBILITY_PLATFORM:
+        reserved_for = allowed_orgs(listed_classes, None if parent is None else parent[1])
+        if reserved_for == [] and parent is not None:  # only a reserved parent can leave no org
+            raise invalid(
+                f"IPPool {pool_id_of_key(parent[0])} is reserved for {', '.join(parent[1]['status']['allowedOrgs'])}, "
+                "and the classes in spec.classNames serve none of those orgs, so no tenant could use this "
+                "pool: list a class that serves one of them, or none",
+                "spec.classNames",
+            )
 
     # The block's length is known before allocation, so the policy can be checked first.
     block_length = wanted.length if wanted is not None else int(spec_in["prefixLength"])
@@ -584,6 +617,8 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     status: dict[str, Any] = {"allocatedCIDR": str(block), "ipFamily": family, "addressSpace": space}
     if parent_id is not None:
         status["parentPool"] = parent_id
+    if reserved_for is not None:
+        status["allowedOrgs"] = reserved_for
     pool = {
         "kind": KIND,
         "metadata": ctx.metadata(name, uid, labels, org=org, project=project),

@@ -187,6 +187,15 @@ def test_classes_and_watch(cluster: Cluster, workdir: Path) -> None:
     ok(allot(cluster, workdir, "class", "create", "cli-silver", "--family", "IPv6", "--default"))
     row = next(line for line in ok(allot(cluster, workdir, "class", "list")).splitlines() if "cli-silver" in line)
     assert "IPv6" in row and "yes" in row and "/0../128" in row, row
+    # A platform pool backing only a restricted class is reserved for its org, and says so.
+    restricted = ("--family", "IPv4", "--visibility", "restricted", "--allowed-org", "acme")
+    ok(allot(cluster, workdir, "class", "create", "cli-acme", *restricted))
+    ok(allot(cluster, workdir, "pool", "create", "cli-acme-vips", "--cidr", "10.77.0.0/24", "--class", "cli-acme"))
+    row = next(line for line in ok(allot(cluster, workdir, "pool", "list")).splitlines() if "cli-acme-vips" in line)
+    assert "platform (acme)" in row, row
+    assert "platform (acme)" in ok(allot(cluster, workdir, "pool", "get", "cli-acme-vips"))
+    ok(allot(cluster, workdir, "pool", "delete", "cli-acme-vips"))
+    ok(allot(cluster, workdir, "class", "delete", "cli-acme"))
 
 
 def test_exit_codes_for_refusals_and_outages(cluster: Cluster, workdir: Path) -> None:

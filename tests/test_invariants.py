@@ -271,6 +271,17 @@ def dangling_class_index(store: MemoryStore) -> None:
     store.apply_writes([(keys.class_index_key("std", keys.pool_key("", "", "nowhere")), b"")])
 
 
+def platform_pool_reserved_for_another_org(store: MemoryStore) -> None:
+    """A platform pool whose reservation (status.allowedOrgs) disagrees with its classes."""
+    for pool_key, raw in _scan(store, keys.POOL):
+        pool = dict(codec.loads(raw))
+        if pool["spec"]["visibility"] == pools.VISIBILITY_PLATFORM:
+            pool["status"] = {**pool["status"], "allowedOrgs": ["nobody"]}
+            _put(store, pool_key, pool)
+            return
+    raise AssertionError("the base state has no platform pool")
+
+
 def class_index_entry_removed(store: MemoryStore) -> None:
     key, _ = _scan(store, keys.CLASS_INDEX)[0]
     store.apply_writes([(key, None)])
@@ -349,6 +360,7 @@ FAULTS: dict[str, tuple[Callable[[MemoryStore], None], str]] = {
     "default-pointer-to-missing-class": (default_pointer_to_missing_class, r"default pointer"),
     "dangling-class-index": (dangling_class_index, r"class index"),
     "class-index-entry-removed": (class_index_entry_removed, r"class index"),
+    "platform-pool-reserved-for-another-org": (platform_pool_reserved_for_another_org, r"reserved for"),
     "event-counter-mismatch": (event_counter_mismatch, r"meta counts .* the log holds"),
     "event-record-lost": (event_record_lost, r"meta counts .* the log holds"),
     "event-from-the-future": (event_from_the_future, r"revisions fall outside"),

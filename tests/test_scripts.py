@@ -193,6 +193,8 @@ def _pool_line(obj: dict[str, Any]) -> str:
     visibility = spec["visibility"]
     if visibility == "shared":
         visibility += ":" + (",".join(spec["sharedWith"]) if spec["sharedWith"] else "org")
+    if "allowedOrgs" in status:
+        visibility += ":" + ",".join(status["allowedOrgs"])
     parts = [f"pool {pool_id} {status['allocatedCIDR']} {visibility}"]
     if "parentPool" in status:
         parts.append(f"parent={status['parentPool']}")
