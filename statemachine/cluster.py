@@ -290,8 +290,7 @@ def pod_delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
             state = nodes.load_state(ctx.ov, nominated)
             if state is None or state.nominee != key:
                 raise InvariantViolation(f"pod {namespace}/{name} nominated node {nominated}, which disagrees")
-            state.nominee = None
-            state.nominee_cpu = state.nominee_memory = 0
+            scheduler.clear_reservation(state)
             nodes.save_state(ctx, nominated, state)
             freed.append(nominated)
     ctx.delete_object(key, pods.KIND, pod)

@@ -433,7 +433,7 @@ def _check_pods(
             problems.append(f"pod {pod_key!r} has unknown phase {status['phase']!r}")
     for name, state in states.items():
         if state.nominee is None:
-            if state.nominee_cpu or state.nominee_memory:
+            if state.nominee_cpu or state.nominee_memory or state.nominee_priority:
                 problems.append(f"node {name}: a reservation without a nominee")
             continue
         nominee = objects.pods.get(state.nominee)
@@ -441,6 +441,8 @@ def _check_pods(
             problems.append(f"node {name}: nominee {state.nominee!r} does not nominate it")
         elif [state.nominee_cpu, state.nominee_memory] != list(nominee["spec"]["requests"].values()):
             problems.append(f"node {name}: the reservation differs from nominee {state.nominee!r}'s requests")
+        elif state.nominee_priority != nominee["spec"]["priority"]:
+            problems.append(f"node {name}: the reservation's priority differs from nominee {state.nominee!r}'s")
     index = [index_key for index_key, _ in _scan(view, keys.POD_BY_NODE)]
     if index != sorted(expected_index):
         problems.append(f"the pods-by-node index lists {len(index)} entries for {len(expected_index)} bound pods")

@@ -58,6 +58,8 @@ nodes_max = 10_000  # nodes per cluster: bounds a full scheduling search
 taints_max = list_items_max
 default_pod_cidr_length = {IPV4: 24, "IPv6": 64}
 reason_chars_max = 256
+_fields_before_nominee_priority = 14  # scheduling records of earlier builds end at nominee_memory
+_priority_max = (1 << 31) - 1  # pods.priority_max (pods imports this module)
 
 _body_fields = ("name", "labels", "spec")
 _spec_fields = ("capacity", "taints", "zone", "podPool", "podCIDRPrefixLength")
@@ -84,6 +86,7 @@ class NodeState:
     nominee: bytes | None  # key of the pending pod that reserved this node's capacity
     nominee_cpu: int
     nominee_memory: int
+    nominee_priority: int  # pods of higher priority do not count the reservation
 
     def __init__(
         self,
@@ -101,6 +104,7 @@ class NodeState:
         nominee: bytes | None = None,
         nominee_cpu: int = 0,
         nominee_memory: int = 0,
+        nominee_priority: int = 0,
     ) -> None:
         self.uid = uid
         self.ready = ready
@@ -116,6 +120,7 @@ class NodeState:
         self.nominee = nominee
         self.nominee_cpu = nominee_cpu
         self.nominee_memory = nominee_memory
+        self.nominee_priority = nominee_priority
 
     def to_plain(self) -> list[Any]:
         return [
@@ -133,10 +138,17 @@ class NodeState:
             self.nominee,
             self.nominee_cpu,
             self.nominee_memory,
+            self.nominee_priority,
         ]
 
     @classmethod
     def from_plain(cls, plain: list[Any]) -> NodeState:
+        if len(plain) == _fields_before_nominee_priority and plain[11] is not None:
+            # A record of an earlier build, whose reservations held against every pod: keep
+            # that meaning by giving its nominee the highest priority.
+            earlier = cls(*plain)
+            earlier.nominee_priority = _priority_max
+            return earlier
         return cls(*plain)
 
 

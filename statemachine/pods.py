@@ -72,6 +72,7 @@ class Needs:
     affinity: Final[tuple[tuple[str, str, tuple[str, ...]], ...]]  # (key, operator, values)
     tolerations: Final[tuple[tuple[str, str, str, str], ...]]  # (key, operator, value, effect)
     policy: Final[str | None]
+    priority: Final[int]  # a nominee of higher priority keeps its reservation from this pod
 
     def __init__(
         self,
@@ -81,6 +82,7 @@ class Needs:
         affinity: tuple[tuple[str, str, tuple[str, ...]], ...],
         tolerations: tuple[tuple[str, str, str, str], ...],
         policy: str | None,
+        priority: int,
     ) -> None:
         self.cpu_millis = cpu_millis
         self.memory_bytes = memory_bytes
@@ -88,6 +90,7 @@ class Needs:
         self.affinity = affinity
         self.tolerations = tolerations
         self.policy = policy
+        self.priority = priority
 
     @classmethod
     def of(cls, spec: dict[str, Any]) -> Needs:
@@ -99,6 +102,7 @@ class Needs:
             tuple((item["key"], item["operator"], tuple(item["values"])) for item in spec["nodeAffinity"]),
             tuple((item["key"], item["operator"], item["value"], item["effect"]) for item in spec["tolerations"]),
             spec["schedulingPolicy"],
+            spec["priority"],
         )
 
 

@@ -37,12 +37,16 @@ Retries, in the apply of the event that could make pods fit:
 
 No starvation by smaller pods (nominations): when a full search finds no node, the pod nominates
 the lowest-named node that passes every filter except resources, would hold the pod if it were
-empty, and has no nominee yet. From then on, `fit` counts the nominee's requests (and one pod)
-as used on that node for every other pod, so no other pod can take capacity the nominee waits
-for; whenever capacity grows on that node the nominee is tried first. The node's free capacity
-therefore only grows until the nominee fits, and the nominee binds in the first apply in which
-it does. A nomination is dropped when the node is cordoned, drained, becomes NotReady or is
-deleted, and when the pod binds elsewhere or is deleted.
+empty, and has no nominee yet; failing that, the lowest-named such node whose nominee has a
+lower priority, which then loses its nomination (it stays pending, and may nominate again at
+its next full evaluation). From then on, `fit` counts the nominee's requests (and one pod) as
+used on that node for every other pod of the nominee's priority or lower, so none of them can
+take capacity the nominee waits for; pods of a higher priority do not count it, as Kubernetes
+counts nominated pods. Whenever capacity grows on that node the nominee is tried first. Against
+pods of its priority or lower, the node's free capacity therefore only grows until the nominee
+fits, and the nominee binds in the first apply in which it does. A nomination is dropped when
+the node is cordoned, drained, becomes NotReady or is deleted, when the pod binds elsewhere or
+is deleted, and when a higher-priority pod takes it over.
 """
 
 from __future__ import annotations
@@ -166,9 +170,11 @@ def static_fit(state: NodeState, needs: Needs) -> str | None:
     return None
 
 
-def committed(state: NodeState, pod_key: bytes | None) -> tuple[int, int, int]:
-    """(cpu, memory, pods) taken on the node as a pod other than the nominee sees it."""
-    if state.nominee is not None and state.nominee != pod_key:
+def committed(state: NodeState, pod_key: bytes | None, priority: int) -> tuple[int, int, int]:
+    """(cpu, memory, pods) taken on the node as a pod of this priority, other than the nominee,
+    sees it: the nominee's reservation counts for pods of its priority or lower, not for higher
+    ones (as Kubernetes counts nominated pods)."""
+    if state.nominee is not None and state.nominee != pod_key and priority <= state.nominee_priority:
         return (
             state.cpu_used + state.nominee_cpu,
             state.memory_used + state.nominee_memory,
@@ -178,7 +184,7 @@ def committed(state: NodeState, pod_key: bytes | None) -> tuple[int, int, int]:
 
 
 def resource_fit(state: NodeState, needs: Needs, pod_key: bytes | None) -> str | None:
-    cpu, memory, pod_count = committed(state, pod_key)
+    cpu, memory, pod_count = committed(state, pod_key, needs.priority)
     if pod_count + 1 > state.pods_capacity:
         return TOO_MANY_PODS
     if cpu + needs.cpu_millis > state.cpu_capacity:
@@ -194,7 +200,7 @@ def fit(state: NodeState, needs: Needs, pod_key: bytes | None) -> str | None:
 
 
 def score(state: NodeState, needs: Needs, policy: str, pod_key: bytes | None) -> int:
-    cpu, memory, pod_count = committed(state, pod_key)
+    cpu, memory, pod_count = committed(state, pod_key, needs.priority)
     cpu += needs.cpu_millis
     memory += needs.memory_bytes
     pod_count += 1
@@ -241,6 +247,7 @@ def search(view: ReadView, needs: Needs, pod_key: bytes | None, policy: str) -> 
     best_score = -1
     reasons: dict[str, int] = {}
     nominate: str | None = None
+    displace: str | None = None  # the first node whose nominee has a lower priority
     total = 0
     for state_key, raw in view.scan(keys.NODE_STATE, NODE_STATE_END):
         total += 1
@@ -252,14 +259,14 @@ def search(view: ReadView, needs: Needs, pod_key: bytes | None, policy: str) -> 
                 best, best_score = state_key[len(keys.NODE_STATE) :].decode(), node_score
             continue
         reasons[reason] = reasons.get(reason, 0) + 1
-        if (
-            nominate is None
-            and reason in RESOURCE_REASONS
-            and state.nominee in (None, pod_key)
-            and _fits_when_empty(state, needs)
-        ):
-            nominate = state_key[len(keys.NODE_STATE) :].decode()
-    return Found(best, total, reasons, nominate)
+        if nominate is None and reason in RESOURCE_REASONS and _fits_when_empty(state, needs):
+            if state.nominee in (None, pod_key):
+                nominate = state_key[len(keys.NODE_STATE) :].decode()
+            elif displace is None and state.nominee_priority < needs.priority:
+                displace = state_key[len(keys.NODE_STATE) :].decode()
+    # A node nobody reserved is preferred: taking a lower-priority pod's reservation only when
+    # there is none spares that pod a needless loss of its place.
+    return Found(best, total, reasons, nominate if nominate is not None else displace)
 
 
 def unschedulable_message(found: Found) -> str:
@@ -344,7 +351,7 @@ def bind(
     state.pods_used += 1
     previous_nomination = pod["status"]["nominatedNodeName"]
     if state.nominee == pod_key:
-        _clear(state)
+        clear_reservation(state)
     elif previous_nomination is not None:
         _drop_nomination(ctx, previous_nomination, pod_key)
     nodes.save_state(ctx, name, state)
@@ -396,17 +403,18 @@ def dequeue(ctx: Context, pod: dict[str, Any], tenant: quotas.Tenant, cluster: C
     cluster.pending -= 1
 
 
-def _clear(state: NodeState) -> None:
+def clear_reservation(state: NodeState) -> None:
     state.nominee = None
     state.nominee_cpu = 0
     state.nominee_memory = 0
+    state.nominee_priority = 0
 
 
 def _drop_nomination(ctx: Context, name: str, pod_key: bytes) -> None:
     state = nodes.load_state(ctx.ov, name)
     if state is None or state.nominee != pod_key:
         raise InvariantViolation(f"pod {pods.pod_id(pod_key)} says it nominated node {name}, which disagrees")
-    _clear(state)
+    clear_reservation(state)
     nodes.save_state(ctx, name, state)
 
 
@@ -421,17 +429,23 @@ def release_nomination(ctx: Context, name: str, state: NodeState) -> None:
         raise InvariantViolation(f"node {name} is nominated by {state.nominee!r}, which disagrees")
     pod["status"]["nominatedNodeName"] = None
     ctx.write_object(state.nominee, pods.KIND, pod, MODIFIED)
-    _clear(state)
+    clear_reservation(state)
 
 
 def _nominate(ctx: Context, pod: dict[str, Any], pod_key: bytes, name: str) -> None:
+    """Reserve the node for the pod; a nominee of lower priority there loses its nomination
+    (it stays pending and may nominate again at its next full evaluation), as Kubernetes
+    clears lower-priority nominated pods for a preemptor."""
     state = nodes.load_state(ctx.ov, name)
-    if state is None or state.nominee is not None:
+    priority = pod["spec"]["priority"]
+    if state is None or (state.nominee is not None and state.nominee_priority >= priority):
         raise InvariantViolation(f"node {name} cannot take the nomination of {pods.pod_id(pod_key)}")
+    release_nomination(ctx, name, state)
     requests = pod["spec"]["requests"]
     state.nominee = pod_key
     state.nominee_cpu = requests["cpuMillis"]
     state.nominee_memory = requests["memoryBytes"]
+    state.nominee_priority = priority
     nodes.save_state(ctx, name, state)
     pod["status"]["nominatedNodeName"] = name
 

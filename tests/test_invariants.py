@@ -25,6 +25,7 @@ from statemachine import (
     encode_envelope,
     keys,
     nodes,
+    pods,
     pools,
     quotas,
     scheduler,
@@ -592,8 +593,13 @@ def pending_count_off(store: MemoryStore) -> None:
 
 def nomination_one_sided(store: MemoryStore) -> None:
     state = _node_state(store, "n2")
-    state.nominee = None
-    state.nominee_cpu = state.nominee_memory = 0
+    scheduler.clear_reservation(state)
+    _save_node_state(store, "n2", state)
+
+
+def nomination_priority_differs(store: MemoryStore) -> None:
+    state = _node_state(store, "n2")
+    state.nominee_priority += 1
     _save_node_state(store, "n2", state)
 
 
@@ -627,6 +633,7 @@ SCHED_FAULTS: dict[str, tuple[Callable[[MemoryStore], None], str]] = {
     "queue-entry-lost": (queue_entry_lost, r"pending queue holds"),
     "pending-count-off": (pending_count_off, r"counts \d+ pending pods"),
     "nomination-one-sided": (nomination_one_sided, r"nominates node n2, which does not name it"),
+    "nomination-priority-differs": (nomination_priority_differs, r"reservation's priority differs"),
     "node-index-entry-lost": (node_index_entry_lost, r"pods-by-node index"),
     "node-count-off": (node_count_off, r"counts \d+ nodes"),
     "service-address-repointed": (service_address_repointed, r"does not point back"),
@@ -646,3 +653,17 @@ def test_planted_scheduler_fault_is_detected(fault: tuple[Callable[[MemoryStore]
     assert digest(store) != before, "the fault changed nothing"
     with pytest.raises(InvariantViolation, match=expected):
         check_invariants(store)
+
+
+def test_a_scheduling_record_of_an_earlier_build_keeps_its_reservation_against_every_pod() -> None:
+    """Records written before nominations had a priority end at nominee_memory; their
+    reservations held against every pod, so they decode with the highest priority."""
+    earlier = [b"uid", True, True, 2000, 1 << 30, 4, 1000, 0, 1, {}, [], b"pod/acme/web/default/w", 1000, 0]
+    state = nodes.NodeState.from_plain(earlier)
+    assert state.nominee_priority == (1 << 31) - 1
+    needs_of_a_top_priority_pod = pods.Needs(500, 0, (), (), (), None, (1 << 31) - 1)
+    assert scheduler.fit(state, needs_of_a_top_priority_pod, None) == scheduler.INSUFFICIENT_CPU
+    without_nominee = nodes.NodeState.from_plain([*earlier[:11], None, 0, 0])
+    assert without_nominee.nominee_priority == 0
+    assert scheduler.fit(without_nominee, needs_of_a_top_priority_pod, None) is None
+    assert nodes.NodeState.from_plain(state.to_plain()).to_plain() == state.to_plain()

@@ -8,7 +8,7 @@ with its own code, written from the documented rules:
 
 * the quota verdict (refused outright, pending on quota, or room);
 * the set of feasible nodes (ready, schedulable, selector, taints, resources counting other
-  pods' nominations) — it must match the scheduler's exactly;
+  pods' nominations of the same or a higher priority) — it must match the scheduler's exactly;
 * the node the documented score picks (spread / binpack, integer, ties on the lowest name).
 
 The real outcome must agree: bound to that node, or pending with a reason naming how many nodes
@@ -58,12 +58,16 @@ class NaiveScheduler:
     def nodes(self) -> list[dict[str, Any]]:
         return list(list_objects(self.store, ADMIN, "nodes", limit=1000)["items"])
 
-    def reserved(self, node: dict[str, Any], pod_id: str | None) -> tuple[int, int, int]:
+    def reserved(self, node: dict[str, Any], priority: int) -> tuple[int, int, int]:
+        """What the node's nominee reserves against a new pod of this priority: everything
+        for pods of its priority or lower, nothing for higher ones."""
         nominee = node["status"].get("nominatedPod")
-        if nominee is None or nominee == pod_id:
+        if nominee is None:
             return 0, 0, 0
         org, project, namespace, name = nominee.split("/")
         pod = get(self.store, member(org, project), "pods", name, namespace)
+        if priority > pod["spec"]["priority"]:
+            return 0, 0, 0
         requests = pod["spec"]["requests"]
         return requests["cpuMillis"], requests["memoryBytes"], 1
 
@@ -76,7 +80,7 @@ class NaiveScheduler:
             return False
         if not all(_tolerates(spec.get("tolerations", []), taint) for taint in node_spec["taints"]):
             return False
-        extra_cpu, extra_memory, extra_pods = self.reserved(node, None)
+        extra_cpu, extra_memory, extra_pods = self.reserved(node, spec.get("priority", 0))
         used, capacity = status["allocated"], node_spec["capacity"]
         return bool(
             used["pods"] + extra_pods + 1 <= capacity["pods"]
@@ -84,8 +88,8 @@ class NaiveScheduler:
             and used["memoryBytes"] + extra_memory + memory <= capacity["memoryBytes"]
         )
 
-    def score(self, node: dict[str, Any], cpu: int, memory: int, policy: str) -> int:
-        extra_cpu, extra_memory, extra_pods = self.reserved(node, None)
+    def score(self, node: dict[str, Any], cpu: int, memory: int, priority: int, policy: str) -> int:
+        extra_cpu, extra_memory, extra_pods = self.reserved(node, priority)
         used, capacity = node["status"]["allocated"], node["spec"]["capacity"]
         after = [
             (used["cpuMillis"] + extra_cpu + cpu, capacity["cpuMillis"]),
@@ -193,7 +197,7 @@ class SchedulerModel(RuleBasedStateMachine):
         chosen: str | None = None
         best = -1
         for node in feasible:  # in name order: only a strictly better score replaces
-            node_score = self.model.score(node, cpu, memory, policy or cluster_policy)
+            node_score = self.model.score(node, cpu, memory, priority, policy or cluster_policy)
             if node_score > best:
                 chosen, best = node["metadata"]["name"], node_score
         planned = plan_pod(self.machine.store, spec, who)
