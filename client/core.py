@@ -233,16 +233,20 @@ class KindInfo(Generic[T]):
     parse: Callable[[Any], T]
     namespaced: bool  # takes ?namespace= (claims, allocations, pods, services)
     writable: bool  # POST and DELETE exist
+    # Its writes are the platform's (classes, nodes, quotas): sent without ?org=&project= even by
+    # a client acting for a tenant, which the server refuses for them (reads keep the tenant's view).
+    platform_writes: bool = False
 
 
 IPPOOLS = KindInfo("ippools", "IPPool", IPPool.parse, namespaced=False, writable=True)
 IPCLAIMS = KindInfo("ipclaims", "IPClaim", IPClaim.parse, namespaced=True, writable=True)
 IPALLOCATIONS = KindInfo("ipallocations", "IPAllocation", IPAllocation.parse, namespaced=True, writable=False)
-IPCLASSES = KindInfo("ipclasses", "IPClass", IPClass.parse, namespaced=False, writable=True)
-NODES = KindInfo("nodes", "Node", Node.parse, namespaced=False, writable=True)
+IPCLASSES = KindInfo("ipclasses", "IPClass", IPClass.parse, namespaced=False, writable=True, platform_writes=True)
+NODES = KindInfo("nodes", "Node", Node.parse, namespaced=False, writable=True, platform_writes=True)
 PODS = KindInfo("pods", "Pod", Pod.parse, namespaced=True, writable=True)
 SERVICES = KindInfo("services", "Service", Service.parse, namespaced=True, writable=True)
-QUOTAS = KindInfo("quotas", "Quota", Quota.parse, namespaced=False, writable=True)  # POST sets (creates or replaces)
+# POST sets (creates or replaces)
+QUOTAS = KindInfo("quotas", "Quota", Quota.parse, namespaced=False, writable=True, platform_writes=True)
 KINDS: dict[str, KindInfo[Any]] = {
     info.plural: info for info in (IPPOOLS, IPCLAIMS, IPALLOCATIONS, IPCLASSES, NODES, PODS, SERVICES, QUOTAS)
 }
@@ -375,7 +379,14 @@ class RequestFactory:
         if namespace is not None:
             self._namespace(kind, namespace)
             body["namespace"] = namespace
-        return self.build("POST", f"/v1/{kind.plural}", body=body, write=True, idempotency_key=idempotency_key)
+        return self.build(
+            "POST",
+            f"/v1/{kind.plural}",
+            body=body,
+            write=True,
+            idempotency_key=idempotency_key,
+            tenant_scoped=not kind.platform_writes,
+        )
 
     def delete(
         self, kind: KindInfo[Any], name: str, *, namespace: str | None = None, idempotency_key: str | None = None
@@ -384,7 +395,12 @@ class RequestFactory:
             raise ValueError(f"{kind.plural} cannot be deleted over the API")
         query = self._namespace(kind, namespace)
         return self.build(
-            "DELETE", self._item_path(kind, name), query=query, write=True, idempotency_key=idempotency_key
+            "DELETE",
+            self._item_path(kind, name),
+            query=query,
+            write=True,
+            idempotency_key=idempotency_key,
+            tenant_scoped=not kind.platform_writes,
         )
 
     # -- nodes and the scheduler (platform routes: they take no tenant parameters) --

@@ -16,6 +16,7 @@ import signal
 import sys
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from node.config import (
     PARENT_ENV,
@@ -33,6 +34,36 @@ from node.tokens import TokenFileError, TokenStore
 log = logging.getLogger("allot.server")
 
 parent_check_s = 0.5
+# A connection idle this long between requests, or that has not sent a whole request's headers
+# this long after it opened or after its last answer, is closed. aiohttp's own default is an
+# hour, so a client that opened connections and sent nothing, or headers a byte at a time,
+# could hold them that long.
+connection_idle_timeout_s = 60.0
+_parser_error_chars_max = 200
+
+
+def http_runner(app: web.Application, idle_timeout_s: float = connection_idle_timeout_s) -> web.AppRunner:
+    """The aiohttp runner a member serves its API with."""
+    return web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=idle_timeout_s)
+
+
+class MalformedRequestLogFilter(logging.Filter):
+    """aiohttp logs each request its HTTP parser refuses (a request or header line over 8 KiB,
+    an unknown method, an unsupported Content-Encoding) at ERROR with a traceback, although the
+    client has its 400 and nothing reached the API: any client could fill member.log with them.
+    Such a record becomes one DEBUG line, dropped unless debug logging is on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        refused = record.exc_info[1] if record.exc_info else None
+        if not isinstance(refused, HttpProcessingError):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        said = str(refused.message).splitlines()[0][:_parser_error_chars_max] if refused.message else ""
+        record.msg, record.args = "refused a malformed HTTP request (400): %s %s", (type(refused).__name__, said)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
 
 
 async def _stop_when_orphaned(parent_pid: int, stop: asyncio.Event) -> None:
@@ -51,7 +82,7 @@ async def serve(config: MemberConfig) -> int | None:
         raise ConfigError(str(exc)) from None
     await member.start()
     app = build_app(member, tokens, collectors=[member.metrics])
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = http_runner(app)
     await runner.setup()
     host, port = parse_address(config.http_address, "HTTP address")
     await web.TCPSite(runner, host, port, shutdown_timeout=2.0).start()
@@ -97,6 +128,7 @@ def run(config: MemberConfig) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestLogFilter())
     check_cluster_identity(config)
     warn_if_secret_exposed(config)
     stopped_by = asyncio.run(serve(config))

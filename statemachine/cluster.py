@@ -65,7 +65,7 @@ def quota_delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
 def _node(
     ctx: Context, body: dict[str, Any], extra_fields: tuple[str, ...] = ()
 ) -> tuple[str, dict[str, Any], nodes.NodeState]:
-    classes.require_admin(ctx.principal, "change nodes")
+    classes.require_platform_admin(ctx.principal, "change nodes")
     check_map(body, "", ("name", *extra_fields))
     name = check_name(body.get("name"), "name")
     node = nodes.load(ctx.ov, name)
@@ -78,7 +78,7 @@ def _node(
 
 
 def node_register(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    classes.require_admin(ctx.principal, "register a Node")
+    classes.require_platform_admin(ctx.principal, "register a Node")
     name, labels, spec = nodes.check_body(body)
     existing = nodes.load(ctx.ov, name)
     if existing is not None:
@@ -313,7 +313,7 @@ def _scheduler_status(cluster: Cluster, **extra: int) -> dict[str, Any]:
 
 
 def scheduler_configure(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
-    classes.require_admin(ctx.principal, "configure the scheduler")
+    classes.require_platform_admin(ctx.principal, "configure the scheduler")
     check_map(body, "", ("policy",))
     policy = opt_choice(body, "policy", "policy", pods.POLICIES)
     if policy is None:
@@ -327,7 +327,7 @@ def scheduler_configure(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
 
 def scheduler_retry(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     """A sweep of the pending queue: what the leader issues on a timer while pods are pending."""
-    classes.require_admin(ctx.principal, "retry pending pods")
+    classes.require_platform_admin(ctx.principal, "retry pending pods")
     check_map(body, "", ("pods",))
     count = opt_int(body, "pods", "pods", 1, scheduler.sweep_pods_max) or scheduler.sweep_pods_max
     examined, bound = scheduler.sweep(ctx, count)

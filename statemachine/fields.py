@@ -15,7 +15,17 @@ list_items_max = 64
 
 _name_pattern = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _label_name_pattern = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
-_label_prefix_pattern = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+# A DNS-1123 subdomain: dot-separated DNS labels, as Kubernetes requires of a label key's prefix.
+_label_prefix_pattern = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_shown_chars_max = 80  # of a refused value, echoed in its message
+
+
+def shown(value: str) -> str:
+    """A refused string as a message quotes it: whole when short, else its start and its length
+    (a message must not echo a 600-character name back)."""
+    if len(value) <= _shown_chars_max:
+        return repr(value)
+    return f"{value[:_shown_chars_max]!r}... ({len(value)} characters)"
 
 
 def check_name(value: Any, field_path: str) -> str:
@@ -24,28 +34,44 @@ def check_name(value: Any, field_path: str) -> str:
         raise invalid(f"{field_path} must be a string", field_path)
     if not value or len(value) > name_chars_max or not _name_pattern.fullmatch(value):
         raise invalid(
-            f"{field_path} {value!r} must be 1-{name_chars_max} lowercase letters, digits or '-', "
+            f"{field_path} {shown(value)} must be 1-{name_chars_max} lowercase letters, digits or '-', "
             "starting and ending with a letter or digit",
             field_path,
         )
     return value
 
 
+_label_name_rule = (
+    "1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"  # Kubernetes' rule
+)
+
+
 def check_label_key(key: str, field_path: str) -> None:
-    prefix, _, name = key.rpartition("/")
-    ok = (
-        bool(name)
-        and len(name) <= 63
-        and _label_name_pattern.fullmatch(name) is not None
-        and (not prefix or (len(prefix) <= label_key_chars_max and _label_prefix_pattern.fullmatch(prefix)))
-    )
-    if not ok:
-        raise invalid(f"label key {key!r} is not a valid Kubernetes label key", field_path)
+    """`[prefix/]name`, as Kubernetes checks label keys, saying which part breaks which rule."""
+    prefix, slash, name = key.partition("/")
+    if not slash:
+        prefix, name = "", key
+    why = ""
+    if slash and not prefix:
+        why = "a '/' must follow a prefix (a DNS subdomain such as example.com)"
+    elif slash and (len(prefix) > label_key_chars_max or _label_prefix_pattern.fullmatch(prefix) is None):
+        why = (
+            f"its prefix {shown(prefix)} must be a DNS subdomain of at most {label_key_chars_max} characters: "
+            "lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter "
+            "or digit"
+        )
+    elif not name or len(name) > 63 or _label_name_pattern.fullmatch(name) is None:
+        why = f"its name {shown(name)} must be {_label_name_rule}" + (" (one '/' at most)" if "/" in name else "")
+    if why:
+        raise invalid(f"label key {shown(key)} is not a valid Kubernetes label key: {why}", field_path)
 
 
 def check_label_value(value: str, field_path: str) -> None:
     if len(value) > label_value_chars_max or _label_name_pattern.fullmatch(value) is None:
-        raise invalid(f"label value {value!r} is not a valid Kubernetes label value", field_path)
+        raise invalid(
+            f"label value {shown(value)} is not a valid Kubernetes label value: it must be empty or {_label_name_rule}",
+            field_path,
+        )
 
 
 def check_labels(value: Any, field_path: str) -> dict[str, str]:

@@ -77,6 +77,8 @@ def parse_selector(text: str) -> tuple[Requirement, ...]:
             key, value = (item.strip() for item in part.replace("==", "=", 1).split("=", 1))
             check_label_value(value, field_path)
             requirement = Requirement(key, "=", (value,))
+        elif re.match(r"^\S+\s+(in|notin)\s*\(", part):  # a set with its ")" missing
+            raise invalid(f"labelSelector {part!r} opens a value list with '(' but never closes it", field_path)
         elif part.startswith("!"):
             requirement = Requirement(part[1:].strip(), "!exists")
         else:

@@ -124,7 +124,9 @@ def _check_affinity(value: Any) -> list[dict[str, Any]]:
         operator = opt_choice(given, "operator", f"{field_path}.operator", AFFINITY_OPERATORS)
         if operator is None:
             raise invalid(f"{field_path}.operator is required ({', '.join(AFFINITY_OPERATORS)})", field_path)
-        values = given.get("values") or []
+        values = given.get("values")
+        if values is None:  # only absence means none: {}, 0 or "" is a wrong type, refused below
+            values = []
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise invalid(f"{field_path}.values must be a list of strings", f"{field_path}.values")
         if len(values) > list_items_max:

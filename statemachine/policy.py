@@ -25,14 +25,25 @@ def check_allocation(value: Any, field_path: str, shortest: int, bits: int) -> d
     high = opt_int(spec, "maxPrefixLength", f"{field_path}.maxPrefixLength", shortest, bits)
     default = opt_int(spec, "defaultPrefixLength", f"{field_path}.defaultPrefixLength", shortest, bits)
     strategy = opt_choice(spec, "strategy", f"{field_path}.strategy", STRATEGIES) or FIRST_FIT
+    given = {"minPrefixLength": low, "defaultPrefixLength": default, "maxPrefixLength": high}
     low = shortest if low is None else low
     high = bits if high is None else high
     if default is None:
         default = high
     if not low <= default <= high:
+        # Name the values as given, and say which were filled in: a default the user never set
+        # ("got 30 <= 20 <= 20") hides which two of their own values disagree.
+        filled_in = {
+            "minPrefixLength": "not given: the block's own length",
+            "defaultPrefixLength": "not given: maxPrefixLength",
+            "maxPrefixLength": "not given: a single address",
+        }
+        said = ", ".join(
+            f"{name} {value}" + ("" if given[name] is not None else f" ({filled_in[name]})")
+            for name, value in (("minPrefixLength", low), ("defaultPrefixLength", default), ("maxPrefixLength", high))
+        )
         raise invalid(
-            f"{field_path} needs minPrefixLength <= defaultPrefixLength <= maxPrefixLength "
-            f"(got {low} <= {default} <= {high})",
+            f"{field_path} needs minPrefixLength <= defaultPrefixLength <= maxPrefixLength; got {said}",
             field_path,
         )
     return {"minPrefixLength": low, "maxPrefixLength": high, "defaultPrefixLength": default, "strategy": strategy}

@@ -20,7 +20,7 @@ from statemachine import claims, classes, keys, nodes, pods, pools, quotas, serv
 from statemachine.codec import Principal, loads
 from statemachine.context import ADDED, DELETED, Meta
 from statemachine.errors import GONE, NOT_FOUND, Rejected, invalid
-from statemachine.fields import check_name
+from statemachine.fields import check_name, name_chars_max, shown
 from statemachine.labels import Requirement, matches, parse_selector
 from statemachine.view import ReadView, prefix_end
 
@@ -114,7 +114,14 @@ def parse_field_selector(text: str, kind: str) -> tuple[FieldRequirement, ...]:
             raise invalid(f"fieldSelector {part!r} is not supported for {kind}; supported fields: {known}", field_path)
         value = value.strip()
         if name == "spec.nodeName" and value:  # a name no node can have would match nothing, silently
-            check_name(value, field_path)
+            try:
+                check_name(value, field_path)
+            except Rejected:
+                raise invalid(
+                    f"fieldSelector spec.nodeName={shown(value)} can match no node: node names are 1-{name_chars_max} "
+                    "lowercase letters, digits or '-', starting and ending with a letter or digit",
+                    field_path,
+                ) from None
         allowed = FIELD_SELECTOR_VALUES.get((kind, name))
         if allowed is not None and value not in allowed:
             raise invalid(
@@ -202,7 +209,8 @@ def get(view: ReadView, principal: Principal, plural: str, name: str, namespace:
         if node is None:
             raise _not_found(res, name)
         return nodes.render(view, node, principal)
-    namespace = check_name(namespace or claims.DEFAULT_NAMESPACE, "namespace")
+    # Only absence means the default namespace: an empty `namespace=` is refused, as by list and delete.
+    namespace = check_name(claims.DEFAULT_NAMESPACE if namespace is None else namespace, "namespace")
     key = res.prefix + f"{principal.org}/{principal.project}/{namespace}/{name}".encode()
     raw = view.get(key)
     if raw is None:
@@ -302,7 +310,10 @@ def list_objects(
         if namespace is not None and after[len(res.prefix) :].split(b"/", 3)[2:3] != [namespace.encode()]:
             raise invalid(f"continue token belongs to a list of another namespace than {namespace}", "continue")
         if first_revision is not None:
-            list_revision = first_revision
+            # Never a revision this state has not reached: the token is not signed, and a stale
+            # read on a member behind the one that served the first page is behind it too. A
+            # watch from the lower revision misses nothing.
+            list_revision = min(first_revision, list_revision)
     items: list[dict[str, Any]] = []
     last_key: bytes | None = None
     more = False

@@ -431,7 +431,7 @@ def loosens(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
 
 def set_quota(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool, bool]:
     """Create or replace a quota. Returns (quota, created, loosened)."""
-    classes.require_admin(ctx.principal, "set a Quota")
+    classes.require_platform_admin(ctx.principal, "set a Quota")
     check_map(body, "", _body_fields)
     org, project = parse_id(body.get("name"), "name")
     labels = check_labels(body.get("labels"), "labels")
@@ -477,7 +477,7 @@ def set_quota(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool,
 
 def delete_quota(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
     """Remove a quota (its tenant becomes unlimited; usage stays counted). Returns (quota, org, project)."""
-    classes.require_admin(ctx.principal, "delete a Quota")
+    classes.require_platform_admin(ctx.principal, "delete a Quota")
     check_map(body, "", ("name",))
     org, project = parse_id(body.get("name"), "name")
     key = keys.quota_key(org, project)

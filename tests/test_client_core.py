@@ -164,6 +164,17 @@ def test_reads_paths_and_queries() -> None:
     assert raw.method == "DELETE" and raw.write and raw.idempotency_key
 
 
+def test_platform_writes_are_sent_without_the_tenant_even_when_acting_for_one() -> None:
+    """The server refuses class, node and quota writes from an admin acting for a tenant; a
+    client made with as_tenant sends them for the platform, and keeps the tenant's view on reads."""
+    tenant = factory().for_tenant("acme", "web")
+    for kind, name in ((core.IPCLASSES, "gold"), (core.NODES, "n1"), (core.QUOTAS, "acme/web")):
+        assert tenant.create(kind, name, {}).target == f"/v1/{kind.plural}"
+        assert "org=" not in tenant.delete(kind, name).target
+        assert tenant.get(kind, name).target.endswith("?org=acme&project=web")
+    assert tenant.create(core.IPCLAIMS, "c", {}).target == "/v1/ipclaims?org=acme&project=web"
+
+
 def test_endpoints_and_settings() -> None:
     assert core.parse_endpoints("127.0.0.1:8401, http://127.0.0.1:8402,,http://127.0.0.1:8402") == (E1, E2)
     assert core.parse_endpoint("https://allot.example").port == 443

@@ -238,10 +238,13 @@ def test_a_node_registers_on_an_internal_pool_that_tenants_could_not_exhaust() -
     assert refused.code == "pool_exhausted"
 
 
-def test_an_admin_acting_for_a_tenant_does_not_see_an_internal_pod_pool() -> None:
+def test_an_admin_acting_for_a_tenant_registers_no_node() -> None:
+    """Nodes are the platform's: acting for a tenant, an admin is told to act for the platform
+    (before, it was told the internal pod pool did not exist, as the tenant would be)."""
     m = _cluster()
     body = {"name": "n1", "spec": {"capacity": CAPACITY, "podPool": "pods"}}
-    _not_found(m.refused(ACTING, "node.register", body))
+    refused = m.refused(ACTING, "node.register", body)
+    assert (refused.code, refused.details) == ("invalid", {"field": "principal"}), refused
     assert m.ok(ADMIN, "node.register", body)["status"]["podCIDR"] == "10.244.0.0/24"
 
 

@@ -213,7 +213,7 @@ def test_admin_lists_everything(built: Machine) -> None:
     assert (
         built.refused(acting, "claim.create", {"name": "via-gold", "spec": {"className": "gold"}}).code == "not_found"
     )
-    assert built.refused(acting, "class.delete", {"name": "gold"}).code == "not_found"  # as get answers
+    assert built.refused(acting, "class.delete", {"name": "gold"}).code == "invalid"  # classes are the platform's
     pools = list_objects(built.store, ADMIN, "ippools")["items"]
     assert all("capacity" in pool["status"] for pool in pools), "listed pools carry their live status"
 

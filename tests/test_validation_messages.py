@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from statemachine import Rejected
-from statemachine.queries import events_after, list_objects
+from statemachine import Rejected, queries
+from statemachine.queries import events_after, get, list_objects
 from tests.harness import ADMIN, Machine, admin_for, member
 
 WEB = member("acme", "web")
@@ -217,3 +217,86 @@ def test_a_specific_ipv4_mapped_address_is_refused(command: str, spec: dict[str,
     refused = m.refused(WEB, command, {"name": "x", "spec": {"poolRef": "all", **spec}})
     assert refused.code == "invalid" and refused.details["field"] == field, refused
     assert says in refused.message, refused.message
+
+
+# ---- labels, selectors and list parameters as Kubernetes checks them ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ("/x", "a '/' must follow a prefix"),
+        ("a..b/x", "its prefix 'a..b' must be a DNS subdomain"),
+        ("a.-b/x", "its prefix 'a.-b' must be a DNS subdomain"),
+        ("Example.com/x", "its prefix 'Example.com' must be a DNS subdomain"),
+        ("a/b/c", "(one '/' at most)"),
+        ("-x", "its name '-x' must be 1-63 letters"),
+        ("x" * 300, "... (300 characters)"),
+    ],
+)
+def test_a_bad_label_key_is_refused_saying_which_rule_it_breaks(key: str, says: str) -> None:
+    m = _ipam()
+    refused = m.refused(ADMIN, "pool.create", {"name": "lb", "labels": {key: "v"}, "spec": {"cidr": "10.9.0.0/24"}})
+    assert refused.code == "invalid" and says in refused.message, refused.message
+    assert len(refused.message) < 400, "a long key is not echoed whole"
+
+
+def test_good_label_keys_with_prefixes_are_kept() -> None:
+    m = _ipam()
+    labels = {"example.com/app": "web", "a.b-c.d/x_y.z": "", "tier": "Front-1"}
+    assert m.ok(ADMIN, "pool.create", {"name": "lb", "labels": labels, "spec": {"cidr": "10.9.0.0/24"}})["metadata"][
+        "labels"
+    ] == dict(sorted(labels.items()))
+
+
+@pytest.mark.parametrize("values", [{}, 0, "", False])
+def test_node_affinity_values_of_the_wrong_type_are_refused_even_when_empty(values: Any) -> None:
+    m = _cluster_with_usage("acme/web")
+    affinity = [{"key": "disk", "operator": "Exists", "values": values}]
+    refused = m.refused(WEB, "pod.create", {"name": "p", "spec": {"nodeAffinity": affinity}})
+    assert (refused.code, refused.details["field"]) == ("invalid", "spec.nodeAffinity[0].values"), refused
+
+
+def test_an_unclosed_set_in_a_label_selector_says_so() -> None:
+    m = _ipam()
+    with pytest.raises(Rejected) as refused:
+        list_objects(m.store, ADMIN, "ippools", label_selector="tier in (a")
+    assert "opens a value list with '(' but never closes it" in refused.value.message
+
+
+def test_a_node_name_no_node_can_have_in_a_field_selector_names_the_field() -> None:
+    m = _ipam()
+    with pytest.raises(Rejected) as refused:
+        list_objects(m.store, ADMIN, "pods", field_selector="spec.nodeName=UPPER")
+    assert refused.value.message.startswith("fieldSelector spec.nodeName='UPPER' can match no node")
+    assert refused.value.details == {"field": "fieldSelector"}
+
+
+def test_an_empty_namespace_is_refused_by_get_as_by_list() -> None:
+    m = _ipam()
+    m.ok(WEB, "claim.create", {"name": "c1", "spec": {"poolRef": "small"}})
+    assert get(m.store, WEB, "ipclaims", "c1")["metadata"]["namespace"] == "default"
+    with pytest.raises(Rejected) as by_get:
+        get(m.store, WEB, "ipclaims", "c1", "")
+    with pytest.raises(Rejected) as by_list:
+        list_objects(m.store, WEB, "ipclaims", namespace="")
+    assert by_get.value.details["field"] == by_list.value.details["field"] == "namespace"
+
+
+def test_a_continue_token_never_reports_a_revision_this_state_has_not_reached() -> None:
+    """Tokens are not signed: one that claims a later revision (forged, or from a member ahead
+    of this one) pages on, reporting this state's own revision."""
+    m = _ipam()
+    for name in ("c1", "c2", "c3"):
+        m.ok(WEB, "claim.create", {"name": name, "spec": {"poolRef": "small"}})
+    first = list_objects(m.store, WEB, "ipclaims", limit=1)
+    revision = first["metadata"]["resourceVersion"]
+    after = queries.decode_continue(first["metadata"]["continue"], queries.resource("ipclaims"))[0]
+    ahead = queries.encode_continue(after, revision + 1000)
+    page = list_objects(m.store, WEB, "ipclaims", limit=1, continue_token=ahead)
+    assert page["metadata"]["resourceVersion"] == revision
+    assert [claim["metadata"]["name"] for claim in page["items"]] == ["c2"]
+    behind = queries.encode_continue(after, revision - 1)
+    assert list_objects(m.store, WEB, "ipclaims", limit=1, continue_token=behind)["metadata"]["resourceVersion"] == (
+        revision - 1
+    )
