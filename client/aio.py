@@ -22,7 +22,7 @@ import aiohttp
 from yarl import URL
 
 from client import core
-from client.errors import AllotError, NotReady, ProtocolError
+from client.errors import AllotError, Forbidden, NotReady, ProtocolError, Unauthorized
 from client.models import (
     IPAllocation,
     IPClaim,
@@ -692,6 +692,8 @@ class AsyncClient(core.ClientSettings):
     async def _report(self, endpoint: str, timeout: float | None) -> MemberReport:
         try:
             member = await self.status(endpoint, timeout=timeout)
+        except (Unauthorized, Forbidden):
+            raise  # the member answered: the token is wrong for every member, not the member down
         except AllotError as error:
             return MemberReport(endpoint, None, None, str(error))
         try:
@@ -701,7 +703,8 @@ class AsyncClient(core.ClientSettings):
         return MemberReport(endpoint, member, ready, None)
 
     async def cluster_status(self, *, timeout: float | None = None) -> list[MemberReport]:
-        """Every endpoint's status and readiness, asked at the same time; unreachable ones say why."""
+        """Every endpoint's status and readiness, asked at the same time; unreachable ones say why.
+        A refused token raises (`Unauthorized`, `Forbidden`): the members answered."""
         return list(await asyncio.gather(*(self._report(endpoint, timeout) for endpoint in self.endpoints)))
 
     # -- watch and raw requests --

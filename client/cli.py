@@ -42,8 +42,11 @@ from client.errors import (
     Conflict,
     Forbidden,
     Invalid,
+    NoLeader,
     NotFound,
+    NotReady,
     OutcomeUnknown,
+    Overloaded,
     PoolExhausted,
     QuotaExceeded,
     Unauthorized,
@@ -541,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- settings --------------------------------------------------------------------------------
 
 
+_names_shown_max = 20  # token names listed when --token-name matches none
+
+
 def _read_token_file(path: Path, name: str | None) -> str:
     try:
         with path.open("rb") as handle:
@@ -561,13 +567,22 @@ def _read_token_file(path: Path, name: str | None) -> str:
         entries = json.loads(text)["tokens"]
     except (ValueError, KeyError, TypeError):
         raise UsageError(f"{path} is neither a plain token nor an allot token file") from None
+    names: list[str] = []
     for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
             continue
         if entry.get("name") == name if name is not None else entry.get("role") == "admin":
             return str(entry["token"])
+        if isinstance(entry.get("name"), str):
+            names.append(entry["name"])
     wanted = f"entry named {name!r}" if name is not None else "admin entry"
-    raise UsageError(f"the token file {path} has no {wanted}")
+    known = f"; its entries are named {', '.join(sorted(names)[:_names_shown_max])}" if names else ""
+    raise UsageError(f"the token file {path} has no {wanted}{known}")
+
+
+_TOKEN_SOURCES = (
+    "pass --token or --token-file, set $ALLOT_TOKEN or $ALLOT_TOKEN_FILE, or run next to allot up's ./.allot/"
+)
 
 
 def resolve_token(args: argparse.Namespace, environ: dict[str, str]) -> str | None:
@@ -665,7 +680,7 @@ def claims_table(claims: Iterable[IPClaim]) -> Table:
         table.add_row(
             claim.name,
             _dash(claim.metadata.namespace),
-            _dash(claim.metadata.tenant),
+            claim.metadata.tenant or "platform",  # as `claim get` says it
             _dash(claim.status.allocated_cidr),
             _dash(claim.status.pool),
             _dash(claim.status.class_name),
@@ -683,7 +698,7 @@ def allocations_table(allocations: Iterable[IPAllocation]) -> Table:
         table.add_row(
             allocation.name,
             _dash(allocation.metadata.namespace),
-            _dash(allocation.metadata.tenant),
+            allocation.metadata.tenant or "platform",
             _dash(allocation.spec.cidr),
             _dash(allocation.spec.pool),
             _dash(allocation.spec.claim_ref),
@@ -1237,7 +1252,9 @@ def run_node_action(nodes: NodeResource, args: argparse.Namespace, out: Output) 
         if out.mode == "json":
             out.json(dict(beat.raw))
         else:
-            condition = "Ready" if beat.ready else "NotReady"
+            # The answer is the member's view before this heartbeat: a NotReady node is marked Ready
+            # by the leader once the heartbeat reaches it (a replicated condition change), not here.
+            condition = "Ready" if beat.ready else "NotReady until the leader marks it Ready on this heartbeat"
             out.line(f"node/{beat.name} heartbeat taken by {_dash(beat.member_id)}; the node is {condition}")
         return EXIT_OK
     act = {"cordon": nodes.cordon, "uncordon": nodes.uncordon, "drain": nodes.drain}[args.action]
@@ -1429,7 +1446,12 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
                 return run_scheduler(client, args, out)
             return run_resource(client, args, out)
     except AllotError as error:
-        return _fail(str(error), exit_code_for(error), err_stream)
+        said = str(error)
+        if token is None and isinstance(error, Unauthorized):
+            said += f" (no token was given: {_TOKEN_SOURCES})"
+        elif isinstance(error, Unavailable) and not isinstance(error, (NoLeader, Overloaded, NotReady)):
+            said += " (is the cluster running, e.g. `allot up`, and are --endpoints / $ALLOT_ENDPOINTS right?)"
+        return _fail(said, exit_code_for(error), err_stream)
     except (UsageError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE, err_stream)
     except KeyboardInterrupt:

@@ -798,6 +798,8 @@ class Call:
     def _give_up(self, why: str) -> AllotError:
         counts = collections.Counter(self.failures)  # the same refusal five times is said once
         tried = "; ".join(f"{f} (x{counts[f]})" if counts[f] > 1 else f for f in counts) or "no attempt was made"
+        if self.attempts > len(self.failures) > 0:
+            tried = f"the last {len(self.failures)} failures: {tried}"
         details: dict[str, Any] = {"attempts": self.attempts, "failures": list(self.failures)}
         if self.request.write and self.maybe_applied:
             if isinstance(self.last_error, OutcomeUnknown) and self.last_error.idempotency_key is not None:

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from client import core
-from client.errors import AllotError, NotReady, ProtocolError
+from client.errors import AllotError, Forbidden, NotReady, ProtocolError, Unauthorized
 from client.models import (
     IPAllocation,
     IPClaim,
@@ -734,11 +734,14 @@ class Client(core.ClientSettings):
         return True
 
     def cluster_status(self, *, timeout: float | None = None) -> list[MemberReport]:
-        """Every endpoint's status and readiness, one attempt each; unreachable ones say why."""
+        """Every endpoint's status and readiness, one attempt each; unreachable ones say why. A
+        refused token raises (`Unauthorized`, `Forbidden`): the members answered."""
         reports: list[MemberReport] = []
         for endpoint in self.endpoints:
             try:
                 member = self.status(endpoint, timeout=timeout)
+            except (Unauthorized, Forbidden):
+                raise  # the member answered: the token is wrong for every member, not the member down
             except AllotError as error:
                 reports.append(MemberReport(endpoint, None, None, str(error)))
                 continue

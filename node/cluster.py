@@ -185,6 +185,15 @@ def up(
         if problem is not None:
             print(f"allot up: --tokens {token_file}: {problem}", file=sys.stderr)
             return 2
+    members = plan(base_dir, http_port, raft_port)
+    busy = busy_ports(members)  # also before anything is written: "starts nothing" means no files either
+    if busy:
+        print(
+            f"allot up: in use already: {', '.join(busy)}. Is an earlier allot up still running "
+            f"(`pgrep -af 'node.cli serve'`)? Stop it, or choose other ports (--http-port, --raft-port).",
+            file=sys.stderr,
+        )
+        return 2
     base_dir.mkdir(parents=True, exist_ok=True)
     secret = base_dir / "cluster.secret"
     ensure_secret(secret)
@@ -197,15 +206,6 @@ def up(
         return 2
     document = json.loads(tokens.read_text())
     admin_token = next(entry["token"] for entry in document["tokens"] if entry.get("role") == "admin")
-    members = plan(base_dir, http_port, raft_port)
-    busy = busy_ports(members)
-    if busy:
-        print(
-            f"allot up: in use already: {', '.join(busy)}. Is an earlier allot up still running "
-            f"(`pgrep -af 'node.cli serve'`)? Stop it, or choose other ports (--http-port, --raft-port).",
-            file=sys.stderr,
-        )
-        return 2
     processes: list[subprocess.Popen[bytes]] = []
     interrupted = False
 

@@ -216,7 +216,10 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
     name, namespace, labels, spec, own_requests, planned = pods.check_body(body)
     principal = ctx.principal
     if not principal.has_tenant:
-        raise invalid("a Pod belongs to a project: act for a tenant", "principal")
+        raise invalid(
+            "a Pod belongs to a project: act for a tenant (?org=...&project=..., the CLI's --as ORG/PROJECT)",
+            "principal",
+        )
     key = keys.pod_key(principal.org, principal.project, namespace, name)
     tenant = quotas.Tenant(ctx.ov, principal.org, principal.project)
     scheduler.fill_default_requests(spec, own_requests, tenant)

@@ -217,15 +217,21 @@ def get(view: ReadView, principal: Principal, plural: str, name: str, namespace:
         if principal.is_admin and not principal.has_tenant:
             # The platform's own key range holds no tenant objects, while its list shows every
             # tenant's: say how to reach the one it probably means.
+            # Claims (and their allocations) may be the platform's own; pods and services never are.
             refusal = _not_found(res, name)
+            owners = "the platform or a project" if res.kind in _PLATFORM_MAY_OWN else "projects"
             raise Rejected(
                 NOT_FOUND,
-                f"{refusal.message} for the platform; {res.kind}s belong to projects: name the tenant "
-                "with ?org=...&project=... (the list shows each object's org and project)",
+                f"{refusal.message} in the platform's namespace {namespace}; {res.kind}s belong to {owners}: "
+                "for a tenant's, act for it (?org=...&project=..., the CLI's --as ORG/PROJECT), and give its "
+                "namespace if not default (the list shows each object's org, project and namespace)",
                 refusal.details,
             )
         raise _not_found(res, name)
     return _decode(res, key, raw)
+
+
+_PLATFORM_MAY_OWN = (claims.KIND, claims.ALLOCATION_KIND)
 
 
 def _decode(res: Resource, key: bytes, raw: bytes) -> dict[str, Any]:

@@ -456,7 +456,10 @@ def place(ctx: Context, pod: dict[str, Any], pod_key: bytes, planned: str | None
     charge = charge_of(pod["spec"])
     shortfall = tenant.shortfall(charge)
     if shortfall is not None:
-        _set_pending(pod, REASON_QUOTA, shortfall.message)
+        # A quota lowered below what the pod alone requests (after it was created) holds it
+        # until the quota changes, not until other pods go: the message says which.
+        never = tenant.shortfall(charge, alone="the pod")
+        _set_pending(pod, REASON_QUOTA, (never or shortfall).message)
         return False
     needs = Needs.of(pod["spec"])
     if planned is not None:

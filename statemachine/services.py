@@ -170,7 +170,10 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     spec, specific = check_spec(body.get("spec"))
     principal = ctx.principal
     if not principal.has_tenant:
-        raise invalid("a Service belongs to a project: act for a tenant", "principal")
+        raise invalid(
+            "a Service belongs to a project: act for a tenant (?org=...&project=..., the CLI's --as ORG/PROJECT)",
+            "principal",
+        )
     key = keys.service_key(principal.org, principal.project, namespace, name)
     existing = load(ctx.ov, key)
     if existing is not None:

@@ -201,6 +201,9 @@ def test_classes_and_watch(cluster: Cluster, workdir: Path) -> None:
 def test_exit_codes_for_refusals_and_outages(cluster: Cluster, workdir: Path) -> None:
     bad_token = allot(cluster, workdir, "pool", "list", token="not-a-real-token-" + "x" * 30)
     assert "unauthorized" in failed(bad_token, cli.EXIT_UNAUTHORIZED)
+    # The members answered: a wrong token is no outage, and status says so too.
+    status = allot(cluster, workdir, "status", token="not-a-real-token-" + "x" * 30)
+    assert "unauthorized" in failed(status, cli.EXIT_UNAUTHORIZED)
     invalid = allot(cluster, workdir, "pool", "create", "cli-bad", "--cidr", "10.202.0.0/33")
     assert "invalid" in failed(invalid, cli.EXIT_USAGE)
     dead = f"http://127.0.0.1:{free_ports(1)[0]}"
@@ -208,6 +211,9 @@ def test_exit_codes_for_refusals_and_outages(cluster: Cluster, workdir: Path) ->
         allot(cluster, workdir, "pool", "list", "--deadline", "1", env={"ALLOT_ENDPOINTS": dead}), cli.EXIT_UNAVAILABLE
     )
     assert "unavailable" in down and "(x" in down, "repeated failures are summarised, not listed"
+    assert "is the cluster running" in down, down
+    no_token = allot(cluster, workdir, "pool", "list", token="", env={"ALLOT_TOKEN_FILE": ""})
+    assert "no token was given: pass --token" in failed(no_token, cli.EXIT_UNAUTHORIZED)
     usage = allot(cluster, workdir, "pool", "create", "x")
     assert usage.returncode == cli.EXIT_USAGE and "required" in usage.stderr
 
@@ -417,8 +423,8 @@ def test_token_file_formats(tmp_path: Path) -> None:
     path.write_text(json.dumps(document))
     assert cli._read_token_file(path, None) == "admin-token"
     assert cli._read_token_file(path, "acme-web") == "member-token"
-    with pytest.raises(cli.UsageError, match="has no entry named"):
-        cli._read_token_file(path, "nobody")
+    with pytest.raises(cli.UsageError, match="has no entry named 'acme/web'; its entries are named acme-web, admin"):
+        cli._read_token_file(path, "acme/web")
     plain = tmp_path / "plain"
     plain.write_text("\n  plain-token  \nignored\n")
     assert cli._read_token_file(plain, None) == "plain-token"

@@ -129,6 +129,7 @@ def test_three_members_refusing_keep_trying_as_long_as_one(
         assert run.ended_s < RetryPolicy().deadline_s, "the attempt budget, not the deadline, ended it"
     assert (one.attempts, three.attempts) == (20, 60), "20 rounds each"
     assert three.error is not None and "60 attempts made" in three.error.message
+    assert "the last 8 failures: " in three.error.message, "the quoted failures are not mistaken for all of them"
     # The same back-off, one pause per round: within a round the call moves on at once.
     assert [pause for pause in three.pauses if pause > 0] == [pause for pause in one.pauses if pause > 0]
     assert len(three.pauses) == 3 * len(one.pauses) + 2

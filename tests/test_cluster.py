@@ -1037,6 +1037,7 @@ def test_allot_up_smoke(tmp_path: Path) -> None:
             timeout=30.0,
         )
         assert second.returncode == 2 and "in use already" in second.stderr, second
+        assert not (tmp_path / "other").exists(), "the refused allot up wrote no secret or token file"
         assert up.all_serve_one_leader(), "the refused allot up disturbed the running one"
         member_pids = member_pids_using(up.directory)
         os.kill(up.process.pid, signal.SIGHUP)  # the terminal closed: stop like Ctrl-C

@@ -300,3 +300,36 @@ def test_a_continue_token_never_reports_a_revision_this_state_has_not_reached() 
     assert list_objects(m.store, WEB, "ipclaims", limit=1, continue_token=behind)["metadata"]["resourceVersion"] == (
         revision - 1
     )
+
+
+@pytest.mark.parametrize(
+    ("plural", "owners"), [("ipclaims", "the platform or a project"), ("pods", "projects"), ("services", "projects")]
+)
+def test_the_platform_admin_missing_an_object_is_told_how_to_reach_a_tenants(plural: str, owners: str) -> None:
+    m = _ipam()
+    with pytest.raises(Rejected) as refused:
+        get(m.store, ADMIN, plural, "web-1")
+    message = refused.value.message
+    assert "not found in the platform's namespace default;" in message, message
+    assert f"belong to {owners}" in message and "--as ORG/PROJECT" in message, message
+
+
+@pytest.mark.parametrize(("command", "body"), [("pod.create", {"name": "p", "spec": {}}), ("service.create", {})])
+def test_a_pod_or_service_without_a_tenant_says_how_to_act_for_one(command: str, body: dict[str, Any]) -> None:
+    m = _ipam()
+    refused = m.refused(ADMIN, command, {"name": "p", "spec": body.get("spec", {"poolRef": "small"})})
+    assert refused.details == {"field": "principal"} and "--as ORG/PROJECT" in refused.message, refused
+
+
+def test_a_pending_pod_that_a_lowered_quota_can_never_hold_says_so() -> None:
+    """Created first, then the quota lowered below what the pod alone requests: no other pod's
+    going would let it bind, and its pending message says so."""
+    m = _cluster_with_usage("acme/web")
+    m.ok(ADMIN, "quota.delete", {"name": "acme/web"})
+    big = m.ok(WEB, "pod.create", {"name": "big", "spec": {"requests": {"cpuMillis": 9000}}})
+    assert big["status"]["reason"] == "Unschedulable"  # more than the node's 8000
+    m.ok(ADMIN, "quota.set", {"name": "acme/web", "spec": {"cpuMillis": 2000}})
+    m.ok(ADMIN, "scheduler.retry", {"pods": 16})
+    pending = get(m.store, WEB, "pods", "big")["status"]
+    assert (pending["phase"], pending["reason"]) == ("Pending", "QuotaExceeded"), pending
+    assert "the pod alone requests 9000, more than the limit 2000" in pending["message"], pending["message"]
