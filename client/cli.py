@@ -580,6 +580,7 @@ def _read_token_file(path: Path, name: str | None) -> str:
     raise UsageError(f"the token file {path} has no {wanted}{known}")
 
 
+_CLUSTER_DOWN_HINT = "(is the cluster running, e.g. `allot up`, and are --endpoints / $ALLOT_ENDPOINTS right?)"
 _TOKEN_SOURCES = (
     "pass --token or --token-file, set $ALLOT_TOKEN or $ALLOT_TOKEN_FILE, or run next to allot up's ./.allot/"
 )
@@ -1358,7 +1359,11 @@ def run_status(client: Client, out: Output) -> int:
             if report.error is not None:
                 out.console.print(Text(f"{report.endpoint}: {report.error}", style="red"), soft_wrap=True)
     leaders = {report.status.leader for report in reports if report.status is not None and report.status.leader}
-    if not any(report.reachable for report in reports) or not leaders:
+    if not any(report.reachable for report in reports):
+        if out.mode != "json":
+            out.console.print(Text(f"no member answered {_CLUSTER_DOWN_HINT}", style="bold red"))
+        return EXIT_UNAVAILABLE
+    if not leaders:
         if out.mode != "json":
             out.console.print(Text("no leader: the cluster cannot accept writes now", style="bold red"))
         return EXIT_UNAVAILABLE
@@ -1450,7 +1455,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         if token is None and isinstance(error, Unauthorized):
             said += f" (no token was given: {_TOKEN_SOURCES})"
         elif isinstance(error, Unavailable) and not isinstance(error, (NoLeader, Overloaded, NotReady)):
-            said += " (is the cluster running, e.g. `allot up`, and are --endpoints / $ALLOT_ENDPOINTS right?)"
+            said += f" {_CLUSTER_DOWN_HINT}"
         return _fail(said, exit_code_for(error), err_stream)
     except (UsageError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE, err_stream)

@@ -477,6 +477,12 @@ class Api:
         params: dict[str, str] = {}
         for key, value in request.query.items():
             if key not in allowed_set:
+                if key in TENANT_PARAMS:  # a platform route (node actions, the scheduler)
+                    raise invalid(
+                        f"{request.path} is the platform's: act for the platform, not for a tenant: "
+                        "leave out ?org= and ?project= (the CLI's --as)",
+                        "principal",
+                    )
                 allowed_text = ", ".join(sorted(allowed_set)) or "none"
                 raise invalid(f"unknown query parameter {key!r}; allowed here: {allowed_text}", key)
             if key in params:

@@ -9,7 +9,8 @@ hints and clocks, none of which is replicated:
   node, released when the request is answered or fails). `plan` runs the same quota check,
   `fit` and `score` as `statemachine.scheduler.plan_pod`, so its choice is the one `plan_pod`
   would make on the state plus the reservations; but instead of scoring every node per pod it
-  keeps, per distinct pod shape ("signature": requests, selectors, tolerations, policy), a heap
+  keeps, per distinct pod shape ("signature": requests, selectors, tolerations, policy,
+  priority), a heap
   of the nodes that fit ordered by (score desc, name asc), updated only for the nodes that
   change. Pods planned together against the same state therefore spread (or pack) as they
   would one after another, instead of all naming the same node and falling back to the apply's
@@ -89,7 +90,7 @@ LEADER_PRINCIPAL = Principal("allot-leader", "", "", "admin")  # the leader's ti
 REASON_HEARTBEAT_MISSED = "NodeStatusUnknown"
 REASON_HEARTBEAT_RESUMED = "NodeHeartbeatResumed"
 
-Signature = tuple[Any, ...]  # requests, selector, affinity, tolerations, policy
+Signature = tuple[Any, ...]  # requests, selector, affinity, tolerations, policy, priority
 
 
 @dataclass
@@ -313,7 +314,17 @@ class Planner:
 
     def _candidates(self, needs: Needs) -> _Candidates:
         policy = needs.policy or self.policy
-        signature = (needs.cpu_millis, needs.memory_bytes, needs.selector, needs.affinity, needs.tolerations, policy)
+        # The priority too: fit and score count a node's nomination only for pods of the nominee's
+        # priority or lower, so two pods of one shape but other priorities may rank nodes apart.
+        signature = (
+            needs.cpu_millis,
+            needs.memory_bytes,
+            needs.selector,
+            needs.affinity,
+            needs.tolerations,
+            policy,
+            needs.priority,
+        )
         candidates = self._heaps.get(signature)
         if candidates is None:
             candidates = _Candidates(needs, policy)

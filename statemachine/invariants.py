@@ -297,13 +297,14 @@ def _check_classes(view: ReadView, pool_objects: dict[bytes, dict[str, Any]], pr
                 problems.append(f"pool {pools.pool_id_of_key(pool_key)} lists missing class {name}")
         if None in listed:
             continue
-        if pool["spec"]["visibility"] != pools.VISIBILITY_PLATFORM:
+        visibility = pool["spec"]["visibility"]
+        if visibility not in pools.PLATFORM_VISIBILITIES:
             if "allowedOrgs" in pool["status"]:
-                problems.append(f"pool {pools.pool_id_of_key(pool_key)} is not a platform pool but has allowedOrgs")
+                problems.append(f"pool {pools.pool_id_of_key(pool_key)} is a tenant's pool but has allowedOrgs")
             continue
         parent_id = pool["status"].get("parentPool")
         parent = None if parent_id is None else pool_objects.get(pools.key_of_pool_id(parent_id))
-        expected_orgs = pools.allowed_orgs([c for c in listed if c is not None], parent)
+        expected_orgs = pools.allowed_orgs([c for c in listed if c is not None], parent, visibility)
         if pool["status"].get("allowedOrgs") != expected_orgs:
             problems.append(
                 f"pool {pools.pool_id_of_key(pool_key)} is reserved for {pool['status'].get('allowedOrgs')}, "

@@ -276,6 +276,13 @@ def carve_pod_cidr(ctx: Context, name: str, spec: dict[str, Any], uid: bytes) ->
             FORBIDDEN,
             f"spec.podPool {pool_ref} is a tenant's pool; nodes take pod CIDRs from platform or internal pools",
         )
+    reserved_for = pool["status"].get("allowedOrgs")
+    if reserved_for is not None:  # a node runs every tenant's pods: they would get the orgs' addresses
+        raise invalid(
+            f"spec.podPool {pool_ref} is reserved for {', '.join(reserved_for)} (by its restricted classes, or its "
+            "parent's), and a node runs every tenant's pods: choose a pool that is not reserved",
+            "spec.podPool",
+        )
     family = pool["status"]["ipFamily"]
     bits = FAMILY_BITS[family]
     length = spec["podCIDRPrefixLength"]

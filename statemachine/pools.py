@@ -148,17 +148,22 @@ def visible(pool: dict[str, Any], principal: Principal) -> bool:
     )
 
 
-def allowed_orgs(listed_classes: list[dict[str, Any]], parent: dict[str, Any] | None) -> list[str] | None:
-    """The orgs a platform pool is reserved for (`status.allowedOrgs`), or None: open to all.
+def allowed_orgs(
+    listed_classes: list[dict[str, Any]], parent: dict[str, Any] | None, visibility: str
+) -> list[str] | None:
+    """The orgs a platform or internal pool is reserved for (`status.allowedOrgs`), or None.
 
-    A pool whose classes are all restricted serves only their orgs: otherwise a tenant of
-    another org could take its addresses by naming the pool, and read the restricted classes'
-    names in its spec. One class open to all opens the pool, which that class already hands to
-    everyone. A platform child of a reserved pool is reserved to the same orgs or fewer, since
-    its addresses are the parent's. Fixed at creation: neither classes nor pools change."""
+    A platform pool whose classes are all restricted serves only their orgs: otherwise a tenant
+    of another org could take its addresses by naming the pool, and read the restricted
+    classes' names in its spec. One class open to all opens the pool, which that class already
+    hands to everyone. A platform or internal child of a reserved pool is reserved to the same
+    orgs or fewer, since its addresses are the parent's: an internal pool (which classes never
+    route to, so its own classes do not count) carries the reservation on to the platform pools
+    carved from it. Fixed at creation: neither classes nor pools change."""
     own: set[str] | None = None
-    if listed_classes and all(c["spec"]["visibility"] == classes.VISIBILITY_RESTRICTED for c in listed_classes):
-        own = {org for c in listed_classes for org in c["spec"]["allowedOrgs"]}
+    restricted = [c for c in listed_classes if c["spec"]["visibility"] == classes.VISIBILITY_RESTRICTED]
+    if visibility == VISIBILITY_PLATFORM and listed_classes and len(restricted) == len(listed_classes):
+        own = {org for c in restricted for org in c["spec"]["allowedOrgs"]}
     inherited = parent["status"].get("allowedOrgs") if parent is not None else None
     if inherited is not None:
         own = set(inherited) if own is None else own & set(inherited)
@@ -515,8 +520,8 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         raise invalid("spec.sharedWith applies only to visibility: shared", "spec.sharedWith")
     class_names, listed_classes = _check_class_names(ctx, spec_in, family)
     reserved_for: list[str] | None = None
-    if visibility == VISIBILITY_PLATFORM:
-        reserved_for = allowed_orgs(listed_classes, None if parent is None else parent[1])
+    if visibility in PLATFORM_VISIBILITIES:
+        reserved_for = allowed_orgs(listed_classes, None if parent is None else parent[1], visibility)
         if reserved_for == [] and parent is not None:  # only a reserved parent can leave no org
             raise invalid(
                 f"IPPool {pool_id_of_key(parent[0])} is reserved for {', '.join(parent[1]['status']['allowedOrgs'])}, "

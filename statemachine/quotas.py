@@ -331,7 +331,17 @@ def _check_address_keys(
         if classes.load(view, name) is None:
             raise invalid(f"spec.addressesByClass.{name}: there is no IPClass {name}", f"spec.addressesByClass.{name}")
     for name in spec.get("addressesByPool", {}):
-        if name in had.get("addressesByPool", {}) or pools.load(view, pools.key_of_pool_id(name)) is not None:
+        if name in had.get("addressesByPool", {}):
+            continue
+        pool = pools.load(view, pools.key_of_pool_id(name))
+        if pool is not None:
+            reserved_for = pool["status"].get("allowedOrgs")
+            if reserved_for is not None and org not in reserved_for:
+                # Its tenants could never use it, and reading their quota would show them its name.
+                raise invalid(
+                    f"spec.addressesByPool.{name}: IPPool {name} is reserved for other orgs than {org}",
+                    f"spec.addressesByPool.{name}",
+                )
             continue
         hint = "keys are pool ids: name for a platform pool, org/project/name for a tenant's pool"
         if "/" not in name and project and pools.load(view, keys.pool_key(org, project, name)) is not None:

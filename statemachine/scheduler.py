@@ -460,6 +460,13 @@ def place(ctx: Context, pod: dict[str, Any], pod_key: bytes, planned: str | None
         # until the quota changes, not until other pods go: the message says which.
         never = tenant.shortfall(charge, alone="the pod")
         _set_pending(pod, REASON_QUOTA, (never or shortfall).message)
+        # A pod its quota holds back cannot bind however much a node frees, so its reservation
+        # would only keep other pods, other tenants' too, off the node; it may nominate again
+        # once the quota lets it be placed.
+        nominated = pod["status"]["nominatedNodeName"]
+        if nominated is not None:
+            _drop_nomination(ctx, nominated, pod_key)
+            pod["status"]["nominatedNodeName"] = None
         return False
     needs = Needs.of(pod["spec"])
     if planned is not None:

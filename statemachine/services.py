@@ -26,7 +26,7 @@ from statemachine import buddy, claims, keys, pools, quotas
 from statemachine.addresses import FAMILY_BITS, Block, check_not_ipv4_mapped, format_address, parse_address
 from statemachine.codec import loads
 from statemachine.context import ADDED, Context
-from statemachine.errors import NOT_FOUND, InvariantViolation, Rejected, already_exists, invalid
+from statemachine.errors import NOT_FOUND, POOL_EXHAUSTED, InvariantViolation, Rejected, already_exists, invalid
 from statemachine.fields import check_labels, check_map, check_name, list_items_max, opt_choice, opt_int, opt_str
 from statemachine.policy import check_length_allowed
 from statemachine.view import ReadView
@@ -108,8 +108,8 @@ def _carve_address(
 ) -> tuple[str, Block, str | None]:
     """(pool id, host block, class name) for the service, carved like a claim's. Through a
     class, a backing pool whose `addressesByPool` limit the tenant has reached is passed over
-    while another has room under its quota; when none has, the first is tried and the quota
-    refusal names it."""
+    for the next with room under its quota; when no backing pool is under its limit, or those
+    that are are full, the refusal is `quota_exceeded` naming the first pool at its limit."""
     if "poolRef" in spec:
         pool_key, pool = pools.resolve(ctx.ov, ctx.principal, spec["poolRef"], "spec.poolRef")
         pool_ref = pools.pool_id_of_key(pool_key)
@@ -145,12 +145,22 @@ def _carve_address(
                 "spec.address" if specific is not None else "spec.className",
             )
         if tenant.limited:
-            within_quota = [
-                (key, pool)
-                for key, pool in usable
-                if tenant.shortfall(quotas.Charge(addresses=1, pool=pools.pool_id_of_key(key))) is None
+            refusals = [
+                tenant.shortfall(quotas.Charge(addresses=1, pool=pools.pool_id_of_key(key))) for key, _ in usable
             ]
-            usable = within_quota or usable[:1]
+            within_quota = [candidate for candidate, refusal in zip(usable, refusals, strict=True) if refusal is None]
+            over_quota = [refusal for refusal in refusals if refusal is not None]
+            if not within_quota:
+                raise over_quota[0]  # every backing pool is at the tenant's limit: the first says which
+            try:
+                pool_ref, block = claims.carve(ctx, within_quota, length, specific, strategy, owner, class_name)
+            except Rejected as refusal:
+                # The pools under the quota are full, but others have room the quota withholds:
+                # "all are full" would be wrong, and raising the quota is what would help.
+                if refusal.code != POOL_EXHAUSTED or not over_quota:
+                    raise
+                raise over_quota[0] from None
+            return pool_ref, block, class_name
     pool_ref, block = claims.carve(ctx, usable, length, specific, strategy, owner, class_name)
     return pool_ref, block, class_name
 

@@ -97,6 +97,8 @@ def test_status(cluster: Cluster, workdir: Path) -> None:
         cluster, workdir, "status", "--timeout", "1", env={"ALLOT_ENDPOINTS": f"{endpoints(cluster)},{dead}"}
     )
     assert "unreachable" in ok(partial) and dead in partial.stdout, "a member that does not answer is marked"
+    down = allot(cluster, workdir, "status", "--timeout", "1", env={"ALLOT_ENDPOINTS": dead})
+    assert down.returncode == cli.EXIT_UNAVAILABLE and "is the cluster running" in down.stdout, down
 
 
 def test_pool_and_claim_lifecycle(cluster: Cluster, workdir: Path) -> None:

@@ -22,6 +22,7 @@ from node.memstore import MemoryStore
 from node.scheduling import HeartbeatTable, NodeMonitor, Planner
 from statemachine import Envelope, Ok, Principal, apply, encode_envelope, keys, scheduler
 from statemachine.invariants import check_invariants
+from statemachine.queries import get
 from statemachine.scheduler import plan_pod
 from tests.test_http import ACME, ADMIN, GLOBEX, Api, auth, read_events, run, watch_url
 
@@ -134,6 +135,34 @@ def test_node_actions_cordon_uncordon_drain(tmp_path: Path) -> None:
 
 
 # ---- pods ------------------------------------------------------------------------------------
+
+
+def test_platform_writes_refuse_an_admin_acting_for_a_tenant(tmp_path: Path) -> None:
+    """Nodes, classes, quotas and the scheduler are the platform's: the tenant an admin names is
+    refused (details.field principal), on every such route, instead of being ignored."""
+
+    async def check(api: Api) -> None:
+        await cluster(api, "n1")
+        before = api.objects_digest()
+        acting = "?org=acme&project=web"
+        writes: list[tuple[str, str, dict[str, Any] | None]] = [
+            ("POST", f"/v1/nodes{acting}", node("n2")),
+            ("DELETE", f"/v1/nodes/n1{acting}", None),
+            ("POST", f"/v1/nodes/n1/cordon{acting}", None),
+            ("POST", f"/v1/nodes/n1/drain{acting}", None),
+            ("PUT", f"/v1/scheduler{acting}", {"policy": "binpack"}),
+            ("POST", f"/v1/scheduler/retry{acting}", {}),
+            ("POST", f"/v1/ipclasses{acting}", {"name": "gold", "spec": {"ipFamily": "IPv4"}}),
+            ("POST", f"/v1/quotas{acting}", {"name": "globex/prod", "spec": {"pods": 1}}),
+            ("DELETE", f"/v1/quotas/acme{acting}", None),
+        ]
+        for method, path, body in writes:
+            refused = await api.error(400, "invalid", method, path, body=body)
+            assert refused.body["error"]["details"] == {"field": "principal"}, (path, refused.body)
+            assert "act for the platform" in refused.body["error"]["message"], refused.body
+        assert api.objects_digest() == before
+
+    run(tmp_path, check)
 
 
 def test_pod_is_answered_bound_and_spread_by_the_members_plan(tmp_path: Path) -> None:
@@ -768,6 +797,31 @@ def test_planner_with_reservations_chooses_what_plan_pod_would_one_by_one(policy
     assert planner.in_flight == 0
     assert planner.plan(store, specs[0], tenant) is None or planner.in_flight == 1
     check_invariants(store)
+
+
+def test_planner_ranks_a_nominated_node_by_the_pods_priority() -> None:
+    """A nomination holds against pods of the nominee's priority or lower only: two pods of one
+    shape but other priorities may rank the nodes apart, so the planner keeps them apart."""
+    admin = Principal("root", "", "", "admin")
+    tenant = Principal("alice", "acme", "web", "member")
+    store = MemoryStore()
+    steps = [
+        (admin, "pool.create", POD_POOL),
+        (admin, "node.register", node("na", cpu=1000)),
+        (admin, "node.register", node("nb", cpu=1000)),
+        (tenant, "pod.create", pod("fa", cpu=200)),
+        (tenant, "pod.create", pod("fb", cpu=500)),
+        (tenant, "pod.create", pod("big", cpu=900)),  # fits nowhere: nominates na
+    ]
+    for index, (principal, command, body) in enumerate(steps, start=1):
+        _apply(store, index, principal, command, body)
+    assert get(store, admin, "nodes", "na")["status"]["nominatedPod"] == "acme/web/default/big"
+    planner = Planner()
+    low, high = pod("low", cpu=50)["spec"], {**pod("high", cpu=50)["spec"], "priority": 10}
+    for spec, expected in ((low, "nb"), (high, "na"), (low, "nb")):
+        plan = planner.plan(store, spec, tenant)
+        assert plan is not None and plan.node_name == expected == plan_pod(store, spec, tenant), (spec, plan)
+        planner.release(plan)
 
 
 def test_metrics_show_nodes_pods_and_the_queue(tmp_path: Path) -> None:

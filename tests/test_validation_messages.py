@@ -333,3 +333,71 @@ def test_a_pending_pod_that_a_lowered_quota_can_never_hold_says_so() -> None:
     pending = get(m.store, WEB, "pods", "big")["status"]
     assert (pending["phase"], pending["reason"]) == ("Pending", "QuotaExceeded"), pending
     assert "the pod alone requests 9000, more than the limit 2000" in pending["message"], pending["message"]
+
+
+# ---- reserved pools, quota-held nominations, services over quota --------------------------------
+
+
+def _reserved_for_acme() -> Machine:
+    m = Machine(check_every_step=True)
+    restricted = {"ipFamily": "IPv4", "visibility": "restricted", "allowedOrgs": ["acme"]}
+    m.ok(ADMIN, "class.create", {"name": "acme-only", "spec": restricted})
+    m.ok(ADMIN, "pool.create", {"name": "resv", "spec": {"cidr": "10.10.0.0/16", "classNames": ["acme-only"]}})
+    return m
+
+
+def test_a_reserved_pool_is_no_nodes_pod_pool_not_even_through_an_internal_child() -> None:
+    m = _reserved_for_acme()
+    m.ok(
+        ADMIN,
+        "pool.create",
+        {"name": "resv-int", "spec": {"parentPool": "resv", "prefixLength": 20, "visibility": "internal"}},
+    )
+    capacity = {"cpuMillis": 1000, "memoryBytes": 1 << 30, "pods": 8}
+    for pool in ("resv", "resv-int"):
+        refused = m.refused(ADMIN, "node.register", {"name": "n1", "spec": {"capacity": capacity, "podPool": pool}})
+        assert refused.details == {"field": "spec.podPool"} and "is reserved for acme" in refused.message, refused
+
+
+def test_a_quota_cannot_name_a_pool_reserved_for_other_orgs() -> None:
+    m = _reserved_for_acme()
+    refused = m.refused(ADMIN, "quota.set", {"name": "globex", "spec": {"addressesByPool": {"resv": 5}}})
+    assert refused.details == {"field": "spec.addressesByPool.resv"} and "reserved for other orgs" in refused.message
+    m.ok(ADMIN, "quota.set", {"name": "acme", "spec": {"addressesByPool": {"resv": 5}}})
+
+
+def test_a_pod_its_quota_holds_back_gives_up_its_nomination() -> None:
+    """Its reservation would keep other pods, other tenants' too, off the node while no node's
+    capacity could let it bind."""
+    m = Machine(check_every_step=True)
+    m.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.244.0.0/16"}})
+    capacity = {"cpuMillis": 1000, "memoryBytes": 8 << 30, "pods": 8}
+    m.ok(ADMIN, "node.register", {"name": "na", "spec": {"capacity": capacity, "podPool": "pods"}})
+    globex = member("globex", "prod")
+    m.ok(globex, "pod.create", {"name": "fill", "spec": {"requests": {"cpuMillis": 600}}})
+    big = m.ok(globex, "pod.create", {"name": "big", "spec": {"requests": {"cpuMillis": 800}}})
+    assert big["status"]["nominatedNodeName"] == "na"
+    assert (
+        m.ok(WEB, "pod.create", {"name": "small", "spec": {"requests": {"cpuMillis": 300}}})["status"]["phase"]
+        == "Pending"
+    )
+    m.ok(ADMIN, "quota.set", {"name": "globex/prod", "spec": {"cpuMillis": 700}})
+    m.ok(ADMIN, "scheduler.retry", {"pods": 16})
+    held = get(m.store, globex, "pods", "big")["status"]
+    assert (held["reason"], held["nominatedNodeName"]) == ("QuotaExceeded", None), held
+    assert get(m.store, WEB, "pods", "small")["status"]["phase"] == "Bound"
+
+
+def test_a_service_through_a_class_whose_open_pools_are_full_is_told_the_quota_not_all_full() -> None:
+    m = Machine(check_every_step=True)
+    m.ok(ADMIN, "class.create", {"name": "svc", "spec": {"ipFamily": "IPv4"}})
+    for name, cidr in (("sa", "10.120.0.0/30"), ("sb", "10.121.0.0/30"), ("sc", "10.122.0.0/31")):
+        m.ok(ADMIN, "pool.create", {"name": name, "spec": {"cidr": cidr, "classNames": ["svc"]}})
+    m.ok(ADMIN, "quota.set", {"name": "acme/web", "spec": {"addressesByPool": {"sa": 1, "sb": 1}}})
+    pools_taken = [
+        m.ok(WEB, "service.create", {"name": f"s{number}", "spec": {"className": "svc"}})["status"]["pool"]
+        for number in range(4)
+    ]
+    assert sorted(pools_taken) == ["sa", "sb", "sc", "sc"]
+    refused = m.refused(WEB, "service.create", {"name": "s5", "spec": {"className": "svc"}})
+    assert (refused.code, refused.details["resource"]) == ("quota_exceeded", "addressesByPool.sa"), refused
