@@ -305,9 +305,13 @@ def _check_classes(view: ReadView, pool_objects: dict[bytes, dict[str, Any]], pr
         parent_id = pool["status"].get("parentPool")
         parent = None if parent_id is None else pool_objects.get(pools.key_of_pool_id(parent_id))
         expected_orgs = pools.allowed_orgs([c for c in listed if c is not None], parent, visibility)
-        if pool["status"].get("allowedOrgs") != expected_orgs:
+        reserved_for = pool["status"].get("allowedOrgs")
+        # None is also how pools stored by builds before reservations read: they stay open. A
+        # child of a reserved pool, though, was made by a build that reserves.
+        inherited = parent is not None and parent["status"].get("allowedOrgs") is not None
+        if (reserved_for is not None or inherited) and reserved_for != expected_orgs:
             problems.append(
-                f"pool {pools.pool_id_of_key(pool_key)} is reserved for {pool['status'].get('allowedOrgs')}, "
+                f"pool {pools.pool_id_of_key(pool_key)} is reserved for {reserved_for}, "
                 f"but its classes and parent reserve it for {expected_orgs}"
             )
 

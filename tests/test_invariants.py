@@ -667,3 +667,26 @@ def test_a_scheduling_record_of_an_earlier_build_keeps_its_reservation_against_e
     assert without_nominee.nominee_priority == 0
     assert scheduler.fit(without_nominee, needs_of_a_top_priority_pod, None) is None
     assert nodes.NodeState.from_plain(state.to_plain()).to_plain() == state.to_plain()
+
+
+def _without_reservation(machine: Machine, name: str) -> None:
+    key = keys.pool_key("", "", name)
+    pool = dict(codec.loads(machine.store.get(key) or b""))
+    pool["status"] = {field: value for field, value in pool["status"].items() if field != "allowedOrgs"}
+    _put(machine.store, key, pool)
+
+
+def test_a_reserved_pool_stored_by_an_earlier_build_passes_but_a_child_that_lost_it_does_not() -> None:
+    """Pools stored before reservations have no status.allowedOrgs and stay open; a platform
+    child of a pool that has one was made by a build that reserves, so it must have one too."""
+    machine = Machine(check_every_step=True)
+    restricted = {"ipFamily": "IPv4", "visibility": "restricted", "allowedOrgs": ["acme"]}
+    machine.ok(ADMIN, "class.create", {"name": "acme-only", "spec": restricted})
+    machine.ok(ADMIN, "pool.create", {"name": "old", "spec": {"cidr": "10.1.0.0/16", "classNames": ["acme-only"]}})
+    machine.ok(ADMIN, "pool.create", {"name": "new", "spec": {"cidr": "10.2.0.0/16", "classNames": ["acme-only"]}})
+    machine.ok(ADMIN, "pool.create", {"name": "kid", "spec": {"parentPool": "new", "prefixLength": 24}})
+    _without_reservation(machine, "old")
+    check_invariants(machine.store)
+    _without_reservation(machine, "kid")
+    with pytest.raises(InvariantViolation, match=r"pool kid is reserved for None, but .* reserve it for \['acme'\]"):
+        check_invariants(machine.store)
