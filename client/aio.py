@@ -689,23 +689,26 @@ class AsyncClient(core.ClientSettings):
             return False
         return True
 
-    async def _report(self, endpoint: str, timeout: float | None) -> MemberReport:
+    async def _report(self, endpoint: str, timeout: float | None) -> tuple[MemberReport, AllotError | None]:
         try:
             member = await self.status(endpoint, timeout=timeout)
-        except (Unauthorized, Forbidden):
-            raise  # the member answered: the token is wrong for every member, not the member down
         except AllotError as error:
-            return MemberReport(endpoint, None, None, str(error))
+            return MemberReport(endpoint, None, None, str(error)), error
         try:
             ready: bool | None = await self.ready(endpoint, timeout=timeout)
         except AllotError:
             ready = None
-        return MemberReport(endpoint, member, ready, None)
+        return MemberReport(endpoint, member, ready, None), None
 
     async def cluster_status(self, *, timeout: float | None = None) -> list[MemberReport]:
         """Every endpoint's status and readiness, asked at the same time; unreachable ones say why.
-        A refused token raises (`Unauthorized`, `Forbidden`): the members answered."""
-        return list(await asyncio.gather(*(self._report(endpoint, timeout) for endpoint in self.endpoints)))
+        A token every member refuses raises (`Unauthorized`, `Forbidden`): they answered; one
+        that only some refuse is reported per member."""
+        answers = await asyncio.gather(*(self._report(endpoint, timeout) for endpoint in self.endpoints))
+        refusals = [error for _, error in answers if isinstance(error, (Unauthorized, Forbidden))]
+        if refusals and len(refusals) == len(answers):
+            raise refusals[0]  # every member answered, refusing the token: no outage, a wrong token
+        return [report for report, _ in answers]
 
     # -- watch and raw requests --
 

@@ -735,14 +735,16 @@ class Client(core.ClientSettings):
 
     def cluster_status(self, *, timeout: float | None = None) -> list[MemberReport]:
         """Every endpoint's status and readiness, one attempt each; unreachable ones say why. A
-        refused token raises (`Unauthorized`, `Forbidden`): the members answered."""
+        token every member refuses raises (`Unauthorized`, `Forbidden`): they answered; one that
+        only some refuse is reported per member."""
         reports: list[MemberReport] = []
+        refusals: list[AllotError] = []
         for endpoint in self.endpoints:
             try:
                 member = self.status(endpoint, timeout=timeout)
-            except (Unauthorized, Forbidden):
-                raise  # the member answered: the token is wrong for every member, not the member down
             except AllotError as error:
+                if isinstance(error, (Unauthorized, Forbidden)):
+                    refusals.append(error)
                 reports.append(MemberReport(endpoint, None, None, str(error)))
                 continue
             try:
@@ -750,6 +752,8 @@ class Client(core.ClientSettings):
             except AllotError:
                 ready = None
             reports.append(MemberReport(endpoint, member, ready, None))
+        if refusals and len(refusals) == len(reports):
+            raise refusals[0]  # every member answered, refusing the token: no outage, a wrong token
         return reports
 
     # -- watch and raw requests --

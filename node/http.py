@@ -477,7 +477,7 @@ class Api:
         params: dict[str, str] = {}
         for key, value in request.query.items():
             if key not in allowed_set:
-                if key in TENANT_PARAMS:  # a platform route (node actions, the scheduler)
+                if key in TENANT_PARAMS and request.method not in ("GET", "HEAD"):  # node actions, the scheduler
                     raise invalid(
                         f"{request.path} is the platform's: act for the platform, not for a tenant: "
                         "leave out ?org= and ?project= (the CLI's --as)",

@@ -446,7 +446,9 @@ def _check_pods(
             problems.append(f"node {name}: nominee {state.nominee!r} does not nominate it")
         elif [state.nominee_cpu, state.nominee_memory] != list(nominee["spec"]["requests"].values()):
             problems.append(f"node {name}: the reservation differs from nominee {state.nominee!r}'s requests")
-        elif state.nominee_priority != nominee["spec"]["priority"]:
+        elif state.nominee_priority not in (nominee["spec"]["priority"], nodes.EARLIER_NOMINEE_PRIORITY):
+            # A nomination recorded before reservations had a priority decodes (and is saved again)
+            # with the highest one, keeping its old meaning: valid until the nomination ends.
             problems.append(f"node {name}: the reservation's priority differs from nominee {state.nominee!r}'s")
     index = [index_key for index_key, _ in _scan(view, keys.POD_BY_NODE)]
     if index != sorted(expected_index):

@@ -59,7 +59,9 @@ taints_max = list_items_max
 default_pod_cidr_length = {IPV4: 24, "IPv6": 64}
 reason_chars_max = 256
 _fields_before_nominee_priority = 14  # scheduling records of earlier builds end at nominee_memory
-_priority_max = (1 << 31) - 1  # pods.priority_max (pods imports this module)
+# pods.priority_max (pods imports this module): the priority a nomination recorded by an earlier
+# build is given, so that it keeps holding against every pod.
+EARLIER_NOMINEE_PRIORITY = (1 << 31) - 1
 
 _body_fields = ("name", "labels", "spec")
 _spec_fields = ("capacity", "taints", "zone", "podPool", "podCIDRPrefixLength")
@@ -147,7 +149,7 @@ class NodeState:
             # A record of an earlier build, whose reservations held against every pod: keep
             # that meaning by giving its nominee the highest priority.
             earlier = cls(*plain)
-            earlier.nominee_priority = _priority_max
+            earlier.nominee_priority = EARLIER_NOMINEE_PRIORITY
             return earlier
         return cls(*plain)
 

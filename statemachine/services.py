@@ -149,20 +149,34 @@ def _carve_address(
                 tenant.shortfall(quotas.Charge(addresses=1, pool=pools.pool_id_of_key(key))) for key, _ in usable
             ]
             within_quota = [candidate for candidate, refusal in zip(usable, refusals, strict=True) if refusal is None]
-            over_quota = [refusal for refusal in refusals if refusal is not None]
-            if not within_quota:
-                raise over_quota[0]  # every backing pool is at the tenant's limit: the first says which
-            try:
-                pool_ref, block = claims.carve(ctx, within_quota, length, specific, strategy, owner, class_name)
-            except Rejected as refusal:
-                # The pools under the quota are full, but others have room the quota withholds:
-                # "all are full" would be wrong, and raising the quota is what would help.
-                if refusal.code != POOL_EXHAUSTED or not over_quota:
-                    raise
-                raise over_quota[0] from None
-            return pool_ref, block, class_name
+            over_quota = [
+                (refusal, pool) for (_, pool), refusal in zip(usable, refusals, strict=True) if refusal is not None
+            ]
+            # Pools the quota withholds that have room: when the others cannot serve, the quota
+            # is what stands in the way, and "all are full" would be wrong.
+            withheld = [
+                quota_refusal
+                for quota_refusal, pool in over_quota
+                if specific is not None or _has_free_host(ctx, pool, length)
+            ]
+            if within_quota:
+                try:
+                    pool_ref, block = claims.carve(ctx, within_quota, length, specific, strategy, owner, class_name)
+                except Rejected as refusal:
+                    if refusal.code != POOL_EXHAUSTED or not withheld:
+                        raise
+                    raise withheld[0] from None
+                return pool_ref, block, class_name
+            if withheld:
+                raise withheld[0]  # every backing pool is at the tenant's limit: the first with room says which
+            # All at the limit and all full: the carve below says the pools are full.
     pool_ref, block = claims.carve(ctx, usable, length, specific, strategy, owner, class_name)
     return pool_ref, block, class_name
+
+
+def _has_free_host(ctx: Context, pool: dict[str, Any], length: int) -> bool:
+    largest = buddy.largest_free_prefix(pools.load_state(ctx.ov, pool))
+    return largest is not None and largest <= length
 
 
 def _check_family(specific: Block | None, family: str) -> None:

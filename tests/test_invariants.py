@@ -660,7 +660,7 @@ def test_a_scheduling_record_of_an_earlier_build_keeps_its_reservation_against_e
     reservations held against every pod, so they decode with the highest priority."""
     earlier = [b"uid", True, True, 2000, 1 << 30, 4, 1000, 0, 1, {}, [], b"pod/acme/web/default/w", 1000, 0]
     state = nodes.NodeState.from_plain(earlier)
-    assert state.nominee_priority == (1 << 31) - 1
+    assert state.nominee_priority == nodes.EARLIER_NOMINEE_PRIORITY
     needs_of_a_top_priority_pod = pods.Needs(500, 0, (), (), (), None, (1 << 31) - 1)
     assert scheduler.fit(state, needs_of_a_top_priority_pod, None) == scheduler.INSUFFICIENT_CPU
     without_nominee = nodes.NodeState.from_plain([*earlier[:11], None, 0, 0])
@@ -690,3 +690,16 @@ def test_a_reserved_pool_stored_by_an_earlier_build_passes_but_a_child_that_lost
     _without_reservation(machine, "kid")
     with pytest.raises(InvariantViolation, match=r"pool kid is reserved for None, but .* reserve it for \['acme'\]"):
         check_invariants(machine.store)
+
+
+def test_a_nomination_recorded_by_an_earlier_build_passes_the_invariants() -> None:
+    """Written before nominations had a priority: decoded with the highest one, and saved again
+    so when the node is rewritten; both are valid states."""
+    machine = _sched_machine()
+    state = _node_state(machine.store, "n2")
+    assert state.nominee is not None
+    _put(machine.store, keys.node_state_key("n2"), state.to_plain()[:14])
+    check_invariants(machine.store)
+    assert _node_state(machine.store, "n2").nominee_priority == nodes.EARLIER_NOMINEE_PRIORITY
+    _save_node_state(machine.store, "n2", _node_state(machine.store, "n2"))  # rewritten: 15 fields
+    check_invariants(machine.store)

@@ -401,3 +401,15 @@ def test_a_service_through_a_class_whose_open_pools_are_full_is_told_the_quota_n
     assert sorted(pools_taken) == ["sa", "sb", "sc", "sc"]
     refused = m.refused(WEB, "service.create", {"name": "s5", "spec": {"className": "svc"}})
     assert (refused.code, refused.details["resource"]) == ("quota_exceeded", "addressesByPool.sa"), refused
+
+
+def test_a_service_through_a_class_whose_pools_are_all_full_is_told_so_even_at_a_limit() -> None:
+    m = Machine(check_every_step=True)
+    m.ok(ADMIN, "class.create", {"name": "svc", "spec": {"ipFamily": "IPv4"}})
+    for name, cidr in (("sa", "10.120.0.0/31"), ("sc", "10.122.0.0/31")):
+        m.ok(ADMIN, "pool.create", {"name": name, "spec": {"cidr": cidr, "classNames": ["svc"]}})
+    m.ok(ADMIN, "quota.set", {"name": "acme/web", "spec": {"addressesByPool": {"sa": 2}}})
+    for number in range(4):
+        m.ok(WEB, "service.create", {"name": f"s{number}", "spec": {"className": "svc"}})
+    refused = m.refused(WEB, "service.create", {"name": "s5", "spec": {"className": "svc"}})
+    assert refused.code == "pool_exhausted", refused  # sa is at its limit, but raising it would free nothing
