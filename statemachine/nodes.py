@@ -145,13 +145,12 @@ class NodeState:
 
     @classmethod
     def from_plain(cls, plain: list[Any]) -> NodeState:
-        if len(plain) == _fields_before_nominee_priority and plain[11] is not None:
+        state = cls(*plain)
+        if len(plain) == _fields_before_nominee_priority and state.nominee is not None:
             # A record of an earlier build, whose reservations held against every pod: keep
             # that meaning by giving its nominee the highest priority.
-            earlier = cls(*plain)
-            earlier.nominee_priority = EARLIER_NOMINEE_PRIORITY
-            return earlier
-        return cls(*plain)
+            state.nominee_priority = EARLIER_NOMINEE_PRIORITY
+        return state
 
 
 def load_state(view: ReadView, name: str) -> NodeState | None:

@@ -152,31 +152,37 @@ def _carve_address(
             over_quota = [
                 (refusal, pool) for (_, pool), refusal in zip(usable, refusals, strict=True) if refusal is not None
             ]
-            # Pools the quota withholds that have room: when the others cannot serve, the quota
-            # is what stands in the way, and "all are full" would be wrong.
-            withheld = [
-                quota_refusal
-                for quota_refusal, pool in over_quota
-                if specific is not None or _has_free_host(ctx, pool, length)
-            ]
             if within_quota:
                 try:
                     pool_ref, block = claims.carve(ctx, within_quota, length, specific, strategy, owner, class_name)
                 except Rejected as refusal:
-                    if refusal.code != POOL_EXHAUSTED or not withheld:
+                    withheld = _withheld(ctx, over_quota, specific, length) if refusal.code == POOL_EXHAUSTED else None
+                    if withheld is None:
                         raise
-                    raise withheld[0] from None
+                    raise withheld from None
                 return pool_ref, block, class_name
-            if withheld:
-                raise withheld[0]  # every backing pool is at the tenant's limit: the first with room says which
+            withheld = _withheld(ctx, over_quota, specific, length)
+            if withheld is not None:
+                raise withheld  # every backing pool is at the tenant's limit: the first with room says which
             # All at the limit and all full: the carve below says the pools are full.
     pool_ref, block = claims.carve(ctx, usable, length, specific, strategy, owner, class_name)
     return pool_ref, block, class_name
 
 
-def _has_free_host(ctx: Context, pool: dict[str, Any], length: int) -> bool:
-    largest = buddy.largest_free_prefix(pools.load_state(ctx.ov, pool))
-    return largest is not None and largest <= length
+def _withheld(
+    ctx: Context, over_quota: list[tuple[Rejected, dict[str, Any]]], specific: Block | None, length: int
+) -> Rejected | None:
+    """The quota refusal of the first pool the tenant's quota withholds that could serve (for a
+    specific address, any: the quota stands in the way first), or None. Read only once the pools
+    under the quota could not serve: then it is the quota, not "all are full", that the tenant
+    must be told."""
+    for refusal, pool in over_quota:
+        if specific is not None:
+            return refusal
+        largest = buddy.largest_free_prefix(pools.load_state(ctx.ov, pool))
+        if largest is not None and largest <= length:
+            return refusal
+    return None
 
 
 def _check_family(specific: Block | None, family: str) -> None:
