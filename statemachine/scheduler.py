@@ -108,9 +108,13 @@ class Cluster:
     pending: int = 0
     policy: str = SPREAD
     sweep_cursor: bytes = b""  # the queue key the last sweep stopped at
+    # The sweeps have reached the queue's end since a triggered retry last moved the cursor
+    # back (`_rewind_sweep`): at most one rewind per walk, so the tail is never starved.
+    # Records written before this field decode with it True.
+    sweep_rewind_allowed: bool = True
 
     def to_plain(self) -> list[Any]:
-        return [self.nodes, self.pending, self.policy, self.sweep_cursor]
+        return [self.nodes, self.pending, self.policy, self.sweep_cursor, self.sweep_rewind_allowed]
 
     @classmethod
     def load(cls, view: ReadView) -> Cluster:
@@ -542,7 +546,8 @@ def retry_on_nodes(ctx: Context, names: list[str]) -> int:
     # again after a bind (which rewrites its node, and may drop a nomination on another).
     states: dict[str, NodeState | None] = {}
     cluster_policy: str | None = None  # binding never changes it
-    for _, pod_key in _queue_heads(ctx, retry_heads_max):
+    heads = _queue_heads(ctx, retry_heads_max)
+    for _, pod_key in heads:
         pod = _load_pod(ctx, pod_key)
         tenant = quotas.Tenant(ctx.ov, pod["metadata"]["org"], pod["metadata"]["project"])
         if tenant.shortfall(charge_of(pod["spec"])) is not None:
@@ -567,6 +572,8 @@ def retry_on_nodes(ctx: Context, names: list[str]) -> int:
             _bind_queued(ctx, pod, pod_key, best[1], best[2], tenant)
             states.clear()
             bound += 1
+    if len(heads) == retry_heads_max:
+        _rewind_sweep(ctx, heads[-1][0])
     return bound
 
 
@@ -592,9 +599,12 @@ def retry_heads(ctx: Context, tenant_of_interest: tuple[str, str] | None = None)
     entries (only the given tenant's pods when one is given; an empty project means every
     project of the org). Returns the pods bound."""
     searched = bound = 0
-    for _, pod_key in _queue_heads(ctx, retry_heads_max):
+    heads = _queue_heads(ctx, retry_heads_max)
+    examined = 0
+    for _, pod_key in heads:
         if searched == retry_full_searches_max:
             break
+        examined += 1
         if tenant_of_interest is not None:
             org, project, _namespace, _name = keys.split_path(pod_key, keys.POD)
             wanted_org, wanted_project = tenant_of_interest
@@ -602,7 +612,23 @@ def retry_heads(ctx: Context, tenant_of_interest: tuple[str, str] | None = None)
                 continue
         searched += 1
         bound += reconsider(ctx, pod_key)
+    if examined < len(heads) or len(heads) == retry_heads_max:
+        _rewind_sweep(ctx, heads[examined - 1][0])
     return bound
+
+
+def _rewind_sweep(ctx: Context, stopped_at: bytes) -> None:
+    """A triggered retry stopped at one of its bounds with more of the queue behind
+    `stopped_at`: if the sweep cursor is further on, move it back there, so the leader's next
+    sweeps offer what the retry could not hand out to the next pods in priority-then-age order,
+    not to whichever pods the cursor happened to reach first (a quota raised by 8 whose own
+    retry binds 4 must bind the next 4 oldest, not 4 younger ones). At most once per walk of
+    the queue: a stream of triggers cannot hold the sweeps near the head and starve the tail."""
+    cluster = Cluster.load(ctx.ov)
+    if cluster.sweep_rewind_allowed and cluster.sweep_cursor > stopped_at:
+        cluster.sweep_cursor = stopped_at
+        cluster.sweep_rewind_allowed = False
+        cluster.save(ctx)
 
 
 def sweep(ctx: Context, count: int) -> tuple[int, int]:
@@ -610,7 +636,8 @@ def sweep(ctx: Context, count: int) -> tuple[int, int]:
     (examined, bound)."""
     cluster = Cluster.load(ctx.ov)
     chosen = _queue_heads(ctx, count, cluster.sweep_cursor)
-    if len(chosen) < count:
+    reached_end = len(chosen) < count
+    if reached_end:
         seen = {queue_key for queue_key, _ in chosen}
         chosen += [item for item in _queue_heads(ctx, count - len(chosen)) if item[0] not in seen]
     bound = 0
@@ -618,7 +645,8 @@ def sweep(ctx: Context, count: int) -> tuple[int, int]:
         bound += reconsider(ctx, pod_key)
     cursor = chosen[-1][0] if chosen else b""
     cluster = Cluster.load(ctx.ov)
-    if cluster.sweep_cursor != cursor:
+    if cluster.sweep_cursor != cursor or (reached_end and not cluster.sweep_rewind_allowed):
         cluster.sweep_cursor = cursor
+        cluster.sweep_rewind_allowed = cluster.sweep_rewind_allowed or reached_end
         cluster.save(ctx)
     return len(chosen), bound

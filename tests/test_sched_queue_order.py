@@ -1,0 +1,52 @@
+"""Queue order when a node-triggered retry stops at its bound of queue heads.
+
+The quota-triggered case is in tests/scripts/sched_queue_order.txt; this one needs more queue
+entries than `scheduler.retry_heads_max` (32), so it lowers that bound instead of creating
+33 pods.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from statemachine import scheduler
+from statemachine.queries import list_objects
+from tests.harness import ADMIN, Machine, member
+
+ACME = member("acme", "web")
+
+
+def _register(machine: Machine, name: str, cpu: int) -> None:
+    capacity = {"cpuMillis": cpu, "memoryBytes": 8 << 30, "pods": 16}
+    machine.ok(ADMIN, "node.register", {"name": name, "spec": {"capacity": capacity, "podPool": "pods"}})
+
+
+def _phases(machine: Machine) -> dict[str, str]:
+    listed = list_objects(machine.store, ACME, "pods")
+    return {pod["metadata"]["name"]: pod["status"]["phase"] for pod in listed["items"]}
+
+
+def test_capacity_the_head_retry_leaves_goes_to_the_next_oldest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler, "retry_heads_max", 3)
+    machine = Machine(check_every_step=True)
+    machine.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.244.0.0/16"}})
+    _register(machine, "n1", 1000)
+    for number in range(1, 7):  # p1 binds; p2..p6 wait, oldest first
+        machine.ok(ACME, "pod.create", {"name": f"p{number}", "spec": {"requests": {"cpuMillis": 1000}}})
+    swept = machine.ok(ADMIN, "scheduler.retry", {"pods": 4})  # the cursor now stands after p5
+    assert swept["examined"] == 4, swept
+
+    # A node with room for four joins: the apply offers it to the first three queue entries
+    # (the lowered bound), which bind; the fourth place must go to p5, the next oldest, not to
+    # p6, the next after the sweep cursor.
+    _register(machine, "n2", 4000)
+    assert [name for name, phase in _phases(machine).items() if phase == "Bound"] == ["p1", "p2", "p3", "p4"]
+    machine.ok(ADMIN, "scheduler.retry", {"pods": 1})
+    assert _phases(machine) == {
+        "p1": "Bound",
+        "p2": "Bound",
+        "p3": "Bound",
+        "p4": "Bound",
+        "p5": "Bound",
+        "p6": "Pending",
+    }
