@@ -421,6 +421,7 @@ def _add_scheduling_parsers(commands: Any, common: argparse.ArgumentParser) -> N
     setter.add_argument("--memory", type=parse_memory, help="memory of bound pods: 32Gi")
     setter.add_argument("--pods", type=int, help="bound pods")
     setter.add_argument("--services", type=int, help="services")
+    setter.add_argument("--max-priority", type=int, help="the highest priority new pods may ask for")
     setter.add_argument("--addresses-by-class", type=_count_pair, action="append", default=[], help="CLASS=COUNT")
     setter.add_argument("--addresses-by-pool", type=_count_pair, action="append", default=[], help="POOL=COUNT")
     setter.add_argument("--default-cpu", type=parse_cpu, help="a project's request for pods that give none")
@@ -846,7 +847,7 @@ def _address_limits(quota: Quota) -> str:
 
 def quotas_table(quotas: Iterable[Quota]) -> Table:
     table = Table(title="Quotas (used/limit)", title_justify="left")
-    for column in ("NAME", "CPU", "MEMORY", "PODS", "SERVICES", "PENDING PODS", "ADDRESSES"):
+    for column in ("NAME", "CPU", "MEMORY", "PODS", "SERVICES", "PENDING PODS", "MAX PRIORITY", "ADDRESSES"):
         table.add_column(column, no_wrap=column == "NAME")
     for quota in quotas:
         spec, used = quota.spec, quota.used
@@ -857,6 +858,7 @@ def quotas_table(quotas: Iterable[Quota]) -> Table:
             _used_of(used.pods if used else None, spec.pods),
             _used_of(used.services if used else None, spec.services),
             _dash(used.pending_pods if used else None),
+            _dash(spec.max_priority),
             _address_limits(quota),
         )
     return table
@@ -1183,6 +1185,7 @@ def quota_spec(args: argparse.Namespace) -> dict[str, Any]:
     _put(spec, "memoryBytes", args.memory)
     _put(spec, "pods", args.pods)
     _put(spec, "services", args.services)
+    _put(spec, "maxPriority", args.max_priority)
     _put(spec, "addressesByClass", dict(args.addresses_by_class) or None)
     _put(spec, "addressesByPool", dict(args.addresses_by_pool) or None)
     defaults: dict[str, Any] = {}

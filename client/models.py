@@ -800,6 +800,7 @@ class QuotaSpec:
     addresses_by_class: Mapping[str, int]
     addresses_by_pool: Mapping[str, int]
     default_requests: PodRequests | None  # project quotas: filled into pods that give no requests
+    max_priority: int | None = None  # new pods may ask for no higher priority; None: any
 
     @classmethod
     def parse(cls, raw: Any) -> QuotaSpec:
@@ -812,6 +813,7 @@ class QuotaSpec:
             addresses_by_class=_counts(spec, "addressesByClass"),
             addresses_by_pool=_counts(spec, "addressesByPool"),
             default_requests=PodRequests.parse(spec.get("defaultRequests")),
+            max_priority=_int(spec, "maxPriority"),
         )
 
 

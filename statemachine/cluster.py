@@ -240,7 +240,9 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
     # A pod that could never fit the quota, even with nothing else running, is refused outright;
     # one that would fit once other pods go waits in the queue.
     if tenant.limited:
-        impossible = tenant.shortfall(scheduler.charge_of(spec), alone="the pod")
+        impossible = tenant.priority_refusal(spec["priority"]) or tenant.shortfall(
+            scheduler.charge_of(spec), alone="the pod"
+        )
         if impossible is not None:
             raise impossible
     pod: dict[str, Any] = {

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from statemachine import keys
+from statemachine import keys, quotas
 from statemachine.codec import loads
 from statemachine.errors import invalid
 from statemachine.fields import (
@@ -52,8 +52,8 @@ BINPACK = "binpack"
 POLICIES = (SPREAD, BINPACK)
 AFFINITY_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 TOLERATION_OPERATORS = ("Equal", "Exists")
-priority_min = -(1 << 31)
-priority_max = (1 << 31) - 1
+priority_min = quotas.priority_min
+priority_max = quotas.priority_max
 
 _body_fields = ("name", "namespace", "labels", "spec", "plan")
 _spec_fields = ("requests", "nodeSelector", "nodeAffinity", "tolerations", "priority", "schedulingPolicy")

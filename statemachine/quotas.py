@@ -2,8 +2,11 @@
 
 A Quota limits one org (id `acme`) or one project (id `acme/web`): CPU millicores, memory
 bytes, bound pods, services, and addresses per IPClass or per pool (services' addresses). A
-limit left out is unlimited. A project quota may also carry `defaultRequests`, filled into pods
-that give no requests. Only admins write quotas; a member reads its org's and its project's.
+limit left out is unlimited. `maxPriority` caps the priority a tenant's new pods may ask for
+(checked when a pod is created, as Kubernetes' quota on priority classes is: pods already
+there keep theirs), so one tenant cannot give its pods the priority that takes other tenants'
+nominations and queue places. A project quota may also carry `defaultRequests`, filled into
+pods that give no requests. Only admins write quotas; a member reads its org's and its project's.
 
 Usage lives in a ledger per project and per org (`qu/<org>/<project>`, `qu/<org>/`), charged
 and released in the same apply as the object that uses it: a pod when it binds (pending pods
@@ -34,10 +37,14 @@ cpu_millis_max = 1 << 40  # about a billion cores: an upper bound on any one num
 memory_bytes_max = 1 << 60
 count_max = 1 << 40
 
+# A pod's priority range; pods.priority_min/max are these (pods imports this module).
+priority_min = -(1 << 31)
+priority_max = (1 << 31) - 1
+
 SCALAR_LIMITS = ("cpuMillis", "memoryBytes", "pods", "services")
 _limit_max = {"cpuMillis": cpu_millis_max, "memoryBytes": memory_bytes_max, "pods": count_max, "services": count_max}
 _body_fields = ("name", "labels", "spec")
-_spec_fields = (*SCALAR_LIMITS, "addressesByClass", "addressesByPool", "defaultRequests")
+_spec_fields = (*SCALAR_LIMITS, "maxPriority", "addressesByClass", "addressesByPool", "defaultRequests")
 _request_fields = ("cpuMillis", "memoryBytes")
 
 
@@ -259,6 +266,20 @@ class Tenant:
             charge, quota_id(self.org, self.project), alone
         ) or self.org_ledger.shortfall(charge, self.org, alone)
 
+    def priority_refusal(self, priority: int) -> Rejected | None:
+        """A refusal when the project's or the org's quota caps the priority of new pods below
+        `priority`; None when neither does."""
+        for ledger, scope in ((self.project_ledger, quota_id(self.org, self.project)), (self.org_ledger, self.org)):
+            cap = None if ledger.limits is None else ledger.limits.get("maxPriority")
+            if cap is not None and priority > cap:
+                return Rejected(
+                    QUOTA_EXCEEDED,
+                    f"quota {scope} allows pods a priority of at most {cap}; this pod asks for {priority} "
+                    "(spec.priority): ask for less, or have an admin raise the quota's maxPriority",
+                    {"quota": scope, "resource": "maxPriority", "limit": cap, "requested": priority},
+                )
+        return None
+
     def add(self, charge: Charge, sign: int) -> None:
         self.project_ledger.add(charge, sign)
         self.org_ledger.add(charge, sign)
@@ -392,6 +413,9 @@ def check_spec(value: Any, project: str) -> dict[str, Any]:
         limit = opt_int(given, name, f"spec.{name}", 0, _limit_max[name])
         if limit is not None:
             spec[name] = limit
+    max_priority = opt_int(given, "maxPriority", "spec.maxPriority", priority_min, priority_max)
+    if max_priority is not None:
+        spec["maxPriority"] = max_priority
     by_class = _count_map(given.get("addressesByClass"), "spec.addressesByClass", False)
     by_pool = _count_map(given.get("addressesByPool"), "spec.addressesByPool", True)
     if by_class:

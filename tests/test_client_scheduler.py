@@ -208,6 +208,12 @@ def test_quota_exceeded_is_a_typed_error_and_a_pending_reason(admin: Client) -> 
     admin.quotas.set("quota/web", {"cpuMillis": 2000, "pods": 5, "services": 1})  # raising it retries the queue
     bound = wait_until("the waiting pod to bind", lambda: tenant.pods.get("waits").bound or None, change_wait_s)
     assert bound
+
+    capped = admin.quotas.set("quota/web", {"cpuMillis": 2000, "pods": 5, "services": 1, "maxPriority": 0})
+    assert capped.spec.max_priority == 0 and quota.spec.max_priority is None
+    with pytest.raises(QuotaExceeded) as too_urgent:
+        tenant.pods.create("urgent", pod_spec("quota", cpu_millis=100, priority=1))
+    assert (too_urgent.value.resource, too_urgent.value.limit, too_urgent.value.requested) == ("maxPriority", 0, 1)
     assert admin.quotas.delete("quota/web").name == "quota/web"
     with pytest.raises(NotFound):
         admin.quotas.get("quota/web")
@@ -440,6 +446,13 @@ def test_cli_quotas_and_the_scheduler(allot: Allot, cluster: Cluster) -> None:
     quota_row = row(allot.ok("quota", "list"), "cli/quota")
     assert "0/1" in quota_row and "0/3" in quota_row and "0/∞" in quota_row, quota_row
     assert json.loads(allot.ok("quota", "get", "cli/quota", "-o", "json"))["spec"] == {"cpuMillis": 1000, "pods": 3}
+    assert allot.ok("quota", "set", "cli/quota", "--cpu", "1", "--max-priority", "10") == "quota/cli/quota set\n"
+    too_urgent = allot.failed(
+        client_cli.EXIT_NO_ROOM, "pod", "create", "cli-urgent", "--priority", "11", "--as", "cli/quota"
+    )
+    assert "allows pods a priority of at most 10" in too_urgent, too_urgent
+    assert re.search(r"\b10\b", row(allot.ok("quota", "list"), "cli/quota"))
+    assert json.loads(allot.ok("quota", "get", "cli/quota", "-o", "json"))["spec"]["maxPriority"] == 10
     assert allot.ok("quota", "delete", "cli/quota").startswith("quota/cli/quota deleted")
 
     assert json.loads(allot.ok("scheduler", "get", "-o", "json"))["policy"] == "spread"

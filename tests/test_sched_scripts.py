@@ -9,7 +9,7 @@ Extra commands (WHO as in test_scripts.py; every write takes `rid=ID`, `label.K=
     node    WHO NAME cpu=N mem=N pods=N [pool=P] [prefix=N] [zone=Z] [taints=k=v:Effect,...]
     pod     WHO NAME [ns=NS] [cpu=N] [mem=N] [priority=N] [policy=spread|binpack] [plan=NODE]
                      [select=k=v,...] [tolerate=k=v:Effect,k:Effect,...] [affinity=k:In:a|b,k:Exists,...]
-    quota   WHO ID [cpu=N] [mem=N] [pods=N] [services=N] [defcpu=N] [defmem=N]
+    quota   WHO ID [cpu=N] [mem=N] [pods=N] [services=N] [maxprio=N] [defcpu=N] [defmem=N]
                    [byclass=c:N,...] [bypool=p:N,...]
     service WHO NAME [ns=NS] [type=ClusterIP|LoadBalancer] [pool=P] [class=C] [address=A]
     delete  WHO pod|service|node|quota NAME [ns=NS]
@@ -142,6 +142,8 @@ def describe_sched(obj: dict[str, Any], viewer: Principal) -> str:
             f"services={used['services']}/{_limit(spec, 'services')}",
             f"pending={used['pendingPods']}",
         ]
+        if "maxPriority" in spec:
+            parts.append(f"maxprio={spec['maxPriority']}")
         for table in ("addressesByClass", "addressesByPool"):
             for name, limit in spec.get(table, {}).items():
                 parts.append(f"{table}.{name}={used[table].get(name, 0)}/{limit}")
@@ -333,10 +335,11 @@ class SchedRunner(ScriptRunner):
 
     def _quota(self, command: Command) -> list[str]:
         who = self._who(command, 2)
-        options = {"cpu", "mem", "pods", "services", "defcpu", "defmem", "byclass", "bypool", "rid"}
+        options = {"cpu", "mem", "pods", "services", "maxprio", "defcpu", "defmem", "byclass", "bypool", "rid"}
         check_options(command, options, {"details"})
         spec: dict[str, Any] = {}
-        for option, field in (("cpu", "cpuMillis"), ("pods", "pods"), ("services", "services")):
+        scalars = (("cpu", "cpuMillis"), ("pods", "pods"), ("services", "services"), ("maxprio", "maxPriority"))
+        for option, field in scalars:
             value = _int(command, option)
             if value is not None:
                 spec[field] = value
