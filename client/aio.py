@@ -34,6 +34,7 @@ from client.models import (
     NodeHeartbeat,
     Page,
     Pod,
+    PriorityClass,
     Quota,
     SchedulerStatus,
     Service,
@@ -624,6 +625,7 @@ class AsyncClient(core.ClientSettings):
         self.ipclaims: AsyncWritableResource[IPClaim] = AsyncWritableResource(self, core.IPCLAIMS)
         self.ipallocations: AsyncReadableResource[IPAllocation] = AsyncReadableResource(self, core.IPALLOCATIONS)
         self.ipclasses: AsyncWritableResource[IPClass] = AsyncWritableResource(self, core.IPCLASSES)
+        self.priorityclasses: AsyncWritableResource[PriorityClass] = AsyncWritableResource(self, core.PRIORITYCLASSES)
         self.nodes = AsyncNodeResource(self, core.NODES)
         self.pods: AsyncWritableResource[Pod] = AsyncWritableResource(self, core.PODS)
         self.services: AsyncWritableResource[Service] = AsyncWritableResource(self, core.SERVICES)

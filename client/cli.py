@@ -64,6 +64,7 @@ from client.models import (
     Node,
     NodeResources,
     Pod,
+    PriorityClass,
     Quota,
     SchedulerStatus,
     Service,
@@ -97,7 +98,20 @@ EXIT_CODES: tuple[tuple[type[AllotError], int], ...] = (
     (Invalid, EXIT_USAGE),
 )
 
-COMMANDS = ("status", "pool", "claim", "class", "alloc", "watch", "node", "pod", "service", "quota", "scheduler")
+COMMANDS = (
+    "status",
+    "pool",
+    "claim",
+    "class",
+    "alloc",
+    "watch",
+    "node",
+    "pod",
+    "service",
+    "quota",
+    "priorityclass",
+    "scheduler",
+)
 DEFAULT_TOKEN_FILE = Path(".allot") / "tokens.json"  # where `allot up` writes its tokens
 ENV_TOKEN_FILE = "ALLOT_TOKEN_FILE"
 token_file_bytes_max = 4 * 1024 * 1024
@@ -115,6 +129,8 @@ EPILOG = """operator commands (talk to a running cluster; see docs/client.md):
   allot pod create|list|get|delete     pods (create prints the node and IP, or why it waits)
   allot service create|list|get|delete services (create prints the address)
   allot quota set|list|get|delete      quotas of an org (acme) or a project (acme/web)
+  allot priorityclass create|list|get|delete
+                                       named pod priorities (admin writes)
   allot scheduler get|set|retry        the scheduling policy (spread, binpack), the pending queue
   allot watch                          stream changes
   global options: --endpoints, --token, --token-file, --as ORG/PROJECT, -o table|json"""
@@ -384,7 +400,10 @@ def _add_scheduling_parsers(commands: Any, common: argparse.ArgumentParser) -> N
     create.add_argument(
         "--toleration", type=parse_toleration, action="append", default=[], help="KEY=VALUE[:EFFECT] or KEY[:EFFECT]"
     )
-    create.add_argument("--priority", type=int, help="higher is placed first (default 0)")
+    create.add_argument(
+        "--priority", type=int, help="higher is placed first (default: the global default class's, or 0)"
+    )
+    create.add_argument("--priority-class", help="the PriorityClass whose value the pod gets")
     create.add_argument("--policy", choices=SCHEDULING_POLICIES, help="this pod's scheduling policy")
     _create_common(create)
     listing = pod.add_parser("list", parents=[common], help="pods")
@@ -430,6 +449,22 @@ def _add_scheduling_parsers(commands: Any, common: argparse.ArgumentParser) -> N
     _list_options(quota.add_parser("list", parents=[common], help="quotas with usage"), namespaced=False)
     _named(quota.add_parser("get", parents=[common], help="one quota and its usage"))
     _write_options(_named(quota.add_parser("delete", parents=[common], help="remove a quota (admin)")))
+
+    priority_class = commands.add_parser(
+        "priorityclass", parents=[common], help="named pod priorities (writes: admin)"
+    ).add_subparsers(dest="action", required=True)
+    create = _named(priority_class.add_parser("create", parents=[common], help="create a PriorityClass"))
+    create.add_argument("--value", type=int, help="the priority pods naming it get (required)")
+    create.add_argument(
+        "--global-default", action="store_true", default=None, help="the class of pods naming no class or priority"
+    )
+    create.add_argument("--description", help="what the class is for")
+    _create_common(create)
+    _list_options(priority_class.add_parser("list", parents=[common], help="PriorityClasses"), namespaced=False)
+    _named(priority_class.add_parser("get", parents=[common], help="one PriorityClass"))
+    _write_options(
+        _named(priority_class.add_parser("delete", parents=[common], help="delete a PriorityClass (pods keep theirs)"))
+    )
 
     scheduler = commands.add_parser("scheduler", parents=[common], help="the scheduler").add_subparsers(
         dest="action", required=True
@@ -731,6 +766,18 @@ def classes_table(classes: Iterable[IPClass]) -> Table:
     return table
 
 
+def priority_classes_table(priority_classes: Iterable[PriorityClass]) -> Table:
+    table = Table(title="Priority classes", title_justify="left")
+    for column in ("NAME", "VALUE", "GLOBAL DEFAULT", "DESCRIPTION"):
+        table.add_column(column, no_wrap=column == "NAME")
+    for priority_class in priority_classes:
+        spec = priority_class.spec
+        table.add_row(
+            priority_class.name, _dash(spec.value), "yes" if spec.global_default else "", _dash(spec.description)
+        )
+    return table
+
+
 def format_cpu(millis: int | None) -> str:
     """Millicores as Kubernetes writes them: 4 (cores) or 250m."""
     if millis is None:
@@ -967,6 +1014,12 @@ def _describe(obj: ApiObject) -> Table:
             ("strategy", policy.strategy),
             ("reclaim", obj.spec.reclaim_policy),
         ]
+    elif isinstance(obj, PriorityClass):
+        rows += [
+            ("value", obj.spec.value),
+            ("global default", "yes" if obj.spec.global_default else "no"),
+            ("description", obj.spec.description),
+        ]
     elif isinstance(obj, Node | Pod | Service | Quota):
         rows += _scheduling_rows(obj)
     for key, value in rows:
@@ -1012,6 +1065,7 @@ def _scheduling_rows(obj: Node | Pod | Service | Quota) -> list[tuple[str, Any]]
             ("cpu", format_cpu(requests.cpu_millis if requests else None)),
             ("memory", format_memory(requests.memory_bytes if requests else None)),
             ("priority", obj.spec.priority),
+            ("priority class", obj.spec.priority_class_name),
             ("policy", obj.spec.scheduling_policy),
             ("node selector", ", ".join(f"{key}={value}" for key, value in sorted(obj.spec.node_selector.items()))),
             (
@@ -1165,7 +1219,16 @@ def pod_spec(args: argparse.Namespace) -> dict[str, Any]:
     _put(spec, "nodeSelector", dict(args.node_selector) or None)
     _put(spec, "tolerations", args.toleration)
     _put(spec, "priority", args.priority)
+    _put(spec, "priorityClassName", args.priority_class)
     _put(spec, "schedulingPolicy", args.policy)
+    return with_spec_json(spec, args.spec)
+
+
+def priority_class_spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    _put(spec, "value", args.value)
+    _put(spec, "globalDefault", args.global_default)
+    _put(spec, "description", args.description)
     return with_spec_json(spec, args.spec)
 
 
@@ -1226,6 +1289,7 @@ RESOURCES: dict[str, ResourceCommand] = {
     "pod": (lambda client: client.pods, pods_table, pod_spec),
     "service": (lambda client: client.services, services_table, service_spec),
     "quota": (lambda client: client.quotas, quotas_table, quota_spec),
+    "priorityclass": (lambda client: client.priorityclasses, priority_classes_table, priority_class_spec),
 }
 # What a create prints when it made the object (HTTP 201), and when the server answered with the
 # identical object that already existed (HTTP 200: creates are idempotent). `quota set` creates or

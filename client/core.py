@@ -61,6 +61,7 @@ from client.models import (
     Node,
     Page,
     Pod,
+    PriorityClass,
     Quota,
     Service,
     WatchEvent,
@@ -247,8 +248,12 @@ PODS = KindInfo("pods", "Pod", Pod.parse, namespaced=True, writable=True)
 SERVICES = KindInfo("services", "Service", Service.parse, namespaced=True, writable=True)
 # POST sets (creates or replaces)
 QUOTAS = KindInfo("quotas", "Quota", Quota.parse, namespaced=False, writable=True, platform_writes=True)
+PRIORITYCLASSES = KindInfo(
+    "priorityclasses", "PriorityClass", PriorityClass.parse, namespaced=False, writable=True, platform_writes=True
+)
 KINDS: dict[str, KindInfo[Any]] = {
-    info.plural: info for info in (IPPOOLS, IPCLAIMS, IPALLOCATIONS, IPCLASSES, NODES, PODS, SERVICES, QUOTAS)
+    info.plural: info
+    for info in (IPPOOLS, IPCLAIMS, IPALLOCATIONS, IPCLASSES, NODES, PODS, SERVICES, QUOTAS, PRIORITYCLASSES)
 }
 
 CONSISTENCIES = ("linearizable", "stale")

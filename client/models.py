@@ -342,6 +342,43 @@ class IPAllocation:
         return self.metadata.name
 
 
+# ---- PriorityClass ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PriorityClassSpec:
+    value: int | None  # the priority pods naming the class get
+    global_default: bool  # given to pods that name neither a class nor a priority
+    description: str
+
+    @classmethod
+    def parse(cls, raw: Any) -> PriorityClassSpec:
+        spec = _map(raw)
+        return cls(
+            value=_int(spec, "value"),
+            global_default=bool(_bool(spec, "globalDefault")),
+            description=_str(spec, "description") or "",
+        )
+
+
+@dataclass(frozen=True)
+class PriorityClass:
+    metadata: ObjectMeta
+    spec: PriorityClassSpec
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    kind = "PriorityClass"
+
+    @classmethod
+    def parse(cls, raw: Any) -> PriorityClass:
+        source = _object_map(raw, "a PriorityClass")
+        return cls(ObjectMeta.parse(source.get("metadata")), PriorityClassSpec.parse(source.get("spec")), source)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
 # ---- IPClass ---------------------------------------------------------------------------------
 
 
@@ -618,6 +655,7 @@ class PodSpec:
     priority: int | None
     scheduling_policy: str | None  # spread or binpack; None: the cluster's
     node_name: str | None  # set when the pod is bound
+    priority_class_name: str | None = None  # the PriorityClass its priority came from
 
     @classmethod
     def parse(cls, raw: Any) -> PodSpec:
@@ -630,6 +668,7 @@ class PodSpec:
             priority=_int(spec, "priority"),
             scheduling_policy=_str(spec, "schedulingPolicy"),
             node_name=_str(spec, "nodeName"),
+            priority_class_name=_str(spec, "priorityClassName"),
         )
 
 
@@ -934,7 +973,7 @@ class GenericObject:
         return self.metadata.name
 
 
-ApiObject = IPPool | IPClaim | IPAllocation | IPClass | Node | Pod | Service | Quota | GenericObject
+ApiObject = IPPool | IPClaim | IPAllocation | IPClass | Node | Pod | Service | Quota | PriorityClass | GenericObject
 
 OBJECT_PARSERS: dict[str, Callable[[Any], ApiObject]] = {
     "IPPool": IPPool.parse,
@@ -945,6 +984,7 @@ OBJECT_PARSERS: dict[str, Callable[[Any], ApiObject]] = {
     "Pod": Pod.parse,
     "Service": Service.parse,
     "Quota": Quota.parse,
+    "PriorityClass": PriorityClass.parse,
 }
 
 

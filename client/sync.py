@@ -35,6 +35,7 @@ from client.models import (
     NodeHeartbeat,
     Page,
     Pod,
+    PriorityClass,
     Quota,
     SchedulerStatus,
     Service,
@@ -668,6 +669,7 @@ class Client(core.ClientSettings):
         self.ipclaims: WritableResource[IPClaim] = WritableResource(self, core.IPCLAIMS)
         self.ipallocations: ReadableResource[IPAllocation] = ReadableResource(self, core.IPALLOCATIONS)
         self.ipclasses: WritableResource[IPClass] = WritableResource(self, core.IPCLASSES)
+        self.priorityclasses: WritableResource[PriorityClass] = WritableResource(self, core.PRIORITYCLASSES)
         self.nodes = NodeResource(self, core.NODES)
         self.pods: WritableResource[Pod] = WritableResource(self, core.PODS)
         self.services: WritableResource[Service] = WritableResource(self, core.SERVICES)

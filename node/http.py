@@ -251,6 +251,7 @@ KINDS: dict[str, Kind] = {
     "pods": Kind("pods", "pod.create", "pod.delete", True),
     "services": Kind("services", "service.create", "service.delete", True),
     "quotas": Kind("quotas", "quota.set", "quota.delete", False, r"[^/]+(?:/[^/]+)?"),
+    "priorityclasses": Kind("priorityclasses", "priorityclass.create", "priorityclass.delete", False),
 }
 if set(KINDS) != set(queries.RESOURCES):  # a kind added to the state machine needs its routes
     raise RuntimeError(f"HTTP kinds {sorted(KINDS)} differ from statemachine kinds {sorted(queries.RESOURCES)}")

@@ -52,7 +52,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from statemachine import keys, pods, quotas
+from statemachine import keys, pods, priorities, quotas
 from statemachine.codec import Envelope, Principal, encode_envelope, loads
 from statemachine.errors import Rejected
 from statemachine.nodes import NodeState, nodes_max
@@ -276,7 +276,8 @@ class Planner:
             self.unplanned += 1
             return None
         try:
-            checked, has_requests = pods.check_spec(spec)
+            checked, has_requests, own_priority = pods.check_spec(spec)
+            priorities.resolve(view, checked, own_priority)
         except Rejected:
             self.unplanned += 1
             return None

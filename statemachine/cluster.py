@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from statemachine import classes, keys, nodes, pods, quotas, scheduler
+from statemachine import classes, keys, nodes, pods, priorities, quotas, scheduler
 from statemachine.context import ADDED, MODIFIED, Context
 from statemachine.errors import (
     CONFLICT,
@@ -213,7 +213,7 @@ def node_drain(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    name, namespace, labels, spec, own_requests, planned = pods.check_body(body)
+    name, namespace, labels, spec, own_requests, own_priority, planned = pods.check_body(body)
     principal = ctx.principal
     if not principal.has_tenant:
         raise invalid(
@@ -224,6 +224,7 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
     tenant = quotas.Tenant(ctx.ov, principal.org, principal.project)
     scheduler.fill_default_requests(spec, own_requests, tenant)
     existing = pods.load(ctx.ov, key)
+    priorities.resolve(ctx.ov, spec, own_priority, None if existing is None else existing["spec"])
     if existing is not None:
         same_spec = {**existing["spec"], "nodeName": None} == spec
         same_labels = existing["metadata"]["labels"] == labels
@@ -240,7 +241,9 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
     # A pod that could never fit the quota, even with nothing else running, is refused outright;
     # one that would fit once other pods go waits in the queue.
     if tenant.limited:
-        impossible = tenant.priority_refusal(spec["priority"]) or tenant.shortfall(
+        class_name = spec.get("priorityClassName")
+        source = "spec.priority" if class_name is None else f"PriorityClass {class_name}"
+        impossible = tenant.priority_refusal(spec["priority"], source) or tenant.shortfall(
             scheduler.charge_of(spec), alone="the pod"
         )
         if impossible is not None:

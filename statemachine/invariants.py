@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from statemachine import buddy, keys, nodes, pods, pools, quotas, scheduler, services
+from statemachine import buddy, keys, nodes, pods, pools, priorities, quotas, scheduler, services
 from statemachine.addresses import Block, format_address, parse_address, parse_cidr
 from statemachine.buddy import OWNER_RESERVED, UID_BYTES, PoolState
 from statemachine.claims import PHASE_BOUND, PHASE_RELEASED, decode_record
@@ -74,6 +74,7 @@ def check_invariants(view: ReadView) -> None:
     _check_claims(pool_objects, claim_objects, alloc_objects, problems)
     _check_no_double_allocation(pool_objects, alloc_objects, problems)
     _check_classes(view, pool_objects, problems)
+    _check_priority_classes(view, problems)
     _check_meta(view, problems)
     check_scheduler(view, objects, problems)
     if problems:
@@ -274,6 +275,15 @@ def _check_no_double_allocation(
         for (_, last, first_key), (address, _, second_key) in itertools.pairwise(blocks):
             if address <= last:
                 problems.append(f"{first_key!r} and {second_key!r} overlap in address space {space[0]}")
+
+
+def _check_priority_classes(view: ReadView, problems: list[str]) -> None:
+    defaults = [
+        obj["metadata"]["name"] for obj in _objects(view, keys.PRIORITY_CLASS).values() if obj["spec"]["globalDefault"]
+    ]
+    pointer = priorities.default_name(view)
+    if len(defaults) > 1 or pointer != (defaults[0] if defaults else None):
+        problems.append(f"global default PriorityClasses {defaults} disagree with the default pointer {pointer!r}")
 
 
 def _check_classes(view: ReadView, pool_objects: dict[bytes, dict[str, Any]], problems: list[str]) -> None:

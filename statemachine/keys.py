@@ -14,6 +14,8 @@ objects use the empty org and project, so they sort first within their kind.
 | `class/`      | IPClass objects                                            |
 | `ci/`         | which pools back a class (`ci/<class>/<pool key suffix>`)  |
 | `defaultclass`| the name of the default class                              |
+| `prc/`        | PriorityClass objects (`prc/<name>`)                       |
+| `defaultprc`  | the name of the global default PriorityClass               |
 | `claim/`      | IPClaim objects (`claim/<org>/<project>/<namespace>/<name>`)|
 |               | in claims.py's compact stored form                         |
 | `alloc/`      | IPAllocation objects (same path as their claim), compact   |
@@ -37,6 +39,7 @@ from statemachine.view import prefix_end
 
 META = b"meta"
 DEFAULT_CLASS = b"defaultclass"
+DEFAULT_PRIORITY_CLASS = b"defaultprc"
 
 POOL = b"pool/"
 CLASS = b"class/"
@@ -56,6 +59,7 @@ POD_BY_NODE = b"pbn/"
 QUEUE = b"pq/"
 SERVICE = b"svc/"
 SCHEDULER = b"sched"
+PRIORITY_CLASS = b"prc/"
 EVENT_END = prefix_end(EVENT)
 DEDUP_EXPIRY_END = prefix_end(DEDUP_EXPIRY)
 
@@ -84,6 +88,10 @@ def pool_org_prefix(org: str) -> bytes:
 
 def class_key(name: str) -> bytes:
     return CLASS + name.encode()
+
+
+def priority_class_key(name: str) -> bytes:
+    return PRIORITY_CLASS + name.encode()
 
 
 def claim_key(org: str, project: str, namespace: str, name: str) -> bytes:

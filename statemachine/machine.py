@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from statemachine import claims, classes, cluster, keys, pools, services
+from statemachine import claims, classes, cluster, keys, pools, priorities, services
 from statemachine.codec import Envelope, decode_envelope, dump_record, dumps, loads
 from statemachine.context import Context, Meta, events_max
 from statemachine.errors import CONFLICT, InvariantViolation, Rejected, invalid
@@ -89,6 +89,8 @@ HANDLERS: dict[str, Handler] = {
     "service.delete": services.delete,
     "scheduler.configure": cluster.scheduler_configure,
     "scheduler.retry": cluster.scheduler_retry,
+    "priorityclass.create": priorities.create,
+    "priorityclass.delete": priorities.delete,
 }
 COMMAND_TYPES = (*HANDLERS, NOOP)
 

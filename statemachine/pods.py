@@ -56,7 +56,15 @@ priority_min = quotas.priority_min
 priority_max = quotas.priority_max
 
 _body_fields = ("name", "namespace", "labels", "spec", "plan")
-_spec_fields = ("requests", "nodeSelector", "nodeAffinity", "tolerations", "priority", "schedulingPolicy")
+_spec_fields = (
+    "requests",
+    "nodeSelector",
+    "nodeAffinity",
+    "tolerations",
+    "priority",
+    "priorityClassName",
+    "schedulingPolicy",
+)
 _expression_fields = ("key", "operator", "values")
 _toleration_fields = ("key", "operator", "value", "effect")
 
@@ -167,9 +175,10 @@ def _check_tolerations(value: Any) -> list[dict[str, str]]:
     return tolerations
 
 
-def check_spec(value: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """The spec as stored (every field filled in, requests zero until defaulted) and the
-    requests the pod gave itself (the others take the project's defaults)."""
+def check_spec(value: Any) -> tuple[dict[str, Any], tuple[str, ...], bool]:
+    """The spec as stored (every field filled in, requests zero until defaulted, priority zero
+    until its class is resolved: priorities.resolve), the requests the pod gave itself (the
+    others take the project's defaults), and whether it gave its priority."""
     given = check_map(value, "spec", _spec_fields)
     given_requests = given.get("requests")
     own_requests = (
@@ -186,23 +195,28 @@ def check_spec(value: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
         "schedulingPolicy": opt_choice(given, "schedulingPolicy", "spec.schedulingPolicy", POLICIES),
         "nodeName": None,
     }
-    return spec, own_requests
+    class_name = opt_str(given, "priorityClassName", "spec.priorityClassName")
+    if class_name is not None:
+        # Only when named, so that pods stored before classes existed keep their exact spec.
+        spec["priorityClassName"] = check_name(class_name, "spec.priorityClassName")
+    return spec, own_requests, given.get("priority") is not None
 
 
 def check_body(
     body: dict[str, Any],
-) -> tuple[str, str, dict[str, str], dict[str, Any], tuple[str, ...], str | None]:
-    """(name, namespace, labels, spec, the requests it gave, planned node) of a pod.create body."""
+) -> tuple[str, str, dict[str, str], dict[str, Any], tuple[str, ...], bool, str | None]:
+    """(name, namespace, labels, spec, the requests it gave, whether it gave its priority,
+    planned node) of a pod.create body."""
     check_map(body, "", _body_fields)
     name = check_name(body.get("name"), "name")
     namespace = check_name(body.get("namespace", DEFAULT_NAMESPACE), "namespace")
     labels = check_labels(body.get("labels"), "labels")
-    spec, own_requests = check_spec(body.get("spec"))
+    spec, own_requests, own_priority = check_spec(body.get("spec"))
     plan = check_map(body.get("plan"), "plan", ("nodeName",))
     planned = opt_str(plan, "nodeName", "plan.nodeName")
     if planned is not None:
         check_name(planned, "plan.nodeName")
-    return name, namespace, labels, spec, own_requests, planned
+    return name, namespace, labels, spec, own_requests, own_priority, planned
 
 
 def load(view: ReadView, key: bytes) -> dict[str, Any] | None:

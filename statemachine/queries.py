@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from statemachine import claims, classes, keys, nodes, pods, pools, quotas, services
+from statemachine import claims, classes, keys, nodes, pods, pools, priorities, quotas, services
 from statemachine.codec import Principal, loads
 from statemachine.context import ADDED, DELETED, Meta
 from statemachine.errors import GONE, NOT_FOUND, Rejected, invalid
@@ -50,6 +50,7 @@ SCHEDULER_RESOURCES = {
     "pods": Resource("pods", pods.KIND, keys.POD, True),
     "services": Resource("services", services.KIND, keys.SERVICE, True),
     "quotas": Resource("quotas", quotas.KIND, keys.QUOTA, False),
+    "priorityclasses": Resource("priorityclasses", priorities.KIND, keys.PRIORITY_CLASS, False),
 }
 # The kinds served over HTTP. node/http.py checks that its routes cover exactly these.
 RESOURCES = {**IPAM_RESOURCES, **SCHEDULER_RESOURCES}
@@ -77,8 +78,8 @@ def visible(kind: str, obj: dict[str, Any], principal: Principal) -> bool:
         return pools.visible(obj, principal)
     if kind == classes.KIND:
         return classes.visible(obj, principal)
-    if kind == nodes.KIND:
-        return True  # platform objects every tenant may read, as classes are
+    if kind in (nodes.KIND, priorities.KIND):
+        return True  # platform objects every tenant may read
     if kind == quotas.KIND:
         return quotas.visible(obj, principal)
     if principal.is_admin and not principal.has_tenant:
@@ -209,6 +210,11 @@ def get(view: ReadView, principal: Principal, plural: str, name: str, namespace:
         if node is None:
             raise _not_found(res, name)
         return nodes.render(view, node, principal)
+    if res.kind == priorities.KIND:
+        priority_class = priorities.load(view, name)
+        if priority_class is None:
+            raise _not_found(res, name)
+        return priority_class
     # Only absence means the default namespace: an empty `namespace=` is refused, as by list and delete.
     namespace = check_name(claims.DEFAULT_NAMESPACE if namespace is None else namespace, "namespace")
     key = res.prefix + f"{principal.org}/{principal.project}/{namespace}/{name}".encode()

@@ -266,16 +266,16 @@ class Tenant:
             charge, quota_id(self.org, self.project), alone
         ) or self.org_ledger.shortfall(charge, self.org, alone)
 
-    def priority_refusal(self, priority: int) -> Rejected | None:
+    def priority_refusal(self, priority: int, source: str = "spec.priority") -> Rejected | None:
         """A refusal when the project's or the org's quota caps the priority of new pods below
-        `priority`; None when neither does."""
+        `priority` (given by `source`, for the message); None when neither does."""
         for ledger, scope in ((self.project_ledger, quota_id(self.org, self.project)), (self.org_ledger, self.org)):
             cap = None if ledger.limits is None else ledger.limits.get("maxPriority")
             if cap is not None and priority > cap:
                 return Rejected(
                     QUOTA_EXCEEDED,
                     f"quota {scope} allows pods a priority of at most {cap}; this pod asks for {priority} "
-                    "(spec.priority): ask for less, or have an admin raise the quota's maxPriority",
+                    f"({source}): ask for less, or have an admin raise the quota's maxPriority",
                     {"quota": scope, "resource": "maxPriority", "limit": cap, "requested": priority},
                 )
         return None

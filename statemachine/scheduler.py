@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from statemachine import buddy, keys, nodes, pods, quotas
+from statemachine import buddy, keys, nodes, pods, priorities, quotas
 from statemachine.addresses import format_address, parse_address
 from statemachine.buddy import FIRST_FIT
 from statemachine.codec import Principal, dump_record, loads
@@ -304,7 +304,8 @@ def plan_pod(view: ReadView, spec: Any, principal: Principal) -> str | None:
     if not principal.has_tenant:
         return None
     try:
-        checked, own_requests = pods.check_spec(spec)
+        checked, own_requests, own_priority = pods.check_spec(spec)
+        priorities.resolve(view, checked, own_priority)
     except Rejected:
         return None
     tenant = quotas.Tenant(view, principal.org, principal.project)

@@ -12,6 +12,7 @@ with deadlines; nothing sleeps a fixed time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import re
@@ -33,6 +34,7 @@ from client import (
     NodeResources,
     NotFound,
     Pod,
+    PriorityClass,
     Quota,
     QuotaExceeded,
     RequestRefused,
@@ -217,6 +219,35 @@ def test_quota_exceeded_is_a_typed_error_and_a_pending_reason(admin: Client) -> 
     assert admin.quotas.delete("quota/web").name == "quota/web"
     with pytest.raises(NotFound):
         admin.quotas.get("quota/web")
+
+
+def test_priority_classes_name_the_priorities_pods_get(admin: Client, cluster: Cluster) -> None:
+    urgent = admin.priorityclasses.create("urgent", {"value": 1000, "description": "pages someone"})
+    assert isinstance(urgent, PriorityClass) and (urgent.spec.value, urgent.spec.global_default) == (1000, False)
+    register(admin, "prio-1", "prio", cpu_millis=1000)
+    tenant = admin.as_tenant("prio", "web")
+    try:
+        with Client(endpoints_of(cluster), cluster.tenant_tokens["acme/web"]) as outsider:
+            assert "urgent" in names(outsider.priorityclasses.list()), "every tenant reads them"
+            with pytest.raises(Forbidden):
+                outsider.priorityclasses.create("mine", {"value": 1})
+        pod = tenant.pods.create("paged", pod_spec("prio", cpu_millis=100, priorityClassName="urgent"))
+        assert (pod.spec.priority, pod.spec.priority_class_name) == (1000, "urgent")
+        with pytest.raises(Invalid) as unknown:
+            tenant.pods.create("lost", pod_spec("prio", priorityClassName="gold"))
+        assert unknown.value.field == "spec.priorityClassName", unknown.value
+
+        admin.priorityclasses.create("everyday", {"value": 7, "globalDefault": True})
+        plain = tenant.pods.create("plain", pod_spec("prio", cpu_millis=100))
+        assert (plain.spec.priority, plain.spec.priority_class_name) == (7, "everyday")
+        with pytest.raises(Conflict):
+            admin.priorityclasses.create("another", {"value": 8, "globalDefault": True})
+    finally:
+        # The module's cluster is shared: its other pods must not get a default class.
+        for name in ("everyday", "urgent"):
+            with contextlib.suppress(NotFound):
+                admin.priorityclasses.delete(name)
+    assert tenant.pods.get("paged").spec.priority == 1000, "a deleted class leaves its pods' priority"
 
 
 def test_cordon_uncordon_drain_and_delete_a_node(admin: Client) -> None:
@@ -453,6 +484,15 @@ def test_cli_quotas_and_the_scheduler(allot: Allot, cluster: Cluster) -> None:
     assert "allows pods a priority of at most 10" in too_urgent, too_urgent
     assert re.search(r"\b10\b", row(allot.ok("quota", "list"), "cli/quota"))
     assert json.loads(allot.ok("quota", "get", "cli/quota", "-o", "json"))["spec"]["maxPriority"] == 10
+    created = allot.ok("priorityclass", "create", "cli-batch", "--value", "-5", "--description", "can wait")
+    assert created == "priorityclass/cli-batch created\n", created
+    assert re.search(r"cli-batch\W+-5\W+can wait", row(allot.ok("priorityclass", "list"), "cli-batch"))
+    pod = allot.ok("pod", "create", "cli-later", "--cpu", "100m", "--priority-class", "cli-batch", "--as", "cli/quota")
+    assert pod.startswith("pod/cli-later created"), pod
+    described = allot.ok("pod", "get", "cli-later", "--as", "cli/quota")
+    assert re.search(r"priority\s+-5", described) and re.search(r"priority class\s+cli-batch", described), described
+    assert allot.ok("pod", "delete", "cli-later", "--as", "cli/quota").startswith("pod/cli-later deleted")
+    assert allot.ok("priorityclass", "delete", "cli-batch").startswith("priorityclass/cli-batch deleted")
     assert allot.ok("quota", "delete", "cli/quota").startswith("quota/cli/quota deleted")
 
     assert json.loads(allot.ok("scheduler", "get", "-o", "json"))["policy"] == "spread"

@@ -227,6 +227,17 @@ def _scheduler_golden_envelopes(ts: int) -> list[tuple[str, Envelope]]:
         ("service.delete", Envelope("service.delete", {"name": "web"}, ACME_WEB, None, ts + 13)),
         ("node.delete", Envelope("node.delete", {"name": "node-1"}, ADMIN, None, ts + 14)),
         ("quota.delete", Envelope("quota.delete", {"name": "acme/web"}, ADMIN, None, ts + 15)),
+        (
+            "priorityclass.create",
+            Envelope(
+                "priorityclass.create",
+                {"name": "critical", "spec": {"value": 1000000, "globalDefault": False, "description": "pages"}},
+                ADMIN,
+                "req-prc-1",
+                ts + 16,
+            ),
+        ),
+        ("priorityclass.delete", Envelope("priorityclass.delete", {"name": "critical"}, ADMIN, None, ts + 17)),
     ]
 
 

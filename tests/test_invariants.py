@@ -268,6 +268,10 @@ def default_pointer_to_missing_class(store: MemoryStore) -> None:
     store.apply_writes([(keys.DEFAULT_CLASS, b"ghost")])
 
 
+def default_priority_class_pointer_to_nothing(store: MemoryStore) -> None:
+    store.apply_writes([(keys.DEFAULT_PRIORITY_CLASS, b"ghost")])
+
+
 def dangling_class_index(store: MemoryStore) -> None:
     store.apply_writes([(keys.class_index_key("std", keys.pool_key("", "", "nowhere")), b"")])
 
@@ -359,6 +363,7 @@ FAULTS: dict[str, tuple[Callable[[MemoryStore], None], str]] = {
     "claim-disagrees-with-allocation": (claim_disagrees_with_allocation, r"its allocation says otherwise"),
     "two-default-classes": (two_default_classes, r"default classes"),
     "default-pointer-to-missing-class": (default_pointer_to_missing_class, r"default pointer"),
+    "default-priority-class-pointer-to-nothing": (default_priority_class_pointer_to_nothing, r"PriorityClasses"),
     "dangling-class-index": (dangling_class_index, r"class index"),
     "class-index-entry-removed": (class_index_entry_removed, r"class index"),
     "platform-pool-reserved-for-another-org": (platform_pool_reserved_for_another_org, r"reserved for"),

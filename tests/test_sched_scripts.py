@@ -125,6 +125,8 @@ def describe_sched(obj: dict[str, Any], viewer: Principal) -> str:
         parts.append(f"cpu={requests['cpuMillis']} mem={_memory(requests['memoryBytes'])}")
         if spec["priority"]:
             parts.append(f"prio={spec['priority']}")
+        if "priorityClassName" in spec:
+            parts.append(f"class={spec['priorityClassName']}")
         if status["nominatedNodeName"]:
             parts.append(f"nominated={status['nominatedNodeName']}")
         if status["evictedFrom"]:
@@ -158,6 +160,10 @@ def describe_sched(obj: dict[str, Any], viewer: Principal) -> str:
         if status["className"]:
             parts.append(f"class={status['className']}")
         return " ".join(parts) + shown_labels
+    if kind == "PriorityClass":
+        spec = obj["spec"]
+        default = " globalDefault" if spec["globalDefault"] else ""
+        return f"priorityclass {obj['metadata']['name']} value={spec['value']}{default} {spec['description']!r}"
     if kind == "SchedulerStatus":
         extra = "".join(f" {key}={obj[key]}" for key in ("examined", "bound") if key in obj)
         return f"scheduler policy={obj['policy']} nodes={obj['nodes']} pending={obj['pendingPods']}{extra}"

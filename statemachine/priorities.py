@@ -1,0 +1,139 @@
+"""PriorityClass: named pod priorities owned by the platform, as in Kubernetes.
+
+A class gives a name to a priority value (`spec.value`); a pod names it in
+`spec.priorityClassName` and gets its value as `spec.priority` when it is created. At most one
+class is the `globalDefault`, whose value (and name) a pod that names neither a class nor a
+priority gets. Classes cannot be changed (delete and create again); deleting one leaves the
+pods that used it with the priority they got, as Kubernetes does. Only platform admins write
+classes; every principal reads them. Which priorities a tenant may use is capped by its
+quota's `maxPriority` (quotas.py), checked against the value the pod ends up with.
+
+A pod may still give `spec.priority` without a class (Allot's pods did before classes
+existed); with a class, a priority it gives must equal the class's value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from statemachine import keys
+from statemachine.classes import require_platform_admin
+from statemachine.codec import loads
+from statemachine.context import ADDED, Context
+from statemachine.errors import CONFLICT, NOT_FOUND, Rejected, already_exists, invalid
+from statemachine.fields import check_labels, check_map, check_name, opt_bool, opt_int, opt_str
+from statemachine.quotas import priority_max, priority_min
+from statemachine.view import ReadView
+
+KIND = "PriorityClass"
+
+description_chars_max = 1024
+
+_body_fields = ("name", "labels", "spec")
+_spec_fields = ("value", "globalDefault", "description")
+
+
+def check_spec(value: Any) -> dict[str, Any]:
+    spec = check_map(value, "spec", _spec_fields)
+    priority = opt_int(spec, "value", "spec.value", priority_min, priority_max)
+    if priority is None:
+        raise invalid(
+            f"spec.value is required: the priority, an integer from {priority_min} to {priority_max}", "spec.value"
+        )
+    return {
+        "value": priority,
+        "globalDefault": bool(opt_bool(spec, "globalDefault", "spec.globalDefault")),
+        "description": opt_str(spec, "description", "spec.description", description_chars_max) or "",
+    }
+
+
+def load(view: ReadView, name: str) -> dict[str, Any] | None:
+    raw = view.get(keys.priority_class_key(name))
+    return None if raw is None else dict(loads(raw))
+
+
+def default_name(view: ReadView) -> str | None:
+    raw = view.get(keys.DEFAULT_PRIORITY_CLASS)
+    return None if raw is None else raw.decode()
+
+
+def resolve(view: ReadView, spec: dict[str, Any], own_priority: bool, stored: dict[str, Any] | None = None) -> None:
+    """Fill a checked pod spec's priority from its class (or from the global default when it
+    names neither a class nor a priority). Raises `invalid` for a class that does not exist or
+    a priority that disagrees with the class's value.
+
+    `stored` is the spec of the pod already stored under the name, if any: a create that names
+    the class that pod got its priority from gets that priority, even if the class has been
+    deleted or made again since, so the same create again still answers with the pod."""
+    name = spec.get("priorityClassName")
+    if name is None:
+        if own_priority:
+            return
+        name = default_name(view)
+        if name is None:
+            return
+        spec["priorityClassName"] = name
+    if stored is not None and stored.get("priorityClassName") == name:
+        value = stored["priority"]
+    else:
+        found = load(view, name)
+        if found is None:
+            raise invalid(
+                f"spec.priorityClassName: there is no PriorityClass {name} (an admin creates them; "
+                "list them with GET /v1/priorityclasses)",
+                "spec.priorityClassName",
+            )
+        value = found["spec"]["value"]
+    if own_priority and spec["priority"] != value:
+        raise invalid(
+            f"spec.priority {spec['priority']} disagrees with PriorityClass {name}'s value {value}: "
+            "leave spec.priority out, it is taken from the class",
+            "spec.priority",
+        )
+    spec["priority"] = value
+
+
+def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    require_platform_admin(ctx.principal, "create a PriorityClass")
+    check_map(body, "", _body_fields)
+    name = check_name(body.get("name"), "name")
+    labels = check_labels(body.get("labels"), "labels")
+    spec = check_spec(body.get("spec"))
+    existing = load(ctx.ov, name)
+    if existing is not None:
+        same_spec, same_labels = existing["spec"] == spec, existing["metadata"]["labels"] == labels
+        if same_spec and same_labels:
+            return existing, False
+        raise already_exists(
+            f"PriorityClass {name} already exists",
+            same_spec,
+            same_labels,
+            "PriorityClasses cannot be changed: delete it and create it again (pods keep the priority they got)",
+            name=name,
+        )
+    if spec["globalDefault"]:
+        current = default_name(ctx.ov)
+        if current is not None:
+            raise Rejected(
+                CONFLICT,
+                f"PriorityClass {current} is already the global default; delete it or create this class "
+                "without globalDefault",
+                {"defaultClass": current},
+            )
+        ctx.ov.put(keys.DEFAULT_PRIORITY_CLASS, name.encode())
+    obj = {"kind": KIND, "metadata": ctx.metadata(name, ctx.new_uid(), labels), "spec": spec, "status": {}}
+    ctx.write_object(keys.priority_class_key(name), KIND, obj, ADDED)
+    return obj, True
+
+
+def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    require_platform_admin(ctx.principal, "delete a PriorityClass")
+    check_map(body, "", ("name",))
+    name = check_name(body.get("name"), "name")
+    existing = load(ctx.ov, name)
+    if existing is None:
+        raise Rejected(NOT_FOUND, f"PriorityClass {name} not found", {"kind": KIND, "name": name})
+    if existing["spec"]["globalDefault"]:
+        ctx.ov.delete(keys.DEFAULT_PRIORITY_CLASS)
+    ctx.delete_object(keys.priority_class_key(name), KIND, existing)
+    return existing
