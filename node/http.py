@@ -180,12 +180,30 @@ class _StrictJsonError(Exception):
     pass
 
 
-def _refuse_float(text: str) -> NoReturn:
-    raise _StrictJsonError(f"numbers must be integers; {text} is not (commands hold no floats)")
+class _NotAnInteger(str):
+    """A JSON number with a fraction or an exponent (or NaN, Infinity), kept as its text until
+    the whole body is parsed, so the refusal can name the field it was given for."""
 
 
 def _refuse_constant(text: str) -> NoReturn:
     raise _StrictJsonError(f"{text} is not allowed in a request body")
+
+
+def _first_non_integer(value: Any, path: str) -> tuple[str, str] | None:
+    """(field path, text) of the first number that is not an integer, in document order."""
+    if isinstance(value, _NotAnInteger):
+        return path, str(value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _first_non_integer(item, f"{path}.{key}" if path else key)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            found = _first_non_integer(item, f"{path}[{position}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -206,7 +224,8 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not text.strip():
         raise invalid("the body is empty; send a JSON object")
     try:
-        value = json.loads(text, parse_float=_refuse_float, parse_constant=_refuse_constant, object_pairs_hook=_object)
+        value = json.loads(text, parse_float=_NotAnInteger, parse_constant=_refuse_constant, object_pairs_hook=_object)
+        non_integer = _first_non_integer(value, "")
     except _StrictJsonError as exc:
         raise invalid(str(exc)) from None
     except json.JSONDecodeError as exc:
@@ -218,7 +237,11 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
             f"a number in the body has more than {sys.get_int_max_str_digits()} digits; no field takes one that large"
         ) from None
     if not isinstance(value, dict):
-        raise invalid(f"the body must be a JSON object, not {type(value).__name__}")
+        kind = "a number" if isinstance(value, _NotAnInteger) else type(value).__name__
+        raise invalid(f"the body must be a JSON object, not {kind}")
+    if non_integer is not None:
+        field_path, number = non_integer
+        raise invalid(f"{field_path} must be an integer, not {number} (commands hold no floats)", field_path)
     return value
 
 

@@ -28,7 +28,7 @@ from statemachine import classes, keys, pools
 from statemachine.codec import Principal, dump_record, loads
 from statemachine.context import ADDED, MODIFIED, Context
 from statemachine.errors import CONFLICT, NOT_FOUND, QUOTA_EXCEEDED, Rejected, invalid
-from statemachine.fields import check_labels, check_map, check_name, list_items_max, opt_int
+from statemachine.fields import check_labels, check_map, check_name, list_items_max, opt_int, shown
 from statemachine.view import ReadView
 
 KIND = "Quota"
@@ -301,8 +301,9 @@ def parse_id(value: Any, field_path: str) -> tuple[str, str]:
     if not isinstance(value, str):
         raise invalid(f"{field_path} must be a string: an org (acme) or a project (acme/web)", field_path)
     parts = value.split("/")
-    if len(parts) > 2:
-        raise invalid(f"{field_path} {value!r} must be an org (acme) or a project (acme/web)", field_path)
+    if len(parts) > 2 or not all(parts):
+        missing = "" if all(parts) else ": its org or project part is empty"
+        raise invalid(f"{field_path} {shown(value)} must be an org (acme) or a project (acme/web){missing}", field_path)
     org = check_name(parts[0], field_path)
     project = check_name(parts[1], field_path) if len(parts) == 2 else ""
     return org, project

@@ -8,7 +8,8 @@
   never picks one), also when an admin acts for the tenant.
 * `address`: a specific address, honoured if it is free (otherwise `conflict`, saying whether it
   is allocated or reserved).
-* `ports`: `{name, port, protocol: TCP|UDP|SCTP}` (recorded, not interpreted).
+* `ports`: `{name, port, protocol: TCP|UDP|SCTP}` (recorded, not interpreted), none or more; as
+  in Kubernetes, no port/protocol twice, and with more than one, each named, names unique.
 
 The address is a host block held in the pool's allocator by the service's key; deleting the
 service releases it in the same apply. Each service charges the tenant one `services` and one
@@ -50,7 +51,7 @@ def _check_ports(value: Any) -> list[dict[str, Any]]:
         raise invalid("spec.ports must be a list", "spec.ports")
     if len(value) > list_items_max:
         raise invalid(f"spec.ports has more than {list_items_max} ports", "spec.ports")
-    ports = []
+    ports: list[dict[str, Any]] = []
     seen: list[tuple[int, str]] = []
     for position, item in enumerate(value):
         field_path = f"spec.ports[{position}]"
@@ -63,13 +64,14 @@ def _check_ports(value: Any) -> list[dict[str, Any]]:
             raise invalid(f"{field_path} repeats {port}/{protocol}", field_path)
         seen.append((port, protocol))
         name = opt_str(given, "name", f"{field_path}.name")
-        ports.append(
-            {
-                "name": None if name is None else check_name(name, f"{field_path}.name"),
-                "port": port,
-                "protocol": protocol,
-            }
-        )
+        if name is not None:
+            check_name(name, f"{field_path}.name")
+            if any(earlier["name"] == name for earlier in ports):
+                raise invalid(f"{field_path}.name {name!r} is already the name of another port", f"{field_path}.name")
+        elif len(value) > 1:
+            # As Kubernetes: with several ports, a name is how a client tells them apart.
+            raise invalid(f"{field_path}.name is required when a service has more than one port", f"{field_path}.name")
+        ports.append({"name": name, "port": port, "protocol": protocol})
     return ports
 
 

@@ -284,11 +284,15 @@ def test_cordon_uncordon_drain_and_delete_a_node(admin: Client) -> None:
 
 def test_a_service_gets_an_address(admin: Client) -> None:
     tenant = admin.as_tenant("sched", "svc")
-    ports = [{"name": "http", "port": 80}, {"port": 53, "protocol": "UDP"}]
+    ports = [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]
     service = tenant.services.create("web", {"poolRef": SERVICE_POOL, "type": "LoadBalancer", "ports": ports})
     assert isinstance(service, Service) and in_network(service.address, SERVICE_POOL_CIDR)
     assert service.spec.type == "LoadBalancer" and service.status.pool == SERVICE_POOL
-    assert service.spec.ports == (ServicePort("http", 80, "TCP"), ServicePort(None, 53, "UDP"))
+    assert service.spec.ports == (ServicePort("http", 80, "TCP"), ServicePort("dns", 53, "UDP"))
+    assert tenant.services.create("bare", {"poolRef": SERVICE_POOL, "ports": [{"port": 8080}]}).spec.ports == (
+        ServicePort(None, 8080, "TCP"),
+    )
+    tenant.services.delete("bare")
     assert tenant.services.get("web") == service
     taken = tenant.services.create("pinned", {"poolRef": SERVICE_POOL, "address": "10.96.0.200"})
     assert taken.address == "10.96.0.200"

@@ -417,8 +417,12 @@ def test_bad_requests(tmp_path: Path) -> None:
             (b"", "empty"),
             (b"[1, 2]", "JSON object"),
             (b'"claim"', "JSON object"),
-            (b'{"name": "a", "spec": {"poolRef": "edge", "prefixLength": 32.0}}', "integers"),
-            (b'{"name": "a", "spec": {"poolRef": "edge", "prefixLength": 1e2}}', "integers"),
+            (
+                b'{"name": "a", "spec": {"poolRef": "edge", "prefixLength": 32.0}}',
+                "spec.prefixLength must be an integer",
+            ),
+            (b'{"name": "a", "spec": {"poolRef": "edge", "prefixLength": 1e2}}', "not 1e2"),
+            (b"1.5", "not a number"),
             (b'{"name": "a", "spec": {"poolRef": "edge", "prefixLength": NaN}}', "NaN"),
             (b'{"name": "a", "spec": {"poolRef": "edge", "prefixLength": -Infinity}}', "Infinity"),
             (b'{"name": "a", "name": "b", "spec": {"poolRef": "edge"}}', "duplicate key"),
@@ -437,6 +441,9 @@ def test_bad_requests(tmp_path: Path) -> None:
             by_state_machine = word in ("colour", "extra")
             assert ("X-Allot-Request-Id" in reply.headers) is by_state_machine, (raw[:80], reply.headers)
             assert ("X-Allot-Revision" in reply.headers) is by_state_machine, (raw[:80], reply.headers)
+        fraction = b'{"name": "a", "labels": {"k": "v"}, "spec": {"poolRef": "edge", "exclude": [1, {"x": 0.5}]}}'
+        where = await api.error(400, "invalid", "POST", "/v1/ipclaims", ACME, raw=fraction)
+        assert where.body["error"]["details"] == {"field": "spec.exclude[1].x"}, where.body
         unknown = await api.error(400, "invalid", "POST", "/v1/ipclaims", ACME, raw=b'{"name": "a", "bogus": 1}')
         assert "bogus" in unknown.body["error"]["message"]
         assert unknown.headers["X-Allot-Request-Id"] and unknown.headers["X-Allot-Revision"]  # the state machine's
