@@ -458,6 +458,7 @@ class AsyncWatchStream:
         self._attempt: core.Attempt | None = None
         self._lines_on_connection = 0
         self._connected_s = self._last_data_s = 0.0
+        self._resume_at_s = 0.0  # no reconnection attempt before this (a back-off pause)
         self._closed = False
         self.endpoint: str | None = None  # the member the stream is connected to now
         self.connections = 0  # streams opened so far (1 + reconnections)
@@ -478,13 +479,16 @@ class AsyncWatchStream:
 
     async def next_event(self, timeout_s: float | None) -> WatchEvent | None:
         """The next event; None after `timeout_s` without one (the connection stays open),
-        or once the stream is closed."""
+        or once the stream is closed. While it reconnects, the pauses between attempts end with
+        `timeout_s` (the next call goes on where this one stopped) but an attempt under way is
+        not cut short: the call returns at most one attempt's `timeout` late."""
         until_s = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._closed:
             if self._pending:
                 return self._pending.popleft()
             if self._stream is None:
-                await self._connect()
+                if not await self._connect(until_s):
+                    return None
                 continue
             if self._stream_loop is not None and _replaceable(self._stream_loop):
                 await self._drop(None)  # the connection died with its loop: reconnect, resume exactly
@@ -516,14 +520,21 @@ class AsyncWatchStream:
                 return None
         return None
 
-    async def _connect(self) -> None:
+    async def _connect(self, until_s: float | None) -> bool:
+        """Connect (to another member if need be); False when the caller's wait ends first."""
         client = self._client
         if self._call is None:  # a new outage: a fresh budget of attempts and time
             self._call = core.Call(
                 self._cursor.request(client._factory), self._policy, client._ring, time.monotonic(), client._random
             )
         call = self._call
+        attempted = False
         while True:
+            pause = core.reconnect_pause(self._resume_at_s, until_s, attempted, time.monotonic())
+            await asyncio.sleep(pause.seconds)
+            if not pause.then_attempt:
+                return False
+            attempted = True
             attempt = call.next_attempt(time.monotonic())
             request = self._cursor.request(client._factory)
             try:
@@ -531,13 +542,15 @@ class AsyncWatchStream:
                     attempt.endpoint, request, attempt.timeout_s
                 )
             except core.TransportFailure as exc:
-                await asyncio.sleep(call.failed(attempt, exc.failure, exc.detail, time.monotonic()).seconds)
+                self._resume_at_s = (
+                    time.monotonic() + call.failed(attempt, exc.failure, exc.detail, time.monotonic()).seconds
+                )
                 continue
             if stream is None:
                 step = call.answered(attempt, status, headers, body, time.monotonic())
                 if isinstance(step, core.Done):
                     raise ProtocolError(f"a watch answered {status} without a stream")
-                await asyncio.sleep(step.seconds)
+                self._resume_at_s = time.monotonic() + step.seconds
                 continue
             call.connected(attempt)
             self._stream, self._attempt = stream, attempt
@@ -547,12 +560,12 @@ class AsyncWatchStream:
             self._connected_s = self._last_data_s = time.monotonic()
             self.endpoint = attempt.endpoint.url
             self.connections += 1
-            return
+            return True
 
     async def _drop(self, failure: tuple[core.Failure, str] | None) -> None:
         """Close the current connection. A `failure` of a connection that never worked (no
-        line, closed soon after it opened) counts against the reconnect budget and pauses; after
-        one that worked, the next outage starts with a fresh budget."""
+        line, closed soon after it opened) counts against the reconnect budget and sets a pause
+        before the next attempt; after one that worked, the next outage starts with a fresh budget."""
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -564,7 +577,7 @@ class AsyncWatchStream:
             if failure is not None and attempt is not None:
                 self._client._ring.failed(attempt.endpoint)
             return
-        await asyncio.sleep(call.failed(attempt, failure[0], failure[1], time.monotonic()).seconds)
+        self._resume_at_s = time.monotonic() + call.failed(attempt, failure[0], failure[1], time.monotonic()).seconds
 
     async def close(self) -> None:
         if self._stream is not None and self._stream_loop is not None:

@@ -694,6 +694,28 @@ class Pause:
 Step = Done | Pause
 
 
+@dataclass(frozen=True)
+class ReconnectPause:
+    seconds: float  # sleep this long first
+    then_attempt: bool  # then make an attempt; False: the caller's wait has ended, return
+
+
+def reconnect_pause(resume_at_s: float, until_s: float | None, attempted: bool, now_s: float) -> ReconnectPause:
+    """How a reconnecting watch stream spends its caller's wait (until `until_s`; None: no
+    limit): it waits out the back-off pause before its next attempt (`resume_at_s`), but not
+    past `until_s`, and after an attempt in this call it makes another only while the wait
+    lasts. The first attempt of a call is made whatever the timeout once any pause is over, so
+    a caller polling with short timeouts still reconnects."""
+    wait_s = max(0.0, resume_at_s - now_s)
+    if until_s is None:
+        return ReconnectPause(wait_s, True)
+    if attempted and now_s >= until_s:
+        return ReconnectPause(0.0, False)
+    if wait_s > 0 and now_s + wait_s > until_s:
+        return ReconnectPause(max(0.0, until_s - now_s), False)
+    return ReconnectPause(wait_s, True)
+
+
 class Call:
     """One logical request across its attempts.
 

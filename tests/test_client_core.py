@@ -5,15 +5,18 @@ parsing, and the rule that client/ never imports the server's packages."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from client import core, errors
+from chaos.cluster import free_ports
+from client import AsyncClient, Client, core, errors
 from client.core import Call, Done, Endpoint, EndpointRing, Failure, Pause, RequestFactory, RetryPolicy, Safety
 from client.errors import (
     AllotError,
@@ -568,3 +571,43 @@ def test_the_sync_client_runs_no_event_loop() -> None:
     source = (CLIENT_DIR / "sync.py").read_text()
     roots = {module.split(".")[0] for module in imported_modules(source)}
     assert not roots & {"asyncio", "aiohttp"}, "the sync client is the standard library's http.client, no loop"
+
+
+# ---- a reconnecting watch keeps to its caller's timeout --------------------------------------
+
+
+def test_reconnect_pause_ends_with_the_callers_wait() -> None:
+    pause = core.reconnect_pause
+    assert pause(0.0, None, False, 10.0) == core.ReconnectPause(0.0, True)
+    assert pause(12.0, None, True, 10.0) == core.ReconnectPause(2.0, True), "no wait limit: the whole pause"
+    assert pause(12.0, 11.0, False, 10.0) == core.ReconnectPause(1.0, False), "the pause outlasts the wait"
+    assert pause(10.5, 11.0, False, 10.0) == core.ReconnectPause(0.5, True)
+    assert pause(0.0, 9.0, False, 10.0) == core.ReconnectPause(0.0, True), "a call's first attempt is made"
+    assert pause(0.0, 9.0, True, 10.0) == core.ReconnectPause(0.0, False), "but not a second one past the wait"
+
+
+def test_a_watch_that_cannot_reconnect_returns_none_at_its_timeout() -> None:
+    """No member listens: each attempt fails at once and the back-off pauses grow. Before, the
+    stream slept through them all and answered after the client's deadline, not the call's
+    timeout. Now each call returns about on time, and the outage's deadline still ends it."""
+    endpoints = [f"http://127.0.0.1:{port}" for port in free_ports(2)]
+    wait_s, deadline_s, slack_s = 0.3, 3.0, 0.5
+    with Client(endpoints, token="t", timeout=0.5, deadline=deadline_s) as client:
+        stream = client.watch(["ipclaims"], 0)
+        started_s = time.monotonic()
+        with pytest.raises(Unavailable):
+            while time.monotonic() - started_s < deadline_s + 5:
+                polled_s = time.monotonic()
+                assert stream.next_event(wait_s) is None
+                assert time.monotonic() - polled_s <= wait_s + slack_s
+        assert time.monotonic() - started_s <= deadline_s + slack_s + wait_s
+
+    async def poll_async() -> None:
+        async with AsyncClient(endpoints, token="t", timeout=0.5, deadline=deadline_s) as client:
+            stream = client.watch(["ipclaims"], 0)
+            polled_s = time.monotonic()
+            assert await stream.next_event(wait_s) is None
+            assert time.monotonic() - polled_s <= wait_s + slack_s
+            await stream.close()
+
+    asyncio.run(poll_async())
