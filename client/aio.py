@@ -680,46 +680,53 @@ class AsyncClient(core.ClientSettings):
                 return step
             await asyncio.sleep(step.seconds)
 
-    def _single(self, endpoint: str) -> tuple[core.EndpointRing, core.RetryPolicy]:
-        """One attempt at one member: asking a particular member must not fail over."""
-        return core.EndpointRing([core.parse_endpoint(endpoint)]), core.RetryPolicy(
-            attempts_max=1, deadline_s=self._policy.attempt_timeout_s, attempt_timeout_s=self._policy.attempt_timeout_s
-        )
-
     # -- members --
 
     async def status(
         self, endpoint: str | None = None, *, timeout: float | None = None, deadline: float | None = None
     ) -> MemberStatus:
         """`/v1/status` of the given member (one attempt), or of whichever member answers."""
-        ring, policy = self._single(endpoint) if endpoint is not None else (None, None)
-        return MemberStatus.parse((await self._execute(self._factory.status(), timeout, deadline, ring, policy)).value)
+        if endpoint is None:
+            return MemberStatus.parse((await self._execute(self._factory.status(), timeout, deadline)).value)
+        ring = core.EndpointRing([core.parse_endpoint(endpoint)])
+        policy = self._policy.for_one_member(timeout, deadline)
+        return MemberStatus.parse((await self._execute(self._factory.status(), None, None, ring, policy)).value)
 
-    async def ready(self, endpoint: str, *, timeout: float | None = None) -> bool:
-        """Whether the member says it is caught up and serving (`/readyz`)."""
-        ring, policy = self._single(endpoint)
+    async def ready(self, endpoint: str, *, timeout: float | None = None, deadline: float | None = None) -> bool:
+        """Whether the member says it is caught up and serving (`/readyz`; one attempt)."""
+        ring = core.EndpointRing([core.parse_endpoint(endpoint)])
+        policy = self._policy.for_one_member(timeout, deadline)
         try:
-            await self._execute(self._factory.readyz(), timeout, None, ring, policy)
+            await self._execute(self._factory.readyz(), None, None, ring, policy)
         except NotReady:
             return False
         return True
 
-    async def _report(self, endpoint: str, timeout: float | None) -> tuple[MemberReport, AllotError | None]:
+    async def _report(
+        self, endpoint: str, timeout: float | None, until_s: float
+    ) -> tuple[MemberReport, AllotError | None]:
         try:
-            member = await self.status(endpoint, timeout=timeout)
+            member = await self.status(endpoint, timeout=timeout, deadline=max(0.001, until_s - time.monotonic()))
         except AllotError as error:
             return MemberReport(endpoint, None, None, str(error)), error
-        try:
-            ready: bool | None = await self.ready(endpoint, timeout=timeout)
-        except AllotError:
-            ready = None
+        ready: bool | None = None
+        left_s = until_s - time.monotonic()
+        if left_s > 0:
+            try:
+                ready = await self.ready(endpoint, timeout=timeout, deadline=left_s)
+            except AllotError:
+                ready = None
         return MemberReport(endpoint, member, ready, None), None
 
-    async def cluster_status(self, *, timeout: float | None = None) -> list[MemberReport]:
-        """Every endpoint's status and readiness, asked at the same time; unreachable ones say why.
-        A token every member refuses raises (`Unauthorized`, `Forbidden`): they answered; one
-        that only some refuse is reported per member."""
-        answers = await asyncio.gather(*(self._report(endpoint, timeout) for endpoint in self.endpoints))
+    async def cluster_status(
+        self, *, timeout: float | None = None, deadline: float | None = None
+    ) -> list[MemberReport]:
+        """Every endpoint's status and readiness, asked at the same time, within one deadline
+        (the caller's, else the client's); unreachable ones say why. A token every member
+        refuses raises (`Unauthorized`, `Forbidden`): they answered; one that only some refuse
+        is reported per member."""
+        until_s = time.monotonic() + self._policy.with_overrides(timeout, deadline).deadline_s
+        answers = await asyncio.gather(*(self._report(endpoint, timeout, until_s) for endpoint in self.endpoints))
         refusals = [error for _, error in answers if isinstance(error, (Unauthorized, Forbidden))]
         if refusals and len(refusals) == len(answers):
             raise refusals[0]  # every member answered, refusing the token: no outage, a wrong token

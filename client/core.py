@@ -658,6 +658,13 @@ class RetryPolicy:
             deadline_s=self.deadline_s if deadline_s is None else deadline_s,
         )
 
+    def for_one_member(self, timeout_s: float | None, deadline_s: float | None) -> RetryPolicy:
+        """One attempt (asking a particular member must not fail over), with a caller's
+        `timeout` and `deadline` as `with_overrides` takes them, within the deadline: the
+        caller's, else this policy's."""
+        chosen = self.with_overrides(timeout_s, deadline_s)
+        return dataclasses.replace(chosen, attempts_max=1, deadline_s=min(chosen.deadline_s, chosen.attempt_timeout_s))
+
     def attempts_for(self, members: int) -> int:
         """The attempts one call may make over `members` endpoints: `attempts_max` full rounds."""
         return self.attempts_max * max(1, members)
@@ -692,6 +699,9 @@ class Pause:
 
 
 Step = Done | Pause
+
+
+NOT_ASKED = "not asked: the call's deadline ended before its turn"  # a cluster_status report
 
 
 @dataclass(frozen=True)

@@ -724,48 +724,54 @@ class Client(core.ClientSettings):
                 return step
             time.sleep(step.seconds)
 
-    def _single(self, endpoint: str) -> tuple[core.EndpointRing, core.RetryPolicy]:
-        """One attempt at one member: asking a particular member must not fail over."""
-        return core.EndpointRing([core.parse_endpoint(endpoint)]), core.RetryPolicy(
-            attempts_max=1, deadline_s=self._policy.attempt_timeout_s, attempt_timeout_s=self._policy.attempt_timeout_s
-        )
-
     # -- members --
 
     def status(
         self, endpoint: str | None = None, *, timeout: float | None = None, deadline: float | None = None
     ) -> MemberStatus:
         """`/v1/status` of the given member (one attempt), or of whichever member answers."""
-        ring, policy = self._single(endpoint) if endpoint is not None else (None, None)
-        return MemberStatus.parse(self._execute(self._factory.status(), timeout, deadline, ring, policy).value)
+        if endpoint is None:
+            return MemberStatus.parse(self._execute(self._factory.status(), timeout, deadline).value)
+        ring = core.EndpointRing([core.parse_endpoint(endpoint)])
+        policy = self._policy.for_one_member(timeout, deadline)
+        return MemberStatus.parse(self._execute(self._factory.status(), None, None, ring, policy).value)
 
-    def ready(self, endpoint: str, *, timeout: float | None = None) -> bool:
-        """Whether the member says it is caught up and serving (`/readyz`)."""
-        ring, policy = self._single(endpoint)
+    def ready(self, endpoint: str, *, timeout: float | None = None, deadline: float | None = None) -> bool:
+        """Whether the member says it is caught up and serving (`/readyz`; one attempt)."""
+        ring = core.EndpointRing([core.parse_endpoint(endpoint)])
         try:
-            self._execute(self._factory.readyz(), timeout, None, ring, policy)
+            self._execute(self._factory.readyz(), None, None, ring, self._policy.for_one_member(timeout, deadline))
         except NotReady:
             return False
         return True
 
-    def cluster_status(self, *, timeout: float | None = None) -> list[MemberReport]:
-        """Every endpoint's status and readiness, one attempt each; unreachable ones say why. A
-        token every member refuses raises (`Unauthorized`, `Forbidden`): they answered; one that
-        only some refuse is reported per member."""
+    def cluster_status(self, *, timeout: float | None = None, deadline: float | None = None) -> list[MemberReport]:
+        """Every endpoint's status and readiness, one attempt each, asked in turn within one
+        deadline (the caller's, else the client's); unreachable ones, and any the deadline left
+        no time for, say why. A token every member refuses raises (`Unauthorized`,
+        `Forbidden`): they answered; one that only some refuse is reported per member."""
+        until_s = time.monotonic() + self._policy.with_overrides(timeout, deadline).deadline_s
         reports: list[MemberReport] = []
         refusals: list[AllotError] = []
         for endpoint in self.endpoints:
+            left_s = until_s - time.monotonic()
+            if left_s <= 0:
+                reports.append(MemberReport(endpoint, None, None, core.NOT_ASKED))
+                continue
             try:
-                member = self.status(endpoint, timeout=timeout)
+                member = self.status(endpoint, timeout=timeout, deadline=left_s)
             except AllotError as error:
                 if isinstance(error, (Unauthorized, Forbidden)):
                     refusals.append(error)
                 reports.append(MemberReport(endpoint, None, None, str(error)))
                 continue
-            try:
-                ready: bool | None = self.ready(endpoint, timeout=timeout)
-            except AllotError:
-                ready = None
+            ready: bool | None = None
+            left_s = until_s - time.monotonic()
+            if left_s > 0:
+                try:
+                    ready = self.ready(endpoint, timeout=timeout, deadline=left_s)
+                except AllotError:
+                    ready = None
             reports.append(MemberReport(endpoint, member, ready, None))
         if refusals and len(refusals) == len(reports):
             raise refusals[0]  # every member answered, refusing the token: no outage, a wrong token

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -611,3 +612,42 @@ def test_a_watch_that_cannot_reconnect_returns_none_at_its_timeout() -> None:
             await stream.close()
 
     asyncio.run(poll_async())
+
+
+def test_member_status_calls_keep_to_the_deadline() -> None:
+    """Members that accept connections and never answer (a stopped process): each call of
+    status, ready and cluster_status ends by the client's deadline, not after one attempt's
+    timeout per member (before: 5 s for status(endpoint), 15 s for cluster_status)."""
+    silent = []
+    for _ in range(3):
+        listener = socket.create_server(("127.0.0.1", 0), backlog=8)  # listens, never accepts
+        silent.append(listener)
+    endpoints = [f"http://127.0.0.1:{listener.getsockname()[1]}" for listener in silent]
+    deadline_s, slack_s = 1.0, 0.75
+    try:
+        with Client(endpoints, token="t", timeout=5.0, deadline=deadline_s) as client:
+            for call in (
+                lambda: client.status(endpoints[0]),
+                lambda: client.ready(endpoints[0]),
+                lambda: client.status(endpoints[1], deadline=0.5),
+            ):
+                started_s = time.monotonic()
+                with pytest.raises(Unavailable):
+                    call()
+                assert time.monotonic() - started_s <= deadline_s + slack_s
+            started_s = time.monotonic()
+            reports = client.cluster_status()
+            assert time.monotonic() - started_s <= deadline_s + slack_s
+            assert [report.reachable for report in reports] == [False, False, False]
+            assert core.NOT_ASKED in [report.error for report in reports], "no time was left for the last"
+
+        async def ask_all() -> list[Any]:
+            async with AsyncClient(endpoints, token="t", timeout=5.0, deadline=deadline_s) as client:
+                return await client.cluster_status()
+
+        started_s = time.monotonic()
+        assert [report.reachable for report in asyncio.run(ask_all())] == [False, False, False]
+        assert time.monotonic() - started_s <= deadline_s + slack_s
+    finally:
+        for listener in silent:
+            listener.close()
