@@ -89,6 +89,7 @@ endpoints_max = 64
 HEADER_IDEMPOTENCY = "Idempotency-Key"
 HEADER_REQUEST_ID = "X-Allot-Request-Id"
 HEADER_RETRY_AFTER = "Retry-After"
+HEADER_REPLAYED = "Idempotent-Replayed"  # the server's remembered answer to an earlier try of this write
 HTTP_CREATED = 201  # a create that made the object; 200: the identical object existed
 
 _idempotency_key = re.compile(rf"[\x21-\x7e]{{1,{idempotency_key_chars_max}}}")
@@ -511,7 +512,9 @@ def decode_answer(status: int, headers: Mapping[str, str], body: bytes) -> Any:
             return json.loads(body.decode("utf-8")) if body else None
         except (UnicodeDecodeError, ValueError) as exc:
             raise ProtocolError(f"a {status} answer that is not JSON: {exc}", status=status) from None
-    raise error_from_answer(status, body, headers.get(HEADER_RETRY_AFTER.lower()))
+    error = error_from_answer(status, body, headers.get(HEADER_RETRY_AFTER.lower()))
+    error.replayed = headers.get(HEADER_REPLAYED.lower()) == "true"
+    raise error
 
 
 def next_continue(previous: str | None, page: Page[Any]) -> str | None:

@@ -58,6 +58,9 @@ class AllotError(Exception):
         self.code = code if code is not None else self.default_code
         self.status = status if status is not None else self.default_status
         self.details: dict[str, Any] = dict(details or {})
+        # The server answered a write with the refusal it gave an earlier request under the
+        # same idempotency key (within its 15-minute window), not a new judgement.
+        self.replayed = False
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"

@@ -286,6 +286,10 @@ CONSISTENCY_STALE = "stale"
 CONSISTENCY_HEADER = "X-Allot-Consistency"
 REQUEST_ID_HEADER = "X-Allot-Request-Id"
 REVISION_HEADER = "X-Allot-Revision"
+# On the answer to a write whose Idempotency-Key was already used for the same request within
+# the dedup window: the answer is the one remembered then, not a new application (the header
+# name is the one Stripe's API uses for the same thing).
+REPLAYED_HEADER = "Idempotent-Replayed"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 _dns_label = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -823,6 +827,8 @@ class Api:
         )
         outcome = await self._call(self.member.submit(data, self.limits.request_timeout_s), unknown)
         headers = {REQUEST_ID_HEADER: request_id, REVISION_HEADER: str(outcome.revision)}
+        if outcome.replayed:
+            headers[REPLAYED_HEADER] = "true"
         result = outcome.result
         if isinstance(result, Rejected):
             error = from_rejected(result)

@@ -55,11 +55,13 @@ class Outcome:
     result: Final[Ok | Rejected]
     writes: Final[tuple[Write, ...]]
     revision: Final[int]  # the state's revision once this command is applied
+    replayed: Final[bool]  # the answer remembered under the request id, not a new application
 
-    def __init__(self, result: Ok | Rejected, writes: tuple[Write, ...], revision: int) -> None:
+    def __init__(self, result: Ok | Rejected, writes: tuple[Write, ...], revision: int, replayed: bool = False) -> None:
         self.result = result
         self.writes = writes
         self.revision = revision
+        self.replayed = replayed
 
     @property
     def ok(self) -> bool:
@@ -205,8 +207,9 @@ def _apply(view: ReadView, envelope: Envelope, index: int, position: int, meta: 
                     )
                 if stored_refusal:
                     code, message, details = stored_refusal[0]
-                    return Outcome(Rejected(code, message, details), (), meta.revision)
-                return Outcome(Ok(claims.decode_answer(loads(stored_value)), stored_created), (), meta.revision)
+                    return Outcome(Rejected(code, message, details), (), meta.revision, replayed=True)
+                answer = Ok(claims.decode_answer(loads(stored_value)), stored_created)
+                return Outcome(answer, (), meta.revision, replayed=True)
 
     overlay = Overlay(view)
     ctx = Context(overlay, envelope, index, position, meta)

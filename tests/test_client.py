@@ -299,6 +299,13 @@ def test_typed_error_for_every_code_reachable_over_http(make: ClientMaker) -> No
         tenant.ipclaims.create(unique(make, "more"), {"poolRef": pool.name})
     assert exhausted.value.status == 409 and exhausted.value.largest_free_prefix is None
     assert "largestFreePrefix" in exhausted.value.details
+    assert not exhausted.value.replayed
+    # The same key again gets the remembered refusal, marked as such (docs/client.md, Idempotency).
+    key = unique(make, "exhausted-key")
+    for replayed in (False, True):
+        with pytest.raises(PoolExhausted) as again:
+            tenant.ipclaims.create(unique(make, "more"), {"poolRef": pool.name}, idempotency_key=key)
+        assert again.value.replayed is replayed
 
 
 def test_admin_acts_for_a_tenant(make: ClientMaker) -> None:

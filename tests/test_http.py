@@ -284,6 +284,7 @@ def test_idempotency_key(tmp_path: Path) -> None:
         assert first.status == 201 and first.headers["X-Allot-Request-Id"] == "create-web-1"
         again = await api.call("POST", "/v1/ipclaims", ACME, claim("web-1"), headers=key)
         assert (again.status, again.body) == (first.status, first.body)
+        assert "Idempotent-Replayed" not in first.headers and again.headers["Idempotent-Replayed"] == "true"
         revision = api.member.status()["revision"]
         other = await api.error(409, "conflict", "POST", "/v1/ipclaims", ACME, body=claim("web-2"), headers=key)
         assert other.body["error"]["details"] == {"requestId": "create-web-1"}
@@ -301,6 +302,14 @@ def test_idempotency_key(tmp_path: Path) -> None:
         delete_key = {"Idempotency-Key": "delete-web-3"}
         deleted = await api.call("DELETE", "/v1/ipclaims/web-3", ACME, headers=delete_key)
         assert (await api.call("DELETE", "/v1/ipclaims/web-3", ACME, headers=delete_key)).body == deleted.body
+        # A refusal is remembered too, and its replay says so: the same key keeps getting it
+        # (for the dedup window) even after what caused it is gone.
+        missing_key = {"Idempotency-Key": "delete-web-9"}
+        missing = await api.error(404, "not_found", "DELETE", "/v1/ipclaims/web-9", ACME, headers=missing_key)
+        assert "Idempotent-Replayed" not in missing.headers
+        await api.ok("POST", "/v1/ipclaims", ACME, claim("web-9"))
+        replayed = await api.error(404, "not_found", "DELETE", "/v1/ipclaims/web-9", ACME, headers=missing_key)
+        assert replayed.headers["Idempotent-Replayed"] == "true" and replayed.body == missing.body
 
     run(tmp_path, check)
 
