@@ -167,7 +167,10 @@ def resolve_settings(
     )
     resolved_token = token if token is not None else environ.get(ENV_TOKEN) or None
     if resolved_token is not None and (not resolved_token or any(c in resolved_token for c in "\r\n")):
-        raise ValueError("the token must be a non-empty single line")
+        raise ValueError(
+            "the token must be a non-empty single line: pass the bearer token itself, or leave token out "
+            f"to use {ENV_TOKEN}"
+        )
     return parse_endpoints(chosen), resolved_token
 
 

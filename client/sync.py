@@ -178,7 +178,7 @@ class HttpTransport:
             body = _read_body(response, connection.sock, deadline_s, self.response_bytes_max)
         except TimeoutError as exc:
             _close_quietly(connection)
-            raise core.TransportFailure(core.Failure.TIMEOUT, f"no complete answer within {timeout_s:.2f} s") from exc
+            raise core.TransportFailure(core.Failure.TIMEOUT, f"no complete answer within {timeout_s:.3g} s") from exc
         except (OSError, http.client.HTTPException) as exc:
             _close_quietly(connection)
             raise core.TransportFailure(core.Failure.LOST, f"{type(exc).__name__}: {exc}") from None
@@ -211,7 +211,7 @@ class HttpTransport:
             body = _read_body(response, connection.sock, deadline_s, self.response_bytes_max)
         except TimeoutError as exc:
             _close_quietly(connection)
-            raise core.TransportFailure(core.Failure.TIMEOUT, f"no answer within {timeout_s:.2f} s") from exc
+            raise core.TransportFailure(core.Failure.TIMEOUT, f"no answer within {timeout_s:.3g} s") from exc
         except (OSError, http.client.HTTPException) as exc:
             _close_quietly(connection)
             raise core.TransportFailure(core.Failure.LOST, f"{type(exc).__name__}: {exc}") from None

@@ -289,8 +289,15 @@ class Supervisor:
             return False
         self._restarts[position] = recent
         self._due[position] = now + restart_delay_s
+        down, members = len(self._due), len(self._members)
+        if down == 1:
+            others = "the others keep serving"
+        elif down <= (members - 1) // 2:
+            others = f"{down} of {members} members are down; the others keep serving"
+        else:
+            others = f"{down} of {members} members are down; writes wait until a majority is back"
         print(
-            f"allot up: member {member.member_id} was killed by {name}; the others keep serving. "
+            f"allot up: member {member.member_id} was killed by {name}; {others}. "
             f"Restarting it in {restart_delay_s:.0f} s on its data.",
             flush=True,
         )

@@ -48,7 +48,7 @@ from chaos.cluster import (
     write_secret,
 )
 from node import accelerate, config
-from node.cluster import PlannedMember, member_command
+from node.cluster import PlannedMember, Supervisor, member_command, plan
 from node.tokens import generate_token_file
 from tests.harness import member_pids_using
 
@@ -1105,3 +1105,17 @@ def test_metrics_show_replication_and_pools(cluster: Cluster) -> None:
         assert status.body["stateMachineBuild"] == ("compiled" if compiled else "python"), member_id
     proposer = cluster.request(leader, "GET", "/metrics", anonymous=True)
     assert "allot_batch_envelopes_count" in str(proposer.body)
+
+
+def test_allot_up_says_when_killed_members_leave_no_majority(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each kill is restarted; the message says whether the others still form a majority (an
+    exploratory tester killed all three and read "the others keep serving" three times)."""
+    supervisor = Supervisor(plan(tmp_path, 18401, 18701))
+    for position in range(3):
+        assert supervisor.restart_due(position, -signal.SIGKILL, now=100.0)
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].endswith("was killed by SIGKILL; the others keep serving. Restarting it in 1 s on its data.")
+    assert "2 of 3 members are down; writes wait until a majority is back" in said[1]
+    assert "3 of 3 members are down; writes wait until a majority is back" in said[2]
