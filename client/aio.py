@@ -482,6 +482,13 @@ class AsyncWatchStream:
         or once the stream is closed. While it reconnects, the pauses between attempts end with
         `timeout_s` (the next call goes on where this one stopped) but an attempt under way is
         not cut short: the call returns at most one attempt's `timeout` late."""
+        try:
+            return await self._next_event(timeout_s)
+        except AllotError:
+            self._call = None  # a spent outage budget: a caller that goes on gets a new one
+            raise
+
+    async def _next_event(self, timeout_s: float | None) -> WatchEvent | None:
         until_s = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._closed:
             if self._pending:

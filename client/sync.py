@@ -527,6 +527,13 @@ class WatchStream:
         the stream is closed. While it reconnects, the pauses between attempts end with
         `timeout_s` (the next call goes on where this one stopped) but an attempt under way is
         not cut short: the call returns at most one attempt's `timeout` late."""
+        try:
+            return self._next_event(timeout_s)
+        except AllotError:
+            self._call = None  # a spent outage budget: a caller that goes on gets a new one
+            raise
+
+    def _next_event(self, timeout_s: float | None) -> WatchEvent | None:
         until_s = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._closed:
             if self._pending:
@@ -534,6 +541,8 @@ class WatchStream:
             if self._stream is None:
                 if not self._connect(until_s):
                     return None
+                if until_s is not None and time.monotonic() >= until_s:
+                    return None  # connected as the wait ended: keep the connection, read it next call
                 continue
             idle_until_s = self._last_data_s + self._idle_timeout_s
             wait_s = (idle_until_s if until_s is None else min(idle_until_s, until_s)) - time.monotonic()
@@ -755,7 +764,7 @@ class Client(core.ClientSettings):
         refusals: list[AllotError] = []
         for endpoint in self.endpoints:
             left_s = until_s - time.monotonic()
-            if left_s <= 0:
+            if left_s < self._policy.attempt_time_min_s:
                 reports.append(MemberReport(endpoint, None, None, core.NOT_ASKED))
                 continue
             try:

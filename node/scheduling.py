@@ -283,7 +283,7 @@ class Planner:
             return None
         tenant = quotas.Tenant(view, principal.org, principal.project)
         fill_default_requests(checked, has_requests, tenant)
-        if tenant.shortfall(charge_of(checked)) is not None:
+        if tenant.priority_refusal(checked["priority"]) is not None or tenant.shortfall(charge_of(checked)) is not None:
             self.unplanned += 1
             return None
         self.ensure_loaded(view)

@@ -203,7 +203,9 @@ def node_drain(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
         ctx.write_object(pod_key, pods.KIND, pod, MODIFIED)
     cluster.save(ctx)
     ctx.write_object(keys.node_key(name), nodes.KIND, node, MODIFIED)
-    scheduler.retry_heads(ctx)
+    # A drain frees no capacity anywhere else: its pods need the sweeps to reach them, and
+    # moving the cursor back would only cut short a pass that is walking the queue now.
+    scheduler.retry_heads(ctx, rewind=False)
     rendered = nodes.render(ctx.ov, node)
     rendered["status"] = {**rendered["status"], "evictedPods": len(bound)}
     return rendered

@@ -62,18 +62,29 @@ def resolve(view: ReadView, spec: dict[str, Any], own_priority: bool, stored: di
     names neither a class nor a priority). Raises `invalid` for a class that does not exist or
     a priority that disagrees with the class's value.
 
-    `stored` is the spec of the pod already stored under the name, if any: a create that names
-    the class that pod got its priority from gets that priority, even if the class has been
-    deleted or made again since, so the same create again still answers with the pod."""
+    `stored` is the spec of the pod already stored under the name, if any. The same create
+    again must still answer with that pod after classes change, so a create that names the
+    class the pod got its priority from gets that priority (even if the class has been deleted
+    or made again since), and one that names neither a class nor a priority gets the pod's
+    priority when that came from a class (the default then) or was the plain default 0."""
     name = spec.get("priorityClassName")
     if name is None:
         if own_priority:
+            return
+        if stored is not None and (stored.get("priorityClassName") is not None or stored["priority"] == 0):
+            spec["priority"] = stored["priority"]
+            if stored.get("priorityClassName") is not None:
+                spec["priorityClassName"] = stored["priorityClassName"]
             return
         name = default_name(view)
         if name is None:
             return
         spec["priorityClassName"] = name
-    if stored is not None and stored.get("priorityClassName") == name:
+    if (
+        stored is not None
+        and stored.get("priorityClassName") == name
+        and (not own_priority or spec["priority"] == stored["priority"])
+    ):
         value = stored["priority"]
     else:
         found = load(view, name)

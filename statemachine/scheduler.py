@@ -33,7 +33,9 @@ Retries, in the apply of the event that could make pods fit:
   back in the queue);
 * `scheduler.retry` (issued by the leader on a timer, or by an operator): a full search for up
   to `sweep_pods_max` queue entries from a cursor that walks the whole queue and wraps, so every
-  pending pod is fully evaluated again within (pending / sweep size) sweeps.
+  pending pod is fully evaluated again within (pending / sweep size) sweeps, or twice that when
+  a retry triggered by grown capacity or a loosened quota moves the cursor back (at most once
+  per walk: `_rewind_sweep`).
 
 No starvation by smaller pods (nominations): when a full search finds no node, the pod nominates
 the lowest-named node that passes every filter except resources, would hold the pod if it were
@@ -310,7 +312,7 @@ def plan_pod(view: ReadView, spec: Any, principal: Principal) -> str | None:
         return None
     tenant = quotas.Tenant(view, principal.org, principal.project)
     fill_default_requests(checked, own_requests, tenant)
-    if tenant.shortfall(charge_of(checked)) is not None:
+    if tenant.priority_refusal(checked["priority"]) is not None or tenant.shortfall(charge_of(checked)) is not None:
         return None
     needs = Needs.of(checked)
     return search(view, needs, None, needs.policy or Cluster.load(view).policy).node
@@ -595,10 +597,12 @@ def reconsider(ctx: Context, pod_key: bytes) -> bool:
     return False
 
 
-def retry_heads(ctx: Context, tenant_of_interest: tuple[str, str] | None = None) -> int:
+def retry_heads(ctx: Context, tenant_of_interest: tuple[str, str] | None = None, rewind: bool = True) -> int:
     """Full searches for up to `retry_full_searches_max` of the first `retry_heads_max` queue
     entries (only the given tenant's pods when one is given; an empty project means every
-    project of the org). Returns the pods bound."""
+    project of the org). With `rewind`, a retry that stops at its bound moves the sweep cursor
+    back (`_rewind_sweep`): only for capacity that grew, which the retry may not have handed
+    out in full. Returns the pods bound."""
     searched = bound = 0
     heads = _queue_heads(ctx, retry_heads_max)
     examined = 0
@@ -613,7 +617,7 @@ def retry_heads(ctx: Context, tenant_of_interest: tuple[str, str] | None = None)
                 continue
         searched += 1
         bound += reconsider(ctx, pod_key)
-    if examined < len(heads) or len(heads) == retry_heads_max:
+    if rewind and (examined < len(heads) or len(heads) == retry_heads_max):
         _rewind_sweep(ctx, heads[examined - 1][0])
     return bound
 

@@ -602,6 +602,11 @@ def test_a_watch_that_cannot_reconnect_returns_none_at_its_timeout() -> None:
                 assert stream.next_event(wait_s) is None
                 assert time.monotonic() - polled_s <= wait_s + slack_s
         assert time.monotonic() - started_s <= deadline_s + slack_s + wait_s
+        # A caller that catches Unavailable and goes on polling gets a new outage budget, not
+        # the spent one again at once (a code review found it raised at every call).
+        polled_s = time.monotonic()
+        assert stream.next_event(wait_s) is None
+        assert time.monotonic() - polled_s >= wait_s * 0.9
 
     async def poll_async() -> None:
         async with AsyncClient(endpoints, token="t", timeout=0.5, deadline=deadline_s) as client:
