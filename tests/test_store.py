@@ -140,7 +140,10 @@ def apply_to_memory(entries: list[Entry]) -> tuple[MemoryStore, list[Outcome]]:
 def without_meta(outcomes: list[Outcome]) -> list[Outcome]:
     """Outcomes as an entry's commands give them: the meta record is not among their writes,
     it is written once after them (EntryApply)."""
-    return [Outcome(o.result, tuple(w for w in o.writes if w[0] != state_keys.META), o.revision) for o in outcomes]
+    return [
+        Outcome(o.result, tuple(w for w in o.writes if w[0] != state_keys.META), o.revision, o.replayed)
+        for o in outcomes
+    ]
 
 
 def apply_to_lmdb(store: LmdbStore, entries: list[Entry]) -> list[Outcome]:
