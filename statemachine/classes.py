@@ -9,6 +9,8 @@ in `allowedOrgs`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from statemachine import keys
@@ -92,41 +94,64 @@ def default_class_name(view: ReadView) -> str | None:
     return None if raw is None else raw.decode()
 
 
-def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    require_platform_admin(ctx.principal, "create an IPClass")
+@dataclass(frozen=True)
+class Unchangeable:
+    """A platform-owned kind whose objects cannot change once made, at most one of which is
+    the default (an IPClass, a PriorityClass): what `create_unchangeable` needs to know."""
+
+    kind: str
+    key_of: Callable[[str], bytes]
+    check_spec: Callable[[Any], dict[str, Any]]
+    change_hint: str  # what to do instead of changing one
+    default_field: str  # the spec's boolean that makes an object the default
+    default_key: bytes  # the record naming the default
+    default_said: str  # how a refusal names the default: "the default", "the global default"
+
+
+def create_unchangeable(ctx: Context, body: dict[str, Any], what: Unchangeable) -> tuple[dict[str, Any], bool]:
+    """Create one: the same name, spec and labels again answer with the existing object."""
+    kind = what.kind
+    require_platform_admin(ctx.principal, f"create {'an' if kind[0] in 'AEIOU' else 'a'} {kind}")
     check_map(body, "", _body_fields)
     name = check_name(body.get("name"), "name")
     labels = check_labels(body.get("labels"), "labels")
-    spec = check_spec(body.get("spec"))
-    existing = load(ctx.ov, name)
-    if existing is not None:
+    spec = what.check_spec(body.get("spec"))
+    key = what.key_of(name)
+    raw = ctx.ov.get(key)
+    if raw is not None:
+        existing = dict(loads(raw))
         same_spec, same_labels = existing["spec"] == spec, existing["metadata"]["labels"] == labels
         if same_spec and same_labels:
             return existing, False
-        raise already_exists(
-            f"IPClass {name} already exists",
-            same_spec,
-            same_labels,
-            "IPClasses cannot be changed: delete it first (no pool may list it)",
-            name=name,
-        )
-    if spec["isDefault"]:
-        current = default_class_name(ctx.ov)
+        raise already_exists(f"{kind} {name} already exists", same_spec, same_labels, what.change_hint, name=name)
+    if spec[what.default_field]:
+        current = ctx.ov.get(what.default_key)
         if current is not None:
             raise Rejected(
                 CONFLICT,
-                f"IPClass {current} is already the default; delete it or create this class without isDefault",
-                {"defaultClass": current},
+                f"{kind} {current.decode()} is already {what.default_said}; delete it or create this class "
+                f"without {what.default_field}",
+                {"defaultClass": current.decode()},
             )
-        ctx.ov.put(keys.DEFAULT_CLASS, name.encode())
-    obj = {
-        "kind": KIND,
-        "metadata": ctx.metadata(name, ctx.new_uid(), labels),
-        "spec": spec,
-        "status": {},
-    }
-    ctx.write_object(keys.class_key(name), KIND, obj, ADDED)
+        ctx.ov.put(what.default_key, name.encode())
+    obj = {"kind": kind, "metadata": ctx.metadata(name, ctx.new_uid(), labels), "spec": spec, "status": {}}
+    ctx.write_object(key, kind, obj, ADDED)
     return obj, True
+
+
+_IP_CLASSES = Unchangeable(
+    KIND,
+    keys.class_key,
+    check_spec,
+    "IPClasses cannot be changed: delete it first (no pool may list it)",
+    "isDefault",
+    keys.DEFAULT_CLASS,
+    "the default",
+)
+
+
+def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    return create_unchangeable(ctx, body, _IP_CLASSES)
 
 
 def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:

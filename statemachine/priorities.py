@@ -17,11 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from statemachine import keys
-from statemachine.classes import require_platform_admin
+from statemachine.classes import Unchangeable, create_unchangeable, require_platform_admin
 from statemachine.codec import loads
-from statemachine.context import ADDED, Context
-from statemachine.errors import CONFLICT, NOT_FOUND, Rejected, already_exists, invalid
-from statemachine.fields import check_labels, check_map, check_name, opt_bool, opt_int, opt_str
+from statemachine.context import Context
+from statemachine.errors import NOT_FOUND, Rejected, invalid
+from statemachine.fields import check_map, check_name, opt_bool, opt_int, opt_str
 from statemachine.quotas import priority_max, priority_min
 from statemachine.view import ReadView
 
@@ -104,37 +104,19 @@ def resolve(view: ReadView, spec: dict[str, Any], own_priority: bool, stored: di
     spec["priority"] = value
 
 
+_PRIORITY_CLASSES = Unchangeable(
+    KIND,
+    keys.priority_class_key,
+    check_spec,
+    "PriorityClasses cannot be changed: delete it and create it again (pods keep the priority they got)",
+    "globalDefault",
+    keys.DEFAULT_PRIORITY_CLASS,
+    "the global default",
+)
+
+
 def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    require_platform_admin(ctx.principal, "create a PriorityClass")
-    check_map(body, "", _body_fields)
-    name = check_name(body.get("name"), "name")
-    labels = check_labels(body.get("labels"), "labels")
-    spec = check_spec(body.get("spec"))
-    existing = load(ctx.ov, name)
-    if existing is not None:
-        same_spec, same_labels = existing["spec"] == spec, existing["metadata"]["labels"] == labels
-        if same_spec and same_labels:
-            return existing, False
-        raise already_exists(
-            f"PriorityClass {name} already exists",
-            same_spec,
-            same_labels,
-            "PriorityClasses cannot be changed: delete it and create it again (pods keep the priority they got)",
-            name=name,
-        )
-    if spec["globalDefault"]:
-        current = default_name(ctx.ov)
-        if current is not None:
-            raise Rejected(
-                CONFLICT,
-                f"PriorityClass {current} is already the global default; delete it or create this class "
-                "without globalDefault",
-                {"defaultClass": current},
-            )
-        ctx.ov.put(keys.DEFAULT_PRIORITY_CLASS, name.encode())
-    obj = {"kind": KIND, "metadata": ctx.metadata(name, ctx.new_uid(), labels), "spec": spec, "status": {}}
-    ctx.write_object(keys.priority_class_key(name), KIND, obj, ADDED)
-    return obj, True
+    return create_unchangeable(ctx, body, _PRIORITY_CLASSES)
 
 
 def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
