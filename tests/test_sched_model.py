@@ -2,7 +2,8 @@
 
 The machine runs random node registrations, condition changes, cordons, drains, deletions, pod
 creations (with and without a plan, with selectors, tolerations, priorities and policies), pod
-deletions, quota changes and sweeps. Before every pod creation, the naive model reads the
+deletions, quota changes and sweeps; pods give a priority, name a PriorityClass, or neither (and
+get the global default's). Before every pod creation, the naive model reads the
 state only through the public reads (`list_objects` / `get`, as a client would) and works out,
 with its own code, written from the documented rules:
 
@@ -33,6 +34,9 @@ from tests.harness import ADMIN, Machine, member
 NODE_NAMES = ["a1", "a2", "b1", "b2", "c1"]
 TENANTS = [member("acme", "web"), member("acme", "db"), member("globex", "api")]
 POD_NAMES = [f"p{number}" for number in range(12)]
+# Pods give a priority, name one of these classes, or neither (and get the global default's).
+PRIORITY_CLASSES = {"low": -1, "standard": 0, "high": 2}
+DEFAULT_PRIORITY_CLASS = "standard"
 LABELS = [{}, {"disk": "ssd"}, {"disk": "hdd"}, {"disk": "ssd", "gpu": "yes"}]
 TAINTS: list[list[dict[str, str]]] = [[], [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]]
 
@@ -71,7 +75,7 @@ class NaiveScheduler:
         requests = pod["spec"]["requests"]
         return requests["cpuMillis"], requests["memoryBytes"], 1
 
-    def feasible(self, node: dict[str, Any], spec: dict[str, Any], cpu: int, memory: int) -> bool:
+    def feasible(self, node: dict[str, Any], spec: dict[str, Any], cpu: int, memory: int, priority: int) -> bool:
         status, node_spec = node["status"], node["spec"]
         labels = {**node["metadata"]["labels"], "kubernetes.io/hostname": node["metadata"]["name"]}
         if not status["ready"] or node_spec["unschedulable"]:
@@ -80,7 +84,7 @@ class NaiveScheduler:
             return False
         if not all(_tolerates(spec.get("tolerations", []), taint) for taint in node_spec["taints"]):
             return False
-        extra_cpu, extra_memory, extra_pods = self.reserved(node, spec.get("priority", 0))
+        extra_cpu, extra_memory, extra_pods = self.reserved(node, priority)
         used, capacity = status["allocated"], node_spec["capacity"]
         return bool(
             used["pods"] + extra_pods + 1 <= capacity["pods"]
@@ -124,6 +128,9 @@ class SchedulerModel(RuleBasedStateMachine):
         self.machine = Machine()
         self.model = NaiveScheduler(self.machine)
         self.machine.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.0.0.0/16"}})
+        for class_name, value in PRIORITY_CLASSES.items():
+            spec = {"value": value, "globalDefault": class_name == DEFAULT_PRIORITY_CLASS}
+            self.machine.ok(ADMIN, "priorityclass.create", {"name": class_name, "spec": spec})
         self.created = 0
         self.bound = 0
 
@@ -160,7 +167,7 @@ class SchedulerModel(RuleBasedStateMachine):
         memory=st.sampled_from([0, 1 << 30, 3 << 30]),
         selector=st.sampled_from([{}, {"disk": "ssd"}, {"gpu": "yes"}]),
         tolerate=st.booleans(),
-        priority=st.integers(-2, 2),
+        priority=st.one_of(st.integers(-2, 2), st.sampled_from([*PRIORITY_CLASSES, None])),
         policy=st.sampled_from([None, "spread", "binpack"]),
         use_plan=st.booleans(),
     )
@@ -172,15 +179,17 @@ class SchedulerModel(RuleBasedStateMachine):
         memory: int,
         selector: dict[str, str],
         tolerate: bool,
-        priority: int,
+        priority: int | str | None,
         policy: str | None,
         use_plan: bool,
     ) -> None:
-        spec: dict[str, Any] = {
-            "requests": {"cpuMillis": cpu, "memoryBytes": memory},
-            "nodeSelector": selector,
-            "priority": priority,
-        }
+        spec: dict[str, Any] = {"requests": {"cpuMillis": cpu, "memoryBytes": memory}, "nodeSelector": selector}
+        if isinstance(priority, int):
+            spec["priority"] = priority
+        else:  # a class's value, or the global default's when the pod names neither
+            if priority is not None:
+                spec["priorityClassName"] = priority
+            priority = PRIORITY_CLASSES[priority or DEFAULT_PRIORITY_CLASS]
         if tolerate:
             spec["tolerations"] = [{"key": "dedicated", "operator": "Exists"}]
         if policy is not None:
@@ -192,7 +201,7 @@ class SchedulerModel(RuleBasedStateMachine):
             exists = False
         quota = self.model.quota(who.org, who.project, cpu)
         nodes = self.model.nodes()
-        feasible = [node for node in nodes if self.model.feasible(node, spec, cpu, memory)]
+        feasible = [node for node in nodes if self.model.feasible(node, spec, cpu, memory, priority)]
         cluster_policy = self.machine_policy()
         chosen: str | None = None
         best = -1
