@@ -1388,6 +1388,8 @@ def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
         return run_node_action(resource, args, out)
     if not isinstance(resource, WritableResource) or spec_of is None:
         raise UsageError(f"{args.command} {args.action} is not possible")
+    if args.tenant and resource.platform_writes:
+        print(f"allot: --as {args.tenant} is ignored: {args.command} writes are the platform's", file=sys.stderr)
     if args.action in CREATE_VERBS:
         labels = dict(args.label) if args.label else None
         obj, created = resource.create_with_status(
@@ -1523,6 +1525,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             said += f" (no token was given: {_TOKEN_SOURCES})"
         elif isinstance(error, Unavailable) and not isinstance(error, (NoLeader, Overloaded, NotReady)):
             said += f" {_CLUSTER_DOWN_HINT}"
+        if error.replayed:
+            said += " (replayed: the answer the server gave this idempotency key the first time)"
         return _fail(said, exit_code_for(error), err_stream)
     except (UsageError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE, err_stream)

@@ -240,6 +240,11 @@ class ReadableResource(Generic[T]):
         self._client = client
         self._kind = kind
 
+    @property
+    def platform_writes(self) -> bool:
+        """Writes of this kind are the platform's: sent without the tenant a client acts for."""
+        return self._kind.platform_writes
+
     def get(
         self,
         name: str,
@@ -756,26 +761,30 @@ class Client(core.ClientSettings):
 
     def cluster_status(self, *, timeout: float | None = None, deadline: float | None = None) -> list[MemberReport]:
         """Every endpoint's status and readiness, one attempt each, asked in turn within one
-        deadline (the caller's, else the client's); unreachable ones, and any the deadline left
-        no time for, say why. A token every member refuses raises (`Unauthorized`,
-        `Forbidden`): they answered; one that only some refuse is reported per member."""
+        deadline (the caller's, else the client's), each member with an equal share of the time
+        left; unreachable ones, and any the deadline left no time for, say why. A token every
+        member refuses raises (`Unauthorized`, `Forbidden`): they answered; one that only some
+        refuse is reported per member."""
         until_s = time.monotonic() + self._policy.with_overrides(timeout, deadline).deadline_s
         reports: list[MemberReport] = []
         refusals: list[AllotError] = []
-        for endpoint in self.endpoints:
+        for position, endpoint in enumerate(self.endpoints):
             left_s = until_s - time.monotonic()
-            if left_s < self._policy.attempt_time_min_s:
+            # An equal share of what is left, so that a hung member cannot use up the others' time.
+            share_s = left_s / (len(self.endpoints) - position)
+            if share_s < self._policy.attempt_time_min_s:
                 reports.append(MemberReport(endpoint, None, None, core.NOT_ASKED))
                 continue
+            share_until_s = time.monotonic() + share_s
             try:
-                member = self.status(endpoint, timeout=timeout, deadline=left_s)
+                member = self.status(endpoint, timeout=timeout, deadline=share_s)
             except AllotError as error:
                 if isinstance(error, (Unauthorized, Forbidden)):
                     refusals.append(error)
                 reports.append(MemberReport(endpoint, None, None, str(error)))
                 continue
             ready: bool | None = None
-            left_s = until_s - time.monotonic()
+            left_s = share_until_s - time.monotonic()
             if left_s > 0:
                 try:
                     ready = self.ready(endpoint, timeout=timeout, deadline=left_s)

@@ -216,6 +216,7 @@ def node_drain(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
 
 def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     name, namespace, labels, spec, own_requests, own_priority, planned = pods.check_body(body)
+    named_class = spec.get("priorityClassName")
     principal = ctx.principal
     if not principal.has_tenant:
         raise invalid(
@@ -244,7 +245,12 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
     # one that would fit once other pods go waits in the queue.
     if tenant.limited:
         class_name = spec.get("priorityClassName")
-        source = "spec.priority" if class_name is None else f"PriorityClass {class_name}"
+        if class_name is None:
+            source = "spec.priority"
+        elif named_class is None:
+            source = f"the global default PriorityClass {class_name}: the pod names no class or priority"
+        else:
+            source = f"PriorityClass {class_name}"
         impossible = tenant.priority_refusal(spec["priority"], source) or tenant.shortfall(
             scheduler.charge_of(spec), alone="the pod"
         )

@@ -482,10 +482,12 @@ def test_cli_quotas_and_the_scheduler(allot: Allot, cluster: Cluster) -> None:
     assert "0/1" in quota_row and "0/3" in quota_row and "0/∞" in quota_row, quota_row
     assert json.loads(allot.ok("quota", "get", "cli/quota", "-o", "json"))["spec"] == {"cpuMillis": 1000, "pods": 3}
     assert allot.ok("quota", "set", "cli/quota", "--cpu", "1", "--max-priority", "10") == "quota/cli/quota set\n"
-    too_urgent = allot.failed(
-        client_cli.EXIT_NO_ROOM, "pod", "create", "cli-urgent", "--priority", "11", "--as", "cli/quota"
+    urgent = ("pod", "create", "cli-urgent", "--priority", "11", "--as", "cli/quota", "--idempotency-key", "cli-u1")
+    too_urgent = allot.failed(client_cli.EXIT_NO_ROOM, *urgent)
+    assert "allows pods a priority of at most 10" in too_urgent and "replayed" not in too_urgent, too_urgent
+    assert "(replayed: the answer the server gave this idempotency key" in allot.failed(
+        client_cli.EXIT_NO_ROOM, *urgent
     )
-    assert "allows pods a priority of at most 10" in too_urgent, too_urgent
     assert re.search(r"\b10\b", row(allot.ok("quota", "list"), "cli/quota"))
     assert json.loads(allot.ok("quota", "get", "cli/quota", "-o", "json"))["spec"]["maxPriority"] == 10
     created = allot.ok("priorityclass", "create", "cli-batch", "--value", "-5", "--description", "can wait")
