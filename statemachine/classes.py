@@ -106,6 +106,7 @@ class Unchangeable:
     default_field: str  # the spec's boolean that makes an object the default
     default_key: bytes  # the record naming the default
     default_said: str  # how a refusal names the default: "the default", "the global default"
+    reserved_name_prefix: str | None = None  # names only the system may give
 
 
 def create_unchangeable(ctx: Context, body: dict[str, Any], what: Unchangeable) -> tuple[dict[str, Any], bool]:
@@ -114,6 +115,8 @@ def create_unchangeable(ctx: Context, body: dict[str, Any], what: Unchangeable) 
     require_platform_admin(ctx.principal, f"create {'an' if kind[0] in 'AEIOU' else 'a'} {kind}")
     check_map(body, "", _body_fields)
     name = check_name(body.get("name"), "name")
+    if what.reserved_name_prefix is not None and name.startswith(what.reserved_name_prefix):
+        raise invalid(f"{kind} names starting with {what.reserved_name_prefix} are reserved; choose another", "name")
     labels = check_labels(body.get("labels"), "labels")
     spec = what.check_spec(body.get("spec"))
     key = what.key_of(name)

@@ -22,12 +22,13 @@ from statemachine.codec import loads
 from statemachine.context import Context
 from statemachine.errors import NOT_FOUND, Rejected, invalid
 from statemachine.fields import check_map, check_name, opt_bool, opt_int, opt_str
-from statemachine.quotas import priority_max, priority_min
+from statemachine.quotas import priority_min
 from statemachine.view import ReadView
 
 KIND = "PriorityClass"
 
 description_chars_max = 1024
+class_value_max = 1_000_000_000  # Kubernetes' HighestUserDefinablePriority
 
 _body_fields = ("name", "labels", "spec")
 _spec_fields = ("value", "globalDefault", "description")
@@ -35,10 +36,12 @@ _spec_fields = ("value", "globalDefault", "description")
 
 def check_spec(value: Any) -> dict[str, Any]:
     spec = check_map(value, "spec", _spec_fields)
-    priority = opt_int(spec, "value", "spec.value", priority_min, priority_max)
+    # As Kubernetes: values above a billion are kept for system classes (which Allot has none
+    # of yet), so that a platform's own classes can always outrank every class it defines.
+    priority = opt_int(spec, "value", "spec.value", priority_min, class_value_max)
     if priority is None:
         raise invalid(
-            f"spec.value is required: the priority, an integer from {priority_min} to {priority_max}", "spec.value"
+            f"spec.value is required: the priority, an integer from {priority_min} to {class_value_max}", "spec.value"
         )
     return {
         "value": priority,
@@ -112,6 +115,7 @@ _PRIORITY_CLASSES = Unchangeable(
     "globalDefault",
     keys.DEFAULT_PRIORITY_CLASS,
     "the global default",
+    reserved_name_prefix="system-",  # Kubernetes' built-in classes' names
 )
 
 
