@@ -224,8 +224,17 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not text.strip():
         raise invalid("the body is empty; send a JSON object")
     try:
-        value = json.loads(text, parse_float=_NotAnInteger, parse_constant=_refuse_constant, object_pairs_hook=_object)
-        non_integer = _first_non_integer(value, "")
+        non_integers: list[_NotAnInteger] = []
+
+        def keep_non_integer(number: str) -> _NotAnInteger:
+            non_integers.append(_NotAnInteger(number))
+            return non_integers[-1]
+
+        value = json.loads(
+            text, parse_float=keep_non_integer, parse_constant=_refuse_constant, object_pairs_hook=_object
+        )
+        # Only a body that holds one is walked for its field: most bodies hold none.
+        non_integer = _first_non_integer(value, "") if non_integers else None
     except _StrictJsonError as exc:
         raise invalid(str(exc)) from None
     except json.JSONDecodeError as exc:
