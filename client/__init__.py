@@ -76,6 +76,7 @@ from client.models import (
     Taint,
     Toleration,
     WatchEvent,
+    WriteAnswer,
 )
 from client.sync import Client, WatchStream
 
@@ -154,5 +155,6 @@ __all__ = [
     "UnsupportedMediaType",
     "WatchEvent",
     "WatchStream",
+    "WriteAnswer",
     "new_idempotency_key",
 ]

@@ -1300,6 +1300,7 @@ CREATE_VERBS = {
     "set": ("set", "set"),
 }
 NODE_ACTION_VERBS = {"cordon": "cordoned", "uncordon": "uncordoned", "drain": "drained"}
+_REPLAYED_NOTE = "(replayed: the answer the server gave this idempotency key the first time)"
 
 
 def _field_selector(args: argparse.Namespace) -> str | None:
@@ -1392,18 +1393,20 @@ def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
         print(f"allot: --as {args.tenant} is ignored: {args.command} writes are the platform's", file=sys.stderr)
     if args.action in CREATE_VERBS:
         labels = dict(args.label) if args.label else None
-        obj, created = resource.create_with_status(
+        answer = resource.create_answer(
             args.name, spec_of(args), labels=labels, namespace=namespace, idempotency_key=args.idempotency_key
         )
         made, existed = CREATE_VERBS[args.action]
-        verb = made if created else existed
+        verb = made if answer.created else existed
     else:
-        obj = resource.delete(args.name, namespace=namespace, idempotency_key=args.idempotency_key)
+        answer = resource.delete_answer(args.name, namespace=namespace, idempotency_key=args.idempotency_key)
         verb = "deleted"
+    obj = answer.value
     if out.mode == "json":
         out.json(dict(obj.raw))
     else:
-        out.line(f"{obj.kind.lower()}/{obj.name} {verb}{_summary(obj)}")
+        replayed = f" {_REPLAYED_NOTE}" if answer.replayed else ""
+        out.line(f"{obj.kind.lower()}/{obj.name} {verb}{_summary(obj)}{replayed}")
     return EXIT_OK
 
 
@@ -1526,7 +1529,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         elif isinstance(error, Unavailable) and not isinstance(error, (NoLeader, Overloaded, NotReady)):
             said += f" {_CLUSTER_DOWN_HINT}"
         if error.replayed:
-            said += " (replayed: the answer the server gave this idempotency key the first time)"
+            said += f" {_REPLAYED_NOTE}"
         return _fail(said, exit_code_for(error), err_stream)
     except (UsageError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE, err_stream)

@@ -508,6 +508,11 @@ def normalize_kinds(kinds: str | Sequence[str] | None) -> tuple[str, ...] | None
 # ---- answers ---------------------------------------------------------------------------------
 
 
+def replayed(headers: Mapping[str, str]) -> bool:
+    """Whether the server answered a write from its record of an earlier try under its key."""
+    return headers.get(HEADER_REPLAYED.lower()) == "true"
+
+
 def decode_answer(status: int, headers: Mapping[str, str], body: bytes) -> Any:
     """The JSON value of a 2xx answer, or the typed exception of any other."""
     if 200 <= status < 300:
@@ -516,7 +521,7 @@ def decode_answer(status: int, headers: Mapping[str, str], body: bytes) -> Any:
         except (UnicodeDecodeError, ValueError) as exc:
             raise ProtocolError(f"a {status} answer that is not JSON: {exc}", status=status) from None
     error = error_from_answer(status, body, headers.get(HEADER_RETRY_AFTER.lower()))
-    error.replayed = headers.get(HEADER_REPLAYED.lower()) == "true"
+    error.replayed = replayed(headers)
     raise error
 
 

@@ -999,6 +999,17 @@ def parse_object(raw: Any) -> ApiObject:
 
 
 @dataclass(frozen=True)
+class WriteAnswer(Generic[T]):
+    """A create's or delete's result with what the server said about it."""
+
+    value: T  # the object made or found (create), or as it was (delete)
+    created: bool  # this request made the object (HTTP 201), rather than found the identical one
+    # Answered from the server's record of an earlier try under the same idempotency key (this
+    # call's own lost attempt, or an earlier call's), not by applying the write again.
+    replayed: bool
+
+
+@dataclass(frozen=True)
 class Page(Generic[T]):
     """One page of a list; pass `continue_token` to the next `list_page` call (None: last page)."""
 

@@ -40,6 +40,7 @@ from client.models import (
     SchedulerStatus,
     Service,
     WatchEvent,
+    WriteAnswer,
 )
 
 T = TypeVar("T")
@@ -353,11 +354,50 @@ class WritableResource(ReadableResource[T]):
         """`create`, and whether this request made the object (True, HTTP 201) or found the
         identical one (False, HTTP 200). A retry under the same idempotency key gets the first
         answer again, so a create that made the object says so even after a failover."""
+        answer = self.create_answer(
+            name,
+            spec,
+            labels=labels,
+            namespace=namespace,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+            deadline=deadline,
+        )
+        return answer.value, answer.created
+
+    def create_answer(
+        self,
+        name: str,
+        spec: Mapping[str, Any] | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        namespace: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> WriteAnswer[T]:
+        """`create_with_status`, and whether the answer was replayed from an earlier try under
+        the same idempotency key."""
         request = self._client._factory.create(
             self._kind, name, spec, labels=labels, namespace=namespace, idempotency_key=idempotency_key
         )
         done = self._client._execute(request, timeout, deadline)
-        return self._kind.parse(done.value), done.status == core.HTTP_CREATED
+        return WriteAnswer(self._kind.parse(done.value), done.status == core.HTTP_CREATED, core.replayed(done.headers))
+
+    def delete_answer(
+        self,
+        name: str,
+        *,
+        namespace: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> WriteAnswer[T]:
+        """`delete`, and whether the answer was replayed from an earlier try under the same
+        idempotency key (`created` is False)."""
+        request = self._client._factory.delete(self._kind, name, namespace=namespace, idempotency_key=idempotency_key)
+        done = self._client._execute(request, timeout, deadline)
+        return WriteAnswer(self._kind.parse(done.value), False, core.replayed(done.headers))
 
     def delete(
         self,

@@ -306,6 +306,16 @@ def test_typed_error_for_every_code_reachable_over_http(make: ClientMaker) -> No
         with pytest.raises(PoolExhausted) as again:
             tenant.ipclaims.create(unique(make, "more"), {"poolRef": pool.name}, idempotency_key=key)
         assert again.value.replayed is replayed
+    # A successful write's answer says so too, in create_answer and delete_answer.
+    roomy = admin.ippools.create(unique(make, "replays"), {"cidr": next_cidr(29)})
+    claim_name, made_key, gone_key = unique(make, "replay-me"), unique(make, "made-key"), unique(make, "gone-key")
+    answers = [
+        tenant.ipclaims.create_answer(claim_name, {"poolRef": roomy.name}, idempotency_key=made_key) for _ in range(2)
+    ]
+    assert [(answer.created, answer.replayed) for answer in answers] == [(True, False), (True, True)]
+    assert answers[0].value.status.allocated_cidr == answers[1].value.status.allocated_cidr
+    deletions = [tenant.ipclaims.delete_answer(claim_name, idempotency_key=gone_key) for _ in range(2)]
+    assert [(answer.created, answer.replayed) for answer in deletions] == [(False, False), (False, True)]
 
 
 def test_admin_acts_for_a_tenant(make: ClientMaker) -> None:

@@ -498,6 +498,11 @@ def test_cli_quotas_and_the_scheduler(allot: Allot, cluster: Cluster) -> None:
     described = allot.ok("pod", "get", "cli-later", "--as", "cli/quota")
     assert re.search(r"priority\s+-5", described) and re.search(r"priority class\s+cli-batch", described), described
     assert allot.ok("pod", "delete", "cli-later", "--as", "cli/quota").startswith("pod/cli-later deleted")
+    again = allot.ok("pod", "create", "cli-later", "--cpu", "100m", "--as", "cli/quota", "--idempotency-key", "cli-l1")
+    assert "replayed" not in again, again
+    allot.ok("pod", "delete", "cli-later", "--as", "cli/quota")
+    replay = allot.ok("pod", "create", "cli-later", "--cpu", "100m", "--as", "cli/quota", "--idempotency-key", "cli-l1")
+    assert replay.startswith("pod/cli-later created") and replay.rstrip().endswith("the first time)"), replay
     assert allot.ok("priorityclass", "delete", "cli-batch").startswith("priorityclass/cli-batch deleted")
     assert allot.ok("quota", "delete", "cli/quota").startswith("quota/cli/quota deleted")
 
