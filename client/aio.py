@@ -355,8 +355,10 @@ class AsyncWritableResource(AsyncReadableResource[T]):
         deadline: float | None = None,
     ) -> T:
         """Delete the object; returns it as it was."""
-        request = self._client._factory.delete(self._kind, name, namespace=namespace, idempotency_key=idempotency_key)
-        return self._kind.parse((await self._client._execute(request, timeout, deadline)).value)
+        answer = await self.delete_answer(
+            name, namespace=namespace, idempotency_key=idempotency_key, timeout=timeout, deadline=deadline
+        )
+        return answer.value
 
 
 class AsyncNodeResource(AsyncWritableResource[Node]):

@@ -409,8 +409,10 @@ class WritableResource(ReadableResource[T]):
         deadline: float | None = None,
     ) -> T:
         """Delete the object; returns it as it was."""
-        request = self._client._factory.delete(self._kind, name, namespace=namespace, idempotency_key=idempotency_key)
-        return self._kind.parse(self._client._execute(request, timeout, deadline).value)
+        answer = self.delete_answer(
+            name, namespace=namespace, idempotency_key=idempotency_key, timeout=timeout, deadline=deadline
+        )
+        return answer.value
 
 
 class NodeResource(WritableResource[Node]):
