@@ -30,14 +30,13 @@ KIND = "PriorityClass"
 description_chars_max = 1024
 class_value_max = 1_000_000_000  # Kubernetes' HighestUserDefinablePriority
 
-_body_fields = ("name", "labels", "spec")
 _spec_fields = ("value", "globalDefault", "description")
 
 
 def check_spec(value: Any) -> dict[str, Any]:
     spec = check_map(value, "spec", _spec_fields)
-    # As Kubernetes: values above a billion are kept for system classes (which Allot has none
-    # of yet), so that a platform's own classes can always outrank every class it defines.
+    # As Kubernetes: values above a billion are kept for system classes, so that those (Allot
+    # has none yet) can outrank every class a platform defines.
     priority = opt_int(spec, "value", "spec.value", priority_min, class_value_max)
     if priority is None:
         raise invalid(
