@@ -931,12 +931,13 @@ def scheduler_table(status: SchedulerStatus) -> Table:
 
 def status_table(reports: Sequence[MemberReport]) -> Table:
     table = Table(title="Allot members", title_justify="left")
-    for column in ("MEMBER", "ENDPOINT", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "REVISION", "HEALTH"):
+    for column in ("MEMBER", "ENDPOINT", "PID", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "REVISION", "HEALTH"):
         table.add_column(column, no_wrap=column == "ENDPOINT")
     for report in reports:
         member = report.status
         if member is None:
-            table.add_row("?", report.endpoint, "-", "-", "-", "-", "-", "-", Text("unreachable", style="bold red"))
+            unreachable = Text("unreachable", style="bold red")
+            table.add_row("?", report.endpoint, "-", "-", "-", "-", "-", "-", "-", unreachable)
             continue
         if report.ready is None:
             health = Text("unknown", style="yellow")
@@ -945,6 +946,7 @@ def status_table(reports: Sequence[MemberReport]) -> Table:
         table.add_row(
             member.member_id,
             report.endpoint,
+            _dash(member.pid),
             Text(_dash(member.role), style="bold" if member.role == "leader" else ""),
             _dash(member.leader),
             _dash(member.term),

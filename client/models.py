@@ -1066,6 +1066,7 @@ class MemberStatus:
     # two members' digests are comparable only at the same digest_index.
     digest_index: int | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    pid: int | None = None  # the member's process, on its machine
 
     @classmethod
     def parse(cls, raw: Any) -> MemberStatus:
@@ -1087,6 +1088,7 @@ class MemberStatus:
             digest=_str(source, "digest"),
             digest_index=_int(source, "digestIndex"),
             raw=source,
+            pid=_int(source, "pid"),
         )
 
 

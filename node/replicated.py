@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -540,6 +541,7 @@ class ReplicatedMember:
             revision = Meta.load(read_view).revision
         status: dict[str, Any] = {
             "memberId": self.member_id,
+            "pid": os.getpid(),  # to signal it (chaos by hand: kill -9 the leader)
             "role": view.role,
             "leader": view.leader,
             "term": view.term,

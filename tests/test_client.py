@@ -339,7 +339,8 @@ def test_member_status(make: ClientMaker) -> None:
     cluster = make.cluster
     assert client.status().member_id in cluster.member_ids
     for member_id, endpoint in zip(cluster.member_ids, endpoints_of(cluster), strict=True):
-        assert client.status(endpoint).member_id == member_id
+        status = client.status(endpoint)
+        assert status.member_id == member_id and status.pid == cluster.members[member_id].pid
     reports = client.cluster_status()
     assert [report.endpoint for report in reports] == endpoints_of(cluster)
     assert all(report.reachable and report.ready for report in reports)
