@@ -380,7 +380,8 @@ def check_replicas_agree(history: History) -> CheckResult:
         if state.invariant_problems:
             evidence.add(f"{state.member}: check_invariants: {'; '.join(state.invariant_problems)[:300]}")
         for code in state.unexpected_exits:
-            why = " (it stopped itself: broken invariant or failed apply)" if code == EXIT_INVARIANT else ""
+            stopped_itself = " (it stopped itself: broken invariant, failed apply or an entry of another build)"
+            why = stopped_itself if code == EXIT_INVARIANT else ""
             evidence.add(f"{state.member}: a process of it exited by itself with code {code}{why}")
     if len(finals) > 1:
         shown = ", ".join(

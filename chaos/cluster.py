@@ -435,6 +435,9 @@ class Cluster:
             f"{entry['org']}/{entry['project']}": entry["token"] for entry in entries if entry["role"] != "admin"
         }
         self.partitionable = partitionable
+        # Member id -> a source tree to run that member from, for tests of mixed builds; a
+        # member not named here runs this checkout (REPO_ROOT). Read at each start.
+        self.source_roots: dict[str, Path] = {}
         pairs = size * (size - 1) // 2 if partitionable else 0
         ports = free_ports(2 * size + pairs)
         raft_and_proxy_ports = ports[: size + pairs]
@@ -561,7 +564,7 @@ class Cluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=REPO_ROOT,
+                cwd=self.source_roots.get(member_id, REPO_ROOT),  # `python -m` imports from here first
                 env=child_environment(),
                 start_new_session=True,  # a Ctrl-C of the test run is ours to handle, not theirs
             )

@@ -1412,6 +1412,22 @@ def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def _mixed_builds(reports: Sequence[MemberReport]) -> str | None:
+    """A warning when the members that answered run more than one build, else None."""
+    builds = {
+        report.status.member_id: report.status.build_id
+        for report in reports
+        if report.status is not None and report.status.build_id is not None
+    }
+    if len(set(builds.values())) <= 1:
+        return None
+    named = ", ".join(f"{member} runs {build}" for member, build in sorted(builds.items()))
+    return (
+        f"the members run different builds ({named}): a member stops at the first log entry proposed "
+        "by a member of another build; run one build on every member (README, Upgrading)"
+    )
+
+
 def run_status(client: Client, out: Output) -> int:
     reports = client.cluster_status()
     if out.mode == "json":
@@ -1432,6 +1448,9 @@ def run_status(client: Client, out: Output) -> int:
         for report in reports:
             if report.error is not None:
                 out.console.print(Text(f"{report.endpoint}: {report.error}", style="red"), soft_wrap=True)
+        mixed = _mixed_builds(reports)
+        if mixed is not None:
+            out.console.print(Text(mixed, style="bold red"), soft_wrap=True)
     leaders = {report.status.leader for report in reports if report.status is not None and report.status.leader}
     if not any(report.reachable for report in reports):
         if out.mode != "json":

@@ -1067,6 +1067,8 @@ class MemberStatus:
     digest_index: int | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
     pid: int | None = None  # the member's process, on its machine
+    # Which build the member runs: every member of a cluster must show the same (README, Upgrading).
+    build_id: str | None = None
 
     @classmethod
     def parse(cls, raw: Any) -> MemberStatus:
@@ -1089,6 +1091,7 @@ class MemberStatus:
             digest_index=_int(source, "digestIndex"),
             raw=source,
             pid=_int(source, "pid"),
+            build_id=_str(source, "buildId"),
         )
 
 

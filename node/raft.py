@@ -68,6 +68,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,7 @@ from pysyncobj.monotonic import monotonic as pysyncobj_clock
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import TCPTransport
 
+from node.build_identity import build_id
 from node.config import Timing
 from node.store import LmdbStore, SnapshotError, pack_snapshot
 from statemachine import Outcome
@@ -96,25 +98,51 @@ append_entries_bytes_max = 64 << 20
 repeat_ack_gap_s = 0.1  # a follower re-sends an unchanged acknowledgement at least this often
 
 
-def encode_batch(envelopes: Sequence[bytes], leader_term: int | None = None) -> bytes:
-    """A log entry's command: the envelopes, as a CBOR list; with `leader_term`, a map that also
-    names the term the leader decided them in (its timers' decisions: see `apply_batch`)."""
-    if leader_term is None:
-        return cbor2.dumps(list(envelopes))
-    return cbor2.dumps({"leaderTerm": leader_term, "envelopes": list(envelopes)})
+@dataclass(frozen=True)
+class DecodedBatch:
+    envelopes: list[bytes]
+    leader_term: int | None  # the term a leader decided them in, or None for requests
+    build: str | None  # the proposer's build id; None in entries of builds before the stamp
+    proposer: str | None  # the member id that proposed them, likewise
 
 
-def decode_batch(batch: bytes) -> tuple[list[bytes], int | None]:
-    """(envelopes, the term a leader decided them in, or None for requests)."""
+def encode_batch(envelopes: Sequence[bytes], leader_term: int | None = None, *, build: str, proposer: str) -> bytes:
+    """A log entry's command: a CBOR map of the envelopes, the build id and member id of the
+    member proposing them (see `AllotRaft.apply_batch`), and with `leader_term` the term the
+    leader decided them in (its timers' decisions)."""
+    batch: dict[str, Any] = {"build": build, "proposer": proposer, "envelopes": list(envelopes)}
+    if leader_term is not None:
+        batch["leaderTerm"] = leader_term
+    return cbor2.dumps(batch)
+
+
+_STAMPED_FIELDS = (
+    frozenset({"build", "proposer", "envelopes"}),
+    frozenset({"build", "proposer", "envelopes", "leaderTerm"}),
+)
+# Entries written before builds were stamped: a bare list of envelopes, or a fenced map.
+_UNSTAMPED_FENCED_FIELDS = frozenset({"leaderTerm", "envelopes"})
+
+
+def decode_batch(batch: bytes) -> DecodedBatch:
+    """An entry `encode_batch` wrote, or one an earlier build wrote (no build, no proposer)."""
     decoded = cbor2.loads(batch)
-    leader_term: int | None = None
-    if isinstance(decoded, dict) and set(decoded) == {"leaderTerm", "envelopes"}:
-        leader_term, decoded = decoded["leaderTerm"], decoded["envelopes"]
-        if type(leader_term) is not int or leader_term < 0:
+    leader_term: Any = None
+    build: Any = None
+    proposer: Any = None
+    if isinstance(decoded, dict):
+        fields = frozenset(decoded)
+        if fields not in _STAMPED_FIELDS and fields != _UNSTAMPED_FENCED_FIELDS:
+            raise ValueError(f"a batch map holds build, proposer, envelopes and leaderTerm, not {sorted(fields)}")
+        leader_term, build, proposer = decoded.get("leaderTerm"), decoded.get("build"), decoded.get("proposer")
+        decoded = decoded["envelopes"]
+        if leader_term is not None and (type(leader_term) is not int or leader_term < 0):
             raise ValueError("a fenced batch's leaderTerm is a non-negative integer")
+        if "build" in fields and not (isinstance(build, str) and isinstance(proposer, str)):
+            raise ValueError("a batch's build and proposer are strings")
     if not isinstance(decoded, list) or not all(isinstance(item, bytes) for item in decoded):
-        raise ValueError("a batch is a CBOR list of envelope byte strings (or a map of leaderTerm and that list)")
-    return decoded, leader_term
+        raise ValueError("a batch is a CBOR list of envelope byte strings (or a map holding that list)")
+    return DecodedBatch(decoded, leader_term, build, proposer)
 
 
 def stop_member(reason: str) -> None:
@@ -378,6 +406,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self.allot_transport: SyncedTransport | None = None
         self._store = store
         self._on_applied = on_applied
+        self.build = build_id()  # applies only entries proposed by members of this build
         # Journal durability, by generation: every journal change bumps `_journal_generation`
         # (after it is written, on the tick thread); a finished fdatasync records the generation
         # it covered in `_synced_generation`. `_unsynced_entries` holds (index, generation) of
@@ -742,23 +771,34 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, batch: bytes) -> list[Outcome] | None:
-        """Apply one log entry. A batch fenced with the term its leader decided it in (the
-        scheduling timers' node conditions and sweeps) is applied only if that same leader
-        appended it, i.e. the entry's own term is that term; otherwise it is refused without
-        reaching the state machine. A leader that was paused past an election and resumes may
-        decide on stale information (its heartbeat table stopped with it: every node looks
-        silent) before it hears of the new term; proposed then, the decision is forwarded to
-        the new leader and would commit. The entry's term is in the log, the same on every
-        member, so every member refuses alike. Pinned by tests/test_raft.py."""
+        """Apply one log entry.
+
+        An entry proposed by a member of another build (`node.build_identity`) stops this
+        member before it changes anything: the two builds may compute different states from it.
+        An entry this member applied already (a journal replayed after a restart) is skipped as
+        always, whoever proposed it, so the README's upgrade (every member applies the whole
+        log, then all restart on the new build) passes.
+
+        A batch fenced with the term its leader decided it in (the scheduling timers' node
+        conditions and sweeps) is applied only if that same leader appended it, i.e. the
+        entry's own term is that term; otherwise it is refused without reaching the state
+        machine. A leader that was paused past an election and resumes may decide on stale
+        information (its heartbeat table stopped with it: every node looks silent) before it
+        hears of the new term; proposed then, the decision is forwarded to the new leader and
+        would commit. The entry's term is in the log, the same on every member, so every member
+        refuses alike. Pinned by tests/test_raft.py."""
         index = self.raftLastApplied + 1  # pysyncobj applies entry raftLastApplied + 1 now
         started = time.monotonic()
         try:
-            envelopes, leader_term = decode_batch(batch)
+            decoded = decode_batch(batch)
+            if decoded.build != self.build and index > self._store.applied_index:
+                stop_member(self._other_build_message(index, decoded))
+            leader_term = decoded.leader_term
             entry_term = self._entry_term(index) if leader_term is not None else None
             if leader_term is not None and entry_term != leader_term:
-                outcomes = self._refuse_entry(index, len(envelopes), leader_term, entry_term)
+                outcomes = self._refuse_entry(index, len(decoded.envelopes), leader_term, entry_term)
             else:
-                outcomes = self._store.apply_entry(index, envelopes)
+                outcomes = self._store.apply_entry(index, decoded.envelopes)
         except BaseException as exc:
             stop_member(f"applying log entry {index} failed: {type(exc).__name__}: {exc}")
             raise  # unreachable: stop_member exits
@@ -769,6 +809,20 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             self.on_outcomes(outcomes)
         self._on_applied(index)
         return outcomes
+
+    def _other_build_message(self, index: int, decoded: DecodedBatch) -> str:
+        proposed_by = (
+            f"member {decoded.proposer} running build {decoded.build}"
+            if decoded.build is not None
+            else "a member of a build from before 2026-12-07, which did not name its build"
+        )
+        return (
+            f"log entry {index} was proposed by {proposed_by}, and this member runs build {self.build}: "
+            "two builds may compute different states from one entry, so this member applied nothing from it. "
+            "Every member must run the same build (README, Upgrading). To go on, run this member on the "
+            "build that proposed the entry: restart it on that build, or move its data directory aside "
+            "and start it on that build to copy the leader's state"
+        )
 
     def _entry_term(self, index: int) -> int:
         entries = self._SyncObj__getEntries(index, 1)

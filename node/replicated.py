@@ -144,6 +144,7 @@ class ReplicatedMember:
         )
         self.planner = Planner()
         self.heartbeats = HeartbeatTable()
+        self._peer_builds_reported: dict[str, str] = {}  # member id -> another build, logged (tick thread)
         self.timers = SchedulingTimers(
             self.planner,
             self.heartbeats,
@@ -260,14 +261,36 @@ class ReplicatedMember:
             self._loop.call_soon_threadsafe(self.planner.invalidate)
 
     def _keepalive_payload(self) -> dict[str, Any]:
-        """Tick thread: the node heartbeats heard here since the last keep-alive."""
+        """Tick thread: this member's id and build, and the node heartbeats heard here since
+        the last keep-alive."""
+        payload: dict[str, Any] = {"member": self.member_id, "build": self.raft.build}
         sightings = self.heartbeats.take_outbox()
-        return {"sightings": sightings} if sightings else {}
+        if sightings:
+            payload["sightings"] = sightings
+        return payload
 
     def _on_keepalive(self, message: dict[str, Any]) -> None:
         sightings = message.get("sightings")
         if isinstance(sightings, list):
             self.heartbeats.record_forwarded(sightings)
+        self._note_peer_build(message.get("member"), message.get("build"))
+
+    def _note_peer_build(self, member: Any, build: Any) -> None:
+        """Say once per peer and build when a peer runs another build: the first entry a member
+        of one build applies from a member of the other stops it (`AllotRaft.apply_batch`), and
+        this line, written before any entry passes, names the two."""
+        if not isinstance(build, str) or build == self.raft.build or member not in self.config.members:
+            return
+        if self._peer_builds_reported.get(member) == build:
+            return
+        self._peer_builds_reported[member] = build  # keyed by the cluster's member ids: bounded
+        log.error(
+            "member %s runs build %s, this member build %s: every member must run the same build "
+            "(README, Upgrading); a member stops at the first log entry of another build",
+            member,
+            build,
+            self.raft.build,
+        )
 
     def _notify_changed(self) -> None:
         """On the loop: wake everything waiting for the state to change."""
@@ -406,7 +429,8 @@ class ReplicatedMember:
         def on_result(result: Any, error: int) -> None:  # on the tick thread
             loop.call_soon_threadsafe(self._resolve, batch, result, error)
 
-        self.raft.apply_batch(encode_batch(envelopes, batch.leader_term), callback=on_result)
+        entry = encode_batch(envelopes, batch.leader_term, build=self.raft.build, proposer=self.member_id)
+        self.raft.apply_batch(entry, callback=on_result)
 
     def _release(self, batch: _Batch) -> None:
         if batch.released:
@@ -563,6 +587,7 @@ class ReplicatedMember:
             "commitsHeldForSync": self.raft.commits_held_for_sync,
             "acksHeldForSync": self.raft.acks_held_for_sync,
             "stateMachineBuild": "compiled" if build_state().compiled else "python",
+            "buildId": self.raft.build,  # every member must show the same (node/build_identity.py)
         }
         if include_digest:
             status["digestIndex"], status["digest"] = self._state_digest()

@@ -56,6 +56,7 @@ from client import (
     WatchEvent,
 )
 from client.aio import AsyncReadableResource, AsyncWatchStream
+from node.build_identity import build_id
 
 ACME = "acme/web"
 GLOBEX = "globex/prod"
@@ -341,6 +342,7 @@ def test_member_status(make: ClientMaker) -> None:
     for member_id, endpoint in zip(cluster.member_ids, endpoints_of(cluster), strict=True):
         status = client.status(endpoint)
         assert status.member_id == member_id and status.pid == cluster.members[member_id].pid
+        assert status.build_id == build_id()
     reports = client.cluster_status()
     assert [report.endpoint for report in reports] == endpoints_of(cluster)
     assert all(report.reachable and report.ready for report in reports)

@@ -49,6 +49,7 @@ from pysyncobj.syncobj import _COMMAND_TYPE, _RAFT_STATE
 
 import node.raft
 from chaos.cluster import free_ports, wait_until
+from node.build_identity import build_id
 from node.config import Timing
 from node.raft import AllotRaft, DumpWriter, encode_batch, raft_conf
 from node.store import LmdbStore
@@ -257,7 +258,7 @@ def batch(number: int) -> bytes:
         envelope = Envelope("pool.create", {"name": "edge", "spec": {"cidr": "10.0.0.0/16"}}, ADMIN, None, ts_ms)
     else:
         envelope = Envelope("claim.create", {"name": f"c-{number}", "spec": {"poolRef": "edge"}}, TENANT, None, ts_ms)
-    return encode_batch([encode_envelope(envelope)])
+    return encode_batch([encode_envelope(envelope)], build=build_id(), proposer="test")
 
 
 def record_ordering(directory: Path, *, ack_sync: bool = True) -> list[list[Event]]:
@@ -726,16 +727,19 @@ def test_a_leaders_decision_applies_only_in_the_term_it_was_made(tmp_path: Path)
         envelope = Envelope("pool.create", {"name": name, "spec": {"cidr": "10.0.0.0/16"}}, ADMIN, None, ts_ms)
         return encode_envelope(envelope)
 
+    def fenced(envelopes: list[bytes], leader_term: int) -> bytes:
+        return encode_batch(envelopes, leader_term, build=build_id(), proposer="test")
+
     with three_members(tmp_path) as members:
         leader = wait_until("a leader", lambda: leader_of(members), wait_s)
         follower = next(member for member in members if member is not leader)
         term = leader.raft.raftCurrentTerm
         proposals = Proposals(expected=3)
         # As if made by the follower when it led an earlier term: forwarded, appended in `term`.
-        follower.raft.apply_batch(encode_batch([pool("stale-forwarded")], term - 1), callback=proposals.callback())
+        follower.raft.apply_batch(fenced([pool("stale-forwarded")], term - 1), callback=proposals.callback())
         assert wait_until("the forwarded decision", lambda: len(proposals.results) == 1 or None, wait_s)
-        leader.raft.apply_batch(encode_batch([pool("stale-own")], term - 1), callback=proposals.callback())
-        leader.raft.apply_batch(encode_batch([pool("current")], term), callback=proposals.callback())
+        leader.raft.apply_batch(fenced([pool("stale-own")], term - 1), callback=proposals.callback())
+        leader.raft.apply_batch(fenced([pool("current")], term), callback=proposals.callback())
         assert proposals.done.wait(wait_s)
         assert all(error == FAIL_REASON.SUCCESS for _, error in proposals.results), proposals.results
         (refused_forwarded,), (refused_own,), (applied,) = (result for result, _ in proposals.results)

@@ -1,0 +1,122 @@
+"""Build ids (node/build_identity.py) and the log entry format that carries them (node/raft.py).
+
+The multi-process tests of what a member does with an entry of another build are in
+tests/test_build_gate.py."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import cbor2
+import pytest
+
+from client.cli import _mixed_builds
+from client.models import MemberReport, MemberStatus
+from node.build_identity import BUILD_ID_CHARS, PROJECT_ROOT, SOURCE_PACKAGES, build_id, compute_build_id
+from node.raft import DecodedBatch, decode_batch, encode_batch
+from node.replicated import ReplicatedMember
+
+
+def copy_sources(destination: Path) -> Path:
+    for package in (*SOURCE_PACKAGES, "client"):
+        shutil.copytree(PROJECT_ROOT / package, destination / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return destination
+
+
+def test_the_build_id_is_the_sources_hash(tmp_path: Path) -> None:
+    own = build_id()
+    assert len(own) == BUILD_ID_CHARS and int(own, 16) >= 0
+    assert compute_build_id(copy_sources(tmp_path / "same")) == own  # a copy of the same sources
+
+
+@pytest.mark.parametrize("edited", ["statemachine/machine.py", "node/store.py", "node/cli.py"])
+def test_any_change_to_the_server_sources_is_another_build(tmp_path: Path, edited: str) -> None:
+    root = copy_sources(tmp_path / "edited")
+    with (root / edited).open("a") as source:
+        source.write("# one more line\n")
+    assert compute_build_id(root) != build_id()
+
+
+def test_a_new_server_module_is_another_build(tmp_path: Path) -> None:
+    root = copy_sources(tmp_path / "added")
+    (root / "statemachine" / "extra.py").write_text("RULE = 1\n")
+    assert compute_build_id(root) != build_id()
+
+
+def test_the_client_library_is_not_part_of_the_build(tmp_path: Path) -> None:
+    """Clients never apply entries: a client-only change leaves a cluster one build."""
+    root = copy_sources(tmp_path / "client-only")
+    with (root / "client" / "cli.py").open("a") as source:
+        source.write("# one more line\n")
+    assert compute_build_id(root) == build_id()
+
+
+def test_an_entry_names_its_build_and_proposer() -> None:
+    envelopes = [b"\x01", b"\x02\x03"]
+    assert decode_batch(encode_batch(envelopes, build="b" * 16, proposer="m2")) == DecodedBatch(
+        envelopes, None, "b" * 16, "m2"
+    )
+    assert decode_batch(encode_batch(envelopes, 7, build="b" * 16, proposer="m1")) == DecodedBatch(
+        envelopes, 7, "b" * 16, "m1"
+    )
+
+
+def test_entries_of_earlier_builds_decode_without_a_build() -> None:
+    """Journals written before entries were stamped: a bare list, or a fenced map."""
+    assert decode_batch(cbor2.dumps([b"\x01"])) == DecodedBatch([b"\x01"], None, None, None)
+    fenced = cbor2.dumps({"leaderTerm": 3, "envelopes": [b"\x01"]})
+    assert decode_batch(fenced) == DecodedBatch([b"\x01"], 3, None, None)
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        ({"build": "b", "envelopes": [b"\x01"]}, "a batch map holds build, proposer, envelopes and leaderTerm"),
+        ({"build": 5, "proposer": "m1", "envelopes": [b"\x01"]}, "build and proposer are strings"),
+        ({"build": "b", "proposer": "m1", "envelopes": [b"\x01"], "leaderTerm": -1}, "non-negative"),
+        ({"build": "b", "proposer": "m1", "envelopes": ["text"]}, "envelope byte strings"),
+        ({"build": "b", "proposer": "m1", "envelopes": [b"\x01"], "extra": 1}, "not ['build', 'envelopes'"),
+    ],
+)
+def test_a_malformed_entry_is_refused(batch: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        decode_batch(cbor2.dumps(batch))
+
+
+def test_allot_status_warns_when_members_run_different_builds() -> None:
+    def report(member_id: str, build: str | None) -> MemberReport:
+        raw = {"memberId": member_id, "members": ["m1", "m2", "m3"]}
+        if build is not None:
+            raw["buildId"] = build
+        return MemberReport(f"http://{member_id}", MemberStatus.parse(raw), True, None)
+
+    same = [report("m1", "a" * 16), report("m2", "a" * 16), report("m3", None)]  # m3: a build before buildId
+    assert _mixed_builds(same) is None
+    mixed = _mixed_builds(
+        [report("m1", "a" * 16), report("m2", "b" * 16), MemberReport("http://m3", None, None, "down")]
+    )
+    assert mixed is not None
+    assert f"m1 runs {'a' * 16}, m2 runs {'b' * 16}" in mixed and "README, Upgrading" in mixed
+
+
+def test_a_peer_of_another_build_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Keep-alives carry each member's build (`ReplicatedMember._note_peer_build`): a member
+    names a peer of another build in its log before any entry of that build reaches it."""
+    member = SimpleNamespace(
+        raft=SimpleNamespace(build="a" * 16),
+        config=SimpleNamespace(members={"m1": "127.0.0.1:1", "m2": "127.0.0.1:2"}),
+        _peer_builds_reported={},
+    )
+    with caplog.at_level(logging.ERROR, logger="allot.member"):
+        for _ in range(3):
+            ReplicatedMember._note_peer_build(member, "m2", "b" * 16)  # type: ignore[arg-type]
+        ReplicatedMember._note_peer_build(member, "m1", "a" * 16)  # type: ignore[arg-type]  # the same build
+        ReplicatedMember._note_peer_build(member, "m9", "c" * 16)  # type: ignore[arg-type]  # not a member
+        ReplicatedMember._note_peer_build(member, "m2", "d" * 16)  # type: ignore[arg-type]  # m2 again, rebuilt
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith(f"member m2 runs build {'b' * 16}, this member build {'a' * 16}")
+    assert messages[1].startswith(f"member m2 runs build {'d' * 16}")
