@@ -2,7 +2,11 @@
 
 The first start generates a cluster secret and a token file (an admin and two demo tenants in
 different orgs) under the data directory, owner-only. Later starts reuse them and the members'
-data. Ctrl-C stops all three members (SIGTERM, then SIGKILL after a grace period).
+data. Ctrl-C stops all three members (SIGTERM, then SIGKILL after a grace period), after
+waiting up to `settle_timeout_s` until every member has applied the whole committed log: a
+follower stopped a moment after the leader committed an entry may not have heard of the commit,
+and would apply that entry after the restart, with whatever build it then runs (a member stops
+rather than apply an entry of another build: node/build_identity.py).
 
 A member killed by a signal (`kill -9` or `kill` of the leader, to watch a failover) is
 restarted on its own data a second later while the other two keep serving, at most
@@ -37,6 +41,7 @@ from node.tokens import TokenFileError, generate_token_file, parse_token_file
 members_count = 3
 start_timeout_s = 60.0
 stop_grace_s = 10.0
+settle_timeout_s = 3.0  # at Ctrl-C: waiting for every member to apply the committed log
 poll_interval_s = 0.1
 restart_delay_s = 1.0  # a killed member restarts after this: its failover is seen first
 restarts_max = 5  # restarts of one member within restart_window_s; one more stops the cluster
@@ -109,6 +114,35 @@ def fetch_status(http_address: str, token: str, timeout_s: float = 1.0) -> dict[
             return status
     except (urllib.error.URLError, OSError, ValueError):
         return None
+
+
+def settled(statuses: list[dict[str, Any] | None]) -> bool:
+    """Every member answered, and each has applied the whole log its leader committed: the
+    same applied index everywhere, equal to every member's commit index."""
+    indexes: set[Any] = set()
+    for status in statuses:
+        if status is None:
+            return False
+        indexes.update((status.get("appliedIndex"), status.get("commitIndex")))
+    return len(indexes) == 1 and None not in indexes
+
+
+def settle(members: list[PlannedMember], processes: list[subprocess.Popen[bytes]], admin_token: str) -> None:
+    """Wait, up to `settle_timeout_s`, until the running members have `settled`; say so if not."""
+    running = [member for member, process in zip(members, processes, strict=True) if process.poll() is None]
+    deadline = time.monotonic() + settle_timeout_s
+    while True:
+        statuses = [fetch_status(member.http_address, admin_token, timeout_s=0.5) for member in running]
+        if settled(statuses):
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(poll_interval_s)
+    applied = ", ".join(
+        f"{member.member_id} {'no answer' if status is None else status.get('appliedIndex')}"
+        for member, status in zip(running, statuses, strict=True)
+    )
+    print(f"allot up: the members had not all applied the same log after {settle_timeout_s:.0f} s ({applied})")
 
 
 def port_in_use(address: str) -> bool:
@@ -250,6 +284,7 @@ def up(
                     print(f"allot up: member {member.member_id} restarted on its data (pid {pid})", flush=True)
             time.sleep(0.2)
         print("\nallot up: stopping the cluster ...", flush=True)
+        settle(members, processes, admin_token)
         return 0
     finally:
         stop_all(processes)

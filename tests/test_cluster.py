@@ -48,7 +48,7 @@ from chaos.cluster import (
     write_secret,
 )
 from node import accelerate, config
-from node.cluster import PlannedMember, Supervisor, member_command, plan
+from node.cluster import PlannedMember, Supervisor, member_command, plan, settled
 from node.tokens import generate_token_file
 from tests.harness import member_pids_using
 
@@ -1043,9 +1043,22 @@ def test_allot_up_smoke(tmp_path: Path) -> None:
         os.kill(up.process.pid, signal.SIGHUP)  # the terminal closed: stop like Ctrl-C
         code = up.process.wait(timeout=30.0)
         assert code == 0, f"allot up exited with {code}:\n" + up.text
+        assert "had not all applied the same log" not in up.text, "the members settled before they were stopped"
         wait_until("the members of allot up to exit", lambda: not member_pids_using(up.directory) or None, 10.0)
     finally:
         up.close()
+
+
+def test_allot_up_stops_members_once_each_has_applied_the_committed_log() -> None:
+    def status(applied: int, commit: int) -> dict[str, Any]:
+        return {"appliedIndex": applied, "commitIndex": commit}
+
+    assert settled([status(9, 9), status(9, 9), status(9, 9)])
+    assert settled([status(9, 9), status(9, 9)])  # the third member is down: not waited for
+    assert not settled([status(9, 9), status(8, 8), status(9, 9)])  # one behind
+    assert not settled([status(9, 9), status(8, 9), status(9, 9)])  # committed, not applied yet
+    assert not settled([status(9, 9), None, status(9, 9)])  # a member that does not answer
+    assert not settled([{"appliedIndex": 9}])
 
 
 def test_members_of_a_killed_allot_up_stop_by_themselves(tmp_path: Path) -> None:
