@@ -1413,11 +1413,12 @@ def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 def _mixed_builds(reports: Sequence[MemberReport]) -> str | None:
-    """A warning when the members that answered run more than one build, else None."""
+    """A warning when the members that answered run more than one build, else None. A member
+    that shows no build id runs a build from before build ids, which differs from any that does."""
     builds = {
-        report.status.member_id: report.status.build_id
+        report.status.member_id: report.status.build_id or "a build from before build ids"
         for report in reports
-        if report.status is not None and report.status.build_id is not None
+        if report.status is not None
     }
     if len(set(builds.values())) <= 1:
         return None

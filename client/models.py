@@ -1069,6 +1069,7 @@ class MemberStatus:
     pid: int | None = None  # the member's process, on its machine
     # Which build the member runs: every member of a cluster must show the same (README, Upgrading).
     build_id: str | None = None
+    last_log_index: int | None = None  # above commit_index: entries appended, not committed yet
 
     @classmethod
     def parse(cls, raw: Any) -> MemberStatus:
@@ -1092,6 +1093,7 @@ class MemberStatus:
             raw=source,
             pid=_int(source, "pid"),
             build_id=_str(source, "buildId"),
+            last_log_index=_int(source, "lastLogIndex"),
         )
 
 

@@ -40,11 +40,21 @@ def compute_build_id(root: Path = PROJECT_ROOT) -> str:
     for library in LIBRARIES:
         digest.update(f"{library} {importlib.metadata.version(library)}\0".encode())
     for package in SOURCE_PACKAGES:
-        for source in sorted((root / package).glob("*.py")):
+        for source in package_modules(root / package):
             content = source.read_bytes()
             digest.update(f"{package}/{source.name}\0{len(content)}\0".encode())
             digest.update(content)
     return digest.hexdigest()[:BUILD_ID_CHARS]
+
+
+def package_modules(directory: Path) -> list[Path]:
+    """The package's modules in name order: regular files named *.py, not hidden ones (an
+    editor's lock file `.#raft.py` is a dangling link). A package without modules is an error:
+    hashing nothing would give every broken install one id."""
+    modules = sorted(path for path in directory.glob("*.py") if not path.name.startswith(".") and path.is_file())
+    if not modules:
+        raise RuntimeError(f"no Python modules in {directory}: the server's sources are not installed there")
+    return modules
 
 
 @functools.cache

@@ -30,6 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,32 +118,47 @@ def fetch_status(http_address: str, token: str, timeout_s: float = 1.0) -> dict[
 
 
 def settled(statuses: list[dict[str, Any] | None]) -> bool:
-    """Every member answered, and each has applied the whole log its leader committed: the
-    same applied index everywhere, equal to every member's commit index."""
+    """Every member answered, and each has applied its whole log, all of it committed: the
+    same applied index everywhere, equal to every member's commit and last log index. (An
+    entry appended but not committed would be committed after a restart, and applied then.)"""
     indexes: set[Any] = set()
     for status in statuses:
         if status is None:
             return False
-        indexes.update((status.get("appliedIndex"), status.get("commitIndex")))
+        indexes.update((status.get("appliedIndex"), status.get("commitIndex"), status.get("lastLogIndex")))
     return len(indexes) == 1 and None not in indexes
 
 
-def settle(members: list[PlannedMember], processes: list[subprocess.Popen[bytes]], admin_token: str) -> None:
-    """Wait, up to `settle_timeout_s`, until the running members have `settled`; say so if not."""
+def settle(
+    members: list[PlannedMember],
+    processes: list[subprocess.Popen[bytes]],
+    admin_token: str,
+    give_up: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Wait, up to `settle_timeout_s` in all, until the running members have `settled`, or
+    until `give_up()` (a second Ctrl-C). True when they settled; otherwise says why not."""
     running = [member for member, process in zip(members, processes, strict=True) if process.poll() is None]
+    down = [member.member_id for member in members if member not in running]
     deadline = time.monotonic() + settle_timeout_s
-    while True:
-        statuses = [fetch_status(member.http_address, admin_token, timeout_s=0.5) for member in running]
+    statuses: list[dict[str, Any] | None] = []
+    while running:
+        statuses = []
+        for member in running:
+            left_s = deadline - time.monotonic()
+            statuses.append(fetch_status(member.http_address, admin_token, timeout_s=max(0.05, min(0.5, left_s))))
         if settled(statuses):
-            return
-        if time.monotonic() >= deadline:
+            if down:
+                print(f"allot up: {', '.join(down)} not running: it applies the rest of the log when it starts")
+            return not down
+        if time.monotonic() >= deadline or give_up():
             break
         time.sleep(poll_interval_s)
-    applied = ", ".join(
+    shown = [
         f"{member.member_id} {'no answer' if status is None else status.get('appliedIndex')}"
-        for member, status in zip(running, statuses, strict=True)
-    )
-    print(f"allot up: the members had not all applied the same log after {settle_timeout_s:.0f} s ({applied})")
+        for member, status in zip(running, statuses, strict=False)
+    ] + [f"{member_id} not running" for member_id in down]
+    print(f"allot up: stopping before every member applied the whole log (applied: {', '.join(shown)})")
+    return False
 
 
 def port_in_use(address: str) -> bool:
@@ -242,10 +258,12 @@ def up(
     admin_token = next(entry["token"] for entry in document["tokens"] if entry.get("role") == "admin")
     processes: list[subprocess.Popen[bytes]] = []
     interrupted = False
+    signals = 0  # a second Ctrl-C stops the members without waiting for them to settle
 
     def on_signal(_signum: int, _frame: Any) -> None:
-        nonlocal interrupted
+        nonlocal interrupted, signals
         interrupted = True
+        signals += 1
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal was closed
     previous = {signum: signal.signal(signum, on_signal) for signum in handled}
@@ -284,7 +302,7 @@ def up(
                     print(f"allot up: member {member.member_id} restarted on its data (pid {pid})", flush=True)
             time.sleep(0.2)
         print("\nallot up: stopping the cluster ...", flush=True)
-        settle(members, processes, admin_token)
+        settle(members, processes, admin_token, lambda: signals > 1)
         return 0
     finally:
         stop_all(processes)

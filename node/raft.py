@@ -17,8 +17,9 @@ wrapping the one object it concerns; none of its source is copied):
   handling messages. Term and vote (`journal.meta`) are fsynced, with their directory, before
   any message that reflects them can be sent. A failed fdatasync stops the member (after one,
   a retry can report success for data the kernel dropped).
-* **One replicated method, taking bytes**: `apply_batch(batch)`, a CBOR list of envelopes,
-  applied by `LmdbStore.apply_entry(index, envelopes)` in one LMDB transaction. It never raises:
+* **One replicated method, taking bytes**: `apply_batch(batch)`, a CBOR map of the envelopes
+  and the proposer's build and member id (`encode_batch`), applied by
+  `LmdbStore.apply_entry(index, envelopes)` in one LMDB transaction. It never raises:
   a broken invariant (or any failure to apply) stops the member process on purpose, because
   pysyncobj would retry the entry every tick forever and wedge.
 * **Full dumps are LMDB snapshots made off the tick thread.** The tick thread only pins a read
@@ -406,7 +407,10 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self.allot_transport: SyncedTransport | None = None
         self._store = store
         self._on_applied = on_applied
-        self.build = build_id()  # applies only entries proposed by members of this build
+        self.build_id = build_id()  # applies only entries proposed by members of this build
+        # Set when a replayed journal held entries of another build, applied before (an
+        # upgrade): the first entry of this build then asks for a dump (apply_batch).
+        self._other_build_replayed = False
         # Journal durability, by generation: every journal change bumps `_journal_generation`
         # (after it is written, on the tick thread); a finished fdatasync records the generation
         # it covered in `_synced_generation`. `_unsynced_entries` holds (index, generation) of
@@ -791,8 +795,17 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         started = time.monotonic()
         try:
             decoded = decode_batch(batch)
-            if decoded.build != self.build and index > self._store.applied_index:
-                stop_member(self._other_build_message(index, decoded))
+            if decoded.build != self.build_id:
+                if index > self._store.applied_index:
+                    stop_member(self._other_build_message(index, decoded))
+                self._other_build_replayed = True
+            elif self._other_build_replayed:
+                # A dump now (the usual one waits for 5,000 entries or 10 minutes), so that
+                # rebuilding this member's store (after a power loss) or a wiped member copying
+                # from this one never needs the other build's entries again: applied by this
+                # build, they would stop it.
+                self._other_build_replayed = False
+                self.forceLogCompaction()
             leader_term = decoded.leader_term
             entry_term = self._entry_term(index) if leader_term is not None else None
             if leader_term is not None and entry_term != leader_term:
@@ -810,6 +823,10 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self._on_applied(index)
         return outcomes
 
+    def last_log_index(self) -> int:
+        """Tick thread: the index of the last entry in this member's log, committed or not."""
+        return int(self._SyncObj__getCurrentLogIndex())
+
     def _other_build_message(self, index: int, decoded: DecodedBatch) -> str:
         proposed_by = (
             f"member {decoded.proposer} running build {decoded.build}"
@@ -817,7 +834,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             else "a member of a build from before 2026-12-07, which did not name its build"
         )
         return (
-            f"log entry {index} was proposed by {proposed_by}, and this member runs build {self.build}: "
+            f"log entry {index} was proposed by {proposed_by}, and this member runs build {self.build_id}: "
             "two builds may compute different states from one entry, so this member applied nothing from it. "
             "Every member must run the same build (README, Upgrading). To go on, run this member on the "
             "build that proposed the entry: restart it on that build, or move its data directory aside "

@@ -94,6 +94,7 @@ class RaftSnapshot:
     leader: str | None = None
     term: int = 0
     commit_index: int = 0
+    last_log_index: int = 0  # the last entry in this member's log, committed or not
     leader_commit_index: int = 0
     last_applied: int = 0
     has_quorum: bool = False
@@ -206,6 +207,7 @@ class ReplicatedMember:
             leader=self.config.member_of_address(leader.address) if leader is not None else None,
             term=int(status["raft_term"]),
             commit_index=int(status["commit_idx"]),
+            last_log_index=self.raft.last_log_index(),
             leader_commit_index=int(status["leader_commit_idx"] or 0),
             last_applied=int(status["last_applied"]),
             has_quorum=bool(status["has_quorum"]),
@@ -263,7 +265,7 @@ class ReplicatedMember:
     def _keepalive_payload(self) -> dict[str, Any]:
         """Tick thread: this member's id and build, and the node heartbeats heard here since
         the last keep-alive."""
-        payload: dict[str, Any] = {"member": self.member_id, "build": self.raft.build}
+        payload: dict[str, Any] = {"member": self.member_id, "build": self.raft.build_id}
         sightings = self.heartbeats.take_outbox()
         if sightings:
             payload["sightings"] = sightings
@@ -279,7 +281,7 @@ class ReplicatedMember:
         """Say once per peer and build when a peer runs another build: the first entry a member
         of one build applies from a member of the other stops it (`AllotRaft.apply_batch`), and
         this line, written before any entry passes, names the two."""
-        if not isinstance(build, str) or build == self.raft.build or member not in self.config.members:
+        if not isinstance(build, str) or build == self.raft.build_id or member not in self.config.members:
             return
         if self._peer_builds_reported.get(member) == build:
             return
@@ -289,7 +291,7 @@ class ReplicatedMember:
             "(README, Upgrading); a member stops at the first log entry of another build",
             member,
             build,
-            self.raft.build,
+            self.raft.build_id,
         )
 
     def _notify_changed(self) -> None:
@@ -429,7 +431,7 @@ class ReplicatedMember:
         def on_result(result: Any, error: int) -> None:  # on the tick thread
             loop.call_soon_threadsafe(self._resolve, batch, result, error)
 
-        entry = encode_batch(envelopes, batch.leader_term, build=self.raft.build, proposer=self.member_id)
+        entry = encode_batch(envelopes, batch.leader_term, build=self.raft.build_id, proposer=self.member_id)
         self.raft.apply_batch(entry, callback=on_result)
 
     def _release(self, batch: _Batch) -> None:
@@ -570,6 +572,7 @@ class ReplicatedMember:
             "leader": view.leader,
             "term": view.term,
             "commitIndex": view.commit_index,
+            "lastLogIndex": view.last_log_index,  # above commitIndex: entries not committed yet
             "appliedIndex": self.store.applied_index,
             "revision": revision,
             "snapshotIndex": self.dump_writer.last_dump_index,
@@ -587,7 +590,7 @@ class ReplicatedMember:
             "commitsHeldForSync": self.raft.commits_held_for_sync,
             "acksHeldForSync": self.raft.acks_held_for_sync,
             "stateMachineBuild": "compiled" if build_state().compiled else "python",
-            "buildId": self.raft.build,  # every member must show the same (node/build_identity.py)
+            "buildId": self.raft.build_id,  # every member must show the same (node/build_identity.py)
         }
         if include_digest:
             status["digestIndex"], status["digest"] = self._state_digest()

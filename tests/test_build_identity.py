@@ -93,8 +93,10 @@ def test_allot_status_warns_when_members_run_different_builds() -> None:
             raw["buildId"] = build
         return MemberReport(f"http://{member_id}", MemberStatus.parse(raw), True, None)
 
-    same = [report("m1", "a" * 16), report("m2", "a" * 16), report("m3", None)]  # m3: a build before buildId
-    assert _mixed_builds(same) is None
+    assert _mixed_builds([report("m1", "a" * 16), report("m2", "a" * 16)]) is None
+    assert _mixed_builds([report("m1", None), report("m2", None)]) is None  # all from before build ids
+    earlier = _mixed_builds([report("m1", "a" * 16), report("m2", None)])
+    assert earlier is not None and "m2 runs a build from before build ids" in earlier
     mixed = _mixed_builds(
         [report("m1", "a" * 16), report("m2", "b" * 16), MemberReport("http://m3", None, None, "down")]
     )
@@ -106,7 +108,7 @@ def test_a_peer_of_another_build_is_logged_once(caplog: pytest.LogCaptureFixture
     """Keep-alives carry each member's build (`ReplicatedMember._note_peer_build`): a member
     names a peer of another build in its log before any entry of that build reaches it."""
     member = SimpleNamespace(
-        raft=SimpleNamespace(build="a" * 16),
+        raft=SimpleNamespace(build_id="a" * 16),
         config=SimpleNamespace(members={"m1": "127.0.0.1:1", "m2": "127.0.0.1:2"}),
         _peer_builds_reported={},
     )
@@ -120,3 +122,17 @@ def test_a_peer_of_another_build_is_logged_once(caplog: pytest.LogCaptureFixture
     assert len(messages) == 2, messages
     assert messages[0].startswith(f"member m2 runs build {'b' * 16}, this member build {'a' * 16}")
     assert messages[1].startswith(f"member m2 runs build {'d' * 16}")
+
+
+def test_hidden_files_are_not_modules(tmp_path: Path) -> None:
+    """An editor's lock file (`.#raft.py`, a dangling link) neither breaks nor changes the id."""
+    root = copy_sources(tmp_path / "editing")
+    (root / "node" / ".#raft.py").symlink_to(tmp_path / "no-such-file")
+    assert compute_build_id(root) == build_id()
+
+
+def test_missing_server_sources_are_an_error(tmp_path: Path) -> None:
+    root = copy_sources(tmp_path / "broken")
+    shutil.rmtree(root / "statemachine")
+    with pytest.raises(RuntimeError, match=r"no Python modules in .*statemachine"):
+        compute_build_id(root)

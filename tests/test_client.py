@@ -343,6 +343,8 @@ def test_member_status(make: ClientMaker) -> None:
         status = client.status(endpoint)
         assert status.member_id == member_id and status.pid == cluster.members[member_id].pid
         assert status.build_id == build_id()
+        assert status.last_log_index is not None and status.commit_index is not None
+        assert status.last_log_index >= status.commit_index
     reports = client.cluster_status()
     assert [report.endpoint for report in reports] == endpoints_of(cluster)
     assert all(report.reachable and report.ready for report in reports)

@@ -48,6 +48,7 @@ from chaos.cluster import (
     write_secret,
 )
 from node import accelerate, config
+from node import cluster as node_cluster
 from node.cluster import PlannedMember, Supervisor, member_command, plan, settled
 from node.tokens import generate_token_file
 from tests.harness import member_pids_using
@@ -1043,22 +1044,64 @@ def test_allot_up_smoke(tmp_path: Path) -> None:
         os.kill(up.process.pid, signal.SIGHUP)  # the terminal closed: stop like Ctrl-C
         code = up.process.wait(timeout=30.0)
         assert code == 0, f"allot up exited with {code}:\n" + up.text
-        assert "had not all applied the same log" not in up.text, "the members settled before they were stopped"
+        assert "stopping before every member applied" not in up.text, "the members settled before they were stopped"
         wait_until("the members of allot up to exit", lambda: not member_pids_using(up.directory) or None, 10.0)
     finally:
         up.close()
 
 
 def test_allot_up_stops_members_once_each_has_applied_the_committed_log() -> None:
-    def status(applied: int, commit: int) -> dict[str, Any]:
-        return {"appliedIndex": applied, "commitIndex": commit}
+    def status(applied: int, commit: int, last: int | None = None) -> dict[str, Any]:
+        return {"appliedIndex": applied, "commitIndex": commit, "lastLogIndex": commit if last is None else last}
 
     assert settled([status(9, 9), status(9, 9), status(9, 9)])
     assert settled([status(9, 9), status(9, 9)])  # the third member is down: not waited for
     assert not settled([status(9, 9), status(8, 8), status(9, 9)])  # one behind
     assert not settled([status(9, 9), status(8, 9), status(9, 9)])  # committed, not applied yet
+    assert not settled([status(9, 9, 10), status(9, 9, 10), status(9, 9, 10)])  # appended, not committed
     assert not settled([status(9, 9), None, status(9, 9)])  # a member that does not answer
-    assert not settled([{"appliedIndex": 9}])
+    assert not settled([{"appliedIndex": 9, "commitIndex": 9}])  # a build without lastLogIndex
+
+
+def test_allot_up_waits_for_the_members_to_settle_with_a_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`settle` polls every running member until they agree; it gives up at its deadline, or at
+    a second Ctrl-C, and says which members were behind or down."""
+    members = plan(tmp_path, 41000, 41100)
+    running = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in members]
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait(timeout=30.0)
+    try:
+        polls: list[str] = []
+
+        def status_after_polls(http_address: str, _token: str, timeout_s: float) -> dict[str, Any]:
+            assert 0 < timeout_s <= 0.5
+            polls.append(http_address)
+            applied = 7 if len(polls) <= 2 * len(members) else 9  # the third round finds them settled
+            return {"appliedIndex": applied, "commitIndex": 9, "lastLogIndex": 9}
+
+        monkeypatch.setattr("node.cluster.fetch_status", status_after_polls)
+        assert node_cluster.settle(members, running, "token")
+        assert len(polls) == 3 * len(members)
+        assert capsys.readouterr().out == ""
+
+        monkeypatch.setattr("node.cluster.settle_timeout_s", 0.3)
+        monkeypatch.setattr("node.cluster.fetch_status", lambda *_args, **_kw: {"appliedIndex": 8, "commitIndex": 9})
+        started = time.monotonic()
+        assert not node_cluster.settle(members, [running[0], running[1], exited], "token")
+        assert time.monotonic() - started < 5.0
+        said = capsys.readouterr().out
+        assert "stopping before every member applied the whole log (applied: m1 8, m2 8, m3 not running)" in said
+
+        monkeypatch.setattr("node.cluster.settle_timeout_s", 60.0)
+        started = time.monotonic()
+        assert not node_cluster.settle(members, running, "token", give_up=lambda: True)  # a second Ctrl-C
+        assert time.monotonic() - started < 5.0
+    finally:
+        for process in running:
+            process.kill()
+            process.wait(timeout=30.0)
 
 
 def test_members_of_a_killed_allot_up_stop_by_themselves(tmp_path: Path) -> None:
