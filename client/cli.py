@@ -1424,8 +1424,8 @@ def _mixed_builds(reports: Sequence[MemberReport]) -> str | None:
         return None
     named = ", ".join(f"{member} runs {build}" for member, build in sorted(builds.items()))
     return (
-        f"the members run different builds ({named}): a member stops at the first log entry proposed "
-        "by a member of another build; run one build on every member (README, Upgrading)"
+        f"the members run different builds ({named}): they take no writes, and a member stops at the first "
+        "log entry proposed by a member of another build; run one build on every member (README, Upgrading)"
     )
 
 
@@ -1449,9 +1449,9 @@ def run_status(client: Client, out: Output) -> int:
         for report in reports:
             if report.error is not None:
                 out.console.print(Text(f"{report.endpoint}: {report.error}", style="red"), soft_wrap=True)
-        mixed = _mixed_builds(reports)
-        if mixed is not None:
-            out.console.print(Text(mixed, style="bold red"), soft_wrap=True)
+    mixed = _mixed_builds(reports)
+    if mixed is not None and out.mode != "json":
+        out.console.print(Text(mixed, style="bold red"), soft_wrap=True)
     leaders = {report.status.leader for report in reports if report.status is not None and report.status.leader}
     if not any(report.reachable for report in reports):
         if out.mode != "json":
@@ -1461,7 +1461,7 @@ def run_status(client: Client, out: Output) -> int:
         if out.mode != "json":
             out.console.print(Text("no leader: the cluster cannot accept writes now", style="bold red"))
         return EXIT_UNAVAILABLE
-    return EXIT_OK
+    return EXIT_UNAVAILABLE if mixed is not None else EXIT_OK  # mixed builds take no writes
 
 
 def _event_line(event: WatchEvent) -> str:

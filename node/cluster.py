@@ -3,9 +3,9 @@
 The first start generates a cluster secret and a token file (an admin and two demo tenants in
 different orgs) under the data directory, owner-only. Later starts reuse them and the members'
 data. Ctrl-C stops all three members (SIGTERM, then SIGKILL after a grace period), after
-waiting up to `settle_timeout_s` until every member has applied the whole committed log: a
-follower stopped a moment after the leader committed an entry may not have heard of the commit,
-and would apply that entry after the restart, with whatever build it then runs (a member stops
+quiescing them (SIGUSR1: they propose nothing more) and waiting up to `settle_timeout_s` until
+every member has applied its whole log, all of it committed: an entry in flight at the stop
+would be applied after the restart, with whatever build the members then run (a member stops
 rather than apply an entry of another build: node/build_identity.py).
 
 A member killed by a signal (`kill -9` or `kill` of the leader, to watch a failover) is
@@ -37,6 +37,7 @@ from typing import Any
 
 from node.accelerate import build_state
 from node.config import PARENT_ENV
+from node.raft import EXIT_INVARIANT
 from node.tokens import TokenFileError, generate_token_file, parse_token_file
 
 members_count = 3
@@ -127,6 +128,15 @@ def settled(statuses: list[dict[str, Any] | None]) -> bool:
             return False
         indexes.update((status.get("appliedIndex"), status.get("commitIndex"), status.get("lastLogIndex")))
     return len(indexes) == 1 and None not in indexes
+
+
+def quiesce_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGUSR1 to every running member: it proposes nothing more (ReplicatedMember.quiesce), so
+    the log stops growing and `settle` can see every member reach its end."""
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGUSR1)
 
 
 def settle(
@@ -302,6 +312,7 @@ def up(
                     print(f"allot up: member {member.member_id} restarted on its data (pid {pid})", flush=True)
             time.sleep(0.2)
         print("\nallot up: stopping the cluster ...", flush=True)
+        quiesce_all(processes)
         settle(members, processes, admin_token, lambda: signals > 1)
         return 0
     finally:
@@ -374,9 +385,11 @@ def wait_for_leader(
     deadline = time.monotonic() + start_timeout_s
     while time.monotonic() < deadline and not interrupted():
         for member, process in zip(members, processes, strict=True):
-            if process.poll() is not None:
+            code = process.poll()
+            if code is not None:
                 log = (member.data_dir / "member.log").read_text(errors="replace").strip().splitlines()[-5:]
-                print(f"allot up: member {member.member_id} failed to start:", *log, sep="\n  ", file=sys.stderr)
+                what = "stopped itself (exit 70)" if code == EXIT_INVARIANT else "failed to start"
+                print(f"allot up: member {member.member_id} {what}:", *log, sep="\n  ", file=sys.stderr)
                 return None
         statuses = [fetch_status(member.http_address, admin_token) for member in members]
         leaders = {status["leader"] for status in statuses if status is not None and status.get("leader")}

@@ -47,6 +47,15 @@ class OverloadedError(MemberError):
         self.retry_after_s = retry_after_s
 
 
+class WritesPausedError(MemberError):
+    """This member proposes nothing now (it is stopping, or its cluster runs mixed builds):
+    nothing was proposed; stale reads still answer."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class OutcomeUnknownError(MemberError):
     """The deadline passed after the proposal left this member: it may or may not apply.
 

@@ -46,7 +46,7 @@ from pysyncobj.syncobj import _RAFT_STATE
 
 from node.accelerate import build_state
 from node.config import MemberConfig
-from node.member import NoLeaderError, OutcomeUnknownError, OverloadedError
+from node.member import NoLeaderError, OutcomeUnknownError, OverloadedError, WritesPausedError
 from node.raft import AllotRaft, DumpWriter, batch_envelopes_max, encode_batch, raft_conf, repair_journal
 from node.scheduling import HeartbeatTable, Planner, PodPlan, SchedulingTimers
 from node.store import open_replica_store
@@ -68,6 +68,7 @@ inflight_batches_max = 1
 inflight_timeout_s = 1.0  # a proposal whose answer was lost (a forward to a dead leader) frees
 # its slot after this, or at once when the leader changes; its requests still wait for their own
 # answer or deadline
+peer_build_fresh_s = 1.0  # a peer's build counts for this long after its keep-alive (sent every 0.1 s)
 digest_interval_s = 1.0  # the state digest in /v1/status is recomputed at most this often
 
 _ROLES = {_RAFT_STATE.LEADER: "leader", _RAFT_STATE.FOLLOWER: "follower", _RAFT_STATE.CANDIDATE: "candidate"}
@@ -146,6 +147,10 @@ class ReplicatedMember:
         self.planner = Planner()
         self.heartbeats = HeartbeatTable()
         self._peer_builds_reported: dict[str, str] = {}  # member id -> another build, logged (tick thread)
+        # member id -> (its build, time.monotonic() when its keep-alive said so); written on the
+        # tick thread, read (a copy) by the loop's proposals. Bounded by the member ids.
+        self._peer_builds: dict[str, tuple[str, float]] = {}
+        self._quiesced = False  # set by quiesce(): this member proposes nothing more
         self.timers = SchedulingTimers(
             self.planner,
             self.heartbeats,
@@ -278,10 +283,15 @@ class ReplicatedMember:
         self._note_peer_build(message.get("member"), message.get("build"))
 
     def _note_peer_build(self, member: Any, build: Any) -> None:
-        """Say once per peer and build when a peer runs another build: the first entry a member
-        of one build applies from a member of the other stops it (`AllotRaft.apply_batch`), and
-        this line, written before any entry passes, names the two."""
-        if not isinstance(build, str) or build == self.raft.build_id or member not in self.config.members:
+        """Remember the peer's build (`other_builds`), and say once per peer and build when it
+        runs another build: the first entry a member of one build applies from a member of the
+        other stops it (`AllotRaft.apply_batch`), and this line, written before any entry
+        passes, names the two."""
+        if not isinstance(build, str) or member not in self.config.members:
+            return
+        self._peer_builds[member] = (build, time.monotonic())
+        if build == self.raft.build_id:
+            self._peer_builds_reported.pop(member, None)  # back on this build: say it again if it leaves
             return
         if self._peer_builds_reported.get(member) == build:
             return
@@ -303,7 +313,40 @@ class ReplicatedMember:
 
     # ---- proposals -------------------------------------------------------------------------
 
+    def other_builds(self) -> dict[str, str]:
+        """The peers whose keep-alive of the last `peer_build_fresh_s` named another build."""
+        now = time.monotonic()
+        own = self.raft.build_id
+        return {
+            member: build
+            for member, (build, heard_at) in list(self._peer_builds.items())
+            if build != own and now - heard_at <= peer_build_fresh_s
+        }
+
+    def quiesce(self) -> None:
+        """Propose nothing more: writes, linearizable reads and the leader's own decisions are
+        refused from now on (`WritesPausedError`), so that a cluster being stopped (for an
+        upgrade) can settle on one log: every member's last entry committed and applied. For
+        this process only; a restart proposes again."""
+        if not self._quiesced:
+            self._quiesced = True
+            log.info("member %s quiesced: it proposes nothing more until it restarts", self.member_id)
+
     def _enqueue_check(self) -> None:
+        if self._quiesced:
+            raise WritesPausedError(
+                f"member {self.member_id} is stopping (quiesced): it proposes nothing more; "
+                "reads with consistency=stale still answer"
+            )
+        other = self.other_builds()
+        if other:
+            # Every member of one build would stop at an entry this member proposed, or this
+            # member at theirs: propose nothing until one build is left (README, Upgrading).
+            named = ", ".join(f"{member} runs {build}" for member, build in sorted(other.items()))
+            raise WritesPausedError(
+                f"the members run different builds ({named}; member {self.member_id} runs {self.raft.build_id}): "
+                "no member takes writes until every member runs one build (README, Upgrading)"
+            )
         if self._raft_view.leader is None:
             # An election takes one election timeout (0.3-0.6 s) from when the old leader went
             # silent, and this member has been waiting part of it already: ask for a short pause.
@@ -591,6 +634,8 @@ class ReplicatedMember:
             "acksHeldForSync": self.raft.acks_held_for_sync,
             "stateMachineBuild": "compiled" if build_state().compiled else "python",
             "buildId": self.raft.build_id,  # every member must show the same (node/build_identity.py)
+            "otherBuilds": self.other_builds(),  # peers heard lately on another build: writes are refused
+            "quiesced": self._quiesced,
         }
         if include_digest:
             status["digestIndex"], status["digest"] = self._state_digest()

@@ -132,6 +132,8 @@ async def serve(config: MemberConfig) -> int | None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    # SIGUSR1: stop proposing, before a stop for an upgrade (README, Upgrading; allot up's Ctrl-C).
+    loop.add_signal_handler(signal.SIGUSR1, member.quiesce)
     watchdog: asyncio.Task[None] | None = None
     parent = os.environ.get(PARENT_ENV, "")
     if parent.isdigit():

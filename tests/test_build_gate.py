@@ -8,17 +8,25 @@ change that makes another build."""
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from chaos.cluster import Cluster, wait_until
+from chaos.cluster import Cluster, Unreachable, free_ports, http_request, wait_until
+from client import cli
 from node.build_identity import build_id, compute_build_id
+from node.cluster import settled
 from node.raft import EXIT_INVARIANT
 from node.store import DATA_FILE
 from tests.test_build_identity import copy_sources
+from tests.test_client_cli import allot
+from tests.test_cluster import AllotUp
 
 stop_deadline_s = 60.0  # a member of another build joining until it stops itself
 ACME = "acme/web"
@@ -143,3 +151,174 @@ def test_a_whole_cluster_upgrade_replays_what_the_old_build_applied(cluster: Clu
     for member_id in cluster.member_ids:
         assert claims_on(cluster, member_id) == written
     assert cluster.unexpected_exits == []
+
+
+def test_members_take_no_writes_while_they_hear_a_peer_of_another_build(
+    cluster: Cluster, other_build: Path, tmp_path: Path
+) -> None:
+    """Until m3 joins, nothing but pysyncobj's own entries is in the log, so m3 on the other
+    build applies nothing and stays up. Every member then hears, in keep-alives, a peer of
+    another build, and refuses writes (503) instead of proposing an entry that would stop the
+    members of the other build; once m3 is gone writes resume, and m3 back on the other build
+    stops at the first entry."""
+    for member_id in ("m1", "m2"):
+        cluster.start_member(member_id, wait=False)
+    for member_id in ("m1", "m2"):
+        cluster.wait_member_up(member_id)
+    cluster.wait_for_leader(member_ids=["m1", "m2"])
+    cluster.source_roots["m3"] = other_build
+    cluster.start_member("m3")
+    other_id, own_id = compute_build_id(other_build), build_id()
+
+    def every_member_hears_the_other_build() -> bool:
+        statuses = cluster.statuses(["m1", "m2", "m3"])
+        return (
+            all(status is not None for status in statuses.values())
+            and statuses["m1"] is not None
+            and statuses["m1"]["otherBuilds"] == {"m3": other_id}
+            and statuses["m2"] is not None
+            and statuses["m2"]["otherBuilds"] == {"m3": other_id}
+            and statuses["m3"] is not None
+            and statuses["m3"]["otherBuilds"] == {"m1": own_id, "m2": own_id}
+        )
+
+    wait_until("the members to hear each other's builds", every_member_hears_the_other_build, stop_deadline_s)
+    for member_id in ("m1", "m2", "m3"):
+        body = {"name": f"mixed-{member_id}", "spec": {"cidr": "10.41.0.0/16"}}
+        reply = cluster.request(member_id, "POST", "/v1/ippools", body=body, timeout_s=10.0)
+        assert reply.status == 503 and reply.code == "unavailable", (member_id, reply.status, reply.body)
+        assert "the members run different builds" in reply.body["error"]["message"], reply.body
+        stale = cluster.request(member_id, "GET", "/v1/ippools", params={"consistency": "stale"})
+        assert stale.status == 200, stale.body  # reads of local state still answer
+    assert cluster.members["m3"].running  # nothing was proposed, so nothing stopped it
+    status = allot(cluster, tmp_path, "status")
+    assert status.returncode == cli.EXIT_UNAVAILABLE, status
+    assert f"the members run different builds (m1 runs {own_id}, m2 runs {own_id}, m3 runs {other_id})" in " ".join(
+        status.stdout.split()
+    ), status.stdout
+
+    cluster.terminate("m3")
+    wait_until("m1 and m2 to forget m3's build", lambda: _no_other_builds(cluster), stop_deadline_s)
+    create_pool(cluster, "m1", "single-build")
+    cluster.start_member("m3", wait=False)
+    process = cluster.members["m3"].process
+    assert process is not None
+    assert wait_until("m3 to stop itself", process.poll, stop_deadline_s) == EXIT_INVARIANT
+
+
+def _no_other_builds(cluster: Cluster) -> bool:
+    statuses = cluster.statuses(["m1", "m2"]).values()
+    return all(status is not None and status["otherBuilds"] == {} for status in statuses)
+
+
+def test_a_quiesced_cluster_settles_and_takes_no_writes(cluster: Cluster) -> None:
+    """SIGUSR1 (what allot up's Ctrl-C sends first; README, Upgrading): a member proposes
+    nothing more, so the log stops growing and every member reaches its end. A restart ends it."""
+    cluster.start()
+    create_pool(cluster, "m1", "quiet")
+    for number in range(3):
+        create_claim(cluster, f"m{number + 1}", "quiet", f"q{number}")
+    for member in cluster.members.values():
+        assert member.pid is not None
+        os.kill(member.pid, signal.SIGUSR1)
+
+    def all_quiesced_and_settled() -> bool:
+        statuses = list(cluster.statuses().values())
+        return all(status is not None and status["quiesced"] for status in statuses) and settled(statuses)
+
+    wait_until(
+        "every member to quiesce and settle", all_quiesced_and_settled, stop_deadline_s, on_timeout=cluster.describe
+    )
+    for member_id in cluster.member_ids:
+        body = {"name": f"late-{member_id}", "spec": {"poolRef": "quiet"}}
+        reply = cluster.request(member_id, "POST", "/v1/ipclaims", token=cluster.tenant_tokens[ACME], body=body)
+        assert reply.status == 503 and "is stopping (quiesced)" in reply.body["error"]["message"], reply.body
+    listed = cluster.request(
+        "m2", "GET", "/v1/ipclaims", token=cluster.tenant_tokens[ACME], params={"consistency": "stale"}
+    )
+    assert listed.status == 200 and len(listed.body["items"]) == 3
+
+    for member_id in cluster.member_ids:
+        cluster.terminate(member_id)
+    cluster.start()
+    create_claim(cluster, "m3", "quiet", "after-restart")
+    assert len(claims_on(cluster, "m1")) == 4
+
+
+def test_allot_up_upgrade_with_writes_in_flight(tmp_path: Path, other_build: Path) -> None:
+    """Ctrl-C of allot up on one build while clients write, then allot up on another build on the
+    same data: the members quiesce and settle before they stop, so no entry of the old build is
+    left to apply after the upgrade, and every acknowledged claim is there."""
+    http_port = free_ports(3, consecutive=True)[0]
+    raft_port = free_ports(3, consecutive=True)[0]
+    directory = tmp_path / "up"
+    endpoints = [f"127.0.0.1:{http_port + number}" for number in range(3)]
+    old = AllotUp(directory, http_port, raft_port, source_root=other_build)
+    try:
+        old.wait_for("to watch a failover")
+        admin, tenant = old.admin_token(), _tenant_token(directory)
+        created = http_request(
+            endpoints[0], "POST", "/v1/ippools", token=admin, body={"name": "busy", "spec": {"cidr": "10.42.0.0/16"}}
+        )
+        assert created.status == 201, created.body
+        acknowledged: dict[str, str] = {}
+        stop = threading.Event()
+
+        def write(writer: int) -> None:
+            for number in itertools.count():
+                if stop.is_set():
+                    return
+                name = f"w{writer}-{number}"
+                try:
+                    reply = http_request(
+                        endpoints[number % 3],
+                        "POST",
+                        "/v1/ipclaims",
+                        token=tenant,
+                        body={"name": name, "spec": {"poolRef": "busy"}},
+                        timeout_s=5.0,
+                    )
+                except Unreachable:
+                    continue
+                if reply.status == 201:
+                    acknowledged[name] = reply.body["status"]["allocatedCIDR"]
+
+        writers = [threading.Thread(target=write, args=(writer,), daemon=True) for writer in range(4)]
+        for thread in writers:
+            thread.start()
+        wait_until("claims under way", lambda: len(acknowledged) >= 50 or None, stop_deadline_s)
+        os.kill(old.process.pid, signal.SIGINT)  # Ctrl-C, with the writers still writing
+        assert old.process.wait(timeout=stop_deadline_s) == 0, old.text
+        stop.set()
+        for thread in writers:
+            thread.join(timeout=stop_deadline_s)
+        old.wait_for("stopping the cluster")
+    finally:
+        old.close()
+    assert "stopping before every member applied" not in old.text
+
+    new = AllotUp(directory, http_port, raft_port)
+    try:
+        new.wait_for("to watch a failover")
+        after = http_request(
+            endpoints[1],
+            "POST",
+            "/v1/ipclaims",
+            token=tenant,
+            body={"name": "after", "spec": {"poolRef": "busy"}},
+            timeout_s=10.0,
+        )
+        assert after.status == 201, (after.body, new.text)
+        listed = http_request(endpoints[2], "GET", "/v1/ipclaims", token=tenant, params={"limit": "1000"})
+        stored = {item["metadata"]["name"]: item["status"]["allocatedCIDR"] for item in listed.body["items"]}
+        assert {name: stored.get(name) for name in acknowledged} == acknowledged
+        assert new.process.poll() is None and "exited with" not in new.text, new.text
+    finally:
+        new.close()
+
+
+def _tenant_token(directory: Path) -> str:
+    document = json.loads((directory / "tokens.json").read_text())
+    return str(
+        next(entry["token"] for entry in document["tokens"] if f"{entry.get('org')}/{entry.get('project')}" == ACME)
+    )

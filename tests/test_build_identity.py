@@ -111,6 +111,7 @@ def test_a_peer_of_another_build_is_logged_once(caplog: pytest.LogCaptureFixture
         raft=SimpleNamespace(build_id="a" * 16),
         config=SimpleNamespace(members={"m1": "127.0.0.1:1", "m2": "127.0.0.1:2"}),
         _peer_builds_reported={},
+        _peer_builds={},
     )
     with caplog.at_level(logging.ERROR, logger="allot.member"):
         for _ in range(3):
@@ -118,10 +119,14 @@ def test_a_peer_of_another_build_is_logged_once(caplog: pytest.LogCaptureFixture
         ReplicatedMember._note_peer_build(member, "m1", "a" * 16)  # type: ignore[arg-type]  # the same build
         ReplicatedMember._note_peer_build(member, "m9", "c" * 16)  # type: ignore[arg-type]  # not a member
         ReplicatedMember._note_peer_build(member, "m2", "d" * 16)  # type: ignore[arg-type]  # m2 again, rebuilt
+        ReplicatedMember._note_peer_build(member, "m2", "a" * 16)  # type: ignore[arg-type]  # back on this build
+        ReplicatedMember._note_peer_build(member, "m2", "d" * 16)  # type: ignore[arg-type]  # and off it again
     messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 2, messages
+    assert len(messages) == 3, messages
     assert messages[0].startswith(f"member m2 runs build {'b' * 16}, this member build {'a' * 16}")
     assert messages[1].startswith(f"member m2 runs build {'d' * 16}")
+    assert messages[2].startswith(f"member m2 runs build {'d' * 16}")
+    assert member._peer_builds["m2"][0] == "d" * 16 and "m9" not in member._peer_builds
 
 
 def test_hidden_files_are_not_modules(tmp_path: Path) -> None:

@@ -918,7 +918,7 @@ def test_timing_flags_win_over_the_environment(
 class AllotUp:
     """An `allot up` process on free ports in a temp directory, its output read by a thread."""
 
-    def __init__(self, directory: Path, http_port: int, raft_port: int) -> None:
+    def __init__(self, directory: Path, http_port: int, raft_port: int, source_root: Path = REPO_ROOT) -> None:
         self.directory = directory
         self.http_port = http_port
         command = [sys.executable, "-m", "node.cli", "up", "--dir", str(directory)]
@@ -928,7 +928,7 @@ class AllotUp:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            cwd=REPO_ROOT,
+            cwd=source_root,  # `python -m` imports the sources here first: the build that runs
             env=child_environment(),
             start_new_session=True,
         )
