@@ -15,10 +15,11 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from chaos.cluster import Cluster, Unreachable, free_ports, http_request, wait_until
+from chaos.cluster import Cluster, Reply, Unreachable, free_ports, http_request, wait_until
 from client import cli
 from node.build_identity import build_id, compute_build_id
 from node.cluster import settled
@@ -52,14 +53,13 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 def create_pool(cluster: Cluster, member_id: str, name: str) -> None:
     body = {"name": name, "spec": {"cidr": "10.40.0.0/16"}}
-    reply = cluster.request(member_id, "POST", "/v1/ippools", body=body, timeout_s=10.0)
+    reply = post_with_retries(cluster.address(member_id), "/v1/ippools", cluster.admin_token, body)
     assert reply.status == 201, (reply.status, reply.body)
 
 
 def create_claim(cluster: Cluster, member_id: str, pool: str, name: str) -> str:
     body = {"name": name, "spec": {"poolRef": pool}}
-    token = cluster.tenant_tokens[ACME]
-    reply = cluster.request(member_id, "POST", "/v1/ipclaims", token=token, body=body, timeout_s=10.0)
+    reply = post_with_retries(cluster.address(member_id), "/v1/ipclaims", cluster.tenant_tokens[ACME], body)
     assert reply.status == 201, (reply.status, reply.body)
     return str(reply.body["status"]["allocatedCIDR"])
 
@@ -257,8 +257,8 @@ def test_allot_up_upgrade_with_writes_in_flight(tmp_path: Path, other_build: Pat
     try:
         old.wait_for("to watch a failover")
         admin, tenant = old.admin_token(), _tenant_token(directory)
-        created = http_request(
-            endpoints[0], "POST", "/v1/ippools", token=admin, body={"name": "busy", "spec": {"cidr": "10.42.0.0/16"}}
+        created = post_with_retries(
+            endpoints[0], "/v1/ippools", admin, {"name": "busy", "spec": {"cidr": "10.42.0.0/16"}}
         )
         assert created.status == 201, created.body
         acknowledged: dict[str, str] = {}
@@ -300,14 +300,7 @@ def test_allot_up_upgrade_with_writes_in_flight(tmp_path: Path, other_build: Pat
     new = AllotUp(directory, http_port, raft_port)
     try:
         new.wait_for("to watch a failover")
-        after = http_request(
-            endpoints[1],
-            "POST",
-            "/v1/ipclaims",
-            token=tenant,
-            body={"name": "after", "spec": {"poolRef": "busy"}},
-            timeout_s=10.0,
-        )
+        after = post_with_retries(endpoints[1], "/v1/ipclaims", tenant, {"name": "after", "spec": {"poolRef": "busy"}})
         assert after.status == 201, (after.body, new.text)
         listed = http_request(endpoints[2], "GET", "/v1/ipclaims", token=tenant, params={"limit": "1000"})
         stored = {item["metadata"]["name"]: item["status"]["allocatedCIDR"] for item in listed.body["items"]}
@@ -322,3 +315,19 @@ def _tenant_token(directory: Path) -> str:
     return str(
         next(entry["token"] for entry in document["tokens"] if f"{entry.get('org')}/{entry.get('project')}" == ACME)
     )
+
+
+def post_with_retries(address: str, path: str, token: str, body: dict[str, Any]) -> Reply:
+    """A create, retried under one Idempotency-Key while the cluster has no leader (503) or
+    the outcome is unknown (504), until `stop_deadline_s`: a cluster just started may still
+    change leaders on a busy machine."""
+    key = f"build-gate-{body['name']}"
+
+    def attempt() -> Reply | None:
+        try:
+            reply = http_request(address, "POST", path, token=token, body=body, headers={"Idempotency-Key": key})
+        except Unreachable:
+            return None
+        return None if reply.status in (503, 504) else reply
+
+    return wait_until(f"POST {path} {body['name']}", attempt, stop_deadline_s)
