@@ -939,7 +939,9 @@ def status_table(reports: Sequence[MemberReport]) -> Table:
             unreachable = Text("unreachable", style="bold red")
             table.add_row("?", report.endpoint, "-", "-", "-", "-", "-", "-", "-", unreachable)
             continue
-        if report.ready is None:
+        if member.quiesced:
+            health = Text("quiesced", style="yellow")  # being stopped: it takes no writes
+        elif report.ready is None:
             health = Text("unknown", style="yellow")
         else:
             health = Text("ready", style="green") if report.ready else Text("not ready", style="yellow")

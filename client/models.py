@@ -1070,6 +1070,8 @@ class MemberStatus:
     # Which build the member runs: every member of a cluster must show the same (README, Upgrading).
     build_id: str | None = None
     last_log_index: int | None = None  # above commit_index: entries appended, not committed yet
+    quiesced: bool | None = None  # it proposes nothing more (SIGUSR1): it is being stopped
+    other_builds: Mapping[str, str] = field(default_factory=dict)  # peers heard lately on another build
 
     @classmethod
     def parse(cls, raw: Any) -> MemberStatus:
@@ -1094,6 +1096,8 @@ class MemberStatus:
             pid=_int(source, "pid"),
             build_id=_str(source, "buildId"),
             last_log_index=_int(source, "lastLogIndex"),
+            quiesced=_bool(source, "quiesced"),
+            other_builds={str(member): str(build) for member, build in _map(source.get("otherBuilds")).items()},
         )
 
 

@@ -119,15 +119,12 @@ def fetch_status(http_address: str, token: str, timeout_s: float = 1.0) -> dict[
 
 
 def settled(statuses: list[dict[str, Any] | None]) -> bool:
-    """Every member answered, and each has applied its whole log, all of it committed: the
-    same applied index everywhere, equal to every member's commit and last log index. (An
-    entry appended but not committed would be committed after a restart, and applied then.)"""
-    indexes: set[Any] = set()
-    for status in statuses:
-        if status is None:
-            return False
-        indexes.update((status.get("appliedIndex"), status.get("commitIndex"), status.get("lastLogIndex")))
-    return len(indexes) == 1 and None not in indexes
+    """Every member answered, each has committed and applied its whole log (`logSettled`),
+    and all at one commit index. (An entry appended but not committed would be committed
+    after a restart, and applied then, with whatever build runs.)"""
+    if any(status is None or status.get("logSettled") is not True for status in statuses):
+        return False
+    return len({status.get("commitIndex") for status in statuses if status is not None}) == 1
 
 
 def quiesce_all(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -158,7 +155,10 @@ def settle(
             statuses.append(fetch_status(member.http_address, admin_token, timeout_s=max(0.05, min(0.5, left_s))))
         if settled(statuses):
             if down:
-                print(f"allot up: {', '.join(down)} not running: it applies the rest of the log when it starts")
+                print(
+                    f"allot up: {', '.join(down)} not running: it applies the rest of the log when it starts. "
+                    "Before an upgrade, start the cluster once more on this build and stop it with all three up."
+                )
             return not down
         if time.monotonic() >= deadline or give_up():
             break

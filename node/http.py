@@ -44,7 +44,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from node.accelerate import build_state
-from node.member import Member, MemberError, NoLeaderError, OutcomeUnknownError, OverloadedError
+from node.member import Member, MemberError, NoLeaderError, OutcomeUnknownError, OverloadedError, WritesPausedError
 from node.scheduling import PodPlan
 from node.tokens import TokenStore
 from statemachine import nodes, queries
@@ -603,6 +603,8 @@ class Api:
             raise retry_after("no_leader", str(exc) or "no leader is known right now", exc.retry_after_s) from None
         except OverloadedError as exc:
             raise retry_after("overloaded", str(exc) or "the member is overloaded", exc.retry_after_s) from None
+        except WritesPausedError as exc:
+            raise retry_after("unavailable", str(exc), exc.retry_after_s) from None
         except (OutcomeUnknownError, TimeoutError) as exc:
             if str(exc):
                 on_timeout.message = f"{on_timeout.message} ({exc})"

@@ -274,7 +274,9 @@ class DumpWriter:
         self._dump_path = dump_path
         self._state = SERIALIZER_STATE.NOT_SERIALIZING
         self._lock = threading.Lock()
-        self.last_dump_index = 0
+        self.last_dump_index = 0  # the dump on disk's index, from its header (0: none yet)
+        with contextlib.suppress(OSError, SnapshotError, ValueError, IndexError, TypeError):
+            self.last_dump_index = int(read_dump_header(dump_path)[0][1])
         self.last_dump_seconds = 0.0
 
     def serialize(self, tmp_path: str, data: Any) -> None:
@@ -409,7 +411,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self._on_applied = on_applied
         self.build_id = build_id()  # applies only entries proposed by members of this build
         # Set when a replayed journal held entries of another build, applied before (an
-        # upgrade): the first entry of this build then asks for a dump (apply_batch).
+        # upgrade): a dump is asked for once they are all replayed (apply_batch).
         self._other_build_replayed = False
         # Journal durability, by generation: every journal change bumps `_journal_generation`
         # (after it is written, on the tick thread); a finished fdatasync records the generation
@@ -796,16 +798,17 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         try:
             decoded = decode_batch(batch)
             if decoded.build != self.build_id:
-                if index > self._store.applied_index:
+                applied_index = self._store.applied_index
+                if index > applied_index:
                     stop_member(self._other_build_message(index, decoded))
-                self._other_build_replayed = True
-            elif self._other_build_replayed:
-                # A dump now (the usual one waits for 5,000 entries or 10 minutes), so that
-                # rebuilding this member's store (after a power loss) or a wiped member copying
-                # from this one never needs the other build's entries again: applied by this
-                # build, they would stop it.
-                self._other_build_replayed = False
-                self.forceLogCompaction()
+                if index == applied_index and not self._other_build_replayed:
+                    # The last entry this member applied before the restart, of another build
+                    # (an upgrade). A dump now (the usual one waits for 5,000 entries or ten
+                    # minutes): rebuilding this member's store (after a power loss), or a wiped
+                    # member copying from this one, then never needs the other build's entries,
+                    # which would stop it.
+                    self._other_build_replayed = True
+                    self.forceLogCompaction()
             leader_term = decoded.leader_term
             entry_term = self._entry_term(index) if leader_term is not None else None
             if leader_term is not None and entry_term != leader_term:

@@ -186,7 +186,9 @@ class ReplicatedMember:
         self.timers.cancel()
         self.raft.destroy()
         deadline = time.monotonic() + 5
-        while self.raft.tick_thread_alive() and time.monotonic() < deadline:
+        # The digest thread too: closing the store under it made it die with an lmdb.Error
+        # traceback in the log of a member stopping while a /v1/status poll had started one.
+        while (self.raft.tick_thread_alive() or self._digesting) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self.store.close()
 
@@ -338,21 +340,42 @@ class ReplicatedMember:
                 f"member {self.member_id} is stopping (quiesced): it proposes nothing more; "
                 "reads with consistency=stale still answer"
             )
-        other = self.other_builds()
-        if other:
-            # Every member of one build would stop at an entry this member proposed, or this
-            # member at theirs: propose nothing until one build is left (README, Upgrading).
-            named = ", ".join(f"{member} runs {build}" for member, build in sorted(other.items()))
-            raise WritesPausedError(
-                f"the members run different builds ({named}; member {self.member_id} runs {self.raft.build_id}): "
-                "no member takes writes until every member runs one build (README, Upgrading)"
-            )
         if self._raft_view.leader is None:
             # An election takes one election timeout (0.3-0.6 s) from when the old leader went
             # silent, and this member has been waiting part of it already: ask for a short pause.
             raise NoLeaderError("no leader is known right now; retry shortly", no_leader_retry_s)
         if len(self._pending.envelopes) >= pending_max:
             raise OverloadedError("too many requests are waiting to be proposed; retry shortly")
+        self._build_majority_check()
+
+    def _build_majority_check(self) -> None:
+        """Propose only while a majority of the members, this one included, were heard lately
+        (keep-alives, every 0.1 s) naming this member's build. A member of another build than
+        the majority's would make entries that stop every member of the majority's build;
+        refusing, it stops instead at the first entry of theirs (AllotRaft.apply_batch). A
+        member just started has heard nobody yet: it waits the tenth of a second (exploratory
+        testing, 2026-12-07: one started on the wrong build, with clients already sending to
+        it, proposed before it heard anyone and stopped both others in 2 of 6 tries)."""
+        now = time.monotonic()
+        own = self.raft.build_id
+        same = 1 + sum(
+            1
+            for build, heard_at in list(self._peer_builds.values())
+            if build == own and now - heard_at <= peer_build_fresh_s
+        )
+        if 2 * same > len(self.config.members):
+            return
+        other = self.other_builds()
+        if not other:
+            raise WritesPausedError(
+                f"member {self.member_id} has not yet heard a majority of the members name their build; retry shortly",
+                0.2,
+            )
+        named = ", ".join(f"{member} runs {build}" for member, build in sorted(other.items()))
+        raise WritesPausedError(
+            f"the members run different builds ({named}; member {self.member_id} runs {own}), and a majority "
+            f"does not run this member's: it takes no writes (README, Upgrading)"
+        )
 
     async def submit(self, envelope: bytes, timeout_s: float) -> Outcome:
         self._enqueue_check()
@@ -543,6 +566,8 @@ class ReplicatedMember:
         leader acts; a member that becomes leader starts its grace period then)."""
         while True:
             await asyncio.sleep(self.timers.period_s)
+            if self._quiesced:
+                continue  # a quiesced member proposes nothing, its timers' decisions included
             try:
                 view = self._raft_view
                 leader_term = view.term if view.role == "leader" else None
@@ -580,8 +605,9 @@ class ReplicatedMember:
                 self._change_waiters.discard(waiter)
 
     def ready(self) -> bool:
+        """Caught up with the leader's commit, and not quiesced (a member being stopped)."""
         view = self._raft_view
-        return view.leader is not None and view.last_applied >= view.leader_commit_index
+        return not self._quiesced and view.leader is not None and view.last_applied >= view.leader_commit_index
 
     def _state_digest(self) -> tuple[int, str | None]:
         """(applied index, digest) as last computed. A full-state hash takes time on a large
@@ -634,8 +660,12 @@ class ReplicatedMember:
             "acksHeldForSync": self.raft.acks_held_for_sync,
             "stateMachineBuild": "compiled" if build_state().compiled else "python",
             "buildId": self.raft.build_id,  # every member must show the same (node/build_identity.py)
-            "otherBuilds": self.other_builds(),  # peers heard lately on another build: writes are refused
+            "otherBuilds": self.other_builds(),  # peers heard lately on another build
             "quiesced": self._quiesced,
+            # Every entry in this member's log committed and applied (pysyncobj's own no-op
+            # entries too, which appliedIndex does not count): with every member quiesced and
+            # settled at one commitIndex, the cluster can stop on one state (README, Upgrading).
+            "logSettled": view.last_log_index == view.commit_index == view.last_applied,
         }
         if include_digest:
             status["digestIndex"], status["digest"] = self._state_digest()

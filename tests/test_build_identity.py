@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,8 +17,9 @@ import pytest
 from client.cli import _mixed_builds
 from client.models import MemberReport, MemberStatus
 from node.build_identity import BUILD_ID_CHARS, PROJECT_ROOT, SOURCE_PACKAGES, build_id, compute_build_id
+from node.member import WritesPausedError
 from node.raft import DecodedBatch, decode_batch, encode_batch
-from node.replicated import ReplicatedMember
+from node.replicated import ReplicatedMember, peer_build_fresh_s
 
 
 def copy_sources(destination: Path) -> Path:
@@ -94,6 +96,8 @@ def test_allot_status_warns_when_members_run_different_builds() -> None:
         return MemberReport(f"http://{member_id}", MemberStatus.parse(raw), True, None)
 
     assert _mixed_builds([report("m1", "a" * 16), report("m2", "a" * 16)]) is None
+    parsed = MemberStatus.parse({"memberId": "m1", "quiesced": True, "otherBuilds": {"m3": "b" * 16}})
+    assert parsed.quiesced is True and parsed.other_builds == {"m3": "b" * 16}
     assert _mixed_builds([report("m1", None), report("m2", None)]) is None  # all from before build ids
     earlier = _mixed_builds([report("m1", "a" * 16), report("m2", None)])
     assert earlier is not None and "m2 runs a build from before build ids" in earlier
@@ -141,3 +145,37 @@ def test_missing_server_sources_are_an_error(tmp_path: Path) -> None:
     shutil.rmtree(root / "statemachine")
     with pytest.raises(RuntimeError, match=r"no Python modules in .*statemachine"):
         compute_build_id(root)
+
+
+def test_a_member_proposes_only_while_a_majority_was_heard_on_its_build() -> None:
+    """`ReplicatedMember._build_majority_check`: this member and the peers heard within
+    `peer_build_fresh_s` naming its build must be a majority of the members."""
+    now = time.monotonic()
+    member = SimpleNamespace(
+        raft=SimpleNamespace(build_id="a" * 16),
+        config=SimpleNamespace(members={"m1": "127.0.0.1:1", "m2": "127.0.0.1:2", "m3": "127.0.0.1:3"}),
+        member_id="m1",
+        _peer_builds={},
+    )
+    member.other_builds = lambda: ReplicatedMember.other_builds(member)  # type: ignore[arg-type]
+
+    def refusal() -> str | None:
+        try:
+            ReplicatedMember._build_majority_check(member)  # type: ignore[arg-type]
+        except WritesPausedError as exc:
+            return str(exc)
+        return None
+
+    assert "has not yet heard a majority" in (refusal() or "")  # just started: nobody heard yet
+    member._peer_builds = {"m2": ("a" * 16, now)}
+    assert refusal() is None  # m1 and m2: two of three
+    member._peer_builds = {"m2": ("a" * 16, now - 2 * peer_build_fresh_s), "m3": ("a" * 16, now)}
+    assert refusal() is None
+    member._peer_builds = {"m2": ("a" * 16, now - 2 * peer_build_fresh_s)}  # heard too long ago
+    assert "has not yet heard a majority" in (refusal() or "")
+    member._peer_builds = {"m2": ("b" * 16, now), "m3": ("b" * 16, now)}  # outvoted
+    refused = refusal() or ""
+    assert f"m2 runs {'b' * 16}, m3 runs {'b' * 16}; member m1 runs {'a' * 16}" in refused
+    assert "a majority does not run this member's" in refused
+    member._peer_builds = {"m2": ("a" * 16, now), "m3": ("b" * 16, now)}  # the odd one is m3
+    assert refusal() is None

@@ -1051,16 +1051,15 @@ def test_allot_up_smoke(tmp_path: Path) -> None:
 
 
 def test_allot_up_stops_members_once_each_has_applied_the_committed_log() -> None:
-    def status(applied: int, commit: int, last: int | None = None) -> dict[str, Any]:
-        return {"appliedIndex": applied, "commitIndex": commit, "lastLogIndex": commit if last is None else last}
+    def status(commit: int, log_settled: bool = True) -> dict[str, Any]:
+        return {"commitIndex": commit, "logSettled": log_settled}
 
-    assert settled([status(9, 9), status(9, 9), status(9, 9)])
-    assert settled([status(9, 9), status(9, 9)])  # the third member is down: not waited for
-    assert not settled([status(9, 9), status(8, 8), status(9, 9)])  # one behind
-    assert not settled([status(9, 9), status(8, 9), status(9, 9)])  # committed, not applied yet
-    assert not settled([status(9, 9, 10), status(9, 9, 10), status(9, 9, 10)])  # appended, not committed
-    assert not settled([status(9, 9), None, status(9, 9)])  # a member that does not answer
-    assert not settled([{"appliedIndex": 9, "commitIndex": 9}])  # a build without lastLogIndex
+    assert settled([status(9), status(9), status(9)])
+    assert settled([status(9), status(9)])  # the third member is down: not waited for
+    assert not settled([status(9), status(8), status(9)])  # one behind
+    assert not settled([status(9), status(9, False), status(9)])  # an entry not yet committed or applied
+    assert not settled([status(9), None, status(9)])  # a member that does not answer
+    assert not settled([{"appliedIndex": 9, "commitIndex": 9}])  # a build without logSettled
 
 
 def test_allot_up_waits_for_the_members_to_settle_with_a_deadline(
@@ -1078,8 +1077,8 @@ def test_allot_up_waits_for_the_members_to_settle_with_a_deadline(
         def status_after_polls(http_address: str, _token: str, timeout_s: float) -> dict[str, Any]:
             assert 0 < timeout_s <= 0.5
             polls.append(http_address)
-            applied = 7 if len(polls) <= 2 * len(members) else 9  # the third round finds them settled
-            return {"appliedIndex": applied, "commitIndex": 9, "lastLogIndex": 9}
+            third_round = len(polls) > 2 * len(members)  # finds them settled
+            return {"appliedIndex": 7, "commitIndex": 9, "logSettled": third_round}
 
         monkeypatch.setattr("node.cluster.fetch_status", status_after_polls)
         assert node_cluster.settle(members, running, "token")
@@ -1087,7 +1086,10 @@ def test_allot_up_waits_for_the_members_to_settle_with_a_deadline(
         assert capsys.readouterr().out == ""
 
         monkeypatch.setattr("node.cluster.settle_timeout_s", 0.3)
-        monkeypatch.setattr("node.cluster.fetch_status", lambda *_args, **_kw: {"appliedIndex": 8, "commitIndex": 9})
+        monkeypatch.setattr(
+            "node.cluster.fetch_status",
+            lambda *_args, **_kw: {"appliedIndex": 8, "commitIndex": 9, "logSettled": False},
+        )
         started = time.monotonic()
         assert not node_cluster.settle(members, [running[0], running[1], exited], "token")
         assert time.monotonic() - started < 5.0
