@@ -150,6 +150,10 @@ def test_a_whole_cluster_upgrade_replays_what_the_old_build_applied(cluster: Clu
     assert len(set(written.values())) == len(written)
     for member_id in cluster.member_ids:
         assert claims_on(cluster, member_id) == written
+    cluster.terminate("m1")
+    cluster.start_member("m1")
+    restarted = cluster.status("m1")  # the dump on disk, read at start
+    assert restarted is not None and restarted["snapshotIndex"] >= before.applied_index, restarted
     assert cluster.unexpected_exits == []
 
 
