@@ -56,6 +56,11 @@ class WritesPausedError(MemberError):
         self.retry_after_s = retry_after_s
 
 
+class BuildsUnheardError(WritesPausedError):
+    """No majority of the members was heard lately naming this member's build (it has just
+    started, or its peers are silent): it proposes nothing yet."""
+
+
 class OutcomeUnknownError(MemberError):
     """The deadline passed after the proposal left this member: it may or may not apply.
 

@@ -46,7 +46,7 @@ from pysyncobj.syncobj import _RAFT_STATE
 
 from node.accelerate import build_state
 from node.config import MemberConfig
-from node.member import NoLeaderError, OutcomeUnknownError, OverloadedError, WritesPausedError
+from node.member import BuildsUnheardError, NoLeaderError, OutcomeUnknownError, OverloadedError, WritesPausedError
 from node.raft import AllotRaft, DumpWriter, batch_envelopes_max, encode_batch, raft_conf, repair_journal
 from node.scheduling import HeartbeatTable, Planner, PodPlan, SchedulingTimers
 from node.store import open_replica_store
@@ -69,6 +69,8 @@ inflight_timeout_s = 1.0  # a proposal whose answer was lost (a forward to a dea
 # its slot after this, or at once when the leader changes; its requests still wait for their own
 # answer or deadline
 peer_build_fresh_s = 1.0  # a peer's build counts for this long after its keep-alive (sent every 0.1 s)
+peer_build_wait_s = 1.0  # a proposal waits this long for a majority's keep-alives before a 503
+peer_build_poll_s = 0.02
 digest_interval_s = 1.0  # the state digest in /v1/status is recomputed at most this often
 
 _ROLES = {_RAFT_STATE.LEADER: "leader", _RAFT_STATE.FOLLOWER: "follower", _RAFT_STATE.CANDIDATE: "candidate"}
@@ -348,6 +350,23 @@ class ReplicatedMember:
             raise OverloadedError("too many requests are waiting to be proposed; retry shortly")
         self._build_majority_check()
 
+    async def _proposable(self) -> None:
+        """`_enqueue_check`, after waiting up to `peer_build_wait_s` while the only objection
+        is that no majority was heard yet: a member just started (or just back from a pause)
+        hears its peers within a tenth of a second, and its first clients should not get a
+        503 for that."""
+        deadline: float | None = None
+        while True:
+            try:
+                self._enqueue_check()
+                return
+            except BuildsUnheardError:
+                now = time.monotonic()
+                deadline = now + peer_build_wait_s if deadline is None else deadline
+                if now >= deadline:
+                    raise
+                await asyncio.sleep(peer_build_poll_s)
+
     def _build_majority_check(self) -> None:
         """Propose only while a majority of the members, this one included, were heard lately
         (keep-alives, every 0.1 s) naming this member's build. A member of another build than
@@ -367,8 +386,9 @@ class ReplicatedMember:
             return
         other = self.other_builds()
         if not other:
-            raise WritesPausedError(
-                f"member {self.member_id} has not yet heard a majority of the members name their build; retry shortly",
+            raise BuildsUnheardError(
+                f"member {self.member_id} has not heard a majority of the members name their build "
+                f"in the last {peer_build_fresh_s:.0f} s; retry shortly",
                 0.2,
             )
         named = ", ".join(f"{member} runs {build}" for member, build in sorted(other.items()))
@@ -378,7 +398,7 @@ class ReplicatedMember:
         )
 
     async def submit(self, envelope: bytes, timeout_s: float) -> Outcome:
-        self._enqueue_check()
+        await self._proposable()
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._pending.envelopes.append(envelope)
         self._pending.writers.append(future)
@@ -392,7 +412,7 @@ class ReplicatedMember:
         appends it while still leading that term (node/raft.py, `apply_batch`). Decisions of
         one term wait together and leave as one entry (a rack going NotReady is one entry, not
         one per node), never with requests: the fence refuses the whole entry."""
-        self._enqueue_check()
+        await self._proposable()
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         pending = self._leader_pending
         if pending is not None and pending.leader_term != leader_term:
@@ -419,7 +439,7 @@ class ReplicatedMember:
             ) from None
 
     async def read_barrier(self, timeout_s: float) -> None:
-        self._enqueue_check()
+        await self._proposable()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.readers.append(future)
         self._kick()

@@ -5,6 +5,7 @@ tests/test_build_gate.py."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import time
@@ -17,7 +18,7 @@ import pytest
 from client.cli import _mixed_builds
 from client.models import MemberReport, MemberStatus
 from node.build_identity import BUILD_ID_CHARS, PROJECT_ROOT, SOURCE_PACKAGES, build_id, compute_build_id
-from node.member import WritesPausedError
+from node.member import BuildsUnheardError, WritesPausedError
 from node.raft import DecodedBatch, decode_batch, encode_batch
 from node.replicated import ReplicatedMember, peer_build_fresh_s
 
@@ -166,16 +167,50 @@ def test_a_member_proposes_only_while_a_majority_was_heard_on_its_build() -> Non
             return str(exc)
         return None
 
-    assert "has not yet heard a majority" in (refusal() or "")  # just started: nobody heard yet
+    assert "has not heard a majority" in (refusal() or "")  # just started: nobody heard yet
     member._peer_builds = {"m2": ("a" * 16, now)}
     assert refusal() is None  # m1 and m2: two of three
     member._peer_builds = {"m2": ("a" * 16, now - 2 * peer_build_fresh_s), "m3": ("a" * 16, now)}
     assert refusal() is None
     member._peer_builds = {"m2": ("a" * 16, now - 2 * peer_build_fresh_s)}  # heard too long ago
-    assert "has not yet heard a majority" in (refusal() or "")
+    assert "has not heard a majority" in (refusal() or "")
     member._peer_builds = {"m2": ("b" * 16, now), "m3": ("b" * 16, now)}  # outvoted
     refused = refusal() or ""
     assert f"m2 runs {'b' * 16}, m3 runs {'b' * 16}; member m1 runs {'a' * 16}" in refused
     assert "a majority does not run this member's" in refused
     member._peer_builds = {"m2": ("a" * 16, now), "m3": ("b" * 16, now)}  # the odd one is m3
     assert refusal() is None
+
+
+def test_a_proposal_waits_briefly_for_a_majority_to_be_heard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ReplicatedMember._proposable`: a member just started waits for its peers' keep-alives
+    (up to `peer_build_wait_s`) instead of answering its first clients 503; a member whose
+    build is outvoted is refused at once."""
+    checks: list[int] = []
+
+    def unheard_twice() -> None:
+        checks.append(1)
+        if len(checks) <= 2:
+            raise BuildsUnheardError("not heard yet")
+
+    member = SimpleNamespace(_enqueue_check=unheard_twice)
+    asyncio.run(ReplicatedMember._proposable(member))  # type: ignore[arg-type]
+    assert len(checks) == 3
+
+    def never_heard() -> None:
+        raise BuildsUnheardError("not heard")
+
+    monkeypatch.setattr("node.replicated.peer_build_wait_s", 0.1)
+    member = SimpleNamespace(_enqueue_check=never_heard)
+    with pytest.raises(BuildsUnheardError):
+        asyncio.run(ReplicatedMember._proposable(member))  # type: ignore[arg-type]
+
+    def outvoted() -> None:
+        checks.append(1)
+        raise WritesPausedError("the members run different builds")
+
+    checks.clear()
+    member = SimpleNamespace(_enqueue_check=outvoted)
+    with pytest.raises(WritesPausedError):
+        asyncio.run(ReplicatedMember._proposable(member))  # type: ignore[arg-type]
+    assert len(checks) == 1
