@@ -164,10 +164,15 @@ def settle(
             break
         time.sleep(poll_interval_s)
     shown = [
-        f"{member.member_id} {'no answer' if status is None else status.get('appliedIndex')}"
+        f"{member.member_id} "
+        + (
+            "no answer"
+            if status is None
+            else f"{'settled' if status.get('logSettled') else 'not settled'} at commit {status.get('commitIndex')}"
+        )
         for member, status in zip(running, statuses, strict=False)
     ] + [f"{member_id} not running" for member_id in down]
-    print(f"allot up: stopping before every member applied the whole log (applied: {', '.join(shown)})")
+    print(f"allot up: stopping before every member applied the whole log ({', '.join(shown)})")
     return False
 
 
