@@ -1426,8 +1426,9 @@ def _mixed_builds(reports: Sequence[MemberReport]) -> str | None:
         return None
     named = ", ".join(f"{member} runs {build}" for member, build in sorted(builds.items()))
     return (
-        f"the members run different builds ({named}): they take no writes, and a member stops at the first "
-        "log entry proposed by a member of another build; run one build on every member (README, Upgrading)"
+        f"the members run different builds ({named}): a member whose build no majority runs takes no writes, "
+        "and a member stops at the first log entry of another build; run one build on every member "
+        "(README, Upgrading)"
     )
 
 
@@ -1463,7 +1464,7 @@ def run_status(client: Client, out: Output) -> int:
         if out.mode != "json":
             out.console.print(Text("no leader: the cluster cannot accept writes now", style="bold red"))
         return EXIT_UNAVAILABLE
-    return EXIT_UNAVAILABLE if mixed is not None else EXIT_OK  # mixed builds take no writes
+    return EXIT_UNAVAILABLE if mixed is not None else EXIT_OK  # a mixed cluster is about to lose members
 
 
 def _event_line(event: WatchEvent) -> str:

@@ -410,9 +410,9 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self._store = store
         self._on_applied = on_applied
         self.build_id = build_id()  # applies only entries proposed by members of this build
-        # Set when a replayed journal held entries of another build, applied before (an
-        # upgrade): a dump is asked for once they are all replayed (apply_batch).
-        self._other_build_replayed = False
+        # Set once the replay of another build's entries, applied before (an upgrade), reached
+        # the last of them and asked pysyncobj for a dump (apply_batch).
+        self._dump_asked_after_other_build = False
         # Journal durability, by generation: every journal change bumps `_journal_generation`
         # (after it is written, on the tick thread); a finished fdatasync records the generation
         # it covered in `_synced_generation`. `_unsynced_entries` holds (index, generation) of
@@ -801,13 +801,13 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
                 applied_index = self._store.applied_index
                 if index > applied_index:
                     stop_member(self._other_build_message(index, decoded))
-                if index == applied_index and not self._other_build_replayed:
+                if index == applied_index and not self._dump_asked_after_other_build:
                     # The last entry this member applied before the restart, of another build
                     # (an upgrade). A dump now (the usual one waits for 5,000 entries or ten
                     # minutes): rebuilding this member's store (after a power loss), or a wiped
                     # member copying from this one, then never needs the other build's entries,
                     # which would stop it.
-                    self._other_build_replayed = True
+                    self._dump_asked_after_other_build = True
                     self.forceLogCompaction()
             leader_term = decoded.leader_term
             entry_term = self._entry_term(index) if leader_term is not None else None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import os
 import signal
 import threading
@@ -262,7 +261,7 @@ def test_allot_up_upgrade_with_writes_in_flight(tmp_path: Path, other_build: Pat
     old = AllotUp(directory, http_port, raft_port, source_root=other_build)
     try:
         old.wait_for("to watch a failover")
-        admin, tenant = old.admin_token(), _tenant_token(directory)
+        admin, tenant = old.admin_token(), old.tenant_token(ACME)
         created = post_with_retries(
             endpoints[0], "/v1/ippools", admin, {"name": "busy", "spec": {"cidr": "10.42.0.0/16"}}
         )
@@ -314,13 +313,6 @@ def test_allot_up_upgrade_with_writes_in_flight(tmp_path: Path, other_build: Pat
         assert new.process.poll() is None and "exited with" not in new.text, new.text
     finally:
         new.close()
-
-
-def _tenant_token(directory: Path) -> str:
-    document = json.loads((directory / "tokens.json").read_text())
-    return str(
-        next(entry["token"] for entry in document["tokens"] if f"{entry.get('org')}/{entry.get('project')}" == ACME)
-    )
 
 
 def post_with_retries(address: str, path: str, token: str, body: dict[str, Any]) -> Reply:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -959,8 +959,15 @@ class AllotUp:
                 self.output.append(line)
 
     def admin_token(self) -> str:
+        return self.token(lambda entry: entry["role"] == "admin")
+
+    def tenant_token(self, scope: str) -> str:
+        """The demo tenant's token for `scope` (`acme/web`)."""
+        return self.token(lambda entry: f"{entry.get('org')}/{entry.get('project')}" == scope)
+
+    def token(self, wanted: Callable[[dict[str, Any]], bool]) -> str:
         document = json.loads((self.directory / "tokens.json").read_text())
-        return str(next(entry["token"] for entry in document["tokens"] if entry["role"] == "admin"))
+        return str(next(entry["token"] for entry in document["tokens"] if wanted(entry)))
 
     def all_serve_one_leader(self) -> bool | None:
         leaders: set[Any] = set()
