@@ -53,8 +53,9 @@ above, `_SyncObj__sendAppendEntries` (replaced on the instance), `_SyncObj__raft
 `_SyncObj__getCurrentLogIndex` and `_SyncObj__newAppendEntriesTime` (read only);
 `_SyncObj__raftCommitIndex` (read; written back, as leader, to the synced part of a new commit
 index); `_SyncObj__onMessageReceived` (overridden, calling pysyncobj's) and
-`_SyncObj__raftNextIndex` (written back to the larger value there). `_poller` (its subscribe)
-carries the sync thread's wake-up pipe.
+`_SyncObj__raftNextIndex` (written back to the larger value there); `_applyCommand` (overridden:
+the leader does not append a follower's entry of another build, answering it through
+`_SyncObj__transport`). `_poller` (its subscribe) carries the sync thread's wake-up pipe.
 `tests/test_raft.py` pins the version and checks each behaviour.
 """
 
@@ -63,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import random
 import struct
 import threading
@@ -74,7 +76,7 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
-from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.journal import FileJournal
 from pysyncobj.monotonic import monotonic as pysyncobj_clock
@@ -144,6 +146,24 @@ def decode_batch(batch: bytes) -> DecodedBatch:
     if not isinstance(decoded, list) or not all(isinstance(item, bytes) for item in decoded):
         raise ValueError("a batch is a CBOR list of envelope byte strings (or a map holding that list)")
     return DecodedBatch(decoded, leader_term, build, proposer)
+
+
+_UNREADABLE = object()  # a forwarded command that is not an `apply_batch` entry this build can read
+
+
+def _forwarded_build(command: Any) -> Any:
+    """The proposer's build named in a command a peer forwarded to the leader (None for an
+    entry of a build from before the stamp), or `_UNREADABLE`: pysyncobj's framing (a type
+    byte, then the pickled method id and arguments) around one `encode_batch` entry. The peer
+    is authenticated by the cluster secret, and pysyncobj unpickles the same bytes when it
+    applies the entry."""
+    if not isinstance(command, bytes) or command[:1] != b"\x00":  # pysyncobj's REGULAR command
+        return _UNREADABLE
+    try:
+        call = pickle.loads(command[1:])
+        return decode_batch(call[1][0]).build
+    except Exception:  # not ours to judge: pysyncobj appends it, and apply_batch decides as before
+        return _UNREADABLE
 
 
 def stop_member(reason: str) -> None:
@@ -436,6 +456,11 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self.next_index_regressions_kept = 0  # acknowledgements that would have moved one back
         self.resent_entries_received = 0  # entries received at indexes this member's log held already
         self.fenced_entries_refused = 0  # leader-fenced entries appended in another term (apply_batch)
+        # On the leader, for an entry a follower forwards: whether to refuse it, given its
+        # proposer's build (None: a build from before builds were stamped). Set by the
+        # replicated member (ReplicatedMember._refuses_forwarded_build); by default, never.
+        self.refuses_forwarded_build: Callable[[str | None], bool] = lambda _build: False
+        self.forwarded_entries_refused = 0  # entries of another build the leader did not append
         self.observe_sync_s: Callable[[float], None] = lambda _seconds: None
         self.observe_apply_s: Callable[[float], None] = lambda _seconds: None
         # Hooks for the replicated member, all called on the tick thread: the outcomes of each
@@ -516,6 +541,34 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         if kept is not None and node in next_index and next_index[node] < kept:
             next_index[node] = kept
             self.next_index_regressions_kept += 1
+
+    def _applyCommand(self, command: Any, callback: Any, commandType: Any = None) -> None:  # noqa: N802, N803 - pysyncobj's names
+        """pysyncobj's, except that the leader does not append an entry a follower forwarded
+        when `refuses_forwarded_build` refuses its proposer's build, and answers the follower
+        REQUEST_DENIED (nothing appended) instead.
+
+        A follower checks its own build against the majority's before it proposes
+        (`ReplicatedMember._build_majority_check`), but it judges by keep-alives up to a second
+        old, so a member restarted on another build could still get one entry through; applying
+        it would stop every member of the majority's build. The leader judges the entry itself.
+        pysyncobj calls this with `commandType` None only for a command a peer forwarded (its
+        own proposals name their type), so this member's own entries pass untouched."""
+        if commandType is None and self._isLeader():
+            build = _forwarded_build(command)
+            if build is not _UNREADABLE and self.refuses_forwarded_build(build):
+                self.forwarded_entries_refused += 1
+                if isinstance(callback, tuple):  # (the peer, its request id)
+                    node, request_id = callback
+                    self._SyncObj__transport.send(
+                        node,
+                        {
+                            "type": "apply_command_response",
+                            "request_id": request_id,
+                            "error": FAIL_REASON.REQUEST_DENIED,
+                        },
+                    )
+                return
+        super()._applyCommand(command, callback, commandType)
 
     def _flush_append_entries(self, *, commit: bool = False) -> None:
         """Send AppendEntries if asked for (or for a new commit index) and if it carries news."""

@@ -15,6 +15,7 @@ while an old leader is cut off (its barrier cannot commit; the read times out in
 
 Outcomes of proposals: pysyncobj's MISSING_LEADER, NOT_LEADER and QUEUE_FULL mean nothing was
 appended: 503, safe to retry. DISCARDED means another entry won that index: not applied, 503.
+REQUEST_DENIED (the leader refused an entry of another build than the majority's) is 503 too.
 LEADER_CHANGED, UNKNOWN_OUTCOME and our own deadline mean it may or may not apply: 504, safe to
 retry with the same request id (the state machine applies it at most once).
 
@@ -168,6 +169,7 @@ class ReplicatedMember:
         self.raft.on_dump_installed = self._on_dump_installed
         self.raft.keepalive_payload = self._keepalive_payload
         self.raft.on_keepalive = self._on_keepalive
+        self.raft.refuses_forwarded_build = self._refuses_forwarded_build
         self.raft.addOnTickCallback(self._observe)
         self.raft.waitBinded()
 
@@ -367,6 +369,25 @@ class ReplicatedMember:
                     raise
                 await asyncio.sleep(peer_build_poll_s)
 
+    def _own_build_has_majority(self) -> bool:
+        """Whether a majority of the members, this one included, named this member's build in
+        a keep-alive of the last `peer_build_fresh_s`. Any thread: it reads a copy."""
+        now = time.monotonic()
+        own = self.raft.build_id
+        same = 1 + sum(
+            1
+            for build, heard_at in list(self._peer_builds.values())
+            if build == own and now - heard_at <= peer_build_fresh_s
+        )
+        return 2 * same > len(self.config.members)
+
+    def _refuses_forwarded_build(self, build: str | None) -> bool:
+        """Tick thread, on the leader (`AllotRaft._applyCommand`): refuse a follower's entry of
+        another build while a majority runs this member's, since every member of that majority
+        would stop at it. While this leader's own build is outvoted it refuses nothing: the
+        entry is the majority's, this member stops at it, and the others go on."""
+        return build != self.raft.build_id and self._own_build_has_majority()
+
     def _build_majority_check(self) -> None:
         """Propose only while a majority of the members, this one included, were heard lately
         (keep-alives, every 0.1 s) naming this member's build. A member of another build than
@@ -375,15 +396,9 @@ class ReplicatedMember:
         member just started has heard nobody yet: it waits the tenth of a second (exploratory
         testing, 2026-12-07: one started on the wrong build, with clients already sending to
         it, proposed before it heard anyone and stopped both others in 2 of 6 tries)."""
-        now = time.monotonic()
-        own = self.raft.build_id
-        same = 1 + sum(
-            1
-            for build, heard_at in list(self._peer_builds.values())
-            if build == own and now - heard_at <= peer_build_fresh_s
-        )
-        if 2 * same > len(self.config.members):
+        if self._own_build_has_majority():
             return
+        own = self.raft.build_id
         other = self.other_builds()
         if not other:
             raise BuildsUnheardError(
@@ -547,6 +562,11 @@ class ReplicatedMember:
         exception: Exception
         if error in _NOTHING_APPENDED:
             exception = NoLeaderError(f"the leader changed before the write was appended (reason {error}); retry")
+        elif error == FAIL_REASON.REQUEST_DENIED:  # only AllotRaft._applyCommand denies
+            exception = WritesPausedError(
+                f"the leader did not append this member's entry: member {self.member_id} runs build "
+                f"{self.raft.build_id}, and a majority runs the leader's (README, Upgrading); nothing was written"
+            )
         elif error == FAIL_REASON.QUEUE_FULL:
             exception = OverloadedError("the Raft queue is full; retry shortly")
         else:
@@ -676,6 +696,7 @@ class ReplicatedMember:
             "nextIndexRegressionsKept": self.raft.next_index_regressions_kept,
             "resentEntriesReceived": self.raft.resent_entries_received,
             "fencedEntriesRefused": self.raft.fenced_entries_refused,
+            "forwardedEntriesRefused": self.raft.forwarded_entries_refused,
             "commitsHeldForSync": self.raft.commits_held_for_sync,
             "acksHeldForSync": self.raft.acks_held_for_sync,
             "stateMachineBuild": "compiled" if build_state().compiled else "python",
@@ -745,6 +766,11 @@ class ReplicationMetrics:
             "allot_raft_fenced_entries_refused",
             "leader-fenced entries (the scheduling timers' decisions) refused because another term appended them",
             value=raft.fenced_entries_refused,
+        )
+        yield CounterMetricFamily(
+            "allot_raft_forwarded_entries_refused",
+            "entries a follower of another build forwarded that this member, as leader, did not append",
+            value=raft.forwarded_entries_refused,
         )
         yield CounterMetricFamily(
             "allot_raft_resent_entries_received",

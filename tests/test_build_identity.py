@@ -159,6 +159,7 @@ def test_a_member_proposes_only_while_a_majority_was_heard_on_its_build() -> Non
         _peer_builds={},
     )
     member.other_builds = lambda: ReplicatedMember.other_builds(member)  # type: ignore[arg-type]
+    member._own_build_has_majority = lambda: ReplicatedMember._own_build_has_majority(member)  # type: ignore[arg-type]
 
     def refusal() -> str | None:
         try:
@@ -180,6 +181,31 @@ def test_a_member_proposes_only_while_a_majority_was_heard_on_its_build() -> Non
     assert "a majority does not run this member's" in refused
     member._peer_builds = {"m2": ("a" * 16, now), "m3": ("b" * 16, now)}  # the odd one is m3
     assert refusal() is None
+
+
+def test_a_leader_refuses_forwarded_entries_of_another_build_only_while_its_own_has_a_majority() -> None:
+    """`ReplicatedMember._refuses_forwarded_build`, asked by `AllotRaft._applyCommand` on the
+    leader for each entry a follower forwards: an entry of another build (or of a build from
+    before the stamp) is refused while a majority runs the leader's build, since that whole
+    majority would stop at it. An outvoted leader refuses nothing: the entry is the majority's,
+    and the leader is the one that stops at it."""
+    now = time.monotonic()
+    member = SimpleNamespace(
+        raft=SimpleNamespace(build_id="a" * 16),
+        config=SimpleNamespace(members={"m1": "127.0.0.1:1", "m2": "127.0.0.1:2", "m3": "127.0.0.1:3"}),
+        _peer_builds={"m2": ("a" * 16, now), "m3": ("b" * 16, now)},
+    )
+    member._own_build_has_majority = lambda: ReplicatedMember._own_build_has_majority(member)  # type: ignore[arg-type]
+
+    def refuses(build: str | None) -> bool:
+        return ReplicatedMember._refuses_forwarded_build(member, build)  # type: ignore[arg-type]
+
+    assert refuses("b" * 16) and refuses(None)
+    assert not refuses("a" * 16)
+    member._peer_builds = {"m2": ("b" * 16, now), "m3": ("b" * 16, now)}  # this leader is outvoted
+    assert not refuses("b" * 16) and not refuses("a" * 16)
+    member._peer_builds = {"m2": ("a" * 16, now - 2 * peer_build_fresh_s)}  # nobody heard lately
+    assert not refuses("b" * 16)
 
 
 def test_a_proposal_waits_briefly_for_a_majority_to_be_heard(monkeypatch: pytest.MonkeyPatch) -> None:

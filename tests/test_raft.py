@@ -42,7 +42,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pysyncobj.version
+import pytest
 from pysyncobj import FAIL_REASON
 from pysyncobj.monotonic import monotonic as pysyncobj_clock
 from pysyncobj.syncobj import _COMMAND_TYPE, _RAFT_STATE
@@ -764,3 +766,75 @@ def test_a_leaders_decision_applies_only_in_the_term_it_was_made(tmp_path: Path)
             assert _revision(member) == 1  # only the current term's decision changed the state
             assert member.raft.fenced_entries_refused == 2
         assert len({member.store.digest() for member in members}) == 1
+
+
+class MemberStopped(Exception):
+    pass
+
+
+def test_the_leader_does_not_append_a_followers_entry_of_another_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower's entry reaches the leader as a forwarded command; when the leader's
+    `refuses_forwarded_build` refuses its build (ReplicatedMember's rule: another build while
+    a majority runs the leader's), the leader appends nothing and the follower's proposal ends
+    with REQUEST_DENIED, so no member meets the entry (applying it would stop each of them).
+    Entries of the leader's own build, forwarded or its own, pass as before."""
+    ts_ms = 1_767_225_600_000
+    own = build_id()
+    other = "0" * 16 if own != "0" * 16 else "1" * 16
+
+    cidrs = {"other": "10.0.0.0/16", "old": "10.1.0.0/16", "forwarded": "10.2.0.0/16", "own": "10.3.0.0/16"}
+
+    def pool(name: str) -> bytes:
+        return encode_envelope(
+            Envelope("pool.create", {"name": name, "spec": {"cidr": cidrs[name]}}, ADMIN, None, ts_ms)
+        )
+
+    def entry(name: str, build: str) -> bytes:
+        return encode_batch([pool(name)], build=build, proposer="test")
+
+    unstamped = cbor2.dumps([pool("old")])  # an entry of a build from before builds were stamped
+    stops: list[str] = []
+
+    def stop_member(reason: str) -> None:  # in place of exiting the test process
+        stops.append(reason)
+        raise MemberStopped(reason)
+
+    monkeypatch.setattr(node.raft, "stop_member", stop_member)
+    with three_members(tmp_path) as members:
+        for member in members:
+            member.raft.refuses_forwarded_build = lambda build: build != own  # a majority runs `own`
+        leader = wait_until("a leader", lambda: leader_of(members), wait_s)
+        follower = next(member for member in members if member is not leader)
+        wait_until("the follower to know the leader", lambda: follower.raft._getLeader() is not None or None, wait_s)
+        last_index = leader.raft.last_log_index()
+        refused = Proposals(expected=2)
+        follower.raft.apply_batch(entry("other", other), callback=refused.callback())
+        follower.raft.apply_batch(unstamped, callback=refused.callback())
+        assert refused.done.wait(wait_s), stops
+        assert refused.results == [(None, FAIL_REASON.REQUEST_DENIED)] * 2
+        assert leader.raft.forwarded_entries_refused == 2
+        assert leader.raft.last_log_index() == last_index  # nothing appended
+
+        accepted = Proposals(expected=2)
+        follower.raft.apply_batch(entry("forwarded", own), callback=accepted.callback())
+        leader.raft.apply_batch(entry("own", own), callback=accepted.callback())
+        assert accepted.done.wait(wait_s)
+        assert [error for _, error in accepted.results] == [FAIL_REASON.SUCCESS] * 2
+        assert all(isinstance(outcome.result, Ok) for (outcome,), _ in accepted.results), accepted.results
+        last = leader.store.applied_index
+        wait_until(
+            "every member to apply everything",
+            lambda: all(m.store.applied_index == last for m in members) or None,
+            wait_s,
+        )
+        for member in members:
+            with member.store.reader() as view:
+                assert [
+                    name
+                    for name in ("other", "old", "forwarded", "own")
+                    if pools.load(view, keys.pool_key("", "", name))
+                ] == ["forwarded", "own"]
+        assert sum(member.raft.forwarded_entries_refused for member in members) == 2
+        assert stops == []
