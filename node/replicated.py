@@ -333,10 +333,17 @@ class ReplicatedMember:
         """Propose nothing more: writes, linearizable reads and the leader's own decisions are
         refused from now on (`WritesPausedError`), so that a cluster being stopped (for an
         upgrade) can settle on one log: every member's last entry committed and applied. For
-        this process only; a restart proposes again."""
+        this process only; `resume` (SIGUSR2) or a restart ends it."""
         if not self._quiesced:
             self._quiesced = True
-            log.info("member %s quiesced: it proposes nothing more until it restarts", self.member_id)
+            log.info("member %s quiesced: it proposes nothing more until SIGUSR2 or a restart", self.member_id)
+
+    def resume(self) -> None:
+        """End `quiesce`: propose again (an upgrade called off). Entries appended meanwhile by
+        other members need nothing: this member never stopped applying."""
+        if self._quiesced:
+            self._quiesced = False
+            log.info("member %s resumed: it proposes again", self.member_id)
 
     def _enqueue_check(self) -> None:
         if self._quiesced:

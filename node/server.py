@@ -134,6 +134,7 @@ async def serve(config: MemberConfig) -> int | None:
         loop.add_signal_handler(signum, on_signal, signum)
     # SIGUSR1: stop proposing, before a stop for an upgrade (README, Upgrading; allot up's Ctrl-C).
     loop.add_signal_handler(signal.SIGUSR1, member.quiesce)
+    loop.add_signal_handler(signal.SIGUSR2, member.resume)  # the upgrade called off
     watchdog: asyncio.Task[None] | None = None
     parent = os.environ.get(PARENT_ENV, "")
     if parent.isdigit():

@@ -204,7 +204,8 @@ def test_a_member_outvoted_on_its_build_takes_no_writes(cluster: Cluster, other_
 
 def test_a_quiesced_cluster_settles_and_takes_no_writes(cluster: Cluster, tmp_path: Path) -> None:
     """SIGUSR1 (what allot up's Ctrl-C sends first; README, Upgrading): a member proposes
-    nothing more, so the log stops growing and every member reaches its end. A restart ends it.
+    nothing more, so the log stops growing and every member reaches its end. SIGUSR2 or a
+    restart ends it.
     First on a cluster just started, whose log holds only pysyncobj's own entries (which
     appliedIndex does not count: `logSettled` does), then after writes."""
 
@@ -243,11 +244,28 @@ def test_a_quiesced_cluster_settles_and_takes_no_writes(cluster: Cluster, tmp_pa
     )
     assert listed.status == 200 and len(listed.body["items"]) == 3
 
+    # SIGUSR2 calls the stop off: the member proposes again, without a restart.
+    resumed = cluster.members["m2"]
+    assert resumed.pid is not None
+    os.kill(resumed.pid, signal.SIGUSR2)
+    wait_until(
+        "m2 to resume",
+        lambda: (status := cluster.statuses().get("m2")) is not None and not status["quiesced"],
+        stop_deadline_s,
+    )
+    assert cluster.request("m2", "GET", "/readyz", anonymous=True).status == 200
+    create_claim(cluster, "m2", "quiet", "resumed")  # through the leader, quiesced or not
+    assert len(claims_on(cluster, "m2")) == 4
+    for member_id in ("m1", "m3"):  # the others stay quiesced: each member is resumed on its own
+        body = {"name": f"still-{member_id}", "spec": {"poolRef": "quiet"}}
+        reply = cluster.request(member_id, "POST", "/v1/ipclaims", token=cluster.tenant_tokens[ACME], body=body)
+        assert reply.status == 503, reply.body
+
     for member_id in cluster.member_ids:
         cluster.terminate(member_id)
     cluster.start()
     create_claim(cluster, "m3", "quiet", "after-restart")
-    assert len(claims_on(cluster, "m1")) == 4
+    assert len(claims_on(cluster, "m1")) == 5
 
 
 def test_allot_up_upgrade_with_writes_in_flight(tmp_path: Path, other_build: Path) -> None:
