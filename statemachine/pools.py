@@ -137,8 +137,12 @@ def visible(pool: dict[str, Any], principal: Principal) -> bool:
         # A platform pool reserved for some orgs (`allowed_orgs`): anyone acting for a tenant,
         # an admin too, sees it only from those orgs, as with restricted classes.
         return allowed is None or (principal.is_admin and not principal.has_tenant) or principal.org in allowed
-    if principal.is_admin:
+    if principal.is_admin and not principal.has_tenant:
         return True
+    # A tenant's pool, seen by a tenant or by an admin acting for one, who sees what the tenant
+    # sees: acting for another project, an admin could otherwise claim from a `consumer` pool
+    # and leave the owner an allocation it can neither list nor delete (exploratory testing,
+    # 2026-12-07).
     if metadata["org"] != principal.org:
         return False
     if metadata["project"] == principal.project:
@@ -171,9 +175,15 @@ def allowed_orgs(
 
 
 def owns(pool: dict[str, Any], principal: Principal) -> bool:
-    """The pool's owner: its project, or an admin (for platform and internal pools, the only one)."""
+    """The pool's owner: its project (a tenant, or an admin acting for it), or an admin acting
+    for the platform (for platform and internal pools, the only one). An admin acting for a
+    tenant has the tenant's rights: a name resolves to the tenant's own pool first and to a
+    platform pool after, so `allot pool delete edge --as acme/web` deleted the platform pool
+    `edge` whenever acme/web had none of that name."""
     metadata = pool["metadata"]
-    return principal.is_admin or (metadata["org"] == principal.org and metadata["project"] == principal.project)
+    if principal.is_admin and not principal.has_tenant:
+        return True
+    return bool(metadata["org"] == principal.org and metadata["project"] == principal.project)
 
 
 def _check_carving(
@@ -644,6 +654,12 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     metadata = pool["metadata"]
     qualified = pool_id(metadata["org"], metadata["project"], metadata["name"])
     if not owns(pool, ctx.principal):
+        if not metadata["org"]:
+            raise Rejected(
+                FORBIDDEN,
+                f"IPPool {qualified} is a platform pool: only an admin acting for the platform "
+                "(without org and project) may delete it",
+            )
         raise Rejected(
             FORBIDDEN, f"IPPool {qualified} belongs to another project; only its owner or an admin may delete it"
         )

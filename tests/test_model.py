@@ -262,8 +262,8 @@ class Model:
 
     @staticmethod
     def visible(pool: MPool, principal: Principal) -> bool:
-        if principal.is_admin or pool.visibility == "platform":
-            return True
+        if (principal.is_admin and not principal.has_tenant) or pool.visibility == "platform":
+            return True  # an admin acting for a tenant sees what the tenant sees
         if pool.org != principal.org:
             return False
         if pool.project == principal.project:
@@ -469,7 +469,8 @@ class Model:
         pool = self.resolve(principal, body["name"])
         if pool is None:
             return refuse(NOT_FOUND)
-        if not principal.is_admin and (pool.org, pool.project) != (principal.org, principal.project):
+        acts_for_platform = principal.is_admin and not principal.has_tenant
+        if not acts_for_platform and (pool.org, pool.project) != (principal.org, principal.project):
             return refuse(FORBIDDEN)
         if self.allocations_in(pool.pid) or self.children_of(pool.pid):
             return refuse(CONFLICT)

@@ -335,3 +335,40 @@ def test_platform_owned_children_of_platform_pools_are_unchanged() -> None:
     for visibility in ("internal", "platform"):
         body = {"name": visibility, "spec": {"parentPool": "public", "prefixLength": 28, "visibility": visibility}}
         assert m.ok(ADMIN, "pool.create", body)["spec"]["visibility"] == visibility
+
+
+# ---- an admin acting for a tenant has the tenant's rights over other pools ---------------------
+
+
+def test_an_admin_acting_for_a_tenant_does_not_see_or_use_another_projects_consumer_pool() -> None:
+    """Exploratory testing, 2026-12-07: an admin acting for globex/prod claimed from acme/web's
+    `consumer` pool by its full name; acme/web then had a pool that counted an allocation it
+    could not list, and could not delete its pool. Acting for a tenant, an admin sees and uses
+    pools as that tenant does."""
+    m = _cluster()
+    m.ok(WEB, "pool.create", {"name": "own", "spec": {"parentPool": "public", "prefixLength": 28}})
+    other = admin_for("globex", "prod")
+    _not_found(m.refused(other, "claim.create", {"name": "x", "spec": {"poolRef": "acme/web/own"}}))
+    _not_found(m.refused(admin_for("acme", "db"), "claim.create", {"name": "x", "spec": {"poolRef": "web/own"}}))
+    assert "own" not in _names(m, other)
+    _not_found(m.refused(other, "pool.delete", {"name": "acme/web/own"}))
+    assert "own" in _names(m, ACTING) and "own" in _names(m, ADMIN)
+    claimed = m.ok(ACTING, "claim.create", {"name": "mine", "spec": {"poolRef": "own"}})
+    assert claimed["status"]["allocatedCIDR"] == "10.50.0.0/32"
+
+
+def test_an_admin_acting_for_a_tenant_may_not_delete_a_platform_pool() -> None:
+    """A pool name resolves to the tenant's own pool first and to a platform pool after: acting
+    for a tenant that has no pool of that name, `pool delete` found the platform pool and
+    deleted it. Now it is refused as it is for the tenant; the platform admin deletes it."""
+    m = _cluster()
+    m.ok(ADMIN, "pool.create", {"name": "spare", "spec": {"cidr": "10.60.0.0/24"}})
+    refusal = m.refused(ACTING, "pool.delete", {"name": "spare"})
+    assert refusal.code == "forbidden", refusal
+    assert "only an admin acting for the platform" in refusal.message
+    assert m.refused(WEB, "pool.delete", {"name": "spare"}).code == "forbidden"
+    m.ok(WEB, "pool.create", {"name": "spare", "spec": {"parentPool": "public", "prefixLength": 28}})
+    deleted = m.ok(ACTING, "pool.delete", {"name": "spare"})  # the tenant's own pool of that name
+    assert (deleted["metadata"]["org"], deleted["metadata"]["project"]) == ("acme", "web")
+    m.ok(ADMIN, "pool.delete", {"name": "spare"})
+    assert "spare" not in _names(m, ADMIN)
