@@ -251,8 +251,10 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
             source = f"the global default PriorityClass {class_name}: the pod names no class or priority"
         else:
             source = f"PriorityClass {class_name}"
-        impossible = tenant.priority_refusal(spec["priority"], source) or tenant.shortfall(
-            scheduler.charge_of(spec), alone="the pod"
+        impossible = (
+            tenant.priority_refusal(spec["priority"], source)
+            or tenant.unrequested_refusal(scheduler.unrequested(own_requests, tenant))
+            or tenant.shortfall(scheduler.charge_of(spec), alone="the pod")
         )
         if impossible is not None:
             raise impossible

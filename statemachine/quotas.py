@@ -266,6 +266,23 @@ class Tenant:
             charge, quota_id(self.org, self.project), alone
         ) or self.org_ledger.shortfall(charge, self.org, alone)
 
+    def unrequested_refusal(self, unrequested: list[str]) -> Rejected | None:
+        """A refusal when the project's or the org's quota limits a resource (`cpuMillis`,
+        `memoryBytes`) that a new pod gives no request for and no default fills in; None when
+        neither does. As Kubernetes' ResourceQuota admission: otherwise a pod without requests
+        is charged nothing and runs past the limit (exploratory testing, 2026-12-07)."""
+        for ledger, scope in ((self.project_ledger, quota_id(self.org, self.project)), (self.org_ledger, self.org)):
+            for resource in unrequested:
+                limit = None if ledger.limits is None else ledger.limits.get(resource)
+                if limit is not None:
+                    return Rejected(
+                        QUOTA_EXCEEDED,
+                        f"quota {scope} limits {resource}, so a pod must request it: give spec.requests.{resource}, "
+                        "or have an admin set defaultRequests in the project's quota",
+                        {"quota": scope, "resource": resource, "limit": limit},
+                    )
+        return None
+
     def priority_refusal(self, priority: int, source: str = "spec.priority") -> Rejected | None:
         """A refusal when the project's or the org's quota caps the priority of new pods below
         `priority` (given by `source`, for the message); None when neither does."""

@@ -288,6 +288,13 @@ def charge_of(spec: dict[str, Any]) -> quotas.Charge:
     return quotas.Charge(cpu_millis=requests["cpuMillis"], memory_bytes=requests["memoryBytes"], pods=1)
 
 
+def unrequested(own_requests: tuple[str, ...], tenant: quotas.Tenant) -> list[str]:
+    """The requests a pod neither gave nor got from the project's `defaultRequests`."""
+    if tenant.project_ledger.default_requests is not None:
+        return []
+    return [field for field in ("cpuMillis", "memoryBytes") if field not in own_requests]
+
+
 def fill_default_requests(spec: dict[str, Any], own_requests: tuple[str, ...], tenant: quotas.Tenant) -> None:
     """Each request the pod did not give takes the project's default (checked requests are
     in spec already, the others zero): a pod naming only its CPU is still charged memory."""
@@ -312,7 +319,11 @@ def plan_pod(view: ReadView, spec: Any, principal: Principal) -> str | None:
         return None
     tenant = quotas.Tenant(view, principal.org, principal.project)
     fill_default_requests(checked, own_requests, tenant)
-    if tenant.priority_refusal(checked["priority"]) is not None or tenant.shortfall(charge_of(checked)) is not None:
+    if (
+        tenant.priority_refusal(checked["priority"]) is not None
+        or tenant.unrequested_refusal(unrequested(own_requests, tenant)) is not None
+        or tenant.shortfall(charge_of(checked)) is not None
+    ):
         return None
     needs = Needs.of(checked)
     return search(view, needs, None, needs.policy or Cluster.load(view).policy).node
