@@ -98,7 +98,8 @@ def _present(view: ReadView, kind: str, obj: dict[str, Any], principal: Principa
     return obj
 
 
-FieldRequirement = tuple[str, str]  # (field path, value); "" matches an unset field
+# (field path, value, negated): `path=value` or `path!=value`; "" stands for an unset field.
+FieldRequirement = tuple[str, str, bool]
 
 
 def parse_field_selector(text: str, kind: str) -> tuple[FieldRequirement, ...]:
@@ -109,10 +110,16 @@ def parse_field_selector(text: str, kind: str) -> tuple[FieldRequirement, ...]:
     requirements = []
     for part in text.split(","):
         name, equals, value = part.strip().replace("==", "=", 1).partition("=")
-        name = name.strip()
-        if not equals or name not in supported:
+        negated = name.endswith("!")
+        name = name.removesuffix("!").strip()
+        if not equals:
+            raise invalid(f"fieldSelector {part!r} is not a requirement: use field=value or field!=value", field_path)
+        if name not in supported:
             known = ", ".join(supported) or "none"
-            raise invalid(f"fieldSelector {part!r} is not supported for {kind}; supported fields: {known}", field_path)
+            raise invalid(
+                f"fieldSelector {part!r} names a field that is not supported for {kind}; supported fields: {known}",
+                field_path,
+            )
         value = value.strip()
         if name == "spec.nodeName" and value:  # a name no node can have would match nothing, silently
             try:
@@ -130,15 +137,15 @@ def parse_field_selector(text: str, kind: str) -> tuple[FieldRequirement, ...]:
                 field_path,
                 allowed=list(allowed),
             )
-        requirements.append((name, value))
+        requirements.append((name, value, negated))
     return tuple(requirements)
 
 
 def field_matches(requirements: tuple[FieldRequirement, ...], obj: dict[str, Any]) -> bool:
-    for path, wanted in requirements:
+    for path, wanted, negated in requirements:
         section, _, name = path.partition(".")
         actual = obj.get(section, {}).get(name)
-        if (actual or "") != wanted:
+        if ((actual or "") == wanted) == negated:
             return False
     return True
 
@@ -149,7 +156,7 @@ def _watch_field_matches(requirements: tuple[FieldRequirement, ...], obj: dict[s
     if field_matches(requirements, obj):
         return True
     evicted = obj.get("status", {}).get("evictedFrom")
-    if evicted is None or all(path != "spec.nodeName" for path, _ in requirements):
+    if evicted is None or all(path != "spec.nodeName" for path, _, _ in requirements):
         return False
     as_before = {**obj, "spec": {**obj.get("spec", {}), "nodeName": evicted}}
     return field_matches(requirements, as_before)
@@ -366,7 +373,9 @@ def _candidates(
 
     The platform admin's pods on one node come from the node's index (a node agent's list
     reads only its own pods); everything else is a scan of the principal's key ranges."""
-    node_name = dict(fields).get("spec.nodeName") if res.kind == pods.KIND else None
+    node_name = None
+    if res.kind == pods.KIND:
+        node_name = next((value for path, value, negated in fields if path == "spec.nodeName" and not negated), None)
     if node_name and principal.is_admin and not principal.has_tenant:
         prefix = keys.pods_on_node_prefix(node_name)
         start = prefix if after is None else max(prefix, keys.pod_on_node_key(node_name, after) + b"\x00")
