@@ -47,7 +47,7 @@ from node.accelerate import build_state
 from node.member import Member, MemberError, NoLeaderError, OutcomeUnknownError, OverloadedError, WritesPausedError
 from node.scheduling import PodPlan
 from node.tokens import TokenStore
-from statemachine import nodes, queries
+from statemachine import nodes, queries, quotas
 from statemachine.codec import Envelope, Principal, encode_envelope
 from statemachine.context import Meta
 from statemachine.errors import GONE, Rejected
@@ -769,17 +769,24 @@ class Api:
         )
 
     async def scheduler_get(self, request: web.Request) -> web.StreamResponse:
-        self._principal(request)
+        principal = self._principal(request)
         params = self._params(request, {"consistency"})
         consistency = await self._consistency(params)
         with self.member.reader() as view:
             cluster = Cluster.load(view)
             revision = Meta.load(view).revision
+            # A tenant (or an admin acting for one) counts its own project's pending pods, not
+            # other tenants' (exploratory testing, 2026-12-07: the whole queue was shown).
+            pending = (
+                quotas.load_ledger(view, principal.org, principal.project).pending
+                if principal.has_tenant
+                else cluster.pending
+            )
         body = {
             "kind": "SchedulerStatus",
             "policy": cluster.policy,
             "nodes": cluster.nodes,
-            "pendingPods": cluster.pending,
+            "pendingPods": pending,
             "resourceVersion": revision,
         }
         return json_response(body, headers={CONSISTENCY_HEADER: consistency})

@@ -244,6 +244,9 @@ def test_pending_pod_and_unschedulable_when_the_queue_is_full(tmp_path: Path, mo
         assert (await api.call("POST", "/v1/pods", GLOBEX, pod("big", cpu=2000))).status == 201
         status = await api.ok("GET", "/v1/scheduler")
         assert status["pendingPods"] == 2 and status["nodes"] == 1
+        # A tenant counts its own pending pods, not the other tenant's.
+        assert (await api.ok("GET", "/v1/scheduler", ACME))["pendingPods"] == 1
+        assert (await api.ok("GET", "/v1/scheduler", GLOBEX))["pendingPods"] == 1
 
     run(tmp_path, check)
 
