@@ -686,6 +686,14 @@ def _pool_visibility(pool: IPPool) -> str:
     return f"{visibility} ({', '.join(allowed)})" if allowed else visibility
 
 
+def _pool_cidr(pool: IPPool) -> str:
+    """The pool's block, with its address space when that is not the default one: two pools
+    in different spaces may hold the same block."""
+    cidr = _dash(pool.status.allocated_cidr or pool.spec.cidr)
+    space = pool.status.address_space or pool.spec.address_space
+    return f"{cidr} ({space})" if space and space != "default" else cidr
+
+
 def pools_table(pools: Iterable[IPPool]) -> Table:
     table = Table(title="IP pools", title_justify="left")
     columns = ("NAME", "SCOPE", "VISIBILITY", "CIDR", "FAMILY", "UTILISATION", "USED/TOTAL", "FREE", "LARGEST FREE")
@@ -698,7 +706,7 @@ def pools_table(pools: Iterable[IPPool]) -> Table:
             pool.name,
             _scope(pool.metadata.org, pool.metadata.project),
             _pool_visibility(pool),  # internal pools are platform-scoped too: this tells them apart
-            _dash(pool.status.allocated_cidr or pool.spec.cidr),
+            _pool_cidr(pool),
             _dash(pool.spec.ip_family),
             _utilisation(pool),
             f"{_count(capacity.allocated)}/{_count(capacity.total)}" if capacity else "-",
@@ -980,6 +988,7 @@ def _describe(obj: ApiObject) -> Table:
         capacity = obj.status.capacity
         rows += [
             ("cidr", obj.status.allocated_cidr or obj.spec.cidr),
+            ("address space", obj.status.address_space or obj.spec.address_space or "default"),
             ("parent", obj.spec.parent_pool),
             ("family", obj.spec.ip_family),
             ("visibility", _pool_visibility(obj)),

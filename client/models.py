@@ -184,6 +184,7 @@ class IPPoolStatus:
     child_pools: int | None
     # A platform pool whose classes are all restricted serves only their orgs; empty: open to all.
     allowed_orgs: tuple[str, ...] = ()
+    address_space: str | None = None  # the root's, which children share (VRF-like)
 
     @classmethod
     def parse(cls, raw: Any) -> IPPoolStatus:
@@ -197,6 +198,7 @@ class IPPoolStatus:
             allocations=_int(status, "allocations"),
             child_pools=_int(status, "childPools"),
             allowed_orgs=_strs(status, "allowedOrgs"),
+            address_space=_str(status, "addressSpace"),
         )
 
 

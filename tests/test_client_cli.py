@@ -133,6 +133,13 @@ def test_pool_and_claim_lifecycle(cluster: Cluster, workdir: Path) -> None:
     assert listed["items"][0]["status"]["capacity"] == {"allocated": 5, "available": 3, "reserved": 0, "total": 8}
     described = ok(allot(cluster, workdir, "pool", "get", "cli-edge"))
     assert re.search(r"largest free\s+/31", described) and re.search(r"free\s+3\b", described), described
+    assert re.search(r"address space\s+default", described), described
+    # The same block in another address space: the list tells the two apart.
+    ok(allot(cluster, workdir, "pool", "create", "cli-edge-b", "--cidr", "10.201.0.0/29", "--address-space", "vrf2"))
+    table = ok(allot(cluster, workdir, "pool", "list"))
+    assert "10.201.0.0/29 (vrf2)" in next(line for line in table.splitlines() if "cli-edge-b" in line), table
+    assert re.search(r"address space\s+vrf2", ok(allot(cluster, workdir, "pool", "get", "cli-edge-b")))
+    ok(allot(cluster, workdir, "pool", "delete", "cli-edge-b"))
     claims = ok(allot(cluster, workdir, "claim", "list", token=tenant))
     assert "cli-c1" in claims and "10.201.0.4/30" in claims
     allocations = json.loads(ok(allot(cluster, workdir, "alloc", "list", "-o", "json", "--as", "acme/web")))
