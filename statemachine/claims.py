@@ -7,6 +7,8 @@ and its IPAllocation record; the answer carries `status.allocatedCIDR`.
 
 Claims are idempotent by name: the same name, spec and labels again returns the existing claim;
 another spec or other labels under the same name is `already_exists` (`errors.already_exists`).
+A spec asking for what the claim holds in other words is the same spec
+(`_asks_for_what_it_holds`).
 
 Deleting a claim with `reclaimPolicy: Delete` frees the block at once. With `Retain` the
 allocation stays, phase `Released`, reserved to the same tenant: creating a claim with the same
@@ -179,6 +181,51 @@ def _take(
     return buddy.allocate(ctx.ov, state, length, strategy, owner), state
 
 
+def _asks_for_what_it_holds(
+    ctx: Context, existing: dict[str, Any], spec: dict[str, Any], specific: Block | None
+) -> bool:
+    """Whether a create under an existing claim's name asks for what that claim holds, so it
+    answers the claim rather than `already_exists`: the same spec, or one that differs only in
+    how it says it. A default written out (`reclaimPolicy`, the pool's or class's default
+    `prefixLength`, the default class's name), an address given as a /32 (/128) `cidr` or the
+    other way round, and another name of the same pool all ask for the same thing, as pools'
+    own "same spec again" compares them with their defaults filled in (exploratory testing,
+    2026-12-07: a controller writing defaults out got `already_exists`). Judged on the state
+    now: a name that resolves elsewhere now (a pool of the tenant's own shadowing a platform
+    pool) is another request."""
+    held = existing["spec"]
+    if held == spec:
+        return True
+    status = existing["status"]
+    if ("poolRef" in spec) != ("poolRef" in held):
+        return False
+    source: dict[str, Any] | None
+    if "poolRef" in spec:
+        try:
+            pool_key, source = pools.resolve(ctx.ov, ctx.principal, spec["poolRef"], "spec.poolRef")
+        except Rejected:
+            return False
+        if pools.pool_id_of_key(pool_key) != status["pool"]:
+            return False
+        default_reclaim = RECLAIM_DELETE
+    else:
+        class_name = spec.get("className") or classes.default_class_name(ctx.ov)
+        source = None if class_name is None else classes.load(ctx.ov, class_name)
+        if source is None or class_name != status["className"]:
+            return False
+        default_reclaim = source["spec"]["reclaimPolicy"]
+    if spec.get("reclaimPolicy", default_reclaim) != status["reclaimPolicy"]:
+        return False
+    held_specific = "address" in held or "cidr" in held
+    if (specific is not None) != held_specific:
+        return False  # a specific block and a size are different requests, even when they met
+    allocated = parse_cidr(status["allocatedCIDR"], "status.allocatedCIDR")
+    if specific is not None:
+        return specific == allocated
+    length = spec.get("prefixLength", source["spec"]["allocation"]["defaultPrefixLength"])
+    return bool(length == allocated.length)
+
+
 def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     check_map(body, "", _body_fields)
     name = check_name(body.get("name"), "name")
@@ -191,7 +238,8 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
     existing = _load(ctx.ov, claim_key)
     if existing is not None:
-        same_spec, same_labels = existing["spec"] == spec, existing["metadata"]["labels"] == labels
+        same_spec = _asks_for_what_it_holds(ctx, existing, spec, specific)
+        same_labels = existing["metadata"]["labels"] == labels
         if same_spec and same_labels:
             return existing, False
         held = existing["status"]["allocatedCIDR"]

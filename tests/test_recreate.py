@@ -188,3 +188,38 @@ def test_a_claim_with_other_labels_under_a_request_id_is_remembered_as_refused()
     first = m.refused(WEB, "claim.create", body, request_id="r1")
     again = m.refused(WEB, "claim.create", body, request_id="r1")
     assert first == again and first.details["differs"] == ["labels"]
+
+
+def test_a_claim_asked_for_again_in_other_words_answers_the_claim() -> None:
+    """A claim's spec says how it was asked for; a create under its name asking for the same
+    thing another way answers the claim (as pools compare with their defaults filled in):
+    another name of the same pool, the class's name for the default class, its default
+    length or reclaim policy written out. Something else is still `already_exists`."""
+    m = Machine(check_every_step=True)
+    m.ok(
+        ADMIN,
+        "class.create",
+        {"name": "std", "spec": {"ipFamily": "IPv4", "isDefault": True, "reclaimPolicy": "Retain"}},
+    )
+    m.ok(ADMIN, "pool.create", {"name": "base", "spec": {"cidr": "10.80.0.0/24", "classNames": ["std"]}})
+    m.ok(WEB, "pool.create", {"name": "own", "spec": {"parentPool": "base", "prefixLength": 28}})
+    first = m.ok(WEB, "claim.create", {"name": "c", "spec": {"poolRef": "own"}})
+    for other_words in ({"poolRef": "web/own"}, {"poolRef": "acme/web/own", "prefixLength": 32}):
+        again = m.run(WEB, "claim.create", {"name": "c", "spec": other_words}).result
+        assert isinstance(again, Ok) and again.created is False and again.value == first, other_words
+    by_class = m.ok(WEB, "claim.create", {"name": "k", "spec": {}})
+    assert by_class["status"]["className"] == "std" and by_class["status"]["reclaimPolicy"] == "Retain"
+    spelled_out = {"className": "std", "prefixLength": 32, "reclaimPolicy": "Retain"}
+    again = m.run(WEB, "claim.create", {"name": "k", "spec": spelled_out}).result
+    assert isinstance(again, Ok) and again.created is False and again.value == by_class
+    for other in ({"className": "std", "reclaimPolicy": "Delete"}, {"poolRef": "base"}, {"prefixLength": 31}):
+        assert m.refused(WEB, "claim.create", {"name": "k", "spec": other}).code == "already_exists", other
+    # Judged on the state now: once "base" names a pool of the tenant's own (found before the
+    # platform's), the same words in other form ask for another pool. The very same spec still
+    # answers the claim, as it always has.
+    on_platform = m.ok(WEB, "claim.create", {"name": "s", "spec": {"poolRef": "base"}})
+    m.ok(WEB, "pool.create", {"name": "base", "spec": {"parentPool": "own", "prefixLength": 30}})
+    same = m.run(WEB, "claim.create", {"name": "s", "spec": {"poolRef": "base"}}).result
+    assert isinstance(same, Ok) and same.value == on_platform
+    spelled = {"name": "s", "spec": {"poolRef": "base", "prefixLength": 32}}
+    assert m.refused(WEB, "claim.create", spelled).code == "already_exists"
