@@ -51,7 +51,7 @@ from statemachine import nodes, queries, quotas
 from statemachine.codec import Envelope, Principal, encode_envelope
 from statemachine.context import Meta
 from statemachine.errors import GONE, Rejected
-from statemachine.fields import check_name
+from statemachine.fields import check_node_name
 from statemachine.scheduler import Cluster
 
 log = logging.getLogger("allot.http")
@@ -745,7 +745,7 @@ class Api:
         if not (principal.is_admin and not principal.has_tenant):
             raise ApiError("forbidden", "only the platform (an admin token) sends node heartbeats")
         await self._empty_body(request)
-        name = check_name(request.match_info["name"], "name")
+        name = check_node_name(request.match_info["name"], "name")
         with self.member.reader() as view:  # this member's state: a known node needs no barrier
             node = nodes.load(view, name)
         if node is None:

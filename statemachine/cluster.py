@@ -35,7 +35,7 @@ from statemachine.errors import (
     already_exists,
     invalid,
 )
-from statemachine.fields import check_map, check_name, opt_bool, opt_choice, opt_int, opt_str
+from statemachine.fields import check_map, check_name, check_node_name, opt_bool, opt_choice, opt_int, opt_str
 from statemachine.scheduler import Cluster
 from statemachine.view import prefix_end
 
@@ -67,7 +67,7 @@ def _node(
 ) -> tuple[str, dict[str, Any], nodes.NodeState]:
     classes.require_platform_admin(ctx.principal, "change nodes")
     check_map(body, "", ("name", *extra_fields))
-    name = check_name(body.get("name"), "name")
+    name = check_node_name(body.get("name"), "name")
     node = nodes.load(ctx.ov, name)
     if node is None:
         raise Rejected(NOT_FOUND, f"Node {name} not found", {"kind": nodes.KIND, "name": name})

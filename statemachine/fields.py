@@ -8,6 +8,11 @@ from typing import Any
 from statemachine.errors import invalid
 
 name_chars_max = 63
+# Node names are DNS-1123 subdomains, as Kubernetes' are (`ip-10-0-0-1.ec2.internal`), but of at
+# most 240 characters, not 253: the index of a node's pods (keys.pod_on_node_key) holds the
+# node's name and a pod's full name (org, project, namespace, name: 255 bytes) in one LMDB key,
+# and LMDB keys hold at most 511 bytes.
+node_name_chars_max = 240
 labels_max = 64
 label_key_chars_max = 253
 label_value_chars_max = 63
@@ -36,6 +41,19 @@ def check_name(value: Any, field_path: str) -> str:
         raise invalid(
             f"{field_path} {shown(value)} must be 1-{name_chars_max} lowercase letters, digits or '-', "
             "starting and ending with a letter or digit",
+            field_path,
+        )
+    return value
+
+
+def check_node_name(value: Any, field_path: str) -> str:
+    """A node's name: a DNS-1123 subdomain of at most `node_name_chars_max` characters."""
+    if not isinstance(value, str):
+        raise invalid(f"{field_path} must be a string", field_path)
+    if not value or len(value) > node_name_chars_max or not _label_prefix_pattern.fullmatch(value):
+        raise invalid(
+            f"{field_path} {shown(value)} must be 1-{node_name_chars_max} characters: lowercase letters, digits, "
+            "'-' and '.', each dot-separated part starting and ending with a letter or digit",
             field_path,
         )
     return value

@@ -36,7 +36,7 @@ from statemachine.fields import (
     check_label_value,
     check_labels,
     check_map,
-    check_name,
+    check_node_name,
     list_items_max,
     opt_choice,
     opt_int,
@@ -228,7 +228,7 @@ def _check_taints(value: Any) -> list[dict[str, str]]:
 
 def check_body(body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
     check_map(body, "", _body_fields)
-    name = check_name(body.get("name"), "name")
+    name = check_node_name(body.get("name"), "name")
     labels = check_labels(body.get("labels"), "labels")
     given = check_map(body.get("spec"), "spec", _spec_fields)
     capacity_in = check_map(given.get("capacity"), "spec.capacity", _capacity_fields)

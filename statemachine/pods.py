@@ -34,6 +34,7 @@ from statemachine.fields import (
     check_labels,
     check_map,
     check_name,
+    check_node_name,
     list_items_max,
     opt_choice,
     opt_int,
@@ -217,7 +218,7 @@ def check_body(
     plan = check_map(body.get("plan"), "plan", ("nodeName",))
     planned = opt_str(plan, "nodeName", "plan.nodeName")
     if planned is not None:
-        check_name(planned, "plan.nodeName")
+        check_node_name(planned, "plan.nodeName")
     return name, namespace, labels, spec, own_requests, own_priority, planned
 
 

@@ -20,7 +20,7 @@ from statemachine import claims, classes, keys, nodes, pods, pools, priorities, 
 from statemachine.codec import Principal, loads
 from statemachine.context import ADDED, DELETED, Meta
 from statemachine.errors import GONE, NOT_FOUND, Rejected, invalid
-from statemachine.fields import check_name, name_chars_max, shown
+from statemachine.fields import check_name, check_node_name, node_name_chars_max, shown
 from statemachine.labels import Requirement, matches, parse_selector
 from statemachine.view import ReadView, prefix_end
 
@@ -123,11 +123,11 @@ def parse_field_selector(text: str, kind: str) -> tuple[FieldRequirement, ...]:
         value = value.strip()
         if name == "spec.nodeName" and value:  # a name no node can have would match nothing, silently
             try:
-                check_name(value, field_path)
+                check_node_name(value, field_path)
             except Rejected:
                 raise invalid(
-                    f"fieldSelector spec.nodeName={shown(value)} can match no node: node names are 1-{name_chars_max} "
-                    "lowercase letters, digits or '-', starting and ending with a letter or digit",
+                    f"fieldSelector spec.nodeName={shown(value)} can match no node: node names are "
+                    f"1-{node_name_chars_max} lowercase letters, digits, '-' and '.'",
                     field_path,
                 ) from None
         allowed = FIELD_SELECTOR_VALUES.get((kind, name))
@@ -206,7 +206,10 @@ def get(view: ReadView, principal: Principal, plural: str, name: str, namespace:
         if quota is None or not quotas.visible(quota, principal):
             raise _not_found(res, name)
         return quotas.render(view, quota, principal)
-    check_name(name, "name")
+    if res.kind == nodes.KIND:
+        check_node_name(name, "name")
+    else:
+        check_name(name, "name")
     if res.kind == classes.KIND:
         found = classes.load(view, name)
         if found is None or not classes.visible(found, principal):

@@ -504,6 +504,26 @@ def test_watch_with_a_field_selector_sees_exactly_its_nodes_pods(tmp_path: Path)
     run(tmp_path, check, limits=Limits(watch_heartbeat_s=0.2))
 
 
+def test_a_node_may_have_a_dotted_name(tmp_path: Path) -> None:
+    """Node names are DNS subdomains, as Kubernetes' are: clouds name nodes
+    `ip-10-0-0-1.ec2.internal` (exploratory testing, 2026-12-07: refused as not a DNS label)."""
+    fqdn = "ip-10-0-0-1.ec2.internal"
+
+    async def check(api: Api) -> None:
+        await cluster(api, fqdn)
+        assert (await api.ok("GET", f"/v1/nodes/{fqdn}", ACME))["metadata"]["name"] == fqdn
+        assert (await api.ok("POST", f"/v1/nodes/{fqdn}/heartbeat"))["name"] == fqdn
+        placed = await api.ok("POST", "/v1/pods", ACME, pod("p1"))
+        assert placed["spec"]["nodeName"] == fqdn
+        assert await names_of(api, "/v1/pods", ADMIN, fieldSelector=f"spec.nodeName={fqdn}") == ["p1"]
+        assert (await api.ok("POST", f"/v1/nodes/{fqdn}/cordon"))["spec"]["unschedulable"] is True
+        for bad in ("a..b", ".a", "a.", "A.b", "a_b.c", "a." + "b" * 240):
+            await api.error(400, "invalid", "POST", "/v1/nodes", body=node(bad))
+        await api.error(400, "invalid", "GET", "/v1/pods", params={"fieldSelector": "spec.nodeName=a..b"})
+
+    run(tmp_path, check)
+
+
 # ---- heartbeats and the leader's timers ---------------------------------------------------------
 
 
