@@ -531,7 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--reclaim-policy", choices=("Delete", "Retain"))
     create.add_argument("-n", "--namespace")
     _create_common(create)
-    _list_options(claim.add_parser("list", parents=[common], help="claims"), namespaced=True)
+    claim_listing = claim.add_parser("list", parents=[common], help="claims")
+    _list_options(claim_listing, namespaced=True)
+    claim_listing.add_argument("--pool", help="only claims holding addresses of this pool (status.pool)")
+    claim_listing.add_argument("--field-selector", help="status.pool=P, status.className=C")
     get = claim.add_parser("get", parents=[common], help="one claim")
     get.add_argument("name")
     get.add_argument("-n", "--namespace")
@@ -561,7 +564,11 @@ def build_parser() -> argparse.ArgumentParser:
     alloc = commands.add_parser("alloc", parents=[common], help="IP allocations (read only)").add_subparsers(
         dest="action", required=True
     )
-    _list_options(alloc.add_parser("list", parents=[common], help="allocations"), namespaced=True)
+    alloc_listing = alloc.add_parser("list", parents=[common], help="allocations")
+    _list_options(alloc_listing, namespaced=True)
+    alloc_listing.add_argument("--pool", help="only allocations in this pool (spec.pool)")
+    alloc_listing.add_argument("--phase", choices=("Bound", "Released"), help="only allocations in this phase")
+    alloc_listing.add_argument("--field-selector", help="spec.pool=P, spec.className=C, status.phase=Released")
     get = alloc.add_parser("get", parents=[common], help="one allocation")
     get.add_argument("name")
     get.add_argument("-n", "--namespace")
@@ -1317,10 +1324,13 @@ _REPLAYED_NOTE = "(replayed: the answer the server gave this idempotency key the
 
 
 def _field_selector(args: argparse.Namespace) -> str | None:
-    """`pod list --node N --phase P --field-selector S`, as one selector."""
+    """`pod list --node N --phase P --field-selector S` (or a claim's or allocation's `--pool`),
+    as one selector."""
     parts = []
     if getattr(args, "node", None):
         parts.append(f"spec.nodeName={args.node}")
+    if getattr(args, "pool", None):
+        parts.append(f"{'status' if args.command == 'claim' else 'spec'}.pool={args.pool}")
     if getattr(args, "phase", None):
         parts.append(f"status.phase={args.phase}")
     if getattr(args, "field_selector", None):

@@ -668,7 +668,8 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
         raise Rejected(
             CONFLICT,
             f"IPPool {qualified} still has {state.allocations} allocation(s) and {state.child_pools} child pool(s); "
-            "delete those first",
+            f"delete those first (list the allocations with fieldSelector=spec.pool={qualified}; a Released one is "
+            "freed by creating its claim again with reclaimPolicy Delete and deleting it)",
             {"allocations": state.allocations, "childPools": state.child_pools},
         )
     rendered = render(ctx.ov, pool)

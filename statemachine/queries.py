@@ -59,10 +59,19 @@ _by_kind = {resource.kind: resource for resource in ALL_RESOURCES.values()}
 
 # Field selectors (`spec.nodeName=n1`, `status.phase=Pending`), per kind: so a node agent can
 # list and watch the pods bound to its node. An empty value matches an unset field.
-FIELD_SELECTORS = {pods.KIND: ("spec.nodeName", "status.phase")}
+FIELD_SELECTORS = {
+    pods.KIND: ("spec.nodeName", "status.phase"),
+    # And claims and allocations by pool or class: what holds a pool that will not delete
+    # ("still has N allocations"), or what a class handed out (exploratory testing, 2026-12-07).
+    claims.KIND: ("status.pool", "status.className"),
+    claims.ALLOCATION_KIND: ("spec.pool", "spec.className", "status.phase"),
+}
 # Fields whose values form a closed set: any other value could never match, so it is refused
 # (a typo such as `status.phase=Running` would otherwise list and watch nothing, silently).
-FIELD_SELECTOR_VALUES: dict[tuple[str, str], tuple[str, ...]] = {(pods.KIND, "status.phase"): pods.PHASES}
+FIELD_SELECTOR_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
+    (pods.KIND, "status.phase"): pods.PHASES,
+    (claims.ALLOCATION_KIND, "status.phase"): (claims.PHASE_BOUND, claims.PHASE_RELEASED),
+}
 field_selector_chars_max = 1024
 
 

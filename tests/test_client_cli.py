@@ -144,6 +144,12 @@ def test_pool_and_claim_lifecycle(cluster: Cluster, workdir: Path) -> None:
     assert "cli-c1" in claims and "10.201.0.4/30" in claims
     allocations = json.loads(ok(allot(cluster, workdir, "alloc", "list", "-o", "json", "--as", "acme/web")))
     assert {item["spec"]["cidr"] for item in allocations["items"]} >= {"10.201.0.0/32", "10.201.0.4/30"}
+    in_pool = json.loads(ok(allot(cluster, workdir, "alloc", "list", "--pool", "cli-edge", "-o", "json", token=tenant)))
+    assert {item["spec"]["cidr"] for item in in_pool["items"]} == {"10.201.0.0/32", "10.201.0.4/30"}
+    claimed = json.loads(ok(allot(cluster, workdir, "claim", "list", "--pool", "cli-edge", "-o", "json", token=tenant)))
+    assert sorted(item["metadata"]["name"] for item in claimed["items"]) == ["cli-c1", "cli-c2"]
+    none = ok(allot(cluster, workdir, "alloc", "list", "--pool", "cli-edge", "--phase", "Released", token=tenant))
+    assert "cli-c1" not in none
 
     more = allot(
         cluster, workdir, "claim", "create", "cli-c3", "--pool", "cli-edge", "--prefix-length", "30", token=tenant

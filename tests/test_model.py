@@ -479,6 +479,23 @@ class Model:
             self.pools[pool.parent].give_back(f"pool:{pool.pid}")
         return Expect(OK, writes=True, cidr=str(pool.block))
 
+    def asks_for_what_it_holds(
+        self, principal: Principal, alloc: MAlloc, spec: dict[str, Any], specific: Blk | None
+    ) -> bool:
+        """The same request in other words: the pool it names now is the one the claim holds an
+        address of, the reclaim policy (Delete by default) is the claim's, and the size is the
+        block it holds: the same specific block, or a length (the pool's default if none is
+        given) equal to the block's, for a claim that asked for a length."""
+        pool = self.resolve(principal, spec["poolRef"])
+        if pool is None or pool.pid != alloc.pool or (spec.get("reclaimPolicy") or DELETE) != alloc.reclaim:
+            return False
+        if (specific is not None) != ("address" in alloc.spec or "cidr" in alloc.spec):
+            return False
+        if specific is not None:
+            return specific == alloc.block
+        asked = spec.get("prefixLength")
+        return int(pool.allocation["defaultPrefixLength"] if asked is None else asked) == alloc.block.length
+
     def claim_create(self, principal: Principal, body: dict[str, Any]) -> Expect:
         name: str = body["name"]
         namespace: str = body.get("namespace", "default")
@@ -499,7 +516,7 @@ class Model:
         key: ClaimKey = (principal.org, principal.project, namespace, name)
         alloc = self.allocs.get(key)
         if alloc is not None and alloc.bound:
-            if alloc.spec == spec:
+            if alloc.spec == spec or self.asks_for_what_it_holds(principal, alloc, spec, specific):
                 return Expect(OK, cidr=str(alloc.block), pool=alloc.pool)
             return refuse(ALREADY_EXISTS)
         pool = self.resolve(principal, spec_in["poolRef"])

@@ -674,3 +674,29 @@ def test_a_pod_entering_or_leaving_a_field_selection_is_added_or_deleted_for_tha
     m.ok(WEB, "pod.delete", {"name": "p"})
     assert _pod_events(m, drained_since, "status.phase=Pending") == [("DELETED", "p", "Pending")]
     assert _pod_events(m, drained_since, "spec.nodeName=n1") == []
+
+
+def test_claims_and_allocations_are_listed_by_pool_class_and_phase() -> None:
+    """Field selectors on claims (`status.pool`, `status.className`) and allocations
+    (`spec.pool`, `spec.className`, `status.phase`): what holds a pool that will not delete,
+    a retained (Released) allocation included, found without paging through every one."""
+    m = Machine(check_every_step=True)
+    web = member("acme", "web")
+    m.ok(ADMIN, "class.create", {"name": "std", "spec": {"ipFamily": "IPv4"}})
+    m.ok(ADMIN, "pool.create", {"name": "p", "spec": {"cidr": "10.90.0.0/24", "classNames": ["std"]}})
+    m.ok(ADMIN, "pool.create", {"name": "q", "spec": {"cidr": "10.91.0.0/24"}})
+    m.ok(web, "claim.create", {"name": "in-p", "spec": {"poolRef": "p"}})
+    m.ok(web, "claim.create", {"name": "by-class", "spec": {"className": "std"}})
+    m.ok(web, "claim.create", {"name": "in-q", "spec": {"poolRef": "q"}})
+    m.ok(web, "claim.create", {"name": "kept", "spec": {"poolRef": "p", "reclaimPolicy": "Retain"}})
+    m.ok(web, "claim.delete", {"name": "kept"})
+    assert _names(list_objects(m.store, web, "ipclaims", field_selector="status.pool=p")) == ["by-class", "in-p"]
+    assert _names(list_objects(m.store, web, "ipclaims", field_selector="status.className=std")) == ["by-class"]
+    assert _names(list_objects(m.store, web, "ipclaims", field_selector="status.pool!=p")) == ["in-q"]
+    in_p = list_objects(m.store, ADMIN, "ipallocations", field_selector="spec.pool=p")
+    assert _names(in_p) == ["by-class", "in-p", "kept"]
+    released = list_objects(m.store, web, "ipallocations", field_selector="spec.pool=p,status.phase=Released")
+    assert _names(released) == ["kept"]
+    _refused("invalid", lambda: list_objects(m.store, web, "ipallocations", field_selector="status.phase=Gone"))
+    _refused("invalid", lambda: list_objects(m.store, web, "ipclaims", field_selector="spec.poolRef=p"))
+    _refused("invalid", lambda: list_objects(m.store, web, "ippools", field_selector="spec.cidr=10.90.0.0/24"))
