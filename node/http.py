@@ -130,6 +130,21 @@ class ApiError(Exception):
         return ERROR_STATUS[self.code]
 
 
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words (an error message must not say `NoneType`)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float | _NotAnInteger):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "a JSON value of another kind"
+
+
 def invalid(message: str, field_name: str | None = None) -> ApiError:
     return ApiError("invalid", message, {"field": field_name} if field_name else {})
 
@@ -246,8 +261,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
             f"a number in the body has more than {sys.get_int_max_str_digits()} digits; no field takes one that large"
         ) from None
     if not isinstance(value, dict):
-        kind = "a number" if isinstance(value, _NotAnInteger) else type(value).__name__
-        raise invalid(f"the body must be a JSON object, not {kind}")
+        raise invalid(f"the body must be a JSON object, not {_json_kind(value)}")
     if non_integer is not None:
         field_path, number = non_integer
         raise invalid(f"{field_path} must be an integer, not {number} (commands hold no floats)", field_path)

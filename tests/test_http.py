@@ -424,8 +424,11 @@ def test_bad_requests(tmp_path: Path) -> None:
         bad_bodies = [  # (body, a word the message must hold)
             (b"{", "malformed JSON"),
             (b"", "empty"),
-            (b"[1, 2]", "JSON object"),
-            (b'"claim"', "JSON object"),
+            (b"[1, 2]", "JSON object, not an array"),
+            (b'"claim"', "JSON object, not a string"),
+            (b"null", "JSON object, not null"),
+            (b"true", "JSON object, not a boolean"),
+            (b"7", "JSON object, not a number"),
             (
                 b'{"name": "a", "spec": {"poolRef": "edge", "prefixLength": 32.0}}',
                 "spec.prefixLength must be an integer",
