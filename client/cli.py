@@ -376,6 +376,9 @@ def _add_scheduling_parsers(commands: Any, common: argparse.ArgumentParser) -> N
     register.add_argument("--pod-cidr-prefix-length", type=int, help="its pod CIDR's size (default /24, IPv6 /64)")
     register.add_argument("--zone", help="its zone (also the label topology.kubernetes.io/zone)")
     register.add_argument("--taint", type=parse_taint, action="append", default=[], help="KEY[=VALUE]:EFFECT")
+    register.add_argument(
+        "--unschedulable", action="store_true", help="register it cordoned: no pods until `allot node uncordon`"
+    )
     _create_common(register)
     _list_options(node.add_parser("list", parents=[common], help="nodes with readiness and usage"), namespaced=False)
     _named(node.add_parser("get", parents=[common], help="one node"))
@@ -1227,6 +1230,8 @@ def node_spec(args: argparse.Namespace) -> dict[str, Any]:
     _put(spec, "podCIDRPrefixLength", args.pod_cidr_prefix_length)
     _put(spec, "zone", args.zone)
     _put(spec, "taints", args.taint)
+    if args.unschedulable:
+        spec["unschedulable"] = True
     return with_spec_json(spec, args.spec)
 
 

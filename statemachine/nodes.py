@@ -38,6 +38,7 @@ from statemachine.fields import (
     check_map,
     check_node_name,
     list_items_max,
+    opt_bool,
     opt_choice,
     opt_int,
     opt_str,
@@ -64,7 +65,7 @@ _fields_before_nominee_priority = 14  # scheduling records of earlier builds end
 EARLIER_NOMINEE_PRIORITY = (1 << 31) - 1
 
 _body_fields = ("name", "labels", "spec")
-_spec_fields = ("capacity", "taints", "zone", "podPool", "podCIDRPrefixLength")
+_spec_fields = ("capacity", "taints", "zone", "podPool", "podCIDRPrefixLength", "unschedulable")
 _capacity_fields = ("cpuMillis", "memoryBytes", "pods")
 _taint_fields = ("key", "value", "effect")
 
@@ -251,7 +252,10 @@ def check_body(body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any
         "zone": zone,
         "podPool": pod_pool,
         "podCIDRPrefixLength": opt_int(given, "podCIDRPrefixLength", "spec.podCIDRPrefixLength", 0, 128),
-        "unschedulable": False,
+        # Registered cordoned, as Kubernetes' Node spec.unschedulable: a node listed from an
+        # inventory before its agent runs takes no pods until `uncordon` (a node is Ready from
+        # registration, so pending pods would otherwise bind to it at once).
+        "unschedulable": bool(opt_bool(given, "unschedulable", "spec.unschedulable")),
     }
     return name, labels, spec
 
@@ -342,7 +346,7 @@ def new_object(
     state = NodeState(
         uid=uid,
         ready=True,
-        schedulable=True,
+        schedulable=not spec["unschedulable"],
         cpu_capacity=capacity["cpuMillis"],
         memory_capacity=capacity["memoryBytes"],
         pods_capacity=capacity["pods"],

@@ -504,6 +504,28 @@ def test_watch_with_a_field_selector_sees_exactly_its_nodes_pods(tmp_path: Path)
     run(tmp_path, check, limits=Limits(watch_heartbeat_s=0.2))
 
 
+def test_a_node_registered_unschedulable_takes_pods_only_once_uncordoned(tmp_path: Path) -> None:
+    """A node is Ready from its registration; `spec.unschedulable: true` (Kubernetes' Node field)
+    registers it cordoned, so a node listed before its agent runs takes no pending pods."""
+
+    async def check(api: Api) -> None:
+        await api.ok("POST", "/v1/ippools", ADMIN, POD_POOL)
+        assert (await api.call("POST", "/v1/pods", ACME, pod("waiting"))).body["status"]["phase"] == "Pending"
+        body = node("later")
+        body["spec"]["unschedulable"] = True
+        registered = await api.ok("POST", "/v1/nodes", ADMIN, body)
+        assert registered["spec"]["unschedulable"] is True
+        assert (await api.ok("GET", "/v1/pods/waiting", ACME))["status"]["phase"] == "Pending"
+        assert (await api.ok("POST", "/v1/nodes", ADMIN, body))["metadata"]["name"] == "later"  # same again
+        await api.ok("POST", "/v1/nodes/later/uncordon")
+        bound = await api.ok("GET", "/v1/pods/waiting", ACME)
+        assert bound["status"]["phase"] == "Bound" and bound["spec"]["nodeName"] == "later"
+        body["spec"]["unschedulable"] = "yes"
+        await api.error(400, "invalid", "POST", "/v1/nodes", body={**body, "name": "bad"})
+
+    run(tmp_path, check)
+
+
 def test_a_node_may_have_a_dotted_name(tmp_path: Path) -> None:
     """Node names are DNS subdomains, as Kubernetes' are: clouds name nodes
     `ip-10-0-0-1.ec2.internal` (exploratory testing, 2026-12-07: refused as not a DNS label)."""
