@@ -553,7 +553,10 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         it would stop every member of the majority's build. The leader judges the entry itself.
         pysyncobj calls this with `commandType` None only for a command a peer forwarded (its
         own proposals name their type), so this member's own entries pass untouched."""
-        if commandType is None and self._isLeader():
+        # Not only while leader: a member that receives the command as follower and wins an
+        # election before its next tick would append it then. Refused on a follower, it is
+        # answered REQUEST_DENIED instead of NOT_LEADER: 503 either way.
+        if commandType is None:
             build = _forwarded_build(command)
             if build is not _UNREADABLE and self.refuses_forwarded_build(build):
                 self.forwarded_entries_refused += 1

@@ -226,6 +226,27 @@ def _asks_for_what_it_holds(
     return bool(length == allocated.length)
 
 
+def _resolve_for_claim(ctx: Context, pool_ref: str, alloc_key: bytes) -> tuple[bytes, dict[str, Any]]:
+    """The pool a claim's `poolRef` names, as the principal sees it; and also, when an allocation
+    retained under the claim's name is in that very pool (named by its full id), that pool
+    though the principal cannot see it. Before 2026-12-07 an admin acting for one project could
+    claim from another project's `consumer` pool (pools.visible); a retained allocation made so
+    is freed only by binding it again, which must not be refused for the visibility that
+    stopped new claims there."""
+    try:
+        return pools.resolve(ctx.ov, ctx.principal, pool_ref, "spec.poolRef")
+    except Rejected as refusal:
+        retained = _load(ctx.ov, alloc_key)
+        if retained is None or retained["spec"]["pool"] != pool_ref:
+            raise
+        not_visible = refusal
+    pool_key = pools.key_of_pool_id(pool_ref)
+    pool = pools.load(ctx.ov, pool_key)
+    if pool is None:  # a pool holding an allocation cannot be deleted
+        raise InvariantViolation(f"a retained allocation names missing pool {pool_ref} ({not_visible.message})")
+    return pool_key, pool
+
+
 def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     check_map(body, "", _body_fields)
     name = check_name(body.get("name"), "name")
@@ -258,7 +279,7 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     ip_class: dict[str, Any] | None = None
     sized_by = _size_field(spec)  # the field a refusal about the size or place names
     if "poolRef" in spec:
-        candidates = [pools.resolve(ctx.ov, principal, spec["poolRef"], "spec.poolRef")]
+        candidates = [_resolve_for_claim(ctx, spec["poolRef"], alloc_key)]
     else:
         ip_class, candidates = class_candidates(ctx, spec)
     if ip_class is not None:

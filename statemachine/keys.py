@@ -1,6 +1,7 @@
 """The key layout of the replicated state. Every key the state machine writes is built here.
 
-Object keys are readable paths; names are DNS-1123 labels, so '/' never appears inside a part
+Object keys are readable paths; names are DNS-1123 labels (node names DNS-1123 subdomains, with
+dots), so '/' never appears inside a part
 and a scope prefix (`claim/<org>/<project>/`) selects exactly one tenant's objects. Platform
 objects use the empty org and project, so they sort first within their kind.
 

@@ -4,9 +4,9 @@
 * `requests`: `{cpuMillis, memoryBytes}`; each one left out takes the project quota's
   `defaultRequests` value (or zero), as a Kubernetes LimitRange default does, filled in at
   creation and stored, so a later change of defaults never changes what an existing pod is
-  charged. Left out with no default while the project's or org's quota limits that resource,
-  the pod is refused (`quota_exceeded`), as Kubernetes' ResourceQuota admission does; an
-  explicit 0 is a request.
+  charged. Left out with no default (or a default of 0) while the project's or org's quota
+  limits that resource, the pod is refused (`quota_exceeded`), as Kubernetes' ResourceQuota
+  admission does; an explicit 0 is a request.
 * `nodeSelector`: labels the node must carry (all of them).
 * `nodeAffinity`: required match expressions, all of which must hold:
   `{key, operator: In|NotIn|Exists|DoesNotExist, values}` (a single Kubernetes node selector

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +112,33 @@ def _present(view: ReadView, kind: str, obj: dict[str, Any], principal: Principa
 FieldRequirement = tuple[str, str, bool]
 
 
+_field_requirement = re.compile(r"([^=!]+)(==|=|!=)([^=!]*)")
+
+
+def _check_selector_value(name: str, value: str) -> None:
+    """Refuse a value that names no node, pool or class (it could only ever match nothing)."""
+    try:
+        if name == "spec.nodeName":
+            check_node_name(value, "fieldSelector")
+        elif name.endswith(".pool"):
+            parts = value.split("/")
+            if len(parts) not in (1, 3):
+                raise invalid("a pool id is name or org/project/name", "fieldSelector")
+            for part in parts:
+                check_name(part, "fieldSelector")
+        elif name.endswith(".className"):
+            check_name(value, "fieldSelector")
+    except Rejected:
+        what = {"spec.nodeName": "a node name"}.get(
+            name, "a class name" if name.endswith(".className") else "a pool id"
+        )
+        raise invalid(
+            f"fieldSelector {name} value {shown(value)} is not {what} (node names: 1-{node_name_chars_max} "
+            "lowercase letters, digits, '-' and '.'; pool ids: name or org/project/name; names: DNS labels)",
+            "fieldSelector",
+        ) from None
+
+
 def parse_field_selector(text: str, kind: str) -> tuple[FieldRequirement, ...]:
     field_path = "fieldSelector"
     if len(text) > field_selector_chars_max:
@@ -118,27 +146,22 @@ def parse_field_selector(text: str, kind: str) -> tuple[FieldRequirement, ...]:
     supported = FIELD_SELECTORS.get(kind, ())
     requirements = []
     for part in text.split(","):
-        name, equals, value = part.strip().replace("==", "=", 1).partition("=")
-        negated = name.endswith("!")
-        name = name.removesuffix("!").strip()
-        if not equals:
-            raise invalid(f"fieldSelector {part!r} is not a requirement: use field=value or field!=value", field_path)
+        requirement = _field_requirement.fullmatch(part.strip())
+        if requirement is None:
+            raise invalid(
+                f"fieldSelector {part!r} is not a requirement: use field=value, field==value or field!=value",
+                field_path,
+            )
+        name, operator, value = requirement.group(1).strip(), requirement.group(2), requirement.group(3).strip()
+        negated = operator == "!="
         if name not in supported:
             known = ", ".join(supported) or "none"
             raise invalid(
                 f"fieldSelector {part!r} names a field that is not supported for {kind}; supported fields: {known}",
                 field_path,
             )
-        value = value.strip()
-        if name == "spec.nodeName" and value:  # a name no node can have would match nothing, silently
-            try:
-                check_node_name(value, field_path)
-            except Rejected:
-                raise invalid(
-                    f"fieldSelector spec.nodeName={shown(value)} can match no node: node names are "
-                    f"1-{node_name_chars_max} lowercase letters, digits, '-' and '.'",
-                    field_path,
-                ) from None
+        if value:  # a value no object can hold would match nothing (or everything), silently
+            _check_selector_value(name, value)
         allowed = FIELD_SELECTOR_VALUES.get((kind, name))
         if allowed is not None and value not in allowed:
             raise invalid(

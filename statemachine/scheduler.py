@@ -289,10 +289,12 @@ def charge_of(spec: dict[str, Any]) -> quotas.Charge:
 
 
 def unrequested(own_requests: tuple[str, ...], tenant: quotas.Tenant) -> list[str]:
-    """The requests a pod neither gave nor got from the project's `defaultRequests`."""
-    if tenant.project_ledger.default_requests is not None:
-        return []
-    return [field for field in ("cpuMillis", "memoryBytes") if field not in own_requests]
+    """The requests a pod neither gave nor got from the project's `defaultRequests`. A default
+    of 0 counts as none: the quota stores a default left out as 0 (`quotas.check_requests`), and
+    a `defaultRequests` naming only the CPU must not let pods run past a memory limit."""
+    defaults = tenant.project_ledger.default_requests or [0, 0]
+    fields = ("cpuMillis", "memoryBytes")
+    return [field for field, default in zip(fields, defaults, strict=True) if field not in own_requests and not default]
 
 
 def fill_default_requests(spec: dict[str, Any], own_requests: tuple[str, ...], tenant: quotas.Tenant) -> None:

@@ -194,6 +194,8 @@ def test_a_member_outvoted_on_its_build_takes_no_writes(cluster: Cluster, other_
         status.stdout.split()
     ), status.stdout
     assert cluster.members["m3"].running  # nothing was proposed, so nothing stopped it
+    counted = cluster.statuses(["m1", "m2"])  # m3 proposed nothing, so no leader refused an entry of it
+    assert all(status is not None and status["forwardedEntriesRefused"] == 0 for status in counted.values()), counted
 
     create_pool(cluster, "m1", "majority")  # the majority's build: m1 and m2 take writes
     process = cluster.members["m3"].process

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import cbor2
 import pytest
+from pysyncobj import FAIL_REASON
 
 from client.cli import _mixed_builds
 from client.models import MemberReport, MemberStatus
@@ -240,3 +241,22 @@ def test_a_proposal_waits_briefly_for_a_majority_to_be_heard(monkeypatch: pytest
     with pytest.raises(WritesPausedError):
         asyncio.run(ReplicatedMember._proposable(member))  # type: ignore[arg-type]
     assert len(checks) == 1
+
+
+def test_a_proposal_the_leader_denied_is_answered_writes_paused() -> None:
+    """`ReplicatedMember._resolve`: REQUEST_DENIED (only `AllotRaft._applyCommand` answers it:
+    the leader did not append this member's entry of another build) fails the batch's writes
+    and reads with `WritesPausedError` (503 unavailable, nothing written), not the 504 that an
+    outcome pysyncobj cannot vouch for gets."""
+
+    async def resolve() -> tuple[BaseException | None, BaseException | None]:
+        loop = asyncio.get_running_loop()
+        writer, reader = loop.create_future(), loop.create_future()
+        batch = SimpleNamespace(writers=[writer], readers=[reader])
+        member = SimpleNamespace(_release=lambda _batch: None, member_id="m3", raft=SimpleNamespace(build_id="b" * 16))
+        ReplicatedMember._resolve(member, batch, None, FAIL_REASON.REQUEST_DENIED)  # type: ignore[arg-type]
+        return writer.exception(), reader.exception()
+
+    written, read = asyncio.run(resolve())
+    assert isinstance(written, WritesPausedError) and isinstance(read, WritesPausedError)
+    assert "did not append this member's entry" in str(written) and "b" * 16 in str(written)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from statemachine import Ok, Principal, Rejected
+from statemachine import Ok, Principal, Rejected, pools
 from statemachine.queries import events_after, get, list_objects
 from tests.harness import ADMIN, Machine, admin_for, member
 
@@ -372,3 +372,32 @@ def test_an_admin_acting_for_a_tenant_may_not_delete_a_platform_pool() -> None:
     assert (deleted["metadata"]["org"], deleted["metadata"]["project"]) == ("acme", "web")
     m.ok(ADMIN, "pool.delete", {"name": "spare"})
     assert "spare" not in _names(m, ADMIN)
+
+
+def test_a_retained_allocation_left_by_the_old_rule_can_still_be_freed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before 2026-12-07 an admin acting for globex/prod could claim from acme/web's `consumer`
+    pool. A claim made so with reclaimPolicy Retain, then deleted, leaves a Released allocation
+    that only binding it again frees, and the pool cannot be deleted until then. The new rule
+    must not make that impossible: naming the allocation's pool by its full id binds it again."""
+    m = _cluster()
+    m.ok(WEB, "pool.create", {"name": "own", "spec": {"parentPool": "public", "prefixLength": 28}})
+    other = admin_for("globex", "prod")
+    old_rule = pools.visible
+
+    def visible_before(pool: dict[str, Any], principal: Principal) -> bool:
+        if principal.is_admin and pool["spec"]["visibility"] != "internal":
+            return True
+        return old_rule(pool, principal)
+
+    monkeypatch.setattr(pools, "visible", visible_before)
+    spec = {"poolRef": "acme/web/own", "reclaimPolicy": "Retain"}
+    held = m.ok(other, "claim.create", {"name": "stray", "spec": spec})["status"]["allocatedCIDR"]
+    m.ok(other, "claim.delete", {"name": "stray"})
+    monkeypatch.setattr(pools, "visible", old_rule)
+
+    assert m.refused(WEB, "pool.delete", {"name": "own"}).code == "conflict"
+    _not_found(m.refused(other, "claim.create", {"name": "fresh", "spec": {"poolRef": "acme/web/own"}}))
+    rebound = m.ok(other, "claim.create", {"name": "stray", "spec": {"poolRef": "acme/web/own"}})
+    assert rebound["status"]["allocatedCIDR"] == held
+    m.ok(other, "claim.delete", {"name": "stray"})  # reclaimPolicy Delete now: the address is free
+    m.ok(WEB, "pool.delete", {"name": "own"})

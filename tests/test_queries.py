@@ -700,3 +700,11 @@ def test_claims_and_allocations_are_listed_by_pool_class_and_phase() -> None:
     _refused("invalid", lambda: list_objects(m.store, web, "ipallocations", field_selector="status.phase=Gone"))
     _refused("invalid", lambda: list_objects(m.store, web, "ipclaims", field_selector="spec.poolRef=p"))
     _refused("invalid", lambda: list_objects(m.store, web, "ippools", field_selector="spec.cidr=10.90.0.0/24"))
+    # A value no pool, class or node can have would list nothing (or, negated, everything), silently.
+    for selector in ("status.pool=!p", "status.pool=acme/p", "status.className=Std", "status.pool!==p"):
+        with pytest.raises(Rejected) as refused:
+            list_objects(m.store, web, "ipclaims", field_selector=selector)
+        assert refused.value.code == "invalid", selector
+    refusal = _refused("invalid", lambda: list_objects(m.store, web, "pods", field_selector="spec.nodeName!=BAD"))
+    assert "is not a node name" in refusal.message, refusal
+    assert _names(list_objects(m.store, web, "ipclaims", field_selector="status.pool==p")) == ["by-class", "in-p"]
