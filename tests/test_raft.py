@@ -228,6 +228,19 @@ def three_members(directory: Path) -> Iterator[list[InProcessMember]]:
             member.store.close()
 
 
+def _members_state(members: list[InProcessMember], stops: list[str]) -> str:
+    """What a timed-out wait prints: each member's Raft view and store, and any stop."""
+    lines = [
+        f"member {number}: leader={member.raft._getLeader()}"
+        f" term={member.raft._SyncObj__raftCurrentTerm}"
+        f" commit={member.raft._SyncObj__raftCommitIndex}"
+        f" last_applied={member.raft.raftLastApplied} log={member.raft.last_log_index()}"
+        f" store.applied_index={member.store.applied_index}"
+        for number, member in enumerate(members, 1)
+    ]
+    return "\n".join([*lines, f"stops: {stops}"])
+
+
 def leader_of(members: list[InProcessMember]) -> InProcessMember | None:
     leaders = {str(member.raft._getLeader()) for member in members}
     if len(leaders) != 1 or "None" in leaders:
@@ -287,7 +300,8 @@ def record_ordering(directory: Path, *, ack_sync: bool = True) -> list[list[Even
             )
         assert proposals.done.wait(wait_s)
         assert all(error == FAIL_REASON.SUCCESS for _, error in proposals.results), proposals.results
-        last = leader.store.applied_index
+        # Each proposer applied its own entries; a follower's may be applied there first.
+        last = max(member.store.applied_index for member in members)
         wait_until(
             "every member to apply everything",
             lambda: all(member.store.applied_index == last for member in members) or None,
@@ -750,7 +764,8 @@ def test_a_leaders_decision_applies_only_in_the_term_it_was_made(tmp_path: Path)
             assert refused.result.details == {"leaderTerm": term - 1, "entryTerm": term}
             assert refused.writes == ()
         assert isinstance(applied.result, Ok) and applied.result.value["metadata"]["name"] == "current"
-        last = leader.store.applied_index
+        # Each proposer applied its own entries; a follower's may be applied there first.
+        last = max(member.store.applied_index for member in members)
         wait_until(
             "every member to apply everything",
             lambda: all(m.store.applied_index == last for m in members) or None,
@@ -823,11 +838,13 @@ def test_the_leader_does_not_append_a_followers_entry_of_another_build(
         assert accepted.done.wait(wait_s)
         assert [error for _, error in accepted.results] == [FAIL_REASON.SUCCESS] * 2
         assert all(isinstance(outcome.result, Ok) for (outcome,), _ in accepted.results), accepted.results
-        last = leader.store.applied_index
+        # Each proposer applied its own entries; a follower's may be applied there first.
+        last = max(member.store.applied_index for member in members)
         wait_until(
             "every member to apply everything",
             lambda: all(m.store.applied_index == last for m in members) or None,
             wait_s,
+            on_timeout=lambda: _members_state(members, stops),
         )
         for member in members:
             with member.store.reader() as view:

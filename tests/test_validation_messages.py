@@ -268,7 +268,7 @@ def test_a_node_name_no_node_can_have_in_a_field_selector_names_the_field() -> N
     m = _ipam()
     with pytest.raises(Rejected) as refused:
         list_objects(m.store, ADMIN, "pods", field_selector="spec.nodeName=UPPER")
-    assert refused.value.message.startswith("fieldSelector spec.nodeName='UPPER' can match no node")
+    assert refused.value.message.startswith("fieldSelector spec.nodeName value 'UPPER' is not a node name")
     assert refused.value.details == {"field": "fieldSelector"}
 
 
