@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from statemachine import buddy, keys, nodes, pods, pools, priorities, quotas, scheduler, services
-from statemachine.addresses import Block, format_address, parse_address, parse_cidr
+from statemachine.addresses import FAMILY_BITS, Block, format_address, parse_address, parse_cidr
 from statemachine.buddy import OWNER_RESERVED, UID_BYTES, PoolState
 from statemachine.claims import PHASE_BOUND, PHASE_RELEASED, decode_record
 from statemachine.codec import loads
@@ -102,10 +102,13 @@ def _check_pools(view: ReadView, objects: _Objects, problems: list[str]) -> None
             problems.append(f"pool {name}: allocator block {state.block} != allocatedCIDR {block}")
             continue
         _check_tiling(view, name, state, objects, problems)
-    for node_key, node in objects.nodes.items():  # each node's pod CIDR has an allocator too
+    for node_key, node in objects.nodes.items():  # a node of an earlier build has a CIDR allocator
         uid = parse_uid(node["metadata"]["uid"])
-        uids.add(uid)
         name = f"node {node_key[len(keys.NODE) :].decode()} pod CIDR"
+        node_state = nodes.load_state(view, node_key[len(keys.NODE) :].decode())
+        if node_state is not None and node_state.pod_addresses is not None:
+            continue  # its addresses are in its scheduling record (checked with the pods)
+        uids.add(uid)
         raw_state = view.get(buddy.state_key(uid))
         if raw_state is None:
             problems.append(f"{name}: no allocator state")
@@ -383,6 +386,7 @@ def check_scheduler(view: ReadView, objects: _Objects, problems: list[str]) -> N
     _check_pods(view, objects, states, usage, cluster, problems)
     for name, (cpu, memory, pod_count) in usage.items():
         state = states[name]
+        _check_pod_addresses(name, objects.nodes[keys.node_key(name)], state, pod_count, problems)
         if (state.cpu_used, state.memory_used, state.pods_used) != (cpu, memory, pod_count):
             problems.append(
                 f"node {name}: record says ({state.cpu_used}, {state.memory_used}, {state.pods_used}) used, "
@@ -391,6 +395,27 @@ def check_scheduler(view: ReadView, objects: _Objects, problems: list[str]) -> N
         if cpu > state.cpu_capacity or memory > state.memory_capacity or pod_count > state.pods_capacity:
             problems.append(f"node {name}: capacity exceeded ({cpu}, {memory}, {pod_count})")
     _check_ledgers(view, objects, problems)
+
+
+def _check_pod_addresses(
+    name: str, node: dict[str, Any], state: nodes.NodeState, pod_count: int, problems: list[str]
+) -> None:
+    """A node's pod address bit set (`NodeState.pod_addresses`): its CIDR is the node's, its
+    first address is held back, and it marks as many addresses as the node has bound pods (each
+    bound pod's own is checked with the pod)."""
+    if state.pod_addresses is None:
+        return  # a node of an earlier build: its CIDR allocator is checked with the pools
+    family, first, length, used = state.pod_addresses
+    if str(Block(family, first, length)) != node["status"]["podCIDR"]:
+        problems.append(
+            f"node {name}: its address set is of {Block(family, first, length)}, not {node['status']['podCIDR']}"
+        )
+    elif not used & 1 or used.bit_length() > 1 << (FAMILY_BITS[family] - length):
+        problems.append(f"node {name}: its address set does not hold back the first address, or overflows the CIDR")
+    elif used.bit_count() != pod_count + 1:
+        problems.append(
+            f"node {name}: {used.bit_count() - 1} pod addresses are marked taken for {pod_count} bound pods"
+        )
 
 
 def _check_pods(
@@ -433,6 +458,10 @@ def _check_pods(
                 problems.append(
                     f"pod {pod_key!r} has {address}, outside node {node_name}'s {node['status']['podCIDR']}"
                 )
+            elif state.pod_addresses is not None:
+                offset = host.address - state.pod_addresses[1]
+                if offset <= 0 or not state.pod_addresses[3] >> offset & 1:
+                    problems.append(f"pod {pod_key!r}: its address {address} is not marked taken on node {node_name}")
             elif view.get(buddy.used_key(state.uid, host.address, host.length)) != pod_key:
                 problems.append(f"pod {pod_key!r}: its address {address} is not held by it in node {node_name}'s CIDR")
         elif status["phase"] == pods.PHASE_PENDING:

@@ -27,7 +27,7 @@ from typing import Any
 
 from statemachine import buddy, keys, pools
 from statemachine.addresses import FAMILY_BITS, IPV4, Block
-from statemachine.buddy import OWNER_RESERVED, PoolState
+from statemachine.buddy import FIRST_FIT, PoolState
 from statemachine.codec import Principal, dump_record, loads
 from statemachine.context import Context, format_uid, parse_uid
 from statemachine.errors import FORBIDDEN, InvariantViolation, Rejected, invalid
@@ -90,6 +90,11 @@ class NodeState:
     nominee_cpu: int
     nominee_memory: int
     nominee_priority: int  # pods of higher priority do not count the reservation
+    # The pod CIDR's addresses, [family, first address, prefix length, used]: bit i of `used` is
+    # set while the address first + i is taken (bit 0, the CIDR's first address, always). None
+    # for a node registered by a build before 2026-12-07, whose addresses are in a buddy
+    # allocator of their own (`cidr_state`). See `take_pod_address`.
+    pod_addresses: list[Any] | None
 
     def __init__(
         self,
@@ -108,6 +113,7 @@ class NodeState:
         nominee_cpu: int = 0,
         nominee_memory: int = 0,
         nominee_priority: int = 0,
+        pod_addresses: list[Any] | None = None,
     ) -> None:
         self.uid = uid
         self.ready = ready
@@ -124,6 +130,7 @@ class NodeState:
         self.nominee_cpu = nominee_cpu
         self.nominee_memory = nominee_memory
         self.nominee_priority = nominee_priority
+        self.pod_addresses = pod_addresses
 
     def to_plain(self) -> list[Any]:
         return [
@@ -142,6 +149,7 @@ class NodeState:
             self.nominee_cpu,
             self.nominee_memory,
             self.nominee_priority,
+            self.pod_addresses,
         ]
 
     @classmethod
@@ -271,8 +279,9 @@ def matching_labels(name: str, labels: dict[str, str], zone: str | None) -> dict
 # ---- the pod CIDR ----------------------------------------------------------------------------
 
 
-def carve_pod_cidr(ctx: Context, name: str, spec: dict[str, Any], uid: bytes) -> tuple[str, Block]:
-    """Take the node's pod CIDR from its pod pool and set up the CIDR's own allocator."""
+def carve_pod_cidr(ctx: Context, name: str, spec: dict[str, Any]) -> tuple[str, Block]:
+    """Take the node's pod CIDR from its pod pool (its addresses are kept in the node's
+    scheduling record: `NodeState.pod_addresses`)."""
     pool_key, pool = pools.resolve(ctx.ov, ctx.principal, spec["podPool"], "spec.podPool")
     pool_ref = pools.pool_id_of_key(pool_key)
     # resolve() already hid internal pools from an admin acting for a tenant (not_found).
@@ -310,26 +319,69 @@ def carve_pod_cidr(ctx: Context, name: str, spec: dict[str, Any], uid: bytes) ->
     parent.allocated += block.size
     parent.allocations += 1
     pools.save_state(ctx, parent)
-    own = PoolState.new(uid, block)
-    buddy.init_free(ctx.ov, own)
-    if not buddy.claim_block(ctx.ov, own, Block(family, block.address, bits), OWNER_RESERVED):
-        raise InvariantViolation(f"a fresh pod CIDR {block} has its first address taken")
-    own.reserved += 1
-    ctx.ov.put(buddy.state_key(uid), dump_record(own.to_plain()))
     return pool_ref, block
 
 
+def take_pod_address(ctx: Context, name: str, state: NodeState, pod_key: bytes) -> Block:
+    """Take the lowest free address of the node's pod CIDR for the pod (the caller saves
+    `state`). A node hands out at most its pod capacity of addresses, lowest first, so the
+    used ones are a small bit set in the scheduling record that bind reads and writes anyway:
+    before 2026-12-07 each node's CIDR had a buddy allocator of its own, whose state record
+    and free-list records cost a verified placement 13 % of its instructions
+    (docs/benchmarks.md). Nodes registered then keep it."""
+    if state.pod_addresses is None:
+        cidr = cidr_state(ctx.ov, state)
+        taken = buddy.allocate(ctx.ov, cidr, cidr.bits, FIRST_FIT, pod_key)
+        if taken is None:
+            raise InvariantViolation(f"node {name} has room for a pod but no free pod address")
+        cidr.allocated += 1
+        cidr.allocations += 1
+        ctx.ov.put(buddy.state_key(cidr.uid), dump_record(cidr.to_plain()))
+        return taken
+    family, first, length, used = state.pod_addresses
+    lowest_free = ~used & (used + 1)
+    offset = lowest_free.bit_length() - 1
+    if offset >= 1 << (FAMILY_BITS[family] - length):
+        raise InvariantViolation(f"node {name} has room for a pod but no free pod address")
+    state.pod_addresses = [family, first, length, used | lowest_free]
+    return Block(family, first + offset, FAMILY_BITS[family])
+
+
+def free_pod_address(ctx: Context, name: str, state: NodeState, address: Block, pod_key: bytes) -> None:
+    """Give back a pod's address (the caller saves `state`)."""
+    if state.pod_addresses is None:
+        cidr = cidr_state(ctx.ov, state)
+        buddy.release(ctx.ov, cidr, address, pod_key)
+        cidr.allocated -= 1
+        cidr.allocations -= 1
+        ctx.ov.put(buddy.state_key(cidr.uid), dump_record(cidr.to_plain()))
+        return
+    family, first, length, used = state.pod_addresses
+    offset = address.address - first
+    bit = 1 << offset if address.family == family and 0 < offset < 1 << (FAMILY_BITS[family] - length) else 0
+    if not used & bit:
+        raise InvariantViolation(f"node {name} frees pod address {address}, which it does not hold")
+    state.pod_addresses = [family, first, length, used & ~bit]
+
+
 def release_pod_cidr(ctx: Context, node: dict[str, Any], state: NodeState) -> None:
-    own = cidr_state(ctx.ov, state)
-    if own.allocations:
-        raise InvariantViolation(f"node {node['metadata']['name']} releases its pod CIDR with pods on it")
-    buddy.drop_all(ctx.ov, own)
-    ctx.ov.delete(buddy.state_key(state.uid))
+    name = node["metadata"]["name"]
+    if state.pod_addresses is None:  # a node of an earlier build: drop its own allocator
+        own = cidr_state(ctx.ov, state)
+        if own.allocations:
+            raise InvariantViolation(f"node {name} releases its pod CIDR with pods on it")
+        buddy.drop_all(ctx.ov, own)
+        ctx.ov.delete(buddy.state_key(state.uid))
+        block = own.block
+    else:
+        family, first, length, used = state.pod_addresses
+        if used != 1:
+            raise InvariantViolation(f"node {name} releases its pod CIDR with pods on it")
+        block = Block(family, first, length)
     pool = pools.load(ctx.ov, pools.key_of_pool_id(node["status"]["podPool"]))
     if pool is None:
-        raise InvariantViolation(f"node {node['metadata']['name']} names missing pod pool {node['status']['podPool']}")
+        raise InvariantViolation(f"node {name} names missing pod pool {node['status']['podPool']}")
     parent = pools.load_state(ctx.ov, pool)
-    block = own.block
     buddy.release(ctx.ov, parent, block, keys.node_key(node["metadata"]["name"]))
     parent.allocated -= block.size
     parent.allocations -= 1
@@ -341,7 +393,7 @@ def new_object(
 ) -> tuple[dict[str, Any], NodeState]:
     """Carve the pod CIDR and build the Node object and its scheduling record (not yet written)."""
     uid = ctx.new_uid()
-    pool_ref, block = carve_pod_cidr(ctx, name, spec, uid)
+    pool_ref, block = carve_pod_cidr(ctx, name, spec)
     capacity = spec["capacity"]
     state = NodeState(
         uid=uid,
@@ -352,6 +404,7 @@ def new_object(
         pods_capacity=capacity["pods"],
         labels=matching_labels(name, labels, spec["zone"]),
         taints=[[taint["key"], taint["value"], taint["effect"]] for taint in spec["taints"]],
+        pod_addresses=[block.family, block.address, block.length, 1],  # the first address is never a pod's
     )
     node = {
         "kind": KIND,

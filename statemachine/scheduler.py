@@ -58,9 +58,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from statemachine import buddy, keys, nodes, pods, priorities, quotas
+from statemachine import keys, nodes, pods, priorities, quotas
 from statemachine.addresses import format_address, parse_address
-from statemachine.buddy import FIRST_FIT
 from statemachine.codec import Principal, dump_record, loads
 from statemachine.context import MODIFIED, Context, parse_uid
 from statemachine.errors import InvariantViolation, Rejected
@@ -358,13 +357,7 @@ def bind(
 ) -> None:
     """Bind the pod to the node: its address, the node's usage and the quota charge, together.
     `charge` is the pod's `charge_of`, when the caller has it already."""
-    cidr = nodes.cidr_state(ctx.ov, state)
-    block = buddy.allocate(ctx.ov, cidr, cidr.bits, FIRST_FIT, pod_key)
-    if block is None:
-        raise InvariantViolation(f"node {name} has room for a pod but no free pod address")
-    cidr.allocated += 1
-    cidr.allocations += 1
-    ctx.ov.put(buddy.state_key(cidr.uid), dump_record(cidr.to_plain()))
+    block = nodes.take_pod_address(ctx, name, state, pod_key)
     requests = pod["spec"]["requests"]
     state.cpu_used += requests["cpuMillis"]
     state.memory_used += requests["memoryBytes"]
@@ -389,11 +382,7 @@ def unbind(ctx: Context, pod: dict[str, Any], pod_key: bytes, tenant: quotas.Ten
     state = nodes.load_state(ctx.ov, name)
     if state is None:
         raise InvariantViolation(f"pod {pods.pod_id(pod_key)} is bound to missing node {name}")
-    cidr = nodes.cidr_state(ctx.ov, state)
-    buddy.release(ctx.ov, cidr, parse_address(pod["status"]["podIP"], "status.podIP"), pod_key)
-    cidr.allocated -= 1
-    cidr.allocations -= 1
-    ctx.ov.put(buddy.state_key(cidr.uid), dump_record(cidr.to_plain()))
+    nodes.free_pod_address(ctx, name, state, parse_address(pod["status"]["podIP"], "status.podIP"), pod_key)
     requests = pod["spec"]["requests"]
     state.cpu_used -= requests["cpuMillis"]
     state.memory_used -= requests["memoryBytes"]

@@ -30,11 +30,12 @@ from statemachine import (
     quotas,
     scheduler,
 )
-from statemachine.buddy import PoolState
+from statemachine.addresses import FAMILY_BITS, Block, parse_address
+from statemachine.buddy import OWNER_RESERVED, PoolState
 from statemachine.claims import PHASE_BOUND
 from statemachine.context import Meta
 from statemachine.invariants import check_invariants, digest
-from statemachine.view import prefix_end
+from statemachine.view import Overlay, prefix_end
 from tests.harness import ADMIN, BASE_TS_MS, Machine, admin_for, member
 from tests.test_determinism import build_scenario
 
@@ -578,11 +579,45 @@ def pod_addresses_shared(store: MemoryStore) -> None:
 
 
 def pod_address_not_held(store: MemoryStore) -> None:
-    """The node's allocator says another owner holds the pod's address."""
+    """The node's address set no longer marks the pod's address, and marks another instead (so
+    only the per-pod check can object)."""
     _, pod = _bound_pod(store)
-    state = _node_state(store, pod["spec"]["nodeName"])
-    address = int.from_bytes(bytes(map(int, pod["status"]["podIP"].split("."))), "big")
-    store.apply_writes([(buddy.used_key(state.uid, address, 32), b"pod/acme/web/default/ghost")])
+    name = pod["spec"]["nodeName"]
+    state = _node_state(store, name)
+    assert state.pod_addresses is not None
+    family, first, length, used = state.pod_addresses
+    offset = int.from_bytes(bytes(map(int, pod["status"]["podIP"].split("."))), "big") - first
+    state.pod_addresses = [family, first, length, (used & ~(1 << offset)) | 1 << 200]
+    _save_node_state(store, name, state)
+
+
+def pod_addresses_miscounted(store: MemoryStore) -> None:
+    """The node's address set marks an address no bound pod holds."""
+    state = _node_state(store, "n1")
+    assert state.pod_addresses is not None
+    state.pod_addresses = [*state.pod_addresses[:3], state.pod_addresses[3] | 1 << 100]
+    _save_node_state(store, "n1", state)
+
+
+def pod_addresses_first_free(store: MemoryStore) -> None:
+    """The node's address set frees the CIDR's first address, which no pod may take."""
+    state = _node_state(store, "n1")
+    assert state.pod_addresses is not None
+    state.pod_addresses = [*state.pod_addresses[:3], state.pod_addresses[3] & ~1]
+    _save_node_state(store, "n1", state)
+
+
+def pod_addresses_of_another_cidr(store: MemoryStore) -> None:
+    state = _node_state(store, "n1")
+    assert state.pod_addresses is not None
+    state.pod_addresses = [state.pod_addresses[0], state.pod_addresses[1] + 256, *state.pod_addresses[2:]]
+    _save_node_state(store, "n1", state)
+
+
+def stray_node_allocator(store: MemoryStore) -> None:
+    """An allocator state record for a node whose addresses are in its scheduling record."""
+    state = _node_state(store, "n1")
+    store.apply_writes([(buddy.state_key(state.uid), codec.dump_record(["stray"]))])
 
 
 def queue_entry_lost(store: MemoryStore) -> None:
@@ -634,7 +669,11 @@ SCHED_FAULTS: dict[str, tuple[Callable[[MemoryStore], None], str]] = {
     "cached-limits-stale": (cached_limits_stale, r"cached limits"),
     "pod-address-outside-node": (pod_address_outside_node, r"outside node"),
     "pod-addresses-shared": (pod_addresses_shared, r"share address"),
-    "pod-address-not-held": (pod_address_not_held, r"not held by it"),
+    "pod-address-not-held": (pod_address_not_held, r"is not marked taken on node"),
+    "pod-addresses-miscounted": (pod_addresses_miscounted, r"pod addresses are marked taken for \d+ bound pods"),
+    "pod-addresses-first-free": (pod_addresses_first_free, r"does not hold back the first address"),
+    "pod-addresses-of-another-cidr": (pod_addresses_of_another_cidr, r"its address set is of"),
+    "stray-node-allocator": (stray_node_allocator, r"allocator state [0-9a-f]+ has no pool"),
     "queue-entry-lost": (queue_entry_lost, r"pending queue holds"),
     "pending-count-off": (pending_count_off, r"counts \d+ pending pods"),
     "nomination-one-sided": (nomination_one_sided, r"nominates node n2, which does not name it"),
@@ -697,14 +736,62 @@ def test_a_reserved_pool_stored_by_an_earlier_build_passes_but_a_child_that_lost
         check_invariants(machine.store)
 
 
+def _with_cidr_allocator(store: MemoryStore, name: str) -> None:
+    """Rewrite node `name` as builds before 2026-12-07 kept it: its pod CIDR in a buddy
+    allocator of its own (a state record, free-block records, a used-block record per bound
+    pod), and its scheduling record without the address set (15 fields)."""
+    state = _node_state(store, name)
+    assert state.pod_addresses is not None
+    family, first, length, _ = state.pod_addresses
+    overlay = Overlay(store)
+    own = PoolState.new(state.uid, Block(family, first, length))
+    buddy.init_free(overlay, own)
+    assert buddy.claim_block(overlay, own, Block(family, first, FAMILY_BITS[family]), OWNER_RESERVED)
+    own.reserved += 1
+    for pod_key, pod in _pods(store):
+        if pod["spec"]["nodeName"] == name and pod["status"]["phase"] == "Bound":
+            assert buddy.claim_block(overlay, own, parse_address(pod["status"]["podIP"], "podIP"), pod_key)
+            own.allocated += 1
+            own.allocations += 1
+    overlay.put(buddy.state_key(state.uid), codec.dump_record(own.to_plain()))
+    store.apply_writes(overlay.writes())
+    _put(store, keys.node_state_key(name), state.to_plain()[:15])
+
+
+def test_a_node_of_an_earlier_build_keeps_its_own_cidr_allocator() -> None:
+    """Nodes registered before 2026-12-07 keep their pod CIDR's buddy allocator: binding,
+    unbinding, draining and deleting such a node use it, and the invariants hold throughout."""
+    machine = _sched_machine()
+    _with_cidr_allocator(machine.store, "n1")
+    check_invariants(machine.store)
+    assert _node_state(machine.store, "n1").pod_addresses is None
+    on_n1 = [pod for _, pod in _pods(machine.store) if pod["spec"]["nodeName"] == "n1"]
+    held = {pod["status"]["podIP"] for pod in on_n1}
+    spec = {"requests": {"cpuMillis": 10}}
+    placed = machine.ok(ACME, "pod.create", {"name": "on-n1", "spec": spec, "plan": {"nodeName": "n1"}})
+    assert placed["spec"]["nodeName"] == "n1" and placed["status"]["podIP"] not in held
+    freed = min(held, key=lambda address: tuple(map(int, address.split("."))))
+    gone = next(pod for pod in on_n1 if pod["status"]["podIP"] == freed)["metadata"]
+    machine.ok(member(gone["org"], gone["project"]), "pod.delete", {"name": gone["name"]})
+    again = machine.ok(ACME, "pod.create", {"name": "again", "spec": spec, "plan": {"nodeName": "n1"}})
+    assert again["status"]["podIP"] == freed  # the lowest free address, from the earlier build's allocator
+    assert _node_state(machine.store, "n1").pod_addresses is None
+    uid = _node_state(machine.store, "n1").uid
+    assert machine.store.get(buddy.state_key(uid)) is not None
+    machine.ok(ADMIN, "node.drain", {"name": "n1"})
+    machine.ok(ADMIN, "node.delete", {"name": "n1"})
+    assert machine.store.get(buddy.state_key(uid)) is None  # the allocator went with the node
+
+
 def test_a_nomination_recorded_by_an_earlier_build_passes_the_invariants() -> None:
     """Written before nominations had a priority: decoded with the highest one, and saved again
     so when the node is rewritten; both are valid states."""
     machine = _sched_machine()
+    _with_cidr_allocator(machine.store, "n2")
     state = _node_state(machine.store, "n2")
     assert state.nominee is not None
     _put(machine.store, keys.node_state_key("n2"), state.to_plain()[:14])
     check_invariants(machine.store)
     assert _node_state(machine.store, "n2").nominee_priority == nodes.EARLIER_NOMINEE_PRIORITY
-    _save_node_state(machine.store, "n2", _node_state(machine.store, "n2"))  # rewritten: 15 fields
+    _save_node_state(machine.store, "n2", _node_state(machine.store, "n2"))  # rewritten: 16 fields
     check_invariants(machine.store)
