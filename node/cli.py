@@ -70,6 +70,12 @@ def _add_timing_flags(parser: argparse.ArgumentParser) -> None:
         help=f"while pods are pending, the leader sweeps the queue this often (default {defaults.pending_retry_s:g}; "
         "env ALLOT_PENDING_RETRY_SECONDS)",
     )
+    parser.add_argument(
+        "--pod-eviction-seconds",
+        type=float,
+        help="a node NotReady for this long loses its pods that do not tolerate node.kubernetes.io/unreachable "
+        f"(NoExecute); they go back to the queue (default {defaults.pod_eviction_s:g}; env ALLOT_POD_EVICTION_SECONDS)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,11 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             tokens = Path(args.tokens) if args.tokens else None
             timing_flags = {
                 flag: value
-                for flag, value in (
-                    ("--node-grace-seconds", args.node_grace_seconds),
-                    ("--pending-retry-seconds", args.pending_retry_seconds),
-                )
-                if value is not None
+                for flag, _ in config.TIMING_FLAGS.values()
+                if (value := getattr(args, flag.lstrip("-").replace("-", "_"))) is not None
             }
             return cluster.up(Path(args.dir), args.http_port, args.raft_port, tokens, timing_flags)
         if args.command == "serve":

@@ -51,9 +51,12 @@ class Timing:
     log_compaction_s: int = 600
     # The leader's scheduling timers (node/scheduling.py). A Ready node not heard for
     # node_grace_s becomes NotReady (Kubernetes' node-monitor-grace-period is 40 s); pending
-    # pods get a queue sweep every pending_retry_s.
+    # pods get a queue sweep every pending_retry_s; a node NotReady for pod_eviction_s loses
+    # its pods that do not tolerate node.kubernetes.io/unreachable (Kubernetes' default
+    # tolerationSeconds for that taint is 300 s).
     node_grace_s: float = 40.0
     pending_retry_s: float = 2.0
+    pod_eviction_s: float = 300.0
 
 
 # Set by `allot up` in its members' environment to its own pid: a member whose parent is no
@@ -65,6 +68,7 @@ PARENT_ENV = "ALLOT_STOP_WITH_PARENT"
 TIMING_ENVIRONMENT = {
     "ALLOT_NODE_GRACE_SECONDS": "node_grace_s",
     "ALLOT_PENDING_RETRY_SECONDS": "pending_retry_s",
+    "ALLOT_POD_EVICTION_SECONDS": "pod_eviction_s",
 }
 timing_seconds_max = 86_400.0
 
@@ -74,6 +78,7 @@ timing_seconds_max = 86_400.0
 TIMING_FLAGS = {
     "node_grace_s": ("--node-grace-seconds", "nodeGraceSeconds"),
     "pending_retry_s": ("--pending-retry-seconds", "pendingRetrySeconds"),
+    "pod_eviction_s": ("--pod-eviction-seconds", "podEvictionSeconds"),
 }
 
 

@@ -126,7 +126,12 @@ class LocalMember:
         self.planner = Planner()
         self.heartbeats = HeartbeatTable(clock)
         self.timers = SchedulingTimers(
-            self.planner, self.heartbeats, timing.node_grace_s, timing.pending_retry_s, self._submit_own
+            self.planner,
+            self.heartbeats,
+            timing.node_grace_s,
+            timing.pending_retry_s,
+            self._submit_own,
+            timing.pod_eviction_s,
         )
 
     @property

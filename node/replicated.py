@@ -160,6 +160,7 @@ class ReplicatedMember:
             config.timing.node_grace_s,
             config.timing.pending_retry_s,
             self._submit_own,
+            config.timing.pod_eviction_s,
         )
         self._timers_task: asyncio.Task[None] | None = None
         self.metrics = ReplicationMetrics(self)

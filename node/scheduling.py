@@ -52,6 +52,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from node.config import Timing
 from statemachine import keys, pods, priorities, quotas
 from statemachine.codec import Envelope, Principal, encode_envelope, loads
 from statemachine.errors import Rejected
@@ -343,6 +344,11 @@ class Planner:
         """Every node's Ready flag as this member's store has it (the table must be loaded)."""
         return {name: state.ready for name, state in (self._truth or {}).items()}
 
+    def pods_bound(self, name: str) -> int:
+        """How many pods are bound to the node, as this member's store has it (0 if unknown)."""
+        state = (self._truth or {}).get(name)
+        return 0 if state is None else state.pods_used
+
     def stats(self) -> dict[str, int]:
         truth = self._truth or {}
         ready = sum(1 for state in truth.values() if state.ready)
@@ -420,21 +426,73 @@ class Verdict:
 class NodeMonitor:
     """The leader's Ready/NotReady decisions from heartbeat ages (pure apart from the table)."""
 
-    def __init__(self, heartbeats: HeartbeatTable, grace_s: float) -> None:
+    def __init__(self, heartbeats: HeartbeatTable, grace_s: float, pod_eviction_s: float) -> None:
         self.heartbeats = heartbeats
         self.grace_s = grace_s
+        self.pod_eviction_s = pod_eviction_s
         self.leader_since: float | None = None
         self._first_known: dict[str, float] = {}  # when this leader first saw each node registered
         self.in_flight: set[str] = set()
+        # Eviction (`evictions_due`), each bounded by the registered nodes: when this leader
+        # first saw each node NotReady, the nodes with an eviction proposal in flight, and those
+        # evicted since they became NotReady (pods that tolerate the taint stay: one proposal).
+        self._not_ready_since: dict[str, float] = {}
+        self.evicting: set[str] = set()
+        self._evicted: set[str] = set()
 
     def became_leader(self, now: float) -> None:
         self.leader_since = now
         self._first_known.clear()
         self.in_flight.clear()
+        self._forget_evictions()
 
     def lost_leadership(self) -> None:
         self.leader_since = None
         self._first_known.clear()
+        self._forget_evictions()
+
+    def _forget_evictions(self) -> None:
+        self._not_ready_since.clear()
+        self.evicting.clear()
+        self._evicted.clear()
+
+    def evictions_due(self, readiness: Mapping[str, bool], pods_bound: Callable[[str], int], now: float) -> list[str]:
+        """NotReady nodes whose pods are to be evicted now (`node.evict_unready`): NotReady for
+        `pod_eviction_s` as far as this leader knows, i.e. counted from when it first saw them
+        NotReady (at the earliest its election: a new leader waits a whole timeout again, so
+        eviction may come late after a leader change, never early), with pods bound, not heard
+        within the grace period (a Ready verdict is due), and not evicted already in this spell
+        of NotReady. Each node is proposed once (again only if that proposal failed)."""
+        if self.leader_since is None:
+            return []
+        for name in [name for name in self._not_ready_since if readiness.get(name, True)]:
+            del self._not_ready_since[name]
+            self._evicted.discard(name)
+        due: list[str] = []
+        for name, ready in readiness.items():
+            if ready:
+                continue
+            since = self._not_ready_since.setdefault(name, now)
+            if now - since < self.pod_eviction_s or name in self.evicting or name in self._evicted:
+                continue
+            seen = self.heartbeats.last_seen(name)
+            if name in self.in_flight or (seen is not None and now - seen <= self.grace_s):
+                continue
+            if pods_bound(name) > 0:
+                due.append(name)
+        return due
+
+    def marked_not_ready(self, name: str, decided: float) -> None:
+        """This leader's NotReady verdict for the node, decided at `decided`, committed: the
+        eviction timeout counts from the verdict."""
+        if self.leader_since is not None:
+            self._not_ready_since[name] = decided
+            self._evicted.discard(name)
+
+    def evicted(self, name: str) -> None:
+        """The node's eviction committed: none again until it has been Ready."""
+        if name in self._not_ready_since:
+            self._evicted.add(name)
 
     def verdicts(self, readiness: Mapping[str, bool], now: float) -> list[Verdict]:
         """Transitions to propose now. Nodes with a proposal in flight are skipped, so each
@@ -477,9 +535,10 @@ class SchedulingTimers:
         grace_s: float,
         pending_retry_s: float,
         submit: Submit,
+        pod_eviction_s: float = Timing.pod_eviction_s,
     ) -> None:
         self.planner = planner
-        self.monitor = NodeMonitor(heartbeats, grace_s)
+        self.monitor = NodeMonitor(heartbeats, grace_s, pod_eviction_s)
         self.pending_retry_s = pending_retry_s
         self._submit = submit
         self._next_sweep_s = 0.0
@@ -489,6 +548,7 @@ class SchedulingTimers:
         self._pass_wanted = False  # capacity grew: sweep the whole queue, sweeps in a row
         self._tasks: set[asyncio.Task[None]] = set()
         self.conditions_proposed = 0
+        self.evictions_proposed = 0
         self.sweeps_proposed = 0
         self.passes_started = 0
 
@@ -521,7 +581,10 @@ class SchedulingTimers:
                 break
             monitor.in_flight.add(verdict.name)
             body = {"name": verdict.name, "ready": verdict.ready, "reason": verdict.reason}
-            self._spawn(self._condition(verdict.name, body, leader_term))
+            self._spawn(self._condition(verdict.name, body, leader_term, now))
+        for name in monitor.evictions_due(readiness, self.planner.pods_bound, now):
+            monitor.evicting.add(name)
+            self._spawn(self._evict(name, leader_term))
         if (
             self.planner.pending_pods > 0
             and not self._sweep_in_flight
@@ -545,18 +608,39 @@ class SchedulingTimers:
         for task in list(self._tasks):
             task.cancel()
 
-    async def _condition(self, name: str, body: dict[str, Any], leader_term: int) -> None:
+    async def _condition(self, name: str, body: dict[str, Any], leader_term: int, decided: float) -> None:
         try:
             self.conditions_proposed += 1
             outcome = await self._submit(_encode("node.condition", body), leader_term)
             if isinstance(outcome.result, Rejected):  # e.g. fenced: this member no longer leads that term
                 log.warning("node %s: ready=%s was refused: %s", name, body["ready"], outcome.result.message)
                 return
+            if not body["ready"] and self._leader_term == leader_term:
+                self.monitor.marked_not_ready(name, decided)
             log.info("node %s: proposed ready=%s (%s)", name, body["ready"], body["reason"])
         except Exception as exc:  # no leader, timeout, ...: the next check proposes again
             log.warning("node %s: proposing ready=%s failed: %s", name, body["ready"], exc)
         finally:
             self.monitor.in_flight.discard(name)
+
+    async def _evict(self, name: str, leader_term: int) -> None:
+        try:
+            self.evictions_proposed += 1
+            outcome = await self._submit(_encode("node.evict_unready", {"name": name}), leader_term)
+            if isinstance(outcome.result, Rejected):  # Ready again, deleted, or fenced
+                log.warning("node %s: evicting its pods was refused: %s", name, outcome.result.message)
+                return
+            self.monitor.evicted(name)
+            log.info(
+                "node %s: NotReady for %g s or more, %d pod(s) evicted",
+                name,
+                self.monitor.pod_eviction_s,
+                outcome.result.value["status"]["evictedPods"],
+            )
+        except Exception as exc:  # no leader, timeout, ...: the next check proposes again
+            log.warning("node %s: proposing the eviction of its pods failed: %s", name, exc)
+        finally:
+            self.monitor.evicting.discard(name)
 
     async def _sweep(self, leader_term: int) -> None:
         """One sweep; or, when capacity grew, a pass: sweeps in a row, paced by their own cost

@@ -12,6 +12,7 @@ address never disagree.
 | node.cordon         | admin  | name                                             |
 | node.uncordon       | admin  | name                                             |
 | node.drain          | admin  | name                                             |
+| node.evict_unready  | admin  | name (the leader, for a node NotReady too long)  |
 | pod.create          | tenant | name, namespace, labels, spec, plan {nodeName}   |
 | pod.delete          | tenant | name, namespace                                  |
 | service.create      | tenant | name, namespace, labels, spec (see services.py)  |
@@ -185,30 +186,61 @@ def node_drain(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     state.schedulable = False
     node["spec"]["unschedulable"] = True
     nodes.save_state(ctx, name, state)
-    prefix = keys.pods_on_node_prefix(name)
-    bound = [keys.pod_of_node_index(index_key, name) for index_key, _ in ctx.ov.scan(prefix, prefix_end(prefix))]
-    cluster = Cluster.load(ctx.ov)
-    for pod_key in bound:  # at most capacity.pods <= nodes.node_pods_max
-        pod = pods.load(ctx.ov, pod_key)
-        if pod is None:
-            raise InvariantViolation(f"node {name} indexes missing pod {pod_key!r}")
-        tenant = quotas.Tenant(ctx.ov, pod["metadata"]["org"], pod["metadata"]["project"])
-        scheduler.unbind(ctx, pod, pod_key, tenant)
-        pod["spec"]["nodeName"] = None
-        pod["status"] = scheduler.pending_status()
-        pod["status"].update(
-            reason=scheduler.REASON_EVICTED, message=f"evicted from node {name} by a drain", evictedFrom=name
-        )
-        scheduler.enqueue(ctx, pod, pod_key, tenant, cluster)
-        ctx.write_object(pod_key, pods.KIND, pod, MODIFIED)
-    cluster.save(ctx)
+    evicted = _evict(ctx, name, f"evicted from node {name} by a drain", keep_tolerating=None)
     ctx.write_object(keys.node_key(name), nodes.KIND, node, MODIFIED)
     # A drain frees no capacity anywhere else: its pods need the sweeps to reach them, and
     # moving the cursor back would only cut short a pass that is walking the queue now.
     scheduler.retry_heads(ctx, rewind=False)
     rendered = nodes.render(ctx.ov, node)
-    rendered["status"] = {**rendered["status"], "evictedPods": len(bound)}
+    rendered["status"] = {**rendered["status"], "evictedPods": evicted}
     return rendered
+
+
+def node_evict_unready(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    """Kubernetes' taint-based eviction: the leader proposes this for a node that has been
+    NotReady for its pod eviction timeout (node/scheduling.py), as Kubernetes taints a node
+    whose kubelet stopped reporting `node.kubernetes.io/unreachable:NoExecute` and evicts the
+    pods that do not tolerate it. Those pods go back to the queue as a drain sends them
+    (reason Evicted, `status.evictedFrom`), so they land on nodes that are alive; pods that
+    tolerate the taint stay bound. The node is not cordoned: when it is heard again it becomes
+    Ready and takes pods as before. A node that is Ready again is refused (`conflict`): the
+    leader's decision came too late, and nothing is evicted."""
+    name, node, state = _node(ctx, body)
+    if state.ready:
+        raise Rejected(CONFLICT, f"Node {name} is Ready: only a NotReady node's pods are evicted", {"name": name})
+    message = f"evicted from node {name}: NotReady, and the pod does not tolerate {nodes.UNREACHABLE_TAINT}:NoExecute"
+    evicted = _evict(ctx, name, message, keep_tolerating=nodes.UNREACHABLE_TAINT)
+    if evicted:
+        scheduler.retry_heads(ctx, rewind=False)  # as after a drain: no capacity grew
+    rendered = nodes.render(ctx.ov, node)
+    rendered["status"] = {**rendered["status"], "evictedPods": evicted}
+    return rendered
+
+
+def _evict(ctx: Context, name: str, message: str, keep_tolerating: str | None) -> int:
+    """Send the pods bound to node `name` back to the queue, except those that tolerate the
+    NoExecute taint `keep_tolerating` (None: every pod goes). Returns how many went."""
+    prefix = keys.pods_on_node_prefix(name)
+    bound = [keys.pod_of_node_index(index_key, name) for index_key, _ in ctx.ov.scan(prefix, prefix_end(prefix))]
+    cluster = Cluster.load(ctx.ov)
+    evicted = 0
+    for pod_key in bound:  # at most capacity.pods <= nodes.node_pods_max
+        pod = pods.load(ctx.ov, pod_key)
+        if pod is None:
+            raise InvariantViolation(f"node {name} indexes missing pod {pod_key!r}")
+        if keep_tolerating is not None and pods.tolerates(pod["spec"], keep_tolerating, nodes.NO_EXECUTE):
+            continue
+        tenant = quotas.Tenant(ctx.ov, pod["metadata"]["org"], pod["metadata"]["project"])
+        scheduler.unbind(ctx, pod, pod_key, tenant)
+        pod["spec"]["nodeName"] = None
+        pod["status"] = scheduler.pending_status()
+        pod["status"].update(reason=scheduler.REASON_EVICTED, message=message, evictedFrom=name)
+        scheduler.enqueue(ctx, pod, pod_key, tenant, cluster)
+        ctx.write_object(pod_key, pods.KIND, pod, MODIFIED)
+        evicted += 1
+    if evicted:
+        cluster.save(ctx)
+    return evicted
 
 
 # ---- pods ----------------------------------------------------------------------------------------

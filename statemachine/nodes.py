@@ -51,6 +51,9 @@ KIND = "Node"
 NO_SCHEDULE = "NoSchedule"
 NO_EXECUTE = "NoExecute"
 TAINT_EFFECTS = (NO_SCHEDULE, NO_EXECUTE)
+# The taint Kubernetes puts on a node whose kubelet stopped reporting; pods that do not tolerate
+# it (effect NoExecute) are evicted after the leader's pod eviction timeout (node.evict_unready).
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 

@@ -178,6 +178,27 @@ def _check_tolerations(value: Any) -> list[dict[str, str]]:
     return tolerations
 
 
+def tolerated(tolerations: tuple[tuple[str, str, str, str], ...], key: str, value: str, effect: str) -> bool:
+    """Kubernetes' rule: a toleration matches the taint (key, value, effect) when its effect is
+    empty or the same, and it is `Exists` with no key or the taint's key, or `Equal` with the
+    taint's key and value."""
+    for toleration_key, operator, toleration_value, toleration_effect in tolerations:
+        if toleration_effect and toleration_effect != effect:
+            continue
+        if operator == "Exists":
+            if not toleration_key or toleration_key == key:
+                return True
+        elif toleration_key == key and toleration_value == value:
+            return True
+    return False
+
+
+def tolerates(spec: dict[str, Any], key: str, effect: str) -> bool:
+    """Whether a stored pod spec tolerates the taint `key` (no value) with `effect`."""
+    tolerations = tuple((item["key"], item["operator"], item["value"], item["effect"]) for item in spec["tolerations"])
+    return tolerated(tolerations, key, "", effect)
+
+
 def check_spec(value: Any) -> tuple[dict[str, Any], tuple[str, ...], bool]:
     """The spec as stored (every field filled in, requests zero until defaulted, priority zero
     until its class is resolved: priorities.resolve), the requests the pod gave itself (the

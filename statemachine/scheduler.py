@@ -129,18 +129,6 @@ class Cluster:
 # ---- fit and score -----------------------------------------------------------------------------
 
 
-def _tolerated(tolerations: tuple[tuple[str, str, str, str], ...], key: str, value: str, effect: str) -> bool:
-    for toleration_key, operator, toleration_value, toleration_effect in tolerations:
-        if toleration_effect and toleration_effect != effect:
-            continue
-        if operator == "Exists":
-            if not toleration_key or toleration_key == key:
-                return True
-        elif toleration_key == key and toleration_value == value:
-            return True
-    return False
-
-
 def _affinity_holds(labels: dict[str, str], affinity: tuple[tuple[str, str, tuple[str, ...]], ...]) -> bool:
     for key, operator, values in affinity:
         present = key in labels
@@ -170,7 +158,7 @@ def static_fit(state: NodeState, needs: Needs) -> str | None:
     if needs.affinity and not _affinity_holds(labels, needs.affinity):
         return AFFINITY_MISMATCH
     for key, value, effect in state.taints:
-        if not _tolerated(needs.tolerations, key, value, effect):
+        if not pods.tolerated(needs.tolerations, key, value, effect):
             return UNTOLERATED_TAINT
     return None
 

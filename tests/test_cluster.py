@@ -886,8 +886,9 @@ def test_timing_flags_win_over_the_environment(
     secret, tokens = serve_files
     monkeypatch.setenv("ALLOT_NODE_GRACE_SECONDS", "7")
     monkeypatch.setenv("ALLOT_PENDING_RETRY_SECONDS", "3")
+    monkeypatch.setenv("ALLOT_POD_EVICTION_SECONDS", "90")
 
-    def timing(overrides: dict[str, float] | None) -> tuple[float, float]:
+    def timing(overrides: dict[str, float] | None) -> tuple[float, float, float]:
         built = config.build(
             member_id="m1",
             members={"m1": "127.0.0.1:7401"},
@@ -898,10 +899,10 @@ def test_timing_flags_win_over_the_environment(
             check_ports=False,
             timing_overrides=overrides,
         )
-        return built.timing.node_grace_s, built.timing.pending_retry_s
+        return built.timing.node_grace_s, built.timing.pending_retry_s, built.timing.pod_eviction_s
 
-    assert timing(None) == (7.0, 3.0)
-    assert timing({"node_grace_s": 12.5}) == (12.5, 3.0)
+    assert timing(None) == (7.0, 3.0, 90.0)
+    assert timing({"node_grace_s": 12.5, "pod_eviction_s": 30}) == (12.5, 3.0, 30.0)
     command = member_command(
         PlannedMember("m1", "127.0.0.1:1", "127.0.0.1:2", tmp_path),
         [],

@@ -1,10 +1,10 @@
 """Scheduling on a real three-member cluster (`allot serve` processes on 127.0.0.1).
 
-One module-scoped cluster with a short node grace period (ALLOT_NODE_GRACE_SECONDS) and a
-heartbeat thread that beats for every live node through the members in turn, as node agents
-would. Each test uses its own tenant (the admin acts for it with ?org=&project=) and its own
-nodes, so the tests do not see each other's pods. Waits poll with deadlines; a failed wait
-prints every member's status and log tail.
+One module-scoped cluster with a short node grace period (ALLOT_NODE_GRACE_SECONDS) and pod
+eviction timeout (ALLOT_POD_EVICTION_SECONDS), and a heartbeat thread that beats for every live
+node through the members in turn, as node agents would. Each test uses its own tenant (the admin
+acts for it with ?org=&project=) and its own nodes, so the tests do not see each other's pods.
+Waits poll with deadlines; a failed wait prints every member's status and log tail.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from chaos.cluster import Cluster, Reply, Unreachable, WatchStream, wait_until
 from node.config import TIMING_ENVIRONMENT
 
 grace_s = 2.0  # a node not heard for this long becomes NotReady
+pod_eviction_s = 4.0  # a node NotReady for this long loses the pods that do not tolerate it
 beat_interval_s = 0.2  # the heartbeat thread's round
 attempt_timeout_s = 3.0
 write_deadline_s = 30.0
@@ -73,7 +74,12 @@ def env() -> Iterator[tuple[Cluster, Heartbeats]]:
         # The members inherit the environment (chaos.cluster.child_environment).
         patch.setenv("ALLOT_NODE_GRACE_SECONDS", str(grace_s))
         patch.setenv("ALLOT_PENDING_RETRY_SECONDS", "0.5")
-        assert set(TIMING_ENVIRONMENT) == {"ALLOT_NODE_GRACE_SECONDS", "ALLOT_PENDING_RETRY_SECONDS"}
+        patch.setenv("ALLOT_POD_EVICTION_SECONDS", str(pod_eviction_s))
+        assert set(TIMING_ENVIRONMENT) == {
+            "ALLOT_NODE_GRACE_SECONDS",
+            "ALLOT_PENDING_RETRY_SECONDS",
+            "ALLOT_POD_EVICTION_SECONDS",
+        }
         with Cluster() as cluster:  # started by entering
             leader = cluster.wait_for_leader()
             reply = cluster.request(
@@ -338,6 +344,50 @@ def test_silent_node_becomes_not_ready_and_ready_again(env: tuple[Cluster, Heart
         return bool(got.body["spec"]["nodeName"] == "hb")
 
     wait_until("the pending pod to bind on hb", pinned_bound, 10, on_timeout=cluster.describe)
+
+
+def test_pods_leave_a_node_not_ready_for_the_eviction_timeout(env: tuple[Cluster, Heartbeats]) -> None:
+    """A node agent that dies: after the grace its node is NotReady, and after the pod eviction
+    timeout the leader evicts its pods, which bind on a live node with new addresses; the pod
+    that tolerates node.kubernetes.io/unreachable stays. Heard again, the node is Ready."""
+    cluster, beats = env
+    cluster.ensure_all_running()
+    register(cluster, beats, "ea", zone="e")
+    placed = {}
+    for name, tolerations in (
+        ("e-web", []),
+        ("e-agent", [{"key": "node.kubernetes.io/unreachable", "operator": "Exists"}]),
+    ):
+        body = pod_body(name, nodeSelector={"zone": "e"}, tolerations=tolerations)
+        reply, _ = write(cluster, "POST", "/v1/pods", body, params=tenant("ev"), key=f"ev-{name}")
+        assert reply.status == 201 and reply.body["spec"]["nodeName"] == "ea", reply
+        placed[name] = reply.body["status"]["podIP"]
+    register(cluster, beats, "eb", zone="e")
+    beats.set_live("ea", False)
+    silenced_s = time.monotonic()
+
+    def node_of(name: str) -> Any:
+        got = cluster.request("m2", "GET", f"/v1/pods/{name}", params={**tenant("ev"), "consistency": "stale"})
+        return got.body["spec"]["nodeName"]
+
+    wait_until(
+        "e-web to move to eb",
+        lambda: node_of("e-web") == "eb",
+        grace_s + pod_eviction_s + 15,
+        on_timeout=cluster.describe,
+    )
+    assert time.monotonic() - silenced_s >= (grace_s + pod_eviction_s) * 0.9  # not before the timeout
+    assert node_of("e-agent") == "ea"
+    moved = cluster.request("m1", "GET", "/v1/pods/e-web", params=tenant("ev")).body
+    assert moved["status"]["podIP"] != placed["e-web"] and moved["status"]["phase"] == "Bound", moved
+    assert not cluster.request("m1", "GET", "/v1/nodes/ea").body["status"]["ready"]
+    beats.set_live("ea", True)
+    wait_until(
+        "ea to become Ready again",
+        lambda: cluster.request("m1", "GET", "/v1/nodes/ea").body["status"]["ready"] or None,
+        grace_s + 10,
+        on_timeout=cluster.describe,
+    )
 
 
 def test_leader_killed_during_a_pod_burst(env: tuple[Cluster, Heartbeats]) -> None:

@@ -764,7 +764,7 @@ def test_leader_timers_sweep_only_while_pods_are_pending(tmp_path: Path) -> None
 def test_node_monitor_rules() -> None:
     clock = Clock()
     table = HeartbeatTable(clock, names_max=3)
-    monitor = NodeMonitor(table, grace_s=10)
+    monitor = NodeMonitor(table, grace_s=10, pod_eviction_s=300)
     assert monitor.verdicts({"a": True}, clock.now) == []  # not the leader
     monitor.became_leader(clock.now)
     table.record("a", forward=True)
@@ -789,6 +789,100 @@ def test_node_monitor_rules() -> None:
     assert table.take_outbox() == []
     table.prune({"c": True})
     assert len(table) == 1 and table.last_seen("a") is None
+
+
+def test_node_monitor_eviction_rules() -> None:
+    """When the leader proposes node.evict_unready: a NotReady node with pods, NotReady for the
+    timeout as far as this leader knows, not heard within the grace, once per spell of NotReady."""
+    clock = Clock()
+    table = HeartbeatTable(clock)
+    monitor = NodeMonitor(table, grace_s=10, pod_eviction_s=60)
+    bound = {"a": 2, "b": 0, "c": 1}
+    down = {"a": False, "b": False, "c": True}
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 1000) == []  # not the leader
+    monitor.became_leader(clock.now)
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now) == []  # NotReady from now, as far as it knows
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 59) == []
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 60) == ["a"]  # b has no pods, c is Ready
+    monitor.evicting.add("a")
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 61) == []  # in flight
+    monitor.evicting.discard("a")  # that proposal failed: proposed again
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 62) == ["a"]
+    monitor.evicted("a")  # committed; pods that tolerate the taint stay, and are not evicted again
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 600) == []
+    # Ready again, then NotReady: a new spell, a whole timeout again.
+    assert monitor.evictions_due({**down, "a": True}, bound.__getitem__, clock.now + 601) == []
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 602) == []
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 662) == ["a"]
+    # Heard within the grace (a Ready verdict is due) or with a condition in flight: not evicted.
+    clock.now += 660
+    table.record("a", forward=False)
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 5) == []
+    monitor.in_flight.add("a")
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 20) == []
+    # A new leader counts from its election: late after a leader change, never early.
+    monitor.lost_leadership()
+    monitor.became_leader(clock.now + 30)
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 30) == []
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 89) == []
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 90) == ["a"]
+    monitor.evicted("a")
+    # A node this leader itself declared NotReady counts from that verdict.
+    monitor.marked_not_ready("b", clock.now + 100)
+    bound["b"] = 1
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 159) == []
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 160) == ["b"]
+
+
+def test_the_leader_evicts_the_pods_of_a_node_not_ready_too_long(tmp_path: Path) -> None:
+    """n2 falls silent: NotReady after the grace, and after the pod eviction timeout the leader
+    proposes node.evict_unready once; the pods that do not tolerate node.kubernetes.io/unreachable
+    are bound again on n1, the one that does stays on n2. Heard again, n2 is Ready and takes pods."""
+    clock = Clock()
+    member = LocalMember(clock=clock)
+    grace = member.timers.monitor.grace_s
+    eviction = member.timers.monitor.pod_eviction_s
+    stays = {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}
+
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", "n2")
+        member.run_timers(clock.now)  # leads from here
+        await api.ok("POST", "/v1/nodes/n1/cordon", ADMIN)  # both pods land on n2
+        assert (await api.ok("POST", "/v1/pods", ACME, pod("web")))["spec"]["nodeName"] == "n2"
+        assert (await api.ok("POST", "/v1/pods", ACME, pod("agent", tolerations=[stays])))["spec"]["nodeName"] == "n2"
+        await api.ok("POST", "/v1/nodes/n1/uncordon", ADMIN)
+        clock.now += grace / 2
+        await api.ok("POST", "/v1/nodes/n1/heartbeat")
+        clock.now += grace  # n2 silent for 1.5 grace periods: NotReady, its pods still bound
+        await api.ok("POST", "/v1/nodes/n1/heartbeat")
+        member.run_timers(clock.now)
+        await member.timers.settle()
+        assert (await api.ok("GET", "/v1/nodes/n2"))["status"]["ready"] is False
+        assert (await api.ok("GET", "/v1/pods/web", ACME))["spec"]["nodeName"] == "n2"
+        clock.now += eviction * 0.9  # the leader counts from when it saw n2 NotReady
+        await api.ok("POST", "/v1/nodes/n1/heartbeat")
+        member.run_timers(clock.now)
+        await member.timers.settle()
+        assert member.timers.evictions_proposed == 0
+        clock.now += eviction * 0.2
+        await api.ok("POST", "/v1/nodes/n1/heartbeat")
+        member.run_timers(clock.now)
+        await member.timers.settle()
+        assert member.timers.evictions_proposed == 1
+        web = await api.ok("GET", "/v1/pods/web", ACME)
+        assert web["status"]["phase"] == "Bound" and web["spec"]["nodeName"] == "n1", web["status"]
+        assert (await api.ok("GET", "/v1/pods/agent", ACME))["spec"]["nodeName"] == "n2"
+        member.run_timers(clock.now + 1)  # the agent stays: not proposed again
+        await member.timers.settle()
+        assert member.timers.evictions_proposed == 1
+        await api.ok("POST", "/v1/nodes/n2/heartbeat")
+        member.run_timers(clock.now + 1)
+        await member.timers.settle()
+        assert (await api.ok("GET", "/v1/nodes/n2"))["status"]["ready"] is True
+        on_n2 = pod("late", nodeSelector={"kubernetes.io/hostname": "n2"})
+        assert (await api.ok("POST", "/v1/pods", ACME, on_n2))["spec"]["nodeName"] == "n2"
+
+    run(tmp_path, check, member=member)
 
 
 # ---- the planner against plan_pod ----------------------------------------------------------------

@@ -1,11 +1,11 @@
 """A Hypothesis stateful test of the scheduler against a naive model.
 
-The machine runs random node registrations, condition changes, cordons, drains, deletions, pod
-creations (with and without a plan, with selectors, tolerations, priorities and policies), pod
-deletions, quota changes and sweeps; pods give a priority, name a PriorityClass, or neither (and
-get the global default's). Before every pod creation, the naive model reads the
-state only through the public reads (`list_objects` / `get`, as a client would) and works out,
-with its own code, written from the documented rules:
+The machine runs random node registrations, condition changes, cordons, drains, evictions from
+NotReady nodes, deletions, pod creations (with and without a plan, with selectors, tolerations,
+priorities and policies), pod deletions, quota changes and sweeps; pods give a priority, name a
+PriorityClass, or neither (and get the global default's). Before every pod creation, the naive
+model reads the state only through the public reads (`list_objects` / `get`, as a client would)
+and works out, with its own code, written from the documented rules:
 
 * the quota verdict (refused outright, pending on quota, or room);
 * the set of feasible nodes (ready, schedulable, selector, taints, resources counting other
@@ -38,6 +38,7 @@ POD_NAMES = [f"p{number}" for number in range(12)]
 PRIORITY_CLASSES = {"low": -1, "standard": 0, "high": 2}
 DEFAULT_PRIORITY_CLASS = "standard"
 LABELS = [{}, {"disk": "ssd"}, {"disk": "hdd"}, {"disk": "ssd", "gpu": "yes"}]
+UNREACHABLE = {"key": "node.kubernetes.io/unreachable", "value": "", "effect": "NoExecute"}
 TAINTS: list[list[dict[str, str]]] = [[], [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]]
 
 
@@ -152,11 +153,17 @@ class SchedulerModel(RuleBasedStateMachine):
 
     @rule(
         name=st.sampled_from(NODE_NAMES),
-        action=st.sampled_from(["cordon", "uncordon", "drain", "delete", "ready", "notready"]),
+        action=st.sampled_from(["cordon", "uncordon", "drain", "delete", "ready", "notready", "evict"]),
     )
     def node_action(self, name: str, action: str) -> None:
         if action in ("ready", "notready"):
             self.machine.run(ADMIN, "node.condition", {"name": name, "ready": action == "ready"})
+        elif action == "evict":
+            outcome = self.machine.run(ADMIN, "node.evict_unready", {"name": name})
+            if isinstance(outcome.result, Ok):  # what stays bound tolerates the unreachable taint
+                left = list_objects(self.machine.store, ADMIN, "pods", field_selector=f"spec.nodeName={name}")
+                for pod in left["items"]:
+                    assert _tolerates(pod["spec"]["tolerations"], UNREACHABLE), pod
         else:
             self.machine.run(ADMIN, f"node.{action}", {"name": name})
 
@@ -167,6 +174,7 @@ class SchedulerModel(RuleBasedStateMachine):
         memory=st.sampled_from([0, 1 << 30, 3 << 30]),
         selector=st.sampled_from([{}, {"disk": "ssd"}, {"gpu": "yes"}]),
         tolerate=st.booleans(),
+        stays_if_unreachable=st.booleans(),
         priority=st.one_of(st.integers(-2, 2), st.sampled_from([*PRIORITY_CLASSES, None])),
         policy=st.sampled_from([None, "spread", "binpack"]),
         use_plan=st.booleans(),
@@ -179,6 +187,7 @@ class SchedulerModel(RuleBasedStateMachine):
         memory: int,
         selector: dict[str, str],
         tolerate: bool,
+        stays_if_unreachable: bool,
         priority: int | str | None,
         policy: str | None,
         use_plan: bool,
@@ -190,8 +199,9 @@ class SchedulerModel(RuleBasedStateMachine):
             if priority is not None:
                 spec["priorityClassName"] = priority
             priority = PRIORITY_CLASSES[priority or DEFAULT_PRIORITY_CLASS]
-        if tolerate:
-            spec["tolerations"] = [{"key": "dedicated", "operator": "Exists"}]
+        spec["tolerations"] = [{"key": "dedicated", "operator": "Exists"}] if tolerate else []
+        if stays_if_unreachable:
+            spec["tolerations"].append({"key": UNREACHABLE["key"], "operator": "Exists", "effect": "NoExecute"})
         if policy is not None:
             spec["schedulingPolicy"] = policy
         try:

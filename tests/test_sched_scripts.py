@@ -15,6 +15,7 @@ Extra commands (WHO as in test_scripts.py; every write takes `rid=ID`, `label.K=
     delete  WHO pod|service|node|quota NAME [ns=NS]
     cordon|uncordon|drain WHO NODE
     ready|notready WHO NODE
+    evict   WHO NODE                         node.evict_unready (the leader's, after a timeout)
     plan    WHO [the pod options]       the node plan_pod chooses, or `none`
     get     WHO node|pod|service|quota NAME [ns=NS]
     list    WHO nodes|pods|services|quotas [field=spec.nodeName=N] [selector=S] [ns=NS] [limit=N]
@@ -253,6 +254,7 @@ class SchedRunner(ScriptRunner):
             "cordon": self._node_command,
             "uncordon": self._node_command,
             "drain": self._node_command,
+            "evict": self._node_command,
             "ready": self._node_command,
             "notready": self._node_command,
             "plan": self._plan,
@@ -408,6 +410,8 @@ class SchedRunner(ScriptRunner):
                 if "reason" in command.options:
                     body["reason"] = command.options["reason"]
                 command_type = "node.condition"
+            elif command.verb == "evict":
+                command_type = "node.evict_unready"
             else:
                 command_type = f"node.{command.verb}"
             output += self._write(who, command_type, body, command)
