@@ -789,13 +789,15 @@ class AsyncClient(core.ClientSettings):
         resource_version: int | None = None,
         *,
         field_selector: str | None = None,
+        label_selector: str | None = None,
         idle_timeout: float = core.watch_idle_timeout_s_default,
         timeout: float | None = None,
         deadline: float | None = None,
     ) -> AsyncWatchStream:
         """Events of `kinds` (plural names; default all) after `resource_version` (default: now);
-        `field_selector` narrows a watch of pods alone (`spec.nodeName=n1`: a node agent's pods)."""
-        cursor = core.WatchCursor(core.normalize_kinds(kinds), resource_version, field_selector)
+        `field_selector` narrows a watch of pods alone (`spec.nodeName=n1`: a node agent's pods),
+        `label_selector` a watch of any kinds to objects with matching labels (`tier=web`)."""
+        cursor = core.WatchCursor(core.normalize_kinds(kinds), resource_version, field_selector, label_selector)
         return AsyncWatchStream(self, cursor, idle_timeout, self._policy.with_overrides(timeout, deadline))
 
     async def request(

@@ -582,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--kinds", help=f"comma-separated: {','.join(core.KINDS)} (default all)")
     watch.add_argument("--resource-version", type=int, help="start after this revision (default: now)")
     watch.add_argument("--field-selector", help="a watch of pods alone: spec.nodeName=n1, status.phase=Pending")
+    watch.add_argument("-l", "--selector", help="label selector, e.g. tier=web,env!=dev")
     watch.add_argument("--count", type=int, help="stop after this many events")
     watch.add_argument("--for", dest="duration", type=float, help="stop after this many seconds")
     return parser
@@ -1518,7 +1519,9 @@ def run_watch(client: Client, args: argparse.Namespace, out: Output) -> int:
         raise UsageError("--count must be at least 1")
     until_s = time.monotonic() + args.duration if args.duration is not None else None
     seen = 0
-    with client.watch(args.kinds, args.resource_version, field_selector=args.field_selector) as stream:
+    with client.watch(
+        args.kinds, args.resource_version, field_selector=args.field_selector, label_selector=args.selector
+    ) as stream:
         while args.count is None or seen < args.count:
             wait_s = None if until_s is None else until_s - time.monotonic()
             if wait_s is not None and wait_s <= 0:

@@ -457,7 +457,11 @@ class RequestFactory:
         return self.build("GET", "/readyz", tenant_scoped=False)
 
     def watch(
-        self, kinds: Sequence[str] | None, resource_version: int | None, field_selector: str | None = None
+        self,
+        kinds: Sequence[str] | None,
+        resource_version: int | None,
+        field_selector: str | None = None,
+        label_selector: str | None = None,
     ) -> Request:
         query: list[tuple[str, str]] = []
         if kinds:
@@ -466,6 +470,8 @@ class RequestFactory:
             query.append(("resourceVersion", str(resource_version)))
         if field_selector:
             query.append(("fieldSelector", field_selector))
+        if label_selector:
+            query.append(("labelSelector", label_selector))
         return self.build("GET", "/v1/watch", query=query)
 
     def raw(
@@ -911,10 +917,15 @@ class WatchCursor:
     """
 
     def __init__(
-        self, kinds: Sequence[str] | None, resource_version: int | None, field_selector: str | None = None
+        self,
+        kinds: Sequence[str] | None,
+        resource_version: int | None,
+        field_selector: str | None = None,
+        label_selector: str | None = None,
     ) -> None:
         self.kinds = tuple(kinds) if kinds else None
         self.field_selector = field_selector or None  # pods only: spec.nodeName=n1, status.phase=Pending
+        self.label_selector = label_selector or None  # any kind: tier=web,env!=dev
         self.complete: int | None = resource_version  # every event up to here was delivered
         self._partial: int | None = None  # the revision whose events are being delivered
         self._delivered = 0  # events of `_partial` handed to the caller
@@ -928,7 +939,7 @@ class WatchCursor:
     def request(self, factory: RequestFactory) -> Request:
         """The request for a new connection, resuming where the last one stopped."""
         self._skip = self._delivered
-        return factory.watch(self.kinds, self.resource_version, self.field_selector)
+        return factory.watch(self.kinds, self.resource_version, self.field_selector, self.label_selector)
 
     def on_line(self, line: bytes) -> WatchEvent | None:
         """The event to deliver, or None (a bookmark, or an event delivered before)."""

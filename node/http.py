@@ -53,6 +53,7 @@ from statemachine.context import Meta
 from statemachine.errors import GONE, Rejected
 from statemachine.fields import check_node_name
 from statemachine.scheduler import Cluster
+from statemachine.view import ReadView
 
 log = logging.getLogger("allot.http")
 
@@ -872,9 +873,11 @@ class Api:
 
     async def watch(self, request: web.Request) -> web.StreamResponse:
         principal = self._principal(request)
-        params = self._params(request, {"kinds", "resourceVersion", "timeoutSeconds", "fieldSelector", *TENANT_PARAMS})
+        params = self._params(
+            request, {"kinds", "resourceVersion", "timeoutSeconds", "fieldSelector", "labelSelector", *TENANT_PARAMS}
+        )
         kinds = _kinds_param(params.get("kinds"))
-        field_selector = params.get("fieldSelector") or None
+        selectors = _WatchSelectors(params.get("fieldSelector") or None, params.get("labelSelector") or None)
         start = _int_param(params, "resourceVersion")
         timeout_s = _int_param(params, "timeoutSeconds")
         if timeout_s is None:
@@ -899,11 +902,11 @@ class Api:
             current = Meta.load(view).revision
             if start is None:
                 # Checked here too, so a bad selector is a 400 rather than an ERROR line later.
-                queries.events_after(view, principal, current, kinds, limit=0, field_selector=field_selector)
+                selectors.events_after(view, principal, current, kinds, limit=0)
                 events: list[dict[str, Any]] = []
                 revision = current
             else:
-                events, revision = queries.events_after(view, principal, start, kinds, field_selector=field_selector)
+                events, revision = selectors.events_after(view, principal, start, kinds)
 
         self.watches_open += 1
         if project is not None:
@@ -918,7 +921,7 @@ class Api:
                 await response.write(_bookmark(revision))
             still_allowed = functools.partial(self._still_principal, request, principal)
             await self._stream(
-                response, principal, still_allowed, kinds, field_selector, events, revision, current, timeout_s
+                response, principal, still_allowed, kinds, selectors, events, revision, current, timeout_s
             )
             await response.write_eof()
         except ConnectionError:
@@ -977,7 +980,7 @@ class Api:
         principal: Principal,
         still_allowed: Callable[[], bool],
         kinds: tuple[str, ...],
-        field_selector: str | None,
+        selectors: _WatchSelectors,
         events: list[dict[str, Any]],
         revision: int,
         current: int,
@@ -1012,9 +1015,7 @@ class Api:
             with self.member.reader() as view:
                 current = Meta.load(view).revision
                 try:
-                    events, revision = queries.events_after(
-                        view, principal, revision, kinds, field_selector=field_selector
-                    )
+                    events, revision = selectors.events_after(view, principal, revision, kinds)
                 except Rejected as refusal:  # fell behind by more than the event log holds
                     if refusal.code != GONE:
                         raise
@@ -1026,6 +1027,24 @@ class Api:
                 await response.write(final_line)
                 return
         await response.write(_bookmark(revision))
+
+
+@dataclass(frozen=True)
+class _WatchSelectors:
+    """A watch's `fieldSelector` and `labelSelector`, applied to every batch of events."""
+
+    field_selector: str | None
+    label_selector: str | None
+
+    def events_after(
+        self,
+        view: ReadView,
+        principal: Principal,
+        revision: int,
+        kinds: tuple[str, ...],
+        limit: int = queries.watch_events_max,
+    ) -> tuple[list[dict[str, Any]], int]:
+        return queries.events_after(view, principal, revision, kinds, limit, self.field_selector, self.label_selector)
 
 
 def _bookmark(revision: int) -> bytes:

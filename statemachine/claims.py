@@ -430,11 +430,13 @@ def _rebind(
             {"allocation": name, "cidr": str(held), "pool": retained["spec"]["pool"]},
         )
     principal = ctx.principal
+    labels_before = retained["metadata"]["labels"]
     retained["metadata"]["labels"] = labels
     retained["spec"]["reclaimPolicy"] = reclaim
     retained["spec"]["className"] = class_name
     retained["status"] = {"phase": PHASE_BOUND}
-    _write(ctx, keys.alloc_key(principal.org, principal.project, namespace, name), retained, MODIFIED)
+    alloc_key = keys.alloc_key(principal.org, principal.project, namespace, name)
+    _write(ctx, alloc_key, retained, MODIFIED, labels_before if labels_before != labels else None)
     claim = {
         "kind": KIND,
         "metadata": ctx.metadata(
@@ -495,9 +497,11 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
 # build wrote) is stored, logged and remembered as the map it is, and every reader accepts a map.
 
 
-def _write(ctx: Context, key: bytes, obj: dict[str, Any], event_type: str) -> None:
+def _write(
+    ctx: Context, key: bytes, obj: dict[str, Any], event_type: str, labels_before: dict[str, str] | None = None
+) -> None:
     """`ctx.write_object`, with the record and its watch event in the compact form."""
-    ctx.write_encoded(key, obj["kind"], obj, event_type, _compact_encoder(key))
+    ctx.write_encoded(key, obj["kind"], obj, event_type, _compact_encoder(key), labels_before)
 
 
 def _delete(ctx: Context, key: bytes, obj: dict[str, Any]) -> None:

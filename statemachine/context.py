@@ -138,21 +138,38 @@ class Context:
         )
         return meta
 
-    def write_object(self, key: bytes, kind: str, obj: dict[str, Any], event_type: str) -> bytes:
-        """Store an API object and record its watch event. Returns the encoded object."""
+    def write_object(
+        self,
+        key: bytes,
+        kind: str,
+        obj: dict[str, Any],
+        event_type: str,
+        labels_before: dict[str, str] | None = None,
+    ) -> bytes:
+        """Store an API object and record its watch event. Returns the encoded object.
+        `labels_before`: the object's labels before this command, when it changed them."""
         obj["metadata"]["resourceVersion"] = self.revision
         raw = dump_record(obj)
-        self._record_event(key, event_type, kind, raw)  # before the put: it may read the object as it was
+        # Before the put: it may read the object as it was.
+        self._record_event(key, event_type, kind, raw, labels_before)
         self.ov.put(key, raw)
         self._encoded[id(obj)] = (obj, raw)
         return raw
 
-    def write_encoded(self, key: bytes, kind: str, obj: dict[str, Any], event_type: str, encode: Encoder) -> None:
+    def write_encoded(
+        self,
+        key: bytes,
+        kind: str,
+        obj: dict[str, Any],
+        event_type: str,
+        encode: Encoder,
+        labels_before: dict[str, str] | None = None,
+    ) -> None:
         """`write_object` for an object stored in a form of its own: `encode(obj)` gives the
         record and its event's encoding, once obj carries this command's revision."""
         obj["metadata"]["resourceVersion"] = self.revision
         record, event = encode(obj)
-        self._record_event(key, event_type, kind, event)
+        self._record_event(key, event_type, kind, event, labels_before)
         self.ov.put(key, record)
 
     def delete_encoded(self, key: bytes, kind: str, obj: dict[str, Any], encode: Encoder) -> None:
@@ -173,7 +190,9 @@ class Context:
         known = self._encoded.get(id(obj))
         return known[1] if known is not None and known[0] is obj else dump_record(obj)
 
-    def _record_event(self, key: bytes, event_type: str, kind: str, encoded: bytes) -> None:
+    def _record_event(
+        self, key: bytes, event_type: str, kind: str, encoded: bytes, labels_before: dict[str, str] | None = None
+    ) -> None:
         """Note the event of the object at key. One event per object and command, with the
         object as the command leaves it: a watcher never sees a state the object did not have at
         this revision (a drain that evicts a pod and then finds it unschedulable is one
@@ -181,7 +200,10 @@ class Context:
         DELETED is nothing. A pod's first event, unless it is ADDED, also carries the pod's
         selectable fields (`pod_selected_fields`) as they were before the command: a watch with
         a field selector then tells a pod entering its selection (ADDED) or leaving it
-        (DELETED) from one changing inside it, as Kubernetes does (queries.events_after)."""
+        (DELETED) from one changing inside it, as Kubernetes does (queries.events_after). An
+        object whose labels the command changed (a quota set again, a retained allocation bound
+        again: labels are otherwise fixed at creation) carries its labels before, for a watch
+        with a label selector likewise."""
         at = self._event_at.get(key)
         if at is not None:
             earlier = self.events[at]
@@ -198,6 +220,8 @@ class Context:
             before = self.ov.get(key)  # the command has not written the pod yet: no earlier event
             if before is not None:
                 entry.append(pod_selected_fields(loads(before)))
+        elif labels_before is not None and event_type == MODIFIED:
+            entry.append(labels_before)
         self._event_at[key] = len(self.events)
         self.events.append(entry)
 

@@ -222,6 +222,26 @@ def _selected_event_type(
     return DELETED if matched else None
 
 
+def _label_selected_event_type(
+    requirements: tuple[Requirement, ...], event_type: str, obj: dict[str, Any], before: list[Any]
+) -> str | None:
+    """How an event reads to a watch with a label selector, or None when it does not see it.
+    Labels are fixed at creation except where a command changes them (a quota set again, a
+    retained allocation bound again), and then the event carries the labels before
+    (context.Context): an object whose new labels enter the selection is ADDED, one whose
+    labels leave it DELETED (with the object as it is now), as Kubernetes answers."""
+    labels_now = obj["metadata"]["labels"]
+    labels_before = before[0] if before and isinstance(before[0], dict) else labels_now
+    matched, matches_now = matches(requirements, labels_before), matches(requirements, labels_now)
+    if event_type == DELETED:
+        return DELETED if matched or matches_now else None
+    if matched and matches_now:
+        return event_type
+    if matches_now:
+        return ADDED
+    return DELETED if matched else None
+
+
 def _not_found(res: Resource, name: str) -> Rejected:
     return Rejected(NOT_FOUND, f"{res.kind} {name} not found", {"kind": res.kind, "name": name})
 
@@ -434,10 +454,12 @@ def events_after(
     kinds: tuple[str, ...],
     limit: int = watch_events_max,
     field_selector: str | None = None,
+    label_selector: str | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Events with a revision above `revision`, of the given kinds (plural names), as the
     principal may see them; and the revision to resume from. `gone` when compacted away.
-    A field selector (pods only) keeps the events of matching pods."""
+    A field selector (pods only) keeps the events of matching pods, a label selector those of
+    objects with matching labels (`_label_selected_event_type`)."""
     meta = Meta.load(view)
     if revision < meta.compacted_revision:
         raise Rejected(
@@ -452,6 +474,7 @@ def events_after(
         if wanted != {pods.KIND}:
             raise invalid("a fieldSelector applies to a watch of pods alone", "fieldSelector")
         fields = parse_field_selector(field_selector, pods.KIND)
+    labels: tuple[Requirement, ...] = parse_selector(label_selector) if label_selector else ()
     events: list[dict[str, Any]] = []
     resume = revision
     for examined, (key, raw) in enumerate(view.scan(keys.event_key(revision + 1), keys.EVENT_END)):
@@ -464,7 +487,11 @@ def events_after(
             obj = claims.decode_event_object(raw_object) if kind in _compact_kinds else loads(raw_object)
             if not visible(kind, obj, principal):
                 continue
-            seen_as = _selected_event_type(fields, event_type, obj, before) if fields else event_type
+            seen_as: str | None = event_type
+            if fields:
+                seen_as = _selected_event_type(fields, event_type, obj, before)
+            if labels and seen_as is not None:
+                seen_as = _label_selected_event_type(labels, seen_as, obj, before)
             if seen_as is not None:
                 events.append({"type": seen_as, "object": obj})
     return events, max(resume, meta.revision)

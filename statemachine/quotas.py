@@ -521,9 +521,10 @@ def set_quota(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool,
         ctx.write_object(key, KIND, quota, ADDED)
     else:
         quota = existing
+        labels_before = quota["metadata"]["labels"]
         quota["metadata"]["labels"] = labels
         quota["spec"] = spec
-        ctx.write_object(key, KIND, quota, MODIFIED)
+        ctx.write_object(key, KIND, quota, MODIFIED, labels_before if labels_before != labels else None)
     return render(ctx.ov, quota), existing is None, loosened
 
 

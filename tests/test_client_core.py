@@ -461,6 +461,15 @@ def test_watch_resumes_mid_revision_without_repeating_or_missing() -> None:
     assert late is not None and (late.type, late.kind, late.object.name) == ("DELETED", "IPClaim", "a")
 
 
+def test_a_watch_keeps_its_selectors_across_reconnections() -> None:
+    cursor = core.WatchCursor(("pods",), 4, "spec.nodeName=n1", "app=web,tier!=db")
+    first = cursor.request(factory()).target
+    selectors = "fieldSelector=spec.nodeName%3Dn1&labelSelector=app%3Dweb%2Ctier%21%3Ddb"
+    assert first == f"/v1/watch?kinds=pods&resourceVersion=4&{selectors}"
+    assert cursor.on_line(event_line("ADDED", "a", 5)) is not None and cursor.on_line(bookmark(5)) is None
+    assert cursor.request(factory()).target == first.replace("resourceVersion=4", "resourceVersion=5")
+
+
 def test_watch_cursor_refuses_nonsense() -> None:
     cursor = core.WatchCursor(None, None)
     assert cursor.on_line(bookmark(10)) is None and cursor.resource_version == 10

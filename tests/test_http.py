@@ -599,6 +599,35 @@ def test_watch_streams_and_resumes_exactly_once(tmp_path: Path) -> None:
     run(tmp_path, check, limits=Limits(watch_heartbeat_s=0.2))
 
 
+def test_watch_with_a_label_selector(tmp_path: Path) -> None:
+    """`labelSelector` narrows a watch of any kinds to objects with matching labels, from a
+    resourceVersion and live; a selector that does not parse is a 400 before the stream starts."""
+
+    async def check(api: Api) -> None:
+        await api.ok("POST", "/v1/ippools", ADMIN, ROOT_POOL)
+        await api.ok("POST", "/v1/ipclaims", ACME, {**claim("web-1"), "labels": {"app": "web"}})
+        await api.ok("POST", "/v1/ipclaims", ACME, {**claim("db-1"), "labels": {"app": "db"}})
+        url = watch_url("ipclaims,ipallocations", 0, labelSelector="app%3Dweb")
+        async with api.client.get(url, headers=auth(ACME)) as response:
+            assert response.status == 200
+            first = await read_events(response, 2)
+            await api.ok("POST", "/v1/ipclaims", ACME, {**claim("db-2"), "labels": {"app": "db"}})
+            await api.ok("DELETE", "/v1/ipclaims/web-1", ACME)
+            second = await read_events(response, 2)
+        assert [(e["type"], e["object"]["kind"], e["object"]["metadata"]["name"]) for e in first + second] == [
+            ("ADDED", "IPAllocation", "web-1"),
+            ("ADDED", "IPClaim", "web-1"),
+            ("DELETED", "IPAllocation", "web-1"),
+            ("DELETED", "IPClaim", "web-1"),
+        ]
+        refused = await api.error(
+            400, "invalid", "GET", watch_url("ipclaims", 0, labelSelector="app%20in%20(web"), ACME
+        )
+        assert refused.body["error"]["details"] == {"field": "labelSelector"}, refused.body
+
+    run(tmp_path, check, limits=Limits(watch_heartbeat_s=0.2))
+
+
 def test_watch_heartbeat_timeout_and_limits(tmp_path: Path) -> None:
     async def check(api: Api) -> None:
         await api.ok("POST", "/v1/ippools", ADMIN, ROOT_POOL)

@@ -521,6 +521,58 @@ def test_event_types_follow_the_lifecycle(built: Machine) -> None:
     assert released["status"]["phase"] == "Released"
 
 
+def test_a_label_selector_follows_objects_into_and_out_of_it(built: Machine) -> None:
+    """A watch with a label selector sees the events of objects whose labels match. Labels are
+    fixed at creation except where a command changes them (a quota set again, a retained
+    allocation bound again to a claim with other labels): then an object entering the selection
+    is ADDED and one leaving it DELETED, as Kubernetes answers, and the others see nothing."""
+    start = Meta.load(built.store).revision
+    built.ok(ADMIN, "class.create", {"name": "keep", "spec": {"ipFamily": "IPv4", "reclaimPolicy": "Retain"}})
+    built.ok(ADMIN, "pool.create", {"name": "kp", "spec": {"cidr": "192.168.0.0/24", "classNames": ["keep"]}})
+    built.ok(WEB, "claim.create", {"name": "k1", "labels": {"tier": "a"}, "spec": {"className": "keep"}})
+    built.ok(WEB, "claim.create", {"name": "k2", "labels": {"tier": "b"}, "spec": {"className": "keep"}})
+    built.ok(WEB, "claim.delete", {"name": "k1"})  # retained, labels unchanged
+    built.ok(WEB, "claim.create", {"name": "k1", "labels": {"tier": "b"}, "spec": {"className": "keep"}})
+    built.ok(ADMIN, "quota.set", {"name": "acme/web", "labels": {"tier": "a"}, "spec": {"pods": 5}})
+    built.ok(ADMIN, "quota.set", {"name": "acme/web", "labels": {"tier": "a"}, "spec": {"pods": 6}})
+    built.ok(ADMIN, "quota.set", {"name": "acme/web", "labels": {"tier": "b"}, "spec": {"pods": 6}})
+    kinds = ("ipclaims", "ipallocations", "quotas")
+
+    def seen(selector: str) -> list[tuple[str, str, str, dict[str, str]]]:
+        events, _ = events_after(built.store, ADMIN, start, kinds, label_selector=selector)
+        return [
+            (
+                event["type"],
+                event["object"]["kind"],
+                event["object"]["metadata"]["name"],
+                event["object"]["metadata"]["labels"],
+            )
+            for event in events
+        ]
+
+    a, b = {"tier": "a"}, {"tier": "b"}
+    assert seen("tier=a") == [
+        ("ADDED", "IPAllocation", "k1", a),
+        ("ADDED", "IPClaim", "k1", a),
+        ("MODIFIED", "IPAllocation", "k1", a),  # released, still tier=a
+        ("DELETED", "IPClaim", "k1", a),
+        ("DELETED", "IPAllocation", "k1", b),  # bound again as tier=b: it leaves the selection
+        ("ADDED", "Quota", "acme/web", a),
+        ("MODIFIED", "Quota", "acme/web", a),
+        ("DELETED", "Quota", "acme/web", b),
+    ]
+    assert seen("tier=b") == [
+        ("ADDED", "IPAllocation", "k2", b),
+        ("ADDED", "IPClaim", "k2", b),
+        ("ADDED", "IPAllocation", "k1", b),  # enters the selection
+        ("ADDED", "IPClaim", "k1", b),
+        ("ADDED", "Quota", "acme/web", b),
+    ]
+    assert seen("tier notin (a,b)") == []
+    assert len(seen("tier")) == len(events_after(built.store, ADMIN, start, kinds)[0])
+    _refused("invalid", lambda: events_after(built.store, ADMIN, start, kinds, label_selector="tier in (a"))
+
+
 def test_events_filtered_by_kind(built: Machine) -> None:
     claims_only, resume = events_after(built.store, ADMIN, 0, ("ipclaims",))
     assert {event["object"]["kind"] for event in claims_only} == {"IPClaim"}
