@@ -39,7 +39,7 @@ from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -420,6 +420,16 @@ class SchedulingCollector:
                 "allot_pod_plans_in_flight",
                 "pod placements this member planned that are not answered yet",
                 value=stats.get("plansInFlight", 0),
+            ),
+            CounterMetricFamily(
+                "allot_leader_node_conditions_proposed",
+                "Ready/NotReady transitions this member proposed as leader",
+                value=stats.get("nodeConditionsProposed", 0),
+            ),
+            CounterMetricFamily(
+                "allot_leader_pods_evicted",
+                "pods this member evicted as leader from nodes NotReady for the pod eviction timeout",
+                value=stats.get("podsEvicted", 0),
             ),
         ]
 

@@ -103,7 +103,8 @@ class Member(Protocol):
         """A node's heartbeat heard over HTTP: remembered here and forwarded to the peers."""
 
     def scheduling_stats(self) -> dict[str, int]:
-        """Nodes ready / not ready / cordoned, pods bound / pending, plans in flight."""
+        """Nodes ready / not ready / cordoned, pods bound / pending, plans in flight; what this
+        member's leader timers proposed (`SchedulingTimers.stats`)."""
 
 
 class LocalMember:
@@ -209,7 +210,7 @@ class LocalMember:
     def scheduling_stats(self) -> dict[str, int]:
         with self.reader() as view:
             self.planner.ensure_loaded(view)
-        return self.planner.stats()
+        return {**self.planner.stats(), **self.timers.stats()}
 
     def run_timers(self, now: float) -> None:
         """One pass of the leader's timers (this member always leads), at `now` on the

@@ -604,7 +604,7 @@ class ReplicatedMember:
     def scheduling_stats(self) -> dict[str, int]:
         with self.store.reader() as view:
             self.planner.ensure_loaded(view)
-        return self.planner.stats()
+        return {**self.planner.stats(), **self.timers.stats()}
 
     async def _submit_own(self, envelope: bytes, leader_term: int) -> Outcome:
         return await self.submit_as_leader(envelope, leader_term, self.config.timing.node_grace_s)

@@ -549,8 +549,18 @@ class SchedulingTimers:
         self._tasks: set[asyncio.Task[None]] = set()
         self.conditions_proposed = 0
         self.evictions_proposed = 0
+        self.pods_evicted = 0  # by this member's node.evict_unready proposals that committed
         self.sweeps_proposed = 0
         self.passes_started = 0
+
+    def stats(self) -> dict[str, int]:
+        """What this member's timers proposed since it started (as leader; /metrics)."""
+        return {
+            "nodeConditionsProposed": self.conditions_proposed,
+            "nodeEvictionsProposed": self.evictions_proposed,
+            "podsEvicted": self.pods_evicted,
+            "sweepsProposed": self.sweeps_proposed,
+        }
 
     @property
     def period_s(self) -> float:
@@ -631,11 +641,10 @@ class SchedulingTimers:
                 log.warning("node %s: evicting its pods was refused: %s", name, outcome.result.message)
                 return
             self.monitor.evicted(name)
+            evicted = int(outcome.result.value["status"]["evictedPods"])
+            self.pods_evicted += evicted
             log.info(
-                "node %s: NotReady for %g s or more, %d pod(s) evicted",
-                name,
-                self.monitor.pod_eviction_s,
-                outcome.result.value["status"]["evictedPods"],
+                "node %s: NotReady for %g s or more, %d pod(s) evicted", name, self.monitor.pod_eviction_s, evicted
             )
         except Exception as exc:  # no leader, timeout, ...: the next check proposes again
             log.warning("node %s: proposing the eviction of its pods failed: %s", name, exc)

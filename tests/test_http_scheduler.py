@@ -868,7 +868,7 @@ def test_the_leader_evicts_the_pods_of_a_node_not_ready_too_long(tmp_path: Path)
         await api.ok("POST", "/v1/nodes/n1/heartbeat")
         member.run_timers(clock.now)
         await member.timers.settle()
-        assert member.timers.evictions_proposed == 1
+        assert member.timers.evictions_proposed == 1 and member.scheduling_stats()["podsEvicted"] == 1
         web = await api.ok("GET", "/v1/pods/web", ACME)
         assert web["status"]["phase"] == "Bound" and web["spec"]["nodeName"] == "n1", web["status"]
         assert (await api.ok("GET", "/v1/pods/agent", ACME))["spec"]["nodeName"] == "n2"
@@ -985,6 +985,8 @@ def test_metrics_show_nodes_pods_and_the_queue(tmp_path: Path) -> None:
             'allot_pods{phase="Pending"} 1.0',
             "allot_pending_queue_length 1.0",
             "allot_pod_plans_in_flight 0.0",
+            "allot_leader_node_conditions_proposed_total 3.0",
+            "allot_leader_pods_evicted_total 0.0",
         ):
             assert expected in lines, (expected, [line for line in lines if line.startswith("allot_")])
 
