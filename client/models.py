@@ -681,7 +681,7 @@ class PodStatus:
     reason: str | None  # a pending pod's: Unschedulable, QuotaExceeded, Evicted
     message: str | None  # a pending pod's details: which filters failed on how many nodes
     nominated_node_name: str | None  # the node whose room a pending pod holds
-    evicted_from: str | None  # the node a drain took it off
+    evicted_from: str | None  # the node a drain, or an eviction from a NotReady node, took it off
 
     @classmethod
     def parse(cls, raw: Any) -> PodStatus:
