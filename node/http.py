@@ -422,14 +422,24 @@ class SchedulingCollector:
                 value=stats.get("plansInFlight", 0),
             ),
             CounterMetricFamily(
-                "allot_leader_node_conditions_proposed",
-                "Ready/NotReady transitions this member proposed as leader",
-                value=stats.get("nodeConditionsProposed", 0),
+                "allot_leader_node_condition_changes",
+                "Ready/NotReady transitions this member committed as leader",
+                value=stats.get("nodeConditionsChanged", 0),
+            ),
+            CounterMetricFamily(
+                "allot_leader_node_evictions",
+                "evictions from nodes NotReady for the pod eviction timeout this member committed as leader",
+                value=stats.get("nodeEvictions", 0),
             ),
             CounterMetricFamily(
                 "allot_leader_pods_evicted",
-                "pods this member evicted as leader from nodes NotReady for the pod eviction timeout",
+                "pods those evictions sent back to the pending queue",
                 value=stats.get("podsEvicted", 0),
+            ),
+            GaugeMetricFamily(
+                "allot_leader_evictions_held",
+                "1 while this leader holds evictions because too many nodes are NotReady",
+                value=stats.get("evictionsHeld", 0),
             ),
         ]
 

@@ -78,6 +78,12 @@ heap_slack = 4  # a heap holding more than this many entries per node is rebuilt
 heartbeat_names_max = 2 * nodes_max  # names in the heartbeat table (peers' names are unchecked)
 sightings_per_message_max = 2000  # node names forwarded on one keep-alive (the rest wait 100 ms)
 conditions_in_flight_max = 256  # node.condition proposals the leader has waiting at once
+# Eviction from NotReady nodes, paced and held as Kubernetes' node lifecycle controller does
+# (--node-eviction-rate, --unhealthy-zone-threshold): one node at a time, and none while more
+# than 55 % of the nodes are NotReady, which looks like the leader losing the heartbeats (a
+# broken path from the agents) rather than the nodes dying; evicting then would move every pod.
+evictions_in_flight_max = 1
+eviction_hold_percent = 55
 monitor_period_max_s = 1.0  # the leader checks heartbeats at least this often
 # Between the sweeps of a pass: `pass_pause_factor` times the last sweep's duration (proposal to
 # result: the Raft round and the apply), kept within [min, max]. 3 lets sweeps take at most a
@@ -439,6 +445,7 @@ class NodeMonitor:
         self._not_ready_since: dict[str, float] = {}
         self.evicting: set[str] = set()
         self._evicted: set[str] = set()
+        self.evictions_held = False  # too many nodes NotReady at the last check
 
     def became_leader(self, now: float) -> None:
         self.leader_since = now
@@ -455,6 +462,7 @@ class NodeMonitor:
         self._not_ready_since.clear()
         self.evicting.clear()
         self._evicted.clear()
+        self.evictions_held = False
 
     def evictions_due(self, readiness: Mapping[str, bool], pods_bound: Callable[[str], int], now: float) -> list[str]:
         """NotReady nodes whose pods are to be evicted now (`node.evict_unready`): NotReady for
@@ -462,17 +470,36 @@ class NodeMonitor:
         NotReady (at the earliest its election: a new leader waits a whole timeout again, so
         eviction may come late after a leader change, never early), with pods bound, not heard
         within the grace period (a Ready verdict is due), and not evicted already in this spell
-        of NotReady. Each node is proposed once (again only if that proposal failed)."""
+        of NotReady. Each node is proposed once (again only if that proposal failed); at most
+        `evictions_in_flight_max` at a time, in the readiness map's order, and none while more
+        than `eviction_hold_percent` of the nodes are NotReady (`evictions_held`)."""
         if self.leader_since is None:
             return []
         for name in [name for name in self._not_ready_since if readiness.get(name, True)]:
             del self._not_ready_since[name]
             self._evicted.discard(name)
+        not_ready = [name for name, ready in readiness.items() if not ready]
+        for name in not_ready:
+            self._not_ready_since.setdefault(name, now)
+        held = len(not_ready) * 100 > len(readiness) * eviction_hold_percent
+        if held != self.evictions_held:
+            self.evictions_held = held
+            if held:
+                log.warning(
+                    "holding pod evictions: %d of %d nodes are NotReady (more than %d %%); check the path from "
+                    "node agents to the members before suspecting the nodes",
+                    len(not_ready),
+                    len(readiness),
+                    eviction_hold_percent,
+                )
+            else:
+                log.info("pod evictions resume: %d of %d nodes are NotReady", len(not_ready), len(readiness))
         due: list[str] = []
-        for name, ready in readiness.items():
-            if ready:
-                continue
-            since = self._not_ready_since.setdefault(name, now)
+        room = evictions_in_flight_max - len(self.evicting)
+        for name in not_ready:
+            if held or len(due) >= room:
+                break
+            since = self._not_ready_since[name]
             if now - since < self.pod_eviction_s or name in self.evicting or name in self._evicted:
                 continue
             seen = self.heartbeats.last_seen(name)
@@ -549,17 +576,21 @@ class SchedulingTimers:
         self._tasks: set[asyncio.Task[None]] = set()
         self.conditions_proposed = 0
         self.evictions_proposed = 0
-        self.pods_evicted = 0  # by this member's node.evict_unready proposals that committed
+        # What this member's proposals did, as their answers said (a proposal that timed out
+        # but committed is not counted: its repeat finds nothing left to do).
+        self.conditions_changed = 0
+        self.nodes_evicted = 0
+        self.pods_evicted = 0
         self.sweeps_proposed = 0
         self.passes_started = 0
 
     def stats(self) -> dict[str, int]:
-        """What this member's timers proposed since it started (as leader; /metrics)."""
+        """What this member's timers did since it started (as leader; /metrics)."""
         return {
-            "nodeConditionsProposed": self.conditions_proposed,
-            "nodeEvictionsProposed": self.evictions_proposed,
+            "nodeConditionsChanged": self.conditions_changed,
+            "nodeEvictions": self.nodes_evicted,
             "podsEvicted": self.pods_evicted,
-            "sweepsProposed": self.sweeps_proposed,
+            "evictionsHeld": int(self.monitor.evictions_held),
         }
 
     @property
@@ -625,6 +656,7 @@ class SchedulingTimers:
             if isinstance(outcome.result, Rejected):  # e.g. fenced: this member no longer leads that term
                 log.warning("node %s: ready=%s was refused: %s", name, body["ready"], outcome.result.message)
                 return
+            self.conditions_changed += 1
             if not body["ready"] and self._leader_term == leader_term:
                 self.monitor.marked_not_ready(name, decided)
             log.info("node %s: proposed ready=%s (%s)", name, body["ready"], body["reason"])
@@ -642,6 +674,7 @@ class SchedulingTimers:
                 return
             self.monitor.evicted(name)
             evicted = int(outcome.result.value["status"]["evictedPods"])
+            self.nodes_evicted += 1
             self.pods_evicted += evicted
             log.info(
                 "node %s: NotReady for %g s or more, %d pod(s) evicted", name, self.monitor.pod_eviction_s, evicted

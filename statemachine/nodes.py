@@ -4,10 +4,13 @@ A node registers with its capacity (CPU millicores, memory bytes, max pods), lab
 zone, and names a platform-owned IPPool (`spec.podPool`, visibility `platform` or `internal`;
 an `internal` pool is the one to use, since tenants can neither see nor exhaust it, and only the
 platform admin, acting for no tenant, can name it): registering carves the node's pod CIDR from
-that pool with the same buddy allocator claims use, in the same apply. The pod CIDR gets its own
-allocator (keyed by the node's uid) from which pods take their addresses; its first address is
-reserved for the node itself (its bridge or gateway), so `capacity.pods` may be at most the
-CIDR's size minus one, and a node with room for a pod always has a free pod address.
+that pool with the same buddy allocator claims use, in the same apply. Pods take their
+addresses from the pod CIDR lowest first, kept as a bit set in the node's scheduling record
+(`NodeState.pod_addresses`, `take_pod_address`; a node registered by a build before 2026-12-07
+keeps the buddy allocator of its own, keyed by its uid, that it was given then). The CIDR's
+first address is reserved for the node itself (its bridge or gateway), so `capacity.pods` may
+be at most the CIDR's size minus one, and a node with room for a pod always has a free pod
+address.
 
 Per node, the scheduler keeps one compact record (`NodeState`, key `nst/<name>`): readiness,
 schedulability, capacity, what bound pods use, the labels and taints the filters read, and the

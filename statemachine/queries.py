@@ -212,7 +212,14 @@ def _selected_event_type(
         requirements,
         {**obj, "spec": {**obj["spec"], "nodeName": node_name}, "status": {**obj["status"], "phase": phase}},
     )
-    matches_now = field_matches(requirements, obj)
+    return _seen_as(event_type, matched, field_matches(requirements, obj))
+
+
+def _seen_as(event_type: str, matched: bool, matches_now: bool) -> str | None:
+    """An event to a watch with a selector, from whether the object matched it before the
+    command and matches it now: one entering the selection is ADDED, one leaving it DELETED,
+    one changing inside it keeps its type; a deleted object reaches the watches it matched
+    before or when deleted; None when the watch does not see it."""
     if event_type == DELETED:
         return DELETED if matched or matches_now else None
     if matched and matches_now:
@@ -232,14 +239,7 @@ def _label_selected_event_type(
     labels leave it DELETED (with the object as it is now), as Kubernetes answers."""
     labels_now = obj["metadata"]["labels"]
     labels_before = before[0] if before and isinstance(before[0], dict) else labels_now
-    matched, matches_now = matches(requirements, labels_before), matches(requirements, labels_now)
-    if event_type == DELETED:
-        return DELETED if matched or matches_now else None
-    if matched and matches_now:
-        return event_type
-    if matches_now:
-        return ADDED
-    return DELETED if matched else None
+    return _seen_as(event_type, matches(requirements, labels_before), matches(requirements, labels_now))
 
 
 def _not_found(res: Resource, name: str) -> Rejected:

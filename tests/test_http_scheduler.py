@@ -797,8 +797,8 @@ def test_node_monitor_eviction_rules() -> None:
     clock = Clock()
     table = HeartbeatTable(clock)
     monitor = NodeMonitor(table, grace_s=10, pod_eviction_s=60)
-    bound = {"a": 2, "b": 0, "c": 1}
-    down = {"a": False, "b": False, "c": True}
+    bound = {"a": 2, "b": 0, "c": 1, "d": 1, "e": 1}
+    down = {"a": False, "b": False, "c": True, "d": True, "e": True}  # 2 of 5 NotReady
     assert monitor.evictions_due(down, bound.__getitem__, clock.now + 1000) == []  # not the leader
     monitor.became_leader(clock.now)
     assert monitor.evictions_due(down, bound.__getitem__, clock.now) == []  # NotReady from now, as far as it knows
@@ -832,6 +832,24 @@ def test_node_monitor_eviction_rules() -> None:
     bound["b"] = 1
     assert monitor.evictions_due(down, bound.__getitem__, clock.now + 159) == []
     assert monitor.evictions_due(down, bound.__getitem__, clock.now + 160) == ["b"]
+    # More than 55 % NotReady looks like the leader losing heartbeats: nothing is evicted, however long.
+    monitor.evicted("b")
+    more_down = {**down, "c": False}  # 3 of 5 NotReady: 60 %
+    assert monitor.evictions_due(more_down, bound.__getitem__, clock.now + 161) == []
+    assert monitor.evictions_held
+    assert monitor.evictions_due(more_down, bound.__getitem__, clock.now + 10_000) == []
+    # One node at a time: while one eviction is in flight, the next waits.
+    monitor.lost_leadership()
+    monitor.became_leader(clock.now + 20_000)
+    two_down = {"a": True, "b": True, "c": False, "d": False, "e": True}
+    assert monitor.evictions_due(two_down, bound.__getitem__, clock.now + 20_000) == []
+    assert not monitor.evictions_held
+    assert monitor.evictions_due(two_down, bound.__getitem__, clock.now + 20_060) == ["c"]
+    monitor.evicting.add("c")
+    assert monitor.evictions_due(two_down, bound.__getitem__, clock.now + 20_061) == []  # d waits for c
+    monitor.evicting.discard("c")
+    monitor.evicted("c")
+    assert monitor.evictions_due(two_down, bound.__getitem__, clock.now + 20_062) == ["d"]
 
 
 def test_the_leader_evicts_the_pods_of_a_node_not_ready_too_long(tmp_path: Path) -> None:
@@ -974,6 +992,7 @@ def test_metrics_show_nodes_pods_and_the_queue(tmp_path: Path) -> None:
         api.member.run_timers(now)  # elected; then a grace later, nobody was heard
         api.member.run_timers(now + api.member.timers.monitor.grace_s + 1)
         await api.member.timers.settle()
+        api.member.run_timers(now + api.member.timers.monitor.grace_s + 2)  # sees them NotReady
         async with api.client.get("/metrics") as response:
             text = await response.text()
         lines = set(text.splitlines())
@@ -985,8 +1004,10 @@ def test_metrics_show_nodes_pods_and_the_queue(tmp_path: Path) -> None:
             'allot_pods{phase="Pending"} 1.0',
             "allot_pending_queue_length 1.0",
             "allot_pod_plans_in_flight 0.0",
-            "allot_leader_node_conditions_proposed_total 3.0",
+            "allot_leader_node_condition_changes_total 3.0",
+            "allot_leader_node_evictions_total 0.0",
             "allot_leader_pods_evicted_total 0.0",
+            "allot_leader_evictions_held 1.0",  # every node is NotReady
         ):
             assert expected in lines, (expected, [line for line in lines if line.startswith("allot_")])
 
