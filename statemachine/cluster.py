@@ -211,7 +211,7 @@ def node_evict_unready(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     message = f"evicted from node {name}: NotReady, and the pod does not tolerate {nodes.UNREACHABLE_TAINT}:NoExecute"
     evicted = _evict(ctx, name, message, keep_tolerating=nodes.UNREACHABLE_TAINT)
     if evicted:
-        scheduler.retry_heads(ctx, rewind=False)  # as after a drain: no capacity grew
+        scheduler.retry_heads(ctx, rewind=False)  # as after a drain: no node a pod can use gained room
     rendered = nodes.render(ctx.ov, node)
     rendered["status"] = {**rendered["status"], "evictedPods": evicted}
     return rendered
