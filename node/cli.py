@@ -39,8 +39,8 @@ def _serve(args: argparse.Namespace) -> int:
     overrides: dict[str, float] = {}
     for field_name, (flag, config_key) in config.TIMING_FLAGS.items():
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is None:
-            value = settings.get(config_key)
+        if value is None and settings.get(config_key) is not None:
+            value = config.check_timing_value(settings[config_key], f"{config_key} in {args.config}")
         if value is not None:
             overrides[field_name] = value
     member_config = config.build(
@@ -137,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             tokens = Path(args.tokens) if args.tokens else None
-            timing_flags = {
-                flag: value
-                for flag, _ in config.TIMING_FLAGS.values()
+            given = {
+                field_name: value
+                for field_name, (flag, _) in config.TIMING_FLAGS.items()
                 if (value := getattr(args, flag.lstrip("-").replace("-", "_"))) is not None
             }
+            # Checked here, before anything is written under --dir; each member checks again.
+            config.timing_with(config.timing_from_environment(Timing(), given=given.keys()), given)
+            timing_flags = {config.TIMING_FLAGS[field_name][0]: value for field_name, value in given.items()}
             return cluster.up(Path(args.dir), args.http_port, args.raft_port, tokens, timing_flags)
         if args.command == "serve":
             return _serve(args)

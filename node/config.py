@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,25 +83,34 @@ TIMING_FLAGS = {
 }
 
 
+def check_timing_value(value: object, name: str) -> float:
+    """A timing setting's seconds, or a ConfigError naming where it came from (`name`: a flag,
+    a config file key). NaN and infinity fail the range check."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
+    if not 0.1 <= value <= timing_seconds_max:
+        raise ConfigError(f"{name} {value:g} must be between 0.1 and {timing_seconds_max:g} seconds")
+    return float(value)
+
+
 def timing_with(timing: Timing, overrides: dict[str, float]) -> Timing:
     """`timing` with the TIMING_FLAGS fields in `overrides` replaced, each checked."""
-    for field_name, value in overrides.items():
-        flag = TIMING_FLAGS[field_name][0]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{flag} must be a number of seconds, not {value!r}")
-        if not 0.1 <= value <= timing_seconds_max:
-            raise ConfigError(f"{flag} {value:g} must be between 0.1 and {timing_seconds_max:g} seconds")
-    changes: dict[str, Any] = {name: float(value) for name, value in overrides.items()}
+    changes: dict[str, Any] = {
+        name: check_timing_value(value, TIMING_FLAGS[name][0]) for name, value in overrides.items()
+    }
     return dataclasses.replace(timing, **changes)
 
 
-def timing_from_environment(timing: Timing, environ: dict[str, str] | None = None) -> Timing:
-    """`timing` with the fields named in TIMING_ENVIRONMENT replaced by the environment's values."""
+def timing_from_environment(
+    timing: Timing, environ: dict[str, str] | None = None, given: Collection[str] = ()
+) -> Timing:
+    """`timing` with the fields named in TIMING_ENVIRONMENT replaced by the environment's values,
+    except the fields in `given` (set by a flag, which wins: the variable is not even read)."""
     environ = dict(os.environ) if environ is None else environ
     changes: dict[str, Any] = {}
     for variable, field_name in TIMING_ENVIRONMENT.items():
         text = environ.get(variable)
-        if text is None or not text.strip():
+        if field_name in given or text is None or not text.strip():
             continue
         try:
             value = float(text)
@@ -224,7 +234,9 @@ def build(
         data_dir=Path(data_dir),
         secret_file=Path(secret_file),
         token_file=Path(token_file),
-        timing=timing_with(timing_from_environment(timing or Timing()), timing_overrides or {}),
+        timing=timing_with(
+            timing_from_environment(timing or Timing(), given=(timing_overrides or {}).keys()), timing_overrides or {}
+        ),
     )
     if not 0.1 <= config.timing.node_grace_s <= timing_seconds_max:
         raise ConfigError(f"the node grace period must be between 0.1 and {timing_seconds_max:g} seconds")

@@ -48,6 +48,7 @@ from chaos.cluster import (
     write_secret,
 )
 from node import accelerate, config
+from node import cli as node_cli
 from node import cluster as node_cluster
 from node.cluster import PlannedMember, Supervisor, member_command, plan, settled
 from node.tokens import generate_token_file
@@ -911,6 +912,36 @@ def test_timing_flags_win_over_the_environment(
         {"--node-grace-seconds": 12.5},
     )
     assert command[-2:] == ["--node-grace-seconds", "12.5"]
+
+
+def test_bad_timing_settings_are_refused_before_anything_is_written(
+    tmp_path: Path, serve_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`allot up` checks its timing flags and the environment before it writes under --dir; a
+    flag wins over a bad environment variable, which is then not read; a config file's bad value
+    is named by its key."""
+    directory = tmp_path / "up"
+    for bad in ("0", "-1", "nan", "inf"):
+        assert node_cli.main(["up", "--dir", str(directory), "--pod-eviction-seconds", bad]) == 2
+        assert "--pod-eviction-seconds" in capsys.readouterr().err
+    monkeypatch.setenv("ALLOT_POD_EVICTION_SECONDS", "abc")
+    assert node_cli.main(["up", "--dir", str(directory)]) == 2
+    assert "ALLOT_POD_EVICTION_SECONDS='abc' must be a number of seconds" in capsys.readouterr().err
+    assert not directory.exists()
+    assert config.timing_from_environment(config.Timing(), given={"pod_eviction_s"}).pod_eviction_s == 300.0
+    secret, tokens = serve_files
+    settings = {
+        "memberId": "m1",
+        "members": {"m1": "127.0.0.1:7401"},
+        "http": "127.0.0.1:8401",
+        "secretFile": str(secret),
+        "tokenFile": str(tokens),
+        "podEvictionSeconds": "300",
+    }
+    config_file = tmp_path / "member.json"
+    config_file.write_text(json.dumps(settings))
+    assert node_cli.main(["serve", "--config", str(config_file)]) == 2
+    assert f"podEvictionSeconds in {config_file} must be a number of seconds, not '300'" in capsys.readouterr().err
 
 
 # ---- 10. `allot up`: starts, answers, restarts a killed member, stops on SIGINT or SIGHUP -------
