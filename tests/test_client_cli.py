@@ -199,6 +199,16 @@ def test_classes_and_watch(cluster: Cluster, workdir: Path) -> None:
         ("ADDED", "cli-gold"),
         ("DELETED", "cli-gold"),
     ]
+    # -l narrows a watch to objects with matching labels.
+    labelled_from = json.loads(ok(allot(cluster, workdir, "status", "-o", "json")))[0]["status"]["revision"]
+    ok(allot(cluster, workdir, "class", "create", "cli-tier-b", "--family", "IPv4", "--label", "tier=b"))
+    ok(allot(cluster, workdir, "class", "create", "cli-tier-a", "--family", "IPv4", "--label", "tier=a"))
+    since = str(labelled_from)
+    watch_args = ("watch", "--kinds", "ipclasses", "-l", "tier=a", "--resource-version", since, "--count", "1")
+    watched = allot(cluster, workdir, *watch_args, "-o", "json")
+    assert [json.loads(line)["object"]["metadata"]["name"] for line in ok(watched).splitlines()] == ["cli-tier-a"]
+    for name in ("cli-tier-a", "cli-tier-b"):
+        ok(allot(cluster, workdir, "class", "delete", name))
     ok(allot(cluster, workdir, "class", "create", "cli-silver", "--family", "IPv6", "--default"))
     row = next(line for line in ok(allot(cluster, workdir, "class", "list")).splitlines() if "cli-silver" in line)
     assert "IPv6" in row and "yes" in row and "/0../128" in row, row
