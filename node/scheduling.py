@@ -440,11 +440,12 @@ class NodeMonitor:
         self._first_known: dict[str, float] = {}  # when this leader first saw each node registered
         self.in_flight: set[str] = set()
         # Eviction (`evictions_due`), each bounded by the registered nodes: when this leader
-        # first saw each node NotReady, the nodes with an eviction proposal in flight, and those
-        # evicted since they became NotReady (pods that tolerate the taint stay: one proposal).
+        # first saw each node NotReady; after how long NotReady the node's next eviction is due,
+        # as its last one answered (absent: at once; None: no pod left will go); and the nodes
+        # with an eviction proposal in flight.
         self._not_ready_since: dict[str, float] = {}
+        self._next_eviction_s: dict[str, float | None] = {}
         self.evicting: set[str] = set()
-        self._evicted: set[str] = set()
         self.evictions_held = False  # too many nodes NotReady at the last check
 
     def became_leader(self, now: float) -> None:
@@ -460,24 +461,26 @@ class NodeMonitor:
 
     def _forget_evictions(self) -> None:
         self._not_ready_since.clear()
+        self._next_eviction_s.clear()
         self.evicting.clear()
-        self._evicted.clear()
         self.evictions_held = False
 
     def evictions_due(self, readiness: Mapping[str, bool], pods_bound: Callable[[str], int], now: float) -> list[str]:
-        """NotReady nodes whose pods are to be evicted now (`node.evict_unready`): NotReady for
-        `pod_eviction_s` as far as this leader knows, i.e. counted from when it first saw them
-        NotReady (at the earliest its election: a new leader waits a whole timeout again, so
-        eviction may come late after a leader change, never early), with pods bound, not heard
-        within the grace period (a Ready verdict is due), and not evicted already in this spell
-        of NotReady. Each node is proposed once (again only if that proposal failed); at most
-        `evictions_in_flight_max` at a time, in the readiness map's order, and none while more
-        than `eviction_hold_percent` of the nodes are NotReady (`evictions_held`)."""
+        """NotReady nodes to propose `node.evict_unready` for now: at once when this leader sees
+        a node NotReady with pods (pods with `tolerationSeconds: 0` go then), and after that when
+        the last eviction's answer said the next pod goes (`evicted`): each pod at its own
+        `tolerationSeconds`, or at `pod_eviction_s` without a matching toleration. NotReady time
+        counts from this leader's own verdict, or from when it first saw the node NotReady (at
+        the earliest its election: after a leader change eviction may come late, never early).
+        Not for a node heard within the grace period (a Ready verdict is due). Each proposal is
+        made once (again only if it failed); at most `evictions_in_flight_max` at a time, in the
+        readiness map's order, and none while more than `eviction_hold_percent` of the nodes
+        are NotReady (`evictions_held`)."""
         if self.leader_since is None:
             return []
         for name in [name for name in self._not_ready_since if readiness.get(name, True)]:
             del self._not_ready_since[name]
-            self._evicted.discard(name)
+            self._next_eviction_s.pop(name, None)
         not_ready = [name for name, ready in readiness.items() if not ready]
         for name in not_ready:
             self._not_ready_since.setdefault(name, now)
@@ -499,8 +502,8 @@ class NodeMonitor:
         for name in not_ready:
             if held or len(due) >= room:
                 break
-            since = self._not_ready_since[name]
-            if now - since < self.pod_eviction_s or name in self.evicting or name in self._evicted:
+            next_s = self._next_eviction_s.get(name, 0.0)
+            if next_s is None or now - self._not_ready_since[name] < next_s or name in self.evicting:
                 continue
             seen = self.heartbeats.last_seen(name)
             if name in self.in_flight or (seen is not None and now - seen <= self.grace_s):
@@ -514,12 +517,17 @@ class NodeMonitor:
         eviction timeout counts from the verdict."""
         if self.leader_since is not None:
             self._not_ready_since[name] = decided
-            self._evicted.discard(name)
+            self._next_eviction_s.pop(name, None)
 
-    def evicted(self, name: str) -> None:
-        """The node's eviction committed: none again until it has been Ready."""
+    def not_ready_ms(self, name: str, now: float) -> int:
+        """How long the node has been NotReady as this leader knows it, in milliseconds."""
+        return max(0, int((now - self._not_ready_since.get(name, now)) * 1000))
+
+    def evicted(self, name: str, next_eviction_ms: int | None) -> None:
+        """The node's eviction committed; the next one is due when the node has been NotReady
+        `next_eviction_ms` (None: never in this spell of NotReady)."""
         if name in self._not_ready_since:
-            self._evicted.add(name)
+            self._next_eviction_s[name] = None if next_eviction_ms is None else next_eviction_ms / 1000
 
     def verdicts(self, readiness: Mapping[str, bool], now: float) -> list[Verdict]:
         """Transitions to propose now. Nodes with a proposal in flight are skipped, so each
@@ -625,7 +633,7 @@ class SchedulingTimers:
             self._spawn(self._condition(verdict.name, body, leader_term, now))
         for name in monitor.evictions_due(readiness, self.planner.pods_bound, now):
             monitor.evicting.add(name)
-            self._spawn(self._evict(name, leader_term))
+            self._spawn(self._evict(name, leader_term, monitor.not_ready_ms(name, now)))
         if (
             self.planner.pending_pods > 0
             and not self._sweep_in_flight
@@ -665,20 +673,25 @@ class SchedulingTimers:
         finally:
             self.monitor.in_flight.discard(name)
 
-    async def _evict(self, name: str, leader_term: int) -> None:
+    async def _evict(self, name: str, leader_term: int, not_ready_ms: int) -> None:
         try:
             self.evictions_proposed += 1
-            outcome = await self._submit(_encode("node.evict_unready", {"name": name}), leader_term)
+            body = {
+                "name": name,
+                "notReadyMillis": not_ready_ms,
+                "timeoutMillis": round(self.monitor.pod_eviction_s * 1000),
+            }
+            outcome = await self._submit(_encode("node.evict_unready", body), leader_term)
             if isinstance(outcome.result, Rejected):  # Ready again, deleted, or fenced
                 log.warning("node %s: evicting its pods was refused: %s", name, outcome.result.message)
                 return
-            self.monitor.evicted(name)
-            evicted = int(outcome.result.value["status"]["evictedPods"])
-            self.nodes_evicted += 1
-            self.pods_evicted += evicted
-            log.info(
-                "node %s: NotReady for %g s or more, %d pod(s) evicted", name, self.monitor.pod_eviction_s, evicted
-            )
+            status = outcome.result.value["status"]
+            self.monitor.evicted(name, status["nextEvictionMillis"])
+            evicted = int(status["evictedPods"])
+            if evicted:
+                self.nodes_evicted += 1
+                self.pods_evicted += evicted
+                log.info("node %s: NotReady for %d ms, %d pod(s) evicted", name, not_ready_ms, evicted)
         except Exception as exc:  # no leader, timeout, ...: the next check proposes again
             log.warning("node %s: proposing the eviction of its pods failed: %s", name, exc)
         finally:

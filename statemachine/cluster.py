@@ -12,7 +12,7 @@ address never disagree.
 | node.cordon         | admin  | name                                             |
 | node.uncordon       | admin  | name                                             |
 | node.drain          | admin  | name                                             |
-| node.evict_unready  | admin  | name (the leader, for a node NotReady too long)  |
+| node.evict_unready  | admin  | name, notReadyMillis, timeoutMillis (the leader) |
 | pod.create          | tenant | name, namespace, labels, spec, plan {nodeName}   |
 | pod.delete          | tenant | name, namespace                                  |
 | service.create      | tenant | name, namespace, labels, spec (see services.py)  |
@@ -186,7 +186,7 @@ def node_drain(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     state.schedulable = False
     node["spec"]["unschedulable"] = True
     nodes.save_state(ctx, name, state)
-    evicted = _evict(ctx, name, f"evicted from node {name} by a drain", keep_tolerating=None)
+    evicted, _ = _evict(ctx, name, f"evicted from node {name} by a drain", None)
     ctx.write_object(keys.node_key(name), nodes.KIND, node, MODIFIED)
     # A drain frees no capacity anywhere else: its pods need the sweeps to reach them, and
     # moving the cursor back would only cut short a pass that is walking the queue now.
@@ -197,39 +197,60 @@ def node_drain(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def node_evict_unready(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
-    """Kubernetes' taint-based eviction: the leader proposes this for a node that has been
-    NotReady for its pod eviction timeout (node/scheduling.py), as Kubernetes taints a node
-    whose kubelet stopped reporting `node.kubernetes.io/unreachable:NoExecute` and evicts the
-    pods that do not tolerate it. Those pods go back to the queue as a drain sends them
-    (reason Evicted, `status.evictedFrom`), so they land on nodes that are alive; pods that
-    tolerate the taint stay bound. The node is not cordoned: when it is heard again it becomes
-    Ready and takes pods as before. A node that is Ready again is refused (`conflict`): the
-    leader's decision came too late, and nothing is evicted."""
-    name, node, state = _node(ctx, body)
+    """Kubernetes' taint-based eviction, proposed by the leader's timers (node/scheduling.py)
+    for a NotReady node: Kubernetes taints a node whose kubelet stopped reporting
+    `node.kubernetes.io/unreachable:NoExecute` and evicts each pod once it has tolerated the
+    taint as long as it may (`pods.toleration_ms`: its own `tolerationSeconds`, for ever, or
+    `timeoutMillis`, the cluster's default, when it has no matching toleration). The node has
+    been NotReady for `notReadyMillis` as the leader measured it. The pods whose time is up go
+    back to the queue as a drain sends them (reason Evicted, `status.evictedFrom`), so they
+    land on nodes that are alive; the others stay bound. The answer says when the next may go
+    (`nextEvictionMillis`, of NotReady time; None when none will). The node is not cordoned:
+    heard again, it becomes Ready and takes pods as before. A node that is Ready again is
+    refused (`conflict`): the leader's decision came too late, and nothing is evicted."""
+    name, node, state = _node(ctx, body, ("notReadyMillis", "timeoutMillis"))
+    not_ready_ms = opt_int(body, "notReadyMillis", "notReadyMillis", 0, eviction_millis_max)
+    timeout_ms = opt_int(body, "timeoutMillis", "timeoutMillis", 0, eviction_millis_max)
+    if not_ready_ms is None or timeout_ms is None:
+        raise invalid("notReadyMillis and timeoutMillis (milliseconds) are required", "notReadyMillis")
     if state.ready:
         raise Rejected(CONFLICT, f"Node {name} is Ready: only a NotReady node's pods are evicted", {"name": name})
-    message = f"evicted from node {name}: NotReady, and the pod does not tolerate {nodes.UNREACHABLE_TAINT}:NoExecute"
-    evicted = _evict(ctx, name, message, keep_tolerating=nodes.UNREACHABLE_TAINT)
+    message = (
+        f"evicted from node {name}: NotReady for {not_ready_ms // 1000} s, longer than the pod tolerates "
+        f"{nodes.UNREACHABLE_TAINT}:NoExecute"
+    )
+    evicted, next_ms = _evict(ctx, name, message, (not_ready_ms, timeout_ms))
     if evicted:
         scheduler.retry_heads(ctx, rewind=False)  # as after a drain: no node a pod can use gained room
     rendered = nodes.render(ctx.ov, node)
-    rendered["status"] = {**rendered["status"], "evictedPods": evicted}
+    rendered["status"] = {**rendered["status"], "evictedPods": evicted, "nextEvictionMillis": next_ms}
     return rendered
 
 
-def _evict(ctx: Context, name: str, message: str, keep_tolerating: str | None) -> int:
-    """Send the pods bound to node `name` back to the queue, except those that tolerate the
-    NoExecute taint `keep_tolerating` (None: every pod goes). Returns how many went."""
+eviction_millis_max = 100 * 365 * 86_400_000  # how long a node may have been NotReady, as a command says
+
+
+def _evict(ctx: Context, name: str, message: str, unready: tuple[int, int] | None) -> tuple[int, int | None]:
+    """Send the pods bound to node `name` back to the queue: all of them, or, with `unready`
+    = (ms the node has been NotReady, the default toleration in ms), those that tolerate the
+    unreachable taint no longer. Returns how many went, and the least NotReady time at which
+    one that stays would go (None: none would)."""
     prefix = keys.pods_on_node_prefix(name)
     bound = [keys.pod_of_node_index(index_key, name) for index_key, _ in ctx.ov.scan(prefix, prefix_end(prefix))]
     cluster = Cluster.load(ctx.ov)
     evicted = 0
+    next_ms: int | None = None
     for pod_key in bound:  # at most capacity.pods <= nodes.node_pods_max
         pod = pods.load(ctx.ov, pod_key)
         if pod is None:
             raise InvariantViolation(f"node {name} indexes missing pod {pod_key!r}")
-        if keep_tolerating is not None and pods.tolerates(pod["spec"], keep_tolerating, nodes.NO_EXECUTE):
-            continue
+        if unready is not None:
+            tolerated_ms = pods.toleration_ms(pod["spec"], nodes.UNREACHABLE_TAINT, nodes.NO_EXECUTE, unready[1])
+            if tolerated_ms is None:
+                continue
+            if tolerated_ms > unready[0]:
+                next_ms = tolerated_ms if next_ms is None else min(next_ms, tolerated_ms)
+                continue
         tenant = quotas.Tenant(ctx.ov, pod["metadata"]["org"], pod["metadata"]["project"])
         scheduler.unbind(ctx, pod, pod_key, tenant)
         pod["spec"]["nodeName"] = None
@@ -240,7 +261,7 @@ def _evict(ctx: Context, name: str, message: str, keep_tolerating: str | None) -
         evicted += 1
     if evicted:
         cluster.save(ctx)
-    return evicted
+    return evicted, next_ms
 
 
 # ---- pods ----------------------------------------------------------------------------------------

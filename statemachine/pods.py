@@ -11,8 +11,10 @@
 * `nodeAffinity`: required match expressions, all of which must hold:
   `{key, operator: In|NotIn|Exists|DoesNotExist, values}` (a single Kubernetes node selector
   term; `NotIn` and `DoesNotExist` match nodes without the key).
-* `tolerations`: `{key, operator: Equal|Exists, value, effect}`; Kubernetes' matching rules (an
-  empty effect tolerates both effects; `Exists` with no key tolerates every taint).
+* `tolerations`: `{key, operator: Equal|Exists, value, effect, tolerationSeconds}`; Kubernetes'
+  matching rules (an empty effect tolerates both effects; `Exists` with no key tolerates every
+  taint). `tolerationSeconds` (0 to a year, effect NoExecute only) is how long the pod stays on
+  a node that became unreachable (cluster.node_evict_unready); stored only when given.
 * `priority`: integer in [-2^31, 2^31); higher is scheduled first.
 * `schedulingPolicy`: `spread` or `binpack`, overriding the cluster's.
 
@@ -40,7 +42,7 @@ from statemachine.fields import (
     opt_int,
     opt_str,
 )
-from statemachine.nodes import TAINT_EFFECTS
+from statemachine.nodes import NO_EXECUTE, TAINT_EFFECTS
 from statemachine.quotas import check_requests
 from statemachine.view import ReadView
 
@@ -69,7 +71,8 @@ _spec_fields = (
     "schedulingPolicy",
 )
 _expression_fields = ("key", "operator", "values")
-_toleration_fields = ("key", "operator", "value", "effect")
+_toleration_fields = ("key", "operator", "value", "effect", "tolerationSeconds")
+toleration_seconds_max = 31_536_000  # a year: how long a NoExecute taint may be tolerated, at most
 
 
 @dataclass(init=False, unsafe_hash=True)
@@ -174,7 +177,16 @@ def _check_tolerations(value: Any) -> list[dict[str, str]]:
         if operator == "Exists" and toleration_value:
             raise invalid(f"{field_path}: operator Exists takes no value", f"{field_path}.value")
         effect = opt_choice(given, "effect", f"{field_path}.effect", TAINT_EFFECTS) or ""
-        tolerations.append({"key": key, "operator": operator, "value": toleration_value, "effect": effect})
+        toleration: dict[str, Any] = {"key": key, "operator": operator, "value": toleration_value, "effect": effect}
+        seconds = opt_int(given, "tolerationSeconds", f"{field_path}.tolerationSeconds", 0, toleration_seconds_max)
+        if seconds is not None:  # stored only when given: a toleration without it holds for ever
+            if effect != NO_EXECUTE:
+                raise invalid(
+                    f"{field_path}: tolerationSeconds applies to a NoExecute taint; set effect NoExecute",
+                    f"{field_path}.effect",
+                )
+            toleration["tolerationSeconds"] = seconds
+        tolerations.append(toleration)
     return tolerations
 
 
@@ -193,10 +205,20 @@ def tolerated(tolerations: tuple[tuple[str, str, str, str], ...], key: str, valu
     return False
 
 
-def tolerates(spec: dict[str, Any], key: str, effect: str) -> bool:
-    """Whether a stored pod spec tolerates the taint `key` (no value) with `effect`."""
-    tolerations = tuple((item["key"], item["operator"], item["value"], item["effect"]) for item in spec["tolerations"])
-    return tolerated(tolerations, key, "", effect)
+def toleration_ms(spec: dict[str, Any], key: str, effect: str, default_ms: int) -> int | None:
+    """How long a stored pod spec tolerates the taint `key` (no value) with `effect`, in
+    milliseconds, by Kubernetes' rule for NoExecute taints: a matching toleration without
+    `tolerationSeconds` holds for ever (None); otherwise the least of the matching ones'
+    seconds; no matching toleration, `default_ms` (Kubernetes' DefaultTolerationSeconds)."""
+    least: int | None = None
+    for item in spec["tolerations"]:
+        if not tolerated(((item["key"], item["operator"], item["value"], item["effect"]),), key, "", effect):
+            continue
+        seconds = item.get("tolerationSeconds")
+        if seconds is None:
+            return None
+        least = seconds if least is None else min(least, seconds)
+    return default_ms if least is None else least * 1000
 
 
 def check_spec(value: Any) -> tuple[dict[str, Any], tuple[str, ...], bool]:

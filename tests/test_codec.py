@@ -215,7 +215,16 @@ def _scheduler_golden_envelopes(ts: int) -> list[tuple[str, Envelope]]:
                 "node.condition", {"name": "node-1", "ready": False, "reason": "NodeStatusUnknown"}, ADMIN, None, ts + 3
             ),
         ),
-        ("node.evict_unready", Envelope("node.evict_unready", {"name": "node-1"}, ADMIN, None, ts + 3)),
+        (
+            "node.evict_unready",
+            Envelope(
+                "node.evict_unready",
+                {"name": "node-1", "notReadyMillis": 300_000, "timeoutMillis": 300_000},
+                ADMIN,
+                None,
+                ts + 3,
+            ),
+        ),
         ("node.condition.ready", Envelope("node.condition", {"name": "node-1", "ready": True}, ADMIN, None, ts + 4)),
         ("node.cordon", Envelope("node.cordon", {"name": "node-1"}, ADMIN, None, ts + 5)),
         ("node.uncordon", Envelope("node.uncordon", {"name": "node-1"}, ADMIN, None, ts + 6)),

@@ -139,7 +139,7 @@ _TEMPLATES: dict[str, dict[str, Any]] = {
     "node.condition": {"name": "n1", "ready": False, "reason": "Lost"},
     "node.cordon": {"name": "n2"},
     "node.drain": {"name": "n3"},
-    "node.evict_unready": {"name": "n1"},
+    "node.evict_unready": {"name": "n1", "notReadyMillis": 30_000, "timeoutMillis": 300_000},
     "pod.create": {
         "name": "fzp",
         "labels": {"app": "x"},

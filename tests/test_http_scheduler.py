@@ -792,64 +792,71 @@ def test_node_monitor_rules() -> None:
 
 
 def test_node_monitor_eviction_rules() -> None:
-    """When the leader proposes node.evict_unready: a NotReady node with pods, NotReady for the
-    timeout as far as this leader knows, not heard within the grace, once per spell of NotReady."""
+    """When the leader proposes node.evict_unready: for a NotReady node with pods, at once (the
+    answer says when the next pod goes), then at that NotReady time; not while it is heard within
+    the grace; one node at a time; none while more than 55 % of the nodes are NotReady."""
     clock = Clock()
     table = HeartbeatTable(clock)
     monitor = NodeMonitor(table, grace_s=10, pod_eviction_s=60)
     bound = {"a": 2, "b": 0, "c": 1, "d": 1, "e": 1}
     down = {"a": False, "b": False, "c": True, "d": True, "e": True}  # 2 of 5 NotReady
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 1000) == []  # not the leader
+
+    def due(readiness: dict[str, bool], at: float) -> list[str]:
+        return monitor.evictions_due(readiness, bound.__getitem__, clock.now + at)
+
+    assert due(down, 1000) == []  # not the leader
     monitor.became_leader(clock.now)
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now) == []  # NotReady from now, as far as it knows
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 59) == []
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 60) == ["a"]  # b has no pods, c is Ready
+    assert due(down, 0) == ["a"]  # at once: b has no pods, c is Ready
+    assert monitor.not_ready_ms("a", clock.now + 1.5) == 1500  # NotReady from its first sight
     monitor.evicting.add("a")
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 61) == []  # in flight
+    assert due(down, 1) == []  # in flight
     monitor.evicting.discard("a")  # that proposal failed: proposed again
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 62) == ["a"]
-    monitor.evicted("a")  # committed; pods that tolerate the taint stay, and are not evicted again
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 600) == []
-    # Ready again, then NotReady: a new spell, a whole timeout again.
-    assert monitor.evictions_due({**down, "a": True}, bound.__getitem__, clock.now + 601) == []
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 602) == []
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 662) == ["a"]
+    assert due(down, 2) == ["a"]
+    monitor.evicted("a", 60_000)  # the answer: the next pod goes at 60 s of NotReady
+    assert due(down, 59) == []
+    assert due(down, 60) == ["a"]
+    monitor.evicted("a", None)  # what is left tolerates the taint for ever
+    assert due(down, 600) == []
+    # Ready again, then NotReady: a new spell, from the start.
+    assert due({**down, "a": True}, 601) == []
+    assert due(down, 602) == ["a"] and monitor.not_ready_ms("a", clock.now + 603) == 1000
+    monitor.evicted("a", 60_000)
     # Heard within the grace (a Ready verdict is due) or with a condition in flight: not evicted.
     clock.now += 660
     table.record("a", forward=False)
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 5) == []
+    assert due(down, 5) == []
     monitor.in_flight.add("a")
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 20) == []
+    assert due(down, 20) == []
     # A new leader counts from its election: late after a leader change, never early.
     monitor.lost_leadership()
     monitor.became_leader(clock.now + 30)
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 30) == []
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 89) == []
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 90) == ["a"]
-    monitor.evicted("a")
+    assert due(down, 30) == ["a"] and monitor.not_ready_ms("a", clock.now + 30) == 0
+    monitor.evicted("a", 60_000)
+    assert due(down, 89) == []
+    assert due(down, 90) == ["a"]
+    monitor.evicted("a", None)
     # A node this leader itself declared NotReady counts from that verdict.
     monitor.marked_not_ready("b", clock.now + 100)
     bound["b"] = 1
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 159) == []
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 160) == ["b"]
+    assert monitor.not_ready_ms("b", clock.now + 101) == 1000
+    assert due(down, 101) == ["b"]
+    monitor.evicted("b", None)
     # More than 55 % NotReady looks like the leader losing heartbeats: nothing is evicted, however long.
-    monitor.evicted("b")
     more_down = {**down, "c": False}  # 3 of 5 NotReady: 60 %
-    assert monitor.evictions_due(more_down, bound.__getitem__, clock.now + 161) == []
+    assert due(more_down, 161) == []
     assert monitor.evictions_held
-    assert monitor.evictions_due(more_down, bound.__getitem__, clock.now + 10_000) == []
+    assert due(more_down, 10_000) == []
     # One node at a time: while one eviction is in flight, the next waits.
     monitor.lost_leadership()
     monitor.became_leader(clock.now + 20_000)
     two_down = {"a": True, "b": True, "c": False, "d": False, "e": True}
-    assert monitor.evictions_due(two_down, bound.__getitem__, clock.now + 20_000) == []
+    assert due(two_down, 20_000) == ["c"]
     assert not monitor.evictions_held
-    assert monitor.evictions_due(two_down, bound.__getitem__, clock.now + 20_060) == ["c"]
     monitor.evicting.add("c")
-    assert monitor.evictions_due(two_down, bound.__getitem__, clock.now + 20_061) == []  # d waits for c
+    assert due(two_down, 20_001) == []  # d waits for c
     monitor.evicting.discard("c")
-    monitor.evicted("c")
-    assert monitor.evictions_due(two_down, bound.__getitem__, clock.now + 20_062) == ["d"]
+    monitor.evicted("c", None)
+    assert due(two_down, 20_002) == ["d"]
 
 
 def test_the_leader_evicts_the_pods_of_a_node_not_ready_too_long(tmp_path: Path) -> None:
@@ -881,18 +888,20 @@ def test_the_leader_evicts_the_pods_of_a_node_not_ready_too_long(tmp_path: Path)
         await api.ok("POST", "/v1/nodes/n1/heartbeat")
         member.run_timers(clock.now)
         await member.timers.settle()
-        assert member.timers.evictions_proposed == 0
+        assert member.timers.evictions_proposed == 1  # at once: nothing went, its answer says when
+        assert member.scheduling_stats()["podsEvicted"] == 0
+        assert (await api.ok("GET", "/v1/pods/web", ACME))["spec"]["nodeName"] == "n2"
         clock.now += eviction * 0.2
         await api.ok("POST", "/v1/nodes/n1/heartbeat")
         member.run_timers(clock.now)
         await member.timers.settle()
-        assert member.timers.evictions_proposed == 1 and member.scheduling_stats()["podsEvicted"] == 1
+        assert member.timers.evictions_proposed == 2 and member.scheduling_stats()["podsEvicted"] == 1
         web = await api.ok("GET", "/v1/pods/web", ACME)
         assert web["status"]["phase"] == "Bound" and web["spec"]["nodeName"] == "n1", web["status"]
         assert (await api.ok("GET", "/v1/pods/agent", ACME))["spec"]["nodeName"] == "n2"
-        member.run_timers(clock.now + 1)  # the agent stays: not proposed again
+        member.run_timers(clock.now + 1)  # the agent stays for ever: not proposed again
         await member.timers.settle()
-        assert member.timers.evictions_proposed == 1
+        assert member.timers.evictions_proposed == 2
         await api.ok("POST", "/v1/nodes/n2/heartbeat")
         member.run_timers(clock.now + 1)
         await member.timers.settle()

@@ -39,6 +39,7 @@ PRIORITY_CLASSES = {"low": -1, "standard": 0, "high": 2}
 DEFAULT_PRIORITY_CLASS = "standard"
 LABELS = [{}, {"disk": "ssd"}, {"disk": "hdd"}, {"disk": "ssd", "gpu": "yes"}]
 UNREACHABLE = {"key": "node.kubernetes.io/unreachable", "value": "", "effect": "NoExecute"}
+EVICTION_TIMEOUT_MS = 60_000  # the leader's timeout for pods without a matching toleration
 TAINTS: list[list[dict[str, str]]] = [[], [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]]
 
 
@@ -52,6 +53,16 @@ def _tolerates(tolerations: list[dict[str, str]], taint: dict[str, str]) -> bool
         elif toleration.get("key") == taint["key"] and toleration.get("value", "") == taint["value"]:
             return True
     return False
+
+
+def _tolerated_ms(tolerations: list[dict[str, Any]]) -> int | None:
+    """How long a pod stays on an unreachable node, by Kubernetes' rule (None: for ever)."""
+    matching = [toleration for toleration in tolerations if _tolerates([toleration], UNREACHABLE)]
+    if not matching:
+        return EVICTION_TIMEOUT_MS
+    if any("tolerationSeconds" not in toleration for toleration in matching):
+        return None
+    return min(int(toleration["tolerationSeconds"]) for toleration in matching) * 1000
 
 
 class NaiveScheduler:
@@ -154,16 +165,19 @@ class SchedulerModel(RuleBasedStateMachine):
     @rule(
         name=st.sampled_from(NODE_NAMES),
         action=st.sampled_from(["cordon", "uncordon", "drain", "delete", "ready", "notready", "evict"]),
+        not_ready_ms=st.sampled_from([0, 30_000, 60_000, 120_000]),  # evict: how long NotReady
     )
-    def node_action(self, name: str, action: str) -> None:
+    def node_action(self, name: str, action: str, not_ready_ms: int) -> None:
         if action in ("ready", "notready"):
             self.machine.run(ADMIN, "node.condition", {"name": name, "ready": action == "ready"})
         elif action == "evict":
-            outcome = self.machine.run(ADMIN, "node.evict_unready", {"name": name})
-            if isinstance(outcome.result, Ok):  # what stays bound tolerates the unreachable taint
+            body = {"name": name, "notReadyMillis": not_ready_ms, "timeoutMillis": EVICTION_TIMEOUT_MS}
+            outcome = self.machine.run(ADMIN, "node.evict_unready", body)
+            if isinstance(outcome.result, Ok):  # what stays bound tolerates the unreachable taint longer
                 left = list_objects(self.machine.store, ADMIN, "pods", field_selector=f"spec.nodeName={name}")
                 for pod in left["items"]:
-                    assert _tolerates(pod["spec"]["tolerations"], UNREACHABLE), pod
+                    tolerated = _tolerated_ms(pod["spec"]["tolerations"])
+                    assert tolerated is None or tolerated > not_ready_ms, (not_ready_ms, pod)
         else:
             self.machine.run(ADMIN, f"node.{action}", {"name": name})
 
@@ -174,7 +188,7 @@ class SchedulerModel(RuleBasedStateMachine):
         memory=st.sampled_from([0, 1 << 30, 3 << 30]),
         selector=st.sampled_from([{}, {"disk": "ssd"}, {"gpu": "yes"}]),
         tolerate=st.booleans(),
-        stays_if_unreachable=st.booleans(),
+        stays_if_unreachable=st.sampled_from([None, "always", 0, 30, 120]),
         priority=st.one_of(st.integers(-2, 2), st.sampled_from([*PRIORITY_CLASSES, None])),
         policy=st.sampled_from([None, "spread", "binpack"]),
         use_plan=st.booleans(),
@@ -187,7 +201,7 @@ class SchedulerModel(RuleBasedStateMachine):
         memory: int,
         selector: dict[str, str],
         tolerate: bool,
-        stays_if_unreachable: bool,
+        stays_if_unreachable: str | int | None,
         priority: int | str | None,
         policy: str | None,
         use_plan: bool,
@@ -200,8 +214,11 @@ class SchedulerModel(RuleBasedStateMachine):
                 spec["priorityClassName"] = priority
             priority = PRIORITY_CLASSES[priority or DEFAULT_PRIORITY_CLASS]
         spec["tolerations"] = [{"key": "dedicated", "operator": "Exists"}] if tolerate else []
-        if stays_if_unreachable:
-            spec["tolerations"].append({"key": UNREACHABLE["key"], "operator": "Exists", "effect": "NoExecute"})
+        if stays_if_unreachable is not None:
+            stays: dict[str, Any] = {"key": UNREACHABLE["key"], "operator": "Exists", "effect": "NoExecute"}
+            if stays_if_unreachable != "always":
+                stays["tolerationSeconds"] = stays_if_unreachable
+            spec["tolerations"].append(stays)
         if policy is not None:
             spec["schedulingPolicy"] = policy
         try:

@@ -8,14 +8,15 @@ Extra commands (WHO as in test_scripts.py; every write takes `rid=ID`, `label.K=
 
     node    WHO NAME cpu=N mem=N pods=N [pool=P] [prefix=N] [zone=Z] [taints=k=v:Effect,...]
     pod     WHO NAME [ns=NS] [cpu=N] [mem=N] [priority=N] [policy=spread|binpack] [plan=NODE]
-                     [select=k=v,...] [tolerate=k=v:Effect,k:Effect,...] [affinity=k:In:a|b,k:Exists,...]
+                     [select=k=v,...] [tolerate=k=v:Effect,k:NoExecute@SECONDS,...] [affinity=k:In:a|b,k:Exists,...]
     quota   WHO ID [cpu=N] [mem=N] [pods=N] [services=N] [maxprio=N] [defcpu=N] [defmem=N]
                    [byclass=c:N,...] [bypool=p:N,...]
     service WHO NAME [ns=NS] [type=ClusterIP|LoadBalancer] [pool=P] [class=C] [address=A]
     delete  WHO pod|service|node|quota NAME [ns=NS]
     cordon|uncordon|drain WHO NODE
     ready|notready WHO NODE
-    evict   WHO NODE                         node.evict_unready (the leader's, after a timeout)
+    evict   WHO NODE [after=MS] [timeout=MS]  node.evict_unready: NotReady for MS (default 300000),
+                                             pods without a toleration go at timeout (300000)
     plan    WHO [the pod options]       the node plan_pod chooses, or `none`
     get     WHO node|pod|service|quota NAME [ns=NS]
     list    WHO nodes|pods|services|quotas [field=spec.nodeName=N] [selector=S] [ns=NS] [limit=N]
@@ -189,15 +190,18 @@ def _taints(text: str) -> list[dict[str, str]]:
     return taints
 
 
-def _tolerations(text: str) -> list[dict[str, str]]:
+def _tolerations(text: str) -> list[dict[str, Any]]:
     tolerations = []
-    for key_value, effect in _pairs(text, "toleration"):
+    for key_value, effect_text in _pairs(text, "toleration"):
         key, equals, value = key_value.partition("=")
-        toleration = {"key": key, "operator": "Equal" if equals else "Exists"}
+        toleration: dict[str, Any] = {"key": key, "operator": "Equal" if equals else "Exists"}
         if equals:
             toleration["value"] = value
+        effect, at, seconds = effect_text.partition("@")  # k:NoExecute@30: tolerationSeconds 30
         if effect != "*":
             toleration["effect"] = effect
+        if at:
+            toleration["tolerationSeconds"] = int(seconds)
         tolerations.append(toleration)
     return tolerations
 
@@ -401,7 +405,7 @@ class SchedRunner(ScriptRunner):
 
     def _node_command(self, command: Command) -> list[str]:
         who = self._who(command, 2)
-        check_options(command, {"rid", "reason"}, {"details"})
+        check_options(command, {"rid", "reason", "after", "timeout"}, {"details"})
         output: list[str] = []
         for name in expand_names(command.words[1]):
             body: dict[str, Any] = {"name": name}
@@ -411,6 +415,8 @@ class SchedRunner(ScriptRunner):
                     body["reason"] = command.options["reason"]
                 command_type = "node.condition"
             elif command.verb == "evict":
+                body["notReadyMillis"] = int(command.options.get("after", "300000"))
+                body["timeoutMillis"] = int(command.options.get("timeout", "300000"))
                 command_type = "node.evict_unready"
             else:
                 command_type = f"node.{command.verb}"
