@@ -301,18 +301,26 @@ def parse_taint(text: str) -> dict[str, str]:
     return {"key": key, "value": value, "effect": effect}
 
 
-def parse_toleration(text: str) -> dict[str, str]:
+def parse_toleration(text: str) -> dict[str, Any]:
     """KEY=VALUE[:EFFECT] tolerates that taint (Equal); KEY[:EFFECT] any value of KEY (Exists);
-    an empty KEY with Exists (`:NoSchedule`, or `""`) every taint."""
+    an empty KEY with Exists (`:NoSchedule`, or `""`) every taint; `@SECONDS` after NoExecute is
+    its tolerationSeconds (`node.kubernetes.io/unreachable:NoExecute@30`)."""
+    text, at, seconds = text.partition("@")
     head, sep, effect = text.partition(":")
     key, equals, value = head.partition("=")
-    toleration = {"key": key, "operator": "Equal" if equals else "Exists"}
+    toleration: dict[str, Any] = {"key": key, "operator": "Equal" if equals else "Exists"}
     if equals:
         toleration["value"] = value
     if sep:
         if not effect:
             raise argparse.ArgumentTypeError(f"a toleration's effect after ':' is missing in {text!r}")
         toleration["effect"] = effect
+    if at:
+        if not seconds.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"a toleration's seconds after '@' must be a whole number, not {seconds!r}"
+            )
+        toleration["tolerationSeconds"] = int(seconds)
     return toleration
 
 
@@ -401,7 +409,11 @@ def _add_scheduling_parsers(commands: Any, common: argparse.ArgumentParser) -> N
         "--node-selector", type=_label, action="append", default=[], help="key=value the node must carry"
     )
     create.add_argument(
-        "--toleration", type=parse_toleration, action="append", default=[], help="KEY=VALUE[:EFFECT] or KEY[:EFFECT]"
+        "--toleration",
+        type=parse_toleration,
+        action="append",
+        default=[],
+        help="KEY=VALUE[:EFFECT], KEY[:EFFECT]; :NoExecute@SECONDS",
     )
     create.add_argument(
         "--priority", type=int, help="higher is placed first (default: the global default class's, or 0)"
@@ -1096,7 +1108,7 @@ def _scheduling_rows(obj: Node | Pod | Service | Quota) -> list[tuple[str, Any]]
                 "tolerations",
                 ", ".join(
                     f"{item.key or '*'}{'=' + item.value if item.operator == 'Equal' else ''}"
-                    f"{':' + item.effect if item.effect else ''}"
+                    f"{':' + item.effect if item.effect else ''}{'' if item.seconds is None else f' {item.seconds}s'}"
                     for item in obj.spec.tolerations
                 ),
             ),

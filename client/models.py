@@ -632,6 +632,7 @@ class Toleration:
     operator: str  # Equal or Exists
     value: str
     effect: str  # "" tolerates both effects
+    seconds: int | None = None  # tolerationSeconds (NoExecute): how long it stays on an unreachable node
 
     @classmethod
     def parse_all(cls, raw: Any) -> tuple[Toleration, ...]:
@@ -642,6 +643,7 @@ class Toleration:
                 _str(item, "operator") or "",
                 _str(item, "value") or "",
                 _str(item, "effect") or "",
+                _int(item, "tolerationSeconds"),
             )
             for item in items
             if isinstance(item, dict)

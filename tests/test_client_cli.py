@@ -324,6 +324,14 @@ def test_scheduling_option_formats() -> None:
     }
     assert cli.parse_toleration("spot") == {"key": "spot", "operator": "Exists"}
     assert cli.parse_toleration(":NoExecute") == {"key": "", "operator": "Exists", "effect": "NoExecute"}
+    assert cli.parse_toleration("node.kubernetes.io/unreachable:NoExecute@30") == {
+        "key": "node.kubernetes.io/unreachable",
+        "operator": "Exists",
+        "effect": "NoExecute",
+        "tolerationSeconds": 30,
+    }
+    with pytest.raises(argparse.ArgumentTypeError, match="must be a whole number"):
+        cli.parse_toleration("spot:NoExecute@1.5")
     assert cli.parse_port("http=80/TCP") == {"name": "http", "port": 80, "protocol": "TCP"}
     assert cli.parse_port("53/UDP") == {"port": 53, "protocol": "UDP"}
     for parse_item, bad in ((cli.parse_taint, "gpu"), (cli.parse_port, "http"), (cli.parse_port, "=80")):

@@ -444,7 +444,8 @@ def test_cli_nodes_pods_and_services(allot: Allot) -> None:
     )
     created = allot.ok(
         "pod", "create", "cli-p1", "--cpu", "250m", "--memory", "256Mi", "--node-selector", "suite=cli",
-        "--toleration", "dedicated=cli:NoExecute", "--priority", "5", "--label", "app=cli", *tenant,
+        "--toleration", "dedicated=cli:NoExecute", "--toleration", "node.kubernetes.io/unreachable:NoExecute@45",
+        "--priority", "5", "--label", "app=cli", *tenant,
     )  # fmt: skip
     bound = re.fullmatch(r"pod/cli-p1 created: Bound to cli-n1, IP (\S+)\n", created)
     assert bound and in_network(bound[1], cidr[1]), created
@@ -455,6 +456,7 @@ def test_cli_nodes_pods_and_services(allot: Allot) -> None:
     described = allot.ok("pod", "get", "cli-p1", *tenant)
     assert re.search(r"node\s+cli-n1", described) and re.search(r"cpu\s+250m", described), described
     assert re.search(r"priority\s+5", described) and "dedicated=cli:NoExecute" in described
+    assert "node.kubernetes.io/unreachable:NoExecute 45s" in described, described
     usage = allot.ok("node", "get", "cli-n1")
     assert re.search(r"cpu used\s+250m/4", usage) and re.search(r"pods\s+1/10", usage), usage
 
