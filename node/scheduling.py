@@ -444,7 +444,7 @@ class NodeMonitor:
         # as its last one answered (absent: at once; None: no pod left will go); and the nodes
         # with an eviction proposal in flight.
         self._not_ready_since: dict[str, float] = {}
-        self._next_eviction_s: dict[str, float | None] = {}
+        self._next_eviction_ms: dict[str, int | None] = {}
         self.evicting: set[str] = set()
         self.evictions_held = False  # too many nodes NotReady at the last check
 
@@ -461,7 +461,7 @@ class NodeMonitor:
 
     def _forget_evictions(self) -> None:
         self._not_ready_since.clear()
-        self._next_eviction_s.clear()
+        self._next_eviction_ms.clear()
         self.evicting.clear()
         self.evictions_held = False
 
@@ -480,7 +480,7 @@ class NodeMonitor:
             return []
         for name in [name for name in self._not_ready_since if readiness.get(name, True)]:
             del self._not_ready_since[name]
-            self._next_eviction_s.pop(name, None)
+            self._next_eviction_ms.pop(name, None)
         not_ready = [name for name, ready in readiness.items() if not ready]
         for name in not_ready:
             self._not_ready_since.setdefault(name, now)
@@ -502,8 +502,8 @@ class NodeMonitor:
         for name in not_ready:
             if held or len(due) >= room:
                 break
-            next_s = self._next_eviction_s.get(name, 0.0)
-            if next_s is None or now - self._not_ready_since[name] < next_s or name in self.evicting:
+            next_ms = self._next_eviction_ms.get(name, 0)
+            if next_ms is None or self.not_ready_ms(name, now) < next_ms or name in self.evicting:
                 continue
             seen = self.heartbeats.last_seen(name)
             if name in self.in_flight or (seen is not None and now - seen <= self.grace_s):
@@ -517,7 +517,7 @@ class NodeMonitor:
         eviction timeout counts from the verdict."""
         if self.leader_since is not None:
             self._not_ready_since[name] = decided
-            self._next_eviction_s.pop(name, None)
+            self._next_eviction_ms.pop(name, None)
 
     def not_ready_ms(self, name: str, now: float) -> int:
         """How long the node has been NotReady as this leader knows it, in milliseconds."""
@@ -527,7 +527,7 @@ class NodeMonitor:
         """The node's eviction committed; the next one is due when the node has been NotReady
         `next_eviction_ms` (None: never in this spell of NotReady)."""
         if name in self._not_ready_since:
-            self._next_eviction_s[name] = None if next_eviction_ms is None else next_eviction_ms / 1000
+            self._next_eviction_ms[name] = next_eviction_ms
 
     def verdicts(self, readiness: Mapping[str, bool], now: float) -> list[Verdict]:
         """Transitions to propose now. Nodes with a proposal in flight are skipped, so each
