@@ -859,7 +859,7 @@ def test_serve_configuration_errors(tmp_path: Path, serve_files: tuple[Path, Pat
         (
             "--config: grace not a number",
             config_file("grace.json", {**from_file, "memberId": "m1", "nodeGraceSeconds": "soon"}),
-            "--node-grace-seconds must be a number of seconds",
+            "nodeGraceSeconds in ",  # the config file's key, then the file's path
         ),
     ]
     for what, command, words in cases:
