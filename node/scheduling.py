@@ -24,7 +24,9 @@ hints and clocks, none of which is replicated:
   `node_grace_s` becomes NotReady, a NotReady node heard again becomes Ready: each one
   `node.condition` proposal per transition, never a log entry per heartbeat. A new leader
   judges nobody before a full grace period from its election (its heartbeat table may be
-  younger than that). While pods are pending, `scheduler.retry` every `pending_retry_s`; and
+  younger than that). A NotReady node's pods are evicted when they have tolerated it as long as
+  they may (`node.evict_unready`, `NodeMonitor.evictions_due`), one node at a time, and not
+  while most nodes are NotReady. While pods are pending, `scheduler.retry` every `pending_retry_s`; and
   after capacity grows (a node joins, becomes Ready or schedulable, frees resources or its
   nomination; a quota is set or removed: `Planner.capacity_events`), a *pass*: sweeps in a row,
   each followed by a pause of `pass_pause_factor` times its own duration (so a pass spends at
@@ -37,7 +39,7 @@ hints and clocks, none of which is replicated:
 Everything that grows is bounded: heartbeat names (`heartbeat_names_max`), names forwarded per
 keep-alive (`sightings_per_message_max`), plans in flight (`plans_in_flight_max`), signature
 heaps (`plan_signatures_max`, each compacted past `heap_slack` entries per node), condition
-proposals in flight (`conditions_in_flight_max`).
+proposals in flight (`conditions_in_flight_max`), evictions in flight (`evictions_in_flight_max`).
 """
 
 from __future__ import annotations
