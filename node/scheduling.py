@@ -549,8 +549,11 @@ class NodeMonitor:
                 # the moment this leader first saw the node (a node registered just now).
                 heard = max(seen if seen is not None else self.leader_since, self.leader_since, first_known)
                 if now - heard > self.grace_s:
-                    message = f"{REASON_HEARTBEAT_MISSED}: no heartbeat for {now - heard:.1f} s"
-                    found.append(Verdict(name, False, message))
+                    if seen is not None:  # this member's table knows the last heartbeat
+                        silence = f"no heartbeat for {now - seen:.1f} s"
+                    else:  # counted from the election or the registration: the silence may be longer
+                        silence = f"no heartbeat heard by this leader in {now - heard:.1f} s"
+                    found.append(Verdict(name, False, f"{REASON_HEARTBEAT_MISSED}: {silence}"))
             elif seen is not None and now - seen <= self.grace_s:
                 found.append(Verdict(name, True, REASON_HEARTBEAT_RESUMED))
         return found

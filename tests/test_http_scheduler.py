@@ -772,6 +772,11 @@ def test_node_monitor_rules() -> None:
     assert monitor.verdicts({"a": True, "b": True, "c": False}, clock.now + 10) == []
     judged = monitor.verdicts({"a": True, "b": True, "c": False}, clock.now + 10.5)
     assert [(v.name, v.ready) for v in judged] == [("a", False), ("b", False)]
+    # a was heard (at the election); b never was, so its silence is only known since the election.
+    assert [v.reason for v in judged] == [
+        "NodeStatusUnknown: no heartbeat for 10.5 s",
+        "NodeStatusUnknown: no heartbeat heard by this leader in 10.5 s",
+    ]
     monitor.in_flight.add("a")
     assert [v.name for v in monitor.verdicts({"a": True, "b": True}, clock.now + 11)] == ["b"]
     # A node first seen by this leader later gets its own full grace.
