@@ -9,6 +9,7 @@ import dataclasses
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from bench import ipam_apply
 from chaos import runner as chaos_runner
@@ -38,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise config.ConfigError("members must be 'id=host:port,...' or a JSON object of id -> host:port")
     overrides: dict[str, float] = {}
     for field_name, (flag, config_key) in config.TIMING_FLAGS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        value = _flag_value(args, flag)
         if value is None and settings.get(config_key) is not None:
             value = config.check_timing_value(settings[config_key], f"{config_key} in {args.config}")
         if value is not None:
@@ -54,6 +55,11 @@ def _serve(args: argparse.Namespace) -> int:
         timing_overrides=overrides,
     )
     return server.run(member_config)
+
+
+def _flag_value(args: argparse.Namespace, flag: str) -> Any:
+    """The value argparse stored for `flag` (`--node-grace-seconds`: args.node_grace_seconds)."""
+    return getattr(args, flag.lstrip("-").replace("-", "_"))
 
 
 def _add_timing_flags(parser: argparse.ArgumentParser) -> None:
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             given = {
                 field_name: value
                 for field_name, (flag, _) in config.TIMING_FLAGS.items()
-                if (value := getattr(args, flag.lstrip("-").replace("-", "_"))) is not None
+                if (value := _flag_value(args, flag)) is not None
             }
             # Checked here, before anything is written under --dir; each member checks again.
             config.timing_with(config.timing_from_environment(Timing(), given=given.keys()), given)

@@ -380,6 +380,22 @@ class MemberCollector:
             )
 
 
+# What this member's leader timers did (SchedulingTimers.stats): metric, help, stats key.
+_LEADER_COUNTERS = (
+    (
+        "allot_leader_node_condition_changes",
+        "Ready/NotReady transitions this member committed as leader",
+        "nodeConditionsChanged",
+    ),
+    (
+        "allot_leader_node_evictions",
+        "evictions from nodes NotReady for the pod eviction timeout this member committed as leader",
+        "nodeEvictions",
+    ),
+    ("allot_leader_pods_evicted", "pods those evictions sent back to the pending queue", "podsEvicted"),
+)
+
+
 class SchedulingCollector:
     """Nodes by condition, pods by phase, the pending queue: from `member.scheduling_stats()`
     (the member's node table, kept current from applied writes: a scrape reads no pods)."""
@@ -421,20 +437,9 @@ class SchedulingCollector:
                 "pod placements this member planned that are not answered yet",
                 value=stats.get("plansInFlight", 0),
             ),
-            CounterMetricFamily(
-                "allot_leader_node_condition_changes",
-                "Ready/NotReady transitions this member committed as leader",
-                value=stats.get("nodeConditionsChanged", 0),
-            ),
-            CounterMetricFamily(
-                "allot_leader_node_evictions",
-                "evictions from nodes NotReady for the pod eviction timeout this member committed as leader",
-                value=stats.get("nodeEvictions", 0),
-            ),
-            CounterMetricFamily(
-                "allot_leader_pods_evicted",
-                "pods those evictions sent back to the pending queue",
-                value=stats.get("podsEvicted", 0),
+            *(
+                CounterMetricFamily(name, help_text, value=stats.get(key, 0))
+                for name, help_text, key in _LEADER_COUNTERS
             ),
             GaugeMetricFamily(
                 "allot_leader_evictions_held",

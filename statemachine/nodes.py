@@ -342,7 +342,7 @@ def take_pod_address(ctx: Context, name: str, state: NodeState, pod_key: bytes) 
             raise InvariantViolation(f"node {name} has room for a pod but no free pod address")
         cidr.allocated += 1
         cidr.allocations += 1
-        ctx.ov.put(buddy.state_key(cidr.uid), dump_record(cidr.to_plain()))
+        pools.save_state(ctx, cidr)
         return taken
     family, first, length, used = state.pod_addresses
     lowest_free = ~used & (used + 1)
@@ -360,7 +360,7 @@ def free_pod_address(ctx: Context, name: str, state: NodeState, address: Block, 
         buddy.release(ctx.ov, cidr, address, pod_key)
         cidr.allocated -= 1
         cidr.allocations -= 1
-        ctx.ov.put(buddy.state_key(cidr.uid), dump_record(cidr.to_plain()))
+        pools.save_state(ctx, cidr)
         return
     family, first, length, used = state.pod_addresses
     offset = address.address - first
