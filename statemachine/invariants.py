@@ -405,13 +405,16 @@ def _check_pod_addresses(
     bound pod's own is checked with the pod)."""
     if state.pod_addresses is None:
         return  # a node of an earlier build: its CIDR allocator is checked with the pools
-    family, first, length, used = state.pod_addresses
+    family, first, length, used = state.pod_addresses[:4]
+    size = 1 << (FAMILY_BITS[family] - length)
     if str(Block(family, first, length)) != node["status"]["podCIDR"]:
         problems.append(
             f"node {name}: its address set is of {Block(family, first, length)}, not {node['status']['podCIDR']}"
         )
-    elif not used & 1 or used.bit_length() > 1 << (FAMILY_BITS[family] - length):
+    elif not used & 1 or used.bit_length() > size:
         problems.append(f"node {name}: its address set does not hold back the first address, or overflows the CIDR")
+    elif len(state.pod_addresses) > 5 or not 0 <= nodes.pod_address_cursor(state.pod_addresses) < size:
+        problems.append(f"node {name}: its address set's cursor {state.pod_addresses[4:]} is not an offset in the CIDR")
     elif used.bit_count() != pod_count + 1:
         problems.append(
             f"node {name}: {used.bit_count() - 1} pod addresses are marked taken for {pod_count} bound pods"

@@ -5,9 +5,11 @@ zone, and names a platform-owned IPPool (`spec.podPool`, visibility `platform` o
 an `internal` pool is the one to use, since tenants can neither see nor exhaust it, and only the
 platform admin, acting for no tenant, can name it): registering carves the node's pod CIDR from
 that pool with the same buddy allocator claims use, in the same apply. Pods take their
-addresses from the pod CIDR lowest first, kept as a bit set in the node's scheduling record
-(`NodeState.pod_addresses`, `take_pod_address`; a node registered by a build before 2026-12-07
-keeps the buddy allocator of its own, keyed by its uid, that it was given then). The CIDR's
+addresses from the pod CIDR in rotation, the next free one after the last handed out, as
+Kubernetes' host-local IPAM does, so a freed address is the last to be handed out again; they
+are kept as a bit set in the node's scheduling record (`NodeState.pod_addresses`,
+`take_pod_address`; a node registered by a build before 2026-12-07 keeps the buddy allocator of
+its own, keyed by its uid, that it was given then, and hands out its lowest free address). The CIDR's
 first address is reserved for the node itself (its bridge or gateway), so `capacity.pods` may
 be at most the CIDR's size minus one, and a node with room for a pod always has a free pod
 address.
@@ -96,8 +98,10 @@ class NodeState:
     nominee_cpu: int
     nominee_memory: int
     nominee_priority: int  # pods of higher priority do not count the reservation
-    # The pod CIDR's addresses, [family, first address, prefix length, used]: bit i of `used` is
-    # set while the address first + i is taken (bit 0, the CIDR's first address, always). None
+    # The pod CIDR's addresses, [family, first address, prefix length, used, last]: bit i of
+    # `used` is set while the address first + i is taken (bit 0, the CIDR's first address,
+    # always); `last` is the offset of the address handed out last (0: none yet; records written
+    # before 2026-12-08 have no `last` and rotate from the start, `pod_address_cursor`). None
     # for a node registered by a build before 2026-12-07, whose addresses are in a buddy
     # allocator of their own (`cidr_state`). See `take_pod_address`.
     pod_addresses: list[Any] | None
@@ -328,13 +332,31 @@ def carve_pod_cidr(ctx: Context, name: str, spec: dict[str, Any]) -> tuple[str, 
     return pool_ref, block
 
 
+def pod_address_span(state: NodeState, size: int) -> int:
+    """How many offsets of a CIDR of `size` addresses the rotation walks: all of a small CIDR,
+    and of a large one (an IPv6 /64) four times the node's pod capacity, at least 256, so the
+    bit set stays a few hundred bytes while a freed address still waits for three times the
+    node's capacity of other binds before it is handed out again."""
+    return min(size, max(pod_address_span_min, 4 * state.pods_capacity))
+
+
+pod_address_span_min = 256
+
+
+def pod_address_cursor(pod_addresses: list[Any]) -> int:
+    """The offset of the address handed out last (a record of an earlier build has none: 0)."""
+    return int(pod_addresses[4]) if len(pod_addresses) > 4 else 0
+
+
 def take_pod_address(ctx: Context, name: str, state: NodeState, pod_key: bytes) -> Block:
-    """Take the lowest free address of the node's pod CIDR for the pod (the caller saves
-    `state`). A node hands out at most its pod capacity of addresses, lowest first, so the
-    used ones are a small bit set in the scheduling record that bind reads and writes anyway:
-    before 2026-12-07 each node's CIDR had a buddy allocator of its own, whose state record
-    and free-list records cost a verified placement 13 % of its instructions
-    (docs/benchmarks.md). Nodes registered then keep it."""
+    """Take the next free address of the node's pod CIDR after the one handed out last,
+    wrapping to the start (the caller saves `state`). Rotating, as Kubernetes' host-local IPAM
+    does, keeps a freed address out of use longest: a node that was cut off may still run the
+    evicted or deleted pod that had it, until its agent sees the pod go. A node hands out at
+    most its pod capacity of addresses, so the used ones are a small bit set in the scheduling
+    record that bind reads and writes anyway: before 2026-12-07 each node's CIDR had a buddy
+    allocator of its own, whose state record and free-list records cost a verified placement
+    13 % of its instructions (docs/benchmarks.md). Nodes registered then keep it, lowest first."""
     if state.pod_addresses is None:
         cidr = cidr_state(ctx.ov, state)
         taken = buddy.allocate(ctx.ov, cidr, cidr.bits, FIRST_FIT, pod_key)
@@ -344,12 +366,17 @@ def take_pod_address(ctx: Context, name: str, state: NodeState, pod_key: bytes) 
         cidr.allocations += 1
         pools.save_state(ctx, cidr)
         return taken
-    family, first, length, used = state.pod_addresses
-    lowest_free = ~used & (used + 1)
-    offset = lowest_free.bit_length() - 1
-    if offset >= 1 << (FAMILY_BITS[family] - length):
-        raise InvariantViolation(f"node {name} has room for a pod but no free pod address")
-    state.pod_addresses = [family, first, length, used | lowest_free]
+    family, first, length, used = state.pod_addresses[:4]
+    span = pod_address_span(state, 1 << (FAMILY_BITS[family] - length))
+    # Offsets up to the last one handed out count as taken for the first search: the lowest
+    # zero bit above them is the next free offset after the cursor.
+    ahead = used | ((2 << pod_address_cursor(state.pod_addresses)) - 1)
+    offset = (~ahead & (ahead + 1)).bit_length() - 1
+    if offset >= span:  # none after the cursor: wrap to the lowest free one
+        offset = (~used & (used + 1)).bit_length() - 1
+        if offset >= span:
+            raise InvariantViolation(f"node {name} has room for a pod but no free pod address")
+    state.pod_addresses = [family, first, length, used | 1 << offset, offset]
     return Block(family, first + offset, FAMILY_BITS[family])
 
 
@@ -362,12 +389,12 @@ def free_pod_address(ctx: Context, name: str, state: NodeState, address: Block, 
         cidr.allocations -= 1
         pools.save_state(ctx, cidr)
         return
-    family, first, length, used = state.pod_addresses
+    family, first, length, used = state.pod_addresses[:4]
     offset = address.address - first
     bit = 1 << offset if address.family == family and 0 < offset < 1 << (FAMILY_BITS[family] - length) else 0
     if not used & bit:
         raise InvariantViolation(f"node {name} frees pod address {address}, which it does not hold")
-    state.pod_addresses = [family, first, length, used & ~bit]
+    state.pod_addresses = [family, first, length, used & ~bit, pod_address_cursor(state.pod_addresses)]
 
 
 def release_pod_cidr(ctx: Context, node: dict[str, Any], state: NodeState) -> None:
@@ -380,7 +407,7 @@ def release_pod_cidr(ctx: Context, node: dict[str, Any], state: NodeState) -> No
         ctx.ov.delete(buddy.state_key(state.uid))
         block = own.block
     else:
-        family, first, length, used = state.pod_addresses
+        family, first, length, used = state.pod_addresses[:4]
         if used != 1:
             raise InvariantViolation(f"node {name} releases its pod CIDR with pods on it")
         block = Block(family, first, length)
@@ -410,7 +437,7 @@ def new_object(
         pods_capacity=capacity["pods"],
         labels=matching_labels(name, labels, spec["zone"]),
         taints=[[taint["key"], taint["value"], taint["effect"]] for taint in spec["taints"]],
-        pod_addresses=[block.family, block.address, block.length, 1],  # the first address is never a pod's
+        pod_addresses=[block.family, block.address, block.length, 1, 0],  # the first address is never a pod's
     )
     node = {
         "kind": KIND,

@@ -585,9 +585,9 @@ def pod_address_not_held(store: MemoryStore) -> None:
     name = pod["spec"]["nodeName"]
     state = _node_state(store, name)
     assert state.pod_addresses is not None
-    family, first, length, used = state.pod_addresses
+    family, first, length, used, cursor = state.pod_addresses
     offset = int.from_bytes(bytes(map(int, pod["status"]["podIP"].split("."))), "big") - first
-    state.pod_addresses = [family, first, length, (used & ~(1 << offset)) | 1 << 200]
+    state.pod_addresses = [family, first, length, (used & ~(1 << offset)) | 1 << 200, cursor]
     _save_node_state(store, name, state)
 
 
@@ -595,7 +595,7 @@ def pod_addresses_miscounted(store: MemoryStore) -> None:
     """The node's address set marks an address no bound pod holds."""
     state = _node_state(store, "n1")
     assert state.pod_addresses is not None
-    state.pod_addresses = [*state.pod_addresses[:3], state.pod_addresses[3] | 1 << 100]
+    state.pod_addresses = [*state.pod_addresses[:3], state.pod_addresses[3] | 1 << 100, *state.pod_addresses[4:]]
     _save_node_state(store, "n1", state)
 
 
@@ -603,7 +603,7 @@ def pod_addresses_first_free(store: MemoryStore) -> None:
     """The node's address set frees the CIDR's first address, which no pod may take."""
     state = _node_state(store, "n1")
     assert state.pod_addresses is not None
-    state.pod_addresses = [*state.pod_addresses[:3], state.pod_addresses[3] & ~1]
+    state.pod_addresses = [*state.pod_addresses[:3], state.pod_addresses[3] & ~1, *state.pod_addresses[4:]]
     _save_node_state(store, "n1", state)
 
 
@@ -611,6 +611,14 @@ def pod_addresses_of_another_cidr(store: MemoryStore) -> None:
     state = _node_state(store, "n1")
     assert state.pod_addresses is not None
     state.pod_addresses = [state.pod_addresses[0], state.pod_addresses[1] + 256, *state.pod_addresses[2:]]
+    _save_node_state(store, "n1", state)
+
+
+def pod_address_cursor_outside(store: MemoryStore) -> None:
+    """The rotation cursor names an offset past the node's /24."""
+    state = _node_state(store, "n1")
+    assert state.pod_addresses is not None
+    state.pod_addresses = [*state.pod_addresses[:4], 256]
     _save_node_state(store, "n1", state)
 
 
@@ -673,6 +681,7 @@ SCHED_FAULTS: dict[str, tuple[Callable[[MemoryStore], None], str]] = {
     "pod-addresses-miscounted": (pod_addresses_miscounted, r"pod addresses are marked taken for \d+ bound pods"),
     "pod-addresses-first-free": (pod_addresses_first_free, r"does not hold back the first address"),
     "pod-addresses-of-another-cidr": (pod_addresses_of_another_cidr, r"its address set is of"),
+    "pod-address-cursor-outside": (pod_address_cursor_outside, r"cursor \[256\] is not an offset in the CIDR"),
     "stray-node-allocator": (stray_node_allocator, r"allocator state [0-9a-f]+ has no pool"),
     "queue-entry-lost": (queue_entry_lost, r"pending queue holds"),
     "pending-count-off": (pending_count_off, r"counts \d+ pending pods"),
@@ -742,7 +751,7 @@ def _with_cidr_allocator(store: MemoryStore, name: str) -> None:
     pod), and its scheduling record without the address set (15 fields)."""
     state = _node_state(store, name)
     assert state.pod_addresses is not None
-    family, first, length, _ = state.pod_addresses
+    family, first, length = state.pod_addresses[:3]
     overlay = Overlay(store)
     own = PoolState.new(state.uid, Block(family, first, length))
     buddy.init_free(overlay, own)
@@ -795,3 +804,47 @@ def test_a_nomination_recorded_by_an_earlier_build_passes_the_invariants() -> No
     assert _node_state(machine.store, "n2").nominee_priority == nodes.EARLIER_NOMINEE_PRIORITY
     _save_node_state(machine.store, "n2", _node_state(machine.store, "n2"))  # rewritten: 16 fields
     check_invariants(machine.store)
+
+
+def test_an_address_set_of_an_earlier_build_rotates_from_the_start() -> None:
+    """Address sets written before 2026-12-08 have no rotation cursor: binding on such a node
+    goes on from the CIDR's start (its lowest free address) and writes the cursor, and both
+    records pass the invariants."""
+    machine = _sched_machine()
+    state = _node_state(machine.store, "n1")
+    assert state.pod_addresses is not None
+    held = state.pod_addresses[3]
+    state.pod_addresses = state.pod_addresses[:4]
+    _save_node_state(machine.store, "n1", state)
+    check_invariants(machine.store)
+    lowest_free = (~held & (held + 1)).bit_length() - 1
+    pod = machine.ok(
+        ACME, "pod.create", {"name": "late", "spec": {"requests": {"cpuMillis": 10}}, "plan": {"nodeName": "n1"}}
+    )
+    assert pod["spec"]["nodeName"] == "n1"
+    assert pod["status"]["podIP"] == f"10.244.0.{lowest_free}"
+    assert _node_state(machine.store, "n1").pod_addresses == [
+        *state.pod_addresses[:3],
+        held | 1 << lowest_free,
+        lowest_free,
+    ]
+
+
+def test_a_large_pod_cidr_rotates_within_four_times_the_node_capacity() -> None:
+    """An IPv6 /64 has 2^64 addresses; the rotation walks max(256, 4 x capacity.pods) of them,
+    so the bit set stays small, and wraps to the start after that."""
+    machine = Machine(check_every_step=True)
+    machine.ok(ADMIN, "pool.create", {"name": "pods6", "spec": {"cidr": "fd00:10::/56"}})
+    capacity = {"cpuMillis": 4000, "memoryBytes": 1 << 30, "pods": 2}
+    machine.ok(ADMIN, "node.register", {"name": "v6", "spec": {"capacity": capacity, "podPool": "pods6"}})
+    state = _node_state(machine.store, "v6")
+    assert state.pod_addresses is not None
+    state.pod_addresses = [*state.pod_addresses[:4], nodes.pod_address_span_min - 2]  # as after 254 binds
+    _save_node_state(machine.store, "v6", state)
+    addresses = [
+        machine.ok(ACME, "pod.create", {"name": f"p{index}", "spec": {"requests": {"cpuMillis": 10}}})["status"][
+            "podIP"
+        ]
+        for index in range(2)
+    ]
+    assert addresses == ["fd00:10::ff", "fd00:10::1"]
