@@ -305,6 +305,8 @@ if set(KINDS) != set(queries.RESOURCES):  # a kind added to the state machine ne
 
 TENANT_PARAMS = frozenset({"org", "project"})
 POD_CREATE = "pod.create"
+JSON_MEDIA_TYPE = "application/json"
+MERGE_PATCH_MEDIA_TYPE = "application/merge-patch+json"  # RFC 7386, kubectl patch --type merge
 CONSISTENCY_LINEARIZABLE = "linearizable"
 CONSISTENCY_STALE = "stale"
 CONSISTENCY_HEADER = "X-Allot-Consistency"
@@ -613,12 +615,12 @@ class Api:
             )
         return key
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        if request.content_type != "application/json" or (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+    async def _body(self, request: web.Request, media_types: tuple[str, ...] = (JSON_MEDIA_TYPE,)) -> dict[str, Any]:
+        if request.content_type not in media_types or (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
             given = request.headers.get("Content-Type", "none")
             raise ApiError(
                 "unsupported_media_type",
-                f"send the body as JSON with Content-Type: application/json (got {given})",
+                f"send the body as JSON with Content-Type: {' or '.join(media_types)} (got {given})",
                 {"contentType": given},
             )
         length = request.content_length
@@ -766,6 +768,18 @@ class Api:
             return await self._submit(command_type, {"name": request.match_info["name"]}, principal, request_id)
 
         return handler
+
+    async def node_update(self, request: web.Request) -> web.StreamResponse:
+        """PATCH /v1/nodes/{name}: a JSON merge patch (RFC 7386) of the node's labels, taints
+        and cordon, as `kubectl label|taint|cordon` send: {"metadata": {"labels": {K: V or
+        null}}, "spec": {"taints": [...], "unschedulable": bool}} (command node.update)."""
+        principal = self._principal(request)
+        self._params(request, ())
+        request_id = self._request_id(request)
+        body = await self._body(request, (JSON_MEDIA_TYPE, MERGE_PATCH_MEDIA_TYPE))
+        if "name" in body:
+            raise invalid("the node is named by the path; leave name out of the patch", "name")
+        return await self._submit("node.update", {**body, "name": request.match_info["name"]}, principal, request_id)
 
     async def _empty_body(self, request: web.Request) -> None:
         """Actions take no body; one that is sent must be `{}` (fields may come later)."""
@@ -1138,6 +1152,7 @@ def build_app(
         for action in kind.actions:
             router.add_post(f"{item}/{action}", api.action_handler(kind, action))
     router.add_post("/v1/nodes/{name}/heartbeat", api.node_heartbeat)
+    router.add_patch(f"/v1/nodes/{{name:{KINDS['nodes'].name_pattern}}}", api.node_update)
     router.add_get("/v1/scheduler", api.scheduler_get)
     router.add_put("/v1/scheduler", api.scheduler_configure)
     router.add_post("/v1/scheduler/retry", api.scheduler_retry)

@@ -161,6 +161,8 @@ def _capacity_grew(before: NodeState | None, after: NodeState) -> bool:
         or after.memory_capacity > before.memory_capacity
         or after.pods_capacity > before.pods_capacity
         or (before.nominee is not None and after.nominee != before.nominee)
+        or after.labels != before.labels  # node.update: a selector may match now
+        or any(taint not in after.taints for taint in before.taints)
     )
 
 

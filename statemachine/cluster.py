@@ -12,6 +12,7 @@ address never disagree.
 | node.cordon         | admin  | name                                             |
 | node.uncordon       | admin  | name                                             |
 | node.drain          | admin  | name                                             |
+| node.update         | admin  | name, metadata {labels}, spec {taints, unschedulable} (a merge patch) |
 | node.evict_unready  | admin  | name, notReadyMillis, timeoutMillis (the leader) |
 | pod.create          | tenant | name, namespace, labels, spec, plan {nodeName}   |
 | pod.delete          | tenant | name, namespace                                  |
@@ -93,7 +94,8 @@ def node_register(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], b
             f"Node {name} is already registered",
             same_spec,
             same_labels,
-            "delete it first to change them (drain it if pods are bound)",
+            "change labels, taints or the cordon with node.update (PATCH /v1/nodes/NAME); to change the rest, "
+            "delete it first (drain it if pods are bound)",
             name=name,
         )
     cluster = Cluster.load(ctx.ov)
@@ -230,11 +232,18 @@ def node_evict_unready(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
 eviction_millis_max = 100 * 365 * 86_400_000  # how long a node may have been NotReady, as a command says
 
 
-def _evict(ctx: Context, name: str, message: str, unready: tuple[int, int] | None) -> tuple[int, int | None]:
-    """Send the pods bound to node `name` back to the queue: all of them, or, with `unready`
+def _evict(
+    ctx: Context,
+    name: str,
+    message: str,
+    unready: tuple[int, int] | None,
+    no_execute: list[list[str]] | None = None,
+) -> tuple[int, int | None]:
+    """Send the pods bound to node `name` back to the queue: all of them; or, with `unready`
     = (ms the node has been NotReady, the default toleration in ms), those that tolerate the
-    unreachable taint no longer. Returns how many went, and the least NotReady time at which
-    one that stays would go (None: none would)."""
+    unreachable taint no longer; or, with `no_execute` (the node's NoExecute taints), those
+    that do not tolerate one of them (the message then names it). Returns how many went, and
+    the least NotReady time at which one that stays would go (None: none would)."""
     prefix = keys.pods_on_node_prefix(name)
     bound = [keys.pod_of_node_index(index_key, name) for index_key, _ in ctx.ov.scan(prefix, prefix_end(prefix))]
     cluster = Cluster.load(ctx.ov)
@@ -244,6 +253,7 @@ def _evict(ctx: Context, name: str, message: str, unready: tuple[int, int] | Non
         pod = pods.load(ctx.ov, pod_key)
         if pod is None:
             raise InvariantViolation(f"node {name} indexes missing pod {pod_key!r}")
+        reason = message
         if unready is not None:
             tolerated_ms = pods.toleration_ms(pod["spec"], nodes.UNREACHABLE_TAINT, nodes.NO_EXECUTE, unready[1])
             if tolerated_ms is None:
@@ -251,17 +261,74 @@ def _evict(ctx: Context, name: str, message: str, unready: tuple[int, int] | Non
             if tolerated_ms > unready[0]:
                 next_ms = tolerated_ms if next_ms is None else min(next_ms, tolerated_ms)
                 continue
+        if no_execute is not None:
+            tolerations = pods.Needs.of(pod["spec"]).tolerations
+            untolerated = [row for row in no_execute if not pods.tolerated(tolerations, row[0], row[1], row[2])]
+            if not untolerated:
+                continue
+            key, value = untolerated[0][0], untolerated[0][1]
+            reason = (
+                f"{message} {key}{'=' + value if value else ''}:{nodes.NO_EXECUTE}, which the pod does not tolerate"
+            )
         tenant = quotas.Tenant(ctx.ov, pod["metadata"]["org"], pod["metadata"]["project"])
         scheduler.unbind(ctx, pod, pod_key, tenant)
         pod["spec"]["nodeName"] = None
         pod["status"] = scheduler.pending_status()
-        pod["status"].update(reason=scheduler.REASON_EVICTED, message=message, evictedFrom=name)
+        pod["status"].update(reason=scheduler.REASON_EVICTED, message=reason, evictedFrom=name)
         scheduler.enqueue(ctx, pod, pod_key, tenant, cluster)
         ctx.write_object(pod_key, pods.KIND, pod, MODIFIED)
         evicted += 1
     if evicted:
         cluster.save(ctx)
     return evicted, next_ms
+
+
+def node_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    """Change a node's labels, taints or cordon: a JSON merge patch, as `kubectl label`,
+    `kubectl taint` and `kubectl cordon` send (nodes.check_update). Bound pods stay where they
+    are when their node selector or affinity no longer matches (Kubernetes'
+    IgnoredDuringExecution) and when a NoSchedule taint comes; a NoExecute taint sends the
+    pods that do not tolerate it back to the queue at once, as a drain does (reason Evicted).
+    A nomination the node no longer satisfies is dropped. Labels and taints that could let a
+    pending pod fit (a label added or changed, a taint removed, an uncordon) retry the queue
+    on this node, as a registration does. No change, no write."""
+    name, node, state = _node(ctx, body, ("metadata", "spec"))
+    update = nodes.check_update(body, node["metadata"]["labels"])
+    labels_before = node["metadata"]["labels"]
+    labels = labels_before if update.labels is None else update.labels
+    taints = node["spec"]["taints"] if update.taints is None else update.taints
+    unschedulable = node["spec"]["unschedulable"] if update.unschedulable is None else update.unschedulable
+    if labels == labels_before and taints == node["spec"]["taints"] and unschedulable == node["spec"]["unschedulable"]:
+        return nodes.render(ctx.ov, node)
+    rows_before = state.taints
+    state.labels = nodes.matching_labels(name, labels, node["spec"]["zone"])
+    state.taints = nodes.taint_rows(taints)
+    state.schedulable = not unschedulable
+    if state.nominee is not None:
+        nominee = pods.load(ctx.ov, state.nominee)
+        if nominee is None:
+            raise InvariantViolation(f"node {name} is nominated by missing pod {state.nominee!r}")
+        if scheduler.static_fit(state, pods.Needs.of(nominee["spec"])) is not None:
+            scheduler.release_nomination(ctx, name, state)
+    node["metadata"]["labels"] = labels
+    node["spec"]["taints"] = taints
+    node["spec"]["unschedulable"] = unschedulable
+    nodes.save_state(ctx, name, state)
+    no_execute = [row for row in state.taints if row[2] == nodes.NO_EXECUTE]
+    evicted = 0
+    if no_execute:
+        evicted, _ = _evict(ctx, name, f"evicted from node {name}: it was tainted", None, no_execute)
+    ctx.write_object(
+        keys.node_key(name), nodes.KIND, node, MODIFIED, labels_before if labels != labels_before else None
+    )
+    if state.schedulable and (labels != labels_before or any(row not in state.taints for row in rows_before)):
+        scheduler.retry_on_nodes(ctx, [name])
+    elif evicted:
+        scheduler.retry_heads(ctx, rewind=False)  # as after a drain: no node a pod can use gained room
+    rendered = nodes.render(ctx.ov, node)
+    if no_execute:
+        rendered["status"] = {**rendered["status"], "evictedPods": evicted}
+    return rendered
 
 
 # ---- pods ----------------------------------------------------------------------------------------

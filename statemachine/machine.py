@@ -85,6 +85,7 @@ HANDLERS: dict[str, Handler] = {
     "node.cordon": cluster.node_cordon,
     "node.uncordon": cluster.node_uncordon,
     "node.drain": cluster.node_drain,
+    "node.update": cluster.node_update,
     "node.evict_unready": cluster.node_evict_unready,
     "pod.create": cluster.pod_create,
     "pod.delete": cluster.pod_delete,

@@ -217,17 +217,17 @@ def render(view: ReadView, node: dict[str, Any], reader: Principal | None = None
 # ---- checking the body ---------------------------------------------------------------------------
 
 
-def _check_taints(value: Any) -> list[dict[str, str]]:
+def _check_taints(value: Any, taints_path: str = "spec.taints") -> list[dict[str, str]]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise invalid("spec.taints must be a list", "spec.taints")
+        raise invalid(f"{taints_path} must be a list", taints_path)
     if len(value) > taints_max:
-        raise invalid(f"spec.taints has {len(value)} taints; at most {taints_max} are allowed", "spec.taints")
+        raise invalid(f"{taints_path} has {len(value)} taints; at most {taints_max} are allowed", taints_path)
     taints: list[dict[str, str]] = []
     seen: list[tuple[str, str]] = []
     for position, item in enumerate(value):
-        field_path = f"spec.taints[{position}]"
+        field_path = f"{taints_path}[{position}]"
         given = check_map(item, field_path, _taint_fields)
         key = opt_str(given, "key", f"{field_path}.key")
         if key is None:
@@ -276,6 +276,49 @@ def check_body(body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any
         "unschedulable": bool(opt_bool(given, "unschedulable", "spec.unschedulable")),
     }
     return name, labels, spec
+
+
+_update_fields = ("name", "metadata", "spec")
+_update_metadata_fields = ("labels",)
+_update_spec_fields = ("taints", "unschedulable")
+
+
+@dataclass(frozen=True)
+class NodeUpdate:
+    """A checked node.update body: a JSON merge patch (RFC 7386) of the node's labels, taints
+    and cordon, as `kubectl label`, `kubectl taint` and `kubectl cordon` send. None: unchanged."""
+
+    labels: dict[str, str] | None  # the labels after the patch
+    taints: list[dict[str, str]] | None
+    unschedulable: bool | None
+
+
+def check_update(body: dict[str, Any], labels_now: dict[str, str]) -> NodeUpdate:
+    """Labels merge (a null value removes the key), taints are replaced as a whole list (a
+    merge patch replaces lists), `unschedulable` is the cordon."""
+    check_map(body, "", _update_fields)
+    metadata = check_map(body.get("metadata"), "metadata", _update_metadata_fields)
+    spec = check_map(body.get("spec"), "spec", _update_spec_fields)
+    labels: dict[str, str] | None = None
+    patch = metadata.get("labels")
+    if patch is not None:
+        if not isinstance(patch, dict):
+            raise invalid("metadata.labels must be a map of strings (null removes a label)", "metadata.labels")
+        merged = dict(labels_now)
+        for key, value in patch.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        # Checked as a whole, so the limits and the messages are those of registration.
+        labels = check_labels(merged, "metadata.labels")
+    taints = _check_taints(spec["taints"], "spec.taints") if spec.get("taints") is not None else None
+    return NodeUpdate(labels, taints, opt_bool(spec, "unschedulable", "spec.unschedulable"))
+
+
+def taint_rows(taints: list[dict[str, str]]) -> list[list[str]]:
+    """Taints as the scheduling record keeps them (`NodeState.taints`)."""
+    return [[taint["key"], taint["value"], taint["effect"]] for taint in taints]
 
 
 def matching_labels(name: str, labels: dict[str, str], zone: str | None) -> dict[str, str]:
@@ -436,7 +479,7 @@ def new_object(
         memory_capacity=capacity["memoryBytes"],
         pods_capacity=capacity["pods"],
         labels=matching_labels(name, labels, spec["zone"]),
-        taints=[[taint["key"], taint["value"], taint["effect"]] for taint in spec["taints"]],
+        taints=taint_rows(spec["taints"]),
         pod_addresses=[block.family, block.address, block.length, 1, 0],  # the first address is never a pod's
     )
     node = {

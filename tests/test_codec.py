@@ -232,6 +232,20 @@ def _scheduler_golden_envelopes(ts: int) -> list[tuple[str, Envelope]]:
         ("pod.create", Envelope("pod.create", pod_body, ACME_WEB, "req-pod-1", ts + 8)),
         ("service.create", Envelope("service.create", service_body, ACME_WEB, None, ts + 9)),
         ("scheduler.retry", Envelope("scheduler.retry", {"pods": 4}, ADMIN, None, ts + 10)),
+        (
+            "node.update",
+            Envelope(
+                "node.update",
+                {
+                    "name": "node-1",
+                    "metadata": {"labels": {"disk": "ssd", "rack": None}},
+                    "spec": {"taints": [{"key": "maintenance", "value": "", "effect": "NoSchedule"}]},
+                },
+                ADMIN,
+                None,
+                ts + 11,
+            ),
+        ),
         ("node.drain", Envelope("node.drain", {"name": "node-1"}, ADMIN, None, ts + 11)),
         ("pod.delete", Envelope("pod.delete", {"name": "web-0", "namespace": "prod"}, ACME_WEB, None, ts + 12)),
         ("service.delete", Envelope("service.delete", {"name": "web"}, ACME_WEB, None, ts + 13)),

@@ -134,6 +134,54 @@ def test_node_actions_cordon_uncordon_drain(tmp_path: Path) -> None:
     run(tmp_path, check)
 
 
+def test_node_patch_changes_labels_taints_and_cordon(tmp_path: Path) -> None:
+    """PATCH /v1/nodes/NAME is a JSON merge patch (application/json or
+    application/merge-patch+json): labels merge, a null removes one, taints are replaced."""
+
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", "n2")
+        waiting = await api.ok("POST", "/v1/pods", ACME, pod("gpu", nodeSelector={"accel": "gpu"}))
+        assert waiting["status"]["phase"] == "Pending"
+        patched = await api.ok(
+            "PATCH",
+            "/v1/nodes/n2",
+            body={"metadata": {"labels": {"accel": "gpu", "rack": None}}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert patched["metadata"]["labels"] == {"accel": "gpu"}
+        bound = await api.ok("GET", "/v1/pods/gpu", ACME)
+        assert (bound["status"]["phase"], bound["spec"]["nodeName"]) == ("Bound", "n2")
+        tainted = await api.ok(
+            "PATCH", "/v1/nodes/n2", body={"spec": {"taints": [{"key": "drain-me", "effect": "NoExecute"}]}}
+        )
+        assert tainted["status"]["evictedPods"] == 1
+        assert tainted["spec"]["taints"] == [{"key": "drain-me", "value": "", "effect": "NoExecute"}]
+        evicted = await api.ok("GET", "/v1/pods/gpu", ACME)
+        assert (evicted["status"]["phase"], evicted["status"]["evictedFrom"]) == ("Pending", "n2")
+        cordoned = await api.ok("PATCH", "/v1/nodes/n1", body={"spec": {"unschedulable": True}})
+        assert cordoned["spec"]["unschedulable"] is True
+        # Refused: admin only, the name is the path's, no query parameters, JSON only, and the
+        # patch names only labels, taints and unschedulable. Nothing changes.
+        before = api.objects_digest()
+        await api.error(403, "forbidden", "PATCH", "/v1/nodes/n1", ACME, body={"spec": {"unschedulable": False}})
+        await api.error(404, "not_found", "PATCH", "/v1/nodes/ghost", body={"spec": {"unschedulable": False}})
+        await api.error(400, "invalid", "PATCH", "/v1/nodes/n1", body={"name": "n2"})
+        await api.error(400, "invalid", "PATCH", "/v1/nodes/n1", body={"spec": {"capacity": {}}})
+        await api.error(400, "invalid", "PATCH", "/v1/nodes/n1", body={"spec": {}}, params={"org": "acme"})
+        await api.error(
+            415,
+            "unsupported_media_type",
+            "PATCH",
+            "/v1/nodes/n1",
+            raw=b"{}",
+            headers={"Content-Type": "application/strategic-merge-patch+json"},
+        )
+        await api.error(405, "method_not_allowed", "PATCH", "/v1/pods/gpu", ACME, body={})
+        assert api.objects_digest() == before
+
+    run(tmp_path, check)
+
+
 # ---- pods ------------------------------------------------------------------------------------
 
 

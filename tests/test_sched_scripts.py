@@ -14,6 +14,8 @@ Extra commands (WHO as in test_scripts.py; every write takes `rid=ID`, `label.K=
     service WHO NAME [ns=NS] [type=ClusterIP|LoadBalancer] [pool=P] [class=C] [address=A]
     delete  WHO pod|service|node|quota NAME [ns=NS]
     cordon|uncordon|drain WHO NODE
+    update  WHO NODE [label.K=V ...] [unlabel=K,...] [taints=k=v:Effect,...|none] [cordon=yes|no]
+                                             node.update, a merge patch of labels, taints, cordon
     ready|notready WHO NODE
     evict   WHO NODE [after=MS] [timeout=MS]  node.evict_unready: NotReady for MS (default 300000),
                                              pods without a toleration go at timeout (300000)
@@ -258,6 +260,7 @@ class SchedRunner(ScriptRunner):
             "cordon": self._node_command,
             "uncordon": self._node_command,
             "drain": self._node_command,
+            "update": self._update,
             "evict": self._node_command,
             "ready": self._node_command,
             "notready": self._node_command,
@@ -422,6 +425,25 @@ class SchedRunner(ScriptRunner):
                 command_type = f"node.{command.verb}"
             output += self._write(who, command_type, body, command)
         return output
+
+    def _update(self, command: Command) -> list[str]:
+        who = self._who(command, 2)
+        check_options(command, {"rid", "unlabel", "taints", "cordon"}, {"details"}, True)
+        labels: dict[str, str | None] = dict(command.labels)
+        for key in command.options.get("unlabel", "").split(",") if "unlabel" in command.options else ():
+            labels[key] = None
+        spec: dict[str, Any] = {}
+        if "taints" in command.options:
+            text = command.options["taints"]
+            spec["taints"] = [] if text == "none" else _taints(text)
+        if "cordon" in command.options:
+            spec["unschedulable"] = command.options["cordon"] == "yes"
+        body: dict[str, Any] = {"name": command.words[1]}
+        if labels:
+            body["metadata"] = {"labels": labels}
+        if spec:
+            body["spec"] = spec
+        return self._write(who, "node.update", body, command)
 
     def _get_sched(self, command: Command) -> list[str]:
         if len(command.words) != 3 or command.words[1] not in _PLURALS:
