@@ -1,7 +1,7 @@
 """A Hypothesis stateful test of the scheduler against a naive model.
 
 The machine runs random node registrations, condition changes, cordons, drains, evictions from
-NotReady nodes, deletions, pod creations (with and without a plan, with selectors, tolerations,
+NotReady nodes, label, taint and cordon patches (node.update), deletions, pod creations (with and without a plan, with selectors, tolerations,
 priorities and policies), pod deletions, quota changes and sweeps; pods give a priority, name a
 PriorityClass, or neither (and get the global default's). Before every pod creation, the naive
 model reads the state only through the public reads (`list_objects` / `get`, as a client would)
@@ -41,6 +41,8 @@ LABELS = [{}, {"disk": "ssd"}, {"disk": "hdd"}, {"disk": "ssd", "gpu": "yes"}]
 UNREACHABLE = {"key": "node.kubernetes.io/unreachable", "value": "", "effect": "NoExecute"}
 EVICTION_TIMEOUT_MS = 60_000  # the leader's timeout for pods without a matching toleration
 TAINTS: list[list[dict[str, str]]] = [[], [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]]
+# node.update may also taint a node NoExecute, which evicts the pods that do not tolerate it.
+UPDATE_TAINTS = [*TAINTS, [{"key": "dedicated", "value": "db", "effect": "NoExecute"}]]
 
 
 def _tolerates(tolerations: list[dict[str, str]], taint: dict[str, str]) -> bool:
@@ -180,6 +182,58 @@ class SchedulerModel(RuleBasedStateMachine):
                     assert tolerated is None or tolerated > not_ready_ms, (not_ready_ms, pod)
         else:
             self.machine.run(ADMIN, f"node.{action}", {"name": name})
+
+    @rule(
+        name=st.sampled_from(NODE_NAMES),
+        labels=st.one_of(
+            st.none(), st.dictionaries(st.sampled_from(["disk", "gpu"]), st.sampled_from([None, "ssd", "yes"]))
+        ),
+        taints=st.one_of(st.none(), st.sampled_from(UPDATE_TAINTS)),
+        unschedulable=st.one_of(st.none(), st.booleans()),
+    )
+    def update_node(
+        self,
+        name: str,
+        labels: dict[str, str | None] | None,
+        taints: list[dict[str, str]] | None,
+        unschedulable: bool | None,
+    ) -> None:
+        """A merge patch: labels merge (None removes), taints replace, unschedulable cordons. Bound
+        pods that do not tolerate a NoExecute taint leave at once; the others stay bound."""
+        try:
+            before = get(self.machine.store, ADMIN, "nodes", name)
+        except Rejected:
+            before = None
+        on_node_before = list_objects(self.machine.store, ADMIN, "pods", field_selector=f"spec.nodeName={name}")
+        body: dict[str, Any] = {"name": name, "metadata": {}, "spec": {}}
+        if labels is not None:
+            body["metadata"]["labels"] = labels
+        if taints is not None:
+            body["spec"]["taints"] = taints
+        if unschedulable is not None:
+            body["spec"]["unschedulable"] = unschedulable
+        result = self.machine.run(ADMIN, "node.update", body).result
+        if before is None:
+            assert isinstance(result, Rejected) and result.code == "not_found", result
+            return
+        assert isinstance(result, Ok), result
+        expected_labels = dict(before["metadata"]["labels"])
+        for key, value in (labels or {}).items():
+            if value is None:
+                expected_labels.pop(key, None)
+            else:
+                expected_labels[key] = value
+        after = get(self.machine.store, ADMIN, "nodes", name)
+        assert after["metadata"]["labels"] == expected_labels
+        assert after["spec"]["taints"] == (before["spec"]["taints"] if taints is None else taints)
+        no_execute = [taint for taint in after["spec"]["taints"] if taint["effect"] == "NoExecute"]
+        stayed = {
+            pod["metadata"]["uid"]
+            for pod in list_objects(self.machine.store, ADMIN, "pods", field_selector=f"spec.nodeName={name}")["items"]
+        }
+        for pod in on_node_before["items"]:
+            tolerated = all(_tolerates(pod["spec"]["tolerations"], taint) for taint in no_execute)
+            assert (pod["metadata"]["uid"] in stayed) == tolerated, (no_execute, pod)
 
     @rule(
         who=st.sampled_from(TENANTS),
