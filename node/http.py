@@ -391,7 +391,8 @@ _LEADER_COUNTERS = (
     ),
     (
         "allot_leader_node_evictions",
-        "evictions from nodes NotReady for the pod eviction timeout this member committed as leader",
+        "evictions this member committed as leader: from nodes NotReady for the pod eviction timeout, "
+        "and of pods whose tolerationSeconds for a node's NoExecute taints ran out",
         "nodeEvictions",
     ),
     ("allot_leader_pods_evicted", "pods those evictions sent back to the pending queue", "podsEvicted"),

@@ -116,6 +116,7 @@ class LocalMember:
         store: MemoryStore | None = None,
         timing: Timing | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self._member_id = member_id
         self._store = store if store is not None else MemoryStore()
@@ -133,6 +134,7 @@ class LocalMember:
             timing.pending_retry_s,
             self._submit_own,
             timing.pod_eviction_s,
+            wall_ms,
         )
 
     @property

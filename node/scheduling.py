@@ -26,7 +26,9 @@ hints and clocks, none of which is replicated:
   judges nobody before a full grace period from its election (its heartbeat table may be
   younger than that). A NotReady node's pods are evicted when they have tolerated it as long as
   they may (`node.evict_unready`, `NodeMonitor.evictions_due`), one node at a time, and not
-  while most nodes are NotReady. While pods are pending, `scheduler.retry` every `pending_retry_s`; and
+  while most nodes are NotReady. Pods that tolerate a node's NoExecute taints for a time are
+  evicted when it runs out (`node.evict_tainted`, from the times in the node records the
+  planner holds: `Planner.taint_evictions_due`). While pods are pending, `scheduler.retry` every `pending_retry_s`; and
   after capacity grows (a node joins, becomes Ready or schedulable, frees resources or its
   nomination; a quota is set or removed: `Planner.capacity_events`), a *pass*: sweeps in a row,
   each followed by a pause of `pass_pause_factor` times its own duration (so a pass spends at
@@ -39,7 +41,8 @@ hints and clocks, none of which is replicated:
 Everything that grows is bounded: heartbeat names (`heartbeat_names_max`), names forwarded per
 keep-alive (`sightings_per_message_max`), plans in flight (`plans_in_flight_max`), signature
 heaps (`plan_signatures_max`, each compacted past `heap_slack` entries per node), condition
-proposals in flight (`conditions_in_flight_max`), evictions in flight (`evictions_in_flight_max`).
+proposals in flight (`conditions_in_flight_max`, also for node.evict_tainted), evictions in flight
+(`evictions_in_flight_max`).
 """
 
 from __future__ import annotations
@@ -354,6 +357,16 @@ class Planner:
         """Every node's Ready flag as this member's store has it (the table must be loaded)."""
         return {name: state.ready for name, state in (self._truth or {}).items()}
 
+    def taint_evictions_due(self, now_ms: int) -> list[str]:
+        """The nodes with a bound pod whose tolerationSeconds for the node's NoExecute taints
+        runs out at or before `now_ms` (wall-clock ms), as this member's store has them, in
+        name order. A scan of the node records: at most nodes_max, once per timer period."""
+        return sorted(
+            name
+            for name, state in (self._truth or {}).items()
+            if state.taint_evictions and state.taint_evictions[0][0] <= now_ms
+        )
+
     def pods_bound(self, name: str) -> int:
         """How many pods are bound to the node, as this member's store has it (0 if unknown)."""
         state = (self._truth or {}).get(name)
@@ -578,8 +591,13 @@ class SchedulingTimers:
         pending_retry_s: float,
         submit: Submit,
         pod_eviction_s: float = Timing.pod_eviction_s,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self.planner = planner
+        # Proposals carry the time they were made (the replicated clock, Context.now_ms); the
+        # times recorded for tolerationSeconds are of that clock, so they are compared with it.
+        self._wall_ms = wall_ms
+        self._expiring: set[str] = set()  # nodes with a node.evict_tainted in flight
         self.monitor = NodeMonitor(heartbeats, grace_s, pod_eviction_s)
         self.pending_retry_s = pending_retry_s
         self._submit = submit
@@ -641,6 +659,12 @@ class SchedulingTimers:
         for name in monitor.evictions_due(readiness, self.planner.pods_bound, now):
             monitor.evicting.add(name)
             self._spawn(self._evict(name, leader_term, monitor.not_ready_ms(name, now)))
+        for name in self.planner.taint_evictions_due(self._wall_ms()):
+            if len(self._expiring) >= conditions_in_flight_max:
+                break
+            if name not in self._expiring:
+                self._expiring.add(name)
+                self._spawn(self._expire(name, leader_term))
         if (
             self.planner.pending_pods > 0
             and not self._sweep_in_flight
@@ -667,7 +691,7 @@ class SchedulingTimers:
     async def _condition(self, name: str, body: dict[str, Any], leader_term: int, decided: float) -> None:
         try:
             self.conditions_proposed += 1
-            outcome = await self._submit(_encode("node.condition", body), leader_term)
+            outcome = await self._submit(self._encode("node.condition", body), leader_term)
             if isinstance(outcome.result, Rejected):  # e.g. fenced: this member no longer leads that term
                 log.warning("node %s: ready=%s was refused: %s", name, body["ready"], outcome.result.message)
                 return
@@ -688,7 +712,7 @@ class SchedulingTimers:
                 "notReadyMillis": not_ready_ms,
                 "timeoutMillis": round(self.monitor.pod_eviction_s * 1000),
             }
-            outcome = await self._submit(_encode("node.evict_unready", body), leader_term)
+            outcome = await self._submit(self._encode("node.evict_unready", body), leader_term)
             if isinstance(outcome.result, Rejected):  # Ready again, deleted, or fenced
                 log.warning("node %s: evicting its pods was refused: %s", name, outcome.result.message)
                 return
@@ -703,6 +727,37 @@ class SchedulingTimers:
             log.warning("node %s: proposing the eviction of its pods failed: %s", name, exc)
         finally:
             self.monitor.evicting.discard(name)
+
+    async def _expire(self, name: str, leader_term: int) -> None:
+        """node.evict_tainted: the pods whose tolerationSeconds for the node's NoExecute taints
+        ran out go back to the queue. The next check proposes again for times still to come
+        (the planner reads them from the node's record once this apply reaches it)."""
+        try:
+            self.evictions_proposed += 1
+            outcome = await self._submit(self._encode("node.evict_tainted", {"name": name}), leader_term)
+            if isinstance(outcome.result, Rejected):  # deleted, or fenced
+                log.warning(
+                    "node %s: evicting pods whose tolerationSeconds ran out was refused: %s",
+                    name,
+                    outcome.result.message,
+                )
+                return
+            evicted = int(outcome.result.value["status"]["evictedPods"])
+            if evicted:
+                self.nodes_evicted += 1
+                self.pods_evicted += evicted
+                log.info(
+                    "node %s: %d pod(s) evicted, their tolerationSeconds for its NoExecute taints ran out",
+                    name,
+                    evicted,
+                )
+        except Exception as exc:  # no leader, timeout, ...: the next check proposes again
+            log.warning("node %s: proposing the eviction of pods whose tolerationSeconds ran out failed: %s", name, exc)
+        finally:
+            self._expiring.discard(name)
+
+    def _encode(self, command_type: str, body: dict[str, Any]) -> bytes:
+        return encode_envelope(Envelope(command_type, body, LEADER_PRINCIPAL, None, self._wall_ms()))
 
     async def _sweep(self, leader_term: int) -> None:
         """One sweep; or, when capacity grew, a pass: sweeps in a row, paced by their own cost
@@ -725,7 +780,7 @@ class SchedulingTimers:
                 self.sweeps_proposed += 1
                 pass_sweeps += 1
                 started_s = time.monotonic()
-                await self._submit(_encode("scheduler.retry", {"pods": sweep_pods_max}), leader_term)
+                await self._submit(self._encode("scheduler.retry", {"pods": sweep_pods_max}), leader_term)
                 took_s = time.monotonic() - started_s
                 sweeps_left -= 1
                 if self._leader_term != leader_term or self.planner.pending_pods == 0:
@@ -744,7 +799,3 @@ class SchedulingTimers:
             log.warning("proposing a pending-queue sweep failed: %s", exc)
         finally:
             self._sweep_in_flight = False
-
-
-def _encode(command_type: str, body: dict[str, Any]) -> bytes:
-    return encode_envelope(Envelope(command_type, body, LEADER_PRINCIPAL, None, time.time_ns() // 1_000_000))

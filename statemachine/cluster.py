@@ -14,6 +14,7 @@ address never disagree.
 | node.drain          | admin  | name                                             |
 | node.update         | admin  | name, metadata {labels}, spec {taints, unschedulable} (a merge patch) |
 | node.evict_unready  | admin  | name, notReadyMillis, timeoutMillis (the leader) |
+| node.evict_tainted  | admin  | name (the leader, when a tolerationSeconds runs out) |
 | pod.create          | tenant | name, namespace, labels, spec, plan {nodeName}   |
 | pod.delete          | tenant | name, namespace                                  |
 | service.create      | tenant | name, namespace, labels, spec (see services.py)  |
@@ -238,12 +239,16 @@ def _evict(
     message: str,
     unready: tuple[int, int] | None,
     no_execute: list[list[str]] | None = None,
+    due_by_ms: int | None = None,
 ) -> tuple[int, int | None]:
     """Send the pods bound to node `name` back to the queue: all of them; or, with `unready`
     = (ms the node has been NotReady, the default toleration in ms), those that tolerate the
-    unreachable taint no longer; or, with `no_execute` (the node's NoExecute taints), those
-    that do not tolerate one of them (the message then names it). Returns how many went, and
-    the least NotReady time at which one that stays would go (None: none would)."""
+    unreachable taint no longer; or, with `no_execute` (the node's NoExecute taints, after a
+    change), those that do not tolerate one of them (the message then names it), recording
+    when each of the others must go (`NodeState.taint_evictions`: the earlier of the time it
+    had and now plus its `tolerationSeconds`; none when it tolerates them for ever); or, with
+    `due_by_ms`, those whose recorded time is at or before it. Returns how many went, and the
+    least NotReady time at which one that stays would go (None: none would)."""
     prefix = keys.pods_on_node_prefix(name)
     bound = [keys.pod_of_node_index(index_key, name) for index_key, _ in ctx.ov.scan(prefix, prefix_end(prefix))]
     cluster = Cluster.load(ctx.ov)
@@ -262,14 +267,20 @@ def _evict(
                 next_ms = tolerated_ms if next_ms is None else min(next_ms, tolerated_ms)
                 continue
         if no_execute is not None:
-            tolerations = pods.Needs.of(pod["spec"]).tolerations
-            untolerated = [row for row in no_execute if not pods.tolerated(tolerations, row[0], row[1], row[2])]
-            if not untolerated:
+            stay_ms = pods.no_execute_ms(pod["spec"], no_execute)
+            if stay_ms != pods.NOT_TOLERATED:
+                _time_taint_eviction(ctx, name, pod_key, stay_ms)
                 continue
-            key, value = untolerated[0][0], untolerated[0][1]
+            tolerations = pods.Needs.of(pod["spec"]).tolerations
+            key, value, _ = next(row for row in no_execute if not pods.tolerated(tolerations, row[0], row[1], row[2]))
             reason = (
                 f"{message} {key}{'=' + value if value else ''}:{nodes.NO_EXECUTE}, which the pod does not tolerate"
             )
+        if due_by_ms is not None:
+            state = nodes.load_state(ctx.ov, name)
+            due_ms = None if state is None else nodes.taint_eviction_of(state, pod_key)
+            if due_ms is None or due_ms > due_by_ms:
+                continue
         tenant = quotas.Tenant(ctx.ov, pod["metadata"]["org"], pod["metadata"]["project"])
         scheduler.unbind(ctx, pod, pod_key, tenant)
         pod["spec"]["nodeName"] = None
@@ -281,6 +292,43 @@ def _evict(
     if evicted:
         cluster.save(ctx)
     return evicted, next_ms
+
+
+def _time_taint_eviction(ctx: Context, name: str, pod_key: bytes, stay_ms: int | None) -> None:
+    """The pod stays on node `name` under its NoExecute taints for `stay_ms` from now (None:
+    for ever). A time it already had and that comes sooner stands: a change of taints never
+    lets a pod stay longer than the taints it tolerated before allowed (Kubernetes keeps the
+    time a pod's eviction was first scheduled, too)."""
+    state = nodes.load_state(ctx.ov, name)
+    if state is None:
+        raise InvariantViolation(f"node {name} has no scheduling record")
+    had_ms = nodes.taint_eviction_of(state, pod_key)
+    due_ms = None if stay_ms is None else ctx.now_ms + stay_ms
+    if due_ms is not None and had_ms is not None:
+        due_ms = min(due_ms, had_ms)
+    if due_ms != had_ms:
+        nodes.set_taint_eviction(state, pod_key, due_ms)
+        nodes.save_state(ctx, name, state)
+
+
+def node_evict_tainted(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    """Kubernetes' NoExecute taint eviction for pods that tolerate the node's taints for a
+    time (`tolerationSeconds`), proposed by the leader's timers (node/scheduling.py) when the
+    first recorded time comes (`NodeState.taint_evictions`, set at bind and by node.update).
+    The pods whose time is at or before this command's time go back to the queue as a drain
+    sends them (reason Evicted, `status.evictedFrom`). The answer's `nextTaintEvictionMillis`
+    is the next recorded time (None: none). Nothing due: nothing written."""
+    name, node, state = _node(ctx, body)
+    evicted = 0
+    if state.taint_evictions and state.taint_evictions[0][0] <= ctx.now_ms:
+        message = f"evicted from node {name}: its tolerationSeconds for the node's NoExecute taints ran out"
+        evicted, _ = _evict(ctx, name, message, None, None, ctx.now_ms)
+        scheduler.retry_heads(ctx, rewind=False)  # as after a drain: no node a pod can use gained room
+        state = nodes.load_state(ctx.ov, name) or state
+    rendered = nodes.render(ctx.ov, node)
+    upcoming = state.taint_evictions[0][0] if state.taint_evictions else None
+    rendered["status"] = {**rendered["status"], "evictedPods": evicted, "nextTaintEvictionMillis": upcoming}
+    return rendered
 
 
 def node_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
@@ -314,9 +362,9 @@ def node_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     node["spec"]["taints"] = taints
     node["spec"]["unschedulable"] = unschedulable
     nodes.save_state(ctx, name, state)
-    no_execute = [row for row in state.taints if row[2] == nodes.NO_EXECUTE]
+    no_execute = nodes.no_execute_rows(state)
     evicted = 0
-    if no_execute:
+    if no_execute or state.taint_evictions:  # who must go now, who later, and who may stay
         evicted, _ = _evict(ctx, name, f"evicted from node {name}: it was tainted", None, no_execute)
     ctx.write_object(
         keys.node_key(name), nodes.KIND, node, MODIFIED, labels_before if labels != labels_before else None

@@ -379,6 +379,11 @@ def check_scheduler(view: ReadView, objects: _Objects, problems: list[str]) -> N
             continue
         if state.schedulable == node["spec"]["unschedulable"] or state.ready != node["status"]["ready"]:
             problems.append(f"node {name}: record and object disagree on ready or schedulable")
+        if state.labels != nodes.matching_labels(name, node["metadata"]["labels"], node["spec"]["zone"]) or (
+            state.taints != nodes.taint_rows(node["spec"]["taints"])
+        ):
+            problems.append(f"node {name}: record and object disagree on labels or taints")
+        _check_taint_evictions(name, state, objects, problems)
         usage[name] = [0, 0, 0]
     for name in states:
         if keys.node_key(name) not in objects.nodes:
@@ -395,6 +400,18 @@ def check_scheduler(view: ReadView, objects: _Objects, problems: list[str]) -> N
         if cpu > state.cpu_capacity or memory > state.memory_capacity or pod_count > state.pods_capacity:
             problems.append(f"node {name}: capacity exceeded ({cpu}, {memory}, {pod_count})")
     _check_ledgers(view, objects, problems)
+
+
+def _check_taint_evictions(name: str, state: nodes.NodeState, objects: _Objects, problems: list[str]) -> None:
+    """`NodeState.taint_evictions`: sorted, one per pod, each a pod bound to this node (that
+    every pod timed there has its entry is checked with the pods)."""
+    entries = state.taint_evictions
+    if entries != sorted(entries) or len({key for _, key in entries}) != len(entries):
+        problems.append(f"node {name}: its taint evictions are not sorted, or name a pod twice")
+    for _, pod_key in entries:
+        pod = objects.pods.get(pod_key)
+        if pod is None or pod["status"]["phase"] != pods.PHASE_BOUND or pod["spec"]["nodeName"] != name:
+            problems.append(f"node {name}: a taint eviction names {pod_key!r}, which is not bound to it")
 
 
 def _check_pod_addresses(
@@ -457,6 +474,17 @@ def _check_pods(
             node = objects.nodes[keys.node_key(node_name)]
             host = parse_address(address, "podIP")
             state = states[node_name]
+            rows = nodes.no_execute_rows(state)
+            stay_ms = pods.no_execute_ms(spec, rows) if rows else None
+            if stay_ms == pods.NOT_TOLERATED:
+                problems.append(
+                    f"pod {pod_key!r} is bound to node {node_name}, whose NoExecute taint it does not tolerate"
+                )
+            elif (stay_ms is None) != (nodes.taint_eviction_of(state, pod_key) is None):
+                problems.append(
+                    f"pod {pod_key!r} tolerates node {node_name}'s NoExecute taints for {stay_ms} ms, "
+                    f"and its eviction time there is {nodes.taint_eviction_of(state, pod_key)}"
+                )
             if not parse_cidr(node["status"]["podCIDR"], "podCIDR").contains(host):
                 problems.append(
                     f"pod {pod_key!r} has {address}, outside node {node_name}'s {node['status']['podCIDR']}"

@@ -87,6 +87,7 @@ HANDLERS: dict[str, Handler] = {
     "node.drain": cluster.node_drain,
     "node.update": cluster.node_update,
     "node.evict_unready": cluster.node_evict_unready,
+    "node.evict_tainted": cluster.node_evict_tainted,
     "pod.create": cluster.pod_create,
     "pod.delete": cluster.pod_delete,
     "service.create": services.create,

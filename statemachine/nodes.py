@@ -105,6 +105,11 @@ class NodeState:
     # for a node registered by a build before 2026-12-07, whose addresses are in a buddy
     # allocator of their own (`cidr_state`). See `take_pod_address`.
     pod_addresses: list[Any] | None
+    # Bound pods that tolerate the node's NoExecute taints for a time (`tolerationSeconds`):
+    # [[evict at (ms of the replicated clock), pod key], ...], sorted. The leader proposes
+    # node.evict_tainted when the first comes due (node/scheduling.py). Empty in records
+    # written before 2026-12-08 (nothing was timed then).
+    taint_evictions: list[list[Any]]
 
     def __init__(
         self,
@@ -124,6 +129,7 @@ class NodeState:
         nominee_memory: int = 0,
         nominee_priority: int = 0,
         pod_addresses: list[Any] | None = None,
+        taint_evictions: list[list[Any]] | None = None,
     ) -> None:
         self.uid = uid
         self.ready = ready
@@ -141,6 +147,7 @@ class NodeState:
         self.nominee_memory = nominee_memory
         self.nominee_priority = nominee_priority
         self.pod_addresses = pod_addresses
+        self.taint_evictions = [] if taint_evictions is None else taint_evictions
 
     def to_plain(self) -> list[Any]:
         return [
@@ -160,6 +167,7 @@ class NodeState:
             self.nominee_memory,
             self.nominee_priority,
             self.pod_addresses,
+            self.taint_evictions,
         ]
 
     @classmethod
@@ -314,6 +322,27 @@ def check_update(body: dict[str, Any], labels_now: dict[str, str]) -> NodeUpdate
         labels = check_labels(merged, "metadata.labels")
     taints = _check_taints(spec["taints"], "spec.taints") if spec.get("taints") is not None else None
     return NodeUpdate(labels, taints, opt_bool(spec, "unschedulable", "spec.unschedulable"))
+
+
+def no_execute_rows(state: NodeState) -> list[list[str]]:
+    """The node's NoExecute taints, as the scheduling record keeps them."""
+    return [row for row in state.taints if row[2] == NO_EXECUTE]
+
+
+def set_taint_eviction(state: NodeState, pod_key: bytes, due_ms: int | None) -> None:
+    """Record when the pod must leave the node for its NoExecute taints (None: it need not)."""
+    entries = [entry for entry in state.taint_evictions if entry[1] != pod_key]
+    if due_ms is not None:
+        entries.append([due_ms, pod_key])
+        entries.sort()
+    state.taint_evictions = entries
+
+
+def taint_eviction_of(state: NodeState, pod_key: bytes) -> int | None:
+    for due_ms, key in state.taint_evictions:
+        if key == pod_key:
+            return int(due_ms)
+    return None
 
 
 def taint_rows(taints: list[dict[str, str]]) -> list[list[str]]:

@@ -205,20 +205,38 @@ def tolerated(tolerations: tuple[tuple[str, str, str, str], ...], key: str, valu
     return False
 
 
-def toleration_ms(spec: dict[str, Any], key: str, effect: str, default_ms: int) -> int | None:
-    """How long a stored pod spec tolerates the taint `key` (no value) with `effect`, in
+def toleration_ms(spec: dict[str, Any], key: str, effect: str, default_ms: int, value: str = "") -> int | None:
+    """How long a stored pod spec tolerates the taint `key` (`value`) with `effect`, in
     milliseconds, by Kubernetes' rule for NoExecute taints: a matching toleration without
     `tolerationSeconds` holds for ever (None); otherwise the least of the matching ones'
     seconds; no matching toleration, `default_ms` (Kubernetes' DefaultTolerationSeconds)."""
     least: int | None = None
     for item in spec["tolerations"]:
-        if not tolerated(((item["key"], item["operator"], item["value"], item["effect"]),), key, "", effect):
+        if not tolerated(((item["key"], item["operator"], item["value"], item["effect"]),), key, value, effect):
             continue
         seconds = item.get("tolerationSeconds")
         if seconds is None:
             return None
         least = seconds if least is None else min(least, seconds)
     return default_ms if least is None else least * 1000
+
+
+NOT_TOLERATED = -1  # no_execute_ms: the pod tolerates one of the taints not at all
+
+
+def no_execute_ms(spec: dict[str, Any], rows: list[list[str]]) -> int | None:
+    """How long a stored pod spec may stay on a node with these NoExecute taints ([key, value,
+    effect] rows), in milliseconds: the least over the taints of `toleration_ms`; None when it
+    tolerates them all for ever; NOT_TOLERATED when one has no matching toleration (Kubernetes
+    evicts such a pod at once: there is no default time for taints other than unreachable)."""
+    least: int | None = None
+    for key, value, effect in rows:
+        tolerated_ms = toleration_ms(spec, key, effect, NOT_TOLERATED, value)
+        if tolerated_ms == NOT_TOLERATED:
+            return NOT_TOLERATED
+        if tolerated_ms is not None:
+            least = tolerated_ms if least is None else min(least, tolerated_ms)
+    return least
 
 
 def check_spec(value: Any) -> tuple[dict[str, Any], tuple[str, ...], bool]:

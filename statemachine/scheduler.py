@@ -355,6 +355,14 @@ def bind(
         clear_reservation(state)
     elif previous_nomination is not None:
         _drop_nomination(ctx, previous_nomination, pod_key)
+    if state.taints:  # a NoExecute taint the pod tolerates for a time: its clock starts now
+        stay_ms = pods.no_execute_ms(pod["spec"], nodes.no_execute_rows(state))
+        if stay_ms is not None:
+            if stay_ms == pods.NOT_TOLERATED:
+                raise InvariantViolation(
+                    f"pod {pods.pod_id(pod_key)} binds to node {name}, whose taint it does not tolerate"
+                )
+            nodes.set_taint_eviction(state, pod_key, ctx.now_ms + stay_ms)
     nodes.save_state(ctx, name, state)
     tenant.add(charge or charge_of(pod["spec"]), 1)
     tenant.save(ctx)
@@ -375,6 +383,8 @@ def unbind(ctx: Context, pod: dict[str, Any], pod_key: bytes, tenant: quotas.Ten
     state.cpu_used -= requests["cpuMillis"]
     state.memory_used -= requests["memoryBytes"]
     state.pods_used -= 1
+    if state.taint_evictions:
+        nodes.set_taint_eviction(state, pod_key, None)
     nodes.save_state(ctx, name, state)
     tenant.add(charge_of(pod["spec"]), -1)
     tenant.save(ctx)

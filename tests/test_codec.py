@@ -246,6 +246,7 @@ def _scheduler_golden_envelopes(ts: int) -> list[tuple[str, Envelope]]:
                 ts + 11,
             ),
         ),
+        ("node.evict_tainted", Envelope("node.evict_tainted", {"name": "node-1"}, ADMIN, None, ts + 11)),
         ("node.drain", Envelope("node.drain", {"name": "node-1"}, ADMIN, None, ts + 11)),
         ("pod.delete", Envelope("pod.delete", {"name": "web-0", "namespace": "prod"}, ACME_WEB, None, ts + 12)),
         ("service.delete", Envelope("service.delete", {"name": "web"}, ACME_WEB, None, ts + 13)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -961,6 +962,49 @@ def test_the_leader_evicts_the_pods_of_a_node_not_ready_too_long(tmp_path: Path)
         assert (await api.ok("GET", "/v1/nodes/n2"))["status"]["ready"] is True
         on_n2 = pod("late", nodeSelector={"kubernetes.io/hostname": "n2"})
         assert (await api.ok("POST", "/v1/pods", ACME, on_n2))["spec"]["nodeName"] == "n2"
+
+    run(tmp_path, check, member=member)
+
+
+def test_the_leader_evicts_pods_whose_toleration_seconds_ran_out(tmp_path: Path) -> None:
+    """A NoExecute taint and a cordon by PATCH: the pod without a toleration leaves at once;
+    the one that tolerates it for 60 s stays until the leader's timers, on their wall clock, see
+    the time recorded in n2's record pass and propose node.evict_tainted; then it binds on n1
+    (n2 is cordoned: a pod that tolerates the taint could bind there again, for its time)."""
+    wall = [time.time_ns() // 1_000_000]
+    member = LocalMember(wall_ms=lambda: wall[0])
+    for_a_minute = {"key": "maintenance", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}
+
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", "n2")
+        member.run_timers(0.0)  # leads from here
+        await api.ok("POST", "/v1/nodes/n1/cordon", ADMIN)
+        assert (await api.ok("POST", "/v1/pods", ACME, pod("plain")))["spec"]["nodeName"] == "n2"
+        brief = await api.ok("POST", "/v1/pods", ACME, pod("brief", tolerations=[for_a_minute]))
+        assert brief["spec"]["nodeName"] == "n2"
+        await api.ok("POST", "/v1/nodes/n1/uncordon", ADMIN)
+        tainted = await api.ok(
+            "PATCH",
+            "/v1/nodes/n2",
+            body={"spec": {"taints": [{"key": "maintenance", "effect": "NoExecute"}], "unschedulable": True}},
+        )
+        assert tainted["status"]["evictedPods"] == 1
+        assert (await api.ok("GET", "/v1/pods/plain", ACME))["spec"]["nodeName"] == "n1"
+        wall[0] += 50_000
+        member.run_timers(1.0)
+        await member.timers.settle()
+        assert member.timers.evictions_proposed == 0
+        assert (await api.ok("GET", "/v1/pods/brief", ACME))["spec"]["nodeName"] == "n2"
+        wall[0] += 15_000
+        member.run_timers(2.0)
+        await member.timers.settle()
+        assert member.timers.evictions_proposed == 1
+        assert member.scheduling_stats()["podsEvicted"] == 1
+        moved = await api.ok("GET", "/v1/pods/brief", ACME)
+        assert (moved["status"]["phase"], moved["spec"]["nodeName"]) == ("Bound", "n1"), moved["status"]
+        member.run_timers(3.0)  # nothing recorded any more: nothing proposed
+        await member.timers.settle()
+        assert member.timers.evictions_proposed == 1
 
     run(tmp_path, check, member=member)
 

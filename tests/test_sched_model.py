@@ -1,9 +1,11 @@
 """A Hypothesis stateful test of the scheduler against a naive model.
 
 The machine runs random node registrations, condition changes, cordons, drains, evictions from
-NotReady nodes, label, taint and cordon patches (node.update), deletions, pod creations (with and without a plan, with selectors, tolerations,
-priorities and policies), pod deletions, quota changes and sweeps; pods give a priority, name a
-PriorityClass, or neither (and get the global default's). Before every pod creation, the naive
+NotReady nodes, label, taint and cordon patches (node.update), evictions of pods whose
+tolerationSeconds for a NoExecute taint ran out (node.evict_tainted), deletions, pod creations
+(with and without a plan, with selectors, tolerations, priorities and policies), pod deletions,
+quota changes and sweeps; pods give a priority, name a PriorityClass, or neither (and get the
+global default's). Before every pod creation, the naive
 model reads the state only through the public reads (`list_objects` / `get`, as a client would)
 and works out, with its own code, written from the documented rules:
 
@@ -235,13 +237,31 @@ class SchedulerModel(RuleBasedStateMachine):
             tolerated = all(_tolerates(pod["spec"]["tolerations"], taint) for taint in no_execute)
             assert (pod["metadata"]["uid"] in stayed) == tolerated, (no_execute, pod)
 
+    @rule(name=st.sampled_from(NODE_NAMES), wait_s=st.sampled_from([1, 20, 40]))
+    def expire_tolerations(self, name: str, wait_s: int) -> None:
+        """node.evict_tainted after `wait_s` seconds: only pods that tolerate the node's
+        NoExecute taints for a time leave, and every time left is still to come."""
+        before = list_objects(self.machine.store, ADMIN, "pods", field_selector=f"spec.nodeName={name}")["items"]
+        result = self.machine.run(ADMIN, "node.evict_tainted", {"name": name}, advance_ms=wait_s * 1000).result
+        if isinstance(result, Rejected):
+            assert result.code == "not_found", result
+            return
+        assert isinstance(result, Ok), result
+        upcoming = result.value["status"]["nextTaintEvictionMillis"]
+        assert upcoming is None or upcoming > self.machine.ts_ms, (upcoming, self.machine.ts_ms)
+        after = list_objects(self.machine.store, ADMIN, "pods", field_selector=f"spec.nodeName={name}")["items"]
+        left = {(pod["metadata"]["uid"], pod["status"]["podIP"]) for pod in after}
+        for pod in before:
+            if (pod["metadata"]["uid"], pod["status"]["podIP"]) not in left:
+                assert any("tolerationSeconds" in toleration for toleration in pod["spec"]["tolerations"]), pod
+
     @rule(
         who=st.sampled_from(TENANTS),
         name=st.sampled_from(POD_NAMES),
         cpu=st.sampled_from([0, 250, 500, 1000, 1500, 3000]),
         memory=st.sampled_from([0, 1 << 30, 3 << 30]),
         selector=st.sampled_from([{}, {"disk": "ssd"}, {"gpu": "yes"}]),
-        tolerate=st.booleans(),
+        tolerate=st.sampled_from([False, True, "timed"]),
         stays_if_unreachable=st.sampled_from([None, "always", 0, 30, 120]),
         priority=st.one_of(st.integers(-2, 2), st.sampled_from([*PRIORITY_CLASSES, None])),
         policy=st.sampled_from([None, "spread", "binpack"]),
@@ -254,7 +274,7 @@ class SchedulerModel(RuleBasedStateMachine):
         cpu: int,
         memory: int,
         selector: dict[str, str],
-        tolerate: bool,
+        tolerate: bool | str,
         stays_if_unreachable: str | int | None,
         priority: int | str | None,
         policy: str | None,
@@ -267,7 +287,12 @@ class SchedulerModel(RuleBasedStateMachine):
             if priority is not None:
                 spec["priorityClassName"] = priority
             priority = PRIORITY_CLASSES[priority or DEFAULT_PRIORITY_CLASS]
-        spec["tolerations"] = [{"key": "dedicated", "operator": "Exists"}] if tolerate else []
+        spec["tolerations"] = [{"key": "dedicated", "operator": "Exists"}] if tolerate is True else []
+        if tolerate == "timed":  # the NoSchedule taint for ever, the NoExecute one for 30 s
+            spec["tolerations"] = [
+                {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "dedicated", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30},
+            ]
         if stays_if_unreachable is not None:
             stays: dict[str, Any] = {"key": UNREACHABLE["key"], "operator": "Exists", "effect": "NoExecute"}
             if stays_if_unreachable != "always":

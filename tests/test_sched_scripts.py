@@ -19,6 +19,8 @@ Extra commands (WHO as in test_scripts.py; every write takes `rid=ID`, `label.K=
     ready|notready WHO NODE
     evict   WHO NODE [after=MS] [timeout=MS]  node.evict_unready: NotReady for MS (default 300000),
                                              pods without a toleration go at timeout (300000)
+    expire  WHO NODE                         node.evict_tainted: pods whose tolerationSeconds for
+                                             the node's NoExecute taints ran out go
     plan    WHO [the pod options]       the node plan_pod chooses, or `none`
     get     WHO node|pod|service|quota NAME [ns=NS]
     list    WHO nodes|pods|services|quotas [field=spec.nodeName=N] [selector=S] [ns=NS] [limit=N]
@@ -262,6 +264,7 @@ class SchedRunner(ScriptRunner):
             "drain": self._node_command,
             "update": self._update,
             "evict": self._node_command,
+            "expire": self._node_command,
             "ready": self._node_command,
             "notready": self._node_command,
             "plan": self._plan,
@@ -421,6 +424,8 @@ class SchedRunner(ScriptRunner):
                 body["notReadyMillis"] = int(command.options.get("after", "300000"))
                 body["timeoutMillis"] = int(command.options.get("timeout", "300000"))
                 command_type = "node.evict_unready"
+            elif command.verb == "expire":
+                command_type = "node.evict_tainted"
             else:
                 command_type = f"node.{command.verb}"
             output += self._write(who, command_type, body, command)
