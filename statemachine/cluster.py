@@ -349,9 +349,12 @@ def node_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     if labels == labels_before and taints == node["spec"]["taints"] and unschedulable == node["spec"]["unschedulable"]:
         return nodes.render(ctx.ov, node)
     rows_before = state.taints
+    node_was_cordoned = not state.schedulable
     state.labels = nodes.matching_labels(name, labels, node["spec"]["zone"])
     state.taints = nodes.taint_rows(taints)
     state.schedulable = not unschedulable
+    if state.taint_evictions is None:  # a record of an earlier build: _evict below times every pod
+        state.taint_evictions = []
     if state.nominee is not None:
         nominee = pods.load(ctx.ov, state.nominee)
         if nominee is None:
@@ -369,10 +372,11 @@ def node_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     ctx.write_object(
         keys.node_key(name), nodes.KIND, node, MODIFIED, labels_before if labels != labels_before else None
     )
-    if state.schedulable and (labels != labels_before or any(row not in state.taints for row in rows_before)):
+    grew = labels != labels_before or any(row not in state.taints for row in rows_before)
+    if state.schedulable and (grew or node_was_cordoned):
         scheduler.retry_on_nodes(ctx, [name])
-    elif evicted:
-        scheduler.retry_heads(ctx, rewind=False)  # as after a drain: no node a pod can use gained room
+    if evicted:  # they need a full search: this node may not take them
+        scheduler.retry_heads(ctx, rewind=False)
     rendered = nodes.render(ctx.ov, node)
     if no_execute:
         rendered["status"] = {**rendered["status"], "evictedPods": evicted}

@@ -406,6 +406,8 @@ def _check_taint_evictions(name: str, state: nodes.NodeState, objects: _Objects,
     """`NodeState.taint_evictions`: sorted, one per pod, each a pod bound to this node (that
     every pod timed there has its entry is checked with the pods)."""
     entries = state.taint_evictions
+    if entries is None:
+        return  # a record of an earlier build: its pods are not timed (NodeState.taint_evictions)
     if entries != sorted(entries) or len({key for _, key in entries}) != len(entries):
         problems.append(f"node {name}: its taint evictions are not sorted, or name a pod twice")
     for _, pod_key in entries:
@@ -480,7 +482,9 @@ def _check_pods(
                 problems.append(
                     f"pod {pod_key!r} is bound to node {node_name}, whose NoExecute taint it does not tolerate"
                 )
-            elif (stay_ms is None) != (nodes.taint_eviction_of(state, pod_key) is None):
+            elif state.taint_evictions is not None and (stay_ms is None) != (
+                nodes.taint_eviction_of(state, pod_key) is None
+            ):
                 problems.append(
                     f"pod {pod_key!r} tolerates node {node_name}'s NoExecute taints for {stay_ms} ms, "
                     f"and its eviction time there is {nodes.taint_eviction_of(state, pod_key)}"

@@ -68,6 +68,7 @@ taints_max = list_items_max
 default_pod_cidr_length = {IPV4: 24, "IPv6": 64}
 reason_chars_max = 256
 _fields_before_nominee_priority = 14  # scheduling records of earlier builds end at nominee_memory
+_fields_with_taint_evictions = 17  # records written since 2026-12-08
 # pods.priority_max (pods imports this module): the priority a nomination recorded by an earlier
 # build is given, so that it keeps holding against every pod.
 EARLIER_NOMINEE_PRIORITY = (1 << 31) - 1
@@ -107,9 +108,10 @@ class NodeState:
     pod_addresses: list[Any] | None
     # Bound pods that tolerate the node's NoExecute taints for a time (`tolerationSeconds`):
     # [[evict at (ms of the replicated clock), pod key], ...], sorted. The leader proposes
-    # node.evict_tainted when the first comes due (node/scheduling.py). Empty in records
-    # written before 2026-12-08 (nothing was timed then).
-    taint_evictions: list[list[Any]]
+    # node.evict_tainted when the first comes due (node/scheduling.py). None in records
+    # written before 2026-12-08, whose pods were never timed: such a node times none of its
+    # pods until node.update changes its taints or labels, which times them all.
+    taint_evictions: list[list[Any]] | None
 
     def __init__(
         self,
@@ -173,6 +175,8 @@ class NodeState:
     @classmethod
     def from_plain(cls, plain: list[Any]) -> NodeState:
         state = cls(*plain)
+        if len(plain) < _fields_with_taint_evictions or plain[_fields_with_taint_evictions - 1] is None:
+            state.taint_evictions = None  # not timed yet, and saved so until node.update times them
         if len(plain) == _fields_before_nominee_priority and state.nominee is not None:
             # A record of an earlier build, whose reservations held against every pod: keep
             # that meaning by giving its nominee the highest priority.
@@ -331,7 +335,7 @@ def no_execute_rows(state: NodeState) -> list[list[str]]:
 
 def set_taint_eviction(state: NodeState, pod_key: bytes, due_ms: int | None) -> None:
     """Record when the pod must leave the node for its NoExecute taints (None: it need not)."""
-    entries = [entry for entry in state.taint_evictions if entry[1] != pod_key]
+    entries = [entry for entry in state.taint_evictions or () if entry[1] != pod_key]
     if due_ms is not None:
         entries.append([due_ms, pod_key])
         entries.sort()
@@ -339,7 +343,7 @@ def set_taint_eviction(state: NodeState, pod_key: bytes, due_ms: int | None) -> 
 
 
 def taint_eviction_of(state: NodeState, pod_key: bytes) -> int | None:
-    for due_ms, key in state.taint_evictions:
+    for due_ms, key in state.taint_evictions or ():
         if key == pod_key:
             return int(due_ms)
     return None

@@ -355,7 +355,7 @@ def bind(
         clear_reservation(state)
     elif previous_nomination is not None:
         _drop_nomination(ctx, previous_nomination, pod_key)
-    if state.taints:  # a NoExecute taint the pod tolerates for a time: its clock starts now
+    if state.taints and state.taint_evictions is not None:  # a NoExecute taint tolerated for a time: from now
         stay_ms = pods.no_execute_ms(pod["spec"], nodes.no_execute_rows(state))
         if stay_ms is not None:
             if stay_ms == pods.NOT_TOLERATED:

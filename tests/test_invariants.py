@@ -18,6 +18,7 @@ from node.memstore import MemoryStore
 from statemachine import (
     Envelope,
     InvariantViolation,
+    Ok,
     apply,
     buddy,
     claims,
@@ -848,3 +849,35 @@ def test_a_large_pod_cidr_rotates_within_four_times_the_node_capacity() -> None:
         for index in range(2)
     ]
     assert addresses == ["fd00:10::ff", "fd00:10::1"]
+
+
+def test_a_node_record_of_an_earlier_build_times_its_pods_from_its_first_update() -> None:
+    """Records written before 2026-12-08 have no taint eviction times: their pods are not timed
+    (and the invariants accept that) until node.update times them all; then the leader's
+    node.evict_tainted sends the pod away when its tolerationSeconds run out."""
+    machine = Machine(check_every_step=True)
+    machine.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.244.0.0/16"}})
+    taint = {"key": "batch", "value": "", "effect": "NoExecute"}
+    capacity = {"cpuMillis": 4000, "memoryBytes": 1 << 30, "pods": 4}
+    for name, taints in (("n1", [taint]), ("n2", [])):
+        machine.ok(
+            ADMIN, "node.register", {"name": name, "spec": {"capacity": capacity, "podPool": "pods", "taints": taints}}
+        )
+    machine.ok(ADMIN, "node.cordon", {"name": "n2"})
+    toleration = {"key": "batch", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}
+    spec = {"requests": {"cpuMillis": 10}, "tolerations": [toleration]}
+    assert machine.ok(ACME, "pod.create", {"name": "job", "spec": spec})["spec"]["nodeName"] == "n1"
+    state = _node_state(machine.store, "n1")
+    assert state.taint_evictions is not None and len(state.taint_evictions) == 1
+    _put(machine.store, keys.node_state_key("n1"), state.to_plain()[:16])
+    assert _node_state(machine.store, "n1").taint_evictions is None
+    check_invariants(machine.store)
+    machine.ok(ADMIN, "node.uncordon", {"name": "n2"})
+    machine.ok(
+        ADMIN, "node.update", {"name": "n1", "metadata": {"labels": {"pool": "batch"}}, "spec": {"unschedulable": True}}
+    )
+    timed = _node_state(machine.store, "n1").taint_evictions
+    assert timed is not None and [key for _, key in timed] == [keys.pod_key("acme", "web", "default", "job")]
+    outcome = machine.run(ADMIN, "node.evict_tainted", {"name": "n1"}, advance_ms=61_000)
+    assert isinstance(outcome.result, Ok) and outcome.result.value["status"]["evictedPods"] == 1
+    assert _load(machine.store, keys.pod_key("acme", "web", "default", "job"))["spec"]["nodeName"] == "n2"
