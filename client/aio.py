@@ -38,6 +38,7 @@ from client.models import (
     Quota,
     SchedulerStatus,
     Service,
+    Taint,
     WatchEvent,
     WriteAnswer,
 )
@@ -405,6 +406,48 @@ class AsyncNodeResource(AsyncWritableResource[Node]):
         naming the node), from where they are placed elsewhere if they fit; `status.evicted_pods`
         says how many. A pod that fits nowhere shows the scheduler's reason (`Unschedulable`)."""
         return await self._action(name, "drain", idempotency_key, timeout, deadline)
+
+    async def update(
+        self,
+        name: str,
+        *,
+        labels: Mapping[str, str | None] | None = None,
+        taints: Sequence[Taint] | None = None,
+        unschedulable: bool | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Node:
+        """Change the node's labels, taints or cordon: a JSON merge patch of only the parts
+        given, as `kubectl label|taint|cordon` send. `labels` merge into the node's (a None
+        value removes that label); `taints` is the whole new list (`[]` removes them all);
+        `unschedulable` cordons (True) or uncordons (False). Giving none is a `ValueError`
+        before anything is sent. Bound pods stay when a label they select goes or a NoSchedule
+        taint comes; the bound pods that do not tolerate one of the node's NoExecute taints go
+        back to the queue (`status.evicted_from` naming the node; one whose toleration has
+        `tolerationSeconds` goes when that time is up), and `status.evicted_pods`
+        says how many (it is set whenever the node has a NoExecute taint after the patch). A
+        label added or a taint removed lets pending pods that now fit bind in the same write."""
+        request = self._client._factory.node_update(
+            name, labels=labels, taints=taints, unschedulable=unschedulable, idempotency_key=idempotency_key
+        )
+        return Node.parse((await self._client._execute(request, timeout, deadline)).value)
+
+    async def label(
+        self,
+        name: str,
+        labels: Mapping[str, str | None],
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Node:
+        """Set labels (`{"disk": "ssd"}`) and remove them (`{"old": None}`); the node's other
+        labels stay: `update(name, labels=labels)`. The server merges them, so two callers
+        labelling the same node at once both keep their labels."""
+        return await self.update(
+            name, labels=labels, idempotency_key=idempotency_key, timeout=timeout, deadline=deadline
+        )
 
     async def heartbeat(
         self, name: str, *, timeout: float | None = None, deadline: float | None = None

@@ -27,6 +27,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -68,6 +69,7 @@ from client.models import (
     Quota,
     SchedulerStatus,
     Service,
+    Taint,
     WatchEvent,
 )
 from client.sync import Client, NodeResource, ReadableResource, WritableResource
@@ -124,8 +126,9 @@ EPILOG = """operator commands (talk to a running cluster; see docs/client.md):
   allot claim create|list|get|delete   IP claims (create prints the allocated CIDR)
   allot class create|list|get|delete   IP classes (admin)
   allot alloc list|get                 IP allocations (read only)
-  allot node register|list|get|delete|cordon|uncordon|drain|heartbeat
-                                       nodes (admin; list shows readiness and usage)
+  allot node register|list|get|delete|cordon|uncordon|drain|label|taint|heartbeat
+                                       nodes (admin; list shows readiness and usage;
+                                       label KEY=VALUE|KEY-, taint KEY[=VALUE]:EFFECT|KEY[:EFFECT]-)
   allot pod create|list|get|delete     pods (create prints the node and IP, or why it waits)
   allot service create|list|get|delete services (create prints the address)
   allot quota set|list|get|delete      quotas of an org (acme) or a project (acme/web)
@@ -159,6 +162,15 @@ def handles(argv: Sequence[str]) -> bool:
 
 class UsageError(Exception):
     """A mistake on the command line the parser could not catch (exit 2)."""
+
+
+class Refused(Exception):
+    """The command would change what it was not told to (a label or taint that has another
+    value, without --overwrite) or remove what is not there: nothing was sent. Exits `code`."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 # ---- the command line ------------------------------------------------------------------------
@@ -338,6 +350,141 @@ def parse_port(text: str) -> dict[str, Any]:
     return port
 
 
+TAINT_EFFECTS = ("NoSchedule", "NoExecute")  # the server's (kubectl's PreferNoSchedule is not one)
+
+
+def parse_label_change(text: str) -> tuple[str, str | None]:
+    """KEY=VALUE sets a label (an empty VALUE too), KEY- removes it (None), as `kubectl label`."""
+    key, equals, value = text.partition("=")
+    if equals and key:
+        return key, value
+    if not equals and len(text) > 1 and text.endswith("-"):
+        return text[:-1], None
+    raise UsageError(f"a label change is KEY=VALUE (set) or KEY- (remove), not {text!r}")
+
+
+def label_patch(changes: Sequence[str]) -> dict[str, str | None]:
+    """The labels a `node label` command sets (and removes: None), each key given once."""
+    patch: dict[str, str | None] = {}
+    for text in changes:
+        key, value = parse_label_change(text)
+        if key in patch and patch[key] != value:
+            raise UsageError(
+                f"label {key} is changed twice ({_label_change(key, patch[key])} and {text}); give it once"
+            )
+        patch[key] = value
+    return patch
+
+
+def _label_change(key: str, value: str | None) -> str:
+    return f"{key}-" if value is None else f"{key}={value}"
+
+
+@dataclass(frozen=True)
+class TaintRemoval:
+    """`KEY-` (every taint with the key), `KEY:EFFECT-`, or `KEY=VALUE:EFFECT-` (only with that value)."""
+
+    key: str
+    value: str | None = None  # None: any value
+    effect: str | None = None  # None: either effect
+
+    def matches(self, taint: Taint) -> bool:
+        return taint.key == self.key and self.value in (None, taint.value) and self.effect in (None, taint.effect)
+
+    def __str__(self) -> str:
+        value = f"={self.value}" if self.value is not None else ""
+        effect = f":{self.effect}" if self.effect is not None else ""
+        return f"{self.key}{value}{effect}-"
+
+
+def _check_effect(effect: str, text: str) -> None:
+    if effect not in TAINT_EFFECTS:
+        raise UsageError(f"taint {text!r}: the effect is {' or '.join(TAINT_EFFECTS)}, not {effect!r}")
+
+
+def parse_taint_change(text: str) -> Taint | TaintRemoval:
+    """KEY[=VALUE]:EFFECT adds a taint; KEY-, KEY:EFFECT- or KEY=VALUE:EFFECT- removes the
+    taints that match, as `kubectl taint`."""
+    if text.endswith("-"):
+        head = text[:-1]
+        rest, colon, effect = head.rpartition(":") if ":" in head else (head, "", "")
+        key, equals, value = rest.partition("=")
+        if not key or (colon and not effect):
+            raise UsageError(f"a taint to remove is KEY-, KEY:EFFECT- or KEY=VALUE:EFFECT-, not {text!r}")
+        if colon:
+            _check_effect(effect, text)
+        return TaintRemoval(key, value if equals else None, effect if colon else None)
+    try:
+        taint = parse_taint(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{exc}; KEY-, KEY:EFFECT- removes one") from None
+    _check_effect(taint["effect"], text)
+    return Taint(taint["key"], taint["value"], taint["effect"])
+
+
+@dataclass(frozen=True)
+class TaintChanges:
+    """What a `node taint` command asks: taints to add (one per key and effect) and to remove."""
+
+    adds: tuple[Taint, ...]
+    removals: tuple[TaintRemoval, ...]
+
+
+def taint_changes(texts: Sequence[str]) -> TaintChanges:
+    """The changes of a `node taint` command, checked before the node is read: a key and
+    effect added twice with different values, or both added and removed, is a usage error."""
+    adds: dict[tuple[str, str], Taint] = {}
+    removals: list[TaintRemoval] = []
+    for text in texts:
+        change = parse_taint_change(text)
+        if isinstance(change, TaintRemoval):
+            removals.append(change)
+            continue
+        slot = (change.key, change.effect)
+        if slot in adds and adds[slot] != change:
+            raise UsageError(
+                f"taint {change.key}:{change.effect} is given twice ({adds[slot]} and {change}); give it once"
+            )
+        adds[slot] = change
+    for removal in removals:
+        both = [str(taint) for taint in adds.values() if TaintRemoval(removal.key, None, removal.effect).matches(taint)]
+        if both:
+            raise UsageError(f"taint {both[0]} is both added and removed ({removal}); give one of them")
+    return TaintChanges(tuple(adds.values()), tuple(removals))
+
+
+def taints_after(name: str, current: Sequence[Taint], changes: TaintChanges, *, overwrite: bool) -> list[Taint]:
+    """The node's new taint list, as `kubectl taint` computes it: removals drop every taint
+    they match (one that matches none is refused: exit 3), a taint with the key and effect of
+    one the node has replaces it in place only with `overwrite` (exit 4 without; the very same
+    taint again changes nothing), new ones come last in the order given."""
+    adds = {(taint.key, taint.effect): taint for taint in changes.adds}
+    kept: list[Taint] = []
+    replaced: set[tuple[str, str]] = set()
+    clashes: list[str] = []
+    for taint in current:
+        if any(removal.matches(taint) for removal in changes.removals):
+            continue
+        new = adds.get((taint.key, taint.effect))
+        if new is None:
+            kept.append(taint)
+            continue
+        replaced.add((new.key, new.effect))
+        if new != taint and not overwrite:
+            clashes.append(f"{taint} (not {new})")
+        kept.append(new)
+    if clashes:
+        raise Refused(
+            f"node/{name} already has taint{'s' if len(clashes) > 1 else ''} {', '.join(clashes)} with the same "
+            f"key and effect; pass --overwrite to replace {'them' if len(clashes) > 1 else 'it'}",
+            EXIT_CONFLICT,
+        )
+    missing = [str(removal) for removal in changes.removals if not any(removal.matches(t) for t in current)]
+    if missing:
+        raise Refused(f"node/{name} has no taint matching {', '.join(missing)}", EXIT_NOT_FOUND)
+    return kept + [taint for slot, taint in adds.items() if slot not in replaced]
+
+
 def _write_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idempotency-key", help="retry a write safely: the same key is applied at most once")
 
@@ -397,6 +544,21 @@ def _add_scheduling_parsers(commands: Any, common: argparse.ArgumentParser) -> N
         ("drain", "cordon the node and send its pods back to the queue"),
     ):
         _write_options(_named(node.add_parser(action, parents=[common], help=text)))
+    label = _named(node.add_parser("label", parents=[common], help="set (KEY=VALUE) or remove (KEY-) node labels"))
+    label.add_argument("changes", nargs="+", metavar="KEY=VALUE|KEY-", help="KEY=VALUE sets a label, KEY- removes it")
+    label.add_argument("--overwrite", action="store_true", help="change a label that has another value")
+    _write_options(label)
+    taint = _named(
+        node.add_parser("taint", parents=[common], help="add (KEY[=VALUE]:EFFECT) or remove (KEY[:EFFECT]-) taints")
+    )
+    taint.add_argument(
+        "changes",
+        nargs="+",
+        metavar="KEY[=VALUE]:EFFECT|KEY[:EFFECT]-",
+        help="KEY[=VALUE]:EFFECT adds a taint (NoSchedule or NoExecute); KEY- removes the key's, KEY:EFFECT- one",
+    )
+    taint.add_argument("--overwrite", action="store_true", help="replace a taint of the same key and effect")
+    _write_options(taint)
     _named(node.add_parser("heartbeat", parents=[common], help="send one heartbeat, as a node agent does"))
 
     pod = commands.add_parser("pod", parents=[common], help="pods").add_subparsers(dest="action", required=True)
@@ -1338,6 +1500,9 @@ CREATE_VERBS = {
     "set": ("set", "set"),
 }
 NODE_ACTION_VERBS = {"cordon": "cordoned", "uncordon": "uncordoned", "drain": "drained"}
+# `node label` and `node taint` (PATCH /v1/nodes/NAME): what they print when they set or add,
+# only removed, or both, as kubectl says it.
+NODE_UPDATE_VERBS = {"label": ("labeled", "unlabeled", "labeled"), "taint": ("tainted", "untainted", "modified")}
 _REPLAYED_NOTE = "(replayed: the answer the server gave this idempotency key the first time)"
 
 
@@ -1375,6 +1540,63 @@ def run_node_action(nodes: NodeResource, args: argparse.Namespace, out: Output) 
     evicted = node.status.evicted_pods
     detail = f" ({evicted} pod{'' if evicted == 1 else 's'} evicted)" if evicted is not None else ""
     out.line(f"node/{node.name} {NODE_ACTION_VERBS[args.action]}{detail}")
+    return EXIT_OK
+
+
+def _evicted_detail(evicted: int | None, shown_when_none: bool) -> str:
+    if evicted is None or (evicted == 0 and not shown_when_none):
+        return ""
+    return f" ({evicted} pod{'' if evicted == 1 else 's'} evicted)"
+
+
+def run_node_update(nodes: NodeResource, args: argparse.Namespace, out: Output) -> int:
+    """`node label` and `node taint`: read the node, check the change as kubectl does (a
+    different value needs --overwrite), send the patch, print what changed. Bad input is
+    refused before anything is sent."""
+    if args.action == "label":
+        patch = label_patch(args.changes)
+        before = nodes.get(args.name)
+        labels = before.metadata.labels
+        clashes = [
+            f"{key}={labels[key]} (not {value})"
+            for key, value in patch.items()
+            if value is not None and key in labels and labels[key] != value
+        ]
+        if clashes and not args.overwrite:
+            raise Refused(
+                f"node/{args.name} already has label{'s' if len(clashes) > 1 else ''} {', '.join(clashes)}; "
+                f"pass --overwrite to change {'them' if len(clashes) > 1 else 'it'}",
+                EXIT_CONFLICT,
+            )
+        for key in [key for key, value in patch.items() if value is None and key not in labels]:
+            print(f"allot: node/{args.name} has no label {key}", file=sys.stderr)
+        node = nodes.label(args.name, patch, idempotency_key=args.idempotency_key)
+        set_ = [
+            _label_change(key, value) for key, value in patch.items() if value is not None and labels.get(key) != value
+        ]
+        removed = [_label_change(key, None) for key, value in patch.items() if value is None and key in labels]
+        added_no_execute = False
+    else:
+        changes = taint_changes(args.changes)
+        before = nodes.get(args.name)
+        taints = taints_after(args.name, before.spec.taints, changes, overwrite=args.overwrite)
+        node = nodes.update(args.name, taints=taints, idempotency_key=args.idempotency_key)
+        new = [taint for taint in node.spec.taints if taint not in before.spec.taints]
+        slots = {(taint.key, taint.effect) for taint in new}
+        set_ = [str(taint) for taint in new]
+        removed = [
+            f"{taint}-"
+            for taint in before.spec.taints
+            if taint not in node.spec.taints and (taint.key, taint.effect) not in slots
+        ]
+        added_no_execute = any(taint.effect == "NoExecute" for taint in new)
+    if out.mode == "json":
+        out.json(dict(node.raw))
+        return EXIT_OK
+    added, removed_only, both = NODE_UPDATE_VERBS[args.action]
+    verb = "unchanged" if not set_ and not removed else both if set_ and removed else added if set_ else removed_only
+    changed = f" {', '.join(set_ + removed)}" if set_ or removed else ""
+    out.line(f"node/{node.name} {verb}{changed}{_evicted_detail(node.status.evicted_pods, added_no_execute)}")
     return EXIT_OK
 
 
@@ -1428,6 +1650,8 @@ def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
         return EXIT_OK
     if isinstance(resource, NodeResource) and args.action in (*NODE_ACTION_VERBS, "heartbeat"):
         return run_node_action(resource, args, out)
+    if isinstance(resource, NodeResource) and args.action in NODE_UPDATE_VERBS:
+        return run_node_update(resource, args, out)
     if not isinstance(resource, WritableResource) or spec_of is None:
         raise UsageError(f"{args.command} {args.action} is not possible")
     if args.tenant and resource.platform_writes:
@@ -1597,6 +1821,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         return _fail(said, exit_code_for(error), err_stream)
     except (UsageError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE, err_stream)
+    except Refused as exc:
+        return _fail(str(exc), exc.code, err_stream)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `allot watch | head`: the reader is gone, which is fine

@@ -64,6 +64,7 @@ from client.models import (
     PriorityClass,
     Quota,
     Service,
+    Taint,
     WatchEvent,
     parse_object,
 )
@@ -91,6 +92,8 @@ HEADER_REQUEST_ID = "X-Allot-Request-Id"
 HEADER_RETRY_AFTER = "Retry-After"
 HEADER_REPLAYED = "Idempotent-Replayed"  # the server's remembered answer to an earlier try of this write
 HTTP_CREATED = 201  # a create that made the object; 200: the identical object existed
+MEDIA_TYPE_JSON = "application/json"
+MEDIA_TYPE_MERGE_PATCH = "application/merge-patch+json"  # RFC 7386: PATCH /v1/nodes/{name}, as kubectl sends it
 
 _idempotency_key = re.compile(rf"[\x21-\x7e]{{1,{idempotency_key_chars_max}}}")
 
@@ -264,6 +267,37 @@ CONSISTENCIES = ("linearizable", "stale")
 NODE_ACTIONS = ("cordon", "uncordon", "drain")  # POST /v1/nodes/{name}/{action}: replicated writes
 
 
+def node_patch(
+    labels: Mapping[str, str | None] | None, taints: Sequence[Taint] | None, unschedulable: bool | None
+) -> dict[str, Any]:
+    """The body of PATCH /v1/nodes/{name}, a JSON merge patch (RFC 7386) of only the parts
+    given: `labels` merge into the node's (a None value removes that label), `taints` replace
+    the whole list (`[]` removes every taint), `unschedulable` is the cordon. A patch of nothing
+    is refused before anything is sent."""
+    if labels is None and taints is None and unschedulable is None:
+        raise ValueError("a node update changes labels, taints or unschedulable: give at least one")
+    patch: dict[str, Any] = {}
+    if labels is not None:
+        for key, value in labels.items():
+            if not isinstance(key, str) or not (value is None or isinstance(value, str)):
+                raise ValueError(
+                    f"label {key!r}: labels map a string key to a string value, or to None to remove the label"
+                )
+        patch["metadata"] = {"labels": dict(labels)}
+    spec: dict[str, Any] = {}
+    if taints is not None:
+        if isinstance(taints, Taint) or not all(isinstance(taint, Taint) for taint in taints):
+            raise ValueError("taints is the node's whole new list of Taint(key, value, effect); [] removes them all")
+        spec["taints"] = [{"key": taint.key, "value": taint.value, "effect": taint.effect} for taint in taints]
+    if unschedulable is not None:
+        if not isinstance(unschedulable, bool):
+            raise ValueError(f"unschedulable is True (cordon) or False (uncordon), not {unschedulable!r}")
+        spec["unschedulable"] = unschedulable
+    if spec:
+        patch["spec"] = spec
+    return patch
+
+
 def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
@@ -299,6 +333,7 @@ class RequestFactory:
         write: bool = False,
         idempotency_key: str | None = None,
         tenant_scoped: bool = True,
+        content_type: str = MEDIA_TYPE_JSON,
     ) -> Request:
         params = [(key, value) for key, value in query]
         if tenant_scoped and self.tenant is not None:
@@ -309,7 +344,7 @@ class RequestFactory:
         data = None
         if body is not None:
             data = _json_bytes(body)
-            headers.append(("Content-Type", "application/json"))
+            headers.append(("Content-Type", content_type))
         key = None
         if write:
             key = check_idempotency_key(idempotency_key) if idempotency_key is not None else new_idempotency_key()
@@ -420,6 +455,28 @@ class RequestFactory:
             raise ValueError(f"a node action is one of {NODE_ACTIONS}, not {action!r}")
         path = f"{self._item_path(NODES, name)}/{action}"
         return self.build("POST", path, write=True, idempotency_key=idempotency_key, tenant_scoped=False)
+
+    def node_update(
+        self,
+        name: str,
+        *,
+        labels: Mapping[str, str | None] | None = None,
+        taints: Sequence[Taint] | None = None,
+        unschedulable: bool | None = None,
+        idempotency_key: str | None = None,
+    ) -> Request:
+        """PATCH /v1/nodes/{name}: a merge patch of the node's labels, taints and cordon
+        (`node_patch`), sent as application/merge-patch+json; a replicated write, retried with
+        its key."""
+        return self.build(
+            "PATCH",
+            self._item_path(NODES, name),
+            body=node_patch(labels, taints, unschedulable),
+            write=True,
+            idempotency_key=idempotency_key,
+            tenant_scoped=False,
+            content_type=MEDIA_TYPE_MERGE_PATCH,
+        )
 
     def node_heartbeat(self, name: str) -> Request:
         """A node agent's heartbeat: kept in the members' memory, never in the log, so it is not

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from chaos.cluster import REPO_ROOT, Cluster, free_ports
-from client import cli, errors
+from client import Taint, cli, errors
 from node.cli import main as node_cli_main
 from node.tokens import new_token
 
@@ -243,6 +243,59 @@ def test_exit_codes_for_refusals_and_outages(cluster: Cluster, workdir: Path) ->
     assert usage.returncode == cli.EXIT_USAGE and "required" in usage.stderr
 
 
+def test_node_label_and_taint(cluster: Cluster, workdir: Path) -> None:
+    def node(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+        return allot(cluster, workdir, "node", *args, token=token)
+
+    def described(name: str) -> dict[str, Any]:
+        answer: dict[str, Any] = json.loads(ok(node("get", name, "-o", "json")))
+        return answer
+
+    ok(allot(cluster, workdir, "pool", "create", "cli-node-pods", "--cidr", "10.206.0.0/16"))
+    register = ("register", "cli-lt", "--cpu", "1", "--memory", "1Gi", "--pods", "4", "--pod-pool", "cli-node-pods")
+    ok(node(*register, "--label", "disk=hdd"))
+
+    assert ok(node("label", "cli-lt", "rack=r1", "tier=")) == "node/cli-lt labeled rack=r1, tier=\n"
+    refused = failed(node("label", "cli-lt", "disk=ssd", "rack=r2"), cli.EXIT_CONFLICT)
+    assert refused == (
+        "allot: node/cli-lt already has labels disk=hdd (not ssd), rack=r1 (not r2); pass --overwrite to change them"
+    )
+    assert described("cli-lt")["metadata"]["labels"] == {"disk": "hdd", "rack": "r1", "tier": ""}, "nothing was sent"
+    assert ok(node("label", "cli-lt", "disk=ssd", "rack-", "--overwrite")) == "node/cli-lt labeled disk=ssd, rack-\n"
+    removed = node("label", "cli-lt", "tier-", "gone-")
+    assert ok(removed) == "node/cli-lt unlabeled tier-\n"
+    assert removed.stderr == "allot: node/cli-lt has no label gone\n", "a label that is not there: a note, as kubectl"
+    assert ok(node("label", "cli-lt", "disk=ssd")) == "node/cli-lt unchanged\n", "the same value needs no --overwrite"
+    assert described("cli-lt")["metadata"]["labels"] == {"disk": "ssd"}
+
+    added = ok(node("taint", "cli-lt", "dedicated=infra:NoSchedule", "spot:NoExecute"))
+    assert added == "node/cli-lt tainted dedicated=infra:NoSchedule, spot:NoExecute (0 pods evicted)\n", added
+    clash = failed(node("taint", "cli-lt", "dedicated=db:NoSchedule"), cli.EXIT_CONFLICT)
+    assert clash == (
+        "allot: node/cli-lt already has taint dedicated=infra:NoSchedule (not dedicated=db:NoSchedule) with the same "
+        "key and effect; pass --overwrite to replace it"
+    )
+    assert ok(node("taint", "cli-lt", "dedicated=infra:NoSchedule")) == "node/cli-lt unchanged\n"
+    replaced = ok(node("taint", "cli-lt", "dedicated=db:NoSchedule", "--overwrite", "--idempotency-key", "cli-lt-t1"))
+    assert replaced == "node/cli-lt tainted dedicated=db:NoSchedule\n", replaced
+    assert ok(node("taint", "cli-lt", "spot-")) == "node/cli-lt untainted spot:NoExecute-\n"
+    missing = failed(node("taint", "cli-lt", "spot-"), cli.EXIT_NOT_FOUND)
+    assert missing == "allot: node/cli-lt has no taint matching spot-", missing
+    mixed = ok(node("taint", "cli-lt", "gpu=yes:NoSchedule", "dedicated:NoSchedule-"))
+    assert mixed == "node/cli-lt modified gpu=yes:NoSchedule, dedicated=db:NoSchedule-\n", mixed
+    as_json = json.loads(ok(node("taint", "cli-lt", "gpu=yes:NoSchedule-", "-o", "json")))
+    assert as_json["metadata"]["name"] == "cli-lt" and as_json["spec"]["taints"] == []
+
+    bad_key = failed(node("label", "cli-lt", "bad key!=x"), cli.EXIT_USAGE)
+    assert bad_key.startswith("allot: invalid: label key 'bad key!'"), bad_key
+    assert "not_found" in failed(node("label", "cli-none", "a=b"), cli.EXIT_NOT_FOUND)
+    member = cluster.tenant_tokens["acme/web"]
+    assert "forbidden" in failed(node("taint", "cli-lt", "a:NoSchedule", token=member), cli.EXIT_UNAUTHORIZED)
+    assert described("cli-lt")["metadata"]["labels"] == {"disk": "ssd"} and described("cli-lt")["spec"]["taints"] == []
+    ok(node("delete", "cli-lt"))
+    ok(allot(cluster, workdir, "pool", "delete", "cli-node-pods"))
+
+
 def test_token_from_files(cluster: Cluster, workdir: Path, tmp_path: Path) -> None:
     no_env = {"ALLOT_TOKEN": ""}
     as_tenant = allot(
@@ -351,6 +404,67 @@ def test_scheduling_option_formats() -> None:
     assert cli._field_selector(listing) == "spec.nodeName=n1,status.phase=Pending,x=y"
     quota = parser.parse_args(["quota", "set", "acme/web", "--memory", "1Gi", "--addresses-by-class", "gold=2"])
     assert cli.quota_spec(quota) == {"memoryBytes": 1 << 30, "addressesByClass": {"gold": 2}}
+
+
+def test_node_label_and_taint_arguments() -> None:
+    assert [cli.parse_label_change(text) for text in ("disk=ssd", "tier=", "a=b=c", "old-")] == [
+        ("disk", "ssd"),
+        ("tier", ""),
+        ("a", "b=c"),
+        ("old", None),
+    ]
+    assert cli.label_patch(["disk=ssd", "old-", "disk=ssd"]) == {"disk": "ssd", "old": None}
+    assert cli.parse_taint_change("gpu=true:NoSchedule") == Taint("gpu", "true", "NoSchedule")
+    assert cli.parse_taint_change("spot:NoExecute") == Taint("spot", "", "NoExecute")
+    assert cli.parse_taint_change("spot-") == cli.TaintRemoval("spot")
+    assert cli.parse_taint_change("spot:NoExecute-") == cli.TaintRemoval("spot", None, "NoExecute")
+    assert cli.parse_taint_change("gpu=true:NoSchedule-") == cli.TaintRemoval("gpu", "true", "NoSchedule")
+
+    infra, spot = Taint("dedicated", "infra", "NoSchedule"), Taint("spot", "", "NoExecute")
+    db, gpu = Taint("dedicated", "db", "NoSchedule"), Taint("gpu", "", "NoSchedule")
+
+    def after(current: list[Taint], *texts: str, overwrite: bool = False) -> list[Taint]:
+        return cli.taints_after("n", current, cli.taint_changes(texts), overwrite=overwrite)
+
+    assert after([infra, spot], "dedicated=db:NoSchedule", overwrite=True) == [db, spot], "replaced in place"
+    assert after([infra, spot], "dedicated=infra:NoSchedule") == [infra, spot], "the same taint: no change"
+    assert after([infra, spot], "dedicated=x:NoExecute") == [infra, spot, Taint("dedicated", "x", "NoExecute")]
+    evict = Taint("dedicated", "x", "NoExecute")
+    assert after([infra, spot, evict], "dedicated-") == [spot], "KEY- removes the key's taints of both effects"
+    assert after([infra, evict], "dedicated:NoSchedule-") == [evict], "KEY:EFFECT- removes that effect only"
+    assert after([infra, spot], "spot-", "gpu:NoSchedule") == [infra, gpu]
+    with pytest.raises(cli.Refused) as clash:
+        after([infra], "dedicated=db:NoSchedule")
+    assert clash.value.code == cli.EXIT_CONFLICT
+    with pytest.raises(cli.Refused) as missing:
+        after([infra], "dedicated=db:NoSchedule-")
+    assert missing.value.code == cli.EXIT_NOT_FOUND and "has no taint matching dedicated=db:NoSchedule-" in str(
+        missing.value
+    )
+
+    def run(*argv: str) -> tuple[int, str]:
+        stderr = io.StringIO()
+        # Nothing listens on port 1: bad input is refused before anything is sent.
+        code = cli.main([*argv, "--endpoints", "http://127.0.0.1:1", "--token", "t"], io.StringIO(), stderr)
+        return code, stderr.getvalue()
+
+    for argv, message in (
+        (("label", "n1", "=ssd"), "a label change is KEY=VALUE (set) or KEY- (remove), not '=ssd'"),
+        (("label", "n1", "disk"), "a label change is KEY=VALUE (set) or KEY- (remove), not 'disk'"),
+        (("label", "n1", "disk=ssd", "disk-"), "label disk is changed twice (disk=ssd and disk-); give it once"),
+        (("taint", "n1", "gpu"), "a taint is KEY[=VALUE]:EFFECT (NoSchedule or NoExecute), not 'gpu'; KEY-, "),
+        (("taint", "n1", "gpu:PreferNoSchedule"), "taint 'gpu:PreferNoSchedule': the effect is NoSchedule or "),
+        (("taint", "n1", "gpu:Later-"), "taint 'gpu:Later-': the effect is NoSchedule or NoExecute, not 'Later'"),
+        (("taint", "n1", ":NoSchedule-"), "a taint to remove is KEY-, KEY:EFFECT- or KEY=VALUE:EFFECT-, not"),
+        (("taint", "n1", "a=1:NoSchedule", "a=2:NoSchedule"), "taint a:NoSchedule is given twice"),
+        (("taint", "n1", "a=1:NoSchedule", "a-"), "taint a=1:NoSchedule is both added and removed (a-)"),
+    ):
+        code, error = run("node", *argv)
+        assert code == cli.EXIT_USAGE and error.startswith(f"allot: {message}"), (argv, code, error)
+        assert error.count("\n") == 1, error
+    with pytest.raises(SystemExit) as nothing:
+        cli.main(["node", "label", "n1"], io.StringIO(), io.StringIO())  # argparse: a change is required
+    assert nothing.value.code == cli.EXIT_USAGE
 
 
 def test_memory_with_an_unknown_unit_names_the_accepted_units() -> None:
@@ -505,3 +619,4 @@ def test_help_lists_the_operator_commands() -> None:
     assert (
         "allot pod create|list|get|delete" in output.getvalue() and "allot scheduler get|set|retry" in output.getvalue()
     )
+    assert "allot node register|list|get|delete|cordon|uncordon|drain|label|taint|heartbeat" in output.getvalue()

@@ -16,6 +16,7 @@ import contextlib
 import ipaddress
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,11 @@ from client import (
     SchedulerStatus,
     Service,
     ServicePort,
+    Taint,
     WatchEvent,
 )
 from client import cli as client_cli
+from client.core import MEDIA_TYPE_MERGE_PATCH, RequestFactory
 from node.cli import main as node_cli_main
 from tests.test_client_cli import allot as allot_process
 from tests.test_client_cli import ok as process_ok
@@ -282,6 +285,116 @@ def test_cordon_uncordon_drain_and_delete_a_node(admin: Client) -> None:
         admin.nodes.get("cordon-1")
 
 
+MAINTENANCE = Taint("maintenance", "now", "NoExecute")
+TOLERATES_MAINTENANCE = [{"key": "maintenance", "operator": "Exists", "effect": "NoExecute"}]
+
+
+def test_node_update_is_a_merge_patch_sent_as_a_write() -> None:
+    factory = RequestFactory("t0ken").for_tenant("acme", "web")
+    request = factory.node_update(
+        "n1", labels={"disk": "ssd", "old": None}, taints=[MAINTENANCE], unschedulable=True, idempotency_key="k-1"
+    )
+    assert (request.method, request.path, request.query) == ("PATCH", "/v1/nodes/n1", ()), "a platform write: no tenant"
+    assert request.write and request.idempotency_key == "k-1" and request.header("Idempotency-Key") == "k-1"
+    assert request.header("Content-Type") == MEDIA_TYPE_MERGE_PATCH == "application/merge-patch+json"
+    assert request.body is not None and json.loads(request.body) == {
+        "metadata": {"labels": {"disk": "ssd", "old": None}},
+        "spec": {"taints": [{"key": "maintenance", "value": "now", "effect": "NoExecute"}], "unschedulable": True},
+    }
+    only_taints = factory.node_update("n1", taints=[])
+    assert only_taints.body is not None and json.loads(only_taints.body) == {"spec": {"taints": []}}
+    assert only_taints.idempotency_key is not None, "a key is made for every write"
+    assert json.loads(factory.node_update("n1", unschedulable=False).body or b"") == {"spec": {"unschedulable": False}}
+    with pytest.raises(ValueError, match="give at least one"):
+        factory.node_update("n1")
+    with pytest.raises(ValueError, match="whole new list"):
+        factory.node_update("n1", taints=MAINTENANCE)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="or to None to remove the label"):
+        factory.node_update("n1", labels={"pods": 3})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match=r"True \(cordon\) or False"):
+        factory.node_update("n1", unschedulable="yes")  # type: ignore[arg-type]
+
+
+def test_node_update_labels_taints_and_cordon(admin: Client, cluster: Cluster) -> None:
+    register(admin, "upd-1", "upd")
+    tenant = admin.as_tenant("sched", "upd")
+    wants_gpu = pod_spec("upd", nodeSelector={"suite": "upd", "gpu": "yes"})
+    assert tenant.pods.create("wants-gpu", wants_gpu).pending_reason == "Unschedulable"
+    assert tenant.pods.create("tolerant", pod_spec("upd", tolerations=TOLERATES_MAINTENANCE)).node_name == "upd-1"
+
+    labelled = admin.nodes.label("upd-1", {"gpu": "yes", "rack": "r1"})
+    assert isinstance(labelled, Node) and labelled.metadata.labels == {"suite": "upd", "gpu": "yes", "rack": "r1"}
+    assert labelled.status.evicted_pods is None, "only a node with a NoExecute taint says how many pods went"
+    bound = wait_until(
+        "the pod selecting the new label to bind", lambda: tenant.pods.get("wants-gpu").bound or None, change_wait_s
+    )
+    assert bound and tenant.pods.get("wants-gpu").node_name == "upd-1"
+    unlabelled = admin.nodes.update("upd-1", labels={"rack": None})
+    assert unlabelled.metadata.labels == {"suite": "upd", "gpu": "yes"}
+    assert tenant.pods.get("wants-gpu").bound, "a bound pod stays when a label goes (IgnoredDuringExecution)"
+
+    tainted = admin.nodes.update("upd-1", taints=[MAINTENANCE])
+    assert tainted.spec.taints == (MAINTENANCE,) and admin.nodes.get("upd-1").spec.taints == (MAINTENANCE,)
+    assert tainted.status.evicted_pods == 1, "the pod that does not tolerate the NoExecute taint went"
+    evicted = tenant.pods.get("wants-gpu")
+    assert evicted.phase == "Pending" and evicted.node_name is None and evicted.status.evicted_from == "upd-1"
+    assert tenant.pods.get("tolerant").node_name == "upd-1", "a pod that tolerates the taint stays"
+
+    cordoned = admin.nodes.update("upd-1", taints=[], unschedulable=True)
+    assert cordoned.unschedulable and cordoned.spec.taints == () and cordoned.status.evicted_pods is None
+    assert tenant.pods.get("wants-gpu").phase == "Pending", "a cordoned node takes no pods"
+    uncordon = [admin.nodes.update("upd-1", unschedulable=False, idempotency_key="upd-1-uncordon") for _ in range(2)]
+    assert uncordon[0] == uncordon[1] and not uncordon[0].unschedulable, "repeated with its key: the first answer"
+    rebound = wait_until(
+        "the evicted pod to bind again once the node is uncordoned",
+        lambda: tenant.pods.get("wants-gpu").bound or None,
+        change_wait_s,
+    )
+    assert rebound and tenant.pods.get("wants-gpu").node_name == "upd-1"
+
+    with pytest.raises(ValueError, match="give at least one"):
+        admin.nodes.update("upd-1")
+    with pytest.raises(Invalid) as bad_effect:
+        admin.nodes.update("upd-1", taints=[Taint("maintenance", "", "Later")])
+    assert bad_effect.value.field == "spec.taints[0].effect", bad_effect.value
+    with pytest.raises(NotFound):
+        admin.nodes.label("no-such-node", {"gpu": "yes"})
+    with Client(endpoints_of(cluster), cluster.tenant_tokens["acme/web"]) as member, pytest.raises(Forbidden):
+        member.nodes.label("upd-1", {"gpu": "no"})
+    assert admin.nodes.get("upd-1").metadata.labels == {"suite": "upd", "gpu": "yes"}, "refusals change nothing"
+
+
+def test_async_node_update(admin: Client, cluster: Cluster) -> None:
+    register(admin, "upd-async-1", "upd-async")
+
+    async def scenario() -> tuple[Pod, Node, Node, Pod, Node, Node]:
+        async with AsyncClient(endpoints_of(cluster), cluster.admin_token) as client:
+            tenant = client.as_tenant("sched", "upd-async")
+            ssd = pod_spec("upd-async", nodeSelector={"suite": "upd-async", "disk": "ssd"})
+            waiting = await tenant.pods.create("a-ssd", ssd)
+            labelled = await client.nodes.label("upd-async-1", {"disk": "ssd"})
+            deadline = time.monotonic() + change_wait_s
+            while not (await tenant.pods.get("a-ssd")).bound:  # the label lets it bind (in the same write)
+                assert time.monotonic() < deadline, f"a-ssd did not bind within {change_wait_s} s of the label"
+                await asyncio.sleep(0.05)
+            tainted = await client.nodes.update("upd-async-1", taints=[MAINTENANCE], unschedulable=True)
+            evicted = await tenant.pods.get("a-ssd")
+            cleared = await client.nodes.update("upd-async-1", labels={"disk": None}, taints=[], unschedulable=False)
+            relabelled = await client.nodes.label("upd-async-1", {"disk": "ssd"})
+            return waiting, labelled, tainted, evicted, cleared, relabelled
+
+    waiting, labelled, tainted, evicted, cleared, relabelled = asyncio.run(scenario())
+    assert waiting.pending_reason == "Unschedulable"
+    assert labelled.metadata.labels == {"suite": "upd-async", "disk": "ssd"}
+    assert tainted.unschedulable and tainted.spec.taints == (MAINTENANCE,) and tainted.status.evicted_pods == 1
+    assert evicted.phase == "Pending" and evicted.status.evicted_from == "upd-async-1"
+    assert cleared.metadata.labels == {"suite": "upd-async"} and cleared.spec.taints == ()
+    assert not cleared.unschedulable and cleared.status.evicted_pods is None
+    assert relabelled.metadata.labels == {"suite": "upd-async", "disk": "ssd"}
+    tenant = admin.as_tenant("sched", "upd-async")
+    wait_until("the pod to bind once its label is back", lambda: tenant.pods.get("a-ssd").bound or None, change_wait_s)
+
+
 def test_a_service_gets_an_address(admin: Client) -> None:
     tenant = admin.as_tenant("sched", "svc")
     ports = [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]
@@ -474,6 +587,31 @@ def test_cli_nodes_pods_and_services(allot: Allot) -> None:
     assert "http=80/TCP" in row(allot.ok("service", "list", *tenant), "cli-s1")
     assert allot.ok("service", "delete", "cli-s1", *tenant).startswith("service/cli-s1 deleted")
     assert allot.ok("pod", "delete", "cli-p1", *tenant).startswith("pod/cli-p1 deleted")
+
+
+def test_cli_node_label_binds_a_pod_and_a_noexecute_taint_evicts_it(allot: Allot, admin: Client) -> None:
+    register(admin, "cli-upd-1", "cli-upd")
+    tenant = admin.as_tenant("cli", "upd")
+    created = allot.ok(
+        "pod", "create", "cli-gpu", "--node-selector", "suite=cli-upd", "--node-selector", "gpu=yes", "--as", "cli/upd"
+    )
+    assert created.startswith("pod/cli-gpu created: Pending, Unschedulable"), created
+    assert allot.ok("node", "label", "cli-upd-1", "gpu=yes") == "node/cli-upd-1 labeled gpu=yes\n"
+    wait_until("the pod to bind after the label", lambda: tenant.pods.get("cli-gpu").bound or None, change_wait_s)
+
+    tainted = allot.ok("node", "taint", "cli-upd-1", "maintenance=now:NoExecute")
+    assert tainted == "node/cli-upd-1 tainted maintenance=now:NoExecute (1 pod evicted)\n", tainted
+    assert tenant.pods.get("cli-gpu").status.evicted_from == "cli-upd-1"
+    noted = allot.ok("node", "label", "cli-upd-1", "rack=r1")
+    assert noted == "node/cli-upd-1 labeled rack=r1\n", "no eviction count when nothing was evicted by a label"
+    untainted = allot.ok("node", "taint", "cli-upd-1", "maintenance-")
+    assert untainted == "node/cli-upd-1 untainted maintenance=now:NoExecute-\n", untainted
+    wait_until(
+        "the pod to bind again once the taint is gone", lambda: tenant.pods.get("cli-gpu").bound or None, change_wait_s
+    )
+    as_json = json.loads(allot.ok("node", "label", "cli-upd-1", "gpu-", "rack-", "-o", "json"))
+    assert as_json["metadata"]["labels"] == {"suite": "cli-upd"} and as_json["spec"]["taints"] == []
+    assert tenant.pods.get("cli-gpu").node_name == "cli-upd-1", "a label removed leaves the bound pod"
 
 
 def test_cli_quotas_and_the_scheduler(allot: Allot, cluster: Cluster) -> None:
