@@ -307,13 +307,16 @@ class NodeUpdate:
 
 def check_update(body: dict[str, Any], labels_now: dict[str, str]) -> NodeUpdate:
     """Labels merge (a null value removes the key), taints are replaced as a whole list (a
-    merge patch replaces lists), `unschedulable` is the cordon."""
+    merge patch replaces lists), `unschedulable` is the cordon. A field given as null is
+    removed, as RFC 7386 says: no labels, no taints, not cordoned."""
     check_map(body, "", _update_fields)
     metadata = check_map(body.get("metadata"), "metadata", _update_metadata_fields)
     spec = check_map(body.get("spec"), "spec", _update_spec_fields)
     labels: dict[str, str] | None = None
     patch = metadata.get("labels")
-    if patch is not None:
+    if "labels" in metadata and patch is None:
+        labels = {}
+    elif patch is not None:
         if not isinstance(patch, dict):
             raise invalid("metadata.labels must be a map of strings (null removes a label)", "metadata.labels")
         merged = dict(labels_now)
@@ -324,8 +327,11 @@ def check_update(body: dict[str, Any], labels_now: dict[str, str]) -> NodeUpdate
                 merged[key] = value
         # Checked as a whole, so the limits and the messages are those of registration.
         labels = check_labels(merged, "metadata.labels")
-    taints = _check_taints(spec["taints"], "spec.taints") if spec.get("taints") is not None else None
-    return NodeUpdate(labels, taints, opt_bool(spec, "unschedulable", "spec.unschedulable"))
+    taints = _check_taints(spec["taints"], "spec.taints") if "taints" in spec else None
+    unschedulable = opt_bool(spec, "unschedulable", "spec.unschedulable")
+    if "unschedulable" in spec and unschedulable is None:
+        unschedulable = False
+    return NodeUpdate(labels, taints, unschedulable)
 
 
 def no_execute_rows(state: NodeState) -> list[list[str]]:
