@@ -508,7 +508,7 @@ class NodeStatus:
     last_transition_timestamp: str | None
     allocated: NodeResources | None  # what bound pods use; only in get and list answers
     nominated_pod: str | None  # org/project/namespace/name of the pending pod holding room here
-    evicted_pods: int | None  # only in a drain's answer
+    evicted_pods: int | None  # only in the answer of a drain, or of an update that leaves NoExecute taints
 
     @classmethod
     def parse(cls, raw: Any) -> NodeStatus:
