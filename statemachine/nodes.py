@@ -68,7 +68,7 @@ taints_max = list_items_max
 default_pod_cidr_length = {IPV4: 24, "IPv6": 64}
 reason_chars_max = 256
 _fields_before_nominee_priority = 14  # scheduling records of earlier builds end at nominee_memory
-_fields_with_taint_evictions = 17  # records written since 2026-12-08
+_fields_with_taint_evictions = 17  # records written since 318fcb3 (2026-12-07)
 # pods.priority_max (pods imports this module): the priority a nomination recorded by an earlier
 # build is given, so that it keeps holding against every pod.
 EARLIER_NOMINEE_PRIORITY = (1 << 31) - 1
@@ -102,14 +102,14 @@ class NodeState:
     # The pod CIDR's addresses, [family, first address, prefix length, used, last]: bit i of
     # `used` is set while the address first + i is taken (bit 0, the CIDR's first address,
     # always); `last` is the offset of the address handed out last (0: none yet; records written
-    # before 2026-12-08 have no `last` and rotate from the start, `pod_address_cursor`). None
+    # by builds before 1e93455 (2026-12-07) have no `last` and rotate from the start, `pod_address_cursor`). None
     # for a node registered by a build before 2026-12-07, whose addresses are in a buddy
     # allocator of their own (`cidr_state`). See `take_pod_address`.
     pod_addresses: list[Any] | None
     # Bound pods that tolerate the node's NoExecute taints for a time (`tolerationSeconds`):
     # [[evict at (ms of the replicated clock), pod key], ...], sorted. The leader proposes
     # node.evict_tainted when the first comes due (node/scheduling.py). None in records
-    # written before 2026-12-08, whose pods were never timed: such a node times none of its
+    # written by builds before 318fcb3 (2026-12-07), whose pods were never timed: such a node times none of its
     # pods until node.update changes its taints or labels, which times them all.
     taint_evictions: list[list[Any]] | None
 

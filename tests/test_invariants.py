@@ -808,7 +808,7 @@ def test_a_nomination_recorded_by_an_earlier_build_passes_the_invariants() -> No
 
 
 def test_an_address_set_of_an_earlier_build_rotates_from_the_start() -> None:
-    """Address sets written before 2026-12-08 have no rotation cursor: binding on such a node
+    """Address sets written by builds before 1e93455 (2026-12-07) have no rotation cursor: binding on such a node
     goes on from the CIDR's start (its lowest free address) and writes the cursor, and both
     records pass the invariants."""
     machine = _sched_machine()
@@ -852,7 +852,7 @@ def test_a_large_pod_cidr_rotates_within_four_times_the_node_capacity() -> None:
 
 
 def test_a_node_record_of_an_earlier_build_times_its_pods_from_its_first_update() -> None:
-    """Records written before 2026-12-08 have no taint eviction times: their pods are not timed
+    """Records written by builds before 318fcb3 (2026-12-07) have no taint eviction times: their pods are not timed
     (and the invariants accept that) until node.update times them all; then the leader's
     node.evict_tainted sends the pod away when its tolerationSeconds run out."""
     machine = Machine(check_every_step=True)
