@@ -91,14 +91,15 @@ def node_register(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], b
         same_spec, same_labels = existing["spec"] == wanted, existing["metadata"]["labels"] == labels
         if same_spec and same_labels:
             return nodes.render(ctx.ov, existing), False
-        raise already_exists(
-            f"Node {name} is already registered",
-            same_spec,
-            same_labels,
-            "change labels, taints or the cordon with node.update (PATCH /v1/nodes/NAME); to change the rest, "
-            "delete it first (drain it if pods are bound)",
-            name=name,
-        )
+        if {**wanted, "taints": existing["spec"]["taints"]} == existing["spec"]:  # labels or taints only
+            update = f"with node.update (PATCH /v1/nodes/{name})"
+            remedy = f"change them {update}"
+            if not same_spec:
+                also = "" if same_labels else " and the labels"
+                remedy = f"the spec differs only in its taints: change them{also} {update}"
+        else:
+            remedy = "delete it first to change its spec (drain it if pods are bound)"
+        raise already_exists(f"Node {name} is already registered", same_spec, same_labels, remedy, name=name)
     cluster = Cluster.load(ctx.ov)
     if cluster.nodes >= nodes.nodes_max:
         raise Rejected(CONFLICT, f"the cluster already has {nodes.nodes_max} nodes, the most it may have")

@@ -207,18 +207,15 @@ def tolerated(tolerations: tuple[tuple[str, str, str, str], ...], key: str, valu
 
 def toleration_ms(spec: dict[str, Any], key: str, effect: str, default_ms: int, value: str = "") -> int | None:
     """How long a stored pod spec tolerates the taint `key` (`value`) with `effect`, in
-    milliseconds, by Kubernetes' rule for NoExecute taints: a matching toleration without
-    `tolerationSeconds` holds for ever (None); otherwise the least of the matching ones'
-    seconds; no matching toleration, `default_ms` (Kubernetes' DefaultTolerationSeconds)."""
-    least: int | None = None
+    milliseconds, by Kubernetes' rule for NoExecute taints (GetMatchingTolerations, then
+    getMinTolerationTime): the first matching toleration decides, for ever (None) when it has
+    no `tolerationSeconds`, else its seconds; no matching toleration, `default_ms` (for the
+    unreachable taint Kubernetes' DefaultTolerationSeconds)."""
     for item in spec["tolerations"]:
-        if not tolerated(((item["key"], item["operator"], item["value"], item["effect"]),), key, value, effect):
-            continue
-        seconds = item.get("tolerationSeconds")
-        if seconds is None:
-            return None
-        least = seconds if least is None else min(least, seconds)
-    return default_ms if least is None else least * 1000
+        if tolerated(((item["key"], item["operator"], item["value"], item["effect"]),), key, value, effect):
+            seconds = item.get("tolerationSeconds")
+            return None if seconds is None else int(seconds) * 1000
+    return default_ms
 
 
 NOT_TOLERATED = -1  # no_execute_ms: the pod tolerates one of the taints not at all
@@ -226,9 +223,10 @@ NOT_TOLERATED = -1  # no_execute_ms: the pod tolerates one of the taints not at 
 
 def no_execute_ms(spec: dict[str, Any], rows: list[list[str]]) -> int | None:
     """How long a stored pod spec may stay on a node with these NoExecute taints ([key, value,
-    effect] rows), in milliseconds: the least over the taints of `toleration_ms`; None when it
-    tolerates them all for ever; NOT_TOLERATED when one has no matching toleration (Kubernetes
-    evicts such a pod at once: there is no default time for taints other than unreachable)."""
+    effect] rows), in milliseconds: the least over the taints of `toleration_ms` (each taint's
+    first matching toleration); None when those all hold for ever; NOT_TOLERATED when a taint
+    has no matching toleration (Kubernetes evicts such a pod at once: there is no default time
+    for taints other than unreachable)."""
     least: int | None = None
     for key, value, effect in rows:
         tolerated_ms = toleration_ms(spec, key, effect, NOT_TOLERATED, value)

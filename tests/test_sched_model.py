@@ -60,13 +60,24 @@ def _tolerates(tolerations: list[dict[str, str]], taint: dict[str, str]) -> bool
 
 
 def _tolerated_ms(tolerations: list[dict[str, Any]]) -> int | None:
-    """How long a pod stays on an unreachable node, by Kubernetes' rule (None: for ever)."""
+    """How long a pod stays on an unreachable node, by Kubernetes' rule (None: for ever): the
+    first matching toleration's seconds; without seconds, for ever; none, the timeout."""
     matching = [toleration for toleration in tolerations if _tolerates([toleration], UNREACHABLE)]
     if not matching:
         return EVICTION_TIMEOUT_MS
-    if any("tolerationSeconds" not in toleration for toleration in matching):
-        return None
-    return min(int(toleration["tolerationSeconds"]) for toleration in matching) * 1000
+    seconds = matching[0].get("tolerationSeconds")
+    return None if seconds is None else int(seconds) * 1000
+
+
+def _stay_ms(tolerations: list[dict[str, Any]], taints: list[dict[str, str]]) -> int | None:
+    """How long a pod tolerating all these NoExecute taints may stay (None: for ever): per
+    taint its first matching toleration's seconds, the least over the taints."""
+    times = []
+    for taint in taints:
+        first = next(toleration for toleration in tolerations if _tolerates([toleration], taint))
+        if "tolerationSeconds" in first:
+            times.append(int(first["tolerationSeconds"]) * 1000)
+    return min(times) if times else None
 
 
 class NaiveScheduler:
@@ -251,9 +262,11 @@ class SchedulerModel(RuleBasedStateMachine):
         assert upcoming is None or upcoming > self.machine.ts_ms, (upcoming, self.machine.ts_ms)
         after = list_objects(self.machine.store, ADMIN, "pods", field_selector=f"spec.nodeName={name}")["items"]
         left = {(pod["metadata"]["uid"], pod["status"]["podIP"]) for pod in after}
+        node = get(self.machine.store, ADMIN, "nodes", name)
+        no_execute = [taint for taint in node["spec"]["taints"] if taint["effect"] == "NoExecute"]
         for pod in before:
-            if (pod["metadata"]["uid"], pod["status"]["podIP"]) not in left:
-                assert any("tolerationSeconds" in toleration for toleration in pod["spec"]["tolerations"]), pod
+            if (pod["metadata"]["uid"], pod["status"]["podIP"]) not in left:  # evicted: it had a time
+                assert _stay_ms(pod["spec"]["tolerations"], no_execute) is not None, (no_execute, pod)
 
     @rule(
         who=st.sampled_from(TENANTS),
@@ -263,6 +276,7 @@ class SchedulerModel(RuleBasedStateMachine):
         selector=st.sampled_from([{}, {"disk": "ssd"}, {"gpu": "yes"}]),
         tolerate=st.sampled_from([False, True, "timed"]),
         stays_if_unreachable=st.sampled_from([None, "always", 0, 30, 120]),
+        catch_all=st.sampled_from([None, "first", "last"]),
         priority=st.one_of(st.integers(-2, 2), st.sampled_from([*PRIORITY_CLASSES, None])),
         policy=st.sampled_from([None, "spread", "binpack"]),
         use_plan=st.booleans(),
@@ -276,6 +290,7 @@ class SchedulerModel(RuleBasedStateMachine):
         selector: dict[str, str],
         tolerate: bool | str,
         stays_if_unreachable: str | int | None,
+        catch_all: str | None,
         priority: int | str | None,
         policy: str | None,
         use_plan: bool,
@@ -298,6 +313,12 @@ class SchedulerModel(RuleBasedStateMachine):
             if stays_if_unreachable != "always":
                 stays["tolerationSeconds"] = stays_if_unreachable
             spec["tolerations"].append(stays)
+        # A toleration of every taint, for ever: first, it decides for every taint; last, only
+        # for the taints no earlier toleration matches (Kubernetes' first-match rule).
+        if catch_all == "first":
+            spec["tolerations"].insert(0, {"operator": "Exists"})
+        elif catch_all == "last":
+            spec["tolerations"].append({"operator": "Exists"})
         if policy is not None:
             spec["schedulingPolicy"] = policy
         try:
