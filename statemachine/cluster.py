@@ -240,22 +240,20 @@ def _evict(
     message: str,
     unready: tuple[int, int] | None,
     no_execute: list[list[str]] | None = None,
-    due_by_ms: int | None = None,
+    only: list[bytes] | None = None,
 ) -> tuple[int, int | None]:
-    """Send the pods bound to node `name` back to the queue: all of them; or, with `unready`
-    = (ms the node has been NotReady, the default toleration in ms), those that tolerate the
-    unreachable taint no longer; or, with `no_execute` (the node's NoExecute taints, after a
-    change), those that do not tolerate one of them (the message then names it), recording
-    when each of the others must go (`NodeState.taint_evictions`: the earlier of the time it
-    had and now plus its `tolerationSeconds`; none when it tolerates them for ever); or, with
-    `due_by_ms`, those whose recorded time is at or before it. Returns how many went, and the
-    least NotReady time at which one that stays would go (None: none would)."""
-    prefix = keys.pods_on_node_prefix(name)
-    bound = [keys.pod_of_node_index(index_key, name) for index_key, _ in ctx.ov.scan(prefix, prefix_end(prefix))]
+    """Send the pods bound to node `name` back to the queue: all of them (or those in `only`);
+    or, with `unready` = (ms the node has been NotReady, the default toleration in ms), those
+    that tolerate the unreachable taint no longer; or, with `no_execute` (the node's NoExecute
+    taints), those that do not tolerate one of them (the message then names it). Returns how
+    many went, and the least NotReady time at which one that stays would go (None: none would)."""
+    if only is None:
+        prefix = keys.pods_on_node_prefix(name)
+        only = [keys.pod_of_node_index(index_key, name) for index_key, _ in ctx.ov.scan(prefix, prefix_end(prefix))]
     cluster = Cluster.load(ctx.ov)
     evicted = 0
     next_ms: int | None = None
-    for pod_key in bound:  # at most capacity.pods <= nodes.node_pods_max
+    for pod_key in only:  # at most capacity.pods <= nodes.node_pods_max
         pod = pods.load(ctx.ov, pod_key)
         if pod is None:
             raise InvariantViolation(f"node {name} indexes missing pod {pod_key!r}")
@@ -268,20 +266,13 @@ def _evict(
                 next_ms = tolerated_ms if next_ms is None else min(next_ms, tolerated_ms)
                 continue
         if no_execute is not None:
-            stay_ms = pods.no_execute_ms(pod["spec"], no_execute)
-            if stay_ms != pods.NOT_TOLERATED:
-                _time_taint_eviction(ctx, name, pod_key, stay_ms)
+            if pods.no_execute_ms(pod["spec"], no_execute) != pods.NOT_TOLERATED:
                 continue
             tolerations = pods.Needs.of(pod["spec"]).tolerations
             key, value, _ = next(row for row in no_execute if not pods.tolerated(tolerations, row[0], row[1], row[2]))
             reason = (
                 f"{message} {key}{'=' + value if value else ''}:{nodes.NO_EXECUTE}, which the pod does not tolerate"
             )
-        if due_by_ms is not None:
-            state = nodes.load_state(ctx.ov, name)
-            due_ms = None if state is None else nodes.taint_eviction_of(state, pod_key)
-            if due_ms is None or due_ms > due_by_ms:
-                continue
         tenant = quotas.Tenant(ctx.ov, pod["metadata"]["org"], pod["metadata"]["project"])
         scheduler.unbind(ctx, pod, pod_key, tenant)
         pod["spec"]["nodeName"] = None
@@ -295,21 +286,24 @@ def _evict(
     return evicted, next_ms
 
 
-def _time_taint_eviction(ctx: Context, name: str, pod_key: bytes, stay_ms: int | None) -> None:
-    """The pod stays on node `name` under its NoExecute taints for `stay_ms` from now (None:
-    for ever). A time it already had and that comes sooner stands: a change of taints never
-    lets a pod stay longer than the taints it tolerated before allowed (Kubernetes keeps the
-    time a pod's eviction was first scheduled, too)."""
-    state = nodes.load_state(ctx.ov, name)
-    if state is None:
-        raise InvariantViolation(f"node {name} has no scheduling record")
-    had_ms = nodes.taint_eviction_of(state, pod_key)
-    due_ms = None if stay_ms is None else ctx.now_ms + stay_ms
-    if due_ms is not None and had_ms is not None:
-        due_ms = min(due_ms, had_ms)
-    if due_ms != had_ms:
-        nodes.set_taint_eviction(state, pod_key, due_ms)
-        nodes.save_state(ctx, name, state)
+def _time_taint_evictions(ctx: Context, name: str, state: nodes.NodeState, no_execute: list[list[str]]) -> None:
+    """After a change of the node's NoExecute taints: record in `state` (the caller saves it)
+    when each bound pod that tolerates them for a time must go: now plus its time, unless it
+    had a time already, which stands (Kubernetes keeps an eviction it has scheduled); none for
+    the pods that tolerate them for ever, or not at all (those are evicted next)."""
+    prefix = keys.pods_on_node_prefix(name)
+    had = {key: due for due, key in state.taint_evictions or ()}  # looked up only: order unused
+    entries: list[list[Any]] = []
+    for index_key, _ in ctx.ov.scan(prefix, prefix_end(prefix)):  # at most capacity.pods
+        pod_key = keys.pod_of_node_index(index_key, name)
+        pod = pods.load(ctx.ov, pod_key)
+        if pod is None:
+            raise InvariantViolation(f"node {name} indexes missing pod {pod_key!r}")
+        stay_ms = pods.no_execute_ms(pod["spec"], no_execute)
+        if stay_ms is not None and stay_ms != pods.NOT_TOLERATED:
+            entries.append([had.get(pod_key, ctx.now_ms + stay_ms), pod_key])
+    entries.sort()
+    state.taint_evictions = entries
 
 
 def node_evict_tainted(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
@@ -321,9 +315,10 @@ def node_evict_tainted(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     is the next recorded time (None: none). Nothing due: nothing written."""
     name, node, state = _node(ctx, body)
     evicted = 0
-    if state.taint_evictions and state.taint_evictions[0][0] <= ctx.now_ms:
+    due = [pod_key for due_ms, pod_key in state.taint_evictions or () if due_ms <= ctx.now_ms]
+    if due:
         message = f"evicted from node {name}: its tolerationSeconds for the node's NoExecute taints ran out"
-        evicted, _ = _evict(ctx, name, message, None, None, ctx.now_ms)
+        evicted, _ = _evict(ctx, name, message, None, None, due)
         scheduler.retry_heads(ctx, rewind=False)  # as after a drain: no node a pod can use gained room
         state = nodes.load_state(ctx.ov, name) or state
     rendered = nodes.render(ctx.ov, node)
@@ -350,12 +345,15 @@ def node_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     if labels == labels_before and taints == node["spec"]["taints"] and unschedulable == node["spec"]["unschedulable"]:
         return nodes.render(ctx.ov, node)
     rows_before = state.taints
+    no_execute_before = nodes.no_execute_rows(state)
+    untimed = state.taint_evictions is None  # a record of an earlier build: time every pod now
     node_was_cordoned = not state.schedulable
     state.labels = nodes.matching_labels(name, labels, node["spec"]["zone"])
     state.taints = nodes.taint_rows(taints)
     state.schedulable = not unschedulable
-    if state.taint_evictions is None:  # a record of an earlier build: _evict below times every pod
-        state.taint_evictions = []
+    no_execute = nodes.no_execute_rows(state)
+    if untimed or no_execute != no_execute_before:  # who may stay, and how long
+        _time_taint_evictions(ctx, name, state, no_execute)
     if state.nominee is not None:
         nominee = pods.load(ctx.ov, state.nominee)
         if nominee is None:
@@ -366,9 +364,8 @@ def node_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     node["spec"]["taints"] = taints
     node["spec"]["unschedulable"] = unschedulable
     nodes.save_state(ctx, name, state)
-    no_execute = nodes.no_execute_rows(state)
     evicted = 0
-    if no_execute or state.taint_evictions:  # who must go now, who later, and who may stay
+    if no_execute and no_execute != no_execute_before:  # who must go now
         evicted, _ = _evict(ctx, name, f"evicted from node {name}: it was tainted", None, no_execute)
     ctx.write_object(
         keys.node_key(name), nodes.KIND, node, MODIFIED, labels_before if labels != labels_before else None

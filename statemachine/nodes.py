@@ -27,6 +27,7 @@ so selectors and affinity can use them, as in Kubernetes.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any
 
@@ -340,11 +341,11 @@ def no_execute_rows(state: NodeState) -> list[list[str]]:
 
 
 def set_taint_eviction(state: NodeState, pod_key: bytes, due_ms: int | None) -> None:
-    """Record when the pod must leave the node for its NoExecute taints (None: it need not)."""
+    """Record when the pod must leave the node for its NoExecute taints (None: it need not).
+    The entries stay sorted: removing keeps the order, and a new one is inserted in place."""
     entries = [entry for entry in state.taint_evictions or () if entry[1] != pod_key]
     if due_ms is not None:
-        entries.append([due_ms, pod_key])
-        entries.sort()
+        bisect.insort(entries, [due_ms, pod_key])
     state.taint_evictions = entries
 
 
