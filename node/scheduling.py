@@ -27,7 +27,7 @@ hints and clocks, none of which is replicated:
   younger than that). A NotReady node's pods are evicted when they have tolerated it as long as
   they may (`node.evict_unready`, `NodeMonitor.evictions_due`), one node at a time, and not
   while most nodes are NotReady. Pods that tolerate a node's NoExecute taints for a time are
-  evicted when it runs out (`node.evict_tainted`, from the times in the node records the
+  evicted when it runs out (`node.evict_tainted`, from the earliest time in each node record the
   planner holds: `Planner.taint_evictions_due`). While pods are pending, `scheduler.retry` every `pending_retry_s`; and
   after capacity grows (a node joins, becomes Ready or schedulable, frees resources or its
   nomination; a quota is set or removed: `Planner.capacity_events`), a *pass*: sweeps in a row,
@@ -364,7 +364,7 @@ class Planner:
         return sorted(
             name
             for name, state in (self._truth or {}).items()
-            if state.taint_evictions and state.taint_evictions[0][0] <= now_ms
+            if state.taint_eviction_ms is not None and 0 <= state.taint_eviction_ms <= now_ms  # UNTIMED is -1
         )
 
     def pods_bound(self, name: str) -> int:

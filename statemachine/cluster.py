@@ -286,43 +286,63 @@ def _evict(
     return evicted, next_ms
 
 
-def _time_taint_evictions(ctx: Context, name: str, state: nodes.NodeState, no_execute: list[list[str]]) -> None:
-    """After a change of the node's NoExecute taints: record in `state` (the caller saves it)
-    when each bound pod that tolerates them for a time must go: now plus its time, unless it
-    had a time already, which stands (Kubernetes keeps an eviction it has scheduled); none for
-    the pods that tolerate them for ever, or not at all (those are evicted next)."""
+def _time_taint_evictions(
+    ctx: Context, name: str, state: nodes.NodeState, no_execute: list[list[str]] | None, due_by_ms: int | None
+) -> list[bytes]:
+    """The times of the pods bound to node `name` (the values of its pods-by-node index):
+    with `no_execute` (the node's NoExecute taints after a change), set each: now plus the time
+    it tolerates them for, unless it had a time already, which stands (Kubernetes keeps an
+    eviction it has scheduled); none when it tolerates them for ever, or not at all (those are
+    evicted next). Sets `state.taint_eviction_ms` to the earliest time left after `due_by_ms`
+    (the caller saves `state`) and returns the pods whose time is at or before `due_by_ms`."""
     prefix = keys.pods_on_node_prefix(name)
-    had = {key: due for due, key in state.taint_evictions or ()}  # looked up only: order unused
-    entries: list[list[Any]] = []
-    for index_key, _ in ctx.ov.scan(prefix, prefix_end(prefix)):  # at most capacity.pods
+    due: list[bytes] = []
+    earliest: int | None = None
+    for index_key, value in list(ctx.ov.scan(prefix, prefix_end(prefix))):  # at most capacity.pods
         pod_key = keys.pod_of_node_index(index_key, name)
-        pod = pods.load(ctx.ov, pod_key)
-        if pod is None:
-            raise InvariantViolation(f"node {name} indexes missing pod {pod_key!r}")
-        stay_ms = pods.no_execute_ms(pod["spec"], no_execute)
-        if stay_ms is not None and stay_ms != pods.NOT_TOLERATED:
-            entries.append([had.get(pod_key, ctx.now_ms + stay_ms), pod_key])
-    entries.sort()
-    state.taint_evictions = entries
+        had_ms = nodes.index_due_ms(value)
+        due_ms = had_ms
+        if no_execute is not None:
+            pod = pods.load(ctx.ov, pod_key)
+            if pod is None:
+                raise InvariantViolation(f"node {name} indexes missing pod {pod_key!r}")
+            stay_ms = pods.no_execute_ms(pod["spec"], no_execute)
+            if stay_ms is None or stay_ms == pods.NOT_TOLERATED:
+                due_ms = None
+            elif had_ms is None:
+                due_ms = ctx.now_ms + stay_ms
+            if due_ms != had_ms:
+                ctx.ov.put(index_key, nodes.index_value(due_ms))
+        if due_ms is not None and due_by_ms is not None and due_ms <= due_by_ms:
+            due.append(pod_key)
+        else:
+            earliest = nodes.earlier(due_ms, earliest)
+    state.taint_eviction_ms = earliest
+    return due
 
 
 def node_evict_tainted(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     """Kubernetes' NoExecute taint eviction for pods that tolerate the node's taints for a
     time (`tolerationSeconds`), proposed by the leader's timers (node/scheduling.py) when the
-    first recorded time comes (`NodeState.taint_evictions`, set at bind and by node.update).
-    The pods whose time is at or before this command's time go back to the queue as a drain
-    sends them (reason Evicted, `status.evictedFrom`). The answer's `nextTaintEvictionMillis`
-    is the next recorded time (None: none). Nothing due: nothing written."""
+    node's earliest time comes (`NodeState.taint_eviction_ms`; each pod's time is in the
+    pods-by-node index, set at bind and by node.update). The pods whose time is at or before
+    this command's time go back to the queue as a drain sends them (reason Evicted,
+    `status.evictedFrom`). The answer's `nextTaintEvictionMillis` is the earliest time left
+    (None: none). Nothing due and the earliest time right: nothing written."""
     name, node, state = _node(ctx, body)
+    recorded_ms = state.taint_eviction_ms
     evicted = 0
-    due = [pod_key for due_ms, pod_key in state.taint_evictions or () if due_ms <= ctx.now_ms]
-    if due:
-        message = f"evicted from node {name}: its tolerationSeconds for the node's NoExecute taints ran out"
-        evicted, _ = _evict(ctx, name, message, None, None, due)
-        scheduler.retry_heads(ctx, rewind=False)  # as after a drain: no node a pod can use gained room
-        state = nodes.load_state(ctx.ov, name) or state
+    if recorded_ms is not None and recorded_ms != nodes.UNTIMED:
+        due = _time_taint_evictions(ctx, name, state, None, ctx.now_ms)
+        if due or state.taint_eviction_ms != recorded_ms:  # (unchanged: a timed pod left since)
+            nodes.save_state(ctx, name, state)  # before the unbinds, which keep it
+        if due:
+            message = f"evicted from node {name}: its tolerationSeconds for the node's NoExecute taints ran out"
+            evicted, _ = _evict(ctx, name, message, None, None, due)
+            scheduler.retry_heads(ctx, rewind=False)  # as after a drain: no node a pod can use gained room
+            state = nodes.load_state(ctx.ov, name) or state  # pods may have bound here again
     rendered = nodes.render(ctx.ov, node)
-    upcoming = state.taint_evictions[0][0] if state.taint_evictions else None
+    upcoming = None if state.taint_eviction_ms == nodes.UNTIMED else state.taint_eviction_ms
     rendered["status"] = {**rendered["status"], "evictedPods": evicted, "nextTaintEvictionMillis": upcoming}
     return rendered
 
@@ -346,14 +366,14 @@ def node_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
         return nodes.render(ctx.ov, node)
     rows_before = state.taints
     no_execute_before = nodes.no_execute_rows(state)
-    untimed = state.taint_evictions is None  # a record of an earlier build: time every pod now
+    untimed = state.taint_eviction_ms == nodes.UNTIMED  # a record of an earlier build: time every pod now
     node_was_cordoned = not state.schedulable
     state.labels = nodes.matching_labels(name, labels, node["spec"]["zone"])
     state.taints = nodes.taint_rows(taints)
     state.schedulable = not unschedulable
     no_execute = nodes.no_execute_rows(state)
     if untimed or no_execute != no_execute_before:  # who may stay, and how long
-        _time_taint_evictions(ctx, name, state, no_execute)
+        _time_taint_evictions(ctx, name, state, no_execute, None)
     if state.nominee is not None:
         nominee = pods.load(ctx.ov, state.nominee)
         if nominee is None:

@@ -383,7 +383,7 @@ def check_scheduler(view: ReadView, objects: _Objects, problems: list[str]) -> N
             state.taints != nodes.taint_rows(node["spec"]["taints"])
         ):
             problems.append(f"node {name}: record and object disagree on labels or taints")
-        _check_taint_evictions(name, state, objects, problems)
+        _check_taint_eviction(name, state, problems)
         usage[name] = [0, 0, 0]
     for name in states:
         if keys.node_key(name) not in objects.nodes:
@@ -402,18 +402,34 @@ def check_scheduler(view: ReadView, objects: _Objects, problems: list[str]) -> N
     _check_ledgers(view, objects, problems)
 
 
-def _check_taint_evictions(name: str, state: nodes.NodeState, objects: _Objects, problems: list[str]) -> None:
-    """`NodeState.taint_evictions`: sorted, one per pod, each a pod bound to this node (that
-    every pod timed there has its entry is checked with the pods)."""
-    entries = state.taint_evictions
-    if entries is None:
-        return  # a record of an earlier build: its pods are not timed (NodeState.taint_evictions)
-    if entries != sorted(entries) or len({key for _, key in entries}) != len(entries):
-        problems.append(f"node {name}: its taint evictions are not sorted, or name a pod twice")
-    for _, pod_key in entries:
-        pod = objects.pods.get(pod_key)
-        if pod is None or pod["status"]["phase"] != pods.PHASE_BOUND or pod["spec"]["nodeName"] != name:
-            problems.append(f"node {name}: a taint eviction names {pod_key!r}, which is not bound to it")
+def _check_taint_eviction(name: str, state: nodes.NodeState, problems: list[str]) -> None:
+    """`NodeState.taint_eviction_ms` is a time, None or UNTIMED (each timed pod's own time is
+    checked with the pods: never before it)."""
+    due_ms = state.taint_eviction_ms
+    if due_ms is not None and due_ms != nodes.UNTIMED and due_ms < 0:
+        problems.append(f"node {name}: its earliest taint eviction time {due_ms} is not a time")
+
+
+def _check_pod_time(
+    view: ReadView, pod_key: bytes, node_name: str, state: nodes.NodeState, stay_ms: int | None, problems: list[str]
+) -> None:
+    """A bound pod has a time to leave (its pods-by-node index value) exactly when it tolerates
+    its node's NoExecute taints for a time, and the node's earliest time is not after it. A
+    node of an earlier build (UNTIMED) times none of its pods."""
+    raw = view.get(keys.pod_on_node_key(node_name, pod_key))
+    due_ms = nodes.index_due_ms(raw) if raw is not None else None  # a missing entry is reported with the index
+    timed = state.taint_eviction_ms != nodes.UNTIMED and stay_ms is not None
+    if (due_ms is not None) != timed:
+        problems.append(
+            f"pod {pod_key!r} tolerates node {node_name}'s NoExecute taints for {stay_ms} ms "
+            f"(node {'untimed' if state.taint_eviction_ms == nodes.UNTIMED else 'timed'}), "
+            f"and its time to leave there is {due_ms}"
+        )
+    elif due_ms is not None and (state.taint_eviction_ms is None or state.taint_eviction_ms > due_ms):
+        problems.append(
+            f"node {node_name}: its earliest taint eviction time {state.taint_eviction_ms} is after "
+            f"pod {pod_key!r}'s {due_ms}"
+        )
 
 
 def _check_pod_addresses(
@@ -482,13 +498,8 @@ def _check_pods(
                 problems.append(
                     f"pod {pod_key!r} is bound to node {node_name}, whose NoExecute taint it does not tolerate"
                 )
-            elif state.taint_evictions is not None and (stay_ms is None) != (
-                nodes.taint_eviction_of(state, pod_key) is None
-            ):
-                problems.append(
-                    f"pod {pod_key!r} tolerates node {node_name}'s NoExecute taints for {stay_ms} ms, "
-                    f"and its eviction time there is {nodes.taint_eviction_of(state, pod_key)}"
-                )
+            else:
+                _check_pod_time(view, pod_key, node_name, state, stay_ms, problems)
             if not parse_cidr(node["status"]["podCIDR"], "podCIDR").contains(host):
                 problems.append(
                     f"pod {pod_key!r} has {address}, outside node {node_name}'s {node['status']['podCIDR']}"

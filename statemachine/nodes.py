@@ -27,7 +27,6 @@ so selectors and affinity can use them, as in Kubernetes.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +68,8 @@ taints_max = list_items_max
 default_pod_cidr_length = {IPV4: 24, "IPv6": 64}
 reason_chars_max = 256
 _fields_before_nominee_priority = 14  # scheduling records of earlier builds end at nominee_memory
-_fields_with_taint_evictions = 17  # records written since 318fcb3 (2026-12-07)
+_fields_with_taint_eviction = 17  # records written since 318fcb3 (2026-12-07)
+UNTIMED = -1  # NodeState.taint_eviction_ms of a record of an earlier build: its pods are not timed
 # pods.priority_max (pods imports this module): the priority a nomination recorded by an earlier
 # build is given, so that it keeps holding against every pod.
 EARLIER_NOMINEE_PRIORITY = (1 << 31) - 1
@@ -107,12 +107,15 @@ class NodeState:
     # for a node registered by a build before 2026-12-07, whose addresses are in a buddy
     # allocator of their own (`cidr_state`). See `take_pod_address`.
     pod_addresses: list[Any] | None
-    # Bound pods that tolerate the node's NoExecute taints for a time (`tolerationSeconds`):
-    # [[evict at (ms of the replicated clock), pod key], ...], sorted. The leader proposes
-    # node.evict_tainted when the first comes due (node/scheduling.py). None in records
-    # written by builds before 318fcb3 (2026-12-07), whose pods were never timed: such a node times none of its
-    # pods until node.update changes its taints or labels, which times them all.
-    taint_evictions: list[list[Any]] | None
+    # No later than the earliest time (ms of the replicated clock) at which a bound pod must
+    # leave for the node's NoExecute taints, which it tolerates for a time (`tolerationSeconds`);
+    # each such pod's own time is the value of its pods-by-node index entry (`index_due_ms`).
+    # None: no pod is timed. The leader proposes node.evict_tainted when it passes
+    # (node/scheduling.py); an unbind leaves it as it is (earlier than the truth, at worst one
+    # proposal that evicts nothing), node.update and node.evict_tainted set it exactly.
+    # UNTIMED in records written by builds before 318fcb3 (2026-12-07), whose pods were never
+    # timed: such a node times none of its pods until its first node.update times them all.
+    taint_eviction_ms: int | None
 
     def __init__(
         self,
@@ -132,7 +135,7 @@ class NodeState:
         nominee_memory: int = 0,
         nominee_priority: int = 0,
         pod_addresses: list[Any] | None = None,
-        taint_evictions: list[list[Any]] | None = None,
+        taint_eviction_ms: int | None = None,
     ) -> None:
         self.uid = uid
         self.ready = ready
@@ -150,7 +153,7 @@ class NodeState:
         self.nominee_memory = nominee_memory
         self.nominee_priority = nominee_priority
         self.pod_addresses = pod_addresses
-        self.taint_evictions = [] if taint_evictions is None else taint_evictions
+        self.taint_eviction_ms = taint_eviction_ms
 
     def to_plain(self) -> list[Any]:
         return [
@@ -170,14 +173,14 @@ class NodeState:
             self.nominee_memory,
             self.nominee_priority,
             self.pod_addresses,
-            self.taint_evictions,
+            self.taint_eviction_ms,
         ]
 
     @classmethod
     def from_plain(cls, plain: list[Any]) -> NodeState:
         state = cls(*plain)
-        if len(plain) < _fields_with_taint_evictions or plain[_fields_with_taint_evictions - 1] is None:
-            state.taint_evictions = None  # not timed yet, and saved so until node.update times them
+        if len(plain) < _fields_with_taint_eviction:
+            state.taint_eviction_ms = UNTIMED  # saved so until node.update times its pods
         if len(plain) == _fields_before_nominee_priority and state.nominee is not None:
             # A record of an earlier build, whose reservations held against every pod: keep
             # that meaning by giving its nominee the highest priority.
@@ -340,20 +343,20 @@ def no_execute_rows(state: NodeState) -> list[list[str]]:
     return [row for row in state.taints if row[2] == NO_EXECUTE]
 
 
-def set_taint_eviction(state: NodeState, pod_key: bytes, due_ms: int | None) -> None:
-    """Record when the pod must leave the node for its NoExecute taints (None: it need not).
-    The entries stay sorted: removing keeps the order, and a new one is inserted in place."""
-    entries = [entry for entry in state.taint_evictions or () if entry[1] != pod_key]
-    if due_ms is not None:
-        bisect.insort(entries, [due_ms, pod_key])
-    state.taint_evictions = entries
+def index_value(due_ms: int | None) -> bytes:
+    """The pods-by-node index entry's value: the time the pod must leave the node for its
+    NoExecute taints, or empty when it need not."""
+    return b"" if due_ms is None else due_ms.to_bytes(8, "big")
 
 
-def taint_eviction_of(state: NodeState, pod_key: bytes) -> int | None:
-    for due_ms, key in state.taint_evictions or ():
-        if key == pod_key:
-            return int(due_ms)
-    return None
+def index_due_ms(value: bytes) -> int | None:
+    return int.from_bytes(value, "big") if value else None
+
+
+def earlier(due_ms: int | None, other_ms: int | None) -> int | None:
+    if due_ms is None:
+        return other_ms
+    return due_ms if other_ms is None else min(due_ms, other_ms)
 
 
 def taint_rows(taints: list[dict[str, str]]) -> list[list[str]]:

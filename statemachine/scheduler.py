@@ -355,18 +355,20 @@ def bind(
         clear_reservation(state)
     elif previous_nomination is not None:
         _drop_nomination(ctx, previous_nomination, pod_key)
-    if state.taints and state.taint_evictions is not None:  # a NoExecute taint tolerated for a time: from now
+    due_ms: int | None = None
+    if state.taints and state.taint_eviction_ms != nodes.UNTIMED:  # a NoExecute taint tolerated for a time
         stay_ms = pods.no_execute_ms(pod["spec"], nodes.no_execute_rows(state))
-        if stay_ms is not None:
-            if stay_ms == pods.NOT_TOLERATED:
-                raise InvariantViolation(
-                    f"pod {pods.pod_id(pod_key)} binds to node {name}, whose taint it does not tolerate"
-                )
-            nodes.set_taint_eviction(state, pod_key, ctx.now_ms + stay_ms)
+        if stay_ms == pods.NOT_TOLERATED:
+            raise InvariantViolation(
+                f"pod {pods.pod_id(pod_key)} binds to node {name}, whose taint it does not tolerate"
+            )
+        if stay_ms is not None:  # its time counts from now
+            due_ms = ctx.now_ms + stay_ms
+            state.taint_eviction_ms = nodes.earlier(due_ms, state.taint_eviction_ms)
     nodes.save_state(ctx, name, state)
     tenant.add(charge or charge_of(pod["spec"]), 1)
     tenant.save(ctx)
-    ctx.ov.put(keys.pod_on_node_key(name, pod_key), b"")
+    ctx.ov.put(keys.pod_on_node_key(name, pod_key), nodes.index_value(due_ms))
     pod["spec"]["nodeName"] = name
     pod["status"] = _status(PHASE_BOUND, format_address(block.family, block.address), None, None, None, None)
 
@@ -383,8 +385,6 @@ def unbind(ctx: Context, pod: dict[str, Any], pod_key: bytes, tenant: quotas.Ten
     state.cpu_used -= requests["cpuMillis"]
     state.memory_used -= requests["memoryBytes"]
     state.pods_used -= 1
-    if state.taint_evictions:
-        nodes.set_taint_eviction(state, pod_key, None)
     nodes.save_state(ctx, name, state)
     tenant.add(charge_of(pod["spec"]), -1)
     tenant.save(ctx)

@@ -852,9 +852,10 @@ def test_a_large_pod_cidr_rotates_within_four_times_the_node_capacity() -> None:
 
 
 def test_a_node_record_of_an_earlier_build_times_its_pods_from_its_first_update() -> None:
-    """Records written by builds before 318fcb3 (2026-12-07) have no taint eviction times: their pods are not timed
-    (and the invariants accept that) until node.update times them all; then the leader's
-    node.evict_tainted sends the pod away when its tolerationSeconds run out."""
+    """Builds before 318fcb3 (2026-12-07) kept no taint eviction times (a 16-field node record,
+    empty pods-by-node index values): such a node's pods are not timed, and the invariants
+    accept that, until node.update times them all; then the leader's node.evict_tainted sends
+    the pod away when its tolerationSeconds run out."""
     machine = Machine(check_every_step=True)
     machine.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.244.0.0/16"}})
     taint = {"key": "batch", "value": "", "effect": "NoExecute"}
@@ -867,17 +868,51 @@ def test_a_node_record_of_an_earlier_build_times_its_pods_from_its_first_update(
     toleration = {"key": "batch", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}
     spec = {"requests": {"cpuMillis": 10}, "tolerations": [toleration]}
     assert machine.ok(ACME, "pod.create", {"name": "job", "spec": spec})["spec"]["nodeName"] == "n1"
+    job = keys.pod_key("acme", "web", "default", "job")
+    index_key = keys.pod_on_node_key("n1", job)
     state = _node_state(machine.store, "n1")
-    assert state.taint_evictions is not None and len(state.taint_evictions) == 1
+    assert state.taint_eviction_ms is not None and machine.store.get(index_key) == nodes.index_value(
+        state.taint_eviction_ms
+    )
     _put(machine.store, keys.node_state_key("n1"), state.to_plain()[:16])
-    assert _node_state(machine.store, "n1").taint_evictions is None
+    machine.store.apply_writes([(index_key, b"")])
+    assert _node_state(machine.store, "n1").taint_eviction_ms == nodes.UNTIMED
     check_invariants(machine.store)
     machine.ok(ADMIN, "node.uncordon", {"name": "n2"})
     machine.ok(
         ADMIN, "node.update", {"name": "n1", "metadata": {"labels": {"pool": "batch"}}, "spec": {"unschedulable": True}}
     )
-    timed = _node_state(machine.store, "n1").taint_evictions
-    assert timed is not None and [key for _, key in timed] == [keys.pod_key("acme", "web", "default", "job")]
+    timed_ms = _node_state(machine.store, "n1").taint_eviction_ms
+    assert timed_ms is not None and timed_ms > 0 and machine.store.get(index_key) == nodes.index_value(timed_ms)
     outcome = machine.run(ADMIN, "node.evict_tainted", {"name": "n1"}, advance_ms=61_000)
     assert isinstance(outcome.result, Ok) and outcome.result.value["status"]["evictedPods"] == 1
-    assert _load(machine.store, keys.pod_key("acme", "web", "default", "job"))["spec"]["nodeName"] == "n2"
+    assert outcome.result.value["status"]["nextTaintEvictionMillis"] is None
+    assert _load(machine.store, job)["spec"]["nodeName"] == "n2"
+
+
+def test_a_timed_pod_that_leaves_early_costs_one_proposal_that_evicts_nothing() -> None:
+    """Deleting the pod with the earliest time leaves the node's earliest time early (an
+    unbind does not recompute it); node.evict_tainted then evicts nothing and sets it right."""
+    machine = Machine(check_every_step=True)
+    machine.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.244.0.0/16"}})
+    capacity = {"cpuMillis": 4000, "memoryBytes": 1 << 30, "pods": 4}
+    taints = [{"key": "batch", "value": "", "effect": "NoExecute"}]
+    machine.ok(
+        ADMIN, "node.register", {"name": "n1", "spec": {"capacity": capacity, "podPool": "pods", "taints": taints}}
+    )
+    for name, seconds in (("short", 30), ("long", 90)):
+        toleration = {"key": "batch", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}
+        machine.ok(
+            ACME, "pod.create", {"name": name, "spec": {"requests": {"cpuMillis": 10}, "tolerations": [toleration]}}
+        )
+    short_ms = _node_state(machine.store, "n1").taint_eviction_ms
+    machine.ok(ACME, "pod.delete", {"name": "short"})
+    assert _node_state(machine.store, "n1").taint_eviction_ms == short_ms  # early now
+    outcome = machine.run(ADMIN, "node.evict_tainted", {"name": "n1"}, advance_ms=40_000)
+    assert isinstance(outcome.result, Ok) and outcome.result.value["status"]["evictedPods"] == 0
+    long_ms = outcome.result.value["status"]["nextTaintEvictionMillis"]
+    assert long_ms is not None and short_ms is not None and long_ms == short_ms - 30_000 + 1000 + 90_000
+    assert _node_state(machine.store, "n1").taint_eviction_ms == long_ms
+    again = machine.run(ADMIN, "node.evict_tainted", {"name": "n1"})
+    assert isinstance(again.result, Ok) and again.result.value["status"]["evictedPods"] == 0
+    assert not [key for key, _ in again.writes if key.startswith(keys.NODE_STATE)]  # right already: not rewritten
