@@ -10,8 +10,9 @@ One run:
 2. creates the pools the workload uses (one of 16 addresses, so exhaustion is hit), three worker
    nodes, a pod pool and a pod quota;
 3. runs workers through the client library (`client.Client`): claims of several prefix lengths,
-   releases, linearizable reads and one-page lists on each pool, pod creates and deletes, and a
-   heartbeat for every node; every call is recorded with its outcome (chaos/history.py);
+   releases, linearizable reads and one-page lists on each pool, pod creates and deletes, a
+   heartbeat for every node, and an operator's label and NoSchedule-taint patches of one node
+   after another; every worker call is recorded with its outcome (chaos/history.py);
 4. injects the faults `plan_schedule(seed, duration, faults)` draws, one at a time, healing each
    and waiting for the members to agree on a leader, until the next one would not end within
    `duration` seconds of the start (the schedule's times leave out those recoveries, so usually
@@ -67,7 +68,7 @@ from chaos.history import (
 from chaos.linearizability import PoolModel, pool_model_from_object, step_budget_default
 from chaos.nemesis import ALL_KINDS, FaultKind, Nemesis, PlannedFault, parse_kinds, plan_schedule
 from chaos.observe import StatusPoller, collect_final_state
-from client import AllotError, Client, OutcomeUnknown, RequestRefused, RetryPolicy, Unavailable
+from client import AllotError, Client, OutcomeUnknown, RequestRefused, RetryPolicy, Taint, Unavailable
 
 EXIT_PASSED = 0
 EXIT_CHECK_FAILED = 1
@@ -82,6 +83,9 @@ op_deadline_s_default = 10.0  # one client call, all attempts included
 attempt_timeout_s_default = 2.0
 recovery_bound_s_default = 30.0  # last heal -> a write acknowledged again
 heartbeat_interval_s = 1.0  # node agents' beat; the members' grace is 40 s
+node_patch_interval_s = 1.5  # an operator's label and taint changes, one node at a time
+NODE_PATCH_LABEL = "chaos.allot/round"
+NODE_PATCH_TAINT = "chaos.allot/busy"
 join_slack_s = 5.0
 history_dir_default = Path(".allot-chaos")
 
@@ -416,6 +420,40 @@ class Heartbeats:
                     self.failed += 1
 
 
+class NodePatches:
+    """Changes a worker node every `node_patch_interval_s`, in turn, as an operator would with
+    `kubectl label` and `kubectl taint` (PATCH /v1/nodes/NAME): a label naming the round, and a
+    NoSchedule taint on every other round, so placement under faults meets labels and taints
+    that change (a NoSchedule taint evicts nothing, so the pod checks' "bound pods stay where
+    they were acknowledged" still holds). Failures are counted, not recorded: the final checks
+    (equal digests, `check_invariants` on every store, the scheduler's state) judge the effect."""
+
+    def __init__(self, client: Client, stop: threading.Event) -> None:
+        self.client = client
+        self.stop = stop
+        self.sent = 0
+        self.failed = 0
+        self.thread = threading.Thread(target=self._run, name="chaos-node-patches", daemon=True)
+
+    def _run(self) -> None:
+        round_number = 0
+        while not self.stop.wait(node_patch_interval_s):
+            round_number += 1
+            name = NODE_NAMES[round_number % len(NODE_NAMES)]
+            taints = [Taint(NODE_PATCH_TAINT, "", "NoSchedule")] if round_number % 2 else []
+            try:
+                self.client.nodes.update(
+                    name,
+                    labels={NODE_PATCH_LABEL: str(round_number)},
+                    taints=taints,
+                    idempotency_key=f"node-patch-{round_number}",
+                    deadline=node_patch_interval_s * 4,
+                )
+                self.sent += 1
+            except AllotError:
+                self.failed += 1
+
+
 # ---- one run -----------------------------------------------------------------------------------
 
 
@@ -520,11 +558,14 @@ def run_chaos(options: ChaosOptions, out: TextIO = sys.stdout) -> ChaosReport:
         models = set_up(admin)
         workers = make_workers(cluster, recorder, options, stop)
         heartbeats = Heartbeats(admin, stop)
+        patcher = _client(cluster, cluster.admin_token, options, options.seed + 1)
+        node_patches = NodePatches(patcher, stop)
         threads = [threading.Thread(target=worker.run, name=f"chaos-{worker.name}", daemon=True) for worker in workers]
         nemesis = Nemesis(cluster, recorder)
         records: list[FaultRecord] = []
         with StatusPoller(cluster, recorder):
             heartbeats.thread.start()
+            node_patches.thread.start()
             for thread in threads:
                 thread.start()
             faults_end_s = time.monotonic() + options.duration_s
@@ -548,15 +589,18 @@ def run_chaos(options: ChaosOptions, out: TextIO = sys.stdout) -> ChaosReport:
             for thread in threads:
                 thread.join(options.op_deadline_s + join_slack_s)
             heartbeats.thread.join(heartbeat_interval_s * (len(NODE_NAMES) + 1) + join_slack_s)
+            node_patches.thread.join(node_patch_interval_s * 5 + join_slack_s)
             stuck = [thread.name for thread in threads if thread.is_alive()]
             if stuck:
                 notes.append(f"workers still running after their deadline: {', '.join(stuck)}")
         admin.close()
+        patcher.close()
         for worker in workers:
             worker.client.close()
             for name, count in worker.calls_by_exception.items():
                 notes.append(f"{worker.name}: {count} calls ended in {name}")
         notes.append(f"heartbeats: {heartbeats.sent} sent, {heartbeats.failed} failed")
+        notes.append(f"node label/taint patches: {node_patches.sent} acknowledged, {node_patches.failed} failed")
         say("workload stopped; waiting for every member to apply the leader's commit, then reading their state")
         final = collect_final_state(cluster, inspect_stores=True)
         meta = {
