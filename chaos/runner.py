@@ -40,6 +40,7 @@ from __future__ import annotations
 import abc
 import argparse
 import bisect
+import functools
 import random
 import signal
 import sys
@@ -399,59 +400,67 @@ class PodWorker(Worker):
             self.live.append(name)
 
 
-class Heartbeats:
-    """Beats for every worker node, as node agents would; failures are counted, not recorded
-    (a heartbeat changes no replicated state)."""
+class CountedCalls(abc.ABC):
+    """A background thread that makes calls every `interval_s` until `stop`; failures are
+    counted, not recorded in the history (the final checks judge what the calls changed)."""
 
-    def __init__(self, client: Client, stop: threading.Event) -> None:
+    def __init__(self, client: Client, stop: threading.Event, interval_s: float, thread_name: str) -> None:
         self.client = client
         self.stop = stop
+        self.interval_s = interval_s
         self.sent = 0
         self.failed = 0
-        self.thread = threading.Thread(target=self._run, name="chaos-heartbeats", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
 
     def _run(self) -> None:
-        while not self.stop.wait(heartbeat_interval_s):
-            for name in NODE_NAMES:
-                try:
-                    self.client.nodes.heartbeat(name, deadline=heartbeat_interval_s)
-                    self.sent += 1
-                except AllotError:
-                    self.failed += 1
+        while not self.stop.wait(self.interval_s):
+            self.tick()
+
+    @abc.abstractmethod
+    def tick(self) -> None: ...
+
+    def count(self, call: Callable[[], object]) -> None:
+        try:
+            call()
+            self.sent += 1
+        except AllotError:
+            self.failed += 1
 
 
-class NodePatches:
+class Heartbeats(CountedCalls):
+    """Beats for every worker node, as node agents would (a heartbeat changes no replicated
+    state)."""
+
+    def __init__(self, client: Client, stop: threading.Event) -> None:
+        super().__init__(client, stop, heartbeat_interval_s, "chaos-heartbeats")
+
+    def tick(self) -> None:
+        for name in NODE_NAMES:
+            self.count(functools.partial(self.client.nodes.heartbeat, name, deadline=heartbeat_interval_s))
+
+
+class NodePatches(CountedCalls):
     """Changes a worker node every `node_patch_interval_s`, in turn, as an operator would with
     `kubectl label` and `kubectl taint` (PATCH /v1/nodes/NAME): a label naming the round, and a
     NoSchedule taint on every other round, so placement under faults meets labels and taints
     that change (a NoSchedule taint evicts nothing, so the pod checks' "bound pods stay where
-    they were acknowledged" still holds). Failures are counted, not recorded: the final checks
-    (equal digests, `check_invariants` on every store, the scheduler's state) judge the effect."""
+    they were acknowledged" still holds)."""
 
     def __init__(self, client: Client, stop: threading.Event) -> None:
-        self.client = client
-        self.stop = stop
-        self.sent = 0
-        self.failed = 0
-        self.thread = threading.Thread(target=self._run, name="chaos-node-patches", daemon=True)
+        super().__init__(client, stop, node_patch_interval_s, "chaos-node-patches")
+        self.round_number = 0
 
-    def _run(self) -> None:
-        round_number = 0
-        while not self.stop.wait(node_patch_interval_s):
-            round_number += 1
-            name = NODE_NAMES[round_number % len(NODE_NAMES)]
-            taints = [Taint(NODE_PATCH_TAINT, "", "NoSchedule")] if round_number % 2 else []
-            try:
-                self.client.nodes.update(
-                    name,
-                    labels={NODE_PATCH_LABEL: str(round_number)},
-                    taints=taints,
-                    idempotency_key=f"node-patch-{round_number}",
-                    deadline=node_patch_interval_s * 4,
-                )
-                self.sent += 1
-            except AllotError:
-                self.failed += 1
+    def tick(self) -> None:
+        self.round_number += 1
+        name = NODE_NAMES[self.round_number % len(NODE_NAMES)]
+        taints = [Taint(NODE_PATCH_TAINT, "", "NoSchedule")] if self.round_number % 2 else []
+        key = f"node-patch-{self.round_number}"
+        labels = {NODE_PATCH_LABEL: str(self.round_number)}
+        self.count(
+            lambda: self.client.nodes.update(
+                name, labels=labels, taints=taints, idempotency_key=key, deadline=node_patch_interval_s * 4
+            )
+        )
 
 
 # ---- one run -----------------------------------------------------------------------------------

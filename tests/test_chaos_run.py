@@ -4,6 +4,7 @@ pieces: arguments, exit codes, the report."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -73,6 +74,8 @@ def test_a_short_seeded_run_passes_every_check(tmp_path: Path) -> None:
     for line in ("PASS         no address held by two claims at once", "PASSED:", "leader faults to the next"):
         assert line in output, output
     assert "FAIL " not in output and "INCONCLUSIVE" not in output, output
+    patched = re.search(r"node label/taint patches: (\d+) acknowledged", output)
+    assert patched is not None and int(patched.group(1)) >= 1, output  # the operator thread ran
 
 
 def test_bad_arguments_exit_2_with_what_to_fix(capsys: pytest.CaptureFixture[str]) -> None:
