@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from node.config import Timing
 from node.memstore import MemoryStore
-from node.scheduling import HeartbeatTable, Planner, PodPlan, SchedulingTimers
+from node.scheduling import HeartbeatTable, Planner, PodPlan, SchedulingTimers, wall_clock_ms
 from statemachine import Outcome, Principal, apply
 from statemachine.context import Meta
 from statemachine.invariants import digest
@@ -116,7 +116,7 @@ class LocalMember:
         store: MemoryStore | None = None,
         timing: Timing | None = None,
         clock: Callable[[], float] = time.monotonic,
-        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        wall_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self._member_id = member_id
         self._store = store if store is not None else MemoryStore()

@@ -577,6 +577,11 @@ class NodeMonitor:
 Submit = Callable[[bytes, int], Awaitable[Any]]  # (envelope, the term the leader decided it in)
 
 
+def wall_clock_ms() -> int:
+    """This member's wall clock in ms, the clock envelopes carry (`Envelope.ts_ms`)."""
+    return time.time_ns() // 1_000_000
+
+
 class SchedulingTimers:
     """The leader's periodic work: node conditions and pending-queue sweeps.
 
@@ -591,7 +596,7 @@ class SchedulingTimers:
         pending_retry_s: float,
         submit: Submit,
         pod_eviction_s: float = Timing.pod_eviction_s,
-        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        wall_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.planner = planner
         # Proposals carry the time they were made (the replicated clock, Context.now_ms); the
