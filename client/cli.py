@@ -547,6 +547,7 @@ def _add_scheduling_parsers(commands: Any, common: argparse.ArgumentParser) -> N
     label = _named(node.add_parser("label", parents=[common], help="set (KEY=VALUE) or remove (KEY-) node labels"))
     label.add_argument("changes", nargs="+", metavar="KEY=VALUE|KEY-", help="KEY=VALUE sets a label, KEY- removes it")
     label.add_argument("--overwrite", action="store_true", help="change a label that has another value")
+    _resource_version_option(label)
     _write_options(label)
     taint = _named(
         node.add_parser("taint", parents=[common], help="add (KEY[=VALUE]:EFFECT) or remove (KEY[:EFFECT]-) taints")
@@ -558,6 +559,7 @@ def _add_scheduling_parsers(commands: Any, common: argparse.ArgumentParser) -> N
         help="KEY[=VALUE]:EFFECT adds a taint (NoSchedule or NoExecute); KEY- removes the key's, KEY:EFFECT- one",
     )
     taint.add_argument("--overwrite", action="store_true", help="replace a taint of the same key and effect")
+    _resource_version_option(taint)
     _write_options(taint)
     _named(node.add_parser("heartbeat", parents=[common], help="send one heartbeat, as a node agent does"))
 
@@ -1549,6 +1551,47 @@ def _evicted_detail(evicted: int | None, shown_when_none: bool) -> str:
     return f" ({evicted} pod{'' if evicted == 1 else 's'} evicted)"
 
 
+def _resource_version_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--resource-version",
+        type=_positive_int,
+        metavar="N",
+        help="change the node only if it is still at this resourceVersion (else exit 4, nothing changed)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a resourceVersion is a positive integer, not {text!r}")
+    return int(text)
+
+
+# `node taint` writes the node's whole taint list, computed from the node as read: sent as a
+# conditional update, and read and computed again when another change came in between (at most
+# this many attempts, so a node changed without pause cannot hold the command for ever).
+taint_attempts_max = 5
+
+
+def _taint_once(
+    nodes: NodeResource, args: argparse.Namespace, changes: TaintChanges, attempt: int
+) -> tuple[Node, Node]:
+    """(the node as read, as updated): one read, compute and conditional write."""
+    before = nodes.get(args.name)
+    if args.resource_version is not None and before.metadata.resource_version != args.resource_version:
+        raise Refused(
+            f"node/{args.name} is at resourceVersion {before.metadata.resource_version}, not "
+            f"{args.resource_version}: it changed since; nothing was sent",
+            EXIT_CONFLICT,
+        )
+    taints = taints_after(args.name, before.spec.taints, changes, overwrite=args.overwrite)
+    # A retry after a conflict is a different write (computed anew), so it needs its own key.
+    key = args.idempotency_key if args.idempotency_key is None or attempt == 1 else f"{args.idempotency_key}.{attempt}"
+    node = nodes.update(
+        args.name, taints=taints, resource_version=before.metadata.resource_version, idempotency_key=key
+    )
+    return before, node
+
+
 def run_node_update(nodes: NodeResource, args: argparse.Namespace, out: Output) -> int:
     """`node label` and `node taint`: read the node, check the change as kubectl does (a
     different value needs --overwrite), send the patch, print what changed. Bad input is
@@ -1570,7 +1613,9 @@ def run_node_update(nodes: NodeResource, args: argparse.Namespace, out: Output) 
             )
         for key in [key for key, value in patch.items() if value is None and key not in labels]:
             print(f"allot: node/{args.name} has no label {key}", file=sys.stderr)
-        node = nodes.label(args.name, patch, idempotency_key=args.idempotency_key)
+        node = nodes.update(
+            args.name, labels=patch, resource_version=args.resource_version, idempotency_key=args.idempotency_key
+        )
         set_ = [
             _label_change(key, value) for key, value in patch.items() if value is not None and labels.get(key) != value
         ]
@@ -1578,9 +1623,17 @@ def run_node_update(nodes: NodeResource, args: argparse.Namespace, out: Output) 
         added_no_execute = False
     else:
         changes = taint_changes(args.changes)
-        before = nodes.get(args.name)
-        taints = taints_after(args.name, before.spec.taints, changes, overwrite=args.overwrite)
-        node = nodes.update(args.name, taints=taints, idempotency_key=args.idempotency_key)
+        attempt = 1
+        while True:
+            try:
+                before, node = _taint_once(nodes, args, changes, attempt)
+                break
+            except Conflict:
+                # Another change came between our read and our write; with --resource-version
+                # the caller asked for that version only.
+                if args.resource_version is not None or attempt == taint_attempts_max:
+                    raise
+                attempt += 1
         new = [taint for taint in node.spec.taints if taint not in before.spec.taints]
         slots = {(taint.key, taint.effect) for taint in new}
         set_ = [str(taint) for taint in new]

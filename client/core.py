@@ -268,22 +268,30 @@ NODE_ACTIONS = ("cordon", "uncordon", "drain")  # POST /v1/nodes/{name}/{action}
 
 
 def node_patch(
-    labels: Mapping[str, str | None] | None, taints: Sequence[Taint] | None, unschedulable: bool | None
+    labels: Mapping[str, str | None] | None,
+    taints: Sequence[Taint] | None,
+    unschedulable: bool | None,
+    resource_version: int | None = None,
 ) -> dict[str, Any]:
     """The body of PATCH /v1/nodes/{name}, a JSON merge patch (RFC 7386) of only the parts
     given: `labels` merge into the node's (a None value removes that label), `taints` replace
     the whole list (`[]` removes every taint), `unschedulable` is the cordon. A patch of nothing
-    is refused before anything is sent."""
+    is refused before anything is sent. `resource_version` (the node's, as read) makes it a
+    conditional update: the server refuses it (`Conflict`) if the node changed since."""
     if labels is None and taints is None and unschedulable is None:
         raise ValueError("a node update changes labels, taints or unschedulable: give at least one")
     patch: dict[str, Any] = {}
+    if resource_version is not None:
+        if not isinstance(resource_version, int) or isinstance(resource_version, bool) or resource_version < 1:
+            raise ValueError(f"resource_version is a node's resourceVersion as read (>= 1), not {resource_version!r}")
+        patch["metadata"] = {"resourceVersion": resource_version}
     if labels is not None:
         for key, value in labels.items():
             if not isinstance(key, str) or not (value is None or isinstance(value, str)):
                 raise ValueError(
                     f"label {key!r}: labels map a string key to a string value, or to None to remove the label"
                 )
-        patch["metadata"] = {"labels": dict(labels)}
+        patch.setdefault("metadata", {})["labels"] = dict(labels)
     spec: dict[str, Any] = {}
     if taints is not None:
         if isinstance(taints, Taint) or not all(isinstance(taint, Taint) for taint in taints):
@@ -463,6 +471,7 @@ class RequestFactory:
         labels: Mapping[str, str | None] | None = None,
         taints: Sequence[Taint] | None = None,
         unschedulable: bool | None = None,
+        resource_version: int | None = None,
         idempotency_key: str | None = None,
     ) -> Request:
         """PATCH /v1/nodes/{name}: a merge patch of the node's labels, taints and cordon
@@ -471,7 +480,7 @@ class RequestFactory:
         return self.build(
             "PATCH",
             self._item_path(NODES, name),
-            body=node_patch(labels, taints, unschedulable),
+            body=node_patch(labels, taints, unschedulable, resource_version),
             write=True,
             idempotency_key=idempotency_key,
             tenant_scoped=False,

@@ -468,6 +468,7 @@ class NodeResource(WritableResource[Node]):
         labels: Mapping[str, str | None] | None = None,
         taints: Sequence[Taint] | None = None,
         unschedulable: bool | None = None,
+        resource_version: int | None = None,
         idempotency_key: str | None = None,
         timeout: float | None = None,
         deadline: float | None = None,
@@ -481,9 +482,17 @@ class NodeResource(WritableResource[Node]):
         back to the queue (`status.evicted_from` naming the node; one whose toleration has
         `tolerationSeconds` goes when that time is up), and `status.evicted_pods`
         says how many (it is set whenever the node has a NoExecute taint after the patch). A
-        label added or a taint removed lets pending pods that now fit bind in the same write."""
+        label added or a taint removed lets pending pods that now fit bind in the same write.
+        `resource_version` (the node's `metadata.resource_version` as you read it) makes the
+        update conditional, for read-modify-write of the taint list: it is a `Conflict` if the
+        node changed since (read it again and redo the change)."""
         request = self._client._factory.node_update(
-            name, labels=labels, taints=taints, unschedulable=unschedulable, idempotency_key=idempotency_key
+            name,
+            labels=labels,
+            taints=taints,
+            unschedulable=unschedulable,
+            resource_version=resource_version,
+            idempotency_key=idempotency_key,
         )
         return Node.parse((self._client._execute(request, timeout, deadline)).value)
 

@@ -773,7 +773,8 @@ class Api:
     async def node_update(self, request: web.Request) -> web.StreamResponse:
         """PATCH /v1/nodes/{name}: a JSON merge patch (RFC 7386) of the node's labels, taints
         and cordon, as `kubectl label|taint|cordon` send: {"metadata": {"labels": {K: V or
-        null}}, "spec": {"taints": [...], "unschedulable": bool}} (command node.update)."""
+        null}, "resourceVersion": N}, "spec": {"taints": [...], "unschedulable": bool}} (command
+        node.update; a resourceVersion makes it conditional: 409 conflict if the node changed)."""
         principal = self._principal(request)
         self._params(request, ())
         request_id = self._request_id(request)

@@ -358,6 +358,16 @@ def node_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     on this node, as a registration does. No change, no write."""
     name, node, state = _node(ctx, body, ("metadata", "spec"))
     update = nodes.check_update(body, node["metadata"]["labels"])
+    current_version = node["metadata"]["resourceVersion"]
+    if update.resource_version is not None and update.resource_version != current_version:
+        # Checked before anything else, an identical patch too, as Kubernetes does: the caller
+        # computed its patch from a node that is no longer there (a read-modify-write race).
+        raise Rejected(
+            CONFLICT,
+            f"Node {name} changed since it was read: it is at resourceVersion {current_version}, not "
+            f"{update.resource_version}; read it again and apply your change to that",
+            {"kind": nodes.KIND, "name": name, "resourceVersion": current_version},
+        )
     labels_before = node["metadata"]["labels"]
     labels = labels_before if update.labels is None else update.labels
     taints = node["spec"]["taints"] if update.taints is None else update.taints

@@ -47,6 +47,7 @@ from statemachine.fields import (
     opt_choice,
     opt_int,
     opt_str,
+    shown,
 )
 from statemachine.policy import check_length_allowed
 from statemachine.quotas import cpu_millis_max, memory_bytes_max
@@ -295,7 +296,8 @@ def check_body(body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any
 
 
 _update_fields = ("name", "metadata", "spec")
-_update_metadata_fields = ("labels",)
+_update_metadata_fields = ("labels", "resourceVersion")
+resource_version_digits_max = 18  # as the HTTP layer's query integers: fits a signed 64-bit integer
 _update_spec_fields = ("taints", "unschedulable")
 
 
@@ -307,6 +309,32 @@ class NodeUpdate:
     labels: dict[str, str] | None  # the labels after the patch
     taints: list[dict[str, str]] | None
     unschedulable: bool | None
+    # A precondition, as in a Kubernetes patch: the node's resourceVersion as the caller read
+    # it; the update is refused (conflict) when the node changed since.
+    resource_version: int | None
+
+
+def check_resource_version(value: Any, field_path: str) -> int | None:
+    """A resourceVersion the caller read: a positive integer, or its decimal string (Kubernetes
+    clients send strings)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and 0 < len(value) <= resource_version_digits_max and value.isascii() and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 10**resource_version_digits_max:
+        given = (
+            shown(value)
+            if isinstance(value, str)
+            else str(value)
+            if isinstance(value, int) and not isinstance(value, bool)
+            else f"a {type(value).__name__}"
+        )
+        raise invalid(
+            f"{field_path} must be the resourceVersion the node was read at (a positive integer of at most "
+            f"{resource_version_digits_max} digits, or its decimal string), not {given}",
+            field_path,
+        )
+    return value
 
 
 def check_update(body: dict[str, Any], labels_now: dict[str, str]) -> NodeUpdate:
@@ -335,7 +363,8 @@ def check_update(body: dict[str, Any], labels_now: dict[str, str]) -> NodeUpdate
     unschedulable = opt_bool(spec, "unschedulable", "spec.unschedulable")
     if "unschedulable" in spec and unschedulable is None:
         unschedulable = False
-    return NodeUpdate(labels, taints, unschedulable)
+    resource_version = check_resource_version(metadata.get("resourceVersion"), "metadata.resourceVersion")
+    return NodeUpdate(labels, taints, unschedulable, resource_version)
 
 
 def no_execute_rows(state: NodeState) -> list[list[str]]:

@@ -14,7 +14,9 @@
 * `tolerations`: `{key, operator: Equal|Exists, value, effect, tolerationSeconds}`; Kubernetes'
   matching rules (an empty effect tolerates both effects; `Exists` with no key tolerates every
   taint). `tolerationSeconds` (0 to a year, effect NoExecute only) is how long the pod stays on
-  a node that became unreachable (cluster.node_evict_unready); stored only when given.
+  a node once the NoExecute taint it matches is there (the unreachable taint of a NotReady node:
+  cluster.node_evict_unready; any other: cluster.node_evict_tainted); the first matching
+  toleration decides (`toleration_ms`); stored only when given.
 * `priority`: integer in [-2^31, 2^31); higher is scheduled first.
 * `schedulingPolicy`: `spread` or `binpack`, overriding the cluster's.
 

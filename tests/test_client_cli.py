@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from chaos.cluster import REPO_ROOT, Cluster, free_ports
-from client import Taint, cli, errors
+from client import Node, Taint, cli, errors
 from node.cli import main as node_cli_main
 from node.tokens import new_token
 
@@ -286,6 +286,20 @@ def test_node_label_and_taint(cluster: Cluster, workdir: Path) -> None:
     as_json = json.loads(ok(node("taint", "cli-lt", "gpu=yes:NoSchedule-", "-o", "json")))
     assert as_json["metadata"]["name"] == "cli-lt" and as_json["spec"]["taints"] == []
 
+    # --resource-version: only if the node is still as read (kubectl label --resource-version).
+    version = described("cli-lt")["metadata"]["resourceVersion"]
+    stale_label = failed(node("label", "cli-lt", "team=a", "--resource-version", str(version - 1)), cli.EXIT_CONFLICT)
+    assert stale_label.startswith(
+        f"allot: conflict: Node cli-lt changed since it was read: it is at resourceVersion {version}"
+    )
+    stale_taint = failed(node("taint", "cli-lt", "a:NoSchedule", "--resource-version", "1"), cli.EXIT_CONFLICT)
+    assert (
+        stale_taint == f"allot: node/cli-lt is at resourceVersion {version}, not 1: it changed since; nothing was sent"
+    )
+    assert described("cli-lt")["metadata"]["resourceVersion"] == version, "refused: nothing changed"
+    assert ok(node("label", "cli-lt", "team=a", "--resource-version", str(version))) == "node/cli-lt labeled team=a\n"
+    ok(node("label", "cli-lt", "team-"))
+
     bad_key = failed(node("label", "cli-lt", "bad key!=x"), cli.EXIT_USAGE)
     assert bad_key.startswith("allot: invalid: label key 'bad key!'"), bad_key
     assert "not_found" in failed(node("label", "cli-none", "a=b"), cli.EXIT_NOT_FOUND)
@@ -465,6 +479,58 @@ def test_node_label_and_taint_arguments() -> None:
     with pytest.raises(SystemExit) as nothing:
         cli.main(["node", "label", "n1"], io.StringIO(), io.StringIO())  # argparse: a change is required
     assert nothing.value.code == cli.EXIT_USAGE
+
+
+class RacingNodes:
+    """A node resource whose node another writer changes between each of our reads and writes,
+    `races` times: the server's answer to a conditional update from a stale read."""
+
+    def __init__(self, races: int) -> None:
+        self.version = 10
+        self.taints = [{"key": "other", "value": "", "effect": "NoSchedule"}]
+        self.races = races
+        self.writes: list[tuple[list[Taint], int | None, str | None]] = []
+
+    def get(self, name: str) -> Node:
+        node = {"metadata": {"name": name, "resourceVersion": self.version}, "spec": {"taints": self.taints}}
+        return Node.parse({**node, "status": {}})
+
+    def update(
+        self, name: str, *, taints: list[Taint], resource_version: int | None, idempotency_key: str | None
+    ) -> Node:
+        self.writes.append((taints, resource_version, idempotency_key))
+        if self.races:  # the other writer: a taint of its own, and the node at a new version
+            self.races -= 1
+            self.taints = [*self.taints, {"key": f"race{self.races}", "value": "", "effect": "NoSchedule"}]
+            self.version += 1
+        if resource_version != self.version:
+            raise errors.Conflict(f"Node {name} changed since it was read")
+        self.taints = [{"key": taint.key, "value": taint.value, "effect": taint.effect} for taint in taints]
+        self.version += 1
+        return self.get(name)
+
+
+def test_node_taint_reads_again_after_a_conflict_and_keeps_the_other_writers_taints() -> None:
+    def taint(nodes: RacingNodes, *argv: str) -> str:
+        args = cli.build_parser().parse_args(["node", "taint", "n1", *argv])
+        stdout = io.StringIO()
+        assert cli.run_node_update(nodes, args, cli.Output("text", stdout)) == cli.EXIT_OK  # type: ignore[arg-type]
+        return stdout.getvalue()
+
+    nodes = RacingNodes(races=2)
+    assert taint(nodes, "mine:NoExecute", "--idempotency-key", "k") == "node/n1 tainted mine:NoExecute\n"
+    assert [key for _, _, key in nodes.writes] == ["k", "k.2", "k.3"], "each new attempt is a new write: a new key"
+    assert [version for _, version, _ in nodes.writes] == [10, 11, 12], "each conditional on the version read"
+    assert [taint.key for taint in nodes.writes[-1][0]] == ["other", "race1", "race0", "mine"], "no taint was lost"
+
+    always_racing = RacingNodes(races=cli.taint_attempts_max)
+    with pytest.raises(errors.Conflict):
+        taint(always_racing, "mine:NoExecute")
+    assert len(always_racing.writes) == cli.taint_attempts_max, "bounded"
+    pinned = RacingNodes(races=1)
+    with pytest.raises(errors.Conflict):
+        taint(pinned, "mine:NoExecute", "--resource-version", "10")
+    assert len(pinned.writes) == 1, "with --resource-version that version only: no second attempt"
 
 
 def test_memory_with_an_unknown_unit_names_the_accepted_units() -> None:

@@ -305,6 +305,10 @@ def test_node_update_is_a_merge_patch_sent_as_a_write() -> None:
     assert only_taints.body is not None and json.loads(only_taints.body) == {"spec": {"taints": []}}
     assert only_taints.idempotency_key is not None, "a key is made for every write"
     assert json.loads(factory.node_update("n1", unschedulable=False).body or b"") == {"spec": {"unschedulable": False}}
+    conditional = factory.node_update("n1", labels={"disk": "ssd"}, resource_version=42)
+    assert json.loads(conditional.body or b"") == {"metadata": {"resourceVersion": 42, "labels": {"disk": "ssd"}}}
+    with pytest.raises(ValueError, match="resourceVersion as read"):
+        factory.node_update("n1", labels={"disk": "ssd"}, resource_version=0)
     with pytest.raises(ValueError, match="give at least one"):
         factory.node_update("n1")
     with pytest.raises(ValueError, match="whole new list"):
@@ -351,6 +355,18 @@ def test_node_update_labels_taints_and_cordon(admin: Client, cluster: Cluster) -
         change_wait_s,
     )
     assert rebound and tenant.pods.get("wants-gpu").node_name == "upd-1"
+
+    read = admin.nodes.get("upd-1")
+    version = read.metadata.resource_version
+    assert version is not None
+    admin.nodes.label("upd-1", {"rack": "r2"})  # another writer, between our read and our write
+    with pytest.raises(Conflict) as stale:
+        admin.nodes.update("upd-1", taints=[*read.spec.taints, MAINTENANCE], resource_version=version)
+    assert stale.value.details["resourceVersion"] > version, stale.value
+    assert admin.nodes.get("upd-1").spec.taints == (), "refused: nothing changed"
+    fresh = admin.nodes.get("upd-1")
+    unlabelled = admin.nodes.update("upd-1", labels={"rack": None}, resource_version=fresh.metadata.resource_version)
+    assert unlabelled.metadata.labels == {"suite": "upd", "gpu": "yes"}
 
     with pytest.raises(ValueError, match="give at least one"):
         admin.nodes.update("upd-1")
