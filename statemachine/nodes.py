@@ -180,7 +180,10 @@ class NodeState:
     @classmethod
     def from_plain(cls, plain: list[Any]) -> NodeState:
         state = cls(*plain)
-        if len(plain) < _fields_with_taint_eviction:
+        # Records before 318fcb3 have no times. 318fcb3-958e254 kept a list of times there
+        # (statemachine/DESIGN.md, "Changing a node"): untimed too, as a wrong type must not
+        # reach the comparisons of bind and the leader's timers.
+        if len(plain) < _fields_with_taint_eviction or isinstance(state.taint_eviction_ms, list):
             state.taint_eviction_ms = UNTIMED  # saved so until node.update times its pods
         if len(plain) == _fields_before_nominee_priority and state.nominee is not None:
             # A record of an earlier build, whose reservations held against every pod: keep
@@ -319,7 +322,14 @@ def check_resource_version(value: Any, field_path: str) -> int | None:
     clients send strings)."""
     if value is None:
         return None
-    if isinstance(value, str) and 0 < len(value) <= resource_version_digits_max and value.isascii() and value.isdigit():
+    # As written by the server: "0171" is not 171 (Kubernetes compares resourceVersions as strings).
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= resource_version_digits_max
+        and value.isascii()
+        and value.isdigit()
+        and value[0] != "0"
+    ):
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 10**resource_version_digits_max:
         given = (
@@ -342,6 +352,9 @@ def check_update(body: dict[str, Any], labels_now: dict[str, str]) -> NodeUpdate
     merge patch replaces lists), `unschedulable` is the cordon. A field given as null is
     removed, as RFC 7386 says: no labels, no taints, not cordoned."""
     check_map(body, "", _update_fields)
+    for part in ("metadata", "spec"):
+        if part in body and body[part] is None:  # a merge patch's null would remove the whole part
+            raise invalid(f"{part} cannot be removed; give the fields of it to change (null removes one)", part)
     metadata = check_map(body.get("metadata"), "metadata", _update_metadata_fields)
     spec = check_map(body.get("spec"), "spec", _update_spec_fields)
     labels: dict[str, str] | None = None

@@ -874,6 +874,8 @@ def test_a_node_record_of_an_earlier_build_times_its_pods_from_its_first_update(
     assert state.taint_eviction_ms is not None and machine.store.get(index_key) == nodes.index_value(
         state.taint_eviction_ms
     )
+    _put(machine.store, keys.node_state_key("n1"), [*state.to_plain()[:16], [[1_000, job]]])  # 318fcb3's list
+    assert _node_state(machine.store, "n1").taint_eviction_ms == nodes.UNTIMED
     _put(machine.store, keys.node_state_key("n1"), state.to_plain()[:16])
     machine.store.apply_writes([(index_key, b"")])
     assert _node_state(machine.store, "n1").taint_eviction_ms == nodes.UNTIMED
