@@ -79,6 +79,19 @@ def ensure_secret(path: Path) -> None:
         handle.write(secrets.token_urlsafe(48) + "\n")
 
 
+# Where the running `node` package was imported from. Members import the same code from here
+# (PYTHONPATH, with `python -P`, which leaves the current directory off the import path): `python
+# -m` would otherwise import a `node/` package in the directory `allot up` runs in first, another
+# checkout's perhaps, and the members would run other code than the command that started them.
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def member_environment(parent_pid: int) -> dict[str, str]:
+    """The members' environment: this one, the parent's pid, and SOURCE_ROOT first on the path."""
+    search_path = os.pathsep.join(item for item in (str(SOURCE_ROOT), os.environ.get("PYTHONPATH", "")) if item)
+    return {**os.environ, PARENT_ENV: str(parent_pid), "PYTHONPATH": search_path}
+
+
 def member_command(
     member: PlannedMember,
     members: list[PlannedMember],
@@ -89,6 +102,7 @@ def member_command(
     extra = [item for flag, value in (timing_flags or {}).items() for item in (flag, repr(float(value)))]
     return [
         sys.executable,
+        "-P",  # SOURCE_ROOT, not the current directory: the code that runs `allot up`
         "-m",
         "node.cli",
         "serve",
@@ -282,7 +296,7 @@ def up(
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal was closed
     previous = {signum: signal.signal(signum, on_signal) for signum in handled}
-    member_environment = {**os.environ, PARENT_ENV: str(os.getpid())}
+    environment = member_environment(os.getpid())
 
     def start(member: PlannedMember) -> subprocess.Popen[bytes]:
         member.data_dir.mkdir(parents=True, exist_ok=True)
@@ -293,7 +307,7 @@ def up(
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches us; we stop the members in order
-                env=member_environment,
+                env=environment,
             )
 
     try:

@@ -950,18 +950,31 @@ def test_bad_timing_settings_are_refused_before_anything_is_written(
 class AllotUp:
     """An `allot up` process on free ports in a temp directory, its output read by a thread."""
 
-    def __init__(self, directory: Path, http_port: int, raft_port: int, source_root: Path = REPO_ROOT) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        http_port: int,
+        raft_port: int,
+        source_root: Path = REPO_ROOT,
+        working_dir: Path | None = None,
+    ) -> None:
+        """Runs the build in `source_root`; from `working_dir` when given (with source_root on
+        PYTHONPATH, as the `allot` command imports its installed package wherever it runs)."""
         self.directory = directory
         self.http_port = http_port
         command = [sys.executable, "-m", "node.cli", "up", "--dir", str(directory)]
         command += ["--http-port", str(http_port), "--raft-port", str(raft_port)]
+        environment = child_environment()
+        if working_dir is not None:
+            command.insert(1, "-P")
+            environment["PYTHONPATH"] = str(source_root)
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            cwd=source_root,  # `python -m` imports the sources here first: the build that runs
-            env=child_environment(),
+            cwd=working_dir or source_root,  # `python -m` imports the sources here first: the build that runs
+            env=environment,
             start_new_session=True,
         )
         register_process(self.process)
@@ -1048,7 +1061,14 @@ def test_allot_up_refuses_a_token_file_it_cannot_use_before_writing_anything(tmp
 def test_allot_up_smoke(tmp_path: Path) -> None:
     http_port = free_ports(3, consecutive=True)[0]
     raft_port = free_ports(3, consecutive=True)[0]
-    up = AllotUp(tmp_path / "up", http_port, raft_port)
+    # Run from a directory holding another `node` package (an older checkout, say): the members
+    # must run the code `allot up` runs, not import that one (`python -m` puts the current
+    # directory first on the path).
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "node").mkdir(parents=True)
+    (elsewhere / "node" / "__init__.py").write_text("")
+    (elsewhere / "node" / "cli.py").write_text('raise SystemExit("the node package of the working directory ran")\n')
+    up = AllotUp(tmp_path / "up", http_port, raft_port, working_dir=elsewhere)
     try:
         up.wait_for("to watch a failover")  # the banner, every member listed
         status = http_request(f"127.0.0.1:{http_port}", "GET", "/v1/status", token=up.admin_token())
