@@ -88,7 +88,11 @@ def node_register(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], b
         wanted = {**spec, "unschedulable": existing["spec"]["unschedulable"]}
         if wanted.get("podCIDRPrefixLength") is None:
             wanted["podCIDRPrefixLength"] = existing["spec"]["podCIDRPrefixLength"]
-        same_spec, same_labels = existing["spec"] == wanted, existing["metadata"]["labels"] == labels
+        # Stored with the built-in labels (or, by builds before 2026-12-07, without them); a
+        # zone label that differs is the spec's difference, not the labels'.
+        same_spec = existing["spec"] == wanted
+        with_builtin = nodes.matching_labels(name, labels, existing["spec"]["zone"])
+        same_labels = existing["metadata"]["labels"] in (with_builtin, labels)
         if same_spec and same_labels:
             return nodes.render(ctx.ov, existing), False
         if {**wanted, "taints": existing["spec"]["taints"]} == existing["spec"]:  # labels or taints only
@@ -357,7 +361,9 @@ def node_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     pending pod fit (a label added or changed, a taint removed, an uncordon) retry the queue
     on this node, as a registration does. No change, no write."""
     name, node, state = _node(ctx, body, ("metadata", "spec"))
-    update = nodes.check_update(body, node["metadata"]["labels"])
+    # A node registered before its object showed the built-in labels gains them with its
+    # first label change.
+    update = nodes.check_update(body, nodes.matching_labels(name, node["metadata"]["labels"], node["spec"]["zone"]))
     current_version = node["metadata"]["resourceVersion"]
     if update.resource_version is not None and update.resource_version != current_version:
         # Checked before anything else, an identical patch too, as Kubernetes does: the caller

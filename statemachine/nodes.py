@@ -22,7 +22,8 @@ change (register, condition, cordon, drain, delete), not on every bind; `status.
 computed on read.
 
 The zone is also a label (`topology.kubernetes.io/zone`) and the name is `kubernetes.io/hostname`,
-so selectors and affinity can use them, as in Kubernetes.
+stored with the node's own labels and set only by registration (BUILTIN_LABELS), so selectors,
+affinity and list and watch selectors can use them, as in Kubernetes.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from statemachine.fields import (
     check_labels,
     check_map,
     check_node_name,
+    labels_max,
     list_items_max,
     opt_bool,
     opt_choice,
@@ -62,6 +64,9 @@ TAINT_EFFECTS = (NO_SCHEDULE, NO_EXECUTE)
 UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
+# Set at registration, from the node's name and spec.zone, as a kubelet sets them (and resets
+# them when it restarts): a patch may not change them, so they never disagree with the spec.
+BUILTIN_LABELS = (HOSTNAME_LABEL, ZONE_LABEL)
 
 node_pods_max = 1024  # capacity.pods ceiling: bounds the work of draining one node
 nodes_max = 10_000  # nodes per cluster: bounds a full scheduling search
@@ -279,6 +284,12 @@ def check_body(body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any
     zone = opt_str(given, "zone", "spec.zone")
     if zone is not None:
         check_label_value(zone, "spec.zone")
+        if labels.get(ZONE_LABEL, zone) != zone:
+            raise invalid(
+                f"labels.{ZONE_LABEL} is {labels[ZONE_LABEL]!r} but spec.zone is {zone!r}: give the zone once "
+                f"(spec.zone sets the label)",
+                f"labels.{ZONE_LABEL}",
+            )
     pod_pool = opt_str(given, "podPool", "spec.podPool")
     if pod_pool is None:
         raise invalid(
@@ -350,7 +361,8 @@ def check_resource_version(value: Any, field_path: str) -> int | None:
 def check_update(body: dict[str, Any], labels_now: dict[str, str]) -> NodeUpdate:
     """Labels merge (a null value removes the key), taints are replaced as a whole list (a
     merge patch replaces lists), `unschedulable` is the cordon. A field given as null is
-    removed, as RFC 7386 says: no labels, no taints, not cordoned."""
+    removed, as RFC 7386 says: no labels, no taints, not cordoned; the BUILTIN_LABELS stay.
+    `labels_now`: the node's labels with its built-in ones (`matching_labels`)."""
     check_map(body, "", _update_fields)
     for part in ("metadata", "spec"):
         if part in body and body[part] is None:  # a merge patch's null would remove the whole part
@@ -358,20 +370,36 @@ def check_update(body: dict[str, Any], labels_now: dict[str, str]) -> NodeUpdate
     metadata = check_map(body.get("metadata"), "metadata", _update_metadata_fields)
     spec = check_map(body.get("spec"), "spec", _update_spec_fields)
     labels: dict[str, str] | None = None
+    builtin = {key: labels_now[key] for key in BUILTIN_LABELS if key in labels_now}
     patch = metadata.get("labels")
     if "labels" in metadata and patch is None:
-        labels = {}
+        labels = builtin
     elif patch is not None:
         if not isinstance(patch, dict):
             raise invalid("metadata.labels must be a map of strings (null removes a label)", "metadata.labels")
         merged = dict(labels_now)
         for key, value in patch.items():
+            if key in BUILTIN_LABELS and value != builtin.get(key):
+                raise invalid(
+                    f"label {key} is set at registration, from the node's "
+                    f"{'name' if key == HOSTNAME_LABEL else 'spec.zone'}; to change it, register the node again "
+                    "(delete it first)",
+                    f"metadata.labels.{key}",
+                )
             if value is None:
                 merged.pop(key, None)
             else:
                 merged[key] = value
-        # Checked as a whole, so the limits and the messages are those of registration.
-        labels = check_labels(merged, "metadata.labels")
+        own = {key: value for key, value in merged.items() if key not in BUILTIN_LABELS}
+        if len(own) > labels_max:
+            raise invalid(
+                f"metadata.labels: the node would have {len(own)} labels after this patch (not counting "
+                f"{' and '.join(BUILTIN_LABELS)}); at most {labels_max} are allowed",
+                "metadata.labels",
+            )
+        # Checked with registration's rules and messages.
+        check_labels(own, "metadata.labels")
+        labels = dict(sorted(merged.items()))
     taints = _check_taints(spec["taints"], "spec.taints") if "taints" in spec else None
     unschedulable = opt_bool(spec, "unschedulable", "spec.unschedulable")
     if "unschedulable" in spec and unschedulable is None:
@@ -556,6 +584,9 @@ def new_object(
     uid = ctx.new_uid()
     pool_ref, block = carve_pod_cidr(ctx, name, spec)
     capacity = spec["capacity"]
+    # The object shows the built-in labels the filters see, as a kubelet labels its Node (nodes
+    # registered by builds before 2026-12-07 show them from their first labelling node.update).
+    stored_labels = matching_labels(name, labels, spec["zone"])
     state = NodeState(
         uid=uid,
         ready=True,
@@ -563,13 +594,13 @@ def new_object(
         cpu_capacity=capacity["cpuMillis"],
         memory_capacity=capacity["memoryBytes"],
         pods_capacity=capacity["pods"],
-        labels=matching_labels(name, labels, spec["zone"]),
+        labels=stored_labels,
         taints=taint_rows(spec["taints"]),
         pod_addresses=[block.family, block.address, block.length, 1, 0],  # the first address is never a pod's
     )
     node = {
         "kind": KIND,
-        "metadata": ctx.metadata(name, uid, labels),
+        "metadata": ctx.metadata(name, uid, stored_labels),
         "spec": spec,
         "status": {
             "podCIDR": str(block),

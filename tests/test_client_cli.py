@@ -254,19 +254,22 @@ def test_node_label_and_taint(cluster: Cluster, workdir: Path) -> None:
     ok(allot(cluster, workdir, "pool", "create", "cli-node-pods", "--cidr", "10.206.0.0/16"))
     register = ("register", "cli-lt", "--cpu", "1", "--memory", "1Gi", "--pods", "4", "--pod-pool", "cli-node-pods")
     ok(node(*register, "--label", "disk=hdd"))
+    hostname = {"kubernetes.io/hostname": "cli-lt"}  # a built-in label (statemachine/nodes.py)
 
     assert ok(node("label", "cli-lt", "rack=r1", "tier=")) == "node/cli-lt labeled rack=r1, tier=\n"
     refused = failed(node("label", "cli-lt", "disk=ssd", "rack=r2"), cli.EXIT_CONFLICT)
     assert refused == (
         "allot: node/cli-lt already has labels disk=hdd (not ssd), rack=r1 (not r2); pass --overwrite to change them"
     )
-    assert described("cli-lt")["metadata"]["labels"] == {"disk": "hdd", "rack": "r1", "tier": ""}, "nothing was sent"
+    assert described("cli-lt")["metadata"]["labels"] == {**hostname, "disk": "hdd", "rack": "r1", "tier": ""}, (
+        "nothing was sent"
+    )
     assert ok(node("label", "cli-lt", "disk=ssd", "rack-", "--overwrite")) == "node/cli-lt labeled disk=ssd, rack-\n"
     removed = node("label", "cli-lt", "tier-", "gone-")
     assert ok(removed) == "node/cli-lt unlabeled tier-\n"
     assert removed.stderr == "allot: node/cli-lt has no label gone\n", "a label that is not there: a note, as kubectl"
     assert ok(node("label", "cli-lt", "disk=ssd")) == "node/cli-lt unchanged\n", "the same value needs no --overwrite"
-    assert described("cli-lt")["metadata"]["labels"] == {"disk": "ssd"}
+    assert described("cli-lt")["metadata"]["labels"] == {**hostname, "disk": "ssd"}
 
     added = ok(node("taint", "cli-lt", "dedicated=infra:NoSchedule", "spot:NoExecute"))
     assert added == "node/cli-lt tainted dedicated=infra:NoSchedule, spot:NoExecute (0 pods evicted)\n", added
@@ -305,7 +308,10 @@ def test_node_label_and_taint(cluster: Cluster, workdir: Path) -> None:
     assert "not_found" in failed(node("label", "cli-none", "a=b"), cli.EXIT_NOT_FOUND)
     member = cluster.tenant_tokens["acme/web"]
     assert "forbidden" in failed(node("taint", "cli-lt", "a:NoSchedule", token=member), cli.EXIT_UNAUTHORIZED)
-    assert described("cli-lt")["metadata"]["labels"] == {"disk": "ssd"} and described("cli-lt")["spec"]["taints"] == []
+    assert (
+        described("cli-lt")["metadata"]["labels"] == {**hostname, "disk": "ssd"}
+        and described("cli-lt")["spec"]["taints"] == []
+    )
     ok(node("delete", "cli-lt"))
     ok(allot(cluster, workdir, "pool", "delete", "cli-node-pods"))
 

@@ -319,6 +319,11 @@ def test_node_update_is_a_merge_patch_sent_as_a_write() -> None:
         factory.node_update("n1", unschedulable="yes")  # type: ignore[arg-type]
 
 
+# The nodes' labels: their own, and the built-in kubernetes.io/hostname (statemachine/nodes.py).
+UPD_1 = {"suite": "upd", "kubernetes.io/hostname": "upd-1"}
+UPD_ASYNC_1 = {"suite": "upd-async", "kubernetes.io/hostname": "upd-async-1"}
+
+
 def test_node_update_labels_taints_and_cordon(admin: Client, cluster: Cluster) -> None:
     register(admin, "upd-1", "upd")
     tenant = admin.as_tenant("sched", "upd")
@@ -327,14 +332,14 @@ def test_node_update_labels_taints_and_cordon(admin: Client, cluster: Cluster) -
     assert tenant.pods.create("tolerant", pod_spec("upd", tolerations=TOLERATES_MAINTENANCE)).node_name == "upd-1"
 
     labelled = admin.nodes.label("upd-1", {"gpu": "yes", "rack": "r1"})
-    assert isinstance(labelled, Node) and labelled.metadata.labels == {"suite": "upd", "gpu": "yes", "rack": "r1"}
+    assert isinstance(labelled, Node) and labelled.metadata.labels == {**UPD_1, "gpu": "yes", "rack": "r1"}
     assert labelled.status.evicted_pods is None, "only a node with a NoExecute taint says how many pods went"
     bound = wait_until(
         "the pod selecting the new label to bind", lambda: tenant.pods.get("wants-gpu").bound or None, change_wait_s
     )
     assert bound and tenant.pods.get("wants-gpu").node_name == "upd-1"
     unlabelled = admin.nodes.update("upd-1", labels={"rack": None})
-    assert unlabelled.metadata.labels == {"suite": "upd", "gpu": "yes"}
+    assert unlabelled.metadata.labels == {**UPD_1, "gpu": "yes"}
     assert tenant.pods.get("wants-gpu").bound, "a bound pod stays when a label goes (IgnoredDuringExecution)"
 
     tainted = admin.nodes.update("upd-1", taints=[MAINTENANCE])
@@ -366,7 +371,7 @@ def test_node_update_labels_taints_and_cordon(admin: Client, cluster: Cluster) -
     assert admin.nodes.get("upd-1").spec.taints == (), "refused: nothing changed"
     fresh = admin.nodes.get("upd-1")
     unlabelled = admin.nodes.update("upd-1", labels={"rack": None}, resource_version=fresh.metadata.resource_version)
-    assert unlabelled.metadata.labels == {"suite": "upd", "gpu": "yes"}
+    assert unlabelled.metadata.labels == {**UPD_1, "gpu": "yes"}
 
     with pytest.raises(ValueError, match="give at least one"):
         admin.nodes.update("upd-1")
@@ -377,7 +382,7 @@ def test_node_update_labels_taints_and_cordon(admin: Client, cluster: Cluster) -
         admin.nodes.label("no-such-node", {"gpu": "yes"})
     with Client(endpoints_of(cluster), cluster.tenant_tokens["acme/web"]) as member, pytest.raises(Forbidden):
         member.nodes.label("upd-1", {"gpu": "no"})
-    assert admin.nodes.get("upd-1").metadata.labels == {"suite": "upd", "gpu": "yes"}, "refusals change nothing"
+    assert admin.nodes.get("upd-1").metadata.labels == {**UPD_1, "gpu": "yes"}, "refusals change nothing"
 
 
 def test_async_node_update(admin: Client, cluster: Cluster) -> None:
@@ -401,12 +406,12 @@ def test_async_node_update(admin: Client, cluster: Cluster) -> None:
 
     waiting, labelled, tainted, evicted, cleared, relabelled = asyncio.run(scenario())
     assert waiting.pending_reason == "Unschedulable"
-    assert labelled.metadata.labels == {"suite": "upd-async", "disk": "ssd"}
+    assert labelled.metadata.labels == {**UPD_ASYNC_1, "disk": "ssd"}
     assert tainted.unschedulable and tainted.spec.taints == (MAINTENANCE,) and tainted.status.evicted_pods == 1
     assert evicted.phase == "Pending" and evicted.status.evicted_from == "upd-async-1"
-    assert cleared.metadata.labels == {"suite": "upd-async"} and cleared.spec.taints == ()
+    assert cleared.metadata.labels == UPD_ASYNC_1 and cleared.spec.taints == ()
     assert not cleared.unschedulable and cleared.status.evicted_pods is None
-    assert relabelled.metadata.labels == {"suite": "upd-async", "disk": "ssd"}
+    assert relabelled.metadata.labels == {**UPD_ASYNC_1, "disk": "ssd"}
     tenant = admin.as_tenant("sched", "upd-async")
     wait_until("the pod to bind once its label is back", lambda: tenant.pods.get("a-ssd").bound or None, change_wait_s)
 
@@ -626,7 +631,10 @@ def test_cli_node_label_binds_a_pod_and_a_noexecute_taint_evicts_it(allot: Allot
         "the pod to bind again once the taint is gone", lambda: tenant.pods.get("cli-gpu").bound or None, change_wait_s
     )
     as_json = json.loads(allot.ok("node", "label", "cli-upd-1", "gpu-", "rack-", "-o", "json"))
-    assert as_json["metadata"]["labels"] == {"suite": "cli-upd"} and as_json["spec"]["taints"] == []
+    assert (
+        as_json["metadata"]["labels"] == {"suite": "cli-upd", "kubernetes.io/hostname": "cli-upd-1"}
+        and as_json["spec"]["taints"] == []
+    )
     assert tenant.pods.get("cli-gpu").node_name == "cli-upd-1", "a label removed leaves the bound pod"
 
 

@@ -149,7 +149,7 @@ def test_node_patch_changes_labels_taints_and_cordon(tmp_path: Path) -> None:
             body={"metadata": {"labels": {"accel": "gpu", "rack": None}}},
             headers={"Content-Type": "application/merge-patch+json"},
         )
-        assert patched["metadata"]["labels"] == {"accel": "gpu"}
+        assert patched["metadata"]["labels"] == {"accel": "gpu", "kubernetes.io/hostname": "n2"}
         bound = await api.ok("GET", "/v1/pods/gpu", ACME)
         assert (bound["status"]["phase"], bound["spec"]["nodeName"]) == ("Bound", "n2")
         tainted = await api.ok(

@@ -24,6 +24,7 @@ from statemachine import (
     claims,
     codec,
     encode_envelope,
+    fields,
     keys,
     nodes,
     pods,
@@ -890,6 +891,40 @@ def test_a_node_record_of_an_earlier_build_times_its_pods_from_its_first_update(
     assert isinstance(outcome.result, Ok) and outcome.result.value["status"]["evictedPods"] == 1
     assert outcome.result.value["status"]["nextTaintEvictionMillis"] is None
     assert _load(machine.store, job)["spec"]["nodeName"] == "n2"
+
+
+def test_a_node_shows_its_builtin_labels_and_one_of_an_earlier_build_gains_them_when_labelled() -> None:
+    """The Node object carries kubernetes.io/hostname and topology.kubernetes.io/zone, which do
+    not count against the label limit; builds before 2026-12-07 stored the object without them
+    (the filters saw them all along), and such a node gains them at its first label change."""
+    machine = Machine(check_every_step=True)
+    machine.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.244.0.0/16"}})
+    own = {f"l{index:02}": "x" for index in range(fields.labels_max)}
+    capacity = {"cpuMillis": 4000, "memoryBytes": 1 << 30, "pods": 4}
+    body = {"name": "n1", "labels": own, "spec": {"capacity": capacity, "podPool": "pods", "zone": "a"}}
+    builtin = {nodes.HOSTNAME_LABEL: "n1", nodes.ZONE_LABEL: "a"}
+    assert machine.ok(ADMIN, "node.register", body)["metadata"]["labels"] == {**own, **builtin}
+    full = machine.refused(ADMIN, "node.update", {"name": "n1", "metadata": {"labels": {"extra": "y"}}})
+    assert f"the node would have {fields.labels_max + 1} labels after this patch" in full.message, full
+    swapped = machine.ok(ADMIN, "node.update", {"name": "n1", "metadata": {"labels": {"l00": None, "extra": "y"}}})
+    assert swapped["metadata"]["labels"] == {
+        key: value for key, value in {**own, **builtin, "extra": "y"}.items() if key != "l00"
+    }
+
+    node_key = keys.node_key("n1")
+    stored = _load(machine.store, node_key)
+    stored["metadata"]["labels"] = {
+        key: value for key, value in stored["metadata"]["labels"].items() if key not in builtin
+    }
+    _put(machine.store, node_key, stored)  # as an earlier build stored it
+    check_invariants(machine.store)
+    before = machine.store.get(node_key)
+    machine.ok(ADMIN, "node.register", {**body, "labels": stored["metadata"]["labels"]})
+    assert machine.store.get(node_key) == before, "the same registration again changes nothing"
+    relabelled = machine.ok(ADMIN, "node.update", {"name": "n1", "metadata": {"labels": {"l01": None}}})
+    assert relabelled["metadata"]["labels"] == {
+        key: value for key, value in {**own, **builtin, "extra": "y"}.items() if key not in ("l00", "l01")
+    }
 
 
 def test_a_timed_pod_that_leaves_early_costs_one_proposal_that_evicts_nothing() -> None:

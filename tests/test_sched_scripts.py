@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from statemachine import Ok, Principal, Rejected, keys
+from statemachine import Ok, Principal, Rejected, keys, nodes
 from statemachine.queries import events_after, get, list_objects
 from statemachine.scheduler import plan_pod
 from tests.harness import ADMIN
@@ -95,6 +95,9 @@ def _limit(limits: dict[str, Any], name: str) -> str:
 def describe_sched(obj: dict[str, Any], viewer: Principal) -> str:
     kind = obj.get("kind")
     labels = obj.get("metadata", {}).get("labels") or {}
+    if kind == "Node":  # the built-in labels only when they are not the name and zone shown
+        defaults = {nodes.HOSTNAME_LABEL: obj["metadata"]["name"], nodes.ZONE_LABEL: obj["spec"]["zone"]}
+        labels = {key: value for key, value in labels.items() if defaults.get(key) != value}
     shown_labels = " {" + ",".join(f"{k}={v}" for k, v in labels.items()) + "}" if labels else ""
     if kind == "Node":
         spec, status = obj["spec"], obj["status"]
