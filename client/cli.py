@@ -1586,9 +1586,21 @@ def _taint_once(
     taints = taints_after(args.name, before.spec.taints, changes, overwrite=args.overwrite)
     # A retry after a conflict is a different write (computed anew), so it needs its own key.
     key = args.idempotency_key if args.idempotency_key is None or attempt == 1 else f"{args.idempotency_key}.{attempt}"
-    node = nodes.update(
-        args.name, taints=taints, resource_version=before.metadata.resource_version, idempotency_key=key
-    )
+    try:
+        node = nodes.update(
+            args.name, taints=taints, resource_version=before.metadata.resource_version, idempotency_key=key
+        )
+    except Invalid as refused:
+        # A server of a build before 2026-12-07 takes no precondition: without one, as then.
+        if refused.field != "metadata.resourceVersion" or args.resource_version is not None:
+            raise
+        print(
+            f"allot: the server takes no resourceVersion (an earlier build), so node/{args.name}'s taints are "
+            "written without checking that nobody changed them since they were read",
+            file=sys.stderr,
+        )
+        key = None if key is None else f"{key}.unconditional"  # the refusal is remembered under the key
+        node = nodes.update(args.name, taints=taints, idempotency_key=key)
     return before, node
 
 

@@ -491,7 +491,8 @@ class RacingNodes:
     """A node resource whose node another writer changes between each of our reads and writes,
     `races` times: the server's answer to a conditional update from a stale read."""
 
-    def __init__(self, races: int) -> None:
+    def __init__(self, races: int, takes_preconditions: bool = True) -> None:
+        self.takes_preconditions = takes_preconditions  # False: a server of an earlier build
         self.version = 10
         self.taints = [{"key": "other", "value": "", "effect": "NoSchedule"}]
         self.races = races
@@ -502,14 +503,19 @@ class RacingNodes:
         return Node.parse({**node, "status": {}})
 
     def update(
-        self, name: str, *, taints: list[Taint], resource_version: int | None, idempotency_key: str | None
+        self, name: str, *, taints: list[Taint], idempotency_key: str | None, resource_version: int | None = None
     ) -> Node:
         self.writes.append((taints, resource_version, idempotency_key))
+        if resource_version is not None and not self.takes_preconditions:
+            raise errors.Invalid(
+                "metadata has unknown field 'resourceVersion'; allowed: labels",
+                details={"field": "metadata.resourceVersion"},
+            )
         if self.races:  # the other writer: a taint of its own, and the node at a new version
             self.races -= 1
             self.taints = [*self.taints, {"key": f"race{self.races}", "value": "", "effect": "NoSchedule"}]
             self.version += 1
-        if resource_version != self.version:
+        if resource_version is not None and resource_version != self.version:
             raise errors.Conflict(f"Node {name} changed since it was read")
         self.taints = [{"key": taint.key, "value": taint.value, "effect": taint.effect} for taint in taints]
         self.version += 1
@@ -537,6 +543,15 @@ def test_node_taint_reads_again_after_a_conflict_and_keeps_the_other_writers_tai
     with pytest.raises(errors.Conflict):
         taint(pinned, "mine:NoExecute", "--resource-version", "10")
     assert len(pinned.writes) == 1, "with --resource-version that version only: no second attempt"
+
+    earlier_build = RacingNodes(races=0, takes_preconditions=False)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        assert taint(earlier_build, "mine:NoExecute", "--idempotency-key", "k") == "node/n1 tainted mine:NoExecute\n"
+    assert [(version, key) for _, version, key in earlier_build.writes] == [(10, "k"), (None, "k.unconditional")]
+    assert "takes no resourceVersion (an earlier build)" in stderr.getvalue(), stderr.getvalue()
+    with pytest.raises(errors.Invalid):
+        taint(RacingNodes(races=0, takes_preconditions=False), "mine:NoExecute", "--resource-version", "10")
 
 
 def test_memory_with_an_unknown_unit_names_the_accepted_units() -> None:
