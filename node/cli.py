@@ -74,7 +74,7 @@ def _add_timing_flags(parser: argparse.ArgumentParser) -> None:
         "--pending-retry-seconds",
         type=float,
         help=f"while pods are pending, the leader sweeps the queue this often (default {defaults.pending_retry_s:g}; "
-        "env ALLOT_PENDING_RETRY_SECONDS)",
+        "less often, up to once a minute, while sweeps bind nothing; env ALLOT_PENDING_RETRY_SECONDS)",
     )
     parser.add_argument(
         "--pod-eviction-seconds",

@@ -28,7 +28,8 @@ hints and clocks, none of which is replicated:
   they may (`node.evict_unready`, `NodeMonitor.evictions_due`), one node at a time, and not
   while most nodes are NotReady. Pods that tolerate a node's NoExecute taints for a time are
   evicted when it runs out (`node.evict_tainted`, from the earliest time in each node record the
-  planner holds: `Planner.taint_evictions_due`). While pods are pending, `scheduler.retry` every `pending_retry_s`; and
+  planner holds: `Planner.taint_evictions_due`). While pods are pending, `scheduler.retry` every
+  `pending_retry_s` (backing off while the sweeps bind nothing: `sweep_interval_s`); and
   after capacity grows (a node joins, becomes Ready or schedulable, frees resources or its
   nomination; a quota is set or removed: `Planner.capacity_events`), a *pass*: sweeps in a row,
   each followed by a pause of `pass_pause_factor` times its own duration (so a pass spends at
@@ -48,6 +49,8 @@ proposals in flight (`conditions_in_flight_max`, also for node.evict_tainted), e
 from __future__ import annotations
 
 import asyncio
+import datetime
+import functools
 import heapq
 import logging
 import threading
@@ -58,9 +61,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from node.config import Timing
-from statemachine import keys, pods, priorities, quotas
+from statemachine import keys, nodes, pods, priorities, quotas
 from statemachine.codec import Envelope, Principal, encode_envelope, loads
 from statemachine.errors import Rejected
+from statemachine.machine import Ok
 from statemachine.nodes import NodeState, nodes_max
 from statemachine.pods import Needs
 from statemachine.scheduler import (
@@ -97,6 +101,9 @@ monitor_period_max_s = 1.0  # the leader checks heartbeats at least this often
 pass_pause_factor = 3.0
 pass_pause_min_s = 0.02
 pass_pause_max_s = 0.25
+# The timer sweeps' backoff while they find nothing (`SchedulingTimers.sweep_interval_s`): at
+# most this long between two, so a pending pod's reason is at most this stale.
+sweep_backoff_max_s = 60.0
 
 LEADER_PRINCIPAL = Principal("allot-leader", "", "", "admin")  # the leader's timers act as the platform
 REASON_HEARTBEAT_MISSED = "NodeStatusUnknown"
@@ -482,13 +489,22 @@ class NodeMonitor:
         self.evicting.clear()
         self.evictions_held = False
 
-    def evictions_due(self, readiness: Mapping[str, bool], pods_bound: Callable[[str], int], now: float) -> list[str]:
+    def evictions_due(
+        self,
+        readiness: Mapping[str, bool],
+        pods_bound: Callable[[str], int],
+        now: float,
+        not_ready_for_ms: Callable[[str], int | None] = lambda _name: None,
+    ) -> list[str]:
         """NotReady nodes to propose `node.evict_unready` for now: at once when this leader sees
         a node NotReady with pods (pods with `tolerationSeconds: 0` go then), and after that when
         the last eviction's answer said the next pod goes (`evicted`): each pod at its own
         `tolerationSeconds`, or at `pod_eviction_s` without a matching toleration. NotReady time
-        counts from this leader's own verdict, or from when it first saw the node NotReady (at
-        the earliest its election: after a leader change eviction may come late, never early).
+        counts from this leader's own verdict; for a node already NotReady when this leader
+        first sees it (one an earlier leader judged), from the replicated transition
+        (`not_ready_for_ms`: how long ago, by this member's wall clock, or None if unknown, then
+        from now), as Kubernetes counts from the taint's timeAdded: a leader change does not
+        restart the timeout, and clock skew between the two leaders moves it by the skew.
         Not for a node heard within the grace period (a Ready verdict is due). Each proposal is
         made once (again only if it failed); at most `evictions_in_flight_max` at a time, in the
         readiness map's order, and none while more than `eviction_hold_percent` of the nodes
@@ -500,7 +516,9 @@ class NodeMonitor:
             self._next_eviction_ms.pop(name, None)
         not_ready = [name for name, ready in readiness.items() if not ready]
         for name in not_ready:
-            self._not_ready_since.setdefault(name, now)
+            if name not in self._not_ready_since:
+                already_ms = not_ready_for_ms(name)
+                self._not_ready_since[name] = now - (already_ms or 0) / 1000
         held = len(not_ready) * 100 > len(readiness) * eviction_hold_percent
         if held != self.evictions_held:
             self.evictions_held = held
@@ -577,6 +595,18 @@ class NodeMonitor:
 Submit = Callable[[bytes, int], Awaitable[Any]]  # (envelope, the term the leader decided it in)
 
 
+def _not_ready_for_ms(view: ReadView, wall_ms: int, name: str) -> int | None:
+    """How long ago the node became NotReady, by the replicated transition time in its object
+    (second precision, rounded up so as never to count more than it was) and this wall clock;
+    None when the object is gone or not NotReady."""
+    node = nodes.load(view, name)
+    if node is None or node["status"]["ready"]:
+        return None
+    since = datetime.datetime.strptime(node["status"]["lastTransitionTimestamp"], "%Y-%m-%dT%H:%M:%SZ")
+    since_ms = int(since.replace(tzinfo=datetime.UTC).timestamp()) * 1000 + 999
+    return max(0, wall_ms - since_ms)
+
+
 def wall_clock_ms() -> int:
     """This member's wall clock in ms, the clock envelopes carry (`Envelope.ts_ms`)."""
     return time.time_ns() // 1_000_000
@@ -605,6 +635,10 @@ class SchedulingTimers:
         self._expiring: set[str] = set()  # nodes with a node.evict_tainted in flight
         self.monitor = NodeMonitor(heartbeats, grace_s, pod_eviction_s)
         self.pending_retry_s = pending_retry_s
+        # Timer sweeps in a row that bound nothing, with no capacity growth seen: the sweeps
+        # back off (`sweep_interval_s`), as the log would otherwise grow by an entry every
+        # pending_retry_s for as long as a pod that fits nowhere waits.
+        self.idle_sweeps = 0
         self._submit = submit
         self._next_sweep_s = 0.0
         self._leader_term: int | None = None
@@ -653,6 +687,7 @@ class SchedulingTimers:
         if self.planner.capacity_events != self._capacity_events_seen:
             self._capacity_events_seen = self.planner.capacity_events
             self._pass_wanted = True
+            self.idle_sweeps = 0
         readiness = self.planner.readiness()
         monitor.heartbeats.prune(readiness)
         for verdict in monitor.verdicts(readiness, now):
@@ -661,10 +696,12 @@ class SchedulingTimers:
             monitor.in_flight.add(verdict.name)
             body = {"name": verdict.name, "ready": verdict.ready, "reason": verdict.reason}
             self._spawn(self._condition(verdict.name, body, leader_term, now))
-        for name in monitor.evictions_due(readiness, self.planner.pods_bound, now):
+        wall_ms = self._wall_ms()
+        not_ready_for_ms = functools.partial(_not_ready_for_ms, view, wall_ms)
+        for name in monitor.evictions_due(readiness, self.planner.pods_bound, now, not_ready_for_ms):
             monitor.evicting.add(name)
             self._spawn(self._evict(name, leader_term, monitor.not_ready_ms(name, now)))
-        for name in self.planner.taint_evictions_due(self._wall_ms()):
+        for name in self.planner.taint_evictions_due(wall_ms):
             if len(self._expiring) >= conditions_in_flight_max:
                 break
             if name not in self._expiring:
@@ -675,9 +712,19 @@ class SchedulingTimers:
             and not self._sweep_in_flight
             and (now >= self._next_sweep_s or self._pass_wanted)
         ):
-            self._next_sweep_s = now + self.pending_retry_s
+            self._next_sweep_s = now + self.sweep_interval_s()
             self._sweep_in_flight = True
             self._spawn(self._sweep(leader_term))
+
+    def sweep_interval_s(self) -> float:
+        """`pending_retry_s`, doubled for each timer sweep in a row after the first that bound
+        nothing while no capacity grew, up to `sweep_backoff_max_s` (or `pending_retry_s` if
+        that is longer). Nothing a sweep finds can have changed then but what the sweeps
+        themselves write (nominations, reasons), and growth ends the backoff at once: the
+        planner's capacity events start a pass, as Kubernetes flushes its unschedulable pods
+        on cluster events and otherwise every few minutes."""
+        ceiling = max(self.pending_retry_s, sweep_backoff_max_s)
+        return min(ceiling, self.pending_retry_s * (1 << min(max(0, self.idle_sweeps - 1), 16)))
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(work)
@@ -785,8 +832,13 @@ class SchedulingTimers:
                 self.sweeps_proposed += 1
                 pass_sweeps += 1
                 started_s = time.monotonic()
-                await self._submit(self._encode("scheduler.retry", {"pods": sweep_pods_max}), leader_term)
+                outcome = await self._submit(self._encode("scheduler.retry", {"pods": sweep_pods_max}), leader_term)
                 took_s = time.monotonic() - started_s
+                bound = outcome.result.value.get("bound", 0) if isinstance(outcome.result, Ok) else 0
+                if pass_started_s is None and not bound and not self._pass_wanted:
+                    self.idle_sweeps += 1
+                else:
+                    self.idle_sweeps = 0
                 sweeps_left -= 1
                 if self._leader_term != leader_term or self.planner.pending_pods == 0:
                     return

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from node import scheduling
 from node.http import ERROR_STATUS, Limits
 from node.member import LocalMember
 from node.memstore import MemoryStore
@@ -806,6 +807,26 @@ def test_leader_timers_sweep_only_while_pods_are_pending(tmp_path: Path) -> None
         assert member.timers.sweeps_proposed == 2
         status = await api.ok("GET", "/v1/scheduler")
         assert status["pendingPods"] == 1
+        # Sweeps that bind nothing back off (the log would grow by an entry every retry_s for
+        # as long as the pod waits): after the second, retry_s, then 2, 4, ... times it, up to
+        # a minute.
+        gaps = []
+        for _ in range(8):
+            before, started = member.timers.sweeps_proposed, clock.now
+            while member.timers.sweeps_proposed == before:
+                clock.now += retry_s / 4
+                await api.ok("POST", "/v1/nodes/n1/heartbeat")
+                member.run_timers(clock.now)
+                await member.timers.settle()
+            gaps.append(round((clock.now - started) / retry_s))
+        backoff_max = scheduling.sweep_backoff_max_s / retry_s
+        assert gaps == [min(backoff_max, 2**power) for power in range(8)], gaps
+        # Capacity growth ends the backoff: a pass at once, and timer sweeps every retry_s again.
+        await api.ok("POST", "/v1/nodes", ADMIN, node("n2", cpu=4000))
+        member.run_timers(clock.now)
+        await member.timers.settle()
+        assert (await api.ok("GET", "/v1/pods/waiting", ACME))["spec"]["nodeName"] == "n2"
+        assert member.timers.idle_sweeps == 0
 
     run(tmp_path, check, member=member)
 
@@ -889,6 +910,19 @@ def test_node_monitor_eviction_rules() -> None:
     assert due(down, 89) == []
     assert due(down, 90) == ["a"]
     monitor.evicted("a", None)
+    # A node an earlier leader declared NotReady counts from that replicated transition, when
+    # the store has it (Kubernetes' taint timeAdded): a leader change does not restart the clock.
+    monitor.lost_leadership()
+    monitor.became_leader(clock.now + 40)
+    assert due(down, 40) == ["a"]  # nothing known of when it went NotReady: from now, as above
+    monitor.lost_leadership()
+    monitor.became_leader(clock.now + 41)
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 41, lambda name: 45_000) == ["a"]
+    assert monitor.not_ready_ms("a", clock.now + 41) == 45_000
+    monitor.evicted("a", 60_000)
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 55.9, lambda name: 0) == []
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 56, lambda name: 0) == ["a"]
+    monitor.evicted("a", None)
     # A node this leader itself declared NotReady counts from that verdict.
     monitor.marked_not_ready("b", clock.now + 100)
     bound["b"] = 1
@@ -962,6 +996,49 @@ def test_the_leader_evicts_the_pods_of_a_node_not_ready_too_long(tmp_path: Path)
         assert (await api.ok("GET", "/v1/nodes/n2"))["status"]["ready"] is True
         on_n2 = pod("late", nodeSelector={"kubernetes.io/hostname": "n2"})
         assert (await api.ok("POST", "/v1/pods", ACME, on_n2))["spec"]["nodeName"] == "n2"
+
+    run(tmp_path, check, member=member)
+
+
+def test_a_new_leader_counts_the_eviction_timeout_from_the_replicated_not_ready_time(tmp_path: Path) -> None:
+    """n2 goes NotReady; the member then loses and regains the lead (a leader change, as far as
+    its timers know): it evicts n2's pods when n2 has been NotReady for the timeout since the
+    replicated transition, not a whole timeout after its own election."""
+    clock = Clock()
+    # The timers' wall clock runs with the test's clock, from now: the replicated clock (the
+    # latest envelope time, HTTP requests' included) then follows the timers' proposals.
+    start_ms, start_s = time.time_ns() // 1_000_000, clock.now
+    member = LocalMember(clock=clock, wall_ms=lambda: start_ms + int((clock.now - start_s) * 1000))
+    grace, eviction = member.timers.monitor.grace_s, member.timers.monitor.pod_eviction_s
+
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", "n2")
+        member.run_timers(clock.now)  # leads from here
+        await api.ok("POST", "/v1/nodes/n1/cordon", ADMIN)
+        assert (await api.ok("POST", "/v1/pods", ACME, pod("web")))["spec"]["nodeName"] == "n2"
+        await api.ok("POST", "/v1/nodes/n1/uncordon", ADMIN)
+        clock.now += grace * 1.5  # n2 silent: NotReady
+        await api.ok("POST", "/v1/nodes/n1/heartbeat")
+        member.run_timers(clock.now)
+        await member.timers.settle()
+        assert (await api.ok("GET", "/v1/nodes/n2"))["status"]["ready"] is False
+        with member.reader() as view:
+            member.timers.run_once(view, None, clock.now)  # no longer leads
+        clock.now += eviction * 0.6
+        await api.ok("POST", "/v1/nodes/n1/heartbeat")
+        with member.reader() as view:
+            member.timers.run_once(view, 2, clock.now)  # leads again, in a new term
+        await member.timers.settle()
+        # Counted from the transition (second precision, rounded up: never more than it was).
+        assert eviction * 600 - 1000 <= member.timers.monitor.not_ready_ms("n2", clock.now) <= eviction * 600
+        assert member.scheduling_stats()["podsEvicted"] == 0, "not yet: NotReady for 0.6 of the timeout"
+        clock.now += eviction * 0.45  # 1.05 timeouts since n2 went NotReady, 0.45 since the election
+        await api.ok("POST", "/v1/nodes/n1/heartbeat")
+        with member.reader() as view:
+            member.timers.run_once(view, 2, clock.now)
+        await member.timers.settle()
+        assert member.scheduling_stats()["podsEvicted"] == 1
+        assert (await api.ok("GET", "/v1/pods/web", ACME))["spec"]["nodeName"] == "n1"
 
     run(tmp_path, check, member=member)
 
