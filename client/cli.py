@@ -1640,11 +1640,19 @@ def run_node_update(nodes: NodeResource, args: argparse.Namespace, out: Output) 
             try:
                 before, node = _taint_once(nodes, args, changes, attempt)
                 break
-            except Conflict:
-                # Another change came between our read and our write; with --resource-version
-                # the caller asked for that version only.
-                if args.resource_version is not None or attempt == taint_attempts_max:
+            except Conflict as conflict:
+                # Another change came between our read and our write (the refusal names the
+                # node's version now; any other conflict, such as an idempotency key used for
+                # another request, is the caller's to see); with --resource-version the caller
+                # asked for that version only.
+                if "resourceVersion" not in conflict.details or args.resource_version is not None:
                     raise
+                if attempt == taint_attempts_max:
+                    raise Refused(
+                        f"node/{args.name} changed {attempt} times between this command's read and its write; "
+                        "nothing was written: run it again when the node is quieter",
+                        EXIT_CONFLICT,
+                    ) from None
                 attempt += 1
         new = [taint for taint in node.spec.taints if taint not in before.spec.taints]
         slots = {(taint.key, taint.effect) for taint in new}

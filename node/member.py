@@ -125,7 +125,7 @@ class LocalMember:
         self._changed: asyncio.Condition | None = None
         self._started_s = time.monotonic()
         timing = timing or Timing()
-        self.planner = Planner()
+        self.planner = Planner(clock)
         self.heartbeats = HeartbeatTable(clock)
         self.timers = SchedulingTimers(
             self.planner,

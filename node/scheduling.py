@@ -49,8 +49,6 @@ proposals in flight (`conditions_in_flight_max`, also for node.evict_tainted), e
 from __future__ import annotations
 
 import asyncio
-import datetime
-import functools
 import heapq
 import logging
 import threading
@@ -61,7 +59,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from node.config import Timing
-from statemachine import keys, nodes, pods, priorities, quotas
+from statemachine import keys, pods, priorities, quotas
 from statemachine.codec import Envelope, Principal, encode_envelope, loads
 from statemachine.errors import Rejected
 from statemachine.machine import Ok
@@ -182,8 +180,13 @@ class Planner:
     Used on the member's event loop only; the tick thread hands it applied writes through
     `loop.call_soon_threadsafe(planner.observe, writes)`."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock  # the leader timers' clock (the heartbeat table's)
         self._truth: dict[str, NodeState] | None = None  # the store's records; None: not loaded
+        # When this member applied each NotReady node's transition (on `_clock`), so that a
+        # leader elected later counts the eviction timeout from then (`not_ready_for_s`).
+        # Bounded by the nodes; unknown for transitions before this process loaded the table.
+        self._not_ready_applied: dict[str, float] = {}
         self._effective: dict[str, NodeState] = {}  # truth plus this member's reservations
         self._versions: dict[str, int] = {}
         self._reserved: dict[str, tuple[int, int, int]] = {}  # name -> (cpu, memory, pods) planned
@@ -205,6 +208,7 @@ class Planner:
     def invalidate(self) -> None:
         """The store changed wholesale (a snapshot was installed): reload at the next use."""
         self._truth = None
+        self._not_ready_applied.clear()  # the snapshot may hold transitions never seen here
         self._effective.clear()
         self._heaps.clear()
 
@@ -239,12 +243,18 @@ class Planner:
         for key, value in writes:
             if key.startswith(keys.NODE_STATE):
                 name = key[len(keys.NODE_STATE) :].decode()
+                before = truth.get(name)
                 if value is None:
                     truth.pop(name, None)
+                    self._not_ready_applied.pop(name, None)
                 else:
                     state = NodeState.from_plain(loads(value))
-                    if _capacity_grew(truth.get(name), state):
+                    if _capacity_grew(before, state):
                         self.capacity_events += 1
+                    if state.ready:
+                        self._not_ready_applied.pop(name, None)
+                    elif before is not None and before.ready:
+                        self._not_ready_applied[name] = self._clock()
                     truth[name] = state
                 self._refresh(name)
             elif key == keys.SCHEDULER and value is not None:
@@ -359,6 +369,13 @@ class Planner:
         return candidates
 
     # -- what the timers and metrics read --
+
+    def not_ready_for_s(self, name: str, now: float) -> float | None:
+        """How long ago (on the timers' clock) this member applied the node's transition to
+        NotReady; None when it did not see it (it happened before this process loaded the
+        table, or the node is Ready)."""
+        applied = self._not_ready_applied.get(name)
+        return None if applied is None else max(0.0, now - applied)
 
     def readiness(self) -> dict[str, bool]:
         """Every node's Ready flag as this member's store has it (the table must be loaded)."""
@@ -494,17 +511,18 @@ class NodeMonitor:
         readiness: Mapping[str, bool],
         pods_bound: Callable[[str], int],
         now: float,
-        not_ready_for_ms: Callable[[str], int | None] = lambda _name: None,
+        not_ready_for_s: Callable[[str], float | None] = lambda _name: None,
     ) -> list[str]:
         """NotReady nodes to propose `node.evict_unready` for now: at once when this leader sees
         a node NotReady with pods (pods with `tolerationSeconds: 0` go then), and after that when
         the last eviction's answer said the next pod goes (`evicted`): each pod at its own
         `tolerationSeconds`, or at `pod_eviction_s` without a matching toleration. NotReady time
         counts from this leader's own verdict; for a node already NotReady when this leader
-        first sees it (one an earlier leader judged), from the replicated transition
-        (`not_ready_for_ms`: how long ago, by this member's wall clock, or None if unknown, then
-        from now), as Kubernetes counts from the taint's timeAdded: a leader change does not
-        restart the timeout, and clock skew between the two leaders moves it by the skew.
+        first sees it (one an earlier leader judged), from when this member applied that
+        transition (`not_ready_for_s`: `Planner.not_ready_for_s`, None when it does not know,
+        then from now): a leader change does not restart the timeout (Kubernetes counts from
+        the taint's timeAdded), and no clock is compared across members, so eviction is never
+        early; a member restarted since counts from its first sight, late at worst.
         Not for a node heard within the grace period (a Ready verdict is due). Each proposal is
         made once (again only if it failed); at most `evictions_in_flight_max` at a time, in the
         readiness map's order, and none while more than `eviction_hold_percent` of the nodes
@@ -517,8 +535,7 @@ class NodeMonitor:
         not_ready = [name for name, ready in readiness.items() if not ready]
         for name in not_ready:
             if name not in self._not_ready_since:
-                already_ms = not_ready_for_ms(name)
-                self._not_ready_since[name] = now - (already_ms or 0) / 1000
+                self._not_ready_since[name] = now - (not_ready_for_s(name) or 0.0)
         held = len(not_ready) * 100 > len(readiness) * eviction_hold_percent
         if held != self.evictions_held:
             self.evictions_held = held
@@ -595,18 +612,6 @@ class NodeMonitor:
 Submit = Callable[[bytes, int], Awaitable[Any]]  # (envelope, the term the leader decided it in)
 
 
-def _not_ready_for_ms(view: ReadView, wall_ms: int, name: str) -> int | None:
-    """How long ago the node became NotReady, by the replicated transition time in its object
-    (second precision, rounded up so as never to count more than it was) and this wall clock;
-    None when the object is gone or not NotReady."""
-    node = nodes.load(view, name)
-    if node is None or node["status"]["ready"]:
-        return None
-    since = datetime.datetime.strptime(node["status"]["lastTransitionTimestamp"], "%Y-%m-%dT%H:%M:%SZ")
-    since_ms = int(since.replace(tzinfo=datetime.UTC).timestamp()) * 1000 + 999
-    return max(0, wall_ms - since_ms)
-
-
 def wall_clock_ms() -> int:
     """This member's wall clock in ms, the clock envelopes carry (`Envelope.ts_ms`)."""
     return time.time_ns() // 1_000_000
@@ -681,12 +686,16 @@ class SchedulingTimers:
                 self._next_sweep_s = now + self.pending_retry_s
                 self._capacity_events_seen = self.planner.capacity_events
                 self._pass_wanted = False
+            # Another leader's sweeps, or none, came between: a whole lap before backing off.
+            self.idle_sweeps = 0
         if leader_term is None:
             return
         self.planner.ensure_loaded(view)
         if self.planner.capacity_events != self._capacity_events_seen:
             self._capacity_events_seen = self.planner.capacity_events
             self._pass_wanted = True
+            self.idle_sweeps = 0
+        if self.planner.pending_pods == 0:
             self.idle_sweeps = 0
         readiness = self.planner.readiness()
         monitor.heartbeats.prune(readiness)
@@ -697,8 +706,9 @@ class SchedulingTimers:
             body = {"name": verdict.name, "ready": verdict.ready, "reason": verdict.reason}
             self._spawn(self._condition(verdict.name, body, leader_term, now))
         wall_ms = self._wall_ms()
-        not_ready_for_ms = functools.partial(_not_ready_for_ms, view, wall_ms)
-        for name in monitor.evictions_due(readiness, self.planner.pods_bound, now, not_ready_for_ms):
+        for name in monitor.evictions_due(
+            readiness, self.planner.pods_bound, now, lambda name: self.planner.not_ready_for_s(name, now)
+        ):
             monitor.evicting.add(name)
             self._spawn(self._evict(name, leader_term, monitor.not_ready_ms(name, now)))
         for name in self.planner.taint_evictions_due(wall_ms):
@@ -717,14 +727,17 @@ class SchedulingTimers:
             self._spawn(self._sweep(leader_term))
 
     def sweep_interval_s(self) -> float:
-        """`pending_retry_s`, doubled for each timer sweep in a row after the first that bound
-        nothing while no capacity grew, up to `sweep_backoff_max_s` (or `pending_retry_s` if
-        that is longer). Nothing a sweep finds can have changed then but what the sweeps
-        themselves write (nominations, reasons), and growth ends the backoff at once: the
-        planner's capacity events start a pass, as Kubernetes flushes its unschedulable pods
-        on cluster events and otherwise every few minutes."""
+        """`pending_retry_s` until the timer sweeps have walked the whole queue once (a lap:
+        pending / `sweep_pods_max` sweeps) binding nothing, with no capacity growth seen and
+        under this leadership; then doubled with each further idle sweep, up to
+        `sweep_backoff_max_s` (or `pending_retry_s` if that is longer). After such a lap
+        every pending pod has been evaluated against the state as it is, and nothing it finds
+        can have changed but what the sweeps themselves write (nominations, reasons); growth
+        ends the backoff at once (the planner's capacity events start a pass), as Kubernetes
+        flushes its unschedulable pods on cluster events and otherwise every few minutes."""
+        lap = max(1, -(-self.planner.pending_pods // sweep_pods_max))
         ceiling = max(self.pending_retry_s, sweep_backoff_max_s)
-        return min(ceiling, self.pending_retry_s * (1 << min(max(0, self.idle_sweeps - 1), 16)))
+        return min(ceiling, self.pending_retry_s * (1 << min(max(0, self.idle_sweeps - lap), 16)))
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(work)

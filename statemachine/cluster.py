@@ -104,6 +104,7 @@ def node_register(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], b
         else:
             remedy = "delete it first to change its spec (drain it if pods are bound)"
         raise already_exists(f"Node {name} is already registered", same_spec, same_labels, remedy, name=name)
+    nodes.check_new_zone_label(labels, spec["zone"])
     cluster = Cluster.load(ctx.ov)
     if cluster.nodes >= nodes.nodes_max:
         raise Rejected(CONFLICT, f"the cluster already has {nodes.nodes_max} nodes, the most it may have")
@@ -363,7 +364,8 @@ def node_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     name, node, state = _node(ctx, body, ("metadata", "spec"))
     # A node registered before its object showed the built-in labels gains them with its
     # first label change.
-    update = nodes.check_update(body, nodes.matching_labels(name, node["metadata"]["labels"], node["spec"]["zone"]))
+    zone = node["spec"]["zone"]
+    update = nodes.check_update(body, nodes.matching_labels(name, node["metadata"]["labels"], zone), zone)
     current_version = node["metadata"]["resourceVersion"]
     if update.resource_version is not None and update.resource_version != current_version:
         # Checked before anything else, an identical patch too, as Kubernetes does: the caller

@@ -65,7 +65,8 @@ UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 # Set at registration, from the node's name and spec.zone, as a kubelet sets them (and resets
-# them when it restarts): a patch may not change them, so they never disagree with the spec.
+# them when it restarts): a patch may not change them (`builtin_labels`), and registration
+# refuses a zone label that disagrees with spec.zone (earlier builds took one).
 BUILTIN_LABELS = (HOSTNAME_LABEL, ZONE_LABEL)
 
 node_pods_max = 1024  # capacity.pods ceiling: bounds the work of draining one node
@@ -270,11 +271,26 @@ def _check_taints(value: Any, taints_path: str = "spec.taints") -> list[dict[str
     return taints
 
 
+def builtin_labels(zone: str | None) -> tuple[str, ...]:
+    """The labels of a node with this spec.zone that only registration sets: the hostname, and
+    the zone when spec.zone gives it (without one, a zone label is one of the node's own)."""
+    return BUILTIN_LABELS if zone is not None else (HOSTNAME_LABEL,)
+
+
 def check_body(body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """(name, the node's own labels, spec) of a node.register body. Built-in labels given with
+    the values registration derives (a node's labels as read back) are left out: they are not
+    the node's own, do not count against the limit, and a long name's hostname value may
+    exceed a label value's 63 characters."""
     check_map(body, "", _body_fields)
     name = check_node_name(body.get("name"), "name")
-    labels = check_labels(body.get("labels"), "labels")
     given = check_map(body.get("spec"), "spec", _spec_fields)
+    given_zone = given.get("zone")
+    derived = {HOSTNAME_LABEL: name, ZONE_LABEL: given_zone}
+    given_labels = body.get("labels")
+    if isinstance(given_labels, dict):
+        given_labels = {key: value for key, value in given_labels.items() if derived.get(key) != value}
+    labels = check_labels(given_labels, "labels")
     capacity_in = check_map(given.get("capacity"), "spec.capacity", _capacity_fields)
     cpu = opt_int(capacity_in, "cpuMillis", "spec.capacity.cpuMillis", 1, cpu_millis_max)
     memory = opt_int(capacity_in, "memoryBytes", "spec.capacity.memoryBytes", 1, memory_bytes_max)
@@ -284,12 +300,6 @@ def check_body(body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any
     zone = opt_str(given, "zone", "spec.zone")
     if zone is not None:
         check_label_value(zone, "spec.zone")
-        if labels.get(ZONE_LABEL, zone) != zone:
-            raise invalid(
-                f"labels.{ZONE_LABEL} is {labels[ZONE_LABEL]!r} but spec.zone is {zone!r}: give the zone once "
-                f"(spec.zone sets the label)",
-                f"labels.{ZONE_LABEL}",
-            )
     pod_pool = opt_str(given, "podPool", "spec.podPool")
     if pod_pool is None:
         raise invalid(
@@ -358,11 +368,23 @@ def check_resource_version(value: Any, field_path: str) -> int | None:
     return value
 
 
-def check_update(body: dict[str, Any], labels_now: dict[str, str]) -> NodeUpdate:
+def check_new_zone_label(labels: dict[str, str], zone: str | None) -> None:
+    """A new node's zone label, if it gives one, must be its spec.zone (nodes registered by
+    earlier builds may have another, and keep it)."""
+    if zone is not None and labels.get(ZONE_LABEL, zone) != zone:
+        raise invalid(
+            f"labels.{ZONE_LABEL} is {labels[ZONE_LABEL]!r} but spec.zone is {zone!r}: give the zone once "
+            f"(spec.zone sets the label)",
+            f"labels.{ZONE_LABEL}",
+        )
+
+
+def check_update(body: dict[str, Any], labels_now: dict[str, str], zone: str | None) -> NodeUpdate:
     """Labels merge (a null value removes the key), taints are replaced as a whole list (a
     merge patch replaces lists), `unschedulable` is the cordon. A field given as null is
-    removed, as RFC 7386 says: no labels, no taints, not cordoned; the BUILTIN_LABELS stay.
-    `labels_now`: the node's labels with its built-in ones (`matching_labels`)."""
+    removed, as RFC 7386 says: no labels, no taints, not cordoned; the built-in labels stay
+    (`builtin_labels(zone)`). `labels_now`: the node's labels with its built-in ones
+    (`matching_labels`)."""
     check_map(body, "", _update_fields)
     for part in ("metadata", "spec"):
         if part in body and body[part] is None:  # a merge patch's null would remove the whole part
@@ -370,7 +392,8 @@ def check_update(body: dict[str, Any], labels_now: dict[str, str]) -> NodeUpdate
     metadata = check_map(body.get("metadata"), "metadata", _update_metadata_fields)
     spec = check_map(body.get("spec"), "spec", _update_spec_fields)
     labels: dict[str, str] | None = None
-    builtin = {key: labels_now[key] for key in BUILTIN_LABELS if key in labels_now}
+    protected = builtin_labels(zone)
+    builtin = {key: labels_now[key] for key in protected if key in labels_now}
     patch = metadata.get("labels")
     if "labels" in metadata and patch is None:
         labels = builtin
@@ -379,7 +402,7 @@ def check_update(body: dict[str, Any], labels_now: dict[str, str]) -> NodeUpdate
             raise invalid("metadata.labels must be a map of strings (null removes a label)", "metadata.labels")
         merged = dict(labels_now)
         for key, value in patch.items():
-            if key in BUILTIN_LABELS and value != builtin.get(key):
+            if key in protected and value != builtin.get(key):
                 raise invalid(
                     f"label {key} is set at registration, from the node's "
                     f"{'name' if key == HOSTNAME_LABEL else 'spec.zone'}; to change it, register the node again "
@@ -390,11 +413,11 @@ def check_update(body: dict[str, Any], labels_now: dict[str, str]) -> NodeUpdate
                 merged.pop(key, None)
             else:
                 merged[key] = value
-        own = {key: value for key, value in merged.items() if key not in BUILTIN_LABELS}
+        own = {key: value for key, value in merged.items() if key not in protected}
         if len(own) > labels_max:
             raise invalid(
                 f"metadata.labels: the node would have {len(own)} labels after this patch (not counting "
-                f"{' and '.join(BUILTIN_LABELS)}); at most {labels_max} are allowed",
+                f"{' and '.join(protected)}); at most {labels_max} are allowed",
                 "metadata.labels",
             )
         # Checked with registration's rules and messages.

@@ -516,10 +516,20 @@ class RacingNodes:
             self.taints = [*self.taints, {"key": f"race{self.races}", "value": "", "effect": "NoSchedule"}]
             self.version += 1
         if resource_version is not None and resource_version != self.version:
-            raise errors.Conflict(f"Node {name} changed since it was read")
+            raise errors.Conflict(f"Node {name} changed since it was read", details={"resourceVersion": self.version})
         self.taints = [{"key": taint.key, "value": taint.value, "effect": taint.effect} for taint in taints]
         self.version += 1
         return self.get(name)
+
+
+class KeyReusedNodes(RacingNodes):
+    """The server's answer to an idempotency key used before for another request."""
+
+    def update(
+        self, name: str, *, taints: list[Taint], idempotency_key: str | None, resource_version: int | None = None
+    ) -> Node:
+        self.writes.append((taints, resource_version, idempotency_key))
+        raise errors.Conflict("request id k was already used for a different request", details={"requestId": "k"})
 
 
 def test_node_taint_reads_again_after_a_conflict_and_keeps_the_other_writers_taints() -> None:
@@ -536,9 +546,14 @@ def test_node_taint_reads_again_after_a_conflict_and_keeps_the_other_writers_tai
     assert [taint.key for taint in nodes.writes[-1][0]] == ["other", "race1", "race0", "mine"], "no taint was lost"
 
     always_racing = RacingNodes(races=cli.taint_attempts_max)
-    with pytest.raises(errors.Conflict):
+    with pytest.raises(cli.Refused, match=f"changed {cli.taint_attempts_max} times between") as gave_up:
         taint(always_racing, "mine:NoExecute")
+    assert gave_up.value.code == cli.EXIT_CONFLICT
     assert len(always_racing.writes) == cli.taint_attempts_max, "bounded"
+    reused_key = KeyReusedNodes(races=0)
+    with pytest.raises(errors.Conflict, match="already used"):
+        taint(reused_key, "mine:NoExecute", "--idempotency-key", "k")
+    assert len(reused_key.writes) == 1, "another conflict than a race is not retried"
     pinned = RacingNodes(races=1)
     with pytest.raises(errors.Conflict):
         taint(pinned, "mine:NoExecute", "--resource-version", "10")

@@ -831,6 +831,43 @@ def test_leader_timers_sweep_only_while_pods_are_pending(tmp_path: Path) -> None
     run(tmp_path, check, member=member)
 
 
+def test_timer_sweeps_back_off_only_after_a_whole_lap_of_the_queue(tmp_path: Path) -> None:
+    """With 40 pods pending (a lap: 3 sweeps of 16), the timer sweeps keep pending_retry_s
+    until a lap has bound nothing, then back off; a new leadership starts a lap again."""
+    clock = Clock()
+    member = LocalMember(clock=clock)
+    retry_s = member.timers.pending_retry_s
+
+    async def gaps(count: int, leader_term: int) -> list[int]:
+        found = []
+        for _ in range(count):
+            before, started = member.timers.sweeps_proposed, clock.now
+            while member.timers.sweeps_proposed == before:
+                clock.now += retry_s / 4
+                await api_ref[0].ok("POST", "/v1/nodes/n1/heartbeat")
+                with member.reader() as view:
+                    member.timers.run_once(view, leader_term, clock.now)
+                await member.timers.settle()
+            found.append(round((clock.now - started) / retry_s))
+        return found
+
+    api_ref: list[Api] = []
+
+    async def check(api: Api) -> None:
+        api_ref.append(api)
+        await cluster(api, "n1", cpu=1000)
+        for number in range(40):
+            await api.ok("POST", "/v1/pods", ACME, pod(f"huge-{number}", cpu=64_000))
+        assert await gaps(1, 1) == [1]  # the first sweep, a retry_s after the election
+        assert await gaps(6, 1) == [1, 1, 1, 1, 2, 4]  # a lap of 3 idle sweeps, then backing off
+        with member.reader() as view:
+            member.timers.run_once(view, None, clock.now)  # loses the lead, and wins it again
+        assert member.timers.idle_sweeps == 0
+        assert await gaps(6, 2) == [1, 1, 1, 1, 1, 2]  # from the election: a retry_s, then a lap
+
+    run(tmp_path, check, member=member)
+
+
 def test_node_monitor_rules() -> None:
     clock = Clock()
     table = HeartbeatTable(clock, names_max=3)
@@ -910,18 +947,18 @@ def test_node_monitor_eviction_rules() -> None:
     assert due(down, 89) == []
     assert due(down, 90) == ["a"]
     monitor.evicted("a", None)
-    # A node an earlier leader declared NotReady counts from that replicated transition, when
-    # the store has it (Kubernetes' taint timeAdded): a leader change does not restart the clock.
+    # A node an earlier leader declared NotReady counts from when this member applied that
+    # transition, when it saw it: a leader change does not restart the clock.
     monitor.lost_leadership()
     monitor.became_leader(clock.now + 40)
     assert due(down, 40) == ["a"]  # nothing known of when it went NotReady: from now, as above
     monitor.lost_leadership()
     monitor.became_leader(clock.now + 41)
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 41, lambda name: 45_000) == ["a"]
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 41, lambda name: 45.0) == ["a"]
     assert monitor.not_ready_ms("a", clock.now + 41) == 45_000
     monitor.evicted("a", 60_000)
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 55.9, lambda name: 0) == []
-    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 56, lambda name: 0) == ["a"]
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 55.9, lambda name: 0.0) == []
+    assert monitor.evictions_due(down, bound.__getitem__, clock.now + 56, lambda name: 0.0) == ["a"]
     monitor.evicted("a", None)
     # A node this leader itself declared NotReady counts from that verdict.
     monitor.marked_not_ready("b", clock.now + 100)
@@ -1000,15 +1037,15 @@ def test_the_leader_evicts_the_pods_of_a_node_not_ready_too_long(tmp_path: Path)
     run(tmp_path, check, member=member)
 
 
-def test_a_new_leader_counts_the_eviction_timeout_from_the_replicated_not_ready_time(tmp_path: Path) -> None:
+def test_a_new_leader_counts_the_eviction_timeout_from_when_it_applied_the_not_ready_transition(
+    tmp_path: Path,
+) -> None:
     """n2 goes NotReady; the member then loses and regains the lead (a leader change, as far as
     its timers know): it evicts n2's pods when n2 has been NotReady for the timeout since the
-    replicated transition, not a whole timeout after its own election."""
+    member applied the transition, not a whole timeout after its own election. A planner that
+    did not see the transition (reloaded, as after a snapshot) knows nothing of it."""
     clock = Clock()
-    # The timers' wall clock runs with the test's clock, from now: the replicated clock (the
-    # latest envelope time, HTTP requests' included) then follows the timers' proposals.
-    start_ms, start_s = time.time_ns() // 1_000_000, clock.now
-    member = LocalMember(clock=clock, wall_ms=lambda: start_ms + int((clock.now - start_s) * 1000))
+    member = LocalMember(clock=clock)
     grace, eviction = member.timers.monitor.grace_s, member.timers.monitor.pod_eviction_s
 
     async def check(api: Api) -> None:
@@ -1029,8 +1066,7 @@ def test_a_new_leader_counts_the_eviction_timeout_from_the_replicated_not_ready_
         with member.reader() as view:
             member.timers.run_once(view, 2, clock.now)  # leads again, in a new term
         await member.timers.settle()
-        # Counted from the transition (second precision, rounded up: never more than it was).
-        assert eviction * 600 - 1000 <= member.timers.monitor.not_ready_ms("n2", clock.now) <= eviction * 600
+        assert member.timers.monitor.not_ready_ms("n2", clock.now) == eviction * 600
         assert member.scheduling_stats()["podsEvicted"] == 0, "not yet: NotReady for 0.6 of the timeout"
         clock.now += eviction * 0.45  # 1.05 timeouts since n2 went NotReady, 0.45 since the election
         await api.ok("POST", "/v1/nodes/n1/heartbeat")
@@ -1039,6 +1075,9 @@ def test_a_new_leader_counts_the_eviction_timeout_from_the_replicated_not_ready_
         await member.timers.settle()
         assert member.scheduling_stats()["podsEvicted"] == 1
         assert (await api.ok("GET", "/v1/pods/web", ACME))["spec"]["nodeName"] == "n1"
+        assert member.planner.not_ready_for_s("n2", clock.now) == pytest.approx(eviction * 1.05)
+        member.planner.invalidate()
+        assert member.planner.not_ready_for_s("n2", clock.now) is None
 
     run(tmp_path, check, member=member)
 

@@ -925,6 +925,35 @@ def test_a_node_shows_its_builtin_labels_and_one_of_an_earlier_build_gains_them_
     assert relabelled["metadata"]["labels"] == {
         key: value for key, value in {**own, **builtin, "extra": "y"}.items() if key not in ("l00", "l01")
     }
+    # Registering again with the labels as read (64 own + 2 built-in) is the same registration.
+    before = machine.store.get(node_key)
+    machine.ok(ADMIN, "node.register", {**body, "labels": relabelled["metadata"]["labels"]})
+    assert machine.store.get(node_key) == before
+
+    # A long name: its hostname label is longer than a label value may be; given back as read,
+    # it is the derived value, so the registration stands.
+    long_name = "a" * 100 + ".example.internal"
+    long_body = {"name": long_name, "spec": {"capacity": capacity, "podPool": "pods"}}
+    long_node = machine.ok(ADMIN, "node.register", long_body)
+    assert long_node["metadata"]["labels"] == {nodes.HOSTNAME_LABEL: long_name}
+    machine.ok(ADMIN, "node.register", {**long_body, "labels": long_node["metadata"]["labels"]})
+    # Without spec.zone, a zone label is the node's own: a patch may set it.
+    zoned = machine.ok(ADMIN, "node.update", {"name": long_name, "metadata": {"labels": {nodes.ZONE_LABEL: "b"}}})
+    assert zoned["metadata"]["labels"] == {nodes.HOSTNAME_LABEL: long_name, nodes.ZONE_LABEL: "b"}
+
+    # An earlier build took a zone label other than spec.zone; that node registers again as it is.
+    _put(
+        machine.store,
+        keys.node_key("n1"),
+        {**stored, "metadata": {**stored["metadata"], "labels": {nodes.ZONE_LABEL: "c"}}},
+    )
+    node_state = _node_state(machine.store, "n1")
+    node_state.labels = nodes.matching_labels("n1", {nodes.ZONE_LABEL: "c"}, "a")
+    _save_node_state(machine.store, "n1", node_state)
+    check_invariants(machine.store)
+    machine.ok(ADMIN, "node.register", {**body, "labels": {nodes.ZONE_LABEL: "c"}})
+    refused = machine.refused(ADMIN, "node.register", {**body, "name": "n2", "labels": {nodes.ZONE_LABEL: "c"}})
+    assert "but spec.zone is 'a'" in refused.message, refused
 
 
 def test_a_timed_pod_that_leaves_early_costs_one_proposal_that_evicts_nothing() -> None:
