@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import big_state, failover, http_pods
+from bench import big_state, failover, http_pods, idle_log
 
 
 def test_big_state_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,3 +29,11 @@ def test_http_pods_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     printed = capsys.readouterr().out
     for what in ("20 nodes (registered 20", "40 nodes (registered 20", "pods/s created and bound", "answered Pending"):
         assert what in printed, printed
+
+
+def test_idle_log_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    idle_log.main(["--seconds", "10"])
+    printed = capsys.readouterr().out
+    for what in ("pod huge: Pending (0/1 nodes available: Insufficient cpu on 1 node)", "entries applied since"):
+        assert what in printed, printed
+    assert printed.rstrip().splitlines()[-1].split()[0] == "10", printed
