@@ -705,13 +705,12 @@ class SchedulingTimers:
             monitor.in_flight.add(verdict.name)
             body = {"name": verdict.name, "ready": verdict.ready, "reason": verdict.reason}
             self._spawn(self._condition(verdict.name, body, leader_term, now))
-        wall_ms = self._wall_ms()
         for name in monitor.evictions_due(
             readiness, self.planner.pods_bound, now, lambda name: self.planner.not_ready_for_s(name, now)
         ):
             monitor.evicting.add(name)
             self._spawn(self._evict(name, leader_term, monitor.not_ready_ms(name, now)))
-        for name in self.planner.taint_evictions_due(wall_ms):
+        for name in self.planner.taint_evictions_due(self._wall_ms()):
             if len(self._expiring) >= conditions_in_flight_max:
                 break
             if name not in self._expiring:

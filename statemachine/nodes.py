@@ -617,7 +617,7 @@ def new_object(
         cpu_capacity=capacity["cpuMillis"],
         memory_capacity=capacity["memoryBytes"],
         pods_capacity=capacity["pods"],
-        labels=stored_labels,
+        labels=dict(stored_labels),  # the record's own copy: the object keeps stored_labels
         taints=taint_rows(spec["taints"]),
         pod_addresses=[block.family, block.address, block.length, 1, 0],  # the first address is never a pod's
     )
