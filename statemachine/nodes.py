@@ -493,7 +493,11 @@ def carve_pod_cidr(ctx: Context, name: str, spec: dict[str, Any]) -> tuple[str, 
         length = default_pod_cidr_length[family]
         spec["podCIDRPrefixLength"] = length
     if length > bits - 1:
-        raise invalid(f"a /{length} pod CIDR has no room for pods ({family})", "spec.podCIDRPrefixLength")
+        raise invalid(
+            f"spec.podCIDRPrefixLength must be at most {bits - 1} for an {family} pod pool, not {length}: "
+            f"a /{bits - 1} holds the node's own address and one pod",
+            "spec.podCIDRPrefixLength",
+        )
     check_length_allowed(length, pool["spec"]["allocation"], f"IPPool {pool_ref}", "spec.podCIDRPrefixLength")
     usable = (1 << (bits - length)) - 1
     if spec["capacity"]["pods"] > usable:
