@@ -821,6 +821,12 @@ def test_leader_timers_sweep_only_while_pods_are_pending(tmp_path: Path) -> None
             gaps.append(round((clock.now - started) / retry_s))
         backoff_max = scheduling.sweep_backoff_max_s / retry_s
         assert gaps == [min(backoff_max, 2**power) for power in range(8)], gaps
+        # An empty queue ends the backoff: the next pod that waits is swept every retry_s.
+        assert member.timers.idle_sweeps > 0 and member.timers.sweep_interval_s() == scheduling.sweep_backoff_max_s
+        await api.ok("DELETE", "/v1/pods/waiting", ACME)
+        member.run_timers(clock.now)
+        assert member.timers.idle_sweeps == 0 and member.timers.sweep_interval_s() == retry_s
+        await api.ok("POST", "/v1/pods", ACME, pod("waiting", cpu=2000))
         # Capacity growth ends the backoff: a pass at once, and timer sweeps every retry_s again.
         await api.ok("POST", "/v1/nodes", ADMIN, node("n2", cpu=4000))
         member.run_timers(clock.now)
