@@ -362,7 +362,38 @@ class AsyncWritableResource(AsyncReadableResource[T]):
         return answer.value
 
 
-class AsyncNodeResource(AsyncWritableResource[Node]):
+class AsyncLabelledResource(AsyncWritableResource[T]):
+    """A writable kind whose labels a patch changes in place (`client.ipclaims.label`)."""
+
+    async def label(
+        self,
+        name: str,
+        labels: Mapping[str, str | None],
+        *,
+        namespace: str | None = None,
+        resource_version: int | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> T:
+        """Set labels (`{"team": "web"}`) and remove them (`{"old": None}`); the object's other
+        labels stay, and nothing else of it changes (a claim keeps its address, a pod its node).
+        The server merges them, so two callers labelling one object at once both keep their
+        labels. `resource_version` (the object's `metadata.resource_version` as you read it)
+        makes the change conditional: a `Conflict` if the object changed since. Returns the
+        object as the change left it."""
+        request = self._client._factory.label(
+            self._kind,
+            name,
+            labels,
+            namespace=namespace,
+            resource_version=resource_version,
+            idempotency_key=idempotency_key,
+        )
+        return self._kind.parse((await self._client._execute(request, timeout, deadline)).value)
+
+
+class AsyncNodeResource(AsyncLabelledResource[Node]):
     """Nodes (`client.nodes`): the resource methods (`create` registers a node) and the
     platform's actions on one node. Admin tokens only, except get and list."""
 
@@ -441,22 +472,6 @@ class AsyncNodeResource(AsyncWritableResource[Node]):
             idempotency_key=idempotency_key,
         )
         return Node.parse((await self._client._execute(request, timeout, deadline)).value)
-
-    async def label(
-        self,
-        name: str,
-        labels: Mapping[str, str | None],
-        *,
-        idempotency_key: str | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
-    ) -> Node:
-        """Set labels (`{"disk": "ssd"}`) and remove them (`{"old": None}`); the node's other
-        labels stay: `update(name, labels=labels)`. The server merges them, so two callers
-        labelling the same node at once both keep their labels."""
-        return await self.update(
-            name, labels=labels, idempotency_key=idempotency_key, timeout=timeout, deadline=deadline
-        )
 
     async def heartbeat(
         self, name: str, *, timeout: float | None = None, deadline: float | None = None
@@ -735,14 +750,14 @@ class AsyncClient(core.ClientSettings):
         self._bind_resources()
 
     def _bind_resources(self) -> None:
-        self.ippools: AsyncWritableResource[IPPool] = AsyncWritableResource(self, core.IPPOOLS)
-        self.ipclaims: AsyncWritableResource[IPClaim] = AsyncWritableResource(self, core.IPCLAIMS)
+        self.ippools: AsyncLabelledResource[IPPool] = AsyncLabelledResource(self, core.IPPOOLS)
+        self.ipclaims: AsyncLabelledResource[IPClaim] = AsyncLabelledResource(self, core.IPCLAIMS)
         self.ipallocations: AsyncReadableResource[IPAllocation] = AsyncReadableResource(self, core.IPALLOCATIONS)
-        self.ipclasses: AsyncWritableResource[IPClass] = AsyncWritableResource(self, core.IPCLASSES)
-        self.priorityclasses: AsyncWritableResource[PriorityClass] = AsyncWritableResource(self, core.PRIORITYCLASSES)
+        self.ipclasses: AsyncLabelledResource[IPClass] = AsyncLabelledResource(self, core.IPCLASSES)
+        self.priorityclasses: AsyncLabelledResource[PriorityClass] = AsyncLabelledResource(self, core.PRIORITYCLASSES)
         self.nodes = AsyncNodeResource(self, core.NODES)
-        self.pods: AsyncWritableResource[Pod] = AsyncWritableResource(self, core.PODS)
-        self.services: AsyncWritableResource[Service] = AsyncWritableResource(self, core.SERVICES)
+        self.pods: AsyncLabelledResource[Pod] = AsyncLabelledResource(self, core.PODS)
+        self.services: AsyncLabelledResource[Service] = AsyncLabelledResource(self, core.SERVICES)
         self.quotas = AsyncQuotaResource(self, core.QUOTAS)
         self.scheduler = AsyncSchedulerResource(self)
 

@@ -72,7 +72,7 @@ from client.models import (
     Taint,
     WatchEvent,
 )
-from client.sync import Client, NodeResource, ReadableResource, WritableResource
+from client.sync import Client, LabelledResource, NodeResource, ReadableResource, WritableResource
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -544,11 +544,7 @@ def _add_scheduling_parsers(commands: Any, common: argparse.ArgumentParser) -> N
         ("drain", "cordon the node and send its pods back to the queue"),
     ):
         _write_options(_named(node.add_parser(action, parents=[common], help=text)))
-    label = _named(node.add_parser("label", parents=[common], help="set (KEY=VALUE) or remove (KEY-) node labels"))
-    label.add_argument("changes", nargs="+", metavar="KEY=VALUE|KEY-", help="KEY=VALUE sets a label, KEY- removes it")
-    label.add_argument("--overwrite", action="store_true", help="change a label that has another value")
-    _resource_version_option(label)
-    _write_options(label)
+    _label_parser(node, common, "node")
     taint = _named(
         node.add_parser("taint", parents=[common], help="add (KEY[=VALUE]:EFFECT) or remove (KEY[:EFFECT]-) taints")
     )
@@ -592,6 +588,7 @@ def _add_scheduling_parsers(commands: Any, common: argparse.ArgumentParser) -> N
     listing.add_argument("--field-selector", help="e.g. spec.nodeName=n1,status.phase=Bound")
     _named(pod.add_parser("get", parents=[common], help="one pod"), namespaced=True)
     _write_options(_named(pod.add_parser("delete", parents=[common], help="delete a pod"), namespaced=True))
+    _label_parser(pod, common, "pod", namespaced=True)
 
     service = commands.add_parser("service", parents=[common], help="services").add_subparsers(
         dest="action", required=True
@@ -609,6 +606,7 @@ def _add_scheduling_parsers(commands: Any, common: argparse.ArgumentParser) -> N
     _list_options(service.add_parser("list", parents=[common], help="services"), namespaced=True)
     _named(service.add_parser("get", parents=[common], help="one service"), namespaced=True)
     _write_options(_named(service.add_parser("delete", parents=[common], help="delete a service"), namespaced=True))
+    _label_parser(service, common, "service", namespaced=True)
 
     quota = commands.add_parser("quota", parents=[common], help="quotas (writes: admin)").add_subparsers(
         dest="action", required=True
@@ -644,6 +642,7 @@ def _add_scheduling_parsers(commands: Any, common: argparse.ArgumentParser) -> N
     _write_options(
         _named(priority_class.add_parser("delete", parents=[common], help="delete a PriorityClass (pods keep theirs)"))
     )
+    _label_parser(priority_class, common, "PriorityClass (admin)")
 
     scheduler = commands.add_parser("scheduler", parents=[common], help="the scheduler").add_subparsers(
         dest="action", required=True
@@ -694,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete = pool.add_parser("delete", parents=[common], help="delete a pool")
     delete.add_argument("name")
     _write_options(delete)
+    _label_parser(pool, common, "pool")
 
     claim = commands.add_parser("claim", parents=[common], help="IP claims").add_subparsers(
         dest="action", required=True
@@ -721,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("name")
     delete.add_argument("-n", "--namespace")
     _write_options(delete)
+    _label_parser(claim, common, "claim (and its allocation)", namespaced=True)
 
     ipclass = commands.add_parser("class", parents=[common], help="IP classes").add_subparsers(
         dest="action", required=True
@@ -739,6 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete = ipclass.add_parser("delete", parents=[common], help="delete an IP class (admin)")
     delete.add_argument("name")
     _write_options(delete)
+    _label_parser(ipclass, common, "IP class (admin)")
 
     alloc = commands.add_parser("alloc", parents=[common], help="IP allocations (read only)").add_subparsers(
         dest="action", required=True
@@ -1504,7 +1506,8 @@ CREATE_VERBS = {
 NODE_ACTION_VERBS = {"cordon": "cordoned", "uncordon": "uncordoned", "drain": "drained"}
 # `node label` and `node taint` (PATCH /v1/nodes/NAME): what they print when they set or add,
 # only removed, or both, as kubectl says it.
-NODE_UPDATE_VERBS = {"label": ("labeled", "unlabeled", "labeled"), "taint": ("tainted", "untainted", "modified")}
+LABEL_VERBS = ("labeled", "unlabeled", "labeled")  # what `label` did: set, removed only, both
+TAINT_VERBS = ("tainted", "untainted", "modified")
 _REPLAYED_NOTE = "(replayed: the answer the server gave this idempotency key the first time)"
 
 
@@ -1556,8 +1559,20 @@ def _resource_version_option(parser: argparse.ArgumentParser) -> None:
         "--resource-version",
         type=_positive_int,
         metavar="N",
-        help="change the node only if it is still at this resourceVersion (else exit 4, nothing changed)",
+        help="change it only if it is still at this resourceVersion (else exit 4, nothing changed)",
     )
+
+
+def _label_parser(actions: Any, common: argparse.ArgumentParser, noun: str, namespaced: bool = False) -> None:
+    """`NOUN label NAME KEY=VALUE|KEY- ...` (run_label)."""
+    label = _named(
+        actions.add_parser("label", parents=[common], help=f"set (KEY=VALUE) or remove (KEY-) {noun} labels"),
+        namespaced=namespaced,
+    )
+    label.add_argument("changes", nargs="+", metavar="KEY=VALUE|KEY-", help="KEY=VALUE sets a label, KEY- removes it")
+    label.add_argument("--overwrite", action="store_true", help="change a label that has another value")
+    _resource_version_option(label)
+    _write_options(label)
 
 
 def _positive_int(text: str) -> int:
@@ -1605,71 +1620,92 @@ def _taint_once(
 
 
 def run_node_update(nodes: NodeResource, args: argparse.Namespace, out: Output) -> int:
-    """`node label` and `node taint`: read the node, check the change as kubectl does (a
-    different value needs --overwrite), send the patch, print what changed. Bad input is
-    refused before anything is sent."""
-    if args.action == "label":
-        patch = label_patch(args.changes)
-        before = nodes.get(args.name)
-        labels = before.metadata.labels
-        clashes = [
-            f"{key}={labels[key]} (not {value})"
-            for key, value in patch.items()
-            if value is not None and key in labels and labels[key] != value
-        ]
-        if clashes and not args.overwrite:
-            raise Refused(
-                f"node/{args.name} already has label{'s' if len(clashes) > 1 else ''} {', '.join(clashes)}; "
-                f"pass --overwrite to change {'them' if len(clashes) > 1 else 'it'}",
-                EXIT_CONFLICT,
-            )
-        for key in [key for key, value in patch.items() if value is None and key not in labels]:
-            print(f"allot: node/{args.name} has no label {key}", file=sys.stderr)
-        node = nodes.update(
-            args.name, labels=patch, resource_version=args.resource_version, idempotency_key=args.idempotency_key
-        )
-        set_ = [
-            _label_change(key, value) for key, value in patch.items() if value is not None and labels.get(key) != value
-        ]
-        removed = [_label_change(key, None) for key, value in patch.items() if value is None and key in labels]
-        added_no_execute = False
-    else:
-        changes = taint_changes(args.changes)
-        attempt = 1
-        while True:
-            try:
-                before, node = _taint_once(nodes, args, changes, attempt)
-                break
-            except Conflict as conflict:
-                # Another change came between our read and our write (the refusal names the
-                # node's version now; any other conflict, such as an idempotency key used for
-                # another request, is the caller's to see); with --resource-version the caller
-                # asked for that version only.
-                if "resourceVersion" not in conflict.details or args.resource_version is not None:
-                    raise
-                if attempt == taint_attempts_max:
-                    raise Refused(
-                        f"node/{args.name} changed {attempt} times between this command's read and its write; "
-                        "nothing was written: run it again when the node is quieter",
-                        EXIT_CONFLICT,
-                    ) from None
-                attempt += 1
-        new = [taint for taint in node.spec.taints if taint not in before.spec.taints]
-        slots = {(taint.key, taint.effect) for taint in new}
-        set_ = [str(taint) for taint in new]
-        removed = [
-            f"{taint}-"
-            for taint in before.spec.taints
-            if taint not in node.spec.taints and (taint.key, taint.effect) not in slots
-        ]
-        added_no_execute = any(taint.effect == "NoExecute" for taint in new)
+    """`node taint`: read the node, check the change as kubectl does (a different value needs
+    --overwrite), send the patch, retrying a conflict with another writer, print what changed.
+    Bad input is refused before anything is sent."""
+    changes = taint_changes(args.changes)
+    attempt = 1
+    while True:
+        try:
+            before, node = _taint_once(nodes, args, changes, attempt)
+            break
+        except Conflict as conflict:
+            # Another change came between our read and our write (the refusal names the
+            # node's version now; any other conflict, such as an idempotency key used for
+            # another request, is the caller's to see); with --resource-version the caller
+            # asked for that version only.
+            if "resourceVersion" not in conflict.details or args.resource_version is not None:
+                raise
+            if attempt == taint_attempts_max:
+                raise Refused(
+                    f"node/{args.name} changed {attempt} times between this command's read and its write; "
+                    "nothing was written: run it again when the node is quieter",
+                    EXIT_CONFLICT,
+                ) from None
+            attempt += 1
+    new = [taint for taint in node.spec.taints if taint not in before.spec.taints]
+    slots = {(taint.key, taint.effect) for taint in new}
+    set_ = [str(taint) for taint in new]
+    removed = [
+        f"{taint}-"
+        for taint in before.spec.taints
+        if taint not in node.spec.taints and (taint.key, taint.effect) not in slots
+    ]
+    added_no_execute = any(taint.effect == "NoExecute" for taint in new)
     if out.mode == "json":
         out.json(dict(node.raw))
         return EXIT_OK
-    added, removed_only, both = NODE_UPDATE_VERBS[args.action]
-    verb = "unchanged" if not set_ and not removed else both if set_ and removed else added if set_ else removed_only
     changed = f" {', '.join(set_ + removed)}" if set_ or removed else ""
-    out.line(f"node/{node.name} {verb}{changed}{_evicted_detail(node.status.evicted_pods, added_no_execute)}")
+    out.line(
+        f"node/{node.name} {_change_verb(TAINT_VERBS, set_, removed)}{changed}"
+        f"{_evicted_detail(node.status.evicted_pods, added_no_execute)}"
+    )
+    return EXIT_OK
+
+
+def _change_verb(verbs: tuple[str, str, str], set_: list[str], removed: list[str]) -> str:
+    """How a label or taint command's line names what it did: (added, removed only, both)."""
+    added, removed_only, both = verbs
+    return "unchanged" if not set_ and not removed else both if set_ and removed else added if set_ else removed_only
+
+
+def run_label(resource: LabelledResource[Any], args: argparse.Namespace, out: Output) -> int:
+    """`KIND label NAME KEY=VALUE|KEY- ...`, as `kubectl label`: read the object, refuse a new
+    value for a label it has unless --overwrite, note a removal of a label it does not have,
+    send the merge patch (conditional with --resource-version), print what changed. Bad input
+    is refused before anything is sent."""
+    patch = label_patch(args.changes)
+    namespace = getattr(args, "namespace", None)
+    noun = resource.kind.lower()
+    before = resource.get(args.name, namespace=namespace)
+    labels = before.metadata.labels
+    clashes = [
+        f"{key}={labels[key]} (not {value})"
+        for key, value in patch.items()
+        if value is not None and key in labels and labels[key] != value
+    ]
+    if clashes and not args.overwrite:
+        raise Refused(
+            f"{noun}/{args.name} already has label{'s' if len(clashes) > 1 else ''} {', '.join(clashes)}; "
+            f"pass --overwrite to change {'them' if len(clashes) > 1 else 'it'}",
+            EXIT_CONFLICT,
+        )
+    for key in [key for key, value in patch.items() if value is None and key not in labels]:
+        print(f"allot: {noun}/{args.name} has no label {key}", file=sys.stderr)
+    obj = resource.label(
+        args.name,
+        patch,
+        namespace=namespace,
+        resource_version=args.resource_version,
+        idempotency_key=args.idempotency_key,
+    )
+    if out.mode == "json":
+        out.json(dict(obj.raw))
+        return EXIT_OK
+    set_ = [_label_change(key, value) for key, value in patch.items() if value is not None and labels.get(key) != value]
+    removed = [_label_change(key, None) for key, value in patch.items() if value is None and key in labels]
+    changed = f" {', '.join(set_ + removed)}" if set_ or removed else ""
+    out.line(f"{noun}/{args.name} {_change_verb(LABEL_VERBS, set_, removed)}{changed}")
     return EXIT_OK
 
 
@@ -1723,7 +1759,9 @@ def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
         return EXIT_OK
     if isinstance(resource, NodeResource) and args.action in (*NODE_ACTION_VERBS, "heartbeat"):
         return run_node_action(resource, args, out)
-    if isinstance(resource, NodeResource) and args.action in NODE_UPDATE_VERBS:
+    if isinstance(resource, LabelledResource) and args.action == "label":
+        return run_label(resource, args, out)
+    if isinstance(resource, NodeResource) and args.action == "taint":
         return run_node_update(resource, args, out)
     if not isinstance(resource, WritableResource) or spec_of is None:
         raise UsageError(f"{args.command} {args.action} is not possible")

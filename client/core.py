@@ -244,19 +244,30 @@ class KindInfo(Generic[T]):
     # Its writes are the platform's (classes, nodes, quotas): sent without ?org=&project= even by
     # a client acting for a tenant, which the server refuses for them (reads keep the tenant's view).
     platform_writes: bool = False
+    labels_patchable: bool = False  # PATCH /v1/{plural}/{name} changes its labels (`label_request`)
 
 
-IPPOOLS = KindInfo("ippools", "IPPool", IPPool.parse, namespaced=False, writable=True)
-IPCLAIMS = KindInfo("ipclaims", "IPClaim", IPClaim.parse, namespaced=True, writable=True)
+IPPOOLS = KindInfo("ippools", "IPPool", IPPool.parse, namespaced=False, writable=True, labels_patchable=True)
+IPCLAIMS = KindInfo("ipclaims", "IPClaim", IPClaim.parse, namespaced=True, writable=True, labels_patchable=True)
 IPALLOCATIONS = KindInfo("ipallocations", "IPAllocation", IPAllocation.parse, namespaced=True, writable=False)
-IPCLASSES = KindInfo("ipclasses", "IPClass", IPClass.parse, namespaced=False, writable=True, platform_writes=True)
-NODES = KindInfo("nodes", "Node", Node.parse, namespaced=False, writable=True, platform_writes=True)
-PODS = KindInfo("pods", "Pod", Pod.parse, namespaced=True, writable=True)
-SERVICES = KindInfo("services", "Service", Service.parse, namespaced=True, writable=True)
-# POST sets (creates or replaces)
+IPCLASSES = KindInfo(
+    "ipclasses", "IPClass", IPClass.parse, namespaced=False, writable=True, platform_writes=True, labels_patchable=True
+)
+NODES = KindInfo(
+    "nodes", "Node", Node.parse, namespaced=False, writable=True, platform_writes=True, labels_patchable=True
+)
+PODS = KindInfo("pods", "Pod", Pod.parse, namespaced=True, writable=True, labels_patchable=True)
+SERVICES = KindInfo("services", "Service", Service.parse, namespaced=True, writable=True, labels_patchable=True)
+# POST sets (creates or replaces), labels too
 QUOTAS = KindInfo("quotas", "Quota", Quota.parse, namespaced=False, writable=True, platform_writes=True)
 PRIORITYCLASSES = KindInfo(
-    "priorityclasses", "PriorityClass", PriorityClass.parse, namespaced=False, writable=True, platform_writes=True
+    "priorityclasses",
+    "PriorityClass",
+    PriorityClass.parse,
+    namespaced=False,
+    writable=True,
+    platform_writes=True,
+    labels_patchable=True,
 )
 KINDS: dict[str, KindInfo[Any]] = {
     info.plural: info
@@ -265,6 +276,29 @@ KINDS: dict[str, KindInfo[Any]] = {
 
 CONSISTENCIES = ("linearizable", "stale")
 NODE_ACTIONS = ("cordon", "uncordon", "drain")  # POST /v1/nodes/{name}/{action}: replicated writes
+
+
+def metadata_patch(
+    labels: Mapping[str, str | None] | None, resource_version: int | None, subject: str
+) -> dict[str, Any]:
+    """The `metadata` of a merge patch: `labels` merge into the object's (a None value removes
+    that label), `resource_version` (the object's, as read) makes the update conditional.
+    `subject` names the object in a ValueError ("a node")."""
+    metadata: dict[str, Any] = {}
+    if resource_version is not None:
+        if not isinstance(resource_version, int) or isinstance(resource_version, bool) or resource_version < 1:
+            raise ValueError(
+                f"resource_version is {subject}'s resourceVersion as read (>= 1), not {resource_version!r}"
+            )
+        metadata["resourceVersion"] = resource_version
+    if labels is not None:
+        for key, value in labels.items():
+            if not isinstance(key, str) or not (value is None or isinstance(value, str)):
+                raise ValueError(
+                    f"label {key!r}: labels map a string key to a string value, or to None to remove the label"
+                )
+        metadata["labels"] = dict(labels)
+    return metadata
 
 
 def node_patch(
@@ -281,17 +315,9 @@ def node_patch(
     if labels is None and taints is None and unschedulable is None:
         raise ValueError("a node update changes labels, taints or unschedulable: give at least one")
     patch: dict[str, Any] = {}
-    if resource_version is not None:
-        if not isinstance(resource_version, int) or isinstance(resource_version, bool) or resource_version < 1:
-            raise ValueError(f"resource_version is a node's resourceVersion as read (>= 1), not {resource_version!r}")
-        patch["metadata"] = {"resourceVersion": resource_version}
-    if labels is not None:
-        for key, value in labels.items():
-            if not isinstance(key, str) or not (value is None or isinstance(value, str)):
-                raise ValueError(
-                    f"label {key!r}: labels map a string key to a string value, or to None to remove the label"
-                )
-        patch.setdefault("metadata", {})["labels"] = dict(labels)
+    metadata = metadata_patch(labels, resource_version, "a node")
+    if metadata:
+        patch["metadata"] = metadata
     spec: dict[str, Any] = {}
     if taints is not None:
         if isinstance(taints, Taint) or not all(isinstance(taint, Taint) for taint in taints):
@@ -453,6 +479,33 @@ class RequestFactory:
             write=True,
             idempotency_key=idempotency_key,
             tenant_scoped=not kind.platform_writes,
+        )
+
+    def label(
+        self,
+        kind: KindInfo[Any],
+        name: str,
+        labels: Mapping[str, str | None],
+        *,
+        namespace: str | None = None,
+        resource_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Request:
+        """PATCH /v1/{plural}/{name}: a merge patch of the object's labels (`metadata_patch`), sent
+        as application/merge-patch+json; a replicated write, retried with its key."""
+        if not kind.labels_patchable:
+            raise ValueError(f"the labels of {kind.plural} cannot be patched (a quota's are set with the quota)")
+        if isinstance(labels, str) or not isinstance(labels, Mapping):
+            raise ValueError("labels is a mapping of label to value (None removes the label)")
+        return self.build(
+            "PATCH",
+            self._item_path(kind, name),
+            query=self._namespace(kind, namespace),
+            body={"metadata": metadata_patch(labels, resource_version, f"the {kind.kind}")},
+            write=True,
+            idempotency_key=idempotency_key,
+            tenant_scoped=not kind.platform_writes,
+            content_type=MEDIA_TYPE_MERGE_PATCH,
         )
 
     # -- nodes and the scheduler (platform routes: they take no tenant parameters) --

@@ -243,6 +243,11 @@ class ReadableResource(Generic[T]):
         self._kind = kind
 
     @property
+    def kind(self) -> str:
+        """The `kind` of its objects ("IPClaim")."""
+        return self._kind.kind
+
+    @property
     def platform_writes(self) -> bool:
         """Writes of this kind are the platform's: sent without the tenant a client acts for."""
         return self._kind.platform_writes
@@ -416,7 +421,38 @@ class WritableResource(ReadableResource[T]):
         return answer.value
 
 
-class NodeResource(WritableResource[Node]):
+class LabelledResource(WritableResource[T]):
+    """A writable kind whose labels a patch changes in place (`client.ipclaims.label`)."""
+
+    def label(
+        self,
+        name: str,
+        labels: Mapping[str, str | None],
+        *,
+        namespace: str | None = None,
+        resource_version: int | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> T:
+        """Set labels (`{"team": "web"}`) and remove them (`{"old": None}`); the object's other
+        labels stay, and nothing else of it changes (a claim keeps its address, a pod its node).
+        The server merges them, so two callers labelling one object at once both keep their
+        labels. `resource_version` (the object's `metadata.resource_version` as you read it)
+        makes the change conditional: a `Conflict` if the object changed since. Returns the
+        object as the change left it."""
+        request = self._client._factory.label(
+            self._kind,
+            name,
+            labels,
+            namespace=namespace,
+            resource_version=resource_version,
+            idempotency_key=idempotency_key,
+        )
+        return self._kind.parse(self._client._execute(request, timeout, deadline).value)
+
+
+class NodeResource(LabelledResource[Node]):
     """Nodes (`client.nodes`): the resource methods (`create` registers a node) and the
     platform's actions on one node. Admin tokens only, except get and list."""
 
@@ -495,20 +531,6 @@ class NodeResource(WritableResource[Node]):
             idempotency_key=idempotency_key,
         )
         return Node.parse((self._client._execute(request, timeout, deadline)).value)
-
-    def label(
-        self,
-        name: str,
-        labels: Mapping[str, str | None],
-        *,
-        idempotency_key: str | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
-    ) -> Node:
-        """Set labels (`{"disk": "ssd"}`) and remove them (`{"old": None}`); the node's other
-        labels stay: `update(name, labels=labels)`. The server merges them, so two callers
-        labelling the same node at once both keep their labels."""
-        return self.update(name, labels=labels, idempotency_key=idempotency_key, timeout=timeout, deadline=deadline)
 
     def heartbeat(self, name: str, *, timeout: float | None = None, deadline: float | None = None) -> NodeHeartbeat:
         """A node agent's heartbeat (any member takes it). Not logged, so not a write: a retry
@@ -784,14 +806,14 @@ class Client(core.ClientSettings):
         self._bind_resources()
 
     def _bind_resources(self) -> None:
-        self.ippools: WritableResource[IPPool] = WritableResource(self, core.IPPOOLS)
-        self.ipclaims: WritableResource[IPClaim] = WritableResource(self, core.IPCLAIMS)
+        self.ippools: LabelledResource[IPPool] = LabelledResource(self, core.IPPOOLS)
+        self.ipclaims: LabelledResource[IPClaim] = LabelledResource(self, core.IPCLAIMS)
         self.ipallocations: ReadableResource[IPAllocation] = ReadableResource(self, core.IPALLOCATIONS)
-        self.ipclasses: WritableResource[IPClass] = WritableResource(self, core.IPCLASSES)
-        self.priorityclasses: WritableResource[PriorityClass] = WritableResource(self, core.PRIORITYCLASSES)
+        self.ipclasses: LabelledResource[IPClass] = LabelledResource(self, core.IPCLASSES)
+        self.priorityclasses: LabelledResource[PriorityClass] = LabelledResource(self, core.PRIORITYCLASSES)
         self.nodes = NodeResource(self, core.NODES)
-        self.pods: WritableResource[Pod] = WritableResource(self, core.PODS)
-        self.services: WritableResource[Service] = WritableResource(self, core.SERVICES)
+        self.pods: LabelledResource[Pod] = LabelledResource(self, core.PODS)
+        self.services: LabelledResource[Service] = LabelledResource(self, core.SERVICES)
         self.quotas = QuotaResource(self, core.QUOTAS)
         self.scheduler = SchedulerResource(self)
 

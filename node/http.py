@@ -281,6 +281,7 @@ class Kind:
     name_pattern: str = "[^/]+"
     actions: tuple[str, ...] = ()  # POST /v1/{plural}/{name}/{action} -> command "{kind}.{action}"
     action_prefix: str = ""
+    update: str | None = None  # PATCH /v1/{plural}/{name}: a merge patch (statemachine/relabel.py)
 
 
 # Pools may be named `name`, `project/name` or `org/project/name`, quotas `org` or
@@ -288,17 +289,26 @@ class Kind:
 # (`/v1/ippools/web%2Fedge`); aiohttp matches routes on the decoded path, so both reach the same
 # handler. `POST /v1/quotas` sets a quota (creates or replaces it: `quota.set`).
 KINDS: dict[str, Kind] = {
-    "ippools": Kind("ippools", "pool.create", "pool.delete", False, r"[^/]+(?:/[^/]+){0,2}"),
-    "ipclaims": Kind("ipclaims", "claim.create", "claim.delete", True),
+    "ippools": Kind("ippools", "pool.create", "pool.delete", False, r"[^/]+(?:/[^/]+){0,2}", update="pool.update"),
+    "ipclaims": Kind("ipclaims", "claim.create", "claim.delete", True, update="claim.update"),
     "ipallocations": Kind("ipallocations", None, None, True),
-    "ipclasses": Kind("ipclasses", "class.create", "class.delete", False),
+    "ipclasses": Kind("ipclasses", "class.create", "class.delete", False, update="class.update"),
     "nodes": Kind(
-        "nodes", "node.register", "node.delete", False, actions=("cordon", "uncordon", "drain"), action_prefix="node"
+        "nodes",
+        "node.register",
+        "node.delete",
+        False,
+        actions=("cordon", "uncordon", "drain"),
+        action_prefix="node",
+        update="node.update",
     ),
-    "pods": Kind("pods", "pod.create", "pod.delete", True),
-    "services": Kind("services", "service.create", "service.delete", True),
+    "pods": Kind("pods", "pod.create", "pod.delete", True, update="pod.update"),
+    "services": Kind("services", "service.create", "service.delete", True, update="service.update"),
+    # A quota's labels change with quota.set, which replaces the whole quota.
     "quotas": Kind("quotas", "quota.set", "quota.delete", False, r"[^/]+(?:/[^/]+)?"),
-    "priorityclasses": Kind("priorityclasses", "priorityclass.create", "priorityclass.delete", False),
+    "priorityclasses": Kind(
+        "priorityclasses", "priorityclass.create", "priorityclass.delete", False, update="priorityclass.update"
+    ),
 }
 if set(KINDS) != set(queries.RESOURCES):  # a kind added to the state machine needs its routes
     raise RuntimeError(f"HTTP kinds {sorted(KINDS)} differ from statemachine kinds {sorted(queries.RESOURCES)}")
@@ -770,18 +780,30 @@ class Api:
 
         return handler
 
-    async def node_update(self, request: web.Request) -> web.StreamResponse:
-        """PATCH /v1/nodes/{name}: a JSON merge patch (RFC 7386) of the node's labels, taints
-        and cordon, as `kubectl label|taint|cordon` send: {"metadata": {"labels": {K: V or
-        null}, "resourceVersion": N}, "spec": {"taints": [...], "unschedulable": bool}} (command
-        node.update; a resourceVersion makes it conditional: 409 conflict if the node changed)."""
-        principal = self._principal(request)
-        self._params(request, ())
-        request_id = self._request_id(request)
-        body = await self._body(request, (JSON_MEDIA_TYPE, MERGE_PATCH_MEDIA_TYPE))
-        if "name" in body:
-            raise invalid("the node is named by the path; leave name out of the patch", "name")
-        return await self._submit("node.update", {**body, "name": request.match_info["name"]}, principal, request_id)
+    def update_handler(self, kind: Kind, command_type: str) -> Handler:
+        """PATCH /v1/{plural}/{name}: a JSON merge patch (RFC 7386), as `kubectl label` sends:
+        {"metadata": {"labels": {K: V or null}, "resourceVersion": N}} for every kind with an
+        update (statemachine/relabel.py); a node's also takes {"spec": {"taints": [...],
+        "unschedulable": bool}} (node.update, as `kubectl taint|cordon`). A resourceVersion makes
+        it conditional: 409 conflict if the object changed since it was read."""
+        allowed = {*TENANT_PARAMS, *(("namespace",) if kind.namespaced else ())}
+        noun = queries.kind_of(kind.plural)
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            principal = self._principal(request)
+            params = self._params(request, allowed)
+            request_id = self._request_id(request)
+            body = await self._body(request, (JSON_MEDIA_TYPE, MERGE_PATCH_MEDIA_TYPE))
+            for field in ("name", "namespace"):
+                if field in body:
+                    where = "the path" if field == "name" else "?namespace="
+                    raise invalid(f"the {noun} is named by {where}; leave {field} out of the patch", field)
+            body["name"] = request.match_info["name"]
+            if kind.namespaced and "namespace" in params:
+                body["namespace"] = params["namespace"]
+            return await self._submit(command_type, body, principal, request_id)
+
+        return handler
 
     async def _empty_body(self, request: web.Request) -> None:
         """Actions take no body; one that is sent must be `{}` (fields may come later)."""
@@ -1153,8 +1175,9 @@ def build_app(
             router.add_delete(item, api.refuse_allocation_write)
         for action in kind.actions:
             router.add_post(f"{item}/{action}", api.action_handler(kind, action))
+        if kind.update is not None:
+            router.add_patch(item, api.update_handler(kind, kind.update))
     router.add_post("/v1/nodes/{name}/heartbeat", api.node_heartbeat)
-    router.add_patch(f"/v1/nodes/{{name:{KINDS['nodes'].name_pattern}}}", api.node_update)
     router.add_get("/v1/scheduler", api.scheduler_get)
     router.add_put("/v1/scheduler", api.scheduler_configure)
     router.add_post("/v1/scheduler/retry", api.scheduler_retry)

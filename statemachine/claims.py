@@ -26,7 +26,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from statemachine import buddy, classes, keys, pools
+from statemachine import buddy, classes, keys, pools, relabel
 from statemachine.addresses import FAMILY_BITS, Block, check_not_ipv4_mapped, parse_address, parse_cidr
 from statemachine.codec import ROLE_MEMBER, Principal, dump_record, loads
 from statemachine.context import ADDED, MODIFIED, Context, Encoder, format_uid, parse_uid, rfc3339
@@ -268,8 +268,9 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
             f"IPClaim {namespace}/{name} already exists",
             same_spec,
             same_labels,
-            "IPClaims cannot be changed: delete it first",
+            "an IPClaim's spec cannot be changed: delete it first",
             f" (it holds {held})",
+            labels_patchable=True,
             name=name,
             namespace=namespace,
             allocatedCIDR=held,
@@ -447,6 +448,33 @@ def _rebind(
     }
     _write(ctx, keys.claim_key(principal.org, principal.project, namespace, name), claim, ADDED)
     return claim, True
+
+
+def update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    """Change the claim's labels (relabel.py), and its allocation's with them: an allocation
+    carries the labels of the claim it was made for (see `_rebind`)."""
+    patch = relabel.check_patch(body, KIND, namespaced=True, default_namespace=DEFAULT_NAMESPACE)
+    name = check_name(patch.name, "name")
+    namespace = patch.namespace or DEFAULT_NAMESPACE
+    principal = ctx.principal
+    claim_key = keys.claim_key(principal.org, principal.project, namespace, name)
+    alloc_key = keys.alloc_key(principal.org, principal.project, namespace, name)
+    claim = _load(ctx.ov, claim_key)
+    if claim is None:
+        raise Rejected(NOT_FOUND, f"IPClaim {namespace}/{name} not found", {"kind": KIND, "name": name})
+    labels = relabel.patched_labels(claim, patch, f"IPClaim {namespace}/{name}")
+    if labels is None:
+        return claim
+    allocation = _load(ctx.ov, alloc_key)
+    if allocation is None:
+        raise InvariantViolation(f"IPClaim {namespace}/{name} has no allocation")
+    labels_before = claim["metadata"]["labels"]
+    claim["metadata"]["labels"] = labels
+    _write(ctx, claim_key, claim, MODIFIED, labels_before)
+    allocation_labels_before = allocation["metadata"]["labels"]
+    allocation["metadata"]["labels"] = labels
+    _write(ctx, alloc_key, allocation, MODIFIED, allocation_labels_before)
+    return claim
 
 
 def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from statemachine import keys
+from statemachine import keys, relabel
 from statemachine.addresses import FAMILY_BITS
 from statemachine.codec import Principal, loads
-from statemachine.context import ADDED, Context
+from statemachine.context import ADDED, MODIFIED, Context
 from statemachine.errors import CONFLICT, FORBIDDEN, NOT_FOUND, Rejected, already_exists, invalid
 from statemachine.fields import check_labels, check_map, check_name, opt_bool, opt_choice, opt_str_list
 from statemachine.policy import RECLAIM_DELETE, RECLAIM_POLICIES, check_allocation
@@ -126,7 +126,9 @@ def create_unchangeable(ctx: Context, body: dict[str, Any], what: Unchangeable) 
         same_spec, same_labels = existing["spec"] == spec, existing["metadata"]["labels"] == labels
         if same_spec and same_labels:
             return existing, False
-        raise already_exists(f"{kind} {name} already exists", same_spec, same_labels, what.change_hint, name=name)
+        raise already_exists(
+            f"{kind} {name} already exists", same_spec, same_labels, what.change_hint, labels_patchable=True, name=name
+        )
     if spec[what.default_field]:
         current = ctx.ov.get(what.default_key)
         if current is not None:
@@ -142,11 +144,30 @@ def create_unchangeable(ctx: Context, body: dict[str, Any], what: Unchangeable) 
     return obj, True
 
 
+def update_unchangeable(ctx: Context, body: dict[str, Any], what: Unchangeable) -> dict[str, Any]:
+    """Change the labels of one (relabel.py); its spec stays as created."""
+    kind = what.kind
+    require_platform_admin(ctx.principal, f"change {'an' if kind[0] in 'AEIOU' else 'a'} {kind}")
+    patch = relabel.check_patch(body, kind, namespaced=False)
+    name = check_name(patch.name, "name")
+    key = what.key_of(name)
+    raw = ctx.ov.get(key)
+    if raw is None:
+        raise Rejected(NOT_FOUND, f"{kind} {name} not found", {"kind": kind, "name": name})
+    obj = dict(loads(raw))
+    labels = relabel.patched_labels(obj, patch, f"{kind} {name}")
+    if labels is not None:
+        labels_before = obj["metadata"]["labels"]
+        obj["metadata"]["labels"] = labels
+        ctx.write_object(key, kind, obj, MODIFIED, labels_before)
+    return obj
+
+
 _IP_CLASSES = Unchangeable(
     KIND,
     keys.class_key,
     check_spec,
-    "IPClasses cannot be changed: delete it first (no pool may list it)",
+    "an IPClass's spec cannot be changed: delete it first (no pool may list it)",
     "isDefault",
     keys.DEFAULT_CLASS,
     "the default",
@@ -155,6 +176,10 @@ _IP_CLASSES = Unchangeable(
 
 def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return create_unchangeable(ctx, body, _IP_CLASSES)
+
+
+def update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    return update_unchangeable(ctx, body, _IP_CLASSES)
 
 
 def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:

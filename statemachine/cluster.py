@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from statemachine import classes, keys, nodes, pods, priorities, quotas, scheduler
+from statemachine import classes, keys, nodes, pods, priorities, quotas, relabel, scheduler
 from statemachine.context import ADDED, MODIFIED, Context
 from statemachine.errors import (
     CONFLICT,
@@ -36,6 +36,7 @@ from statemachine.errors import (
     InvariantViolation,
     Rejected,
     already_exists,
+    changed_since_read,
     invalid,
 )
 from statemachine.fields import check_map, check_name, check_node_name, opt_bool, opt_choice, opt_int, opt_str
@@ -370,12 +371,7 @@ def node_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     if update.resource_version is not None and update.resource_version != current_version:
         # Checked before anything else, an identical patch too, as Kubernetes does: the caller
         # computed its patch from a node that is no longer there (a read-modify-write race).
-        raise Rejected(
-            CONFLICT,
-            f"Node {name} changed since it was read: it is at resourceVersion {current_version}, not "
-            f"{update.resource_version}; read it again and apply your change to that",
-            {"kind": nodes.KIND, "name": name, "resourceVersion": current_version},
-        )
+        raise changed_since_read(f"Node {name}", nodes.KIND, name, current_version, update.resource_version)
     labels_before = node["metadata"]["labels"]
     labels = labels_before if update.labels is None else update.labels
     taints = node["spec"]["taints"] if update.taints is None else update.taints
@@ -445,7 +441,8 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
             f"Pod {namespace}/{name} already exists",
             same_spec,
             same_labels,
-            "Pods cannot be changed: delete it first",
+            "a Pod's spec cannot be changed: delete it first",
+            labels_patchable=True,
             name=name,
             namespace=namespace,
         )
@@ -492,6 +489,26 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
         cluster.save(ctx)
     ctx.write_object(key, pods.KIND, pod, ADDED)
     return pod, True
+
+
+def pod_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    """Change the pod's labels (relabel.py). Nothing the scheduler reads changes: a pod's labels
+    select nothing here (there is no pod affinity), so a pending pod stays where it is in the
+    queue and a bound one on its node."""
+    patch = relabel.check_patch(body, pods.KIND, namespaced=True, default_namespace=pods.DEFAULT_NAMESPACE)
+    name = check_name(patch.name, "name")
+    namespace = patch.namespace or pods.DEFAULT_NAMESPACE
+    principal = ctx.principal
+    key = keys.pod_key(principal.org, principal.project, namespace, name)
+    pod = pods.load(ctx.ov, key)
+    if pod is None:
+        raise Rejected(NOT_FOUND, f"Pod {namespace}/{name} not found", {"kind": pods.KIND, "name": name})
+    labels = relabel.patched_labels(pod, patch, f"Pod {namespace}/{name}")
+    if labels is not None:
+        labels_before = pod["metadata"]["labels"]
+        pod["metadata"]["labels"] = labels
+        ctx.write_object(key, pods.KIND, pod, MODIFIED, labels_before)
+    return pod
 
 
 def pod_delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:

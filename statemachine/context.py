@@ -201,9 +201,9 @@ class Context:
         selectable fields (`pod_selected_fields`) as they were before the command: a watch with
         a field selector then tells a pod entering its selection (ADDED) or leaving it
         (DELETED) from one changing inside it, as Kubernetes does (queries.events_after). An
-        object whose labels the command changed (a quota set again, a retained allocation bound
-        again: labels are otherwise fixed at creation) carries its labels before, for a watch
-        with a label selector likewise."""
+        object whose labels the command changed (a label patch, a quota set again, a retained
+        allocation bound again) carries its labels before (a pod's after its fields), for a
+        watch with a label selector likewise."""
         at = self._event_at.get(key)
         if at is not None:
             earlier = self.events[at]
@@ -220,6 +220,8 @@ class Context:
             before = self.ov.get(key)  # the command has not written the pod yet: no earlier event
             if before is not None:
                 entry.append(pod_selected_fields(loads(before)))
+                if labels_before is not None and event_type == MODIFIED:
+                    entry.append(labels_before)
         elif labels_before is not None and event_type == MODIFIED:
             entry.append(labels_before)
         self._event_at[key] = len(self.events)

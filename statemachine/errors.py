@@ -70,8 +70,17 @@ def invalid(message: str, field_path: str | None = None, **details: Any) -> Reje
     return Rejected(INVALID, message, details)
 
 
+LABELS_PATCH_HINT = "to change its labels, patch metadata.labels (PATCH the object, or `allot label`)"
+
+
 def already_exists(
-    subject: str, same_spec: bool, same_labels: bool, remedy: str, holds: str = "", **details: Any
+    subject: str,
+    same_spec: bool,
+    same_labels: bool,
+    remedy: str,
+    holds: str = "",
+    labels_patchable: bool = False,
+    **details: Any,
 ) -> Rejected:
     """A create naming an object that exists with another spec, other labels, or both.
 
@@ -80,7 +89,10 @@ def already_exists(
     leaves them, sorted, so their order never matters); anything else is `already_exists`,
     saying what differs (`details.differs`: "spec", "labels") and how to change it (`remedy`).
     A create never changes an existing object, not even its labels: a client told "unchanged"
-    must hold exactly what it asked for."""
+    must hold exactly what it asked for. With `labels_patchable`, other labels alone are
+    answered with how to patch them (`LABELS_PATCH_HINT`) instead of `remedy`."""
+    if same_spec and labels_patchable:
+        remedy = LABELS_PATCH_HINT
     differs: list[str] = []
     said: list[str] = []
     if not same_spec:
@@ -91,4 +103,16 @@ def already_exists(
         said.append("different labels")
     return Rejected(
         ALREADY_EXISTS, f"{subject} with {' and '.join(said)}{holds}; {remedy}", {**details, "differs": differs}
+    )
+
+
+def changed_since_read(subject: str, kind: str, name: str, current_version: int, read_version: int) -> Rejected:
+    """A conditional update (a resourceVersion precondition, as in a Kubernetes patch) of an
+    object that changed since the caller read it: its patch was computed from a state that is
+    gone (a read-modify-write race). `subject` names it in the message ("Node n1")."""
+    return Rejected(
+        CONFLICT,
+        f"{subject} changed since it was read: it is at resourceVersion {current_version}, not "
+        f"{read_version}; read it again and apply your change to that",
+        {"kind": kind, "name": name, "resourceVersion": current_version},
     )

@@ -17,6 +17,7 @@ labels_max = 64
 label_key_chars_max = 253
 label_value_chars_max = 63
 list_items_max = 64
+resource_version_digits_max = 18  # as the HTTP layer's query integers: fits a signed 64-bit integer
 
 _name_pattern = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _label_name_pattern = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
@@ -176,3 +177,33 @@ def opt_str_list(obj: dict[str, Any], key: str, field_path: str) -> list[str]:
     if len(set(value)) != len(value):
         raise invalid(f"{field_path} lists an item twice", field_path)
     return list(value)
+
+
+def check_resource_version(value: Any, field_path: str, subject: str) -> int | None:
+    """A resourceVersion the caller read `subject` (a node, the claim, ...) at: a positive
+    integer, or its decimal string (Kubernetes clients send strings)."""
+    if value is None:
+        return None
+    # As written by the server: "0171" is not 171 (Kubernetes compares resourceVersions as strings).
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= resource_version_digits_max
+        and value.isascii()
+        and value.isdigit()
+        and value[0] != "0"
+    ):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 10**resource_version_digits_max:
+        given = (
+            shown(value)
+            if isinstance(value, str)
+            else str(value)
+            if isinstance(value, int) and not isinstance(value, bool)
+            else f"a {type(value).__name__}"
+        )
+        raise invalid(
+            f"{field_path} must be the resourceVersion {subject} was read at (a positive integer of at most "
+            f"{resource_version_digits_max} digits, or its decimal string), not {given}",
+            field_path,
+        )
+    return value

@@ -73,10 +73,13 @@ Handler = Callable[[Context, dict[str, Any]], "tuple[dict[str, Any], bool] | dic
 HANDLERS: dict[str, Handler] = {
     "pool.create": pools.create,
     "pool.delete": pools.delete,
+    "pool.update": pools.update,
     "claim.create": claims.create,
     "claim.delete": claims.delete,
+    "claim.update": claims.update,
     "class.create": classes.create,
     "class.delete": classes.delete,
+    "class.update": classes.update,
     "quota.set": cluster.quota_set,
     "quota.delete": cluster.quota_delete,
     "node.register": cluster.node_register,
@@ -90,12 +93,15 @@ HANDLERS: dict[str, Handler] = {
     "node.evict_tainted": cluster.node_evict_tainted,
     "pod.create": cluster.pod_create,
     "pod.delete": cluster.pod_delete,
+    "pod.update": cluster.pod_update,
     "service.create": services.create,
     "service.delete": services.delete,
+    "service.update": services.update,
     "scheduler.configure": cluster.scheduler_configure,
     "scheduler.retry": cluster.scheduler_retry,
     "priorityclass.create": priorities.create,
     "priorityclass.delete": priorities.delete,
+    "priorityclass.update": priorities.update,
 }
 COMMAND_TYPES = (*HANDLERS, NOOP)
 

@@ -43,13 +43,13 @@ from statemachine.fields import (
     check_labels,
     check_map,
     check_node_name,
+    check_resource_version,
     labels_max,
     list_items_max,
     opt_bool,
     opt_choice,
     opt_int,
     opt_str,
-    shown,
 )
 from statemachine.policy import check_length_allowed
 from statemachine.quotas import cpu_millis_max, memory_bytes_max
@@ -321,7 +321,6 @@ def check_body(body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any
 
 _update_fields = ("name", "metadata", "spec")
 _update_metadata_fields = ("labels", "resourceVersion")
-resource_version_digits_max = 18  # as the HTTP layer's query integers: fits a signed 64-bit integer
 _update_spec_fields = ("taints", "unschedulable")
 
 
@@ -336,36 +335,6 @@ class NodeUpdate:
     # A precondition, as in a Kubernetes patch: the node's resourceVersion as the caller read
     # it; the update is refused (conflict) when the node changed since.
     resource_version: int | None
-
-
-def check_resource_version(value: Any, field_path: str) -> int | None:
-    """A resourceVersion the caller read: a positive integer, or its decimal string (Kubernetes
-    clients send strings)."""
-    if value is None:
-        return None
-    # As written by the server: "0171" is not 171 (Kubernetes compares resourceVersions as strings).
-    if (
-        isinstance(value, str)
-        and 0 < len(value) <= resource_version_digits_max
-        and value.isascii()
-        and value.isdigit()
-        and value[0] != "0"
-    ):
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 10**resource_version_digits_max:
-        given = (
-            shown(value)
-            if isinstance(value, str)
-            else str(value)
-            if isinstance(value, int) and not isinstance(value, bool)
-            else f"a {type(value).__name__}"
-        )
-        raise invalid(
-            f"{field_path} must be the resourceVersion the node was read at (a positive integer of at most "
-            f"{resource_version_digits_max} digits, or its decimal string), not {given}",
-            field_path,
-        )
-    return value
 
 
 def check_new_zone_label(labels: dict[str, str], zone: str | None) -> None:
@@ -427,7 +396,7 @@ def check_update(body: dict[str, Any], labels_now: dict[str, str], zone: str | N
     unschedulable = opt_bool(spec, "unschedulable", "spec.unschedulable")
     if "unschedulable" in spec and unschedulable is None:
         unschedulable = False
-    resource_version = check_resource_version(metadata.get("resourceVersion"), "metadata.resourceVersion")
+    resource_version = check_resource_version(metadata.get("resourceVersion"), "metadata.resourceVersion", "the node")
     return NodeUpdate(labels, taints, unschedulable, resource_version)
 
 

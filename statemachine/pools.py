@@ -61,11 +61,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from statemachine import buddy, classes, keys
+from statemachine import buddy, classes, keys, relabel
 from statemachine.addresses import FAMILY_BITS, IPV4_MAPPED, IPV6, Block, overlap_size, parse_cidr, range_to_blocks
 from statemachine.buddy import PoolState
 from statemachine.codec import Principal, dump_record, loads
-from statemachine.context import ADDED, Context, parse_uid
+from statemachine.context import ADDED, MODIFIED, Context, parse_uid
 from statemachine.errors import (
     CONFLICT,
     FORBIDDEN,
@@ -575,7 +575,8 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
             f"IPPool {pool_id(org, project, name)} already exists",
             same_spec,
             same_labels,
-            "IPPools cannot be changed: delete it first (it must hold no allocations or child pools)",
+            "an IPPool's spec cannot be changed: delete it first (it must hold no allocations or child pools)",
+            labels_patchable=True,
             name=pool_id(org, project, name),
         )
     if parent is not None and visibility in PLATFORM_VISIBILITIES and parent[1]["metadata"]["org"]:
@@ -647,22 +648,41 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 # ---- delete ------------------------------------------------------------------------------
 
 
-def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
-    check_map(body, "", ("name",))
-    ref = body.get("name")
-    key, pool = resolve(ctx.ov, ctx.principal, ref, "name")
+def _require_owner(pool: dict[str, Any], principal: Principal, action: str) -> str:
+    """The pool's id, after refusing (`forbidden`) a principal that does not own it (`owns`)."""
     metadata = pool["metadata"]
     qualified = pool_id(metadata["org"], metadata["project"], metadata["name"])
-    if not owns(pool, ctx.principal):
+    if not owns(pool, principal):
         if not metadata["org"]:
             raise Rejected(
                 FORBIDDEN,
                 f"IPPool {qualified} is a platform pool: only an admin acting for the platform "
-                "(without org and project) may delete it",
+                f"(without org and project) may {action} it",
             )
         raise Rejected(
-            FORBIDDEN, f"IPPool {qualified} belongs to another project; only its owner or an admin may delete it"
+            FORBIDDEN, f"IPPool {qualified} belongs to another project; only its owner or an admin may {action} it"
         )
+    return qualified
+
+
+def update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    """Change the pool's labels (relabel.py): its owner, as for a delete."""
+    patch = relabel.check_patch(body, KIND, namespaced=False)
+    key, pool = resolve(ctx.ov, ctx.principal, patch.name, "name")
+    qualified = _require_owner(pool, ctx.principal, "change")
+    labels = relabel.patched_labels(pool, patch, f"IPPool {qualified}")
+    if labels is not None:
+        labels_before = pool["metadata"]["labels"]
+        pool["metadata"]["labels"] = labels
+        ctx.write_object(key, KIND, pool, MODIFIED, labels_before)
+    return render(ctx.ov, pool)
+
+
+def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    check_map(body, "", ("name",))
+    ref = body.get("name")
+    key, pool = resolve(ctx.ov, ctx.principal, ref, "name")
+    qualified = _require_owner(pool, ctx.principal, "delete")
     state = load_state(ctx.ov, pool)
     if state.allocations or state.child_pools:
         raise Rejected(

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from statemachine import keys
-from statemachine.classes import Unchangeable, create_unchangeable, require_platform_admin
+from statemachine.classes import Unchangeable, create_unchangeable, require_platform_admin, update_unchangeable
 from statemachine.codec import loads
 from statemachine.context import Context
 from statemachine.errors import NOT_FOUND, Rejected, invalid
@@ -110,7 +110,7 @@ _PRIORITY_CLASSES = Unchangeable(
     KIND,
     keys.priority_class_key,
     check_spec,
-    "PriorityClasses cannot be changed: delete it and create it again (pods keep the priority they got)",
+    "a PriorityClass's spec cannot be changed: delete it and create it again (pods keep the priority they got)",
     "globalDefault",
     keys.DEFAULT_PRIORITY_CLASS,
     "the global default",
@@ -120,6 +120,10 @@ _PRIORITY_CLASSES = Unchangeable(
 
 def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return create_unchangeable(ctx, body, _PRIORITY_CLASSES)
+
+
+def update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    return update_unchangeable(ctx, body, _PRIORITY_CLASSES)
 
 
 def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:

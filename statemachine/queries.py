@@ -233,12 +233,13 @@ def _label_selected_event_type(
     requirements: tuple[Requirement, ...], event_type: str, obj: dict[str, Any], before: list[Any]
 ) -> str | None:
     """How an event reads to a watch with a label selector, or None when it does not see it.
-    Labels are fixed at creation except where a command changes them (a quota set again, a
-    retained allocation bound again), and then the event carries the labels before
-    (context.Context): an object whose new labels enter the selection is ADDED, one whose
-    labels leave it DELETED (with the object as it is now), as Kubernetes answers."""
+    An event of a command that changed the object's labels (a label patch, a quota set again, a
+    retained allocation bound again) carries the labels before (context.Context; a pod's event
+    carries its selectable fields first): an object whose new labels enter the selection is
+    ADDED, one whose labels leave it DELETED (with the object as it is now), as Kubernetes
+    answers."""
     labels_now = obj["metadata"]["labels"]
-    labels_before = before[0] if before and isinstance(before[0], dict) else labels_now
+    labels_before = next((item for item in before if isinstance(item, dict)), labels_now)
     return _seen_as(event_type, matches(requirements, labels_before), matches(requirements, labels_now))
 
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from statemachine import buddy, claims, keys, pools, quotas
+from statemachine import buddy, claims, keys, pools, quotas, relabel
 from statemachine.addresses import FAMILY_BITS, Block, check_not_ipv4_mapped, format_address, parse_address
 from statemachine.codec import loads
-from statemachine.context import ADDED, Context
+from statemachine.context import ADDED, MODIFIED, Context
 from statemachine.errors import NOT_FOUND, POOL_EXHAUSTED, InvariantViolation, Rejected, already_exists, invalid
 from statemachine.fields import check_labels, check_map, check_name, list_items_max, opt_choice, opt_int, opt_str
 from statemachine.policy import check_length_allowed
@@ -217,8 +217,9 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
             f"Service {namespace}/{name} already exists",
             same_spec,
             same_labels,
-            "Services cannot be changed: delete it first",
+            "a Service's spec cannot be changed: delete it first",
             f" (it holds {held})",
+            labels_patchable=True,
             name=name,
             namespace=namespace,
             address=held,
@@ -241,6 +242,24 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     tenant.save(ctx)
     ctx.write_object(key, KIND, service, ADDED)
     return service, True
+
+
+def update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    """Change the service's labels (relabel.py); its address and spec stay."""
+    patch = relabel.check_patch(body, KIND, namespaced=True, default_namespace=DEFAULT_NAMESPACE)
+    name = check_name(patch.name, "name")
+    namespace = patch.namespace or DEFAULT_NAMESPACE
+    principal = ctx.principal
+    key = keys.service_key(principal.org, principal.project, namespace, name)
+    service = load(ctx.ov, key)
+    if service is None:
+        raise Rejected(NOT_FOUND, f"Service {namespace}/{name} not found", {"kind": KIND, "name": name})
+    labels = relabel.patched_labels(service, patch, f"Service {namespace}/{name}")
+    if labels is not None:
+        labels_before = service["metadata"]["labels"]
+        service["metadata"]["labels"] = labels
+        ctx.write_object(key, KIND, service, MODIFIED, labels_before)
+    return service
 
 
 def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:

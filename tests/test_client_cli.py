@@ -316,6 +316,39 @@ def test_node_label_and_taint(cluster: Cluster, workdir: Path) -> None:
     ok(allot(cluster, workdir, "pool", "delete", "cli-node-pods"))
 
 
+def test_label_of_claims_pools_and_classes(cluster: Cluster, workdir: Path) -> None:
+    """`allot KIND label NAME KEY=VALUE|KEY-` on the IPAM kinds, as for nodes: the claim keeps its
+    address, its allocation's labels follow, --overwrite and --resource-version as kubectl's."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return allot(cluster, workdir, *args)
+
+    ok(run("pool", "create", "cli-lbl", "--cidr", "10.207.0.0/24", "--label", "site=ams"))
+    created = json.loads(
+        ok(run("claim", "create", "cli-lbl-1", "--pool", "cli-lbl", "-n", "team", "--as", "acme/web", "-o", "json"))
+    )
+    claim = ("claim", "label", "cli-lbl-1", "-n", "team", "--as", "acme/web")
+    assert ok(run(*claim, "app=web", "tier=front")) == "ipclaim/cli-lbl-1 labeled app=web, tier=front\n"
+    refused = failed(run(*claim, "app=api"), cli.EXIT_CONFLICT)
+    assert refused == "allot: ipclaim/cli-lbl-1 already has label app=web (not api); pass --overwrite to change it"
+    assert ok(run(*claim, "app=api", "tier-", "--overwrite")) == "ipclaim/cli-lbl-1 labeled app=api, tier-\n"
+    got = json.loads(ok(run("claim", "get", "cli-lbl-1", "-n", "team", "--as", "acme/web", "-o", "json")))
+    assert got["metadata"]["labels"] == {"app": "api"}
+    assert got["status"]["allocatedCIDR"] == created["status"]["allocatedCIDR"], "the address stays"
+    allocations = json.loads(ok(run("alloc", "list", "-n", "team", "--as", "acme/web", "-o", "json", "-l", "app=api")))
+    assert [item["metadata"]["name"] for item in allocations["items"]] == ["cli-lbl-1"]
+    version = got["metadata"]["resourceVersion"]
+    stale = failed(run(*claim, "app=old", "--overwrite", "--resource-version", str(version - 1)), cli.EXIT_CONFLICT)
+    assert stale.startswith(
+        f"allot: conflict: IPClaim team/cli-lbl-1 changed since it was read: it is at resourceVersion {version}"
+    )
+    assert ok(run("pool", "label", "cli-lbl", "site-")) == "ippool/cli-lbl unlabeled site-\n"
+    denied = failed(run("pool", "label", "cli-lbl", "x=y", "--as", "acme/web"), cli.EXIT_UNAUTHORIZED)
+    assert "only an admin acting for the platform" in denied
+    missing = failed(run("claim", "label", "cli-lbl-1", "a=b", "--as", "acme/web"), cli.EXIT_NOT_FOUND)
+    assert "IPClaim cli-lbl-1 not found" in missing, "the default namespace holds no such claim"
+
+
 def test_token_from_files(cluster: Cluster, workdir: Path, tmp_path: Path) -> None:
     no_env = {"ALLOT_TOKEN": ""}
     as_tenant = allot(

@@ -46,7 +46,7 @@ from client import (
     WatchEvent,
 )
 from client import cli as client_cli
-from client.core import MEDIA_TYPE_MERGE_PATCH, RequestFactory
+from client.core import IPCLAIMS, IPCLASSES, MEDIA_TYPE_MERGE_PATCH, PODS, QUOTAS, RequestFactory
 from node.cli import main as node_cli_main
 from tests.test_client_cli import allot as allot_process
 from tests.test_client_cli import ok as process_ok
@@ -317,6 +317,25 @@ def test_node_update_is_a_merge_patch_sent_as_a_write() -> None:
         factory.node_update("n1", labels={"pods": 3})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match=r"True \(cordon\) or False"):
         factory.node_update("n1", unschedulable="yes")  # type: ignore[arg-type]
+
+
+def test_label_is_a_merge_patch_of_metadata_for_the_kinds_that_take_one() -> None:
+    factory = RequestFactory("t0ken").for_tenant("acme", "web")
+    request = factory.label(IPCLAIMS, "c1", {"app": "web", "old": None}, namespace="team", resource_version=7)
+    assert (request.method, request.path) == ("PATCH", "/v1/ipclaims/c1")
+    assert dict(request.query) == {"namespace": "team", "org": "acme", "project": "web"}, "a tenant write"
+    assert request.write and request.header("Content-Type") == MEDIA_TYPE_MERGE_PATCH
+    assert json.loads(request.body or b"") == {
+        "metadata": {"resourceVersion": 7, "labels": {"app": "web", "old": None}}
+    }
+    platform = factory.label(IPCLASSES, "gold", {"tier": "1"})
+    assert platform.query == () and json.loads(platform.body or b"") == {"metadata": {"labels": {"tier": "1"}}}
+    with pytest.raises(ValueError, match="cannot be patched"):
+        factory.label(QUOTAS, "acme", {"a": "b"})
+    with pytest.raises(ValueError, match="a mapping"):
+        factory.label(PODS, "p", "app=web")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="the IPClaim's resourceVersion as read"):
+        factory.label(IPCLAIMS, "c1", {}, resource_version=-1)
 
 
 # The nodes' labels: their own, and the built-in kubernetes.io/hostname (statemachine/nodes.py).

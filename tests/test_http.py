@@ -500,7 +500,7 @@ def test_unknown_routes_and_methods(tmp_path: Path) -> None:
             reply = await api.error(404, "not_found", "GET", path)
             assert reply.headers["Content-Type"].startswith("application/json")
         wrong = await api.error(405, "method_not_allowed", "PUT", "/v1/ipclaims/web-1", body={"name": "web-1"})
-        assert set(wrong.body["error"]["details"]["allowed"]) == {"DELETE", "GET", "HEAD"}
+        assert set(wrong.body["error"]["details"]["allowed"]) == {"DELETE", "GET", "HEAD", "PATCH"}
         assert "DELETE" in wrong.headers["Allow"]
         await api.error(405, "method_not_allowed", "DELETE", "/v1/ipclaims")
         await api.error(405, "method_not_allowed", "POST", "/healthz", None, body={})

@@ -178,7 +178,70 @@ def test_node_patch_changes_labels_taints_and_cordon(tmp_path: Path) -> None:
             raw=b"{}",
             headers={"Content-Type": "application/strategic-merge-patch+json"},
         )
-        await api.error(405, "method_not_allowed", "PATCH", "/v1/pods/gpu", ACME, body={})
+        await api.error(405, "method_not_allowed", "PATCH", "/v1/ipallocations/gpu", ACME, body={})
+        assert api.objects_digest() == before
+
+    run(tmp_path, check)
+
+
+def test_label_patch_of_every_kind(tmp_path: Path) -> None:
+    """PATCH /v1/{kind}/{name} with {"metadata": {"labels": ...}} relabels a pool, claim, class,
+    pod, service or priority class in place (a claim keeps its address, a pod its node), with
+    `?namespace=` for namespaced kinds and a resourceVersion precondition; anything else in the
+    patch is refused and changes nothing."""
+
+    async def check(api: Api) -> None:
+        await cluster(api, "n1")
+        await api.ok("POST", "/v1/ipclasses", body={"name": "svc", "spec": {"ipFamily": "IPv4", "isDefault": True}})
+        await api.ok(
+            "POST", "/v1/ippools", body={"name": "vips", "spec": {"cidr": "10.96.0.0/24", "classNames": ["svc"]}}
+        )
+        await api.ok("POST", "/v1/priorityclasses", body={"name": "high", "spec": {"value": 10}})
+        claim = await api.ok("POST", "/v1/ipclaims", ACME, {"name": "c1", "namespace": "team"})
+        bound = await api.ok("POST", "/v1/pods", ACME, pod("web", priorityClassName="high"))
+        service = await api.ok("POST", "/v1/services", ACME, {"name": "api", "labels": {"app": "api"}})
+        patch = {"metadata": {"labels": {"team": "blue"}}}
+        merge = {"Content-Type": "application/merge-patch+json"}
+        for path, token in (
+            ("/v1/ippools/vips", ADMIN),
+            ("/v1/ipclasses/svc", ADMIN),
+            ("/v1/priorityclasses/high", ADMIN),
+            ("/v1/pods/web", ACME),
+            ("/v1/services/api", ACME),
+        ):
+            patched = await api.ok("PATCH", path, token, patch, headers=merge)
+            assert patched["metadata"]["labels"].get("team") == "blue", (path, patched)
+            assert (await api.ok("GET", path, token))["metadata"]["labels"] == patched["metadata"]["labels"]
+        assert (await api.ok("GET", "/v1/services/api", ACME))["metadata"]["labels"] == {"app": "api", "team": "blue"}
+        assert (await api.ok("GET", "/v1/pods/web", ACME))["status"]["podIP"] == bound["status"]["podIP"]
+        # A claim in another namespace: named by ?namespace=; its allocation's labels follow.
+        relabelled = await api.ok("PATCH", "/v1/ipclaims/c1", ACME, patch, params={"namespace": "team"})
+        assert relabelled["status"]["allocatedCIDR"] == claim["status"]["allocatedCIDR"]
+        allocation = await api.ok("GET", "/v1/ipallocations/c1", ACME, params={"namespace": "team"})
+        assert allocation["metadata"]["labels"] == {"team": "blue"}
+        selected = await api.ok("GET", "/v1/ipclaims", ACME, params={"labelSelector": "team=blue"})
+        assert [item["metadata"]["name"] for item in selected["items"]] == ["c1"]
+        # Conditional on the version read; a stale one is 409 with the current one.
+        version = service["metadata"]["resourceVersion"]
+        stale = await api.error(
+            409, "conflict", "PATCH", "/v1/services/api", ACME, body={"metadata": {"resourceVersion": version}}
+        )
+        current = stale.body["error"]["details"]["resourceVersion"]
+        removed = await api.ok(
+            "PATCH", "/v1/services/api", ACME, {"metadata": {"labels": {"team": None}, "resourceVersion": str(current)}}
+        )
+        assert removed["metadata"]["labels"] == {"app": "api"}
+        # Refused, changing nothing: spec, a name in the body, another tenant, a platform
+        # object by a tenant, a namespace that does not hold it.
+        before = api.objects_digest()
+        await api.error(400, "invalid", "PATCH", "/v1/pods/web", ACME, body={"spec": {"priority": 1}})
+        await api.error(400, "invalid", "PATCH", "/v1/pods/web", ACME, body={"name": "other", **patch})
+        await api.error(400, "invalid", "PATCH", "/v1/ipclaims/c1", ACME, body={"namespace": "team", **patch})
+        await api.error(404, "not_found", "PATCH", "/v1/pods/web", GLOBEX, body=patch)
+        await api.error(403, "forbidden", "PATCH", "/v1/ippools/vips", ACME, body=patch)
+        await api.error(403, "forbidden", "PATCH", "/v1/ipclasses/svc", ACME, body=patch)
+        await api.error(404, "not_found", "PATCH", "/v1/ipclaims/c1", ACME, body=patch)
+        await api.error(405, "method_not_allowed", "PATCH", "/v1/quotas/acme", body=patch)
         assert api.objects_digest() == before
 
     run(tmp_path, check)

@@ -24,7 +24,7 @@ Extra commands (WHO as in test_scripts.py; every write takes `rid=ID`, `label.K=
     plan    WHO [the pod options]       the node plan_pod chooses, or `none`
     get     WHO node|pod|service|quota NAME [ns=NS]
     list    WHO nodes|pods|services|quotas [field=spec.nodeName=N] [selector=S] [ns=NS] [limit=N]
-    watch   WHO pods|nodes|... [from=REV] [field=...]    events after revision REV
+    watch   WHO pods|nodes|... [from=REV] [field=...] [selector=...]    events after revision REV
     nodes                                    every node, as an admin sees it
 """
 
@@ -54,6 +54,7 @@ from tests.test_scripts import (
     parse_command,
     parse_principal,
     run_script,
+    written_verb,
 )
 
 SCRIPTS_DIR = Path(__file__).parent / "scripts"
@@ -297,7 +298,7 @@ class SchedRunner(ScriptRunner):
             return lines
         if not isinstance(result, Ok):
             raise ScriptError(f"unexpected result {result!r}")
-        verb = "deleted" if command_type.endswith(".delete") else ("created" if result.created else "existing")
+        verb = written_verb(command_type, result.created)
         if command_type.startswith(("node.", "scheduler.")) and command_type not in ("node.register", "node.delete"):
             verb = "done"
         suffix = "" if outcome.writes else " (no writes)"
@@ -492,8 +493,8 @@ class SchedRunner(ScriptRunner):
 
     def _watch(self, command: Command) -> list[str]:
         if len(command.words) != 2:
-            raise ScriptError("watch WHO KINDS [from=REV] [field=...]")
-        check_options(command, {"from", "field"}, {"details"})
+            raise ScriptError("watch WHO KINDS [from=REV] [field=...] [selector=...]")
+        check_options(command, {"from", "field", "selector"}, {"details"})
         who = parse_principal(command.words[0])
         try:
             events, _ = events_after(
@@ -502,6 +503,7 @@ class SchedRunner(ScriptRunner):
                 _int(command, "from") or 0,
                 tuple(command.words[1].split(",")),
                 field_selector=command.options.get("field"),
+                label_selector=command.options.get("selector"),
             )
         except Rejected as refusal:
             return describe_rejection(refusal, "details" in command.flags)

@@ -22,6 +22,8 @@ acting for a tenant, `org/project` for a member of that project):
     class  WHO NAME [family=F] [min=N] [max=N] [default=N] [strategy=S] [reclaim=R]
                     [vis=platform|restricted] [orgs=o1,o2] [isDefault]
     delete WHO pool|claim|class NAME [ns=NS]
+    label  WHO pool|claim|class|pod|service|priorityclass|node NAME [ns=NS] [rv=N] [label.K=V ...]
+                    [unlabel=K,...] [nolabels]   the kind's update: a merge patch of metadata.labels
     run    WHO COMMAND.TYPE [rid=ID] {json body}           any command with a raw JSON body
     get    WHO pool|claim|allocation|class NAME [ns=NS] [json]
     list   WHO pools|claims|allocations|classes [limit=N] [continue] [selector="k=v,..."] [ns=NS]
@@ -79,7 +81,7 @@ _PLURALS = {
 }
 _INT_OPTIONS = {"prefix", "min", "max", "default", "leading", "trailing"}
 _LIST_OPTIONS = {"shared", "classes", "excluded", "orgs"}
-_FLAGS = {"details", "json", "continue", "isDefault"}
+_FLAGS = {"details", "json", "continue", "isDefault", "nolabels"}
 _POOL_OPTIONS = {
     "cidr": ("spec", "cidr"),
     "parent": ("spec", "parentPool"),
@@ -115,6 +117,16 @@ _CLASS_OPTIONS = {
     "vis": ("spec", "visibility"),
     "orgs": ("spec", "allowedOrgs"),
     "isDefault": ("spec", "isDefault"),
+}
+# `label WHO KIND NAME`: the update (label patch) command of each kind.
+_LABEL_COMMANDS = {
+    "pool": "pool.update",
+    "claim": "claim.update",
+    "class": "class.update",
+    "pod": "pod.update",
+    "service": "service.update",
+    "priorityclass": "priorityclass.update",
+    "node": "node.update",
 }
 _DURATION = re.compile(r"(\d+)(ms|s|m)")
 _NAME_RANGE = re.compile(r"^(.*)\[(\d+)-(\d+)\](.*)$")
@@ -263,6 +275,15 @@ def describe_status(obj: dict[str, Any]) -> list[str]:
     ]
 
 
+def written_verb(command_type: str, created: bool) -> str:
+    """How a script's output names a successful write."""
+    if command_type.endswith(".delete"):
+        return "deleted"
+    if command_type.endswith(".update"):
+        return "updated"
+    return "created" if created else "existing"
+
+
 def describe_rejection(refusal: Rejected, show_details: bool) -> list[str]:
     lines = [f"rejected {refusal.code}: {refusal.message}"]
     if show_details:
@@ -387,6 +408,8 @@ class ScriptRunner:
                 body = build_body(name, command, table)
                 output += self._write(who, f"{command.verb}.create", body, command)
             return output
+        if command.verb == "label":
+            return self._label(who, command)
         if command.verb == "delete":
             if len(command.words) != 3 or command.words[1] not in ("pool", "claim", "class"):
                 raise ScriptError("delete WHO pool|claim|class NAME")
@@ -410,6 +433,27 @@ class ScriptRunner:
                 return describe_rejection(refusal, "details" in command.flags)
             return describe_status(pool)
         raise ScriptError(f"unknown command {command.verb!r}")
+
+    def _label(self, who: Principal, command: Command) -> list[str]:
+        """label WHO KIND NAME: the kind's update command, a merge patch of metadata.labels."""
+        if len(command.words) != 3 or command.words[1] not in _LABEL_COMMANDS:
+            raise ScriptError(f"label WHO {'|'.join(_LABEL_COMMANDS)} NAME [options]")
+        check_options(command, {"rid", "ns", "rv", "unlabel"}, {"details", "nolabels"}, True)
+        metadata: dict[str, Any] = {}
+        if "nolabels" in command.flags:
+            metadata["labels"] = None
+        else:
+            patch: dict[str, str | None] = dict(command.labels)
+            for key in command.options["unlabel"].split(",") if "unlabel" in command.options else ():
+                patch[key] = None
+            if patch:
+                metadata["labels"] = patch
+        if "rv" in command.options:
+            metadata["resourceVersion"] = int(command.options["rv"])
+        body: dict[str, Any] = {"name": command.words[2], "metadata": metadata}
+        if "ns" in command.options:
+            body["namespace"] = command.options["ns"]
+        return self._write(who, _LABEL_COMMANDS[command.words[1]], body, command)
 
     def _tick(self, command: Command) -> list[str]:
         found = _DURATION.fullmatch(command.words[0]) if len(command.words) == 1 else None
@@ -451,9 +495,8 @@ class ScriptRunner:
             return lines
         if not isinstance(result, Ok):
             raise ScriptError(f"unexpected result {result!r}")
-        verb = "deleted" if command_type.endswith(".delete") else ("created" if result.created else "existing")
         suffix = "" if outcome.writes else " (no writes)"
-        return [f"ok {verb} {describe(result.value, who)}{suffix}"]
+        return [f"ok {written_verb(command_type, result.created)} {describe(result.value, who)}{suffix}"]
 
     def _get(self, who: Principal, command: Command) -> list[str]:
         if len(command.words) != 3 or command.words[1] not in _PLURALS:
