@@ -152,6 +152,8 @@ def golden_envelopes() -> list[tuple[str, Envelope]]:
                 ts + 5,
             ),
         ),
+        _label_update("claim", {"name": "web-0", "namespace": "prod"}, ACME_WEB, ts + 6),
+        _label_update("class", {"name": "standard"}, ADMIN, ts + 6),
         (
             "claim.delete",
             Envelope("claim.delete", {"name": "web-0", "namespace": "prod"}, ACME_WEB, "req-del-1", ts + 6),
@@ -161,6 +163,12 @@ def golden_envelopes() -> list[tuple[str, Envelope]]:
         ("noop", Envelope("noop", {}, ADMIN, None, ts + 9)),
         *_scheduler_golden_envelopes(ts + 10),
     ]
+
+
+def _label_update(kind: str, named: dict[str, str], principal: Principal, ts: int) -> tuple[str, Envelope]:
+    """A label patch (KIND.update) of an object the golden commands before it made."""
+    body = {**named, "metadata": {"labels": {"team": "blue", "app": None}}}
+    return f"{kind}.update", Envelope(f"{kind}.update", body, principal, None, ts)
 
 
 def _scheduler_golden_envelopes(ts: int) -> list[tuple[str, Envelope]]:
@@ -248,6 +256,9 @@ def _scheduler_golden_envelopes(ts: int) -> list[tuple[str, Envelope]]:
         ),
         ("node.evict_tainted", Envelope("node.evict_tainted", {"name": "node-1"}, ADMIN, None, ts + 11)),
         ("node.drain", Envelope("node.drain", {"name": "node-1"}, ADMIN, None, ts + 11)),
+        _label_update("pool", {"name": "pods"}, ADMIN, ts + 12),
+        _label_update("pod", {"name": "web-0", "namespace": "prod"}, ACME_WEB, ts + 12),
+        _label_update("service", {"name": "web"}, ACME_WEB, ts + 12),
         ("pod.delete", Envelope("pod.delete", {"name": "web-0", "namespace": "prod"}, ACME_WEB, None, ts + 12)),
         ("service.delete", Envelope("service.delete", {"name": "web"}, ACME_WEB, None, ts + 13)),
         ("node.delete", Envelope("node.delete", {"name": "node-1"}, ADMIN, None, ts + 14)),
@@ -262,6 +273,7 @@ def _scheduler_golden_envelopes(ts: int) -> list[tuple[str, Envelope]]:
                 ts + 16,
             ),
         ),
+        _label_update("priorityclass", {"name": "critical"}, ADMIN, ts + 17),
         ("priorityclass.delete", Envelope("priorityclass.delete", {"name": "critical"}, ADMIN, None, ts + 17)),
     ]
 
@@ -447,6 +459,16 @@ INVALID_ENVELOPES: dict[str, bytes] = {
     "string-datetime-ts": codec.dumps(_plain(ts=cbor2.CBORTag(0, "2026-01-01T00:00:00Z"))),
     "uuid-tag-rid": codec.dumps(_plain(rid=cbor2.CBORTag(37, bytes(16)))),
     "unknown-tag-in-body": codec.dumps(_plain(body={"x": cbor2.CBORTag(4000, 1)})),
+    # canonical CBOR, but not plain: a map key that is not a string, deep in the body of a
+    # command whose handler sorts those keys (it stopped the member: a TypeError in apply)
+    "int-key-in-pod-requests": codec.dumps(
+        _plain(
+            type="pod.create",
+            principal=_principal(org="acme", project="web", role="member"),
+            body={"name": "p1", "spec": {"requests": {"cpuMillis": 100, 7: 1}}},
+        )
+    ),
+    "int-key-in-body": codec.dumps(_plain(body={1: "x"})),
     "bignum-in-body": codec.dumps(_plain(body={"x": cbor2.CBORTag(2, b"\x01")})),
     "tagged-envelope": codec.dumps(cbor2.CBORTag(4000, _plain())),
     "self-described-envelope": codec.dumps(cbor2.CBORTag(55799, _plain())),
