@@ -123,6 +123,10 @@ def loads_strict(data: bytes) -> Any:
     value = cbor2.loads(data, tag_hook=_refuse_tag)
     if _in_canonical_order(value) and dump_record(value) == data:
         return value
+    # Off the fast path, what the walk did not vouch for: canonical CBOR may still hold map keys
+    # that are not strings, or floats, which no proposing member writes (`encode_envelope`) and
+    # which the handlers, reading string-keyed maps, must never meet.
+    _check_plain(value)
     if dumps(value) != data:
         raise ValueError("command is not canonical CBOR (tags, trailing bytes or non-canonical encoding)")
     return value
