@@ -429,8 +429,16 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
         )
     key = keys.pod_key(principal.org, principal.project, namespace, name)
     tenant = quotas.Tenant(ctx.ov, principal.org, principal.project)
-    scheduler.fill_default_requests(spec, own_requests, tenant)
     existing = pods.load(ctx.ov, key)
+    if existing is None:
+        scheduler.fill_default_requests(spec, own_requests, tenant)
+    else:
+        # The same create again asks for the defaults the pod got, not today's: a retry after
+        # the project's defaultRequests changed is still the same request (as with priorities).
+        given = existing["spec"]["requests"]
+        for field in ("cpuMillis", "memoryBytes"):
+            if field not in own_requests:
+                spec["requests"][field] = given[field]
     priorities.resolve(ctx.ov, spec, own_priority, None if existing is None else existing["spec"])
     if existing is not None:
         same_spec = {**existing["spec"], "nodeName": None} == spec

@@ -443,7 +443,17 @@ def check_spec(value: Any, project: str) -> dict[str, Any]:
     if given.get("defaultRequests") is not None:
         if not project:
             raise invalid("spec.defaultRequests applies to project quotas (acme/web), not orgs", "spec.defaultRequests")
-        spec["defaultRequests"] = check_requests(given["defaultRequests"], "spec.defaultRequests")
+        defaults = check_requests(given["defaultRequests"], "spec.defaultRequests")
+        for name, default in defaults.items():
+            limit = spec.get(name)
+            if limit is not None and default > limit:
+                # Every pod that leaves this request out would be refused as over quota.
+                raise invalid(
+                    f"spec.defaultRequests.{name} {default} is more than the quota's own spec.{name} {limit}: "
+                    "every pod that gives no such request would be refused; lower the default or raise the limit",
+                    f"spec.defaultRequests.{name}",
+                )
+        spec["defaultRequests"] = defaults
     return spec
 
 
