@@ -53,7 +53,7 @@ from statemachine.fields import (
 )
 from statemachine.policy import check_length_allowed
 from statemachine.quotas import cpu_millis_max, memory_bytes_max
-from statemachine.view import ReadView
+from statemachine.view import ReadView, prefix_end
 
 KIND = "Node"
 NO_SCHEDULE = "NoSchedule"
@@ -437,6 +437,30 @@ def matching_labels(name: str, labels: dict[str, str], zone: str | None) -> dict
 # ---- the pod CIDR ----------------------------------------------------------------------------
 
 
+def _check_pod_address_space(ctx: Context, pool: dict[str, Any], pool_ref: str) -> None:
+    """One cluster, one pod network: every node's pod pool in the same address space. Pods on
+    nodes whose pod pools sat in two address spaces (overlapping ranges, VRF-like) could get the
+    same address, which routing between them cannot tell apart. The first node (by name) stands
+    for them all, as each was held to this when it registered."""
+    first = ctx.ov.first(keys.NODE, prefix_end(keys.NODE))
+    if first is None:
+        return
+    other = loads(first[1])
+    other_pool = pools.load(ctx.ov, pools.key_of_pool_id(other["status"]["podPool"]))
+    if other_pool is None:
+        raise InvariantViolation(
+            f"node {other['metadata']['name']} names missing pod pool {other['status']['podPool']}"
+        )
+    space, other_space = pool["status"]["addressSpace"], other_pool["status"]["addressSpace"]
+    if space != other_space:
+        raise invalid(
+            f"spec.podPool {pool_ref} is in address space {space!r}, but the cluster's pods have addresses in "
+            f"{other_space!r} (node {other['metadata']['name']}'s pod pool {other['status']['podPool']}): pod "
+            "addresses must be unique across the cluster, so choose a pod pool in that address space",
+            "spec.podPool",
+        )
+
+
 def carve_pod_cidr(ctx: Context, name: str, spec: dict[str, Any]) -> tuple[str, Block]:
     """Take the node's pod CIDR from its pod pool (its addresses are kept in the node's
     scheduling record: `NodeState.pod_addresses`)."""
@@ -455,6 +479,7 @@ def carve_pod_cidr(ctx: Context, name: str, spec: dict[str, Any]) -> tuple[str, 
             "parent's), and a node runs every tenant's pods: choose a pool that is not reserved",
             "spec.podPool",
         )
+    _check_pod_address_space(ctx, pool, pool_ref)
     family = pool["status"]["ipFamily"]
     bits = FAMILY_BITS[family]
     length = spec["podCIDRPrefixLength"]
