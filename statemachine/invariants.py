@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from statemachine import buddy, keys, nodes, pods, pools, priorities, quotas, scheduler, services
@@ -58,6 +58,9 @@ class _Objects:
     nodes: dict[bytes, dict[str, Any]]
     pods: dict[bytes, dict[str, Any]]
     services: dict[bytes, dict[str, Any]]
+    # Nodes and services found holding a block that points back at them (_check_tiling): each
+    # must be there, or its pod CIDR or address could be handed out again.
+    holders: set[bytes] = field(default_factory=set)
 
 
 def check_invariants(view: ReadView) -> None:
@@ -70,6 +73,7 @@ def check_invariants(view: ReadView) -> None:
         pool_objects, alloc_objects, _objects(view, keys.NODE), _objects(view, keys.POD), _objects(view, keys.SERVICE)
     )
     _check_pools(view, objects, problems)
+    _check_held(objects, problems)
     _check_roots(view, pool_objects, problems)
     _check_claims(pool_objects, claim_objects, alloc_objects, problems)
     _check_no_double_allocation(pool_objects, alloc_objects, problems)
@@ -166,6 +170,10 @@ def _check_tiling(view: ReadView, name: str, state: PoolState, objects: _Objects
             allocated += block.size
             if not _points_back(owner, block, name, objects):
                 problems.append(f"pool {name}: {block} is held by {owner!r}, which does not point back at it")
+            elif owner in objects.holders:
+                problems.append(f"pool {name}: {owner!r} holds a second block, {block}")
+            elif not owner.startswith(keys.POD):
+                objects.holders.add(owner)
         else:
             problems.append(f"pool {name}: {block} has unknown owner {owner!r}")
     pieces.sort()
@@ -193,6 +201,25 @@ def _check_tiling(view: ReadView, name: str, state: PoolState, objects: _Objects
     actual = (free_counts, allocated, reserved, allocations, children)
     if counted != actual:
         problems.append(f"pool {name}: counters {counted} != records {actual}")
+
+
+def _check_held(objects: _Objects, problems: list[str]) -> None:
+    """The other direction of `_points_back`: every node's pod CIDR and every service's address
+    is a block its pool holds for it. One that is not could be handed out again to another."""
+    for node_key, node in objects.nodes.items():
+        if node_key not in objects.holders:
+            status = node["status"]
+            problems.append(
+                f"node {node_key[len(keys.NODE) :].decode()}: its pod CIDR {status['podCIDR']} is not held for it in "
+                f"pool {status['podPool']}"
+            )
+    for service_key, service in objects.services.items():
+        if service_key not in objects.holders:
+            status = service["status"]
+            problems.append(
+                f"service {service_key.decode()}: its address {status['address']} is not held for it in pool "
+                f"{status['pool']}"
+            )
 
 
 def _points_back(owner: bytes, block: Block, holder: str, objects: _Objects) -> bool:
@@ -357,13 +384,17 @@ def _check_meta(view: ReadView, problems: list[str]) -> None:
 
 def check_scheduler(view: ReadView, objects: _Objects, problems: list[str]) -> None:
     """Nodes, pods, the queue, nominations, services and ledgers agree with each other:
-    * node capacity is never exceeded, and each node's record equals the sum of its bound pods;
+    * node capacity is never exceeded, each node's record equals the sum of its bound pods and
+      carries its capacity;
     * each bound pod has exactly one address, inside its node's pod CIDR, held by it; pod
       addresses are unique; the node index lists exactly the bound pods;
     * the pending queue holds exactly the pending pods, under their priority-and-age key;
     * nominations are mutual (node <-> pending pod) and carry the pod's requests;
     * every tenant ledger equals the sum of its live pods and services, an org's the sum of its
-      projects', the cached limits equal the quota's, and no usage exceeds a limit."""
+      projects', the cached limits and default requests equal the quota's, and no usage
+      exceeds a limit.
+    (That every node's pod CIDR and every service's address is held for it in its pool is
+    `_check_held`.)"""
     cluster = scheduler.Cluster.load(view)
     if cluster.nodes != len(objects.nodes):
         problems.append(f"the scheduler counts {cluster.nodes} nodes; there are {len(objects.nodes)}")
@@ -383,6 +414,13 @@ def check_scheduler(view: ReadView, objects: _Objects, problems: list[str]) -> N
             state.taints != nodes.taint_rows(node["spec"]["taints"])
         ):
             problems.append(f"node {name}: record and object disagree on labels or taints")
+        capacity = node["spec"]["capacity"]
+        if (state.cpu_capacity, state.memory_capacity, state.pods_capacity) != (
+            capacity["cpuMillis"],
+            capacity["memoryBytes"],
+            capacity["pods"],
+        ):
+            problems.append(f"node {name}: record and object disagree on capacity")
         _check_taint_eviction(name, state, problems)
         usage[name] = [0, 0, 0]
     for name in states:
@@ -576,6 +614,13 @@ def _check_ledgers(view: ReadView, objects: _Objects, problems: list[str]) -> No
         name = quotas.quota_id(*scope)
         spec = None if quota is None else quota["spec"]
         limits = None if spec is None else {key: value for key, value in spec.items() if key != "defaultRequests"}
+        defaults = None if spec is None else spec.get("defaultRequests")
+        default_requests = None if defaults is None else [defaults["cpuMillis"], defaults["memoryBytes"]]
+        if ledger.default_requests != default_requests:
+            problems.append(
+                f"ledger {name}: cached default requests {ledger.default_requests} differ from its quota's "
+                f"{default_requests}"
+            )
         if ledger.limits != limits:
             problems.append(f"ledger {name}: cached limits {ledger.limits} differ from its quota's {limits}")
         elif ledger.limits is not None:

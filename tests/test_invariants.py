@@ -32,11 +32,12 @@ from statemachine import (
     quotas,
     scheduler,
 )
-from statemachine.addresses import FAMILY_BITS, Block, parse_address
+from statemachine.addresses import FAMILY_BITS, Block, parse_address, parse_cidr
 from statemachine.buddy import OWNER_RESERVED, PoolState
 from statemachine.claims import PHASE_BOUND
 from statemachine.context import Meta
 from statemachine.invariants import check_invariants, digest
+from statemachine.quotas import Ledger
 from statemachine.view import Overlay, prefix_end
 from tests.harness import ADMIN, BASE_TS_MS, Machine, admin_for, member
 from tests.test_determinism import build_scenario
@@ -671,7 +672,48 @@ def service_address_repointed(store: MemoryStore) -> None:
     _put(store, key, service)
 
 
+def _release_held(store: MemoryStore, pool_name: str, owner: bytes, block: Block) -> None:
+    """Give `block` back to pool `pool_name` as a delete would, but keep its holder."""
+    pool = _load_object(store, keys.pool_key("", "", pool_name))
+    overlay = Overlay(store)
+    state = pools.load_state(overlay, pool)
+    buddy.release(overlay, state, block, owner)
+    state.allocated -= block.size
+    state.allocations -= 1
+    overlay.put(buddy.state_key(state.uid), codec.dump_record(state.to_plain()))
+    store.apply_writes(overlay.writes())
+
+
+def service_address_released(store: MemoryStore) -> None:
+    """The service stays, its address is free: another service could be given it."""
+    key, raw = _scan(store, keys.SERVICE)[0]
+    service = codec.loads(raw)
+    _release_held(store, "vips", key, parse_address(service["status"]["address"], "address"))
+
+
+def node_pod_cidr_released(store: MemoryStore) -> None:
+    """The node stays, its pod CIDR is free: a new node could be given it."""
+    node = _load_object(store, keys.node_key("n1"))
+    _release_held(store, "pods", keys.node_key("n1"), parse_cidr(node["status"]["podCIDR"], "podCIDR"))
+
+
+def node_capacity_differs(store: MemoryStore) -> None:
+    state = _node_state(store, "n1")
+    state.cpu_capacity *= 100
+    _save_node_state(store, "n1", state)
+
+
+def default_requests_stale(store: MemoryStore) -> None:
+    ledger = Ledger.from_plain(_load(store, keys.ledger_key("acme", "web")))
+    ledger.default_requests = [1, 2]
+    _put(store, keys.ledger_key("acme", "web"), ledger.to_plain())
+
+
 SCHED_FAULTS: dict[str, tuple[Callable[[MemoryStore], None], str]] = {
+    "service-address-released": (service_address_released, r"service .*s1: its address 10\.96\.0\.0 is not held"),
+    "node-pod-cidr-released": (node_pod_cidr_released, r"node n1: its pod CIDR 10\.244\.0\.0/24 is not held"),
+    "node-capacity-differs": (node_capacity_differs, r"node n1: record and object disagree on capacity"),
+    "default-requests-stale": (default_requests_stale, r"ledger acme/web: cached default requests \[1, 2\]"),
     "node-capacity-exceeded": (node_capacity_exceeded, r"capacity exceeded"),
     "node-usage-off": (node_usage_off, r"node n1: record says"),
     "ledger-usage-off": (ledger_usage_off, r"ledger acme/web: says"),
