@@ -665,6 +665,35 @@ def _require_owner(pool: dict[str, Any], principal: Principal, action: str) -> s
     return qualified
 
 
+_holders_named_max = 3  # of each kind, in a refused delete's message
+_holders_scanned_max = 1024  # used blocks read to find them: a refusal must stay cheap
+
+
+def _holders(view: ReadView, state: PoolState, principal: Principal) -> dict[str, list[str]]:
+    """Some of what holds blocks in a pool, by kind, for a refused delete to name: IPAllocations,
+    Services and Nodes (a node's pod CIDR) as org/project/namespace/name or name, child IPPools
+    by id. Services and nodes hold addresses that no IPAllocation lists, so without this the
+    refusal would send an admin to a list that shows nothing. A tenant is shown only its own
+    project's (a pool it shares holds other projects' claims, whose names are theirs)."""
+    everything = principal.is_admin and not principal.has_tenant
+    named: dict[str, list[str]] = {"IPAllocations": [], "Services": [], "Nodes": [], "child IPPools": []}
+    prefix = buddy.used_prefix(state.uid)
+    for examined, (_, owner) in enumerate(view.scan(prefix, prefix_end(prefix))):
+        if examined >= _holders_scanned_max:
+            break
+        for kind, kind_prefix in (
+            ("IPAllocations", keys.ALLOC),
+            ("Services", keys.SERVICE),
+            ("Nodes", keys.NODE),
+            ("child IPPools", keys.POOL),
+        ):
+            if owner.startswith(kind_prefix) and len(named[kind]) < _holders_named_max:
+                parts = keys.split_path(owner, kind_prefix)
+                if everything or (kind_prefix != keys.NODE and parts[:2] == [principal.org, principal.project]):
+                    named[kind].append(pool_id(*parts) if kind_prefix == keys.POOL else "/".join(parts))
+    return named
+
+
 def update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     """Change the pool's labels (relabel.py): its owner, as for a delete."""
     patch = relabel.check_patch(body, KIND, namespaced=False)
@@ -685,12 +714,19 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     qualified = _require_owner(pool, ctx.principal, "delete")
     state = load_state(ctx.ov, pool)
     if state.allocations or state.child_pools:
+        holders = _holders(ctx.ov, state, ctx.principal)
+        said = "; ".join(f"{kind} {', '.join(names)}" for kind, names in holders.items() if names) or "none yours"
         raise Rejected(
             CONFLICT,
-            f"IPPool {qualified} still has {state.allocations} allocation(s) and {state.child_pools} child pool(s); "
-            f"delete those first (list the allocations with fieldSelector=spec.pool={qualified}; a Released one is "
-            "freed by creating its claim again with reclaimPolicy Delete and deleting it)",
-            {"allocations": state.allocations, "childPools": state.child_pools},
+            f"IPPool {qualified} still holds {state.allocations} allocation(s) and {state.child_pools} child pool(s) "
+            f"({said}); delete those first (IPAllocations: list them with fieldSelector=spec.pool={qualified}; a "
+            "Released one is freed by creating its claim again with reclaimPolicy Delete and deleting it; a "
+            "Service's address and a Node's pod CIDR go with the service or node)",
+            {
+                "allocations": state.allocations,
+                "childPools": state.child_pools,
+                "holders": {kind: names for kind, names in holders.items() if names},
+            },
         )
     rendered = render(ctx.ov, pool)
     block = block_of(pool)
