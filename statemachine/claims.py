@@ -38,6 +38,7 @@ from statemachine.errors import (
     Rejected,
     already_exists,
     invalid,
+    tenant_object_not_found,
 )
 from statemachine.fields import check_labels, check_map, check_name, opt_choice, opt_int, opt_str
 from statemachine.policy import RECLAIM_DELETE, RECLAIM_POLICIES, RECLAIM_RETAIN, check_length_allowed
@@ -461,7 +462,7 @@ def update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     alloc_key = keys.alloc_key(principal.org, principal.project, namespace, name)
     claim = _load(ctx.ov, claim_key)
     if claim is None:
-        raise Rejected(NOT_FOUND, f"IPClaim {namespace}/{name} not found", {"kind": KIND, "name": name})
+        raise tenant_object_not_found(KIND, namespace, name, ctx.principal.acts_for_platform, True)
     labels = relabel.patched_labels(claim, patch, f"IPClaim {namespace}/{name}")
     if labels is None:
         return claim
@@ -486,7 +487,7 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     alloc_key = keys.alloc_key(principal.org, principal.project, namespace, name)
     claim = _load(ctx.ov, claim_key)
     if claim is None:
-        raise Rejected(NOT_FOUND, f"IPClaim {namespace}/{name} not found", {"kind": KIND, "name": name})
+        raise tenant_object_not_found(KIND, namespace, name, ctx.principal.acts_for_platform, True)
     allocation = _load(ctx.ov, alloc_key)
     if allocation is None:
         raise InvariantViolation(f"IPClaim {namespace}/{name} has no allocation")

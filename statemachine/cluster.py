@@ -38,6 +38,7 @@ from statemachine.errors import (
     already_exists,
     changed_since_read,
     invalid,
+    tenant_object_not_found,
 )
 from statemachine.fields import check_map, check_name, check_node_name, opt_bool, opt_choice, opt_int, opt_str
 from statemachine.scheduler import Cluster
@@ -510,7 +511,7 @@ def pod_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     key = keys.pod_key(principal.org, principal.project, namespace, name)
     pod = pods.load(ctx.ov, key)
     if pod is None:
-        raise Rejected(NOT_FOUND, f"Pod {namespace}/{name} not found", {"kind": pods.KIND, "name": name})
+        raise tenant_object_not_found(pods.KIND, namespace, name, principal.acts_for_platform, False)
     labels = relabel.patched_labels(pod, patch, f"Pod {namespace}/{name}")
     if labels is not None:
         labels_before = pod["metadata"]["labels"]
@@ -527,7 +528,7 @@ def pod_delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     key = keys.pod_key(principal.org, principal.project, namespace, name)
     pod = pods.load(ctx.ov, key)
     if pod is None:
-        raise Rejected(NOT_FOUND, f"Pod {namespace}/{name} not found", {"kind": pods.KIND, "name": name})
+        raise tenant_object_not_found(pods.KIND, namespace, name, principal.acts_for_platform, False)
     tenant = quotas.Tenant(ctx.ov, principal.org, principal.project)
     freed: list[str] = []
     if pod["spec"]["nodeName"] is not None:

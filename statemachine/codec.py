@@ -160,6 +160,11 @@ class Principal:
     def has_tenant(self) -> bool:
         return bool(self.org and self.project)
 
+    @property
+    def acts_for_platform(self) -> bool:
+        """An admin acting for no tenant: sees every tenant's objects, owns none of them."""
+        return self.is_admin and not self.has_tenant
+
     def to_plain(self) -> dict[str, Any]:
         return {"name": self.name, "org": self.org, "project": self.project, "role": self.role}
 

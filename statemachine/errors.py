@@ -116,3 +116,23 @@ def changed_since_read(subject: str, kind: str, name: str, current_version: int,
         f"{read_version}; read it again and apply your change to that",
         {"kind": kind, "name": name, "resourceVersion": current_version},
     )
+
+
+def tenant_object_not_found(
+    kind: str, namespace: str, name: str, platform_admin: bool, platform_may_own: bool, qualified: bool = True
+) -> Rejected:
+    """`not_found` for a namespaced tenant object (IPClaim, Pod, Service, ...). To an admin acting
+    for the platform, whose own key range holds no tenant objects while its lists show every
+    tenant's, it says how to reach the one it probably means. `qualified`: the message names
+    the object as namespace/name (writes) or by its name and then the namespace (reads)."""
+    message = f"{kind} {namespace}/{name} not found" if qualified else f"{kind} {name} not found"
+    if platform_admin:
+        if not qualified:
+            message += f" in the platform's namespace {namespace}"
+        owners = "the platform or a project" if platform_may_own else "projects"
+        message += (
+            f"; {kind}s belong to {owners}: for a tenant's, act for it (?org=...&project=..., the CLI's --as "
+            "ORG/PROJECT), and give its namespace if not default (the list shows each object's org, project and "
+            "namespace)"
+        )
+    return Rejected(NOT_FOUND, message, {"kind": kind, "name": name})

@@ -20,7 +20,7 @@ from typing import Any
 from statemachine import claims, classes, keys, nodes, pods, pools, priorities, quotas, services
 from statemachine.codec import Principal, loads
 from statemachine.context import ADDED, DELETED, Meta
-from statemachine.errors import GONE, NOT_FOUND, Rejected, invalid
+from statemachine.errors import GONE, NOT_FOUND, Rejected, invalid, tenant_object_not_found
 from statemachine.fields import check_name, check_node_name, node_name_chars_max, shown
 from statemachine.labels import Requirement, matches, parse_selector
 from statemachine.view import ReadView, prefix_end
@@ -283,20 +283,10 @@ def get(view: ReadView, principal: Principal, plural: str, name: str, namespace:
     key = res.prefix + f"{principal.org}/{principal.project}/{namespace}/{name}".encode()
     raw = view.get(key)
     if raw is None:
-        if principal.is_admin and not principal.has_tenant:
-            # The platform's own key range holds no tenant objects, while its list shows every
-            # tenant's: say how to reach the one it probably means.
-            # Claims (and their allocations) may be the platform's own; pods and services never are.
-            refusal = _not_found(res, name)
-            owners = "the platform or a project" if res.kind in _PLATFORM_MAY_OWN else "projects"
-            raise Rejected(
-                NOT_FOUND,
-                f"{refusal.message} in the platform's namespace {namespace}; {res.kind}s belong to {owners}: "
-                "for a tenant's, act for it (?org=...&project=..., the CLI's --as ORG/PROJECT), and give its "
-                "namespace if not default (the list shows each object's org, project and namespace)",
-                refusal.details,
-            )
-        raise _not_found(res, name)
+        # Claims (and their allocations) may be the platform's own; pods and services never are.
+        raise tenant_object_not_found(
+            res.kind, namespace, name, principal.acts_for_platform, res.kind in _PLATFORM_MAY_OWN, qualified=False
+        )
     return _decode(res, key, raw)
 
 

@@ -27,7 +27,14 @@ from statemachine import buddy, claims, keys, pools, quotas, relabel
 from statemachine.addresses import FAMILY_BITS, Block, check_not_ipv4_mapped, format_address, parse_address
 from statemachine.codec import loads
 from statemachine.context import ADDED, MODIFIED, Context
-from statemachine.errors import NOT_FOUND, POOL_EXHAUSTED, InvariantViolation, Rejected, already_exists, invalid
+from statemachine.errors import (
+    POOL_EXHAUSTED,
+    InvariantViolation,
+    Rejected,
+    already_exists,
+    invalid,
+    tenant_object_not_found,
+)
 from statemachine.fields import check_labels, check_map, check_name, list_items_max, opt_choice, opt_int, opt_str
 from statemachine.policy import check_length_allowed
 from statemachine.view import ReadView
@@ -253,7 +260,7 @@ def update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     key = keys.service_key(principal.org, principal.project, namespace, name)
     service = load(ctx.ov, key)
     if service is None:
-        raise Rejected(NOT_FOUND, f"Service {namespace}/{name} not found", {"kind": KIND, "name": name})
+        raise tenant_object_not_found(KIND, namespace, name, principal.acts_for_platform, False)
     labels = relabel.patched_labels(service, patch, f"Service {namespace}/{name}")
     if labels is not None:
         labels_before = service["metadata"]["labels"]
@@ -270,7 +277,7 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     key = keys.service_key(principal.org, principal.project, namespace, name)
     service = load(ctx.ov, key)
     if service is None:
-        raise Rejected(NOT_FOUND, f"Service {namespace}/{name} not found", {"kind": KIND, "name": name})
+        raise tenant_object_not_found(KIND, namespace, name, principal.acts_for_platform, False)
     status = service["status"]
     pool = pools.load(ctx.ov, pools.key_of_pool_id(status["pool"]))
     if pool is None:
