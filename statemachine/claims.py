@@ -373,7 +373,13 @@ def carve(
         if largest is not None:
             largest_free.append(largest)
     if specific is not None:
-        raise Rejected(CONFLICT, f"{specific} is already allocated", {"cidr": str(specific), "reason": "allocated"})
+        # A block may be taken only in part (one address of a /64): "not free" says no more than is known.
+        said = (
+            "is already allocated"
+            if specific.length == specific.bits
+            else "is not free: all or part of it is allocated"
+        )
+        raise Rejected(CONFLICT, f"{specific} {said}", {"cidr": str(specific), "reason": "allocated"})
     if class_name is None:
         raise pools.exhausted(pools.pool_id_of_key(usable[0][0]), length, state)
     best = min(largest_free) if largest_free else None

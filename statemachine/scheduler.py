@@ -94,7 +94,11 @@ score_scale = 1000
 retry_heads_max = 32  # queue entries examined by one triggered retry
 retry_full_searches_max = 4  # full searches by one triggered retry (each reads every node)
 sweep_pods_max = 16  # full searches one scheduler.retry may ask for
-pending_pods_max = 100_000  # pods in the queue, cluster-wide
+# Pods in the queue, cluster-wide and per project, as pod.create admits them. Pods sent back to
+# the queue by a drain, a NoExecute taint or a NotReady node's eviction are never refused, so
+# the queue may pass these by what the nodes held (bounded too: nodes_max times each node's
+# pods); creates are refused until it is back under them.
+pending_pods_max = 100_000
 pending_pods_per_project_max = 10_000
 
 NODE_STATE_END = prefix_end(keys.NODE_STATE)
