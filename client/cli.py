@@ -499,7 +499,7 @@ def _allocation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-prefix-length", type=int)
     parser.add_argument("--max-prefix-length", type=int)
     parser.add_argument("--default-prefix-length", type=int)
-    parser.add_argument("--strategy", choices=("first-fit", "best-fit"))
+    parser.add_argument("--strategy", choices=("first-fit", "best-fit", "next-fit"))
 
 
 def _list_options(parser: argparse.ArgumentParser, *, namespaced: bool) -> None:

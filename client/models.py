@@ -100,7 +100,7 @@ class AllocationPolicy:
     min_prefix_length: int | None
     max_prefix_length: int | None
     default_prefix_length: int | None
-    strategy: str | None  # first-fit or best-fit
+    strategy: str | None  # first-fit, best-fit or next-fit
 
     @classmethod
     def parse(cls, raw: Any) -> AllocationPolicy:

@@ -13,7 +13,10 @@ up as it goes. Both touch O(address bits) records, for IPv4 and IPv6 alike.
 The pool state keeps, per prefix length, the number of free blocks and the address of the
 lowest one. Choosing a block then needs no seek at all (first-fit is the minimum over those
 lowest addresses, best-fit the longest length that has one); a seek is needed only to find the
-next-lowest block after the lowest one at a length is taken.
+next-lowest block after the lowest one at a length is taken. next-fit keeps a cursor, the
+address after the block it handed out last, and takes the lowest free block at or after it
+(one or two seeks per length that has free blocks), wrapping to first-fit when none is left
+above it: a freed block is the last to be handed out again.
 
 Used keys order by address, for "who holds this address" and for the invariant check.
 """
@@ -29,7 +32,8 @@ from statemachine.view import Overlay, prefix_end
 
 FIRST_FIT = "first-fit"
 BEST_FIT = "best-fit"
-STRATEGIES = (FIRST_FIT, BEST_FIT)
+NEXT_FIT = "next-fit"
+STRATEGIES = (FIRST_FIT, BEST_FIT, NEXT_FIT)
 OWNER_RESERVED = b"reserved"
 
 UID_BYTES = 10
@@ -50,6 +54,9 @@ class PoolState:
     reserved: int  # addresses set aside by `reserved` and `excluded`
     allocations: int  # allocation records (bound or retained) in this pool
     child_pools: int
+    # next-fit's cursor: the address after the block it handed out last (None: it never has,
+    # and the record keeps the ten fields earlier builds wrote).
+    next_address: int | None
 
     def __init__(
         self,
@@ -63,6 +70,7 @@ class PoolState:
         reserved: int = 0,
         allocations: int = 0,
         child_pools: int = 0,
+        next_address: int | None = None,
     ) -> None:
         self.uid = uid
         self.family = family
@@ -74,6 +82,7 @@ class PoolState:
         self.reserved = reserved
         self.allocations = allocations
         self.child_pools = child_pools
+        self.next_address = next_address
 
     @property
     def block(self) -> Block:
@@ -91,7 +100,7 @@ class PoolState:
     # encodes and decodes in half the time.
     def to_plain(self) -> list[Any]:
         lowest_flat = [item for pair in sorted(self.lowest_free.items()) for item in pair]
-        return [
+        plain: list[Any] = [
             self.uid,
             self.family,
             self.address,
@@ -103,12 +112,28 @@ class PoolState:
             self.allocations,
             self.child_pools,
         ]
+        if self.next_address is not None:
+            plain.append(self.next_address)
+        return plain
 
     @classmethod
     def from_plain(cls, plain: list[Any]) -> PoolState:
-        uid, family, address, length, free_counts, lowest_flat, allocated, reserved, allocations, children = plain
+        uid, family, address, length, free_counts, lowest_flat, allocated, reserved, allocations, children = plain[:10]
         lowest_free = dict(zip(lowest_flat[::2], lowest_flat[1::2], strict=True))
-        return cls(uid, family, address, length, free_counts, lowest_free, allocated, reserved, allocations, children)
+        next_address = int(plain[10]) if len(plain) > 10 else None
+        return cls(
+            uid,
+            family,
+            address,
+            length,
+            free_counts,
+            lowest_free,
+            allocated,
+            reserved,
+            allocations,
+            children,
+            next_address,
+        )
 
     @classmethod
     def new(cls, uid: bytes, block: Block) -> PoolState:
@@ -190,14 +215,52 @@ def _split_down(ov: Overlay, state: PoolState, length: int, address: int, target
     ov.put(used_key(state.uid, target.address, target.length), owner)
 
 
+def _next_fit(ov: Overlay, state: PoolState, length: int) -> tuple[int, int, int] | None:
+    """(target address, container address, container length) of the lowest free aligned /length
+    at or after the cursor, or None when there is none above it."""
+    cursor = state.address if state.next_address is None else state.next_address
+    size = 1 << (state.bits - length)
+    wanted = -(-cursor // size) * size  # the cursor rounded up to a /length boundary
+    best: tuple[int, int, int] | None = None
+    for container_length in sorted(state.lowest_free):
+        if container_length > length:
+            continue
+        container_size = 1 << (state.bits - container_length)
+        prefix = free_prefix(state.uid, container_length)
+        # The free block holding the cursor, if there is one, else the first one after it.
+        start = wanted & ~(container_size - 1)
+        for _ in range(2):
+            found = ov.first(free_key(state.uid, container_length, start), prefix_end(prefix))
+            if found is None:
+                break
+            container = decode_free_key(found[0])[1]
+            target = max(container, wanted)
+            if target + size <= container + container_size:
+                if best is None or target < best[0]:
+                    best = (target, container, container_length)
+                break
+            start = container + container_size
+    return best
+
+
 def allocate(ov: Overlay, state: PoolState, length: int, strategy: str, owner: bytes) -> Block | None:
     """Carve a free block of the given length, or None when no free block is large enough.
 
     first-fit: the lowest-addressed block that fits. best-fit: a block from the smallest free
     block that fits (the lowest such), which keeps large blocks whole for large claims.
+    next-fit: the lowest-addressed block that fits at or after the cursor (the end of the block
+    next-fit handed out last), else the lowest one; the cursor moves past it.
     """
     if not state.length <= length <= state.bits:
         raise InvariantViolation(f"allocate /{length} from a /{state.length} pool")
+    if strategy == NEXT_FIT:
+        above = _next_fit(ov, state, length)
+        if above is not None:
+            target_address, container, container_length = above
+            target = Block(state.family, target_address, length)
+            _split_down(ov, state, container_length, container, target, owner)
+            _advance(state, target)
+            return target
     chosen: tuple[int, int] | None = None  # (address, length) of the free block to split
     if strategy == BEST_FIT:
         fitting = [candidate for candidate in state.lowest_free if candidate <= length]
@@ -212,7 +275,16 @@ def allocate(ov: Overlay, state: PoolState, length: int, strategy: str, owner: b
         return None
     target = Block(state.family, chosen[0], length)
     _split_down(ov, state, chosen[1], chosen[0], target, owner)
+    if strategy == NEXT_FIT:  # wrapped around: nothing was free above the cursor
+        _advance(state, target)
     return target
+
+
+def _advance(state: PoolState, taken: Block) -> None:
+    """next-fit's cursor after handing out `taken`: the address after it (the pool's start
+    again after its end)."""
+    after = taken.address + taken.size
+    state.next_address = after if after < state.address + state.block.size else state.address
 
 
 def find_free_container(ov: Overlay, state: PoolState, target: Block) -> int | None:

@@ -134,6 +134,8 @@ def _check_pools(view: ReadView, objects: _Objects, problems: list[str]) -> None
 
 def _check_tiling(view: ReadView, name: str, state: PoolState, objects: _Objects, problems: list[str]) -> None:
     pool_objects, alloc_objects = objects.pools, objects.allocations
+    if state.next_address is not None and not state.address <= state.next_address < state.address + state.block.size:
+        problems.append(f"pool {name}: next-fit cursor {state.next_address} is outside {state.block}")
     pieces: list[tuple[int, int, str]] = []  # (address, length, "free" or "used")
     free_counts = [0] * len(state.free_counts)
     free_set = set()

@@ -352,7 +352,15 @@ def overlapping_root_pools(store: MemoryStore) -> None:
     store.apply_writes([(index_key, None), (keys.root_key("default", block), pool_key)])
 
 
+def next_fit_cursor_outside(store: MemoryStore) -> None:
+    key, _ = _scan(store, b"ps/")[0]
+    state = PoolState.from_plain(_load(store, key))
+    state.next_address = state.address + state.block.size
+    _put(store, key, state.to_plain())
+
+
 FAULTS: dict[str, tuple[Callable[[MemoryStore], None], str]] = {
+    "next-fit-cursor-outside": (next_fit_cursor_outside, r"next-fit cursor \d+ is outside"),
     "block-given-to-two-allocations": (give_block_to_two_allocations, r"overlap"),
     "used-block-repointed": (repoint_used_block, r"does not point back"),
     "free-block-removed": (remove_free_block, r"\bgap\b|end before the end"),

@@ -10,6 +10,8 @@ addresses, never by a buddy structure:
   first-fit takes the lowest such block; best-fit takes the first /L of the lowest of the
   smallest maximal free aligned blocks that can hold a /L (the buddy allocator's free blocks
   are exactly the maximal free aligned blocks, because free buddies are always merged);
+  next-fit takes the lowest such block at or after the end of the block it took last in that
+  pool, else the lowest;
 * a claim of a specific address or CIDR succeeds iff the block lies in the pool and is free;
 * child pools carve from their parent like claims do, with the parent's strategy;
 * releases free the addresses; retained allocations keep them until re-bound or never.
@@ -54,7 +56,7 @@ POOL_HOST_BITS = (4, 8)  # pools hold 16..256 addresses, so enumerating them is 
 OK = "ok"  # the expected "code" of a success
 INVALID, NOT_FOUND, ALREADY_EXISTS = "invalid", "not_found", "already_exists"
 CONFLICT, POOL_EXHAUSTED, FORBIDDEN = "conflict", "pool_exhausted", "forbidden"
-FIRST_FIT, BEST_FIT = "first-fit", "best-fit"
+FIRST_FIT, BEST_FIT, NEXT_FIT = "first-fit", "best-fit", "next-fit"
 DELETE, RETAIN = "Delete", "Retain"
 RESERVED = "reserved"
 
@@ -130,6 +132,7 @@ class MPool:
     creator: Principal
     parent: str | None
     holders: list[str | None]  # one entry per address: None (free), RESERVED, or the holder
+    cursor: int = 0  # next-fit's: the offset after the block it took last
 
     @property
     def pid(self) -> str:
@@ -173,7 +176,16 @@ class MPool:
         return found
 
     def choose(self, length: int, strategy: str) -> int | None:
-        """The offset the allocator must pick for a /length, or None when nothing fits."""
+        """The offset the allocator must pick for a /length, or None when nothing fits; for
+        next-fit, the choice moves the cursor past it (every choice is taken)."""
+        if strategy == NEXT_FIT:
+            offsets = self.aligned_free(length)
+            if not offsets:
+                return None
+            above = [offset for offset in offsets if offset >= self.cursor]
+            chosen = min(above) if above else min(offsets)
+            self.cursor = (chosen + self.span(length)) % len(self.holders)
+            return chosen
         if strategy == FIRST_FIT:
             offsets = self.aligned_free(length)
             return min(offsets) if offsets else None
@@ -243,7 +255,7 @@ def normalise_allocation(value: dict[str, Any] | None, shortest: int, bits: int)
             return None
         given[key] = number
     strategy = value.get("strategy") or FIRST_FIT
-    if strategy not in (FIRST_FIT, BEST_FIT):
+    if strategy not in (FIRST_FIT, BEST_FIT, NEXT_FIT):
         return None
     low = shortest if given["minPrefixLength"] is None else given["minPrefixLength"]
     high = bits if given["maxPrefixLength"] is None else given["maxPrefixLength"]
@@ -649,7 +661,7 @@ def draw_policy(draw: st.DrawFn, spec: dict[str, Any], family: str, length: int)
     bits = BITS[family]
     if draw(st.booleans()):
         allocation: dict[str, Any] = {}
-        strategy = draw(st.sampled_from((BEST_FIT, BEST_FIT, FIRST_FIT, None)))
+        strategy = draw(st.sampled_from((BEST_FIT, BEST_FIT, FIRST_FIT, NEXT_FIT, None)))
         low = draw(st.none() | st.none() | st.integers(length - 1, bits))
         high = draw(st.none() | st.none() | st.integers(length, bits))
         default = draw(st.none() | st.none() | st.integers(length, bits))
@@ -703,7 +715,7 @@ def seed_pool_bodies(draw: st.DrawFn, name: str, family: str) -> dict[str, Any]:
     block = Blk(family, REGION_BASE[family] + (slot << host_bits), BITS[family] - host_bits)
     spec: dict[str, Any] = {
         "cidr": str(block),
-        "allocation": {"strategy": draw(st.sampled_from((BEST_FIT, FIRST_FIT)))},
+        "allocation": {"strategy": draw(st.sampled_from((BEST_FIT, FIRST_FIT, NEXT_FIT)))},
     }
     reserved = draw(st.fixed_dictionaries({}, optional={"leading": st.integers(0, 2), "trailing": st.integers(0, 2)}))
     if reserved:
@@ -946,7 +958,7 @@ class IpamModel(RuleBasedStateMachine):
         if change_strategy:
             strategy = pool.allocation["strategy"]
             allocation = body["spec"].setdefault("allocation", {})
-            allocation["strategy"] = FIRST_FIT if strategy == BEST_FIT else BEST_FIT
+            allocation["strategy"] = {FIRST_FIT: BEST_FIT, BEST_FIT: NEXT_FIT, NEXT_FIT: FIRST_FIT}[strategy]
         self.execute(pool.creator, "pool.create", body, rid)
 
     @rule(principal=principals, body=claim_bodies("prefix"), rid=request_ids)
@@ -1080,7 +1092,7 @@ class IpamModel(RuleBasedStateMachine):
         extra_bits=st.integers(0, 3),
         slot=st.integers(0, 15),
         name=pool_names,
-        strategy=st.sampled_from((None, BEST_FIT, FIRST_FIT)),
+        strategy=st.sampled_from((None, BEST_FIT, FIRST_FIT, NEXT_FIT)),
         leading=st.sampled_from((0, 0, 1, 2)),
         rid=request_ids,
     )
@@ -1246,3 +1258,30 @@ def test_model_best_fit_prefers_the_smallest_hole() -> None:
     assert pool.choose(30, FIRST_FIT) == 0
     assert pool.choose(29, BEST_FIT) == 0
     assert pool.choose(28, BEST_FIT) is None
+
+
+def test_model_next_fit_rotates_and_wraps() -> None:
+    """The model's next-fit takes the lowest free block at or after the cursor, then wraps."""
+    pool = MPool(
+        org="",
+        project="",
+        name="p",
+        block=Blk(V4, REGION_BASE[V4], 28),
+        space="default",
+        visibility="platform",
+        shared_with=[],
+        allocation={"strategy": NEXT_FIT},
+        spec={},
+        body={},
+        creator=ADMIN,
+        parent=None,
+        holders=[None] * 16,
+    )
+    assert pool.choose(32, NEXT_FIT) == 0 and pool.cursor == 1
+    pool.take(0, 32, "a")
+    pool.give_back("a")
+    assert pool.choose(30, NEXT_FIT) == 4, "rounded up to the next /30 boundary, not the freed 0"
+    pool.take(4, 30, "b")
+    pool.cursor = 14
+    assert pool.choose(30, NEXT_FIT) == 0, "no /30 starts at or after 14: wrap to the lowest"
+    assert pool.cursor == 4
