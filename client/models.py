@@ -660,6 +660,7 @@ class PodSpec:
     scheduling_policy: str | None  # spread or binpack; None: the cluster's
     node_name: str | None  # set when the pod is bound
     priority_class_name: str | None = None  # the PriorityClass its priority came from
+    defaulted_requests: tuple[str, ...] = ()  # the requests the project's defaults filled in
 
     @classmethod
     def parse(cls, raw: Any) -> PodSpec:
@@ -673,6 +674,7 @@ class PodSpec:
             scheduling_policy=_str(spec, "schedulingPolicy"),
             node_name=_str(spec, "nodeName"),
             priority_class_name=_str(spec, "priorityClassName"),
+            defaulted_requests=tuple(str(field) for field in spec.get("defaultedRequests") or ()),
         )
 
 

@@ -431,15 +431,18 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
     key = keys.pod_key(principal.org, principal.project, namespace, name)
     tenant = quotas.Tenant(ctx.ov, principal.org, principal.project)
     existing = pods.load(ctx.ov, key)
-    if existing is None:
-        scheduler.fill_default_requests(spec, own_requests, tenant)
-    else:
-        # The same create again asks for the defaults the pod got, not today's: a retry after
-        # the project's defaultRequests changed is still the same request (as with priorities).
-        given = existing["spec"]["requests"]
-        for field in ("cpuMillis", "memoryBytes"):
-            if field not in own_requests:
-                spec["requests"][field] = given[field]
+    # The same create again asks for the defaults the pod got, not today's: a retry after the
+    # project's defaultRequests changed is still the same request (as with priorities). Only
+    # the requests the defaults filled in (spec.defaultedRequests, as Kubernetes' LimitRanger
+    # notes on a pod) are taken from the pod: one it gave itself is another request.
+    existing_spec: dict[str, Any] = {} if existing is None else existing["spec"]
+    kept = [field for field in existing_spec.get("defaultedRequests", ()) if field not in own_requests]
+    for field in kept:
+        spec["requests"][field] = existing_spec["requests"][field]
+    filled = scheduler.fill_default_requests(spec, (*own_requests, *kept), tenant)
+    defaulted = [field for field in quotas.REQUEST_FIELDS if field in kept or field in filled]
+    if defaulted:
+        spec["defaultedRequests"] = defaulted
     priorities.resolve(ctx.ov, spec, own_priority, None if existing is None else existing["spec"])
     if existing is not None:
         same_spec = {**existing["spec"], "nodeName": None} == spec

@@ -6,8 +6,11 @@
   creation and stored, so a later change of defaults never changes what an existing pod is
   charged. Left out with no default (or a default of 0) while the project's or org's quota
   limits that resource, the pod is refused (`quota_exceeded`), as Kubernetes' ResourceQuota
-  admission does; an explicit 0 is a request. The same create again reads the requests it
-  leaves out as the pod got them, so a retry after the defaults changed is still the same pod.
+  admission does; an explicit 0 is a request. The requests the defaults filled in are listed
+  in `spec.defaultedRequests` (set by the server, as Kubernetes' LimitRanger notes them on a
+  pod; absent when none were), and the same create again reads those as the pod got them, so a
+  retry after the defaults changed is still the same pod; a request the pod gave itself and the
+  retry leaves out makes it another pod (`already_exists`).
 * `nodeSelector`: labels the node must carry (all of them).
 * `nodeAffinity`: required match expressions, all of which must hold:
   `{key, operator: In|NotIn|Exists|DoesNotExist, values}` (a single Kubernetes node selector

@@ -45,7 +45,7 @@ SCALAR_LIMITS = ("cpuMillis", "memoryBytes", "pods", "services")
 _limit_max = {"cpuMillis": cpu_millis_max, "memoryBytes": memory_bytes_max, "pods": count_max, "services": count_max}
 _body_fields = ("name", "labels", "spec")
 _spec_fields = (*SCALAR_LIMITS, "maxPriority", "addressesByClass", "addressesByPool", "defaultRequests")
-_request_fields = ("cpuMillis", "memoryBytes")
+REQUEST_FIELDS = ("cpuMillis", "memoryBytes")
 
 
 @dataclass(init=False)
@@ -417,7 +417,7 @@ def _count_map(value: Any, field_path: str, names_are_pool_ids: bool) -> dict[st
 
 def check_requests(value: Any, field_path: str) -> dict[str, int]:
     """A `{cpuMillis, memoryBytes}` map, both filled in (0 when left out)."""
-    given = check_map(value, field_path, _request_fields)
+    given = check_map(value, field_path, REQUEST_FIELDS)
     return {
         "cpuMillis": opt_int(given, "cpuMillis", f"{field_path}.cpuMillis", 0, cpu_millis_max) or 0,
         "memoryBytes": opt_int(given, "memoryBytes", f"{field_path}.memoryBytes", 0, memory_bytes_max) or 0,

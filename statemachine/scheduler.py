@@ -288,15 +288,19 @@ def unrequested(own_requests: tuple[str, ...], tenant: quotas.Tenant) -> list[st
     return [field for field, default in zip(fields, defaults, strict=True) if field not in own_requests and not default]
 
 
-def fill_default_requests(spec: dict[str, Any], own_requests: tuple[str, ...], tenant: quotas.Tenant) -> None:
+def fill_default_requests(spec: dict[str, Any], own_requests: tuple[str, ...], tenant: quotas.Tenant) -> list[str]:
     """Each request the pod did not give takes the project's default (checked requests are
-    in spec already, the others zero): a pod naming only its CPU is still charged memory."""
+    in spec already, the others zero): a pod naming only its CPU is still charged memory.
+    Returns the requests it filled in."""
     defaults = tenant.project_ledger.default_requests
     if defaults is None:
-        return
+        return []
+    filled: list[str] = []
     for field, default in (("cpuMillis", defaults[0]), ("memoryBytes", defaults[1])):
         if field not in own_requests:
             spec["requests"][field] = default
+            filled.append(field)
+    return filled
 
 
 def plan_pod(view: ReadView, spec: Any, principal: Principal) -> str | None:
