@@ -1757,6 +1757,8 @@ def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
         else:
             out.console.print(_describe(obj))
         return EXIT_OK
+    if args.tenant and resource.platform_writes:  # every write from here on: create, delete, label, ...
+        print(f"allot: --as {args.tenant} is ignored: {args.command} writes are the platform's", file=sys.stderr)
     if isinstance(resource, NodeResource) and args.action in (*NODE_ACTION_VERBS, "heartbeat"):
         return run_node_action(resource, args, out)
     if isinstance(resource, LabelledResource) and args.action == "label":
@@ -1765,8 +1767,6 @@ def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
         return run_node_update(resource, args, out)
     if not isinstance(resource, WritableResource) or spec_of is None:
         raise UsageError(f"{args.command} {args.action} is not possible")
-    if args.tenant and resource.platform_writes:
-        print(f"allot: --as {args.tenant} is ignored: {args.command} writes are the platform's", file=sys.stderr)
     if args.action in CREATE_VERBS:
         labels = dict(args.label) if args.label else None
         answer = resource.create_answer(

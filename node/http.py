@@ -282,6 +282,7 @@ class Kind:
     actions: tuple[str, ...] = ()  # POST /v1/{plural}/{name}/{action} -> command "{kind}.{action}"
     action_prefix: str = ""
     update: str | None = None  # PATCH /v1/{plural}/{name}: a merge patch (statemachine/relabel.py)
+    acts_for_tenants: bool = True  # its PATCH takes ?org=&project= (a node's does not: the platform's)
 
 
 # Pools may be named `name`, `project/name` or `org/project/name`, quotas `org` or
@@ -301,6 +302,7 @@ KINDS: dict[str, Kind] = {
         actions=("cordon", "uncordon", "drain"),
         action_prefix="node",
         update="node.update",
+        acts_for_tenants=False,
     ),
     "pods": Kind("pods", "pod.create", "pod.delete", True, update="pod.update"),
     "services": Kind("services", "service.create", "service.delete", True, update="service.update"),
@@ -646,6 +648,8 @@ class Api:
                 raw = await request.read()  # client_max_size refuses more than the limit (413)
         except TimeoutError:
             raise ApiError("request_timeout", "the request body did not arrive in time") from None
+        except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not
+            raise invalid(f"the request body could not be read: {exc}") from None
         return parse_json_object(raw)
 
     async def _call(self, awaitable: Awaitable[T], on_timeout: ApiError) -> T:
@@ -786,18 +790,29 @@ class Api:
         update (statemachine/relabel.py); a node's also takes {"spec": {"taints": [...],
         "unschedulable": bool}} (node.update, as `kubectl taint|cordon`). A resourceVersion makes
         it conditional: 409 conflict if the object changed since it was read."""
-        allowed = {*TENANT_PARAMS, *(("namespace",) if kind.namespaced else ())}
+        # A node is the platform's: no tenant to act for (refused here, before the log).
+        tenant = TENANT_PARAMS if kind.acts_for_tenants else set()
+        allowed = {*tenant, *(("namespace",) if kind.namespaced else ())}
         noun = queries.kind_of(kind.plural)
+        named_by = {"name": "the path", **({"namespace": "?namespace="} if kind.namespaced else {})}
+        # What a patch may name; the state machine says why a spec or status cannot change.
+        patchable = ("metadata", "spec") if kind.update == "node.update" else ("metadata",)
+        explained = ("spec", "status")
 
         async def handler(request: web.Request) -> web.StreamResponse:
             principal = self._principal(request)
             params = self._params(request, allowed)
             request_id = self._request_id(request)
             body = await self._body(request, (JSON_MEDIA_TYPE, MERGE_PATCH_MEDIA_TYPE))
-            for field in ("name", "namespace"):
+            for field, where in named_by.items():
                 if field in body:
-                    where = "the path" if field == "name" else "?namespace="
                     raise invalid(f"the {noun} is named by {where}; leave {field} out of the patch", field)
+            for field in body:
+                if field not in patchable and field not in explained:
+                    raise invalid(
+                        f"the patch has unknown field {field!r}; a patch of a {noun} gives {', '.join(patchable)}",
+                        field,
+                    )
             body["name"] = request.match_info["name"]
             if kind.namespaced and "namespace" in params:
                 body["namespace"] = params["namespace"]
@@ -900,7 +915,7 @@ class Api:
     async def refuse_allocation_write(self, request: web.Request) -> web.StreamResponse:
         raise ApiError(
             "method_not_allowed",
-            "IPAllocations are written and removed with their IPClaims: create or delete the IPClaim "
+            "IPAllocations are written and removed with their IPClaims: create, delete or label the IPClaim "
             "of the same namespace and name instead",
             {"allowed": ["GET", "HEAD"]},
             {"Allow": "GET, HEAD"},
@@ -1173,6 +1188,7 @@ def build_app(
         else:
             router.add_post(collection, api.refuse_allocation_write)
             router.add_delete(item, api.refuse_allocation_write)
+            router.add_patch(item, api.refuse_allocation_write)
         for action in kind.actions:
             router.add_post(f"{item}/{action}", api.action_handler(kind, action))
         if kind.update is not None:

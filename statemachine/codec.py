@@ -126,7 +126,7 @@ def loads_strict(data: bytes) -> Any:
     # Off the fast path, what the walk did not vouch for: canonical CBOR may still hold map keys
     # that are not strings, or floats, which no proposing member writes (`encode_envelope`) and
     # which the handlers, reading string-keyed maps, must never meet.
-    _check_plain(value)
+    _check_plain(value, -1)  # -1: the body, one level down, may nest as deep as encode_envelope let it
     if dumps(value) != data:
         raise ValueError("command is not canonical CBOR (tags, trailing bytes or non-canonical encoding)")
     return value

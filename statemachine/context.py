@@ -213,7 +213,13 @@ class Context:
                     del self._event_at[key]
                 else:
                     merged = ADDED if earlier[0] == ADDED else event_type
-                    self.events[at] = [merged, kind, encoded, *earlier[3:]]
+                    extras = list(earlier[3:])
+                    # Labels changed by a later write of this command: a label-selector watch
+                    # needs the labels the object had before the command (the earliest).
+                    has_labels_before = any(isinstance(extra, dict) for extra in extras)
+                    if merged == MODIFIED and labels_before is not None and not has_labels_before:
+                        extras.append(labels_before)
+                    self.events[at] = [merged, kind, encoded, *extras]
                 return
         entry: list[Any] = [event_type, kind, encoded]
         if event_type != ADDED and key.startswith(keys.POD):

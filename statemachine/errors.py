@@ -70,7 +70,9 @@ def invalid(message: str, field_path: str | None = None, **details: Any) -> Reje
     return Rejected(INVALID, message, details)
 
 
-LABELS_PATCH_HINT = "to change its labels, patch metadata.labels (PATCH the object, or `allot label`)"
+LABELS_PATCH_HINT = (
+    "to change its labels, patch metadata.labels (PATCH the object, or `allot KIND label NAME KEY=VALUE`)"
+)
 
 
 def already_exists(

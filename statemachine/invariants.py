@@ -282,6 +282,10 @@ def _check_claims(
             problems.append(
                 f"claim {claim_key!r} says {claim['status']['allocatedCIDR']}, its allocation says otherwise"
             )
+        elif allocation["metadata"]["labels"] != claim["metadata"]["labels"]:
+            # An allocation carries its claim's labels: set together at creation and binding,
+            # and changed together by claim.update.
+            problems.append(f"claim {claim_key!r} and its allocation have different labels")
     for alloc_key, allocation in alloc_objects.items():
         claimed = keys.CLAIM + alloc_key[len(keys.ALLOC) :] in claim_objects
         phase = allocation["status"]["phase"]

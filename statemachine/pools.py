@@ -670,11 +670,12 @@ _holders_scanned_max = 1024  # used blocks read to find them: a refusal must sta
 
 
 def _holders(view: ReadView, state: PoolState, principal: Principal) -> dict[str, list[str]]:
-    """Some of what holds blocks in a pool, by kind, for a refused delete to name: IPAllocations,
-    Services and Nodes (a node's pod CIDR) as org/project/namespace/name or name, child IPPools
-    by id. Services and nodes hold addresses that no IPAllocation lists, so without this the
-    refusal would send an admin to a list that shows nothing. A tenant is shown only its own
-    project's (a pool it shares holds other projects' claims, whose names are theirs)."""
+    """Some of what holds blocks in a pool, by kind, for a refused delete to name: IPAllocations
+    and Services as org/project/namespace/name (namespace/name for the platform's own claims),
+    Nodes (a node's pod CIDR) by name, child IPPools by id. Services and nodes hold addresses
+    that no IPAllocation lists, so without this the refusal would send an admin to a list that
+    shows nothing. A tenant is shown only its own project's (a pool it shares holds other
+    projects' claims, whose names are theirs)."""
     everything = principal.is_admin and not principal.has_tenant
     named: dict[str, list[str]] = {"IPAllocations": [], "Services": [], "Nodes": [], "child IPPools": []}
     prefix = buddy.used_prefix(state.uid)
@@ -690,7 +691,12 @@ def _holders(view: ReadView, state: PoolState, principal: Principal) -> dict[str
             if owner.startswith(kind_prefix) and len(named[kind]) < _holders_named_max:
                 parts = keys.split_path(owner, kind_prefix)
                 if everything or (kind_prefix != keys.NODE and parts[:2] == [principal.org, principal.project]):
-                    named[kind].append(pool_id(*parts) if kind_prefix == keys.POOL else "/".join(parts))
+                    if kind_prefix == keys.POOL:
+                        named[kind].append(pool_id(*parts))
+                    elif kind_prefix != keys.NODE and not parts[0]:  # the platform's own claim
+                        named[kind].append(f"{'/'.join(parts[2:])} (the platform's)")
+                    else:
+                        named[kind].append("/".join(parts))
     return named
 
 
@@ -716,6 +722,9 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     if state.allocations or state.child_pools:
         holders = _holders(ctx.ov, state, ctx.principal)
         said = "; ".join(f"{kind} {', '.join(names)}" for kind, names in holders.items() if names) or "none yours"
+        unnamed = state.allocations + state.child_pools - sum(len(names) for names in holders.values())
+        if unnamed and said != "none yours":
+            said += f"; and {unnamed} more"
         raise Rejected(
             CONFLICT,
             f"IPPool {qualified} still holds {state.allocations} allocation(s) and {state.child_pools} child pool(s) "

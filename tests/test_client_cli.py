@@ -345,6 +345,10 @@ def test_label_of_claims_pools_and_classes(cluster: Cluster, workdir: Path) -> N
     assert ok(run("pool", "label", "cli-lbl", "site-")) == "ippool/cli-lbl unlabeled site-\n"
     denied = failed(run("pool", "label", "cli-lbl", "x=y", "--as", "acme/web"), cli.EXIT_UNAUTHORIZED)
     assert "only an admin acting for the platform" in denied
+    ok(run("priorityclass", "create", "cli-lbl-pc", "--value", "5"))
+    platform = run("priorityclass", "label", "cli-lbl-pc", "team=sre", "--as", "acme/web")
+    assert ok(platform) == "priorityclass/cli-lbl-pc labeled team=sre\n"
+    assert "--as acme/web is ignored: priorityclass writes are the platform's" in platform.stderr, platform.stderr
     missing = failed(run("claim", "label", "cli-lbl-1", "a=b", "--as", "acme/web"), cli.EXIT_NOT_FOUND)
     assert "IPClaim cli-lbl-1 not found" in missing, "the default namespace holds no such claim"
 

@@ -818,3 +818,26 @@ def test_apply_never_raises_on_json_like_bodies(command_type: str, body: dict[st
         else:
             after.put(key, value)
     check_invariants(after)
+
+
+def _nested(depth: int, key: str) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {key: value}
+    return value
+
+
+@pytest.mark.parametrize("key", ["a", "é"], ids=["ascii-fast-path", "non-ascii-slow-path"])
+def test_a_body_as_deep_as_encode_allows_decodes_on_either_path(key: str) -> None:
+    """The nesting limit is the body's, whichever decode path the bytes take: a non-ASCII key
+    sends a command off the fast path, where the check runs on the whole envelope, one level
+    above the body."""
+    deepest = {"name": "x", "spec": _nested(codec._nesting_depth_max - 1, key)}
+    data = encode_envelope(Envelope("pool.create", deepest, ADMIN, None, BASE_TS_MS))
+    assert decode_envelope(data).body == deepest
+    with pytest.raises(ValueError, match="nests too deeply"):
+        encode_envelope(
+            Envelope(
+                "pool.create", {"name": "x", "spec": _nested(codec._nesting_depth_max, key)}, ADMIN, None, BASE_TS_MS
+            )
+        )

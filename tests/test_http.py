@@ -494,6 +494,19 @@ def test_bad_requests(tmp_path: Path) -> None:
     run(tmp_path, check)
 
 
+def test_a_body_that_does_not_decode_as_its_content_encoding_is_invalid(tmp_path: Path) -> None:
+    """Content-Encoding: gzip on a body that is not gzip: 400, not a 500 and a logged traceback."""
+
+    async def check(api: Api) -> None:
+        before = api.objects_digest()
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        reply = await api.error(400, "invalid", "POST", "/v1/ipclaims", ACME, raw=b'{"name": "x"}', headers=headers)
+        assert "could not be read" in reply.body["error"]["message"], reply.body
+        assert api.objects_digest() == before
+
+    run(tmp_path, check)
+
+
 def test_unknown_routes_and_methods(tmp_path: Path) -> None:
     async def check(api: Api) -> None:
         for path in ("/v1/nope", "/", "/v1/ipclaims/a/b", "/v2/ipclaims"):

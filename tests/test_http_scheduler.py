@@ -242,6 +242,14 @@ def test_label_patch_of_every_kind(tmp_path: Path) -> None:
         await api.error(403, "forbidden", "PATCH", "/v1/ipclasses/svc", ACME, body=patch)
         await api.error(404, "not_found", "PATCH", "/v1/ipclaims/c1", ACME, body=patch)
         await api.error(405, "method_not_allowed", "PATCH", "/v1/quotas/acme", body=patch)
+        refused = await api.error(405, "method_not_allowed", "PATCH", "/v1/ipallocations/c1", ACME, body=patch)
+        assert refused.body["error"]["details"]["allowed"] == ["GET", "HEAD"], refused.body
+        unknown = await api.error(400, "invalid", "PATCH", "/v1/ippools/vips", body={"namespace": "x", **patch})
+        assert "unknown field 'namespace'" in unknown.body["error"]["message"], unknown.body
+        unknown = await api.error(400, "invalid", "PATCH", "/v1/pods/web", ACME, body={"kind": "Pod", **patch})
+        assert unknown.body["error"]["message"].endswith("a patch of a Pod gives metadata"), unknown.body
+        # A node is the platform's: a tenant to act for is refused before anything is logged.
+        await api.error(400, "invalid", "PATCH", "/v1/nodes/n1", body=patch, params={"org": "acme", "project": "web"})
         assert api.objects_digest() == before
 
     run(tmp_path, check)

@@ -352,6 +352,12 @@ def overlapping_root_pools(store: MemoryStore) -> None:
     store.apply_writes([(index_key, None), (keys.root_key("default", block), pool_key)])
 
 
+def allocation_labels_differ(store: MemoryStore) -> None:
+    key, allocation = _bound_allocations(store)[0]
+    allocation["metadata"]["labels"] = {"only": "here"}
+    _put(store, key, allocation)
+
+
 def next_fit_cursor_outside(store: MemoryStore) -> None:
     key, _ = _scan(store, b"ps/")[0]
     state = PoolState.from_plain(_load(store, key))
@@ -361,6 +367,7 @@ def next_fit_cursor_outside(store: MemoryStore) -> None:
 
 FAULTS: dict[str, tuple[Callable[[MemoryStore], None], str]] = {
     "next-fit-cursor-outside": (next_fit_cursor_outside, r"next-fit cursor \d+ is outside"),
+    "allocation-labels-differ": (allocation_labels_differ, r"and its allocation have different labels"),
     "block-given-to-two-allocations": (give_block_to_two_allocations, r"overlap"),
     "used-block-repointed": (repoint_used_block, r"does not point back"),
     "free-block-removed": (remove_free_block, r"\bgap\b|end before the end"),

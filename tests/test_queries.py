@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from statemachine import Principal, Rejected, context, keys, machine
+from statemachine import Envelope, Principal, Rejected, context, keys, machine, pools
 from statemachine.context import Meta
 from statemachine.invariants import check_invariants
 from statemachine.queries import (
@@ -18,6 +18,7 @@ from statemachine.queries import (
     list_limit_max,
     list_objects,
 )
+from statemachine.view import Overlay
 from tests.harness import ADMIN, Machine, admin_for, member
 
 WEB = member("acme", "web")
@@ -760,3 +761,23 @@ def test_claims_and_allocations_are_listed_by_pool_class_and_phase() -> None:
     refusal = _refused("invalid", lambda: list_objects(m.store, web, "pods", field_selector="spec.nodeName!=BAD"))
     assert "is not a node name" in refusal.message, refusal
     assert _names(list_objects(m.store, web, "ipclaims", field_selector="status.pool==p")) == ["by-class", "in-p"]
+
+
+def test_an_event_merged_from_two_writes_keeps_the_labels_before_the_command() -> None:
+    """One command that writes an object and then relabels it logs one MODIFIED event; it must
+    still carry the labels from before the command, or a label-selector watch would see a
+    MODIFIED where the object left its selection (DELETED). No command does this today
+    (each writes an object once); the event log must not depend on that."""
+    store = Machine()
+    store.ok(ADMIN, "pool.create", {"name": "edge", "labels": {"tier": "a"}, "spec": {"cidr": "10.0.0.0/16"}})
+    overlay = Overlay(store.store)
+    meta = Meta.load(store.store)
+    ctx = context.Context(overlay, Envelope("pool.update", {}, ADMIN, None, store.ts_ms + 1), store.index + 1, 0, meta)
+    key = keys.pool_key("", "", "edge")
+    pool = pools.load(overlay, key)
+    assert pool is not None
+    ctx.write_object(key, pools.KIND, pool, context.MODIFIED)  # a first write that leaves the labels
+    pool["metadata"]["labels"] = {"tier": "b"}
+    ctx.write_object(key, pools.KIND, pool, context.MODIFIED, {"tier": "a"})  # then a relabel
+    (event,) = ctx.events
+    assert event is not None and event[0] == context.MODIFIED and event[3:] == [{"tier": "a"}], event

@@ -151,8 +151,8 @@ def test_other_labels_are_already_exists_and_keep_the_stored_labels(kind: Kind) 
     assert refused.details["differs"] == ["labels"], refused
     assert f" {kind.name} " in refused.message, refused.message
     assert "with different labels" in refused.message and "spec" not in refused.message, refused.message
-    # A node's labels change in place (node.update); other kinds' only by delete and create.
-    remedy = "with node.update" if kind.command == "node.register" else "delete it first"
+    # Labels change in place: a node's with node.update, the other kinds' with a label patch.
+    remedy = "with node.update" if kind.command == "node.register" else "patch metadata.labels"
     assert remedy in refused.message, refused.message
     assert _stored_labels(m, kind) == LABELS
 
