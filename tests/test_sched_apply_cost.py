@@ -35,9 +35,11 @@ POD_SPEC = {"requests": {"cpuMillis": 100, "memoryBytes": 128 << 20}}
 
 
 def _strict_the_long_way(data: bytes) -> bool:
-    """What loads_strict accepted before the walk: canonical re-encoding gives the bytes."""
+    """What loads_strict accepts, checked without the walk: canonical re-encoding gives the
+    bytes, and the value is plain data (no floats, only string keys: 08eaaa7)."""
     try:
         value = cbor2.loads(data, tag_hook=codec._refuse_tag)
+        codec._check_plain(value, -1)
     except (ValueError, cbor2.CBORDecodeError):
         return False
     return codec.dumps(value) == data
@@ -73,11 +75,11 @@ def test_strict_decoding_accepts_and_refuses_what_canonical_reencoding_did(body:
 @pytest.mark.parametrize(
     "value",
     [
-        {"x": 1.5},  # a float canonical encoding shortens: the walk hands it to the full check
+        {"x": 1.5},  # a float: the walk hands it to the full check, which refuses it (not plain)
         {"x": [{"b": 1, "a": 2}]},  # unsorted keys in a map inside a list
         {"é": 1, "z": 2},  # non-ASCII keys take the full check
         {"": 1, "a": 2},  # an empty key
-        {"x": {1: "integer key"}},
+        {"x": {1: "integer key"}},  # canonical, but refused: not plain
         {"bb": 1, "a": 2},  # shorter keys sort first
         [1, 2],  # not a map at all
     ],
