@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from statemachine import buddy, claims, keys, pools, quotas, relabel
+from statemachine import buddy, claims, classes, keys, pools, quotas, relabel
 from statemachine.addresses import FAMILY_BITS, Block, check_not_ipv4_mapped, format_address, parse_address
 from statemachine.codec import loads
 from statemachine.context import ADDED, MODIFIED, Context
@@ -100,6 +100,31 @@ def check_spec(value: Any) -> tuple[dict[str, Any], Block | None]:
         spec["address"] = format_address(specific.family, specific.address)
     spec["ports"] = _check_ports(given.get("ports"))
     return spec, specific
+
+
+def _asks_for_what_it_holds(ctx: Context, existing: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Whether a create under an existing service's name asks for what that service holds, so
+    it answers the service rather than `already_exists`: the same spec, or one that says it in
+    other words, as for claims (claims._asks_for_what_it_holds): the default class's name
+    written out, or another name of the same pool. Judged on the state now: a name that
+    resolves elsewhere now is another request. (Type and ports are compared as check_spec
+    leaves them, with their defaults filled in.)"""
+    held = existing["spec"]
+    if held == spec:
+        return True
+    if any(held.get(field) != spec.get(field) for field in ("type", "ports", "address")):
+        return False
+    if ("poolRef" in spec) != ("poolRef" in held):
+        return False
+    status = existing["status"]
+    if "poolRef" in spec:
+        try:
+            pool_key, _ = pools.resolve(ctx.ov, ctx.principal, spec["poolRef"], "spec.poolRef")
+        except Rejected:
+            return False
+        return bool(pools.pool_id_of_key(pool_key) == status["pool"])
+    class_name = spec.get("className") or classes.default_class_name(ctx.ov)
+    return bool(class_name is not None and class_name == status["className"])
 
 
 def load(view: ReadView, key: bytes) -> dict[str, Any] | None:
@@ -216,7 +241,7 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     key = keys.service_key(principal.org, principal.project, namespace, name)
     existing = load(ctx.ov, key)
     if existing is not None:
-        same_spec, same_labels = existing["spec"] == spec, existing["metadata"]["labels"] == labels
+        same_spec, same_labels = _asks_for_what_it_holds(ctx, existing, spec), existing["metadata"]["labels"] == labels
         if same_spec and same_labels:
             return existing, False
         held = existing["status"]["address"]
