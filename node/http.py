@@ -47,7 +47,7 @@ from node.accelerate import build_state
 from node.member import Member, MemberError, NoLeaderError, OutcomeUnknownError, OverloadedError, WritesPausedError
 from node.scheduling import PodPlan
 from node.tokens import TokenStore
-from statemachine import nodes, queries, quotas
+from statemachine import claims, nodes, queries, quotas
 from statemachine.codec import Envelope, Principal, encode_envelope
 from statemachine.context import Meta
 from statemachine.errors import GONE, Rejected
@@ -316,6 +316,16 @@ if set(KINDS) != set(queries.RESOURCES):  # a kind added to the state machine ne
     raise RuntimeError(f"HTTP kinds {sorted(KINDS)} differ from statemachine kinds {sorted(queries.RESOURCES)}")
 
 TENANT_PARAMS = frozenset({"org", "project"})
+DEFAULT_NAMESPACE = claims.DEFAULT_NAMESPACE  # of every namespaced kind
+
+
+def _name_namespace(kind: Kind, params: dict[str, str], body: dict[str, Any]) -> None:
+    """Put `?namespace=` into a command's body, leaving out the default namespace: a request
+    that names it and one that does not are the same request, and must digest alike, or a
+    retry spelled the other way under the same Idempotency-Key is refused as another request."""
+    namespace = params.get("namespace")
+    if kind.namespaced and namespace is not None and namespace != DEFAULT_NAMESPACE:
+        body["namespace"] = namespace
 POD_CREATE = "pod.create"
 JSON_MEDIA_TYPE = "application/json"
 MERGE_PATCH_MEDIA_TYPE = "application/merge-patch+json"  # RFC 7386, kubectl patch --type merge
@@ -752,6 +762,8 @@ class Api:
             self._params(request, TENANT_PARAMS)
             request_id = self._request_id(request)
             body = await self._body(request)
+            if kind.namespaced and body.get("namespace") == DEFAULT_NAMESPACE:
+                del body["namespace"]  # the default said one way (see _name_namespace)
             if command_type != POD_CREATE:
                 return await self._submit(command_type, body, principal, request_id)
             return await self._submit_pod(body, principal, request_id)
@@ -814,8 +826,10 @@ class Api:
                         field,
                     )
             body["name"] = request.match_info["name"]
-            if kind.namespaced and "namespace" in params:
-                body["namespace"] = params["namespace"]
+            _name_namespace(kind, params, body)
+            metadata = body.get("metadata")
+            if isinstance(metadata, dict) and "resourceVersion" in metadata and metadata["resourceVersion"] is None:
+                del metadata["resourceVersion"]  # no precondition, said one way (see _name_namespace)
             return await self._submit(command_type, body, principal, request_id)
 
         return handler
@@ -906,8 +920,7 @@ class Api:
             params = self._params(request, allowed)
             request_id = self._request_id(request)
             body: dict[str, Any] = {"name": request.match_info["name"]}
-            if kind.namespaced and "namespace" in params:
-                body["namespace"] = params["namespace"]
+            _name_namespace(kind, params, body)
             return await self._submit(command_type, body, principal, request_id)
 
         return handler

@@ -310,6 +310,18 @@ def test_idempotency_key(tmp_path: Path) -> None:
         await api.ok("POST", "/v1/ipclaims", ACME, claim("web-9"))
         replayed = await api.error(404, "not_found", "DELETE", "/v1/ipclaims/web-9", ACME, headers=missing_key)
         assert replayed.headers["Idempotent-Replayed"] == "true" and replayed.body == missing.body
+        # The default namespace named or left out is one request: a retry spelled the other
+        # way is replayed, not refused as another request under the key.
+        spelled = {"Idempotency-Key": "create-web-10"}
+        made = await api.call(
+            "POST", "/v1/ipclaims", ACME, {**claim("web-10"), "namespace": "default"}, headers=spelled
+        )
+        again = await api.call("POST", "/v1/ipclaims", ACME, claim("web-10"), headers=spelled)
+        assert made.status == 201 and again.headers["Idempotent-Replayed"] == "true", (made, again)
+        gone_key = {"Idempotency-Key": "delete-web-10"}
+        await api.ok("DELETE", "/v1/ipclaims/web-10", ACME, headers=gone_key, params={"namespace": "default"})
+        again = await api.call("DELETE", "/v1/ipclaims/web-10", ACME, headers=gone_key)
+        assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true", again
 
     run(tmp_path, check)
 

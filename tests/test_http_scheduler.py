@@ -231,6 +231,12 @@ def test_label_patch_of_every_kind(tmp_path: Path) -> None:
             "PATCH", "/v1/services/api", ACME, {"metadata": {"labels": {"team": None}, "resourceVersion": str(current)}}
         )
         assert removed["metadata"]["labels"] == {"app": "api"}
+        # One request however it says "no precondition" and "the default namespace".
+        keyed = {"Idempotency-Key": "label-web-1"}
+        first = await api.call("PATCH", "/v1/pods/web", ACME, patch, headers=keyed)
+        spelled = {"metadata": {**patch["metadata"], "resourceVersion": None}}
+        again = await api.call("PATCH", "/v1/pods/web", ACME, spelled, headers=keyed, params={"namespace": "default"})
+        assert first.status == again.status == 200 and again.headers["Idempotent-Replayed"] == "true", again
         # Refused, changing nothing: spec, a name in the body, another tenant, a platform
         # object by a tenant, a namespace that does not hold it.
         before = api.objects_digest()
