@@ -326,6 +326,8 @@ def _name_namespace(kind: Kind, params: dict[str, str], body: dict[str, Any]) ->
     namespace = params.get("namespace")
     if kind.namespaced and namespace is not None and namespace != DEFAULT_NAMESPACE:
         body["namespace"] = namespace
+
+
 POD_CREATE = "pod.create"
 JSON_MEDIA_TYPE = "application/json"
 MERGE_PATCH_MEDIA_TYPE = "application/merge-patch+json"  # RFC 7386, kubectl patch --type merge
