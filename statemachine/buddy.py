@@ -221,6 +221,11 @@ def _next_fit(ov: Overlay, state: PoolState, length: int) -> tuple[int, int, int
     cursor = state.address if state.next_address is None else state.next_address
     size = 1 << (state.bits - length)
     wanted = -(-cursor // size) * size  # the cursor rounded up to a /length boundary
+    end = state.address + state.block.size
+    if wanted >= end:
+        # Nothing above the cursor (at the top of IPv6, rounding up may even reach 2^128, which
+        # no key can hold): wrap.
+        return None
     best: tuple[int, int, int] | None = None
     for container_length in sorted(state.lowest_free):
         if container_length > length:
@@ -240,6 +245,8 @@ def _next_fit(ov: Overlay, state: PoolState, length: int) -> tuple[int, int, int
                     best = (target, container, container_length)
                 break
             start = container + container_size
+            if start >= end:
+                break
     return best
 
 
