@@ -17,8 +17,10 @@ address never disagree.
 | node.evict_tainted  | admin  | name (the leader, when a tolerationSeconds runs out) |
 | pod.create          | tenant | name, namespace, labels, spec, plan {nodeName}   |
 | pod.delete          | tenant | name, namespace                                  |
+| pod.update          | tenant | name, namespace, metadata {labels} (relabel.py)  |
 | service.create      | tenant | name, namespace, labels, spec (see services.py)  |
 | service.delete      | tenant | name, namespace                                  |
+| service.update      | tenant | name, namespace, metadata {labels} (services.py) |
 | scheduler.configure | admin  | policy (spread or binpack)                       |
 | scheduler.retry     | admin  | pods (how many queue entries to search again)    |
 """
