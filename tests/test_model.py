@@ -33,6 +33,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -49,8 +50,10 @@ RANDOM = os.environ.get("ALLOT_HYPOTHESIS_RANDOM", "") not in ("", "0")
 
 V4, V6 = "IPv4", "IPv6"
 BITS = {V4: 32, V6: 128}
-REGION_BASE = {V4: int(ipaddress.IPv4Address("10.0.0.0")), V6: int(ipaddress.IPv6Address("fd00::"))}
-REGION_HOST_BITS = 9  # every generated block lies in 10.0.0.0/23 or fd00::/119
+# IPv6 at the very top of the space, where address arithmetic can run past 2^128 (next-fit's
+# rounded-up cursor once did: f2464c1).
+REGION_BASE = {V4: int(ipaddress.IPv4Address("10.0.0.0")), V6: (1 << 128) - (1 << 9)}
+REGION_HOST_BITS = 9  # every generated block lies in 10.0.0.0/23 or the last /119 of IPv6
 POOL_HOST_BITS = (4, 8)  # pools hold 16..256 addresses, so enumerating them is cheap
 
 OK = "ok"  # the expected "code" of a success
@@ -652,7 +655,8 @@ def inner_blocks(draw: st.DrawFn, outer: Blk) -> Blk:
     """An aligned block of 1..8 addresses inside outer (or, rarely, just after it)."""
     host_bits = draw(st.integers(0, min(3, BITS[outer.family] - outer.length)))
     slots = outer.size >> host_bits
-    slot = draw(st.integers(0, slots - 1) | st.just(slots))
+    after_fits = outer.address + outer.size < 1 << BITS[outer.family]  # not past the top of the space
+    slot = draw(st.integers(0, slots - 1) | st.just(slots)) if after_fits else draw(st.integers(0, slots - 1))
     return Blk(outer.family, outer.address + (slot << host_bits), BITS[outer.family] - host_bits)
 
 
@@ -1285,3 +1289,49 @@ def test_model_next_fit_rotates_and_wraps() -> None:
     pool.cursor = 14
     assert pool.choose(30, NEXT_FIT) == 0, "no /30 starts at or after 14: wrap to the lowest"
     assert pool.cursor == 4
+
+
+@pytest.mark.parametrize("family", [V4, V6])
+def test_next_fit_at_the_top_of_the_address_space_matches_the_model(family: str) -> None:
+    """next-fit in the last /28 of the address space: with the cursor after each of its 16
+    addresses (k /32 claims, all but the last given back), a /30 and then a /29 go where the
+    model says, wrapping when the cursor rounded up passes the end: 2^32 or 2^128, past every
+    address (IPv6 raised OverflowError there before f2464c1)."""
+    top = Blk(family, (1 << BITS[family]) - 16, BITS[family] - 4)
+    tenant = member("acme", "web")
+    for singles in range(1, 17):
+        machine = Machine(check_every_step=True)
+        spec = {"cidr": str(top), "allocation": {"strategy": NEXT_FIT}}
+        machine.ok(ADMIN, "pool.create", {"name": "top", "spec": spec})
+        model = MPool(
+            org="",
+            project="",
+            name="top",
+            block=top,
+            space="default",
+            visibility="platform",
+            shared_with=[],
+            allocation={"strategy": NEXT_FIT},
+            spec={},
+            body={},
+            creator=ADMIN,
+            parent=None,
+            holders=[None] * 16,
+        )
+        steps = [(f"c{number}", BITS[family]) for number in range(singles)]
+        steps += [("wide", BITS[family] - 2), ("wider", BITS[family] - 3)]
+        for name, length in steps:
+            offset = model.choose(length, NEXT_FIT)
+            body = {"name": name, "spec": {"poolRef": "top", "prefixLength": length}}
+            outcome = machine.run(tenant, "claim.create", body)
+            if offset is None:
+                assert isinstance(outcome.result, Rejected), (singles, name, outcome.result)
+                assert outcome.result.code == POOL_EXHAUSTED, outcome.result
+                continue
+            assert isinstance(outcome.result, Ok), (singles, name, outcome.result)
+            assert outcome.result.value["status"]["allocatedCIDR"] == str(model.sub_block(offset, length))
+            model.take(offset, length, name)
+            if name == f"c{singles - 1}":  # the cursor is after it; give the others back
+                for number in range(singles - 1):
+                    machine.ok(tenant, "claim.delete", {"name": f"c{number}"})
+                    model.give_back(f"c{number}")
