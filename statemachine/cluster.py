@@ -437,14 +437,18 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
     # project's defaultRequests changed is still the same request (as with priorities). Only
     # the requests the defaults filled in (spec.defaultedRequests, as Kubernetes' LimitRanger
     # notes on a pod) are taken from the pod: one it gave itself is another request.
-    existing_spec: dict[str, Any] = {} if existing is None else existing["spec"]
-    kept = [field for field in existing_spec.get("defaultedRequests", ()) if field not in own_requests]
-    for field in kept:
-        spec["requests"][field] = existing_spec["requests"][field]
-    filled = scheduler.fill_default_requests(spec, (*own_requests, *kept), tenant)
-    defaulted = [field for field in quotas.REQUEST_FIELDS if field in kept or field in filled]
-    if defaulted:
-        spec["defaultedRequests"] = defaulted
+    if existing is None:  # the common case, kept short: it is on every pod's apply
+        filled = scheduler.fill_default_requests(spec, own_requests, tenant)
+        if filled:
+            spec["defaultedRequests"] = filled
+    else:
+        kept = [field for field in existing["spec"].get("defaultedRequests", ()) if field not in own_requests]
+        for field in kept:
+            spec["requests"][field] = existing["spec"]["requests"][field]
+        filled = scheduler.fill_default_requests(spec, (*own_requests, *kept), tenant)
+        defaulted = [field for field in quotas.REQUEST_FIELDS if field in kept or field in filled]
+        if defaulted:
+            spec["defaultedRequests"] = defaulted
     priorities.resolve(ctx.ov, spec, own_priority, None if existing is None else existing["spec"])
     if existing is not None:
         same_spec = {**existing["spec"], "nodeName": None} == spec
