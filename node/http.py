@@ -330,6 +330,7 @@ def _name_namespace(kind: Kind, params: dict[str, str], body: dict[str, Any]) ->
 
 POD_CREATE = "pod.create"
 JSON_MEDIA_TYPE = "application/json"
+BODY_CODINGS = ("identity", "gzip", "deflate")  # Content-Encodings of a request body
 MERGE_PATCH_MEDIA_TYPE = "application/merge-patch+json"  # RFC 7386, kubectl patch --type merge
 CONSISTENCY_LINEARIZABLE = "linearizable"
 CONSISTENCY_STALE = "stale"
@@ -647,6 +648,14 @@ class Api:
                 "unsupported_media_type",
                 f"send the body as JSON with Content-Type: {' or '.join(media_types)} (got {given})",
                 {"contentType": given},
+            )
+        coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if coding not in BODY_CODINGS:
+            # aiohttp decodes the codings it knows and passes any other through as if plain.
+            raise ApiError(
+                "unsupported_media_type",
+                f"Content-Encoding {coding!r} is not supported; send the body as {', '.join(BODY_CODINGS)}",
+                {"contentEncoding": coding},
             )
         length = request.content_length
         if length is not None and length > self.limits.body_bytes_max:

@@ -511,6 +511,12 @@ def test_a_body_that_does_not_decode_as_its_content_encoding_is_invalid(tmp_path
 
     async def check(api: Api) -> None:
         before = api.objects_digest()
+        # A coding the server does not decode is refused, not read as if plain.
+        for coding in ("foo", "x-gzip", "gzip, gzip"):
+            headers = {"Content-Type": "application/json", "Content-Encoding": coding}
+            body = b'{"name": "x"}'
+            await api.error(415, "unsupported_media_type", "POST", "/v1/ipclaims", ACME, raw=body, headers=headers)
+        # (last: the server closes a connection whose body it could not decode)
         headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
         reply = await api.error(400, "invalid", "POST", "/v1/ipclaims", ACME, raw=b'{"name": "x"}', headers=headers)
         assert "could not be read" in reply.body["error"]["message"], reply.body
