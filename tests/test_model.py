@@ -1237,23 +1237,28 @@ class IpamModel(RuleBasedStateMachine):
 TestIpamModel = IpamModel.TestCase
 
 
-def test_model_best_fit_prefers_the_smallest_hole() -> None:
-    """The model's best-fit is not first-fit: a /30 goes into the small hole, not the lowest one."""
-    pool = MPool(
+def _platform_pool(name: str, block: Blk, strategy: str) -> MPool:
+    """A model of an empty platform pool of 16 addresses, for the model's own tests."""
+    return MPool(
         org="",
         project="",
-        name="p",
-        block=Blk(V4, REGION_BASE[V4], 28),
+        name=name,
+        block=block,
         space="default",
         visibility="platform",
         shared_with=[],
-        allocation={"strategy": BEST_FIT},
+        allocation={"strategy": strategy},
         spec={},
         body={},
         creator=ADMIN,
         parent=None,
         holders=[None] * 16,
     )
+
+
+def test_model_best_fit_prefers_the_smallest_hole() -> None:
+    """The model's best-fit is not first-fit: a /30 goes into the small hole, not the lowest one."""
+    pool = _platform_pool("p", Blk(V4, REGION_BASE[V4], 28), BEST_FIT)
     pool.take(4, 30, "a")  # free: /30 at 0, /29 at 8
     pool.take(8, 30, "b")  # free: /30 at 0, /30 at 12
     pool.give_back("a")  # free: /29 at 0, /30 at 12
@@ -1266,21 +1271,7 @@ def test_model_best_fit_prefers_the_smallest_hole() -> None:
 
 def test_model_next_fit_rotates_and_wraps() -> None:
     """The model's next-fit takes the lowest free block at or after the cursor, then wraps."""
-    pool = MPool(
-        org="",
-        project="",
-        name="p",
-        block=Blk(V4, REGION_BASE[V4], 28),
-        space="default",
-        visibility="platform",
-        shared_with=[],
-        allocation={"strategy": NEXT_FIT},
-        spec={},
-        body={},
-        creator=ADMIN,
-        parent=None,
-        holders=[None] * 16,
-    )
+    pool = _platform_pool("p", Blk(V4, REGION_BASE[V4], 28), NEXT_FIT)
     assert pool.choose(32, NEXT_FIT) == 0 and pool.cursor == 1
     pool.take(0, 32, "a")
     pool.give_back("a")
@@ -1303,21 +1294,7 @@ def test_next_fit_at_the_top_of_the_address_space_matches_the_model(family: str)
         machine = Machine(check_every_step=True)
         spec = {"cidr": str(top), "allocation": {"strategy": NEXT_FIT}}
         machine.ok(ADMIN, "pool.create", {"name": "top", "spec": spec})
-        model = MPool(
-            org="",
-            project="",
-            name="top",
-            block=top,
-            space="default",
-            visibility="platform",
-            shared_with=[],
-            allocation={"strategy": NEXT_FIT},
-            spec={},
-            body={},
-            creator=ADMIN,
-            parent=None,
-            holders=[None] * 16,
-        )
+        model = _platform_pool("top", top, NEXT_FIT)
         steps = [(f"c{number}", BITS[family]) for number in range(singles)]
         steps += [("wide", BITS[family] - 2), ("wider", BITS[family] - 3)]
         for name, length in steps:
