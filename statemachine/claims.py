@@ -457,24 +457,32 @@ def _rebind(
     return claim, True
 
 
+def _claim_and_allocation(
+    ctx: Context, namespace: str, name: str
+) -> tuple[bytes, dict[str, Any], bytes, dict[str, Any]]:
+    """(claim key, claim, allocation key, allocation) of the principal's claim, or not_found."""
+    principal = ctx.principal
+    claim_key = keys.claim_key(principal.org, principal.project, namespace, name)
+    claim = _load(ctx.ov, claim_key)
+    if claim is None:
+        raise tenant_object_not_found(KIND, namespace, name, principal.acts_for_platform, True)
+    alloc_key = keys.alloc_key(principal.org, principal.project, namespace, name)
+    allocation = _load(ctx.ov, alloc_key)
+    if allocation is None:
+        raise InvariantViolation(f"IPClaim {namespace}/{name} has no allocation")
+    return claim_key, claim, alloc_key, allocation
+
+
 def update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     """Change the claim's labels (relabel.py), and its allocation's with them: an allocation
     carries the labels of the claim it was made for (see `_rebind`)."""
     patch = relabel.check_patch(body, KIND, namespaced=True, default_namespace=DEFAULT_NAMESPACE)
     name = check_name(patch.name, "name")
     namespace = patch.namespace or DEFAULT_NAMESPACE
-    principal = ctx.principal
-    claim_key = keys.claim_key(principal.org, principal.project, namespace, name)
-    alloc_key = keys.alloc_key(principal.org, principal.project, namespace, name)
-    claim = _load(ctx.ov, claim_key)
-    if claim is None:
-        raise tenant_object_not_found(KIND, namespace, name, ctx.principal.acts_for_platform, True)
+    claim_key, claim, alloc_key, allocation = _claim_and_allocation(ctx, namespace, name)
     labels = relabel.patched_labels(claim, patch, f"IPClaim {namespace}/{name}")
     if labels is None:
         return claim
-    allocation = _load(ctx.ov, alloc_key)
-    if allocation is None:
-        raise InvariantViolation(f"IPClaim {namespace}/{name} has no allocation")
     labels_before = claim["metadata"]["labels"]
     claim["metadata"]["labels"] = labels
     _write(ctx, claim_key, claim, MODIFIED, labels_before)
@@ -488,15 +496,7 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     check_map(body, "", ("name", "namespace"))
     name = check_name(body.get("name"), "name")
     namespace = check_name(body.get("namespace", DEFAULT_NAMESPACE), "namespace")
-    principal = ctx.principal
-    claim_key = keys.claim_key(principal.org, principal.project, namespace, name)
-    alloc_key = keys.alloc_key(principal.org, principal.project, namespace, name)
-    claim = _load(ctx.ov, claim_key)
-    if claim is None:
-        raise tenant_object_not_found(KIND, namespace, name, ctx.principal.acts_for_platform, True)
-    allocation = _load(ctx.ov, alloc_key)
-    if allocation is None:
-        raise InvariantViolation(f"IPClaim {namespace}/{name} has no allocation")
+    claim_key, claim, alloc_key, allocation = _claim_and_allocation(ctx, namespace, name)
     if allocation["spec"]["reclaimPolicy"] == RECLAIM_RETAIN:
         allocation["status"] = {"phase": PHASE_RELEASED}
         _write(ctx, alloc_key, allocation, MODIFIED)

@@ -16,7 +16,7 @@ from typing import Any
 from statemachine import keys, relabel
 from statemachine.addresses import FAMILY_BITS
 from statemachine.codec import Principal, loads
-from statemachine.context import ADDED, MODIFIED, Context
+from statemachine.context import ADDED, Context
 from statemachine.errors import CONFLICT, FORBIDDEN, NOT_FOUND, Rejected, already_exists, invalid
 from statemachine.fields import check_labels, check_map, check_name, opt_bool, opt_choice, opt_str_list
 from statemachine.policy import RECLAIM_DELETE, RECLAIM_POLICIES, check_allocation
@@ -155,11 +155,7 @@ def update_unchangeable(ctx: Context, body: dict[str, Any], what: Unchangeable) 
     if raw is None:
         raise Rejected(NOT_FOUND, f"{kind} {name} not found", {"kind": kind, "name": name})
     obj = dict(loads(raw))
-    labels = relabel.patched_labels(obj, patch, f"{kind} {name}")
-    if labels is not None:
-        labels_before = obj["metadata"]["labels"]
-        obj["metadata"]["labels"] = labels
-        ctx.write_object(key, kind, obj, MODIFIED, labels_before)
+    relabel.apply_patch(ctx, key, obj, patch, f"{kind} {name}")
     return obj
 
 

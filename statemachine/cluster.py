@@ -521,11 +521,7 @@ def pod_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     pod = pods.load(ctx.ov, key)
     if pod is None:
         raise tenant_object_not_found(pods.KIND, namespace, name, principal.acts_for_platform, False)
-    labels = relabel.patched_labels(pod, patch, f"Pod {namespace}/{name}")
-    if labels is not None:
-        labels_before = pod["metadata"]["labels"]
-        pod["metadata"]["labels"] = labels
-        ctx.write_object(key, pods.KIND, pod, MODIFIED, labels_before)
+    relabel.apply_patch(ctx, key, pod, patch, f"Pod {namespace}/{name}")
     return pod
 
 

@@ -65,7 +65,7 @@ from statemachine import buddy, classes, keys, relabel
 from statemachine.addresses import FAMILY_BITS, IPV4_MAPPED, IPV6, Block, overlap_size, parse_cidr, range_to_blocks
 from statemachine.buddy import PoolState
 from statemachine.codec import Principal, dump_record, loads
-from statemachine.context import ADDED, MODIFIED, Context, parse_uid
+from statemachine.context import ADDED, Context, parse_uid
 from statemachine.errors import (
     CONFLICT,
     FORBIDDEN,
@@ -705,11 +705,7 @@ def update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     patch = relabel.check_patch(body, KIND, namespaced=False)
     key, pool = resolve(ctx.ov, ctx.principal, patch.name, "name")
     qualified = _require_owner(pool, ctx.principal, "change")
-    labels = relabel.patched_labels(pool, patch, f"IPPool {qualified}")
-    if labels is not None:
-        labels_before = pool["metadata"]["labels"]
-        pool["metadata"]["labels"] = labels
-        ctx.write_object(key, KIND, pool, MODIFIED, labels_before)
+    relabel.apply_patch(ctx, key, pool, patch, f"IPPool {qualified}")
     return render(ctx.ov, pool)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from statemachine.context import MODIFIED, Context
 from statemachine.errors import changed_since_read, invalid
 from statemachine.fields import check_labels, check_map, check_name, check_resource_version, labels_max
 
@@ -102,3 +103,16 @@ def patched_labels(obj: dict[str, Any], patch: LabelPatch, subject: str) -> dict
         )
     labels = check_labels(merged, "metadata.labels")  # sorted, as a create stores them
     return None if labels == before else labels
+
+
+def apply_patch(ctx: Context, key: bytes, obj: dict[str, Any], patch: LabelPatch, subject: str) -> bool:
+    """Patch the labels of the object stored under key and write it (one MODIFIED event that
+    carries the labels before); False, writing nothing, when the patch changes nothing. For an
+    object stored as it is shown (claims, stored compactly with their allocations, do their own)."""
+    labels = patched_labels(obj, patch, subject)
+    if labels is None:
+        return False
+    labels_before = obj["metadata"]["labels"]
+    obj["metadata"]["labels"] = labels
+    ctx.write_object(key, obj["kind"], obj, MODIFIED, labels_before)
+    return True

@@ -26,7 +26,7 @@ from typing import Any
 from statemachine import buddy, claims, classes, keys, pools, quotas, relabel
 from statemachine.addresses import FAMILY_BITS, Block, check_not_ipv4_mapped, format_address, parse_address
 from statemachine.codec import loads
-from statemachine.context import ADDED, MODIFIED, Context
+from statemachine.context import ADDED, Context
 from statemachine.errors import (
     POOL_EXHAUSTED,
     InvariantViolation,
@@ -286,11 +286,7 @@ def update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     service = load(ctx.ov, key)
     if service is None:
         raise tenant_object_not_found(KIND, namespace, name, principal.acts_for_platform, False)
-    labels = relabel.patched_labels(service, patch, f"Service {namespace}/{name}")
-    if labels is not None:
-        labels_before = service["metadata"]["labels"]
-        service["metadata"]["labels"] = labels
-        ctx.write_object(key, KIND, service, MODIFIED, labels_before)
+    relabel.apply_patch(ctx, key, service, patch, f"Service {namespace}/{name}")
     return service
 
 
