@@ -478,7 +478,7 @@ def update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     carries the labels of the claim it was made for (see `_rebind`)."""
     patch = relabel.check_patch(body, KIND, namespaced=True, default_namespace=DEFAULT_NAMESPACE)
     name = check_name(patch.name, "name")
-    namespace = patch.namespace or DEFAULT_NAMESPACE
+    namespace = patch.namespace
     claim_key, claim, alloc_key, allocation = _claim_and_allocation(ctx, namespace, name)
     labels = relabel.patched_labels(claim, patch, f"IPClaim {namespace}/{name}")
     if labels is None:

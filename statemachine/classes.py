@@ -84,7 +84,7 @@ def visible(ip_class: dict[str, Any], principal: Principal) -> bool:
     view is the tenant's, as for internal pools), sees platform classes and those restricted to
     the tenant's org."""
     spec = ip_class["spec"]
-    if principal.is_admin and not principal.has_tenant:
+    if principal.acts_for_platform:
         return True
     return spec["visibility"] == VISIBILITY_PLATFORM or principal.org in spec["allowedOrgs"]
 

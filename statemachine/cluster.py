@@ -515,7 +515,7 @@ def pod_update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     queue and a bound one on its node."""
     patch = relabel.check_patch(body, pods.KIND, namespaced=True, default_namespace=pods.DEFAULT_NAMESPACE)
     name = check_name(patch.name, "name")
-    namespace = patch.namespace or pods.DEFAULT_NAMESPACE
+    namespace = patch.namespace
     principal = ctx.principal
     key = keys.pod_key(principal.org, principal.project, namespace, name)
     pod = pods.load(ctx.ov, key)

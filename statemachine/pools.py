@@ -131,13 +131,13 @@ def visible(pool: dict[str, Any], principal: Principal) -> bool:
     metadata, spec = pool["metadata"], pool["spec"]
     if spec["visibility"] == VISIBILITY_INTERNAL:
         # Only the platform admin: an admin acting for a tenant sees what the tenant sees.
-        return principal.is_admin and not principal.has_tenant
+        return principal.acts_for_platform
     if spec["visibility"] == VISIBILITY_PLATFORM:
         allowed = pool["status"].get("allowedOrgs")
         # A platform pool reserved for some orgs (`allowed_orgs`): anyone acting for a tenant,
         # an admin too, sees it only from those orgs, as with restricted classes.
-        return allowed is None or (principal.is_admin and not principal.has_tenant) or principal.org in allowed
-    if principal.is_admin and not principal.has_tenant:
+        return allowed is None or principal.acts_for_platform or principal.org in allowed
+    if principal.acts_for_platform:
         return True
     # A tenant's pool, seen by a tenant or by an admin acting for one, who sees what the tenant
     # sees: acting for another project, an admin could otherwise claim from a `consumer` pool
@@ -181,7 +181,7 @@ def owns(pool: dict[str, Any], principal: Principal) -> bool:
     platform pool after, so `allot pool delete edge --as acme/web` deleted the platform pool
     `edge` whenever acme/web had none of that name."""
     metadata = pool["metadata"]
-    if principal.is_admin and not principal.has_tenant:
+    if principal.acts_for_platform:
         return True
     return bool(metadata["org"] == principal.org and metadata["project"] == principal.project)
 
@@ -676,7 +676,7 @@ def _holders(view: ReadView, state: PoolState, principal: Principal) -> dict[str
     that no IPAllocation lists, so without this the refusal would send an admin to a list that
     shows nothing. A tenant is shown only its own project's (a pool it shares holds other
     projects' claims, whose names are theirs)."""
-    everything = principal.is_admin and not principal.has_tenant
+    everything = principal.acts_for_platform
     named: dict[str, list[str]] = {"IPAllocations": [], "Services": [], "Nodes": [], "child IPPools": []}
     prefix = buddy.used_prefix(state.uid)
     for examined, (_, owner) in enumerate(view.scan(prefix, prefix_end(prefix))):
@@ -717,10 +717,9 @@ def delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     state = load_state(ctx.ov, pool)
     if state.allocations or state.child_pools:
         holders = _holders(ctx.ov, state, ctx.principal)
-        said = "; ".join(f"{kind} {', '.join(names)}" for kind, names in holders.items() if names) or "none yours"
+        listed = "; ".join(f"{kind} {', '.join(names)}" for kind, names in holders.items() if names)
         unnamed = state.allocations + state.child_pools - sum(len(names) for names in holders.values())
-        if unnamed and said != "none yours":
-            said += f"; and {unnamed} more"
+        said = (f"{listed}; and {unnamed} more" if unnamed else listed) if listed else "none yours"
         raise Rejected(
             CONFLICT,
             f"IPPool {qualified} still holds {state.allocations} allocation(s) and {state.child_pools} child pool(s) "

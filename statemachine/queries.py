@@ -92,7 +92,7 @@ def visible(kind: str, obj: dict[str, Any], principal: Principal) -> bool:
         return True  # platform objects every tenant may read
     if kind == quotas.KIND:
         return quotas.visible(obj, principal)
-    if principal.is_admin and not principal.has_tenant:
+    if principal.acts_for_platform:
         return True
     metadata = obj["metadata"]
     return bool(metadata["org"] == principal.org and metadata["project"] == principal.project)
@@ -303,7 +303,7 @@ def _decode(res: Resource, key: bytes, raw: bytes) -> dict[str, Any]:
 def _segments(res: Resource, principal: Principal, namespace: str | None) -> list[tuple[bytes, bytes]]:
     """Key ranges holding what the principal may list, in ascending order."""
     if res.tenant_scoped:
-        if principal.is_admin and not principal.has_tenant:
+        if principal.acts_for_platform:
             prefix = res.prefix  # every tenant's: list_objects filters the namespace
         else:
             prefix = keys.tenant_prefix(res.prefix, principal.org, principal.project)
@@ -314,7 +314,7 @@ def _segments(res: Resource, principal: Principal, namespace: str | None) -> lis
         platform = keys.pool_scope_prefix("", "")
         own_org = keys.pool_org_prefix(principal.org)
         return [(platform, prefix_end(platform)), (own_org, prefix_end(own_org))]
-    if res.kind == quotas.KIND and not (principal.is_admin and not principal.has_tenant):
+    if res.kind == quotas.KIND and not principal.acts_for_platform:
         own = keys.QUOTA + principal.org.encode() + b"/"
         return [(own, prefix_end(own))]
     return [(res.prefix, prefix_end(res.prefix))]
@@ -422,7 +422,7 @@ def _candidates(
     node_name = None
     if res.kind == pods.KIND:
         node_name = next((value for path, value, negated in fields if path == "spec.nodeName" and not negated), None)
-    if node_name and principal.is_admin and not principal.has_tenant:
+    if node_name and principal.acts_for_platform:
         prefix = keys.pods_on_node_prefix(node_name)
         start = prefix if after is None else max(prefix, keys.pod_on_node_key(node_name, after) + b"\x00")
         for index_key, _ in view.scan(start, prefix_end(prefix)):

@@ -32,10 +32,11 @@ _fixed_parts = ("spec", "status")  # refused with a message of their own, not "u
 @dataclass(frozen=True)
 class LabelPatch:
     """A checked label patch. `name` is as given (a pool reference may hold '/', so each kind
-    checks it); `namespace` is the checked namespace (default `default`) of a namespaced kind."""
+    checks it); `namespace` is the checked namespace of a namespaced kind (its default when
+    not given), "" for the others."""
 
     name: Any
-    namespace: str | None
+    namespace: str
     labels: dict[str, str | None] | None  # the merge patch; None: the labels stay
     remove_all: bool  # `"labels": null`
     resource_version: int | None  # the precondition, when given
@@ -54,7 +55,7 @@ def check_patch(body: dict[str, Any], kind: str, namespaced: bool, default_names
     if "metadata" in body and body["metadata"] is None:  # a merge patch's null would remove the whole part
         raise invalid("metadata cannot be removed; give the fields of it to change (null removes one)", "metadata")
     metadata = check_map(body.get("metadata"), "metadata", _metadata_fields)
-    namespace = check_name(body.get("namespace", default_namespace), "namespace") if namespaced else None
+    namespace = check_name(body.get("namespace", default_namespace), "namespace") if namespaced else ""
     labels: dict[str, str | None] | None = None
     remove_all = "labels" in metadata and metadata["labels"] is None
     given = metadata.get("labels")

@@ -280,7 +280,7 @@ def update(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     """Change the service's labels (relabel.py); its address and spec stay."""
     patch = relabel.check_patch(body, KIND, namespaced=True, default_namespace=DEFAULT_NAMESPACE)
     name = check_name(patch.name, "name")
-    namespace = patch.namespace or DEFAULT_NAMESPACE
+    namespace = patch.namespace
     principal = ctx.principal
     key = keys.service_key(principal.org, principal.project, namespace, name)
     service = load(ctx.ov, key)
