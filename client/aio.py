@@ -766,6 +766,13 @@ class AsyncClient(core.ClientSettings):
         Closing it does nothing; close the client it came from."""
         return self._derive_for_tenant(org, project)
 
+    def dry_run(self) -> AsyncClient:
+        """A client whose writes are server dry runs (`?dryRun=All`, as `kubectl --dry-run=server`):
+        each is checked and answered as it would be now (the address a claim would get, the node
+        a pod would be bound to, the refusal it would meet), and nothing is kept. Reads are
+        unchanged. It shares this one's connections; closing it does nothing."""
+        return self._derive_for_dry_run()
+
     # -- the one request loop --
 
     async def _execute(

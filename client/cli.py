@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from rich.console import Console
 from rich.progress_bar import ProgressBar
@@ -487,6 +487,14 @@ def taints_after(name: str, current: Sequence[Taint], changes: TaintChanges, *, 
 
 def _write_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idempotency-key", help="retry a write safely: the same key is applied at most once")
+    parser.add_argument(
+        "--dry-run",
+        nargs="?",
+        const=DRY_RUN_SERVER,
+        choices=(DRY_RUN_SERVER,),
+        help="ask the server what the write would do now (the address, node or refusal it would get) "
+        "and change nothing",
+    )
 
 
 def _create_common(parser: argparse.ArgumentParser) -> None:
@@ -1309,16 +1317,18 @@ def _scheduling_rows(obj: Node | Pod | Service | Quota) -> list[tuple[str, Any]]
 
 
 class Output:
-    def __init__(self, mode: str, stdout: TextIO) -> None:
+    def __init__(self, mode: str, stdout: TextIO, dry_run: bool = False) -> None:
         self.mode = mode
         self.stdout = stdout
         self.console = _console(stdout)
+        # A write's one line says when nothing was written, as kubectl's does.
+        self._note = f" {DRY_RUN_NOTE}" if dry_run else ""
 
     def json(self, value: Any) -> None:
         self.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
     def line(self, text: str) -> None:
-        self.stdout.write(text + "\n")
+        self.stdout.write(text + self._note + "\n")
         self.stdout.flush()
 
 
@@ -1509,6 +1519,8 @@ NODE_ACTION_VERBS = {"cordon": "cordoned", "uncordon": "uncordoned", "drain": "d
 LABEL_VERBS = ("labeled", "unlabeled", "labeled")  # what `label` did: set, removed only, both
 TAINT_VERBS = ("tainted", "untainted", "modified")
 _REPLAYED_NOTE = "(replayed: the answer the server gave this idempotency key the first time)"
+DRY_RUN_SERVER = "server"  # --dry-run's one value, as kubectl's: the server checks and answers
+DRY_RUN_NOTE = "(server dry run)"
 
 
 def _field_selector(args: argparse.Namespace) -> str | None:
@@ -1588,9 +1600,11 @@ taint_attempts_max = 5
 
 
 def _taint_once(
-    nodes: NodeResource, args: argparse.Namespace, changes: TaintChanges, attempt: int
+    nodes: NodeResource, dry_run: NodeResource, args: argparse.Namespace, changes: TaintChanges, attempt: int
 ) -> tuple[Node, Node]:
-    """(the node as read, as updated): one read, compute and conditional write."""
+    """(the node as read, as updated): one read, compute and conditional write. A taint that
+    needs --overwrite is refused once a dry run through `dry_run` shows the caller may write
+    the node (_refuse_unless_writable)."""
     before = nodes.get(args.name)
     if args.resource_version is not None and before.metadata.resource_version != args.resource_version:
         raise Refused(
@@ -1598,7 +1612,10 @@ def _taint_once(
             f"{args.resource_version}: it changed since; nothing was sent",
             EXIT_CONFLICT,
         )
-    taints = taints_after(args.name, before.spec.taints, changes, overwrite=args.overwrite)
+    try:
+        taints = taints_after(args.name, before.spec.taints, changes, overwrite=args.overwrite)
+    except Refused as refusal:
+        _refuse_unless_writable(lambda: dry_run.update(args.name, taints=before.spec.taints), refusal)
     # A retry after a conflict is a different write (computed anew), so it needs its own key.
     key = args.idempotency_key if args.idempotency_key is None or attempt == 1 else f"{args.idempotency_key}.{attempt}"
     try:
@@ -1619,7 +1636,7 @@ def _taint_once(
     return before, node
 
 
-def run_node_update(nodes: NodeResource, args: argparse.Namespace, out: Output) -> int:
+def run_node_update(nodes: NodeResource, dry_run: NodeResource, args: argparse.Namespace, out: Output) -> int:
     """`node taint`: read the node, check the change as kubectl does (a different value needs
     --overwrite), send the patch, retrying a conflict with another writer, print what changed.
     Bad input is refused before anything is sent."""
@@ -1627,7 +1644,7 @@ def run_node_update(nodes: NodeResource, args: argparse.Namespace, out: Output) 
     attempt = 1
     while True:
         try:
-            before, node = _taint_once(nodes, args, changes, attempt)
+            before, node = _taint_once(nodes, dry_run, args, changes, attempt)
             break
         except Conflict as conflict:
             # Another change came between our read and our write (the refusal names the
@@ -1669,11 +1686,28 @@ def _change_verb(verbs: tuple[str, str, str], set_: list[str], removed: list[str
     return "unchanged" if not set_ and not removed else both if set_ and removed else added if set_ else removed_only
 
 
-def run_label(resource: LabelledResource[Any], args: argparse.Namespace, out: Output) -> int:
+def _refuse_unless_writable(probe: Callable[[], object], refusal: Refused) -> NoReturn:
+    """Raise `refusal` (the caller's own mistake, such as a missing --overwrite) once a dry run
+    of a write that changes nothing (`probe`) shows the caller may write the object at all:
+    telling someone to pass --overwrite, only to be refused as forbidden, sends them round
+    twice. The server's refusal of the dry run is raised instead (an earlier build that has no
+    dry runs answers `invalid` for the parameter: then `refusal`, as before)."""
+    try:
+        probe()
+    except Invalid as refused:
+        if refused.field != core.QUERY_DRY_RUN:
+            raise
+    raise refusal
+
+
+def run_label(
+    resource: LabelledResource[Any], dry_run: LabelledResource[Any], args: argparse.Namespace, out: Output
+) -> int:
     """`KIND label NAME KEY=VALUE|KEY- ...`, as `kubectl label`: read the object, refuse a new
-    value for a label it has unless --overwrite, note a removal of a label it does not have,
-    send the merge patch (conditional with --resource-version), print what changed. Bad input
-    is refused before anything is sent."""
+    value for a label it has unless --overwrite (once a dry run through `dry_run` shows the
+    caller may write it), note a removal of a label it does not have, send the merge patch
+    (conditional with --resource-version), print what changed. Bad input is refused before
+    anything is sent."""
     patch = label_patch(args.changes)
     namespace = getattr(args, "namespace", None)
     noun = resource.kind.lower()
@@ -1685,11 +1719,13 @@ def run_label(resource: LabelledResource[Any], args: argparse.Namespace, out: Ou
         if value is not None and key in labels and labels[key] != value
     ]
     if clashes and not args.overwrite:
-        raise Refused(
+        refusal = Refused(
             f"{noun}/{args.name} already has label{'s' if len(clashes) > 1 else ''} {', '.join(clashes)}; "
             f"pass --overwrite to change {'them' if len(clashes) > 1 else 'it'}",
             EXIT_CONFLICT,
         )
+        unchanged = {key: labels[key] for key in patch if key in labels}
+        _refuse_unless_writable(lambda: dry_run.label(args.name, unchanged, namespace=namespace), refusal)
     for key in [key for key, value in patch.items() if value is None and key not in labels]:
         print(f"allot: {noun}/{args.name} has no label {key}", file=sys.stderr)
     obj = resource.label(
@@ -1762,9 +1798,11 @@ def run_resource(client: Client, args: argparse.Namespace, out: Output) -> int:
     if isinstance(resource, NodeResource) and args.action in (*NODE_ACTION_VERBS, "heartbeat"):
         return run_node_action(resource, args, out)
     if isinstance(resource, LabelledResource) and args.action == "label":
-        return run_label(resource, args, out)
+        probes = accessor(client.dry_run())
+        assert isinstance(probes, LabelledResource)  # the same accessor, on a dry-run client
+        return run_label(resource, probes, args, out)
     if isinstance(resource, NodeResource) and args.action == "taint":
-        return run_node_update(resource, args, out)
+        return run_node_update(resource, client.dry_run().nodes, args, out)
     if not isinstance(resource, WritableResource) or spec_of is None:
         raise UsageError(f"{args.command} {args.action} is not possible")
     if args.action in CREATE_VERBS:
@@ -1911,9 +1949,12 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         client = Client(args.endpoints, token, timeout=timeout, deadline=deadline, tenant=args.tenant or None)
     except (UsageError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE, err_stream)
-    out = Output(args.output, out_stream)
+    dry_run = getattr(args, "dry_run", None) is not None
+    out = Output(args.output, out_stream, dry_run)
     try:
         with client:
+            if dry_run:
+                client = client.dry_run()
             if args.command == "status":
                 return run_status(client, out)
             if args.command == "watch":
@@ -1929,6 +1970,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             said += f" {_CLUSTER_DOWN_HINT}"
         if error.replayed:
             said += f" {_REPLAYED_NOTE}"
+        if dry_run:
+            said += f" {DRY_RUN_NOTE}"
         return _fail(said, exit_code_for(error), err_stream)
     except (UsageError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE, err_stream)

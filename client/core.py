@@ -91,6 +91,9 @@ HEADER_IDEMPOTENCY = "Idempotency-Key"
 HEADER_REQUEST_ID = "X-Allot-Request-Id"
 HEADER_RETRY_AFTER = "Retry-After"
 HEADER_REPLAYED = "Idempotent-Replayed"  # the server's remembered answer to an earlier try of this write
+HEADER_DRY_RUN = "X-Allot-Dry-Run"  # the answer is a dry run's: nothing was written
+QUERY_DRY_RUN = "dryRun"
+DRY_RUN_ALL = "All"
 HTTP_CREATED = 201  # a create that made the object; 200: the identical object existed
 MEDIA_TYPE_JSON = "application/json"
 MEDIA_TYPE_MERGE_PATCH = "application/merge-patch+json"  # RFC 7386: PATCH /v1/nodes/{name}, as kubectl sends it
@@ -351,11 +354,15 @@ class RequestFactory:
     token: str | None
     tenant: tuple[str, str] | None = None  # (org, project) an admin acts for
     user_agent: str = USER_AGENT
+    dry_run: bool = False  # every write asks ?dryRun=All: answered as it would be, kept by nobody
 
     def for_tenant(self, org: str, project: str) -> RequestFactory:
         if not org or not project:
             raise ValueError("acting for a tenant needs both org and project")
         return dataclasses.replace(self, tenant=(org, project))
+
+    def for_dry_run(self) -> RequestFactory:
+        return dataclasses.replace(self, dry_run=True)
 
     def build(
         self,
@@ -372,6 +379,8 @@ class RequestFactory:
         params = [(key, value) for key, value in query]
         if tenant_scoped and self.tenant is not None:
             params += [("org", self.tenant[0]), ("project", self.tenant[1])]
+        if write and self.dry_run:
+            params.append((QUERY_DRY_RUN, DRY_RUN_ALL))
         headers = [("Accept", "application/json"), ("User-Agent", self.user_agent)]
         if self.token is not None:
             headers.append(("Authorization", f"Bearer {self.token}"))
@@ -1155,9 +1164,16 @@ class ClientSettings(abc.ABC):
 
     def _derive_for_tenant(self, org: str, project: str) -> Self:
         """A shallow copy acting for one tenant, sharing this one's connections (it never closes them)."""
+        return self._derive(self._factory.for_tenant(org, project))
+
+    def _derive_for_dry_run(self) -> Self:
+        """A shallow copy whose writes are dry runs, sharing this one's connections."""
+        return self._derive(self._factory.for_dry_run())
+
+    def _derive(self, factory: RequestFactory) -> Self:
         derived = object.__new__(type(self))
         derived.__dict__.update(self.__dict__)
-        derived._factory = self._factory.for_tenant(org, project)
+        derived._factory = factory
         derived._owns_transport = False
         derived._bind_resources()
         return derived

@@ -341,6 +341,10 @@ REVISION_HEADER = "X-Allot-Revision"
 # the dedup window: the answer is the one remembered then, not a new application (the header
 # name is the one Stripe's API uses for the same thing).
 REPLAYED_HEADER = "Idempotent-Replayed"
+# A dry run's answer says it was one (the body is what the write would have answered).
+DRY_RUN_HEADER = "X-Allot-Dry-Run"
+DRY_RUN_PARAM = "dryRun"
+DRY_RUN_ALL = "All"  # Kubernetes' one value: every stage runs, nothing is stored
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 _dns_label = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -595,6 +599,15 @@ class Api:
             params[key] = value
         return params
 
+    def _write_params(self, request: web.Request, allowed: Iterable[str]) -> tuple[dict[str, str], bool]:
+        """A write's query parameters, and whether it is a dry run (`?dryRun=All`, as Kubernetes
+        spells it): checked, answered and kept by nobody (_submit)."""
+        params = self._params(request, {*allowed, DRY_RUN_PARAM})
+        dry_run = params.pop(DRY_RUN_PARAM, None)
+        if dry_run is not None and dry_run != DRY_RUN_ALL:
+            raise invalid(f"{DRY_RUN_PARAM} must be {DRY_RUN_ALL}, not {dry_run!r}", DRY_RUN_PARAM)
+        return params, dry_run is not None
+
     def _principal(self, request: web.Request) -> Principal:
         """Who asks: the token's principal, or the tenant an admin names with ?org=&project=.
         Called before the query is checked, so a request without a valid token learns nothing."""
@@ -770,18 +783,20 @@ class Api:
     def create_handler(self, kind: Kind, command_type: str) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             principal = self._principal(request)
-            self._params(request, TENANT_PARAMS)
+            _, dry_run = self._write_params(request, TENANT_PARAMS)
             request_id = self._request_id(request)
             body = await self._body(request)
             if kind.namespaced and body.get("namespace") == DEFAULT_NAMESPACE:
                 del body["namespace"]  # the default said one way (see _name_namespace)
             if command_type != POD_CREATE:
-                return await self._submit(command_type, body, principal, request_id)
-            return await self._submit_pod(body, principal, request_id)
+                return await self._submit(command_type, body, principal, request_id, dry_run)
+            return await self._submit_pod(body, principal, request_id, dry_run)
 
         return handler
 
-    async def _submit_pod(self, body: dict[str, Any], principal: Principal, request_id: str) -> web.StreamResponse:
+    async def _submit_pod(
+        self, body: dict[str, Any], principal: Principal, request_id: str, dry_run: bool
+    ) -> web.StreamResponse:
         """pod.create with this member's plan (node/scheduling.py): reserved while in flight,
         so pods planned together spread over nodes as they would one after another."""
         if "plan" in body:
@@ -790,7 +805,7 @@ class Api:
         try:
             if plan is not None:
                 body["plan"] = {"nodeName": plan.node_name}
-            return await self._submit(POD_CREATE, body, principal, request_id)
+            return await self._submit(POD_CREATE, body, principal, request_id, dry_run)
         finally:
             if plan is not None:
                 self.member.release_plan(plan)
@@ -800,10 +815,11 @@ class Api:
 
         async def handler(request: web.Request) -> web.StreamResponse:
             principal = self._principal(request)
-            self._params(request, ())
+            _, dry_run = self._write_params(request, ())
             request_id = self._request_id(request)
             await self._empty_body(request)
-            return await self._submit(command_type, {"name": request.match_info["name"]}, principal, request_id)
+            body = {"name": request.match_info["name"]}
+            return await self._submit(command_type, body, principal, request_id, dry_run)
 
         return handler
 
@@ -824,7 +840,7 @@ class Api:
 
         async def handler(request: web.Request) -> web.StreamResponse:
             principal = self._principal(request)
-            params = self._params(request, allowed)
+            params, dry_run = self._write_params(request, allowed)
             request_id = self._request_id(request)
             body = await self._body(request, (JSON_MEDIA_TYPE, MERGE_PATCH_MEDIA_TYPE))
             for field, where in named_by.items():
@@ -841,7 +857,7 @@ class Api:
             metadata = body.get("metadata")
             if isinstance(metadata, dict) and "resourceVersion" in metadata and metadata["resourceVersion"] is None:
                 del metadata["resourceVersion"]  # no precondition, said one way (see _name_namespace)
-            return await self._submit(command_type, body, principal, request_id)
+            return await self._submit(command_type, body, principal, request_id, dry_run)
 
         return handler
 
@@ -911,28 +927,28 @@ class Api:
 
     async def scheduler_configure(self, request: web.Request) -> web.StreamResponse:
         principal = self._principal(request)
-        self._params(request, ())
+        _, dry_run = self._write_params(request, ())
         request_id = self._request_id(request)
         body = await self._body(request)
-        return await self._submit("scheduler.configure", body, principal, request_id)
+        return await self._submit("scheduler.configure", body, principal, request_id, dry_run)
 
     async def scheduler_retry(self, request: web.Request) -> web.StreamResponse:
         principal = self._principal(request)
-        self._params(request, ())
+        _, dry_run = self._write_params(request, ())
         request_id = self._request_id(request)
         body = await self._body(request) if request.body_exists else {}
-        return await self._submit("scheduler.retry", body, principal, request_id)
+        return await self._submit("scheduler.retry", body, principal, request_id, dry_run)
 
     def delete_handler(self, kind: Kind, command_type: str) -> Handler:
         allowed = {*TENANT_PARAMS, *(("namespace",) if kind.namespaced else ())}
 
         async def handler(request: web.Request) -> web.StreamResponse:
             principal = self._principal(request)
-            params = self._params(request, allowed)
+            params, dry_run = self._write_params(request, allowed)
             request_id = self._request_id(request)
             body: dict[str, Any] = {"name": request.match_info["name"]}
             _name_namespace(kind, params, body)
-            return await self._submit(command_type, body, principal, request_id)
+            return await self._submit(command_type, body, principal, request_id, dry_run)
 
         return handler
 
@@ -946,13 +962,18 @@ class Api:
         )
 
     async def _submit(
-        self, command_type: str, body: dict[str, Any], principal: Principal, request_id: str
+        self, command_type: str, body: dict[str, Any], principal: Principal, request_id: str, dry_run: bool = False
     ) -> web.StreamResponse:
-        envelope = Envelope(command_type, body, principal, request_id, time.time_ns() // 1_000_000)
+        # A dry run carries no request id: it must neither replay a real write's answer nor
+        # be one (statemachine.preview).
+        envelope_id = None if dry_run else request_id
+        envelope = Envelope(command_type, body, principal, envelope_id, time.time_ns() // 1_000_000)
         try:
             data = encode_envelope(envelope)
         except (ValueError, TypeError) as exc:  # nesting too deep, lone surrogates, ...
             raise invalid(f"the body cannot be made into a command: {exc}") from None
+        if dry_run:
+            return await self._dry_run(data)
         unknown = ApiError(
             "outcome_unknown",
             f"the write may or may not have been applied; it is safe to retry with the same "
@@ -964,6 +985,20 @@ class Api:
         headers = {REQUEST_ID_HEADER: request_id, REVISION_HEADER: str(outcome.revision)}
         if outcome.replayed:
             headers[REPLAYED_HEADER] = "true"
+        result = outcome.result
+        if isinstance(result, Rejected):
+            error = from_rejected(result)
+            error.headers.update(headers)
+            raise error
+        return json_response(result.value, 201 if result.created else 200, headers)
+
+    async def _dry_run(self, data: bytes) -> web.StreamResponse:
+        """The answer the write would get now, from this member's state once it has caught up
+        with the leader's commit (as a linearizable read): nothing is proposed or kept, so a
+        later write may be answered otherwise (another write came first)."""
+        await self._catch_up("the dry run")
+        outcome = self.member.dry_run(data)
+        headers = {DRY_RUN_HEADER: DRY_RUN_ALL}
         result = outcome.result
         if isinstance(result, Rejected):
             error = from_rejected(result)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from node.config import Timing
 from node.memstore import MemoryStore
 from node.scheduling import HeartbeatTable, Planner, PodPlan, SchedulingTimers, wall_clock_ms
-from statemachine import Outcome, Principal, apply
+from statemachine import Outcome, Principal, apply, preview
 from statemachine.context import Meta
 from statemachine.invariants import digest
 from statemachine.view import ReadView
@@ -80,6 +80,10 @@ class Member(Protocol):
 
     def reader(self) -> contextlib.AbstractContextManager[ReadView]:
         """A consistent read view of this member's applied state."""
+
+    def dry_run(self, envelope: bytes) -> Outcome:
+        """What the envelope would be answered if applied to this member's state now; nothing
+        is proposed or written (statemachine.preview)."""
 
     async def wait_for_change(self, revision: int, timeout_s: float) -> None:
         """Return once the state's revision exceeds `revision`, or the timeout passes."""
@@ -165,6 +169,10 @@ class LocalMember:
     def reader(self) -> Iterator[ReadView]:
         with self._lock:
             yield self._store
+
+    def dry_run(self, envelope: bytes) -> Outcome:
+        with self.reader() as view:
+            return preview(view, envelope)
 
     async def wait_for_change(self, revision: int, timeout_s: float) -> None:
         condition = self._condition()

@@ -51,7 +51,7 @@ from node.member import BuildsUnheardError, NoLeaderError, OutcomeUnknownError, 
 from node.raft import AllotRaft, DumpWriter, batch_envelopes_max, encode_batch, raft_conf, repair_journal
 from node.scheduling import HeartbeatTable, Planner, PodPlan, SchedulingTimers
 from node.store import open_replica_store
-from statemachine import Envelope, Outcome, Principal, encode_envelope, queries
+from statemachine import Envelope, Outcome, Principal, encode_envelope, preview, queries
 from statemachine.context import Meta
 from statemachine.pools import pool_id
 from statemachine.view import ReadView
@@ -630,6 +630,10 @@ class ReplicatedMember:
     def reader(self) -> Iterator[ReadView]:
         with self.store.reader() as view:
             yield view
+
+    def dry_run(self, envelope: bytes) -> Outcome:
+        with self.store.reader() as view:
+            return preview(view, envelope)
 
     async def wait_for_change(self, revision: int, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()

@@ -7,7 +7,7 @@ the standard library, cbor2 and netaddr (tests/test_purity.py checks).
 
 from statemachine.codec import ENVELOPE_VERSION, Envelope, Principal, decode_envelope, encode_envelope
 from statemachine.errors import REJECTION_CODES, InvariantViolation, Rejected
-from statemachine.machine import COMMAND_TYPES, EntryApply, Ok, Outcome, apply
+from statemachine.machine import COMMAND_TYPES, EntryApply, Ok, Outcome, apply, preview
 
 __all__ = [
     "COMMAND_TYPES",
@@ -23,4 +23,5 @@ __all__ = [
     "apply",
     "decode_envelope",
     "encode_envelope",
+    "preview",
 ]

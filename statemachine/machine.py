@@ -138,6 +138,16 @@ def apply(view: ReadView, data: bytes, index: int, position: int = 0) -> Outcome
     return _apply_envelope(view, data, index, position, Meta.load(view), True)
 
 
+def preview(view: ReadView, data: bytes) -> Outcome:
+    """What applying one envelope to `view` now would answer, for a dry run: its writes are
+    for nobody to make. Applied as the next entry after the last that wrote, so what the answer
+    shows of that entry (the uid, the resourceVersion) is what it would have been, not a
+    promise. A dry run carries no request id (the caller leaves it out): it neither reads nor
+    takes the dedup record of a real write."""
+    meta = Meta.load(view)
+    return _apply_envelope(view, data, meta.index + 1, 0, meta, True)
+
+
 class EntryApply:
     """The envelopes of one log entry, applied in order over one view that the caller updates
     with each outcome's writes before the next (as `LmdbStore.apply_entry` does inside its

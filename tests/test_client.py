@@ -335,6 +335,30 @@ def test_admin_acts_for_a_tenant(make: ClientMaker) -> None:
     assert admin.ippools.get(pool.name).name == pool.name
 
 
+def test_a_dry_run_client_is_answered_as_its_writes_would_be_and_changes_nothing(make: ClientMaker) -> None:
+    admin, tenant = make.admin(), make.tenant()
+    cidr = next_cidr(30)
+    pool = admin.ippools.create(unique(make, "dry"), {"cidr": cidr})
+    name = unique(make, "dry-1")
+    preview = tenant.dry_run().ipclaims.create(name, {"poolRef": pool.name}, labels={"app": "web"})
+    assert preview.status.allocated_cidr == f"{cidr.split('/')[0]}/32" and preview.metadata.labels == {"app": "web"}
+    with pytest.raises(NotFound):
+        tenant.ipclaims.get(name)  # a read on any member after the dry run: nothing was written
+    claim = tenant.ipclaims.create(name, {"poolRef": pool.name})
+    assert claim.status.allocated_cidr == preview.status.allocated_cidr, "the address the dry run showed"
+    with pytest.raises(PoolExhausted):
+        tenant.dry_run().ipclaims.create(unique(make, "dry-2"), {"poolRef": pool.name, "prefixLength": 30})
+    with pytest.raises(Conflict):
+        admin.dry_run().ippools.delete(pool.name)  # the claim holds it
+    assert tenant.dry_run().ipclaims.label(name, {"team": "blue"}).metadata.labels == {"team": "blue"}
+    assert tenant.dry_run().ipclaims.delete(name).name == name
+    kept = tenant.ipclaims.get(name)
+    assert kept.metadata.uid == claim.metadata.uid and kept.metadata.labels == {}
+    assert kept.metadata.resource_version == claim.metadata.resource_version
+    tenant.ipclaims.delete(name)
+    admin.ippools.delete(pool.name)
+
+
 def test_member_status(make: ClientMaker) -> None:
     client = make.admin()
     cluster = make.cluster

@@ -353,6 +353,39 @@ def test_label_of_claims_pools_and_classes(cluster: Cluster, workdir: Path) -> N
     assert "IPClaim cli-lbl-1 not found" in missing, "the default namespace holds no such claim"
 
 
+def test_dry_run_writes_say_what_they_would_do_and_change_nothing(cluster: Cluster, workdir: Path) -> None:
+    def run(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+        return allot(cluster, workdir, *args, token=token)
+
+    ok(run("pool", "create", "cli-dry", "--cidr", "10.208.0.0/31"))
+    claim = ("claim", "create", "cli-dry-1", "--pool", "cli-dry", "--as", "acme/web")
+    assert ok(run(*claim, "--dry-run")) == "ipclaim/cli-dry-1 created 10.208.0.0/32 (server dry run)\n"
+    assert "not_found" in failed(run("claim", "get", "cli-dry-1", "--as", "acme/web"), cli.EXIT_NOT_FOUND)
+    assert ok(run(*claim, "--dry-run=server")) == "ipclaim/cli-dry-1 created 10.208.0.0/32 (server dry run)\n"
+    assert ok(run(*claim)) == "ipclaim/cli-dry-1 created 10.208.0.0/32\n"
+    big = ("claim", "create", "cli-dry-2", "--pool", "cli-dry", "--prefix-length", "31", "--as", "acme/web")
+    exhausted = failed(run(*big, "--dry-run"), cli.EXIT_NO_ROOM)
+    assert exhausted.startswith("allot: pool_exhausted") and exhausted.endswith("(server dry run)"), exhausted
+    assert ok(run("claim", "delete", "cli-dry-1", "--as", "acme/web", "--dry-run")).endswith(" (server dry run)\n")
+    assert "10.208.0.0/32" in ok(run("claim", "get", "cli-dry-1", "--as", "acme/web"))
+
+    # A label clash on an object the caller may not write: forbidden, not "pass --overwrite"
+    # (which would only lead to forbidden).
+    ok(run("priorityclass", "create", "cli-dry-pc", "--value", "7", "--label", "team=sre"))
+    tenant = cluster.tenant_tokens["acme/web"]
+    denied = failed(run("priorityclass", "label", "cli-dry-pc", "team=web", token=tenant), cli.EXIT_UNAUTHORIZED)
+    assert "forbidden" in denied and "--overwrite" not in denied, denied
+    clash = failed(run("priorityclass", "label", "cli-dry-pc", "team=web"), cli.EXIT_CONFLICT)
+    assert "pass --overwrite" in clash, "the admin, who may write it, is told how"
+    assert ok(run("priorityclass", "label", "cli-dry-pc", "team=web", "--overwrite", "--dry-run")) == (
+        "priorityclass/cli-dry-pc labeled team=web (server dry run)\n"
+    )
+    assert '"team": "sre"' in ok(run("priorityclass", "get", "cli-dry-pc", "-o", "json"))
+    ok(run("priorityclass", "delete", "cli-dry-pc"))
+    ok(run("claim", "delete", "cli-dry-1", "--as", "acme/web"))
+    ok(run("pool", "delete", "cli-dry"))
+
+
 def test_token_from_files(cluster: Cluster, workdir: Path, tmp_path: Path) -> None:
     no_env = {"ALLOT_TOKEN": ""}
     as_tenant = allot(
@@ -573,7 +606,7 @@ def test_node_taint_reads_again_after_a_conflict_and_keeps_the_other_writers_tai
     def taint(nodes: RacingNodes, *argv: str) -> str:
         args = cli.build_parser().parse_args(["node", "taint", "n1", *argv])
         stdout = io.StringIO()
-        assert cli.run_node_update(nodes, args, cli.Output("text", stdout)) == cli.EXIT_OK  # type: ignore[arg-type]
+        assert cli.run_node_update(nodes, nodes, args, cli.Output("text", stdout)) == cli.EXIT_OK  # type: ignore[arg-type]
         return stdout.getvalue()
 
     nodes = RacingNodes(races=2)
