@@ -45,6 +45,10 @@ wrapping the one object it concerns; none of its source is copied):
 * **An acknowledgement never moves a follower's next index back** (`_SyncObj__onMessageReceived`,
   overridden): pysyncobj did, on every acknowledgement that arrived after a later send, so under
   load it sent a quarter of all entries twice, and the follower deleted and re-appended them.
+* **A snapshot chunk never moves a follower's commit index** (same override): pysyncobj raised it
+  on every AppendEntries, also on a chunk of a leader's dump, over a log never checked against
+  the leader's, so a deposed leader applied, and answered Ok, its own entries that never
+  committed. Only the chunk that installs the dump (the log is then the leader's) may.
 
 pysyncobj private attributes are touched in these places only: `_SyncObj__raftLog` (the journal
 object); the transport we construct ourselves; `_SyncObj__raftElectionDeadline` (restarted after a
@@ -52,8 +56,9 @@ dump install, held after each entry applied as a follower); for the sending
 above, `_SyncObj__sendAppendEntries` (replaced on the instance), `_SyncObj__raftNextIndex`,
 `_SyncObj__getCurrentLogIndex` and `_SyncObj__newAppendEntriesTime` (read only);
 `_SyncObj__raftCommitIndex` (read; written back, as leader, to the synced part of a new commit
-index); `_SyncObj__onMessageReceived` (overridden, calling pysyncobj's) and
-`_SyncObj__raftNextIndex` (written back to the larger value there); `_applyCommand` (overridden:
+index, and on a snapshot chunk that installed nothing, to its value before);
+`_SyncObj__onMessageReceived` (overridden, calling pysyncobj's) and `_SyncObj__raftNextIndex`
+(written back to the larger value there); `_applyCommand` (overridden:
 the leader does not append a follower's entry of another build, answering it through
 `_SyncObj__transport`). `_poller` (its subscribe) carries the sync thread's wake-up pipe.
 `tests/test_raft.py` pins the version and checks each behaviour.
@@ -415,6 +420,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
 
     _SyncObj__sendAppendEntries: Callable[[], None]  # pysyncobj's, replaced on the instance
     _SyncObj__raftElectionDeadline: float  # pysyncobj's, on its own clock; moved by _load_dump and apply_batch
+    _SyncObj__raftCommitIndex: int  # pysyncobj's; held back by synced_commit_index and _SyncObj__onMessageReceived
 
     def __init__(
         self,
@@ -468,6 +474,8 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         # fields of the next keep-alive; an `allot_keepalive` received from a peer.
         self.on_outcomes: Callable[[list[Outcome]], None] = lambda _outcomes: None
         self.on_dump_installed: Callable[[], None] = lambda: None
+        self.dumps_loaded = 0  # dumps installed (or found current) by _load_dump, at start and from leaders
+        self.snapshot_commits_refused = 0  # see _SyncObj__onMessageReceived
         self.keepalive_payload: Callable[[], dict[str, Any]] = dict
         self.on_keepalive: Callable[[dict[str, Any]], None] = lambda _message: None
         conf.serializer = dump_writer.serialize
@@ -512,7 +520,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802 - pysyncobj's name
         """pysyncobj's message handler, except that an acknowledgement never moves a follower's
-        next index back.
+        next index back, and a snapshot chunk never moves the commit index (below).
 
         The leader sends AppendEntries optimistically: sending entries up to N sets the
         follower's next index to N + 1 at once. Its tick sends first and reads the sockets
@@ -529,6 +537,17 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         next_index: dict[Any, int] = self._SyncObj__raftNextIndex
         kept: int | None = None
         kind = message.get("type") if isinstance(message, dict) else None
+        # pysyncobj raises a follower's commit index towards the leader's on every
+        # AppendEntries, also on the snapshot path (no prevLogIdx), whose chunks never check
+        # this member's log against the leader's. A deposed leader whose log still ends in
+        # entries of its own term that never committed would mark them committed, apply them
+        # and answer their clients Ok before the snapshot replaced them: an acknowledged write
+        # that no replica keeps, its address free to be handed out again (code review,
+        # 2026-12-07, reproduced in tests/test_raft.py). Such a message may move the commit
+        # index only when it installed the dump: the log is then the leader's.
+        snapshot_path = kind == "append_entries" and "prevLogIdx" not in message
+        commit_before: int = self._SyncObj__raftCommitIndex
+        dumps_before = self.dumps_loaded
         if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
             kept = next_index.get(node)
         elif kind == "append_entries" and message.get("entries"):
@@ -538,6 +557,10 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             held_up_to = min(entries[-1][1], self._SyncObj__getCurrentLogIndex())
             self.resent_entries_received += max(0, held_up_to - entries[0][1] + 1)
         super()._SyncObj__onMessageReceived(node, message)
+        if snapshot_path and self.dumps_loaded == dumps_before and self._SyncObj__raftCommitIndex > commit_before:
+            self._SyncObj__raftCommitIndex = commit_before
+            self._SyncObj__raftLog.setRaftCommitIndex(commit_before)
+            self.snapshot_commits_refused += 1
         if kept is not None and node in next_index and next_index[node] < kept:
             next_index[node] = kept
             self.next_index_regressions_kept += 1
@@ -693,6 +716,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         message, which it is.
         """
         loaded = self._dump_writer.deserialize(path)
+        self.dumps_loaded += 1
         self.on_dump_installed()
         low, high = self._election_timeout_s
         # pysyncobj's own clock (CLOCK_MONOTONIC_RAW on Linux), not time.monotonic().

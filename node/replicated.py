@@ -706,6 +706,7 @@ class ReplicatedMember:
             "appendEntriesSent": self.raft.append_entries_sent,
             "repeatedAcksSkipped": self.raft.repeated_acks_skipped,
             "nextIndexRegressionsKept": self.raft.next_index_regressions_kept,
+            "snapshotCommitsRefused": self.raft.snapshot_commits_refused,
             "resentEntriesReceived": self.raft.resent_entries_received,
             "fencedEntriesRefused": self.raft.fenced_entries_refused,
             "forwardedEntriesRefused": self.raft.forwarded_entries_refused,
@@ -773,6 +774,11 @@ class ReplicationMetrics:
             "allot_raft_next_index_regressions_kept",
             "acknowledgements this member received as leader that would have moved a follower's next index back",
             value=raft.next_index_regressions_kept,
+        )
+        yield CounterMetricFamily(
+            "allot_raft_snapshot_commits_refused",
+            "snapshot chunks received as follower that would have moved the commit index over an unchecked log",
+            value=raft.snapshot_commits_refused,
         )
         yield CounterMetricFamily(
             "allot_raft_fenced_entries_refused",

@@ -855,3 +855,97 @@ def test_the_leader_does_not_append_a_followers_entry_of_another_build(
                 ] == ["forwarded", "own"]
         assert sum(member.raft.forwarded_entries_refused for member in members) == 2
         assert stops == []
+
+
+def claims_batch(names: Sequence[str], ts_offset_ms: int) -> bytes:
+    envelopes = [
+        encode_envelope(
+            Envelope(
+                "claim.create",
+                {"name": name, "spec": {"poolRef": "edge"}},
+                TENANT,
+                None,
+                1_767_225_600_000 + ts_offset_ms,
+            )
+        )
+        for name in names
+    ]
+    return encode_batch(envelopes, build=build_id(), proposer="test")
+
+
+def isolate(members: list[InProcessMember], cut_off: InProcessMember) -> Callable[[], None]:
+    """Drop every message to and from `cut_off` at the sender; the returned call heals it."""
+    isolated = {str(cut_off.raft.selfNode)}
+    for member in members:
+        transport = member.raft.allot_transport
+        assert transport is not None
+        send = transport.send
+
+        def dropping(node: Any, message: Any, send: Any = send, sender: InProcessMember = member) -> bool:
+            if isolated and (sender is cut_off or str(node) in isolated):
+                return True  # lost on the way
+            return bool(send(node, message))
+
+        transport.send = dropping  # type: ignore[method-assign]
+    return isolated.clear
+
+
+def test_a_deposed_leader_never_applies_its_uncommitted_entries_while_a_snapshot_arrives(tmp_path: Path) -> None:
+    """A leader cut off with an entry it could not commit; a new leader compacts its log past
+    that index; the old one comes back and is sent a snapshot in several chunks. pysyncobj
+    raised the commit index on each chunk over the old log, so the old leader applied its own
+    uncommitted entry and answered its client Ok: an acknowledged claim that no replica keeps
+    (code review, 2026-12-07). It must wait for the snapshot, and never answer Ok for it."""
+    with hand_ticked_members(tmp_path) as members:
+        old, new, third = members
+        leader = elect_first(members)
+        assert leader is old
+        first = Proposals(1)
+        old.raft.apply_batch(batch(0), callback=first.callback())
+        tick_until("the pool to commit", members, first.done.is_set)
+
+        heal = isolate(members, old)
+        ghost_answers = Proposals(1)
+        old.raft.apply_batch(claims_batch(["ghost"], 1), callback=ghost_answers.callback())
+        for _ in range(5):
+            old.raft.doTick(0.002)
+        ghost_index = old.raft.last_log_index()
+        assert old.raft.raftCommitIndex < ghost_index, "cut off: it cannot commit"
+
+        old.raft._SyncObj__raftElectionDeadline = time.monotonic() + 3600
+        new.raft._SyncObj__raftElectionDeadline = 0.0
+        tick_until("a new leader", [new, third], new.raft._isLeader)
+        # Enough state that the dump leaves in several chunks (64 KiB each).
+        later = Proposals(6)
+        for number in range(6):
+            names = [f"real-{number}-{k}" for k in range(800)]
+            new.raft.apply_batch(claims_batch(names, 2 + number), callback=later.callback())
+        tick_until("the new leader's writes to commit", [new, third], later.done.is_set)
+        new.raft.forceLogCompaction()
+        tick_until(
+            "the new leader to compact its log past the old one's entry",
+            [new, third],
+            lambda: new.raft._SyncObj__raftLog[0][1] > ghost_index + 1,
+        )
+
+        applied_indexes: list[int] = []
+        apply_entry = old.store.apply_entry
+
+        def recording(index: int, envelopes: Sequence[bytes]) -> Any:
+            applied_indexes.append(index)
+            return apply_entry(index, envelopes)
+
+        old.store.apply_entry = recording  # type: ignore[method-assign]
+        heal()
+        third.raft._SyncObj__raftElectionDeadline = time.monotonic() + 3600
+        tick_until(
+            "the old leader to catch up from the snapshot",
+            members,
+            lambda: old.store.applied_index >= new.store.applied_index and not old.raft._isLeader(),
+        )
+        assert ghost_index not in applied_indexes, "the old leader applied an entry that never committed"
+        assert not any(error == FAIL_REASON.SUCCESS for _, error in ghost_answers.results), ghost_answers.results
+        assert old.raft.snapshot_commits_refused > 0, "the snapshot did arrive in chunks"
+        for member in members:
+            with member.store.reader() as view:
+                assert not any(b"ghost" in key for key, _ in view.scan(b"", b"\xff" * 8))
