@@ -90,7 +90,7 @@ from pysyncobj.transport import TCPTransport
 
 from node.build_identity import build_id
 from node.config import Timing
-from node.store import LmdbStore, SnapshotError, pack_snapshot
+from node.store import LmdbStore, SnapshotError, pack_snapshot, verify_snapshot_stream
 from statemachine import Outcome
 from statemachine.context import Meta
 from statemachine.errors import CONFLICT, InvariantViolation, Rejected
@@ -251,10 +251,94 @@ def read_dump_header(path: Path) -> tuple[tuple[Any, ...], tuple[Any, ...], list
         magic = dump.read(len(_DUMP_MAGIC))
         if magic != _DUMP_MAGIC:
             raise SnapshotError(f"{path} is not an Allot dump (no dump written yet, or damaged)")
-        (length,) = struct.unpack(">I", dump.read(4))
-        header = cbor2.loads(dump.read(length))
-    last, previous = tuple(header["last"]), tuple(header["previous"])
-    return last, previous, list(header["cluster"]), len(_DUMP_MAGIC) + 4 + length
+        try:
+            (length,) = struct.unpack(">I", dump.read(4))
+            header = cbor2.loads(dump.read(length))
+            last, previous = tuple(header["last"]), tuple(header["previous"])
+            cluster = [str(member) for member in header["cluster"]]
+            if not isinstance(last[1], int) or not isinstance(previous[1], int):
+                raise TypeError("the entries' indexes are not integers")
+        except (struct.error, ValueError, TypeError, KeyError, IndexError, EOFError, cbor2.CBORDecodeError) as exc:
+            # A leader's dump that lost a chunk on the way has a damaged header as often as a
+            # damaged body: one error for both, which every caller handles.
+            raise SnapshotError(f"{path} has a damaged header: {type(exc).__name__}: {exc}") from None
+    return last, previous, cluster, len(_DUMP_MAGIC) + 4 + length
+
+
+# The dump file's second name: the last dump this member knows to be whole (one it wrote, or one
+# received and checked end to end). pysyncobj renames a dump received from the leader over the
+# dump file BEFORE the deserializer checks it, so a dump that lost a chunk on the way would
+# otherwise be the only one left: a member restarted then could not load it (code review,
+# 2026-12-07). With the second name, the whole one is put back.
+VERIFIED_SUFFIX = ".verified"
+
+
+def _verified_path(dump_path: Path) -> Path:
+    return dump_path.with_name(dump_path.name + VERIFIED_SUFFIX)
+
+
+def dump_is_verified(dump_path: Path) -> bool:
+    """The dump file is the one last known whole (its second name is the same file)."""
+    verified = _verified_path(dump_path)
+    try:
+        return os.path.samefile(dump_path, verified)
+    except OSError:
+        return False
+
+
+def mark_dump_verified(dump_path: Path) -> None:
+    """Give the dump file, now known whole, its second name; durably, with the file's own data."""
+    verified = _verified_path(dump_path)
+    link = verified.with_name(verified.name + ".tmp")
+    _fsync_path(dump_path)
+    link.unlink(missing_ok=True)
+    os.link(dump_path, link)
+    os.replace(link, verified)
+    _fsync_path(dump_path.parent)
+
+
+def restore_verified_dump(dump_path: Path) -> bool:
+    """Put the last dump known whole back over the dump file; False if there is none to put back."""
+    verified = _verified_path(dump_path)
+    if not verified.exists() or dump_is_verified(dump_path):
+        return False
+    restoring = dump_path.with_name(dump_path.name + ".restore")
+    restoring.unlink(missing_ok=True)
+    os.link(verified, restoring)
+    os.replace(restoring, dump_path)
+    _fsync_path(dump_path.parent)
+    return True
+
+
+def check_dump(dump_path: Path) -> tuple[tuple[Any, ...], tuple[Any, ...], list[str], int]:
+    """`read_dump_header`, after reading the whole dump and checking its snapshot's checksum."""
+    header = read_dump_header(dump_path)
+    with open(dump_path, "rb") as dump:
+        dump.seek(header[3])
+        verify_snapshot_stream(dump)
+    return header
+
+
+def recover_dump(dump_path: Path) -> None:
+    """At start, before pysyncobj or repair_journal reads the dump: one not known whole (a
+    leader's, renamed in before a crash let it be checked; or one from a build before the
+    second name) is checked end to end. A damaged one is replaced by the last whole one, or, if
+    there is none, set aside (`dump.damaged`): pysyncobj then starts from the journal alone,
+    and the leader sends a snapshot if the journal does not reach back far enough."""
+    if not dump_path.exists() or dump_is_verified(dump_path):
+        return
+    try:
+        check_dump(dump_path)
+    except (SnapshotError, OSError) as exc:
+        if restore_verified_dump(dump_path):
+            log.error("the dump failed its check (%s): put back the last whole dump", exc)
+        else:
+            damaged = dump_path.with_name(dump_path.name + ".damaged")
+            os.replace(dump_path, damaged)
+            _fsync_path(dump_path.parent)
+            log.error("the dump failed its check (%s) and no whole one is kept: set it aside as %s", exc, damaged)
+        return
+    mark_dump_verified(dump_path)
 
 
 def repair_journal(journal_path: Path, dump_path: Path) -> None:
@@ -268,7 +352,7 @@ def repair_journal(journal_path: Path, dump_path: Path) -> None:
         return
     try:
         _, previous, _, _ = read_dump_header(dump_path)
-    except (SnapshotError, OSError, ValueError, KeyError, struct.error):
+    except (SnapshotError, OSError):
         return  # no usable dump: pysyncobj replays the whole journal
     journal = FileJournal(str(journal_path))
     try:
@@ -349,6 +433,7 @@ class DumpWriter:
                 os.fsync(out.fileno())
             os.replace(new_path, self._dump_path)
             _fsync_path(self._dump_path.parent)
+            mark_dump_verified(self._dump_path)
             # pysyncobj renamed tmp_path (our hard link to the previous dump) over the dump file;
             # POSIX makes that rename a no-op when both names are one file, so tmp_path stayed,
             # and now it alone keeps the previous dump's blocks on disk (a whole dump: 100+ MB
@@ -375,13 +460,30 @@ class DumpWriter:
         return int(state)
 
     def deserialize(self, path: str) -> tuple[Any, Any, Any]:
-        """pysyncobj's deserializer: install the dump's state if ours is older; return its entries."""
-        last, previous, cluster, offset = read_dump_header(Path(path))
-        if int(last[1]) > self._store.applied_index:
-            with open(path, "rb") as dump:
-                dump.seek(offset)
-                info = self._store.install_snapshot_stream(dump)
-            log.info("installed a snapshot at index %d (%d bytes)", info.applied_index, info.size_bytes)
+        """pysyncobj's deserializer: install the dump's state if ours is older; return its entries.
+
+        A dump not known whole (one just received from the leader) is checked end to end even
+        when its state is not newer than ours, and made durable before pysyncobj, told it
+        loaded, truncates the journal behind it. One that fails is replaced by the last whole
+        dump and the error raised: pysyncobj then logs it, keeps its journal as it was, and the
+        leader sends the snapshot again."""
+        dump_path = Path(path)
+        whole = dump_is_verified(dump_path)
+        try:
+            last, previous, cluster, offset = read_dump_header(dump_path)
+            if int(last[1]) > self._store.applied_index:
+                with open(dump_path, "rb") as dump:
+                    dump.seek(offset)
+                    info = self._store.install_snapshot_stream(dump)
+                log.info("installed a snapshot at index %d (%d bytes)", info.applied_index, info.size_bytes)
+            elif not whole:
+                check_dump(dump_path)
+        except (SnapshotError, OSError) as exc:
+            if not whole and restore_verified_dump(dump_path):
+                log.error("a received dump failed its check (%s): put back the last whole dump", exc)
+            raise
+        if not whole:
+            mark_dump_verified(dump_path)
         return last, previous, set(cluster)
 
 

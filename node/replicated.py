@@ -48,7 +48,15 @@ from pysyncobj.syncobj import _RAFT_STATE
 from node.accelerate import build_state
 from node.config import MemberConfig
 from node.member import BuildsUnheardError, NoLeaderError, OutcomeUnknownError, OverloadedError, WritesPausedError
-from node.raft import AllotRaft, DumpWriter, batch_envelopes_max, encode_batch, raft_conf, repair_journal
+from node.raft import (
+    AllotRaft,
+    DumpWriter,
+    batch_envelopes_max,
+    encode_batch,
+    raft_conf,
+    recover_dump,
+    repair_journal,
+)
 from node.scheduling import HeartbeatTable, Planner, PodPlan, SchedulingTimers
 from node.store import open_replica_store
 from statemachine import Envelope, Outcome, Principal, encode_envelope, preview, queries
@@ -135,6 +143,7 @@ class ReplicatedMember:
                 torn,
             )
         journal_path, dump_path = raft_dir / "journal", raft_dir / "dump"
+        recover_dump(dump_path)  # before anything reads it
         repair_journal(journal_path, dump_path)
         self.dump_writer = DumpWriter(self.store, dump_path)
         conf = raft_conf(config.timing, config.secret(), config.raft_address, journal_path, dump_path)

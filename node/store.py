@@ -38,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import lmdb
 
@@ -275,6 +275,45 @@ def _write_packed_copy(
         out.sync(True)
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def _read_stream_header(source: IO[bytes]) -> tuple[bytes, int, int]:
+    """(the header's bytes, applied_index, data size) of a snapshot stream; SnapshotError if it is not one."""
+    header = source.read(_stream_header.size)
+    if len(header) != _stream_header.size:
+        raise SnapshotError("snapshot stream is shorter than its header")
+    magic, fmt, applied, size = _stream_header.unpack(header)
+    if magic != SNAPSHOT_MAGIC:
+        raise SnapshotError("not an Allot snapshot stream (bad magic)")
+    if fmt != STORE_FORMAT:
+        raise SnapshotError(f"snapshot stream has store format {fmt}; this build reads format {STORE_FORMAT}")
+    return header, int(applied), int(size)
+
+
+def _check_stream_end(source: IO[bytes], size: int, data_size: int, blob_hasher: Any) -> None:
+    """After a stream's data: all of it came, its checksum matches, and nothing follows."""
+    if data_size != size:
+        raise SnapshotError(f"snapshot stream is truncated: {data_size} of {size} data bytes")
+    if source.read(_stream_digest_bytes) != blob_hasher.digest():
+        raise SnapshotError("snapshot stream is corrupt: its SHA-256 does not match its contents")
+    if source.read(1):
+        raise SnapshotError("snapshot stream has bytes after its checksum")
+
+
+def verify_snapshot_stream(source: IO[bytes]) -> int:
+    """Read a blob made by `LmdbStore.write_snapshot_stream` to its end and check it as an
+    install would, keeping nothing: its applied_index, or SnapshotError."""
+    header, applied, size = _read_stream_header(source)
+    blob_hasher = hashlib.sha256(header)
+    data_size = 0
+    while data_size < size:
+        chunk = source.read(min(copy_chunk_bytes, size - data_size))
+        if not chunk:
+            break
+        blob_hasher.update(chunk)
+        data_size += len(chunk)
+    _check_stream_end(source, size, data_size, blob_hasher)
+    return applied
 
 
 class _Hasher(Protocol):
@@ -720,25 +759,13 @@ class LmdbStore:
     def install_snapshot_stream(self, source: IO[bytes]) -> SnapshotInfo:
         """Install a blob made by `write_snapshot_stream`, checked end to end before the swap."""
         self._require_env()
-        header = source.read(_stream_header.size)
-        if len(header) != _stream_header.size:
-            raise SnapshotError("snapshot stream is shorter than its header")
-        magic, fmt, applied, size = _stream_header.unpack(header)
-        if magic != SNAPSHOT_MAGIC:
-            raise SnapshotError("not an Allot snapshot stream (bad magic)")
-        if fmt != STORE_FORMAT:
-            raise SnapshotError(f"snapshot stream has store format {fmt}; this build reads format {STORE_FORMAT}")
+        header, applied, size = _read_stream_header(source)
         staging = self._directory / STAGING_FILE
         try:
             blob_hasher = hashlib.sha256(header)
             data_hasher = hashlib.sha256()
             data_size = _stage(source, size, staging, blob_hasher, data_hasher)
-            if data_size != size:
-                raise SnapshotError(f"snapshot stream is truncated: {data_size} of {size} data bytes")
-            if source.read(_stream_digest_bytes) != blob_hasher.digest():
-                raise SnapshotError("snapshot stream is corrupt: its SHA-256 does not match its contents")
-            if source.read(1):
-                raise SnapshotError("snapshot stream has bytes after its checksum")
+            _check_stream_end(source, size, data_size, blob_hasher)
             self._swap_in(staging, applied)
         except OSError as exc:
             raise SnapshotError(f"cannot install the snapshot stream: {exc}") from exc

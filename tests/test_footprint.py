@@ -269,7 +269,9 @@ def test_a_finished_dump_leaves_no_old_dump_behind(tmp_path: Path) -> None:
         _fill_more(store, 50)
         _dump_once(writer, dump_path, store.applied_index)  # the second links the first to .tmp
         assert dump_path.stat().st_ino != first
-        assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("dump")) == ["dump"]
+        names = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("dump"))
+        assert names == ["dump", "dump.verified"], names
+        assert os.path.samefile(dump_path, tmp_path / "dump.verified"), "its second name is the new dump's"
         last, _, cluster, _ = read_dump_header(dump_path)
         assert int(last[1]) == store.applied_index and cluster == ["m1"]
 

@@ -1,0 +1,126 @@
+"""A damaged dump never becomes this member's only dump (node/raft.py: DumpWriter, recover_dump).
+
+pysyncobj renames a dump received from the leader over the dump file before our deserializer
+checks it. A dump that lost a chunk on the way used to replace the member's own whole dump, and
+a member restarted then failed to start (`KeyError` reading the header). Now the last dump
+known whole keeps a second name (`dump.verified`): a received dump that fails its check is
+replaced by it, and at start a dump not known whole is checked first (code review, 2026-12-07).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from node.raft import DumpWriter, check_dump, dump_is_verified, read_dump_header, recover_dump
+from node.store import LmdbStore, SnapshotError
+from tests.test_footprint import _dump_once, _fill, _fill_more
+
+
+def _damaged_copies(dump_path: Path, directory: Path) -> dict[str, Path]:
+    """Copies of a whole dump as a lost chunk leaves one: cut in its header, cut in its body,
+    and a flipped byte in its body (a chunk delivered garbled)."""
+    data = dump_path.read_bytes()
+    _, _, _, offset = read_dump_header(dump_path)
+    middle = offset + (len(data) - offset) // 2
+    flipped = bytearray(data)
+    flipped[middle] ^= 0xFF
+    copies = {
+        "header cut": data[: offset - 3],
+        "body cut": data[:middle],
+        "byte flipped": bytes(flipped),
+        "header garbled": data[:12] + bytes(40) + data[52:],
+    }
+    paths = {}
+    for name, content in copies.items():
+        path = directory / name.replace(" ", "-")
+        path.write_bytes(content)
+        paths[name] = path
+    return paths
+
+
+def _received(dump_path: Path, damaged: Path) -> None:
+    """What pysyncobj does with a leader's dump once its last chunk is in: rename it over ours."""
+    staged = dump_path.with_name("dump.1.tmp")
+    shutil.copyfile(damaged, staged)
+    os.replace(staged, dump_path)
+
+
+@pytest.fixture
+def dumped(tmp_path: Path) -> tuple[LmdbStore, Path, DumpWriter]:
+    store = LmdbStore(tmp_path / "state", sync=False)
+    _fill(store, 200)
+    dump_path = tmp_path / "raft" / "dump"
+    dump_path.parent.mkdir()
+    writer = DumpWriter(store, dump_path)
+    _dump_once(writer, dump_path, store.applied_index)
+    return store, dump_path, writer
+
+
+def test_a_damaged_header_is_a_snapshot_error_not_a_crash(dumped: tuple[LmdbStore, Path, DumpWriter]) -> None:
+    store, dump_path, _ = dumped
+    with store:
+        for name, damaged in _damaged_copies(dump_path, dump_path.parent).items():
+            if "header" in name:
+                with pytest.raises(SnapshotError, match="damaged header"):
+                    read_dump_header(damaged)
+            with pytest.raises(SnapshotError):
+                check_dump(damaged)
+        assert check_dump(dump_path)[0] == read_dump_header(dump_path)[0], "a whole dump passes"
+
+
+def test_a_received_dump_that_fails_its_check_is_replaced_by_the_last_whole_one(
+    dumped: tuple[LmdbStore, Path, DumpWriter],
+) -> None:
+    store, dump_path, writer = dumped
+    with store:
+        whole = dump_path.read_bytes()
+        index = int(read_dump_header(dump_path)[0][1])
+        for name, damaged in _damaged_copies(dump_path, dump_path.parent).items():
+            _received(dump_path, damaged)
+            assert not dump_is_verified(dump_path)
+            with pytest.raises(SnapshotError):
+                writer.deserialize(str(dump_path))  # pysyncobj logs it and keeps its journal
+            assert dump_path.read_bytes() == whole, f"{name}: the whole dump is back"
+            assert dump_is_verified(dump_path)
+            assert store.applied_index == index, "and the store was not touched"
+
+        # A whole dump received from a leader (here: a newer one of our own state, copied)
+        # is checked, installed when newer, and becomes the dump known whole.
+        _fill_more(store, 20)
+        newer_store_dump = dump_path.with_name("newer")
+        _dump_once(writer, dump_path, store.applied_index)
+        shutil.copyfile(dump_path, newer_store_dump)
+        os.unlink(dump_path.with_name("dump.verified"))
+        _received(dump_path, newer_store_dump)
+        last, _, _ = writer.deserialize(str(dump_path))
+        assert int(last[1]) == store.applied_index and dump_is_verified(dump_path)
+
+
+def test_at_start_a_damaged_dump_is_replaced_or_set_aside(dumped: tuple[LmdbStore, Path, DumpWriter]) -> None:
+    store, dump_path, _ = dumped
+    with store:
+        whole = dump_path.read_bytes()
+        damaged = _damaged_copies(dump_path, dump_path.parent)
+        # Killed after pysyncobj renamed a damaged dump in and before it was checked.
+        _received(dump_path, damaged["header cut"])
+        recover_dump(dump_path)
+        assert dump_path.read_bytes() == whole and dump_is_verified(dump_path)
+        DumpWriter(store, dump_path)  # starts (it raised KeyError before)
+        recover_dump(dump_path)  # known whole: nothing to do
+        assert dump_path.read_bytes() == whole
+
+        # A dump from a build before the second name: checked once, then known whole.
+        os.unlink(dump_path.with_name("dump.verified"))
+        recover_dump(dump_path)
+        assert dump_is_verified(dump_path)
+
+        # Damaged with nothing whole to put back: set aside, so pysyncobj starts without it.
+        os.unlink(dump_path.with_name("dump.verified"))
+        _received(dump_path, damaged["byte flipped"])
+        recover_dump(dump_path)
+        assert not dump_path.exists()
+        assert dump_path.with_name("dump.damaged").read_bytes() == damaged["byte flipped"].read_bytes()
