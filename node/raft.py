@@ -1003,9 +1003,14 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self.observe_apply_s(time.monotonic() - started)
         if not self._isLeader():
             self._hold_election_timer()  # a long backlog is applied in one tick, not listening
-        if outcomes:
-            self.on_outcomes(outcomes)
-        self._on_applied(index)
+        try:
+            if outcomes:
+                self.on_outcomes(outcomes)
+            self._on_applied(index)
+        except Exception:
+            # The entry is applied and recorded with its index: a hook's failure (the event loop
+            # closing under it, say) must not take the outcomes from the clients waiting for them.
+            log.exception("a hook after applying log entry %d failed; the entry stays applied", index)
         return outcomes
 
     def last_log_index(self) -> int:

@@ -472,6 +472,8 @@ class ReplicatedMember:
 
     async def read_barrier(self, timeout_s: float) -> None:
         await self._proposable()
+        if len(self._pending.readers) >= pending_max:
+            raise OverloadedError("too many reads are waiting for a barrier; retry shortly")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.readers.append(future)
         self._kick()

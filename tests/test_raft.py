@@ -949,3 +949,20 @@ def test_a_deposed_leader_never_applies_its_uncommitted_entries_while_a_snapshot
         for member in members:
             with member.store.reader() as view:
                 assert not any(b"ghost" in key for key, _ in view.scan(b"", b"\xff" * 8))
+
+
+def test_a_failing_hook_after_apply_keeps_the_answer(tmp_path: Path) -> None:
+    """The entry is applied and recorded before the member's hooks run: one that raises (the
+    event loop closing under it) is logged, and the client still gets its outcome."""
+    with hand_ticked_members(tmp_path) as members:
+        leader = elect_first(members)
+
+        def broken_hook(_outcomes: Any) -> None:
+            raise RuntimeError("Event loop is closed")
+
+        leader.raft.on_outcomes = broken_hook
+        answers = Proposals(1)
+        leader.raft.apply_batch(batch(0), callback=answers.callback())
+        tick_until("the answer", members, answers.done.is_set)
+        ((outcomes, error),) = answers.results
+        assert error == FAIL_REASON.SUCCESS and isinstance(outcomes[0].result, Ok), answers.results
