@@ -80,6 +80,7 @@ EXIT_INTERRUPTED = 130
 duration_s_max = 24 * 3600.0
 workers_max = 64
 rate_max = 2000.0
+snapshot_entries_min = 50  # below this a member dumps more than it does anything else
 op_deadline_s_default = 10.0  # one client call, all attempts included
 attempt_timeout_s_default = 2.0
 recovery_bound_s_default = 30.0  # last heal -> a write acknowledged again
@@ -132,6 +133,10 @@ class ChaosOptions:
     step_budget: int = step_budget_default
     history_path: Path | None = None  # default: .allot-chaos/history-seed-N.jsonl
     keep_dir: bool = False
+    # Log entries between the members' dumps (None: the server's default, 5,000). A few hundred
+    # makes a member that was cut off, paused or killed catch up from the leader's snapshot
+    # rather than its log, exercising the snapshot paths under faults.
+    snapshot_entries: int | None = None
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.duration_s <= duration_s_max:
@@ -144,6 +149,8 @@ class ChaosOptions:
             raise ValueError("the attempt timeout must be positive and at most the operation deadline")
         if not self.faults:
             raise ValueError("name at least one fault kind")
+        if self.snapshot_entries is not None and self.snapshot_entries < snapshot_entries_min:
+            raise ValueError(f"--snapshot-entries must be at least {snapshot_entries_min}")
 
     @property
     def history_file(self) -> Path:
@@ -561,7 +568,7 @@ def run_chaos(options: ChaosOptions, out: TextIO = sys.stdout) -> ChaosReport:
     recorder = HistoryRecorder()
     stop = threading.Event()
     notes: list[str] = []
-    with Cluster(partitionable=True, keep_dir=options.keep_dir) as cluster:
+    with Cluster(partitionable=True, keep_dir=options.keep_dir, snapshot_entries=options.snapshot_entries) as cluster:
         say(f"cluster up in {cluster.base_dir} (leader {cluster.wait_for_leader()})")
         admin = _client(cluster, cluster.admin_token, options, options.seed)
         models = set_up(admin)
@@ -752,6 +759,13 @@ def build_parser(prog: str = "allot chaos") -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=100.0, help="operations per second, at most (default 100)")
     parser.add_argument("--history", type=Path, default=None, help="where to save the history (JSON lines)")
     parser.add_argument("--keep-dir", action="store_true", help="keep the cluster's directory (logs, data)")
+    parser.add_argument(
+        "--snapshot-entries",
+        type=int,
+        default=None,
+        help="log entries between the members' dumps (default: the server's, 5000); a few hundred makes members "
+        "that fell behind catch up from snapshots",
+    )
     return parser
 
 
@@ -765,6 +779,7 @@ def options_from(args: argparse.Namespace) -> ChaosOptions:
         rate=args.rate,
         history_path=args.history,
         keep_dir=args.keep_dir,
+        snapshot_entries=args.snapshot_entries,
     )
 
 

@@ -84,6 +84,8 @@ def test_bad_arguments_exit_2_with_what_to_fix(capsys: pytest.CaptureFixture[str
     assert runner.main(["--faults", "kill-leader,unplug"]) == runner.EXIT_USAGE
     assert "unknown fault 'unplug'" in capsys.readouterr().err
     assert runner.main(["--workers", "0"]) == runner.EXIT_USAGE
+    assert runner.main(["--snapshot-entries", "10"]) == runner.EXIT_USAGE
+    assert f"--snapshot-entries must be at least {runner.snapshot_entries_min}" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
         runner.main(["--seed", "seven"])
     assert exited.value.code == runner.EXIT_USAGE
