@@ -438,6 +438,9 @@ class Cluster:
         # Member id -> a source tree to run that member from, for tests of mixed builds; a
         # member not named here runs this checkout (REPO_ROOT). Read at each start.
         self.source_roots: dict[str, Path] = {}
+        # Member id -> environment variables for that member only (a wrong wall clock: node/clock.py).
+        # Read at each start.
+        self.member_env: dict[str, dict[str, str]] = {}
         pairs = size * (size - 1) // 2 if partitionable else 0
         ports = free_ports(2 * size + pairs)
         raft_and_proxy_ports = ports[: size + pairs]
@@ -565,7 +568,7 @@ class Cluster:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.source_roots.get(member_id, REPO_ROOT),  # `python -m` imports from here first
-                env=child_environment(),
+                env={**child_environment(), **self.member_env.get(member_id, {})},
                 start_new_session=True,  # a Ctrl-C of the test run is ours to handle, not theirs
             )
         register_process(member.process)

@@ -44,6 +44,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from node.accelerate import build_state
+from node.clock import wall_clock_ms
 from node.member import Member, MemberError, NoLeaderError, OutcomeUnknownError, OverloadedError, WritesPausedError
 from node.scheduling import PodPlan
 from node.tokens import TokenStore
@@ -967,7 +968,7 @@ class Api:
         # A dry run carries no request id: it must neither replay a real write's answer nor
         # be one (statemachine.preview).
         envelope_id = None if dry_run else request_id
-        envelope = Envelope(command_type, body, principal, envelope_id, time.time_ns() // 1_000_000)
+        envelope = Envelope(command_type, body, principal, envelope_id, wall_clock_ms())
         try:
             data = encode_envelope(envelope)
         except (ValueError, TypeError) as exc:  # nesting too deep, lone surrogates, ...

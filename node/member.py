@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from node.clock import wall_clock_ms
 from node.config import Timing
 from node.memstore import MemoryStore
-from node.scheduling import HeartbeatTable, Planner, PodPlan, SchedulingTimers, wall_clock_ms
+from node.scheduling import HeartbeatTable, Planner, PodPlan, SchedulingTimers
 from statemachine import Outcome, Principal, apply, preview
 from statemachine.context import Meta
 from statemachine.invariants import digest
@@ -59,6 +60,11 @@ class WritesPausedError(MemberError):
 class BuildsUnheardError(WritesPausedError):
     """No majority of the members was heard lately naming this member's build (it has just
     started, or its peers are silent): it proposes nothing yet."""
+
+
+class ClockSkewError(WritesPausedError):
+    """This member's wall clock disagrees with a majority's (node/clock.py): it proposes
+    nothing until it is corrected; stale reads still answer."""
 
 
 class OutcomeUnknownError(MemberError):

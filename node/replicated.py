@@ -46,8 +46,16 @@ from pysyncobj import FAIL_REASON
 from pysyncobj.syncobj import _RAFT_STATE
 
 from node.accelerate import build_state
+from node.clock import clock_agrees, clock_skew_max_ms, wall_clock_ms
 from node.config import MemberConfig
-from node.member import BuildsUnheardError, NoLeaderError, OutcomeUnknownError, OverloadedError, WritesPausedError
+from node.member import (
+    BuildsUnheardError,
+    ClockSkewError,
+    NoLeaderError,
+    OutcomeUnknownError,
+    OverloadedError,
+    WritesPausedError,
+)
 from node.raft import (
     AllotRaft,
     DumpWriter,
@@ -162,6 +170,9 @@ class ReplicatedMember:
         # member id -> (its build, time.monotonic() when its keep-alive said so); written on the
         # tick thread, read (a copy) by the loop's proposals. Bounded by the member ids.
         self._peer_builds: dict[str, tuple[str, float]] = {}
+        # member id -> (its wall clock in ms, time.monotonic() when its keep-alive said so); as
+        # _peer_builds (node/clock.py says why).
+        self._peer_clocks: dict[str, tuple[int, float]] = {}
         self._quiesced = False  # set by quiesce(): this member proposes nothing more
         self.timers = SchedulingTimers(
             self.planner,
@@ -286,7 +297,7 @@ class ReplicatedMember:
     def _keepalive_payload(self) -> dict[str, Any]:
         """Tick thread: this member's id and build, and the node heartbeats heard here since
         the last keep-alive."""
-        payload: dict[str, Any] = {"member": self.member_id, "build": self.raft.build_id}
+        payload: dict[str, Any] = {"member": self.member_id, "build": self.raft.build_id, "wallMs": wall_clock_ms()}
         sightings = self.heartbeats.take_outbox()
         if sightings:
             payload["sightings"] = sightings
@@ -297,6 +308,9 @@ class ReplicatedMember:
         if isinstance(sightings, list):
             self.heartbeats.record_forwarded(sightings)
         self._note_peer_build(message.get("member"), message.get("build"))
+        member, wall_ms = message.get("member"), message.get("wallMs")
+        if member in self.config.members and isinstance(wall_ms, int) and not isinstance(wall_ms, bool):
+            self._peer_clocks[member] = (wall_ms, time.monotonic())
 
     def _note_peer_build(self, member: Any, build: Any) -> None:
         """Remember the peer's build (`other_builds`), and say once per peer and build when it
@@ -398,6 +412,31 @@ class ReplicatedMember:
         )
         return 2 * same > len(self.config.members)
 
+    def peer_clock_offsets_ms(self) -> dict[str, int]:
+        """Each peer heard in the last `peer_build_fresh_s`: how far its wall clock is ahead of
+        this member's (negative: behind), estimated from its last keep-alive. Any thread."""
+        now_s, own_ms = time.monotonic(), wall_clock_ms()
+        return {
+            member: wall_ms + int((now_s - heard_at) * 1000) - own_ms
+            for member, (wall_ms, heard_at) in list(self._peer_clocks.items())
+            if now_s - heard_at <= peer_build_fresh_s
+        }
+
+    def _clock_check(self) -> None:
+        """Propose writes only while this member's clock agrees with a majority's (node/clock.py):
+        the time it stamps on them becomes the cluster's for good. Called after `_proposable`,
+        so a majority's keep-alives were heard lately. A read barrier's no-op is not checked:
+        the state machine answers a no-op before it reads the envelope's time."""
+        offsets = self.peer_clock_offsets_ms()
+        if clock_agrees(0, offsets, len(self.config.members)):
+            return
+        said = ", ".join(f"{member} {offset / 1000:+.1f} s" for member, offset in sorted(offsets.items()))
+        raise ClockSkewError(
+            f"member {self.member_id}'s clock disagrees with the other members' by more than "
+            f"{clock_skew_max_ms / 1000:g} s (their clocks against its own: {said or 'none heard'}): it takes "
+            "no writes, since the time it stamps on them becomes the cluster's; correct its clock (NTP)"
+        )
+
     def _refuses_forwarded_build(self, build: str | None) -> bool:
         """Tick thread, on the leader (`AllotRaft._applyCommand`): refuse a follower's entry of
         another build while a majority runs this member's, since every member of that majority
@@ -431,6 +470,7 @@ class ReplicatedMember:
 
     async def submit(self, envelope: bytes, timeout_s: float) -> Outcome:
         await self._proposable()
+        self._clock_check()  # writes only: a read barrier's no-op moves no clock
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._pending.envelopes.append(envelope)
         self._pending.writers.append(future)
@@ -445,6 +485,7 @@ class ReplicatedMember:
         one term wait together and leave as one entry (a rack going NotReady is one entry, not
         one per node), never with requests: the fence refuses the whole entry."""
         await self._proposable()
+        self._clock_check()
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         pending = self._leader_pending
         if pending is not None and pending.leader_term != leader_term:
@@ -538,7 +579,7 @@ class ReplicatedMember:
     def _propose(self, batch: _Batch) -> None:
         envelopes = batch.envelopes
         if not envelopes:  # only readers: one no-op entry is their barrier
-            noop = Envelope("noop", {}, _BARRIER_PRINCIPAL, None, time.time_ns() // 1_000_000)
+            noop = Envelope("noop", {}, _BARRIER_PRINCIPAL, None, wall_clock_ms())
             envelopes = [encode_envelope(noop)]
         loop = asyncio.get_running_loop()
         self.batches += 1
@@ -717,6 +758,7 @@ class ReplicatedMember:
             "appendEntriesSent": self.raft.append_entries_sent,
             "repeatedAcksSkipped": self.raft.repeated_acks_skipped,
             "nextIndexRegressionsKept": self.raft.next_index_regressions_kept,
+            "peerClockOffsetsMs": self.peer_clock_offsets_ms(),
             "snapshotCommitsRefused": self.raft.snapshot_commits_refused,
             "resentEntriesReceived": self.raft.resent_entries_received,
             "fencedEntriesRefused": self.raft.fenced_entries_refused,

@@ -58,6 +58,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from node.clock import wall_clock_ms
 from node.config import Timing
 from statemachine import keys, pods, priorities, quotas
 from statemachine.codec import Envelope, Principal, encode_envelope, loads
@@ -610,11 +611,6 @@ class NodeMonitor:
 
 
 Submit = Callable[[bytes, int], Awaitable[Any]]  # (envelope, the term the leader decided it in)
-
-
-def wall_clock_ms() -> int:
-    """This member's wall clock in ms, the clock envelopes carry (`Envelope.ts_ms`)."""
-    return time.time_ns() // 1_000_000
 
 
 class SchedulingTimers:

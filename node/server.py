@@ -19,6 +19,7 @@ from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
+from node.clock import wall_clock_offset_ns
 from node.config import (
     PARENT_ENV,
     ConfigError,
@@ -112,6 +113,7 @@ async def _stop_when_orphaned(parent_pid: int, stop: asyncio.Event) -> None:
 async def serve(config: MemberConfig) -> int | None:
     """Serve until stopped; returns the number of the signal that stopped it (None: orphaned)."""
     try:
+        wall_clock_offset_ns()  # a bad ALLOT_WALL_CLOCK_OFFSET_SECONDS is a ConfigError now, not at the first write
         tokens = TokenStore(config.token_file)
         member = ReplicatedMember(config)
     except (TokenFileError, StoreError) as exc:  # a bad token file, a data dir another member holds
