@@ -446,9 +446,11 @@ def events_after(
     limit: int = watch_events_max,
     field_selector: str | None = None,
     label_selector: str | None = None,
+    scan_max: int = list_scan_max,
 ) -> tuple[list[dict[str, Any]], int]:
     """Events with a revision above `revision`, of the given kinds (plural names), as the
     principal may see them; and the revision to resume from. `gone` when compacted away.
+    At most `limit` events, from at most `scan_max` event records.
     A field selector (pods only) keeps the events of matching pods, a label selector those of
     objects with matching labels (`_label_selected_event_type`)."""
     meta = Meta.load(view)
@@ -469,7 +471,7 @@ def events_after(
     events: list[dict[str, Any]] = []
     resume = revision
     for examined, (key, raw) in enumerate(view.scan(keys.event_key(revision + 1), keys.EVENT_END)):
-        if len(events) >= limit or examined >= list_scan_max:
+        if len(events) >= limit or examined >= scan_max:
             return events, resume  # whole revisions only, so a resumed watch never splits one
         resume = keys.event_revision(key)
         for event_type, kind, raw_object, *before in loads(raw):

@@ -8,12 +8,18 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 
+from node.http import Limits, build_app
+from node.member import LocalMember
 from node.server import MalformedRequestLogFilter, connection_idle_timeout_s, http_runner
+from node.tokens import TokenStore
+from tests.test_http import ACME, ADMIN, ROOT_POOL, TOKENS, auth, watch_url, write_tokens
 
 close_deadline_s = 10.0
 
@@ -117,6 +123,45 @@ def test_requests_the_http_parser_refuses_get_the_json_error_shape() -> None:
                 assert error["details"] == {}
             status, _, body = await _answer_to(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert (status, body) == (200, b"ok"), "a good request is served as before"
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(check())
+
+
+def test_a_closed_watch_frees_its_slot_before_its_next_heartbeat(tmp_path: Path) -> None:
+    """A waiting watch looks for its client having gone. The member's server, unlike aiohttp's
+    test server, does not cancel a handler whose client went away, and a quiet watch writes
+    only a heartbeat every 10 s, so closed streams kept their project's slots that long, and a
+    node agent that reconnects on each timeout locked its project out with 503s (QA,
+    2026-12-07). Served here as a member serves (http_runner), with heartbeats a minute apart."""
+
+    async def check() -> None:
+        write_tokens(tmp_path / "tokens.json", TOKENS)
+        limits = Limits(watch_heartbeat_s=60, watches_per_project_max=2, watch_gone_check_s=0.1)
+        app = build_app(LocalMember(), TokenStore(tmp_path / "tokens.json", reload_interval_s=0), limits=limits)
+        runner = http_runner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            async with aiohttp.ClientSession(base) as session:
+                async with session.post("/v1/ippools", json=ROOT_POOL, headers=auth(ADMIN)) as created:
+                    assert created.status == 201
+                for _ in range(2):
+                    # Its own session: its connection is closed on the way out.
+                    async with (
+                        aiohttp.ClientSession(base) as watcher,
+                        watcher.get(watch_url("ippools", 0), headers=auth(ACME)) as stream,
+                    ):
+                        assert json.loads(await stream.content.readline())["type"] == "ADDED"
+                async with asyncio.timeout(close_deadline_s):  # well before the next heartbeat
+                    while True:
+                        async with session.get(watch_url("ippools", 1, timeoutSeconds="1"), headers=auth(ACME)) as w:
+                            if w.status == 200:
+                                break
+                            assert w.status == 503
+                        await asyncio.sleep(0.05)
         finally:
             await runner.cleanup()
 
