@@ -28,12 +28,13 @@ import cbor2
 
 from statemachine.errors import invalid
 
-ENVELOPE_VERSION = 1
-envelope_bytes_max = 256 * 1024
-_nesting_depth_max = 16
+# Final: the compiled build reads these as constants, not from the module's dict (on every command).
+ENVELOPE_VERSION: Final = 1
+envelope_bytes_max: Final = 256 * 1024
+_nesting_depth_max: Final = 16
 
-ROLE_ADMIN = "admin"
-ROLE_MEMBER = "member"
+ROLE_ADMIN: Final = "admin"
+ROLE_MEMBER: Final = "member"
 
 
 def dumps(value: Any) -> bytes:
@@ -72,9 +73,6 @@ def _check_plain(value: Any, depth: int = 0) -> None:
     raise ValueError(f"values of type {type(value).__name__} are not allowed in a command")
 
 
-_plain_leaf_types = frozenset((str, int, bool, bytes, type(None)))
-
-
 def _in_canonical_order(value: Any) -> bool:
     """True when value is a map holding only plain items in which every map's keys are ASCII
     strings in canonical order (shorter first, then bytewise); False when unsure (floats,
@@ -82,30 +80,40 @@ def _in_canonical_order(value: Any) -> bool:
 
     For such a value, insertion-order CBOR (`dump_record`) and canonical CBOR are the same
     bytes: key order is the only thing canonical encoding changes for plain items. The walk
-    keeps its own stack, so no nesting depth can exhaust the interpreter's."""
+    keeps its own stack, so no nesting depth can exhaust the interpreter's. (Typed maps and
+    lists, and leaf types compared one by one, let the compiled build iterate and test them
+    without generic calls: it runs on every command.)"""
     if type(value) is not dict:
         return False
     stack: list[Any] = [value]
     while stack:
         item = stack.pop()
         if type(item) is dict:
+            mapping: dict[Any, Any] = item
             previous, previous_length = "", -1
-            for key in item:
-                if type(key) is not str or not key.isascii():
+            for key, child in mapping.items():
+                if type(key) is not str:
                     return False
-                length = len(key)
-                if length < previous_length or (length == previous_length and key <= previous):
+                name: str = key
+                if not name.isascii():
                     return False
-                previous, previous_length = key, length
-            children = item.values()
+                length = len(name)
+                if length < previous_length or (length == previous_length and name <= previous):
+                    return False
+                previous, previous_length = name, length
+                kind = type(child)
+                if kind is dict or kind is list:
+                    stack.append(child)
+                elif not (kind is str or kind is int or kind is bool or kind is bytes or child is None):
+                    return False
         else:
-            children = item
-        for child in children:
-            kind = type(child)
-            if kind is dict or kind is list:
-                stack.append(child)
-            elif kind not in _plain_leaf_types:
-                return False
+            items: list[Any] = item
+            for child in items:
+                kind = type(child)
+                if kind is dict or kind is list:
+                    stack.append(child)
+                elif not (kind is str or kind is int or kind is bool or kind is bytes or child is None):
+                    return False
     return True
 
 
@@ -217,14 +225,14 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return dumps(envelope.to_plain())
 
 
-_envelope_fields = {"v", "type", "body", "principal", "rid", "ts"}
+_envelope_fields: Final = {"v", "type", "body", "principal", "rid", "ts"}
 # Tenant names and request ids become parts of keys, and LMDB keys hold at most 511 bytes: so
 # org and project are DNS labels and request ids printable ASCII, both of bounded length.
-_tenant_name_pattern = re.compile(r"([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?")
-_principal_fields = {"name", "org", "project", "role"}
-request_id_chars_max = 128
-_request_id_pattern = re.compile(rf"[\x21-\x7e]{{1,{request_id_chars_max}}}")
-principal_field_chars_max = 128
+_tenant_name_pattern: Final = re.compile(r"([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?")
+_principal_fields: Final = {"name", "org", "project", "role"}
+request_id_chars_max: Final = 128
+_request_id_pattern: Final = re.compile(rf"[\x21-\x7e]{{1,{request_id_chars_max}}}")
+principal_field_chars_max: Final = 128
 
 
 def _string(value: Any, field_path: str, chars_max: int) -> str:
@@ -257,7 +265,7 @@ def _check_principal(name: Any, org: Any, project: Any, role: Any) -> Principal:
 # A cluster sees few distinct principals, and checking one (two patterns, four strings) is a
 # pure function of its strings: so the checked value is remembered. A refused principal raises
 # and is not cached. The cache is bounded and never iterated, so nothing leaks into results.
-_checked_principal = lru_cache(maxsize=1024)(_check_principal)
+_checked_principal: Final = lru_cache(maxsize=1024)(_check_principal)
 
 
 def decode_envelope(data: bytes) -> Envelope:
@@ -266,7 +274,8 @@ def decode_envelope(data: bytes) -> Envelope:
         plain = loads_strict(data)
     except (ValueError, cbor2.CBORDecodeError) as exc:
         raise invalid(f"undecodable command: {exc}") from None
-    if not isinstance(plain, dict) or set(plain) != _envelope_fields:
+    # A keys view compares with a set as a set does, without building one.
+    if not isinstance(plain, dict) or plain.keys() != _envelope_fields:
         raise invalid("envelope must be a map with exactly the fields v, type, body, principal, rid, ts")
     if type(plain["v"]) is not int or plain["v"] != ENVELOPE_VERSION:
         raise invalid(f"envelope version {plain['v']!r} is not supported (expected {ENVELOPE_VERSION})")
@@ -275,7 +284,7 @@ def decode_envelope(data: bytes) -> Envelope:
     if not isinstance(body, dict):
         raise invalid("body must be a map", "body")
     principal_plain = plain["principal"]
-    if not isinstance(principal_plain, dict) or set(principal_plain) != _principal_fields:
+    if not isinstance(principal_plain, dict) or principal_plain.keys() != _principal_fields:
         raise invalid("principal must be a map with exactly name, org, project, role", "principal")
     name, org = principal_plain["name"], principal_plain["org"]
     project, role = principal_plain["project"], principal_plain["role"]
