@@ -9,9 +9,9 @@ import netaddr
 
 from statemachine.errors import invalid
 
-IPV4 = "IPv4"
-IPV6 = "IPv6"
-FAMILY_BITS = {IPV4: 32, IPV6: 128}
+IPV4: Final = "IPv4"
+IPV6: Final = "IPv6"
+FAMILY_BITS: Final = {IPV4: 32, IPV6: 128}
 
 
 @dataclass(init=False, unsafe_hash=True, order=True)

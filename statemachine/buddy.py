@@ -24,19 +24,19 @@ Used keys order by address, for "who holds this address" and for the invariant c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from statemachine.addresses import FAMILY_BITS, Block
 from statemachine.errors import InvariantViolation
 from statemachine.view import Overlay, prefix_end
 
-FIRST_FIT = "first-fit"
-BEST_FIT = "best-fit"
-NEXT_FIT = "next-fit"
-STRATEGIES = (FIRST_FIT, BEST_FIT, NEXT_FIT)
-OWNER_RESERVED = b"reserved"
+FIRST_FIT: Final = "first-fit"
+BEST_FIT: Final = "best-fit"
+NEXT_FIT: Final = "next-fit"
+STRATEGIES: Final = (FIRST_FIT, BEST_FIT, NEXT_FIT)
+OWNER_RESERVED: Final = b"reserved"
 
-UID_BYTES = 10
+UID_BYTES: Final = 10
 
 
 @dataclass(init=False)

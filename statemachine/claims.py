@@ -24,7 +24,7 @@ never lands in one; only the platform admin's own claims may.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from statemachine import buddy, classes, keys, pools, relabel
 from statemachine.addresses import FAMILY_BITS, Block, check_not_ipv4_mapped, parse_address, parse_cidr
@@ -44,16 +44,16 @@ from statemachine.fields import check_labels, check_map, check_name, opt_choice,
 from statemachine.policy import RECLAIM_DELETE, RECLAIM_POLICIES, RECLAIM_RETAIN, check_length_allowed
 from statemachine.view import ReadView, prefix_end
 
-KIND = "IPClaim"
-ALLOCATION_KIND = "IPAllocation"
-DEFAULT_NAMESPACE = "default"
-PHASE_BOUND = "Bound"
-PHASE_RELEASED = "Released"
+KIND: Final = "IPClaim"
+ALLOCATION_KIND: Final = "IPAllocation"
+DEFAULT_NAMESPACE: Final = "default"
+PHASE_BOUND: Final = "Bound"
+PHASE_RELEASED: Final = "Released"
 
 class_pools_tried_max = 64  # pools of one class considered per claim: bounds the work of a claim
 
-_body_fields = ("name", "namespace", "labels", "spec")
-_spec_fields = ("poolRef", "className", "prefixLength", "address", "cidr", "reclaimPolicy")
+_body_fields: Final = ("name", "namespace", "labels", "spec")
+_spec_fields: Final = ("poolRef", "className", "prefixLength", "address", "cidr", "reclaimPolicy")
 
 
 def check_spec(value: Any) -> tuple[dict[str, Any], Block | None]:
@@ -619,11 +619,20 @@ def _decode(key: bytes, plain: list[Any]) -> dict[str, Any]:
     raise InvariantViolation(f"{key!r} is not a claim or allocation key")
 
 
-_metadata_fields = ["name", "namespace", "org", "project", "uid", "resourceVersion", "labels", "creationTimestamp"]
-_object_fields = ["kind", "metadata", "spec", "status"]
-_claim_status_fields = ["phase", "allocatedCIDR", "allocationRef", "pool", "className", "reclaimPolicy"]
-_allocation_spec_fields = ["pool", "cidr", "claimRef", "className", "reclaimPolicy"]
-_allocation_status_fields = ["phase"]
+_metadata_fields: Final = [
+    "name",
+    "namespace",
+    "org",
+    "project",
+    "uid",
+    "resourceVersion",
+    "labels",
+    "creationTimestamp",
+]
+_object_fields: Final = ["kind", "metadata", "spec", "status"]
+_claim_status_fields: Final = ["phase", "allocatedCIDR", "allocationRef", "pool", "className", "reclaimPolicy"]
+_allocation_spec_fields: Final = ["pool", "cidr", "claimRef", "className", "reclaimPolicy"]
+_allocation_status_fields: Final = ["phase"]
 
 
 class _NotStorable(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from statemachine import keys, relabel
 from statemachine.addresses import FAMILY_BITS
@@ -22,12 +22,12 @@ from statemachine.fields import check_labels, check_map, check_name, opt_bool, o
 from statemachine.policy import RECLAIM_DELETE, RECLAIM_POLICIES, check_allocation
 from statemachine.view import ReadView, prefix_end
 
-KIND = "IPClass"
-VISIBILITY_PLATFORM = "platform"
-VISIBILITY_RESTRICTED = "restricted"
+KIND: Final = "IPClass"
+VISIBILITY_PLATFORM: Final = "platform"
+VISIBILITY_RESTRICTED: Final = "restricted"
 
-_body_fields = ("name", "labels", "spec")
-_spec_fields = ("ipFamily", "allocation", "reclaimPolicy", "visibility", "allowedOrgs", "isDefault")
+_body_fields: Final = ("name", "labels", "spec")
+_spec_fields: Final = ("ipFamily", "allocation", "reclaimPolicy", "visibility", "allowedOrgs", "isDefault")
 
 
 def require_admin(principal: Principal, action: str) -> None:

@@ -27,7 +27,7 @@ address never disagree.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from statemachine import classes, keys, nodes, pods, priorities, quotas, relabel, scheduler
 from statemachine.context import ADDED, MODIFIED, Context
@@ -46,7 +46,7 @@ from statemachine.fields import check_map, check_name, check_node_name, opt_bool
 from statemachine.scheduler import Cluster
 from statemachine.view import prefix_end
 
-SCHEDULER_KIND = "SchedulerStatus"
+SCHEDULER_KIND: Final = "SchedulerStatus"
 
 # ---- quotas --------------------------------------------------------------------------------------
 

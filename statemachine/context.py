@@ -6,15 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from statemachine import keys
 from statemachine.codec import Envelope, dump_record, loads
 from statemachine.view import Overlay, ReadView
 
-ADDED = "ADDED"
-MODIFIED = "MODIFIED"
-DELETED = "DELETED"
+ADDED: Final = "ADDED"
+MODIFIED: Final = "MODIFIED"
+DELETED: Final = "DELETED"
 
 # An object's (record, event) encodings, for objects stored in a compact form (claims.py).
 Encoder = Callable[[dict[str, Any]], tuple[bytes, bytes]]

@@ -13,21 +13,21 @@ Two very different things can go wrong while applying a command:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 # The closed set of refusal codes. Clients map these to exceptions and HTTP statuses, so a
 # code is never renamed or reused for a different meaning.
-INVALID = "invalid"
-NOT_FOUND = "not_found"
-ALREADY_EXISTS = "already_exists"
-CONFLICT = "conflict"
-POOL_EXHAUSTED = "pool_exhausted"
-QUOTA_EXCEEDED = "quota_exceeded"
-UNSCHEDULABLE = "unschedulable"
-FORBIDDEN = "forbidden"
-GONE = "gone"
+INVALID: Final = "invalid"
+NOT_FOUND: Final = "not_found"
+ALREADY_EXISTS: Final = "already_exists"
+CONFLICT: Final = "conflict"
+POOL_EXHAUSTED: Final = "pool_exhausted"
+QUOTA_EXCEEDED: Final = "quota_exceeded"
+UNSCHEDULABLE: Final = "unschedulable"
+FORBIDDEN: Final = "forbidden"
+GONE: Final = "gone"
 
-REJECTION_CODES = (
+REJECTION_CODES: Final = (
     INVALID,
     NOT_FOUND,
     ALREADY_EXISTS,
@@ -70,7 +70,7 @@ def invalid(message: str, field_path: str | None = None, **details: Any) -> Reje
     return Rejected(INVALID, message, details)
 
 
-LABELS_PATCH_HINT = (
+LABELS_PATCH_HINT: Final = (
     "to change its labels, patch metadata.labels (PATCH the object, or `allot KIND label NAME KEY=VALUE`)"
 )
 

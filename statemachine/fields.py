@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 
 from statemachine.errors import invalid
 
@@ -19,10 +19,10 @@ label_value_chars_max = 63
 list_items_max = 64
 resource_version_digits_max = 18  # as the HTTP layer's query integers: fits a signed 64-bit integer
 
-_name_pattern = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_label_name_pattern = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+_name_pattern: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_label_name_pattern: Final = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 # A DNS-1123 subdomain: dot-separated DNS labels, as Kubernetes requires of a label key's prefix.
-_label_prefix_pattern = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_label_prefix_pattern: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _shown_chars_max = 80  # of a refused value, echoed in its message
 
 

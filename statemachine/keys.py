@@ -35,42 +35,42 @@ objects use the empty org and project, so they sort first within their kind.
 
 from __future__ import annotations
 
+from typing import Final
+
 from statemachine.addresses import IPV4, Block
 from statemachine.view import prefix_end
 
-META = b"meta"
-DEFAULT_CLASS = b"defaultclass"
-DEFAULT_PRIORITY_CLASS = b"defaultprc"
+# Final: the compiled build uses these as constants, never looked up in the module. Paths are
+# f-strings (no tuple of parts to join): keys are built several times on every command.
+META: Final = b"meta"
+DEFAULT_CLASS: Final = b"defaultclass"
+DEFAULT_PRIORITY_CLASS: Final = b"defaultprc"
 
-POOL = b"pool/"
-CLASS = b"class/"
-CLAIM = b"claim/"
-ALLOC = b"alloc/"
-ROOT = b"rt/"
-CLASS_INDEX = b"ci/"
-DEDUP = b"dd/"
-DEDUP_EXPIRY = b"dx/"
-EVENT = b"ev/"
-QUOTA = b"quota/"
-LEDGER = b"qu/"
-NODE = b"node/"
-NODE_STATE = b"nst/"
-POD = b"pod/"
-POD_BY_NODE = b"pbn/"
-QUEUE = b"pq/"
-SERVICE = b"svc/"
-SCHEDULER = b"sched"
-PRIORITY_CLASS = b"prc/"
-EVENT_END = prefix_end(EVENT)
-DEDUP_EXPIRY_END = prefix_end(DEDUP_EXPIRY)
-
-
-def _path(*parts: str) -> bytes:
-    return "/".join(parts).encode()
+POOL: Final = b"pool/"
+CLASS: Final = b"class/"
+CLAIM: Final = b"claim/"
+ALLOC: Final = b"alloc/"
+ROOT: Final = b"rt/"
+CLASS_INDEX: Final = b"ci/"
+DEDUP: Final = b"dd/"
+DEDUP_EXPIRY: Final = b"dx/"
+EVENT: Final = b"ev/"
+QUOTA: Final = b"quota/"
+LEDGER: Final = b"qu/"
+NODE: Final = b"node/"
+NODE_STATE: Final = b"nst/"
+POD: Final = b"pod/"
+POD_BY_NODE: Final = b"pbn/"
+QUEUE: Final = b"pq/"
+SERVICE: Final = b"svc/"
+SCHEDULER: Final = b"sched"
+PRIORITY_CLASS: Final = b"prc/"
+EVENT_END: Final = prefix_end(EVENT)
+DEDUP_EXPIRY_END: Final = prefix_end(DEDUP_EXPIRY)
 
 
 def pool_key(org: str, project: str, name: str) -> bytes:
-    return POOL + _path(org, project, name)
+    return POOL + f"{org}/{project}/{name}".encode()
 
 
 def pool_id(org: str, project: str, name: str) -> str:
@@ -80,11 +80,11 @@ def pool_id(org: str, project: str, name: str) -> str:
 
 
 def pool_scope_prefix(org: str, project: str) -> bytes:
-    return POOL + _path(org, project, "")
+    return POOL + f"{org}/{project}/".encode()
 
 
 def pool_org_prefix(org: str) -> bytes:
-    return POOL + _path(org, "")
+    return POOL + f"{org}/".encode()
 
 
 def class_key(name: str) -> bytes:
@@ -96,15 +96,15 @@ def priority_class_key(name: str) -> bytes:
 
 
 def claim_key(org: str, project: str, namespace: str, name: str) -> bytes:
-    return CLAIM + _path(org, project, namespace, name)
+    return CLAIM + f"{org}/{project}/{namespace}/{name}".encode()
 
 
 def alloc_key(org: str, project: str, namespace: str, name: str) -> bytes:
-    return ALLOC + _path(org, project, namespace, name)
+    return ALLOC + f"{org}/{project}/{namespace}/{name}".encode()
 
 
 def tenant_prefix(kind_prefix: bytes, org: str, project: str) -> bytes:
-    return kind_prefix + _path(org, project, "")
+    return kind_prefix + f"{org}/{project}/".encode()
 
 
 def split_path(key: bytes, kind_prefix: bytes) -> list[str]:
@@ -128,7 +128,7 @@ def class_index_key(class_name: str, pool: bytes) -> bytes:
 
 
 def dedup_key(org: str, project: str, request_id: str) -> bytes:
-    return DEDUP + _path(org, project, "") + request_id.encode()
+    return DEDUP + f"{org}/{project}/".encode() + request_id.encode()
 
 
 def dedup_expiry_key(ts_ms: int, dedup: bytes) -> bytes:
@@ -147,11 +147,11 @@ def event_revision(key: bytes) -> int:
 
 
 def quota_key(org: str, project: str) -> bytes:
-    return QUOTA + _path(org, project)
+    return QUOTA + f"{org}/{project}".encode()
 
 
 def ledger_key(org: str, project: str) -> bytes:
-    return LEDGER + _path(org, project)
+    return LEDGER + f"{org}/{project}".encode()
 
 
 def node_key(name: str) -> bytes:
@@ -163,11 +163,11 @@ def node_state_key(name: str) -> bytes:
 
 
 def pod_key(org: str, project: str, namespace: str, name: str) -> bytes:
-    return POD + _path(org, project, namespace, name)
+    return POD + f"{org}/{project}/{namespace}/{name}".encode()
 
 
 def service_key(org: str, project: str, namespace: str, name: str) -> bytes:
-    return SERVICE + _path(org, project, namespace, name)
+    return SERVICE + f"{org}/{project}/{namespace}/{name}".encode()
 
 
 def pods_on_node_prefix(node: str) -> bytes:

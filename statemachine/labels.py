@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from statemachine.errors import invalid
 from statemachine.fields import check_label_key, check_label_value
 
 selector_chars_max = 4096
-_set_pattern = re.compile(r"^\s*(\S+)\s+(in|notin)\s+\((.*)\)\s*$")
+_set_pattern: Final = re.compile(r"^\s*(\S+)\s+(in|notin)\s+\((.*)\)\s*$")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ affinity and list and watch selectors can use them, as in Kubernetes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from statemachine import buddy, keys, pools
 from statemachine.addresses import FAMILY_BITS, IPV4, Block
@@ -55,19 +55,19 @@ from statemachine.policy import check_length_allowed
 from statemachine.quotas import cpu_millis_max, memory_bytes_max
 from statemachine.view import ReadView, prefix_end
 
-KIND = "Node"
-NO_SCHEDULE = "NoSchedule"
-NO_EXECUTE = "NoExecute"
-TAINT_EFFECTS = (NO_SCHEDULE, NO_EXECUTE)
+KIND: Final = "Node"
+NO_SCHEDULE: Final = "NoSchedule"
+NO_EXECUTE: Final = "NoExecute"
+TAINT_EFFECTS: Final = (NO_SCHEDULE, NO_EXECUTE)
 # The taint Kubernetes puts on a node whose kubelet stopped reporting; pods that do not tolerate
 # it (effect NoExecute) are evicted after the leader's pod eviction timeout (node.evict_unready).
-UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
-ZONE_LABEL = "topology.kubernetes.io/zone"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
+UNREACHABLE_TAINT: Final = "node.kubernetes.io/unreachable"
+ZONE_LABEL: Final = "topology.kubernetes.io/zone"
+HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
 # Set at registration, from the node's name and spec.zone, as a kubelet sets them (and resets
 # them when it restarts): a patch may not change them (`builtin_labels`), and registration
 # refuses a zone label that disagrees with spec.zone (earlier builds took one).
-BUILTIN_LABELS = (HOSTNAME_LABEL, ZONE_LABEL)
+BUILTIN_LABELS: Final = (HOSTNAME_LABEL, ZONE_LABEL)
 
 node_pods_max = 1024  # capacity.pods ceiling: bounds the work of draining one node
 nodes_max = 10_000  # nodes per cluster: bounds a full scheduling search
@@ -76,15 +76,15 @@ default_pod_cidr_length = {IPV4: 24, "IPv6": 64}
 reason_chars_max = 256
 _fields_before_nominee_priority = 14  # scheduling records of earlier builds end at nominee_memory
 _fields_with_taint_eviction = 17  # records written since 318fcb3 (2026-12-07)
-UNTIMED = -1  # NodeState.taint_eviction_ms of a record of an earlier build: its pods are not timed
+UNTIMED: Final = -1  # NodeState.taint_eviction_ms of a record of an earlier build: its pods are not timed
 # pods.priority_max (pods imports this module): the priority a nomination recorded by an earlier
 # build is given, so that it keeps holding against every pod.
-EARLIER_NOMINEE_PRIORITY = (1 << 31) - 1
+EARLIER_NOMINEE_PRIORITY: Final = (1 << 31) - 1
 
-_body_fields = ("name", "labels", "spec")
-_spec_fields = ("capacity", "taints", "zone", "podPool", "podCIDRPrefixLength", "unschedulable")
-_capacity_fields = ("cpuMillis", "memoryBytes", "pods")
-_taint_fields = ("key", "value", "effect")
+_body_fields: Final = ("name", "labels", "spec")
+_spec_fields: Final = ("capacity", "taints", "zone", "podPool", "podCIDRPrefixLength", "unschedulable")
+_capacity_fields: Final = ("cpuMillis", "memoryBytes", "pods")
+_taint_fields: Final = ("key", "value", "effect")
 
 
 @dataclass(init=False)
@@ -319,9 +319,9 @@ def check_body(body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any
     return name, labels, spec
 
 
-_update_fields = ("name", "metadata", "spec")
-_update_metadata_fields = ("labels", "resourceVersion")
-_update_spec_fields = ("taints", "unschedulable")
+_update_fields: Final = ("name", "metadata", "spec")
+_update_metadata_fields: Final = ("labels", "resourceVersion")
+_update_spec_fields: Final = ("taints", "unschedulable")
 
 
 @dataclass(frozen=True)

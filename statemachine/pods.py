@@ -52,22 +52,22 @@ from statemachine.nodes import NO_EXECUTE, TAINT_EFFECTS
 from statemachine.quotas import check_requests
 from statemachine.view import ReadView
 
-KIND = "Pod"
-DEFAULT_NAMESPACE = "default"
-PHASE_PENDING = "Pending"
-PHASE_BOUND = "Bound"
+KIND: Final = "Pod"
+DEFAULT_NAMESPACE: Final = "default"
+PHASE_PENDING: Final = "Pending"
+PHASE_BOUND: Final = "Bound"
 # Every phase a pod can be in: queries refuses a field selector asking for any other.
-PHASES: tuple[str, ...] = (PHASE_PENDING, PHASE_BOUND)
-SPREAD = "spread"
-BINPACK = "binpack"
-POLICIES = (SPREAD, BINPACK)
-AFFINITY_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
-TOLERATION_OPERATORS = ("Equal", "Exists")
+PHASES: Final[tuple[str, ...]] = (PHASE_PENDING, PHASE_BOUND)
+SPREAD: Final = "spread"
+BINPACK: Final = "binpack"
+POLICIES: Final = (SPREAD, BINPACK)
+AFFINITY_OPERATORS: Final = ("In", "NotIn", "Exists", "DoesNotExist")
+TOLERATION_OPERATORS: Final = ("Equal", "Exists")
 priority_min = quotas.priority_min
 priority_max = quotas.priority_max
 
-_body_fields = ("name", "namespace", "labels", "spec", "plan")
-_spec_fields = (
+_body_fields: Final = ("name", "namespace", "labels", "spec", "plan")
+_spec_fields: Final = (
     "requests",
     "nodeSelector",
     "nodeAffinity",
@@ -76,8 +76,8 @@ _spec_fields = (
     "priorityClassName",
     "schedulingPolicy",
 )
-_expression_fields = ("key", "operator", "values")
-_toleration_fields = ("key", "operator", "value", "effect", "tolerationSeconds")
+_expression_fields: Final = ("key", "operator", "values")
+_toleration_fields: Final = ("key", "operator", "value", "effect", "tolerationSeconds")
 toleration_seconds_max = 31_536_000  # a year: how long a NoExecute taint may be tolerated, at most
 
 
@@ -224,7 +224,7 @@ def toleration_ms(spec: dict[str, Any], key: str, effect: str, default_ms: int, 
     return default_ms
 
 
-NOT_TOLERATED = -1  # no_execute_ms: the pod tolerates one of the taints not at all
+NOT_TOLERATED: Final = -1  # no_execute_ms: the pod tolerates one of the taints not at all
 
 
 def no_execute_ms(spec: dict[str, Any], rows: list[list[str]]) -> int | None:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from statemachine.buddy import FIRST_FIT, STRATEGIES
 from statemachine.errors import invalid
 from statemachine.fields import check_map, opt_choice, opt_int
 
-RECLAIM_DELETE = "Delete"
-RECLAIM_RETAIN = "Retain"
-RECLAIM_POLICIES = (RECLAIM_DELETE, RECLAIM_RETAIN)
+RECLAIM_DELETE: Final = "Delete"
+RECLAIM_RETAIN: Final = "Retain"
+RECLAIM_POLICIES: Final = (RECLAIM_DELETE, RECLAIM_RETAIN)
 
-_allocation_fields = ("minPrefixLength", "maxPrefixLength", "defaultPrefixLength", "strategy")
+_allocation_fields: Final = ("minPrefixLength", "maxPrefixLength", "defaultPrefixLength", "strategy")
 
 
 def check_allocation(value: Any, field_path: str, shortest: int, bits: int) -> dict[str, Any]:

@@ -59,7 +59,7 @@ IPv6 pool inside that range is refused, and one that contains it must list it in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from statemachine import buddy, classes, keys, relabel
 from statemachine.addresses import FAMILY_BITS, IPV4_MAPPED, IPV6, Block, overlap_size, parse_cidr, range_to_blocks
@@ -80,19 +80,19 @@ from statemachine.fields import check_labels, check_map, check_name, opt_choice,
 from statemachine.policy import check_allocation, check_length_allowed
 from statemachine.view import ReadView, prefix_end
 
-KIND = "IPPool"
-VISIBILITY_PLATFORM = "platform"
-VISIBILITY_CONSUMER = "consumer"
-VISIBILITY_SHARED = "shared"
-VISIBILITY_INTERNAL = "internal"
-VISIBILITIES = (VISIBILITY_PLATFORM, VISIBILITY_CONSUMER, VISIBILITY_SHARED, VISIBILITY_INTERNAL)
-PLATFORM_VISIBILITIES = (VISIBILITY_PLATFORM, VISIBILITY_INTERNAL)  # owned by the platform: no org/project
-DEFAULT_ADDRESS_SPACE = "default"
-PHASE_READY = "Ready"
-PHASE_EXHAUSTED = "Exhausted"
+KIND: Final = "IPPool"
+VISIBILITY_PLATFORM: Final = "platform"
+VISIBILITY_CONSUMER: Final = "consumer"
+VISIBILITY_SHARED: Final = "shared"
+VISIBILITY_INTERNAL: Final = "internal"
+VISIBILITIES: Final = (VISIBILITY_PLATFORM, VISIBILITY_CONSUMER, VISIBILITY_SHARED, VISIBILITY_INTERNAL)
+PLATFORM_VISIBILITIES: Final = (VISIBILITY_PLATFORM, VISIBILITY_INTERNAL)  # owned by the platform: no org/project
+DEFAULT_ADDRESS_SPACE: Final = "default"
+PHASE_READY: Final = "Ready"
+PHASE_EXHAUSTED: Final = "Exhausted"
 
-_body_fields = ("name", "labels", "spec")
-_spec_fields = (
+_body_fields: Final = ("name", "labels", "spec")
+_spec_fields: Final = (
     "cidr",
     "parentPool",
     "prefixLength",

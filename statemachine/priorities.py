@@ -14,7 +14,7 @@ existed); with a class, a priority it gives must equal the class's value.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from statemachine import keys
 from statemachine.classes import Unchangeable, create_unchangeable, require_platform_admin, update_unchangeable
@@ -25,12 +25,12 @@ from statemachine.fields import check_map, check_name, opt_bool, opt_int, opt_st
 from statemachine.quotas import priority_min
 from statemachine.view import ReadView
 
-KIND = "PriorityClass"
+KIND: Final = "PriorityClass"
 
 description_chars_max = 1024
 class_value_max = 1_000_000_000  # Kubernetes' HighestUserDefinablePriority
 
-_spec_fields = ("value", "globalDefault", "description")
+_spec_fields: Final = ("value", "globalDefault", "description")
 
 
 def check_spec(value: Any) -> dict[str, Any]:

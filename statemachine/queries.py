@@ -15,7 +15,7 @@ import binascii
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from statemachine import claims, classes, keys, nodes, pods, pools, priorities, quotas, services
 from statemachine.codec import Principal, loads
@@ -39,14 +39,14 @@ class Resource:
     tenant_scoped: bool  # claims, allocations, pods, services: keyed by the caller's org and project
 
 
-IPAM_RESOURCES = {
+IPAM_RESOURCES: Final = {
     "ippools": Resource("ippools", pools.KIND, keys.POOL, False),
     "ipclasses": Resource("ipclasses", classes.KIND, keys.CLASS, False),
     "ipclaims": Resource("ipclaims", claims.KIND, keys.CLAIM, True),
     "ipallocations": Resource("ipallocations", claims.ALLOCATION_KIND, keys.ALLOC, True),
 }
 # The scheduler's kinds, written by the commands in cluster.py.
-SCHEDULER_RESOURCES = {
+SCHEDULER_RESOURCES: Final = {
     "nodes": Resource("nodes", nodes.KIND, keys.NODE, False),
     "pods": Resource("pods", pods.KIND, keys.POD, True),
     "services": Resource("services", services.KIND, keys.SERVICE, True),
@@ -54,13 +54,13 @@ SCHEDULER_RESOURCES = {
     "priorityclasses": Resource("priorityclasses", priorities.KIND, keys.PRIORITY_CLASS, False),
 }
 # The kinds served over HTTP. node/http.py checks that its routes cover exactly these.
-RESOURCES = {**IPAM_RESOURCES, **SCHEDULER_RESOURCES}
-ALL_RESOURCES = RESOURCES
+RESOURCES: Final = {**IPAM_RESOURCES, **SCHEDULER_RESOURCES}
+ALL_RESOURCES: Final = RESOURCES
 _by_kind = {resource.kind: resource for resource in ALL_RESOURCES.values()}
 
 # Field selectors (`spec.nodeName=n1`, `status.phase=Pending`), per kind: so a node agent can
 # list and watch the pods bound to its node. An empty value matches an unset field.
-FIELD_SELECTORS = {
+FIELD_SELECTORS: Final = {
     pods.KIND: ("spec.nodeName", "status.phase"),
     # And claims and allocations by pool or class: what holds a pool that will not delete
     # ("still has N allocations"), or what a class handed out (exploratory testing, 2026-12-07).

@@ -22,7 +22,7 @@ tenant's pending pods (see scheduler.retry_after_quota).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from statemachine import classes, keys, pools
 from statemachine.codec import Principal, dump_record, loads
@@ -31,7 +31,7 @@ from statemachine.errors import CONFLICT, NOT_FOUND, QUOTA_EXCEEDED, Rejected, i
 from statemachine.fields import check_labels, check_map, check_name, list_items_max, opt_int, shown
 from statemachine.view import ReadView
 
-KIND = "Quota"
+KIND: Final = "Quota"
 
 cpu_millis_max = 1 << 40  # about a billion cores: an upper bound on any one number, not a policy
 memory_bytes_max = 1 << 60
@@ -41,11 +41,11 @@ count_max = 1 << 40
 priority_min = -(1 << 31)
 priority_max = (1 << 31) - 1
 
-SCALAR_LIMITS = ("cpuMillis", "memoryBytes", "pods", "services")
+SCALAR_LIMITS: Final = ("cpuMillis", "memoryBytes", "pods", "services")
 _limit_max = {"cpuMillis": cpu_millis_max, "memoryBytes": memory_bytes_max, "pods": count_max, "services": count_max}
-_body_fields = ("name", "labels", "spec")
-_spec_fields = (*SCALAR_LIMITS, "maxPriority", "addressesByClass", "addressesByPool", "defaultRequests")
-REQUEST_FIELDS = ("cpuMillis", "memoryBytes")
+_body_fields: Final = ("name", "labels", "spec")
+_spec_fields: Final = (*SCALAR_LIMITS, "maxPriority", "addressesByClass", "addressesByPool", "defaultRequests")
+REQUEST_FIELDS: Final = ("cpuMillis", "memoryBytes")
 
 
 @dataclass(init=False)

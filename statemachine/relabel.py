@@ -19,13 +19,13 @@ module checks the patch and computes the labels it leaves.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from statemachine.context import MODIFIED, Context
 from statemachine.errors import changed_since_read, invalid
 from statemachine.fields import check_labels, check_map, check_name, check_resource_version, labels_max
 
-_metadata_fields = ("labels", "resourceVersion")
+_metadata_fields: Final = ("labels", "resourceVersion")
 _fixed_parts = ("spec", "status")  # refused with a message of their own, not "unknown field"
 
 

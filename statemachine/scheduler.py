@@ -56,7 +56,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from statemachine import keys, nodes, pods, priorities, quotas
 from statemachine.addresses import format_address, parse_address
@@ -67,15 +67,15 @@ from statemachine.nodes import NodeState
 from statemachine.pods import BINPACK, PHASE_BOUND, PHASE_PENDING, SPREAD, Needs
 from statemachine.view import ReadView, prefix_end
 
-NOT_READY = "node not ready"
-CORDONED = "node cordoned"
-SELECTOR_MISMATCH = "node selector mismatch"
-AFFINITY_MISMATCH = "node affinity mismatch"
-UNTOLERATED_TAINT = "untolerated taint"
-TOO_MANY_PODS = "too many pods"
-INSUFFICIENT_CPU = "Insufficient cpu"
-INSUFFICIENT_MEMORY = "Insufficient memory"
-REASON_ORDER = (
+NOT_READY: Final = "node not ready"
+CORDONED: Final = "node cordoned"
+SELECTOR_MISMATCH: Final = "node selector mismatch"
+AFFINITY_MISMATCH: Final = "node affinity mismatch"
+UNTOLERATED_TAINT: Final = "untolerated taint"
+TOO_MANY_PODS: Final = "too many pods"
+INSUFFICIENT_CPU: Final = "Insufficient cpu"
+INSUFFICIENT_MEMORY: Final = "Insufficient memory"
+REASON_ORDER: Final = (
     NOT_READY,
     CORDONED,
     SELECTOR_MISMATCH,
@@ -85,10 +85,10 @@ REASON_ORDER = (
     INSUFFICIENT_CPU,
     INSUFFICIENT_MEMORY,
 )
-RESOURCE_REASONS = (TOO_MANY_PODS, INSUFFICIENT_CPU, INSUFFICIENT_MEMORY)
-REASON_UNSCHEDULABLE = "Unschedulable"
-REASON_QUOTA = "QuotaExceeded"
-REASON_EVICTED = "Evicted"
+RESOURCE_REASONS: Final = (TOO_MANY_PODS, INSUFFICIENT_CPU, INSUFFICIENT_MEMORY)
+REASON_UNSCHEDULABLE: Final = "Unschedulable"
+REASON_QUOTA: Final = "QuotaExceeded"
+REASON_EVICTED: Final = "Evicted"
 score_scale = 1000
 
 retry_heads_max = 32  # queue entries examined by one triggered retry
@@ -101,8 +101,8 @@ sweep_pods_max = 16  # full searches one scheduler.retry may ask for
 pending_pods_max = 100_000
 pending_pods_per_project_max = 10_000
 
-NODE_STATE_END = prefix_end(keys.NODE_STATE)
-QUEUE_END = prefix_end(keys.QUEUE)
+NODE_STATE_END: Final = prefix_end(keys.NODE_STATE)
+QUEUE_END: Final = prefix_end(keys.QUEUE)
 
 
 @dataclass

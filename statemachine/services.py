@@ -21,7 +21,7 @@ with room under the quota.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from statemachine import buddy, claims, classes, keys, pools, quotas, relabel
 from statemachine.addresses import FAMILY_BITS, Block, check_not_ipv4_mapped, format_address, parse_address
@@ -39,16 +39,16 @@ from statemachine.fields import check_labels, check_map, check_name, list_items_
 from statemachine.policy import check_length_allowed
 from statemachine.view import ReadView
 
-KIND = "Service"
-DEFAULT_NAMESPACE = "default"
-CLUSTER_IP = "ClusterIP"
-LOAD_BALANCER = "LoadBalancer"
-SERVICE_TYPES = (CLUSTER_IP, LOAD_BALANCER)
-PROTOCOLS = ("TCP", "UDP", "SCTP")
+KIND: Final = "Service"
+DEFAULT_NAMESPACE: Final = "default"
+CLUSTER_IP: Final = "ClusterIP"
+LOAD_BALANCER: Final = "LoadBalancer"
+SERVICE_TYPES: Final = (CLUSTER_IP, LOAD_BALANCER)
+PROTOCOLS: Final = ("TCP", "UDP", "SCTP")
 
-_body_fields = ("name", "namespace", "labels", "spec")
-_spec_fields = ("type", "poolRef", "className", "address", "ports")
-_port_fields = ("name", "port", "protocol")
+_body_fields: Final = ("name", "namespace", "labels", "spec")
+_spec_fields: Final = ("type", "poolRef", "className", "address", "ports")
+_port_fields: Final = ("name", "port", "protocol")
 
 
 def _check_ports(value: Any) -> list[dict[str, Any]]:
