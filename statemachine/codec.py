@@ -43,8 +43,84 @@ def dumps(value: Any) -> bytes:
 
 
 def dump_record(value: Any) -> bytes:
-    """Deterministic CBOR for stored records (see the module docstring)."""
+    """Deterministic CBOR for stored records (see the module docstring): what
+    `cbor2.dumps(value)` gives, byte for byte."""
+    parts: list[bytes] = []
+    if _encode_plain(value, parts, 0):
+        return b"".join(parts)
     return cbor2.dumps(value)
+
+
+# Records are small maps and lists of plain items, and cbor2's fixed cost per call and per
+# container (an ABC isinstance check for each list) was most of their encoding, which every
+# command pays several times over (docs/benchmarks.md). So dump_record writes the plain items
+# itself, as cbor2 writes them (maps in insertion order, shortest heads, no tags), and leaves
+# anything else (bignums, floats, other types, deep nesting) to cbor2: tests/test_codec.py
+# compares the two on generated values.
+_BYTE: Final = tuple(bytes((byte,)) for byte in range(256))
+_UINT64_END: Final = 1 << 64
+_plain_depth_max: Final = 32  # deeper values go to cbor2 (no record nests this deep)
+
+
+def _head(major: int, length: int) -> bytes:
+    """The head of a CBOR item of major type `major` (shifted) with argument `length` < 2^64."""
+    if length < 24:
+        return _BYTE[major | length]
+    if length < 0x100:
+        return _BYTE[major | 24] + _BYTE[length]
+    if length < 0x10000:
+        return _BYTE[major | 25] + length.to_bytes(2, "big")
+    if length < 0x100000000:
+        return _BYTE[major | 26] + length.to_bytes(4, "big")
+    return _BYTE[major | 27] + length.to_bytes(8, "big")
+
+
+def _encode_plain(value: Any, parts: list[bytes], depth: int) -> bool:
+    """Append value's CBOR to parts; False (parts then half-written) when it is not plain."""
+    kind = type(value)
+    if kind is str:
+        text: str = value
+        try:
+            encoded = text.encode()
+        except UnicodeEncodeError:  # a lone surrogate: cbor2 refuses it in its own words
+            return False
+        parts.append(_head(0x60, len(encoded)))
+        parts.append(encoded)
+    elif kind is int:
+        number: int = value
+        if number >= 0:
+            if number >= _UINT64_END:
+                return False  # a bignum: cbor2 tags it
+            parts.append(_head(0x00, number))
+        else:
+            if number < -_UINT64_END:
+                return False
+            parts.append(_head(0x20, -1 - number))
+    elif value is None:
+        parts.append(b"\xf6")
+    elif kind is bool:
+        parts.append(b"\xf5" if value else b"\xf4")
+    elif kind is bytes:
+        data: bytes = value
+        parts.append(_head(0x40, len(data)))
+        parts.append(data)
+    elif depth >= _plain_depth_max:
+        return False
+    elif kind is dict:
+        mapping: dict[Any, Any] = value
+        parts.append(_head(0xA0, len(mapping)))
+        for key, item in mapping.items():
+            if not _encode_plain(key, parts, depth + 1) or not _encode_plain(item, parts, depth + 1):
+                return False
+    elif kind is list:
+        items: list[Any] = value
+        parts.append(_head(0x80, len(items)))
+        for item in items:
+            if not _encode_plain(item, parts, depth + 1):
+                return False
+    else:
+        return False
+    return True
 
 
 def loads(data: bytes) -> Any:

@@ -841,3 +841,43 @@ def test_a_body_as_deep_as_encode_allows_decodes_on_either_path(key: str) -> Non
                 "pool.create", {"name": "x", "spec": _nested(codec._nesting_depth_max, key)}, ADMIN, None, BASE_TS_MS
             )
         )
+
+
+# ---- stored records: dump_record writes plain items itself, as cbor2 does -----------------------
+
+record_leaves = st.one_of(
+    plain_leaves,
+    st.integers(),  # bignums too: those go to cbor2
+    st.sampled_from(
+        [23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1, 2**64, -24, -25, -(2**64), -(2**64) - 1]
+    ),
+    st.text(min_size=20, max_size=300),  # heads of one and two bytes
+    st.binary(min_size=20, max_size=300),
+    st.floats(allow_nan=False),  # not plain: cbor2 writes the whole value
+    st.tuples(st.integers()),
+)
+record_values = st.recursive(
+    record_leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=30),
+        st.dictionaries(st.one_of(st.text(max_size=6), st.integers()), inner, max_size=30),
+    ),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=record_values)
+def test_dump_record_writes_what_cbor2_writes(value: Any) -> None:
+    assert codec.dump_record(value) == cbor2.dumps(value)
+
+
+def test_dump_record_leaves_deep_nesting_and_surrogates_to_cbor2() -> None:
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    assert codec.dump_record(deep) == cbor2.dumps(deep)
+    with pytest.raises(Exception) as refused:  # whatever cbor2 raises, dump_record raises
+        cbor2.dumps(["\ud800"])
+    with pytest.raises(refused.type):
+        codec.dump_record(["\ud800"])
