@@ -193,6 +193,12 @@ def parse_members(text: str) -> dict[str, str]:
         member, sep, address = item.partition("=")
         if not sep:
             raise ConfigError(f"member {item!r} must be id=host:port")
+        if member in members:
+            # Kept, the last address would win and the data directory would belong to a smaller
+            # cluster for good (QA, 2026-12-07).
+            raise ConfigError(
+                f"member {member} is listed twice ({members[member]} and {address}); list each member once"
+            )
         members[member] = address
     return members
 
@@ -346,14 +352,31 @@ def _load_identity(path: Path, raw: str) -> dict[str, Any]:
 
 def load_file(path: str | Path) -> dict[str, Any]:
     """A JSON config file with the same keys as the flags (memberId, members, http, dataDir, ...)."""
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # JSON leaves a key given twice to the reader, and Python's keeps the last: a member
+        # listed twice would silently make a smaller cluster.
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise ConfigError(f"config file {path} gives {key!r} twice; give it once")
+            seen[key] = value
+        return seen
+
     try:
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(Path(path).read_text(), object_pairs_hook=unique_keys)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
     allowed = {"memberId", "members", "http", "dataDir", "secretFile", "tokenFile"}
     allowed |= {config_key for _, config_key in TIMING_FLAGS.values()}
-    if not isinstance(raw, dict) or not set(raw) <= allowed:
+    if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must be a JSON object with keys among {', '.join(sorted(allowed))}")
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"config file {path} has unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"the keys are {', '.join(sorted(allowed))}"
+        )
     return raw

@@ -110,8 +110,11 @@ def check_labels(value: Any, field_path: str) -> dict[str, str]:
     return dict(sorted(value.items()))
 
 
-def check_map(value: Any, field_path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-    """A map whose keys are all in allowed. Unknown fields are refused, never ignored."""
+def check_map(
+    value: Any, field_path: str, allowed: tuple[str, ...], named: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """A map whose keys are all in allowed. Unknown fields are refused, never ignored, with the
+    allowed ones named (`named` instead, when some are not the caller's to give)."""
     if value is None:
         return {}
     where = field_path or "body"
@@ -120,7 +123,7 @@ def check_map(value: Any, field_path: str, allowed: tuple[str, ...]) -> dict[str
     for key in value:
         if key not in allowed:
             raise invalid(
-                f"{where} has unknown field {key!r}; allowed: {', '.join(allowed)}",
+                f"{where} has unknown field {key!r}; allowed: {', '.join(allowed if named is None else named)}",
                 f"{field_path}.{key}" if field_path else key,
             )
     return value

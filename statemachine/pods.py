@@ -66,7 +66,8 @@ TOLERATION_OPERATORS: Final = ("Equal", "Exists")
 priority_min = quotas.priority_min
 priority_max = quotas.priority_max
 
-_body_fields: Final = ("name", "namespace", "labels", "spec", "plan")
+_client_body_fields: Final = ("name", "namespace", "labels", "spec")
+_body_fields: Final = (*_client_body_fields, "plan")
 _spec_fields: Final = (
     "requests",
     "nodeSelector",
@@ -275,7 +276,9 @@ def check_body(
 ) -> tuple[str, str, dict[str, str], dict[str, Any], tuple[str, ...], bool, str | None]:
     """(name, namespace, labels, spec, the requests it gave, whether it gave its priority,
     planned node) of a pod.create body."""
-    check_map(body, "", _body_fields)
+    # `plan` is the proposing member's (its placement), which the HTTP layer refuses from a
+    # client: the message names only what a client may give (QA, 2026-12-07).
+    check_map(body, "", _body_fields, _client_body_fields)
     name = check_name(body.get("name"), "name")
     namespace = check_name(body.get("namespace", DEFAULT_NAMESPACE), "namespace")
     labels = check_labels(body.get("labels"), "labels")

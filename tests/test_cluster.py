@@ -818,6 +818,14 @@ def test_serve_configuration_errors(tmp_path: Path, serve_files: tuple[Path, Pat
         "secretFile": str(secret),
         "tokenFile": str(tokens),
     }
+
+    def duplicate_key_file() -> list[str]:
+        path = tmp_path / "twice.json"
+        listed = [f'"{member}": "{address}"' for member, address in members.items()] + ['"m2": "127.0.0.1:1"']
+        rest = {key: value for key, value in from_file.items() if key != "members"}
+        path.write_text(json.dumps({**rest, "memberId": "m1"})[:-1] + f', "members": {{{", ".join(listed)}}}}}')
+        return [sys.executable, "-m", "node.cli", "serve", "--config", str(path)]
+
     bad_tokens = tmp_path / "bad-tokens.json"
     bad_tokens.write_text("{bad")
     not_a_dir = tmp_path / "not-a-dir"
@@ -849,7 +857,13 @@ def test_serve_configuration_errors(tmp_path: Path, serve_files: tuple[Path, Pat
         ),
         ("missing secret file", serve("m1", secret_file=tmp_path / "absent.secret"), "absent.secret"),
         ("--config: the file is read", config_file("m4.json", from_file), "this member (m4) is not in the member list"),
-        ("--config: unknown key", config_file("bad.json", {**from_file, "peers": []}), "keys among"),
+        ("--config: unknown key", config_file("bad.json", {**from_file, "peers": []}), "unknown key peers; the keys"),
+        (
+            "a member listed twice",
+            [*without(serve("m1"), "--members"), "--members", f"m1={members['m1']},m2={members['m2']},m2=127.0.0.1:1"],
+            f"member m2 is listed twice ({members['m2']} and 127.0.0.1:1)",
+        ),
+        ("--config: a key given twice", duplicate_key_file(), "gives 'm2' twice"),
         (
             "--config: relative paths are relative to the file",
             config_file("relative.json", {**from_file, "memberId": "m1", "secretFile": "absent.secret"}),

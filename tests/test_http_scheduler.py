@@ -332,7 +332,8 @@ def test_pod_refusals_change_nothing(tmp_path: Path) -> None:
         await cluster(api, "n1")
         before = api.objects_digest()
         await api.error(400, "invalid", "POST", "/v1/pods", ACME, body={**pod("p"), "plan": {"nodeName": "n1"}})
-        await api.error(400, "invalid", "POST", "/v1/pods", ACME, body={**pod("p"), "extra": 1})
+        extra = await api.error(400, "invalid", "POST", "/v1/pods", ACME, body={**pod("p"), "extra": 1})
+        assert extra.body["error"]["message"].endswith("allowed: name, namespace, labels, spec"), extra.body
         await api.error(400, "invalid", "POST", "/v1/pods", ACME, body=pod("p", cpu="100"))  # type: ignore[arg-type]
         await api.error(400, "invalid", "POST", "/v1/pods", ACME, body=pod("p", cpu=-1))
         await api.error(400, "invalid", "POST", "/v1/pods", ACME, body={"name": "p", "spec": {"nodeName": "n1"}})
