@@ -372,8 +372,21 @@ def list_objects(
     list_revision = Meta.load(view).revision
     if continue_token:
         after, first_revision = decode_continue(continue_token, res)
-        if namespace is not None and after[len(res.prefix) :].split(b"/", 3)[2:3] != [namespace.encode()]:
+        key_parts = after[len(res.prefix) :].split(b"/", 3)
+        if namespace is not None and key_parts[2:3] != [namespace.encode()]:
             raise invalid(f"continue token belongs to a list of another namespace than {namespace}", "continue")
+        if (
+            res.tenant_scoped
+            and principal.has_tenant
+            and key_parts[:2]
+            != [
+                principal.org.encode(),
+                principal.project.encode(),
+            ]
+        ):
+            # Harmless (the list is the caller's own either way), but a token passed between
+            # tenants is a mistake to point out, not to answer with a first page (QA, 2026-12-07).
+            raise invalid("continue token belongs to another tenant's list", "continue")
         if first_revision is not None:
             # Never a revision this state has not reached: the token is not signed, and a stale
             # read on a member behind the one that served the first page is behind it too. A
