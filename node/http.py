@@ -93,6 +93,10 @@ class Limits:
     watch_scan_step: int = watch_scan_step
     watch_gone_check_s: float = watch_gone_check_s
 
+    def __post_init__(self) -> None:
+        if self.watch_scan_step < 1 or self.watch_gone_check_s <= 0:
+            raise ValueError("a watch reads at least one record a step, and looks for a gone client in a time > 0")
+
 
 # ---- the one error table -------------------------------------------------------------------
 

@@ -78,7 +78,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cbor2
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
@@ -245,31 +245,52 @@ def _write_dump_header(out: Any, last_entry: Any, previous_entry: Any, cluster: 
     out.write(_DUMP_MAGIC + struct.pack(">I", len(header)) + header)
 
 
-def read_dump_header(path: Path) -> tuple[tuple[Any, ...], tuple[Any, ...], list[str], int]:
+DumpHeader = tuple[tuple[Any, ...], tuple[Any, ...], list[str], int]
+
+
+def read_dump_header(path: Path) -> DumpHeader:
     """(last entry, previous entry, cluster, offset of the snapshot blob) of a dump file."""
     with open(path, "rb") as dump:
-        magic = dump.read(len(_DUMP_MAGIC))
-        if magic != _DUMP_MAGIC:
-            raise SnapshotError(f"{path} is not an Allot dump (no dump written yet, or damaged)")
-        try:
-            (length,) = struct.unpack(">I", dump.read(4))
-            header = cbor2.loads(dump.read(length))
-            last, previous = tuple(header["last"]), tuple(header["previous"])
-            cluster = [str(member) for member in header["cluster"]]
-            if not isinstance(last[1], int) or not isinstance(previous[1], int):
-                raise TypeError("the entries' indexes are not integers")
-        except (struct.error, ValueError, TypeError, KeyError, IndexError, EOFError, cbor2.CBORDecodeError) as exc:
-            # A leader's dump that lost a chunk on the way has a damaged header as often as a
-            # damaged body: one error for both, which every caller handles.
-            raise SnapshotError(f"{path} has a damaged header: {type(exc).__name__}: {exc}") from None
+        return _read_header(dump, path)
+
+
+def _read_header(dump: BinaryIO, path: Path) -> DumpHeader:
+    """`read_dump_header` of an open dump file, read from its start."""
+    dump.seek(0)
+    magic = dump.read(len(_DUMP_MAGIC))
+    if magic != _DUMP_MAGIC:
+        raise SnapshotError(f"{path} is not an Allot dump (no dump written yet, or damaged)")
+    try:
+        (length,) = struct.unpack(">I", dump.read(4))
+        header = cbor2.loads(dump.read(length))
+        last, previous = tuple(header["last"]), tuple(header["previous"])
+        cluster = [str(member) for member in header["cluster"]]
+        if not isinstance(last[1], int) or not isinstance(previous[1], int):
+            raise TypeError("the entries' indexes are not integers")
+    except (struct.error, ValueError, TypeError, KeyError, IndexError, EOFError, cbor2.CBORDecodeError) as exc:
+        # A leader's dump that lost a chunk on the way has a damaged header as often as a
+        # damaged body: one error for both, which every caller handles.
+        raise SnapshotError(f"{path} has a damaged header: {type(exc).__name__}: {exc}") from None
     return last, previous, cluster, len(_DUMP_MAGIC) + 4 + length
+
+
+def _check_body(dump: BinaryIO, path: Path, header: DumpHeader) -> None:
+    """Read an open dump's snapshot to its end and check its checksum, and that its state is
+    not past the entry its header names (the header is outside the checksum)."""
+    dump.seek(header[3])
+    applied = verify_snapshot_stream(dump)
+    if applied > int(header[0][1]):
+        raise SnapshotError(f"{path} holds state at index {applied} but its header says {header[0][1]}")
 
 
 # The dump file's second name: the last dump this member knows to be whole (one it wrote, or one
 # received and checked end to end). pysyncobj renames a dump received from the leader over the
 # dump file BEFORE the deserializer checks it, so a dump that lost a chunk on the way would
 # otherwise be the only one left: a member restarted then could not load it (code review,
-# 2026-12-07). With the second name, the whole one is put back.
+# 2026-12-07). With the second name, the whole one is put back. The name is only ever given to
+# the file that was checked or written (the writer's own file before it is renamed into place;
+# a checked file only if the new link is still that file), never to whatever the dump's path
+# names by then: the dump writer's thread and pysyncobj's tick thread both rename over it.
 VERIFIED_SUFFIX = ".verified"
 
 
@@ -277,24 +298,46 @@ def _verified_path(dump_path: Path) -> Path:
     return dump_path.with_name(dump_path.name + VERIFIED_SUFFIX)
 
 
+def _is_verified(dump: BinaryIO, dump_path: Path) -> bool:
+    """The open dump file is the one last known whole."""
+    try:
+        verified = os.stat(_verified_path(dump_path))
+    except OSError:
+        return False
+    own = os.fstat(dump.fileno())
+    return (own.st_dev, own.st_ino) == (verified.st_dev, verified.st_ino)
+
+
 def dump_is_verified(dump_path: Path) -> bool:
     """The dump file is the one last known whole (its second name is the same file)."""
-    verified = _verified_path(dump_path)
     try:
-        return os.path.samefile(dump_path, verified)
+        with open(dump_path, "rb") as dump:
+            return _is_verified(dump, dump_path)
     except OSError:
         return False
 
 
-def mark_dump_verified(dump_path: Path) -> None:
-    """Give the dump file, now known whole, its second name; durably, with the file's own data."""
+def _mark_verified(dump_path: Path, source: Path, same_as: BinaryIO | None = None) -> bool:
+    """Give `source`, known whole, the dump's second name, durably with the file's own data;
+    with `same_as`, only if `source` is still that open file (the one checked): False if not."""
     verified = _verified_path(dump_path)
     link = verified.with_name(verified.name + ".tmp")
-    _fsync_path(dump_path)
+    _fsync_path(source)
     link.unlink(missing_ok=True)
-    os.link(dump_path, link)
+    os.link(source, link)
+    if same_as is not None:
+        linked, checked = os.stat(link), os.fstat(same_as.fileno())
+        if (linked.st_dev, linked.st_ino) != (checked.st_dev, checked.st_ino):
+            link.unlink()  # another file was renamed over the path meanwhile: it is not marked
+            return False
     os.replace(link, verified)
     _fsync_path(dump_path.parent)
+    return True
+
+
+def _mark_open_verified(dump: BinaryIO, dump_path: Path) -> None:
+    if not _mark_verified(dump_path, dump_path, same_as=dump):
+        log.warning("the dump file changed while it was checked; the last whole dump keeps its name")
 
 
 def restore_verified_dump(dump_path: Path) -> bool:
@@ -310,12 +353,11 @@ def restore_verified_dump(dump_path: Path) -> bool:
     return True
 
 
-def check_dump(dump_path: Path) -> tuple[tuple[Any, ...], tuple[Any, ...], list[str], int]:
-    """`read_dump_header`, after reading the whole dump and checking its snapshot's checksum."""
-    header = read_dump_header(dump_path)
+def check_dump(dump_path: Path) -> DumpHeader:
+    """`read_dump_header`, after reading the whole dump and checking its snapshot."""
     with open(dump_path, "rb") as dump:
-        dump.seek(header[3])
-        verify_snapshot_stream(dump)
+        header = _read_header(dump, dump_path)
+        _check_body(dump, dump_path, header)
     return header
 
 
@@ -325,10 +367,14 @@ def recover_dump(dump_path: Path) -> None:
     second name) is checked end to end. A damaged one is replaced by the last whole one, or, if
     there is none, set aside (`dump.damaged`): pysyncobj then starts from the journal alone,
     and the leader sends a snapshot if the journal does not reach back far enough."""
-    if not dump_path.exists() or dump_is_verified(dump_path):
+    if not dump_path.exists():
         return
     try:
-        check_dump(dump_path)
+        with open(dump_path, "rb") as dump:
+            if _is_verified(dump, dump_path):
+                return
+            _check_body(dump, dump_path, _read_header(dump, dump_path))
+            _mark_open_verified(dump, dump_path)
     except (SnapshotError, OSError) as exc:
         if restore_verified_dump(dump_path):
             log.error("the dump failed its check (%s): put back the last whole dump", exc)
@@ -337,8 +383,6 @@ def recover_dump(dump_path: Path) -> None:
             os.replace(dump_path, damaged)
             _fsync_path(dump_path.parent)
             log.error("the dump failed its check (%s) and no whole one is kept: set it aside as %s", exc, damaged)
-        return
-    mark_dump_verified(dump_path)
 
 
 def repair_journal(journal_path: Path, dump_path: Path) -> None:
@@ -431,9 +475,9 @@ class DumpWriter:
                 pack_snapshot(staging, out)
                 out.flush()
                 os.fsync(out.fileno())
+            _mark_verified(self._dump_path, new_path)  # this file, whatever the dump's path names by then
             os.replace(new_path, self._dump_path)
             _fsync_path(self._dump_path.parent)
-            mark_dump_verified(self._dump_path)
             # pysyncobj renamed tmp_path (our hard link to the previous dump) over the dump file;
             # POSIX makes that rename a no-op when both names are one file, so tmp_path stayed,
             # and now it alone keeps the previous dump's blocks on disk (a whole dump: 100+ MB
@@ -468,22 +512,23 @@ class DumpWriter:
         dump and the error raised: pysyncobj then logs it, keeps its journal as it was, and the
         leader sends the snapshot again."""
         dump_path = Path(path)
-        whole = dump_is_verified(dump_path)
-        try:
-            last, previous, cluster, offset = read_dump_header(dump_path)
-            if int(last[1]) > self._store.applied_index:
-                with open(dump_path, "rb") as dump:
+        with open(dump_path, "rb") as dump:  # one file throughout: other threads rename over the path
+            whole = _is_verified(dump, dump_path)
+            try:
+                header = _read_header(dump, dump_path)
+                last, previous, cluster, offset = header
+                if int(last[1]) > self._store.applied_index:
                     dump.seek(offset)
                     info = self._store.install_snapshot_stream(dump)
-                log.info("installed a snapshot at index %d (%d bytes)", info.applied_index, info.size_bytes)
-            elif not whole:
-                check_dump(dump_path)
-        except (SnapshotError, OSError) as exc:
-            if not whole and restore_verified_dump(dump_path):
-                log.error("a received dump failed its check (%s): put back the last whole dump", exc)
-            raise
-        if not whole:
-            mark_dump_verified(dump_path)
+                    log.info("installed a snapshot at index %d (%d bytes)", info.applied_index, info.size_bytes)
+                elif not whole:
+                    _check_body(dump, dump_path, header)
+            except (SnapshotError, OSError) as exc:
+                if not whole and restore_verified_dump(dump_path):
+                    log.error("a received dump failed its check (%s): put back the last whole dump", exc)
+                raise
+            if not whole:
+                _mark_open_verified(dump, dump_path)
         return last, previous, set(cluster)
 
 
@@ -578,6 +623,9 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self.on_dump_installed: Callable[[], None] = lambda: None
         self.dumps_loaded = 0  # dumps installed (or found current) by _load_dump, at start and from leaders
         self.snapshot_commits_refused = 0  # see _SyncObj__onMessageReceived
+        self.failed_dump_acks_refused = 0  # see _durable_acknowledgement
+        self._receiving_dump = False  # inside the handling of a leader's snapshot message
+        self._received_dump_failed = False  # ... whose dump failed its check
         self.keepalive_payload: Callable[[], dict[str, Any]] = dict
         self.on_keepalive: Callable[[dict[str, Any]], None] = lambda _message: None
         conf.serializer = dump_writer.serialize
@@ -650,6 +698,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         snapshot_path = kind == "append_entries" and "prevLogIdx" not in message
         commit_before: int = self._SyncObj__raftCommitIndex
         dumps_before = self.dumps_loaded
+        self._receiving_dump, self._received_dump_failed = snapshot_path, False
         if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
             kept = next_index.get(node)
         elif kind == "append_entries" and message.get("entries"):
@@ -658,7 +707,10 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             entries = message["entries"]
             held_up_to = min(entries[-1][1], self._SyncObj__getCurrentLogIndex())
             self.resent_entries_received += max(0, held_up_to - entries[0][1] + 1)
-        super()._SyncObj__onMessageReceived(node, message)
+        try:
+            super()._SyncObj__onMessageReceived(node, message)
+        finally:
+            self._receiving_dump = self._received_dump_failed = False
         if snapshot_path and self.dumps_loaded == dumps_before and self._SyncObj__raftCommitIndex > commit_before:
             self._SyncObj__raftCommitIndex = commit_before
             self._SyncObj__raftLog.setRaftCommitIndex(commit_before)
@@ -817,7 +869,12 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         healthy leader. Restarting the timer here treats the install as part of handling that
         message, which it is.
         """
-        loaded = self._dump_writer.deserialize(path)
+        try:
+            loaded = self._dump_writer.deserialize(path)
+        except Exception:
+            if self._receiving_dump:
+                self._received_dump_failed = True  # its answer must not say success
+            raise
         self.dumps_loaded += 1
         self.on_dump_installed()
         low, high = self._election_timeout_s
@@ -834,7 +891,23 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         repeats the last one, see `SyncedTransport._repeats_recent_ack`): the leader hears from
         this member while its disk is slow, so it neither steps down nor counts unsynced
         entries. Everything up to the synced index is in this leader's log: pysyncobj appends
-        only after checking the entry before them against the leader's."""
+        only after checking the entry before them against the leader's.
+
+        The answer to a leader's dump that failed its check is a refusal instead: pysyncobj
+        answers success whether its load worked or not, naming this member's own log end, and
+        the leader would count this member for entries its log may hold from another term (a
+        deposed leader's own, the very member a snapshot is sent to): an entry committed on
+        that count could be held by the leader alone (code review, 2026-12-07). The refusal
+        names the committed prefix, which is the leader's, so the leader goes back there and
+        sends its entries, or its dump again."""
+        if self._received_dump_failed:
+            self.failed_dump_acks_refused += 1
+            return {
+                **message,
+                "success": False,
+                "reset": True,
+                "next_node_idx": int(self._SyncObj__raftCommitIndex) + 1,
+            }
         durable = self._durable_index()
         if int(message["next_node_idx"]) - 1 <= durable:
             return message

@@ -760,6 +760,7 @@ class ReplicatedMember:
             "nextIndexRegressionsKept": self.raft.next_index_regressions_kept,
             "peerClockOffsetsMs": self.peer_clock_offsets_ms(),
             "snapshotCommitsRefused": self.raft.snapshot_commits_refused,
+            "failedDumpAcksRefused": self.raft.failed_dump_acks_refused,
             "resentEntriesReceived": self.raft.resent_entries_received,
             "fencedEntriesRefused": self.raft.fenced_entries_refused,
             "forwardedEntriesRefused": self.raft.forwarded_entries_refused,
@@ -832,6 +833,11 @@ class ReplicationMetrics:
             "allot_raft_snapshot_commits_refused",
             "snapshot chunks received as follower that would have moved the commit index over an unchecked log",
             value=raft.snapshot_commits_refused,
+        )
+        yield CounterMetricFamily(
+            "allot_raft_failed_dump_acks_refused",
+            "leaders' dumps that failed their check here, answered as a refusal instead of pysyncobj's success",
+            value=raft.failed_dump_acks_refused,
         )
         yield CounterMetricFamily(
             "allot_raft_fenced_entries_refused",

@@ -9,13 +9,16 @@ replaced by it, and at start a dump not known whole is checked first (code revie
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from node.raft import DumpWriter, check_dump, dump_is_verified, read_dump_header, recover_dump
+from node import raft
+from node.raft import DumpWriter, _write_dump_header, check_dump, dump_is_verified, read_dump_header, recover_dump
 from node.store import LmdbStore, SnapshotError
 from tests.test_footprint import _dump_once, _fill, _fill_more
 
@@ -124,3 +127,61 @@ def test_at_start_a_damaged_dump_is_replaced_or_set_aside(dumped: tuple[LmdbStor
         recover_dump(dump_path)
         assert not dump_path.exists()
         assert dump_path.with_name("dump.damaged").read_bytes() == damaged["byte flipped"].read_bytes()
+
+
+def test_the_dump_writer_never_gives_the_verified_name_to_a_file_it_did_not_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dump writer's thread and pysyncobj's tick thread both rename files over the dump's
+    path: a leader's dump, damaged on the way, renamed in while the writer finished its own,
+    got the verified name, and nothing checked it again (code review, 2026-12-07)."""
+    with LmdbStore(tmp_path / "leader") as leader, LmdbStore(tmp_path / "follower") as follower:
+        _fill(leader, 50)
+        blob = io.BytesIO()
+        _write_dump_header(blob, (b"x", 10, 2), (b"y", 9, 2), ["a", "b", "c"])
+        leader.write_snapshot_stream(blob)
+        received = blob.getvalue()
+        damaged = received[: len(received) // 2] + received[len(received) // 2 + 4096 :]
+        raft_dir = tmp_path / "raft"
+        raft_dir.mkdir()
+        dump_path = raft_dir / "dump"
+        writer = DumpWriter(follower, dump_path)
+        fsync_path = raft._fsync_path
+        raced: list[str] = []
+
+        def racing_fsync(path: Path) -> None:
+            fsync_path(path)
+            if path == raft_dir and not raced:  # the tick thread's rename, at the worst moment
+                raced.append(str(path))
+                staged = dump_path.with_name("dump.1.tmp")
+                staged.write_bytes(damaged)
+                os.replace(staged, dump_path)
+
+        monkeypatch.setattr(raft, "_fsync_path", racing_fsync)
+        writer._write(follower.begin_snapshot(), (b"l", 1, 1), (b"p", 0, 1), ["a", "b", "c"], raft_dir / "dump.tmp")
+        monkeypatch.setattr(raft, "_fsync_path", fsync_path)
+        assert raced
+        assert not (dump_path.read_bytes() == damaged and dump_is_verified(dump_path))
+        recover_dump(dump_path)
+        check_dump(dump_path)  # whatever is there now is whole
+        assert dump_is_verified(dump_path)
+
+
+def test_a_dump_renamed_over_the_one_being_checked_is_not_marked(
+    dumped: tuple[LmdbStore, Path, DumpWriter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mark goes to the file that was checked, or to none."""
+    store, dump_path, writer = dumped
+    with store:
+        whole = dump_path.read_bytes()
+        damaged = _damaged_copies(dump_path, dump_path.parent)["byte flipped"]
+        os.unlink(dump_path.with_name("dump.verified"))
+        check_body = raft._check_body
+
+        def swapped_while_checked(dump: Any, path: Path, header: Any) -> None:
+            check_body(dump, path, header)
+            _received(dump_path, damaged)  # renamed in after the check, before the mark
+
+        monkeypatch.setattr(raft, "_check_body", swapped_while_checked)
+        writer.deserialize(str(dump_path))  # the checked file was whole: no error
+        assert dump_path.read_bytes() != whole and not dump_is_verified(dump_path), "the newcomer is not marked"

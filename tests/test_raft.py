@@ -966,3 +966,74 @@ def test_a_failing_hook_after_apply_keeps_the_answer(tmp_path: Path) -> None:
         tick_until("the answer", members, answers.done.is_set)
         ((outcomes, error),) = answers.results
         assert error == FAIL_REASON.SUCCESS and isinstance(outcomes[0].result, Ok), answers.results
+
+
+def test_a_dump_that_fails_its_check_is_answered_as_a_refusal(tmp_path: Path) -> None:
+    """pysyncobj answers a leader's dump with success whether it loaded or not, naming the
+    member's own log end. A deposed leader whose log ends in entries of its own term, sent a
+    dump that lost a chunk on the way, was then counted by the new leader for entries it does
+    not hold, and the new leader committed an entry it alone held (code review, 2026-12-07)."""
+    with hand_ticked_members(tmp_path) as members:
+        old, new, third = members
+        assert elect_first(members) is old
+        first = Proposals(1)
+        old.raft.apply_batch(batch(0), callback=first.callback())
+        tick_until("the pool to commit", members, first.done.is_set)
+
+        heal = isolate(members, old)
+        ghosts = Proposals(30)
+        for number in range(30):  # a long tail of entries that never commit
+            old.raft.apply_batch(claims_batch([f"ghost-{number}"], 1 + number), callback=ghosts.callback())
+            old.raft.doTick(0.002)
+        old.raft._SyncObj__raftElectionDeadline = time.monotonic() + 3600
+        new.raft._SyncObj__raftElectionDeadline = 0.0
+        tick_until("a new leader", [new, third], new.raft._isLeader)
+        later = Proposals(6)
+        for number in range(6):
+            names = [f"real-{number}-{k}" for k in range(800)]
+            new.raft.apply_batch(claims_batch(names, 100 + number), callback=later.callback())
+        tick_until("the new leader's writes to commit", [new, third], later.done.is_set)
+        new.raft.forceLogCompaction()
+        tick_until("the new leader to compact", [new, third], lambda: new.raft._SyncObj__raftLog[0][1] > 3)
+
+        transport = new.raft.allot_transport
+        assert transport is not None
+        send = transport.send
+        dropped: list[int] = []
+
+        def losing_a_chunk(node: Any, message: Any) -> bool:
+            if str(node) == str(old.raft.selfNode) and isinstance(message, dict) and message.get("serialized"):
+                _, is_first, is_last = message["serialized"]
+                if not is_first and not is_last and not dropped:
+                    dropped.append(1)
+                    return True  # lost on the way: the dump arrives damaged
+            return bool(send(node, message))
+
+        transport.send = losing_a_chunk  # type: ignore[method-assign]
+        failed_loads: list[str] = []
+        deserialize = old.raft._dump_writer.deserialize
+
+        def recording(path: str) -> tuple[Any, Any, Any]:
+            try:
+                return deserialize(path)
+            except Exception as exc:
+                failed_loads.append(repr(exc))
+                raise
+
+        old.raft._dump_writer.deserialize = recording  # type: ignore[method-assign]
+        heal()
+        third.raft._SyncObj__raftElectionDeadline = time.monotonic() + 3600
+        tick_until("the damaged dump to fail its check", members, lambda: bool(dropped and failed_loads))
+        for _ in range(5):  # the answer reaches the leader
+            for member in (old, new):
+                member.raft.doTick(0.002)
+        assert old.raft.failed_dump_acks_refused > 0
+        old_node = next(node for node in new.raft._SyncObj__raftMatchIndex if str(node) == str(old.raft.selfNode))
+        match = new.raft._SyncObj__raftMatchIndex[old_node]
+        assert match <= old.raft.raftCommitIndex, (match, old.raft.raftCommitIndex, old.raft.last_log_index())
+        # And once the dump comes whole, the old leader catches up and holds none of its ghosts.
+        transport.send = send  # type: ignore[method-assign]
+        tick_until("the old leader to catch up", members, lambda: old.store.applied_index >= new.store.applied_index)
+        assert not any(error == FAIL_REASON.SUCCESS for _, error in ghosts.results)
+        with old.store.reader() as view:
+            assert not any(b"ghost" in key for key, _ in view.scan(b"", b"\xff" * 8))
