@@ -48,7 +48,7 @@ from node.clock import wall_clock_ms
 from node.member import Member, MemberError, NoLeaderError, OutcomeUnknownError, OverloadedError, WritesPausedError
 from node.scheduling import PodPlan
 from node.tokens import TokenStore
-from statemachine import claims, nodes, queries, quotas
+from statemachine import Outcome, claims, nodes, queries, quotas
 from statemachine.codec import Envelope, Principal, encode_envelope
 from statemachine.context import Meta
 from statemachine.errors import GONE, Rejected
@@ -1001,26 +1001,14 @@ class Api:
         headers = {REQUEST_ID_HEADER: request_id, REVISION_HEADER: str(outcome.revision)}
         if outcome.replayed:
             headers[REPLAYED_HEADER] = "true"
-        result = outcome.result
-        if isinstance(result, Rejected):
-            error = from_rejected(result)
-            error.headers.update(headers)
-            raise error
-        return json_response(result.value, 201 if result.created else 200, headers)
+        return _write_answer(outcome, headers)
 
     async def _dry_run(self, data: bytes) -> web.StreamResponse:
         """The answer the write would get now, from this member's state once it has caught up
         with the leader's commit (as a linearizable read): nothing is proposed or kept, so a
         later write may be answered otherwise (another write came first)."""
         await self._catch_up("the dry run")
-        outcome = self.member.dry_run(data)
-        headers = {DRY_RUN_HEADER: DRY_RUN_ALL}
-        result = outcome.result
-        if isinstance(result, Rejected):
-            error = from_rejected(result)
-            error.headers.update(headers)
-            raise error
-        return json_response(result.value, 201 if result.created else 200, headers)
+        return _write_answer(self.member.dry_run(data), {DRY_RUN_HEADER: DRY_RUN_ALL})
 
     # -- watch --
 
@@ -1231,6 +1219,16 @@ class _WatchSelectors:
         return queries.events_after(
             view, principal, revision, kinds, limit, self.field_selector, self.label_selector, scan_max
         )
+
+
+def _write_answer(outcome: Outcome, headers: dict[str, str]) -> web.Response:
+    """A write's answer: 201 for a new object, 200 otherwise, or its refusal; with `headers`."""
+    result = outcome.result
+    if isinstance(result, Rejected):
+        error = from_rejected(result)
+        error.headers.update(headers)
+        raise error
+    return json_response(result.value, 201 if result.created else 200, headers)
 
 
 def _event_lines(events: list[dict[str, Any]]) -> bytes:

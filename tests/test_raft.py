@@ -890,6 +890,21 @@ def isolate(members: list[InProcessMember], cut_off: InProcessMember) -> Callabl
     return isolated.clear
 
 
+def elect_and_compact_past(old: InProcessMember, new: InProcessMember, third: InProcessMember, index: int) -> None:
+    """`new` leads with `third` while `old` is cut off, writes enough that its dump leaves in
+    several chunks (64 KiB each), and compacts its log past `index`."""
+    old.raft._SyncObj__raftElectionDeadline = time.monotonic() + 3600
+    new.raft._SyncObj__raftElectionDeadline = 0.0
+    tick_until("a new leader", [new, third], new.raft._isLeader)
+    later = Proposals(6)
+    for number in range(6):
+        names = [f"real-{number}-{k}" for k in range(800)]
+        new.raft.apply_batch(claims_batch(names, 100 + number), callback=later.callback())
+    tick_until("the new leader's writes to commit", [new, third], later.done.is_set)
+    new.raft.forceLogCompaction()
+    tick_until("the new leader to compact its log", [new, third], lambda: new.raft._SyncObj__raftLog[0][1] > index)
+
+
 def test_a_deposed_leader_never_applies_its_uncommitted_entries_while_a_snapshot_arrives(tmp_path: Path) -> None:
     """A leader cut off with an entry it could not commit; a new leader compacts its log past
     that index; the old one comes back and is sent a snapshot in several chunks. pysyncobj
@@ -912,21 +927,7 @@ def test_a_deposed_leader_never_applies_its_uncommitted_entries_while_a_snapshot
         ghost_index = old.raft.last_log_index()
         assert old.raft.raftCommitIndex < ghost_index, "cut off: it cannot commit"
 
-        old.raft._SyncObj__raftElectionDeadline = time.monotonic() + 3600
-        new.raft._SyncObj__raftElectionDeadline = 0.0
-        tick_until("a new leader", [new, third], new.raft._isLeader)
-        # Enough state that the dump leaves in several chunks (64 KiB each).
-        later = Proposals(6)
-        for number in range(6):
-            names = [f"real-{number}-{k}" for k in range(800)]
-            new.raft.apply_batch(claims_batch(names, 2 + number), callback=later.callback())
-        tick_until("the new leader's writes to commit", [new, third], later.done.is_set)
-        new.raft.forceLogCompaction()
-        tick_until(
-            "the new leader to compact its log past the old one's entry",
-            [new, third],
-            lambda: new.raft._SyncObj__raftLog[0][1] > ghost_index + 1,
-        )
+        elect_and_compact_past(old, new, third, ghost_index + 1)
 
         applied_indexes: list[int] = []
         apply_entry = old.store.apply_entry
@@ -985,16 +986,7 @@ def test_a_dump_that_fails_its_check_is_answered_as_a_refusal(tmp_path: Path) ->
         for number in range(30):  # a long tail of entries that never commit
             old.raft.apply_batch(claims_batch([f"ghost-{number}"], 1 + number), callback=ghosts.callback())
             old.raft.doTick(0.002)
-        old.raft._SyncObj__raftElectionDeadline = time.monotonic() + 3600
-        new.raft._SyncObj__raftElectionDeadline = 0.0
-        tick_until("a new leader", [new, third], new.raft._isLeader)
-        later = Proposals(6)
-        for number in range(6):
-            names = [f"real-{number}-{k}" for k in range(800)]
-            new.raft.apply_batch(claims_batch(names, 100 + number), callback=later.callback())
-        tick_until("the new leader's writes to commit", [new, third], later.done.is_set)
-        new.raft.forceLogCompaction()
-        tick_until("the new leader to compact", [new, third], lambda: new.raft._SyncObj__raftLog[0][1] > 3)
+        elect_and_compact_past(old, new, third, 3)
 
         transport = new.raft.allot_transport
         assert transport is not None
