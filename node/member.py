@@ -63,8 +63,8 @@ class BuildsUnheardError(WritesPausedError):
 
 
 class ClockSkewError(WritesPausedError):
-    """This member's wall clock disagrees with a majority's (node/clock.py): it proposes
-    nothing until it is corrected; stale reads still answer."""
+    """This member's wall clock disagrees with a majority's (node/clock.py): it proposes no
+    write until it is corrected; reads, linearizable ones included, still answer."""
 
 
 class OutcomeUnknownError(MemberError):
