@@ -1081,14 +1081,24 @@ class Api:
     ) -> tuple[bytes, int, int]:
         """(the first step's event lines, the revision they reach, the state's revision) of a
         watch from `start` (None: from now, no events)."""
+        if start is not None:
+            return self._read_step(principal, selectors, start, kinds)
         with self.member.reader() as view:
             current = Meta.load(view).revision
-            if start is None:
-                # Checked here too, so a bad selector is a 400 rather than an ERROR line later.
-                selectors.events_after(view, principal, current, kinds, limit=0)
-                return b"", current, current
-            events, revision = selectors.events_after(view, principal, start, kinds, self.limits.watch_scan_step)
-            return _event_lines(events), revision, current
+            # Checked here too, so a bad selector is a 400 rather than an ERROR line later.
+            selectors.events_after(view, principal, current, kinds, limit=0)
+        return b"", current, current
+
+    def _read_step(
+        self, principal: Principal, selectors: _WatchSelectors, revision: int, kinds: tuple[str, ...]
+    ) -> tuple[bytes, int, int]:
+        """One step of a watch after `revision`: (its event lines, encoded here since that is
+        part of the step's work, the revision they reach, the state's revision). `gone` when the
+        event log no longer reaches back to `revision`."""
+        with self.member.reader() as view:
+            current = Meta.load(view).revision
+            events, reached = selectors.events_after(view, principal, revision, kinds, self.limits.watch_scan_step)
+        return _event_lines(events), reached, current
 
     async def _refuse_unreached_revision(self, start: int) -> None:
         """Refuse a watch from a revision the cluster has not reached.
@@ -1182,18 +1192,13 @@ class Api:
                 await asyncio.sleep(0)  # catching up: the member's other requests go between steps
             final_line: bytes | None = None
             async with self._watch_reads:  # free at once unless other watches are reading
-                with self.member.reader() as view:
-                    current = Meta.load(view).revision
-                    try:
-                        events, revision = selectors.events_after(
-                            view, principal, revision, kinds, self.limits.watch_scan_step
-                        )
-                        lines = _event_lines(events)  # encoded here too: the work of one step
-                    except Rejected as refusal:  # fell behind by more than the event log holds
-                        if refusal.code != GONE:
-                            raise
-                        error = {"code": refusal.code, "message": refusal.message, "details": refusal.details}
-                        final_line = dumps({"type": "ERROR", "object": {"error": error}}) + b"\n"
+                try:
+                    lines, revision, current = self._read_step(principal, selectors, revision, kinds)
+                except Rejected as refusal:  # fell behind by more than the event log holds
+                    if refusal.code != GONE:
+                        raise
+                    error = {"code": refusal.code, "message": refusal.message, "details": refusal.details}
+                    final_line = dumps({"type": "ERROR", "object": {"error": error}}) + b"\n"
             if final_line is not None:
                 await response.write(final_line)
                 return
