@@ -427,6 +427,11 @@ class DumpWriter:
         self._dump_path = dump_path
         self._state = SERIALIZER_STATE.NOT_SERIALIZING
         self._lock = threading.Lock()
+        # Held while a dump file is put in the dump's place: by the writer's thread, and by
+        # the tick thread while it handles a leader's dump message (pysyncobj renames the
+        # received dump over ours inside that handling, then loads it). See _put_in_place.
+        self.path_lock = threading.Lock()
+        self.dumps_superseded = 0  # own dumps dropped because a leader's newer one was in place
         self.last_dump_index = 0  # the dump on disk's index, from its header (0: none yet)
         with contextlib.suppress(OSError, SnapshotError, ValueError, IndexError, TypeError):
             self.last_dump_index = int(read_dump_header(dump_path)[0][1])
@@ -475,9 +480,7 @@ class DumpWriter:
                 pack_snapshot(staging, out)
                 out.flush()
                 os.fsync(out.fileno())
-            _mark_verified(self._dump_path, new_path)  # this file, whatever the dump's path names by then
-            os.replace(new_path, self._dump_path)
-            _fsync_path(self._dump_path.parent)
+            self._put_in_place(new_path, int(last_entry[1]))
             # pysyncobj renamed tmp_path (our hard link to the previous dump) over the dump file;
             # POSIX makes that rename a no-op when both names are one file, so tmp_path stayed,
             # and now it alone keeps the previous dump's blocks on disk (a whole dump: 100+ MB
@@ -485,7 +488,6 @@ class DumpWriter:
             # does not call again before check() reports this dump: dropping it here is safe.
             tmp_path.unlink(missing_ok=True)
             state = SERIALIZER_STATE.SUCCESS
-            self.last_dump_index = int(last_entry[1])
             self.last_dump_seconds = time.monotonic() - started
         except Exception:
             log.exception("writing the full dump failed; the previous one stays")
@@ -494,6 +496,39 @@ class DumpWriter:
             _remove_flat_directory(staging)
         with self._lock:
             self._state = state
+
+    def _put_in_place(self, new_path: Path, index: int) -> None:
+        """Rename the written dump over the dump's path, unless a leader's newer dump is there.
+
+        A follower writes its own dumps too. While one is written, the leader's dump may
+        arrive: pysyncobj renames it over ours, installs it, and cuts its journal to the entries
+        after it. Renaming our older dump over that one then left a dump older than the
+        journal's first entry; at the next start pysyncobj, finding the two unequal, cleared the
+        journal and kept only the dump's entries: entries this member had acknowledged were
+        gone from its log. The leader's dump stays; ours is dropped (pysyncobj is still told
+        SUCCESS: it then compacts its log up to our older index, which it does not hold, so it
+        changes nothing). Reported as a pre-existing gap, 2026-12-07."""
+        with self.path_lock:
+            in_place = self._verified_dump_index()
+            if in_place > index:
+                new_path.unlink()
+                self.dumps_superseded += 1
+                log.info("dropped this member's dump at %d: the leader's dump at %d is in place", index, in_place)
+                return
+            _mark_verified(self._dump_path, new_path)  # this file, whatever the dump's path names by then
+            os.replace(new_path, self._dump_path)
+            _fsync_path(self._dump_path.parent)
+            self.last_dump_index = index
+
+    def _verified_dump_index(self) -> int:
+        """The index of the dump in place if it is known whole, else 0."""
+        try:
+            with open(self._dump_path, "rb") as dump:
+                if not _is_verified(dump, self._dump_path):
+                    return 0
+                return int(_read_header(dump, self._dump_path)[0][1])
+        except (OSError, SnapshotError, ValueError, IndexError, TypeError):
+            return 0
 
     def check(self) -> int:
         """pysyncobj's serializeChecker: SUCCESS and FAILED are reported once."""
@@ -529,6 +564,7 @@ class DumpWriter:
                 raise
             if not whole:
                 _mark_open_verified(dump, dump_path)
+        self.last_dump_index = int(last[1])
         return last, previous, set(cluster)
 
 
@@ -707,8 +743,12 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
             entries = message["entries"]
             held_up_to = min(entries[-1][1], self._SyncObj__getCurrentLogIndex())
             self.resent_entries_received += max(0, held_up_to - entries[0][1] + 1)
+        # The leader's dump is renamed over ours inside this call: not while the dump writer
+        # puts its own in place (DumpWriter._put_in_place).
+        path_lock = self._dump_writer.path_lock if snapshot_path else contextlib.nullcontext()
         try:
-            super()._SyncObj__onMessageReceived(node, message)
+            with path_lock:
+                super()._SyncObj__onMessageReceived(node, message)
         finally:
             self._receiving_dump = self._received_dump_failed = False
         if snapshot_path and self.dumps_loaded == dumps_before and self._SyncObj__raftCommitIndex > commit_before:

@@ -761,6 +761,7 @@ class ReplicatedMember:
             "peerClockOffsetsMs": self.peer_clock_offsets_ms(),
             "snapshotCommitsRefused": self.raft.snapshot_commits_refused,
             "failedDumpAcksRefused": self.raft.failed_dump_acks_refused,
+            "dumpsSuperseded": self.dump_writer.dumps_superseded,
             "resentEntriesReceived": self.raft.resent_entries_received,
             "fencedEntriesRefused": self.raft.fenced_entries_refused,
             "forwardedEntriesRefused": self.raft.forwarded_entries_refused,
@@ -838,6 +839,11 @@ class ReplicationMetrics:
             "allot_raft_failed_dump_acks_refused",
             "leaders' dumps that failed their check here, answered as a refusal instead of pysyncobj's success",
             value=raft.failed_dump_acks_refused,
+        )
+        yield CounterMetricFamily(
+            "allot_raft_dumps_superseded",
+            "this member's own dumps dropped because a leader's newer dump arrived while they were written",
+            value=self._member.dump_writer.dumps_superseded,
         )
         yield CounterMetricFamily(
             "allot_raft_fenced_entries_refused",

@@ -1227,6 +1227,7 @@ def test_metrics_show_replication_and_pools(cluster: Cluster) -> None:
             "allot_raft_next_index_regressions_kept_total",
             "allot_raft_snapshot_commits_refused_total",
             "allot_raft_failed_dump_acks_refused_total",
+            "allot_raft_dumps_superseded_total",
             "allot_raft_resent_entries_received_total",
             "allot_raft_fenced_entries_refused_total",
             "allot_raft_commits_held_for_sync_total",

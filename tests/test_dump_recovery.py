@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from node import raft
+from node import store as store_module
 from node.raft import DumpWriter, _write_dump_header, check_dump, dump_is_verified, read_dump_header, recover_dump
 from node.store import LmdbStore, SnapshotError
 from tests.test_footprint import _dump_once, _fill, _fill_more
@@ -185,3 +186,52 @@ def test_a_dump_renamed_over_the_one_being_checked_is_not_marked(
         monkeypatch.setattr(raft, "_check_body", swapped_while_checked)
         writer.deserialize(str(dump_path))  # the checked file was whole: no error
         assert dump_path.read_bytes() != whole and not dump_is_verified(dump_path), "the newcomer is not marked"
+
+
+def test_a_leaders_newer_dump_received_while_ours_is_written_stays_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower writes dumps of its own. A leader's dump that arrived meanwhile was renamed
+    in and installed (pysyncobj then cuts the journal to the entries after it), and the writer
+    then renamed its older dump over it: at the next start the journal's first entries did not
+    match the dump's, pysyncobj cleared the journal, and acknowledged entries were gone."""
+    with LmdbStore(tmp_path / "leader", sync=False) as leader, LmdbStore(tmp_path / "follower", sync=False) as follower:
+        _fill(leader, 200)
+        _fill(follower, 200)
+        _fill_more(leader, 40)  # the leader is ahead of the follower
+        leader_raft = tmp_path / "leader-raft"
+        leader_raft.mkdir()
+        leader_dump = leader_raft / "dump"
+        _dump_once(DumpWriter(leader, leader_dump), leader_dump, leader.applied_index)
+        leader_index = leader.applied_index
+
+        raft_dir = tmp_path / "raft"
+        raft_dir.mkdir()
+        dump_path = raft_dir / "dump"
+        writer = DumpWriter(follower, dump_path)
+        own_index = follower.applied_index
+        pack_snapshot = store_module.pack_snapshot
+        received: list[int] = []
+
+        def leader_dump_arrives_while_packing(staging: Path, out: Any) -> None:
+            pack_snapshot(staging, out)
+            # The tick thread handles the leader's last chunk, as AllotRaft does: under the lock.
+            with writer.path_lock:
+                _received(dump_path, leader_dump)
+                last, _, _ = writer.deserialize(str(dump_path))
+            received.append(int(last[1]))
+
+        monkeypatch.setattr(raft, "pack_snapshot", leader_dump_arrives_while_packing)
+        _dump_once(writer, dump_path, own_index)
+        assert received == [leader_index] and own_index < leader_index
+        assert int(read_dump_header(dump_path)[0][1]) == leader_index, "the leader's newer dump stays"
+        assert dump_is_verified(dump_path) and writer.dumps_superseded == 1
+        assert writer.last_dump_index == leader_index and follower.applied_index == leader_index
+        assert not dump_path.with_suffix(".new").exists()
+
+        # With no newer dump in place, the writer's own dump goes in as before.
+        monkeypatch.setattr(raft, "pack_snapshot", pack_snapshot)
+        follower.apply_entry(follower.applied_index + 1, [])  # an entry of no commands moves the index
+        _dump_once(writer, dump_path, follower.applied_index)
+        assert int(read_dump_header(dump_path)[0][1]) == follower.applied_index == writer.last_dump_index
+        assert writer.dumps_superseded == 1

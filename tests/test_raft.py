@@ -937,6 +937,15 @@ def test_a_deposed_leader_never_applies_its_uncommitted_entries_while_a_snapshot
             return apply_entry(index, envelopes)
 
         old.store.apply_entry = recording  # type: ignore[method-assign]
+        writer = old.raft._dump_writer
+        deserialize = writer.deserialize
+        lock_held_while_loading: list[bool] = []
+
+        def loading(path: str) -> tuple[Any, Any, Any]:  # the dump writer must not rename over it meanwhile
+            lock_held_while_loading.append(writer.path_lock.locked())
+            return deserialize(path)
+
+        writer.deserialize = loading  # type: ignore[method-assign]
         heal()
         third.raft._SyncObj__raftElectionDeadline = time.monotonic() + 3600
         tick_until(
@@ -947,6 +956,7 @@ def test_a_deposed_leader_never_applies_its_uncommitted_entries_while_a_snapshot
         assert ghost_index not in applied_indexes, "the old leader applied an entry that never committed"
         assert not any(error == FAIL_REASON.SUCCESS for _, error in ghost_answers.results), ghost_answers.results
         assert old.raft.snapshot_commits_refused > 0, "the snapshot did arrive in chunks"
+        assert lock_held_while_loading and all(lock_held_while_loading), lock_held_while_loading
         for member in members:
             with member.store.reader() as view:
                 assert not any(b"ghost" in key for key, _ in view.scan(b"", b"\xff" * 8))
