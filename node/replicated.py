@@ -66,7 +66,7 @@ from node.raft import (
     repair_journal,
 )
 from node.scheduling import HeartbeatTable, Planner, PodPlan, SchedulingTimers
-from node.store import open_replica_store
+from node.store import StoreError, open_replica_store
 from statemachine import Envelope, Outcome, Principal, encode_envelope, preview, queries
 from statemachine.context import Meta
 from statemachine.pools import pool_id
@@ -731,6 +731,8 @@ class ReplicatedMember:
             index, value = self.store.digest_at()
             with self._digest_lock:
                 self._digest = (index, value, time.monotonic())
+        except StoreError as exc:
+            log.info("state digest not computed: %s; computed again on the next status", exc)
         finally:
             self._digesting = False
 

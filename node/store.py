@@ -34,6 +34,7 @@ import json
 import os
 import struct
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -442,6 +443,53 @@ def pack_snapshot(directory: str | os.PathLike[str], out: IO[bytes]) -> Snapshot
     return info
 
 
+class SwapGate:
+    """Read views share the store; swapping in a snapshot's data file waits for them to end.
+
+    Installing a snapshot closes the LMDB environment and opens the new file. A read view open
+    on another thread then (an HTTP read or watch on the event loop, the scheduling timers, the
+    digest thread) failed with lmdb's "Attempt to operate on closed/deleted/dropped object",
+    and one begun in between with "the store is closed": a 500 for a client of a follower that
+    was catching up. Read views are short and never span an await, so the swap waits for the
+    open ones and holds new ones off until the new file is open. Both waits are bounded.
+    """
+
+    def __init__(self, *, reader_wait_s: float = 30.0, swap_wait_s: float = 2.0) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._swapping = False
+        self._reader_wait_s = reader_wait_s
+        self._swap_wait_s = swap_wait_s
+        self.swaps_without_quiet = 0  # swaps that gave up waiting for read views (they then fail)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._condition:
+            if self._swapping and not self._condition.wait_for(lambda: not self._swapping, self._reader_wait_s):
+                raise StoreError(f"the store was being replaced by a snapshot for over {self._reader_wait_s:g} s")
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def swapping(self) -> Iterator[None]:
+        with self._condition:
+            self._swapping = True
+            if not self._condition.wait_for(lambda: self._readers == 0, self._swap_wait_s):
+                self.swaps_without_quiet += 1  # a read view held past all reason: it fails, as before
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._swapping = False
+                self._condition.notify_all()
+
+
 class LmdbStore:
     """The member's state machine records and bookkeeping in one LMDB environment."""
 
@@ -469,6 +517,7 @@ class LmdbStore:
         self._sync = sync
         self._max_readers = max_readers
         self._env: lmdb.Environment | None = None
+        self._gate = SwapGate()
         self._lock_fd: int | None = None
         self._applied_index = 0
         self._snapshot_index = 0
@@ -625,29 +674,38 @@ class LmdbStore:
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[LmdbView]:
-        """A consistent read-only view of the state machine's records, for the `with` block."""
-        env = self._require_env()
-        with env.begin(db=self._state_db, buffers=False) as txn:
-            view = LmdbView(txn)
-            try:
-                yield view
-            finally:
-                view.close()
+        """A consistent read-only view of the state machine's records, for the `with` block
+        (which must not await: a snapshot install waits for the view to end)."""
+        with self._gate.reading():
+            env = self._require_env()
+            with env.begin(db=self._state_db, buffers=False) as txn:
+                view = LmdbView(txn)
+                try:
+                    yield view
+                finally:
+                    view.close()
 
     def digest(self) -> str:
         with self.reader() as view:
             return _digest(view)
 
     def digest_at(self) -> tuple[int, str]:
-        """(applied_index, digest) read in one transaction, so the two always belong together."""
+        """(applied_index, digest) read in one transaction, so the two always belong together.
+
+        Not behind the swap gate: hashing a large state takes seconds, and a snapshot install
+        must not wait that long on the tick thread. An install closes the environment under
+        it instead, and this raises StoreError; the caller computes it again later."""
         env = self._require_env()
-        with env.begin(db=self._state_db, buffers=False) as txn:
-            applied = _decode_index(txn.get(_APPLIED_INDEX, db=self._node_db))
-            view = LmdbView(txn)
-            try:
-                return applied, _digest(view)
-            finally:
-                view.close()
+        try:
+            with env.begin(db=self._state_db, buffers=False) as txn:
+                applied = _decode_index(txn.get(_APPLIED_INDEX, db=self._node_db))
+                view = LmdbView(txn)
+                try:
+                    return applied, _digest(view)
+                finally:
+                    view.close()
+        except lmdb.Error as exc:
+            raise StoreError(f"the digest was interrupted (a snapshot was installed meanwhile?): {exc}") from exc
 
     def check_invariants(self) -> None:
         """Raise InvariantViolation if the state is broken (reads everything: tests and debug)."""
@@ -656,8 +714,9 @@ class LmdbStore:
 
     def used_bytes(self) -> int:
         """Bytes of the map in use (the file may be larger: LMDB keeps freed pages for reuse)."""
-        env = self._require_env()
-        return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        with self._gate.reading():
+            env = self._require_env()
+            return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
 
     # --- applying -----------------------------------------------------------------------------
 
@@ -800,14 +859,15 @@ class LmdbStore:
         inside = _applied_index_inside(staging)
         if inside != applied_index:
             raise SnapshotError(f"snapshot claims applied_index {applied_index} but its data holds {inside}")
-        env = self._require_env()
-        env.sync(True)
-        env.close()
-        self._env = None
-        try:
-            os.replace(staging, self._directory / DATA_FILE)
-        finally:
-            self._open_env()  # the new data, or the old if the rename failed
+        self._require_env().sync(True)  # before the gate: read views wait only for the swap itself
+        with self._gate.swapping():
+            env = self._require_env()
+            env.close()
+            self._env = None
+            try:
+                os.replace(staging, self._directory / DATA_FILE)
+            finally:
+                self._open_env()  # the new data, or the old if the rename failed
         fsync_directory(self._directory)
         self._record_snapshot_index(applied_index)
         self._require_env().sync(True)

@@ -433,6 +433,44 @@ def test_installing_replaces_existing_state(loaded: LmdbStore, tmp_path: Path) -
         assert (other.digest(), other.applied_index) == (loaded.digest(), loaded.applied_index)
 
 
+def test_read_views_on_other_threads_are_never_broken_by_an_install(loaded: LmdbStore, tmp_path: Path) -> None:
+    """An install closes the environment and opens the new file. Read views open on other
+    threads then failed ("Attempt to operate on closed/deleted/dropped object"), and one begun
+    in between with "the store is closed": a 500 for the clients of a follower catching up."""
+    blob = loaded.snapshot_bytes()
+    with LmdbStore(tmp_path / "follower") as follower:
+        follower.install_snapshot_bytes(blob)
+        stop = threading.Event()
+        failures: list[str] = []
+        reads = [0]
+
+        def read_constantly() -> None:
+            while not stop.is_set():
+                try:
+                    with follower.reader() as view:
+                        for _ in view.scan(b"", b"\xff" * 8):
+                            pass
+                    follower.used_bytes()
+                    reads[0] += 1
+                except Exception as exc:
+                    failures.append(repr(exc))
+                    return
+
+        readers = [threading.Thread(target=read_constantly) for _ in range(3)]
+        for reader in readers:
+            reader.start()
+        try:
+            for _ in range(15):
+                follower.install_snapshot_bytes(blob)
+        finally:
+            stop.set()
+            for reader in readers:
+                reader.join(timeout=30)
+        assert not failures, failures
+        assert reads[0] > 0
+        assert follower.digest() == loaded.digest()
+
+
 def _damage(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset % len(data)] ^= 0x01
