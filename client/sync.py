@@ -13,6 +13,7 @@ import collections
 import contextlib
 import http.client
 import os
+import queue
 import random
 import select
 import socket
@@ -48,6 +49,9 @@ T = TypeVar("T")
 
 idle_connections_per_endpoint_max = 16  # kept for reuse; more concurrent calls open more, then close them
 read_chunk_bytes = 64 * 1024
+stream_chunks_max = 64  # read ahead of the caller, per watch: at most this many chunks (4 MiB)
+stream_reader_join_s = 2.0  # how long close() waits for a watch's reader thread to end
+stream_close_check_s = 0.25  # a caller waiting for a watch's next bytes notices a close() this soon
 
 
 def _new_connection(endpoint: core.Endpoint, timeout_s: float) -> http.client.HTTPConnection:
@@ -106,22 +110,71 @@ def _read_body(
 
 
 class _Stream:
-    """An open streaming answer (a watch)."""
+    """An open streaming answer (a watch), read on a thread of its own.
+
+    A socket file that timed out cannot be read again. Reading with the caller's wait as the
+    timeout therefore ended the connection at every `next_event(timeout)` that found nothing,
+    so a node agent polling once a second reconnected once a second (and the member read the
+    event log again for each). The reader thread reads with the idle timeout only (no data at
+    all for that long: the member's heartbeats stopped) and hands the chunks over through a
+    bounded queue; the caller waits on the queue, and its wait ending leaves the stream open."""
 
     def __init__(self, connection: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
         self._connection = connection
         self._response = response
+        # Bytes read (b"" at the end), or what the read raised: the reader's last item.
+        self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(stream_chunks_max)
+        self._closing = threading.Event()
+        self._reader: threading.Thread | None = None
 
-    def read_chunk(self, timeout_s: float) -> bytes:
-        """The next bytes (b"" at the end). A timeout breaks the stream for good: a socket file
-        that timed out cannot be read again, so the caller must reconnect."""
+    def start(self, idle_timeout_s: float) -> None:
         sock = self._connection.sock
         if sock is not None:
-            sock.settimeout(max(0.001, timeout_s))
-        return self._response.read1(read_chunk_bytes)
+            sock.settimeout(max(0.001, idle_timeout_s))
+        self._reader = threading.Thread(target=self._read_all, name="allot-watch-reader", daemon=True)
+        self._reader.start()
+
+    def _read_all(self) -> None:
+        while not self._closing.is_set():
+            try:
+                chunk = self._response.read1(read_chunk_bytes)
+            except BaseException as exc:  # handed to the caller, which decides (a closed stream: nobody)
+                self._hand_over(exc)
+                return
+            self._hand_over(chunk)
+            if not chunk:
+                return
+
+    def _hand_over(self, item: bytes | BaseException) -> None:
+        while not self._closing.is_set():
+            with contextlib.suppress(queue.Full):
+                self._chunks.put(item, timeout=0.25)  # a full queue: the caller is behind, TCP holds the rest
+                return
+
+    def next_chunk(self, timeout_s: float | None) -> bytes | None:
+        """The next bytes (b"" at the end), or None when `timeout_s` passes first (the stream
+        stays open); raises what the read raised (TimeoutError: nothing for the idle timeout)."""
+        deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._closing.is_set():  # closed from another thread: the end, not a wait forever
+            slice_s = stream_close_check_s
+            if deadline_s is not None:
+                slice_s = min(slice_s, deadline_s - time.monotonic())
+            try:
+                item = self._chunks.get(timeout=max(0.0, slice_s))
+            except queue.Empty:
+                if deadline_s is not None and time.monotonic() >= deadline_s:
+                    return None
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            return item
+        return b""
 
     def close(self) -> None:
-        _close_quietly(self._connection)
+        self._closing.set()
+        _close_quietly(self._connection)  # the shutdown wakes the reader from its read
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(stream_reader_join_s)
 
 
 class HttpTransport:
@@ -620,7 +673,7 @@ class WatchStream:
         self._call: core.Call | None = None
         self._attempt: core.Attempt | None = None
         self._lines_on_connection = 0
-        self._connected_s = self._last_data_s = 0.0
+        self._connected_s = 0.0
         self._resume_at_s = 0.0  # no reconnection attempt before this (a back-off pause)
         self._closed = False
         self.endpoint: str | None = None  # the member the stream is connected to now
@@ -641,11 +694,11 @@ class WatchStream:
         return event
 
     def next_event(self, timeout_s: float | None) -> WatchEvent | None:
-        """The next event; None after `timeout_s` without one (the connection is then dropped:
-        a timed-out socket cannot be read again; the next call resumes on a new one), or once
-        the stream is closed. While it reconnects, the pauses between attempts end with
-        `timeout_s` (the next call goes on where this one stopped) but an attempt under way is
-        not cut short: the call returns at most one attempt's `timeout` late."""
+        """The next event; None after `timeout_s` without one (the connection stays open: the
+        next call goes on reading it), or once the stream is closed. While it reconnects, the
+        pauses between attempts end with `timeout_s` (the next call goes on where this one
+        stopped) but an attempt under way is not cut short: the call returns at most one
+        attempt's `timeout` late."""
         try:
             return self._next_event(timeout_s)
         except AllotError:
@@ -663,24 +716,19 @@ class WatchStream:
                 if until_s is not None and time.monotonic() >= until_s:
                     return None  # connected as the wait ended: keep the connection, read it next call
                 continue
-            idle_until_s = self._last_data_s + self._idle_timeout_s
-            wait_s = (idle_until_s if until_s is None else min(idle_until_s, until_s)) - time.monotonic()
             try:
-                chunk = self._stream.read_chunk(max(0.001, wait_s))
+                chunk = self._stream.next_chunk(None if until_s is None else until_s - time.monotonic())
             except TimeoutError:
-                now_s = time.monotonic()
-                if until_s is not None and until_s <= now_s < idle_until_s:
-                    self._drop(None)  # the caller's wait ended, not the member's heartbeat
-                    return None
                 self._drop((core.Failure.TIMEOUT, f"no data for {self._idle_timeout_s:g} s"))
                 continue
             except (OSError, http.client.HTTPException) as exc:
                 self._drop((core.Failure.LOST, f"{type(exc).__name__}: {exc}"))
                 continue
+            if chunk is None:
+                return None  # the caller's wait ended; the connection stays for the next call
             if not chunk:
                 self._drop((core.Failure.LOST, "the stream ended"))
                 continue
-            self._last_data_s = time.monotonic()
             for line in self._splitter.feed(chunk):
                 self._lines_on_connection += 1
                 event = self._cursor.on_line(line)
@@ -726,7 +774,8 @@ class WatchStream:
             self._stream, self._attempt = stream, attempt
             self._splitter.reset()
             self._lines_on_connection = 0
-            self._connected_s = self._last_data_s = time.monotonic()
+            self._connected_s = time.monotonic()
+            stream.start(self._idle_timeout_s)
             self.endpoint = attempt.endpoint.url
             self.connections += 1
             return True

@@ -526,6 +526,31 @@ def test_watch_resumes_after_its_member_is_killed(make: ClientMaker) -> None:
         ]
 
 
+def test_a_watch_keeps_its_connection_across_waits_that_end_empty(make: ClientMaker) -> None:
+    """A node agent polls its watch with a short timeout. The sync client read with the
+    caller's timeout, and a socket that timed out cannot be read again: every empty wait
+    dropped the connection and the next call reconnected (the member read its event log
+    again for each). Now the waits end and the connection stays."""
+    admin, writer = make.admin(), make.tenant()
+    pool = admin.ippools.create(unique(make, "polled"), {"cidr": next_cidr(28)})
+    start = writer.ipclaims.list_page(limit=1).resource_version
+    assert start is not None
+    stream = make.tenant().watch(["ipclaims"], start)
+    try:
+        for _ in range(4):
+            waited_s = time.monotonic()
+            assert stream.next_event(0.2) is None
+            assert time.monotonic() - waited_s < 5.0
+        assert stream.connections == 1, "an empty wait kept the connection"
+        name = unique(make, "polled-1")
+        writer.ipclaims.create(name, {"poolRef": pool.name})
+        assert [event.object.name for event in next_events(stream, 1, name)] == [name]
+        assert stream.connections == 1
+    finally:
+        stream.close()
+    assert stream.next_event(0.2) is None, "a closed stream ends at once"
+
+
 # ---- faults: a frozen leader, a lost quorum ---------------------------------------------------------
 
 
