@@ -69,6 +69,7 @@ from node.scheduling import HeartbeatTable, Planner, PodPlan, SchedulingTimers
 from node.store import StoreError, open_replica_store
 from statemachine import Envelope, Outcome, Principal, encode_envelope, preview, queries
 from statemachine.context import Meta
+from statemachine.machine import dedup_records_max, dedup_ttl_ms, idempotency_window_ms
 from statemachine.pools import pool_id
 from statemachine.view import ReadView
 
@@ -739,7 +740,8 @@ class ReplicatedMember:
     def status(self, include_digest: bool = True) -> dict[str, Any]:
         view = self._raft_view
         with self.store.reader() as read_view:
-            revision = Meta.load(read_view).revision
+            meta = Meta.load(read_view)
+        revision = meta.revision
         status: dict[str, Any] = {
             "memberId": self.member_id,
             "pid": os.getpid(),  # to signal it (chaos by hand: kill -9 the leader)
@@ -751,6 +753,13 @@ class ReplicatedMember:
             "appliedIndex": self.store.applied_index,
             "revision": revision,
             "snapshotIndex": self.dump_writer.last_dump_index,
+            # How far back a retried request id is still recognised (statemachine/machine.py).
+            "idempotency": {
+                "records": meta.dedup_records,
+                "recordsMax": dedup_records_max,
+                "ttlMs": dedup_ttl_ms,
+                "windowMs": idempotency_window_ms(meta),
+            },
             "members": sorted(self.config.members),
             "hasQuorum": view.has_quorum,
             "peersConnected": list(view.peers_connected),

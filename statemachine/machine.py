@@ -313,6 +313,14 @@ def _remember(
     meta.dedup_records += 1
 
 
+def idempotency_window_ms(meta: Meta) -> int:
+    """How far back a request id is still recognised: `dedup_ttl_ms`, or less while the table
+    is full and its oldest records go before they expire (every write adds one)."""
+    if meta.dedup_records < dedup_records_max:
+        return dedup_ttl_ms
+    return max(0, min(dedup_ttl_ms, meta.clock_ms - meta.dedup_oldest_ms))
+
+
 def _trim_dedup(overlay: Overlay, meta: Meta, now_ms: int) -> None:
     if meta.dedup_records <= dedup_records_max and now_ms - meta.dedup_oldest_ms <= dedup_ttl_ms:
         return  # nothing can be due yet: no seek

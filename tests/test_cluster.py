@@ -1240,6 +1240,9 @@ def test_metrics_show_replication_and_pools(cluster: Cluster) -> None:
         assert samples["allot_state_machine_compiled"] == (1 if compiled else 0), member_id
         status = cluster.request(member_id, "GET", "/v1/status", token=cluster.admin_token)
         assert status.body["stateMachineBuild"] == ("compiled" if compiled else "python"), member_id
+        idempotency = status.body["idempotency"]
+        assert idempotency["records"] >= 1 and idempotency["recordsMax"] == 200_000, idempotency
+        assert idempotency["windowMs"] == idempotency["ttlMs"] == 15 * 60 * 1000, "a table not full keeps ids for the TTL"
     proposer = cluster.request(leader, "GET", "/metrics", anonymous=True)
     assert "allot_batch_envelopes_count" in str(proposer.body)
 

@@ -504,12 +504,16 @@ def test_dedup_table_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     records_max = 5
     monkeypatch.setattr(machine, "dedup_records_max", records_max)
     machine_ = _dedup_machine()
+    assert machine.idempotency_window_ms(Meta.load(machine_.store)) == machine.dedup_ttl_ms, "not full: the TTL"
     for number in range(30):
         machine_.ok(ACME, "claim.create", {"name": f"c{number}", "spec": {}}, request_id=f"key-{number}", advance_ms=1)
         assert len(_dedup_keys(machine_.store)) <= records_max
         assert len(_expiry_keys(machine_.store)) == len(_dedup_keys(machine_.store))
         check_invariants(machine_.store)
-    assert Meta.load(machine_.store).dedup_records == records_max
+    meta = Meta.load(machine_.store)
+    assert meta.dedup_records == records_max
+    # Full, the table keeps a request id for less than its TTL: the last five writes, 4 ms apart.
+    assert machine.idempotency_window_ms(meta) == 4 < machine.dedup_ttl_ms
     remembered = {key.rsplit(b"/", 1)[1].decode() for key in _dedup_keys(machine_.store)}
     assert remembered == {f"key-{number}" for number in range(25, 30)}  # the oldest went first
     # The newest still dedups.
