@@ -1242,7 +1242,7 @@ def test_metrics_show_replication_and_pools(cluster: Cluster) -> None:
         assert status.body["stateMachineBuild"] == ("compiled" if compiled else "python"), member_id
         idempotency = status.body["idempotency"]
         assert idempotency["records"] >= 1 and idempotency["recordsMax"] == 200_000, idempotency
-        assert idempotency["windowMs"] == idempotency["ttlMs"] == 15 * 60 * 1000, "a table not full keeps ids for the TTL"
+        assert idempotency["windowMs"] == idempotency["ttlMs"] == 15 * 60 * 1000, "not full: ids kept for the TTL"
     proposer = cluster.request(leader, "GET", "/metrics", anonymous=True)
     assert "allot_batch_envelopes_count" in str(proposer.body)
 
