@@ -87,6 +87,7 @@ inflight_timeout_s = 1.0  # a proposal whose answer was lost (a forward to a dea
 # its slot after this, or at once when the leader changes; its requests still wait for their own
 # answer or deadline
 peer_build_fresh_s = 1.0  # a peer's build counts for this long after its keep-alive (sent every 0.1 s)
+clock_handover_interval_s = 1.0  # a leader with a wrong clock asks a peer to take over at most this often
 peer_build_wait_s = 1.0  # a proposal waits this long for a majority's keep-alives before a 503
 peer_build_poll_s = 0.02
 digest_interval_s = 1.0  # the state digest in /v1/status is recomputed at most this often
@@ -174,6 +175,8 @@ class ReplicatedMember:
         # member id -> (its wall clock in ms, time.monotonic() when its keep-alive said so); as
         # _peer_builds (node/clock.py says why).
         self._peer_clocks: dict[str, tuple[int, float]] = {}
+        self._next_clock_handover_s = 0.0
+        self.clock_handovers = 0  # leadership hand-overs asked for because this leader's clock was wrong
         self._quiesced = False  # set by quiesce(): this member proposes nothing more
         self.timers = SchedulingTimers(
             self.planner,
@@ -248,6 +251,41 @@ class ReplicatedMember:
         )
         if self._raft_view.leader != previous_leader and self._loop is not None:
             self._loop.call_soon_threadsafe(self._release_all)
+        if self._raft_view.role == "leader":
+            self._hand_over_if_clock_wrong()
+
+    def _hand_over_if_clock_wrong(self) -> None:
+        """Tick thread, as leader: hand leadership to a member whose clock agrees with a
+        majority's, while this one's does not (Raft's TimeoutNow, pysyncobj's transferLeadership).
+
+        Such a leader refuses the writes sent to it and its own decisions, which only a leader
+        makes: node NotReady transitions, evictions, pending-pod sweeps (`_clock_check`). Left
+        leading, it stopped all of those for the cluster until its clock was put right. The
+        target must have the leader's whole log (pysyncobj refuses otherwise); under a steady
+        stream of writes that may take a few tries, one a second. No target whose clock agrees:
+        nothing is handed over (every member would refuse the same decisions)."""
+        now = time.monotonic()
+        if now < self._next_clock_handover_s:
+            return
+        offsets = self.peer_clock_offsets_ms()
+        members = len(self.config.members)
+        if clock_agrees(0, offsets, members):
+            return
+        self._next_clock_handover_s = now + clock_handover_interval_s
+        clocks = {self.member_id: 0, **offsets}
+        agreeing = [
+            member
+            for member, offset in sorted(offsets.items())
+            if clock_agrees(offset, {other: value for other, value in clocks.items() if other != member}, members)
+        ]
+        if not agreeing:
+            return
+        target = agreeing[0]
+        log.warning(
+            "this leader's clock disagrees with a majority's: asking %s, whose clock agrees, to take over", target
+        )
+        self.clock_handovers += 1
+        self.raft.transferLeadership(self.config.members[target])
 
     def _check_peer_links(self, status: dict[str, Any]) -> tuple[str, ...]:
         """Tick thread: the peers with a working link; and a warning once a peer has had none
@@ -773,6 +811,7 @@ class ReplicatedMember:
             "snapshotCommitsRefused": self.raft.snapshot_commits_refused,
             "failedDumpAcksRefused": self.raft.failed_dump_acks_refused,
             "dumpsSuperseded": self.dump_writer.dumps_superseded,
+            "clockHandovers": self.clock_handovers,
             "resentEntriesReceived": self.raft.resent_entries_received,
             "fencedEntriesRefused": self.raft.fenced_entries_refused,
             "forwardedEntriesRefused": self.raft.forwarded_entries_refused,

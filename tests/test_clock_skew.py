@@ -95,3 +95,38 @@ def test_a_member_with_a_wrong_clock_takes_no_writes_until_it_is_right(cluster: 
         )
 
     wait_until("m3 to take writes with a right clock", accepted, status_wait_s, on_timeout=cluster.describe)
+
+
+def test_a_leader_with_a_wrong_clock_hands_leadership_to_a_member_whose_clock_agrees(cluster: Cluster) -> None:
+    """A leader whose clock is wrong refuses its own decisions (NotReady transitions,
+    evictions, pending sweeps: only a leader makes them), so it must not stay leader. m3 runs a
+    minute ahead; leaders are killed until m3 wins an election (each election among two is
+    even odds), and then leadership must leave it within seconds and stay away."""
+    cluster.member_env["m3"] = {WALL_CLOCK_OFFSET_ENV: str(offset_s)}
+    cluster.start()
+    rounds_max, handover_wait_s = 20, 10.0
+
+    def handovers() -> int:
+        return int((cluster.status("m3") or {}).get("clockHandovers", 0))
+
+    for _ in range(rounds_max):
+        leader = cluster.wait_for_leader()
+        if leader == "m3" or handovers() > 0:
+            break
+        cluster.kill(leader)  # m3 and the third member elect one of them
+        survivor = cluster.wait_for_leader(member_ids=[member for member in cluster.member_ids if member != leader])
+        cluster.start_member(leader)
+        if survivor == "m3" or handovers() > 0:
+            break
+    else:
+        pytest.fail(f"m3 won none of {rounds_max} elections")
+
+    wait_until("m3 to ask a member whose clock agrees to lead", lambda: handovers() > 0, handover_wait_s)
+
+    def led_elsewhere() -> bool:
+        return cluster.leader() not in (None, "m3")
+
+    wait_until("a member with a right clock to lead", led_elsewhere, handover_wait_s, on_timeout=cluster.describe)
+    claim = {"name": "after", "spec": {"cidr": "10.42.0.0/24"}}
+    assert cluster.request(cluster.wait_for_leader(), "POST", "/v1/ippools", body=claim).status == 201
+    assert cluster.wait_for_leader() != "m3", "and it stays with them"
