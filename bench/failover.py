@@ -2,6 +2,7 @@
 
     python -m bench.failover                  # 20 kills
     python -m bench.failover --kills 5
+    python -m bench.failover --signal term    # SIGTERM instead: a clean stop, as in a rolling restart
 
 It starts its own three-member cluster (temporary directory, free ports on 127.0.0.1). Writer
 threads claim single addresses through every member all the time (each claim retried with the
@@ -93,8 +94,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline of each wait (seconds)")
+    parser.add_argument(
+        "--signal",
+        choices=("kill", "term"),
+        default="kill",
+        help="kill: SIGKILL (a crash); term: SIGTERM (a clean stop: the leader hands leadership over first)",
+    )
     args = parser.parse_args(argv)
-    print(f"# {machine_line()}; python -m bench.failover --kills {args.kills}", flush=True)
+    print(f"# {machine_line()}; python -m bench.failover --kills {args.kills} --signal {args.signal}", flush=True)
+    signal_name = "SIGKILL" if args.signal == "kill" else "SIGTERM"
     with Cluster() as cluster:
         leader = cluster.wait_for_leader()
         reply = cluster.request(
@@ -126,7 +134,10 @@ def main(argv: list[str] | None = None) -> None:
                     args.timeout,
                 )
                 killed_at = time.monotonic()
-                cluster.kill(leader)
+                if args.signal == "kill":
+                    cluster.kill(leader)
+                else:
+                    cluster.terminate(leader)  # returns once it exited; the writers go on meanwhile
                 first = wait_until(
                     "the first acknowledged write after the kill",
                     functools.partial(writers.first_acknowledged_after, killed_at),
@@ -134,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 failovers.append(first - killed_at)
                 print(
-                    f"kill {kill:2d}: leader {leader} SIGKILLed; first write acknowledged after {failovers[-1]:.3f} s",
+                    f"kill {kill:2d}: leader {leader} sent {signal_name}; "
+                    f"first write acknowledged after {failovers[-1]:.3f} s",
                     flush=True,
                 )
                 cluster.start_member(leader)

@@ -650,6 +650,7 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         # replicated member (ReplicatedMember._refuses_forwarded_build); by default, never.
         self.refuses_forwarded_build: Callable[[str | None], bool] = lambda _build: False
         self.forwarded_entries_refused = 0  # entries of another build the leader did not append
+        self.handing_over = False  # set while this leader hands leadership over: forwarded entries wait
         self.observe_sync_s: Callable[[float], None] = lambda _seconds: None
         self.observe_apply_s: Callable[[float], None] = lambda _seconds: None
         # Hooks for the replicated member, all called on the tick thread: the outcomes of each
@@ -774,18 +775,24 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         # election before its next tick would append it then. Refused on a follower, it is
         # answered REQUEST_DENIED instead of NOT_LEADER: 503 either way.
         if commandType is None:
-            build = _forwarded_build(command)
-            if build is not _UNREADABLE and self.refuses_forwarded_build(build):
-                self.forwarded_entries_refused += 1
+            error: int | None = None
+            if self.handing_over:
+                # Leadership is being handed over (ReplicatedMember.hand_over_leadership):
+                # pysyncobj hands it only to a follower with the whole log, which a steady
+                # stream of appends keeps from happening. Nothing appended: the follower
+                # answers 503 no_leader, and its client's retry finds the next leader.
+                error = FAIL_REASON.NOT_LEADER
+            else:
+                build = _forwarded_build(command)
+                if build is not _UNREADABLE and self.refuses_forwarded_build(build):
+                    self.forwarded_entries_refused += 1
+                    error = FAIL_REASON.REQUEST_DENIED
+            if error is not None:
                 if isinstance(callback, tuple):  # (the peer, its request id)
                     node, request_id = callback
                     self._SyncObj__transport.send(
                         node,
-                        {
-                            "type": "apply_command_response",
-                            "request_id": request_id,
-                            "error": FAIL_REASON.REQUEST_DENIED,
-                        },
+                        {"type": "apply_command_response", "request_id": request_id, "error": error},
                     )
                 return
         super()._applyCommand(command, callback, commandType)

@@ -88,6 +88,8 @@ inflight_timeout_s = 1.0  # a proposal whose answer was lost (a forward to a dea
 # answer or deadline
 peer_build_fresh_s = 1.0  # a peer's build counts for this long after its keep-alive (sent every 0.1 s)
 clock_handover_interval_s = 1.0  # a leader with a wrong clock asks a peer to take over at most this often
+stop_handover_s = 2.0  # a leader being stopped waits this long at most for another member to take over
+stop_handover_retry_s = 0.05  # ... asking again this often (pysyncobj refuses a target still catching up)
 peer_build_wait_s = 1.0  # a proposal waits this long for a majority's keep-alives before a 503
 peer_build_poll_s = 0.02
 digest_interval_s = 1.0  # the state digest in /v1/status is recomputed at most this often
@@ -176,6 +178,8 @@ class ReplicatedMember:
         # _peer_builds (node/clock.py says why).
         self._peer_clocks: dict[str, tuple[int, float]] = {}
         self._next_clock_handover_s = 0.0
+        self._handover_wanted = False  # set by hand_over_leadership, read by the tick thread
+        self._next_stop_handover_s = 0.0
         self.clock_handovers = 0  # leadership hand-overs asked for because this leader's clock was wrong
         self._quiesced = False  # set by quiesce(): this member proposes nothing more
         self.timers = SchedulingTimers(
@@ -253,6 +257,46 @@ class ReplicatedMember:
             self._loop.call_soon_threadsafe(self._release_all)
         if self._raft_view.role == "leader":
             self._hand_over_if_clock_wrong()
+            self._hand_over_if_stopping()
+
+    def _hand_over_if_stopping(self) -> None:
+        """Tick thread, as leader: while `hand_over_leadership` waits, ask the most caught-up
+        follower to take over (pysyncobj's transferLeadership chooses it, and refuses one that
+        lacks part of the log: asked again every `stop_handover_retry_s`)."""
+        now = time.monotonic()
+        if not self._handover_wanted or now < self._next_stop_handover_s:
+            return
+        self._next_stop_handover_s = now + stop_handover_retry_s
+        self.raft.transferLeadership()
+
+    async def hand_over_leadership(self, timeout_s: float = stop_handover_s) -> str | None:
+        """Before a stop: if this member leads, have another member take over, so that writes
+        pause for the few milliseconds of a requested election instead of the election timeout
+        the followers would wait out (etcd does the same on a clean stop). Meanwhile this
+        member proposes nothing and refuses forwarded entries (AllotRaft.handing_over), so a
+        follower can hold the whole log, which pysyncobj requires of the one it hands over to. Returns the new
+        leader, or None (not the leader, a cluster being stopped as a whole, or no follower
+        took over within `timeout_s`: the followers then elect one as after a crash)."""
+        if self._raft_view.role != "leader" or self._quiesced or len(self.config.members) == 1:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        self._handover_wanted = self.raft.handing_over = True
+        try:
+            # Until another member is named leader: stepping down comes first (its vote request
+            # names a later term), its first AppendEntries a moment later.
+            while (self._raft_view.role == "leader" or self._raft_view.leader is None) and loop.time() < deadline:
+                if self._raft_view.role != "leader":
+                    self._handover_wanted = self.raft.handing_over = False
+                await asyncio.sleep(0.01)
+        finally:
+            self._handover_wanted = self.raft.handing_over = False
+        view = self._raft_view
+        if view.role == "leader" or view.leader is None:
+            log.warning("no member took over leadership within %.1f s; stopping (role %s)", timeout_s, view.role)
+            return None
+        log.info("handed leadership over before stopping (leader now: %s, term %d)", view.leader, view.term)
+        return view.leader
 
     def _hand_over_if_clock_wrong(self) -> None:
         """Tick thread, as leader: hand leadership to a member whose clock agrees with a
@@ -576,6 +620,10 @@ class ReplicatedMember:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            while self._handover_wanted:  # bounded by hand_over_leadership's deadline
+                # Nothing new in the log until a follower with all of it takes over; then the
+                # requests go to the new leader, through this member.
+                await asyncio.sleep(0.005)
             if window_s > 0 and self._last_batch_envelopes > 1:
                 # Under load, let the envelopes of this moment join the batch. A lone caller
                 # (the last batch held one envelope) is not kept waiting for company that is

@@ -156,6 +156,9 @@ async def serve(config: MemberConfig) -> int | None:
         log.info("member %s stopping %s", config.member_id, reason if stop.is_set() else "on an error")
         if watchdog is not None:
             watchdog.cancel()
+        if stop.is_set():  # a clean stop: another member leads before this one goes
+            with contextlib.suppress(Exception):
+                await member.hand_over_leadership()
         with contextlib.suppress(Exception):
             await runner.cleanup()
         await member.stop()

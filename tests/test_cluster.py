@@ -685,6 +685,37 @@ def test_member_left_alone_answers_no_leader(cluster: Cluster) -> None:
     cluster.ensure_all_running()
 
 
+def test_a_leader_stopped_cleanly_hands_leadership_over_first(cluster: Cluster, ledger: Ledger) -> None:
+    """SIGTERM to the leader (a rolling restart): it asks the most caught-up follower to take
+    over and waits for it before it stops, so writes pause for a requested election instead of
+    the followers' election timeout; with writes going on, none acknowledged is lost."""
+    leader = cluster.ensure_all_running()
+    term = int((cluster.status(leader) or {})["term"])
+    create_pool(cluster, leader, "t51", "10.51.0.0/16")
+    writers = WriterPool(cluster, ledger, "t51", threads_count=2)
+    writers.start()
+    try:
+        wait_until("10 acknowledged writes", lambda: writers.acked() >= 10 or None, 30.0)
+        assert cluster.terminate(leader) == 128 + signal.SIGTERM, cluster.log_tail(leader)
+        successor = cluster.wait_for_leader()
+        acked = writers.acked()
+        wait_until(
+            "writes acknowledged by the new leader",
+            lambda: writers.acked() >= acked + 5 or None,
+            30.0,
+            on_timeout=cluster.describe,
+        )
+    finally:
+        writers.stop.set()
+    said = cluster.log_text(leader)
+    assert f"handed leadership over before stopping (leader now: {successor}, term {term + 1})" in said, said[-3000:]
+    writers.finish(timeout_s=write_deadline_s + 10)
+    assert not writers.errors, writers.errors
+    cluster.start_member(leader)
+    cluster.wait_converged(member_ids=cluster.member_ids)
+    assert_ledger_held(cluster, ledger, cluster.member_ids)
+
+
 # ---- 4. a wiped follower rebuilds from a snapshot ---------------------------------------------------
 
 
