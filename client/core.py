@@ -555,7 +555,7 @@ class RequestFactory:
         return self.build("POST", f"{self._item_path(NODES, name)}/heartbeat", tenant_scoped=False)
 
     def scheduler_get(self, *, consistency: str | None = None) -> Request:
-        return self.build("GET", "/v1/scheduler", query=self._consistency(consistency), tenant_scoped=False)
+        return self.build("GET", "/v1/scheduler", query=self._consistency(consistency))
 
     def scheduler_configure(self, policy: str, *, idempotency_key: str | None = None) -> Request:
         if policy not in SCHEDULING_POLICIES:

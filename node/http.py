@@ -920,7 +920,7 @@ class Api:
 
     async def scheduler_get(self, request: web.Request) -> web.StreamResponse:
         principal = self._principal(request)
-        params = self._params(request, {"consistency"})
+        params = self._params(request, {"consistency", *TENANT_PARAMS})  # an admin acting for a tenant sees its view
         consistency = await self._consistency(params)
         with self.member.reader() as view:
             cluster = Cluster.load(view)

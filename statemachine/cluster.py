@@ -496,12 +496,19 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
                 UNSCHEDULABLE,
                 f"the pending queue is full ({scheduler.pending_pods_max} pods) and the pod does not fit now: "
                 f"{pod['status']['message']}",
+                {"scope": "cluster", "limit": scheduler.pending_pods_max, "reason": pod["status"]["reason"]},
             )
         if tenant.project_ledger.pending >= scheduler.pending_pods_per_project_max:
             raise Rejected(
                 UNSCHEDULABLE,
                 f"project {principal.org}/{principal.project} already has {scheduler.pending_pods_per_project_max} "
                 f"pending pods and this one does not fit now: {pod['status']['message']}",
+                {
+                    "scope": "project",
+                    "limit": scheduler.pending_pods_per_project_max,
+                    "pending": tenant.project_ledger.pending,
+                    "reason": pod["status"]["reason"],
+                },
             )
         scheduler.enqueue(ctx, pod, key, tenant, cluster)
         cluster.save(ctx)

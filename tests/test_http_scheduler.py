@@ -366,6 +366,8 @@ def test_pending_pod_and_unschedulable_when_the_queue_is_full(tmp_path: Path, mo
         before = api.objects_digest()
         full = await api.error(409, "unschedulable", "POST", "/v1/pods", ACME, body=pod("bigger", cpu=3000))
         assert "pending" in full.body["error"]["message"]
+        details = full.body["error"]["details"]
+        assert details == {"scope": "project", "limit": 1, "pending": 1, "reason": "Unschedulable"}, details
         assert api.objects_digest() == before
         # A pod that fits is still bound at once, and the other tenant has its own share.
         assert (await api.ok("POST", "/v1/pods", ACME, pod("small")))["spec"]["nodeName"] == "n1"
