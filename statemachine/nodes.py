@@ -299,6 +299,8 @@ def check_body(body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any
         raise invalid("spec.capacity needs cpuMillis, memoryBytes and pods", "spec.capacity")
     zone = opt_str(given, "zone", "spec.zone")
     if zone is not None:
+        if not zone:  # a zone named "" groups nothing, and would read as a node without one
+            raise invalid("spec.zone must not be empty; leave it out for a node without a zone", "spec.zone")
         check_label_value(zone, "spec.zone")
     pod_pool = opt_str(given, "podPool", "spec.podPool")
     if pod_pool is None:
