@@ -284,10 +284,9 @@ class ReplicatedMember:
         self._handover_wanted = self.raft.handing_over = True
         try:
             # Until another member is named leader: stepping down comes first (its vote request
-            # names a later term), its first AppendEntries a moment later.
+            # names a later term), its first AppendEntries a moment later. The batcher waits
+            # until then too: proposed with no leader named, requests would be answered 503.
             while (self._raft_view.role == "leader" or self._raft_view.leader is None) and loop.time() < deadline:
-                if self._raft_view.role != "leader":
-                    self._handover_wanted = self.raft.handing_over = False
                 await asyncio.sleep(0.01)
         finally:
             self._handover_wanted = self.raft.handing_over = False
