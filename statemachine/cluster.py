@@ -131,6 +131,10 @@ def node_delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
         )
     scheduler.release_nomination(ctx, name, state)
     rendered = nodes.render(ctx.ov, node)
+    # The nomination was just released (in `state`, which is not saved: its record goes). The
+    # record render read still names it, and the DELETED event every tenant may watch would
+    # name another tenant's pod (code review, 2026-12-08).
+    rendered["status"].pop("nominatedPod", None)
     nodes.release_pod_cidr(ctx, node, state)
     ctx.ov.delete(keys.node_state_key(name))
     ctx.delete_object(keys.node_key(name), nodes.KIND, rendered)

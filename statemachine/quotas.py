@@ -553,6 +553,8 @@ def delete_quota(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], st
     ledger.limits = None
     ledger.default_requests = None
     save_ledger(ctx, org, project, ledger)
-    rendered = render(ctx.ov, quota)
-    ctx.delete_object(key, KIND, rendered)
-    return rendered, org, project
+    # The event carries the quota as stored, as its ADDED and MODIFIED events do: its usage is
+    # rendered for each reader, and an org's would name its projects' pools to each of them
+    # (code review, 2026-12-08). The answer, to the platform admin, shows it.
+    ctx.delete_object(key, KIND, quota)
+    return render(ctx.ov, quota), org, project

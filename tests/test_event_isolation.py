@@ -1,0 +1,61 @@
+"""Watch events show another tenant no more than reads do (code review, 2026-12-08).
+
+Every tenant may watch nodes and its org's quotas. Reads render a node's nominated pod only to
+the platform and to the pod's own project, and an org quota's usage by pool only with the
+reader's own pools; DELETED events were stored rendered for the platform, so a tenant's watch
+named another tenant's pod (a node deleted while it held a nomination) and sibling projects'
+pools (an org quota deleted).
+"""
+
+from __future__ import annotations
+
+from statemachine.context import Meta
+from statemachine.queries import events_after, get
+from tests.harness import ADMIN, Machine, member
+
+ACME_WEB = member("acme", "web")
+ACME_DB = member("acme", "db")
+GLOBEX = member("globex", "api")
+
+
+def _node(machine: Machine, name: str) -> None:
+    capacity = {"cpuMillis": 1000, "memoryBytes": 1 << 30, "pods": 10}
+    machine.ok(ADMIN, "node.register", {"name": name, "spec": {"capacity": capacity, "podPool": "pods"}})
+
+
+def test_a_deleted_nodes_event_does_not_name_another_tenants_nominated_pod() -> None:
+    machine = Machine(check_every_step=True)
+    machine.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.0.0.0/16", "visibility": "internal"}})
+    _node(machine, "n0")
+    _node(machine, "n1")
+    for name in ("b0", "b1"):
+        machine.ok(GLOBEX, "pod.create", {"name": name, "spec": {"requests": {"cpuMillis": 600}}})
+    machine.ok(ADMIN, "quota.set", {"name": "acme/web", "spec": {"cpuMillis": 600}})
+    pod = machine.ok(ACME_WEB, "pod.create", {"name": "secret-pod-name", "spec": {"requests": {"cpuMillis": 600}}})
+    assert pod["status"]["nominatedNodeName"] == "n0"
+    machine.ok(ACME_WEB, "pod.create", {"name": "q", "spec": {"requests": {"cpuMillis": 300}}})  # uses acme's quota
+    machine.ok(GLOBEX, "pod.delete", {"name": "b0"})  # n0 is free; the nominee is held back by its quota
+    assert "nominatedPod" not in get(machine.store, GLOBEX, "nodes", "n0")["status"], "reads hide it"
+    assert "nominatedPod" in get(machine.store, ADMIN, "nodes", "n0")["status"], "from the platform too otherwise"
+    start = Meta.load(machine.store).revision
+    machine.ok(ADMIN, "node.delete", {"name": "n0"})
+    for reader in (GLOBEX, ACME_WEB, ADMIN):
+        events, _ = events_after(machine.store, reader, start, ("nodes",))
+        assert [event["type"] for event in events] == ["DELETED"]
+        assert "nominatedPod" not in events[0]["object"]["status"], (reader, events[0]["object"]["status"])
+
+
+def test_a_deleted_org_quotas_event_does_not_name_its_projects_pools() -> None:
+    machine = Machine(check_every_step=True)
+    machine.ok(ADMIN, "pool.create", {"name": "pub", "spec": {"cidr": "10.7.0.0/24"}})
+    machine.ok(ACME_DB, "pool.create", {"name": "db-private", "spec": {"parentPool": "pub", "prefixLength": 28}})
+    machine.ok(ADMIN, "quota.set", {"name": "acme", "spec": {"services": 10}})
+    machine.ok(ACME_DB, "service.create", {"name": "s", "spec": {"poolRef": "db-private"}})
+    read = get(machine.store, ACME_WEB, "quotas", "acme")
+    assert "acme/db/db-private" not in read["status"]["used"]["addressesByPool"], "reads hide it"
+    start = Meta.load(machine.store).revision
+    answer = machine.ok(ADMIN, "quota.delete", {"name": "acme"})
+    assert answer["status"]["used"]["services"] == 1, "the platform's answer shows the usage"
+    events, _ = events_after(machine.store, ACME_WEB, start, ("quotas",))
+    assert [event["type"] for event in events] == ["DELETED"]
+    assert "acme/db/db-private" not in str(events[0]["object"]), events[0]["object"]
