@@ -51,7 +51,7 @@ from node.tokens import TokenStore
 from statemachine import Outcome, claims, nodes, queries, quotas
 from statemachine.codec import Envelope, Principal, encode_envelope
 from statemachine.context import Meta
-from statemachine.errors import GONE, Rejected
+from statemachine.errors import GONE, OVERLOADED, Rejected
 from statemachine.fields import check_node_name
 from statemachine.scheduler import Cluster
 from statemachine.view import ReadView
@@ -175,6 +175,9 @@ def retry_after(code: str, message: str, retry_after_s: float, details: dict[str
 
 
 def from_rejected(refusal: Rejected) -> ApiError:
+    if refusal.code == OVERLOADED:  # the state machine says when: a Retry-After header too
+        retry_ms = refusal.details.get("retryAfterMillis", 1000)
+        return retry_after(refusal.code, refusal.message, retry_ms / 1000, dict(refusal.details))
     return ApiError(refusal.code, refusal.message, dict(refusal.details))
 
 

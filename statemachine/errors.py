@@ -26,6 +26,7 @@ QUOTA_EXCEEDED: Final = "quota_exceeded"
 UNSCHEDULABLE: Final = "unschedulable"
 FORBIDDEN: Final = "forbidden"
 GONE: Final = "gone"
+OVERLOADED: Final = "overloaded"  # refused for now, nothing changed; details.retryAfterMillis says when to retry
 
 REJECTION_CODES: Final = (
     INVALID,
@@ -37,6 +38,7 @@ REJECTION_CODES: Final = (
     UNSCHEDULABLE,
     FORBIDDEN,
     GONE,
+    OVERLOADED,
 )
 
 

@@ -11,10 +11,17 @@ Exactly-once: when the envelope carries a request id, the first result is stored
 digest of the command, a refusal as well as a success. The same id with the same command
 returns that result again and writes nothing; with a different command it is `conflict`.
 Records expire `dedup_ttl_ms` after they were written and at most `dedup_records_max` are kept
-(oldest dropped first). Refusals are remembered because the answer is what the client acts on:
-a claim refused with `pool_exhausted` whose request is delivered again later (an attempt held
-up in a paused member, then let go) must not allocate after the client was told it failed (the
-chaos suite found exactly that when refusals were not remembered). Such a refusal writes only
+(oldest dropped first), but none is dropped before it is `dedup_window_min_ms` old: while the
+table is full of younger ones, a request under a new id is refused `overloaded` (nothing
+changes; it says when to retry). A write rate past `dedup_records_max / dedup_window_min_ms`
+(3,333/s) is refused rather than allowed to forget a request id a client may still retry:
+remembered ids are what make a retry safe (code review, 2026-12-08: a flood of cheap refused
+requests by one tenant could push every other tenant's ids out within two minutes).
+
+Refusals are remembered because the answer is what the client acts on: a claim refused with
+`pool_exhausted` whose request is delivered again later (an attempt held up in a paused member,
+then let go) must not allocate after the client was told it failed (the chaos suite found
+exactly that when refusals were not remembered). Such a refusal writes only
 the dedup record and the meta record: no revision, no event.
 """
 
@@ -28,11 +35,12 @@ from typing import Any, Final
 from statemachine import claims, classes, cluster, keys, pools, priorities, services
 from statemachine.codec import Envelope, decode_envelope, dump_record, dumps, loads
 from statemachine.context import Context, Meta, events_max
-from statemachine.errors import CONFLICT, InvariantViolation, Rejected, invalid
+from statemachine.errors import CONFLICT, OVERLOADED, InvariantViolation, Rejected, invalid
 from statemachine.view import Overlay, ReadView, Write
 
 dedup_ttl_ms = 15 * 60 * 1000  # a client retries for seconds; fifteen minutes leaves ample room
 dedup_records_max = 200_000
+dedup_window_min_ms = 60_000  # twice the client's retry deadline (30 s): no id is forgotten sooner
 _trim_per_command_max = 8  # expired records dropped per command: bounded work, and enough
 # since each command adds at most one record
 
@@ -231,6 +239,18 @@ def _apply(view: ReadView, envelope: Envelope, index: int, position: int, meta: 
                     return Outcome(Rejected(code, message, details), (), meta.revision, replayed=True)
                 answer = Ok(claims.decode_answer(loads(stored_value)), stored_created)
                 return Outcome(answer, (), meta.revision, replayed=True)
+        if expired_ms is None and meta.dedup_records >= dedup_records_max:
+            # A new id takes a record, and the oldest goes to make room (_trim_dedup); it is
+            # meta.dedup_oldest_ms old, exactly, while the table is full (each trim sets it).
+            wait_ms = dedup_window_min_ms - (now_ms - meta.dedup_oldest_ms)
+            if wait_ms > 0:
+                raise Rejected(
+                    OVERLOADED,
+                    f"the request-id table is full ({dedup_records_max} ids written in the last "
+                    f"{(now_ms - meta.dedup_oldest_ms) // 1000} s) and no id is forgotten before it is "
+                    f"{dedup_window_min_ms // 1000} s old; nothing was done: retry in {-(-wait_ms // 1000)} s",
+                    {"retryAfterMillis": wait_ms, "requestIdsMax": dedup_records_max},
+                )
 
     overlay = Overlay(view)
     ctx = Context(overlay, envelope, index, position, meta)
@@ -318,7 +338,7 @@ def idempotency_window_ms(meta: Meta) -> int:
     is full and its oldest records go before they expire (every write adds one)."""
     if meta.dedup_records < dedup_records_max:
         return dedup_ttl_ms
-    return max(0, min(dedup_ttl_ms, meta.clock_ms - meta.dedup_oldest_ms))
+    return max(dedup_window_min_ms, min(dedup_ttl_ms, meta.clock_ms - meta.dedup_oldest_ms))
 
 
 def _trim_dedup(overlay: Overlay, meta: Meta, now_ms: int) -> None:

@@ -320,6 +320,7 @@ def test_summary_notices_a_different_log(scenario: Machine, tmp_path: Path) -> N
 # ---- exactly-once --------------------------------------------------------------------------
 
 ACME = member("acme", "web")
+GLOBEX = member("globex", "prod")
 
 
 def _dedup_machine() -> Machine:
@@ -503,6 +504,7 @@ def test_expired_records_are_trimmed() -> None:
 def test_dedup_table_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     records_max = 5
     monkeypatch.setattr(machine, "dedup_records_max", records_max)
+    monkeypatch.setattr(machine, "dedup_window_min_ms", 0)  # the order of eviction alone (see below)
     machine_ = _dedup_machine()
     assert machine.idempotency_window_ms(Meta.load(machine_.store)) == machine.dedup_ttl_ms, "not full: the TTL"
     for number in range(30):
@@ -519,6 +521,44 @@ def test_dedup_table_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     # The newest still dedups.
     retry = machine_.run(ACME, "claim.create", {"name": "c29", "spec": {}}, request_id="key-29")
     assert isinstance(retry.result, Ok) and retry.result.created and retry.writes == ()
+
+
+def test_a_full_dedup_table_forgets_no_id_younger_than_the_minimum_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Code review, 2026-12-08: over its cap the table dropped its oldest record whatever its
+    age, so a flood of cheap requests (another tenant's, refused ones included) pushed out ids
+    written seconds before; a retry of a claim refused pool_exhausted, delivered after the pool
+    had room again, then allocated although its client had been told it failed. A request
+    under a new id is now refused `overloaded` (nothing written) while the oldest record is
+    younger than dedup_window_min_ms."""
+    monkeypatch.setattr(machine, "dedup_records_max", 3)
+    window_ms = machine.dedup_window_min_ms
+    machine_ = Machine()
+    machine_.ok(ADMIN, "pool.create", {"name": "tiny", "spec": {"cidr": "10.9.0.0/32"}})
+    machine_.ok(ADMIN, "pool.create", {"name": "wide", "spec": {"cidr": "10.10.0.0/24"}})
+    machine_.ok(ACME, "claim.create", {"name": "holder", "spec": {"poolRef": "tiny"}})
+    body = {"name": "late", "spec": {"poolRef": "tiny"}}
+    refused = machine_.refused(ACME, "claim.create", body, request_id="key-late", advance_ms=1)
+    assert refused.code == "pool_exhausted"
+    for number in range(2):  # the table is full: key-late and two more
+        flood_body = {"name": f"x{number}", "spec": {"poolRef": "wide"}}
+        machine_.ok(GLOBEX, "claim.create", flood_body, request_id=f"flood-{number}", advance_ms=1)
+    before = Meta.load(machine_.store)
+    flood_body = {"name": "x", "spec": {"poolRef": "wide"}}
+    flood = machine_.run(GLOBEX, "claim.create", flood_body, request_id="flood-2", advance_ms=1)
+    assert isinstance(flood.result, Rejected) and flood.result.code == "overloaded", flood.result
+    assert flood.writes == (), "nothing written, not even a dedup record"
+    assert 0 < flood.result.details["retryAfterMillis"] <= window_ms
+    assert Meta.load(machine_.store).dedup_records == before.dedup_records == 3
+    assert machine.idempotency_window_ms(before) == window_ms, "full: the guaranteed minimum"
+    # The pool has room again; the late retry still gets the refusal it was first given.
+    machine_.ok(ACME, "claim.delete", {"name": "holder"}, advance_ms=1)
+    again = machine_.run(ACME, "claim.create", body, request_id="key-late", advance_ms=1)
+    assert isinstance(again.result, Rejected) and again.result.code == "pool_exhausted" and again.replayed
+    # Once the oldest id is old enough, a new id takes its place.
+    later = machine_.run(GLOBEX, "claim.create", flood_body, request_id="flood-2", advance_ms=window_ms)
+    assert isinstance(later.result, Ok) and later.result.created, later.result
+    assert Meta.load(machine_.store).dedup_records == 3
+    check_invariants(machine_.store)
 
 
 if __name__ == "__main__":

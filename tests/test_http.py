@@ -25,10 +25,10 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from node import http
-from node.http import ERROR_STATUS, Limits, build_app
+from node.http import ERROR_STATUS, Limits, build_app, from_rejected
 from node.member import LocalMember, NoLeaderError, OutcomeUnknownError, OverloadedError
 from node.tokens import TokenFileError, TokenStore, generate_token_file, parse_token_file
-from statemachine import REJECTION_CODES, Outcome, keys
+from statemachine import REJECTION_CODES, Outcome, Rejected, keys
 
 ADMIN = "admin-token-0123456789abcdefghijklmnopqrstuvwxyz"
 ACME = "acme-web-token-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -910,6 +910,14 @@ def test_internal_errors_are_json_and_logged(tmp_path: Path, caplog: pytest.LogC
 def test_error_table_covers_every_refusal_code() -> None:
     assert set(REJECTION_CODES) <= set(ERROR_STATUS)
     assert ERROR_STATUS["pool_exhausted"] == 409 and ERROR_STATUS["outcome_unknown"] == 504
+
+
+def test_an_overloaded_refusal_says_when_to_retry() -> None:
+    """The state machine refuses a new request id while its table is full of young ones
+    (statemachine/machine.py): 503 with the wait it computed, as Retry-After too."""
+    error = from_rejected(Rejected("overloaded", "the request-id table is full", {"retryAfterMillis": 1500}))
+    assert ERROR_STATUS[error.code] == 503
+    assert error.headers["Retry-After"] == "2" and error.details["retryAfterMillis"] == 1500
 
 
 # ---- tokens ----------------------------------------------------------------------------------
