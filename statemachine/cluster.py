@@ -514,6 +514,18 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
                     "reason": pod["status"]["reason"],
                 },
             )
+        if tenant.org_ledger.pending >= scheduler.pending_pods_per_org_max:
+            raise Rejected(
+                UNSCHEDULABLE,
+                f"org {principal.org} already has {scheduler.pending_pods_per_org_max} pending pods across its "
+                f"projects and this one does not fit now: {pod['status']['message']}",
+                {
+                    "scope": "org",
+                    "limit": scheduler.pending_pods_per_org_max,
+                    "pending": tenant.org_ledger.pending,
+                    "reason": pod["status"]["reason"],
+                },
+            )
         scheduler.enqueue(ctx, pod, key, tenant, cluster)
         cluster.save(ctx)
     ctx.write_object(key, pods.KIND, pod, ADDED)

@@ -100,6 +100,9 @@ sweep_pods_max = 16  # full searches one scheduler.retry may ask for
 # pods); creates are refused until it is back under them.
 pending_pods_max = 100_000
 pending_pods_per_project_max = 10_000
+# An org of many projects must not fill the cluster's queue alone, leaving every other tenant's
+# pod that does not fit at once refused (code review, 2026-12-08): five orgs at the limit do.
+pending_pods_per_org_max = 20_000
 
 NODE_STATE_END: Final = prefix_end(keys.NODE_STATE)
 QUEUE_END: Final = prefix_end(keys.QUEUE)

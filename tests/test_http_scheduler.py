@@ -354,6 +354,28 @@ def test_pod_refusals_change_nothing(tmp_path: Path) -> None:
     run(tmp_path, check)
 
 
+def test_an_org_of_many_projects_cannot_fill_the_queue_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Code review, 2026-12-08: with only a cluster-wide and a per-project bound, one org's
+    projects together filled the queue and every other tenant's pod that did not fit at once
+    was refused. An org has a bound of its own."""
+    monkeypatch.setattr(scheduler, "pending_pods_per_project_max", 2)
+    monkeypatch.setattr(scheduler, "pending_pods_per_org_max", 3)
+    monkeypatch.setattr(scheduler, "pending_pods_max", 4)
+
+    async def check(api: Api) -> None:
+        await cluster(api, "n1", cpu=1000)
+        for project, name in (("web", "a1"), ("web", "a2"), ("db", "a3")):
+            query = f"?org=acme&project={project}"
+            assert (await api.call("POST", f"/v1/pods{query}", ADMIN, pod(name, cpu=2000))).status == 201
+        ops = "/v1/pods?org=acme&project=ops"
+        full = await api.error(409, "unschedulable", "POST", ops, ADMIN, body=pod("a4", cpu=2000))
+        assert full.body["error"]["details"]["scope"] == "org", full.body
+        assert "org acme already has 3 pending pods" in full.body["error"]["message"]
+        assert (await api.call("POST", "/v1/pods", GLOBEX, pod("g1", cpu=2000))).status == 201, "room for others"
+
+    run(tmp_path, check)
+
+
 def test_pending_pod_and_unschedulable_when_the_queue_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scheduler, "pending_pods_per_project_max", 1)
 
