@@ -227,6 +227,10 @@ class Found:
     total: int  # nodes examined
     reasons: dict[str, int]  # first failing filter -> nodes
     nominate: str | None  # where the pod could reserve capacity when no node fits
+    # (cpu, memory, pods) that other pods of the searched pod's project, and of its org,
+    # hold reserved on nodes (nominations): see _may_reserve.
+    reserved_by_project: tuple[int, int, int] = (0, 0, 0)
+    reserved_by_org: tuple[int, int, int] = (0, 0, 0)
 
 
 @lru_cache(maxsize=nodes.nodes_max)
@@ -249,9 +253,24 @@ def search(view: ReadView, needs: Needs, pod_key: bytes | None, policy: str) -> 
     nominate: str | None = None
     displace: str | None = None  # the first node whose nominee has a lower priority
     total = 0
+    org_prefix = project_prefix = b""
+    if pod_key is not None:
+        org, project = keys.split_path(pod_key, keys.POD)[:2]
+        org_prefix = keys.POD + org.encode() + b"/"
+        project_prefix = org_prefix + project.encode() + b"/"
+    project_cpu = project_memory = project_pods = org_cpu = org_memory = org_pods = 0
     for state_key, raw in view.scan(keys.NODE_STATE, NODE_STATE_END):
         total += 1
         state = _searched_state(raw)
+        nominee = state.nominee
+        if org_prefix and nominee is not None and nominee != pod_key and nominee.startswith(org_prefix):
+            org_cpu += state.nominee_cpu
+            org_memory += state.nominee_memory
+            org_pods += 1
+            if nominee.startswith(project_prefix):
+                project_cpu += state.nominee_cpu
+                project_memory += state.nominee_memory
+                project_pods += 1
         reason = static_fit(state, needs) or resource_fit(state, needs, pod_key)
         if reason is None:
             node_score = score(state, needs, policy, pod_key)
@@ -266,7 +285,14 @@ def search(view: ReadView, needs: Needs, pod_key: bytes | None, policy: str) -> 
                 displace = state_key[len(keys.NODE_STATE) :].decode()
     # A node nobody reserved is preferred: taking a lower-priority pod's reservation only when
     # there is none spares that pod a needless loss of its place.
-    return Found(best, total, reasons, nominate if nominate is not None else displace)
+    return Found(
+        best,
+        total,
+        reasons,
+        nominate if nominate is not None else displace,
+        (project_cpu, project_memory, project_pods),
+        (org_cpu, org_memory, org_pods),
+    )
 
 
 def unschedulable_message(found: Found) -> str:
@@ -501,9 +527,31 @@ def place(ctx: Context, pod: dict[str, Any], pod_key: bytes, planned: str | None
         bind(ctx, pod, pod_key, found.node, state, tenant, charge)
         return True
     _set_pending(pod, REASON_UNSCHEDULABLE, unschedulable_message(found))
-    if pod["status"]["nominatedNodeName"] is None and found.nominate is not None:
-        _nominate(ctx, pod, pod_key, found.nominate)
+    nominate = found.nominate
+    if pod["status"]["nominatedNodeName"] is None and nominate is not None and _may_reserve(tenant, charge, found):
+        _nominate(ctx, pod, pod_key, nominate)
     return False
+
+
+def _may_reserve(tenant: quotas.Tenant, charge: quotas.Charge, found: Found) -> bool:
+    """Whether the pod may reserve a node: a reservation keeps other pods, other tenants'
+    too, off capacity its tenant could not use anyway unless its other reservations and its
+    usage leave the quota room for it (code review, 2026-12-08: four pending pods of a project
+    whose quota allowed one each reserved a node, and another tenant's small pod found no room
+    on any of them). A pod left without a reservation still binds when capacity frees up
+    before another pod takes it, and may reserve at its next full evaluation."""
+    if not tenant.limited:
+        return True
+    for ledger, scope, (cpu, memory, count) in (
+        (tenant.project_ledger, quotas.quota_id(tenant.org, tenant.project), found.reserved_by_project),
+        (tenant.org_ledger, tenant.org, found.reserved_by_org),
+    ):
+        held = quotas.Charge(
+            cpu_millis=charge.cpu_millis + cpu, memory_bytes=charge.memory_bytes + memory, pods=charge.pods + count
+        )
+        if ledger.shortfall(held, scope) is not None:
+            return False
+    return True
 
 
 def _set_pending(pod: dict[str, Any], reason: str, message: str) -> None:

@@ -59,3 +59,32 @@ def test_a_deleted_org_quotas_event_does_not_name_its_projects_pools() -> None:
     events, _ = events_after(machine.store, ACME_WEB, start, ("quotas",))
     assert [event["type"] for event in events] == ["DELETED"]
     assert "acme/db/db-private" not in str(events[0]["object"]), events[0]["object"]
+
+
+def test_a_tenants_reservations_stay_within_its_quota() -> None:
+    """Code review, 2026-12-08: each pending pod that fit its quota alone reserved a node
+    (a nomination), so four pods of a project whose quota allowed one reserved four nodes, and
+    another tenant's small pod found no room on any of them. A project's reservations with its
+    usage now stay within its quota."""
+    machine = Machine(check_every_step=True)
+    machine.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.0.0.0/16", "visibility": "internal"}})
+    capacity = {"cpuMillis": 4000, "memoryBytes": 1 << 30, "pods": 10}
+    for number in range(4):
+        machine.ok(ADMIN, "node.register", {"name": f"n{number}", "spec": {"capacity": capacity, "podPool": "pods"}})
+        placed = machine.ok(GLOBEX, "pod.create", {"name": f"b{number}", "spec": {"requests": {"cpuMillis": 3000}}})
+        assert placed["spec"]["nodeName"] == f"n{number}"
+    machine.ok(ADMIN, "quota.set", {"name": "acme/web", "spec": {"cpuMillis": 2000}})
+    nominated = [
+        machine.ok(ACME_WEB, "pod.create", {"name": f"a{number}", "spec": {"requests": {"cpuMillis": 2000}}})["status"][
+            "nominatedNodeName"
+        ]
+        for number in range(4)
+    ]
+    assert nominated == ["n0", None, None, None], "one pod's worth of reservations: what the quota allows"
+    small = machine.ok(GLOBEX, "pod.create", {"name": "small", "spec": {"requests": {"cpuMillis": 500}}})
+    assert small["spec"]["nodeName"] == "n1", small["status"]
+    # Without a quota a tenant's pending pods reserve as before (as Kubernetes nominates).
+    machine.ok(ADMIN, "quota.delete", {"name": "acme/web"})
+    machine.ok(ADMIN, "scheduler.retry", {"pods": 16})
+    held = [get(machine.store, ACME_WEB, "pods", f"a{number}")["status"]["nominatedNodeName"] for number in range(4)]
+    assert held.count(None) < 3, held
