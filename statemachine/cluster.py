@@ -495,37 +495,26 @@ def pod_create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool
     }
     if not scheduler.place(ctx, pod, key, planned, tenant):
         cluster = Cluster.load(ctx.ov)  # only a pending pod changes the scheduler record
-        if cluster.pending >= scheduler.pending_pods_max:
-            raise Rejected(
-                UNSCHEDULABLE,
-                f"the pending queue is full ({scheduler.pending_pods_max} pods) and the pod does not fit now: "
-                f"{pod['status']['message']}",
-                {"scope": "cluster", "limit": scheduler.pending_pods_max, "reason": pod["status"]["reason"]},
-            )
-        if tenant.project_ledger.pending >= scheduler.pending_pods_per_project_max:
-            raise Rejected(
-                UNSCHEDULABLE,
-                f"project {principal.org}/{principal.project} already has {scheduler.pending_pods_per_project_max} "
-                f"pending pods and this one does not fit now: {pod['status']['message']}",
-                {
-                    "scope": "project",
-                    "limit": scheduler.pending_pods_per_project_max,
-                    "pending": tenant.project_ledger.pending,
-                    "reason": pod["status"]["reason"],
-                },
-            )
-        if tenant.org_ledger.pending >= scheduler.pending_pods_per_org_max:
-            raise Rejected(
-                UNSCHEDULABLE,
-                f"org {principal.org} already has {scheduler.pending_pods_per_org_max} pending pods across its "
-                f"projects and this one does not fit now: {pod['status']['message']}",
-                {
-                    "scope": "org",
-                    "limit": scheduler.pending_pods_per_org_max,
-                    "pending": tenant.org_ledger.pending,
-                    "reason": pod["status"]["reason"],
-                },
-            )
+        org, project = principal.org, principal.project
+        for scope, limit, pending, said in (
+            ("cluster", scheduler.pending_pods_max, cluster.pending, "the pending queue is full"),
+            ("org", scheduler.pending_pods_per_org_max, tenant.org_ledger.pending, f"org {org} is at its limit"),
+            (
+                "project",
+                scheduler.pending_pods_per_project_max,
+                tenant.project_ledger.pending,
+                f"project {org}/{project} is at its limit",
+            ),
+        ):
+            if pending >= limit:
+                details: dict[str, Any] = {"scope": scope, "limit": limit, "reason": pod["status"]["reason"]}
+                if scope != "cluster":  # the cluster's count is every tenant's, not this one's business
+                    details["pending"] = pending
+                raise Rejected(
+                    UNSCHEDULABLE,
+                    f"{said} of {limit} pending pods, and the pod does not fit now: {pod['status']['message']}",
+                    details,
+                )
         scheduler.enqueue(ctx, pod, key, tenant, cluster)
         cluster.save(ctx)
     ctx.write_object(key, pods.KIND, pod, ADDED)

@@ -370,7 +370,7 @@ def test_an_org_of_many_projects_cannot_fill_the_queue_alone(tmp_path: Path, mon
         ops = "/v1/pods?org=acme&project=ops"
         full = await api.error(409, "unschedulable", "POST", ops, ADMIN, body=pod("a4", cpu=2000))
         assert full.body["error"]["details"]["scope"] == "org", full.body
-        assert "org acme already has 3 pending pods" in full.body["error"]["message"]
+        assert "org acme is at its limit of 3 pending pods" in full.body["error"]["message"]
         assert (await api.call("POST", "/v1/pods", GLOBEX, pod("g1", cpu=2000))).status == 201, "room for others"
 
     run(tmp_path, check)
