@@ -443,6 +443,14 @@ def pack_snapshot(directory: str | os.PathLike[str], out: IO[bytes]) -> Snapshot
     return info
 
 
+# py-lmdb before 3.0 released the GIL inside its C calls, and an install closing the environment
+# under a reader outside the gate (the digest thread, the dump writer's pinned transaction) then
+# crashed the process (SIGSEGV, code review with 1.4.1, 2026-12-08). 3.x keeps the GIL unless
+# `lmdb.enable_drop_gil()` is called, which nothing here does: such a reader gets lmdb.Error.
+if int(lmdb.__version__.split(".")[0]) < 3:
+    raise ImportError(f"Allot needs py-lmdb 3 or later (found {lmdb.__version__}): pip install 'lmdb>=3,<4'")
+
+
 class SwapGate:
     """Read views share the store; swapping in a snapshot's data file waits for them to end.
 

@@ -252,6 +252,7 @@ def search(view: ReadView, needs: Needs, pod_key: bytes | None, policy: str) -> 
     reasons: dict[str, int] = {}
     nominate: str | None = None
     displace: str | None = None  # the first node whose nominee has a lower priority
+    displaced: NodeState | None = None  # that node's record
     total = 0
     org_prefix = project_prefix = b""
     if pod_key is not None:
@@ -283,8 +284,21 @@ def search(view: ReadView, needs: Needs, pod_key: bytes | None, policy: str) -> 
                 nominate = state_key[len(keys.NODE_STATE) :].decode()
             elif displace is None and state.nominee_priority < needs.priority:
                 displace = state_key[len(keys.NODE_STATE) :].decode()
+                displaced = state
     # A node nobody reserved is preferred: taking a lower-priority pod's reservation only when
-    # there is none spares that pod a needless loss of its place.
+    # there is none spares that pod a needless loss of its place. When it is taken, what its
+    # nominee held counts no more against the quota (else a higher-priority pod of a project
+    # at its quota never takes a sibling's reservation over, and the sibling binds first: code
+    # review, 2026-12-08).
+    if nominate is None and displaced is not None and displaced.nominee is not None and org_prefix:
+        loser = displaced.nominee
+        in_org, in_project = loser.startswith(org_prefix), loser.startswith(project_prefix)
+        org_cpu -= displaced.nominee_cpu if in_org else 0
+        org_memory -= displaced.nominee_memory if in_org else 0
+        org_pods -= 1 if in_org else 0
+        project_cpu -= displaced.nominee_cpu if in_project else 0
+        project_memory -= displaced.nominee_memory if in_project else 0
+        project_pods -= 1 if in_project else 0
     return Found(
         best,
         total,

@@ -1,4 +1,7 @@
-"""Watch events show another tenant no more than reads do (code review, 2026-12-08).
+"""One tenant neither sees nor holds what is another's (code review, 2026-12-08).
+
+Watch events show another tenant no more than reads do, and a tenant's node reservations stay
+within its quota.
 
 Every tenant may watch nodes and its org's quotas. Reads render a node's nominated pod only to
 the platform and to the pod's own project, and an org quota's usage by pool only with the
@@ -88,3 +91,25 @@ def test_a_tenants_reservations_stay_within_its_quota() -> None:
     machine.ok(ADMIN, "scheduler.retry", {"pods": 16})
     held = [get(machine.store, ACME_WEB, "pods", f"a{number}")["status"]["nominatedNodeName"] for number in range(4)]
     assert held.count(None) < 3, held
+
+
+def test_a_higher_priority_pod_takes_over_its_projects_reservation_under_a_quota() -> None:
+    """The reservations a pod may hold count its project's other nominees, but not the one it
+    displaces: counted, a higher-priority pod of a project at its quota never took a
+    lower-priority sibling's reservation over, and the sibling bound first (second review)."""
+    machine = Machine(check_every_step=True)
+    machine.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.0.0.0/16", "visibility": "internal"}})
+    capacity = {"cpuMillis": 4000, "memoryBytes": 1 << 30, "pods": 10}
+    machine.ok(ADMIN, "node.register", {"name": "n0", "spec": {"capacity": capacity, "podPool": "pods"}})
+    machine.ok(GLOBEX, "pod.create", {"name": "big", "spec": {"requests": {"cpuMillis": 3000}}})
+    machine.ok(ADMIN, "quota.set", {"name": "acme/web", "spec": {"cpuMillis": 2000}})
+    low = machine.ok(ACME_WEB, "pod.create", {"name": "low", "spec": {"priority": 1, "requests": {"cpuMillis": 2000}}})
+    assert low["status"]["nominatedNodeName"] == "n0"
+    high = machine.ok(
+        ACME_WEB, "pod.create", {"name": "high", "spec": {"priority": 100, "requests": {"cpuMillis": 2000}}}
+    )
+    assert high["status"]["nominatedNodeName"] == "n0", "the higher-priority pod takes the reservation over"
+    assert get(machine.store, ACME_WEB, "pods", "low")["status"]["nominatedNodeName"] is None
+    machine.ok(GLOBEX, "pod.delete", {"name": "big"})  # room for one of them: the nominee binds
+    bound = {name: get(machine.store, ACME_WEB, "pods", name)["spec"]["nodeName"] for name in ("low", "high")}
+    assert bound == {"low": None, "high": "n0"}, bound
