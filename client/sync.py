@@ -803,6 +803,13 @@ class WatchStream:
             self._stream.close()
             self._stream = None
 
+    def __del__(self) -> None:
+        # A stream dropped without close() (a `for` loop left by break, without `with`): its
+        # reader thread holds the connection, not this object, and would otherwise read on,
+        # or wait on a full queue, for as long as the process lives (code review, 2026-12-08).
+        with contextlib.suppress(Exception):
+            self.close()
+
     def __enter__(self) -> WatchStream:
         return self
 

@@ -277,8 +277,9 @@ class ReplicatedMember:
         follower can hold the whole log, which pysyncobj requires of the one it hands over to. Returns the new
         leader, or None (not the leader, a cluster being stopped as a whole, or no follower
         took over within `timeout_s`: the followers then elect one as after a crash)."""
-        if self._raft_view.role != "leader" or self._quiesced or len(self.config.members) == 1:
-            return None
+        view = self._raft_view
+        if view.role != "leader" or self._quiesced or not view.peers_connected:
+            return None  # no follower could take over: do not hold writes back for nothing
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         self._handover_wanted = self.raft.handing_over = True
@@ -619,15 +620,15 @@ class ReplicatedMember:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._handover_wanted:  # bounded by hand_over_leadership's deadline
-                # Nothing new in the log until a follower with all of it takes over; then the
-                # requests go to the new leader, through this member.
-                await asyncio.sleep(0.005)
             if window_s > 0 and self._last_batch_envelopes > 1:
                 # Under load, let the envelopes of this moment join the batch. A lone caller
                 # (the last batch held one envelope) is not kept waiting for company that is
                 # not coming: under load the one-batch-in-flight rule batches anyway.
                 await asyncio.sleep(window_s)
+            while self._handover_wanted:  # bounded by hand_over_leadership's deadline
+                # Nothing new in the log until a follower with all of it takes over; then the
+                # requests go to the new leader, through this member.
+                await asyncio.sleep(0.005)
             while self._has_pending() and len(self._inflight_batches) < inflight_batches_max:
                 self._propose(self._next_batch())
 

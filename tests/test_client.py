@@ -550,6 +550,19 @@ def test_a_watch_keeps_its_connection_across_waits_that_end_empty(make: ClientMa
         stream.close()
     assert stream.next_event(0.2) is None, "a closed stream ends at once"
 
+    # A stream dropped without close() ends its connection (and the sync client's reader thread).
+    def readers() -> set[threading.Thread]:
+        return {thread for thread in threading.enumerate() if thread.name == "allot-watch-reader"}
+
+    before = readers()
+    dropped = make.tenant().watch(["ipclaims"], start)
+    assert dropped.next_event(event_wait_s) is not None, "connected: it replays the claim made above"
+    its_reader = readers() - before
+    assert len(its_reader) == (1 if make.flavour == "sync" else 0), its_reader
+    del dropped
+    gc.collect()
+    wait_until("the dropped stream's reader thread to end", lambda: not (its_reader & readers()), 5.0)
+
 
 # ---- faults: a frozen leader, a lost quorum ---------------------------------------------------------
 
