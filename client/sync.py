@@ -17,6 +17,7 @@ import queue
 import random
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -172,9 +173,20 @@ class _Stream:
 
     def close(self) -> None:
         self._closing.set()
-        _close_quietly(self._connection)  # the shutdown wakes the reader from its read
-        if self._reader is not None and self._reader is not threading.current_thread():
-            self._reader.join(stream_reader_join_s)
+        reader = self._reader
+        if reader is None or reader is threading.current_thread():
+            _close_quietly(self._connection)
+            return
+        # Wake the reader (a shutdown ends its read) and let it end before the connection is
+        # closed: closing the buffered file under a read that holds its lock aborts the
+        # process at interpreter shutdown (QA, 2026-12-08: exit code 134).
+        sock = self._connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        reader.join(stream_reader_join_s)
+        if not reader.is_alive():
+            self._connection.close()
 
 
 class HttpTransport:
@@ -676,6 +688,7 @@ class WatchStream:
         self._connected_s = 0.0
         self._resume_at_s = 0.0  # no reconnection attempt before this (a back-off pause)
         self._closed = False
+        self._closed_event = threading.Event()
         self.endpoint: str | None = None  # the member the stream is connected to now
         self.connections = 0  # streams opened so far (1 + reconnections)
 
@@ -749,8 +762,9 @@ class WatchStream:
         attempted = False
         while True:
             pause = core.reconnect_pause(self._resume_at_s, until_s, attempted, time.monotonic())
-            time.sleep(pause.seconds)
-            if not pause.then_attempt:
+            # A close() from another thread ends the pause, and the reconnection, at once (QA,
+            # 2026-12-08: it went on for seconds, and could open a connection after the close).
+            if self._closed_event.wait(pause.seconds) or not pause.then_attempt:
                 return False
             attempted = True
             attempt = call.next_attempt(time.monotonic())
@@ -770,6 +784,9 @@ class WatchStream:
                     raise ProtocolError(f"a watch answered {status} without a stream")
                 self._resume_at_s = time.monotonic() + step.seconds
                 continue
+            if self._closed:  # closed while this attempt was under way
+                stream.close()
+                return False
             call.connected(attempt)
             self._stream, self._attempt = stream, attempt
             self._splitter.reset()
@@ -799,6 +816,7 @@ class WatchStream:
 
     def close(self) -> None:
         self._closed = True
+        self._closed_event.set()  # ends a reconnection's pause on another thread
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -807,6 +825,9 @@ class WatchStream:
         # A stream dropped without close() (a `for` loop left by break, without `with`): its
         # reader thread holds the connection, not this object, and would otherwise read on,
         # or wait on a full queue, for as long as the process lives (code review, 2026-12-08).
+        # Not at interpreter shutdown: daemon threads no longer run then, and the process ends.
+        if sys.is_finalizing():
+            return
         with contextlib.suppress(Exception):
             self.close()
 

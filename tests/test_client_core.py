@@ -10,13 +10,14 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chaos.cluster import free_ports
+from chaos.cluster import free_ports, wait_until
 from client import AsyncClient, Client, core, errors
 from client.core import Call, Done, Endpoint, EndpointRing, Failure, Pause, RequestFactory, RetryPolicy, Safety
 from client.errors import (
@@ -626,6 +627,52 @@ def test_a_watch_that_cannot_reconnect_returns_none_at_its_timeout() -> None:
             await stream.close()
 
     asyncio.run(poll_async())
+
+
+def test_closing_a_watch_ends_its_reconnection_at_once() -> None:
+    """QA, 2026-12-08: close() from another thread did not stop a stream that was
+    reconnecting: the waiting next_event went on through its back-off pauses until the
+    deadline (Unavailable 7.6 s after the close), and could open a connection after it."""
+    endpoints = [f"http://127.0.0.1:{port}" for port in free_ports(2)]  # nobody listens
+    with Client(endpoints, token="t", timeout=0.5, deadline=60) as client:
+        stream = client.watch(["ipclaims"], 1)
+        answers: list[object] = []
+        waiter = threading.Thread(target=lambda: answers.append(stream.next_event(None)))
+        waiter.start()
+        wait_until("two failed attempts", lambda: client._transport.connections_opened >= 2, 10.0)  # then a pause
+        closed_s = time.monotonic()
+        stream.close()
+        waiter.join(10)
+        assert not waiter.is_alive() and answers == [None], answers
+        assert time.monotonic() - closed_s < 2.0
+        assert stream.endpoint is None
+
+
+def test_a_program_that_exits_with_a_watch_open_exits_cleanly(tmp_path: Path) -> None:
+    """QA, 2026-12-08: closing the stream from its finalizer at interpreter shutdown, under
+    the reader thread's read, aborted the process (exit code 134). A server that answers the
+    watch and then stays silent plays the member."""
+    script = tmp_path / "exit_with_watch.py"
+    script.write_text(
+        "import socket, sys, threading\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from client import Client\n"
+        "listener = socket.create_server(('127.0.0.1', 0))\n"
+        "held = []\n"
+        "def serve():\n"
+        "    conn, _ = listener.accept()\n"
+        "    held.append(conn)\n"
+        "    conn.recv(65536)\n"
+        "    conn.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Type: application/x-ndjson\\r\\n'\n"
+        "                 b'Transfer-Encoding: chunked\\r\\n\\r\\n')\n"
+        "threading.Thread(target=serve, daemon=True).start()\n"
+        "client = Client(f'http://127.0.0.1:{listener.getsockname()[1]}', 'token')\n"
+        "stream = client.watch(['ipclaims'], 1)\n"
+        "print(stream.next_event(0.5), stream.connections)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split() == ["None", "1"], done.stdout
 
 
 def test_member_status_calls_keep_to_the_deadline() -> None:
