@@ -226,11 +226,15 @@ class Found:
     node: str | None  # the best feasible node
     total: int  # nodes examined
     reasons: dict[str, int]  # first failing filter -> nodes
-    nominate: str | None  # where the pod could reserve capacity when no node fits
-    # (cpu, memory, pods) that other pods of the searched pod's project, and of its org,
-    # hold reserved on nodes (nominations): see _may_reserve.
+    nominate: str | None  # the first node nobody reserved where the pod could (no node fits)
+    displace: str | None = None  # the first such node whose nominee has a lower priority
+    # (cpu, memory, pods) that other pods of the searched pod's project, and of its org, hold
+    # reserved on nodes (nominations); and the part of it the displaced nominee holds: see
+    # `reservation`.
     reserved_by_project: tuple[int, int, int] = (0, 0, 0)
     reserved_by_org: tuple[int, int, int] = (0, 0, 0)
+    displaced_of_project: tuple[int, int, int] = (0, 0, 0)
+    displaced_of_org: tuple[int, int, int] = (0, 0, 0)
 
 
 @lru_cache(maxsize=nodes.nodes_max)
@@ -279,33 +283,28 @@ def search(view: ReadView, needs: Needs, pod_key: bytes | None, policy: str) -> 
                 best, best_score = state_key[len(keys.NODE_STATE) :].decode(), node_score
             continue
         reasons[reason] = reasons.get(reason, 0) + 1
-        if nominate is None and reason in RESOURCE_REASONS and _fits_when_empty(state, needs):
+        if reason in RESOURCE_REASONS and (nominate is None or displace is None) and _fits_when_empty(state, needs):
             if state.nominee in (None, pod_key):
-                nominate = state_key[len(keys.NODE_STATE) :].decode()
+                if nominate is None:
+                    nominate = state_key[len(keys.NODE_STATE) :].decode()
             elif displace is None and state.nominee_priority < needs.priority:
                 displace = state_key[len(keys.NODE_STATE) :].decode()
                 displaced = state
-    # A node nobody reserved is preferred: taking a lower-priority pod's reservation only when
-    # there is none spares that pod a needless loss of its place. When it is taken, what its
-    # nominee held counts no more against the quota (else a higher-priority pod of a project
-    # at its quota never takes a sibling's reservation over, and the sibling binds first: code
-    # review, 2026-12-08).
-    if nominate is None and displaced is not None and displaced.nominee is not None and org_prefix:
-        loser = displaced.nominee
-        in_org, in_project = loser.startswith(org_prefix), loser.startswith(project_prefix)
-        org_cpu -= displaced.nominee_cpu if in_org else 0
-        org_memory -= displaced.nominee_memory if in_org else 0
-        org_pods -= 1 if in_org else 0
-        project_cpu -= displaced.nominee_cpu if in_project else 0
-        project_memory -= displaced.nominee_memory if in_project else 0
-        project_pods -= 1 if in_project else 0
+    displaced_of_project = displaced_of_org = (0, 0, 0)
+    if displaced is not None and displaced.nominee is not None and org_prefix:
+        share = (displaced.nominee_cpu, displaced.nominee_memory, 1)
+        displaced_of_org = share if displaced.nominee.startswith(org_prefix) else (0, 0, 0)
+        displaced_of_project = share if displaced.nominee.startswith(project_prefix) else (0, 0, 0)
     return Found(
         best,
         total,
         reasons,
-        nominate if nominate is not None else displace,
+        nominate,
+        displace,
         (project_cpu, project_memory, project_pods),
         (org_cpu, org_memory, org_pods),
+        displaced_of_project,
+        displaced_of_org,
     )
 
 
@@ -541,24 +540,52 @@ def place(ctx: Context, pod: dict[str, Any], pod_key: bytes, planned: str | None
         bind(ctx, pod, pod_key, found.node, state, tenant, charge)
         return True
     _set_pending(pod, REASON_UNSCHEDULABLE, unschedulable_message(found))
-    nominate = found.nominate
-    if pod["status"]["nominatedNodeName"] is None and nominate is not None and _may_reserve(tenant, charge, found):
-        _nominate(ctx, pod, pod_key, nominate)
+    if pod["status"]["nominatedNodeName"] is None:
+        reserved = reservation(tenant, charge, found)
+        if reserved is not None:
+            _nominate(ctx, pod, pod_key, reserved)
     return False
 
 
-def _may_reserve(tenant: quotas.Tenant, charge: quotas.Charge, found: Found) -> bool:
-    """Whether the pod may reserve a node: a reservation keeps other pods, other tenants'
-    too, off capacity its tenant could not use anyway unless its other reservations and its
-    usage leave the quota room for it (code review, 2026-12-08: four pending pods of a project
-    whose quota allowed one each reserved a node, and another tenant's small pod found no room
-    on any of them). A pod left without a reservation still binds when capacity frees up
-    before another pod takes it, and may reserve at its next full evaluation."""
+def reservation(tenant: quotas.Tenant, charge: quotas.Charge, found: Found) -> str | None:
+    """Where a pod no node fits reserves capacity, if anywhere: the first node nobody reserved;
+    else the first whose nominee has a lower priority, which loses its reservation (as
+    Kubernetes clears lower-priority nominated pods for a preemptor; a node nobody reserved is
+    taken first, to spare that pod the loss of its place).
+
+    Under a quota, a reservation keeps other pods, other tenants' too, off capacity its tenant
+    could not use anyway, unless the tenant's usage and its other reservations leave the quota
+    room for it (code review, 2026-12-08: four pending pods of a project whose quota allowed
+    one each reserved a node, and another tenant's small pod found no room on any of them).
+    Taking over a sibling's reservation frees the sibling's share, so a higher-priority pod of
+    a project at its quota still takes it over (second review and QA, same day: counted, the
+    lower-priority sibling bound first). A pod left without a reservation still binds when
+    capacity frees up before another pod takes it, and may reserve at its next full evaluation."""
+    if found.nominate is not None and _within_quota(tenant, charge, found.reserved_by_project, found.reserved_by_org):
+        return found.nominate
+    if found.displace is not None and _within_quota(
+        tenant,
+        charge,
+        _less(found.reserved_by_project, found.displaced_of_project),
+        _less(found.reserved_by_org, found.displaced_of_org),
+    ):
+        return found.displace
+    return None
+
+
+def _less(held: tuple[int, int, int], freed: tuple[int, int, int]) -> tuple[int, int, int]:
+    return held[0] - freed[0], held[1] - freed[1], held[2] - freed[2]
+
+
+def _within_quota(
+    tenant: quotas.Tenant, charge: quotas.Charge, by_project: tuple[int, int, int], by_org: tuple[int, int, int]
+) -> bool:
+    """The pod's requests and what its project (and its org) hold reserved fit the quotas."""
     if not tenant.limited:
         return True
     for ledger, scope, (cpu, memory, count) in (
-        (tenant.project_ledger, quotas.quota_id(tenant.org, tenant.project), found.reserved_by_project),
-        (tenant.org_ledger, tenant.org, found.reserved_by_org),
+        (tenant.project_ledger, quotas.quota_id(tenant.org, tenant.project), by_project),
+        (tenant.org_ledger, tenant.org, by_org),
     ):
         held = quotas.Charge(
             cpu_millis=charge.cpu_millis + cpu, memory_bytes=charge.memory_bytes + memory, pods=charge.pods + count

@@ -113,3 +113,25 @@ def test_a_higher_priority_pod_takes_over_its_projects_reservation_under_a_quota
     machine.ok(GLOBEX, "pod.delete", {"name": "big"})  # room for one of them: the nominee binds
     bound = {name: get(machine.store, ACME_WEB, "pods", name)["spec"]["nodeName"] for name in ("low", "high")}
     assert bound == {"low": None, "high": "n0"}, bound
+
+
+def test_a_higher_priority_pod_at_its_quota_takes_a_siblings_reservation_while_a_free_node_exists() -> None:
+    """QA, 2026-12-08: with a node nobody reserved, the free node was the only one tried; the
+    quota refused it (the siblings' reservations fill the quota) and taking a lower-priority
+    sibling's reservation over was never tried, so that sibling bound first."""
+    machine = Machine(check_every_step=True)
+    machine.ok(ADMIN, "pool.create", {"name": "pods", "spec": {"cidr": "10.0.0.0/16", "visibility": "internal"}})
+    capacity = {"cpuMillis": 1000, "memoryBytes": 1 << 30, "pods": 10}
+    for number in range(3):
+        machine.ok(ADMIN, "node.register", {"name": f"n{number}", "spec": {"capacity": capacity, "podPool": "pods"}})
+        for size in (500, 400):
+            machine.ok(GLOBEX, "pod.create", {"name": f"g{number}-{size}", "spec": {"requests": {"cpuMillis": size}}})
+    machine.ok(ADMIN, "quota.set", {"name": "acme/web", "spec": {"cpuMillis": 1000}})
+    low = {"priority": 0, "requests": {"cpuMillis": 500}}
+    held = [machine.ok(ACME_WEB, "pod.create", {"name": name, "spec": low}) for name in ("a0", "a1", "a2")]
+    assert [pod["status"]["nominatedNodeName"] for pod in held] == ["n0", "n1", None], "the quota's worth"
+    high = machine.ok(ACME_WEB, "pod.create", {"name": "hi", "spec": {"priority": 50, "requests": {"cpuMillis": 500}}})
+    assert high["status"]["nominatedNodeName"] == "n0", "a0's reservation, not the free n2 the quota refuses"
+    machine.ok(GLOBEX, "pod.delete", {"name": "g0-500"})
+    bound = {name: get(machine.store, ACME_WEB, "pods", name)["spec"]["nodeName"] for name in ("a0", "hi")}
+    assert bound == {"a0": None, "hi": "n0"}, bound
