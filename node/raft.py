@@ -818,6 +818,11 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
         self.append_entries_sent += 1
         self._send_append_entries()
 
+    def match_indexes(self) -> dict[str, int]:
+        """Tick thread, as leader: each follower's match index, by its Raft address."""
+        matched: dict[Any, int] = self._SyncObj__raftMatchIndex
+        return {str(getattr(node, "address", node)): int(index) for node, index in matched.items()}
+
     @property
     def repeated_acks_skipped(self) -> int:
         return self.allot_transport.repeated_acks_skipped if self.allot_transport is not None else 0

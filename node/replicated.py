@@ -267,7 +267,9 @@ class ReplicatedMember:
         if not self._handover_wanted or now < self._next_stop_handover_s:
             return
         self._next_stop_handover_s = now + stop_handover_retry_s
-        self.raft.transferLeadership()
+        target = self._handover_target(self.peer_clock_offsets_ms())
+        # None: no follower qualifies (clocks not heard yet, say); pysyncobj then picks one.
+        self.raft.transferLeadership(self.config.members[target] if target is not None else None)
 
     async def hand_over_leadership(self, timeout_s: float = stop_handover_s) -> str | None:
         """Before a stop: if this member leads, have another member take over, so that writes
@@ -316,20 +318,38 @@ class ReplicatedMember:
         if clock_agrees(0, offsets, members):
             return
         self._next_clock_handover_s = now + clock_handover_interval_s
-        clocks = {self.member_id: 0, **offsets}
-        agreeing = [
-            member
-            for member, offset in sorted(offsets.items())
-            if clock_agrees(offset, {other: value for other, value in clocks.items() if other != member}, members)
-        ]
-        if not agreeing:
+        target = self._handover_target(offsets)
+        if target is None:
             return
-        target = agreeing[0]
         log.warning(
             "this leader's clock disagrees with a majority's: asking %s, whose clock agrees, to take over", target
         )
         self.clock_handovers += 1
         self.raft.transferLeadership(self.config.members[target])
+
+    def _handover_target(self, offsets: dict[str, int]) -> str | None:
+        """Tick thread: the follower to hand leadership to, if any: linked, of this member's
+        build, its clock agreeing with a majority's (as this leader estimates the clocks), and
+        with the most of the log (pysyncobj hands over only to one that has all of it); on a
+        tie the lowest id. pysyncobj's own choice, without a target, ignores clocks and builds:
+        a leader stopped for a rolling restart handed over to the member whose clock was wrong,
+        which handed over again a few seconds later (QA, 2026-12-08)."""
+        members = len(self.config.members)
+        clocks = {self.member_id: 0, **offsets}
+        other_builds = self.other_builds()
+        matched = self.raft.match_indexes()
+        best: tuple[int, str] | None = None
+        for member in self._raft_view.peers_connected:
+            offset = offsets.get(member)
+            if offset is None or member in other_builds:
+                continue
+            if not clock_agrees(offset, {other: value for other, value in clocks.items() if other != member}, members):
+                continue
+            address = self.config.members[member]
+            candidate = (matched.get(address, 0), member)
+            if best is None or (-candidate[0], candidate[1]) < (-best[0], best[1]):
+                best = candidate
+        return best[1] if best is not None else None
 
     def _check_peer_links(self, status: dict[str, Any]) -> tuple[str, ...]:
         """Tick thread: the peers with a working link; and a warning once a peer has had none

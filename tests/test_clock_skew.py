@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,7 @@ from chaos.cluster import Cluster, wait_until
 from node import clock
 from node.clock import WALL_CLOCK_OFFSET_ENV, clock_agrees, clock_skew_max_ms
 from node.config import ConfigError
+from node.replicated import ReplicatedMember
 
 ACME = "acme/web"
 offset_s = 60.0
@@ -130,3 +133,51 @@ def test_a_leader_with_a_wrong_clock_hands_leadership_to_a_member_whose_clock_ag
     claim = {"name": "after", "spec": {"cidr": "10.42.0.0/24"}}
     assert cluster.request(cluster.wait_for_leader(), "POST", "/v1/ippools", body=claim).status == 201
     assert cluster.wait_for_leader() != "m3", "and it stays with them"
+
+
+def test_a_leader_stopped_cleanly_hands_over_to_a_member_whose_clock_agrees(cluster: Cluster) -> None:
+    """QA, 2026-12-08: pysyncobj's own choice of successor ignores clocks, and a leader stopped
+    for a rolling restart handed over to the member whose clock was wrong, which then handed
+    over again: two elections instead of one. The successor now is one whose clock agrees."""
+    cluster.member_env["m3"] = {WALL_CLOCK_OFFSET_ENV: str(offset_s)}
+    cluster.start()
+
+    def led_by_a_right_clock() -> str | None:
+        leader = cluster.leader()
+        status = cluster.status("m1") or {}
+        heard = "m3" in status.get("peerClockOffsetsMs", {}) and "m3" in (cluster.status("m2") or {}).get(
+            "peerClockOffsetsMs", {}
+        )
+        return leader if leader in ("m1", "m2") and heard else None
+
+    leader = wait_until("m1 or m2 to lead, with m3's clock heard", led_by_a_right_clock, status_wait_s)
+    other = "m2" if leader == "m1" else "m1"
+    assert cluster.terminate(leader) == 143, cluster.log_tail(leader)
+    said = cluster.log_text(leader)
+    assert f"handed leadership over before stopping (leader now: {other}," in said, said[-3000:]
+
+
+def test_the_successor_is_linked_of_this_build_with_a_right_clock_and_the_most_log() -> None:
+    """`ReplicatedMember._handover_target` on its own, with the member's state stubbed."""
+
+    def member(peers: tuple[str, ...], builds: dict[str, str], matched: dict[str, int]) -> Any:
+        addresses = {"m1": "a:1", "m2": "a:2", "m3": "a:3", "m4": "a:4", "m5": "a:5"}
+        return SimpleNamespace(
+            config=SimpleNamespace(members=addresses),
+            member_id="m1",
+            _raft_view=SimpleNamespace(peers_connected=peers),
+            other_builds=lambda: builds,
+            raft=SimpleNamespace(match_indexes=lambda: {addresses[m]: index for m, index in matched.items()}),
+        )
+
+    target = ReplicatedMember._handover_target
+    wrong = offset_s * 1000
+    everyone = ("m2", "m3", "m4", "m5")
+    offsets = {"m2": 0, "m3": int(wrong), "m4": 5, "m5": 3}
+    assert target(member(everyone, {}, {"m2": 9, "m3": 10, "m4": 10, "m5": 10}), offsets) == "m4", (
+        "the most log among right clocks, lowest id on a tie; m3's clock is wrong"
+    )
+    assert target(member(everyone, {"m4": "other"}, {"m2": 9, "m3": 10, "m4": 10, "m5": 10}), offsets) == "m5"
+    assert target(member(("m2", "m3"), {}, {"m2": 1, "m3": 10}), offsets) == "m2", "linked ones only"
+    assert target(member(("m3",), {}, {"m3": 10}), offsets) is None
+    assert target(member(everyone, {}, {}), {"m3": int(wrong)}) is None, "unheard clocks do not qualify"
