@@ -63,6 +63,7 @@ def dump_record(value: Any) -> bytes:
 # joining bytes objects goes through the buffer protocol for every part. A map key, one of few
 # field names, is written as one part remembered from the last time (`_key_part`).
 _CHR: Final = tuple([chr(byte) for byte in range(256)])
+_UINT8: Final = tuple(["\x18" + chr(byte) for byte in range(256)])  # an unsigned integer < 256, head and byte
 _UINT64_END: Final = 1 << 64
 _plain_depth_max: Final = 32  # deeper values go to cbor2 (no record nests this deep)
 # Remembered encodings of map keys: a pure function of the key, so what it holds cannot change a
@@ -122,6 +123,22 @@ def _key_part(key: str) -> str | None:
     return part
 
 
+def dump_records_of_items(items: list[Any], first: Any) -> tuple[bytes, bytes]:
+    """`(dump_record(items), dump_record([first, *items]))`, the items encoded once."""
+    parts: list[str] = []
+    for item in items:
+        if not _encode_plain(item, parts, 1):  # (at the depth of a list's items)
+            return dump_record(items), dump_record([first, *items])
+    head: list[str] = []
+    _put_head(head, 0x80, len(items))
+    first_head: list[str] = []
+    _put_head(first_head, 0x80, len(items) + 1)
+    if not _encode_plain(first, first_head, 1):
+        return dump_record(items), dump_record([first, *items])
+    encoded_items = "".join(parts)
+    return ("".join(head) + encoded_items).encode("latin-1"), ("".join(first_head) + encoded_items).encode("latin-1")
+
+
 def _put_bignum(parts: list[str], tag: int, magnitude: int) -> None:
     """A bignum as cbor2 writes it: tag 2 (or 3 for a negative), then its magnitude as a byte
     string, big-endian, in the fewest bytes."""
@@ -141,6 +158,8 @@ def _encode_plain(value: Any, parts: list[str], depth: int) -> bool:
         if number >= 0:
             if number < 24:  # the usual case, one byte
                 parts.append(_CHR[number])
+            elif number < 0x100:
+                parts.append(_UINT8[number])
             elif number < _UINT64_END:
                 _put_head(parts, 0x00, number)
             else:

@@ -984,3 +984,9 @@ def test_loads_strict_leaves_deep_nesting_to_the_reencoding_check() -> None:
         deep = {"k": deep}
     data = codec.dumps(deep)
     assert _same_result(_result(codec.loads_strict, data), _result(_loads_strict_by_reencoding, data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(record_values, max_size=12), first=record_values)
+def test_dump_records_of_items_writes_both_as_cbor2_does(items: list[Any], first: Any) -> None:
+    assert codec.dump_records_of_items(items, first) == (cbor2.dumps(items), cbor2.dumps([first, *items]))
