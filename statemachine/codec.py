@@ -151,9 +151,19 @@ def _put_bignum(parts: list[str], tag: int, magnitude: int) -> None:
 def _encode_plain(value: Any, parts: list[str], depth: int) -> bool:
     """Append value's CBOR to parts; False (parts then half-written) when it is not plain."""
     kind = type(value)
-    if kind is str:
-        return _put_text(parts, value)
-    if kind is int:
+    if kind is str:  # _put_text, inline: the most common item
+        text: str = value
+        try:
+            encoded = text.encode()
+        except UnicodeEncodeError:  # a lone surrogate: cbor2 refuses it in its own words
+            return False
+        length = len(encoded)
+        if length < 24:
+            parts.append(_CHR[0x60 | length])
+        else:
+            _put_head(parts, 0x60, length)
+        parts.append(text if length == len(text) else encoded.decode("latin-1"))  # ASCII: itself
+    elif kind is int:
         number: int = value
         if number >= 0:
             if number < 24:  # the usual case, one byte
@@ -183,9 +193,11 @@ def _encode_plain(value: Any, parts: list[str], depth: int) -> bool:
         _put_head(parts, 0xA0, len(mapping))
         for key, item in mapping.items():
             if type(key) is str:
-                part = _key_part(key)
+                part = _encoded_keys.get(key)
                 if part is None:
-                    return False
+                    part = _key_part(key)
+                    if part is None:
+                        return False
                 parts.append(part)
             elif not _encode_plain(key, parts, depth + 1):
                 return False
@@ -282,12 +294,12 @@ def _decode_item(data: bytes, pos: int, depth: int, canonical: bool) -> tuple[An
     if major == 4:
         if argument > end - pos or depth >= _plain_depth_max:  # an item takes a byte at least
             return None, _NOT_PLAIN
-        items: list[Any] = []
-        for _ in range(argument):
+        items: list[Any] = [None] * argument
+        for at in range(argument):
             item, pos = _decode_item(data, pos, depth + 1, canonical)
             if pos < 0:
                 return None, _NOT_PLAIN
-            items.append(item)
+            items[at] = item
         return items, pos
     if major == 1:
         return -1 - argument, pos
@@ -315,14 +327,16 @@ def _decode_map(data: bytes, pos: int, count: int, depth: int, canonical: bool) 
     for _ in range(count):
         if pos >= len(data) or data[pos] >> 5 != 3:
             return None, _NOT_PLAIN
+        key_start = pos
         key, pos = _decode_item(data, pos, depth + 1, canonical)
         if pos < 0:
             return None, _NOT_PLAIN
         name: str = key
         if canonical:
-            if not name.isascii():
-                return None, _NOT_PLAIN
             length = len(name)
+            argument = data[key_start] & 0x1F
+            if pos - key_start != length + (1 if argument < 24 else 1 + (1 << (argument - 24))):
+                return None, _NOT_PLAIN  # more bytes than characters: not ASCII
             if length < previous_length or (length == previous_length and name <= previous):
                 return None, _NOT_PLAIN
             previous, previous_length = name, length
@@ -518,11 +532,11 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return dumps(envelope.to_plain())
 
 
-_envelope_fields: Final = {"v", "type", "body", "principal", "rid", "ts"}
+_envelope_fields: Final = ("v", "type", "body", "principal", "rid", "ts")
 # Tenant names and request ids become parts of keys, and LMDB keys hold at most 511 bytes: so
 # org and project are DNS labels and request ids printable ASCII, both of bounded length.
 _tenant_name_pattern: Final = re.compile(r"([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?")
-_principal_fields: Final = {"name", "org", "project", "role"}
+_principal_fields: Final = ("name", "org", "project", "role")
 request_id_chars_max: Final = 128
 _request_id_pattern: Final = re.compile(rf"[\x21-\x7e]{{1,{request_id_chars_max}}}")
 principal_field_chars_max: Final = 128
@@ -561,14 +575,19 @@ def _check_principal(name: Any, org: Any, project: Any, role: Any) -> Principal:
 _checked_principal: Final = lru_cache(maxsize=1024)(_check_principal)
 
 
+def _has_exactly(mapping: dict[Any, Any], fields: tuple[str, ...]) -> bool:
+    """Whether the map's keys are the fields (all different): as many keys, and each field among
+    them. A few lookups, where comparing its keys with a set walks both."""
+    return len(mapping) == len(fields) and all(field in mapping for field in fields)  # (mypyc: a loop)
+
+
 def decode_envelope(data: bytes) -> Envelope:
     """Decode and check an envelope. Raises `Rejected(invalid)` with what is wrong."""
     try:
         plain = loads_strict(data)
     except (ValueError, cbor2.CBORDecodeError) as exc:
         raise invalid(f"undecodable command: {exc}") from None
-    # A keys view compares with a set as a set does, without building one.
-    if not isinstance(plain, dict) or plain.keys() != _envelope_fields:
+    if not isinstance(plain, dict) or not _has_exactly(plain, _envelope_fields):
         raise invalid("envelope must be a map with exactly the fields v, type, body, principal, rid, ts")
     if type(plain["v"]) is not int or plain["v"] != ENVELOPE_VERSION:
         raise invalid(f"envelope version {plain['v']!r} is not supported (expected {ENVELOPE_VERSION})")
@@ -577,7 +596,7 @@ def decode_envelope(data: bytes) -> Envelope:
     if not isinstance(body, dict):
         raise invalid("body must be a map", "body")
     principal_plain = plain["principal"]
-    if not isinstance(principal_plain, dict) or principal_plain.keys() != _principal_fields:
+    if not isinstance(principal_plain, dict) or not _has_exactly(principal_plain, _principal_fields):
         raise invalid("principal must be a map with exactly name, org, project, role", "principal")
     name, org = principal_plain["name"], principal_plain["org"]
     project, role = principal_plain["project"], principal_plain["role"]
