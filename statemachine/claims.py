@@ -320,10 +320,10 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         return _rebind(ctx, name, namespace, labels, spec, retained, usable, length, specific, reclaim, class_name)
 
     pool_ref, block = carve(ctx, usable, length, specific, strategy, alloc_key, class_name)
-    scope = {"namespace": namespace, "org": principal.org, "project": principal.project}
+    org, project = principal.org, principal.project
     allocation = {
         "kind": ALLOCATION_KIND,
-        "metadata": ctx.metadata(name, ctx.new_uid(), labels, **scope),
+        "metadata": ctx.metadata(name, ctx.new_uid(), labels, namespace=namespace, org=org, project=project),
         "spec": {
             "pool": pool_ref,
             "cidr": str(block),
@@ -336,7 +336,7 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     _write(ctx, alloc_key, allocation, ADDED)
     claim = {
         "kind": KIND,
-        "metadata": ctx.metadata(name, ctx.new_uid(), labels, **scope),
+        "metadata": ctx.metadata(name, ctx.new_uid(), labels, namespace=namespace, org=org, project=project),
         "spec": spec,
         "status": _claim_status(allocation),
     }
