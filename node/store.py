@@ -35,7 +35,7 @@ import os
 import struct
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -175,17 +175,18 @@ class LmdbView:
 
     def __init__(self, txn: lmdb.Transaction[bytes]) -> None:
         self._txn: lmdb.Transaction[bytes] | None = txn
+        # `get` is the transaction's own (buffers=False: a copy, never a memoryview) until the
+        # view is closed: the state machine's several reads of every command then call into
+        # py-lmdb directly, with no Python frame of this class's in between.
+        self.get: Callable[[bytes], bytes | None] = txn.get
 
     def _live(self) -> lmdb.Transaction[bytes]:
         if self._txn is None:
             raise StoreError("read view used after its transaction ended; read inside `with store.reader()`")
         return self._txn
 
-    def get(self, key: bytes) -> bytes | None:
-        txn = self._txn  # (not _live(): one call fewer on every read)
-        if txn is None:
-            return self._live().get(key)  # raises
-        return txn.get(key)  # buffers=False: a copy, never a memoryview
+    def _get_after_close(self, key: bytes) -> bytes | None:
+        return self._live().get(key)  # raises
 
     def scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
         txn = self._live()
@@ -201,6 +202,7 @@ class LmdbView:
 
     def close(self) -> None:
         self._txn = None
+        self.get = self._get_after_close
 
 
 class PendingSnapshot:

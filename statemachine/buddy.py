@@ -99,7 +99,12 @@ class PoolState:
     # Stored as a flat list, not a map: it is written by every claim and release, and a list
     # encodes and decodes in half the time.
     def to_plain(self) -> list[Any]:
-        lowest_flat = [item for pair in sorted(self.lowest_free.items()) for item in pair]
+        # Sorted by prefix length (the keys, all different): ints compare faster than pairs.
+        lowest_free = self.lowest_free
+        lowest_flat: list[int] = []
+        for prefix_length in sorted(lowest_free):
+            lowest_flat.append(prefix_length)
+            lowest_flat.append(lowest_free[prefix_length])
         plain: list[Any] = [
             self.uid,
             self.family,
@@ -119,7 +124,13 @@ class PoolState:
     @classmethod
     def from_plain(cls, plain: list[Any]) -> PoolState:
         uid, family, address, length, free_counts, lowest_flat, allocated, reserved, allocations, children = plain[:10]
-        lowest_free = dict(zip(lowest_flat[::2], lowest_flat[1::2], strict=True))
+        lowest_free: dict[int, int] = {}
+        if type(lowest_flat) is list and len(lowest_flat) % 2 == 0:  # as written: pairs in order
+            flat: list[Any] = lowest_flat
+            for at in range(0, len(flat), 2):
+                lowest_free[flat[at]] = flat[at + 1]
+        else:  # never written so: zip says what is wrong
+            lowest_free = dict(zip(lowest_flat[::2], lowest_flat[1::2], strict=True))
         next_address = int(plain[10]) if len(plain) > 10 else None
         return cls(
             uid,

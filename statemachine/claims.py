@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from statemachine import buddy, classes, keys, pools, relabel
 from statemachine.addresses import FAMILY_BITS, Block, check_not_ipv4_mapped, parse_address, parse_cidr
-from statemachine.codec import ROLE_MEMBER, Principal, dump_record, loads
+from statemachine.codec import ROLE_MEMBER, Principal, dump_record, dump_records_of_items, loads
 from statemachine.context import ADDED, MODIFIED, Context, Encoder, format_uid, parse_uid, rfc3339
 from statemachine.errors import (
     CONFLICT,
@@ -320,10 +320,10 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         return _rebind(ctx, name, namespace, labels, spec, retained, usable, length, specific, reclaim, class_name)
 
     pool_ref, block = carve(ctx, usable, length, specific, strategy, alloc_key, class_name)
-    scope = {"namespace": namespace, "org": principal.org, "project": principal.project}
+    org, project = principal.org, principal.project
     allocation = {
         "kind": ALLOCATION_KIND,
-        "metadata": ctx.metadata(name, ctx.new_uid(), labels, **scope),
+        "metadata": ctx.metadata(name, ctx.new_uid(), labels, namespace=namespace, org=org, project=project),
         "spec": {
             "pool": pool_ref,
             "cidr": str(block),
@@ -336,7 +336,7 @@ def create(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     _write(ctx, alloc_key, allocation, ADDED)
     claim = {
         "kind": KIND,
-        "metadata": ctx.metadata(name, ctx.new_uid(), labels, **scope),
+        "metadata": ctx.metadata(name, ctx.new_uid(), labels, namespace=namespace, org=org, project=project),
         "spec": spec,
         "status": _claim_status(allocation),
     }
@@ -561,10 +561,10 @@ def _compact_encoder(key: bytes) -> Encoder:
         if plain is None:
             raw = dump_record(obj)
             return raw, raw
-        event = dump_record([key, *plain])
+        record, event = dump_records_of_items(plain, key)  # the event: the record after the key
         if obj["kind"] == KIND:
             _last_compact[:] = [(obj, event)]
-        return dump_record(plain), event
+        return record, event
 
     return encode
 

@@ -45,76 +45,167 @@ def dumps(value: Any) -> bytes:
 def dump_record(value: Any) -> bytes:
     """Deterministic CBOR for stored records (see the module docstring): what
     `cbor2.dumps(value)` gives, byte for byte."""
-    parts: list[bytes] = []
+    parts: list[str] = []
     if _encode_plain(value, parts, 0):
-        return b"".join(parts)
+        return "".join(parts).encode("latin-1")
     return cbor2.dumps(value)
 
 
 # Records are small maps and lists of plain items, and cbor2's fixed cost per call and per
 # container (an ABC isinstance check for each list) was most of their encoding, which every
 # command pays several times over (docs/benchmarks.md). So dump_record writes the plain items
-# itself, as cbor2 writes them (maps in insertion order, shortest heads, no tags), and leaves
-# anything else (bignums, floats, other types, deep nesting) to cbor2: tests/test_codec.py
+# itself, as cbor2 writes them (maps in insertion order, shortest heads, no tags but bignums),
+# and leaves anything else (floats, other types, deep nesting) to cbor2: tests/test_codec.py
 # compares the two on generated values.
-_BYTE: Final = tuple(bytes((byte,)) for byte in range(256))
+#
+# The bytes are gathered as a string of code points below 256, one per byte (latin-1), and
+# encoded once at the end: joining strings of one-byte characters copies each part, where
+# joining bytes objects goes through the buffer protocol for every part. A map key, one of few
+# field names, is written as one part remembered from the last time (`_key_part`).
+_CHR: Final = tuple([chr(byte) for byte in range(256)])
+_UINT8: Final = tuple(["\x18" + chr(byte) for byte in range(256)])  # an unsigned integer < 256, head and byte
 _UINT64_END: Final = 1 << 64
 _plain_depth_max: Final = 32  # deeper values go to cbor2 (no record nests this deep)
+# Remembered encodings of map keys: a pure function of the key, so what it holds cannot change a
+# result. Bounded (label keys and tenants' names are keys too): once full it takes nothing
+# more. Never iterated.
+_keys_remembered_max: Final = 4096
+_key_length_remembered_max: Final = 64
+_encoded_keys: Final[dict[str, str]] = {}
 
 
-def _head(major: int, length: int) -> bytes:
-    """The head of a CBOR item of major type `major` (shifted) with argument `length` < 2^64."""
+def _put_head(parts: list[str], major: int, length: int) -> None:
+    """Append the head of a CBOR item of major type `major` (shifted) with argument `length`
+    < 2^64, in the fewest bytes."""
     if length < 24:
-        return _BYTE[major | length]
-    if length < 0x100:
-        return _BYTE[major | 24] + _BYTE[length]
-    if length < 0x10000:
-        return _BYTE[major | 25] + length.to_bytes(2, "big")
-    if length < 0x100000000:
-        return _BYTE[major | 26] + length.to_bytes(4, "big")
-    return _BYTE[major | 27] + length.to_bytes(8, "big")
+        parts.append(_CHR[major | length])
+    elif length < 0x100:
+        parts.append(_CHR[major | 24])
+        parts.append(_CHR[length])
+    elif length < 0x10000:
+        parts.append(_CHR[major | 25])
+        parts.append(_CHR[length >> 8])
+        parts.append(_CHR[length & 0xFF])
+    elif length < 0x100000000:
+        parts.append(_CHR[major | 26])
+        parts.append(_CHR[length >> 24])
+        parts.append(_CHR[(length >> 16) & 0xFF])
+        parts.append(_CHR[(length >> 8) & 0xFF])
+        parts.append(_CHR[length & 0xFF])
+    else:
+        parts.append(_CHR[major | 27])
+        parts.append(length.to_bytes(8, "big").decode("latin-1"))
 
 
-def _encode_plain(value: Any, parts: list[bytes], depth: int) -> bool:
+def _put_text(parts: list[str], text: str) -> bool:
+    """Append a text string; False for one that is not UTF-8 (a lone surrogate)."""
+    try:
+        encoded = text.encode()
+    except UnicodeEncodeError:  # cbor2 refuses it in its own words
+        return False
+    length = len(encoded)
+    _put_head(parts, 0x60, length)
+    parts.append(text if length == len(text) else encoded.decode("latin-1"))  # ASCII: itself
+    return True
+
+
+def _key_part(key: str) -> str | None:
+    """A string map key's encoding, head and all, as one part; None for one not UTF-8."""
+    known = _encoded_keys.get(key)
+    if known is not None:
+        return known
+    parts: list[str] = []
+    if not _put_text(parts, key):
+        return None
+    part = "".join(parts)
+    if len(key) <= _key_length_remembered_max and len(_encoded_keys) < _keys_remembered_max:
+        _encoded_keys[key] = part
+    return part
+
+
+def dump_records_of_items(items: list[Any], first: Any) -> tuple[bytes, bytes]:
+    """`(dump_record(items), dump_record([first, *items]))`, the items encoded once."""
+    parts: list[str] = []
+    for item in items:
+        if not _encode_plain(item, parts, 1):  # (at the depth of a list's items)
+            return dump_record(items), dump_record([first, *items])
+    head: list[str] = []
+    _put_head(head, 0x80, len(items))
+    first_head: list[str] = []
+    _put_head(first_head, 0x80, len(items) + 1)
+    if not _encode_plain(first, first_head, 1):
+        return dump_record(items), dump_record([first, *items])
+    encoded_items = "".join(parts)
+    return ("".join(head) + encoded_items).encode("latin-1"), ("".join(first_head) + encoded_items).encode("latin-1")
+
+
+def _put_bignum(parts: list[str], tag: int, magnitude: int) -> None:
+    """A bignum as cbor2 writes it: tag 2 (or 3 for a negative), then its magnitude as a byte
+    string, big-endian, in the fewest bytes."""
+    data = magnitude.to_bytes((magnitude.bit_length() + 7) // 8, "big")
+    parts.append(_CHR[0xC0 | tag])
+    _put_head(parts, 0x40, len(data))
+    parts.append(data.decode("latin-1"))
+
+
+def _encode_plain(value: Any, parts: list[str], depth: int) -> bool:
     """Append value's CBOR to parts; False (parts then half-written) when it is not plain."""
     kind = type(value)
-    if kind is str:
+    if kind is str:  # _put_text, inline: the most common item
         text: str = value
         try:
             encoded = text.encode()
         except UnicodeEncodeError:  # a lone surrogate: cbor2 refuses it in its own words
             return False
-        parts.append(_head(0x60, len(encoded)))
-        parts.append(encoded)
+        length = len(encoded)
+        if length < 24:
+            parts.append(_CHR[0x60 | length])
+        else:
+            _put_head(parts, 0x60, length)
+        parts.append(text if length == len(text) else encoded.decode("latin-1"))  # ASCII: itself
     elif kind is int:
         number: int = value
         if number >= 0:
-            if number >= _UINT64_END:
-                return False  # a bignum: cbor2 tags it
-            parts.append(_head(0x00, number))
+            if number < 24:  # the usual case, one byte
+                parts.append(_CHR[number])
+            elif number < 0x100:
+                parts.append(_UINT8[number])
+            elif number < _UINT64_END:
+                _put_head(parts, 0x00, number)
+            else:
+                _put_bignum(parts, 2, number)
+        elif number >= -_UINT64_END:
+            _put_head(parts, 0x20, -1 - number)
         else:
-            if number < -_UINT64_END:
-                return False
-            parts.append(_head(0x20, -1 - number))
+            _put_bignum(parts, 3, -1 - number)
     elif value is None:
-        parts.append(b"\xf6")
+        parts.append("\xf6")
     elif kind is bool:
-        parts.append(b"\xf5" if value else b"\xf4")
+        parts.append("\xf5" if value else "\xf4")
     elif kind is bytes:
         data: bytes = value
-        parts.append(_head(0x40, len(data)))
-        parts.append(data)
+        _put_head(parts, 0x40, len(data))
+        parts.append(data.decode("latin-1"))
     elif depth >= _plain_depth_max:
         return False
     elif kind is dict:
         mapping: dict[Any, Any] = value
-        parts.append(_head(0xA0, len(mapping)))
+        _put_head(parts, 0xA0, len(mapping))
         for key, item in mapping.items():
-            if not _encode_plain(key, parts, depth + 1) or not _encode_plain(item, parts, depth + 1):
+            if type(key) is str:
+                part = _encoded_keys.get(key)
+                if part is None:
+                    part = _key_part(key)
+                    if part is None:
+                        return False
+                parts.append(part)
+            elif not _encode_plain(key, parts, depth + 1):
+                return False
+            if not _encode_plain(item, parts, depth + 1):
                 return False
     elif kind is list:
         items: list[Any] = value
-        parts.append(_head(0x80, len(items)))
+        _put_head(parts, 0x80, len(items))
         for item in items:
             if not _encode_plain(item, parts, depth + 1):
                 return False
@@ -124,7 +215,138 @@ def _encode_plain(value: Any, parts: list[bytes], depth: int) -> bool:
 
 
 def loads(data: bytes) -> Any:
-    return cbor2.loads(data)
+    """Decode a stored record: what `cbor2.loads(data)` gives. The plain items `dump_record`
+    writes are read here (cbor2's fixed cost per call was most of a small record's decoding,
+    several times on every command); anything else goes to cbor2, which decodes it or raises
+    in its own words (tests/test_codec.py compares the two on generated values)."""
+    try:
+        value, end = _decode_item(data, 0, 0, False)
+    except UnicodeDecodeError:  # not UTF-8: cbor2 refuses it as it does
+        end = -1
+    if end != len(data):
+        return cbor2.loads(data)
+    return value
+
+
+_NOT_PLAIN: Final = -1  # the position _decode_item returns for what it leaves to cbor2
+
+
+def _decode_item(data: bytes, pos: int, depth: int, canonical: bool) -> tuple[Any, int]:
+    """The item that starts at data[pos] and the position after it; position _NOT_PLAIN when
+    it is not a plain item (as `_encode_plain` writes them, bignums too), or with `canonical`
+    not in canonical form (shortest heads, map keys ASCII strings in canonical order, no tags),
+    or it nests deeper than `_plain_depth_max`: the caller then leaves the whole value to cbor2.
+    Raises UnicodeDecodeError for a text string that is not UTF-8."""
+    end = len(data)
+    if pos >= end:
+        return None, _NOT_PLAIN
+    initial = data[pos]
+    pos += 1
+    major = initial >> 5
+    argument = initial & 0x1F
+    if major == 7:  # simple values and floats: only false, true and null are plain
+        if argument == 20:
+            return False, pos
+        if argument == 21:
+            return True, pos
+        if argument == 22:
+            return None, pos
+        return None, _NOT_PLAIN
+    if argument >= 24:
+        if argument == 24:
+            if pos >= end:
+                return None, _NOT_PLAIN
+            argument = data[pos]
+            pos += 1
+            shortest = 24
+        elif argument == 25:
+            if pos + 2 > end:
+                return None, _NOT_PLAIN
+            argument = data[pos] << 8 | data[pos + 1]
+            pos += 2
+            shortest = 0x100
+        elif argument == 26:
+            if pos + 4 > end:
+                return None, _NOT_PLAIN
+            argument = data[pos] << 24 | data[pos + 1] << 16 | data[pos + 2] << 8 | data[pos + 3]
+            pos += 4
+            shortest = 0x10000
+        elif argument == 27:
+            if pos + 8 > end:
+                return None, _NOT_PLAIN
+            high = data[pos] << 24 | data[pos + 1] << 16 | data[pos + 2] << 8 | data[pos + 3]
+            low = data[pos + 4] << 24 | data[pos + 5] << 16 | data[pos + 6] << 8 | data[pos + 7]
+            argument = high << 32 | low
+            pos += 8
+            shortest = 0x100000000
+        else:  # indefinite lengths, reserved values
+            return None, _NOT_PLAIN
+        if canonical and argument < shortest:
+            return None, _NOT_PLAIN
+    if major == 0:
+        return argument, pos
+    if major == 3:
+        if argument > end - pos:
+            return None, _NOT_PLAIN
+        return data[pos : pos + argument].decode("utf-8"), pos + argument
+    if major == 5:
+        return _decode_map(data, pos, argument, depth, canonical)
+    if major == 4:
+        if argument > end - pos or depth >= _plain_depth_max:  # an item takes a byte at least
+            return None, _NOT_PLAIN
+        items: list[Any] = [None] * argument
+        for at in range(argument):
+            item, pos = _decode_item(data, pos, depth + 1, canonical)
+            if pos < 0:
+                return None, _NOT_PLAIN
+            items[at] = item
+        return items, pos
+    if major == 1:
+        return -1 - argument, pos
+    if major == 2:
+        if argument > end - pos:
+            return None, _NOT_PLAIN
+        return data[pos : pos + argument], pos + argument
+    # major 6, a tag: only the bignums of a record (tag 2, 3 for a negative), a byte string
+    if canonical or argument not in (2, 3) or pos >= end or data[pos] >> 5 != 2:
+        return None, _NOT_PLAIN
+    magnitude, pos = _decode_item(data, pos, depth + 1, canonical)
+    if pos < 0:
+        return None, _NOT_PLAIN
+    number = int.from_bytes(magnitude, "big")
+    return (number if argument == 2 else -1 - number), pos
+
+
+def _decode_map(data: bytes, pos: int, count: int, depth: int, canonical: bool) -> tuple[Any, int]:
+    """A map of `count` entries whose first key starts at data[pos] (see _decode_item): its keys
+    strings, all different (and with `canonical`, ASCII and in canonical order)."""
+    if count > len(data) - pos or depth >= _plain_depth_max:  # an entry takes two bytes at least
+        return None, _NOT_PLAIN
+    mapping: dict[str, Any] = {}
+    previous, previous_length = "", -1
+    for _ in range(count):
+        if pos >= len(data) or data[pos] >> 5 != 3:
+            return None, _NOT_PLAIN
+        key_start = pos
+        key, pos = _decode_item(data, pos, depth + 1, canonical)
+        if pos < 0:
+            return None, _NOT_PLAIN
+        name: str = key
+        if canonical:
+            length = len(name)
+            argument = data[key_start] & 0x1F
+            if pos - key_start != length + (1 if argument < 24 else 1 + (1 << (argument - 24))):
+                return None, _NOT_PLAIN  # more bytes than characters: not ASCII
+            if length < previous_length or (length == previous_length and name <= previous):
+                return None, _NOT_PLAIN
+            previous, previous_length = name, length
+        item, pos = _decode_item(data, pos, depth + 1, canonical)
+        if pos < 0:
+            return None, _NOT_PLAIN
+        mapping[name] = item
+    if len(mapping) != count:  # a key given twice: cbor2 decides what that means
+        return None, _NOT_PLAIN
+    return mapping, pos
 
 
 def _refuse_tag(_decoder: Any, tag: Any) -> Any:
@@ -204,6 +426,15 @@ def loads_strict(data: bytes) -> Any:
     """
     if len(data) > envelope_bytes_max:
         raise ValueError(f"command is {len(data)} bytes; the limit is {envelope_bytes_max}")
+    # The plain map that canonical encoding writes, read item by item: every head shortest,
+    # every map's keys ASCII strings in canonical order, nothing after it. Such bytes are what
+    # `dump_record` writes for the value decoded, as the check below would find.
+    try:
+        value, end = _decode_item(data, 0, 0, True)
+    except UnicodeDecodeError:
+        end = _NOT_PLAIN
+    if end == len(data) and type(value) is dict:
+        return value
     value = cbor2.loads(data, tag_hook=_refuse_tag)
     if _in_canonical_order(value) and dump_record(value) == data:
         return value
@@ -301,11 +532,11 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return dumps(envelope.to_plain())
 
 
-_envelope_fields: Final = {"v", "type", "body", "principal", "rid", "ts"}
+_envelope_fields: Final = ("v", "type", "body", "principal", "rid", "ts")
 # Tenant names and request ids become parts of keys, and LMDB keys hold at most 511 bytes: so
 # org and project are DNS labels and request ids printable ASCII, both of bounded length.
 _tenant_name_pattern: Final = re.compile(r"([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?")
-_principal_fields: Final = {"name", "org", "project", "role"}
+_principal_fields: Final = ("name", "org", "project", "role")
 request_id_chars_max: Final = 128
 _request_id_pattern: Final = re.compile(rf"[\x21-\x7e]{{1,{request_id_chars_max}}}")
 principal_field_chars_max: Final = 128
@@ -344,14 +575,19 @@ def _check_principal(name: Any, org: Any, project: Any, role: Any) -> Principal:
 _checked_principal: Final = lru_cache(maxsize=1024)(_check_principal)
 
 
+def _has_exactly(mapping: dict[Any, Any], fields: tuple[str, ...]) -> bool:
+    """Whether the map's keys are the fields (all different): as many keys, and each field among
+    them. A few lookups, where comparing its keys with a set walks both."""
+    return len(mapping) == len(fields) and all(field in mapping for field in fields)  # (mypyc: a loop)
+
+
 def decode_envelope(data: bytes) -> Envelope:
     """Decode and check an envelope. Raises `Rejected(invalid)` with what is wrong."""
     try:
         plain = loads_strict(data)
     except (ValueError, cbor2.CBORDecodeError) as exc:
         raise invalid(f"undecodable command: {exc}") from None
-    # A keys view compares with a set as a set does, without building one.
-    if not isinstance(plain, dict) or plain.keys() != _envelope_fields:
+    if not isinstance(plain, dict) or not _has_exactly(plain, _envelope_fields):
         raise invalid("envelope must be a map with exactly the fields v, type, body, principal, rid, ts")
     if type(plain["v"]) is not int or plain["v"] != ENVELOPE_VERSION:
         raise invalid(f"envelope version {plain['v']!r} is not supported (expected {ENVELOPE_VERSION})")
@@ -360,7 +596,7 @@ def decode_envelope(data: bytes) -> Envelope:
     if not isinstance(body, dict):
         raise invalid("body must be a map", "body")
     principal_plain = plain["principal"]
-    if not isinstance(principal_plain, dict) or principal_plain.keys() != _principal_fields:
+    if not isinstance(principal_plain, dict) or not _has_exactly(principal_plain, _principal_fields):
         raise invalid("principal must be a map with exactly name, org, project, role", "principal")
     name, org = principal_plain["name"], principal_plain["org"]
     project, role = principal_plain["project"], principal_plain["role"]

@@ -128,14 +128,29 @@ class Context:
             raise ValueError("log position out of the uid range")
         return self.index.to_bytes(6, "big") + self.position.to_bytes(2, "big") + self._uids.to_bytes(2, "big")
 
-    def metadata(self, name: str, uid: bytes, labels: dict[str, str], **scope: str) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": name, **scope}
-        meta.update(
-            uid=format_uid(uid),
-            resourceVersion=self.revision,
-            labels=labels,
-            creationTimestamp=self.timestamp,
-        )
+    def metadata(
+        self,
+        name: str,
+        uid: bytes,
+        labels: dict[str, str],
+        namespace: str | None = None,
+        org: str | None = None,
+        project: str | None = None,
+    ) -> dict[str, Any]:
+        """An object's metadata: its name, the scope given (in this order), then the rest.
+        (Named parameters, not **scope: the compiled build then calls it without building and
+        parsing a map of keyword arguments.)"""
+        meta: dict[str, Any] = {"name": name}
+        if namespace is not None:
+            meta["namespace"] = namespace
+        if org is not None:
+            meta["org"] = org
+        if project is not None:
+            meta["project"] = project
+        meta["uid"] = format_uid(uid)
+        meta["resourceVersion"] = self.revision
+        meta["labels"] = labels
+        meta["creationTimestamp"] = self.timestamp
         return meta
 
     def write_object(

@@ -881,3 +881,112 @@ def test_dump_record_leaves_deep_nesting_and_surrogates_to_cbor2() -> None:
         cbor2.dumps(["\ud800"])
     with pytest.raises(refused.type):
         codec.dump_record(["\ud800"])
+
+
+# ---- stored records: loads reads plain items itself, as cbor2 does -----------------------------
+
+
+def _same(left: Any, right: Any) -> bool:
+    """Equal, and of the same types all the way down (1, True and 1.0 are equal, not the same)."""
+    if type(left) is not type(right):
+        return False
+    if isinstance(left, list):
+        return len(left) == len(right) and all(_same(a, b) for a, b in zip(left, right, strict=True))
+    if isinstance(left, dict):
+        return list(left) == list(right) and all(_same(left[key], right[key]) for key in left)
+    return bool(left == right)
+
+
+def _result(decode: Callable[[bytes], Any], data: bytes) -> tuple[str, Any]:
+    """What decode does with data: its value, or the type and words of what it raises."""
+    try:
+        return "value", decode(data)
+    except Exception as exc:  # whatever cbor2 raises, loads must raise alike
+        return "raised", (type(exc), str(exc))
+
+
+def _same_result(left: tuple[str, Any], right: tuple[str, Any]) -> bool:
+    return left[0] == right[0] and (_same(left[1], right[1]) if left[0] == "value" else left[1] == right[1])
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=record_values)
+@example(value=[2**64, -(2**64) - 1, {"used": 2**127 | 1}])
+def test_loads_reads_what_cbor2_reads(value: Any) -> None:
+    data = cbor2.dumps(value)
+    assert _same(codec.loads(data), cbor2.loads(data))
+
+
+@st.composite
+def damaged_records(draw: st.DrawFn) -> bytes:
+    """A record's bytes cut short, with a byte changed, or with bytes after it."""
+    data = bytearray(cbor2.dumps(draw(record_values)))
+    how = draw(st.sampled_from(["cut", "change", "append"]))
+    if how == "cut":
+        return bytes(data[: draw(st.integers(0, max(len(data) - 1, 0)))])
+    if how == "change":
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        return bytes(data)
+    return bytes(data) + draw(st.binary(min_size=1, max_size=4))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=st.one_of(damaged_records(), st.binary(max_size=40)))
+@example(data=b"\xa2aa\x01aa\x02")  # a key twice
+@example(data=b"\xc2\x40")  # a bignum of no bytes
+@example(data=b"\xc2\x59\x00\x01\x01")  # a bignum whose bytes have a long head
+@example(data=b"\x62\xc3\x28")  # not UTF-8
+@example(data=b"\x9f\x01\xff")  # indefinite length
+def test_loads_does_what_cbor2_does_with_any_bytes(data: bytes) -> None:
+    assert _same_result(_result(codec.loads, data), _result(cbor2.loads, data))
+
+
+def _loads_strict_by_reencoding(data: bytes) -> Any:
+    """What `codec.loads_strict` accepted before it read canonical maps itself (the fast path
+    checked the insertion-order encoding, which equals cbor2's)."""
+    if len(data) > codec.envelope_bytes_max:
+        raise ValueError(f"command is {len(data)} bytes; the limit is {codec.envelope_bytes_max}")
+    value = cbor2.loads(data, tag_hook=codec._refuse_tag)
+    if codec._in_canonical_order(value) and cbor2.dumps(value) == data:
+        return value
+    codec._check_plain(value, -1)
+    if codec.dumps(value) != data:
+        raise ValueError("command is not canonical CBOR (tags, trailing bytes or non-canonical encoding)")
+    return value
+
+
+@st.composite
+def command_bytes(draw: st.DrawFn) -> bytes:
+    """A plain value canonically or not, maybe with a byte changed or cut short."""
+    value = draw(st.one_of(st.dictionaries(st.text(max_size=8), plain_values, max_size=6), record_values))
+    data = bytearray(codec.dumps(value) if draw(st.booleans()) else cbor2.dumps(value))
+    how = draw(st.sampled_from(["keep", "keep", "cut", "change"]))
+    if how == "cut":
+        return bytes(data[: draw(st.integers(0, max(len(data) - 1, 0)))])
+    if how == "change":
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=command_bytes())
+@example(data=codec.dumps({"a": {"b": [1, "x"], "aa": None}, "bb": b"\x00"}))
+@example(data=b"\xa2aa\x01aa\x02")  # a key twice
+@example(data=b"\xa1\x61a\x18\x01")  # an integer with a long head
+@example(data=codec.dumps({"\u00e9": 1}))  # a key not ASCII
+def test_loads_strict_accepts_what_reencoding_accepted(data: bytes) -> None:
+    assert _same_result(_result(codec.loads_strict, data), _result(_loads_strict_by_reencoding, data))
+
+
+def test_loads_strict_leaves_deep_nesting_to_the_reencoding_check() -> None:
+    deep: Any = 1
+    for _ in range(40):
+        deep = {"k": deep}
+    data = codec.dumps(deep)
+    assert _same_result(_result(codec.loads_strict, data), _result(_loads_strict_by_reencoding, data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(record_values, max_size=12), first=record_values)
+def test_dump_records_of_items_writes_both_as_cbor2_does(items: list[Any], first: Any) -> None:
+    assert codec.dump_records_of_items(items, first) == (cbor2.dumps(items), cbor2.dumps([first, *items]))
