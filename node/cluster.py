@@ -133,10 +133,17 @@ def fetch_status(http_address: str, token: str, timeout_s: float = 1.0) -> dict[
 
 
 def settled(statuses: list[dict[str, Any] | None]) -> bool:
-    """Every member answered, each has committed and applied its whole log (`logSettled`),
-    and all at one commit index. (An entry appended but not committed would be committed
-    after a restart, and applied then, with whatever build runs.)"""
-    if any(status is None or status.get("logSettled") is not True for status in statuses):
+    """Every member answered, has taken its SIGUSR1 (`quiesced`: it proposes nothing more),
+    and has committed and applied its whole log (`logSettled`), all at one commit index. (An
+    entry appended but not committed would be committed after a restart, and applied then,
+    with whatever build runs.) Without `quiesced`, a member whose event loop had not run its
+    SIGUSR1 handler yet could look settled between two writes, take one more, and leave an
+    entry of the old build in the log: its peers stopped at it after an upgrade (a full test
+    run under load, 2026-12-08)."""
+    if any(
+        status is None or status.get("logSettled") is not True or status.get("quiesced") is not True
+        for status in statuses
+    ):
         return False
     return len({status.get("commitIndex") for status in statuses if status is not None}) == 1
 

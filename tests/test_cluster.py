@@ -1155,10 +1155,11 @@ def test_allot_up_smoke(tmp_path: Path) -> None:
 
 
 def test_allot_up_stops_members_once_each_has_applied_the_committed_log() -> None:
-    def status(commit: int, log_settled: bool = True) -> dict[str, Any]:
-        return {"commitIndex": commit, "logSettled": log_settled}
+    def status(commit: int, log_settled: bool = True, quiesced: bool = True) -> dict[str, Any]:
+        return {"commitIndex": commit, "logSettled": log_settled, "quiesced": quiesced}
 
     assert settled([status(9), status(9), status(9)])
+    assert not settled([status(9), status(9, quiesced=False), status(9)])  # SIGUSR1 not taken yet
     assert settled([status(9), status(9)])  # the third member is down: not waited for
     assert not settled([status(9), status(8), status(9)])  # one behind
     assert not settled([status(9), status(9, False), status(9)])  # an entry not yet committed or applied
@@ -1182,7 +1183,7 @@ def test_allot_up_waits_for_the_members_to_settle_with_a_deadline(
             assert 0 < timeout_s <= 0.5
             polls.append(http_address)
             third_round = len(polls) > 2 * len(members)  # finds them settled
-            return {"appliedIndex": 7, "commitIndex": 9, "logSettled": third_round}
+            return {"appliedIndex": 7, "commitIndex": 9, "logSettled": third_round, "quiesced": True}
 
         monkeypatch.setattr("node.cluster.fetch_status", status_after_polls)
         assert node_cluster.settle(members, running, "token")
