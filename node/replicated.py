@@ -464,6 +464,18 @@ class ReplicatedMember:
         if not self._quiesced:
             self._quiesced = True
             log.info("member %s quiesced: it proposes nothing more until SIGUSR2 or a restart", self.member_id)
+            # Requests taken before and not proposed yet are refused as a new one is: proposed
+            # after the quiesce, one could add an entry after allot up saw the log settled.
+            pending, self._pending = self._pending, _Batch()
+            leader_batch, self._leader_pending = self._leader_pending, None
+            waiting: list[asyncio.Future[Any]] = [*pending.writers, *pending.readers]
+            if leader_batch is not None:
+                waiting += [*leader_batch.writers, *leader_batch.readers]
+            for future in waiting:
+                if not future.done():
+                    future.set_exception(
+                        WritesPausedError(f"member {self.member_id} is stopping (quiesced): nothing was proposed")
+                    )
 
     def resume(self) -> None:
         """End `quiesce`: propose again (an upgrade called off). Entries appended meanwhile by
@@ -888,7 +900,8 @@ class ReplicatedMember:
             "stateMachineBuild": "compiled" if build_state().compiled else "python",
             "buildId": self.raft.build_id,  # every member must show the same (node/build_identity.py)
             "otherBuilds": self.other_builds(),  # peers heard lately on another build
-            "quiesced": self._quiesced,
+            # Quiesced, and none of its proposals still waits for an answer (allot up's settle).
+            "quiesced": self._quiesced and not self._inflight_batches,
             # Every entry in this member's log committed and applied (pysyncobj's own no-op
             # entries too, which appliedIndex does not count): with every member quiesced and
             # settled at one commitIndex, the cluster can stop on one state (README, Upgrading).
