@@ -763,7 +763,8 @@ class AllotRaft(SyncObj):  # type: ignore[misc]
     def _applyCommand(self, command: Any, callback: Any, commandType: Any = None) -> None:  # noqa: N802, N803 - pysyncobj's names
         """pysyncobj's, except that the leader does not append an entry a follower forwarded
         when `refuses_forwarded_build` refuses its proposer's build, and answers the follower
-        REQUEST_DENIED (nothing appended) instead.
+        REQUEST_DENIED (nothing appended) instead; nor while it hands leadership over
+        (`handing_over`: NOT_LEADER, see below).
 
         A follower checks its own build against the majority's before it proposes
         (`ReplicatedMember._build_majority_check`), but it judges by keep-alives up to a second

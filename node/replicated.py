@@ -260,8 +260,8 @@ class ReplicatedMember:
             self._hand_over_if_stopping()
 
     def _hand_over_if_stopping(self) -> None:
-        """Tick thread, as leader: while `hand_over_leadership` waits, ask the most caught-up
-        follower to take over (pysyncobj's transferLeadership chooses it, and refuses one that
+        """Tick thread, as leader: while `hand_over_leadership` waits, ask the follower
+        `_handover_target` names to take over (pysyncobj's transferLeadership refuses one that
         lacks part of the log: asked again every `stop_handover_retry_s`)."""
         now = time.monotonic()
         if not self._handover_wanted or now < self._next_stop_handover_s:
@@ -276,9 +276,10 @@ class ReplicatedMember:
         pause for the few milliseconds of a requested election instead of the election timeout
         the followers would wait out (etcd does the same on a clean stop). Meanwhile this
         member proposes nothing and refuses forwarded entries (AllotRaft.handing_over), so a
-        follower can hold the whole log, which pysyncobj requires of the one it hands over to. Returns the new
-        leader, or None (not the leader, a cluster being stopped as a whole, or no follower
-        took over within `timeout_s`: the followers then elect one as after a crash)."""
+        follower can hold the whole log, which pysyncobj requires of the one it hands over
+        to. Returns the new leader, or None (not the leader, no follower linked, a cluster
+        being stopped as a whole, or no follower took over within `timeout_s`: the followers
+        then elect one as after a crash)."""
         view = self._raft_view
         if view.role != "leader" or self._quiesced or not view.peers_connected:
             return None  # no follower could take over: do not hold writes back for nothing
