@@ -8,6 +8,7 @@ change that makes another build."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import os
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,7 +26,9 @@ from chaos.cluster import Cluster, Reply, Unreachable, free_ports, http_request,
 from client import cli
 from node.build_identity import build_id, compute_build_id
 from node.cluster import settled
+from node.member import WritesPausedError
 from node.raft import EXIT_INVARIANT
+from node.replicated import ReplicatedMember, _Batch
 from node.store import DATA_FILE
 from tests.test_build_identity import copy_sources
 from tests.test_client_cli import allot
@@ -419,3 +423,26 @@ def _ready(cluster: Cluster, member_id: str) -> bool:
         return cluster.request(member_id, "GET", "/readyz", anonymous=True).status == 200
     except Unreachable:
         return False
+
+
+def test_a_quiesce_refuses_the_requests_not_yet_proposed() -> None:
+    """Requests taken before SIGUSR1 and still waiting in the batcher were proposed after it,
+    adding an entry after allot up saw the log settled (2026-12-08). `ReplicatedMember.quiesce`
+    on its own, with the member's batcher state stubbed."""
+
+    async def check() -> None:
+        loop = asyncio.get_running_loop()
+        writer, reader, leaders = loop.create_future(), loop.create_future(), loop.create_future()
+        member = SimpleNamespace(
+            _quiesced=False,
+            member_id="m1",
+            _pending=_Batch(envelopes=[b"claim"], writers=[writer], readers=[reader]),
+            _leader_pending=_Batch(envelopes=[b"not-ready"], writers=[leaders]),
+        )
+        ReplicatedMember.quiesce(member)  # type: ignore[arg-type]
+        assert member._quiesced and member._leader_pending is None and not member._pending.envelopes
+        for future in (writer, reader, leaders):
+            with pytest.raises(WritesPausedError, match="nothing was proposed"):
+                future.result()
+
+    asyncio.run(check())
